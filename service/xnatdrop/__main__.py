@@ -1,0 +1,5 @@
+import sys
+
+from xnatdrop import cli
+
+sys.exit(cli.main())

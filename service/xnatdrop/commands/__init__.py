@@ -1,0 +1,1 @@
+"""One module per `xnatdrop` subcommand; each exposes `add_parser(subparsers)`."""

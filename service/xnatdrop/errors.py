@@ -1,0 +1,47 @@
+"""The two families of failure the pipeline sorts every error into.
+
+A TransientError is worth retrying later (timeouts, resets, 5xx, an expired session); a
+PermanentError is not (a rule violation, a 4xx that retrying cannot fix) and sends the drop to
+quarantine. ConfigError is for the operator, never for a drop.
+"""
+
+from __future__ import annotations
+
+
+class XnatdropError(Exception):
+    """Base of every expected xnatdrop error; anything else is a bug."""
+
+
+class ConfigError(XnatdropError):
+    """The configuration file is missing, unreadable or invalid.
+
+    `problems` holds one line per problem so that all of them are reported at once.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        count = len(problems)
+        noun = "problem" if count == 1 else "problems"
+        lines = [f"{source}: {count} {noun}", *(f"  {p}" for p in problems)]
+        super().__init__("\n".join(lines))
+
+
+class TransientError(XnatdropError):
+    """Retry later with backoff; never quarantine because of it."""
+
+
+class PermanentError(XnatdropError):
+    """Retrying cannot help: quarantine the drop with this reason.
+
+    `code` is a stable identifier used in QUARANTINE.json; `fix` tells a person what to do.
+    """
+
+    def __init__(self, code: str, message: str, fix: str = "") -> None:
+        self.code = code
+        self.fix = fix
+        super().__init__(message)
+
+
+class AuthenticationError(XnatdropError):
+    """XNAT refused our credentials: stop all uploads and alert, do not retry in a loop."""
