@@ -18,6 +18,7 @@ carry paths built from labels only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"xnatdrop/{__version__} (+python-requests)"
 UPLOAD_CHUNK = 1024 * 1024
 
-# Messages XNAT uses for archive conflicts (reference §5.3); a 500 carrying one of them is permanent.
+# Archive conflict messages (reference §5.3); a 500 carrying one of them is permanent.
 _CONFLICT_MARKERS = (
     "already exists",
     "invalid modification",
@@ -170,10 +171,9 @@ class XnatClient:
 
     def close(self) -> None:
         if self._logged_in:
-            try:
+            # Logging out is a courtesy; the session expires on its own.
+            with contextlib.suppress(requests.RequestException):
                 self.http.delete(self.base + "/data/JSESSION", timeout=self._timeout)
-            except requests.RequestException:
-                pass  # logging out is a courtesy; the session expires on its own
         self.http.close()
 
     # -- plumbing ---------------------------------------------------------------------------
