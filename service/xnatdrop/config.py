@@ -158,6 +158,145 @@ class DropSettings(Section):
     )
 
 
+DEFAULT_TEMP_PATTERNS = (
+    "*.part",
+    "*.partial",
+    "*.filepart",
+    "*.tmp",
+    "*.crdownload",
+    "~$*",
+    ".~lock*",
+    ".fuse_hidden*",
+)
+
+
+class SettleSettings(Section):
+    """When a subject folder counts as completely copied (see `xnatdrop.watch`).
+
+    Settled = its fingerprint (file count, bytes, newest mtime and ctime, names with sizes) is
+    unchanged over several polls spanning `quiet_seconds`. Size and count are compared, not age,
+    so copies that keep old modification times (robocopy, Explorer) settle correctly.
+    """
+
+    quiet_seconds: float = Field(
+        300.0, gt=0, description="How long a folder must stay unchanged before it is settled."
+    )
+    poll_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds between scans of the drop roots; default a third of quiet_seconds.",
+    )
+    max_wait_seconds: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="A folder still holding truncated DICOM this long after it first appeared is "
+        "quarantined as incomplete; before that it is looked at again later.",
+    )
+    temp_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEMP_PATTERNS),
+        description="Name patterns (case-insensitive, fnmatch) of files still being written; "
+        "any such file holds its folder back.",
+    )
+    marker_name: str | None = Field(
+        None,
+        description="Optional file name (e.g. 'READY') that, put at the top of a subject "
+        "folder, declares it complete at once.",
+    )
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between scans: `poll_seconds`, or a third of the quiet period."""
+        return self.poll_seconds if self.poll_seconds is not None else self.quiet_seconds / 3
+
+
+def _window(value: str) -> str:
+    if value.strip().lower() == "always":
+        return "always"
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", value)
+    if not match or int(match[1]) > 23 or int(match[3]) > 24 or int(match[2]) > 59:
+        raise ValueError("must be 'always' or 'HH:MM-HH:MM', for example '20:00-06:00'")
+    if int(match[4]) > 59 or (int(match[3]) == 24 and int(match[4]) != 0):
+        raise ValueError("must be 'always' or 'HH:MM-HH:MM', for example '20:00-06:00'")
+    return value.strip()
+
+
+class ScheduleSettings(Section):
+    """When uploads run and how many at once (see `xnatdrop.daemon`). Scanning never stops."""
+
+    upload_window: Annotated[str, AfterValidator(_window)] = Field(
+        "always",
+        description="Local time span in which pushes start, 'HH:MM-HH:MM' (may wrap midnight, "
+        "e.g. '20:00-06:00') or 'always'. A push running when it closes finishes its session.",
+    )
+    max_concurrent_pushes: int = Field(
+        1, ge=1, le=16, description="Sessions uploaded at the same time."
+    )
+    stop_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="On SIGTERM, how long running pushes may take to reach a checkpoint; keep "
+        "below the unit's TimeoutStopSec.",
+    )
+    retry_seconds: float = Field(
+        600.0, gt=0, description="Default wait before a transiently failed drop is tried again."
+    )
+
+
+class PushSettings(Section):
+    """How one subject folder is pushed (see `xnatdrop.pipeline`)."""
+
+    work_folder: str = Field(
+        ".xnatdrop-work",
+        pattern=r"^[^/\\]+$",
+        description="Name of the working area inside each drop root. A drop is frozen by renaming "
+        "it there, which keeps it on the same file system; the scanner must ignore this folder.",
+    )
+    sidecars: list[str] = Field(
+        default_factory=lambda: ["behav", "physio", "logs"],
+        description="Sub-folders of a subject folder uploaded as session resources of the same "
+        "name, when the rules do not name the sidecars themselves.",
+    )
+    subject_file: str = Field(
+        "subject.toml",
+        description="Optional file in a subject folder with subject metadata (sex, handedness, "
+        "yob or dob) to set on the XNAT subject.",
+    )
+    subject_from_dicom: bool = Field(
+        False,
+        description="Take sex and year of birth from the DICOM header when subject_file is "
+        "absent (PatientSex, PatientBirthDate).",
+    )
+    ready_timeout_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="How long to wait for a prearchive session to become READY before asking "
+        "XNAT to rebuild it and trying again later.",
+    )
+    poll_seconds: float = Field(
+        2.0, gt=0, description="Seconds between looks at the prearchive while waiting."
+    )
+    verify_checksums: bool = Field(
+        True,
+        description="Compare MD5s of the archived files with the upload. Turn off only if XNAT "
+        "anonymises on import (the bytes then differ by design).",
+    )
+    # Backoff for transient failures (timeouts, resets, 5xx): exponential with jitter. The wait
+    # before attempt n+1 is a random time between half and all of
+    # min(retry_max_seconds, retry_base_seconds * 2**n), so drops failing together spread out.
+    retry_base_seconds: float = Field(30.0, gt=0, description="First backoff step, in seconds.")
+    retry_max_seconds: float = Field(3600.0, gt=0, description="Longest wait between two attempts.")
+    inline_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Attempts within one push before it stops and leaves the rest to the next "
+        "run (exit 3); waits between them are capped at inline_max_seconds.",
+    )
+    inline_max_seconds: float = Field(
+        60.0, ge=0, description="Longest wait between attempts inside one push."
+    )
+
+
 class Config(BaseModel):
     """The whole file. `source` records where it came from, for messages."""
 
@@ -166,6 +305,9 @@ class Config(BaseModel):
     xnat: XnatSettings = Field(default_factory=XnatSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     drop: list[DropSettings] = Field(default_factory=list)
+    settle: SettleSettings = Field(default_factory=SettleSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    push: PushSettings = Field(default_factory=PushSettings)
 
     @model_validator(mode="after")
     def _logical(self) -> Config:

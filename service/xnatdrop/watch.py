@@ -1,0 +1,492 @@
+"""Discovery and settle decisions: which subject folders in the drop roots are completely copied.
+
+A periodic scan of each drop root's top-level folders is the source of truth. Kernel events
+(watchdog, where the root offers them) only bring the next scan forward: they do not see writes
+made by other machines on SMB/NFS shares, so nothing is decided from them.
+
+A folder is *settled* when its fingerprint (file count, total bytes, newest mtime and ctime, and
+a digest of the sorted relative names with sizes) is unchanged over at least `MIN_OBSERVATIONS`
+scans spanning `settle.quiet_seconds`. Sizes and counts are compared, not ages, so copies that
+keep the source's modification times (robocopy /COPY:DAT, Explorer) settle correctly. Temporary
+names (`*.part`, `~$*`, …) hold a folder back; the optional marker file settles it at once.
+
+Scans stay cheap on large shares: only folders that are still settling are fingerprinted (a walk
+of their files). A settled folder waiting for the upload window is checked with a shallow
+signature (the folder and its direct subfolders: names, mtimes, ctimes), and re-fingerprinted in
+full only when that changes, and once more just before it is handed over (`confirm`).
+
+A drop root that disappears, stops being readable, changes file system (an unmounted share shows
+the empty mount point) or suddenly reads empty while folders were expected there is *paused*: its
+folders keep their state, nothing is forgotten or handed over, and an alert is raised once. The
+scan resumes it as soon as it reads normally again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from xnatdrop import config as config_module
+
+log = logging.getLogger(__name__)
+
+MIN_OBSERVATIONS = 3  # identical fingerprints in a row, in addition to the quiet period
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a folder looks like on one scan; equal fingerprints mean nothing visible changed."""
+
+    files: int
+    bytes: int
+    newest_mtime_ns: int
+    newest_ctime_ns: int
+    names_digest: str
+    temp_names: tuple[str, ...] = ()
+    marker: bool = False
+
+
+class State(StrEnum):
+    SETTLING = "settling"  # still changing, or not yet quiet long enough
+    SETTLED = "settled"  # complete; waiting to be handed over
+    HANDED_OVER = "handed-over"  # given to the pipeline; the watcher no longer decides
+    WAITING = "waiting"  # told to look again later (e.g. truncated DICOM, transient failure)
+
+
+@dataclass
+class Folder:
+    """The watcher's knowledge of one subject folder, kept between scans (memory only).
+
+    Losing it on a restart is safe: folders just settle again, and work already handed over is
+    resumed from the ledger.
+    """
+
+    path: Path
+    root: Path
+    first_seen: float
+    state: State = State.SETTLING
+    fingerprint: Fingerprint | None = None
+    stable_since: float = 0.0
+    observations: int = 0
+    shallow: tuple[object, ...] | None = None
+    not_before: float = 0.0
+    alerted_slow: bool = False
+    reason: str = "first seen"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class Root:
+    """One drop root's health and the folders seen in it."""
+
+    path: Path
+    device: int | None = None
+    paused: str | None = None  # why, while paused
+    folders: dict[str, Folder] = field(default_factory=dict)
+    loose_files: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ScanResult:
+    """What one scan found: folders that settled in this scan and roots that are paused."""
+
+    settled: list[Folder] = field(default_factory=list)
+    paused: dict[Path, str] = field(default_factory=dict)
+    folders: int = 0
+    fingerprinted: int = 0
+
+
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """Case-insensitive fnmatch: SMB shares do not keep case apart, so neither do we."""
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
+
+
+def fingerprint(folder: Path, settle: config_module.SettleSettings) -> Fingerprint:
+    """Walk `folder` with os.scandir and summarise it; symlinks are counted, never followed.
+
+    Raise OSError when the folder itself cannot be listed (it vanished, or the share went away);
+    a file that disappears during the walk is simply not counted (the next scan sees a change).
+    """
+    files = total = newest_m = newest_c = 0
+    entries: list[str] = []
+    temp: list[str] = []
+    marker = False
+    pending = [(folder, "")]
+    first = True
+    while pending:
+        directory, prefix = pending.pop()
+        try:
+            iterator = os.scandir(directory)
+        except FileNotFoundError:
+            if first:
+                raise
+            continue
+        first = False
+        with iterator:
+            for entry in iterator:
+                relative = prefix + entry.name
+                if matches_any(entry.name, settle.temp_patterns):
+                    temp.append(relative)
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                newest_m = max(newest_m, info.st_mtime_ns)
+                newest_c = max(newest_c, info.st_ctime_ns)
+                if is_dir:
+                    entries.append(relative + "/")
+                    pending.append((Path(entry.path), relative + "/"))
+                    continue
+                if not prefix and settle.marker_name and entry.name == settle.marker_name:
+                    marker = True
+                files += 1
+                total += info.st_size
+                entries.append(f"{relative}\0{info.st_size}")
+    digest = hashlib.blake2b("\n".join(sorted(entries)).encode(), digest_size=16).hexdigest()
+    return Fingerprint(files, total, newest_m, newest_c, digest, tuple(sorted(temp)[:5]), marker)
+
+
+def shallow_signature(folder: Path) -> tuple[object, ...]:
+    """The folder's own times plus each direct entry's name, type and times.
+
+    Adding, removing or renaming a file anywhere one level down changes the mtime of the
+    directory holding it, so this catches files added to a settled folder's series folders at
+    the cost of one listing and a few stats, instead of a stat per file. It does not see a file
+    rewritten in place; `Watcher.confirm` re-fingerprints in full before hand-over for that.
+    """
+    info = folder.stat()
+    parts: list[object] = [info.st_mtime_ns, info.st_ctime_ns]
+    with os.scandir(folder) as iterator:
+        for entry in sorted(iterator, key=lambda e: e.name):
+            if entry.is_dir(follow_symlinks=False):
+                sub = entry.stat(follow_symlinks=False)
+                parts.append((entry.name, sub.st_mtime_ns, sub.st_ctime_ns))
+            else:
+                parts.append(entry.name)
+    return tuple(parts)
+
+
+class Watcher:
+    """Scans the drop roots and decides, folder by folder, when a copy has finished.
+
+    A class because its knowledge lives across scans. It touches no file: it only lists and
+    stats. Not thread-safe; the daemon calls it from one thread (its scan job), and hands
+    results to the pipeline by path.
+    """
+
+    def __init__(
+        self,
+        roots: Iterable[Path],
+        settle: config_module.SettleSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settle = settle
+        self.clock = clock
+        self.roots = {Path(r): Root(Path(r)) for r in roots}
+
+    # ---- scanning -------------------------------------------------------------------------
+
+    def scan(self) -> ScanResult:
+        """Look at every root once; return the folders that became settled in this scan."""
+        result = ScanResult()
+        for root in self.roots.values():
+            self._scan_root(root, result)
+            if root.paused:
+                result.paused[root.path] = root.paused
+        return result
+
+    def _scan_root(self, root: Root, result: ScanResult) -> None:
+        try:
+            info = root.path.stat()
+            if not root.path.is_dir():
+                raise NotADirectoryError(f"{root.path} is not a folder")
+            names = self._list(root)
+        except OSError as error:
+            self._pause(root, f"cannot read the drop root ({error.strerror or error})")
+            return
+        if root.device is not None and info.st_dev != root.device:
+            self._pause(
+                root, "the drop root is on a different file system than before (share unmounted?)"
+            )
+            return
+        expected = [f for f in root.folders.values() if f.state is not State.HANDED_OVER]
+        if not names and expected:
+            self._pause(
+                root,
+                f"the drop root reads empty while {len(expected)} folder(s) "
+                "were waiting there (share unmounted?)",
+            )
+            return
+        if root.paused:
+            log.warning(
+                "%s: drop root readable again; resuming (%d folders)", root.path, len(names)
+            )
+            root.paused = None
+        root.device = info.st_dev
+        now = self.clock()
+        for name in list(root.folders):
+            if name not in names:
+                self._vanished(root, root.folders.pop(name))
+        for name in names:
+            folder = root.folders.get(name)
+            if folder is None:
+                folder = root.folders[name] = Folder(root.path / name, root.path, now)
+                log.info("%s: new folder in %s", name, root.path)
+            result.folders += 1
+            self._observe(folder, now, result)
+
+    def _list(self, root: Root) -> set[str]:
+        """Names of the subject folders at the top of a root; loose files are reported once."""
+        names: set[str] = set()
+        loose: set[str] = set()
+        with os.scandir(root.path) as iterator:
+            for entry in iterator:
+                if entry.name.startswith("."):
+                    continue  # .snapshot, .DS_Store, our own hidden files
+                if entry.is_dir(follow_symlinks=False):
+                    names.add(entry.name)
+                else:
+                    loose.add(entry.name)
+        for name in sorted(loose - root.loose_files):
+            log.warning(
+                "%s: %r is a file at the top of the drop root; sessions must be "
+                "dropped as one folder each, so it is ignored",
+                root.path,
+                name,
+            )
+        root.loose_files = loose
+        return names
+
+    def _pause(self, root: Root, reason: str) -> None:
+        if root.paused is None:
+            log.error(
+                "ALERT %s: paused: %s; nothing in it is handed over or forgotten until "
+                "it reads normally again",
+                root.path,
+                reason,
+            )
+        root.paused = reason
+
+    def _vanished(self, root: Root, folder: Folder) -> None:
+        if folder.state is State.HANDED_OVER:
+            log.debug("%s: left the drop root (handed over)", folder.name)
+        else:
+            log.warning(
+                "%s: disappeared from %s before upload (state %s); forgotten",
+                folder.name,
+                root.path,
+                folder.state,
+            )
+
+    def _observe(self, folder: Folder, now: float, result: ScanResult) -> None:
+        if folder.state is State.HANDED_OVER:
+            return
+        if folder.state is State.WAITING:
+            if now < folder.not_before:
+                return
+            self._restart(folder, now, "looking again")
+        if folder.state is State.SETTLED:
+            try:
+                shallow = shallow_signature(folder.path)
+            except OSError:
+                return  # vanished between listing and stat; the next scan forgets it
+            if shallow == folder.shallow:
+                return
+            folder.shallow = None
+            self._restart(folder, now, "changed after it had settled")
+        try:
+            current = fingerprint(folder.path, self.settle)
+        except FileNotFoundError:
+            return  # vanished between listing and walk; the next scan forgets it
+        except OSError as error:
+            if folder.reason != f"unreadable: {error.strerror}":
+                log.error(
+                    "ALERT %s: cannot read %s (%s); fix its permissions",
+                    folder.name,
+                    error.filename or folder.path,
+                    error.strerror,
+                )
+            folder.reason = f"unreadable: {error.strerror}"
+            return
+        result.fingerprinted += 1
+        if self._update(folder, current, now):
+            try:
+                folder.shallow = shallow_signature(folder.path)
+            except OSError:
+                return
+            folder.state = State.SETTLED
+            result.settled.append(folder)
+            log.info(
+                "%s: settled (%d files, %d bytes; %s)",
+                folder.name,
+                current.files,
+                current.bytes,
+                folder.reason,
+            )
+
+    def _update(self, folder: Folder, current: Fingerprint, now: float) -> bool:
+        """Record one observation; return True when the folder has just settled."""
+        if current != folder.fingerprint:
+            folder.fingerprint = current
+            folder.stable_since = now
+            folder.observations = 1
+        else:
+            folder.observations += 1
+        if current.temp_names:
+            folder.reason = f"temporary file {current.temp_names[0]!r} present"
+            self._maybe_alert_slow(folder, now)
+            return False
+        if current.marker:
+            folder.reason = f"marker file {self.settle.marker_name!r}"
+            return True
+        if current.files == 0:
+            folder.reason = "no files yet"
+            self._maybe_alert_slow(folder, now)
+            return False
+        quiet_for = now - folder.stable_since
+        if folder.observations >= MIN_OBSERVATIONS and quiet_for >= self.settle.quiet_seconds:
+            folder.reason = f"unchanged over {folder.observations} scans, {quiet_for:.0f} s"
+            return True
+        folder.reason = f"unchanged for {quiet_for:.0f} s"
+        self._maybe_alert_slow(folder, now)
+        return False
+
+    def _maybe_alert_slow(self, folder: Folder, now: float) -> None:
+        if not folder.alerted_slow and now - folder.first_seen >= self.settle.max_wait_seconds:
+            folder.alerted_slow = True
+            log.error(
+                "ALERT %s: still not settled %.0f s after it appeared (%s); check the copy to %s",
+                folder.name,
+                now - folder.first_seen,
+                folder.reason,
+                folder.root,
+            )
+
+    def _restart(self, folder: Folder, now: float, reason: str) -> None:
+        folder.state = State.SETTLING
+        folder.fingerprint = None
+        folder.observations = 0
+        folder.stable_since = now
+        folder.reason = reason
+        log.info("%s: settling again (%s)", folder.name, reason)
+
+    # ---- decisions the daemon feeds back ----------------------------------------------------
+
+    def find(self, path: Path) -> Folder | None:
+        root = self.roots.get(path.parent)
+        return root.folders.get(path.name) if root else None
+
+    def settled(self) -> list[Folder]:
+        """Settled folders in unpaused roots, oldest first: the candidates for a push."""
+        ready = [
+            f
+            for root in self.roots.values()
+            if not root.paused
+            for f in root.folders.values()
+            if f.state is State.SETTLED
+        ]
+        return sorted(ready, key=lambda f: (f.first_seen, f.name))
+
+    def confirm(self, folder: Folder) -> bool:
+        """Re-fingerprint a settled folder just before hand-over; False sends it back to settle.
+
+        This closes the gap the shallow signature leaves (a file rewritten in place while the
+        folder waited for the upload window).
+        """
+        if self.roots[folder.root].paused:
+            return False
+        try:
+            current = fingerprint(folder.path, self.settle)
+        except OSError:
+            return False
+        if current == folder.fingerprint and not current.temp_names:
+            return True
+        self._restart(folder, self.clock(), "changed while waiting to be uploaded")
+        return False
+
+    def hand_over(self, folder: Folder) -> None:
+        """The pipeline owns this folder now; the watcher stops deciding about it."""
+        folder.state = State.HANDED_OVER
+
+    def look_again(self, folder: Folder, after_seconds: float, reason: str) -> None:
+        """Settle the folder afresh no sooner than `after_seconds` from now.
+
+        Used when the folder turned out to be still copying (truncated DICOM young enough) or a
+        push failed transiently without moving it out of the drop root.
+        """
+        folder.state = State.WAITING
+        folder.not_before = self.clock() + after_seconds
+        folder.fingerprint = None
+        folder.observations = 0
+        folder.reason = reason
+        log.info("%s: looking again in %.0f s (%s)", folder.name, after_seconds, reason)
+
+    def age(self, folder: Folder) -> float:
+        """Seconds since the watcher first saw the folder (this process's lifetime only)."""
+        return self.clock() - folder.first_seen
+
+    def counts(self) -> dict[str, int]:
+        """Folders per watcher state, for the daemon's STATUS line."""
+        counts: dict[str, int] = {}
+        for root in self.roots.values():
+            for folder in root.folders.values():
+                counts[folder.state.value] = counts.get(folder.state.value, 0) + 1
+        return counts
+
+
+class EventHint:
+    """Kernel events on the drop roots' top level, used only to bring the next scan forward.
+
+    The watch is not recursive: a recursive inotify watch costs one watch and a directory walk
+    per series folder (hundreds of thousands of files on a busy share), and events never decide
+    anything anyway. Roots that offer no events (a missing root, some network file systems) are
+    skipped quietly; the periodic scan covers them.
+    """
+
+    def __init__(self, roots: Iterable[Path], wake: Callable[[], None]) -> None:
+        self.roots = list(roots)
+        self.wake = wake
+        self.observer: object | None = None
+
+    def start(self) -> None:
+        from watchdog import events, observers
+
+        hint = self
+
+        class Handler(events.FileSystemEventHandler):
+            def on_any_event(self, event: events.FileSystemEvent) -> None:
+                if event.event_type not in ("opened", "closed_no_write"):
+                    hint.wake()
+
+        observer = observers.Observer()
+        handler = Handler()
+        for root in self.roots:
+            try:
+                observer.schedule(handler, str(root), recursive=False)
+            except OSError as error:
+                log.info(
+                    "%s: no file events (%s); relying on the periodic scan",
+                    root,
+                    error.strerror or error,
+                )
+        observer.daemon = True
+        observer.start()
+        self.observer = observer
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()  # type: ignore[attr-defined]
+            self.observer.join(timeout=5)  # type: ignore[attr-defined]
+            self.observer = None

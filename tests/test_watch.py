@@ -1,0 +1,327 @@
+"""Discovery and settle decisions (`xnatdrop.watch`), on real folders with a controlled clock.
+
+The clock is injected, so "15 quiet seconds" pass without sleeping; the files, their sizes,
+mtimes and ctimes are real.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xnatdrop import config, watch
+
+OLD = 978_307_200  # 2001-01-01: what robocopy /COPY:DAT or Explorer leave on copied files
+
+QUIET = 15.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def settle_settings(**overrides: object) -> config.SettleSettings:
+    return config.SettleSettings(**{"quiet_seconds": QUIET, **overrides})
+
+
+def write(path: Path, size: int = 100, old_mtime: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    if old_mtime:
+        os.utime(path, (OLD, OLD))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "drop"
+    path.mkdir()
+    return path
+
+
+def scan_until_settled(watcher: watch.Watcher, clock: Clock, limit: int = 20) -> list[str]:
+    """Scan every poll interval until something settles; return the names that settled."""
+    for _ in range(limit):
+        settled = [f.name for f in watcher.scan().settled]
+        if settled:
+            return settled
+        clock.advance(watcher.settle.poll_interval)
+    return []
+
+
+def test_fingerprint_sees_count_size_and_names_not_age(root: Path) -> None:
+    """Copies that keep old mtimes still change the fingerprint through count, size and names."""
+    settle = settle_settings()
+    folder = root / "SUBJ01"
+    write(folder / "s1" / "a.dcm")
+    first = watch.fingerprint(folder, settle)
+    assert (first.files, first.bytes) == (1, 100)
+
+    write(folder / "s1" / "b.dcm")
+    second = watch.fingerprint(folder, settle)
+    assert second.files == 2 and second != first
+
+    write(folder / "s1" / "b.dcm", size=150)  # grew in place, mtime forced back to 2001
+    third = watch.fingerprint(folder, settle)
+    assert third.bytes == 250 and third != second
+
+    (folder / "s1" / "b.dcm").rename(folder / "s1" / "c.dcm")
+    fourth = watch.fingerprint(folder, settle)
+    assert (fourth.files, fourth.bytes) == (third.files, third.bytes)
+    assert fourth.names_digest != third.names_digest
+
+    assert watch.fingerprint(folder, settle) == fourth
+
+
+def test_settles_only_after_quiet_period_and_several_scans(root: Path, clock: Clock) -> None:
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    assert watcher.settle.poll_interval == QUIET / 3
+
+    seen = []
+    for _ in range(4):
+        seen.append([f.name for f in watcher.scan().settled])
+        clock.advance(QUIET / 3)
+    # Observations at 0, 5, 10 and 15 s: only the fourth spans the quiet period.
+    assert seen == [[], [], [], ["SUBJ01"]]
+    assert [f.name for f in watcher.settled()] == ["SUBJ01"]
+
+
+def test_marker_settles_at_once_but_not_over_a_temp_file(root: Path, clock: Clock) -> None:
+    folder = root / "SUBJ01"
+    write(folder / "s1" / "a.dcm")
+    write(folder / "s1" / "b.dcm.part")
+    write(folder / "READY", size=0)
+    watcher = watch.Watcher([root], settle_settings(marker_name="READY"), clock)
+    assert watcher.scan().settled == []
+
+    (folder / "s1" / "b.dcm.part").rename(folder / "s1" / "b.dcm")
+    assert [f.name for f in watcher.scan().settled] == ["SUBJ01"]
+
+
+@pytest.mark.parametrize(
+    "name", ["b.dcm.part", "copy.TMP", "~$notes.docx", ".~lock.log.csv#", "x.filepart"]
+)
+def test_temporary_names_hold_a_folder_back(root: Path, clock: Clock, name: str) -> None:
+    folder = root / "SUBJ01"
+    write(folder / "s1" / "a.dcm")
+    write(folder / "behav" / name)
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    assert scan_until_settled(watcher, clock, limit=10) == []
+    assert "temporary file" in watcher.find(folder).reason
+
+    (folder / "behav" / name).unlink()
+    assert scan_until_settled(watcher, clock) == ["SUBJ01"]
+
+
+def test_empty_folder_never_settles(root: Path, clock: Clock) -> None:
+    (root / "SUBJ01" / "s1").mkdir(parents=True)
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    assert scan_until_settled(watcher, clock, limit=10) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(gaps=st.lists(st.floats(min_value=0.0, max_value=QUIET - 1), min_size=1, max_size=8))
+def test_slow_writer_with_old_mtimes_never_settles_early(
+    tmp_path_factory: pytest.TempPathFactory, gaps: list[float]
+) -> None:
+    """A writer pausing up to quiet−1 s between files, keeping 2001 mtimes, never settles early.
+
+    Scenario: files appear one at a time, the clock moves by each gap while the watcher scans
+    every poll interval. Result: nothing settles until the last file is written, and the
+    folder settles with every file present.
+    """
+    root = tmp_path_factory.mktemp("drop")
+    clock = Clock()
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    poll = watcher.settle.poll_interval
+    folder = root / "SUBJ01"
+    next_scan = clock.now
+    for index, gap in enumerate(gaps):
+        write(folder / "s1" / f"{index:03d}.dcm")
+        until = clock.now + gap
+        while next_scan <= until:
+            clock.now = next_scan
+            assert watcher.scan().settled == [], f"settled after {index + 1}/{len(gaps)} files"
+            next_scan += poll
+        clock.now = until
+    clock.now = next_scan
+    assert scan_until_settled(watcher, clock) == ["SUBJ01"]
+    assert watcher.find(folder).fingerprint.files == len(gaps)
+
+
+def test_settled_folder_is_not_walked_again_until_it_changes(root: Path, clock: Clock) -> None:
+    """Cheap scans: a settled folder costs a listing and a few stats, not a walk of its files."""
+    for i in range(3):
+        write(root / "SUBJ01" / f"s{i}" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    assert scan_until_settled(watcher, clock) == ["SUBJ01"]
+
+    clock.advance(5)
+    result = watcher.scan()
+    assert (result.folders, result.fingerprinted) == (1, 0)
+
+    write(root / "SUBJ01" / "s1" / "late.dcm")  # a late file one level down
+    clock.advance(5)
+    result = watcher.scan()
+    assert result.fingerprinted == 1
+    assert watcher.find(root / "SUBJ01").state is watch.State.SETTLING
+    assert scan_until_settled(watcher, clock) == ["SUBJ01"]
+    assert watcher.find(root / "SUBJ01").fingerprint.files == 4
+
+
+def test_confirm_catches_a_rewrite_the_shallow_check_misses(root: Path, clock: Clock) -> None:
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    scan_until_settled(watcher, clock)
+    folder = watcher.find(root / "SUBJ01")
+    assert watcher.confirm(folder)
+
+    with open(root / "SUBJ01" / "s1" / "a.dcm", "ab") as handle:  # grows in place
+        handle.write(b"more")
+    assert not watcher.confirm(folder)
+    assert folder.state is watch.State.SETTLING
+    assert watcher.settled() == []
+
+
+def test_root_renamed_away_and_back_pauses_and_keeps_state(
+    root: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unmounted share must never read as "everything was deleted"."""
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    write(root / "SUBJ02" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    assert sorted(scan_until_settled(watcher, clock)) == ["SUBJ01", "SUBJ02"]
+
+    away = root.with_name("drop-away")
+    root.rename(away)
+    with caplog.at_level(logging.ERROR, logger="xnatdrop.watch"):
+        result = watcher.scan()
+        watcher.scan()
+    assert list(result.paused) == [root]
+    assert watcher.settled() == []  # nothing handed over from a paused root
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "ALERT" in caplog.records[0].message and "paused" in caplog.records[0].message
+
+    away.rename(root)
+    clock.advance(5)
+    result = watcher.scan()
+    assert result.paused == {}
+    assert sorted(f.name for f in watcher.settled()) == ["SUBJ01", "SUBJ02"]
+
+
+def test_root_reading_empty_pauses_unless_its_folders_were_handed_over(
+    root: Path, clock: Clock, tmp_path: Path
+) -> None:
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    write(root / "SUBJ02" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    scan_until_settled(watcher, clock)
+
+    # An empty mount point where the share used to be: pause, remember both folders.
+    hidden = tmp_path / "elsewhere"
+    hidden.mkdir()
+    for name in ("SUBJ01", "SUBJ02"):
+        (root / name).rename(hidden / name)
+    assert root in watcher.scan().paused
+    for name in ("SUBJ01", "SUBJ02"):
+        (hidden / name).rename(root / name)
+    assert watcher.scan().paused == {}
+    # Remembered, not rediscovered (renaming touched their ctimes, so they settle again).
+    assert all(watcher.find(root / n).first_seen == 1000.0 for n in ("SUBJ01", "SUBJ02"))
+    clock.advance(5)
+    assert sorted(scan_until_settled(watcher, clock)) == ["SUBJ01", "SUBJ02"]
+
+    # The pipeline took both (froze them by rename): an empty root is then expected.
+    for folder in watcher.settled():
+        watcher.hand_over(folder)
+        shutil.move(folder.path, hidden / folder.name)
+    assert watcher.scan().paused == {}
+    assert watcher.counts() == {}
+
+
+def test_missing_root_at_start_is_paused_then_picked_up(tmp_path: Path, clock: Clock) -> None:
+    root = tmp_path / "not-mounted-yet"
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    assert root in watcher.scan().paused
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    clock.advance(5)
+    assert scan_until_settled(watcher, clock) == ["SUBJ01"]
+
+
+def test_single_folder_removed_is_forgotten_without_pausing(root: Path, clock: Clock) -> None:
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    write(root / "SUBJ02" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    watcher.scan()
+    shutil.rmtree(root / "SUBJ02")
+    assert watcher.scan().paused == {}
+    assert watcher.find(root / "SUBJ02") is None
+
+
+def test_look_again_waits_then_settles_afresh(root: Path, clock: Clock) -> None:
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    scan_until_settled(watcher, clock)
+    folder = watcher.find(root / "SUBJ01")
+    watcher.hand_over(folder)
+    watcher.look_again(folder, 60, "truncated DICOM, still copying")
+    assert scan_until_settled(watcher, clock, limit=11) == []  # 11 × 5 s < 60 s
+    assert scan_until_settled(watcher, clock) == ["SUBJ01"]
+
+
+def test_loose_files_and_hidden_entries_are_not_sessions(
+    root: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(root / "notes.txt")
+    write(root / ".snapshot" / "x")
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    with caplog.at_level(logging.WARNING, logger="xnatdrop.watch"):
+        watcher.scan()
+        watcher.scan()
+    assert [f.name for r in watcher.roots.values() for f in r.folders.values()] == ["SUBJ01"]
+    assert sum("notes.txt" in r.message for r in caplog.records) == 1
+
+
+def test_folder_that_never_settles_alerts_once_after_max_wait(
+    root: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(root / "SUBJ01" / "s1" / "a.dcm.part")
+    watcher = watch.Watcher([root], settle_settings(max_wait_seconds=60), clock)
+    with caplog.at_level(logging.ERROR, logger="xnatdrop.watch"):
+        for _ in range(30):
+            watcher.scan()
+            clock.advance(5)
+    alerts = [r.message for r in caplog.records if "not settled" in r.message]
+    assert len(alerts) == 1 and "SUBJ01" in alerts[0]
+
+
+def test_event_hint_wakes_on_a_new_top_level_folder(root: Path) -> None:
+    import threading
+
+    woke = threading.Event()
+    hint = watch.EventHint([root], woke.set)
+    hint.start()
+    try:
+        (root / "SUBJ01").mkdir()
+        assert woke.wait(10)
+    finally:
+        hint.stop()
