@@ -1,0 +1,495 @@
+"""The ledger: xnatdrop's single source of truth for the progress of every drop.
+
+One SQLite database (WAL journal) under `[paths] state`, file mode 0600 in a 0700 folder. Table
+`drops` has one row per drop (one subject folder handed to the pipeline once): its project, label,
+where it came from, where it sits now, its state, the step running, attempts, timestamps, the last
+error and the time of the next attempt. Table `history` has one row per event of every drop
+(a step started, finished or failed, a resend, a quarantine), so `xnatdrop status` can tell what
+happened and when.
+
+States move only along `NEXT`, a transition table in the manner of pynetdicom's `fsm.py`:
+`(state, step) -> next state`. Any other pair raises `InvalidTransition`. Each step is written
+twice: `begin()` before the work (the row gets `running = step` and a "start" history row) and
+`advance()` after it (the new state and a "done" history row in one transaction). A process
+killed between the two leaves `running` set; the next run sees the same state, repeats the step
+(every step is idempotent, see `pipeline`) and writes a fresh "start" row.
+
+Queries for the daemon and for `xnatdrop status`:
+
+- `Ledger.counts()`: number of drops per state;
+- `Ledger.pending(now)`: unfinished drops whose next attempt is due, oldest first;
+- `Ledger.oldest_pending()`: the unfinished drop waiting longest;
+- `Ledger.recent_failures(limit)`: the latest "failed" history rows with their drop;
+- `Ledger.last_finished()`: the drop that most recently reached `done`;
+- `Ledger.active(project, label)`: the unfinished drop for a label, if any.
+
+A drop in `done` or `quarantined` is final; a later folder with the same label is a new drop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FILENAME = "ledger.sqlite3"
+
+STATES: dict[str, str] = {
+    "new": "registered; the folder is still in the drop root",
+    "frozen": "moved into the working area; later changes in the drop root do not affect it",
+    "checked": "the rules passed (no block finding)",
+    "packed": "upload zip and manifest written",
+    "imported": "sent to the XNAT prearchive",
+    "verified": "the prearchive session is READY and matches the manifest",
+    "archived": "archived in XNAT and read back: scans, file counts, sizes, MD5s",
+    "attached": "sidecar folders uploaded as session resources and verified",
+    "done": "moved to done/ with a receipt (final)",
+    "quarantined": "moved to quarantine/ with a reason file (final)",
+}
+FINAL = frozenset({"done", "quarantined"})
+
+STEPS = ("freeze", "check", "pack", "import", "verify", "archive", "attach", "finish")
+
+NEXT: dict[tuple[str, str], str] = {
+    ("new", "freeze"): "frozen",
+    ("frozen", "check"): "checked",
+    ("checked", "pack"): "packed",
+    ("packed", "import"): "imported",
+    ("imported", "verify"): "verified",
+    ("verified", "archive"): "archived",
+    ("archived", "attach"): "attached",
+    ("attached", "finish"): "done",
+    # The prearchive copy vanished or is incomplete and nothing is archived: send it again.
+    ("imported", "resend"): "packed",
+    ("verified", "resend"): "packed",
+    # Any permanent failure before the end.
+    **{(state, "quarantine"): "quarantined" for state in STATES if state not in FINAL},
+}
+
+# The step to run next from each unfinished state.
+STEP_FROM = {state: step for (state, step) in NEXT if step in STEPS}
+
+_COLUMNS = (
+    "id",
+    "project",
+    "label",
+    "source",
+    "work",
+    "state",
+    "running",
+    "attempts",
+    "created",
+    "updated",
+    "next_attempt",
+    "last_error_code",
+    "last_error",
+    "prearchive_uri",
+    "archive_uri",
+    "target",
+    "final_path",
+)
+# Fields the pipeline may set through begin()/advance()/update().
+SETTABLE = frozenset({"work", "prearchive_uri", "archive_uri", "target", "final_path"})
+_INTERNAL = frozenset(
+    {"state", "running", "updated", "attempts", "next_attempt", "last_error_code", "last_error"}
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS drops (
+    id INTEGER PRIMARY KEY,
+    project TEXT NOT NULL,
+    label TEXT NOT NULL,
+    source TEXT NOT NULL,
+    work TEXT NOT NULL,
+    state TEXT NOT NULL,
+    running TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error_code TEXT,
+    last_error TEXT,
+    prearchive_uri TEXT,
+    archive_uri TEXT,
+    target TEXT,
+    final_path TEXT
+);
+-- At most one unfinished drop per label and project.
+CREATE UNIQUE INDEX IF NOT EXISTS drops_active
+    ON drops(project, label) WHERE state NOT IN ('done', 'quarantined');
+CREATE INDEX IF NOT EXISTS drops_state ON drops(state, next_attempt);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    drop_id INTEGER NOT NULL REFERENCES drops(id),
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    step TEXT NOT NULL,
+    state_before TEXT NOT NULL,
+    state_after TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS history_drop ON history(drop_id, id);
+CREATE INDEX IF NOT EXISTS history_event ON history(event, id);
+"""
+
+
+class InvalidTransition(Exception):
+    """A (state, step) pair outside `NEXT`: a bug in the caller, never a drop's fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Drop:
+    """One row of `drops`. Times are seconds since the epoch."""
+
+    id: int
+    project: str
+    label: str
+    source: str
+    work: str
+    state: str
+    running: str | None
+    attempts: int
+    created: float
+    updated: float
+    next_attempt: float
+    last_error_code: str | None
+    last_error: str | None
+    prearchive_uri: str | None
+    archive_uri: str | None
+    target: str | None
+    final_path: str | None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    @property
+    def next_step(self) -> str | None:
+        return STEP_FROM.get(self.state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One row of `history`, with the label and project of its drop."""
+
+    id: int
+    drop_id: int
+    project: str
+    label: str
+    at: float
+    event: str
+    step: str
+    state_before: str
+    state_after: str
+    detail: dict[str, Any]
+
+
+def _secure_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+class Ledger:
+    """An open ledger database. Use as a context manager, or call `close()`.
+
+    One connection per Ledger, used from one thread (the pipeline runs drops one at a time);
+    several processes may open the same file, SQLite's locking and `busy_timeout` serialise them.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        _secure_dir(state_dir)
+        self.path = state_dir / FILENAME
+        # Create the file 0600 before SQLite does, so it never exists with a wider mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across a process crash in WAL mode; only a power cut may lose the last
+        # transaction, and every step is safe to repeat.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+        for suffix in ("-wal", "-shm"):
+            sidecar = self.path.with_name(self.path.name + suffix)
+            if sidecar.exists():
+                os.chmod(sidecar, 0o600)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front, so two processes never both read a
+        # state and then both write a transition from it.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def _row(self, conn: sqlite3.Connection, drop_id: int) -> Drop:
+        row = conn.execute("SELECT * FROM drops WHERE id = ?", (drop_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no drop with id {drop_id}")
+        return Drop(**{k: row[k] for k in _COLUMNS})
+
+    def get(self, drop_id: int) -> Drop:
+        return self._row(self._conn, drop_id)
+
+    def active(self, project: str, label: str) -> Drop | None:
+        """The unfinished drop for this label, if any (there is at most one)."""
+        row = self._conn.execute(
+            "SELECT id FROM drops WHERE project = ? AND label = ? "
+            "AND state NOT IN ('done', 'quarantined')",
+            (project, label),
+        ).fetchone()
+        return None if row is None else self.get(row["id"])
+
+    def drops(self, project: str | None = None, label: str | None = None) -> list[Drop]:
+        """Every drop, oldest first, optionally for one project and label."""
+        query, args = "SELECT id FROM drops WHERE 1", []
+        if project is not None:
+            query, args = query + " AND project = ?", [*args, project]
+        if label is not None:
+            query, args = query + " AND label = ?", [*args, label]
+        return [self.get(r["id"]) for r in self._conn.execute(query + " ORDER BY id", args)]
+
+    def _history(
+        self,
+        conn: sqlite3.Connection,
+        drop: Drop,
+        event: str,
+        step: str,
+        after: str,
+        detail: dict[str, Any],
+        now: float,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO history (drop_id, at, event, step, state_before, state_after, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (drop.id, now, event, step, drop.state, after, json.dumps(detail, sort_keys=True)),
+        )
+
+    def _set(self, conn: sqlite3.Connection, drop_id: int, fields: dict[str, Any]) -> None:
+        unknown = set(fields) - SETTABLE - _INTERNAL
+        if unknown:
+            raise ValueError(f"not a ledger field: {', '.join(sorted(unknown))}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        conn.execute(f"UPDATE drops SET {assignments} WHERE id = ?", (*fields.values(), drop_id))
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def register(self, project: str, label: str, source: Path, work: Path) -> Drop:
+        """Add a new drop in state `new`. Raise sqlite3.IntegrityError if one is unfinished."""
+        now = time.time()
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO drops (project, label, source, work, state, created, updated) "
+                "VALUES (?, ?, ?, ?, 'new', ?, ?)",
+                (project, label, str(source), str(work), now, now),
+            )
+            drop = self._row(conn, int(cursor.lastrowid or 0))
+            self._history(conn, drop, "registered", "register", "new", {}, now)
+        log.debug("%s: registered as drop %d", label, drop.id)
+        return drop
+
+    def _check(self, drop: Drop, step: str) -> str:
+        try:
+            return NEXT[(drop.state, step)]
+        except KeyError:
+            raise InvalidTransition(
+                f"drop {drop.id} ({drop.label}): no step {step!r} from state {drop.state!r}"
+            ) from None
+
+    def begin(self, drop: Drop, step: str, **fields: Any) -> Drop:
+        """Record that `step` starts now (before any of its work); return the updated drop."""
+        now = time.time()
+        with self._transaction() as conn:
+            current = self._row(conn, drop.id)
+            self._check(current, step)
+            self._set(conn, drop.id, {**fields, "running": step, "updated": now})
+            self._history(conn, current, "start", step, current.state, _public(fields), now)
+            return self._row(conn, drop.id)
+
+    def advance(self, drop: Drop, step: str, **fields: Any) -> Drop:
+        """Record that `step` finished: move to its next state in one transaction."""
+        now = time.time()
+        with self._transaction() as conn:
+            current = self._row(conn, drop.id)
+            after = self._check(current, step)
+            changes = {
+                **fields,
+                "state": after,
+                "running": None,
+                "updated": now,
+                "last_error_code": None,
+                "last_error": None,
+                "next_attempt": 0,
+            }
+            self._set(conn, drop.id, changes)
+            self._history(conn, current, "done", step, after, _public(fields), now)
+            drop = self._row(conn, drop.id)
+        log.debug("%s: %s -> %s", drop.label, current.state, drop.state)
+        return drop
+
+    def update(self, drop: Drop, **fields: Any) -> Drop:
+        """Store facts learnt during a step (e.g. the prearchive URI) without changing state."""
+        with self._transaction() as conn:
+            self._set(conn, drop.id, {**fields, "updated": time.time()})
+            return self._row(conn, drop.id)
+
+    def fail(self, drop: Drop, step: str, code: str, message: str, retry_at: float | None) -> Drop:
+        """Record a failed attempt at `step`; the drop keeps its state and waits for `retry_at`.
+
+        `retry_at` None means no automatic retry (an authentication failure waits for a person).
+        """
+        now = time.time()
+        with self._transaction() as conn:
+            current = self._row(conn, drop.id)
+            self._set(
+                conn,
+                drop.id,
+                {
+                    "running": None,
+                    "attempts": current.attempts + 1,
+                    "last_error_code": code,
+                    "last_error": message,
+                    "next_attempt": retry_at if retry_at is not None else float("inf"),
+                    "updated": now,
+                },
+            )
+            detail = {"code": code, "message": message, "retry_at": retry_at}
+            self._history(conn, current, "failed", step, current.state, detail, now)
+            return self._row(conn, drop.id)
+
+    def release(self, drop: Drop) -> Drop:
+        """Make a drop that waits for a person (retry_at None) due again now."""
+        with self._transaction() as conn:
+            self._set(conn, drop.id, {"next_attempt": 0, "updated": time.time()})
+            return self._row(conn, drop.id)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Number of drops in each state (states with none are left out)."""
+        rows = self._conn.execute("SELECT state, COUNT(*) AS n FROM drops GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    def pending(self, now: float | None = None) -> list[Drop]:
+        """Unfinished drops whose next attempt is due at `now`, oldest first."""
+        now = time.time() if now is None else now
+        rows = self._conn.execute(
+            "SELECT id FROM drops WHERE state NOT IN ('done', 'quarantined') "
+            "AND next_attempt <= ? ORDER BY created, id",
+            (now,),
+        )
+        return [self.get(r["id"]) for r in rows]
+
+    def oldest_pending(self) -> Drop | None:
+        """The unfinished drop registered first, due or not."""
+        row = self._conn.execute(
+            "SELECT id FROM drops WHERE state NOT IN ('done', 'quarantined') "
+            "ORDER BY created, id LIMIT 1"
+        ).fetchone()
+        return None if row is None else self.get(row["id"])
+
+    def recent_failures(self, limit: int = 10) -> list[Event]:
+        """The latest failed attempts and quarantines, newest first."""
+        return self._events("event IN ('failed', 'quarantined')", limit)
+
+    def last_finished(self) -> Drop | None:
+        """The drop that most recently reached `done`."""
+        row = self._conn.execute(
+            "SELECT id FROM drops WHERE state = 'done' ORDER BY updated DESC, id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else self.get(row["id"])
+
+    def history(self, drop: Drop) -> list[Event]:
+        """Every event of one drop, oldest first."""
+        return self._events("drop_id = ?", None, (drop.id,), order="ASC")
+
+    def _events(
+        self, where: str, limit: int | None, args: tuple[Any, ...] = (), order: str = "DESC"
+    ) -> list[Event]:
+        query = (
+            "SELECT history.*, drops.project, drops.label FROM history "
+            f"JOIN drops ON drops.id = history.drop_id WHERE {where} ORDER BY history.id {order}"
+        )
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        return [
+            Event(
+                id=r["id"],
+                drop_id=r["drop_id"],
+                project=r["project"],
+                label=r["label"],
+                at=r["at"],
+                event=r["event"],
+                step=r["step"],
+                state_before=r["state_before"],
+                state_after=r["state_after"],
+                detail=json.loads(r["detail"]),
+            )
+            for r in self._conn.execute(query, args)
+        ]
+
+    def quarantine(self, drop: Drop, code: str, message: str, **fields: Any) -> Drop:
+        """Move a drop to the final state `quarantined`, recording why."""
+        now = time.time()
+        with self._transaction() as conn:
+            current = self._row(conn, drop.id)
+            self._check(current, "quarantine")
+            changes = {
+                **fields,
+                "state": "quarantined",
+                "running": None,
+                "last_error_code": code,
+                "last_error": message,
+                "updated": now,
+            }
+            self._set(conn, drop.id, changes)
+            detail = {"code": code, "message": message, **_public(fields)}
+            self._history(conn, current, "quarantined", "quarantine", "quarantined", detail, now)
+            return self._row(conn, drop.id)
+
+    def resend(self, drop: Drop, reason: str) -> Drop:
+        """Go back to `packed` because XNAT no longer holds a usable prearchive copy."""
+        now = time.time()
+        with self._transaction() as conn:
+            current = self._row(conn, drop.id)
+            after = self._check(current, "resend")
+            self._set(
+                conn,
+                drop.id,
+                {"state": after, "running": None, "prearchive_uri": None, "updated": now},
+            )
+            self._history(conn, current, "resend", "resend", after, {"reason": reason}, now)
+            return self._row(conn, drop.id)
+
+
+def _public(fields: dict[str, Any]) -> dict[str, Any]:
+    # History rows keep only plain values; paths become strings.
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()}
