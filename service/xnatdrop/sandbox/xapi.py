@@ -86,6 +86,30 @@ def build_info() -> dict[str, str]:
     }
 
 
+SEARCH_ELEMENTS = (
+    ("xnat:projectData", "Project", "Projects"),
+    ("xnat:subjectData", "Subject", "Subjects"),
+    ("xnat:mrSessionData", "MR Session", "MR Sessions"),
+    ("xnat:otherDicomSessionData", "Other DICOM Session", "Other DICOM Sessions"),
+    ("xnat:mrScanData", "MR Scan", "MR Scans"),
+    ("xnat:otherDicomScanData", "Other DICOM Scan", "Other DICOM Scans"),
+)
+"""The searchable data types, all defined in schemas/xnat.xsd."""
+
+
+def search_elements() -> list[dict[str, str]]:
+    """Rows of `GET /data/search/elements` (a /data route the core serves with this data).
+
+    xnatpy needs the route at connect time (`search.inject_search_fields`, unguarded) and reads
+    only `ELEMENT_NAME`; every name must have a class in the served schema, else xnatpy logs
+    "Cannot find matching class". Cells are strings, as in every XFTTable (reference §1.4).
+    """
+    return [
+        {"ELEMENT_NAME": name, "SINGULAR": singular, "PLURAL": plural, "SECURED": "true"}
+        for name, singular, plural in SEARCH_ELEMENTS
+    ]
+
+
 def schema_names() -> list[str]:
     """Return the names served under /xapi/schemas, one per `schemas/*.xsd` file."""
     return sorted(p.stem for p in SCHEMA_DIR.glob("*.xsd"))
