@@ -1,0 +1,945 @@
+"""Push one subject folder to XNAT: freeze → check → pack → import → verify → archive → attach →
+finish, or quarantine.
+
+Entry point, for `xnatdrop push` and the daemon alike::
+
+    outcome = pipeline.process(drop_folder, config, ledger, client_factory, stopping, progress)
+
+`drop_folder` is `<drop root>/<LABEL>` as the technologist dropped it (after a crash it may
+already have been moved: the ledger knows where). `client_factory()` returns a new
+`xnat.XnatClient` (used as a context manager, opened only when a step needs XNAT). `stopping`, a
+`threading.Event`, is checked between steps and used for every wait, so a stop request ends the
+call at the next step boundary. `progress(step, done, total)` is called while packing and
+uploading. The result is an `Outcome`:
+
+- `archived`: archived, verified, sidecars attached, folder in done/ (exit 0);
+- `quarantined`: a permanent failure, folder in quarantine/ with reason files (exit 1);
+- `transient`: stopped on a retryable error or a stop request; `retry_at` says when the
+  ledger considers the drop due again (exit 3);
+- `auth_failed`: XNAT refused our credentials; the drop waits (`retry_at` None) until
+  `Ledger.release()`; the caller should stop all uploads and alert (exit 3);
+- `busy`: another process holds this drop's lock (exit 3).
+
+Each step is written to the ledger before and after (`Ledger.begin` / `Ledger.advance`), and each
+is safe to repeat after a `kill -9` at any point:
+
+- freeze renames the folder into `<drop root>/<push.work_folder>/<drop id>/<LABEL>` (same file
+  system, checked); a repeat finds it there.
+- check runs the rules on the frozen folder and stores the facts the later steps need in the
+  spool (`<state>/spool/<drop id>/check.json`); a block finding quarantines.
+- pack writes `upload.zip` and `manifest.json` atomically (see `pack`).
+- import first asks XNAT what exists: an archived session with this label (all files present:
+  nothing is sent; other files: quarantine as a label conflict), a READY prearchive session
+  holding every file (reused), leftovers of an interrupted upload (deleted); only then uploads.
+- verify waits for READY (CONFLICT and ERROR end the wait) and compares scans and files with the
+  manifest; a missing or incomplete prearchive session is deleted and sent again (`resend`).
+- archive asks for the archived session first (a crash after XNAT archived but before the ledger
+  heard of it), archives with explicit labels and no overwrite, and reads back every file's size
+  and MD5.
+- attach lists each sidecar resource and uploads only the files that are not there yet; a file
+  that is there with other content is a permanent conflict.
+- finish sets optional subject fields, writes the receipt and renames the folder to
+  `done/<date>/<LABEL>/`; the target is written to the ledger before the rename.
+
+Transient errors (`errors.TransientError`) are retried with exponential backoff and jitter,
+`push.inline_attempts` times within one call, then handed back. They never quarantine.
+
+Test hook: the environment variable `XNATDROP_TEST_CRASH_AT=<step>:<before|after>` makes the
+process SIGKILL itself right after the ledger recorded the start of that step (`before`) or right
+after the step's work, before the ledger recorded it (`after`); `import:bytes=N` kills it once N
+bytes of the upload were sent. It is read in `_crash_point` only.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import tomllib
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from xnatdrop import ledger as ledger_module
+from xnatdrop import pack, quarantine, receipt
+from xnatdrop.config import Config, DropSettings
+from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "XNATDROP_TEST_CRASH_AT"
+CHECK_NAME = "check.json"
+QUARANTINE_NAME = "quarantine.json"
+MAX_RESENDS = 2  # per call; a prearchive that keeps losing data is a transient server problem
+
+# Prearchive statuses (reference §4.2). Locked ones mean XNAT is busy with the session.
+READY = "READY"
+BUILDING = frozenset({"RECEIVING", "RECEIVING_INTERRUPT", "BUILDING", "QUEUED_BUILDING"})
+FAILED = frozenset({"ERROR", "_ERROR"})
+CONFLICT = frozenset({"CONFLICT", "_CONFLICT"})
+
+Progress = Callable[[str, int, int], None]
+ClientFactory = Callable[[], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one call of `process` achieved; see the module docstring for the kinds."""
+
+    kind: str
+    label: str
+    drop_id: int | None = None
+    message: str = ""
+    code: str = ""
+    retry_at: float | None = None
+    path: Path | None = None
+
+    @property
+    def detail(self) -> str:
+        """One line for logs and the daemon's status: the code and message, or the path."""
+        if self.kind == "archived":
+            return f"archived, now in {self.path}"
+        return f"{self.code}: {self.message}" if self.code else self.message
+
+
+class _Resend(Exception):
+    """The prearchive copy is gone or incomplete and nothing is archived: upload again."""
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything one call of `process` needs, passed to each step."""
+
+    config: Config
+    drop_settings: DropSettings
+    book: ledger_module.Ledger
+    client_factory: ClientFactory
+    stopping: threading.Event
+    progress: Progress | None
+    stack: contextlib.ExitStack
+    _client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.stack.enter_context(self.client_factory())
+        return self._client
+
+    def spool(self, drop: ledger_module.Drop) -> Path:
+        return self.config.paths.state / "spool" / str(drop.id)
+
+    @property
+    def project(self) -> str:
+        return self.drop_settings.project
+
+    def wait(self, seconds: float) -> None:
+        if self.stopping.wait(seconds):
+            raise TransientError("stop requested")
+
+
+# -- the entry point --------------------------------------------------------------------------
+
+
+def process(
+    drop_folder: Path,
+    config: Config,
+    book: ledger_module.Ledger,
+    client_factory: ClientFactory,
+    stopping: threading.Event | None = None,
+    progress: Progress | None = None,
+) -> Outcome:
+    """Take one subject folder as far as it goes now; see the module docstring.
+
+    Raise ValueError if the folder is not in a configured drop root and FileNotFoundError if it
+    does not exist and no unfinished drop of that label is in the ledger.
+    """
+    drop_folder = Path(os.path.abspath(drop_folder))
+    drop_settings = config.drop_for(drop_folder)
+    if drop_settings is None:
+        raise ValueError(f"{drop_folder} is not inside a configured drop root")
+    label = drop_folder.name
+    with _drop_lock(config.paths.state, drop_settings.project, label) as locked:
+        if not locked:
+            log.info("%s: another xnatdrop process is working on it", label)
+            return Outcome("busy", label, message="another xnatdrop process holds this drop")
+        drop = book.active(drop_settings.project, label)
+        if drop is None:
+            if not drop_folder.is_dir():
+                raise FileNotFoundError(f"{drop_folder}: no such folder and nothing pending")
+            drop = book.register(drop_settings.project, label, drop_folder, Path(""))
+        with contextlib.ExitStack() as stack:
+            run = _Run(
+                config,
+                drop_settings,
+                book,
+                client_factory,
+                stopping or threading.Event(),
+                progress,
+                stack,
+            )
+            return _attempts(run, drop)
+
+
+@contextlib.contextmanager
+def _drop_lock(state: Path, project: str, label: str) -> Iterator[bool]:
+    """An exclusive flock per drop; the kernel drops it when the process dies, even by kill -9."""
+    folder = state / "locks"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder / f"{project}__{label}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: uniform in [½, 1] × min(cap, base·2^attempt).
+
+    Half-to-full ("equal") jitter keeps a floor so a burst of 503s is not hammered again at
+    once, while drops that failed together still spread out.
+    """
+    ceiling = min(cap, base * (2 ** min(attempt, 32)))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
+    """Run steps until the drop is final, retrying transient errors inline a few times.
+
+    This is the per-drop boundary: the one place that catches any exception, records it in the
+    ledger and turns it into an Outcome (STYLE.md, "Catch narrowly, with one exception").
+    """
+    push = run.config.push
+    tries = 0
+    resends = 0
+    if drop.running == "quarantine":
+        # A quarantine was cut short by a crash: finish it with the reason stored at its start.
+        return _complete_quarantine(run, drop, _stored_reason(run, drop))
+    while True:
+        step = drop.running or drop.next_step or "finish"
+        try:
+            drop = _steps(run, drop)
+            return _final_outcome(drop)
+        except _Resend as reason:
+            resends += 1
+            drop = run.book.resend(run.book.get(drop.id), str(reason))
+            log.warning("%s: %s; sending it again", drop.label, reason)
+            if resends <= MAX_RESENDS:
+                continue
+            error: Exception = TransientError(f"XNAT lost the upload {resends} times: {reason}")
+        except PermanentError as failure:
+            return _quarantine(run, run.book.get(drop.id), failure)
+        except AuthenticationError as failure:
+            drop = run.book.fail(run.book.get(drop.id), step, "AUTHENTICATION", str(failure), None)
+            log.error(
+                "%s: %s. Uploads stop until the credentials are fixed; nothing was lost.",
+                drop.label,
+                failure,
+            )
+            return Outcome("auth_failed", drop.label, drop.id, str(failure), "AUTHENTICATION")
+        except TransientError as failure:
+            error = failure
+        except Exception as failure:
+            log.exception("%s: unexpected error in step %s", drop.label, step)
+            error = failure
+        drop = run.book.get(drop.id)
+        step = drop.running or drop.next_step or step
+        delay = backoff(drop.attempts, push.retry_base_seconds, push.retry_max_seconds)
+        code = "TRANSIENT" if isinstance(error, TransientError) else "INTERNAL"
+        message = str(error) if isinstance(error, TransientError) else repr(error)
+        drop = run.book.fail(drop, step, code, message, time.time() + delay)
+        tries += 1
+        if run.stopping.is_set():
+            log.info("%s: stopped before %s; it resumes on the next run", drop.label, step)
+            return Outcome("transient", drop.label, drop.id, message, code, drop.next_attempt)
+        if tries >= push.inline_attempts or delay > push.inline_max_seconds:
+            log.warning(
+                "%s: %s failed (%s); next attempt in %.0f s", drop.label, step, message, delay
+            )
+            return Outcome("transient", drop.label, drop.id, message, code, drop.next_attempt)
+        log.warning("%s: %s failed (%s); retrying in %.1f s", drop.label, step, message, delay)
+        if run.stopping.wait(delay):
+            return Outcome("transient", drop.label, drop.id, message, code, drop.next_attempt)
+
+
+def _final_outcome(drop: ledger_module.Drop) -> Outcome:
+    path = Path(drop.final_path) if drop.final_path else None
+    if drop.state == "done":
+        return Outcome("archived", drop.label, drop.id, drop.archive_uri or "", path=path)
+    return Outcome(
+        "quarantined",
+        drop.label,
+        drop.id,
+        drop.last_error or "",
+        drop.last_error_code or "",
+        path=path,
+    )
+
+
+STEP_FUNCTIONS: dict[str, Callable[[_Run, ledger_module.Drop], tuple[dict[str, Any], str]]] = {}
+
+
+def _step(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        STEP_FUNCTIONS[name] = function
+        return function
+
+    return register
+
+
+def _steps(run: _Run, drop: ledger_module.Drop) -> ledger_module.Drop:
+    """Run the remaining steps in order; each is recorded before and after."""
+    while not drop.final:
+        if run.stopping.is_set():
+            raise TransientError("stop requested")
+        step = drop.next_step
+        assert step is not None, drop.state
+        drop = run.book.begin(drop, step)
+        _crash_point(step, "before")
+        started = time.monotonic()
+        fields, summary = STEP_FUNCTIONS[step](run, drop)
+        _crash_point(step, "after")
+        drop = run.book.advance(run.book.get(drop.id), step, **fields)
+        log.info("%s: %s: %s (%.1f s)", drop.label, step, summary, time.monotonic() - started)
+    return drop
+
+
+def _crash_point(step: str, when: str, sent: int | None = None) -> None:
+    """The test hook described in the module docstring; a no-op unless CRASH_ENV is set."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    if wanted == f"{step}:{when}" or (
+        sent is not None
+        and wanted.startswith(f"{step}:bytes=")
+        and sent >= int(wanted.split("=", 1)[1])
+    ):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- freeze ----------------------------------------------------------------------------------
+
+
+def _work_path(run: _Run, drop: ledger_module.Drop) -> Path:
+    return run.drop_settings.path / run.config.push.work_folder / str(drop.id) / drop.label
+
+
+@_step("freeze")
+def _freeze(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    """Rename the folder into the working area: one atomic rename on the same file system."""
+    source, work = Path(drop.source), _work_path(run, drop)
+    run.book.update(drop, work=work)
+    if work.is_dir() and not source.is_dir():
+        return {"work": work}, "already frozen"
+    if not source.is_dir():
+        raise PermanentError(
+            "FOLDER_MISSING",
+            f"the folder {source} disappeared before xnatdrop could take it",
+            "copy the folder into the drop folder again",
+        )
+    work.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if work.parent.stat().st_dev != source.stat().st_dev:
+        raise TransientError(
+            f"working area {work.parent} is on another file system than {source}; "
+            "xnatdrop only moves drops by rename"
+        )
+    os.rename(source, work)
+    return {"work": work}, f"moved into {work.parent}"
+
+
+# -- check -----------------------------------------------------------------------------------
+
+
+@_step("check")
+def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    """Run the rules; store what later steps need; a block finding quarantines."""
+    work = Path(drop.work)
+    facts = _check_facts(work, run.config, run.drop_settings)
+    facts["subject_fields"] = _subject_fields(run, work, facts)
+    spool = run.spool(drop)
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    receipt.write_atomic(spool / CHECK_NAME, json.dumps(facts, indent=1))
+    if not facts["ok"]:
+        blocks = [f for f in facts["findings"] if f["action"] == "block"]
+        first = blocks[0] if blocks else {"message": "the rules refused this folder", "fix": ""}
+        raise PermanentError(
+            "RULES_BLOCKED",
+            f"{len(blocks)} problem(s) in the folder; first: {first['message']}",
+            first.get("fix", "") or "see the list of files below",
+        )
+    summary = (
+        f"{len(facts['series'])} series, {len(facts['files'])} files to upload, "
+        f"{len(facts['excluded'])} excluded, sidecars: {', '.join(facts['sidecars']) or 'none'}"
+    )
+    return {}, summary
+
+
+def _facts(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
+    try:
+        return dict(json.loads((run.spool(drop) / CHECK_NAME).read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:
+        # The spool is xnatdrop's own; losing it is an operator problem, not the drop's.
+        raise TransientError(
+            f"the check results of drop {drop.id} are unreadable: {error}"
+        ) from None
+
+
+SEX = {"m": "male", "male": "male", "f": "female", "female": "female", "o": "other"}
+SEX |= {"other": "other", "u": "unknown", "unknown": "unknown"}
+HANDEDNESS = {"r": "right", "right": "right", "l": "left", "left": "left"}
+HANDEDNESS |= {"a": "ambidextrous", "ambidextrous": "ambidextrous", "unknown": "unknown"}
+
+
+def _subject_fields(run: _Run, work: Path, facts: dict[str, Any]) -> dict[str, str]:
+    """Subject metadata for XNAT from `subject.toml`, or from the DICOM header if configured.
+
+    A malformed subject.toml is a permanent problem caught before anything is uploaded.
+    """
+    path = work / run.config.push.subject_file
+    if path.is_file():
+        return _subject_file(path, run.config.push.subject_file)
+    if run.config.push.subject_from_dicom and facts["files"]:
+        return _subject_from_header(work / facts["files"][0]["path"])
+    return {}
+
+
+def _subject_file(path: Path, name: str) -> dict[str, str]:
+    fix = (
+        f'write {name} as TOML with any of: sex = "F" (M, F, O, U), handedness = "right" '
+        "(right, left, ambidextrous), yob = 1990 or dob = 1990-04-01"
+    )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise PermanentError(
+            "SUBJECT_FILE_INVALID", f"{name} is not valid TOML: {error}", fix
+        ) from None
+    fields: dict[str, str] = {}
+    unknown = set(data) - {"sex", "handedness", "yob", "dob"}
+    if unknown:
+        raise PermanentError(
+            "SUBJECT_FILE_INVALID", f"{name} has unknown keys: {', '.join(sorted(unknown))}", fix
+        )
+    if "sex" in data:
+        if str(data["sex"]).lower() not in SEX:
+            raise PermanentError("SUBJECT_FILE_INVALID", f"{name}: sex must be M, F, O or U", fix)
+        fields["gender"] = SEX[str(data["sex"]).lower()]
+    if "handedness" in data:
+        if str(data["handedness"]).lower() not in HANDEDNESS:
+            raise PermanentError(
+                "SUBJECT_FILE_INVALID",
+                f"{name}: handedness must be right, left or ambidextrous",
+                fix,
+            )
+        fields["handedness"] = HANDEDNESS[str(data["handedness"]).lower()]
+    if "dob" in data:
+        if not isinstance(data["dob"], datetime.date):
+            raise PermanentError("SUBJECT_FILE_INVALID", f"{name}: dob must be a date", fix)
+        fields["dob"] = data["dob"].isoformat()
+    elif "yob" in data:
+        year = data["yob"]
+        if not isinstance(year, int) or not 1900 <= year <= datetime.date.today().year:
+            raise PermanentError("SUBJECT_FILE_INVALID", f"{name}: yob must be a year", fix)
+        fields["yob"] = str(year)
+    return fields
+
+
+def _subject_from_header(path: Path) -> dict[str, str]:
+    import pydicom
+
+    header = pydicom.dcmread(
+        path, stop_before_pixels=True, specific_tags=["PatientSex", "PatientBirthDate"]
+    )
+    fields = {}
+    sex = str(header.get("PatientSex", "") or "").lower()
+    if sex in SEX:
+        fields["gender"] = SEX[sex]
+    birth = str(header.get("PatientBirthDate", "") or "")
+    if len(birth) >= 4 and birth[:4].isdigit():
+        fields["yob"] = birth[:4]
+    return fields
+
+
+# -- pack ------------------------------------------------------------------------------------
+
+
+def _manifest(run: _Run, drop: ledger_module.Drop) -> pack.Manifest:
+    """The finished pack of this drop, packing (again) if the spool lost it."""
+    spool = run.spool(drop)
+    manifest = pack.load(spool)
+    if manifest is None:
+        facts = _facts(run, drop)
+        items = [pack.Item(**f) for f in facts["files"]]
+        total = sum(f["size"] for f in facts["files"]) if facts["files"] else 0
+
+        def report(done: int) -> None:
+            if run.progress is not None:
+                run.progress("pack", done, total)
+
+        manifest = pack.pack(Path(drop.work), items, spool, progress=report)
+    return manifest
+
+
+@_step("pack")
+def _pack(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    pack.remove(run.spool(drop))  # a half-written pack from a killed run is not trusted
+    manifest = _manifest(run, drop)
+    return {}, f"{len(manifest.files)} files, {manifest.total_bytes} bytes in {pack.ZIP_NAME}"
+
+
+# -- comparing XNAT with the manifest -------------------------------------------------------
+
+
+def _compare(manifest: pack.Manifest, remote: list[Any], checksums: bool) -> str:
+    """'' when XNAT holds exactly the manifest's files, else what differs (for messages).
+
+    XNAT may rename files (reference §3.4 step 5), so files are compared by content: the
+    multiset of sizes, and of MD5s when XNAT reports them and `checksums` is on. Scans are
+    compared by their number of files when every series has its own SeriesNumber.
+    """
+    if len(remote) != len(manifest.files):
+        return f"XNAT holds {len(remote)} files, the upload had {len(manifest.files)}"
+    local_sizes = collections.Counter(e.size for e in manifest.files)
+    if collections.Counter(f.size for f in remote) != local_sizes:
+        return "file sizes in XNAT differ from the upload"
+    if checksums and all(f.digest for f in remote):
+        local = collections.Counter(e.md5 for e in manifest.files)
+        if collections.Counter(f.digest.lower() for f in remote) != local:
+            return "MD5 checksums in XNAT differ from the upload"
+    numbers = {
+        uid: {e.series_number for e in entries} for uid, entries in manifest.series().items()
+    }
+    if all(len(n) == 1 and "" not in n for n in numbers.values()) and len(
+        {next(iter(n)) for n in numbers.values()}
+    ) == len(numbers):
+        expected = collections.Counter(e.series_number for e in manifest.files)
+        found = collections.Counter(f.scan for f in remote)
+        if found != expected:
+            return f"scans in XNAT {dict(found)} differ from the series uploaded {dict(expected)}"
+    return ""
+
+
+def _archived(run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest) -> Any | None:
+    """The archived session for this label if it holds exactly our files; None if absent.
+
+    Raise PermanentError if the label exists in XNAT with other data.
+    """
+    client = run.client()
+    session = client.find_session(run.project, drop.label)
+    if session is None:
+        return None
+    files = client.session_files(run.project, session.subject, session.label)
+    difference = _compare(manifest, files, run.config.push.verify_checksums)
+    if difference:
+        raise PermanentError(
+            "LABEL_EXISTS",
+            f"session {drop.label} already exists in XNAT project {run.project} with other "
+            f"data ({difference})",
+            f"if this is a new session, rename the folder to a new label; if it replaces the "
+            f"existing one, ask the XNAT administrator to delete session {drop.label} first",
+        )
+    return session
+
+
+def _ours(run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest) -> list[Any]:
+    """Prearchive sessions of this project that hold (parts of) this drop."""
+    studies = manifest.study_uids()
+    return [
+        entry
+        for entry in run.client().prearchive_entries(run.project)
+        if entry.name == drop.label and (not studies or not entry.tag or entry.tag in studies)
+    ]
+
+
+# -- import ----------------------------------------------------------------------------------
+
+
+@_step("import")
+def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    manifest = _manifest(run, drop)
+    client = run.client()
+    if _archived(run, drop, manifest) is not None:
+        return {}, "already archived with every file; nothing sent"
+    for entry in _ours(run, drop, manifest):
+        if entry.status == READY:
+            files = client.prearchive_files(entry.uri)
+            if not _compare(manifest, files, checksums=False):
+                return {"prearchive_uri": entry.uri}, "already in the prearchive; nothing sent"
+        if entry.status in BUILDING | FAILED | CONFLICT or entry.status == READY:
+            log.info("%s: deleting an incomplete prearchive copy (%s)", drop.label, entry.status)
+            client.delete_prearchive(entry.uri)
+        else:
+            raise TransientError(f"XNAT is busy with a prearchive copy ({entry.status})")
+    total = manifest.zip_size
+    started = time.monotonic()
+
+    def sent(count: int) -> None:
+        _crash_point("import", "bytes", sent=count)
+        if run.progress is not None:
+            run.progress("import", count, total)
+
+    uri = client.import_zip(
+        manifest.zip_path,
+        project=run.project,
+        subject=drop.label,
+        session=drop.label,
+        progress=sent,
+    )
+    seconds = max(time.monotonic() - started, 1e-6)
+    return {"prearchive_uri": uri}, f"{total} bytes sent, {total / seconds / 1e6:.1f} MB/s"
+
+
+# -- verify ----------------------------------------------------------------------------------
+
+
+def _wait_ready(run: _Run, drop: ledger_module.Drop) -> Any:
+    """Wait until the prearchive session is READY; CONFLICT and ERROR end the wait."""
+    client = run.client()
+    deadline = time.monotonic() + run.config.push.ready_timeout_seconds
+    rebuilt = False
+    while True:
+        entry = client.prearchive_entry(drop.prearchive_uri)
+        if entry is None:
+            raise _Resend("the prearchive session is gone")
+        if entry.status == READY:
+            return entry
+        if entry.status in CONFLICT:
+            raise PermanentError(
+                "XNAT_CONFLICT",
+                f"XNAT marked the prearchive session of {drop.label} as CONFLICT",
+                "ask the XNAT administrator to look at the prearchive; the session label may "
+                "already be in use",
+            )
+        if entry.status in FAILED:
+            if rebuilt:
+                raise PermanentError(
+                    "XNAT_BUILD_ERROR",
+                    f"XNAT could not build the session {drop.label} from the upload (ERROR)",
+                    "ask the XNAT administrator to read the prearchive log of this session",
+                )
+            client.build(entry.uri)
+            rebuilt = True
+            continue
+        if time.monotonic() > deadline:
+            if not rebuilt:
+                client.build(entry.uri)
+            raise TransientError(f"prearchive session still {entry.status}; asked XNAT to build")
+        run.wait(run.config.push.poll_seconds)
+
+
+@_step("verify")
+def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    manifest = _manifest(run, drop)
+    if drop.prearchive_uri is None:
+        if _archived(run, drop, manifest) is not None:
+            return {}, "already archived"
+        raise _Resend("no prearchive session recorded")
+    try:
+        _wait_ready(run, drop)
+    except _Resend:
+        if _archived(run, drop, manifest) is not None:
+            return {}, "already archived"
+        raise
+    files = run.client().prearchive_files(drop.prearchive_uri)
+    difference = _compare(manifest, files, checksums=False)
+    if difference:
+        run.client().delete_prearchive(drop.prearchive_uri)
+        raise _Resend(f"the prearchive session is incomplete ({difference})")
+    scans = len({f.scan for f in files})
+    return {}, f"READY, {scans} scans, {len(files)} files match the manifest"
+
+
+# -- archive ---------------------------------------------------------------------------------
+
+
+@_step("archive")
+def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    manifest = _manifest(run, drop)
+    client = run.client()
+    session = _archived(run, drop, manifest)
+    if session is None:
+        if drop.prearchive_uri is None or client.prearchive_entry(drop.prearchive_uri) is None:
+            raise _Resend("the prearchive session is gone and nothing is archived")
+        client.archive(
+            drop.prearchive_uri, project=run.project, subject=drop.label, session=drop.label
+        )
+        session = _archived(run, drop, manifest)
+        if session is None:
+            raise TransientError("XNAT answered the archive request but shows no session yet")
+        summary = f"archived as {session.id}"
+    else:
+        summary = f"already archived as {session.id}"
+        if drop.prearchive_uri and client.prearchive_entry(drop.prearchive_uri) is not None:
+            client.delete_prearchive(drop.prearchive_uri)  # a leftover of the same data
+    checked = "sizes and MD5s" if run.config.push.verify_checksums else "sizes"
+    return {"archive_uri": session.uri}, f"{summary}; {len(manifest.files)} files, {checked} match"
+
+
+# -- attach ----------------------------------------------------------------------------------
+
+
+def _local_files(folder: Path) -> dict[str, tuple[int, str]]:
+    """Relative path → (size, MD5) of every file under a sidecar folder."""
+    result = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as handle:
+            while chunk := handle.read(pack.CHUNK):
+                digest.update(chunk)
+        result[path.relative_to(folder).as_posix()] = (path.stat().st_size, digest.hexdigest())
+    return result
+
+
+def _missing(name: str, local: dict[str, tuple[int, str]], remote: list[Any] | None) -> list[str]:
+    """Files not yet in the resource; PermanentError if one is there with other content."""
+    there = {f.path: f for f in remote or []}
+    missing, different = [], []
+    for path, (size, md5) in local.items():
+        found = there.get(path)
+        if found is None:
+            missing.append(path)
+        elif found.size != size or (found.digest and found.digest.lower() != md5):
+            different.append(path)
+    if different:
+        raise PermanentError(
+            "RESOURCE_CONFLICT",
+            f"XNAT already holds other versions of {len(different)} file(s) in resource "
+            f"{name}: {', '.join(different[:5])}",
+            f"ask the XNAT administrator to remove the old files from resource {name}, or rename "
+            "your files, then resubmit",
+        )
+    return missing
+
+
+@_step("attach")
+def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    facts = _facts(run, drop)
+    client = run.client()
+    work = Path(drop.work)
+    session = client.find_session(run.project, drop.label)
+    if session is None:
+        raise TransientError("the archived session is not visible")
+    done = []
+    for name, relative in sorted(facts["sidecars"].items()):
+        local = _local_files(work / relative)
+        if not local:
+            continue
+        args = (run.project, session.subject, session.label, name)
+        missing = _missing(name, local, client.resource_files(*args))
+        if missing:
+            bundle = run.spool(drop) / f"{name}.zip"
+            with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for path in missing:
+                    archive.write(work / relative / path, path)
+            client.create_resource(*args)
+            client.upload_resource_zip(*args, bundle)
+            bundle.unlink()
+        still = _missing(name, local, client.resource_files(*args))
+        if still:
+            raise TransientError(f"resource {name} lacks {len(still)} file(s) after the upload")
+        done.append(f"{name} {len(local)} files ({len(missing)} sent)")
+    return {}, "; ".join(done) or "no sidecars"
+
+
+# -- finish ----------------------------------------------------------------------------------
+
+
+def _free_target(base: Path) -> Path:
+    """`base`, or `base__2`, `__3`, … if a folder of that name already exists."""
+    target, number = base, 1
+    while target.exists():
+        number += 1
+        target = base.with_name(f"{base.name}__{number}")
+    return target
+
+
+def _receipt(run: _Run, drop: ledger_module.Drop, session: Any) -> dict[str, Any]:
+    facts = _facts(run, drop)
+    manifest = _manifest(run, drop)
+    work = Path(drop.work)
+    resources = []
+    for name, relative in sorted(facts["sidecars"].items()):
+        local = _local_files(work / relative)
+        if local:
+            resources.append(
+                {
+                    "name": name,
+                    "folder": relative,
+                    "file_count": len(local),
+                    "bytes": sum(size for size, _ in local.values()),
+                }
+            )
+    base = run.config.xnat.url
+    return {
+        "label": drop.label,
+        "project": run.project,
+        "subject": session.subject,
+        "session_id": session.id,
+        "xnat_url": f"{base}/data/projects/{run.project}/experiments/{session.id}?format=html",
+        "archive_uri": drop.archive_uri,
+        "finished": receipt.now_text(),
+        "file_count": len(manifest.files),
+        "bytes": manifest.total_bytes,
+        "checksums_verified": run.config.push.verify_checksums,
+        "scans": facts["series"],
+        "resources": resources,
+        "excluded": facts["excluded"],
+        "subject_fields": facts["subject_fields"],
+        "files": [dataclasses.asdict(e) for e in manifest.files],
+    }
+
+
+@_step("finish")
+def _finish(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    work = Path(drop.work)
+    if drop.target is None:
+        day = time.strftime("%Y-%m-%d")
+        target = _free_target(run.config.paths.done / day / drop.label)
+        drop = run.book.update(drop, target=target)
+    target = Path(drop.target or "")
+    if work.is_dir():
+        client = run.client()
+        session = client.find_session(run.project, drop.label)
+        if session is None:
+            raise TransientError("the archived session is not visible")
+        fields = _facts(run, drop)["subject_fields"]
+        if fields:
+            client.set_subject_fields(run.project, session.subject, fields)
+        receipt.write(work, _receipt(run, drop, session))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _rename(work, target)
+    elif not target.is_dir():
+        raise FileNotFoundError(f"{drop.label}: neither {work} nor {target} exists")
+    _cleanup(run, drop)
+    return {"final_path": target}, f"moved to {target}"
+
+
+def _rename(source: Path, target: Path) -> None:
+    try:
+        os.rename(source, target)
+    except OSError as error:
+        if error.errno == errno.EXDEV:
+            raise TransientError(
+                f"{target.parent} is on another file system than the drop root; xnatdrop moves "
+                "drops only by rename: put done/ and quarantine/ on the drop share"
+            ) from None
+        raise
+
+
+def _cleanup(run: _Run, drop: ledger_module.Drop) -> None:
+    """Remove xnatdrop's own files of a finished drop: the spool and the empty work folder."""
+    spool = run.spool(drop)
+    pack.remove(spool)
+    for leftover in (spool / CHECK_NAME, spool / QUARANTINE_NAME):
+        leftover.unlink(missing_ok=True)
+    for folder in (spool, Path(drop.work).parent if drop.work else None):
+        if folder is not None:
+            with contextlib.suppress(OSError):  # not empty or already gone: leave it
+                for zipped in folder.glob("*.zip"):
+                    zipped.unlink()
+                folder.rmdir()
+
+
+# -- quarantine ------------------------------------------------------------------------------
+
+
+def _quarantine(run: _Run, drop: ledger_module.Drop, failure: PermanentError) -> Outcome:
+    """Move the folder, untouched, to quarantine/<label>__<time>/ with both reason files."""
+    spool = run.spool(drop)
+    findings: list[dict[str, Any]] = []
+    with contextlib.suppress(TransientError):
+        findings = list(_facts(run, drop).get("findings", []))
+    reason = {
+        "label": drop.label,
+        "project": run.project,
+        "code": failure.code,
+        "message": str(failure),
+        "fix": failure.fix,
+        "step": drop.running or drop.next_step,
+        "findings": findings,
+        "drop_root": str(run.drop_settings.path),
+        "time": receipt.now_text(),
+    }
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = drop.target or _free_target(run.config.paths.quarantine / f"{drop.label}__{stamp}")
+    drop = run.book.begin(
+        drop, "quarantine", target=target, last_error_code=failure.code, last_error=str(failure)
+    )
+    return _complete_quarantine(run, drop, reason)
+
+
+def _stored_reason(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
+    try:
+        text = (run.spool(drop) / QUARANTINE_NAME).read_text(encoding="utf-8")
+        return dict(json.loads(text))
+    except (OSError, ValueError):
+        return {
+            "label": drop.label,
+            "project": run.project,
+            "code": drop.last_error_code or "QUARANTINE",
+            "message": drop.last_error or "",
+            "fix": "",
+            "step": None,
+            "findings": [],
+            "drop_root": str(run.drop_settings.path),
+            "time": receipt.now_text(),
+        }
+
+
+def _complete_quarantine(run: _Run, drop: ledger_module.Drop, reason: dict[str, Any]) -> Outcome:
+    target = Path(drop.target or "")
+    folder = next(
+        (Path(p) for p in (drop.work, drop.source) if p and Path(p).is_dir() and Path(p) != target),
+        None,
+    )
+    if folder is not None:
+        quarantine.write(folder, reason)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _rename(folder, target)
+    if drop.prearchive_uri and run._client is not None:
+        # Our upload would otherwise sit in the prearchive; the data is safe in quarantine/.
+        with contextlib.suppress(TransientError, PermanentError, AuthenticationError):
+            run.client().delete_prearchive(drop.prearchive_uri)
+    _cleanup(run, drop)
+    drop = run.book.quarantine(
+        drop, reason["code"], reason["message"], final_path=target if target.is_dir() else None
+    )
+    log.error(
+        "%s: quarantined (%s): %s -> %s", drop.label, reason["code"], reason["message"], target
+    )
+    return Outcome(
+        "quarantined", drop.label, drop.id, reason["message"], reason["code"], path=target
+    )
+
+
+# -- the rules, as facts for the later steps -------------------------------------------------
+
+
+def _check_facts(work: Path, config: Config, drop_settings: DropSettings) -> dict[str, Any]:
+    """Run `rules.check_folder` and keep what pack, attach, finish and quarantine need.
+
+    The result is plain JSON (stored in the spool): `ok`, `findings` (code, action, path,
+    message, fix), `files` (pack.Item fields plus size), `series`, `excluded`, `sidecars`
+    (resource name → folder relative to the subject folder).
+    """
+    from xnatdrop import rules
+
+    verdict = rules.check_folder(work, config, drop_settings)
+    return {"ok": verdict.ok, "verdict": verdict.to_json()}

@@ -1,0 +1,69 @@
+"""QUARANTINE.txt and QUARANTINE.json: why a subject folder was not archived, and what to do.
+
+A quarantined folder is moved, untouched, to `quarantine/<label>__<time>/`; the two reason files
+are added beside the technologist's files. QUARANTINE.txt speaks to the technologist: what is
+wrong, which files, how to fix it, how to resubmit. QUARANTINE.json has the stable codes and
+details for scripts and for `xnatdrop status`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from xnatdrop import receipt
+
+log = logging.getLogger(__name__)
+
+TEXT_NAME = "QUARANTINE.txt"
+JSON_NAME = "QUARANTINE.json"
+
+RESUBMIT = (
+    "To resubmit: fix the problem in this folder (or in a fresh copy), remove QUARANTINE.txt "
+    "and QUARANTINE.json, and copy the folder back into the drop folder {drop_root} under its "
+    "name {label}. xnatdrop picks it up again on its own."
+)
+
+
+def render_text(reason: dict[str, Any]) -> str:
+    """The technologist's note: what, which files, how to fix, how to resubmit."""
+    lines = [
+        f"xnatdrop did NOT archive {reason['label']} (project {reason['project']}).",
+        "",
+        f"What is wrong: {reason['message']}",
+    ]
+    if reason.get("fix"):
+        lines.append(f"How to fix it: {reason['fix']}")
+    problems = [f for f in reason.get("findings", []) if f.get("action") == "block"]
+    if problems:
+        lines += ["", "Files and folders that stop the upload:"]
+        for finding in problems:
+            lines.append(f"  {finding.get('path') or '(folder)'}: {finding['message']}")
+            if finding.get("fix"):
+                lines.append(f"      fix: {finding['fix']}")
+            lines.append(f"      rule: {finding['code']}")
+    others = [f for f in reason.get("findings", []) if f.get("action") != "block"]
+    if others:
+        lines += ["", "Also noted (these alone would not stop the upload):"]
+        for finding in others:
+            lines.append(
+                f"  {finding.get('path') or '(folder)'}: {finding['message']} "
+                f"[{finding['code']}, {finding.get('action', '')}]"
+            )
+    lines += [
+        "",
+        RESUBMIT.format(drop_root=reason["drop_root"], label=reason["label"]),
+        "",
+        f"Quarantined on {reason['time']}; code {reason['code']}. Nothing in this folder was "
+        "changed or deleted; only these two QUARANTINE files were added.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(folder: Path, reason: dict[str, Any]) -> None:
+    """Write QUARANTINE.json and QUARANTINE.txt into `folder` (repeatable)."""
+    receipt.write_atomic(folder / JSON_NAME, json.dumps(reason, indent=2, sort_keys=True) + "\n")
+    receipt.write_atomic(folder / TEXT_NAME, render_text(reason))

@@ -1,0 +1,87 @@
+"""RECEIPT.txt and RECEIPT.json: what xnatdrop put into XNAT for one subject folder.
+
+Both files are written into the subject folder just before it is moved to
+`done/<date>/<label>/`, so the receipt travels with the data. RECEIPT.txt is for the people who
+dropped the folder; RECEIPT.json carries the same facts for scripts. Neither holds patient
+identifiers: labels, UIDs of series, counts, sizes and URLs only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TEXT_NAME = "RECEIPT.txt"
+JSON_NAME = "RECEIPT.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temporary file and a rename, so readers never see half."""
+    part = path.with_name(path.name + ".part")
+    with open(part, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(part, path)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{count} B"
+
+
+def render_text(receipt: dict[str, Any]) -> str:
+    """The human receipt: where the session is, what went in, what was left out and why."""
+    lines = [
+        f"xnatdrop receipt for {receipt['label']}",
+        "",
+        f"Archived in XNAT project {receipt['project']} as session {receipt['label']} "
+        f"(subject {receipt['subject']}) on {receipt['finished']}.",
+        f"Open it at: {receipt['xnat_url']}",
+        "",
+        f"Scans ({len(receipt['scans'])}), {receipt['file_count']} files, "
+        f"{_size(receipt['bytes'])}, every file checked against XNAT "
+        f"({'size and MD5' if receipt['checksums_verified'] else 'size'}):",
+    ]
+    for scan in receipt["scans"]:
+        description = f" {scan['description']}" if scan.get("description") else ""
+        lines.append(
+            f"  scan {scan['series_number'] or '?'}{description}: {scan['file_count']} files, "
+            f"{_size(scan['bytes'])} (from {scan['folder']})"
+        )
+    if receipt["resources"]:
+        lines += ["", "Session resources:"]
+        for resource in receipt["resources"]:
+            lines.append(
+                f"  {resource['name']}: {resource['file_count']} files, "
+                f"{_size(resource['bytes'])} (from {resource['folder']})"
+            )
+    if receipt["excluded"]:
+        lines += ["", "Not uploaded, on purpose:"]
+        for item in receipt["excluded"]:
+            lines.append(f"  {item['path']}: {item['message']} [{item['code']}]")
+    if receipt.get("subject_fields"):
+        fields = ", ".join(sorted(receipt["subject_fields"]))
+        lines += ["", f"Subject details set in XNAT: {fields}."]
+    lines += ["", "Nothing needs to be done. This folder is kept as it was dropped.", ""]
+    return "\n".join(lines)
+
+
+def write(folder: Path, receipt: dict[str, Any]) -> None:
+    """Write RECEIPT.json and RECEIPT.txt into `folder` (repeatable: they are replaced)."""
+    write_atomic(folder / JSON_NAME, json.dumps(receipt, indent=2, sort_keys=True) + "\n")
+    write_atomic(folder / TEXT_NAME, render_text(receipt))
+
+
+def now_text() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z")
