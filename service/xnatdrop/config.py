@@ -13,7 +13,7 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -144,6 +144,71 @@ class PathSettings(Section):
     )
 
 
+LabelSource = Literal["folder", "PatientName", "PatientID"]
+RuleAction = Literal["block", "exclude", "warn", "ignore"]
+
+
+class RulesSettings(Section):
+    """Upload rules (see `xnatdrop.rules` and `xnatdrop check`).
+
+    The same table is allowed at the top level (`[rules]`) and inside a drop
+    (`[drop.rules]`); a drop's table overrides only the keys it sets, and its `actions` are
+    merged code by code over the top-level ones. `Config.rules_for(drop)` does the merge.
+    """
+
+    actions: dict[str, RuleAction] = Field(
+        default_factory=dict,
+        description="Action per finding code, overriding the built-in default: 'block' (the "
+        "folder is not uploaded), 'exclude' (those files are left out and reported), 'warn' "
+        "(uploaded and reported) or 'ignore'. Example: DERIVED_SERIES = \"block\". "
+        "Codes: see `xnatdrop check --codes`.",
+    )
+    label_source: LabelSource = Field(
+        "folder",
+        description="Where the subject/session label comes from: the subject folder's name "
+        "('folder'), or the DICOM PatientName or PatientID.",
+    )
+    label_agree: list[LabelSource] = Field(
+        default_factory=list,
+        description="Other sources that must equal the label, else LABEL_MISMATCH; e.g. "
+        "['PatientName'] with label_source 'folder' checks the scanner registration against "
+        "the folder name.",
+    )
+    sidecars: list[str] | None = Field(
+        None,
+        description="Sub-folders of a subject folder that are session resources, not DICOM "
+        "(default: push.sidecars).",
+    )
+    derived_allow: list[str] = Field(
+        default_factory=lambda: ["UNI"],
+        description="ImageType tokens that make a DERIVED-labelled image count as raw (default "
+        "UNI: the MP2RAGE uniform image many sites treat as the primary anatomical).",
+    )
+
+    @field_validator("actions")
+    @classmethod
+    def _known_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        from xnatdrop import rules  # rules imports no config at run time; this avoids a cycle
+
+        unknown = sorted(set(value) - set(rules.RULES))
+        if unknown:
+            raise ValueError(
+                f"unknown finding code(s) {', '.join(unknown)}; known: {', '.join(rules.RULES)}"
+            )
+        pointless = sorted(c for c, a in value.items() if a == "exclude" and c in rules.NO_EXCLUDE)
+        if pointless:
+            raise ValueError(
+                f"'exclude' has no files to leave out for {', '.join(pointless)}; "
+                "use block, warn or ignore"
+            )
+        return value
+
+    @field_validator("label_agree")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
 class DropSettings(Section):
     """One drop root, bound to one XNAT project."""
 
@@ -155,6 +220,9 @@ class DropSettings(Section):
         None,
         description="Regular expression the folder name (= subject label = session label) "
         "must match in full.",
+    )
+    rules: RulesSettings | None = Field(
+        None, description="Rule settings for this drop only, over the top-level [rules]."
     )
 
 
@@ -308,6 +376,7 @@ class Config(BaseModel):
     settle: SettleSettings = Field(default_factory=SettleSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     push: PushSettings = Field(default_factory=PushSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
 
     @model_validator(mode="after")
     def _logical(self) -> Config:
@@ -320,6 +389,20 @@ class Config(BaseModel):
                 if folder == root or root in folder.parents:
                     raise ValueError(f"paths.{name} must not be inside drop root {root}")
         return self
+
+    def rules_for(self, drop: DropSettings | None) -> RulesSettings:
+        """The rule settings for one drop: `[rules]`, overridden by the keys `[drop.rules]` sets.
+
+        `actions` merge code by code; `sidecars` falls back to `push.sidecars`.
+        """
+        merged = self.rules.model_dump()
+        if drop is not None and drop.rules is not None:
+            for name in drop.rules.model_fields_set:
+                value = getattr(drop.rules, name)
+                merged[name] = {**merged["actions"], **value} if name == "actions" else value
+        if merged["sidecars"] is None:
+            merged["sidecars"] = list(self.push.sidecars)
+        return RulesSettings.model_validate(merged)
 
     def drop_for(self, folder: Path) -> DropSettings | None:
         """The drop root a subject folder sits in, if any."""
