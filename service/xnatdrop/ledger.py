@@ -298,7 +298,8 @@ class Ledger:
         if unknown:
             raise ValueError(f"not a ledger field: {', '.join(sorted(unknown))}")
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        conn.execute(f"UPDATE drops SET {assignments} WHERE id = ?", (*fields.values(), drop_id))
+        values = (str(v) if isinstance(v, Path) else v for v in fields.values())
+        conn.execute(f"UPDATE drops SET {assignments} WHERE id = ?", (*values, drop_id))
 
     # -- transitions -----------------------------------------------------------------------
 

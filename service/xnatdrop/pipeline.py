@@ -47,7 +47,8 @@ Transient errors (`errors.TransientError`) are retried with exponential backoff 
 Test hook: the environment variable `XNATDROP_TEST_CRASH_AT=<step>:<before|after>` makes the
 process SIGKILL itself right after the ledger recorded the start of that step (`before`) or right
 after the step's work, before the ledger recorded it (`after`); `import:bytes=N` kills it once N
-bytes of the upload were sent. It is read in `_crash_point` only.
+bytes of the upload were sent; `quarantine:before|after` around the move to quarantine/. It is
+read in `_crash_point` only.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from xnatdrop import ledger as ledger_module
-from xnatdrop import pack, quarantine, receipt
+from xnatdrop import pack, quarantine, receipt, rules
 from xnatdrop.config import Config, DropSettings
 from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
 
@@ -376,11 +377,12 @@ def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     receipt.write_atomic(spool / CHECK_NAME, json.dumps(facts, indent=1))
     if not facts["ok"]:
         blocks = [f for f in facts["findings"] if f["action"] == "block"]
-        first = blocks[0] if blocks else {"message": "the rules refused this folder", "fix": ""}
+        codes = sorted({f["code"] for f in blocks})
+        fixes = {f["fix"] for f in blocks if f.get("fix")}
         raise PermanentError(
             "RULES_BLOCKED",
-            f"{len(blocks)} problem(s) in the folder; first: {first['message']}",
-            first.get("fix", "") or "see the list of files below",
+            f"{len(blocks)} problem(s) in the folder stop the upload ({', '.join(codes)})",
+            fixes.pop() if len(fixes) == 1 else "fix each problem listed below",
         )
     summary = (
         f"{len(facts['series'])} series, {len(facts['files'])} files to upload, "
@@ -485,7 +487,7 @@ def _manifest(run: _Run, drop: ledger_module.Drop) -> pack.Manifest:
     if manifest is None:
         facts = _facts(run, drop)
         items = [pack.Item(**f) for f in facts["files"]]
-        total = sum(f["size"] for f in facts["files"]) if facts["files"] else 0
+        total = int(facts.get("upload_bytes", 0))
 
         def report(done: int) -> None:
             if run.progress is not None:
@@ -587,8 +589,10 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
             raise TransientError(f"XNAT is busy with a prearchive copy ({entry.status})")
     total = manifest.zip_size
     started = time.monotonic()
+    last_byte = [started]
 
     def sent(count: int) -> None:
+        last_byte[0] = time.monotonic()
         _crash_point("import", "bytes", sent=count)
         if run.progress is not None:
             run.progress("import", count, total)
@@ -600,8 +604,13 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         session=drop.label,
         progress=sent,
     )
-    seconds = max(time.monotonic() - started, 1e-6)
-    return {"prearchive_uri": uri}, f"{total} bytes sent, {total / seconds / 1e6:.1f} MB/s"
+    # Sending ends with the last byte; the rest is XNAT storing and building the session.
+    sending = max(last_byte[0] - started, 1e-6)
+    waiting = time.monotonic() - last_byte[0]
+    return {"prearchive_uri": uri}, (
+        f"{total} bytes sent in {sending:.1f} s ({total / sending / 1e6:.1f} MB/s), "
+        f"XNAT answered {waiting:.1f} s later"
+    )
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -911,8 +920,10 @@ def _complete_quarantine(run: _Run, drop: ledger_module.Drop, reason: dict[str, 
     )
     if folder is not None:
         quarantine.write(folder, reason)
+        _crash_point("quarantine", "before")
         target.parent.mkdir(parents=True, exist_ok=True)
         _rename(folder, target)
+    _crash_point("quarantine", "after")
     if drop.prearchive_uri and run._client is not None:
         # Our upload would otherwise sit in the prearchive; the data is safe in quarantine/.
         with contextlib.suppress(TransientError, PermanentError, AuthenticationError):
@@ -936,10 +947,45 @@ def _check_facts(work: Path, config: Config, drop_settings: DropSettings) -> dic
     """Run `rules.check_folder` and keep what pack, attach, finish and quarantine need.
 
     The result is plain JSON (stored in the spool): `ok`, `findings` (code, action, path,
-    message, fix), `files` (pack.Item fields plus size), `series`, `excluded`, `sidecars`
-    (resource name → folder relative to the subject folder).
-    """
-    from xnatdrop import rules
+    message, fix, files), `files` (`pack.Item` fields), `series`, `excluded` (what is left out
+    and why), `sidecars` (resource name → folder relative to the subject folder).
 
-    verdict = rules.check_folder(work, config, drop_settings)
-    return {"ok": verdict.ok, "verdict": verdict.to_json()}
+    The subject metadata file (`push.subject_file`) is ours, not a stray file: the findings the
+    rules raise about it (a loose, non-DICOM file) are dropped here and `ok` is recomputed.
+    """
+    verdict = rules.check_folder(work, config.rules_for(drop_settings), drop_settings)
+    subject_file = config.push.subject_file
+    findings = [
+        f.to_json()
+        for f in verdict.reported()
+        if not (f.path.as_posix() == subject_file and f.code in ("LOOSE_FILE", "NOT_DICOM"))
+    ]
+    files = [
+        dataclasses.asdict(
+            pack.Item(
+                path=entry.path.as_posix(),
+                sop_instance_uid=entry.sop_instance_uid,
+                series_instance_uid=entry.series_instance_uid,
+                series_number=entry.series_number,
+                study_instance_uid=entry.study_instance_uid,
+            )
+        )
+        for entry in verdict.upload_entries()
+    ]
+    return {
+        "label": verdict.label,
+        "ok": not any(f["action"] == "block" for f in findings),
+        "findings": findings,
+        "files": files,
+        "upload_bytes": sum(s.bytes for s in verdict.series),
+        "series": [s.to_json() for s in verdict.series],
+        "excluded": [
+            {"path": f["path"], "code": f["code"], "message": f["message"]}
+            for f in findings
+            if f["action"] == "exclude"
+        ],
+        "sidecars": {
+            name: Path(path).relative_to(work).as_posix() if Path(path).is_absolute() else str(path)
+            for name, path in verdict.sidecars.items()
+        },
+    }

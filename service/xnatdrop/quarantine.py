@@ -41,7 +41,7 @@ def render_text(reason: dict[str, Any]) -> str:
         lines += ["", "Files and folders that stop the upload:"]
         for finding in problems:
             lines.append(f"  {finding.get('path') or '(folder)'}: {finding['message']}")
-            if finding.get("fix"):
+            if finding.get("fix") and "fix:" not in finding["message"].lower():
                 lines.append(f"      fix: {finding['fix']}")
             lines.append(f"      rule: {finding['code']}")
     others = [f for f in reason.get("findings", []) if f.get("action") != "block"]

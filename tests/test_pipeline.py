@@ -1,0 +1,232 @@
+"""The push pipeline end to end against the sandbox XNAT, over real HTTP, on real GE series.
+
+Each test stages a subject folder in tmp_path/drop, runs `pipeline.process` (or `xnatdrop push`
+in-process) and checks XNAT, the ledger and the file system.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from push_helpers import (
+    MEDIUM,
+    PROJECT,
+    SMALL,
+    archived_sessions,
+    assert_archived_once,
+    client,
+    done_folder,
+    load,
+    snapshot,
+    stage,
+    start_sandbox,
+    write_config,
+)
+from xnatdrop import cli, config, ledger, pipeline, xnat
+from xnatdrop.sandbox.server import Sandbox
+
+LABEL = "SPN01_0001"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Sandbox]:
+    sandbox = start_sandbox(tmp_path / "xnat")
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, server: Sandbox) -> config.Config:
+    return load(write_config(tmp_path, server.url))
+
+
+def push(settings: config.Config, folder: Path, **kwargs: object) -> pipeline.Outcome:
+    with ledger.Ledger(settings.paths.state) as book:
+        return pipeline.process(folder, settings, book, lambda: client(settings), **kwargs)
+
+
+def test_clean_session_is_archived_verified_attached_and_receipted(
+    tmp_path: Path, settings: config.Config
+) -> None:
+    """1. A folder of three real series plus behav/ and physio/ is dropped.
+    2. It is pushed once.
+    Result: one archived session with the folder's label for subject and session, one scan per
+    series with the right file counts and MD5s, the sidecars as resources, the untouched folder
+    in done/<date>/<label>/ with RECEIPT.txt/.json, and a ledger history of every step.
+    """
+    folder = stage(tmp_path / "drop", LABEL, MEDIUM)
+    original = snapshot(folder)
+    seen: list[tuple[str, int, int]] = []
+    outcome = push(settings, folder, progress=lambda *a: seen.append(a))
+    assert (outcome.kind, outcome.label) == ("archived", LABEL), outcome
+    assert_archived_once(settings, LABEL, original, dicom_count=92)
+    with client(settings) as xnat_client:
+        files = xnat_client.session_files(PROJECT, LABEL, LABEL)
+        assert {f.scan: 0 for f in files}.keys() == {"1", "2", "5"}
+        assert sum(f.scan == "2" for f in files) == 50
+        behav = xnat_client.resource_files(PROJECT, LABEL, LABEL, "behav")
+        physio = xnat_client.resource_files(PROJECT, LABEL, LABEL, "physio")
+        assert behav is not None and physio is not None
+        assert sorted(f.path for f in behav) == ["responses.csv", "run2/responses.csv"]
+        assert [f.path for f in physio] == ["resp_001.log"]
+        assert xnat_client.resource_files(PROJECT, LABEL, LABEL, "logs") is None
+    done = done_folder(tmp_path, LABEL)
+    assert outcome.path == done
+    kept = snapshot(done)
+    assert {k: v for k, v in kept.items() if not k.startswith("RECEIPT")} == original
+    receipt_text = (done / "RECEIPT.txt").read_text(encoding="utf-8")
+    assert f"as session {LABEL}" in receipt_text and "92 files" in receipt_text
+    assert not folder.exists()
+    assert {step for step, _, _ in seen} == {"pack", "import"}
+    with ledger.Ledger(settings.paths.state) as book:
+        (drop,) = book.drops(PROJECT, LABEL)
+        assert drop.state == "done" and drop.final_path == str(done)
+        steps = [e.step for e in book.history(drop) if e.event == "done"]
+        assert steps == list(ledger.STEPS)
+    assert not any((tmp_path / "drop" / ".xnatdrop-work").rglob("*")), "work area not empty"
+    assert not any((tmp_path / "state" / "spool").rglob("*.zip")), "spool not cleaned"
+
+
+def test_blocked_folder_is_quarantined_untouched_with_both_reason_files(
+    tmp_path: Path, settings: config.Config, server: Sandbox
+) -> None:
+    """A zero-byte file in a series folder (an interrupted copy, rule A1) blocks the upload."""
+    folder = stage(tmp_path / "drop", LABEL, SMALL)
+    (folder / SMALL[0] / "i_cut_short.dcm").write_bytes(b"")
+    original = snapshot(folder)
+    outcome = push(settings, folder)
+    assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
+    target = outcome.path
+    assert target is not None and target.parent == tmp_path / "quarantine"
+    assert target.name.startswith(f"{LABEL}__")
+    kept = snapshot(target)
+    assert {k: v for k, v in kept.items() if not k.startswith("QUARANTINE")} == original
+    text = (target / "QUARANTINE.txt").read_text(encoding="utf-8")
+    assert "i_cut_short.dcm" in text and "To resubmit" in text and "fix" in text
+    reason = (target / "QUARANTINE.json").read_text(encoding="utf-8")
+    assert '"RULES_BLOCKED"' in reason
+    assert archived_sessions(settings) == []
+    assert server.requests.get("POST /data/services/import", 0) == 0
+
+
+def test_label_conflict_is_quarantined(tmp_path: Path, settings: config.Config) -> None:
+    """1. LABEL is archived with one series. 2. Another folder with the same label but other
+    series is dropped. Result: the second is quarantined as LABEL_EXISTS; XNAT keeps the first."""
+    first = stage(tmp_path / "drop", LABEL, SMALL)
+    first_files = snapshot(first)
+    assert push(settings, first).kind == "archived"
+    second = stage(tmp_path / "drop", LABEL, ("02_Ax_fMRI_FF_I11.1_S15.9",), sidecars=False)
+    original = snapshot(second)
+    outcome = push(settings, second)
+    assert outcome.kind == "quarantined" and outcome.code == "LABEL_EXISTS", outcome
+    assert outcome.path is not None
+    assert {k: v for k, v in snapshot(outcome.path).items() if "QUARANTINE" not in k} == original
+    text = (outcome.path / "QUARANTINE.txt").read_text(encoding="utf-8")
+    assert "already exists" in text and "rename the folder" in text
+    assert_archived_once(settings, LABEL, first_files, dicom_count=21)
+
+
+def test_identical_resubmission_is_not_sent_again(
+    tmp_path: Path, settings: config.Config, server: Sandbox
+) -> None:
+    """The same session dropped twice: the second push finds every file archived and sends
+    nothing, and the second folder lands in done/ beside the first."""
+    first = stage(tmp_path / "drop", LABEL, SMALL)
+    original = snapshot(first)
+    assert push(settings, first).kind == "archived"
+    imports = server.requests.get("POST /data/services/import", 0)
+    again = stage(tmp_path / "drop", LABEL, SMALL)
+    outcome = push(settings, again)
+    assert outcome.kind == "archived", outcome
+    assert server.requests.get("POST /data/services/import", 0) == imports
+    assert_archived_once(settings, LABEL, original, dicom_count=21)
+    assert outcome.path is not None and outcome.path.name == f"{LABEL}__2"
+
+
+def test_subject_metadata_from_subject_toml(tmp_path: Path, settings: config.Config) -> None:
+    folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    (folder / "subject.toml").write_text('sex = "F"\nhandedness = "left"\nyob = 1990\n')
+    outcome = push(settings, folder)
+    assert outcome.kind == "archived", outcome
+    with client(settings) as xnat_client:
+        response = xnat_client.request(
+            "GET", f"/data/projects/{PROJECT}/subjects/{LABEL}", params={"format": "json"}
+        )
+    fields = response.json()["items"][0]["data_fields"]
+    assert (fields.get("gender"), fields.get("handedness"), str(fields.get("yob"))) == (
+        "female",
+        "left",
+        "1990",
+    )
+
+
+def test_bad_subject_toml_quarantines_before_upload(
+    tmp_path: Path, settings: config.Config
+) -> None:
+    folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    (folder / "subject.toml").write_text('sex = "maybe"\n')
+    outcome = push(settings, folder)
+    assert outcome.kind == "quarantined" and outcome.code == "SUBJECT_FILE_INVALID", outcome
+    assert archived_sessions(settings) == []
+
+
+def test_refused_login_stops_without_retrying(tmp_path: Path, server: Sandbox) -> None:
+    path = write_config(tmp_path, server.url)
+    settings = load(path)
+    folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    with ledger.Ledger(settings.paths.state) as book:
+        outcome = pipeline.process(
+            folder, settings, book, lambda: xnat.XnatClient(settings.xnat, "wrong")
+        )
+        (drop,) = book.drops(PROJECT, LABEL)
+    assert outcome.kind == "auth_failed" and outcome.retry_at is None, outcome
+    assert drop.attempts == 1 and drop.next_attempt == float("inf")
+    assert drop.state == "packed"  # nothing was lost: the next run resumes from here
+    assert server.requests.get("POST /data/services/import", 0) == 0
+
+
+def test_second_process_on_the_same_drop_is_busy(tmp_path: Path, settings: config.Config) -> None:
+    folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    with pipeline._drop_lock(settings.paths.state, PROJECT, LABEL) as locked:
+        assert locked
+        assert push(settings, folder).kind == "busy"
+    assert folder.is_dir()
+
+
+def test_stop_request_ends_at_a_step_boundary(tmp_path: Path, settings: config.Config) -> None:
+    folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    stopping = threading.Event()
+
+    def stop_after_pack(step: str, done: int, total: int) -> None:
+        if step == "pack" and done == total:
+            stopping.set()
+
+    outcome = push(settings, folder, stopping=stopping, progress=stop_after_pack)
+    assert outcome.kind == "transient"
+    with ledger.Ledger(settings.paths.state) as book:
+        (drop,) = book.drops(PROJECT, LABEL)
+        assert drop.state == "packed" and drop.running is None
+    assert push(settings, folder).kind == "archived"
+
+
+def test_push_command_exit_codes(
+    tmp_path: Path, server: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, server.url)
+    folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    assert cli.main(["push", str(folder), "--config", str(path)]) == 0
+    assert "archived and verified" in capsys.readouterr().out
+    blocked = stage(tmp_path / "drop", "SPN01_0002", SMALL, sidecars=False)
+    (blocked / SMALL[0] / "empty.dcm").write_bytes(b"")
+    assert cli.main(["push", str(blocked), "--config", str(path)]) == 1
+    assert "QUARANTINE.txt" in capsys.readouterr().out
+    assert cli.main(["push", str(tmp_path / "elsewhere"), "--config", str(path)]) == 2
+    assert cli.main(["push", str(tmp_path / "drop" / "nothing"), "--config", str(path)]) == 2
+    server.stop()
+    later = stage(tmp_path / "drop", "SPN01_0003", SMALL, sidecars=False)
+    assert cli.main(["push", str(later), "--config", str(path)]) == 3
+    assert "resume" in capsys.readouterr().out

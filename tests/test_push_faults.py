@@ -1,0 +1,178 @@
+"""Push under faults: 503 bursts, dropped uploads, expired sessions, a restarted server, and
+`kill -9` of the push process at every step boundary and in the middle of the upload.
+
+Every scenario ends the same way, after re-running the push where needed: exactly one archived
+session holding every DICOM file once with the right MD5s, an empty prearchive, and every
+original file present and byte-identical in done/ (or quarantine/).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from push_helpers import (
+    PROJECT,
+    SMALL,
+    assert_archived_once,
+    client,
+    done_folder,
+    load,
+    push_process,
+    snapshot,
+    stage,
+    start_sandbox,
+    write_config,
+)
+from xnatdrop import config, ledger, pipeline
+from xnatdrop.sandbox.server import Sandbox
+
+LABEL = "SPN01_0007"
+DICOM_FILES = 21  # the one GE localizer series of SMALL
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Sandbox]:
+    sandbox = start_sandbox(tmp_path / "xnat")
+    yield sandbox
+    sandbox.stop()
+
+
+def push(settings: config.Config, folder: Path, **kwargs: object) -> pipeline.Outcome:
+    with ledger.Ledger(settings.paths.state) as book:
+        return pipeline.process(folder, settings, book, lambda: client(settings), **kwargs)
+
+
+def assert_done(tmp_path: Path, settings: config.Config, original: dict[str, str]) -> None:
+    assert_archived_once(settings, LABEL, original, DICOM_FILES)
+    kept = snapshot(done_folder(tmp_path, LABEL))
+    assert {k: v for k, v in kept.items() if not k.startswith("RECEIPT")} == original
+    assert not (tmp_path / "drop" / LABEL).exists()
+    with ledger.Ledger(settings.paths.state) as book:
+        assert [d.state for d in book.drops(PROJECT, LABEL)] == ["done"]
+
+
+# -- in-process faults ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/data/services/import", "/data/services/archive", "/data/prearchive/", "/data/projects/"],
+)
+def test_503_bursts_are_retried_with_backoff(tmp_path: Path, server: Sandbox, path: str) -> None:
+    """Two 503s in a row on each kind of call; the push retries and archives once."""
+    settings = load(write_config(tmp_path, server.url))
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+    server.fail(path, status=503, count=2)
+    outcome = push(settings, folder)
+    assert outcome.kind == "archived", outcome
+    assert_done(tmp_path, settings, original)
+
+
+def test_a_long_outage_hands_back_and_the_next_run_resumes(tmp_path: Path, server: Sandbox) -> None:
+    settings = load(write_config(tmp_path, server.url, inline_attempts=2))
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+    server.fail("/data/services/import", status=503, count=None)
+    outcome = push(settings, folder)
+    assert outcome.kind == "transient" and "503" in outcome.message, outcome
+    with ledger.Ledger(settings.paths.state) as book:
+        (drop,) = book.drops(PROJECT, LABEL)
+        assert (drop.state, drop.attempts, drop.last_error_code) == ("packed", 2, "TRANSIENT")
+    server.clear_faults()
+    assert push(settings, folder).kind == "archived"
+    assert_done(tmp_path, settings, original)
+
+
+def test_connection_dropped_mid_upload(tmp_path: Path, server: Sandbox) -> None:
+    """The server cuts the upload after 200 kB; the retry cleans up and sends it again."""
+    settings = load(write_config(tmp_path, server.url))
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+    server.drop("/data/services/import", after_bytes=200_000, count=1)
+    outcome = push(settings, folder)
+    assert outcome.kind == "archived", outcome
+    assert_done(tmp_path, settings, original)
+
+
+def test_session_expiry_mid_run(tmp_path: Path, server: Sandbox) -> None:
+    """Every JSESSIONID is invalidated while the zip is being sent; the client logs in again."""
+    settings = load(write_config(tmp_path, server.url))
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+    expired: list[int] = []
+
+    def expire_halfway(step: str, done: int, total: int) -> None:
+        if step == "import" and done >= total // 2 and not expired:
+            expired.append(server.expire_sessions())
+
+    outcome = push(settings, folder, progress=expire_halfway)
+    assert outcome.kind == "archived", outcome
+    assert expired and expired[0] >= 1
+    assert_done(tmp_path, settings, original)
+
+
+def test_sandbox_restarted_mid_run(tmp_path: Path, server: Sandbox) -> None:
+    """1. The server goes down in the middle of the upload. 2. The push gives up (exit 3
+    territory). 3. The server comes back on the same port and data. 4. The next run resumes.
+    """
+    settings = load(write_config(tmp_path, server.url, inline_attempts=2))
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+
+    def stop_halfway(step: str, done: int, total: int) -> None:
+        if step == "import" and done >= total // 2 and server._server is not None:
+            server.stop()
+
+    assert push(settings, folder, progress=stop_halfway).kind == "transient"
+    again = start_sandbox(tmp_path / "xnat", port=server.port)
+    try:
+        outcome = push(settings, folder)
+        assert outcome.kind == "archived", outcome
+        assert_done(tmp_path, settings, original)
+    finally:
+        again.stop()
+
+
+# -- kill -9 of the push process ---------------------------------------------------------------
+
+BOUNDARIES = [f"{step}:{when}" for step in ledger.STEPS for when in ("before", "after")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_at", [*BOUNDARIES, "import:bytes=300000"])
+def test_kill_9_then_rerun(tmp_path: Path, server: Sandbox, crash_at: str) -> None:
+    """`xnatdrop push` is SIGKILLed at a step boundary (or 300 kB into the upload), then run
+    again without the hook: it resumes from the ledger and archives exactly once."""
+    config_path = write_config(tmp_path, server.url)
+    settings = load(config_path)
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+    killed = push_process(config_path, folder, crash_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = push_process(config_path, folder)
+    assert rerun.returncode == 0, rerun.stderr
+    assert_done(tmp_path, settings, original)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_at", ["check:after", "quarantine:before", "quarantine:after"])
+def test_kill_9_while_quarantining(tmp_path: Path, server: Sandbox, crash_at: str) -> None:
+    config_path = write_config(tmp_path, server.url)
+    folder = stage(tmp_path / "drop", LABEL)
+    (folder / SMALL[0] / "i_cut_short.dcm").write_bytes(b"")
+    original = snapshot(folder)
+    killed = push_process(config_path, folder, crash_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = push_process(config_path, folder)
+    assert rerun.returncode == 1, rerun.stderr
+    (target,) = (tmp_path / "quarantine").iterdir()
+    kept = snapshot(target)
+    assert {k: v for k, v in kept.items() if not k.startswith("QUARANTINE")} == original
+    assert (target / "QUARANTINE.txt").is_file() and (target / "QUARANTINE.json").is_file()
+    with ledger.Ledger(load(config_path).paths.state) as book:
+        assert [d.state for d in book.drops(PROJECT, LABEL)] == ["quarantined"]
