@@ -1,0 +1,9 @@
+"""A local XNAT: `xnatdrop sandbox`, and the server that tests and benchmarks run in-process.
+
+Usage: `Sandbox(data=..., port=0, users=["svc:pw"], projects=["SPN01"]).start()`; see
+docs/sandbox.md for the endpoints, the `/_sandbox/` admin API and the known differences.
+"""
+
+from xnatdrop.sandbox.server import Sandbox
+
+__all__ = ["Sandbox"]

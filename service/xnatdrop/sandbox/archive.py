@@ -1,0 +1,396 @@
+"""Archiving a prearchive session, with XNAT's merge and conflict rules (§5).
+
+`archive_session` is the one path every archive takes (the archive service, `action=commit`,
+DICOM-zip with an `/archive` dest, the rebuilder's auto-archive). It decides everything before it
+moves anything: labels are `cleanValue`d, the subject is matched case-insensitively and created
+when missing, and an existing experiment is merged into or refused per the §5.3 table. A refusal
+leaves the prearchive row CONFLICT (409-class causes) or ERROR and raises `ArchiveFailure`;
+each caller maps it to its own status (400 for DICOM-zip, 500 "FAILED: …" for the services).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+from typing import TYPE_CHECKING
+
+from xnatdrop.sandbox import prearchive, tables
+from xnatdrop.sandbox.store import remove_empty_parents
+from xnatdrop.sandbox.wire import UNASSIGNED, Request
+
+if TYPE_CHECKING:
+    from xnatdrop.sandbox.server import Sandbox
+
+log = logging.getLogger(__name__)
+
+_UNCLEAN = re.compile(r"[ `~@#$%^&*()+=\[\]{}|\\/?:;\"',.<>]")
+
+SESSION_EXISTS = "Session already exists, retry with overwrite enabled"
+MODALITY_CHANGED = (
+    "Invalid modification of session modality via archive process.  "
+    "Data may require a manual merge."
+)
+UID_CHANGED = "Invalid modification of session UID via archive process."
+DUPLICATE_FILE = "Duplicate DICOM file uploaded."
+
+
+class ArchiveFailure(Exception):
+    """The archive was refused; `conflict` says whether it was a 409-class cause."""
+
+    def __init__(self, reason: str, conflict: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.conflict = conflict
+
+
+class ArchiveTimeout(Exception):
+    """The archive outlasted `archive_timeout` (it still completed, as XNAT's may)."""
+
+
+def clean_value(value: str) -> str:
+    """`BaseXnatExperimentdata.cleanValue`: space and punctuation → `_` (§5.2)."""
+    return _UNCLEAN.sub("_", value.strip())
+
+
+def archive_uri(project: str, subject: str, label: str) -> str:
+    return f"/data/archive/projects/{project}/subjects/{subject}/experiments/{label}"
+
+
+def archive_session(
+    sandbox: Sandbox,
+    row: sqlite3.Row,
+    *,
+    label: str | None = None,
+    subject: str | None = None,
+    allow_merge: bool,
+    override: bool,
+    overwrite_files: bool,
+    delete_files: bool = False,
+    fields: dict[str, str] | None = None,
+) -> str:
+    """Archive one prearchive session and return its `/data/archive/…` URI.
+
+    Raise ArchiveFailure (row → CONFLICT or ERROR) or, after a completed but slow archive,
+    ArchiveTimeout.
+    """
+    store = sandbox.store
+    prearchive.set_status(store, row["pk"], "ARCHIVING")
+    delay = sandbox.faults.archive_delay
+    timed_out = delay > 0 and delay >= sandbox.settings.archive_timeout
+    if delay > 0:
+        sandbox._stopping.wait(min(delay, sandbox.settings.archive_timeout))
+    try:
+        with store.lock:
+            result = _archive(
+                sandbox,
+                row,
+                label,
+                subject,
+                allow_merge,
+                override,
+                overwrite_files or delete_files,
+                fields or {},
+            )
+    except ArchiveFailure as failure:
+        prearchive.set_status(store, row["pk"], "CONFLICT" if failure.conflict else "ERROR")
+        log.info("archive of %s refused: %s", prearchive.uri(row), failure.reason)
+        raise
+    if timed_out:
+        raise ArchiveTimeout(prearchive.data_uri(row))
+    return result
+
+
+def _archive(
+    sandbox: Sandbox,
+    row: sqlite3.Row,
+    label_param: str | None,
+    subject_param: str | None,
+    allow_merge: bool,
+    override: bool,
+    replace_files: bool,
+    fields: dict[str, str],
+) -> str:
+    store = sandbox.store
+    project = row["project"]
+    if project == UNASSIGNED:
+        raise ArchiveFailure("Cannot archive sessions from the Unassigned folder.", conflict=False)
+    if store.project(project) is None:
+        raise ArchiveFailure(f"Unknown project {project}.", conflict=False)
+    scans = prearchive.scans_of(store, row["pk"])
+    files = store.all("SELECT * FROM prearc_files WHERE session = ?", row["pk"])
+    if not files:
+        raise ArchiveFailure("Session contains no files.", conflict=False)
+    xsi = prearchive.session_xsi_type({s["modality"] for s in scans})
+    label = clean_value(label_param or row["name"] or row["folder"])
+    subject_label = clean_value(subject_param or row["subject"] or label)
+    existing = store.experiment(project, label)
+    subject_row = store.subject(project, subject_label)
+
+    plan: list[tuple[sqlite3.Row, str]] = []
+    if existing is not None:
+        if not allow_merge:
+            raise ArchiveFailure(SESSION_EXISTS)
+        if existing["xsi_type"] != xsi:
+            raise ArchiveFailure(MODALITY_CHANGED)
+        if subject_row is None or existing["subject_id"] != subject_row["id"]:
+            raise ArchiveFailure(
+                "Invalid modification of session subject via archive process.: "
+                f"{label} Already Exists for another Subject"
+            )
+        if existing["uid"] and row["tag"] and existing["uid"] != row["tag"] and not override:
+            raise ArchiveFailure(UID_CHANGED)
+        archived = {
+            s["scan_id"]: s
+            for s in store.all("SELECT * FROM scans WHERE experiment_id = ?", existing["id"])
+        }
+        taken = set(archived)
+        for scan in scans:
+            same_uid = [a for a in archived.values() if a["uid"] and a["uid"] == scan["series_uid"]]
+            if same_uid:
+                target = same_uid[0]["scan_id"]
+                if target != scan["scan_id"] and not override:
+                    raise ArchiveFailure(
+                        "Session already contains a scan with the same UID, but a different "
+                        f"number ({target})."
+                    )
+                present = _dicom_files(store, existing["id"], target)
+                mine = {f["name"] for f in files if f["scan_id"] == scan["scan_id"]}
+                if present & mine and not replace_files:
+                    raise ArchiveFailure(DUPLICATE_FILE)
+            else:
+                target, k = scan["scan_id"], 0
+                while target in taken:
+                    k += 1
+                    target = f"{scan['scan_id']}-{scan['modality'] or 'OT'}{k}"
+            taken.add(target)
+            plan.append((scan, target))
+    else:
+        plan = [(scan, scan["scan_id"]) for scan in scans]
+
+    now = sandbox.clock.now()
+    session_dir = prearchive.session_dir(store, row)
+    with store.transaction() as db:
+        if subject_row is None:
+            subject_id = store.next_id(db, "S")
+            db.execute(
+                "INSERT INTO subjects (id, project, label, insert_date, insert_user) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (subject_id, project, subject_label, now, "sandbox"),
+            )
+        else:
+            subject_id, subject_label = subject_row["id"], subject_row["label"]
+        if existing is None:
+            experiment_id = store.next_id(db, "E")
+            extra = {"visit": row["visit"]} if row["visit"] else {}
+            extra.update(fields)
+            db.execute(
+                "INSERT INTO experiments (id, project, subject_id, label, xsi_type, date, time, "
+                "uid, modality, insert_date, insert_user, fields) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    experiment_id,
+                    project,
+                    subject_id,
+                    label,
+                    xsi,
+                    row["scan_date"],
+                    row["scan_time"],
+                    row["tag"],
+                    _modality(xsi),
+                    now,
+                    "sandbox",
+                    json.dumps(extra),
+                ),
+            )
+        else:
+            experiment_id = existing["id"]
+        experiment_dir = store.archive_root / project / "arc001" / label
+        for scan, target in plan:
+            db.execute(
+                "INSERT OR IGNORE INTO scans (experiment_id, scan_id, type, series_description, "
+                "xsi_type, uid, modality) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    experiment_id,
+                    target,
+                    scan["series_description"],
+                    scan["series_description"],
+                    prearchive.scan_xsi_type(scan["modality"]),
+                    scan["series_uid"],
+                    scan["modality"],
+                ),
+            )
+            target_dir = experiment_dir / "SCANS" / target / "DICOM"
+            resource_id = _resource(db, experiment_id, target, target_dir, store.root)
+            target_dir.mkdir(parents=True, exist_ok=True)
+            source_dir = session_dir / "SCANS" / scan["scan_id"] / "DICOM"
+            for entry in (f for f in files if f["scan_id"] == scan["scan_id"]):
+                (source_dir / entry["name"]).replace(target_dir / entry["name"])
+                db.execute(
+                    "INSERT OR REPLACE INTO files (resource_id, relpath, size, md5) "
+                    "VALUES (?, ?, ?, ?)",
+                    (resource_id, entry["name"], entry["size"], entry["md5"]),
+                )
+    prearchive.delete_session(store, row)
+    remove_empty_parents(session_dir.parent, store.prearchive_root)
+    result = archive_uri(project, subject_label, label)
+    log.info("archived %s → %s (%d files)", prearchive.uri(row), result, len(files))
+    return result
+
+
+def _modality(xsi: str) -> str:
+    return {
+        "xnat:mrSessionData": "MR",
+        "xnat:ctSessionData": "CT",
+        "xnat:petSessionData": "PT",
+        "xnat:petmrSessionData": "PT",
+    }.get(xsi, "OT")
+
+
+def _dicom_files(store: object, experiment_id: str, scan_id: str) -> set[str]:
+    rows = store.all(  # type: ignore[attr-defined]
+        "SELECT f.relpath FROM files f JOIN resources r ON r.id = f.resource_id "
+        "WHERE r.owner_kind = 'scan' AND r.owner_id = ? AND r.label = 'DICOM'",
+        f"{experiment_id}/{scan_id}",
+    )
+    return {r["relpath"] for r in rows}
+
+
+def _resource(
+    db: sqlite3.Connection, experiment_id: str, scan_id: str, path: object, root: object
+) -> int:
+    owner = f"{experiment_id}/{scan_id}"
+    found = db.execute(
+        "SELECT id FROM resources WHERE owner_kind = 'scan' AND owner_id = ? AND label = 'DICOM'",
+        (owner,),
+    ).fetchone()
+    if found:
+        return int(found["id"])
+    relative = str(path.relative_to(root))  # type: ignore[attr-defined]
+    cursor = db.execute(
+        "INSERT INTO resources (owner_kind, owner_id, label, format, content, path) "
+        "VALUES ('scan', ?, 'DICOM', 'DICOM', 'RAW', ?)",
+        (owner, relative),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def archive_or_500(sandbox: Sandbox, row: sqlite3.Row, **options: object) -> str:
+    """Archive for the services (`/services/archive`, `action=commit`): failures → 500 (§5.1)."""
+    try:
+        return archive_session(sandbox, row, **options)  # type: ignore[arg-type]
+    except ArchiveFailure as failure:
+        raise tables.HttpError(
+            500, f"FAILED: Unable to archive {row['folder']}: {failure.reason}"
+        ) from failure
+    except ArchiveTimeout as timeout:
+        raise tables.HttpError(
+            500,
+            f"The session {timeout} did not complete within the configured timeout interval.",
+        ) from timeout
+
+
+LOCKED = frozenset(
+    {
+        "ARCHIVING",
+        "MOVING",
+        "DELETING",
+        "SEPARATING",
+        "QUEUED_ARCHIVING",
+        "QUEUED_MOVING",
+        "QUEUED_DELETING",
+        "QUEUED_SEPARATING",
+        "_ARCHIVING",
+        "_MOVING",
+        "_DELETING",
+        "_SEPARATING",
+    }
+)
+
+
+def handle_archive(request: Request) -> tables.Response:
+    """`POST /data/services/archive` (§5.1): archive one (or several) prearchive sessions."""
+    if request.method != "POST":
+        raise tables.HttpError(405, "Method Not Allowed")
+    request.receive()
+    store = request.sandbox.store
+    sources = request.values("src")
+    if not sources:
+        project = request.param("project", "PROJECT_ID")
+        timestamp = request.param("PREARC_TIMESTAMP")
+        folder = request.param("PREARC_SESSION_FOLDER")
+        if not (project and timestamp and folder):
+            raise tables.HttpError(404, "Unknown prearchive session.")
+        sources = [f"/prearchive/projects/{project}/{timestamp}/{folder}"]
+    for src in sources:
+        if re.match(r"^(/data|/REST)?/archive", src):
+            raise tables.HttpError(400, f"Invalid src URI ({src})")
+    rows = [prearchive.parse_src(store, src) for src in sources]
+    for row in rows:
+        if row["project"] == UNASSIGNED:
+            raise tables.HttpError(400, "Cannot archive sessions from the Unassigned folder.")
+        if not request.user.can_write(row["project"]):
+            raise tables.HttpError(403, "Invalid permissions for new project.")
+        if row["status"] in LOCKED:
+            raise tables.HttpError(403, "Operation already in progress on this prearchive entry.")
+    overwrite = (request.param("overwrite") or "").lower()
+    options: dict[str, object] = {
+        "allow_merge": True,  # single-session archive always allows merging (§5.1)
+        "override": overwrite in ("append", "delete"),
+        "overwrite_files": request.flag("overwrite_files"),
+        "delete_files": overwrite == "delete",
+    }
+    if len(rows) > 1:
+        remaining = []
+        for row in rows:
+            built = row if row["built"] else prearchive.build(request.sandbox, row)
+            try:
+                archive_session(request.sandbox, built, **options)  # type: ignore[arg-type]
+            except (ArchiveFailure, ArchiveTimeout):
+                remaining.append(prearchive.table_row(prearchive.get(store, row["pk"])))
+        return prearchive.rows_table(remaining, request.fmt or "xml")
+
+    row = rows[0]
+    xsi = prearchive.session_xsi_type(
+        {s["modality"] for s in prearchive.scans_of(store, row["pk"])}
+    )
+    dest_subject, dest_label = _dest(request, row["project"])
+    label = request.param("session", f"{xsi}/label", "EXPT_LABEL", "label", "EXPT_ID")
+    subject = request.param("subject", "SUBJECT_ID", f"{xsi}/subject_ID")
+    fields = {k: v for k in ("visit", "note") if (v := request.param(k, f"{xsi}/{k}"))}
+    built = row if row["built"] else prearchive.build(request.sandbox, row)
+    result = archive_or_500(
+        request.sandbox,
+        built,
+        label=label or dest_label,
+        subject=subject or dest_subject,
+        fields=fields,
+        **options,
+    )
+    if request.flag("redirect") or prearchive.is_auto_archive(store, row):
+        response = tables.Response(303, tables.URI_LIST, f"{result}\r\n".encode())
+        response.headers.append(("Location", request.base_url + result))
+        return response
+    return tables.uri_list([result], request.fmt)
+
+
+def _dest(request: Request, project: str) -> tuple[str | None, str | None]:
+    """`dest=/archive/projects/P[/subjects/S[/experiments/E]]` → (subject, label)."""
+    dest = request.param("dest")
+    if not dest:
+        return None, None
+    path = re.sub(r"^/(data|REST)(?=/)", "", dest)
+    match = re.fullmatch(
+        r"/archive/projects/([^/]+)(?:/subjects/([^/]+))?(?:/experiments/([^/]+))?/?", path
+    )
+    if not match:
+        raise tables.HttpError(400, f"Invalid dest URI ({dest})")
+    if match.group(1) != project:
+        raise tables.HttpError(
+            400,
+            "Project mismatch: source and destination must refer to the same project. You "
+            "should change the project in the Prearchive prior to running this Archive "
+            "operation.",
+        )
+    return match.group(2), match.group(3)

@@ -1,0 +1,352 @@
+"""Request bodies: streamed, never held in memory, and classified the way XNAT does (§3.1).
+
+`Body` reads a Content-Length or chunked body in bounded pieces, sends `100 Continue` only when
+the body is first read (Tomcat's behaviour: a request rejected before its body is read gets its
+final status without the interim 100), and can cut the connection after K bytes (fault hook).
+`receive` turns the body into uploads (files spooled to disk) and form parameters.
+"""
+
+from __future__ import annotations
+
+import email.message
+import hashlib
+import json
+import os
+import tempfile
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from xnatdrop.sandbox import tables
+
+CHUNK = 1024 * 1024
+MAX_FORM = 4 * 1024 * 1024
+
+#: `RequestUtil.supported_upload_types`: a raw body with one of these types is an upload.
+SUPPORTED_UPLOAD_TYPES = frozenset(
+    {
+        "application/zip",
+        "application/x-zip-compressed",
+        "application/octet-stream",
+        "application/dicom",
+        "application/x-tar",
+        "application/x-gtar",
+        "application/x-gzip",
+        "application/gzip",
+        "application/x-mirc",
+        "application/x-mirc-dicom",
+        "application/xml",
+        "text/xml",
+        "text/plain",
+    }
+)
+
+#: `RequestUtil.deriveFileName("upload", entity)`: the invented name decides the zip decoder.
+DERIVED_NAMES = {
+    "application/zip": "upload.zip",
+    "application/x-gtar": "upload.tar.gz",
+    "application/x-tar": "upload.tar",
+    "application/x-gzip": "upload.gzip",
+    "application/dicom": "upload.dcm",
+    "application/octet-stream": "upload",
+}
+
+
+class ConnectionDropped(Exception):
+    """The drop-after-K-bytes fault fired: close the socket without answering."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection before sending the whole body."""
+
+
+class Body:
+    """The request body as a bounded-chunk stream (Content-Length or chunked)."""
+
+    def __init__(
+        self,
+        rfile: BinaryIO,
+        send_continue: Callable[[], None],
+        content_length: int | None,
+        chunked: bool,
+        expect_continue: bool,
+    ) -> None:
+        self._rfile = rfile
+        self._send_continue = send_continue
+        self._chunked = chunked
+        self._remaining = 0 if chunked else (content_length or 0)
+        self._chunk_left = 0
+        self._expect = expect_continue
+        self.finished = not chunked and self._remaining == 0
+        self.received = 0
+        self.drop_after: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return not self._expect
+
+    def read(self, size: int = CHUNK) -> bytes:
+        """Return up to `size` bytes, b"" at the end. Raise ClientGone on a short body."""
+        if self.finished:
+            return b""
+        if self._expect:
+            self._expect = False
+            self._send_continue()
+        data = self._read_chunked(size) if self._chunked else self._read_plain(size)
+        if self.drop_after is not None and self.received + len(data) >= self.drop_after:
+            raise ConnectionDropped(f"dropped after {self.drop_after} body bytes")
+        self.received += len(data)
+        return data
+
+    def _read_plain(self, size: int) -> bytes:
+        data = self._rfile.read(min(size, self._remaining))
+        if not data:
+            raise ClientGone(f"client closed with {self._remaining} body bytes unsent")
+        self._remaining -= len(data)
+        self.finished = self._remaining == 0
+        return data
+
+    def _read_chunked(self, size: int) -> bytes:
+        if self._chunk_left == 0:
+            line = self._rfile.readline(1024)
+            if not line:
+                raise ClientGone("client closed inside a chunked body")
+            try:
+                self._chunk_left = int(line.split(b";")[0].strip(), 16)
+            except ValueError as error:
+                raise tables.HttpError(400, "Malformed chunked request body") from error
+            if self._chunk_left == 0:
+                while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                self.finished = True
+                return b""
+        data = self._rfile.read(min(size, self._chunk_left))
+        if not data:
+            raise ClientGone("client closed inside a chunked body")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0:
+            self._rfile.readline(16)  # CRLF after the chunk
+        return data
+
+    def drain(self, limit: int) -> bool:
+        """Discard up to `limit` unread bytes so keep-alive can go on; False if more remain."""
+        if self._expect:
+            return False  # the client waits for 100 Continue: it sends nothing, close instead
+        seen = 0
+        while not self.finished and seen <= limit:
+            seen += len(self.read())
+        return self.finished
+
+
+@dataclass
+class Upload:
+    """One uploaded file, already on disk in the spool with its size and MD5."""
+
+    name: str
+    path: Path
+    size: int
+    md5: str
+
+
+class SpoolFile:
+    """A spool file being written: counts bytes and computes the MD5 on the way."""
+
+    def __init__(self, spool_dir: Path, name: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix="upload-")
+        self.name = name
+        self.path = Path(tmp)
+        self._out = os.fdopen(fd, "wb")
+        self._digest = hashlib.md5()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._digest.update(data)
+        self.size += len(data)
+        self._out.write(data)
+
+    def close(self) -> Upload:
+        self._out.close()
+        return Upload(self.name, self.path, self.size, self._digest.hexdigest())
+
+    def discard(self) -> None:
+        self._out.close()
+        self.path.unlink(missing_ok=True)
+
+
+def spool(read: Callable[[], bytes], spool_dir: Path, name: str) -> Upload:
+    """Write a stream to a spool file, computing size and MD5 on the way."""
+    target = SpoolFile(spool_dir, name)
+    try:
+        while data := read():
+            target.write(data)
+    except BaseException:
+        target.discard()
+        raise
+    return target.close()
+
+
+class _Reader:
+    """A small look-ahead buffer over `Body` for the multipart parser."""
+
+    def __init__(self, body: Body) -> None:
+        self.body = body
+        self.buf = bytearray()
+
+    def fill(self) -> bool:
+        data = self.body.read()
+        self.buf += data
+        return bool(data)
+
+    def read_until(self, marker: bytes, sink: Callable[[bytes], object]) -> bool:
+        """Send bytes before `marker` to sink and consume the marker; False if never found."""
+        while True:
+            index = self.buf.find(marker)
+            if index >= 0:
+                sink(bytes(self.buf[:index]))
+                del self.buf[: index + len(marker)]
+                return True
+            keep = len(marker) - 1
+            if len(self.buf) > keep:
+                sink(bytes(self.buf[:-keep] if keep else self.buf))
+                del self.buf[: len(self.buf) - keep]
+            if not self.fill():
+                sink(bytes(self.buf))
+                self.buf.clear()
+                return False
+
+    def take(self, count: int) -> bytes:
+        while len(self.buf) < count and self.fill():
+            pass
+        data = bytes(self.buf[:count])
+        del self.buf[:count]
+        return data
+
+
+def _header_params(raw: bytes) -> email.message.Message:
+    message = email.message.Message()
+    for line in raw.decode("utf-8", "replace").split("\r\n"):
+        if ":" in line:
+            key, value = line.split(":", 1)
+            message[key.strip()] = value.strip()
+    return message
+
+
+def parse_multipart(
+    body: Body, boundary: str, spool_dir: Path
+) -> tuple[dict[str, list[str]], list[Upload]]:
+    """Stream a multipart/form-data body: files go to the spool, fields to a dict.
+
+    Raise HttpError(400) for a file part without a file name, as `getFileWritersAndLoadParams`.
+    """
+    reader = _Reader(body)
+    fields: dict[str, list[str]] = {}
+    uploads: list[Upload] = []
+    delimiter = b"--" + boundary.encode()
+    if not reader.read_until(delimiter, lambda _: None):
+        raise tables.HttpError(400, "Malformed multipart request body")
+    while True:
+        tail = reader.take(2)
+        if tail == b"--" or not tail:
+            break
+        header = bytearray()
+        if not reader.read_until(b"\r\n\r\n", header.extend):
+            raise tables.HttpError(400, "Malformed multipart request body")
+        headers = _header_params(bytes(header))
+        name = headers.get_param("name", header="content-disposition")
+        filename = headers.get_param("filename", header="content-disposition")
+        end = b"\r\n" + delimiter
+        if filename is None and headers.get_content_type() != "application/octet-stream":
+            value = bytearray()
+            reader.read_until(end, value.extend)
+            if len(value) > MAX_FORM:
+                raise tables.HttpError(400, "Form field too large")
+            fields.setdefault(str(name or ""), []).append(value.decode("utf-8", "replace"))
+            continue
+        if not filename:
+            reader.read_until(end, lambda _: None)
+            raise tables.HttpError(
+                400, "multi-part form posts must contain the file name of the uploaded file."
+            )
+        target = SpoolFile(spool_dir, os.path.basename(str(filename)))
+        try:
+            reader.read_until(end, target.write)
+        except BaseException:
+            target.discard()
+            raise
+        uploads.append(target.close())
+    return fields, uploads
+
+
+@dataclass
+class Received:
+    """What a body carried: uploads (spooled files) and form parameters."""
+
+    uploads: list[Upload]
+    fields: dict[str, list[str]]
+    json: object = None
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def boundary_of(content_type: str) -> str:
+    message = email.message.Message()
+    message["content-type"] = content_type
+    boundary = message.get_param("boundary")
+    if not boundary:
+        raise tables.HttpError(400, "multipart/form-data without a boundary")
+    return str(boundary)
+
+
+def receive(
+    body: Body,
+    content_type: str | None,
+    inbody: bool,
+    spool_dir: Path,
+    raw_name: str | None = None,
+    raw_any_type: bool = False,
+) -> Received:
+    """Classify and read a body as `SecureResource.getFileWritersAndLoadParams` does (§3.1).
+
+    Raw ("in-body") when `inbody` or the type is a supported upload type (or, with `raw_any_type`,
+    any non-form type: resource uploads); the file name is `raw_name` or invented from the type.
+    Multipart: file parts become uploads, other parts parameters. Forms and JSON bodies become
+    parameters. Anything else: no upload.
+    """
+    kind = media_type(content_type)
+    is_form = kind in ("multipart/form-data", "application/x-www-form-urlencoded")
+    if inbody or kind in SUPPORTED_UPLOAD_TYPES or (raw_any_type and not is_form):
+        if kind == "multipart/form-data":
+            raise tables.HttpError(
+                406,
+                "In-body File posts must include the file directly as the body of the message "
+                "(not as part of multi-part form data).",
+            )
+        if body.finished:
+            return Received([], {})
+        name = raw_name or DERIVED_NAMES.get(kind, "upload.unsupported")
+        return Received([spool(body.read, spool_dir, name)], {})
+    if kind == "multipart/form-data":
+        fields, uploads = parse_multipart(body, boundary_of(content_type or ""), spool_dir)
+        return Received(uploads, fields)
+    if kind == "application/x-www-form-urlencoded":
+        return Received([], urllib.parse.parse_qs(_read_small(body).decode(), True))
+    if kind == "application/json":
+        data = _read_small(body)
+        try:
+            return Received([], {}, json.loads(data) if data.strip() else None)
+        except ValueError as error:
+            raise tables.HttpError(400, "Malformed JSON request body") from error
+    return Received([], {})
+
+
+def _read_small(body: Body) -> bytes:
+    data = bytearray()
+    while chunk := body.read():
+        data += chunk
+        if len(data) > MAX_FORM:
+            raise tables.HttpError(413, "Request body too large for a form")
+    return bytes(data)
