@@ -1,89 +1,149 @@
-"""Shared fixtures: a real sandbox XNAT on a free port, and DICOM zips built from real series.
+"""Shared fixtures: a real sandbox XNAT on a free port, HTTP clients for its users, and DICOM
+zips built from real series.
 
-The DICOM comes from `ge_signa_premier_table` (GE SIGNA Premier, BSD-2-Clause, see its README in
-the shared data): a few files of series 1 and 5 (3-Plane Localizer, same study). Tests copy
-files into tmp_path and rewrite headers there with pydicom; the shared set is never modified.
+The DICOM comes from `ge_signa_premier_table` (GE SIGNA Premier RX29, BSD-2-Clause; see its
+README.md in the shared data): the first few files of series 1 and 5 (3-Plane Localizers of one
+study, 148 kB each). Tests copy files into tmp_path and rewrite headers there with pydicom; the
+shared set is never modified.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from tests.shared_data import dataset
+from shared_data import dataset
 from xnatdrop.sandbox import Sandbox
 
 USERS = ["svc:pw", "reader:pw:read", "outsider:pw:none", "other:pw"]
-SERIES_DIRS = {
-    "1": "In/GE/Exam1486_Laser794mm/01_3_Plane_Localizer_FF",
-    "5": "In/GE/Exam1486_Laser794mm/05_3_Plane_Localizer_HF",
-}
+PROJECTS = ["SPN01", "SPN02"]
+EXAM = "In/GE/Exam1486_Laser794mm"
+SERIES_DIRS = {"1": "01_3_Plane_Localizer_FF", "5": "05_3_Plane_Localizer_HF"}
 
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    """A running sandbox: svc (site admin), reader (read-only), outsider (no access), other."""
-    server = Sandbox(data=tmp_path / "xnat", host="127.0.0.1", port=0, users=USERS,
-                     projects=["SPN01", "SPN02"])
+    """A running sandbox: svc (site admin), reader (read-only), outsider (no access), other
+    (an owner but not the admin); projects SPN01 and SPN02."""
+    server = Sandbox(
+        data=tmp_path / "xnat", host="127.0.0.1", port=0, users=USERS, projects=PROJECTS
+    )
     server.start()
     yield server
     server.stop()
 
 
+class Client(requests.Session):
+    """A requests session bound to one sandbox and one account; paths start with `/`."""
+
+    def __init__(self, base: str, auth: tuple[str, str] | None) -> None:
+        super().__init__()
+        self.base = base
+        self.auth = auth
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(url, str) and url.startswith("/"):
+            url = self.base + url
+        return super().request(method, url, *args, **kwargs)
+
+    def import_zip(self, data: bytes, **params: str) -> requests.Response:
+        """POST a zip to the import service as a raw `application/zip` body (DICOM-zip)."""
+        params.setdefault("import-handler", "DICOM-zip")
+        return self.post(
+            "/data/services/import",
+            params=params,
+            data=data,
+            headers={"Content-Type": "application/zip"},
+        )
+
+    def json_rows(self, path: str, **params: str) -> list[dict[str, str]]:
+        response = self.get(path, params={"format": "json", **params})
+        assert response.status_code == 200, response.text
+        return response.json()["ResultSet"]["Result"]
+
+
+def _client(sandbox: Sandbox, auth: tuple[str, str] | None) -> Iterator[Client]:
+    with Client(sandbox.url, auth) as client:
+        yield client
+
+
 @pytest.fixture
-def svc(sandbox: Sandbox) -> Iterator[requests.Session]:
-    """A requests session authenticated as the site admin, with a base-URL helper."""
-    with requests.Session() as session:
-        session.auth = ("svc", "pw")
-        yield session
-
-
-def series_files(scan: str, count: int = 3) -> list[Path]:
-    """The first `count` files (sorted by name) of one series of the GE exam."""
-    folder = dataset("ge_signa_premier_table") / SERIES_DIRS[scan]
-    return sorted(folder.iterdir())[:count]
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+def svc(sandbox: Sandbox) -> Iterator[Client]:
+    yield from _client(sandbox, ("svc", "pw"))
 
 
 @pytest.fixture
-def rewrite(tmp_path: Path) -> Callable[..., Path]:
-    """Copy a DICOM file into tmp_path with some header fields replaced."""
-    counter = iter(range(1_000_000))
+def reader(sandbox: Sandbox) -> Iterator[Client]:
+    yield from _client(sandbox, ("reader", "pw"))
 
-    def run(source: Path, **tags: str) -> Path:
-        dataset_ = pydicom.dcmread(source)
+
+@pytest.fixture
+def outsider(sandbox: Sandbox) -> Iterator[Client]:
+    yield from _client(sandbox, ("outsider", "pw"))
+
+
+@pytest.fixture
+def anonymous(sandbox: Sandbox) -> Iterator[Client]:
+    yield from _client(sandbox, None)
+
+
+class Dicom:
+    """Real GE files, copies with rewritten headers, and zips of them (all under tmp_path)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.folder = tmp_path / "dicom"
+        self.folder.mkdir()
+        self._names = itertools.count()
+
+    @staticmethod
+    def files(scan: str = "1", count: int = 3) -> list[Path]:
+        """The first `count` files (by name) of series 1 or 5 of the GE exam."""
+        folder = dataset("ge_signa_premier_table") / EXAM / SERIES_DIRS[scan]
+        return sorted(folder.iterdir())[:count]
+
+    def rewrite(self, source: Path, **tags: Any) -> Path:
+        """A copy of `source` with header fields replaced (keyword=value)."""
+        data = pydicom.dcmread(source)
         for keyword, value in tags.items():
-            setattr(dataset_, keyword, value)
-        target = tmp_path / "rewritten" / f"{next(counter):04d}_{source.name}"
-        target.parent.mkdir(exist_ok=True)
-        dataset_.save_as(target)
+            setattr(data, keyword, value)
+        target = self.folder / f"{next(self._names):04d}" / source.name
+        target.parent.mkdir()
+        data.save_as(target)
         return target
 
-    return run
+    def study(self, files: list[Path], **tags: Any) -> list[Path]:
+        """Copies of `files` moved into one new study (a fresh StudyInstanceUID)."""
+        uid = generate_uid()
+        return [self.rewrite(f, StudyInstanceUID=uid, **tags) for f in files]
+
+    @staticmethod
+    def zip(
+        files: list[Path], extra: list[tuple[str, bytes]] | None = None, prefix: str = "series/"
+    ) -> bytes:
+        """A stored zip: the files under `prefix`, then `extra` (name, bytes) entries."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
+            for path in files:
+                bundle.write(path, prefix + path.name)
+            for name, data in extra or []:
+                bundle.writestr(name, data)
+        return buffer.getvalue()
+
+    @staticmethod
+    def md5(path: Path) -> str:
+        return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def make_zip(entries: list[tuple[str, Path | bytes]]) -> bytes:
-    """A stored (uncompressed) zip of (entry name, file or bytes) pairs, in that order."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
-        for name, content in entries:
-            data = content.read_bytes() if isinstance(content, Path) else content
-            bundle.writestr(name, data)
-    return buffer.getvalue()
-
-
-def new_study(files: list[Path], rewrite: Callable[..., Path], **tags: str) -> list[Path]:
-    """Copies of `files` moved into one new study (fresh StudyInstanceUID), plus `tags`."""
-    study = generate_uid()
-    return [rewrite(f, StudyInstanceUID=study, **tags) for f in files]
+@pytest.fixture
+def dicom(tmp_path: Path) -> Dicom:
+    return Dicom(tmp_path)

@@ -271,9 +271,7 @@ def _resource(
     if request.method == "GET":
         if resource is None:
             raise tables.HttpError(404, f"Unable to find resource {label}.")
-        return tables.table(
-            [resource_row(store, owner, resource)], RESOURCE_COLUMNS, request.fmt, title="Resources"
-        )
+        return tables.item_in_format(node(store, resource), request.fmt)
     if not request.user.can_write(owner.project):
         raise tables.HttpError(403, NO_PERMISSION)
     if request.method in ("PUT", "POST"):

@@ -61,6 +61,7 @@ ROUTES: list[tuple[re.Pattern[str], Handler]] = [
     (re.compile(r"^/services/prearchive/(move|delete|rebuild)/?$"), prearchive.handle_batch),
     (re.compile(r"^/prearchive(/|$)"), prearchive.handle),
     (re.compile(r"^/(projects|subjects|experiments)(/|$)"), entities.handle),
+    (re.compile(r"^/search/elements/?$"), lambda request: _search_elements(request)),
 ]
 
 #: Routes that answer without credentials.
@@ -141,7 +142,9 @@ class Sandbox:
         self.port = server.server_address[1]
         self._server = server
         self._stopping.clear()
-        serve = threading.Thread(target=server.serve_forever, name="sandbox-http", daemon=True)
+        serve = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="sandbox-http", daemon=True
+        )
         rebuild = threading.Thread(target=self._rebuild_loop, name="sandbox-rebuild", daemon=True)
         self._threads = [serve, rebuild]
         for thread in self._threads:
@@ -411,6 +414,15 @@ class Sandbox:
 
 
 _ANONYMOUS = User("guest", "", "none", False)
+
+
+def _search_elements(request: Request) -> tables.Response:
+    """`GET /data/search/elements`: the data types xnatpy looks up at connect time (xapi.py)."""
+    if xapi is None:
+        raise tables.HttpError(404, "The requested URI was not found.")
+    rows = xapi.search_elements()
+    columns = list(rows[0]) if rows else ["ELEMENT_NAME"]
+    return tables.table(rows, columns, request.fmt)
 
 
 def _cookies(headers: Any) -> dict[str, str]:
