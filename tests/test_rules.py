@@ -120,7 +120,11 @@ def rearrange_raw(set_name: str, session: str, raw: set[str], subject: Path) -> 
         if not path.is_file() or path.name == "DICOMDIR":
             continue
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
+            header = pydicom.dcmread(
+                path,
+                stop_before_pixels=True,
+                specific_tags=["SeriesNumber", "SOPClassUID", "SeriesInstanceUID"],
+            )
         except pydicom.errors.InvalidDicomError:
             continue
         if str(header.get("SeriesNumber", "")) not in raw or header.SOPClassUID not in MR_CLASSES:

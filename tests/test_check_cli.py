@@ -1,0 +1,146 @@
+"""`xnatdrop check PATH [--config FILE] [--json]`, in-process and as the installed script."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared_data import dataset
+from test_rules import GE_FMRI, GE_LOCALIZER, add_series
+from xnatdrop import cli
+from xnatdrop.commands import check
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    folder = tmp_path / "drop" / "SPN01_0001"
+    add_series(folder, "01_localizer", GE_LOCALIZER)
+    add_series(folder, "02_fmri", GE_FMRI)
+    (folder / "behav").mkdir()
+    (folder / "behav" / "events.tsv").write_text("onset\tduration\n")
+    return folder
+
+
+def test_human_report_for_a_folder_that_would_upload(
+    good: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("SPN01_0001: would upload — 2 series, 71 files")
+    assert "3-Plane Localizer" in out and "[02_fmri]" in out
+    assert "sidecars: behav" in out
+    assert out.rstrip().endswith("verdict: would upload")
+    assert "LOCALIZER" not in out  # an `ignore` finding is not reported
+
+
+def test_blocked_folder_exits_1_and_names_file_code_and_fix(
+    good: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (good / "02_fmri" / "notes.nii").write_bytes(
+        (dataset("nibabel_formats") / "converted/anatomical.nii").read_bytes()
+    )
+    assert cli.main(["check", str(good)]) == 1
+    out = capsys.readouterr().out
+    assert "BLOCK   CONVERTED_FILE  02_fmri/notes.nii" in out
+    assert "Fix: remove converted files" in out
+    assert "verdict: BLOCKED by 1 finding(s)" in out
+
+
+def test_json_output(good: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (good / "stray.txt").write_text("hello\n")
+    assert cli.main(["check", str(good), "--json", "--files"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and data["label"] == "SPN01_0001"
+    assert [s["series_number"] for s in data["series"]] == ["1", "2"]
+    assert len(data["series"][1]["files"]) == 50
+    codes = {(f["code"], f["action"], f["path"]) for f in data["findings"]}
+    assert ("LOOSE_FILE", "block", "stray.txt") in codes
+    assert ("NOT_DICOM", "exclude", "stray.txt") in codes
+    assert all(f["fix"] and f["message"] for f in data["findings"])
+
+
+def test_config_sets_pattern_and_actions(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = tmp_path / "xnatdrop.toml"
+    config_file.write_text(
+        f"""
+[rules.actions]
+LOCALIZER = "exclude"
+
+[[drop]]
+path = "{good.parent}"
+project = "SPN01"
+label_pattern = '^SPN01_[0-9]{{3}}$'
+"""
+    )
+    assert cli.main(["check", str(good), "--config", str(config_file), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [f["code"] for f in data["findings"] if f["action"] == "block"] == ["LABEL_PATTERN"]
+    assert [s["series_number"] for s in data["excluded_series"]] == ["1"]
+
+
+def test_usage_and_config_errors_exit_2(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[rules.actions]\nDERIVED = "block"\n')
+    assert cli.main(["check", str(good), "--config", str(bad)]) == 2
+    assert "unknown finding code(s) DERIVED" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["check"])
+    assert exit_info.value.code == 2
+
+
+def test_progress_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """600 files: a progress line on a tty (a real pty), nothing when stderr is a file."""
+    folder = tmp_path / "SPN01_0002"
+    add_series(
+        folder, "601_dti", ("philips_achieva_dwi_isotropic", "In/Vanderbilt_2018/601_WIP_dti_ax")
+    )
+    controller, terminal = os.openpty()
+    with open(terminal, "w", closefd=True) as tty:
+        monkeypatch.setattr(sys, "stderr", tty)
+        monkeypatch.setattr(sys, "stdout", io.StringIO())
+        assert cli.main(["check", str(folder)]) == 0
+        tty.flush()
+        shown = os.read(controller, 65536).decode()
+    os.close(controller)
+    assert "checking: 680/680 files (100%)" in shown
+    plain = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", plain)
+    assert cli.main(["check", str(folder)]) == 0
+    assert "checking:" not in plain.getvalue()
+
+
+def test_report_lists_ten_findings_per_code_then_counts(tmp_path: Path) -> None:
+    folder = tmp_path / "SPN01_0003"
+    add_series(folder, "fmri", GE_FMRI)
+    for n in range(13):
+        (folder / "fmri" / f"note{n}.txt").write_text("x")
+    from xnatdrop import rules
+
+    text = check.report(rules.check_folder(folder, None))
+    assert text.count("NOT_DICOM  fmri/note") == 10
+    assert "… and 3 more NOT_DICOM (see --json)" in text
+
+
+def test_installed_script_exit_codes(good: Path) -> None:
+    script = shutil.which("xnatdrop")
+    assert script is not None
+    ok = subprocess.run([script, "check", str(good), "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
+    (good / "02_fmri" / "empty.dcm").write_bytes(b"")
+    blocked = subprocess.run([script, "check", str(good)], capture_output=True, text=True)
+    assert blocked.returncode == 1 and "EMPTY_FILE" in blocked.stdout
+    usage = subprocess.run([script, "check"], capture_output=True, text=True)
+    assert usage.returncode == 2

@@ -1,0 +1,266 @@
+"""Sniffing single files: real scanner files, real converter outputs, cut copies, random bytes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared_data import SHARED_DICOM, dataset
+from xnatdrop import dicomfiles
+
+Kind = dicomfiles.Kind
+
+
+def all_shared_files() -> list[Path]:
+    return sorted(p for p in SHARED_DICOM.rglob("*") if p.is_file())
+
+
+def test_header_fields_match_pydicom_on_real_files() -> None:
+    """Every 5th DICOM file of the shared sets: our walker and pydicom agree field by field."""
+    compared = 0
+    for path in all_shared_files()[::5]:
+        facts = dicomfiles.sniff(path)
+        if facts.kind is not Kind.DICOM:
+            continue
+        reference = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        header = facts.header
+        assert header is not None
+        expected = {
+            "sop_class_uid": reference.get("SOPClassUID", "")
+            or reference.file_meta.get("MediaStorageSOPClassUID", ""),
+            "sop_instance_uid": reference.get("SOPInstanceUID", ""),
+            "study_instance_uid": reference.get("StudyInstanceUID", ""),
+            "series_instance_uid": reference.get("SeriesInstanceUID", ""),
+            "series_description": reference.get("SeriesDescription", ""),
+            "modality": reference.get("Modality", ""),
+            "patient_id": reference.get("PatientID", ""),
+            "transfer_syntax": reference.file_meta.get("TransferSyntaxUID", ""),
+        }
+        for name, value in expected.items():
+            assert getattr(header, name) == str(value).strip(), (path, name)
+        number = reference.get("SeriesNumber")
+        assert header.series_number == ("" if number is None else str(number)), path
+        image_type = reference.get("ImageType")
+        if image_type:
+            values = [image_type] if isinstance(image_type, str) else list(image_type)
+            assert header.image_type == tuple(v.strip().upper() for v in values), path
+        compared += 1
+    assert compared > 400
+
+
+# (set, file, kind, words in the detail) — rules A and B on real files.
+REAL_KINDS = [
+    ("pydicom_data_subset", "data/OT-PAL-8-face.dcm", Kind.DICOM, ""),
+    ("pydicom_data_subset", "data/JLSL_RGB_ILV0.dcm", Kind.CORRUPT, "lacks"),
+    ("nibabel_formats", "dicom/decimal_rescale.dcm", Kind.CORRUPT, "SOPInstanceUID"),
+    ("nibabel_formats", "dicom/siemens_dwi_1000.dcm.gz", Kind.ARCHIVE, "gzip containing DICOM"),
+    ("nibabel_formats", "converted/anatomical.nii", Kind.CONVERTED, "NIfTI-1"),
+    ("nibabel_formats", "converted/nifti1.hdr", Kind.CONVERTED, "NIfTI-1 header"),
+    ("nibabel_formats", "converted/nifti2.hdr", Kind.CONVERTED, "NIfTI-2"),
+    (
+        "nibabel_formats",
+        "converted/example_nifti2.nii.gz",
+        Kind.CONVERTED,
+        "gzip containing NIfTI-2",
+    ),
+    ("nibabel_formats", "converted/example4d.nii.gz", Kind.CONVERTED, "gzip containing NIfTI-1"),
+    ("nibabel_formats", "converted/analyze.hdr", Kind.CONVERTED, "Analyze"),
+    ("nibabel_formats", "converted/test.mgz", Kind.CONVERTED, "MGZ"),
+    ("nibabel_formats", "converted/tiny.mnc", Kind.CONVERTED, "MINC-1"),
+    ("nibabel_formats", "converted/minc2_4d.mnc", Kind.CONVERTED, "MINC-2"),
+    ("nibabel_formats", "converted/phantom_EPI_asc_CLEAR_2_1.PAR", Kind.CONVERTED, "PAR"),
+    ("nibabel_formats", "converted/phantom_EPI_asc_CLEAR_2_1.REC", Kind.CONVERTED, "REC"),
+    ("nibabel_formats", "converted/example4d+orig.HEAD", Kind.CONVERTED, "AFNI"),
+    ("nibabel_formats", "converted/standard.trk", Kind.CONVERTED, "TrackVis"),
+    ("nibabel_formats", "converted/standard.tck", Kind.CONVERTED, "MRtrix"),
+    ("pynrrd_formats", "BallBinary30x30x30.nrrd", Kind.CONVERTED, "NRRD"),
+    ("pynrrd_formats", "BallBinary30x30x30.nhdr", Kind.CONVERTED, "NRRD"),
+    ("siemens_xa30_enhanced", "Ref-sample/10_DWI_dir80_PA.json", Kind.CONVERTED, "JSON"),
+    ("siemens_xa30_enhanced", "Ref-sample/10_DWI_dir80_PA.bvec", Kind.CONVERTED, "b-vectors"),
+    ("siemens_xa60_dicomdir", "In/XA60/protocol.pdf", Kind.OTHER, "PDF"),
+    ("siemens_xa60_dicomdir", "In/XA60/localizer.pro", Kind.OTHER, "not DICOM"),
+    ("ge_nih_mr750", "In/20180918GE/mr_0004/README-Series.txt", Kind.OTHER, "not DICOM"),
+]
+
+
+@pytest.mark.parametrize(
+    ("set_name", "relative", "kind", "words"), REAL_KINDS, ids=[r[1] for r in REAL_KINDS]
+)
+def test_real_files_are_classified_by_content(
+    set_name: str, relative: str, kind: Kind, words: str
+) -> None:
+    facts = dicomfiles.sniff(dataset(set_name) / relative)
+    assert facts.kind is kind
+    assert words in facts.detail
+
+
+def test_extension_does_not_decide(tmp_path: Path) -> None:
+    nifti = (dataset("nibabel_formats") / "converted/anatomical.nii").read_bytes()
+    (tmp_path / "slice.dcm").write_bytes(nifti)
+    assert dicomfiles.sniff(tmp_path / "slice.dcm").kind is Kind.CONVERTED
+    ge = min(
+        (
+            dataset("ge_signa_premier_table")
+            / "In/GE/Exam1486_Laser794mm/02_Ax_fMRI_FF_I11.1_S15.9"
+        ).iterdir()
+    )
+    (tmp_path / "brain.nii").write_bytes(ge.read_bytes())
+    facts = dicomfiles.sniff(tmp_path / "brain.nii")
+    assert facts.kind is Kind.DICOM and not facts.truncated
+
+
+def test_no_preamble_dicom_and_dicomdir() -> None:
+    face = dicomfiles.sniff(dataset("pydicom_data_subset") / "data/OT-PAL-8-face.dcm")
+    assert face.kind is Kind.DICOM and not face.preamble and not face.truncated
+    media = dicomfiles.sniff(dataset("siemens_xa60_dicomdir") / "In/XA60/DICOMDIR")
+    assert media.header is not None and media.header.is_dicomdir
+    assert ("DICOM", "24100413", "39280000", "75739321") in media.header.referenced_files
+
+
+def test_enhanced_frame_types_and_philips_isotropic_frames() -> None:
+    xa30 = dataset("siemens_xa30_enhanced") / "In"
+    adc = dicomfiles.sniff(next((xa30 / "11_DWI_dir80_PA").iterdir()))
+    assert adc.header is not None
+    assert ("DERIVED", "PRIMARY", "DIFFUSION", "ADC") in adc.header.frame_types
+    assert "ISOTROPIC" in adc.header.diffusion_directions
+    fmri = dicomfiles.sniff(min((xa30 / "7_func-bold_task-fa_run-1").iterdir()))
+    assert fmri.header is not None and fmri.header.frame_types == (
+        ("ORIGINAL", "PRIMARY", "FMRI", "NONE"),
+    )
+    philips = dataset("philips_achieva_dwi_isotropic") / "In/Vanderbilt_2018/601_WIP_dti_ax"
+    directions = [
+        dicomfiles.sniff(p).header.diffusion_directions for p in sorted(philips.iterdir())
+    ]
+    assert sum(1 for d in directions if "I" in d) == 80
+
+
+# Real files of each encoding, to be cut short at several points (rule A6).
+CUT_SOURCES = [
+    ("ge_signa_premier_table", "In/GE/Exam1486_Laser794mm/02_Ax_fMRI_FF_I11.1_S15.9"),
+    ("siemens_xa30_enhanced", "In/7_func-bold_task-fa_run-1"),
+    ("philips_ingenia_elition_enh_classic", "In/cl"),
+    ("siemens_xa30_classic_interop", "In/7001_func-bold_task-fa_run-1"),
+    ("pydicom_data_subset", "data/OT-PAL-8-face.dcm"),
+]
+
+
+@pytest.mark.parametrize(("set_name", "relative"), CUT_SOURCES, ids=[c[0] for c in CUT_SOURCES])
+def test_every_cut_of_a_real_file_is_truncated_or_corrupt(
+    tmp_path: Path, set_name: str, relative: str
+) -> None:
+    source = dataset(set_name) / relative
+    source = min(source.iterdir()) if source.is_dir() else source
+    data = source.read_bytes()
+    whole = dicomfiles.sniff(source)
+    assert whole.kind is Kind.DICOM and not whole.truncated
+    for cut in (1, 100, 131, 200, 700, 4000, len(data) // 2, len(data) - 2, len(data) - 1):
+        path = tmp_path / f"cut{cut}"
+        path.write_bytes(data[:cut])
+        facts = dicomfiles.sniff(path)
+        assert facts.kind is not Kind.DICOM or facts.truncated, (cut, facts)
+
+
+def test_encapsulated_pixel_data_is_checked_from_the_tail(tmp_path: Path) -> None:
+    short = dicomfiles.sniff(
+        dataset("pydicom_data_subset") / "data/emri_small_jpeg_2k_lossless_too_short.dcm"
+    )
+    assert "Sequence Delimitation" in short.truncated
+    # A complete encapsulated file, made here from a real image, then cut inside its fragments.
+    source = dataset("pydicom_data_subset") / "data/emri_small.dcm"
+    image = pydicom.dcmread(source)
+    frames = [image.PixelData[i : i + 4096] for i in range(0, len(image.PixelData), 4096)]
+    image.PixelData = pydicom.encaps.encapsulate(frames, has_bot=True)
+    image["PixelData"].VR = "OB"
+    image.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
+    whole = tmp_path / "whole.dcm"
+    image.save_as(whole, enforce_file_format=True)
+    facts = dicomfiles.sniff(whole)
+    assert facts.kind is Kind.DICOM and not facts.truncated
+    data = whole.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[:-10])
+    assert dicomfiles.sniff(tmp_path / "cut.dcm").truncated
+    (tmp_path / "padded.dcm").write_bytes(data + b"\xfc\xff\xfc\xff" + b"OB\0\0" + bytes(4))
+    assert not dicomfiles.sniff(tmp_path / "padded.dcm").truncated
+
+
+def test_empty_special_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    assert dicomfiles.sniff(tmp_path / "empty").kind is Kind.EMPTY
+    os.mkfifo(tmp_path / "fifo")
+    assert dicomfiles.sniff(tmp_path / "fifo").kind is Kind.UNREADABLE
+    assert dicomfiles.sniff(tmp_path / "missing").kind is Kind.UNREADABLE
+
+
+def test_sniff_all_in_parallel_equals_one_by_one() -> None:
+    files = sorted((dataset("philips_achieva_dwi_isotropic") / "In").rglob("*.dcm"))
+    files += sorted((dataset("ge_nih_mr750") / "In").rglob("*"))
+    files = [p for p in files if p.is_file()]
+    assert len(files) >= dicomfiles.PARALLEL_MIN_FILES
+    seen: list[tuple[int, int]] = []
+    parallel = dicomfiles.sniff_all(files, progress=lambda d, t: seen.append((d, t)), workers=2)
+    assert parallel == [dicomfiles.sniff(p) for p in files]
+    assert seen[-1] == (len(files), len(files))
+
+
+# ---- any byte sequence yields facts, never an exception ---------------------------------
+
+PREFIXES = [
+    b"",
+    bytes(128) + b"DICM",
+    (dataset("ge_signa_premier_table") / "In/GE/Exam1486_Laser794mm/01_3_Plane_Localizer_FF")
+    .joinpath("i18246584.MRDC.15")
+    .read_bytes()[:1200],
+    (dataset("pydicom_data_subset") / "data/OT-PAL-8-face.dcm").read_bytes()[:600],
+    b"\x1f\x8b\x08\x00",
+    b"\x08\x00\x05\x00CS\x0a\x00",
+]
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    prefix=st.sampled_from(PREFIXES),
+    body=st.binary(max_size=3000),
+    name=st.sampled_from(["x.dcm", "x", "x.nii.gz", "x.mgz", "x.json", "x.REC"]),
+)
+def test_any_bytes_yield_facts(prefix: bytes, body: bytes, name: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(prefix + body)
+        facts = dicomfiles.sniff(path)
+    assert isinstance(facts.kind, Kind)
+    assert facts.size == len(prefix + body)
+
+
+REAL = (dataset("siemens_xa30_enhanced") / "In/8_gre_field_mapping").iterdir()
+REAL_BYTES = min(REAL).read_bytes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cut=st.integers(min_value=0, max_value=len(REAL_BYTES)),
+    flips=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=20000), st.integers(0, 255)), max_size=8
+    ),
+)
+def test_cut_and_mutated_real_headers_yield_facts(cut: int, flips: list[tuple[int, int]]) -> None:
+    data = bytearray(REAL_BYTES[:cut])
+    for offset, value in flips:
+        if offset < len(data):
+            data[offset] = value
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.dcm"
+        path.write_bytes(bytes(data))
+        facts = dicomfiles.sniff(path)
+    assert isinstance(facts.kind, Kind)
+    if cut < len(REAL_BYTES) and not flips and cut > 0:
+        assert facts.kind is not Kind.DICOM or facts.truncated
