@@ -62,6 +62,7 @@ ROUTES: list[tuple[re.Pattern[str], Handler]] = [
     (re.compile(r"^/prearchive(/|$)"), prearchive.handle),
     (re.compile(r"^/(projects|subjects|experiments)(/|$)"), entities.handle),
     (re.compile(r"^/search/elements/?$"), lambda request: _search_elements(request)),
+    (re.compile(r"^/search/elements/[^/]+/?$"), lambda request: _search_fields(request)),
 ]
 
 #: Routes that answer without credentials.
@@ -423,6 +424,15 @@ def _search_elements(request: Request) -> tables.Response:
     rows = xapi.search_elements()
     columns = list(rows[0]) if rows else ["ELEMENT_NAME"]
     return tables.table(rows, columns, request.fmt)
+
+
+def _search_fields(request: Request) -> tables.Response:
+    """`GET /data/search/elements/{element}`: display fields xnatpy asks for at connect."""
+    element = request.path.rstrip("/").rsplit("/", 1)[-1]
+    rows = xapi.search_fields(element) if xapi is not None else None
+    if rows is None:
+        raise tables.HttpError(404, f"Unknown element: {element}")
+    return tables.table(rows, list(xapi.SEARCH_FIELD_COLUMNS), request.fmt)
 
 
 def _cookies(headers: Any) -> dict[str, str]:

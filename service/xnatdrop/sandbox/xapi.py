@@ -110,6 +110,23 @@ def search_elements() -> list[dict[str, str]]:
     ]
 
 
+def search_fields(element: str) -> list[dict[str, str]] | None:
+    """Rows of `GET /data/search/elements/{element}`, or None for an unknown element (404).
+
+    xnatpy asks for every element at connect time and turns each `FIELD_ID` into a search-query
+    attribute; an error answer is survivable but logged as a warning on every connect. The
+    sandbox implements no search service (`/data/search`), so it advertises no display fields:
+    an empty table with XNAT's columns.
+    """
+    if element not in {name for name, _, _ in SEARCH_ELEMENTS}:
+        return None
+    return []
+
+
+SEARCH_FIELD_COLUMNS = ("FIELD_ID", "HEADER", "SUMMARY", "TYPE", "REQUIRES_VALUE", "DESC")
+"""Columns of the display-field table (`/data/search/elements/{element}`)."""
+
+
 def schema_names() -> list[str]:
     """Return the names served under /xapi/schemas, one per `schemas/*.xsd` file."""
     return sorted(p.stem for p in SCHEMA_DIR.glob("*.xsd"))
