@@ -156,7 +156,10 @@ def test_subject_metadata_from_subject_toml(tmp_path: Path, settings: config.Con
         response = xnat_client.request(
             "GET", f"/data/projects/{PROJECT}/subjects/{LABEL}", params={"format": "json"}
         )
-    fields = response.json()["items"][0]["data_fields"]
+    # XNAT keeps them in the subject's demographics child (xnat:demographicData).
+    children = response.json()["items"][0]["children"]
+    (demographics,) = [c for c in children if c["field"] == "demographics"]
+    fields = demographics["items"][0]["data_fields"]
     assert (fields.get("gender"), fields.get("handedness"), str(fields.get("yob"))) == (
         "female",
         "left",
@@ -226,7 +229,7 @@ def test_push_command_exit_codes(
     assert "QUARANTINE.txt" in capsys.readouterr().out
     assert cli.main(["push", str(tmp_path / "elsewhere"), "--config", str(path)]) == 2
     assert cli.main(["push", str(tmp_path / "drop" / "nothing"), "--config", str(path)]) == 2
-    server.stop()
+    server.fail("/data/services/import", status=503, count=None)
     later = stage(tmp_path / "drop", "SPN01_0003", SMALL, sidecars=False)
     assert cli.main(["push", str(later), "--config", str(path)]) == 3
     assert "resume" in capsys.readouterr().out
