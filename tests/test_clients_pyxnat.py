@@ -137,6 +137,8 @@ def test_prearchive_archive_and_walk_the_archive(sandbox, tmp_path):
         experiment = subject.experiment("PX01_MR1")
         assert experiment.exists()
         assert experiment.datatype() == "xnat:mrSessionData"
+        assert experiment.label() == "PX01_MR1"
+        assert experiment.xpath("//xnat:scan/@ID") == ["1"]  # the session XML (format=xml)
         assert experiment.scans().get() == ["1"]
         scan = experiment.scan("1")
         assert scan.datatype() == "xnat:mrScanData"

@@ -198,6 +198,9 @@ def test_import_to_prearchive_archive_and_read_back(sandbox, tmp_path):
         assert dicom.file_count == SERIES_FILES
         assert len(dicom.files) == SERIES_FILES
         assert _downloaded_md5s(dicom.files) == _md5s(series)
+        first = next(iter(dicom.files.values()))
+        assert int(first.size) == int(first.file_size) > 0  # HEAD on the file
+        assert [s.label for s in session.subjects.values()] == ["SUBJ01"]
 
 
 def test_import_dir_to_archive_then_attach_session_resources(sandbox, tmp_path):

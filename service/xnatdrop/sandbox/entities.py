@@ -363,7 +363,7 @@ def handle(request: Request) -> tables.Response:
         return _project(request, parts[1], parts[2:])
     if head == "subjects":
         if len(parts) == 1:
-            raise tables.HttpError(405, "Method Not Allowed")
+            return _subject_list(request)
         subject = store.one("SELECT * FROM subjects WHERE id = ?", parts[1])
         if subject is None or not request.user.can_read(subject["project"]):
             raise _hidden()
@@ -387,6 +387,18 @@ def _project_list(request: Request) -> tables.Response:
         if request.user.can_read(p["id"])
     ]
     return _select(rows, PROJECT_COLUMNS, request)
+
+
+def _subject_list(request: Request) -> tables.Response:
+    """`GET /data/subjects`: every subject the user can read (xnatpy `session.subjects`)."""
+    if request.method != "GET":
+        raise tables.HttpError(405, "Method Not Allowed")
+    rows = [
+        subject_row(s)
+        for s in request.sandbox.store.all("SELECT * FROM subjects ORDER BY id")
+        if request.user.can_read(s["project"])
+    ]
+    return _select(rows, SUBJECT_COLUMNS, request)
 
 
 def _project(request: Request, ref: str, rest: list[str]) -> tables.Response:

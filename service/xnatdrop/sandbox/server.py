@@ -279,7 +279,9 @@ class Sandbox:
             return tables.error_response(tables.HttpError(404, "The requested URI was not found."))
 
         cookies = _cookies(headers)
-        request = Request(self, method, path, full_path, query, headers, body, _ANONYMOUS)
+        # Restlet answers HEAD like GET and drops the body (xnatpy `FileData.size` HEADs a file).
+        routed = "GET" if method == "HEAD" else method
+        request = Request(self, routed, path, full_path, query, headers, body, _ANONYMOUS)
         try:
             response = self._authenticated(request, cookies)
         except tables.HttpError as error:
