@@ -177,6 +177,7 @@ def test_import_to_prearchive_archive_and_read_back(sandbox, tmp_path):
 
         listed = session.prearchive.sessions(project)
         assert [s.uri for s in listed] == [prearchived.uri]
+        assert [s.uri for s in session.prearchive.sessions()] == [prearchived.uri]
         assert listed[0].name == "SUBJ01_MR1"
         assert listed[0].subject == "SUBJ01"
         assert [scan.id for scan in listed[0].scans.values()] == ["2"]
@@ -204,11 +205,15 @@ def test_import_to_prearchive_archive_and_read_back(sandbox, tmp_path):
 
 
 def test_import_dir_to_archive_then_attach_session_resources(sandbox, tmp_path):
-    """1. services.import_dir a series folder straight to /archive 2. create_resource("behav") and
-    upload a zip with extract=True 3. create_resource("physio") and upload_dir (tar.gz + extract).
-    Result: the experiment has both resources with the unpacked files and their MD5s."""
+    """1. services.import_dir a series folder (plus a stray text file, skipped because of
+    ignore_unparsable) straight to /archive 2. create_resource("behav") and upload a zip with
+    extract=True 3. create_resource("physio") and upload_dir (tar.gz + extract).
+    Result: the experiment has the 21 DICOM files and both resources with the unpacked files."""
     project = sandbox.projects[0]
     series = _stage(LOCALIZER, tmp_path)
+    upload = tmp_path / "upload"
+    shutil.copytree(series, upload / series.name)
+    (upload / series.name / "README.txt").write_text("exported by the console\n")
 
     sidecar = tmp_path / "behav"
     (sidecar / "run1").mkdir(parents=True)
@@ -220,12 +225,13 @@ def test_import_dir_to_archive_then_attach_session_resources(sandbox, tmp_path):
 
     with _connect(sandbox) as session:
         experiment = session.services.import_dir(
-            series,
+            upload,
             project=project,
             subject="SUBJ02",
             experiment="SUBJ02_MR1",
             destination=f"/archive/projects/{project}",
             import_handler="DICOM-zip",
+            ignore_unparsable=True,
         )
         assert experiment.__xsi_type__ == "xnat:mrSessionData"
         assert experiment.label == "SUBJ02_MR1"
