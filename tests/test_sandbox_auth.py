@@ -1,0 +1,160 @@
+"""Authentication and the wire over raw HTTP and raw sockets (§1, §2): Basic, JSESSIONID,
+session expiry, 401/403/404 shapes, prefixes, Expect: 100-continue, keep-alive, chunked bodies."""
+
+from __future__ import annotations
+
+import base64
+import re
+import socket
+
+import requests
+
+BASIC = "Basic " + base64.b64encode(b"svc:pw").decode()
+
+
+def test_anonymous_and_bad_password_get_a_basic_challenge(sandbox, anonymous):
+    for response in (
+        anonymous.get("/data/projects"),
+        requests.get(sandbox.url + "/data/projects", auth=("svc", "wrong")),
+        requests.get(sandbox.url + "/xapi/siteConfig/buildInfo"),
+    ):
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == 'Basic realm="XNAT Protected Area"'
+
+
+def test_basic_auth_creates_a_session_and_the_cookie_alone_then_works(sandbox, svc):
+    response = svc.get("/data/JSESSION")
+    assert response.status_code == 200
+    assert re.fullmatch(r"[0-9A-F]{32}", response.text)
+    assert svc.cookies["JSESSIONID"] == response.text
+    assert re.fullmatch(r'"\d{13},900000"', svc.cookies["SESSION_EXPIRATION_TIME"])
+    with requests.Session() as cookie_only:
+        cookie_only.cookies.set("JSESSIONID", response.text)
+        auth = cookie_only.get(sandbox.url + "/data/auth")
+        assert (auth.status_code, auth.text) == (200, "User 'svc' is logged in")
+        assert cookie_only.post(sandbox.url + "/data/JSESSION").text == response.text
+
+
+def test_csrf_token_is_offered(svc):
+    sid, token = svc.get("/data/JSESSION", params={"CSRF": "true"}).text.split("; XNAT_CSRF=")
+    assert re.fullmatch(r"[0-9a-f-]{36}", token) and sid == svc.cookies["JSESSIONID"]
+
+
+def test_form_login_and_logout(sandbox, anonymous):
+    bad = anonymous.post("/data/services/auth", data={"username": "svc", "password": "nope"})
+    assert bad.status_code == 401
+    assert "<h3>Authentication failed.</h3>" in bad.text
+    good = anonymous.put("/data/services/auth", data={"username": "svc", "password": "pw"})
+    assert good.status_code == 200
+    assert anonymous.cookies["JSESSIONID"] == good.text
+    assert anonymous.get("/data/projects").status_code == 200
+    assert anonymous.delete("/data/JSESSION").status_code == 200
+    assert anonymous.get("/data/projects").status_code == 401
+
+
+def test_idle_sessions_expire_on_the_sandbox_clock(sandbox, svc):
+    sandbox.settings.session_timeout = 60
+    sid = svc.get("/data/JSESSION").text
+    with requests.Session() as cookie_only:
+        cookie_only.cookies.set("JSESSIONID", sid)
+        sandbox.tick(59)
+        assert cookie_only.get(sandbox.url + "/data/auth").status_code == 200  # touched
+        sandbox.tick(59)
+        assert cookie_only.get(sandbox.url + "/data/auth").status_code == 200
+        sandbox.tick(61)
+        expired = cookie_only.get(sandbox.url + "/data/auth")
+        assert expired.status_code == 401
+        assert "WWW-Authenticate" in expired.headers
+
+
+def test_expired_session_can_answer_200_with_the_login_page(sandbox, svc):
+    sandbox.settings.login_page_on_expiry = True
+    sid = svc.get("/data/JSESSION").text
+    assert sandbox.expire_sessions() >= 1
+    with requests.Session() as cookie_only:
+        cookie_only.cookies.set("JSESSIONID", sid)
+        page = cookie_only.get(sandbox.url + "/data/projects", params={"format": "json"})
+    assert page.status_code == 200
+    assert "<!-- BEGIN xnat-templates/screens/Login.vm -->" in page.text
+
+
+def test_prefixes_and_unknown_routes(sandbox, svc):
+    assert svc.json_rows("/REST/projects") == svc.json_rows("/data/archive/projects")
+    version = svc.get("/data/version")
+    assert version.status_code == 404
+    assert version.text.startswith("<html>") and "<title>Status page</title>" in version.text
+    assert svc.get("/xapi/no/such/thing").status_code == 404
+    assert svc.get("/elsewhere").status_code == 404
+
+
+def _raw(sandbox, payload: bytes) -> socket.socket:
+    connection = socket.create_connection((sandbox.host, sandbox.port), timeout=10)
+    connection.sendall(payload)
+    return connection
+
+
+def _read_response(stream) -> tuple[str, dict[str, str], bytes]:
+    status = stream.readline().decode().strip()
+    headers = {}
+    while (line := stream.readline().decode().strip()) != "":
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip()
+    body = stream.read(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+def test_expect_100_continue_is_sent_only_when_the_body_is_read(sandbox):
+    body = b"username=svc&password=pw"
+    head = (
+        "POST /data/services/auth HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with _raw(sandbox, head) as connection, connection.makefile("rb") as stream:
+        assert stream.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert stream.readline() == b"\r\n"
+        connection.sendall(body)
+        status, _, text = _read_response(stream)
+        assert status.startswith("HTTP/1.1 200") and len(text) == 32
+    refused = (
+        b"POST /data/services/import HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/zip\r\nContent-Length: 5000000\r\n\r\n"
+    )
+    with _raw(sandbox, refused) as connection, connection.makefile("rb") as stream:
+        status, headers, _ = _read_response(stream)
+        assert status.startswith("HTTP/1.1 401")  # no 100 first: the body is never requested
+        assert headers["connection"] == "close"
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(sandbox):
+    request = f"GET /data/auth HTTP/1.1\r\nHost: x\r\nAuthorization: {BASIC}\r\n\r\n".encode()
+    with _raw(sandbox, request * 3) as connection, connection.makefile("rb") as stream:
+        for _ in range(3):
+            status, _, body = _read_response(stream)
+            assert status.startswith("HTTP/1.1 200") and body == b"User 'svc' is logged in"
+
+
+def test_chunked_request_bodies_are_accepted(svc, dicom):
+    data = dicom.zip(dicom.files(count=2))
+    pieces = (data[i : i + 10000] for i in range(0, len(data), 10000))
+    response = svc.post(
+        "/data/services/import",
+        params={"project": "SPN01"},
+        data=pieces,
+        headers={"Content-Type": "application/zip"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.text.startswith("/data/prearchive/projects/SPN01/")
+
+
+def test_read_only_and_outsider_codes(svc, reader, outsider):
+    svc.put("/data/projects/SPN01/subjects/S1")
+    assert reader.get("/data/projects/SPN01/subjects/S1", params={"format": "json"}).ok
+    assert reader.put("/data/projects/SPN01/subjects/S2").status_code == 403
+    hidden = outsider.get("/data/projects/SPN01/subjects/S1", params={"format": "json"})
+    assert hidden.status_code == 404
+    assert outsider.put("/data/projects/SPN01/subjects/S2").status_code == 403
+    assert (
+        reader.get("/data/projects/SPN01/subjects/NOPE", params={"format": "json"}).status_code
+        == 404
+    )
