@@ -26,7 +26,7 @@ import xnat.exceptions
 from xnat import convert_xsd, mixin
 
 import shared_data
-from xnatdrop.sandbox import xapi
+from xnatdrop.sandbox import prearchive, xapi
 
 SERIES = "In/GE/Exam1486_Laser794mm/02_Ax_fMRI_FF_I11.1_S15.9"  # 50 files, SeriesNumber 2
 SERIES_FILES = 50
@@ -109,15 +109,18 @@ def test_xnatpy_builds_its_classes_from_the_served_schemas():
         if cls is not None and hasattr(cls, "__register__"):
             cls.__register__(lookup)
 
+    # Every type the sandbox can file, from the same functions the prearchive and archive use.
+    modalities = ("MR", "CT", "PT", "US", "SR", "SC", "OT", "")
     served = {
         "xnat:projectData": mixin.ProjectData,
         "xnat:subjectData": mixin.SubjectData,
-        "xnat:mrSessionData": mixin.ImageSessionData,
-        "xnat:otherDicomSessionData": mixin.ImageSessionData,
-        "xnat:mrScanData": mixin.ImageScanData,
-        "xnat:otherDicomScanData": mixin.ImageScanData,
         "xnat:resourceCatalog": mixin.AbstractResource,
+        "xnat:petmrSessionData": mixin.ImageSessionData,
     }
+    for modality in modalities:
+        served[prearchive.session_xsi_type({modality})] = mixin.ImageSessionData
+        served[prearchive.scan_xsi_type(modality)] = mixin.ImageScanData
+    assert prearchive.session_xsi_type({"PT", "MR"}) == "xnat:petmrSessionData"
     for xsi_type, base in served.items():
         assert issubclass(lookup[xsi_type], base), xsi_type
     assert issubclass(lookup["xnat:mrSessionData"], mixin.SubjectAssessorData)
