@@ -142,6 +142,7 @@ def test_prearchive_archive_and_walk_the_archive(sandbox, tmp_path):
         assert experiment.scans().get() == ["1"]
         scan = experiment.scan("1")
         assert scan.datatype() == "xnat:mrScanData"
+        assert repr(scan).startswith("<Scan Object> 1 (`3-Plane Localizer`")  # columns=...frames
         assert [resource.label() for resource in scan.resources()] == ["DICOM"]
         files = [f.attributes() for f in scan.resource("DICOM").files()]
         assert len(files) == SERIES_FILES

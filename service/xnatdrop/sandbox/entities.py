@@ -740,6 +740,9 @@ def _scans(request: Request, experiment: sqlite3.Row, rest: list[str]) -> tables
                 "xsiType": s["xsi_type"],
                 "note": s["note"],
                 "series_description": s["series_description"],
+                # Not populated by the sandbox (null prints as ""), but a valid column: pyxnat's
+                # Scan repr asks for `columns=ID,type,frames,quality` and indexes `frames`.
+                "frames": "",
                 "URI": f"/data/experiments/{experiment['id']}/scans/{s['scan_id']}",
             }
             for s in scans
