@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import stat
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ MAX_DEPTH = 12  # nesting limit for sequences; real MR headers use 4
 MAX_DEFLATED = 256 << 20  # inflated dataset limit for Deflate transfer syntax
 PARALLEL_MIN_FILES = 1000  # below this a process pool costs more than it saves
 PROGRESS_EVERY = 200
+PREFETCH_AHEAD = 16  # files whose first bytes are requested before they are parsed
 
 # Transfer syntaxes (PS3.6 Annex A)
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -288,6 +290,7 @@ class _Walk:
     pixel_offset: int = -1  # file offset of the Pixel Data value
     pixel_length: int = -1  # UNDEFINED for encapsulated data
     stop_after_0028: bool = False
+    stop_after_tag: int = 0x0028FFFF  # early stopping is considered only past this tag
     stopped_early: bool = False
     early_resume: int = 0
 
@@ -396,7 +399,7 @@ def _walk(win: _Window, pos: int, end: int, walk: _Walk, depth: int, collect: bo
                 if tag in (TAG_PIXEL_DATA, TAG_FLOAT_PIXELS, TAG_FLOAT_PIXELS + 1):
                     walk.pixel_tag, walk.pixel_offset, walk.pixel_length = tag, value, length
                 return pos
-            if walk.stop_after_0028 and tag > 0x0028FFFF and _may_stop(walk, tag):
+            if walk.stop_after_0028 and tag > walk.stop_after_tag and _may_stop(walk, tag):
                 walk.stopped_early = True
                 walk.early_resume = pos
                 return pos
@@ -483,6 +486,7 @@ def _may_stop(walk: _Walk, tag: int) -> bool:
         tag <= TAG_PHILIPS_DIFFUSION_DIRECTION
         and b"PHILIPS" in top.get(TAG_MANUFACTURER, b"").upper()
     ):
+        walk.stop_after_tag = TAG_PHILIPS_DIFFUSION_DIRECTION  # do not ask again before it
         return False
     return tag < TAG_SHARED_GROUPS
 
@@ -887,7 +891,7 @@ def sniff(path: Path) -> FileFacts:
     try:
         with open(path, "rb", buffering=0) as handle:
             data = handle.read(HEAD_BYTES)
-            size = max(os.fstat(handle.fileno()).st_size, len(data))
+            size = max(info.st_size, len(data))
             if not data:
                 return FileFacts(path, 0, Kind.EMPTY, "0 bytes", inode=inode)
             return _sniff_content(path, handle, size, data, inode)
@@ -956,25 +960,65 @@ def sniff_all(
 
     Why processes: the walk is pure Python, so threads would share one core. Why a threshold:
     starting workers and sending results back costs about as much as sniffing a few hundred
-    files, so small folders are done in this process. Workers come from the "forkserver"
-    context, never a plain fork, because the daemon runs threads (scheduler, watcher) whose
-    locks a fork would copy in an unknown state. `progress(done, total)` is called every
-    PROGRESS_EVERY files and at the end.
+    files, so small folders are done in this process. Why two start methods: a plain fork
+    starts workers in ~10 ms but is only safe while this process has a single thread; the
+    daemon runs threads (scheduler, watcher) whose locks a fork would copy in an unknown
+    state, so there the workers come from a "forkserver" (~100-200 ms per pool; like spawn,
+    its workers import the main module once: keep entry scripts light and guarded).
+    `progress(done, total)` is called every PROGRESS_EVERY files and at the end.
     """
     total = len(paths)
     workers = workers if workers is not None else (os.cpu_count() or 1)
     results: list[FileFacts] = []
     if workers < 2 or total < PARALLEL_MIN_FILES:
-        for index, path in enumerate(paths, 1):
-            results.append(sniff(path))
-            if progress is not None and (index % PROGRESS_EVERY == 0 or index == total):
-                progress(index, total)
+        batches = (paths[i : i + PROGRESS_EVERY] for i in range(0, total, PROGRESS_EVERY))
+        for batch in batches:
+            results.extend(sniff_batch(batch))
+            if progress is not None:
+                progress(len(results), total)
         return results
-    context = multiprocessing.get_context("forkserver")
-    chunk = max(16, min(256, total // (workers * 8)))
+    single = threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if single else "forkserver")
+    size = max(16, min(PROGRESS_EVERY, total // (workers * 8)))
+    batches = [paths[i : i + size] for i in range(0, total, size)]
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for index, facts in enumerate(pool.map(sniff, paths, chunksize=chunk), 1):
-            results.append(facts)
-            if progress is not None and (index % PROGRESS_EVERY == 0 or index == total):
-                progress(index, total)
+        for batch in pool.map(sniff_batch, batches):
+            results.extend(batch)
+            if progress is not None:
+                progress(len(results), total)
     return results
+
+
+def sniff_batch(paths: list[Path]) -> list[FileFacts]:
+    """Sniff `paths` in order while asking the kernel to read ahead the next few files.
+
+    Why: on a cold cache (a share, freshly copied files) each file costs a disk or network
+    round trip. POSIX_FADV_WILLNEED on the head and tail of the files PREFETCH_AHEAD places
+    ahead starts those reads in the background, so they overlap with parsing instead of
+    following it. It is only advice: errors are ignored and results do not depend on it.
+    """
+    results = []
+    for index, path in enumerate(paths):
+        if index == 0:
+            for ahead in paths[:PREFETCH_AHEAD]:
+                _prefetch(ahead)
+        elif index + PREFETCH_AHEAD - 1 < len(paths):
+            _prefetch(paths[index + PREFETCH_AHEAD - 1])
+        results.append(sniff(path))
+    return results
+
+
+def _prefetch(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        os.posix_fadvise(fd, 0, HEAD_BYTES, os.POSIX_FADV_WILLNEED)
+        if size > HEAD_BYTES:
+            os.posix_fadvise(fd, max(HEAD_BYTES, size - 4096), 4096, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
