@@ -10,7 +10,8 @@
    - `xnatdrop push` (a child process: check, pack, import, verify, archive; wall time, peak
      RSS from GNU time, and the pack / send / server-wait split from its step log lines);
    - `curl --data-binary @zip -H 'Expect:'` of a zip of the same files to the same import
-     endpoint (`/data/services/import`, DICOM-zip, dest=prearchive);
+     endpoint (`/data/services/import`, DICOM-zip, dest=prearchive); above 1 GiB curl refuses
+     --data-binary (it loads the file into memory), so `-X POST -T zip` streams it instead;
    - xnatpy `session.services.import_dir(...)` of the same folder, same endpoint and handler.
 3. Prints one table and deletes everything it made (unless --keep).
 
@@ -181,10 +182,16 @@ def bench_curl(work: Path, zip_path: Path) -> float:
             f"{server.url}/data/services/import?import-handler=DICOM-zip&PROJECT_ID={PROJECT}"
             f"&SUBJECT_ID={LABEL}&EXPT_LABEL={LABEL}&dest=/prearchive/projects/{PROJECT}"
         )
+        # curl reads a --data-binary file into memory and refuses files over 1 GiB
+        # (MAX_FILE2MEMORY); for those, -T with -X POST streams the same bytes from disk.
+        body = (
+            ["--data-binary", f"@{zip_path}"]
+            if zip_path.stat().st_size < 1 << 30
+            else ["-X", "POST", "-T", str(zip_path)]
+        )
         command = [
             "curl", "-sS", "--fail", "-o", "/dev/null", "-u", f"{USER}:{PASSWORD}",
-            "-H", "Expect:", "-H", "Content-Type: application/zip",
-            "--data-binary", f"@{zip_path}", url,
+            "-H", "Expect:", "-H", "Content-Type: application/zip", *body, url,
         ]  # fmt: skip
         seconds, _, _ = run_measured(command)
     finally:
@@ -242,7 +249,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     transfer = drop["pack"] + drop["import"]
     rows = [
-        ("curl --data-binary (prebuilt zip)", curl, ""),
+        (f"curl {'-T' if size >= 1 << 30 else '--data-binary'} (prebuilt zip)", curl, ""),
         ("xnatdrop push, whole job", drop["total"], f"{drop['total'] / curl:.2f}× curl"),
         ("xnatdrop pack + import only", transfer, f"{transfer / curl:.2f}× curl"),
     ]

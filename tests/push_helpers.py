@@ -49,6 +49,13 @@ def stage(root: Path, label: str, series: tuple[str, ...] = SMALL, sidecars: boo
     return folder
 
 
+def add_converted_file(folder: Path) -> str:
+    """Put a real NIfTI file (nibabel_formats, MIT) into the first series folder: a block."""
+    series = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    shutil.copy(dataset("nibabel_formats") / "converted" / "anatomical.nii", series)
+    return f"{series.name}/anatomical.nii"
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     """Relative path → MD5 of every file under `folder`."""
     return {
@@ -58,8 +65,11 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def write_config(tmp_path: Path, url: str, **push: Any) -> Path:
-    """A config file for the sandbox at `url`, with fast retries unless overridden."""
+def write_config(tmp_path: Path, url: str, extra: str = "", **push: Any) -> Path:
+    """A config file for the sandbox at `url`, with fast retries unless overridden.
+
+    `extra` is appended as TOML (other sections, e.g. "[settle]\nmax_wait_seconds = 1").
+    """
     secret = tmp_path / "secret"
     secret.write_text(PASSWORD + "\n", encoding="utf-8")
     secret.chmod(0o600)
@@ -89,7 +99,7 @@ def write_config(tmp_path: Path, url: str, **push: Any) -> Path:
         *(f"{key} = {_toml(value)}" for key, value in push.items()),
     ]
     path = tmp_path / "xnatdrop.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     (tmp_path / "drop").mkdir(exist_ok=True)
     return path
 

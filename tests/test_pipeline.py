@@ -16,6 +16,7 @@ from push_helpers import (
     MEDIUM,
     PROJECT,
     SMALL,
+    add_converted_file,
     archived_sessions,
     assert_archived_once,
     client,
@@ -94,9 +95,9 @@ def test_clean_session_is_archived_verified_attached_and_receipted(
 def test_blocked_folder_is_quarantined_untouched_with_both_reason_files(
     tmp_path: Path, settings: config.Config, server: Sandbox
 ) -> None:
-    """A zero-byte file in a series folder (an interrupted copy, rule A1) blocks the upload."""
+    """A NIfTI file in a series folder (a converted file, rule B1) blocks the upload."""
     folder = stage(tmp_path / "drop", LABEL, SMALL)
-    (folder / SMALL[0] / "i_cut_short.dcm").write_bytes(b"")
+    converted = add_converted_file(folder)
     original = snapshot(folder)
     outcome = push(settings, folder)
     assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
@@ -106,7 +107,7 @@ def test_blocked_folder_is_quarantined_untouched_with_both_reason_files(
     kept = snapshot(target)
     assert {k: v for k, v in kept.items() if not k.startswith("QUARANTINE")} == original
     text = (target / "QUARANTINE.txt").read_text(encoding="utf-8")
-    assert "i_cut_short.dcm" in text and "To resubmit" in text and "fix" in text
+    assert converted in text and "To resubmit" in text and "CONVERTED_FILE" in text
     reason = (target / "QUARANTINE.json").read_text(encoding="utf-8")
     assert '"RULES_BLOCKED"' in reason
     assert archived_sessions(settings) == []
@@ -209,10 +210,11 @@ def test_stop_request_ends_at_a_step_boundary(tmp_path: Path, settings: config.C
             stopping.set()
 
     outcome = push(settings, folder, stopping=stopping, progress=stop_after_pack)
-    assert outcome.kind == "transient"
+    assert outcome.kind == "stopped"
     with ledger.Ledger(settings.paths.state) as book:
         (drop,) = book.drops(PROJECT, LABEL)
-        assert drop.state == "packed" and drop.running is None
+        # A stop is not a failure: no attempt is counted.
+        assert (drop.state, drop.running, drop.attempts) == ("packed", None, 0)
     assert push(settings, folder).kind == "archived"
 
 
@@ -224,7 +226,7 @@ def test_push_command_exit_codes(
     assert cli.main(["push", str(folder), "--config", str(path)]) == 0
     assert "archived and verified" in capsys.readouterr().out
     blocked = stage(tmp_path / "drop", "SPN01_0002", SMALL, sidecars=False)
-    (blocked / SMALL[0] / "empty.dcm").write_bytes(b"")
+    add_converted_file(blocked)
     assert cli.main(["push", str(blocked), "--config", str(path)]) == 1
     assert "QUARANTINE.txt" in capsys.readouterr().out
     assert cli.main(["push", str(tmp_path / "elsewhere"), "--config", str(path)]) == 2
@@ -233,3 +235,36 @@ def test_push_command_exit_codes(
     later = stage(tmp_path / "drop", "SPN01_0003", SMALL, sidecars=False)
     assert cli.main(["push", str(later), "--config", str(path)]) == 3
     assert "resume" in capsys.readouterr().out
+
+
+def test_a_folder_still_being_copied_goes_back_to_settle(
+    tmp_path: Path, settings: config.Config, server: Sandbox
+) -> None:
+    """A fresh zero-byte file (a copy still running, rule A1) sends the folder back to the drop
+    root with ledger state `new`, for the daemon to settle again; nothing is uploaded."""
+    folder = stage(tmp_path / "drop", LABEL, SMALL)
+    (folder / SMALL[0] / "i_being_written.dcm").write_bytes(b"")
+    original = snapshot(folder)
+    outcome = push(settings, folder)
+    assert outcome.kind == "incomplete", outcome
+    assert snapshot(folder) == original
+    with ledger.Ledger(settings.paths.state) as book:
+        (drop,) = book.drops(PROJECT, LABEL)
+        assert (drop.state, drop.running) == ("new", None)
+        assert book.history(drop)[-1].event == "thaw"
+    assert server.requests.get("POST /data/services/import", 0) == 0
+    # Once the copy has finished, the same drop goes through.
+    (folder / SMALL[0] / "i_being_written.dcm").unlink()
+    assert push(settings, folder).kind == "archived"
+
+
+def test_a_copy_that_died_long_ago_is_quarantined(tmp_path: Path, server: Sandbox) -> None:
+    settings = load(
+        write_config(tmp_path, server.url, extra="[settle]\nmax_wait_seconds = 0.001\n")
+    )
+    folder = stage(tmp_path / "drop", LABEL, SMALL)
+    (folder / SMALL[0] / "i_cut_short.dcm").write_bytes(b"")
+    outcome = push(settings, folder)
+    assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
+    assert outcome.path is not None
+    assert "EMPTY_FILE" in (outcome.path / "QUARANTINE.txt").read_text(encoding="utf-8")

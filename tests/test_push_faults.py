@@ -17,7 +17,7 @@ import pytest
 
 from push_helpers import (
     PROJECT,
-    SMALL,
+    add_converted_file,
     assert_archived_once,
     client,
     done_folder,
@@ -175,7 +175,7 @@ def test_kill_9_then_rerun(tmp_path: Path, server: Sandbox, crash_at: str) -> No
 def test_kill_9_while_quarantining(tmp_path: Path, server: Sandbox, crash_at: str) -> None:
     config_path = write_config(tmp_path, server.url)
     folder = stage(tmp_path / "drop", LABEL)
-    (folder / SMALL[0] / "i_cut_short.dcm").write_bytes(b"")
+    add_converted_file(folder)
     original = snapshot(folder)
     killed = push_process(config_path, folder, crash_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr

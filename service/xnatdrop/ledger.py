@@ -71,6 +71,8 @@ NEXT: dict[tuple[str, str], str] = {
     # The prearchive copy vanished or is incomplete and nothing is archived: send it again.
     ("imported", "resend"): "packed",
     ("verified", "resend"): "packed",
+    # The check found files still being copied: the folder goes back to the drop root to settle.
+    ("frozen", "thaw"): "new",
     # Any permanent failure before the end.
     **{(state, "quarantine"): "quarantined" for state in STATES if state not in FINAL},
 }
@@ -488,6 +490,16 @@ class Ledger:
                 {"state": after, "running": None, "prearchive_uri": None, "updated": now},
             )
             self._history(conn, current, "resend", "resend", after, {"reason": reason}, now)
+            return self._row(conn, drop.id)
+
+    def thaw(self, drop: Drop, reason: str) -> Drop:
+        """Go back to `new`: the folder was moved back to the drop root to settle again."""
+        now = time.time()
+        with self._transaction() as conn:
+            current = self._row(conn, drop.id)
+            after = self._check(current, "thaw")
+            self._set(conn, drop.id, {"state": after, "running": None, "updated": now})
+            self._history(conn, current, "thaw", "thaw", after, {"reason": reason}, now)
             return self._row(conn, drop.id)
 
 

@@ -18,7 +18,11 @@ uploading. The result is an `Outcome`:
   ledger considers the drop due again (exit 3);
 - `auth_failed`: XNAT refused our credentials; the drop waits (`retry_at` None) until
   `Ledger.release()`; the caller should stop all uploads and alert (exit 3);
-- `busy`: another process holds this drop's lock (exit 3).
+- `busy`: another process holds this drop's lock (exit 3);
+- `stopped`: `stopping` was set; the drop stopped at a step boundary (exit 3);
+- `incomplete`: the check found empty or truncated files younger than
+  `settle.max_wait_seconds`, so the folder is probably still being copied: it was moved back to
+  the drop root (ledger state `new`) to settle again (exit 3). Older ones quarantine.
 
 Each step is written to the ledger before and after (`Ledger.begin` / `Ledger.advance`), and each
 is safe to repeat after a `kill -9` at any point:
@@ -119,6 +123,14 @@ class _Resend(Exception):
     """The prearchive copy is gone or incomplete and nothing is archived: upload again."""
 
 
+class _Stopped(Exception):
+    """A stop was requested; the drop resumes from the ledger on the next run."""
+
+
+class _Incomplete(Exception):
+    """The folder is still being copied (fresh empty or truncated files): let it settle."""
+
+
 @dataclasses.dataclass
 class _Run:
     """Everything one call of `process` needs, passed to each step."""
@@ -146,7 +158,7 @@ class _Run:
 
     def wait(self, seconds: float) -> None:
         if self.stopping.wait(seconds):
-            raise TransientError("stop requested")
+            raise _Stopped
 
 
 # -- the entry point --------------------------------------------------------------------------
@@ -236,6 +248,12 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
         try:
             drop = _steps(run, drop)
             return _final_outcome(drop)
+        except _Stopped:
+            drop = run.book.get(drop.id)
+            log.info("%s: stopped at %s; it resumes on the next run", drop.label, drop.state)
+            return Outcome("stopped", drop.label, drop.id, "stop requested", retry_at=time.time())
+        except _Incomplete as reason:
+            return _thaw(run, run.book.get(drop.id), str(reason))
         except _Resend as reason:
             resends += 1
             drop = run.book.resend(run.book.get(drop.id), str(reason))
@@ -307,7 +325,7 @@ def _steps(run: _Run, drop: ledger_module.Drop) -> ledger_module.Drop:
     """Run the remaining steps in order; each is recorded before and after."""
     while not drop.final:
         if run.stopping.is_set():
-            raise TransientError("stop requested")
+            raise _Stopped
         step = drop.next_step
         assert step is not None, drop.state
         drop = run.book.begin(drop, step)
@@ -377,6 +395,7 @@ def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     receipt.write_atomic(spool / CHECK_NAME, json.dumps(facts, indent=1))
     if not facts["ok"]:
         blocks = [f for f in facts["findings"] if f["action"] == "block"]
+        _still_copying(run, work, blocks)
         codes = sorted({f["code"] for f in blocks})
         fixes = {f["fix"] for f in blocks if f.get("fix")}
         raise PermanentError(
@@ -389,6 +408,48 @@ def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         f"{len(facts['excluded'])} excluded, sidecars: {', '.join(facts['sidecars']) or 'none'}"
     )
     return {}, summary
+
+
+COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM"})
+
+
+def _still_copying(run: _Run, work: Path, blocks: list[dict[str, Any]]) -> None:
+    """Raise _Incomplete if every block is a cut-short file written within the settle limit.
+
+    A copy still running when the folder looked settled leaves empty or truncated files. Their
+    change time (set when the copy wrote them; a rename of the folder does not touch it) tells
+    a copy in progress from one that died long ago, which is quarantined.
+    """
+    if not blocks or any(f["code"] not in COPYING_CODES for f in blocks):
+        return
+    paths = [work / p for f in blocks for p in (f.get("files") or [f["path"]])]
+    newest = max((p.stat().st_ctime for p in paths if p.exists()), default=0.0)
+    age = time.time() - newest
+    if age < run.config.settle.max_wait_seconds:
+        raise _Incomplete(f"{len(paths)} file(s) still being copied ({age:.0f} s ago)")
+
+
+def _thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:
+    """Move a frozen folder back to the drop root to settle again; quarantine if it can't."""
+    work, source = Path(drop.work), Path(drop.source)
+    if source.exists():
+        # The copy went on into a new folder of the same name: the two halves cannot be joined
+        # safely by a program.
+        return _quarantine(
+            run,
+            drop,
+            PermanentError(
+                "COPY_INTERRUPTED",
+                f"the folder was still being copied ({reason}) and the rest of the copy went "
+                f"into a new folder {source.name}",
+                "copy the whole session again into the drop folder, under a new name or after "
+                "removing both partial copies",
+            ),
+        )
+    os.rename(work, source)
+    drop = run.book.thaw(drop, reason)
+    log.info("%s: %s; back in the drop root to settle again", drop.label, reason)
+    return Outcome("incomplete", drop.label, drop.id, reason, "INCOMPLETE")
 
 
 def _facts(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
@@ -507,19 +568,20 @@ def _pack(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
 # -- comparing XNAT with the manifest -------------------------------------------------------
 
 
-def _compare(manifest: pack.Manifest, remote: list[Any], checksums: bool) -> str:
+def _compare(manifest: pack.Manifest, remote: list[Any], strict: bool) -> str:
     """'' when XNAT holds exactly the manifest's files, else what differs (for messages).
 
-    XNAT may rename files (reference §3.4 step 5), so files are compared by content: the
-    multiset of sizes, and of MD5s when XNAT reports them and `checksums` is on. Scans are
-    compared by their number of files when every series has its own SeriesNumber.
+    XNAT may rename files (reference §3.4 step 5), so files are compared by content. Always:
+    the number of files, and per scan when every series has its own SeriesNumber. With
+    `strict` (push.verify_checksums), also the multiset of sizes and, where XNAT reports them,
+    of MD5s; a site that anonymises on import changes both (reference §10 pitfall 15).
     """
     if len(remote) != len(manifest.files):
         return f"XNAT holds {len(remote)} files, the upload had {len(manifest.files)}"
     local_sizes = collections.Counter(e.size for e in manifest.files)
-    if collections.Counter(f.size for f in remote) != local_sizes:
+    if strict and collections.Counter(f.size for f in remote) != local_sizes:
         return "file sizes in XNAT differ from the upload"
-    if checksums and all(f.digest for f in remote):
+    if strict and all(f.digest for f in remote):
         local = collections.Counter(e.md5 for e in manifest.files)
         if collections.Counter(f.digest.lower() for f in remote) != local:
             return "MD5 checksums in XNAT differ from the upload"
@@ -536,10 +598,13 @@ def _compare(manifest: pack.Manifest, remote: list[Any], checksums: bool) -> str
     return ""
 
 
-def _archived(run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest) -> Any | None:
+def _archived(
+    run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest, ours: bool = False
+) -> Any | None:
     """The archived session for this label if it holds exactly our files; None if absent.
 
-    Raise PermanentError if the label exists in XNAT with other data.
+    Raise PermanentError if it holds other files: LABEL_EXISTS when the label was taken before
+    we archived, ARCHIVE_MISMATCH when `ours` (we just archived it and XNAT changed the files).
     """
     client = run.client()
     session = client.find_session(run.project, drop.label)
@@ -547,6 +612,13 @@ def _archived(run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest) -> A
         return None
     files = client.session_files(run.project, session.subject, session.label)
     difference = _compare(manifest, files, run.config.push.verify_checksums)
+    if difference and ours:
+        raise PermanentError(
+            "ARCHIVE_MISMATCH",
+            f"XNAT archived {drop.label} but its files differ from the upload ({difference})",
+            "if XNAT anonymises on import, set push.verify_checksums = false; otherwise ask "
+            "the XNAT administrator to check the session before it is used",
+        )
     if difference:
         raise PermanentError(
             "LABEL_EXISTS",
@@ -580,7 +652,7 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     for entry in _ours(run, drop, manifest):
         if entry.status == READY:
             files = client.prearchive_files(entry.uri)
-            if not _compare(manifest, files, checksums=False):
+            if not _compare(manifest, files, run.config.push.verify_checksums):
                 return {"prearchive_uri": entry.uri}, "already in the prearchive; nothing sent"
         if entry.status in BUILDING | FAILED | CONFLICT or entry.status == READY:
             log.info("%s: deleting an incomplete prearchive copy (%s)", drop.label, entry.status)
@@ -665,7 +737,7 @@ def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
             return {}, "already archived"
         raise
     files = run.client().prearchive_files(drop.prearchive_uri)
-    difference = _compare(manifest, files, checksums=False)
+    difference = _compare(manifest, files, run.config.push.verify_checksums)
     if difference:
         run.client().delete_prearchive(drop.prearchive_uri)
         raise _Resend(f"the prearchive session is incomplete ({difference})")
@@ -687,7 +759,7 @@ def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         client.archive(
             drop.prearchive_uri, project=run.project, subject=drop.label, session=drop.label
         )
-        session = _archived(run, drop, manifest)
+        session = _archived(run, drop, manifest, ours=True)
         if session is None:
             raise TransientError("XNAT answered the archive request but shows no session yet")
         summary = f"archived as {session.id}"
@@ -695,7 +767,7 @@ def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         summary = f"already archived as {session.id}"
         if drop.prearchive_uri and client.prearchive_entry(drop.prearchive_uri) is not None:
             client.delete_prearchive(drop.prearchive_uri)  # a leftover of the same data
-    checked = "sizes and MD5s" if run.config.push.verify_checksums else "sizes"
+    checked = "sizes and MD5s" if run.config.push.verify_checksums else "file counts"
     return {"archive_uri": session.uri}, f"{summary}; {len(manifest.files)} files, {checked} match"
 
 

@@ -51,7 +51,7 @@ def render_text(receipt: dict[str, Any]) -> str:
         "",
         f"Scans ({len(receipt['scans'])}), {receipt['file_count']} files, "
         f"{_size(receipt['bytes'])}, every file checked against XNAT "
-        f"({'size and MD5' if receipt['checksums_verified'] else 'size'}):",
+        f"({'size and MD5' if receipt['checksums_verified'] else 'count per scan'}):",
     ]
     for scan in receipt["scans"]:
         description = f" {scan['description']}" if scan.get("description") else ""

@@ -32,6 +32,8 @@ EXIT_FOR = {
     "transient": Exit.TRANSIENT,
     "auth_failed": Exit.TRANSIENT,
     "busy": Exit.TRANSIENT,
+    "stopped": Exit.TRANSIENT,
+    "incomplete": Exit.TRANSIENT,
 }
 
 
