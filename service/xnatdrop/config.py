@@ -345,8 +345,9 @@ class PushSettings(Section):
     )
     verify_checksums: bool = Field(
         True,
-        description="Compare MD5s of the archived files with the upload. Turn off only if XNAT "
-        "anonymises on import (the bytes then differ by design).",
+        description="Compare sizes and MD5s of the files in XNAT with the upload; when off, "
+        "only file counts per scan. Turn off only if XNAT anonymises on import (the bytes then "
+        "differ by design).",
     )
     # Backoff for transient failures (timeouts, resets, 5xx): exponential with jitter. The wait
     # before attempt n+1 is a random time between half and all of
