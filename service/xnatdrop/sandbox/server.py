@@ -122,6 +122,8 @@ class Sandbox:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self._inflight = 0  # requests being handled; stop() lets them end before closing
+        self._idle = threading.Condition()
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -165,6 +167,9 @@ class Sandbox:
                     connection.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=10)
+        with self._idle:  # a request cut off from its client ends at its next socket read
+            if not self._idle.wait_for(lambda: self._inflight == 0, timeout=30):
+                log.warning("sandbox: %d request(s) still running at stop", self._inflight)
         self._server = None
         self.store.close()
         log.info("sandbox XNAT stopped")
@@ -502,6 +507,23 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             (self.headers.get("Expect") or "").lower() == "100-continue",
         )
         sandbox.requests[f"{self.command} {full_path}"] += 1
+        with sandbox._idle:
+            sandbox._inflight += 1
+        try:
+            self._serve_counted(sandbox, started, full_path, query, body)
+        finally:
+            with sandbox._idle:
+                sandbox._inflight -= 1
+                sandbox._idle.notify_all()
+
+    def _serve_counted(
+        self,
+        sandbox: Sandbox,
+        started: float,
+        full_path: str,
+        query: dict[str, list[str]],
+        body: bodies.Body,
+    ) -> None:
         fired = sandbox.faults.fire(self.command, full_path)
         if fired.latency:
             sandbox._stopping.wait(fired.latency)
