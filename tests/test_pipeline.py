@@ -6,7 +6,9 @@ in-process) and checks XNAT, the ledger and the file system.
 
 from __future__ import annotations
 
+import io
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from push_helpers import (
     write_config,
 )
 from xnatdrop import cli, config, ledger, pipeline, xnat
+from xnatdrop.commands import push as push_command
 from xnatdrop.sandbox.server import Sandbox
 
 LABEL = "SPN01_0001"
@@ -187,8 +190,10 @@ def test_refused_login_stops_without_retrying(tmp_path: Path, server: Sandbox) -
             folder, settings, book, lambda: xnat.XnatClient(settings.xnat, "wrong")
         )
         (drop,) = book.drops(PROJECT, LABEL)
-    assert outcome.kind == "auth_failed" and outcome.retry_at is None, outcome
-    assert drop.attempts == 1 and drop.next_attempt == float("inf")
+    assert outcome.kind == "auth_failed", outcome
+    # Not retried in a loop: due again only after the longest backoff.
+    assert drop.attempts == 1 and drop.next_attempt >= time.time() + 0.9 * 0.05
+    assert drop.next_attempt == outcome.retry_at
     assert drop.state == "packed"  # nothing was lost: the next run resumes from here
     assert server.requests.get("POST /data/services/import", 0) == 0
 
@@ -268,3 +273,28 @@ def test_a_copy_that_died_long_ago_is_quarantined(tmp_path: Path, server: Sandbo
     assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
     assert outcome.path is not None
     assert "EMPTY_FILE" in (outcome.path / "QUARANTINE.txt").read_text(encoding="utf-8")
+
+
+def test_anonymising_xnat_is_caught_unless_checksums_are_off(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """XNAT's site anonymisation rewrites every file (reference §10 pitfall 15). With checksums
+    on, that is a permanent XNAT_CHANGED_FILES; with them off, counts are compared instead."""
+    server.anonymize(True)
+    strict = load(write_config(tmp_path, server.url))
+    folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    outcome = push(strict, folder)
+    assert outcome.kind == "quarantined" and outcome.code == "XNAT_CHANGED_FILES", outcome
+    relaxed = load(write_config(tmp_path, server.url, verify_checksums=False))
+    again = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    assert push(relaxed, again).kind == "archived"
+
+
+def test_progress_bar_shows_bytes_rate_and_eta() -> None:
+    stream = io.StringIO()
+    bar = push_command.ProgressBar(stream)
+    bar("import", 0, 4_000_000)
+    bar("import", 4_000_000, 4_000_000)
+    text = stream.getvalue()
+    assert "import" in text and "4.0/4.0 MB" in text and "MB/s" in text and "ETA" in text
+    assert text.endswith("\n")

@@ -16,8 +16,8 @@ uploading. The result is an `Outcome`:
 - `quarantined`: a permanent failure, folder in quarantine/ with reason files (exit 1);
 - `transient`: stopped on a retryable error or a stop request; `retry_at` says when the
   ledger considers the drop due again (exit 3);
-- `auth_failed`: XNAT refused our credentials; the drop waits (`retry_at` None) until
-  `Ledger.release()`; the caller should stop all uploads and alert (exit 3);
+- `auth_failed`: XNAT refused our credentials; the drop is not due again for
+  `push.retry_max_seconds`; the caller should stop all uploads and alert (exit 3);
 - `busy`: another process holds this drop's lock (exit 3);
 - `stopped`: `stopping` was set; the drop stopped at a step boundary (exit 3);
 - `incomplete`: the check found empty or truncated files younger than
@@ -264,13 +264,19 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
         except PermanentError as failure:
             return _quarantine(run, run.book.get(drop.id), failure)
         except AuthenticationError as failure:
-            drop = run.book.fail(run.book.get(drop.id), step, "AUTHENTICATION", str(failure), None)
+            # Not retried in a loop: the drop waits the longest backoff (push.retry_max_seconds).
+            retry_at = time.time() + push.retry_max_seconds
+            drop = run.book.fail(
+                run.book.get(drop.id), step, "AUTHENTICATION", str(failure), retry_at
+            )
             log.error(
                 "%s: %s. Uploads stop until the credentials are fixed; nothing was lost.",
                 drop.label,
                 failure,
             )
-            return Outcome("auth_failed", drop.label, drop.id, str(failure), "AUTHENTICATION")
+            return Outcome(
+                "auth_failed", drop.label, drop.id, str(failure), "AUTHENTICATION", retry_at
+            )
         except TransientError as failure:
             error = failure
         except Exception as failure:
@@ -630,6 +636,15 @@ def _archived(
     return session
 
 
+def _delete_prearchive(run: _Run, uri: str) -> None:
+    """Delete a prearchive copy of ours. A refusal is retried later, never a quarantine: the
+    data is fine, XNAT is busy with the session or permissions need fixing."""
+    try:
+        run.client().delete_prearchive(uri)
+    except PermanentError as error:
+        raise TransientError(f"XNAT refused to delete the prearchive copy {uri}: {error}") from None
+
+
 def _ours(run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest) -> list[Any]:
     """Prearchive sessions of this project that hold (parts of) this drop."""
     studies = manifest.study_uids()
@@ -656,7 +671,7 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
                 return {"prearchive_uri": entry.uri}, "already in the prearchive; nothing sent"
         if entry.status in BUILDING | FAILED | CONFLICT or entry.status == READY:
             log.info("%s: deleting an incomplete prearchive copy (%s)", drop.label, entry.status)
-            client.delete_prearchive(entry.uri)
+            _delete_prearchive(run, entry.uri)
         else:
             raise TransientError(f"XNAT is busy with a prearchive copy ({entry.status})")
     total = manifest.zip_size
@@ -737,10 +752,20 @@ def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
             return {}, "already archived"
         raise
     files = run.client().prearchive_files(drop.prearchive_uri)
-    difference = _compare(manifest, files, run.config.push.verify_checksums)
-    if difference:
-        run.client().delete_prearchive(drop.prearchive_uri)
-        raise _Resend(f"the prearchive session is incomplete ({difference})")
+    missing = _compare(manifest, files, strict=False)
+    if missing:
+        _delete_prearchive(run, drop.prearchive_uri)
+        raise _Resend(f"the prearchive session is incomplete ({missing})")
+    changed = _compare(manifest, files, run.config.push.verify_checksums)
+    if changed:
+        # Every file arrived but with other bytes: sending again cannot help.
+        _delete_prearchive(run, drop.prearchive_uri)
+        raise PermanentError(
+            "XNAT_CHANGED_FILES",
+            f"XNAT holds every file of {drop.label} but their contents differ ({changed})",
+            "if XNAT anonymises on import (site anonymisation script), set "
+            "push.verify_checksums = false; otherwise ask the XNAT administrator",
+        )
     scans = len({f.scan for f in files})
     return {}, f"READY, {scans} scans, {len(files)} files match the manifest"
 
@@ -766,7 +791,7 @@ def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     else:
         summary = f"already archived as {session.id}"
         if drop.prearchive_uri and client.prearchive_entry(drop.prearchive_uri) is not None:
-            client.delete_prearchive(drop.prearchive_uri)  # a leftover of the same data
+            _delete_prearchive(run, drop.prearchive_uri)  # a leftover of the same data
     checked = "sizes and MD5s" if run.config.push.verify_checksums else "file counts"
     return {"archive_uri": session.uri}, f"{summary}; {len(manifest.files)} files, {checked} match"
 
@@ -999,7 +1024,7 @@ def _complete_quarantine(run: _Run, drop: ledger_module.Drop, reason: dict[str, 
     if drop.prearchive_uri and run._client is not None:
         # Our upload would otherwise sit in the prearchive; the data is safe in quarantine/.
         with contextlib.suppress(TransientError, PermanentError, AuthenticationError):
-            run.client().delete_prearchive(drop.prearchive_uri)
+            _delete_prearchive(run, drop.prearchive_uri)
     _cleanup(run, drop)
     drop = run.book.quarantine(
         drop, reason["code"], reason["message"], final_path=target if target.is_dir() else None
