@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), load average {load}")
     measure(f"all of {args.shared}", args.shared, files_under(args.shared))
-    work = Path(tempfile.mkdtemp(prefix="xnatdrop-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="xnatdrop-check-speed-"))
     try:
         session = work / "SPN01_9999"
         paths = clone_session(args.shared, session, args.clone_files)
