@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pydicom
 import pytest
 
 ERROR = re.compile(r"<h3>(.*)</h3>", re.S)
@@ -263,3 +264,17 @@ def test_format_txt_with_one_uri_is_plain_text(svc, dicom):
 
 def test_import_is_post_only(svc):
     assert svc.get("/data/services/import").status_code == 405
+
+
+def test_a_header_larger_than_the_first_read_is_parsed(svc, dicom):
+    """A 300 kB private element before (0020,0011) makes the parser read past its first 64 KiB."""
+    [source] = dicom.files(count=1)
+    big = dicom.rewrite(source)
+    data = pydicom.dcmread(big)
+    data.private_block(0x0009, "XNATDROP TEST", create=True).add_new(0x10, "OB", b"\0" * 300_000)
+    data.save_as(big)
+    response = svc.import_zip(dicom.zip([big]), project="SPN01", session="BIG")
+    assert response.status_code == 200, response.text
+    assert [s["ID"] for s in svc.json_rows(response.text.strip() + "/scans")] == ["1"]
+    [row] = svc.json_rows(response.text.strip() + "/scans/1/resources/DICOM/files")
+    assert row["Size"] == str(big.stat().st_size)

@@ -138,46 +138,81 @@ def _past_needed_tags(tag: int, vr: str | None, length: int) -> bool:
     return tag > 0x00324000
 
 
-def read_header(tap: HeaderTap, name: str) -> Header:
-    """Parse the header (no pixel data); raise Unreadable the way GradualDicomImporter does."""
+_PARSE_ERRORS = (
+    pydicom.errors.InvalidDicomError,
+    ValueError,
+    TypeError,
+    KeyError,
+    EOFError,
+    OSError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+    struct.error,
+)
+HEADER_START = 64 * 1024  # the first read; GE and Siemens headers up to (0032,4000) fit
+HEADER_MAX = 16 * 1024 * 1024  # past this an entry is "unreadable" rather than held in memory
+
+
+def _parse(data: bytes) -> tuple[pydicom.Dataset, bool]:
+    """Parse a header prefix held in memory; also say whether the parser used all of it.
+
+    Reading from BytesIO is several times faster than through `HeaderTap` (pydicom makes many
+    small reads). A parser that used the whole prefix may have stopped for lack of data.
+    """
+    view = io.BytesIO(data)
     try:
-        with _PARSE_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                dataset = filereader.read_partial(tap, stop_when=_past_needed_tags)
-            except pydicom.errors.InvalidDicomError:
-                tap.seek(0)
-                dataset = filereader.read_partial(tap, stop_when=_past_needed_tags, force=True)
-            header = Header(
-                study_uid=_text(dataset, "StudyInstanceUID"),
-                series_uid=_text(dataset, "SeriesInstanceUID"),
-                series_number=_text(dataset, "SeriesNumber"),
-                sop_class=_text(dataset, "SOPClassUID"),
-                sop_uid=_text(dataset, "SOPInstanceUID"),
-                modality=_text(dataset, "Modality"),
-                patient_name=_text(dataset, "PatientName"),
-                patient_id=_text(dataset, "PatientID"),
-                comments=[_text(dataset, k) for k in COMMENT_FIELDS],
-                study_description=_text(dataset, "StudyDescription"),
-                accession=_text(dataset, "AccessionNumber"),
-                study_date=_text(dataset, "StudyDate"),
-                study_time=_text(dataset, "StudyTime"),
-                series_description=_text(dataset, "SeriesDescription"),
-                instance_number=_text(dataset, "InstanceNumber"),
-            )
-    except (
-        pydicom.errors.InvalidDicomError,
-        ValueError,
-        TypeError,
-        KeyError,
-        EOFError,
-        OSError,
-        AttributeError,
-        IndexError,
-        OverflowError,
-        struct.error,
-    ) as error:
-        raise Unreadable(f"unable to read DICOM object {name}") from error
+        dataset = filereader.read_partial(view, stop_when=_past_needed_tags)
+    except pydicom.errors.InvalidDicomError:
+        view = io.BytesIO(data)
+        dataset = filereader.read_partial(view, stop_when=_past_needed_tags, force=True)
+    return dataset, view.tell() >= len(data)
+
+
+def _header(dataset: pydicom.Dataset) -> Header:
+    return Header(
+        study_uid=_text(dataset, "StudyInstanceUID"),
+        series_uid=_text(dataset, "SeriesInstanceUID"),
+        series_number=_text(dataset, "SeriesNumber"),
+        sop_class=_text(dataset, "SOPClassUID"),
+        sop_uid=_text(dataset, "SOPInstanceUID"),
+        modality=_text(dataset, "Modality"),
+        patient_name=_text(dataset, "PatientName"),
+        patient_id=_text(dataset, "PatientID"),
+        comments=[_text(dataset, k) for k in COMMENT_FIELDS],
+        study_description=_text(dataset, "StudyDescription"),
+        accession=_text(dataset, "AccessionNumber"),
+        study_date=_text(dataset, "StudyDate"),
+        study_time=_text(dataset, "StudyTime"),
+        series_description=_text(dataset, "SeriesDescription"),
+        instance_number=_text(dataset, "InstanceNumber"),
+    )
+
+
+def read_header(tap: HeaderTap, name: str) -> Header:
+    """Parse the header (up to (0032,4000), no pixel data) from the first bytes of the entry.
+
+    Start with 64 KiB and read more only when the parser ran out of data. Raise Unreadable the
+    way GradualDicomImporter does.
+    """
+    size = HEADER_START
+    while True:
+        tap.seek(size)
+        complete = tap.eof
+        try:
+            with _PARSE_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dataset, exhausted = _parse(bytes(tap.kept))
+                header = _header(dataset)
+        except _PARSE_ERRORS as error:
+            if complete or len(tap.kept) >= HEADER_MAX:
+                raise Unreadable(f"unable to read DICOM object {name}") from error
+            size *= 4
+            continue
+        if exhausted and not complete and len(tap.kept) < HEADER_MAX:
+            size *= 4
+            continue
+        break
     if not header.sop_class and not header.sop_uid and not header.study_uid:
         raise Unreadable(f"unable to read DICOM object {name}")
     if not header.sop_class:
@@ -240,6 +275,7 @@ class Job:
     values: dict[str, str]
     sessions: dict[int, sqlite3.Row] = field(default_factory=dict)
     keys: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    scans: dict[tuple[int, str], str] = field(default_factory=dict)  # (session, series UID)
     stored: int = 0
 
 
@@ -451,14 +487,17 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
         job.keys[key] = pk
         job.sessions[pk] = row
     row = job.sessions[pk]
-    scan_id = prearchive.assign_scan(
-        store,
-        pk,
-        header.series_uid,
-        header.series_number,
-        header.series_description,
-        header.modality,
-    )
+    scan_id = job.scans.get((pk, header.series_uid))
+    if scan_id is None:
+        scan_id = prearchive.assign_scan(
+            store,
+            pk,
+            header.series_uid,
+            header.series_number,
+            header.series_description,
+            header.modality,
+        )
+        job.scans[(pk, header.series_uid)] = scan_id
     name = os.path.basename(entry_name)
     if job.rename or not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
         name = _namer(header)
