@@ -532,7 +532,8 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             if fired.fail is not None:
                 response = _fault_response(fired.fail)
             else:
-                response = sandbox.respond(self.command, full_path, query, self.headers, body)
+                method = "GET" if self.command == "HEAD" else self.command  # body dropped
+                response = sandbox.respond(method, full_path, query, self.headers, body)
         except bodies.ConnectionDropped:
             log.debug(
                 "%s %s: connection dropped after %d body bytes (fault)",
