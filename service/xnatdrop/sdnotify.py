@@ -30,6 +30,8 @@ def notify(*lines: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never block the main loop: if systemd's queue is full, drop this message.
+            sock.setblocking(False)
             sock.connect(address)
             sock.sendall("\n".join(lines).encode("utf-8"))
     except OSError as error:

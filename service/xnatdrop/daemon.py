@@ -1,0 +1,431 @@
+"""The unattended daemon behind `xnatdrop run`: scan, settle, push in the upload window.
+
+Threads and who owns what:
+
+- the **main thread** installs signal handlers (they only set flags), then ticks: every few
+  seconds it sends `WATCHDOG=1` and a `STATUS=` line to systemd, but only while the scan job keeps
+  completing, so a stuck scan gets the unit restarted (`WatchdogSec=`);
+- one **apscheduler job thread** runs the `scan` job (every `settle.poll_interval`, brought
+  forward by kernel events) and the `dispatch` job (every poll interval, at the window's opening
+  time, and after each scan and each finished push). It alone touches the `Watcher`; with one
+  worker the two jobs never overlap;
+- up to `schedule.max_concurrent_pushes` **push threads**, each running the pipeline for one drop
+  with its own ledger connection, reporting back through a queue.
+
+The ledger decides what to do; the daemon only triggers. Unfinished drops that are due
+(`Ledger.pending`) are resumed first, then newly settled folders are handed over, oldest first.
+Pushes start only inside `schedule.upload_window`; one running when the window closes finishes.
+
+Shutdown follows uvicorn's order: on SIGTERM or SIGINT send `STOPPING=1`, stop intake (no scan,
+no new push), let running pushes reach a checkpoint (they see `stopping` between steps) within
+`schedule.stop_timeout_seconds`, log what was cut short, exit 0. A second SIGINT skips the wait.
+After any restart the ledger resumes what was cut short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from xnatdrop import config as config_module
+from xnatdrop import ledger as ledger_module
+from xnatdrop import sdnotify, watch
+
+log = logging.getLogger(__name__)
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TICK_SECONDS = 5.0  # main-loop period when systemd's watchdog does not ask for faster
+# How long the scan job may go without completing before the watchdog ping is withheld. Generous:
+# a slow share may take minutes to list, but a scan blocked for longer is a hung mount or a bug.
+STUCK_SCAN_SECONDS = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What one push came to, as the daemon needs to know it.
+
+    kind: "archived", "quarantined", "transient" (try again at `retry_at`), "busy" (someone else
+    holds the drop), "incomplete" (still being copied: settle again) or "stopped" (checkpointed
+    because we are stopping).
+    """
+
+    kind: str
+    detail: str = ""
+    retry_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """One push to run: a settled folder from a drop root, or an unfinished ledger drop."""
+
+    key: str  # "project/label": at most one push per label at a time
+    folder: watch.Folder | None = None
+    drop: ledger_module.Drop | None = None
+
+
+# A processor runs the pipeline for one Work item until it finishes, fails or checkpoints.
+Processor = Callable[[Work, threading.Event], Result]
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadWindow:
+    """A daily span of local time in which pushes may start; `None` bounds mean always."""
+
+    start: dt.time | None
+    end: dt.time | None
+
+    @classmethod
+    def parse(cls, text: str) -> UploadWindow:
+        """Parse "always" or "HH:MM-HH:MM" (already validated by the config)."""
+        if text.strip().lower() == "always":
+            return cls(None, None)
+        start, end = (part.strip() for part in text.split("-"))
+        return cls(_clock_time(start), _clock_time(end))
+
+    def contains(self, moment: dt.datetime) -> bool:
+        if self.start is None or self.end is None or self.start == self.end:
+            return True
+        now = moment.time()
+        if self.start < self.end:
+            return self.start <= now < self.end
+        return now >= self.start or now < self.end  # wraps midnight, e.g. 20:00-06:00
+
+    def __str__(self) -> str:
+        if self.start is None or self.end is None:
+            return "always"
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+def _clock_time(text: str) -> dt.time:
+    hours, minutes = (int(p) for p in text.split(":"))
+    return dt.time(0, 0) if hours == 24 else dt.time(hours, minutes)
+
+
+@contextlib.contextmanager
+def capture_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Install `handler` for SIGINT and SIGTERM, and put the previous handlers back after.
+
+    Restoring them lets tests run the daemon in-process (uvicorn's `capture_signals`).
+    """
+    previous = {sig: signal.signal(sig, handler) for sig in HANDLED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Daemon:
+    """The long-running process: a scheduler, a watcher, push threads, systemd notification."""
+
+    def __init__(
+        self,
+        settings: config_module.Config,
+        processor: Processor,
+        now: Callable[[], dt.datetime] = dt.datetime.now,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.now = now
+        self.window = UploadWindow.parse(settings.schedule.upload_window)
+        self.poll = settings.settle.poll_interval
+        self.projects = {d.path: d.project for d in settings.drop}
+        self.watcher = watch.Watcher(self.projects, settings.settle)
+        self.hint = watch.EventHint(self.projects, self._hinted)
+        self.stopping = threading.Event()
+        self.started = threading.Event()  # set once READY=1 is sent (tests wait on it)
+        self.force = False
+        self.finished: queue.Queue[tuple[Work, Result]] = queue.Queue()
+        self.pushes: dict[str, threading.Thread] = {}  # key -> thread; job thread only
+        self.waiting_labels: set[str] = set()
+        self.last_scan_done = time.monotonic()
+        self.last_hint = 0.0
+        self.scans = 0
+        self.status = "starting"
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    # ---- signals and the main loop ---------------------------------------------------------
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Signal handler: set flags, nothing else. A second SIGINT forces the exit."""
+        if self.stopping.is_set() and sig == signal.SIGINT:
+            self.force = True
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the exit code (0 after a clean stop)."""
+        with capture_signals(self.handle_exit):
+            self._start()
+            try:
+                self._main_loop()
+            finally:
+                self._shutdown()
+        return 0
+
+    def _start(self) -> None:
+        roots = ", ".join(f"{p} -> {project}" for p, project in self.projects.items())
+        log.info(
+            "starting: %d drop root(s) (%s); quiet %.0f s, scan every %.1f s; uploads %s, "
+            "at most %d at once",
+            len(self.projects),
+            roots or "none",
+            self.settings.settle.quiet_seconds,
+            self.poll,
+            self.window,
+            self.settings.schedule.max_concurrent_pushes,
+        )
+        now = dt.datetime.now()
+        self.scheduler.add_job(
+            self._scan_job, "interval", seconds=self.poll, id="scan", next_run_time=now
+        )
+        self.scheduler.add_job(
+            self._dispatch_job, "interval", seconds=self.poll, id="dispatch", next_run_time=now
+        )
+        if self.window.start is not None:
+            self.scheduler.add_job(
+                self._dispatch_job,
+                "cron",
+                hour=self.window.start.hour,
+                minute=self.window.start.minute,
+                id="window-opens",
+            )
+        self.scheduler.start()
+        self.hint.start()
+        sdnotify.notify("READY=1", f"STATUS=watching {len(self.projects)} drop root(s)")
+        self.started.set()
+
+    def _main_loop(self) -> None:
+        watchdog = sdnotify.watchdog_seconds()
+        tick = min(TICK_SECONDS, watchdog / 2) if watchdog else TICK_SECONDS
+        stuck_after = max(STUCK_SCAN_SECONDS, 5 * self.poll)
+        warned = False
+        while not self.stopping.is_set():
+            silent = time.monotonic() - self.last_scan_done
+            if silent < stuck_after:
+                sdnotify.notify("WATCHDOG=1", f"STATUS={self.status}")
+                warned = False
+            elif not warned:
+                log.error(
+                    "ALERT: no scan has completed for %.0f s; withholding the systemd "
+                    "watchdog ping so the service gets restarted",
+                    silent,
+                )
+                warned = True
+            self.stopping.wait(tick)
+
+    def _shutdown(self) -> None:
+        running = list(self.pushes.items())
+        sdnotify.notify("STOPPING=1", f"STATUS=stopping; {len(running)} push(es) checkpointing")
+        log.info("stopping: no new scans or pushes; %d push(es) running", len(running))
+        self.hint.stop()
+        # The job thread only reads the shares; abandoning a slow scan loses nothing.
+        self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + self.settings.schedule.stop_timeout_seconds
+        for key, thread in running:
+            if self.force:
+                break
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if not thread.is_alive():
+                log.info("%s: push checkpointed", key)
+        cut = [key for key, thread in running if thread.is_alive()]
+        if cut:
+            log.warning(
+                "stop timeout: %d push(es) cut short (%s); the ledger resumes them on "
+                "the next start",
+                len(cut),
+                ", ".join(cut),
+            )
+        log.info("stopped")
+
+    # ---- jobs (one apscheduler worker thread) ----------------------------------------------
+
+    def _hinted(self) -> None:
+        """Called from watchdog's thread: bring the next scan forward, at most every 2 s."""
+        if self.stopping.is_set() or time.monotonic() - self.last_hint < 2.0:
+            return
+        self.last_hint = time.monotonic()
+        with contextlib.suppress(LookupError):  # the job is gone once we are stopping
+            self.scheduler.modify_job("scan", next_run_time=dt.datetime.now())
+
+    def _scan_job(self) -> None:
+        if self.stopping.is_set():
+            return
+        result = self.watcher.scan()
+        self.scans += 1
+        self.last_scan_done = time.monotonic()
+        log.debug(
+            "scan %d: %d folder(s), %d walked, %d settled, %d root(s) paused",
+            self.scans,
+            result.folders,
+            result.fingerprinted,
+            len(result.settled),
+            len(result.paused),
+        )
+        self._dispatch()
+
+    def _dispatch_job(self) -> None:
+        if not self.stopping.is_set():
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Collect finished pushes, then start new ones if the window is open and there is room."""
+        self._collect()
+        window_open = self.window.contains(self.now())
+        self._update_status(window_open)
+        if not window_open or self.stopping.is_set():
+            return
+        room = self.settings.schedule.max_concurrent_pushes - len(self.pushes)
+        if room <= 0:
+            return
+        with ledger_module.Ledger(self.settings.paths.state) as ledger:
+            candidates = self._candidates(ledger)
+            while room > 0 and not self.stopping.is_set():
+                work = next(candidates, None)
+                if work is None:
+                    break
+                self._start_push(work)
+                room -= 1
+
+    def _candidates(self, ledger: ledger_module.Ledger) -> Iterator[Work]:
+        """Due ledger drops first (resume), then settled folders, oldest first.
+
+        Lazy and free of side effects beyond `confirm`: the caller takes only as many as it has
+        room for, and `_start_push` does the hand-over.
+        """
+        for drop in ledger.pending():
+            key = f"{drop.project}/{drop.label}"
+            if key in self.pushes:
+                continue
+            folder = self.watcher.find(Path(drop.source))
+            if drop.state == "new" and Path(drop.source).exists():
+                # Registered, never frozen, still in the drop root: it must settle (again).
+                settled = folder is not None and folder.state is watch.State.SETTLED
+                if not settled or not self.watcher.confirm(folder):
+                    continue
+            yield Work(key, folder=folder, drop=drop)
+        for folder in self.watcher.settled():
+            key = f"{self.projects[folder.root]}/{folder.name}"
+            if key in self.pushes:
+                continue
+            active = ledger.active(self.projects[folder.root], folder.name)
+            if active is not None:
+                # A drop with this label is unfinished (and not due yet): the ledger decides.
+                if key not in self.waiting_labels:
+                    log.info(
+                        "%s: waits; drop %d with this label is still %s",
+                        folder.name,
+                        active.id,
+                        active.state,
+                    )
+                    self.waiting_labels.add(key)
+                continue
+            self.waiting_labels.discard(key)
+            if not self.watcher.confirm(folder):
+                continue
+            yield Work(key, folder=folder)
+
+    def _start_push(self, work: Work) -> None:
+        if work.folder is not None:
+            self.watcher.hand_over(work.folder)
+        thread = threading.Thread(
+            target=self._push, args=(work,), name=f"push {work.key}", daemon=True
+        )
+        self.pushes[work.key] = thread
+        log.info(
+            "%s: push starts (%s)",
+            work.key,
+            f"resuming drop {work.drop.id} from {work.drop.state}" if work.drop else "new",
+        )
+        thread.start()
+
+    def _push(self, work: Work) -> None:
+        """Thread body: run the processor, report back. The per-drop error boundary is inside it."""
+        # Reported if the processor raises (a bug; threading logs the traceback): the slot
+        # must be freed and the folder looked at again later.
+        result = Result(
+            "transient",
+            "the push crashed; see the traceback",
+            time.time() + self.settings.schedule.retry_seconds,
+        )
+        try:
+            result = self.processor(work, self.stopping)
+        finally:
+            self.finished.put((work, result))
+            with contextlib.suppress(LookupError):
+                if not self.stopping.is_set():
+                    self.scheduler.modify_job("dispatch", next_run_time=dt.datetime.now())
+
+    def _collect(self) -> None:
+        """Apply finished pushes' results to the watcher (job thread only)."""
+        while True:
+            try:
+                work, result = self.finished.get_nowait()
+            except queue.Empty:
+                return
+            self.pushes.pop(work.key, None)
+            log.info(
+                "%s: push ended: %s%s",
+                work.key,
+                result.kind,
+                f" ({result.detail})" if result.detail else "",
+            )
+            folder = work.folder
+            if folder is None or not folder.path.exists():
+                continue  # moved to work/done/quarantine: nothing left for the watcher
+            if result.kind == "incomplete":
+                self.watcher.look_again(folder, self.settings.settle.quiet_seconds, result.detail)
+            elif result.kind in ("transient", "busy", "stopped"):
+                delay = (result.retry_at - time.time()) if result.retry_at else self.poll
+                self.watcher.look_again(folder, max(delay, self.poll), result.kind)
+
+    def _update_status(self, window_open: bool) -> None:
+        counts = self.watcher.counts()
+        paused = [str(r.path) for r in self.watcher.roots.values() if r.paused]
+        parts = [
+            f"{counts.get('settling', 0)} settling",
+            f"{counts.get('settled', 0)} settled",
+            f"{len(self.pushes)} pushing",
+            "window open" if window_open else f"window {self.window} closed",
+        ]
+        if paused:
+            parts.append(f"PAUSED: {', '.join(paused)}")
+        self.status = "; ".join(parts)
+
+
+def pipeline_processor(settings: config_module.Config, password: str) -> Processor:
+    """The real processor: `pipeline.process` for one drop, with its own ledger connection.
+
+    The pipeline holds the per-drop error boundary (it records any failure in the ledger and
+    returns an outcome); nothing here catches broadly.
+    """
+    from xnatdrop import pipeline, xnat
+
+    def client_factory() -> xnat.XnatClient:
+        return xnat.XnatClient(settings.xnat, password)
+
+    def process(work: Work, stopping: threading.Event) -> Result:
+        folder = work.folder.path if work.folder else Path(work.drop.source)  # type: ignore[union-attr]
+        with ledger_module.Ledger(settings.paths.state) as ledger:
+            outcome = pipeline.process(folder, settings, ledger, client_factory, stopping)
+        return Result(
+            str(outcome.kind),
+            str(getattr(outcome, "detail", "")),
+            getattr(outcome, "retry_at", None),
+        )
+
+    return process

@@ -1,0 +1,302 @@
+"""The daemon (`xnatdrop.daemon`): window, concurrency, signals, sd_notify, shutdown.
+
+The fast tests run `Daemon.run()` in-process on the main thread (signal handlers need it) with
+a small processor standing in for the pipeline, so scheduling is tested on its own: it renames
+each pushed folder into done/, as the pipeline's last step does. A scenario thread drives each
+test and ends it with a real SIGTERM. Nothing sleeps to wait: conditions are polled with a
+deadline. The daemon-process tests against the sandbox are marked `slow` (test_daemon_process.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from xnatdrop import config, daemon
+
+DEADLINE = 30.0
+
+
+def wait_for(condition: Callable[[], object], timeout: float = DEADLINE) -> None:
+    """Poll `condition` until true; fail with its source line when the deadline passes."""
+    pause = threading.Event()
+    end = dt.datetime.now() + dt.timedelta(seconds=timeout)
+    while not condition():
+        if dt.datetime.now() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        pause.wait(0.02)
+
+
+def make_settings(tmp_path: Path, **schedule: object) -> config.Config:
+    drop = tmp_path / "drop"
+    drop.mkdir(exist_ok=True)
+    return config.parse(
+        {
+            "paths": {
+                "state": str(tmp_path / "state"),
+                "quarantine": str(tmp_path / "quarantine"),
+                "done": str(tmp_path / "done"),
+            },
+            "drop": [{"path": str(drop), "project": "SPN01"}],
+            "settle": {"quiet_seconds": 0.3},
+            "schedule": {"stop_timeout_seconds": 10, **schedule},
+        },
+        "test",
+    )
+
+
+def drop_session(settings: config.Config, name: str, files: int = 2) -> Path:
+    folder = settings.drop[0].path / name
+    for index in range(files):
+        path = folder / "series1" / f"{index:03d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"DICM" * 10)
+    return folder
+
+
+class Recorder:
+    """A processor: records calls, optionally blocks, then moves the folder into done/."""
+
+    def __init__(self, settings: config.Config, block: threading.Event | None = None) -> None:
+        self.done = settings.paths.done
+        self.block = block
+        self.lock = threading.Lock()
+        self.calls: list[str] = []
+        self.running = 0
+        self.most_at_once = 0
+        self.saw_stopping: list[str] = []
+        self.outcomes: dict[str, daemon.Result] = {}
+
+    def __call__(self, work: daemon.Work, stopping: threading.Event) -> daemon.Result:
+        assert work.folder is not None
+        name = work.folder.name
+        with self.lock:
+            self.calls.append(name)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if self.block is not None:
+                while not self.block.is_set():
+                    if stopping.wait(0.01):
+                        self.saw_stopping.append(name)
+                        return daemon.Result("stopped", "checkpointed")
+            if name in self.outcomes:
+                return self.outcomes.pop(name)
+            self.done.mkdir(exist_ok=True)
+            work.folder.path.rename(self.done / name)
+            return daemon.Result("archived")
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 0.2 s: ticks every 0.1 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    yield sock
+    sock.close()
+
+
+def received(sock: socket.socket) -> list[str]:
+    sock.setblocking(False)
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+def run_with(runner: daemon.Daemon, scenario: Callable[[], None]) -> int:
+    """Run the daemon on this (main) thread; `scenario` runs beside it, then SIGTERM."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            assert runner.started.wait(DEADLINE), "daemon did not start"
+            scenario()
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            if runner.started.is_set():
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                runner.stopping.set()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    code = runner.run()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return code
+
+
+@pytest.mark.parametrize(
+    ("text", "inside", "outside"),
+    [
+        ("20:00-06:00", ["20:00", "23:59", "00:00", "05:59"], ["06:00", "12:00", "19:59"]),
+        ("09:30-17:00", ["09:30", "16:59"], ["09:29", "17:00", "23:00"]),
+        ("00:00-24:00", ["00:00", "12:00", "23:59"], []),
+        ("always", ["00:00", "13:37"], []),
+    ],
+)
+def test_upload_window(text: str, inside: list[str], outside: list[str]) -> None:
+    window = daemon.UploadWindow.parse(config.ScheduleSettings(upload_window=text).upload_window)
+
+    def at(hhmm: str) -> dt.datetime:
+        return dt.datetime.combine(dt.date(2026, 1, 1), dt.time.fromisoformat(hhmm))
+
+    assert all(window.contains(at(t)) for t in inside)
+    assert not any(window.contains(at(t)) for t in outside)
+
+
+def test_settled_folders_are_pushed_and_systemd_hears_it_in_order(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """1. Three sessions are dropped. 2. They settle and are pushed. 3. SIGTERM.
+
+    Result: each folder pushed exactly once, exit 0, and systemd got READY=1 first, then
+    WATCHDOG=1 pings with STATUS, and STOPPING=1 last.
+    """
+    settings = make_settings(tmp_path)
+    recorder = Recorder(settings)
+    runner = daemon.Daemon(settings, recorder)
+    names = ["SPN01_0001", "SPN01_0002", "SPN01_0003"]
+    for name in names:
+        drop_session(settings, name)
+
+    def scenario() -> None:
+        wait_for(lambda: sorted(p.name for p in settings.paths.done.glob("*")) == names)
+        wait_for(lambda: runner.pushes == {})
+
+    assert run_with(runner, scenario) == 0
+    assert sorted(recorder.calls) == names
+    messages = received(notify_socket)
+    assert messages[0].startswith("READY=1\n")
+    assert messages[-1].startswith("STOPPING=1\n")
+    pings = [m for m in messages[1:-1]]
+    assert pings and all(m.startswith("WATCHDOG=1\nSTATUS=") for m in pings)
+
+
+def test_nothing_is_pushed_while_the_window_is_closed(tmp_path: Path) -> None:
+    """Scanning runs all the time; pushes start only once the window opens."""
+    settings = make_settings(tmp_path, upload_window="20:00-06:00")
+    recorder = Recorder(settings)
+    clock = {"now": dt.datetime(2026, 1, 1, 12, 0)}
+    runner = daemon.Daemon(settings, recorder, now=lambda: clock["now"])
+    drop_session(settings, "SPN01_0001")
+
+    def scenario() -> None:
+        wait_for(lambda: runner.watcher.counts().get("settled") == 1)
+        scans = runner.scans
+        wait_for(lambda: runner.scans >= scans + 3)  # several dispatches with the window shut
+        assert recorder.calls == []
+        assert "closed" in runner.status
+        clock["now"] = dt.datetime(2026, 1, 1, 21, 0)
+        wait_for(lambda: recorder.calls == ["SPN01_0001"])
+
+    assert run_with(runner, scenario) == 0
+
+
+def test_concurrency_limit(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_concurrent_pushes=2)
+    release = threading.Event()
+    recorder = Recorder(settings, block=release)
+    runner = daemon.Daemon(settings, recorder)
+    names = [f"SPN01_{i:04d}" for i in range(5)]
+    for name in names:
+        drop_session(settings, name)
+
+    def scenario() -> None:
+        wait_for(lambda: len(recorder.calls) == 2)
+        wait_for(lambda: runner.watcher.counts().get("settled") == 3)
+        scans = runner.scans
+        wait_for(lambda: runner.scans >= scans + 2)
+        assert len(recorder.calls) == 2  # the other three wait for a free slot
+        release.set()
+        wait_for(lambda: len(list(settings.paths.done.glob("*"))) == 5)
+
+    assert run_with(runner, scenario) == 0
+    assert recorder.most_at_once == 2
+    assert sorted(recorder.calls) == names
+
+
+def test_sigterm_mid_push_checkpoints_and_exits_zero(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """1. A push is running. 2. SIGTERM. Result: STOPPING=1, the push sees `stopping` and
+    checkpoints, the daemon exits 0, and the folder is left for the next start."""
+    settings = make_settings(tmp_path)
+    recorder = Recorder(settings, block=threading.Event())  # never released
+    runner = daemon.Daemon(settings, recorder)
+    folder = drop_session(settings, "SPN01_0001")
+
+    def scenario() -> None:
+        wait_for(lambda: recorder.running == 1)
+
+    assert run_with(runner, scenario) == 0
+    assert recorder.saw_stopping == ["SPN01_0001"]
+    assert folder.is_dir()
+    assert received(notify_socket)[-1].startswith("STOPPING=1")
+
+
+def test_a_push_that_ignores_stopping_is_cut_short_after_the_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path, stop_timeout_seconds=0.2)
+    never = threading.Event()
+
+    def stubborn(work: daemon.Work, stopping: threading.Event) -> daemon.Result:
+        never.wait(DEADLINE)  # a step that does not look at `stopping`
+        return daemon.Result("stopped")
+
+    runner = daemon.Daemon(settings, stubborn)
+    drop_session(settings, "SPN01_0001")
+    with caplog.at_level(logging.INFO, logger="xnatdrop.daemon"):
+        assert run_with(runner, lambda: wait_for(lambda: runner.pushes)) == 0
+    never.set()
+    assert any("cut short" in r.message and "SPN01/SPN01_0001" in r.message for r in caplog.records)
+
+
+def test_transient_result_leaves_the_folder_to_be_tried_again(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    recorder = Recorder(settings)
+    recorder.outcomes["SPN01_0001"] = daemon.Result("transient", "XNAT unreachable")
+    runner = daemon.Daemon(settings, recorder)
+    drop_session(settings, "SPN01_0001")
+
+    def scenario() -> None:
+        wait_for(lambda: (settings.paths.done / "SPN01_0001").is_dir())
+
+    assert run_with(runner, scenario) == 0
+    assert recorder.calls == ["SPN01_0001", "SPN01_0001"]
+
+
+def test_signal_handlers_are_restored(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    before = {sig: signal.getsignal(sig) for sig in daemon.HANDLED_SIGNALS}
+    runner = daemon.Daemon(settings, Recorder(settings))
+    assert run_with(runner, lambda: None) == 0
+    assert {sig: signal.getsignal(sig) for sig in daemon.HANDLED_SIGNALS} == before
+
+
+def test_second_sigint_forces_the_exit(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    runner = daemon.Daemon(settings, Recorder(settings))
+    runner.handle_exit(signal.SIGINT, None)
+    assert runner.stopping.is_set() and not runner.force
+    runner.handle_exit(signal.SIGINT, None)
+    assert runner.force
