@@ -57,8 +57,8 @@ class Result:
     """What one push came to, as the daemon needs to know it.
 
     kind: "archived", "quarantined", "transient" (try again at `retry_at`), "busy" (someone else
-    holds the drop), "incomplete" (still being copied: settle again) or "stopped" (checkpointed
-    because we are stopping).
+    holds the drop), "incomplete" (still being copied: settle again), "stopped" (checkpointed
+    because we are stopping) or "auth_failed" (XNAT refused our credentials: hold all pushes).
     """
 
     kind: str
@@ -152,6 +152,7 @@ class Daemon:
         self.waiting_labels: set[str] = set()
         self.last_scan_done = time.monotonic()
         self.last_hint = 0.0
+        self.held_until = 0.0  # epoch seconds; pushes are held after XNAT refused our login
         self.scans = 0
         self.status = "starting"
         self.scheduler = BackgroundScheduler(
@@ -287,7 +288,7 @@ class Daemon:
         self._collect()
         window_open = self.window.contains(self.now())
         self._update_status(window_open)
-        if not window_open or self.stopping.is_set():
+        if not window_open or self.stopping.is_set() or time.time() < self.held_until:
             return
         room = self.settings.schedule.max_concurrent_pushes - len(self.pushes)
         if room <= 0:
@@ -384,12 +385,20 @@ class Daemon:
                 result.kind,
                 f" ({result.detail})" if result.detail else "",
             )
+            if result.kind == "auth_failed":
+                self.held_until = result.retry_at or (time.time() + 3600)
+                log.error(
+                    "ALERT: XNAT refused our credentials (%s); all pushes are held until "
+                    "%s. Fix the password or account, then: systemctl restart xnatdrop",
+                    result.detail,
+                    time.strftime("%H:%M", time.localtime(self.held_until)),
+                )
             folder = work.folder
             if folder is None or not folder.path.exists():
                 continue  # moved to work/done/quarantine: nothing left for the watcher
             if result.kind == "incomplete":
                 self.watcher.look_again(folder, self.settings.settle.quiet_seconds, result.detail)
-            elif result.kind in ("transient", "busy", "stopped"):
+            elif result.kind in ("transient", "busy", "stopped", "auth_failed"):
                 delay = (result.retry_at - time.time()) if result.retry_at else self.poll
                 self.watcher.look_again(folder, max(delay, self.poll), result.kind)
 
@@ -404,6 +413,8 @@ class Daemon:
         ]
         if paused:
             parts.append(f"PAUSED: {', '.join(paused)}")
+        if time.time() < self.held_until:
+            parts.append("PUSHES HELD: XNAT refused our credentials")
         self.status = "; ".join(parts)
 
 
@@ -419,13 +430,10 @@ def pipeline_processor(settings: config_module.Config, password: str) -> Process
         return xnat.XnatClient(settings.xnat, password)
 
     def process(work: Work, stopping: threading.Event) -> Result:
+        # A resumed drop may already sit in the work area: the pipeline asks the ledger where.
         folder = work.folder.path if work.folder else Path(work.drop.source)  # type: ignore[union-attr]
         with ledger_module.Ledger(settings.paths.state) as ledger:
             outcome = pipeline.process(folder, settings, ledger, client_factory, stopping)
-        return Result(
-            str(outcome.kind),
-            str(getattr(outcome, "detail", "")),
-            getattr(outcome, "retry_at", None),
-        )
+        return Result(outcome.kind, outcome.detail, outcome.retry_at)
 
     return process
