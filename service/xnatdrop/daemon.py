@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -50,6 +52,7 @@ TICK_SECONDS = 5.0  # main-loop period when systemd's watchdog does not ask for 
 # How long the scan job may go without completing before the watchdog ping is withheld. Generous:
 # a slow share may take minutes to list, but a scan blocked for longer is a hung mount or a bug.
 STUCK_SCAN_SECONDS = 600.0
+STATUS_FILE = "daemon-status.json"  # in paths.state; read by `xnatdrop status`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +182,16 @@ class Daemon:
         return 0
 
     def _start(self) -> None:
+        # Open the ledger once up front: it creates the state folder (0700) and a broken or
+        # unwritable ledger stops the start here, loudly, instead of failing every dispatch.
+        with ledger_module.Ledger(self.settings.paths.state) as ledger:
+            unfinished = ledger.oldest_pending()
+        if unfinished is not None:
+            log.info(
+                "unfinished drops in the ledger (oldest: %s, %s); resuming them",
+                unfinished.label,
+                unfinished.state,
+            )
         roots = ", ".join(f"{p} -> {project}" for p, project in self.projects.items())
         log.info(
             "starting: %d drop root(s) (%s); quiet %.0f s, scan every %.1f s; uploads %s, "
@@ -416,6 +429,34 @@ class Daemon:
         if time.time() < self.held_until:
             parts.append("PUSHES HELD: XNAT refused our credentials")
         self.status = "; ".join(parts)
+        self._write_status_file(counts, paused, window_open)
+
+    def _write_status_file(self, counts: dict[str, int], paused: list[str], window: bool) -> None:
+        """Leave the live view for `xnatdrop status` (another process) in the state folder.
+
+        Written atomically (temp file + rename), mode 0600; a failure is only logged, because
+        monitoring never fails the job.
+        """
+        data = {
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "status": self.status,
+            "folders": counts,
+            "paused_roots": paused,
+            "pushing": sorted(self.pushes),
+            "window": str(self.window),
+            "window_open": window,
+            "pushes_held_until": self.held_until if time.time() < self.held_until else None,
+        }
+        path = self.settings.paths.state / STATUS_FILE
+        temporary = path.with_name(path.name + ".tmp")
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(data, handle)
+            os.replace(temporary, path)
+        except OSError as error:
+            log.warning("cannot write %s (%s)", path, error.strerror)
 
 
 def pipeline_processor(settings: config_module.Config, password: str) -> Processor:

@@ -10,6 +10,11 @@ from xnatdrop import config, daemon
 DEFAULT_CONFIG = Path("/etc/xnatdrop/xnatdrop.toml")
 
 
+def load_config(path: Path) -> config.Config:
+    """Load `path`; the default path may be missing (then the built-in defaults apply)."""
+    return config.load(None if path == DEFAULT_CONFIG and not path.exists() else path)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",

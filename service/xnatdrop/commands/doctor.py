@@ -1,0 +1,169 @@
+"""`xnatdrop doctor [--config FILE]`: check the setup, one pass/fail line per check.
+
+Checks, in the order a new installation fails them: the config loads; the password resolves;
+each drop root exists and the service may list and rename in it; quarantine/, done/ and the
+state folder are writable; quarantine/ and done/ are on the same file system as every drop root
+(drops move by rename, never by copy); XNAT answers; our login works; each project is visible
+and its prearchive setting readable. Exit 0 when all pass, 1 otherwise, 2 for a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from xnatdrop import config, xnat
+from xnatdrop.commands import run
+from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
+from xnatdrop.exitcodes import Exit
+
+Check = tuple[bool, str]  # (passed, line)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("doctor", help="check config, folders and XNAT access")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=run.DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"configuration file (default {run.DEFAULT_CONFIG})",
+    )
+    parser.set_defaults(func=handle)
+
+
+def _existing(path: Path) -> Path:
+    """The path itself or its nearest existing parent (what a mkdir would land on)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def folder_checks(settings: config.Config) -> Iterator[Check]:
+    for drop in settings.drop:
+        root = drop.path
+        if not root.is_dir():
+            yield False, f"drop root {root}: missing (mount the share, or fix [[drop]] path)"
+            continue
+        usable = os.access(root, os.R_OK | os.W_OK | os.X_OK)
+        yield (
+            usable,
+            (
+                f"drop root {root}: readable and writable (project {drop.project})"
+                if usable
+                else f"drop root {root}: the service user needs read, write and execute "
+                "permission to list and move sessions"
+            ),
+        )
+    named = {
+        "quarantine": settings.paths.quarantine,
+        "done": settings.paths.done,
+        "state": settings.paths.state,
+    }
+    for name, path in named.items():
+        base = _existing(path)
+        usable = os.access(base, os.W_OK | os.X_OK)
+        where = "" if base == path else f" (created on first use under {base})"
+        yield (
+            usable,
+            (
+                f"paths.{name} {path}: writable{where}"
+                if usable
+                else f"paths.{name} {path}: not writable by this user ({base})"
+            ),
+        )
+    for drop in settings.drop:
+        if not drop.path.is_dir():
+            continue
+        device = drop.path.stat().st_dev
+        for name in ("quarantine", "done"):
+            path = named[name]
+            same = _existing(path).stat().st_dev == device
+            yield (
+                same,
+                (
+                    f"paths.{name} is on the same file system as {drop.path}"
+                    if same
+                    else f"paths.{name} {path} is on another file system than {drop.path}: drops "
+                    f"move by rename, so put it on the share (e.g. {drop.path.parent}/_{name})"
+                ),
+            )
+
+
+def xnat_checks(settings: config.Config, password: str) -> Iterator[Check]:
+    url = settings.xnat.url
+    with xnat.XnatClient(settings.xnat, password) as client:
+        try:
+            client.login()
+        except TransientError as error:
+            yield False, f"XNAT at {url}: not reachable ({error})"
+            return
+        except AuthenticationError as error:
+            yield True, f"XNAT at {url}: reachable"
+            yield False, f"login as {settings.xnat.username!r}: refused ({error})"
+            return
+        except PermanentError as error:
+            yield False, f"XNAT at {url}: unexpected answer ({error})"
+            return
+        yield True, f"XNAT at {url}: reachable"
+        try:
+            who = client.whoami()
+        except (TransientError, PermanentError, AuthenticationError) as error:
+            yield False, f"login as {settings.xnat.username!r}: {error}"
+            return
+        yield True, f"login as {who!r}: works"
+        for project in sorted({d.project for d in settings.drop}):
+            try:
+                if not client.project_exists(project):
+                    yield (
+                        False,
+                        (
+                            f"project {project}: not found or not visible to {who!r}; create it or "
+                            "add the user as a member or owner"
+                        ),
+                    )
+                    continue
+                code = client.prearchive_code(project)
+            except (TransientError, PermanentError, AuthenticationError) as error:
+                yield False, f"project {project}: {error}"
+                continue
+            yield (
+                True,
+                (
+                    f"project {project}: visible, prearchive code {code} "
+                    f"({'manual archive' if code == 0 else 'auto-archive'}); our uploads archive "
+                    "explicitly either way"
+                ),
+            )
+
+
+def checks(path: Path) -> Iterator[Check]:
+    try:
+        settings = run.load_config(path)
+    except ConfigError as error:
+        yield False, f"config {path}: {error}"
+        return
+    yield True, f"config {path if path.exists() else '(built-in defaults)'}: valid"
+    if not settings.drop:
+        yield False, "no [[drop]] root configured; add one (see config/xnatdrop.example.toml)"
+    try:
+        password = settings.xnat.resolve_password(str(path))
+    except ConfigError as error:
+        yield False, f"password: {'; '.join(error.problems)}"
+        password = None
+    else:
+        yield True, "password: found"
+    yield from folder_checks(settings)
+    if password is not None:
+        yield from xnat_checks(settings, password)
+
+
+def handle(args: argparse.Namespace) -> int:
+    failed = 0
+    for passed, line in checks(args.config):
+        print(f"{'PASS' if passed else 'FAIL'}  {line}")
+        failed += not passed
+    print("all checks passed" if not failed else f"{failed} check(s) failed")
+    return Exit.OK if not failed else Exit.BLOCKED

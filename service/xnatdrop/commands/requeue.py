@@ -1,0 +1,122 @@
+"""`xnatdrop requeue NAME [--config FILE]`: send a fixed quarantined folder back into the drop.
+
+NAME is the quarantined folder's name (`<label>__<time>`) or just the label, when only one
+quarantined folder has it. The folder is renamed (same file system, never copied) to
+`<drop root>/<label>`, where the daemon settles it and pushes it as a new drop; its reason files
+(QUARANTINE.txt/.json) are moved to `<state>/requeued/<name>/` so they do not travel with the
+session and the record is kept. Refused, with the reason, when the label is already waiting in
+the drop root or unfinished in the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from xnatdrop import config, ledger, quarantine
+from xnatdrop.commands import run
+from xnatdrop.exitcodes import Exit
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "requeue", help="send a fixed quarantined folder back into the drop folder"
+    )
+    parser.add_argument("name", metavar="NAME", help="quarantined folder name, or its label")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=run.DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"configuration file (default {run.DEFAULT_CONFIG})",
+    )
+    parser.set_defaults(func=handle)
+
+
+class RequeueError(Exception):
+    """Why a folder cannot go back; the message says what to do instead."""
+
+
+def find(quarantine_root: Path, name: str) -> Path:
+    """The quarantined folder called `name`, or the only one for label `name`."""
+    exact = quarantine_root / name
+    if name and "/" not in name and exact.is_dir():
+        return exact
+    try:
+        matches = sorted(
+            p for p in quarantine_root.iterdir() if p.is_dir() and p.name.startswith(f"{name}__")
+        )
+    except FileNotFoundError:
+        matches = []
+    if not matches:
+        raise RequeueError(f"nothing called {name!r} in {quarantine_root}")
+    if len(matches) > 1:
+        listing = ", ".join(p.name for p in matches)
+        raise RequeueError(
+            f"{len(matches)} quarantined folders for {name!r} ({listing}); "
+            "give the full name of the one you fixed"
+        )
+    return matches[0]
+
+
+def requeue(settings: config.Config, name: str) -> Path:
+    """Move the quarantined folder back into its drop root; return its new path."""
+    folder = find(settings.paths.quarantine, name)
+    reason_file = folder / quarantine.JSON_NAME
+    try:
+        reason = json.loads(reason_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        reason = {}
+    label = reason.get("label") or folder.name.split("__")[0]
+    project = reason.get("project")
+    roots = [d for d in settings.drop if project is None or d.project == project]
+    if reason.get("drop_root"):
+        roots = [d for d in roots if str(d.path) == reason["drop_root"]] or roots
+    if len(roots) != 1:
+        raise RequeueError(
+            f"cannot tell which drop root {folder.name} came from (project "
+            f"{project!r}); move it back by hand: mv {folder} <drop root>/{label}"
+        )
+    drop = roots[0]
+    target = drop.path / label
+    if target.exists():
+        raise RequeueError(
+            f"{target} already exists: a newer copy of {label} is in the drop "
+            "folder; remove one of the two first"
+        )
+    with ledger.Ledger(settings.paths.state) as book:
+        active = book.active(drop.project, label)
+    if active is not None:
+        raise RequeueError(
+            f"drop {active.id} of {label} is still {active.state}; wait until it "
+            "finishes (see: xnatdrop status)"
+        )
+    kept = settings.paths.state / "requeued" / folder.name
+    kept.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for reason_name in (quarantine.TEXT_NAME, quarantine.JSON_NAME):
+        if (folder / reason_name).exists():
+            shutil.move(folder / reason_name, kept / reason_name)
+    os.rename(folder, target)  # same file system as the drop root (see `xnatdrop doctor`)
+    log.info("%s: requeued from %s into %s", label, folder, drop.path)
+    return target
+
+
+def handle(args: argparse.Namespace) -> int:
+    settings = run.load_config(args.config)
+    try:
+        target = requeue(settings, args.name)
+    except RequeueError as error:
+        print(f"requeue: {error}", file=sys.stderr)
+        return Exit.BLOCKED
+    except OSError as error:
+        print(f"requeue: {error.filename}: {error.strerror}", file=sys.stderr)
+        return Exit.BLOCKED
+    print(f"{args.name}: back in the drop folder as {target}; it is pushed once it settles")
+    return Exit.OK
