@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import logging
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,17 @@ USERS = ["svc:pw", "reader:pw:read", "outsider:pw:none", "other:pw"]
 PROJECTS = ["SPN01", "SPN02"]
 EXAM = "In/GE/Exam1486_Laser794mm"
 SERIES_DIRS = {"1": "01_3_Plane_Localizer_FF", "5": "05_3_Plane_Localizer_HF"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_xnatdrop_logging() -> Iterator[None]:
+    """`cli.main` configures the `xnatdrop` logger (handler on the captured stderr, level);
+    put it back so one test's CLI call does not change what the next test's caplog sees."""
+    logger = logging.getLogger("xnatdrop")
+    handlers, level = logger.handlers[:], logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
 
 
 @pytest.fixture
