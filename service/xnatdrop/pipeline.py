@@ -14,7 +14,8 @@ uploading. The result is an `Outcome`:
 
 - `archived`: archived, verified, sidecars attached, folder in done/ (exit 0);
 - `quarantined`: a permanent failure, folder in quarantine/ with reason files (exit 1);
-- `transient`: stopped on a retryable error or a stop request; `retry_at` says when the
+- `transient`: stopped on a retryable error (timeout, reset, 5xx, expired session that could
+  not be renewed, or an unexpected exception, recorded as INTERNAL); `retry_at` says when the
   ledger considers the drop due again (exit 3);
 - `auth_failed`: XNAT refused our credentials; the drop is not due again for
   `push.retry_max_seconds`; the caller should stop all uploads and alert (exit 3);
@@ -36,7 +37,9 @@ is safe to repeat after a `kill -9` at any point:
   nothing is sent; other files: quarantine as a label conflict), a READY prearchive session
   holding every file (reused), leftovers of an interrupted upload (deleted); only then uploads.
 - verify waits for READY (CONFLICT and ERROR end the wait) and compares scans and files with the
-  manifest; a missing or incomplete prearchive session is deleted and sent again (`resend`).
+  manifest; a missing or incomplete prearchive session is deleted and sent again (`resend`);
+  complete but with other bytes (site anonymisation) is XNAT_CHANGED_FILES unless
+  `push.verify_checksums` is off.
 - archive asks for the archived session first (a crash after XNAT archived but before the ledger
   heard of it), archives with explicit labels and no overwrite, and reads back every file's size
   and MD5.
@@ -47,6 +50,11 @@ is safe to repeat after a `kill -9` at any point:
 
 Transient errors (`errors.TransientError`) are retried with exponential backoff and jitter,
 `push.inline_attempts` times within one call, then handed back. They never quarantine.
+Permanent ones (`errors.PermanentError`: a block finding, LABEL_EXISTS, XNAT_CONFLICT, a 4xx)
+move the folder to `quarantine/<LABEL>__<time>/` with QUARANTINE.txt and QUARANTINE.json.
+
+What the daemon and `xnatdrop status` ask the ledger (drops per state, due drops, oldest
+pending, recent failures, last finished) is documented in `ledger`.
 
 Test hook: the environment variable `XNATDROP_TEST_CRASH_AT=<step>:<before|after>` makes the
 process SIGKILL itself right after the ledger recorded the start of that step (`before`) or right
@@ -240,20 +248,14 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
     push = run.config.push
     tries = 0
     resends = 0
-    if drop.running == "quarantine":
-        # A quarantine was cut short by a crash: finish it with the reason stored at its start.
-        return _complete_quarantine(run, drop, _stored_reason(run, drop))
     while True:
         step = drop.running or drop.next_step or "finish"
         try:
-            drop = _steps(run, drop)
-            return _final_outcome(drop)
+            return _run_drop(run, drop)
         except _Stopped:
             drop = run.book.get(drop.id)
             log.info("%s: stopped at %s; it resumes on the next run", drop.label, drop.state)
             return Outcome("stopped", drop.label, drop.id, "stop requested", retry_at=time.time())
-        except _Incomplete as reason:
-            return _thaw(run, run.book.get(drop.id), str(reason))
         except _Resend as reason:
             resends += 1
             drop = run.book.resend(run.book.get(drop.id), str(reason))
@@ -261,8 +263,6 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
             if resends <= MAX_RESENDS:
                 continue
             error: Exception = TransientError(f"XNAT lost the upload {resends} times: {reason}")
-        except PermanentError as failure:
-            return _quarantine(run, run.book.get(drop.id), failure)
         except AuthenticationError as failure:
             # Not retried in a loop: the drop waits the longest backoff (push.retry_max_seconds).
             retry_at = time.time() + push.retry_max_seconds
@@ -300,6 +300,22 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
         log.warning("%s: %s failed (%s); retrying in %.1f s", drop.label, step, message, delay)
         if run.stopping.wait(delay):
             return Outcome("transient", drop.label, drop.id, message, code, drop.next_attempt)
+
+
+def _run_drop(run: _Run, drop: ledger_module.Drop) -> Outcome:
+    """The steps, and the two ways out that move the folder: quarantine and thaw.
+
+    Errors while moving it (a full disk, another file system) reach `_attempts` like any other.
+    """
+    try:
+        if drop.running == "quarantine":
+            # A quarantine was cut short by a crash: finish it with the reason stored at start.
+            return _complete_quarantine(run, drop, _stored_reason(run, drop))
+        return _final_outcome(_steps(run, drop))
+    except PermanentError as failure:
+        return _quarantine(run, run.book.get(drop.id), failure)
+    except _Incomplete as reason:
+        return _thaw(run, run.book.get(drop.id), str(reason))
 
 
 def _final_outcome(drop: ledger_module.Drop) -> Outcome:
