@@ -182,6 +182,11 @@ class Daemon:
         return 0
 
     def _start(self) -> None:
+        # apscheduler warns on every skipped overlapping run ("maximum number of running
+        # instances reached") and watchdog on events racing its stop; both are expected here and
+        # would flood the journal. Errors (a job that raised) still come through.
+        for noisy in ("apscheduler", "watchdog"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
         # Open the ledger once up front: it creates the state folder (0700) and a broken or
         # unwritable ledger stops the start here, loudly, instead of failing every dispatch.
         with ledger_module.Ledger(self.settings.paths.state) as ledger:
