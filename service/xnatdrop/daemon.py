@@ -183,10 +183,12 @@ class Daemon:
 
     def _start(self) -> None:
         # apscheduler warns on every skipped overlapping run ("maximum number of running
-        # instances reached") and watchdog on events racing its stop; both are expected here and
-        # would flood the journal. Errors (a job that raised) still come through.
-        for noisy in ("apscheduler", "watchdog"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        # instances reached"): expected when a scan outlasts the poll interval, and it would
+        # flood the journal; its errors (a job that raised) still come through. watchdog logs an
+        # ERROR when events race its stop; its events are only hints (the scan is the source of
+        # truth), so nothing it could report changes what we do.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        logging.getLogger("watchdog").setLevel(logging.CRITICAL)
         # Open the ledger once up front: it creates the state folder (0700) and a broken or
         # unwritable ledger stops the start here, loudly, instead of failing every dispatch.
         with ledger_module.Ledger(self.settings.paths.state) as ledger:
