@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 SHARED_DICOM = Path(
-    os.environ.get("XNATDROP_SHARED_DICOM", Path(__file__).resolve().parents[2] / "shared" / "dicom")
+    os.environ.get(
+        "XNATDROP_SHARED_DICOM", Path(__file__).resolve().parents[2] / "shared" / "dicom"
+    )
 )
 
 
