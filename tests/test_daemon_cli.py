@@ -1,0 +1,176 @@
+"""`xnatdrop status`, `requeue` and `doctor`, called in-process through `cli.main`.
+
+The XNAT checks of `doctor` run against a real sandbox on a free port; the ledger and the
+quarantined folder are real files made by the real modules.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from push_helpers import PROJECT, start_sandbox, write_config
+from xnatdrop import cli, config, daemon, ledger, quarantine
+from xnatdrop.sandbox.server import Sandbox
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    server = start_sandbox(tmp_path / "xnat")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, sandbox: Sandbox) -> Path:
+    return write_config(tmp_path, sandbox.url)
+
+
+def quarantined(tmp_path: Path, label: str, stamp: str = "20260101-120000") -> Path:
+    folder = tmp_path / "quarantine" / f"{label}__{stamp}"
+    (folder / "series1").mkdir(parents=True)
+    (folder / "series1" / "a.dcm").write_bytes(b"DICM")
+    quarantine.write(
+        folder,
+        {
+            "label": label,
+            "project": PROJECT,
+            "drop_root": str(tmp_path / "drop"),
+            "code": "RULES_BLOCKED",
+            "message": "a NIfTI file",
+            "fix": "remove it",
+            "time": "2026-01-01 12:00:00",
+            "findings": [],
+        },
+    )
+    return folder
+
+
+def test_status_reports_ledger_and_live_view(
+    tmp_path: Path, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = config.load(config_path)
+    with ledger.Ledger(settings.paths.state) as book:
+        drop = book.register(PROJECT, "SPN01_0001", tmp_path / "drop" / "SPN01_0001", Path(""))
+        book.fail(drop, "freeze", "TRANSIENT", "XNAT unreachable", time.time() + 60)
+    live = {"pid": 1, "updated": time.time(), "status": "1 settling", "paused_roots": []}
+    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+
+    assert cli.main(["status", "--config", str(config_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["drops"] == {"new": 1}
+    assert report["oldest_pending"]["label"] == "SPN01_0001"
+    assert report["recent_failures"][0]["code"] == "TRANSIENT"
+    assert report["daemon"]["running"] is True
+    assert report["last_success"] is None
+
+    live.update(paused_roots=[str(tmp_path / "drop")])
+    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+    assert cli.main(["status", "--config", str(config_path)]) == 1
+    text = capsys.readouterr().out
+    assert "ATTENTION: drop root paused" in text and "SPN01_0001" in text
+
+
+def test_status_when_the_daemon_is_gone(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = config.load(config_path)
+    settings.paths.state.mkdir(parents=True, exist_ok=True)
+    stale = {"pid": 1, "updated": time.time() - 3600, "status": "x", "paused_roots": []}
+    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(stale), encoding="utf-8")
+    assert cli.main(["status", "--config", str(config_path)]) == 1
+    assert "NOT RUNNING" in capsys.readouterr().out
+    assert not (settings.paths.state / ledger.FILENAME).exists()  # status never creates one
+
+
+def test_requeue_moves_the_folder_back_and_keeps_the_reason(
+    tmp_path: Path, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = quarantined(tmp_path, "SPN01_0007")
+    assert cli.main(["requeue", "SPN01_0007", "--config", str(config_path)]) == 0
+    back = tmp_path / "drop" / "SPN01_0007"
+    assert (back / "series1" / "a.dcm").read_bytes() == b"DICM"
+    assert not (back / quarantine.JSON_NAME).exists() and not folder.exists()
+    kept = tmp_path / "state" / "requeued" / folder.name / quarantine.JSON_NAME
+    assert json.loads(kept.read_text(encoding="utf-8"))["label"] == "SPN01_0007"
+    assert "back in the drop folder" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("setup", "name", "message"),
+    [
+        ("none", "SPN01_0008", "nothing called"),
+        ("two", "SPN01_0008", "give the full name"),
+        ("exists", "SPN01_0008", "already exists"),
+        ("active", "SPN01_0008", "still new"),
+    ],
+)
+def test_requeue_refusals(
+    tmp_path: Path,
+    config_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    setup: str,
+    name: str,
+    message: str,
+) -> None:
+    if setup != "none":
+        quarantined(tmp_path, "SPN01_0008")
+    if setup == "two":
+        quarantined(tmp_path, "SPN01_0008", "20260102-120000")
+    if setup == "exists":
+        (tmp_path / "drop" / "SPN01_0008").mkdir()
+    if setup == "active":
+        with ledger.Ledger(tmp_path / "state") as book:
+            book.register(PROJECT, "SPN01_0008", tmp_path / "drop" / "SPN01_0008", Path(""))
+    assert cli.main(["requeue", name, "--config", str(config_path)]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_doctor_passes_on_a_good_setup(
+    tmp_path: Path, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["doctor", "--config", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    for expected in (
+        "config",
+        "password",
+        "drop root",
+        "same file system",
+        "reachable",
+        "login as 'svc': works",
+        f"project {PROJECT}: visible",
+    ):
+        assert expected in out, expected
+
+
+def test_doctor_names_each_failure(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, sandbox.url)
+    (tmp_path / "secret").write_text("wrong\n", encoding="utf-8")
+    text = path.read_text(encoding="utf-8").replace('project = "SPN01"', 'project = "NOPE"')
+    path.write_text(text, encoding="utf-8")
+    (tmp_path / "drop").rmdir()
+    assert cli.main(["doctor", "--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  drop root" in out and "missing" in out
+    assert "FAIL  login as 'svc': refused" in out
+
+    (tmp_path / "secret").write_text("pw\n", encoding="utf-8")
+    (tmp_path / "drop").mkdir()
+    assert cli.main(["doctor", "--config", str(path)]) == 1
+    assert "FAIL  project NOPE: not found" in capsys.readouterr().out
+
+
+def test_doctor_when_xnat_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = start_sandbox(tmp_path / "xnat")
+    url = server.url
+    server.stop()  # nothing listens on that port any more
+    path = write_config(tmp_path, url)
+    assert cli.main(["doctor", "--config", str(path)]) == 1
+    assert "not reachable" in capsys.readouterr().out
