@@ -172,6 +172,8 @@ def bench_xnatdrop(work: Path, session: Path) -> dict[str, float]:
         "import_wait": float(send[2]) if send else 0.0,
         "import": steps.get("import", 0.0),
         "after": sum(steps.get(s, 0.0) for s in ("verify", "archive", "attach", "finish")),
+        **{s: steps.get(s, 0.0) for s in ("verify", "archive", "attach", "finish")},
+        "rest": seconds - sum(steps.values()),
     }
 
 
@@ -261,7 +263,10 @@ def main() -> int:
     print(
         f"\nxnatdrop split: check {drop['check']:.1f} s, pack {drop['pack']:.1f} s, "
         f"send {drop['send']:.1f} s, server import wait {drop['import_wait']:.1f} s, "
-        f"verify+archive+attach+finish {drop['after']:.1f} s"
+        f"verify+archive+attach+finish {drop['after']:.1f} s "
+        f"(verify {drop['verify']:.1f}, archive {drop['archive']:.1f}, "
+        f"attach {drop['attach']:.1f}, finish {drop['finish']:.1f}), "
+        f"process start and the rest {drop['rest']:.1f} s"
     )
     print(f"xnatdrop peak memory (RSS): {drop['peak'] / 1e6:.0f} MB")
     targets = [

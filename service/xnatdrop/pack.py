@@ -8,9 +8,14 @@ steps compare what XNAT holds against this manifest.
 Why the zip is stored, not deflated: DICOM pixel data barely compresses (a few percent for
 typical MR) and deflate would cost more CPU time than it saves on the wire, on a 2-core host.
 
-Why one pass: each file is read once, in 1 MiB chunks; the MD5 is updated from the same chunk
-that is written into the zip (zipfile computes the CRC on the way), so memory stays flat whatever
-the session size and the disk reads each byte once.
+Why one pass: each file is read once; the MD5 is computed from the same bytes that are written
+into the zip (zipfile computes the CRC on the way), so the disk reads each byte once.
+
+Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 5 GB/s for CRC32 and
+for writing), and hashlib releases the GIL. Files up to `WHOLE_FILE` bytes (a classic slice or a
+multi-frame volume) are read and hashed by `READERS` worker threads while the main thread writes
+the previous ones into the zip, in order; at most `WINDOW` bytes are read ahead, so memory stays
+bounded whatever the session size. Larger files are streamed in 1 MiB chunks by the main thread.
 
 Crash safety: the zip is written to `upload.zip.part` and renamed, then the manifest is written
 the same way. A manifest on disk therefore always describes a complete zip; `load()` returns
@@ -19,6 +24,8 @@ None when either is missing or the zip's size differs, and the pack step simply 
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -32,6 +39,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
+WINDOW = 32 << 20  # bytes read ahead of the zip writer, at most
+READERS = 2  # the host has 2 cores; hashing is the bottleneck
 ZIP_NAME = "upload.zip"
 MANIFEST_NAME = "manifest.json"
 
@@ -116,36 +126,47 @@ def pack(
     entries: list[Entry] = []
     started = time.monotonic()
     done = 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for item in items:
-            source = folder / item.path
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(source, "rb") as handle:
-                stat = os.fstat(handle.fileno())
-                info = zipfile.ZipInfo(item.path, date_time=_zip_time(stat.st_mtime))
-                info.compress_type = zipfile.ZIP_STORED
-                info.file_size = stat.st_size
-                size = 0
-                with archive.open(info, "w", force_zip64=stat.st_size >= 1 << 31) as target:
-                    while count := handle.readinto(buffer):
-                        chunk = view[:count]
-                        digest.update(chunk)
-                        target.write(chunk)
-                        size += count
+    queue: collections.deque[tuple[Item, concurrent.futures.Future[_Read] | None, int]]
+    queue = collections.deque()
+    ahead = 0
+    pending = iter(items)
+    with (
+        concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="pack") as readers,
+        zipfile.ZipFile(part, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        while True:
+            # Read ahead: small files go to the readers until WINDOW bytes are in flight.
+            while ahead < WINDOW:
+                item = next(pending, None)
+                if item is None:
+                    break
+                size = os.stat(folder / item.path).st_size
+                if size <= WHOLE_FILE:
+                    queue.append((item, readers.submit(_read_whole, folder / item.path), size))
+                    ahead += size
+                else:
+                    queue.append((item, None, size))
+            if not queue:
+                break
+            item, future, size = queue.popleft()
+            if future is not None:
+                ahead -= size
+                read = future.result()
+                _add(archive, item.path, read.size, read.mtime, [read.data])
+            else:
+                read = _stream(archive, folder / item.path, item.path)
             entries.append(
                 Entry(
                     path=item.path,
-                    size=size,
-                    md5=digest.hexdigest(),
+                    size=read.size,
+                    md5=read.md5,
                     sop_instance_uid=item.sop_instance_uid,
                     series_instance_uid=item.series_instance_uid,
                     series_number=item.series_number,
                     study_instance_uid=item.study_instance_uid,
                 )
             )
-            done += size
+            done += read.size
             if progress is not None:
                 progress(done)
     with open(part, "rb+") as handle:
@@ -155,6 +176,53 @@ def pack(
     _write_atomic(spool / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1).encode())
     log.debug("packed %d files, %d bytes in %.1f s", len(entries), done, time.monotonic() - started)
     return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class _Read:
+    size: int
+    md5: str
+    mtime: float
+    data: bytes = b""
+
+
+def _read_whole(path: Path) -> _Read:
+    """Read and hash one small file (in a reader thread; hashlib releases the GIL)."""
+    with open(path, "rb") as handle:
+        mtime = os.fstat(handle.fileno()).st_mtime
+        data = handle.read()
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    return _Read(len(data), digest, mtime, data)
+
+
+def _add(
+    archive: zipfile.ZipFile, name: str, size: int, mtime: float, chunks: Iterable[bytes]
+) -> None:
+    """One stored entry of `size` bytes; zip64 headers only where a size needs them."""
+    info = zipfile.ZipInfo(name, date_time=_zip_time(mtime))
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = size
+    with archive.open(info, "w", force_zip64=size >= 1 << 31) as target:
+        for chunk in chunks:
+            target.write(chunk)
+
+
+def _stream(archive: zipfile.ZipFile, path: Path, name: str) -> _Read:
+    """Copy one large file into the zip in CHUNK pieces, hashing on the way."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        size = 0
+
+        def chunks() -> Iterable[bytes]:
+            nonlocal size
+            while data := handle.read(CHUNK):
+                digest.update(data)
+                size += len(data)
+                yield data
+
+        _add(archive, name, stat.st_size, stat.st_mtime, chunks())
+    return _Read(size, digest.hexdigest(), stat.st_mtime)
 
 
 def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
