@@ -7,6 +7,7 @@ in-process) and checks XNAT, the ledger and the file system.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -300,3 +301,31 @@ def test_progress_bar_shows_bytes_rate_and_eta() -> None:
     text = stream.getvalue()
     assert "import" in text and "4.0/4.0 MB" in text and "MB/s" in text and "ETA" in text
     assert text.endswith("\n")
+
+
+def test_sidecars_only_missing_files_are_sent_and_changed_ones_quarantine(
+    tmp_path: Path, settings: config.Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A session with behav/ is archived. 2. The same session comes again with one more
+    behav file: only that file is sent. 3. It comes a third time with an edited behav file:
+    XNAT already holds another version, so it is quarantined as RESOURCE_CONFLICT."""
+    caplog.set_level(logging.INFO, logger="xnatdrop")
+    assert push(settings, stage(tmp_path / "drop", LABEL, SMALL)).kind == "archived"
+    more = stage(tmp_path / "drop", LABEL, SMALL)
+    (more / "behav" / "extra.csv").write_text("trial,rt\n3,0.333\n", encoding="utf-8")
+    assert push(settings, more).kind == "archived"
+    with client(settings) as xnat_client:
+        behav = xnat_client.resource_files(PROJECT, LABEL, LABEL, "behav")
+    assert behav is not None
+    assert sorted(f.path for f in behav) == [
+        "extra.csv",
+        "responses.csv",
+        "run2/responses.csv",
+    ]
+    assert "attach: behav 3 files (1 sent)" in caplog.text
+    edited = stage(tmp_path / "drop", LABEL, SMALL)
+    (edited / "behav" / "responses.csv").write_text("trial,rt\n1,9.999\n", encoding="utf-8")
+    outcome = push(settings, edited)
+    assert outcome.kind == "quarantined" and outcome.code == "RESOURCE_CONFLICT", outcome
+    assert outcome.path is not None
+    assert "responses.csv" in (outcome.path / "QUARANTINE.txt").read_text(encoding="utf-8")
