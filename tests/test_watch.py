@@ -187,6 +187,18 @@ def test_settled_folder_is_not_walked_again_until_it_changes(root: Path, clock: 
     assert watcher.find(root / "SUBJ01").fingerprint.files == 4
 
 
+def test_settled_folder_sees_a_new_series_folder(root: Path, clock: Clock) -> None:
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    assert scan_until_settled(watcher, clock) == ["SUBJ01"]
+    clock.advance(5)
+    assert watcher.scan().fingerprinted == 0
+    write(root / "SUBJ01" / "s2" / "b.dcm")
+    clock.advance(5)
+    assert watcher.scan().fingerprinted == 1
+    assert watcher.find(root / "SUBJ01").state is watch.State.SETTLING
+
+
 def test_confirm_catches_a_rewrite_the_shallow_check_misses(root: Path, clock: Clock) -> None:
     write(root / "SUBJ01" / "s1" / "a.dcm")
     watcher = watch.Watcher([root], settle_settings(), clock)

@@ -158,16 +158,32 @@ def fingerprint(folder: Path, settle: config_module.SettleSettings) -> Fingerpri
     return Fingerprint(files, total, newest_m, newest_c, digest, tuple(sorted(temp)[:5]), marker)
 
 
-def shallow_signature(folder: Path) -> tuple[object, ...]:
+def shallow_signature(
+    folder: Path, previous: tuple[object, ...] | None = None
+) -> tuple[object, ...]:
     """The folder's own times plus each direct entry's name, type and times.
 
     Adding, removing or renaming a file anywhere one level down changes the mtime of the
     directory holding it, so this catches files added to a settled folder's series folders at
     the cost of one listing and a few stats, instead of a stat per file. It does not see a file
     rewritten in place; `Watcher.confirm` re-fingerprints in full before hand-over for that.
+
+    With `previous` (the last signature) and unchanged folder times, the entries cannot have
+    changed, so only the known subfolders are stat'ed again, without listing the folder.
     """
     info = folder.stat()
     parts: list[object] = [info.st_mtime_ns, info.st_ctime_ns]
+    if previous is not None and tuple(previous[:2]) == tuple(parts):
+        try:
+            for part in previous[2:]:
+                if isinstance(part, tuple):
+                    sub = os.stat(folder / part[0], follow_symlinks=False)
+                    parts.append((part[0], sub.st_mtime_ns, sub.st_ctime_ns))
+                else:
+                    parts.append(part)
+            return tuple(parts)
+        except FileNotFoundError:
+            parts = parts[:2]
     with os.scandir(folder) as iterator:
         for entry in sorted(iterator, key=lambda e: e.name):
             if entry.is_dir(follow_symlinks=False):
@@ -299,7 +315,7 @@ class Watcher:
             self._restart(folder, now, "looking again")
         if folder.state is State.SETTLED:
             try:
-                shallow = shallow_signature(folder.path)
+                shallow = shallow_signature(folder.path, folder.shallow)
             except OSError:
                 return  # vanished between listing and stat; the next scan forgets it
             if shallow == folder.shallow:
