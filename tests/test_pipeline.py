@@ -299,7 +299,7 @@ def test_progress_bar_shows_bytes_rate_and_eta() -> None:
     bar("import", 0, 4_000_000)
     bar("import", 4_000_000, 4_000_000)
     text = stream.getvalue()
-    assert "import" in text and "4.0/4.0 MB" in text and "MB/s" in text and "ETA" in text
+    assert "import" in text and "4.0/4.0 MB" in text and "MB/s ETA" in text
     assert text.endswith("\n")
 
 

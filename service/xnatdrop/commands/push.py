@@ -65,15 +65,18 @@ class ProgressBar:
         if now - self.drawn < 0.1 and done < total:
             return
         self.drawn = now
-        elapsed = max(now - self.started, 1e-6)
-        rate = done / elapsed
+        elapsed = now - self.started
         fraction = done / total if total else 1.0
-        eta = (total - done) / rate if rate > 0 else 0.0
         filled = int(fraction * 30)
+        if elapsed >= 0.5 and done:  # a rate over the first instants means nothing
+            rate = done / elapsed
+            eta = int((total - done) / rate)
+            speed = f"{rate / 1e6:6.1f} MB/s ETA {eta // 60}:{eta % 60:02d}"
+        else:
+            speed = "     - MB/s ETA -:--"
         line = (
             f"\r{step:>7} [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} "
-            f"{done / 1e6:8.1f}/{total / 1e6:.1f} MB {rate / 1e6:6.1f} MB/s "
-            f"ETA {int(eta) // 60}:{int(eta) % 60:02d}\x1b[K"
+            f"{done / 1e6:8.1f}/{total / 1e6:.1f} MB {speed}\x1b[K"
         )
         self.stream.write(line + ("\n" if done >= total else ""))
         self.stream.flush()
