@@ -164,3 +164,14 @@ def test_status_queries(book: ledger.Ledger) -> None:
 def test_unknown_fields_are_refused(book: ledger.Ledger) -> None:
     with pytest.raises(ValueError, match="not a ledger field: colour"):
         book.update(register(book), colour="red")
+
+
+def test_thaw_sends_a_frozen_drop_back_to_settle(book: ledger.Ledger) -> None:
+    drop = register(book)
+    drop = book.advance(book.begin(drop, "freeze"), "freeze")
+    drop = book.begin(drop, "check")
+    drop = book.thaw(drop, "2 file(s) still being copied")
+    assert (drop.state, drop.running, drop.next_step) == ("new", None, "freeze")
+    assert book.history(drop)[-1].detail == {"reason": "2 file(s) still being copied"}
+    with pytest.raises(ledger.InvalidTransition):
+        book.thaw(drop, "again")
