@@ -377,6 +377,22 @@ def test_loose_file_blocks(subject: Path) -> None:
     assert found.path == loose.relative_to(subject) and not verdict.ok
 
 
+def test_control_files_are_neither_findings_nor_uploaded(subject: Path) -> None:
+    """subject.toml and the settle marker are ours; a stray file beside them still blocks."""
+    add_series(subject, "fmri", GE_FMRI)
+    (subject / "subject.toml").write_text('sex = "F"\n', encoding="utf-8")
+    (subject / "READY").write_text("", encoding="utf-8")
+    settings = config.parse({"settle": {"marker_name": "READY"}}, "test")
+    assert settings.control_files() == {"subject.toml", "READY"}
+    verdict = rules.check_folder(subject, control_files=settings.control_files())
+    assert verdict.ok and not verdict.findings
+    assert all(p.parent != Path(".") for p in verdict.upload_files())
+    (subject / "notes.txt").write_text("hello\n", encoding="utf-8")
+    verdict = rules.check_folder(subject, control_files=settings.control_files())
+    assert finding(verdict, "LOOSE_FILE").path == Path("notes.txt")
+    assert {f.path for f in verdict.findings} == {Path("notes.txt")}
+
+
 def test_duplicates_identical_are_kept_once_different_block(subject: Path) -> None:
     paths = add_series(subject, "fmri", GE_FMRI)
     link(paths[0], subject / "fmri" / "copy_of_first")

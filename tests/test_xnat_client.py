@@ -223,3 +223,16 @@ def test_subject_fields_are_set(client: xnat.XnatClient, sandbox: Sandbox) -> No
     )
     text = response.text
     assert "female" in text and "left" in text
+
+
+def test_close_logs_out_once_and_never_raises(sandbox: Sandbox) -> None:
+    """Logging out is best effort: one DELETE, and a server that is gone is no error."""
+    session = xnat.XnatClient(settings_for(sandbox), "pw")
+    session.whoami()
+    logouts = sandbox.requests["DELETE /data/JSESSION"]
+    session.close()
+    assert sandbox.requests["DELETE /data/JSESSION"] == logouts + 1
+    gone = xnat.XnatClient(settings_for(sandbox), "pw")
+    gone.whoami()
+    sandbox.stop()
+    gone.close()

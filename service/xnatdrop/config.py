@@ -405,6 +405,12 @@ class Config(BaseModel):
             merged["sidecars"] = list(self.push.sidecars)
         return RulesSettings.model_validate(merged)
 
+    def control_files(self) -> frozenset[str]:
+        """Names of xnatdrop's own files a technologist may put at the top of a subject folder
+        (the subject metadata file, the settle marker): not DICOM, not uploaded, not findings."""
+        names = {self.push.subject_file, self.settle.marker_name}
+        return frozenset(name for name in names if name)
+
     def drop_for(self, folder: Path) -> DropSettings | None:
         """The drop root a subject folder sits in, if any."""
         parent = folder.resolve().parent

@@ -1062,17 +1062,14 @@ def _check_facts(work: Path, config: Config, drop_settings: DropSettings) -> dic
     The result is plain JSON (stored in the spool): `ok`, `findings` (code, action, path,
     message, fix, files), `files` (`pack.Item` fields), `series`, `excluded` (what is left out
     and why), `sidecars` (resource name → folder relative to the subject folder).
-
-    The subject metadata file (`push.subject_file`) is ours, not a stray file: the findings the
-    rules raise about it (a loose, non-DICOM file) are dropped here and `ok` is recomputed.
     """
-    verdict = rules.check_folder(work, config.rules_for(drop_settings), drop_settings)
-    subject_file = config.push.subject_file
-    findings = [
-        f.to_json()
-        for f in verdict.reported()
-        if not (f.path.as_posix() == subject_file and f.code in ("LOOSE_FILE", "NOT_DICOM"))
-    ]
+    verdict = rules.check_folder(
+        work,
+        config.rules_for(drop_settings),
+        drop_settings,
+        control_files=config.control_files(),
+    )
+    findings = [f.to_json() for f in verdict.reported()]
     files = [
         dataclasses.asdict(
             pack.Item(
@@ -1087,7 +1084,7 @@ def _check_facts(work: Path, config: Config, drop_settings: DropSettings) -> dic
     ]
     return {
         "label": verdict.label,
-        "ok": not any(f["action"] == "block" for f in findings),
+        "ok": verdict.ok,
         "findings": findings,
         "files": files,
         "upload_bytes": sum(s.bytes for s in verdict.series),

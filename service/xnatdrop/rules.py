@@ -24,7 +24,7 @@ import filecmp
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -435,12 +435,15 @@ def check_folder(
     drop: config.DropSettings | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    control_files: Collection[str] = (),
 ) -> Verdict:
     """Check one subject folder and return its verdict; never raises for bad content.
 
     `settings` are the merged rules for this drop (`Config.rules_for(drop)`); None means the
     built-in defaults. `drop` supplies the label pattern. `progress(done, total)` is called
-    while files are read. Raise NotADirectoryError only if `folder` is not a directory.
+    while files are read. `control_files` are names of xnatdrop's own files at the top of the
+    folder (`Config.control_files()`: the subject metadata file, the settle marker); they are
+    neither uploaded nor reported. Raise NotADirectoryError only if `folder` is not a directory.
     """
     folder = Path(folder)
     if settings is not None and hasattr(settings, "rules_for"):  # a whole Config was passed
@@ -451,13 +454,13 @@ def check_folder(
             hit = _Hit("SYMLINK", Path("."), "the subject folder itself is a symbolic link")
             return _finish(folder, folder.name, [hit], [], {}, settings, 0)
         raise NotADirectoryError(f"{folder} is not a directory")
-    tree = _scan(folder, sidecar_names)
+    tree = _scan(folder, sidecar_names, frozenset(control_files))
     facts = dicomfiles.sniff_all([folder / p for p in tree.files], progress, workers)
     facts = [dataclasses.replace(f, path=p) for f, p in zip(facts, tree.files, strict=True)]
     return _judge(folder, tree, facts, settings, drop)
 
 
-def _scan(folder: Path, sidecar_names: Iterable[str]) -> _Tree:
+def _scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[str]) -> _Tree:
     """List files without following links; note sidecars, links and unreadable folders."""
     tree = _Tree()
     wanted = {name.lower(): name for name in sidecar_names}
@@ -482,6 +485,8 @@ def _scan(folder: Path, sidecar_names: Iterable[str]) -> _Tree:
                     _scan_sidecar(folder, path, tree)
                 else:
                     pending.append(path)
+            elif relative == Path(".") and entry.name in control_files:
+                continue
             elif not dicomfiles.is_os_litter(entry.name):
                 tree.files.append(path)
     tree.files.sort()

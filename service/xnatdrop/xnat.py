@@ -171,9 +171,16 @@ class XnatClient:
 
     def close(self) -> None:
         if self._logged_in:
-            # Logging out is a courtesy; the session expires on its own.
+            # Logging out is a courtesy (the session expires on its own), so it bypasses the
+            # session's retrying adapter: a server that is down must not delay shutdown.
             with contextlib.suppress(requests.RequestException):
-                self.http.delete(self.base + "/data/JSESSION", timeout=self._timeout)
+                requests.delete(
+                    self.base + "/data/JSESSION",
+                    cookies=self.http.cookies,
+                    headers={"User-Agent": USER_AGENT},
+                    verify=self.http.verify,
+                    timeout=(2.0, 5.0),
+                )
         self.http.close()
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -44,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
         return Exit.USAGE
     drop = settings.drop_for(folder)
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
-    verdict = rules.check_folder(folder, settings.rules_for(drop), drop, progress=progress)
+    verdict = rules.check_folder(
+        folder,
+        settings.rules_for(drop),
+        drop,
+        progress=progress,
+        control_files=settings.control_files(),
+    )
     if progress is not None:
         progress.done()
     if args.json:
