@@ -18,11 +18,9 @@ carry paths built from labels only.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +39,6 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"xnatdrop/{__version__} (+python-requests)"
 UPLOAD_CHUNK = 1024 * 1024
-# Concurrent GETs for listings that XNAT only serves per scan (prearchive files, reference §4.3).
-# A few overlap the round trips and the server's work on one request with the next; more only
-# queue up behind XNAT's request threads and the connection pool (`pool_maxsize` below).
-LISTING_THREADS = 4
 
 # Archive conflict messages (reference §5.3); a 500 carrying one of them is permanent.
 _CONFLICT_MARKERS = (
@@ -164,14 +158,10 @@ class XnatClient:
             raise_on_status=False,
             respect_retry_after_header=True,
         )
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=LISTING_THREADS)
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=4)
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
         self._logged_in = False
-        # Listing threads share this session; a login (which replaces the cookie) is done by one
-        # thread at a time, and only once per expiry: `_generation` counts logins.
-        self._login_lock = threading.Lock()
-        self._generation = 0
 
     def __enter__(self) -> XnatClient:
         return self
@@ -218,14 +208,7 @@ class XnatClient:
                 "XNAT_REJECTED", f"XNAT login answered HTTP {response.status_code}"
             )
         self._logged_in = True
-        self._generation += 1
         log.debug("logged in to %s as %s", self.base, self._username)
-
-    def _renew(self, generation: int) -> None:
-        """Log in unless another thread already did since `generation` was read."""
-        with self._login_lock:
-            if self._generation == generation:
-                self.login()
 
     def request(
         self,
@@ -245,10 +228,9 @@ class XnatClient:
         Statuses in `ok` are returned; others raise Transient/Permanent/AuthenticationError.
         """
         if not self._logged_in:
-            self._renew(0)
+            self.login()
         url = path if path.startswith("http") else self.base + path
         for attempt in (1, 2):
-            generation = self._generation
             try:
                 response = self.http.request(
                     method,
@@ -268,7 +250,7 @@ class XnatClient:
             )
             if expired and attempt == 1:
                 log.info("XNAT session expired; logging in again")
-                self._renew(generation)
+                self.login()
                 continue
             break
         log.debug("%s %s -> %s", method, path, response.status_code)
@@ -422,37 +404,23 @@ class XnatClient:
         return self._entry(rows[0]) if rows else None
 
     def prearchive_files(self, uri: str) -> list[RemoteFile]:
-        """Files of every scan of a prearchive session, in scan order (reference §4.3).
-
-        GET <uri>/scans?format=json, then GET <uri>/scans/{id}/resources/DICOM/files?format=json
-        for each scan: the prearchive has no all-scans file listing (§4.3 lists none), so a
-        session of 500 series costs 500 listings. They are read by LISTING_THREADS threads on
-        this client's session; after an error the listings not yet started are cancelled.
-        """
-        scan_ids = [scan.get("ID", "") for scan in self._get_table(f"{uri}/scans")]
-
-        def listing(scan_id: str) -> list[RemoteFile]:
-            rows = self._get_table(f"{uri}/scans/{quote(scan_id)}/resources/DICOM/files")
-            return [
-                RemoteFile(
-                    scan=scan_id,
-                    resource="DICOM",
-                    name=row.get("Name", ""),
-                    path=row.get("Name", ""),
-                    size=int(row.get("Size") or 0),
-                    digest=row.get("digest", ""),
-                    uri=row.get("URI", ""),
+        """Files of every scan of a prearchive session (reference §4.3)."""
+        files = []
+        for scan in self._get_table(f"{uri}/scans"):
+            scan_id = scan.get("ID", "")
+            for row in self._get_table(f"{uri}/scans/{quote(scan_id)}/resources/DICOM/files"):
+                files.append(
+                    RemoteFile(
+                        scan=scan_id,
+                        resource="DICOM",
+                        name=row.get("Name", ""),
+                        path=row.get("Name", ""),
+                        size=int(row.get("Size") or 0),
+                        digest=row.get("digest", ""),
+                        uri=row.get("URI", ""),
+                    )
                 )
-                for row in rows
-            ]
-
-        if len(scan_ids) < 2:
-            return [f for scan_id in scan_ids for f in listing(scan_id)]
-        pool = concurrent.futures.ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="xnat")
-        try:
-            return [f for files in pool.map(listing, scan_ids) for f in files]
-        finally:
-            pool.shutdown(cancel_futures=True)  # after an error, send no more requests
+        return files
 
     def build(self, uri: str) -> None:
         """POST <prearchive uri>?action=build: synchronous rebuild (reference §4.5)."""
