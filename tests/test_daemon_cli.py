@@ -174,3 +174,23 @@ def test_doctor_when_xnat_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[
     path = write_config(tmp_path, url)
     assert cli.main(["doctor", "--config", str(path)]) == 1
     assert "not reachable" in capsys.readouterr().out
+
+
+def test_doctor_fails_a_read_only_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A collaborator can see the project but not upload to it: doctor says so before a push."""
+    server = Sandbox(
+        data=tmp_path / "xnat", port=0, users=["svc:pw", "reader:pw:read"], projects=[PROJECT]
+    )
+    server.start()
+    try:
+        path = write_config(tmp_path, server.url)
+        text = path.read_text(encoding="utf-8").replace('username = "svc"', 'username = "reader"')
+        path.write_text(text, encoding="utf-8")
+        assert cli.main(["doctor", "--config", str(path)]) == 1
+    finally:
+        server.stop()
+    out = capsys.readouterr().out
+    assert f"PASS  project {PROJECT}: visible" in out
+    assert f"FAIL  project {PROJECT}: not writable ('reader' is collaborator)" in out

@@ -236,3 +236,15 @@ def test_close_logs_out_once_and_never_raises(sandbox: Sandbox) -> None:
     gone.whoami()
     sandbox.stop()
     gone.close()
+
+
+def test_project_roles_from_the_access_api(sandbox: Sandbox) -> None:
+    roles = {}
+    for user in ("svc", "reader", "outsider"):
+        with xnat.XnatClient(settings_for(sandbox, user), "pw") as session:
+            roles[user] = (session.project_role("SPN01"), session.project_role("NOPE"))
+    assert roles == {
+        "svc": ("owner", None),
+        "reader": ("collaborator", None),
+        "outsider": (None, None),
+    }

@@ -295,6 +295,17 @@ class XnatClient:
         )
         return response.status_code == 200
 
+    def project_role(self, project: str) -> str | None:
+        """The user's role in `project` (owner, member, collaborator), or None if it is not
+        visible, from GET /xapi/access/projects (XNAT's AccessApi). Owners and members may
+        upload and archive; collaborators may only read."""
+        response = self.request("GET", "/xapi/access/projects")
+        try:
+            roles = {row["ID"]: row.get("role", "") for row in response.json() if "ID" in row}
+        except (ValueError, TypeError, AttributeError) as error:
+            raise TransientError("XNAT sent an unreadable project access list") from error
+        return roles.get(project)
+
     def prearchive_code(self, project: str) -> int:
         """GET /data/projects/P/prearchive_code → 0 manual, 4/5 auto-archive (reference §7)."""
         text = self.request("GET", f"/data/projects/{quote(project)}/prearchive_code").text

@@ -4,7 +4,8 @@ Checks, in the order a new installation fails them: the config loads; the passwo
 each drop root exists and the service may list and rename in it; quarantine/, done/ and the
 state folder are writable; quarantine/ and done/ are on the same file system as every drop root
 (drops move by rename, never by copy); XNAT answers; our login works; each project is visible
-and its prearchive setting readable. Exit 0 when all pass, 1 otherwise, 2 for a bad config.
+and its prearchive setting readable; the user is an owner or member of each project (may upload
+and archive). Exit 0 when all pass, 1 otherwise, 2 for a bad config.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, Tr
 from xnatdrop.exitcodes import Exit
 
 Check = tuple[bool, str]  # (passed, line)
+WRITER_ROLES = frozenset({"owner", "member"})  # XNAT roles that may upload and archive
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -126,6 +128,7 @@ def xnat_checks(settings: config.Config, password: str) -> Iterator[Check]:
                     )
                     continue
                 code = client.prearchive_code(project)
+                role = client.project_role(project)
             except (TransientError, PermanentError, AuthenticationError) as error:
                 yield False, f"project {project}: {error}"
                 continue
@@ -137,6 +140,14 @@ def xnat_checks(settings: config.Config, password: str) -> Iterator[Check]:
                     "explicitly either way"
                 ),
             )
+            if role in WRITER_ROLES:
+                yield True, f"project {project}: writable ({who!r} is {role})"
+            else:
+                yield (
+                    False,
+                    f"project {project}: not writable ({who!r} is {role or 'no member'}); "
+                    "make the user a member or owner of the project in XNAT",
+                )
 
 
 def checks(path: Path) -> Iterator[Check]:
