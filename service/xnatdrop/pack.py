@@ -36,8 +36,9 @@ Larger files are hashed in a first pass (also by a reader) and sent in CHUNK pie
 one, which checks that the bytes did not change.
 
 A file whose size differs from the plan, or that vanished, aborts the body with `Changed` (a
-TransientError): the frozen folder should never change, and the pack step plans again on the
-next run.
+TransientError, not an OSError, so that urllib3 and requests let it through unchanged): the
+frozen folder should never change. The import step then drops the plan, and the next attempt
+plans again from the folder as it is.
 """
 
 from __future__ import annotations
@@ -180,11 +181,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def plan(folder: Path, items: Iterable[Item]) -> Plan:
     """Stat each item under `folder` and lay out the zip; no file data is read.
 
-    Raise OSError if a file is missing.
+    Raise Changed if a file is missing.
     """
     files = []
     for item in items:
-        stat = os.stat(folder / item.path)
+        try:
+            stat = os.stat(folder / item.path)
+        except FileNotFoundError:
+            raise Changed(f"{folder / item.path} is gone since the folder was checked") from None
         files.append(Planned(item, stat.st_size, stat.st_mtime))
     layout = _ZipWriter()
     for planned in files:
@@ -350,14 +354,22 @@ class Body:
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="upload")
         self._pieces = self._generate()
         self._done = False
+        self._failed: BaseException | None = None
 
     def __len__(self) -> int:
         return self._plan.zip_size
 
     def read(self, amount: int = -1) -> bytes:
+        if self._failed is not None:
+            # Never let a reader that goes on after an error take the short body as complete.
+            raise self._failed
         if self._done:
             return b""
-        piece = next(self._pieces, None)
+        try:
+            piece = next(self._pieces, None)
+        except BaseException as error:
+            self._failed = error
+            raise
         if piece is None:
             self._done = True
             self.close()

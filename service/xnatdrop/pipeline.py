@@ -737,13 +737,19 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         if run.progress is not None:
             run.progress("import", count, total)
 
-    uri = client.import_zip(
-        lambda: pack.Body(work, planned, spool),
-        project=run.project,
-        subject=drop.label,
-        session=drop.label,
-        progress=sent,
-    )
+    try:
+        uri = client.import_zip(
+            lambda: pack.Body(work, planned, spool),
+            project=run.project,
+            subject=drop.label,
+            session=drop.label,
+            progress=sent,
+        )
+    except pack.Changed:
+        # The frozen folder changed under us (it should not): the next attempt plans again from
+        # the folder as it is then. What XNAT got of this upload is cleaned up before it resends.
+        pack.remove(spool)
+        raise
     # Sending ends with the last byte; the rest is XNAT storing and building the session.
     sending = max(last_byte[0] - started, 1e-6)
     waiting = time.monotonic() - last_byte[0]
