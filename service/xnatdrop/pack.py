@@ -334,9 +334,8 @@ def digest(folder: Path, planned: Plan, spool: Path | None = None) -> Manifest:
 class Body:
     """The zip of `planned` as a request body: `len()` is its size, `read()` its next bytes.
 
-    `read(amount)` returns the next pieces (headers, small files, CHUNKs of a large one),
-    joined until they reach `amount` bytes (CHUNK if not given), so possibly more; b"" at the
-    end. When every file has been hashed, the manifest is
+    `read(amount)` returns the next piece (a header, a small file, or one CHUNK of a large
+    one), whatever `amount`; b"" at the end. When every file has been hashed, the manifest is
     saved to `spool` (if given) and passed to `on_manifest`. Raise Changed if a file no longer
     matches the plan. `close()` stops the reader threads; a new Body sends again from the start.
     """
@@ -364,24 +363,18 @@ class Body:
         if self._failed is not None:
             # Never let a reader that goes on after an error take the short body as complete.
             raise self._failed
-        wanted = amount if amount > 0 else CHUNK
-        pieces: list[bytes] = []
-        size = 0
-        # Small pieces (headers, small files) are joined up to `wanted` bytes: one send instead
-        # of many, for one copy of the data.
-        while size < wanted and not self._done:
-            try:
-                piece = next(self._pieces, None)
-            except BaseException as error:
-                self._failed = error
-                raise
-            if piece is None:
-                self._done = True
-                self.close()
-            else:
-                pieces.append(piece)
-                size += len(piece)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if self._done:
+            return b""
+        try:
+            piece = next(self._pieces, None)
+        except BaseException as error:
+            self._failed = error
+            raise
+        if piece is None:
+            self._done = True
+            self.close()
+            return b""
+        return piece
 
     def close(self) -> None:
         self._pieces.close()
