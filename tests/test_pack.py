@@ -1,14 +1,18 @@
-"""The upload zip and manifest, on real GE scanner files (ge_signa_premier_table)."""
+"""The streamed upload zip and its manifest, on real GE scanner files (ge_signa_premier_table)."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import textwrap
 import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from shared_data import dataset
 from xnatdrop import pack
@@ -36,36 +40,61 @@ def stage(tmp_path: Path, series: tuple[str, ...]) -> tuple[Path, list[pack.Item
     return folder, items
 
 
+def drain(body: pack.Body) -> bytes:
+    pieces = []
+    while piece := body.read(1 << 16):
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def assert_zip_holds(path: Path, folder: Path, names: list[str]) -> None:
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        infos = archive.infolist()
+        assert [i.filename for i in infos] == names
+        assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
+        for name in names:
+            assert archive.read(name) == (folder / name).read_bytes()
+
+
 def test_zip_holds_each_file_stored_and_byte_identical(tmp_path: Path) -> None:
     folder, items = stage(tmp_path, ("01_3_Plane_Localizer_FF", "02_Ax_fMRI_FF_I11.1_S15.9"))
     seen: list[int] = []
-    manifest = pack.pack(folder, items, tmp_path / "spool", progress=seen.append)
+    manifest = pack.write_zip(folder, items, tmp_path / "upload.zip", progress=seen.append)
     assert len(manifest.files) == 71 == len(items)
-    assert seen[-1] == manifest.total_bytes == sum((folder / i.path).stat().st_size for i in items)
-    with zipfile.ZipFile(manifest.zip_path) as archive:
-        assert archive.testzip() is None
-        infos = archive.infolist()
-        assert [i.filename for i in infos] == [i.path for i in items]
-        assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
-        for entry in manifest.files:
-            data = (folder / entry.path).read_bytes()
-            assert archive.read(entry.path) == data
-            assert entry.md5 == hashlib.md5(data).hexdigest()
-            assert entry.size == len(data)
+    assert seen[-1] == manifest.zip_size == (tmp_path / "upload.zip").stat().st_size
+    assert manifest.total_bytes == sum((folder / i.path).stat().st_size for i in items)
+    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path for i in items])
+    for entry in manifest.files:
+        data = (folder / entry.path).read_bytes()
+        assert entry.md5 == hashlib.md5(data).hexdigest()
+        assert entry.size == len(data)
     assert set(manifest.series()) == {i.series_instance_uid for i in items}
     assert len(manifest.study_uids()) == 1
 
 
-def test_load_returns_the_manifest_only_for_a_complete_pack(tmp_path: Path) -> None:
+def test_the_body_has_its_planned_length_and_saves_the_manifest_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """The Content-Length is known before any data is read; the manifest is saved once every
+    file has been hashed, and each new Body sends the same bytes again."""
     folder, items = stage(tmp_path, ("01_3_Plane_Localizer_FF",))
     spool = tmp_path / "spool"
+    planned = pack.plan(folder, items)
+    pack.save_plan(spool, planned)
+    assert pack.load_plan(spool) == planned
     assert pack.load(spool) is None
-    manifest = pack.pack(folder, items, spool)
-    assert pack.load(spool) == manifest
-    # A zip cut short (a crash while copying it elsewhere, a full disk) is not trusted.
-    with open(manifest.zip_path, "r+b") as handle:
-        handle.truncate(manifest.zip_size - 10)
-    assert pack.load(spool) is None
+    body = pack.Body(folder, planned, spool)
+    assert len(body) == planned.zip_size
+    first = body.read(1)
+    assert pack.load(spool) is None, "saved before the files were hashed"
+    data = first + drain(body)
+    assert len(data) == planned.zip_size and body.read(1) == b""
+    manifest = pack.load(spool)
+    assert manifest is not None and [e.path for e in manifest.files] == [i.path for i in items]
+    assert pack.digest(folder, planned) == manifest
+    with pack.Body(folder, planned) as again:
+        assert drain(again) == data
     pack.remove(spool)
     assert list(spool.iterdir()) == []
 
@@ -73,25 +102,134 @@ def test_load_returns_the_manifest_only_for_a_complete_pack(tmp_path: Path) -> N
 def test_technologist_files_are_untouched(tmp_path: Path) -> None:
     folder, items = stage(tmp_path, ("05_3_Plane_Localizer_HF",))
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
-    pack.pack(folder, items, tmp_path / "spool")
+    pack.write_zip(folder, items, tmp_path / "upload.zip")
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
     assert before == after
 
 
-def test_memory_stays_flat_for_large_files(tmp_path: Path) -> None:
-    """A 256 MB file packs with a few MB of Python allocations (one 1 MiB buffer)."""
-    folder = tmp_path / "big"
-    folder.mkdir()
-    with open(folder / "large.dcm", "wb") as handle:
+def big_file(folder: Path, mib: int) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / "large.dcm"
+    with open(path, "wb") as handle:
         block = bytes(range(256)) * 4096
-        for _ in range(256):
+        for _ in range(mib):
             handle.write(block)
+    return path
+
+
+def test_memory_stays_flat_for_large_files(tmp_path: Path) -> None:
+    """A 256 MB file streams with a few MB of Python allocations (1 MiB pieces)."""
+    big_file(tmp_path / "big", 256)
     items = [pack.Item("large.dcm", "1.2.3", "1.2.4", "1")]
     tracemalloc.start()
     try:
-        manifest = pack.pack(folder, items, tmp_path / "spool")
+        manifest = pack.write_zip(tmp_path / "big", items, tmp_path / "upload.zip")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert manifest.files[0].size == 256 << 20
     assert peak < 8 << 20, f"peak Python allocation {peak / 1e6:.1f} MB"
+    assert_zip_holds(tmp_path / "upload.zip", tmp_path / "big", ["large.dcm"])
+
+
+@pytest.mark.parametrize("change", ["grow", "shrink", "vanish"])
+@pytest.mark.parametrize("mib", [0, 9])  # read whole by a reader thread; hashed then streamed
+def test_a_file_that_changed_after_planning_aborts_the_body(
+    tmp_path: Path, change: str, mib: int
+) -> None:
+    folder = tmp_path / "SPN01_0001"
+    path = big_file(folder, mib)
+    if not mib:
+        path.write_bytes(b"x" * 1000)
+    planned = pack.plan(folder, [pack.Item("large.dcm", "1.2.3", "1.2.4", "1")])
+    if change == "grow":
+        with open(path, "ab") as handle:
+            handle.write(b"more")
+    elif change == "shrink":
+        with open(path, "r+b") as handle:
+            handle.truncate(planned.files[0].size - 1)
+    else:
+        path.unlink()
+    with pack.Body(folder, planned, tmp_path / "spool") as body:
+        with pytest.raises(pack.Changed):
+            drain(body)
+        with pytest.raises(pack.Changed):
+            body.read(1)  # a short body never passes for a complete one
+    assert pack.load(tmp_path / "spool") is None
+
+
+def zip64_folder(tmp_path: Path) -> tuple[Path, list[pack.Item]]:
+    folder = tmp_path / "SPN01_0001"
+    (folder / "série 1").mkdir(parents=True)
+    items = []
+    for number in range(5):
+        name = f"série 1/{number:04d}.dcm"
+        (folder / name).write_bytes(bytes([number]) * (300 + number))
+        items.append(pack.Item(name, f"1.2.{number}", "1.2.9", "1"))
+    return folder, items
+
+
+def test_zip64_fields_and_utf8_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the ZIP64 threshold lowered, every size and offset takes the ZIP64 paths that a
+    session over 2 GiB would take; zipfile reads them back."""
+    monkeypatch.setattr(pack, "ZIP64_LIMIT", 100)
+    folder, items = zip64_folder(tmp_path)
+    manifest = pack.write_zip(folder, items, tmp_path / "upload.zip")
+    assert manifest.zip_size == (tmp_path / "upload.zip").stat().st_size
+    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path for i in items])
+    with zipfile.ZipFile(tmp_path / "upload.zip") as archive:
+        assert all(i.flag_bits & 0x800 for i in archive.infolist())
+
+
+JAVA_READER = """
+import java.io.*;
+import java.util.zip.*;
+
+public class ReadZip {
+    public static void main(String[] args) throws IOException {
+        try (ZipInputStream in = new ZipInputStream(new FileInputStream(args[0]))) {
+            byte[] buffer = new byte[65536];
+            for (ZipEntry entry; (entry = in.getNextEntry()) != null; ) {
+                long size = 0;
+                CRC32 crc = new CRC32();
+                for (int n; (n = in.read(buffer)) > 0; ) {
+                    size += n;
+                    crc.update(buffer, 0, n);
+                }
+                System.out.println(entry.getName() + "\\t" + size + "\\t" + crc.getValue());
+            }
+        }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_java_zipinputstream_reads_the_zip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64: bool
+) -> None:
+    """XNAT's DICOM-zip importer reads uploads with java.util.zip.ZipInputStream, which refuses
+    data descriptors on stored entries; a tiny Java reader checks each entry and its CRC."""
+    if shutil.which("javac") is None or shutil.which("java") is None:
+        pytest.skip("no Java compiler on this host")
+    if zip64:
+        monkeypatch.setattr(pack, "ZIP64_LIMIT", 100)
+    folder, items = zip64_folder(tmp_path)
+    pack.write_zip(folder, items, tmp_path / "upload.zip")
+    source = tmp_path / "java" / "ReadZip.java"
+    source.parent.mkdir()
+    source.write_text(textwrap.dedent(JAVA_READER), encoding="utf-8")
+    subprocess.run(["javac", str(source)], check=True, capture_output=True)
+    result = subprocess.run(
+        ["java", "-cp", str(source.parent), "ReadZip", str(tmp_path / "upload.zip")],
+        check=True,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+    )
+    expected = [
+        f"{i.path}\t{len(d)}\t{zlib.crc32(d)}"
+        for i in items
+        for d in [(folder / i.path).read_bytes()]
+    ]
+    assert result.stdout.splitlines() == expected

@@ -28,7 +28,7 @@ from push_helpers import (
     start_sandbox,
     write_config,
 )
-from xnatdrop import config, ledger, pipeline
+from xnatdrop import config, ledger, pack, pipeline
 from xnatdrop.sandbox.server import Sandbox
 
 LABEL = "SPN01_0007"
@@ -147,6 +147,55 @@ def test_sandbox_restarted_mid_run(tmp_path: Path, server: Sandbox) -> None:
         assert_done(tmp_path, settings, original)
     finally:
         again.stop()
+
+
+def test_a_file_changed_during_the_upload_is_transient_and_replanned(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """1. A frozen file is cut short after the zip was planned. 2. The streamed upload stops
+    with a transient error and the plan is dropped. 3. The file is put back; the next run plans
+    again and archives once."""
+    settings = load(write_config(tmp_path, server.url, inline_attempts=1))
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+    changed: list[tuple[Path, bytes]] = []
+
+    def cut_a_file(step: str, done: int, total: int) -> None:
+        if step == "pack" and not changed:
+            (plan,) = (settings.paths.state / "spool").rglob(pack.PLAN_NAME)
+            planned = pack.load_plan(plan.parent)
+            assert planned is not None
+            relative = f"/{LABEL}/{planned.files[0].item.path}"
+            (path,) = (p for p in (tmp_path / "drop").rglob("*") if str(p).endswith(relative))
+            changed.append((path, path.read_bytes()))
+            path.write_bytes(changed[0][1][:1000])
+
+    outcome = push(settings, folder, progress=cut_a_file)
+    assert outcome.kind == "transient" and "changed after planning" in outcome.message, outcome
+    assert not list((settings.paths.state / "spool").rglob(pack.PLAN_NAME))
+    path, data = changed[0]
+    path.write_bytes(data)
+    assert push(settings, folder).kind == "archived"
+    assert_done(tmp_path, settings, original)
+
+
+@pytest.mark.slow
+def test_a_lost_manifest_is_rebuilt_by_hashing(tmp_path: Path, server: Sandbox) -> None:
+    """1. The push is SIGKILLed once the upload is complete, before the ledger heard of it.
+    2. The manifest is lost (as after a crash just before it was saved). 3. The re-run finds the
+    upload READY in the prearchive, hashes the files to compare, and does not send them again."""
+    config_path = write_config(tmp_path, server.url)
+    settings = load(config_path)
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+    killed = push_process(config_path, folder, "import:after")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (manifest,) = (settings.paths.state / "spool").rglob(pack.MANIFEST_NAME)
+    manifest.unlink()
+    rerun = push_process(config_path, folder)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already in the prearchive; nothing sent" in rerun.stderr
+    assert_done(tmp_path, settings, original)
 
 
 # -- kill -9 of the push process ---------------------------------------------------------------

@@ -47,7 +47,7 @@ STATES: dict[str, str] = {
     "new": "registered; the folder is still in the drop root",
     "frozen": "moved into the working area; later changes in the drop root do not affect it",
     "checked": "the rules passed (no block finding)",
-    "packed": "upload zip and manifest written",
+    "packed": "upload zip planned (names, sizes, length)",
     "imported": "sent to the XNAT prearchive",
     "verified": "the prearchive session is READY and matches the manifest",
     "archived": "archived in XNAT and read back: scans, file counts, sizes, MD5s",

@@ -1,25 +1,44 @@
-"""The upload zip and its manifest.
+"""The upload zip, streamed, and its manifest.
 
-`pack()` writes one zip of the DICOM files a drop uploads (the rules decide which; excluded files
-are simply not passed in) and a manifest with, for each file, its path relative to the subject
-folder, size, MD5, SOPInstanceUID, SeriesInstanceUID and SeriesNumber. The verify and archive
-steps compare what XNAT holds against this manifest.
+The upload is one stored zip of the DICOM files a drop uploads (the rules decide which; excluded
+files are simply not passed in). It is never written to disk: the pack step only *plans* it, and
+the import step generates its bytes while sending them, reading and hashing each file on the way.
+
+- `plan()` stats every file and fixes the zip's layout: entry order, names, sizes and, from
+  those, its exact length, before any data is read (ZIP64 decisions depend on sizes and offsets
+  only). `save_plan()` writes it atomically to the spool as `plan.json`.
+- `Body` is the request body: a file-like object with `__len__` (so the request has a
+  Content-Length, not chunked encoding) whose `read()` produces the zip lazily. When every file
+  has been hashed it writes the manifest (`manifest.json`, atomically): for each file its path
+  relative to the subject folder, size, MD5, SOPInstanceUID, SeriesInstanceUID and SeriesNumber.
+  The verify and archive steps compare what XNAT holds against this manifest.
+- `digest()` builds the same manifest without sending anything, for a run that needs it but has
+  none (a crash before the body was complete, with something already on the server).
+- `write_zip()` drains a `Body` into a file: the same bytes, for tests and the benchmark.
 
 Why the zip is stored, not deflated: DICOM pixel data barely compresses (a few percent for
 typical MR) and deflate would cost more CPU time than it saves on the wire, on a 2-core host.
 
-Why one pass: each file is read once; the MD5 is computed from the same bytes that are written
-into the zip (zipfile computes the CRC on the way), so the disk reads each byte once.
+Why stream: building a 2 GB zip on disk (read, hash, write, fsync) sat on the critical path
+before the first byte was sent. Streaming overlaps reading and hashing with the upload.
 
-Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 5 GB/s for CRC32 and
-for writing), and hashlib releases the GIL. Files up to `WHOLE_FILE` bytes (a classic slice or a
-multi-frame volume) are read and hashed by `READERS` worker threads while the main thread writes
-the previous ones into the zip, in order; at most `WINDOW` bytes are read ahead, so memory stays
-bounded whatever the session size. Larger files are streamed in 1 MiB chunks by the main thread.
+Why our own zip writer: each local header must hold the entry's CRC-32, and it precedes the data.
+`zipfile` on a non-seekable stream writes data descriptors instead, which Java's ZipInputStream
+(XNAT's DICOM-zip importer) refuses for stored entries. So each file is hashed before its header
+is emitted. The format is PKWARE APPNOTE 6.3: stored entries, ZIP64 extra fields and end records
+where a size, an offset or the entry count needs them, UTF-8 names flagged (bit 11).
 
-Crash safety: the zip is written to `upload.zip.part` and renamed, then the manifest is written
-the same way. A manifest on disk therefore always describes a complete zip; `load()` returns
-None when either is missing or the zip's size differs, and the pack step simply runs again.
+Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 2 GB/s for CRC-32), and
+hashlib and zlib release the GIL. Files up to `WHOLE_FILE` bytes (a classic slice or a
+multi-frame volume) are read and hashed whole by `READERS` worker threads ahead of the sender, in
+order; at most `WINDOW` bytes are read ahead, so memory stays flat whatever the session size.
+Larger files are hashed in a first pass (also by a reader) and sent in CHUNK pieces in a second
+one, which checks that the bytes did not change.
+
+A file whose size differs from the plan, or that vanished, aborts the body with `Changed` (a
+TransientError, not an OSError, so that urllib3 and requests let it through unchanged): the
+frozen folder should never change. The import step then drops the plan, and the next attempt
+plans again from the folder as it is.
 """
 
 from __future__ import annotations
@@ -31,19 +50,27 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import time
-import zipfile
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from xnatdrop.errors import TransientError
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
-WINDOW = 32 << 20  # bytes read ahead of the zip writer, at most
+WINDOW = 32 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
-ZIP_NAME = "upload.zip"
+ZIP64_LIMIT = (1 << 31) - 1  # above this a size or offset goes in a ZIP64 field, as zipfile does
+PLAN_NAME = "plan.json"
 MANIFEST_NAME = "manifest.json"
+
+
+class Changed(TransientError):
+    """A file of the frozen folder changed size or vanished after the plan was made."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +85,49 @@ class Item:
 
 
 @dataclasses.dataclass(frozen=True)
+class Planned:
+    """One zip entry of the plan: the item, its size and modification time when planned."""
+
+    item: Item
+    size: int
+    mtime: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    zip_size: int
+    files: tuple[Planned, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.size for p in self.files)
+
+    def study_uids(self) -> set[str]:
+        return {p.item.study_instance_uid for p in self.files if p.item.study_instance_uid}
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "zip_size": self.zip_size,
+            "file_count": len(self.files),
+            "bytes": self.total_bytes,
+            "files": [
+                {**dataclasses.asdict(p.item), "size": p.size, "mtime": p.mtime} for p in self.files
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Plan:
+        files = []
+        for row in data["files"]:  # type: ignore[attr-defined]
+            fields = dict(row)
+            size, mtime = int(fields.pop("size")), float(fields.pop("mtime"))
+            files.append(Planned(Item(**fields), size, mtime))
+        return cls(int(data["zip_size"]), tuple(files))  # type: ignore[call-overload]
+
+
+@dataclasses.dataclass(frozen=True)
 class Entry:
-    """One manifest line: what was packed, with the MD5 of the bytes that went into the zip."""
+    """One manifest line: what was sent, with the MD5 of the bytes that went into the zip."""
 
     path: str
     size: int
@@ -72,7 +140,6 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    zip_path: Path
     zip_size: int
     files: tuple[Entry, ...]
 
@@ -92,7 +159,6 @@ class Manifest:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "zip": self.zip_path.name,
             "zip_size": self.zip_size,
             "file_count": len(self.files),
             "bytes": self.total_bytes,
@@ -109,142 +175,397 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(part, path)
 
 
-def pack(
-    folder: Path,
-    items: Iterable[Item],
-    spool: Path,
-    progress: Callable[[int], None] | None = None,
-) -> Manifest:
-    """Write `spool/upload.zip` (stored) and `spool/manifest.json` for `items` under `folder`.
+# -- the plan --------------------------------------------------------------------------------
 
-    Entries are named by their relative path, so XNAT sees the technologist's file names.
-    `progress(bytes_done)` is called after each file. Raise OSError if a file cannot be read.
+
+def plan(folder: Path, items: Iterable[Item]) -> Plan:
+    """Stat each item under `folder` and lay out the zip; no file data is read.
+
+    Raise Changed if a file is missing.
     """
+    files = []
+    for item in items:
+        try:
+            stat = os.stat(folder / item.path)
+        except FileNotFoundError:
+            raise Changed(f"{folder / item.path} is gone since the folder was checked") from None
+        files.append(Planned(item, stat.st_size, stat.st_mtime))
+    layout = _ZipWriter()
+    for planned in files:
+        layout.local(planned.item.path, planned.size, 0, planned.mtime)
+        layout.offset += planned.size
+    size = layout.offset + len(layout.finish())
+    return Plan(size, tuple(files))
+
+
+def save_plan(spool: Path, planned: Plan) -> None:
     spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    zip_path = spool / ZIP_NAME
-    part = zip_path.with_name(ZIP_NAME + ".part")
-    entries: list[Entry] = []
-    started = time.monotonic()
-    done = 0
-    queue: collections.deque[tuple[Item, concurrent.futures.Future[_Read] | None, int]]
-    queue = collections.deque()
-    ahead = 0
-    pending = iter(items)
-    with (
-        concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="pack") as readers,
-        zipfile.ZipFile(part, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
-    ):
-        while True:
-            # Read ahead: small files go to the readers until WINDOW bytes are in flight.
-            while ahead < WINDOW:
-                item = next(pending, None)
-                if item is None:
-                    break
-                size = os.stat(folder / item.path).st_size
-                if size <= WHOLE_FILE:
-                    queue.append((item, readers.submit(_read_whole, folder / item.path), size))
-                    ahead += size
-                else:
-                    queue.append((item, None, size))
-            if not queue:
-                break
-            item, future, size = queue.popleft()
-            if future is not None:
-                ahead -= size
-                read = future.result()
-                _add(archive, item.path, read.size, read.mtime, [read.data])
-            else:
-                read = _stream(archive, folder / item.path, item.path)
-            entries.append(
-                Entry(
-                    path=item.path,
-                    size=read.size,
-                    md5=read.md5,
-                    sop_instance_uid=item.sop_instance_uid,
-                    series_instance_uid=item.series_instance_uid,
-                    series_number=item.series_number,
-                    study_instance_uid=item.study_instance_uid,
-                )
-            )
-            done += read.size
-            if progress is not None:
-                progress(done)
-    with open(part, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(part, zip_path)
-    manifest = Manifest(zip_path, zip_path.stat().st_size, tuple(entries))
-    _write_atomic(spool / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1).encode())
-    log.debug("packed %d files, %d bytes in %.1f s", len(entries), done, time.monotonic() - started)
-    return manifest
+    _write_atomic(spool / PLAN_NAME, json.dumps(planned.to_json(), indent=1).encode())
+
+
+def load_plan(spool: Path) -> Plan | None:
+    """The plan in `spool`, or None if there is none or it is unreadable."""
+    try:
+        return Plan.from_json(json.loads((spool / PLAN_NAME).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# -- reading and hashing ---------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class _Read:
     size: int
     md5: str
-    mtime: float
-    data: bytes = b""
+    crc: int
+    data: bytes | None = None  # the whole file, for small ones
 
 
-def _read_whole(path: Path) -> _Read:
-    """Read and hash one small file (in a reader thread; hashlib releases the GIL)."""
-    with open(path, "rb") as handle:
-        mtime = os.fstat(handle.fileno()).st_mtime
-        data = handle.read()
+def _read_whole(path: Path, size: int) -> _Read:
+    """Read and hash one small file (in a reader thread; hashlib and zlib release the GIL)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(size + 1)
+    except FileNotFoundError:
+        raise Changed(f"{path} vanished after the upload was planned") from None
+    if len(data) != size:
+        raise Changed(f"{path} is {len(data)} bytes, planned {size}; it changed after planning")
     digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    return _Read(len(data), digest, mtime, data)
+    return _Read(size, digest, zlib.crc32(data), data)
 
 
-def _add(
-    archive: zipfile.ZipFile, name: str, size: int, mtime: float, chunks: Iterable[bytes]
-) -> None:
-    """One stored entry of `size` bytes; zip64 headers only where a size needs them."""
-    info = zipfile.ZipInfo(name, date_time=_zip_time(mtime))
-    info.compress_type = zipfile.ZIP_STORED
-    info.file_size = size
-    with archive.open(info, "w", force_zip64=size >= 1 << 31) as target:
-        for chunk in chunks:
-            target.write(chunk)
-
-
-def _stream(archive: zipfile.ZipFile, path: Path, name: str) -> _Read:
-    """Copy one large file into the zip in CHUNK pieces, hashing on the way."""
+def _digest(path: Path, size: int) -> _Read:
+    """The first pass over a large file: its MD5 and CRC-32, in CHUNK pieces."""
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        stat = os.fstat(handle.fileno())
-        size = 0
-
-        def chunks() -> Iterable[bytes]:
-            nonlocal size
+    crc = done = 0
+    try:
+        with open(path, "rb") as handle:
             while data := handle.read(CHUNK):
                 digest.update(data)
-                size += len(data)
-                yield data
+                crc = zlib.crc32(data, crc)
+                done += len(data)
+    except FileNotFoundError:
+        raise Changed(f"{path} vanished after the upload was planned") from None
+    if done != size:
+        raise Changed(f"{path} is {done} bytes, planned {size}; it changed after planning")
+    return _Read(size, digest.hexdigest(), crc)
 
-        _add(archive, name, stat.st_size, stat.st_mtime, chunks())
-    return _Read(size, digest.hexdigest(), stat.st_mtime)
+
+def _copy(path: Path, first: _Read) -> Iterator[bytes]:
+    """The second pass over a large file; Changed if it differs from the first one."""
+    crc = done = 0
+    try:
+        with open(path, "rb") as handle:
+            while data := handle.read(CHUNK):
+                crc = zlib.crc32(data, crc)
+                done += len(data)
+                if done > first.size:
+                    break
+                yield data
+    except FileNotFoundError:
+        raise Changed(f"{path} vanished while it was sent") from None
+    if (done, crc) != (first.size, first.crc):
+        raise Changed(f"{path} changed while it was sent")
+
+
+def _hashed(
+    folder: Path, planned: Plan, readers: concurrent.futures.Executor
+) -> Iterator[tuple[Planned, _Read]]:
+    """Each planned file with its hashes (and data, if small), in order, read ahead by `readers`.
+
+    At most WINDOW bytes of small files are held ahead; a large file counts as one CHUNK.
+    """
+    queue: collections.deque[tuple[Planned, concurrent.futures.Future[_Read], int]]
+    queue = collections.deque()
+    ahead = 0
+    pending = iter(planned.files)
+    try:
+        while True:
+            while ahead < WINDOW:
+                entry = next(pending, None)
+                if entry is None:
+                    break
+                path = folder / entry.item.path
+                if entry.size <= WHOLE_FILE:
+                    future = readers.submit(_read_whole, path, entry.size)
+                    cost = entry.size
+                else:
+                    future = readers.submit(_digest, path, entry.size)
+                    cost = CHUNK
+                queue.append((entry, future, cost))
+                ahead += cost
+            if not queue:
+                return
+            entry, future, cost = queue.popleft()
+            ahead -= cost
+            yield entry, future.result()
+    finally:
+        for _, future, _ in queue:
+            future.cancel()
+
+
+def _entry(planned: Planned, read: _Read) -> Entry:
+    item = planned.item
+    return Entry(
+        path=item.path,
+        size=read.size,
+        md5=read.md5,
+        sop_instance_uid=item.sop_instance_uid,
+        series_instance_uid=item.series_instance_uid,
+        series_number=item.series_number,
+        study_instance_uid=item.study_instance_uid,
+    )
+
+
+def digest(folder: Path, planned: Plan, spool: Path | None = None) -> Manifest:
+    """The manifest of the planned files, hashing them without sending; saved if `spool`."""
+    with concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="hash") as readers:
+        entries = [_entry(p, r) for p, r in _hashed(folder, planned, readers)]
+    manifest = Manifest(planned.zip_size, tuple(entries))
+    if spool is not None:
+        save(spool, manifest)
+    return manifest
+
+
+# -- the streamed zip ------------------------------------------------------------------------
+
+
+class Body:
+    """The zip of `planned` as a request body: `len()` is its size, `read()` its next bytes.
+
+    `read(amount)` returns the next piece (a header, a small file, or one CHUNK of a large
+    one), whatever `amount`; b"" at the end. When every file has been hashed, the manifest is
+    saved to `spool` (if given) and passed to `on_manifest`. Raise Changed if a file no longer
+    matches the plan. `close()` stops the reader threads; a new Body sends again from the start.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        planned: Plan,
+        spool: Path | None = None,
+        on_manifest: Callable[[Manifest], None] | None = None,
+    ) -> None:
+        self._folder = folder
+        self._plan = planned
+        self._spool = spool
+        self._on_manifest = on_manifest
+        self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="upload")
+        self._pieces = self._generate()
+        self._done = False
+        self._failed: BaseException | None = None
+
+    def __len__(self) -> int:
+        return self._plan.zip_size
+
+    def read(self, amount: int = -1) -> bytes:
+        if self._failed is not None:
+            # Never let a reader that goes on after an error take the short body as complete.
+            raise self._failed
+        if self._done:
+            return b""
+        try:
+            piece = next(self._pieces, None)
+        except BaseException as error:
+            self._failed = error
+            raise
+        if piece is None:
+            self._done = True
+            self.close()
+            return b""
+        return piece
+
+    def close(self) -> None:
+        self._pieces.close()
+        self._readers.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Body:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _generate(self) -> Iterator[bytes]:
+        writer = _ZipWriter()
+        entries = []
+        for planned, read in _hashed(self._folder, self._plan, self._readers):
+            path = self._folder / planned.item.path
+            yield writer.local(planned.item.path, planned.size, read.crc, planned.mtime)
+            if read.data is not None:
+                yield read.data
+            else:
+                yield from _copy(path, read)
+            writer.offset += planned.size
+            entries.append(_entry(planned, read))
+        manifest = Manifest(self._plan.zip_size, tuple(entries))
+        if self._spool is not None:
+            save(self._spool, manifest)
+        if self._on_manifest is not None:
+            self._on_manifest(manifest)
+        tail = writer.finish()
+        if writer.offset + len(tail) != self._plan.zip_size:
+            raise AssertionError("the zip's length differs from its plan")  # a bug, not data
+        yield tail
+
+
+def write_zip(
+    folder: Path,
+    items: Iterable[Item],
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Write the zip a `Body` would send to `path` (for tests and the benchmark)."""
+    planned = plan(folder, items)
+    manifests: list[Manifest] = []
+    done = 0
+    with Body(folder, planned, on_manifest=manifests.append) as body, open(path, "wb") as out:
+        while piece := body.read(CHUNK):
+            out.write(piece)
+            done += len(piece)
+            if progress is not None:
+                progress(done)
+    return manifests[0]
+
+
+class _ZipWriter:
+    """Headers of stored entries whose size and CRC-32 are known before their data.
+
+    The caller emits each local header, then the entry's data, and adds the data's size to
+    `offset`; `finish()` returns the central directory and end records. The lengths of the
+    headers do not depend on the CRC, so `plan()` uses the same code with a zero CRC.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self._central: list[bytes] = []
+
+    def local(self, name: str, size: int, crc: int, mtime: float) -> bytes:
+        """One entry's local header (APPNOTE 4.3.7); its central header is kept for later."""
+        offset = self.offset
+        try:
+            encoded, flags = name.encode("ascii"), 0
+        except UnicodeEncodeError:
+            encoded, flags = name.encode("utf-8"), 0x800  # general purpose bit 11: UTF-8 name
+        dos_time, dos_date = _dos_stamp(mtime)
+        big = size > ZIP64_LIMIT
+        version = 45 if big else 20
+        stored = 0xFFFFFFFF if big else size
+        extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+        header = (
+            struct.pack(
+                "<IHHHHHIIIHH",
+                0x04034B50,
+                version,
+                flags,
+                0,
+                dos_time,
+                dos_date,
+                crc,
+                stored,
+                stored,
+                len(encoded),
+                len(extra),
+            )
+            + encoded
+            + extra
+        )
+        # Central directory header (4.3.12); its ZIP64 field holds what overflowed, in order.
+        fields = [size, size] if big else []
+        if offset > ZIP64_LIMIT:
+            fields.append(offset)
+        extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+        version = 45 if fields else 20
+        self._central.append(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                (3 << 8) | version,
+                version,
+                flags,
+                0,
+                dos_time,
+                dos_date,
+                crc,
+                stored,
+                stored,
+                len(encoded),
+                len(extra),
+                0,
+                0,
+                0,
+                0o600 << 16,
+                0xFFFFFFFF if offset > ZIP64_LIMIT else offset,
+            )
+            + encoded
+            + extra
+        )
+        self.offset += len(header)
+        return header
+
+    def finish(self) -> bytes:
+        """The central directory and the end records (4.3.14-4.3.16)."""
+        start = self.offset
+        central = b"".join(self._central)
+        size = len(central)
+        count = len(self._central)
+        tail = [central]
+        if count >= 0xFFFF or start > ZIP64_LIMIT or size > ZIP64_LIMIT:
+            end64 = start + size
+            tail.append(
+                struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, size, start)
+                + struct.pack("<IIQI", 0x07064B50, 0, end64, 1)
+            )
+        tail.append(
+            struct.pack(
+                "<IHHHHIIH",
+                0x06054B50,
+                0,
+                0,
+                min(count, 0xFFFF),
+                min(count, 0xFFFF),
+                min(size, 0xFFFFFFFF),
+                min(start, 0xFFFFFFFF),
+                0,
+            )
+        )
+        return b"".join(tail)
+
+
+def _dos_stamp(mtime: float) -> tuple[int, int]:
+    """MS-DOS time and date fields of a zip header (APPNOTE 4.4.6)."""
+    year, month, day, hour, minute, second = _zip_time(mtime)
+    return (hour << 11) | (minute << 5) | (second // 2), ((year - 1980) << 9) | (month << 5) | day
 
 
 def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
-    # Zip timestamps cannot predate 1980; clamp rather than fail on odd scanner clocks.
-    stamp = time.localtime(max(mtime, 315532800))
+    # Zip timestamps cannot predate 1980 or pass 2107; clamp rather than fail on odd clocks.
+    stamp = time.localtime(min(max(mtime, 315532800), 4354819199))
     return (stamp.tm_year, stamp.tm_mon, stamp.tm_mday, stamp.tm_hour, stamp.tm_min, stamp.tm_sec)
 
 
+# -- the manifest ----------------------------------------------------------------------------
+
+
+def save(spool: Path, manifest: Manifest) -> None:
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_atomic(spool / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1).encode())
+
+
 def load(spool: Path) -> Manifest | None:
-    """The manifest of a finished pack in `spool`, or None if there is none or it is stale."""
-    zip_path = spool / ZIP_NAME
+    """The manifest saved in `spool`, or None if there is none or it is unreadable."""
     try:
         data = json.loads((spool / MANIFEST_NAME).read_text(encoding="utf-8"))
-        size = zip_path.stat().st_size
-    except (OSError, ValueError):
+        return Manifest(int(data["zip_size"]), tuple(Entry(**e) for e in data["files"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if size != data.get("zip_size"):
-        return None
-    return Manifest(zip_path, size, tuple(Entry(**e) for e in data["files"]))
 
 
 def remove(spool: Path) -> None:
-    """Delete the zip and manifest (xnatdrop's own files) once a drop is finished."""
-    for name in (ZIP_NAME, ZIP_NAME + ".part", MANIFEST_NAME, MANIFEST_NAME + ".part"):
-        (spool / name).unlink(missing_ok=True)
+    """Delete the plan and manifest (xnatdrop's own files) once a drop is finished."""
+    for name in (PLAN_NAME, MANIFEST_NAME):
+        for leftover in (name, name + ".part"):
+            (spool / leftover).unlink(missing_ok=True)
+    # Zips of versions that wrote the upload to disk.
+    for leftover in ("upload.zip", "upload.zip.part"):
+        (spool / leftover).unlink(missing_ok=True)

@@ -32,10 +32,14 @@ is safe to repeat after a `kill -9` at any point:
   system, checked); a repeat finds it there.
 - check runs the rules on the frozen folder and stores the facts the later steps need in the
   spool (`<state>/spool/<drop id>/check.json`); a block finding quarantines.
-- pack writes `upload.zip` and `manifest.json` atomically (see `pack`).
+- pack plans the zip (entry order, names, sizes, exact length) and writes `plan.json`
+  atomically; no file data is read (see `pack`).
 - import first asks XNAT what exists: an archived session with this label (all files present:
   nothing is sent; other files: quarantine as a label conflict), a READY prearchive session
-  holding every file (reused), leftovers of an interrupted upload (deleted); only then uploads.
+  holding every file (reused), leftovers of an interrupted upload (deleted); only then uploads,
+  streaming the zip while it reads and hashes the files, and saves `manifest.json` (size and
+  MD5 of each file) once every file is hashed. Comparing with XNAT without a manifest (a crash
+  before it was saved) hashes the files first, without sending.
 - verify waits for READY (CONFLICT and ERROR end the wait) and compares scans and files with the
   manifest; a missing or incomplete prearchive session is deleted and sent again (`resend`);
   complete but with other bytes (site anonymisation) is XNAT_CHANGED_FILES unless
@@ -563,28 +567,53 @@ def _subject_from_header(path: Path) -> dict[str, str]:
 # -- pack ------------------------------------------------------------------------------------
 
 
+def _plan(run: _Run, drop: ledger_module.Drop) -> pack.Plan:
+    """The zip's plan for this drop, planning (again) if the spool lost it."""
+    spool = run.spool(drop)
+    planned = pack.load_plan(spool)
+    if planned is None:
+        items = [pack.Item(**f) for f in _facts(run, drop)["files"]]
+        planned = pack.plan(Path(drop.work), items)
+        pack.save_plan(spool, planned)
+    return planned
+
+
 def _manifest(run: _Run, drop: ledger_module.Drop) -> pack.Manifest:
-    """The finished pack of this drop, packing (again) if the spool lost it."""
+    """The MD5 manifest of this drop's upload.
+
+    The import step saves it while it sends the zip. A step that needs it before that (the
+    import after a crash, with something already on the server) or after the spool lost it
+    hashes the files without sending them.
+    """
     spool = run.spool(drop)
     manifest = pack.load(spool)
     if manifest is None:
-        facts = _facts(run, drop)
-        items = [pack.Item(**f) for f in facts["files"]]
-        total = int(facts.get("upload_bytes", 0))
-
-        def report(done: int) -> None:
-            if run.progress is not None:
-                run.progress("pack", done, total)
-
-        manifest = pack.pack(Path(drop.work), items, spool, progress=report)
+        started = time.monotonic()
+        manifest = pack.digest(Path(drop.work), _plan(run, drop), spool)
+        log.info(
+            "%s: hashed %d files for the manifest (%.1f s)",
+            drop.label,
+            len(manifest.files),
+            time.monotonic() - started,
+        )
     return manifest
 
 
 @_step("pack")
 def _pack(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
-    pack.remove(run.spool(drop))  # a half-written pack from a killed run is not trusted
-    manifest = _manifest(run, drop)
-    return {}, f"{len(manifest.files)} files, {manifest.total_bytes} bytes in {pack.ZIP_NAME}"
+    """Plan the streamed zip (names, sizes, its exact length) and save the plan atomically.
+
+    No file data is read here: the import step reads, hashes and sends each file (`pack`).
+    """
+    spool = run.spool(drop)
+    pack.remove(spool)  # a plan or manifest from a killed run is not trusted
+    planned = _plan(run, drop)
+    if run.progress is not None:
+        run.progress("pack", planned.total_bytes, planned.total_bytes)
+    return {}, (
+        f"{len(planned.files)} files, {planned.total_bytes} bytes planned as a "
+        f"{planned.zip_size}-byte zip"
+    )
 
 
 # -- comparing XNAT with the manifest -------------------------------------------------------
@@ -661,9 +690,9 @@ def _delete_prearchive(run: _Run, uri: str) -> None:
         raise TransientError(f"XNAT refused to delete the prearchive copy {uri}: {error}") from None
 
 
-def _ours(run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest) -> list[Any]:
+def _ours(run: _Run, drop: ledger_module.Drop, planned: pack.Plan) -> list[Any]:
     """Prearchive sessions of this project that hold (parts of) this drop."""
-    studies = manifest.study_uids()
+    studies = planned.study_uids()
     return [
         entry
         for entry in run.client().prearchive_entries(run.project)
@@ -676,21 +705,29 @@ def _ours(run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest) -> list[
 
 @_step("import")
 def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
-    manifest = _manifest(run, drop)
+    """Ask XNAT what is there, then stream the zip (`pack.Body`), saving the manifest.
+
+    The manifest (MD5s) is made while sending; only when XNAT already holds something to
+    compare it with and the manifest is missing (a crash before it was saved) are the files
+    hashed first without sending.
+    """
+    planned = _plan(run, drop)
     client = run.client()
-    if _archived(run, drop, manifest) is not None:
+    session = client.find_session(run.project, drop.label)
+    if session is not None and _archived(run, drop, _manifest(run, drop)) is not None:
         return {}, "already archived with every file; nothing sent"
-    for entry in _ours(run, drop, manifest):
+    for entry in _ours(run, drop, planned):
         if entry.status == READY:
             files = client.prearchive_files(entry.uri)
-            if not _compare(manifest, files, run.config.push.verify_checksums):
+            if not _compare(_manifest(run, drop), files, run.config.push.verify_checksums):
                 return {"prearchive_uri": entry.uri}, "already in the prearchive; nothing sent"
         if entry.status in BUILDING | FAILED | CONFLICT or entry.status == READY:
             log.info("%s: deleting an incomplete prearchive copy (%s)", drop.label, entry.status)
             _delete_prearchive(run, entry.uri)
         else:
             raise TransientError(f"XNAT is busy with a prearchive copy ({entry.status})")
-    total = manifest.zip_size
+    total = planned.zip_size
+    spool, work = run.spool(drop), Path(drop.work)
     started = time.monotonic()
     last_byte = [started]
 
@@ -700,13 +737,19 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         if run.progress is not None:
             run.progress("import", count, total)
 
-    uri = client.import_zip(
-        manifest.zip_path,
-        project=run.project,
-        subject=drop.label,
-        session=drop.label,
-        progress=sent,
-    )
+    try:
+        uri = client.import_zip(
+            lambda: pack.Body(work, planned, spool),
+            project=run.project,
+            subject=drop.label,
+            session=drop.label,
+            progress=sent,
+        )
+    except pack.Changed:
+        # The frozen folder changed under us (it should not): the next attempt plans again from
+        # the folder as it is then. What XNAT got of this upload is cleaned up before it resends.
+        pack.remove(spool)
+        raise
     # Sending ends with the last byte; the rest is XNAT storing and building the session.
     sending = max(last_byte[0] - started, 1e-6)
     waiting = time.monotonic() - last_byte[0]

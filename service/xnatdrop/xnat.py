@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -318,7 +319,7 @@ class XnatClient:
 
     def import_zip(
         self,
-        zip_path: Path,
+        source: Path | Callable[[], Any],
         *,
         project: str,
         subject: str,
@@ -327,6 +328,9 @@ class XnatClient:
     ) -> str:
         """POST /data/services/import with the DICOM-zip handler into the prearchive.
 
+        `source` is a zip file, or a factory of a fresh file-like body with `__len__` (the
+        streamed `pack.Body`), called again when the request is repeated after a re-login.
+
         Labels are explicit (PROJECT_ID, SUBJECT_ID, EXPT_LABEL are honoured by both DICOM-zip
         and gradual-DICOM, reference §3.3) and `dest=/prearchive/projects/P` builds the session at
         once without archiving it (§3.4 step 6). Content-Type must be application/zip or XNAT
@@ -334,7 +338,6 @@ class XnatClient:
         prefix. XNAT silently routes an unknown or unwritable project elsewhere (pitfall 17), so
         a URI for another project is a PermanentError.
         """
-        size = zip_path.stat().st_size
         params = {
             "import-handler": "DICOM-zip",
             "PROJECT_ID": project,
@@ -344,10 +347,15 @@ class XnatClient:
             "prevent_auto_commit": "true",
             "SOURCE": "xnatdrop",
         }
-        handles: list[IO[bytes]] = []
+        handles: list[Any] = []
 
         def open_body() -> _ProgressReader:
-            handle = open(zip_path, "rb")  # noqa: SIM115 - closed below, reopened on re-login
+            if isinstance(source, Path):
+                handle = open(source, "rb")  # noqa: SIM115 - closed below, reopened on re-login
+                size = os.fstat(handle.fileno()).st_size
+            else:
+                handle = source()  # a fresh stream from the start, e.g. pack.Body
+                size = len(handle)
             handles.append(handle)
             return _ProgressReader(handle, size, progress)
 
