@@ -637,7 +637,6 @@ def _session_part(request: Request, row: sqlite3.Row, rest: list[str]) -> tables
     store = request.sandbox.store
     if request.method != "GET":
         raise tables.HttpError(405, "Method Not Allowed")
-    scans = {s["scan_id"]: s for s in scans_of(store, row["pk"])}
     if rest == ["scans"]:
         rows = [
             {
@@ -645,11 +644,19 @@ def _session_part(request: Request, row: sqlite3.Row, rest: list[str]) -> tables
                 "xsiType": scan_xsi_type(s["modality"]),
                 "series_description": s["series_description"],
             }
-            for s in scans.values()
+            for s in scans_of(store, row["pk"])
         ]
         return tables.table(rows, ["ID", "xsiType", "series_description"], request.fmt)
     if len(rest) >= 3 and rest[0] == "scans" and rest[2] == "resources":
-        scan = scans.get(rest[1])
+        # One scan's counts only: a per-scan request must not cost the whole session's files.
+        scan = store.one(
+            "SELECT s.*, COUNT(f.name) AS file_count, COALESCE(SUM(f.size), 0) AS file_size "
+            "FROM prearc_scans s LEFT JOIN prearc_files f "
+            "ON f.session = s.session AND f.scan_id = s.scan_id "
+            "WHERE s.session = ? AND s.scan_id = ? GROUP BY s.scan_id",
+            row["pk"],
+            rest[1],
+        )
         if scan is None:
             raise tables.HttpError(404, f"Unable to find scan {rest[1]}.")
         if len(rest) == 3:
