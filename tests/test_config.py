@@ -160,3 +160,17 @@ def test_state_directory_from_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/xnatdrop-test")
     assert config.parse({}, "test").paths.state == Path("/var/lib/xnatdrop-test")
     assert os.environ["STATE_DIRECTORY"] == "/var/lib/xnatdrop-test"
+
+
+def test_commands_fall_back_to_the_system_file_then_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system = tmp_path / "system.toml"
+    monkeypatch.setattr(config, "SYSTEM_PATH", system)
+    assert config.source_name(None) == "(built-in defaults)"
+    assert config.load_or_system(None).drop == []
+    system.write_text(valid_text(tmp_path), encoding="utf-8")
+    assert config.source_name(None) == str(system)
+    assert config.load_or_system(None).drop[0].project == "SPN01"
+    other = write(tmp_path, "[xnat]\nurl = 'http://other:8080'\n")
+    assert config.load_or_system(other).xnat.url == "http://other:8080"

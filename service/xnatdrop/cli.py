@@ -12,12 +12,25 @@ import importlib
 import logging
 import pkgutil
 import sys
+from pathlib import Path
 
-from xnatdrop import __version__, commands, logsetup
+from xnatdrop import __version__, commands, config, logsetup
 from xnatdrop.errors import ConfigError
 from xnatdrop.exitcodes import Exit
 
 log = logging.getLogger(__name__)
+
+
+def add_config_argument(parser: argparse.ArgumentParser, *, system: bool = True) -> None:
+    """The `--config FILE` option every subcommand shares (see `config.load_or_system`)."""
+    fallback = (
+        f"{config.SYSTEM_PATH} if it exists, else built-in defaults"
+        if system
+        else ("built-in defaults")
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help=f"configuration file (default: {fallback})"
+    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

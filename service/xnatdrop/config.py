@@ -446,6 +446,29 @@ def parse(data: dict[str, Any], source: str) -> Config:
     return config
 
 
+SYSTEM_PATH = Path("/etc/xnatdrop/xnatdrop.toml")
+
+
+def load_or_system(path: Path | None) -> Config:
+    """Load `path`; without one, the system file if it exists, else the built-in defaults.
+
+    What `run`, `push`, `status`, `requeue` and `doctor` use, so an operator on the server does
+    not have to repeat `--config`; `check` and `config check` take only what they are given.
+    """
+    return load(system_or(path))
+
+
+def system_or(path: Path | None) -> Path | None:
+    """The file `load_or_system` reads: `path`, else the system file if it exists, else None."""
+    return path if path is not None or not SYSTEM_PATH.exists() else SYSTEM_PATH
+
+
+def source_name(path: Path | None) -> str:
+    """How messages name where the settings came from."""
+    chosen = system_or(path)
+    return str(chosen) if chosen is not None else "(built-in defaults)"
+
+
 def load(path: Path | None) -> Config:
     """Load and validate `path`; with None, return the built-in defaults.
 

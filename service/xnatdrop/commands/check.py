@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from xnatdrop import config, rules
+from xnatdrop import cli, config, rules
 from xnatdrop.exitcodes import Exit
 
 PROGRESS_MIN_FILES = 500  # smaller folders finish before a progress line would help
@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "be uploaded. Exit 0: would upload; 1: blocked; 2: usage or config error.",
     )
     parser.add_argument("path", type=Path, metavar="PATH", help="the subject folder")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="configuration file")
+    cli.add_config_argument(parser, system=False)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--files", action="store_true", help="with --json: list every file of every series"

@@ -15,8 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from xnatdrop import config, xnat
-from xnatdrop.commands import run
+from xnatdrop import cli, config, xnat
 from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
 from xnatdrop.exitcodes import Exit
 
@@ -26,13 +25,7 @@ WRITER_ROLES = frozenset({"owner", "member"})  # XNAT roles that may upload and 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("doctor", help="check config, folders and XNAT access")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=run.DEFAULT_CONFIG,
-        metavar="FILE",
-        help=f"configuration file (default {run.DEFAULT_CONFIG})",
-    )
+    cli.add_config_argument(parser)
     parser.set_defaults(func=handle)
 
 
@@ -150,17 +143,18 @@ def xnat_checks(settings: config.Config, password: str) -> Iterator[Check]:
                 )
 
 
-def checks(path: Path) -> Iterator[Check]:
+def checks(path: Path | None) -> Iterator[Check]:
+    source = config.source_name(path)
     try:
-        settings = run.load_config(path)
+        settings = config.load_or_system(path)
     except ConfigError as error:
-        yield False, f"config {path}: {error}"
+        yield False, f"config {source}: {error}"
         return
-    yield True, f"config {path if path.exists() else '(built-in defaults)'}: valid"
+    yield True, f"config {source}: valid"
     if not settings.drop:
         yield False, "no [[drop]] root configured; add one (see config/xnatdrop.example.toml)"
     try:
-        password = settings.xnat.resolve_password(str(path))
+        password = settings.xnat.resolve_password(source)
     except ConfigError as error:
         yield False, f"password: {'; '.join(error.problems)}"
         password = None

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from xnatdrop import config, ledger, pipeline, xnat
+from xnatdrop import cli, config, ledger, pipeline, xnat
 from xnatdrop.exitcodes import Exit
 
 EXIT_FOR = {
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "it to done/ or quarantine/. Exit 0 archived, 1 quarantined, 3 stopped (rerun resumes).",
     )
     parser.add_argument("path", type=Path, metavar="PATH", help="the subject folder")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="configuration file")
+    cli.add_config_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -97,8 +97,8 @@ def _stop_on_sigterm(stopping: threading.Event) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = config.load(args.config)
-    password = settings.xnat.resolve_password(str(args.config or "(built-in defaults)"))
+    settings = config.load_or_system(args.config)
+    password = settings.xnat.resolve_password(config.source_name(args.config))
     folder = Path(os.path.abspath(args.path))
     if settings.drop_for(folder) is None:
         roots = ", ".join(str(d.path) for d in settings.drop) or "none configured"

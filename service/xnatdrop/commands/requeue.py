@@ -18,8 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from xnatdrop import config, ledger, quarantine
-from xnatdrop.commands import run
+from xnatdrop import cli, config, ledger, quarantine
 from xnatdrop.exitcodes import Exit
 
 log = logging.getLogger(__name__)
@@ -30,13 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "requeue", help="send a fixed quarantined folder back into the drop folder"
     )
     parser.add_argument("name", metavar="NAME", help="quarantined folder name, or its label")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=run.DEFAULT_CONFIG,
-        metavar="FILE",
-        help=f"configuration file (default {run.DEFAULT_CONFIG})",
-    )
+    cli.add_config_argument(parser)
     parser.set_defaults(func=handle)
 
 
@@ -109,7 +102,7 @@ def requeue(settings: config.Config, name: str) -> Path:
 
 
 def handle(args: argparse.Namespace) -> int:
-    settings = run.load_config(args.config)
+    settings = config.load_or_system(args.config)
     try:
         target = requeue(settings, args.name)
     except RequeueError as error:

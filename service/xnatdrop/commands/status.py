@@ -12,12 +12,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from xnatdrop import config, daemon, ledger
-from xnatdrop.commands import run
-from xnatdrop.commands.run import DEFAULT_CONFIG
+from xnatdrop import cli, config, daemon, ledger
 from xnatdrop.exitcodes import Exit
 
 
@@ -25,13 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "status", help="drops per state, oldest pending, last success, recent failures"
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        metavar="FILE",
-        help=f"configuration file (default {DEFAULT_CONFIG})",
-    )
+    cli.add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument(
         "--failures",
@@ -161,7 +152,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    settings = run.load_config(args.config)
+    settings = config.load_or_system(args.config)
     report = collect(settings, args.failures)
     if args.json:
         json.dump(report, sys.stdout, indent=2, sort_keys=True)

@@ -710,13 +710,7 @@ def _action(request: Request, row: sqlite3.Row) -> tables.Response:
             return tables.Response(301, tables.URI_LIST, f"{archived}\r\n".encode())
         return tables.uri_list([data_uri(row)], request.fmt)
     if action == "move":
-        target = request.param("newProject")
-        if not target:
-            raise tables.HttpError(400, "No newProject parameter was specified.")
-        if target != UNASSIGNED and store.project(target) is None:
-            raise tables.HttpError(404, f"One or more specified projects does not exist: {target}")
-        if not request.user.can_write(target):
-            raise tables.HttpError(403, "Unable to modify session data for destination project.")
+        target = _move_target(request)
         moved = move_session(store, row, target)
         return tables.Response(301, tables.URI_LIST, f"{data_uri(moved)}\r\n".encode())
     if action == "reset-status":
@@ -733,6 +727,18 @@ def _action(request: Request, row: sqlite3.Row) -> tables.Response:
         400,
         f"User {request.user.name} requested an unsupported action on prearchive session: {action}",
     )
+
+
+def _move_target(request: Request) -> str:
+    """`newProject` of a move, checked: 400 missing, 404 unknown, 403 not writable (§4.5, §4.6)."""
+    target = request.param("newProject")
+    if not target:
+        raise tables.HttpError(400, "No newProject parameter was specified.")
+    if target != UNASSIGNED and request.sandbox.store.project(target) is None:
+        raise tables.HttpError(404, f"One or more specified projects does not exist: {target}")
+    if not request.user.can_write(target):
+        raise tables.HttpError(403, "Unable to modify session data for destination project.")
+    return target
 
 
 def handle_batch(request: Request) -> tables.Response:
@@ -762,13 +768,7 @@ def handle_batch(request: Request) -> tables.Response:
         )
     answer = []
     if operation == "move":
-        target = request.param("newProject")
-        if not target:
-            raise tables.HttpError(400, "No newProject parameter was specified.")
-        if target != UNASSIGNED and store.project(target) is None:
-            raise tables.HttpError(404, f"One or more specified projects does not exist: {target}")
-        if not request.user.can_write(target):
-            raise tables.HttpError(403, "Unable to modify session data for destination project.")
+        target = _move_target(request)
         for row in rows:
             answer.append(dict(table_row(row), status="QUEUED_MOVING"))
             move_session(store, row, target)
