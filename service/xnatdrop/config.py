@@ -68,7 +68,17 @@ class XnatSettings(Section):
     password: SecretStr | None = Field(
         None, description="Literal password; works, but is warned about: use password_file."
     )
-    verify_tls: bool = Field(True, description="Verify the server's TLS certificate.")
+    verify_tls: bool = Field(
+        True,
+        description="Verify the server's TLS certificate. false means exactly that, whatever "
+        "REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE say; only for a test server.",
+    )
+    ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the certificate authority (or authorities) to trust for XNAT, "
+        "for a server whose certificate comes from a private CA. Default: the system's store "
+        "(or REQUESTS_CA_BUNDLE when set).",
+    )
     timeout_seconds: float = Field(
         120.0, gt=0, description="Timeout for connecting and for each read from XNAT."
     )
@@ -79,6 +89,22 @@ class XnatSettings(Section):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must start with http:// or https:// and name a host")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls(self) -> XnatSettings:
+        if self.ca_bundle is not None:
+            if not self.verify_tls:
+                raise ValueError(
+                    "ca_bundle is ignored when verify_tls = false; set verify_tls = true to "
+                    "trust the CA in ca_bundle"
+                )
+            if not self.ca_bundle.is_file():
+                raise ValueError(f"ca_bundle {self.ca_bundle} is not a file")
+        return self
+
+    def verify(self) -> bool | str:
+        """What `requests` gets as `verify`: the CA bundle's path, or True/False."""
+        return str(self.ca_bundle) if self.ca_bundle is not None else self.verify_tls
 
     def resolve_password(self, source: str = "config") -> str:
         """Return the password from the first place that has one.
@@ -343,11 +369,41 @@ class PushSettings(Section):
     poll_seconds: float = Field(
         2.0, gt=0, description="Seconds between looks at the prearchive while waiting."
     )
-    verify_checksums: bool = Field(
-        True,
-        description="Compare sizes and MD5s of the files in XNAT with the upload; when off, "
-        "only file counts per scan. Turn off only if XNAT anonymises on import (the bytes then "
-        "differ by design).",
+    anonymization: Literal["site", "prevent"] = Field(
+        "site",
+        description="'site': XNAT's anonymisation scripts run as the site configured them "
+        "(a fresh XNAT rewrites PatientName, PatientID and StudyDescription of every file); "
+        "xnatdrop reads whether they are on at push time and verifies instance UIDs, counts and "
+        "pixel data, comparing sizes and MD5s only where XNAT keeps the bytes. 'prevent': send "
+        "prevent_anon=true, so XNAT stores the files as sent (for sites that de-identify before "
+        "the drop); sizes and MD5s are then compared too.",
+    )
+    verify_checksums: bool | None = Field(
+        None,
+        description="Deprecated and ignored: whether sizes and MD5s can be compared is now "
+        "decided from XNAT's anonymisation settings at push time (see anonymization).",
+    )
+    breaker_drops: int = Field(
+        3,
+        ge=2,
+        le=50,
+        description="When this many different drops in a row get the same permanent-looking "
+        "answer from XNAT (e.g. HTTP 400 'unable to read DICOM object' from a full disk), all "
+        "pushes are held with an alert instead of quarantining each drop.",
+    )
+    breaker_hold_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How long pushes are held before one drop is tried again to see whether "
+        "XNAT has recovered; doubled after each failed try, up to retry_max_seconds. A restart "
+        "of the daemon tries at once.",
+    )
+    receiving_quiet_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A prearchive copy of ours still RECEIVING is left alone while XNAT keeps "
+        "writing to it; unchanged this long, it is a leftover of a cut upload and is deleted "
+        "before sending again.",
     )
     # Backoff for transient failures (timeouts, resets, 5xx): exponential with jitter. The wait
     # before attempt n+1 is a random time between half and all of
@@ -437,6 +493,13 @@ def parse(data: dict[str, Any], source: str) -> Config:
         config = Config.model_validate(data)
     except ValidationError as error:
         raise ConfigError(source, [_describe(e) for e in error.errors()]) from None
+    if config.push.verify_checksums is not None:
+        log.warning(
+            "%s: push.verify_checksums is deprecated and ignored: xnatdrop now reads XNAT's "
+            "anonymisation settings at push time and compares sizes and MD5s only where XNAT "
+            'keeps the bytes; remove it (push.anonymization = "prevent" sends prevent_anon=true)',
+            source,
+        )
     if config.xnat.password is not None:
         log.warning(
             "%s: xnat.password is a literal password in the config file; "

@@ -23,6 +23,10 @@ Queries for the daemon and for `xnatdrop status`:
 - `Ledger.last_finished()`: the drop that most recently reached `done`;
 - `Ledger.active(project, label)`: the unfinished drop for a label, if any.
 
+Table `xnat_answers` and the one-row table `breaker` hold the circuit breaker's state (see
+`breaker`): XNAT's permanent-looking answers per drop, successes, and whether pushes are held.
+They live here so that the daemon, `xnatdrop push` and `xnatdrop status` all see them.
+
 A drop in `done` or `quarantined` is final; a later folder with the same label is a new drop.
 """
 
@@ -141,6 +145,20 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_drop ON history(drop_id, id);
 CREATE INDEX IF NOT EXISTS history_event ON history(event, id);
+CREATE TABLE IF NOT EXISTS xnat_answers (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    drop_id INTEGER NOT NULL,
+    answer TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS breaker (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    answer TEXT NOT NULL,
+    drops INTEGER NOT NULL,
+    opened REAL NOT NULL,
+    retry_at REAL NOT NULL,
+    tries INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -198,6 +216,30 @@ class Event:
 def _secure_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One answer of XNAT to a drop: `answer` is "" for a success."""
+
+    at: float
+    drop_id: int
+    answer: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Breaker:
+    """The open circuit breaker: pushes held since `opened` until `retry_at`."""
+
+    answer: str
+    drops: int
+    opened: float
+    retry_at: float
+    tries: int
+
+
+HELD = "HELD"  # last_error_code of a drop held by the open circuit breaker
+ANSWER_KEEP_SECONDS = 7 * 86400.0
 
 
 class Ledger:
@@ -501,6 +543,65 @@ class Ledger:
             self._set(conn, drop.id, {"state": after, "running": None, "updated": now})
             self._history(conn, current, "thaw", "thaw", after, {"reason": reason}, now)
             return self._row(conn, drop.id)
+
+    # -- the circuit breaker (see `breaker`) ---------------------------------------------
+
+    def record_answer(self, drop_id: int, answer: str, at: float | None = None) -> None:
+        """Remember XNAT's answer to a drop ("" for a success); forget week-old answers."""
+        now = time.time() if at is None else at
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM xnat_answers WHERE at < ?", (now - ANSWER_KEEP_SECONDS,))
+            conn.execute(
+                "INSERT INTO xnat_answers (at, drop_id, answer) VALUES (?, ?, ?)",
+                (now, drop_id, answer),
+            )
+
+    def answers(self) -> list[Answer]:
+        rows = self._conn.execute("SELECT at, drop_id, answer FROM xnat_answers ORDER BY id")
+        return [Answer(r["at"], r["drop_id"], r["answer"]) for r in rows]
+
+    def breaker(self) -> Breaker | None:
+        row = self._conn.execute("SELECT * FROM breaker WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        return Breaker(row["answer"], row["drops"], row["opened"], row["retry_at"], row["tries"])
+
+    def open_breaker(self, answer: str, drops: int, retry_at: float) -> Breaker:
+        """Open the breaker, or keep it open until `retry_at` (counting the try)."""
+        now = time.time()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO breaker (id, answer, drops, opened, retry_at, tries) "
+                "VALUES (1, ?, ?, ?, ?, 0) ON CONFLICT(id) DO UPDATE SET "
+                "retry_at = excluded.retry_at, tries = tries + 1, "
+                "drops = MAX(drops, excluded.drops)",
+                (answer, drops, now, retry_at),
+            )
+            conn.execute(
+                "UPDATE drops SET next_attempt = ? WHERE last_error_code = ? "
+                "AND state NOT IN ('done', 'quarantined')",
+                (retry_at, HELD),
+            )
+        breaker = self.breaker()
+        assert breaker is not None
+        return breaker
+
+    def close_breaker(self) -> int:
+        """Close the breaker and make every held drop due now; return how many were held."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM breaker")
+            cursor = conn.execute(
+                "UPDATE drops SET next_attempt = 0 WHERE last_error_code = ? "
+                "AND state NOT IN ('done', 'quarantined')",
+                (HELD,),
+            )
+            return cursor.rowcount
+
+    def try_breaker_now(self) -> Breaker | None:
+        """Make the open breaker due for a try at once (a restart after a fix)."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE breaker SET retry_at = MIN(retry_at, ?)", (time.time(),))
+        return self.breaker()
 
 
 def _public(fields: dict[str, Any]) -> dict[str, Any]:

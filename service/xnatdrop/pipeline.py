@@ -69,7 +69,6 @@ read in `_crash_point` only.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import datetime
@@ -89,8 +88,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from xnatdrop import breaker, pack, quarantine, receipt, rules, verify, xnat
 from xnatdrop import ledger as ledger_module
-from xnatdrop import pack, quarantine, receipt, rules
 from xnatdrop.config import Config, DropSettings
 from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
 
@@ -99,11 +98,15 @@ log = logging.getLogger(__name__)
 CRASH_ENV = "XNATDROP_TEST_CRASH_AT"
 CHECK_NAME = "check.json"
 QUARANTINE_NAME = "quarantine.json"
+XNAT_NAME = "xnat.json"  # what XNAT said at push time and what verification found
+SUSPECT = "XNAT_SUSPECT"  # a suspect XNAT answer, tried again before quarantining (`breaker`)
 MAX_RESENDS = 2  # per call; a prearchive that keeps losing data is a transient server problem
 
 # Prearchive statuses (reference §4.2). Locked ones mean XNAT is busy with the session.
 READY = "READY"
-BUILDING = frozenset({"RECEIVING", "RECEIVING_INTERRUPT", "BUILDING", "QUEUED_BUILDING"})
+RECEIVING = frozenset({"RECEIVING", "RECEIVING_INTERRUPT", "_RECEIVING", "_RECEIVING_INTERRUPT"})
+BUILDING_NOW = frozenset({"BUILDING", "QUEUED_BUILDING", "_BUILDING"})
+BUILDING = RECEIVING | BUILDING_NOW  # not READY yet: wait for it
 FAILED = frozenset({"ERROR", "_ERROR"})
 CONFLICT = frozenset({"CONFLICT", "_CONFLICT"})
 
@@ -141,6 +144,16 @@ class _Stopped(Exception):
 
 class _Incomplete(Exception):
     """The folder is still being copied (fresh empty or truncated files): let it settle."""
+
+
+class _HandBack(Exception):
+    """Stop this drop until `retry_at` with `code`: held by the circuit breaker, or a suspect
+    XNAT answer to be confirmed later (`breaker`). Not retried inline, so other drops go on."""
+
+    def __init__(self, code: str, message: str, retry_at: float) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_at = retry_at
 
 
 @dataclasses.dataclass
@@ -267,6 +280,14 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
             if resends <= MAX_RESENDS:
                 continue
             error: Exception = TransientError(f"XNAT lost the upload {resends} times: {reason}")
+        except _HandBack as handed:
+            drop = run.book.fail(
+                run.book.get(drop.id), step, handed.code, str(handed), handed.retry_at
+            )
+            log.warning("%s: %s", drop.label, handed)
+            return Outcome(
+                "transient", drop.label, drop.id, str(handed), handed.code, handed.retry_at
+            )
         except AuthenticationError as failure:
             # Not retried in a loop: the drop waits the longest backoff (push.retry_max_seconds).
             retry_at = time.time() + push.retry_max_seconds
@@ -317,7 +338,18 @@ def _run_drop(run: _Run, drop: ledger_module.Drop) -> Outcome:
             return _complete_quarantine(run, drop, _stored_reason(run, drop))
         return _final_outcome(_steps(run, drop))
     except PermanentError as failure:
-        return _quarantine(run, run.book.get(drop.id), failure)
+        drop = run.book.get(drop.id)
+        if isinstance(failure, xnat.XnatAnswer) and failure.suspect:
+            decision = breaker.decide(run.book, run.config, drop.id, failure.answer, str(failure))
+            if decision.action == "hold":
+                raise _HandBack(
+                    ledger_module.HELD, decision.message, decision.retry_at or 0.0
+                ) from None
+            if decision.action == "confirm":
+                push = run.config.push
+                delay = backoff(drop.attempts, push.retry_base_seconds, push.retry_max_seconds)
+                raise _HandBack(SUSPECT, decision.message, time.time() + delay) from None
+        return _quarantine(run, drop, failure)
     except _Incomplete as reason:
         return _thaw(run, run.book.get(drop.id), str(reason))
 
@@ -616,68 +648,235 @@ def _pack(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     )
 
 
-# -- comparing XNAT with the manifest -------------------------------------------------------
+# -- what XNAT said at push time, and what verification found --------------------------------
 
 
-def _compare(manifest: pack.Manifest, remote: list[Any], strict: bool) -> str:
-    """'' when XNAT holds exactly the manifest's files, else what differs (for messages).
+def _xnat_facts(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
+    """The spool's `xnat.json`: `rewriting` (what XNAT may change, read at push time),
+    `dropped` (series XNAT left out on purpose) and `verification` (what was checked, how)."""
+    try:
+        return dict(json.loads((run.spool(drop) / XNAT_NAME).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
 
-    XNAT may rename files (reference §3.4 step 5), so files are compared by content. Always:
-    the number of files, and per scan when every series has its own SeriesNumber. With
-    `strict` (push.verify_checksums), also the multiset of sizes and, where XNAT reports them,
-    of MD5s; a site that anonymises on import changes both (reference §10 pitfall 15).
-    """
-    if len(remote) != len(manifest.files):
-        return f"XNAT holds {len(remote)} files, the upload had {len(manifest.files)}"
-    local_sizes = collections.Counter(e.size for e in manifest.files)
-    if strict and collections.Counter(f.size for f in remote) != local_sizes:
-        return "file sizes in XNAT differ from the upload"
-    if strict and all(f.digest for f in remote):
-        local = collections.Counter(e.md5 for e in manifest.files)
-        if collections.Counter(f.digest.lower() for f in remote) != local:
-            return "MD5 checksums in XNAT differ from the upload"
-    numbers = {
-        uid: {e.series_number for e in entries} for uid, entries in manifest.series().items()
+
+def _save_xnat_facts(run: _Run, drop: ledger_module.Drop, **changes: Any) -> None:
+    spool = run.spool(drop)
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = {**_xnat_facts(run, drop), **changes}
+    receipt.write_atomic(spool / XNAT_NAME, json.dumps(data, indent=1))
+
+
+def _rewriting(run: _Run, drop: ledger_module.Drop, fresh: bool = False) -> verify.Rewriting:
+    """What XNAT may change in this drop's files: read from XNAT at push time (the import step
+    asks with `fresh`), kept in the spool for the later steps and for a resumed run."""
+    stored = _xnat_facts(run, drop).get("rewriting")
+    if stored and not fresh:
+        return verify.Rewriting.from_json(stored)
+    prevent = run.config.push.anonymization == "prevent"
+    rewriting = verify.read_rewriting(run.client(), run.project, prevent)
+    _save_xnat_facts(run, drop, rewriting=rewriting.to_json())
+    log.info("%s: XNAT at push time: %s", drop.label, _describe(rewriting))
+    return rewriting
+
+
+def _describe(rewriting: verify.Rewriting) -> str:
+    def state(value: bool | None) -> str:
+        return "unknown (not readable by this account)" if value is None else (
+            "on" if value else "off"
+        )
+
+    parts = [
+        f"site anonymisation {state(rewriting.site)}",
+        f"project anonymisation {state(rewriting.project)}",
+        "prevent_anon sent" if rewriting.prevent_anon else "no prevent_anon",
+        "series import filters "
+        + (
+            "unknown"
+            if rewriting.filters is None
+            else (", ".join(rewriting.filters) if rewriting.filters else "off")
+        ),
+        f"checksums {state(rewriting.checksums)}",
+    ]
+    return "; ".join(parts)
+
+
+@dataclasses.dataclass
+class _Inspection:
+    """An archived session against the manifest: `problems` says what differs (none: ours)."""
+
+    check: verify.ArchiveCheck
+    dropped: list[dict[str, Any]]
+    pixel: list[dict[str, str]]
+    problems: list[str]
+    bytes_compared: bool
+
+
+def _inspect(
+    run: _Run,
+    drop: ledger_module.Drop,
+    session: Any,
+    manifest: pack.Manifest,
+    rewriting: verify.Rewriting,
+    compare_bytes: bool,
+    ours: bool,
+) -> _Inspection:
+    """Read the archived session's DICOM catalogs and sample its pixel data (verify module)."""
+    client = run.client()
+    listing = client.session_files(run.project, session.subject, session.label)
+    files = verify.dicom_files(listing)
+    catalog: list[xnat.CatalogEntry] = []
+    for scan, resource in sorted({(f.scan, f.resource) for f in files}):
+        catalog += client.scan_catalog(run.project, session.subject, session.label, scan, resource)
+    check = verify.check_archive(manifest, catalog, files, compare_bytes)
+    problems: list[str] = []
+    dropped: list[dict[str, Any]] = []
+    recorded = {d["uid"] for d in _xnat_facts(run, drop).get("dropped", [])}
+    missing = [e for e in check.missing if e.series_instance_uid not in recorded]
+    if missing:
+        # Just archived: only the project script runs now. Found archived (a resubmission, a
+        # crash): whatever XNAT's configuration drops at import may also explain it.
+        reason = rewriting.drops_at_archive() or ("" if ours else rewriting.drops_at_import())
+        if reason:
+            for item in verify.series_of(missing):
+                dropped.append({**item.to_json(), "stage": "archive", "reason": reason})
+        else:
+            problems.append(verify.ArchiveCheck(missing, [], [], []).describe())
+    if check.extra or check.changed:
+        problems.append(verify.ArchiveCheck([], check.extra, check.changed, []).describe())
+    pixel = []
+    for entry, file in verify.smallest_per_scan(check.matched):
+        result = _pixel_result(run, drop, entry, file, rewriting)
+        pixel.append({"scan": file.scan, "file": entry.path, "result": result})
+        if result not in ("identical", "no pixel data", "changed by an alterPixels statement"):
+            problems.append(f"pixel data of {entry.path} (scan {file.scan}): {result}")
+    return _Inspection(check, dropped, pixel, problems, compare_bytes)
+
+
+def _pixel_result(
+    run: _Run,
+    drop: ledger_module.Drop,
+    entry: pack.Entry,
+    file: xnat.RemoteFile,
+    rewriting: verify.Rewriting,
+) -> str:
+    """Compare the Pixel Data of XNAT's copy of one file with the local file's."""
+    try:
+        remote = verify.pixel_digest(run.client().download(file.uri))
+    except ValueError:
+        return "XNAT's copy is not readable as DICOM"
+    try:
+        local = verify.pixel_digest(Path(drop.work) / entry.path)
+    except (ValueError, OSError) as error:
+        raise TransientError(f"cannot read {entry.path} to compare pixel data: {error}") from None
+    if local == remote:
+        return "identical" if local is not None else "no pixel data"
+    if rewriting.alters_pixels():
+        return "changed by an alterPixels statement"
+    if local is not None and remote is not None and local[0] != remote[0]:
+        return f"transcoded by XNAT (transfer syntax {local[0]} sent, {remote[0]} stored)"
+    if remote is None:
+        return "XNAT's copy has no pixel data"
+    return "differs from the file sent"
+
+
+def _verification(
+    inspection: _Inspection, rewriting: verify.Rewriting, dropped: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What was verified and how, for the log, RECEIPT.json and RECEIPT.txt (honestly)."""
+    check = inspection.check
+    parts = [f"instance UIDs and counts of all {len(check.matched)} files"]
+    samples = [p for p in inspection.pixel if p["result"] != "no pixel data"]
+    if samples:
+        parts.append(f"pixel data of 1 file per scan ({len(samples)} scans)")
+    if len(samples) < len(inspection.pixel):
+        parts.append(f"{len(inspection.pixel) - len(samples)} scan(s) without pixel data")
+    md5 = False
+    if inspection.bytes_compared:
+        md5 = check.md5_compared
+        parts.append(
+            "sizes and MD5s of every file"
+            if md5
+            else "sizes of every file (XNAT recorded no MD5s: its checksums preference is off)"
+        )
+    elif rewriting.rewrites_at_archive():
+        parts.append(f"{rewriting.why_bytes_differ()}, so sizes and MD5s were not compared")
+    else:
+        parts.append("sizes and MD5s not compared (the session was found already archived)")
+    if rewriting.alters_pixels():
+        parts.append("pixel data may be edited by an anonymisation script (alterPixels)")
+    return {
+        "summary": "; ".join(parts),
+        "instances": len(check.matched),
+        "bytes": sum(entry.size for entry, _ in check.matched),
+        "instance_uids": "all matched",
+        "pixel_data": inspection.pixel,
+        "sizes_compared": inspection.bytes_compared,
+        "md5_compared": md5,
+        "rewriting": rewriting.to_json(),
+        "not_archived": dropped,
     }
-    if all(len(n) == 1 and "" not in n for n in numbers.values()) and len(
-        {next(iter(n)) for n in numbers.values()}
-    ) == len(numbers):
-        expected = collections.Counter(e.series_number for e in manifest.files)
-        found = collections.Counter(f.scan for f in remote)
-        if found != expected:
-            return f"scans in XNAT {dict(found)} differ from the series uploaded {dict(expected)}"
-    return ""
 
 
 def _archived(
-    run: _Run, drop: ledger_module.Drop, manifest: pack.Manifest, ours: bool = False
+    run: _Run,
+    drop: ledger_module.Drop,
+    manifest: pack.Manifest,
+    ours: bool = False,
+    bytes_too: bool = False,
 ) -> Any | None:
-    """The archived session for this label if it holds exactly our files; None if absent.
+    """The archived session for this label if it holds exactly our instances; None if absent.
 
-    Raise PermanentError if it holds other files: LABEL_EXISTS when the label was taken before
-    we archived, ARCHIVE_MISMATCH when `ours` (we just archived it and XNAT changed the files).
+    Instances are matched by SOPInstanceUID and the pixel data of one file per scan compared
+    (`verify`); sizes and MD5s too with `bytes_too`, where XNAT keeps the bytes. Raise
+    PermanentError if it differs: ARCHIVE_MISMATCH when `ours` (we just archived it) or when it
+    holds exactly our instances but other content; LABEL_EXISTS when the label holds other
+    instances. Either way the error's `in_xnat` is the session's page, for the reason file.
     """
     client = run.client()
     session = client.find_session(run.project, drop.label)
     if session is None:
         return None
-    files = client.session_files(run.project, session.subject, session.label)
-    difference = _compare(manifest, files, run.config.push.verify_checksums)
-    if difference and ours:
-        raise PermanentError(
-            "ARCHIVE_MISMATCH",
-            f"XNAT archived {drop.label} but its files differ from the upload ({difference})",
-            "if XNAT anonymises on import, set push.verify_checksums = false; otherwise ask "
-            "the XNAT administrator to check the session before it is used",
+    rewriting = _rewriting(run, drop)
+    compare = bytes_too and not rewriting.rewrites_at_archive()
+    found = _inspect(run, drop, session, manifest, rewriting, compare, ours)
+    url = client.session_url(run.project, session.id)
+    if found.problems:
+        differences = "; ".join(found.problems)
+        same_instances = not found.check.extra and not any(
+            "missing" in p for p in found.problems
         )
-    if difference:
-        raise PermanentError(
-            "LABEL_EXISTS",
-            f"session {drop.label} already exists in XNAT project {run.project} with other "
-            f"data ({difference})",
-            f"if this is a new session, rename the folder to a new label; if it replaces the "
-            f"existing one, ask the XNAT administrator to delete session {drop.label} first",
+        if ours or same_instances:
+            error = PermanentError(
+                "ARCHIVE_MISMATCH",
+                f"session {drop.label} is in XNAT ({url}) but differs from this folder: "
+                f"{differences}",
+                "nothing is lost: this folder is complete. Ask the XNAT administrator to compare "
+                f"session {drop.label} in XNAT with this folder and repair or delete it there; "
+                "then copy this folder back into the drop folder: xnatdrop checks the session "
+                "again and finishes (sidecars, receipt) once XNAT holds exactly these instances",
+            )
+        else:
+            error = PermanentError(
+                "LABEL_EXISTS",
+                f"session {drop.label} already exists in XNAT project {run.project} ({url}) "
+                f"with other data: {differences}",
+                "if this is a new session, rename the folder to a new label; if it replaces the "
+                f"existing one, ask the XNAT administrator to delete session {drop.label} first",
+            )
+        error.in_xnat = url  # type: ignore[attr-defined]
+        raise error
+    dropped = [*_xnat_facts(run, drop).get("dropped", []), *found.dropped]
+    if found.dropped:
+        names = ", ".join(f"series {d['number'] or '?'} ({d['folder']})" for d in found.dropped)
+        log.warning(
+            "%s: XNAT left out %s at archive time: %s; the receipt lists them",
+            drop.label,
+            names,
+            found.dropped[0]["reason"],
         )
+    verification = _verification(found, rewriting, dropped)
+    _save_xnat_facts(run, drop, dropped=dropped, verification=verification)
     return session
 
 
@@ -700,32 +899,83 @@ def _ours(run: _Run, drop: ledger_module.Drop, planned: pack.Plan) -> list[Any]:
     ]
 
 
+def _quiet(run: _Run, entry: Any) -> bool:
+    """True if a RECEIVING copy stays unchanged for `push.receiving_quiet_seconds`: a leftover
+    of a cut upload. XNAT touches `lastmod` while it stores files (at most every 15 s,
+    GradualDicomImporter.updateSessionLastMod), so a copy it still writes to changes."""
+    run.wait(run.config.push.receiving_quiet_seconds)
+    again = run.client().prearchive_entry(entry.uri)
+    return again is None or (again.status, again.lastmod) == (entry.status, entry.lastmod)
+
+
+def _remove_routed(run: _Run, answer: xnat.XnatAnswer) -> xnat.XnatAnswer:
+    """XNAT filed the upload elsewhere (Unassigned, for an unknown or unwritable project;
+    pitfall 17): remove that copy, which xnatdrop caused, and say whether it could."""
+    uri = str(getattr(answer, "leftover", ""))
+    try:
+        run.client().delete_prearchive(uri)
+        note = "; xnatdrop removed that copy from XNAT's prearchive"
+    except (PermanentError, TransientError) as error:
+        note = (
+            f"; xnatdrop could not remove that copy ({error}): ask the XNAT administrator to "
+            f"delete {uri} from the prearchive"
+        )
+    return xnat.XnatAnswer(
+        answer.code,
+        f"{answer}{note}",
+        answer.fix,
+        status=answer.status,
+        answer=answer.answer,
+        suspect=answer.suspect,
+    )
+
+
 # -- import ----------------------------------------------------------------------------------
 
 
 @_step("import")
 def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
-    """Ask XNAT what is there, then stream the zip (`pack.Body`), saving the manifest.
+    """Ask XNAT what it does to uploads and what is there, then stream the zip (`pack.Body`).
 
     The manifest (MD5s) is made while sending; only when XNAT already holds something to
     compare it with and the manifest is missing (a crash before it was saved) are the files
-    hashed first without sending.
+    hashed first without sending. A copy XNAT is still building (its answer to an earlier
+    import was lost, e.g. to a proxy's 504: XNAT builds before it answers, stock row 4) is
+    waited for, never deleted; a copy it is still receiving is left alone until it is quiet.
     """
     planned = _plan(run, drop)
     client = run.client()
-    session = client.find_session(run.project, drop.label)
-    if session is not None and _archived(run, drop, _manifest(run, drop)) is not None:
-        return {}, "already archived with every file; nothing sent"
+    rewriting = _rewriting(run, drop, fresh=True)
+    if (
+        client.find_session(run.project, drop.label) is not None
+        and _archived(run, drop, _manifest(run, drop)) is not None
+    ):
+        return {}, "already archived with every instance; nothing sent"
     for entry in _ours(run, drop, planned):
         if entry.status == READY:
             files = client.prearchive_files(entry.uri)
-            if not _compare(_manifest(run, drop), files, run.config.push.verify_checksums):
+            check = verify.check_prearchive(
+                _manifest(run, drop), files, not rewriting.rewrites_at_import()
+            )
+            if not (check.incomplete or check.changed) and (
+                not check.missing or rewriting.drops_at_import()
+            ):
                 return {"prearchive_uri": entry.uri}, "already in the prearchive; nothing sent"
-        if entry.status in BUILDING | FAILED | CONFLICT or entry.status == READY:
-            log.info("%s: deleting an incomplete prearchive copy (%s)", drop.label, entry.status)
-            _delete_prearchive(run, entry.uri)
-        else:
+        elif entry.status in BUILDING_NOW:
+            return {"prearchive_uri": entry.uri}, (
+                f"XNAT is still building an earlier upload ({entry.status}); waiting for it, "
+                "nothing sent"
+            )
+        elif entry.status in RECEIVING:
+            if not _quiet(run, entry):
+                raise TransientError(
+                    f"XNAT is still receiving an earlier upload of {drop.label}; looking again "
+                    "later"
+                )
+        elif entry.status not in FAILED | CONFLICT:
             raise TransientError(f"XNAT is busy with a prearchive copy ({entry.status})")
+        log.info("%s: deleting an incomplete prearchive copy (%s)", drop.label, entry.status)
+        _delete_prearchive(run, entry.uri)
     total = planned.zip_size
     spool, work = run.spool(drop), Path(drop.work)
     started = time.monotonic()
@@ -744,12 +994,29 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
             subject=drop.label,
             session=drop.label,
             progress=sent,
+            prevent_anon=rewriting.prevent_anon,
         )
     except pack.Changed:
         # The frozen folder changed under us (it should not): the next attempt plans again from
         # the folder as it is then. What XNAT got of this upload is cleaned up before it resends.
         pack.remove(spool)
         raise
+    except xnat.XnatAnswer as answer:
+        if answer.code == "XNAT_ROUTED_ELSEWHERE":
+            raise _remove_routed(run, answer) from None
+        reason = rewriting.drops_at_import()
+        if answer.code == "XNAT_NOTHING_IMPORTED" and reason:
+            raise xnat.XnatAnswer(
+                answer.code,
+                f"XNAT kept none of the {len(planned.files)} files of {drop.label}: every "
+                f"series was left out by {reason}",
+                "these series are excluded by the XNAT site's own configuration; if they "
+                "should be archived, ask the XNAT administrator to change it, then copy the "
+                "folder back into the drop folder",
+                suspect=False,
+            ) from None
+        raise
+    breaker.success(run.book, drop.id)
     # Sending ends with the last byte; the rest is XNAT storing and building the session.
     sending = max(last_byte[0] - started, 1e-6)
     waiting = time.monotonic() - last_byte[0]
@@ -763,7 +1030,11 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
 
 
 def _wait_ready(run: _Run, drop: ledger_module.Drop) -> Any:
-    """Wait until the prearchive session is READY; CONFLICT and ERROR end the wait."""
+    """Wait until the prearchive session is READY; CONFLICT and ERROR end the wait.
+
+    A session still RECEIVING or BUILDING is waited for up to `push.ready_timeout_seconds`;
+    then XNAT is asked to build it (a 409 "session document locked" means it is busy: later).
+    """
     client = run.client()
     deadline = time.monotonic() + run.config.push.ready_timeout_seconds
     rebuilt = False
@@ -782,10 +1053,11 @@ def _wait_ready(run: _Run, drop: ledger_module.Drop) -> Any:
             )
         if entry.status in FAILED:
             if rebuilt:
-                raise PermanentError(
+                raise xnat.XnatAnswer(
                     "XNAT_BUILD_ERROR",
                     f"XNAT could not build the session {drop.label} from the upload (ERROR)",
                     "ask the XNAT administrator to read the prearchive log of this session",
+                    answer="prearchive ERROR after a rebuild",
                 )
             client.build(entry.uri)
             rebuilt = True
@@ -799,7 +1071,17 @@ def _wait_ready(run: _Run, drop: ledger_module.Drop) -> Any:
 
 @_step("verify")
 def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    """Compare the READY prearchive copy with the manifest.
+
+    XNAT exposes no instance UIDs in the prearchive, so this compares the number of files of
+    each scan, and their sizes only when XNAT keeps the bytes (no site script, or prevent_anon;
+    the project script runs later, at archive time). Series of which nothing arrived are
+    XNAT's configuration at work when a series import filter (or a site script with a reject
+    statement) may drop them: they are recorded, warned about once and listed in the receipt,
+    never sent again. Anything else missing means a lost upload: delete and send again.
+    """
     manifest = _manifest(run, drop)
+    rewriting = _rewriting(run, drop)
     if drop.prearchive_uri is None:
         if _archived(run, drop, manifest) is not None:
             return {}, "already archived"
@@ -811,22 +1093,40 @@ def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
             return {}, "already archived"
         raise
     files = run.client().prearchive_files(drop.prearchive_uri)
-    missing = _compare(manifest, files, strict=False)
-    if missing:
+    sizes = not rewriting.rewrites_at_import()
+    check = verify.check_prearchive(manifest, files, compare_sizes=sizes)
+    if check.incomplete:
         _delete_prearchive(run, drop.prearchive_uri)
-        raise _Resend(f"the prearchive session is incomplete ({missing})")
-    changed = _compare(manifest, files, run.config.push.verify_checksums)
-    if changed:
-        # Every file arrived but with other bytes: sending again cannot help.
+        raise _Resend(f"the prearchive session is incomplete ({check.incomplete})")
+    dropped = []
+    if check.missing:
+        names = ", ".join(s.name() for s in check.missing)
+        reason = rewriting.drops_at_import()
+        if not reason:
+            _delete_prearchive(run, drop.prearchive_uri)
+            raise _Resend(f"the prearchive session lacks {names}")
+        dropped = [{**s.to_json(), "stage": "import", "reason": reason} for s in check.missing]
+        log.warning(
+            "%s: XNAT left out %s at import: %s; they are not archived, and the receipt lists "
+            "them",
+            drop.label,
+            names,
+            reason,
+        )
+    _save_xnat_facts(run, drop, dropped=dropped)
+    if check.changed:
+        # Every file arrived but with other bytes, where XNAT said it would keep them.
         _delete_prearchive(run, drop.prearchive_uri)
         raise PermanentError(
             "XNAT_CHANGED_FILES",
-            f"XNAT holds every file of {drop.label} but their contents differ ({changed})",
-            "if XNAT anonymises on import (site anonymisation script), set "
-            "push.verify_checksums = false; otherwise ask the XNAT administrator",
+            f"XNAT holds every file of {drop.label} but {check.changed}, although no "
+            "anonymisation script runs on this upload",
+            "ask the XNAT administrator why XNAT rewrites files on import (for instance it may "
+            "decompress some transfer syntaxes); nothing was archived",
         )
     scans = len({f.scan for f in files})
-    return {}, f"READY, {scans} scans, {len(files)} files match the manifest"
+    what = "counts and sizes" if sizes else "counts per scan"
+    return {}, f"READY, {scans} scans, {len(files)} files: {what} match the manifest"
 
 
 # -- archive ---------------------------------------------------------------------------------
@@ -834,16 +1134,30 @@ def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
 
 @_step("archive")
 def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
+    """Archive with explicit labels and no overwrite, then verify the archived session.
+
+    First ask whether it is archived already (a crash after XNAT archived but before the ledger
+    heard of it). After archiving, every instance is matched by UID and one file per scan has its
+    pixel data compared (`_archived`); any difference leaves the session in XNAT and the folder
+    in quarantine with a reason file that says so.
+    """
     manifest = _manifest(run, drop)
     client = run.client()
-    session = _archived(run, drop, manifest)
+    session = _archived(run, drop, manifest, bytes_too=True)
     if session is None:
         if drop.prearchive_uri is None or client.prearchive_entry(drop.prearchive_uri) is None:
             raise _Resend("the prearchive session is gone and nothing is archived")
-        client.archive(
-            drop.prearchive_uri, project=run.project, subject=drop.label, session=drop.label
-        )
-        session = _archived(run, drop, manifest, ours=True)
+        try:
+            client.archive(
+                drop.prearchive_uri, project=run.project, subject=drop.label, session=drop.label
+            )
+        except TransientError as error:
+            cause = getattr(error, "cause", None)
+            if cause is not None:
+                _archive_failed(run, drop, cause)
+            raise
+        breaker.success(run.book, drop.id)
+        session = _archived(run, drop, manifest, ours=True, bytes_too=True)
         if session is None:
             raise TransientError("XNAT answered the archive request but shows no session yet")
         summary = f"archived as {session.id}"
@@ -851,8 +1165,35 @@ def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         summary = f"already archived as {session.id}"
         if drop.prearchive_uri and client.prearchive_entry(drop.prearchive_uri) is not None:
             _delete_prearchive(run, drop.prearchive_uri)  # a leftover of the same data
-    checked = "sizes and MD5s" if run.config.push.verify_checksums else "file counts"
-    return {"archive_uri": session.uri}, f"{summary}; {len(manifest.files)} files, {checked} match"
+    verification = _xnat_facts(run, drop).get("verification", {})
+    return {"archive_uri": session.uri}, f"{summary}; verified {verification.get('summary', '')}"
+
+
+def _archive_failed(run: _Run, drop: ledger_module.Drop, cause: str) -> None:
+    """An archive answered 500 with a cause XNAT does not word as a conflict or as busy.
+
+    If XNAT left the prearchive row ERROR it has given up on it (an empty session after the
+    project script rejected every file answers so, RT TestPrearchiveMgmt): a permanent,
+    suspect answer. Otherwise (a timeout, the row still ARCHIVING) it is transient.
+    """
+    entry = run.client().prearchive_entry(drop.prearchive_uri)
+    if entry is None or entry.status not in FAILED:
+        return
+    rewriting = _rewriting(run, drop)
+    hint = ""
+    if rewriting.drops_at_archive():
+        hint = (
+            f" ({rewriting.drops_at_archive()} may have rejected every file; XNAT does not "
+            "archive an empty session)"
+        )
+    raise xnat.XnatAnswer(
+        "XNAT_ARCHIVE_FAILED",
+        f"XNAT could not archive {drop.label}: {cause}{hint}",
+        "ask the XNAT administrator to read the prearchive log of this session; nothing was "
+        "archived and this folder is complete",
+        status=500,
+        answer=f"HTTP 500 {xnat.fixed_wording(cause) or 'archive failed'}",
+    )
 
 
 # -- attach ----------------------------------------------------------------------------------
@@ -949,19 +1290,33 @@ def _receipt(run: _Run, drop: ledger_module.Drop, session: Any) -> dict[str, Any
                     "bytes": sum(size for size, _ in local.values()),
                 }
             )
-    base = run.config.xnat.url
+    verification = _xnat_facts(run, drop).get("verification")
+    if verification is None:  # the spool lost it after archiving: verify again
+        _archived(run, drop, manifest)
+        verification = _xnat_facts(run, drop).get("verification", {})
+    dropped = {d["uid"]: d for d in verification.get("not_archived", [])}
+    scans, not_archived = [], []
+    for series in facts["series"]:
+        left_out = dropped.get(series["series_instance_uid"])
+        kept = series["file_count"] - (left_out["files"] if left_out else 0)
+        if kept > 0:
+            scans.append({**series, "file_count": kept} if left_out else series)
+        if left_out:
+            not_archived.append({**left_out, "description": series.get("description", "")})
     return {
         "label": drop.label,
         "project": run.project,
         "subject": session.subject,
         "session_id": session.id,
-        "xnat_url": f"{base}/data/projects/{run.project}/experiments/{session.id}?format=html",
+        "xnat_url": run.client().session_url(run.project, session.id),
         "archive_uri": drop.archive_uri,
         "finished": receipt.now_text(),
-        "file_count": len(manifest.files),
-        "bytes": manifest.total_bytes,
-        "checksums_verified": run.config.push.verify_checksums,
-        "scans": facts["series"],
+        "file_count": verification.get("instances", len(manifest.files)),
+        "bytes": verification.get("bytes", manifest.total_bytes),
+        "checksums_verified": bool(verification.get("md5_compared")),
+        "verification": verification,
+        "scans": scans,
+        "not_archived": not_archived,
         "resources": resources,
         "excluded": facts["excluded"],
         "subject_fields": facts["subject_fields"],
@@ -1010,7 +1365,7 @@ def _cleanup(run: _Run, drop: ledger_module.Drop) -> None:
     """Remove xnatdrop's own files of a finished drop: the spool and the empty work folder."""
     spool = run.spool(drop)
     pack.remove(spool)
-    for leftover in (spool / CHECK_NAME, spool / QUARANTINE_NAME):
+    for leftover in (spool / CHECK_NAME, spool / QUARANTINE_NAME, spool / XNAT_NAME):
         leftover.unlink(missing_ok=True)
     for folder in (spool, Path(drop.work).parent if drop.work else None):
         if folder is not None:
@@ -1040,6 +1395,9 @@ def _quarantine(run: _Run, drop: ledger_module.Drop, failure: PermanentError) ->
         "drop_root": str(run.drop_settings.path),
         "time": receipt.now_text(),
     }
+    in_xnat = getattr(failure, "in_xnat", None)
+    if in_xnat:
+        reason["in_xnat"] = in_xnat
     spool.mkdir(mode=0o700, parents=True, exist_ok=True)
     receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1))
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -29,11 +29,20 @@ RESUBMIT = (
 
 def render_text(reason: dict[str, Any]) -> str:
     """The technologist's note: what, which files, how to fix, how to resubmit."""
-    lines = [
-        f"xnatdrop did NOT archive {reason['label']} (project {reason['project']}).",
-        "",
-        f"What is wrong: {reason['message']}",
-    ]
+    if reason.get("in_xnat"):
+        lines = [
+            f"xnatdrop stopped {reason['label']} (project {reason['project']}) AFTER it reached "
+            "XNAT: the session IS in XNAT, but it does not match this folder.",
+            f"The session in XNAT: {reason['in_xnat']}",
+            "",
+            f"What differs: {reason['message']}",
+        ]
+    else:
+        lines = [
+            f"xnatdrop did NOT archive {reason['label']} (project {reason['project']}).",
+            "",
+            f"What is wrong: {reason['message']}",
+        ]
     if reason.get("fix"):
         lines.append(f"How to fix it: {reason['fix']}")
     problems = [f for f in reason.get("findings", []) if f.get("action") == "block"]

@@ -50,14 +50,28 @@ def render_text(receipt: dict[str, Any]) -> str:
         f"Open it at: {receipt['xnat_url']}",
         "",
         f"Scans ({len(receipt['scans'])}), {receipt['file_count']} files, "
-        f"{_size(receipt['bytes'])}, every file checked against XNAT "
-        f"({'size and MD5' if receipt['checksums_verified'] else 'count per scan'}):",
+        f"{_size(receipt['bytes'])}:",
     ]
     for scan in receipt["scans"]:
         description = f" {scan['description']}" if scan.get("description") else ""
         lines.append(
             f"  scan {scan['series_number'] or '?'}{description}: {scan['file_count']} files, "
             f"{_size(scan['bytes'])} (from {scan['folder']})"
+        )
+    verification = receipt.get("verification") or {}
+    if verification.get("summary"):
+        lines += ["", f"Verified against XNAT: {verification['summary']}."]
+    if receipt.get("not_archived"):
+        lines += ["", "Not archived, because XNAT's own configuration left them out:"]
+        for item in receipt["not_archived"]:
+            description = f" {item['description']}" if item.get("description") else ""
+            lines.append(
+                f"  series {item.get('number') or '?'}{description} ({item['folder']}, "
+                f"{item['files']} files): {item['reason']}"
+            )
+        lines.append(
+            "  The files are in this folder. If they should be in XNAT, ask the XNAT "
+            "administrator about that configuration."
         )
     if receipt["resources"]:
         lines += ["", "Session resources:"]
@@ -73,7 +87,8 @@ def render_text(receipt: dict[str, Any]) -> str:
     if receipt.get("subject_fields"):
         fields = ", ".join(sorted(receipt["subject_fields"]))
         lines += ["", f"Subject details set in XNAT: {fields}."]
-    lines += ["", "Nothing needs to be done. This folder is kept as it was dropped.", ""]
+    done = "Nothing needs to be done." if not receipt.get("not_archived") else ""
+    lines += ["", f"{done} This folder is kept as it was dropped.".strip(), ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,393 @@
+"""What XNAT may change in an upload, and how what it holds is compared with what was sent.
+
+A fresh XNAT rewrites every file it imports: its site-wide anonymisation script is on by default
+and sets PatientName, PatientID and StudyDescription (xnat-stock.md row 1); a project script
+runs again at archive time (row 2); a series import filter drops whole series without a word
+(row 6). So sizes and MD5s prove nothing there, and a verification that relies on them
+quarantines every drop of a stock XNAT. What survives the rewriting, and is checked always:
+
+- the instances: every archived scan's SOPInstanceUIDs, read from the scan's DICOM catalog
+  (`cat:dcmEntry UID`, `xnat.XnatClient.scan_catalog`), matched to the manifest and counted;
+  a missing or extra instance is named with its file and series;
+- the pixel data, on a sample: the smallest file of each scan is downloaded and the MD5 of its
+  Pixel Data element compared with the local file's (catches transcoding and corruption);
+- before archiving, when XNAT exposes no UIDs (the prearchive lists names and sizes only),
+  the number of files of each scan.
+
+Sizes and MD5s are compared only where XNAT is known to keep the bytes: its scripts are off, or
+the import sent prevent_anon=true. That is read from XNAT at push time (`Rewriting`), never
+assumed; what the account may not read counts as "XNAT may rewrite". Only DICOM resources
+count (`xnat.DICOM_RESOURCES`): SNAPSHOTS or NIFTI that automation adds to a scan never read as
+a difference.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import io
+import re
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from xnatdrop import pack, xnat
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+
+
+@dataclasses.dataclass(frozen=True)
+class Rewriting:
+    """What XNAT may do to this drop's files, as it said at push time.
+
+    `site` and `project`: whether the site-wide and the project's anonymisation scripts are on
+    (None: XNAT would not tell this account). `*_rejects` / `*_alters_pixels`: whether the
+    script has a `reject` or an `alterPixels` statement (None: unknown). `filters`: the enabled
+    series import filters ("site: blacklist", …; None: unknown). `checksums`: XNAT's
+    `checksums` preference (None: unknown), without which archived files have no MD5.
+    """
+
+    prevent_anon: bool
+    site: bool | None
+    project: bool | None
+    site_rejects: bool | None = None
+    project_rejects: bool | None = None
+    site_alters_pixels: bool | None = None
+    project_alters_pixels: bool | None = None
+    filters: tuple[str, ...] | None = ()
+    checksums: bool | None = None
+
+    # -- what XNAT may change, and when ----------------------------------------------------
+
+    @property
+    def site_runs(self) -> bool:
+        return not self.prevent_anon and self.site is not False
+
+    @property
+    def project_runs(self) -> bool:
+        return not self.prevent_anon and self.project is not False
+
+    def rewrites_at_import(self) -> bool:
+        """The prearchive copy may differ in bytes from the upload."""
+        return self.site_runs
+
+    def rewrites_at_archive(self) -> bool:
+        """The archived copy may differ in bytes from the upload."""
+        return self.site_runs or self.project_runs
+
+    def drops_at_import(self) -> str:
+        """Why XNAT may leave whole series out at import ('' if nothing would)."""
+        reasons = []
+        if self.filters is None:
+            reasons.append("a series import filter (this account may not read them)")
+        elif self.filters:
+            reasons.append(f"the series import filter ({'; '.join(self.filters)})")
+        if self.site_runs and self.site_rejects is not False:
+            reasons.append("a reject statement in the site anonymisation script")
+        return " or ".join(reasons)
+
+    def drops_at_archive(self) -> str:
+        """Why XNAT may leave instances out at archive time ('' if nothing would)."""
+        if self.project_runs and self.project_rejects is not False:
+            return "a reject statement in the project's anonymisation script"
+        return ""
+
+    def alters_pixels(self) -> bool:
+        """An anonymisation script that ran may edit pixel data (DicomEdit alterPixels)."""
+        return (self.site_runs and bool(self.site_alters_pixels)) or (
+            self.project_runs and bool(self.project_alters_pixels)
+        )
+
+    def why_bytes_differ(self) -> str:
+        """Why sizes and MD5s of the archived files are not compared ('' if they are)."""
+        if not self.rewrites_at_archive():
+            return ""
+        scripts = []
+        if self.site_runs:
+            scripts.append(
+                "XNAT's site anonymisation script"
+                if self.site
+                else "XNAT's site anonymisation script (this account may not see whether it is on)"
+            )
+        if self.project_runs:
+            scripts.append(
+                "the project's anonymisation script"
+                if self.project
+                else "the project's anonymisation script (this account may not see whether it "
+                "is on)"
+            )
+        return f"headers rewritten by {' and '.join(scripts)}"
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["filters"] = None if self.filters is None else list(self.filters)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rewriting:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        if values.get("filters") is not None:
+            values["filters"] = tuple(values["filters"])
+        return cls(**values)
+
+
+def read_rewriting(client: Any, project: str, prevent_anon: bool) -> Rewriting:
+    """Ask XNAT what it may change in an upload to `project` (a handful of small GETs)."""
+    anonymization = client.anonymization(project)
+    site_script = project_script = None
+    if not prevent_anon and anonymization.site is not False:
+        site_script = client.anonymization_script()
+    if not prevent_anon and anonymization.project is not False:
+        project_script = client.anonymization_script(project)
+    filters = client.series_import_filters(project)
+    checksums = client.site_preference("checksums")
+    return Rewriting(
+        prevent_anon=prevent_anon,
+        site=anonymization.site,
+        project=anonymization.project,
+        site_rejects=_has(site_script, "reject"),
+        project_rejects=_has(project_script, "reject"),
+        site_alters_pixels=_has(site_script, "alterPixels"),
+        project_alters_pixels=_has(project_script, "alterPixels"),
+        filters=None
+        if filters is None
+        else tuple(f"{f.scope}: {f.mode or 'filter'}" for f in filters if f.enabled),
+        checksums=xnat._as_bool(checksums) if checksums is not None else None,
+    )
+
+
+def _has(script: str | None, statement: str) -> bool | None:
+    """Whether a DicomEdit script has `statement` outside comments (None: script unknown)."""
+    if script is None:
+        return None
+    code = "\n".join(line.split("//", 1)[0] for line in script.splitlines())
+    return re.search(rf"\b{statement}\b", code, re.I) is not None
+
+
+# -- series of the manifest ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """One series of the upload, for messages and receipts."""
+
+    uid: str
+    number: str
+    files: int
+    folder: str
+
+    def name(self) -> str:
+        return f"series {self.number or '?'} ({self.folder}, {self.files} files)"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def series_of(entries: Iterable[pack.Entry]) -> list[Series]:
+    groups: dict[str, list[pack.Entry]] = {}
+    for entry in entries:
+        groups.setdefault(entry.series_instance_uid, []).append(entry)
+    return [
+        Series(uid, group[0].series_number, len(group), str(Path(group[0].path).parent))
+        for uid, group in groups.items()
+    ]
+
+
+def scan_folder(entry: pack.Entry) -> str:
+    """The prearchive scan XNAT files an instance under (Restructurer.determineScanSubdir):
+    its SeriesNumber if that is a usable file name, else its SeriesInstanceUID made safe."""
+    if entry.series_number and re.fullmatch(r"[\w.-]+", entry.series_number):
+        return entry.series_number
+    if entry.series_instance_uid:
+        return re.sub(r"[^\w-]", "_", entry.series_instance_uid)
+    return "NA"
+
+
+# -- before archiving: the prearchive ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PrearchiveCheck:
+    """The prearchive copy against the manifest.
+
+    `missing`: series none of whose files arrived (a filter may have dropped them);
+    `incomplete`: other count differences (an interrupted upload: send again);
+    `changed`: sizes differ although XNAT was expected to keep the bytes.
+    """
+
+    missing: list[Series]
+    incomplete: str
+    changed: str
+
+
+def check_prearchive(
+    manifest: pack.Manifest, files: list[xnat.RemoteFile], compare_sizes: bool
+) -> PrearchiveCheck:
+    """Counts per scan always; sizes (the prearchive lists no MD5) only with `compare_sizes`."""
+    by_scan: dict[str, list[pack.Entry]] = collections.defaultdict(list)
+    for entry in manifest.files:
+        by_scan[scan_folder(entry)].append(entry)
+    found = collections.Counter(f.scan for f in files)
+    missing_scans = [scan for scan in by_scan if scan not in found]
+    missing = [s for scan in missing_scans for s in series_of(by_scan[scan])]
+    differences = []
+    for scan in sorted(set(by_scan) | set(found)):
+        expected = len(by_scan.get(scan, []))
+        if scan in found and found[scan] != expected:
+            differences.append(f"scan {scan}: {found[scan]} of {expected} files")
+    incomplete = ""
+    if differences:
+        incomplete = "; ".join(differences[:5])
+    changed = ""
+    if compare_sizes and not differences:
+        present = [e for e in manifest.files if scan_folder(e) in found]
+        local = collections.Counter(e.size for e in present)
+        if collections.Counter(f.size for f in files) != local:
+            changed = "file sizes in XNAT differ from the upload"
+    return PrearchiveCheck(missing, incomplete, changed)
+
+
+# -- after archiving: instance UIDs, bytes where kept, pixel data -----------------------------
+
+
+@dataclasses.dataclass
+class ArchiveCheck:
+    """The archived session's DICOM against the manifest.
+
+    `missing`: manifest entries XNAT did not catalogue, `extra`: catalogued instances that are
+    not in the manifest, `changed`: files whose size or MD5 differ (only when compared),
+    `matched`: manifest entry and remote file of every instance found, by SOPInstanceUID.
+    """
+
+    missing: list[pack.Entry]
+    extra: list[xnat.CatalogEntry]
+    changed: list[str]
+    matched: list[tuple[pack.Entry, xnat.RemoteFile | None]]
+    md5_compared: bool = False
+
+    def describe(self, limit: int = 5) -> str:
+        """What differs, naming files and series; '' when nothing does."""
+        parts = []
+        if self.missing:
+            names = ", ".join(e.path for e in self.missing[:limit])
+            more = f" and {len(self.missing) - limit} more" if len(self.missing) > limit else ""
+            parts.append(
+                f"{len(self.missing)} instance(s) of the upload are missing: {names}{more}"
+            )
+        if self.extra:
+            names = ", ".join(f"scan {c.scan} {c.path} (UID {c.uid})" for c in self.extra[:limit])
+            more = f" and {len(self.extra) - limit} more" if len(self.extra) > limit else ""
+            parts.append(f"{len(self.extra)} instance(s) are not from this upload: {names}{more}")
+        if self.changed:
+            more = f" and {len(self.changed) - limit} more" if len(self.changed) > limit else ""
+            parts.append(
+                f"{len(self.changed)} file(s) have other bytes: "
+                f"{', '.join(self.changed[:limit])}{more}"
+            )
+        return "; ".join(parts)
+
+
+def dicom_files(files: list[xnat.RemoteFile]) -> list[xnat.RemoteFile]:
+    """The files of XNAT's DICOM resources; SNAPSHOTS, NIFTI and the like are left out."""
+    return [f for f in files if f.resource in xnat.DICOM_RESOURCES]
+
+
+def check_archive(
+    manifest: pack.Manifest,
+    catalog: list[xnat.CatalogEntry],
+    files: list[xnat.RemoteFile],
+    compare_bytes: bool,
+) -> ArchiveCheck:
+    """Match instances by SOPInstanceUID; with `compare_bytes`, also sizes and MD5s.
+
+    `files` (the scan file listing) gives each catalogued file's size and listing URI; the
+    catalog gives its UID and the MD5 XNAT recorded.
+    """
+    local = {e.sop_instance_uid: e for e in manifest.files}
+    listed = {(f.scan, f.resource, f.path): f for f in files}
+    remote: dict[str, xnat.CatalogEntry] = {}
+    extra = []
+    for entry in catalog:
+        if entry.uid in local and entry.uid not in remote:
+            remote[entry.uid] = entry
+        else:
+            extra.append(entry)
+    missing = [e for uid, e in local.items() if uid not in remote]
+    matched = []
+    changed = []
+    md5_compared = compare_bytes
+    for uid, entry in remote.items():
+        mine = local[uid]
+        file = listed.get((entry.scan, entry.resource, entry.path))
+        matched.append((mine, file))
+        if not compare_bytes:
+            continue
+        digest = (entry.digest or (file.digest if file else "")).lower()
+        if file is not None and file.size != mine.size:
+            changed.append(f"{mine.path} ({file.size} bytes in XNAT, {mine.size} sent)")
+        elif digest and digest != mine.md5:
+            changed.append(f"{mine.path} (MD5 differs)")
+        elif not digest:
+            md5_compared = False
+    return ArchiveCheck(missing, extra, changed, matched, md5_compared)
+
+
+def whole_series_missing(check: ArchiveCheck, manifest: pack.Manifest) -> list[Series]:
+    """The series of which no instance was catalogued."""
+    missing_uids = {e.sop_instance_uid for e in check.missing}
+    series = []
+    for item in series_of(manifest.files):
+        members = [e for e in manifest.files if e.series_instance_uid == item.uid]
+        if all(e.sop_instance_uid in missing_uids for e in members):
+            series.append(item)
+    return series
+
+
+def pixel_digest(source: bytes | Path) -> tuple[str, str] | None:
+    """(transfer syntax UID, MD5 of the Pixel Data element's value) of one DICOM file, or None
+    when it has no pixel data. Anonymisation rewrites headers, never these bytes; a transcoded
+    or damaged copy differs (xnat-stock "lacks entirely": decompression on import)."""
+    import pydicom
+    import pydicom.errors
+
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        dataset = pydicom.dcmread(handle, force=True)
+        elements = [dataset[tag] for tag in PIXEL_TAGS if tag in dataset]
+    except (
+        pydicom.errors.InvalidDicomError,
+        struct.error,
+        ValueError,
+        IndexError,
+        KeyError,
+        EOFError,
+        OverflowError,
+    ) as error:
+        raise ValueError(f"not readable as DICOM ({type(error).__name__})") from None
+    syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
+    for element in elements:
+        if isinstance(element.value, bytes):
+            return syntax, hashlib.md5(element.value, usedforsecurity=False).hexdigest()
+    return None
+
+
+def smallest_per_scan(
+    matched: list[tuple[pack.Entry, xnat.RemoteFile | None]],
+) -> list[tuple[pack.Entry, xnat.RemoteFile]]:
+    """The smallest archived file of each scan, with its manifest entry: the pixel sample."""
+    best: dict[str, tuple[pack.Entry, xnat.RemoteFile]] = {}
+    for entry, file in matched:
+        if file is None:
+            continue
+        current = best.get(file.scan)
+        if current is None or (file.size, file.path) < (current[1].size, current[1].path):
+            best[file.scan] = (entry, file)
+    return [best[scan] for scan in sorted(best, key=_scan_order)]
+
+
+def _scan_order(scan: str) -> tuple[int, str]:
+    match = re.match(r"\d+", scan)
+    return (int(match.group()) if match else 1 << 30, scan)
