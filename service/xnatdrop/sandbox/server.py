@@ -37,6 +37,7 @@ from xnatdrop.sandbox import (
     dicomzip,
     entities,
     prearchive,
+    site,
     store,
     tables,
 )
@@ -348,39 +349,16 @@ class Sandbox:
         raise tables.HttpError(404, "The requested URI was not found.")
 
     def _xapi(self, request: Request) -> tables.Response:
-        if request.path.rstrip("/") == "/xapi/access/projects" and request.method in (
-            "GET",
-            "HEAD",
-        ):
-            return self._access_projects(request)
-        answer = None
+        answer = site.handle(request)
+        if answer is not None:
+            return answer
+        served = None
         if xapi is not None:
-            answer = xapi.handle(request.method, request.path, request.query, request.user.name)
-        if answer is None:
+            served = xapi.handle(request.method, request.path, request.query, request.user.name)
+        if served is None:
             raise tables.HttpError(404, "The requested URI was not found.")
-        status, content_type, payload = answer
+        status, content_type, payload = served
         return tables.Response(status, content_type, payload)
-
-    def _access_projects(self, request: Request) -> tables.Response:
-        """GET /xapi/access/projects: the projects the user can see, each with its role.
-
-        XNAT's AccessApi answers a JSON list of project summaries with `ID` and `role`
-        (owner, member, collaborator); xnatpy's `access_levels` reads exactly those two keys.
-        A read-only sandbox user is a collaborator; a user with no access sees no project.
-        """
-        role = "owner" if request.user.access == "owner" else "collaborator"
-        rows = [
-            {
-                "ID": project["id"],
-                "secondary_ID": project["secondary_id"] or project["id"],
-                "name": project["name"] or project["id"],
-                "description": project["description"] or "",
-                "role": role,
-            }
-            for project in self.store.all("SELECT * FROM projects ORDER BY id")
-            if request.user.can_read(project["id"])
-        ]
-        return tables.Response(200, "application/json", json.dumps(rows).encode())
 
     # -- the admin API ----------------------------------------------------------------------
 
