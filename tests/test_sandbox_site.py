@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from xnatdrop.sandbox import Sandbox
+from xnatdrop.sandbox import site as site_module
 
 SITE_USERS = [
     "admin:pw",
@@ -95,3 +96,17 @@ def test_a_bad_membership_is_a_password_not_an_access(tmp_path):
     server = Sandbox(data=tmp_path / "x", port=0, users=["a:pw", "b:x:guest@SPN01"])
     assert server.accounts["b"].password == "x:guest@SPN01"
     assert server.accounts["b"].access == "owner"
+
+
+@pytest.mark.parametrize(
+    ("text", "days"),
+    [("1 year", 360), ("2 years", 720), ("6 mons", 180), ("90 days 12 hours", 90.5), ("1 week", 7)],
+)
+def test_password_intervals_compare_as_postgresql_does(text, days):
+    assert site_module.parse_interval(text) == days * 86400
+
+
+@pytest.mark.parametrize("text", ["", "one year", "1 fortnight"])
+def test_an_interval_the_sandbox_cannot_compare_is_refused(text):
+    with pytest.raises(ValueError, match="interval"):
+        site_module.parse_interval(text)
