@@ -158,6 +158,17 @@ def test_connect_with_a_wrong_password_is_a_login_error(sandbox):
         )
 
 
+def test_access_levels_read_xnats_role_names(sandbox):
+    """xnatpy's `access_levels` maps `/xapi/access/projects` rows to {ID: role}; it skips rows
+    without an ID, such as the admin's ALL_DATA_ADMIN row, so the site admin (svc) has none."""
+    with _connect(sandbox) as admin:
+        assert admin.access_levels == {}
+    with xnat.connect(
+        sandbox.url, user="other", password="pw", logger=logging.getLogger("xnatpy")
+    ) as owner:
+        assert owner.access_levels == {"SPN01": "Owners", "SPN02": "Owners"}
+
+
 def test_import_to_prearchive_archive_and_read_back(sandbox, tmp_path):
     """1. services.import_ a 50-file DICOM zip to /prearchive 2. find it in prearchive.sessions()
     3. archive it with explicit labels 4. read experiment, scan, DICOM resource and files back.

@@ -158,3 +158,93 @@ def test_read_only_and_outsider_codes(svc, reader, outsider):
         reader.get("/data/projects/SPN01/subjects/NOPE", params={"format": "json"}).status_code
         == 404
     )
+
+
+# -- password expiry (XnatExpiredPasswordFilter) ------------------------------------------------
+
+CHANGE_PASSWORD = "/app/template/XDATScreen_UpdateUser.vm"
+EXPIRED_TEXT = "Your password has expired. Please try again after changing your password."
+
+
+def _basic(sandbox, user: str, password: str = "pw", path: str = "/data/projects"):
+    """One Basic request without a cookie: a fresh HTTP session, so nothing cached."""
+    return requests.get(sandbox.url + path, auth=(user, password), allow_redirects=False)
+
+
+def test_a_fresh_account_is_not_expired_and_an_expired_one_is_sent_to_change_its_password(
+    sandbox, anonymous
+):
+    assert _basic(sandbox, "reader").status_code == 200
+    form = anonymous.post("/data/services/auth", data={"username": "reader", "password": "pw"})
+    assert form.status_code == 200  # the login itself passes the filter as a guest
+    sandbox.expire_password("reader")
+    for response in (
+        _basic(sandbox, "reader"),
+        anonymous.get("/data/projects", allow_redirects=False),
+    ):
+        assert response.status_code == 302
+        assert response.headers["Location"] == sandbox.url + CHANGE_PASSWORD
+        assert response.content == b""
+    assert _basic(sandbox, "svc").status_code == 200  # other accounts are not affected
+
+
+def test_a_session_checked_before_the_password_expired_keeps_working(sandbox, reader):
+    assert reader.get("/data/projects").status_code == 200  # the session remembers "not expired"
+    sandbox.expire_password("reader")
+    assert reader.get("/data/projects", allow_redirects=False).status_code == 200
+    assert _basic(sandbox, "reader").status_code == 302  # a new session is checked again
+    sandbox.expire_password("reader", expired=False)  # the password was changed
+    assert _basic(sandbox, "reader").status_code == 200
+
+
+def test_basic_gets_403_with_xnats_text_when_the_filter_runs_before_basic_auth(sandbox, anonymous):
+    """Earlier XNAT releases put the filter before Basic authentication: the unauthenticated branch
+    answers 403 by user name alone (even a wrong password), as a Tomcat error page."""
+    sandbox.apply_settings(password_filter_before_basic=True)
+    anonymous.post("/data/services/auth", data={"username": "reader", "password": "pw"})
+    sandbox.expire_password("reader")
+    for password in ("pw", "wrong"):
+        refused = _basic(sandbox, "reader", password)
+        assert refused.status_code == 403
+        assert f"<p><b>Message</b> {EXPIRED_TEXT}</p>" in refused.text
+        assert "<h3>Apache Tomcat/" in refused.text
+    cookie = anonymous.get("/data/projects", allow_redirects=False)  # an authenticated session
+    assert (cookie.status_code, cookie.headers["Location"]) == (302, sandbox.url + CHANGE_PASSWORD)
+
+
+def test_expiry_follows_the_interval_on_the_sandbox_clock(sandbox):
+    """PostgreSQL compares "1 year" as 360 days; the interval is a site preference."""
+    sandbox.tick(359 * 86400)
+    assert _basic(sandbox, "reader").status_code == 200
+    sandbox.tick(2 * 86400)
+    assert _basic(sandbox, "reader").status_code == 302
+    assert _basic(sandbox, "svc").status_code == 302  # every account was created at start
+    admin = ("svc", "pw")
+    url = sandbox.url + "/xapi/siteConfig/passwordExpirationInterval"
+    refused = requests.post(url, data="2 years", auth=admin, allow_redirects=False)
+    assert refused.status_code == 302  # svc is expired too
+    followed = requests.post(url, data="2 years", auth=admin)  # requests follows with a GET
+    assert followed.status_code == 200 and "XDATScreen_UpdateUser.vm" in followed.text
+    assert requests.get(url, auth=("reader", "pw"), allow_redirects=False).status_code == 302
+    sandbox.expire_password("svc", expired=False)
+    assert requests.post(url, data="2 years", auth=admin, headers={"Content-Type": "text/plain"}).ok
+    assert requests.get(url, auth=admin).text == "2 years"
+    assert _basic(sandbox, "reader").status_code == 200
+
+
+def test_expiry_is_switchable_through_the_admin_api_and_xnats_preferences(sandbox, svc, reader):
+    answer = svc.post(f"{sandbox.url}/_sandbox/expire-password", json={"user": "outsider"})
+    assert answer.json() == {"user": "outsider", "expired": True}
+    assert _basic(sandbox, "outsider").status_code == 302
+    kind = sandbox.url + "/xapi/siteConfig/passwordExpirationType"
+    assert svc.get(kind).text == "Interval"
+    assert reader.post(kind, data="Disabled").status_code == 403  # site admins only
+    assert svc.post(kind, data="Date").status_code == 400  # not modelled, said so
+    assert svc.post(kind, data="Disabled").status_code == 200
+    assert _basic(sandbox, "outsider").status_code == 200
+    bad = svc.post(f"{sandbox.url}/_sandbox/settings", json={"password_expiration_interval": "x"})
+    assert bad.status_code == 400 and "interval" in bad.json()["error"]
+    assert (
+        svc.post(f"{sandbox.url}/_sandbox/expire-password", json={"user": "nobody"}).status_code
+        == 400
+    )

@@ -222,15 +222,24 @@ def _archive(
                 ),
             )
             target_dir = experiment_dir / "SCANS" / target / "DICOM"
-            resource_id = _resource(db, experiment_id, target, target_dir, store.root)
+            resource_id = _resource(
+                db, experiment_id, target, target_dir, store.root, scan["series_uid"]
+            )
             target_dir.mkdir(parents=True, exist_ok=True)
             source_dir = session_dir / "SCANS" / scan["scan_id"] / "DICOM"
             for entry in (f for f in files if f["scan_id"] == scan["scan_id"]):
                 (source_dir / entry["name"]).replace(target_dir / entry["name"])
                 db.execute(
-                    "INSERT OR REPLACE INTO files (resource_id, relpath, size, md5) "
-                    "VALUES (?, ?, ?, ?)",
-                    (resource_id, entry["name"], entry["size"], entry["md5"]),
+                    "INSERT OR REPLACE INTO files (resource_id, relpath, size, md5, uid, "
+                    "instance) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        resource_id,
+                        entry["name"],
+                        entry["size"],
+                        entry["md5"],
+                        entry["sop_uid"],
+                        entry["instance"],
+                    ),
                 )
     prearchive.delete_session(store, row)
     remove_empty_parents(session_dir.parent, store.prearchive_root)
@@ -258,8 +267,18 @@ def _dicom_files(store: object, experiment_id: str, scan_id: str) -> set[str]:
 
 
 def _resource(
-    db: sqlite3.Connection, experiment_id: str, scan_id: str, path: object, root: object
+    db: sqlite3.Connection,
+    experiment_id: str,
+    scan_id: str,
+    path: object,
+    root: object,
+    series_uid: str | None,
 ) -> int:
+    """The scan's DICOM resource: a `cat:DCMCatalog` whose UID is the SeriesInstanceUID.
+
+    dicom-xnat `CatalogBuilder` makes it (label DICOM, format DICOM, content RAW) and
+    `CatalogAttributes` sets the catalog's UID from (0020,000E).
+    """
     owner = f"{experiment_id}/{scan_id}"
     found = db.execute(
         "SELECT id FROM resources WHERE owner_kind = 'scan' AND owner_id = ? AND label = 'DICOM'",
@@ -269,9 +288,9 @@ def _resource(
         return int(found["id"])
     relative = str(path.relative_to(root))  # type: ignore[attr-defined]
     cursor = db.execute(
-        "INSERT INTO resources (owner_kind, owner_id, label, format, content, path) "
-        "VALUES ('scan', ?, 'DICOM', 'DICOM', 'RAW', ?)",
-        (owner, relative),
+        "INSERT INTO resources (owner_kind, owner_id, label, format, content, path, uid) "
+        "VALUES ('scan', ?, 'DICOM', 'DICOM', 'RAW', ?, ?)",
+        (owner, relative, series_uid or ""),
     )
     return int(cursor.lastrowid or 0)
 

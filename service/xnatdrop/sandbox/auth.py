@@ -33,6 +33,7 @@ class Session:
     user: User
     last_seen: float
     csrf: str
+    password_expired: bool | None = None  # XnatExpiredPasswordFilter's "expired" attribute
 
 
 class Sessions:

@@ -509,7 +509,9 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     size, md5 = _write(folder / name, tap)
     if job.sandbox.faults.anonymize and row["prevent_anon"].lower() != "true":
         size, md5 = _anonymize(folder / name)
-    prearchive.record_file(store, pk, scan_id, name, size, md5, header.sop_uid)
+    prearchive.record_file(
+        store, pk, scan_id, name, size, md5, header.sop_uid, _instance(header.instance_number)
+    )
     job.stored += 1
 
 
@@ -542,6 +544,14 @@ def _anonymize(path: Path) -> tuple[int, str]:
     data = buffer.getvalue()
     path.write_bytes(data)
     return len(data), hashlib.md5(data).hexdigest()
+
+
+def _instance(value: str) -> int | None:
+    """InstanceNumber (IS) as the catalog's integer `instanceNumber`; None when absent."""
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def _date(value: str) -> str:

@@ -303,17 +303,31 @@ def file_owner(store: Store, pk: int, scan_id: str, name: str) -> str | None:
 
 
 def record_file(
-    store: Store, pk: int, scan_id: str, name: str, size: int, md5: str, sop_uid: str
+    store: Store,
+    pk: int,
+    scan_id: str,
+    name: str,
+    size: int,
+    md5: str,
+    sop_uid: str,
+    instance: int | None = None,
 ) -> None:
+    """Keep one stored file's size, MD5, SOPInstanceUID and InstanceNumber.
+
+    The UID and instance number become the archive catalog's `cat:dcmEntry` `UID` and
+    `instanceNumber` (dicom-xnat `ImageFileAttributes`: UID ← (0008,0018), instanceNumber ←
+    (0020,0013)).
+    """
     store.run(
-        "INSERT OR REPLACE INTO prearc_files (session, scan_id, name, size, md5, sop_uid) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO prearc_files (session, scan_id, name, size, md5, sop_uid, "
+        "instance) VALUES (?, ?, ?, ?, ?, ?, ?)",
         pk,
         scan_id,
         name,
         size,
         md5,
         sop_uid,
+        instance,
     )
 
 
@@ -659,7 +673,10 @@ def _session_part(request: Request, row: sqlite3.Row, rest: list[str]) -> tables
         )
         if scan is None:
             raise tables.HttpError(404, f"Unable to find scan {rest[1]}.")
-        if len(rest) == 3:
+        if len(rest) in (3, 4):
+            # Restlet routes by "starts with": `…/scans/{id}/resources/{R}` has no route of its
+            # own and lands on `PrearcScanResourceList`, the scan's resource table. XNAT has no
+            # per-scan catalog document in the prearchive (only `…/{session}/resources/{R}`).
             rows = [
                 {"label": "DICOM", "file_count": scan["file_count"], "file_size": scan["file_size"]}
             ]
@@ -682,7 +699,30 @@ def _session_part(request: Request, row: sqlite3.Row, rest: list[str]) -> tables
             if name not in {f["name"] for f in files} or not path.is_file():
                 raise tables.HttpError(404, f"Unable to find file {name}.")
             return tables.Response(200, "application/dicom", file=path)
+    if len(rest) == 2 and rest[0] == "resources":
+        return _session_resource(request, row, rest[1])
     raise tables.HttpError(404, "The requested URI was not found.")
+
+
+#: The media type Restlet settles on for a `format` value (`SecureResource.overrideVariant`).
+_MEDIA_TYPES = {"json": "application/json", "csv": "text/csv", "html": "text/html"}
+
+
+def _session_resource(request: Request, row: sqlite3.Row, resource: str) -> tables.Response:
+    """`…/{session}/resources/{R}`: `PrearcSessionResourceCatalog` serves a zip and nothing else.
+
+    `PrearcSessionResourceA.getRepresentation` zips `{session}/RESOURCES/{R}` for a zip variant
+    and answers 400 "Requested type … is not supported" for any other: the prearchive has no
+    catalog document to read UIDs from (only the archive's `CatalogResource` has).
+    """
+    fmt = request.fmt or "xml"
+    if fmt != "zip":
+        kind = _MEDIA_TYPES.get(fmt, "text/xml")
+        raise tables.HttpError(400, f"Requested type {kind} is not supported")
+    folder = session_dir(request.sandbox.store, row) / "RESOURCES" / resource
+    if not row["built"] or not folder.is_dir():
+        raise tables.HttpError(404, "Unable to locate prearc resource.")
+    return _zip_folder(request, folder, resource)
 
 
 def _action(request: Request, row: sqlite3.Row) -> tables.Response:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from xnatdrop.sandbox import bodies, tables
+from xnatdrop.sandbox import bodies, catalog, tables
 from xnatdrop.sandbox.store import Store, remove_empty_parents
 from xnatdrop.sandbox.wire import Request
 
@@ -269,9 +269,10 @@ def _resource(
 ) -> tables.Response:
     store = request.sandbox.store
     if request.method == "GET":
+        # `CatalogResource.represent`: the catalog document itself, text/xml, whatever `format`.
         if resource is None:
-            raise tables.HttpError(404, f"Unable to find resource {label}.")
-        return tables.item_in_format(node(store, resource), request.fmt)
+            raise tables.HttpError(404, "Unable to find the specified catalog.")
+        return tables.Response(200, "text/xml", catalog.document(store, resource, owner.project))
     if not request.user.can_write(owner.project):
         raise tables.HttpError(403, NO_PERMISSION)
     if request.method in ("PUT", "POST"):

@@ -37,6 +37,7 @@ from xnatdrop.sandbox import (
     dicomzip,
     entities,
     prearchive,
+    site,
     store,
     tables,
 )
@@ -63,6 +64,7 @@ ROUTES: list[tuple[re.Pattern[str], Handler]] = [
     (re.compile(r"^/(projects|subjects|experiments)(/|$)"), entities.handle),
     (re.compile(r"^/search/elements/?$"), lambda request: _search_elements(request)),
     (re.compile(r"^/search/elements/[^/]+/?$"), lambda request: _search_fields(request)),
+    (re.compile("^" + re.escape(site.CHANGE_PASSWORD_PATH) + "$"), site.change_password_page),
 ]
 
 #: Routes that answer without credentials.
@@ -84,6 +86,19 @@ class Settings:
     rebuild_idle: float = 300.0  # RECEIVING sessions idle this long are built (§4.4)
     rebuild_repeat: float = 60.0  # how often the rebuilder looks, in wall seconds
     archive_timeout: float = 600.0  # sessionArchiveTimeoutInterval (slow-archive fault)
+    site_url: str = ""  # XNAT's siteUrl preference; "" = the sandbox's own URL
+    password_expiration_type: str = "Interval"  # SiteConfigPreferences l.539 (Date: not modelled)
+    password_expiration_interval: str = "1 year"  # l.552, a PostgreSQL interval
+    password_filter_before_basic: bool = False  # True: Basic + expired password → 403 (site.py)
+
+    def check(self) -> None:
+        """Raise ValueError for a value XNAT would not accept or the sandbox cannot model."""
+        if self.password_expiration_type in site.UNMODELLED_EXPIRATION_TYPES:
+            raise ValueError(
+                f"password_expiration_type {self.password_expiration_type!r} is not modelled "
+                "by the sandbox: use Interval or Disabled"
+            )
+        site.parse_interval(self.password_expiration_interval)
 
 
 class Sandbox:
@@ -102,6 +117,7 @@ class Sandbox:
         self.host = host
         self.port = port
         self.settings = Settings(**settings)
+        self.settings.check()
         self.users = list(users or ["admin:admin"])  # as given: NAME:PASSWORD[:ACCESS]
         self.projects = list(projects or [])
         self.accounts: dict[str, User] = {}
@@ -114,6 +130,9 @@ class Sandbox:
         self.clock = control.Clock()
         self.faults = control.Faults()
         self.sessions = auth.Sessions()
+        #: When each account's password was last set, on the sandbox clock: a fresh account's
+        #: password is new, so it is not expired (xhbm_xdat_user_auth.password_updated).
+        self.password_updated = dict.fromkeys(self.accounts, self.clock.now())
         self.store: store.Store
         #: Requests received, by "METHOD /path/as/sent" (faulted ones included).
         self.requests: collections.Counter[str] = collections.Counter()
@@ -225,9 +244,27 @@ class Sandbox:
     def clear_faults(self) -> None:
         self.faults.clear()
 
+    def apply_settings(self, **changes: Any) -> None:
+        """Change settings by name (what `/_sandbox/settings` does); all or none are applied."""
+        updated = Settings(**asdict(self.settings))
+        for key, value in changes.items():
+            if not hasattr(updated, key):
+                raise ValueError(f"unknown setting {key!r}")
+            setattr(updated, key, _coerce(key, value, type(getattr(updated, key))))
+        updated.check()
+        for key in changes:
+            setattr(self.settings, key, getattr(updated, key))
+
     def expire_sessions(self) -> int:
         """Invalidate every JSESSIONID; return how many there were."""
         return self.sessions.expire_all()
+
+    def expire_password(self, user: str, expired: bool = True) -> None:
+        """Make `user`'s password one that was set long ago (expired under the Interval type),
+        or, with `expired=False`, one just changed. Sessions keep what they already checked."""
+        if user not in self.accounts:
+            raise ValueError(f"no account named {user!r}")
+        self.password_updated[user] = 0.0 if expired else self.clock.now()
 
     def tick(self, seconds: float) -> dict[str, list[str]]:
         """Advance the clock and run the prearchive rebuilder once, now.
@@ -276,7 +313,7 @@ class Sandbox:
         if match:
             path = match.group(2) or "/"
             path = re.sub(r"^/archive(?=/(projects|subjects|experiments)(/|$))", "", path)
-        elif full_path.startswith("/xapi/"):
+        elif full_path.startswith("/xapi/") or full_path == site.CHANGE_PASSWORD_PATH:
             path = full_path
         elif full_path in ("/", ""):
             return tables.Response(200, tables.HTML, b"<html><body>XNAT sandbox</body></html>\n")
@@ -310,35 +347,41 @@ class Sandbox:
         return response
 
     def _authenticated(self, request: Request, cookies: dict[str, str]) -> tables.Response:
+        """XNAT's Spring Security chain, then the route: the session from the cookie, Basic
+        authentication (which opens a session), the expired-password filter (site.py)."""
         for pattern, handler in ANONYMOUS:
             if pattern.match(request.path):
                 return handler(request)
         credentials = auth.basic_credentials(request.headers.get("Authorization"))
         sid = cookies.get("JSESSIONID")
+        session = None
+        if sid:
+            session, _ = self.sessions.lookup(sid, self.clock.now(), self.settings.session_timeout)
         if credentials is not None:
+            if self.settings.password_filter_before_basic and session is None:
+                refused = site.basic_before_authentication(self, credentials[0])
+                if refused is not None:
+                    return refused
             user = self.accounts.get(credentials[0])
             if user is None or user.password != credentials[1]:
                 raise auth.challenge()
             request.user = user
-            session, _ = (
-                self.sessions.lookup(sid, self.clock.now(), self.settings.session_timeout)
-                if sid
-                else (None, False)
-            )
             if session is not None and session.user.name == user.name:
                 request.session_id = sid
             else:
                 self.new_session(request)
-        elif sid:
-            session, _ = self.sessions.lookup(sid, self.clock.now(), self.settings.session_timeout)
-            if session is None:
-                if self.settings.login_page_on_expiry:
-                    return tables.Response(200, tables.HTML, auth.LOGIN_PAGE.encode())
-                raise auth.challenge()
+        elif session is not None:
             request.user = session.user
             request.session_id = sid
+        elif sid:
+            if self.settings.login_page_on_expiry:
+                return tables.Response(200, tables.HTML, auth.LOGIN_PAGE.encode())
+            raise auth.challenge()
         else:
             raise auth.challenge()
+        redirect = site.expired_password_redirect(self, request)
+        if redirect is not None:
+            return redirect
 
         if request.path.startswith("/xapi/"):
             return self._xapi(request)
@@ -348,39 +391,16 @@ class Sandbox:
         raise tables.HttpError(404, "The requested URI was not found.")
 
     def _xapi(self, request: Request) -> tables.Response:
-        if request.path.rstrip("/") == "/xapi/access/projects" and request.method in (
-            "GET",
-            "HEAD",
-        ):
-            return self._access_projects(request)
-        answer = None
+        answer = site.handle(request)
+        if answer is not None:
+            return answer
+        served = None
         if xapi is not None:
-            answer = xapi.handle(request.method, request.path, request.query, request.user.name)
-        if answer is None:
+            served = xapi.handle(request.method, request.path, request.query, request.user.name)
+        if served is None:
             raise tables.HttpError(404, "The requested URI was not found.")
-        status, content_type, payload = answer
+        status, content_type, payload = served
         return tables.Response(status, content_type, payload)
-
-    def _access_projects(self, request: Request) -> tables.Response:
-        """GET /xapi/access/projects: the projects the user can see, each with its role.
-
-        XNAT's AccessApi answers a JSON list of project summaries with `ID` and `role`
-        (owner, member, collaborator); xnatpy's `access_levels` reads exactly those two keys.
-        A read-only sandbox user is a collaborator; a user with no access sees no project.
-        """
-        role = "owner" if request.user.access == "owner" else "collaborator"
-        rows = [
-            {
-                "ID": project["id"],
-                "secondary_ID": project["secondary_id"] or project["id"],
-                "name": project["name"] or project["id"],
-                "description": project["description"] or "",
-                "role": role,
-            }
-            for project in self.store.all("SELECT * FROM projects ORDER BY id")
-            if request.user.can_read(project["id"])
-        ]
-        return tables.Response(200, "application/json", json.dumps(rows).encode())
 
     # -- the admin API ----------------------------------------------------------------------
 
@@ -430,6 +450,9 @@ class Sandbox:
             )
         elif name == "expire-sessions":
             return {"expired": self.expire_sessions()}
+        elif name == "expire-password":
+            self.expire_password(str(args["user"]), bool(args.get("expired", True)))
+            return {"user": args["user"], "expired": site.password_expired(self, args["user"])}
         elif name == "tick":
             return self.tick(float(args.get("seconds", 0)))
         elif name == "slow-archive":
@@ -437,10 +460,7 @@ class Sandbox:
         elif name == "anonymize":
             self.anonymize(bool(args.get("enabled", True)))
         elif name == "settings":
-            for key, value in args.items():
-                if not hasattr(self.settings, key):
-                    raise ValueError(f"unknown setting {key!r}")
-                setattr(self.settings, key, type(getattr(self.settings, key))(value))
+            self.apply_settings(**args)
             return asdict(self.settings)
         else:
             return None
@@ -448,6 +468,17 @@ class Sandbox:
 
 
 _ANONYMOUS = User("guest", "", "none", False)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """A JSON value for a setting of type `kind`; booleans must be true/false, not any string."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+        raise ValueError(f"setting {key!r} takes true or false, not {value!r}")
+    return kind(value)
 
 
 def _search_elements(request: Request) -> tables.Response:
@@ -596,7 +627,8 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             self.send_response(response.status, response.reason)
             size = response.file.stat().st_size if response.file else len(response.body)
-            self.send_header("Content-Type", response.content_type)
+            if response.content_type:  # a redirect from a servlet filter has none
+                self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(size))
             for name, value in response.headers:
                 self.send_header(name, value)

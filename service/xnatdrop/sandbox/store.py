@@ -52,10 +52,10 @@ CREATE TABLE IF NOT EXISTS scans (
 CREATE TABLE IF NOT EXISTS resources (
     id INTEGER PRIMARY KEY AUTOINCREMENT, owner_kind TEXT NOT NULL, owner_id TEXT NOT NULL,
     label TEXT NOT NULL, format TEXT, content TEXT, description TEXT, tags TEXT,
-    path TEXT NOT NULL, UNIQUE (owner_kind, owner_id, label));
+    path TEXT NOT NULL, uid TEXT, UNIQUE (owner_kind, owner_id, label));
 CREATE TABLE IF NOT EXISTS files (
     resource_id INTEGER NOT NULL, relpath TEXT NOT NULL, size INTEGER NOT NULL, md5 TEXT NOT NULL,
-    PRIMARY KEY (resource_id, relpath));
+    uid TEXT, instance INTEGER, PRIMARY KEY (resource_id, relpath));
 CREATE TABLE IF NOT EXISTS prearchive (
     pk INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, timestamp TEXT NOT NULL,
     folder TEXT NOT NULL, name TEXT NOT NULL, subject TEXT, tag TEXT, status TEXT NOT NULL,
@@ -69,8 +69,17 @@ CREATE TABLE IF NOT EXISTS prearc_scans (
     series_description TEXT, modality TEXT, PRIMARY KEY (session, scan_id));
 CREATE TABLE IF NOT EXISTS prearc_files (
     session INTEGER NOT NULL, scan_id TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
-    md5 TEXT NOT NULL, sop_uid TEXT, PRIMARY KEY (session, scan_id, name));
+    md5 TEXT NOT NULL, sop_uid TEXT, instance INTEGER, PRIMARY KEY (session, scan_id, name));
 """
+
+#: Columns added after the first release: (table, column, declaration). A data directory written
+#: by an older sandbox gets them on open (`ALTER TABLE … ADD COLUMN`), so a restart never fails.
+ADDED_COLUMNS = (
+    ("resources", "uid", "TEXT"),  # a DICOM catalog's UID: the SeriesInstanceUID (cat:DCMCatalog)
+    ("files", "uid", "TEXT"),  # a DICOM file's SOPInstanceUID (cat:dcmEntry UID)
+    ("files", "instance", "INTEGER"),  # its InstanceNumber (cat:dcmEntry instanceNumber)
+    ("prearc_files", "instance", "INTEGER"),
+)
 
 
 class Store:
@@ -91,6 +100,10 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._db.commit()
 
     def close(self) -> None:

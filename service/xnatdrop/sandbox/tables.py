@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime
 import html
+import http
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -81,6 +82,38 @@ def error_response(error: HttpError) -> Response:
     return Response(
         error.status, HTML, error_page(error.status, error.message), headers=error.headers
     )
+
+
+#: Tomcat 9's `http.NNN.desc` texts for the statuses the servlet filters send with `sendError`.
+_TOMCAT_DESCRIPTIONS = {
+    401: "The request has not been applied because it lacks valid authentication credentials "
+    "for the target resource.",
+    403: "The server understood the request but refuses to authorize it.",
+}
+TOMCAT_VERSION = "Apache Tomcat/9.0.82"
+
+
+def tomcat_error(status: int, message: str) -> Response:
+    """Tomcat's ErrorReportValve page: what a servlet filter's `response.sendError(status, msg)`
+    answers (XNAT's Spring Security filters run before Restlet, so no Restlet status page).
+
+    The message is in `<p><b>Message</b> …</p>`; the only `<h3>` holds the Tomcat version, so a
+    client that scrapes Restlet's `<h3>` gets the server name, not the reason.
+    """
+    phrase = http.HTTPStatus(status).phrase
+    page = (
+        f'<!doctype html><html lang="en"><head><title>HTTP Status {status} – {phrase}</title>'
+        '<style type="text/css">body {font-family:Tahoma,Arial,sans-serif;} h1, h2, h3, b '
+        "{color:white;background-color:#525D76;} h1 {font-size:22px;} h2 {font-size:16px;} "
+        "h3 {font-size:14px;} p {font-size:12px;} a {color:black;} .line {height:1px;"
+        "background-color:#525D76;border:none;}</style></head><body>"
+        f'<h1>HTTP Status {status} – {phrase}</h1><hr class="line" />'
+        "<p><b>Type</b> Status Report</p>"
+        f"<p><b>Message</b> {html.escape(message, quote=False)}</p>"
+        f"<p><b>Description</b> {_TOMCAT_DESCRIPTIONS.get(status, phrase)}</p>"
+        f'<hr class="line" /><h3>{TOMCAT_VERSION}</h3></body></html>'
+    )
+    return Response(status, "text/html;charset=utf-8", page.encode())
 
 
 def text(body: str, status: int = 200) -> Response:
