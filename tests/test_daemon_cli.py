@@ -193,4 +193,4 @@ def test_doctor_fails_a_read_only_account(
         server.stop()
     out = capsys.readouterr().out
     assert f"PASS  project {PROJECT}: visible" in out
-    assert f"FAIL  project {PROJECT}: not writable ('reader' is collaborator)" in out
+    assert f"FAIL  project {PROJECT}: not writable ('reader' is in Collaborators)" in out

@@ -7,16 +7,19 @@ that the client sorts it into the right error family: Transient (retry later), P
 
 from __future__ import annotations
 
+import socket
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from conftest import Dicom
+from tls_front import TlsFront
 from xnatdrop import config, xnat
 from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
-from xnatdrop.sandbox import Sandbox
+from xnatdrop.sandbox import Sandbox, tables
 
 
 def settings_for(sandbox: Sandbox, user: str = "svc", **extra: object) -> config.XnatSettings:
@@ -238,13 +241,224 @@ def test_close_logs_out_once_and_never_raises(sandbox: Sandbox) -> None:
     gone.close()
 
 
-def test_project_roles_from_the_access_api(sandbox: Sandbox) -> None:
-    roles = {}
+def test_project_roles_as_xnat_names_them(sandbox: Sandbox) -> None:
+    """`role` is the group's display name (RoleHolder); the site admin has no project row but
+    is in ALL_DATA_ADMIN, which doctor counts as writable."""
+    access = {}
     for user in ("svc", "reader", "outsider"):
         with xnat.XnatClient(settings_for(sandbox, user), "pw") as session:
-            roles[user] = (session.project_role("SPN01"), session.project_role("NOPE"))
-    assert roles == {
-        "svc": ("owner", None),
-        "reader": ("collaborator", None),
-        "outsider": (None, None),
-    }
+            access[user] = (session.project_access("SPN01"), session.project_role("NOPE"))
+    assert access["svc"] == ((None, frozenset({xnat.ALL_DATA_ADMIN})), None)
+    assert access["reader"] == (("Collaborators", frozenset()), None)
+    assert access["outsider"] == ((None, frozenset()), None)
+
+
+# -- answers sorted by status and XNAT's fixed wording, never by a label ---------------------
+
+
+def archived_upload(client: xnat.XnatClient, tmp_path: Path, dicom: Dicom, label: str) -> str:
+    return client.import_zip(
+        series_zip(tmp_path, dicom), project="SPN01", subject=label, session=label
+    )
+
+
+def test_a_slow_archive_of_a_label_saying_duplicate_is_not_a_conflict(
+    sandbox: Sandbox, client: xnat.XnatClient, tmp_path: Path, dicom: Dicom
+) -> None:
+    """Issue 9: the archive outlasts XNAT's sessionArchiveTimeoutInterval (500 "The session
+    …/SPN01_duplicate_conflict did not complete within the configured timeout interval.").
+    The message holds the label, which holds "duplicate" and "conflict"; the answer is still
+    transient, and the archive completes."""
+    label = "SPN01_duplicate_conflict"
+    uri = archived_upload(client, tmp_path, dicom, label)
+    sandbox.apply_settings(archive_timeout=0.2)
+    sandbox.slow_archive(0.2)
+    with pytest.raises(TransientError, match="did not complete") as caught:
+        client.archive(uri, project="SPN01", subject=label, session=label)
+    assert not isinstance(caught.value, PermanentError)
+    assert client.find_session("SPN01", label) is not None
+
+
+@pytest.mark.parametrize(
+    ("cause", "expected"),
+    [
+        ("Session already exists, retry with overwrite enabled", "XNAT_CONFLICT"),
+        ("Invalid modification of session subject via archive process.: S Already Exists "
+         "for another Subject", "XNAT_CONFLICT"),
+        ("Session processing may already be in progress: AutoRun.  Concurrent modification is "
+         "discouraged.", "transient"),
+        ("Session processing in progress:AutoRun", "transient"),
+        ("Duplicate archive attempt. Prearchive session already archiving.", "transient"),
+        ("Unable to write the catalog: conflict with a duplicate", "transient"),
+    ],
+)  # fmt: skip
+def test_archive_failures_are_read_from_xnat_wording(
+    sandbox: Sandbox,
+    client: xnat.XnatClient,
+    tmp_path: Path,
+    dicom: Dicom,
+    cause: str,
+    expected: str,
+) -> None:
+    """500 "FAILED: Unable to archive {folder}: {cause}" (QueueBasedImageCommit): the cause is
+    matched at its start against PrearcSessionArchiver's fixed texts. The label here contains
+    "conflict" and "duplicate"; only XNAT's wording decides."""
+    label = "SPN01_conflict_duplicate"
+    uri = archived_upload(client, tmp_path, dicom, label)
+    page = tables.error_page(500, f"FAILED: Unable to archive {label}: {cause}")
+    sandbox.fail("^/data/services/archive$", status=500, count=1, body=page.decode())
+    if expected == "transient":
+        with pytest.raises(TransientError):
+            client.archive(uri, project="SPN01", subject=label, session=label)
+    else:
+        with pytest.raises(PermanentError) as caught:
+            client.archive(uri, project="SPN01", subject=label, session=label)
+        assert caught.value.code == expected
+
+
+def test_session_document_locked_is_transient(
+    sandbox: Sandbox, client: xnat.XnatClient, tmp_path: Path, dicom: Dicom
+) -> None:
+    """409 "session document locked" (PrearcSessionResource.postActionBuild): XNAT holds the
+    session in a `_` status; ask again later, never quarantine."""
+    uri = archived_upload(client, tmp_path, dicom, "SPN01_0010")
+    page = tables.error_page(409, "session document locked")
+    sandbox.fail(uri.removeprefix("/data"), status=409, count=1, method="POST", body=page.decode())
+    with pytest.raises(TransientError, match="busy with the prearchive session"):
+        client.build(uri)
+    client.build(uri)  # once XNAT is done with it
+
+
+def test_proxy_413_names_the_size_and_the_fix(
+    sandbox: Sandbox, client: xnat.XnatClient, tmp_path: Path, dicom: Dicom
+) -> None:
+    upload = series_zip(tmp_path, dicom)
+    page = (
+        "<html><head><title>413 Request Entity Too Large</title></head><body><center><h1>413 "
+        "Request Entity Too Large</h1></center><hr><center>nginx</center></body></html>"
+    )
+    sandbox.fail("^/data/services/import$", status=413, count=1, body=page)
+    with pytest.raises(xnat.XnatAnswer) as caught:
+        client.import_zip(upload, project="SPN01", subject="S", session="S")
+    size = upload.stat().st_size / 1e9
+    assert caught.value.code == "XNAT_TOO_LARGE" and not caught.value.suspect
+    assert f"({size:.2f} GB)" in str(caught.value)
+    assert "client_max_body_size" in caught.value.fix
+
+
+def test_a_400_carries_xnat_fixed_wording_without_the_file_name(
+    sandbox: Sandbox, client: xnat.XnatClient, tmp_path: Path, dicom: Dicom
+) -> None:
+    """What the circuit breaker compares: status and fixed wording, not the entry's name."""
+    answers = set()
+    for name in ("series/0001.dcm", "series/0002.dcm"):
+        page = tables.error_page(400, f"unable to read DICOM object {name}")
+        sandbox.fail("^/data/services/import$", status=400, count=1, body=page.decode())
+        with pytest.raises(xnat.XnatAnswer) as caught:
+            client.import_zip(
+                series_zip(tmp_path, dicom), project="SPN01", subject="S", session="S"
+            )
+        assert name in str(caught.value) and caught.value.suspect
+        answers.add(caught.value.answer)
+    assert answers == {"HTTP 400 unable to read DICOM object"}
+
+
+# -- TLS, unreachable servers, credentials in the URL -------------------------------------------
+
+
+@pytest.fixture
+def tls(sandbox: Sandbox, tmp_path: Path) -> Iterator[TlsFront]:
+    front = TlsFront(sandbox.port, tmp_path / "tls")
+    yield front
+    front.close()
+
+
+def test_verify_tls_false_means_exactly_that_whatever_the_environment(
+    tls: TlsFront, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests lets REQUESTS_CA_BUNDLE override a session's verify=False; xnatdrop passes
+    verify on every call, so the setting wins (issue 9 point 8)."""
+    other_ca = TlsFront(1, tmp_path / "other")  # another private CA, not the front's
+    other_ca.close()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other_ca.certificate))
+    settings = config.XnatSettings(url=tls.url, username="svc", verify_tls=False)
+    with xnat.XnatClient(settings, "pw") as session:
+        assert session.whoami() == "svc"
+
+
+def test_ca_bundle_trusts_a_private_ca_and_a_missing_one_is_one_sentence(tls: TlsFront) -> None:
+    trusted = config.XnatSettings(url=tls.url, username="svc", ca_bundle=tls.certificate)
+    with xnat.XnatClient(trusted, "pw") as session:
+        assert session.whoami() == "svc"
+    strict = config.XnatSettings(url=tls.url, username="svc")
+    with xnat.XnatClient(strict, "pw") as session, pytest.raises(TransientError) as caught:
+        session.whoami()
+    assert str(caught.value) == (
+        f"the TLS certificate of 127.0.0.1:{tls.port} could not be verified — if XNAT uses a "
+        "private certificate authority, set xnat.ca_bundle to its PEM file"
+    )
+
+
+def test_ca_bundle_is_checked_by_the_config() -> None:
+    with pytest.raises(ValueError, match="ca_bundle is ignored when verify_tls = false"):
+        config.XnatSettings(url="https://x", ca_bundle=Path(__file__), verify_tls=False)
+    with pytest.raises(ValueError, match="is not a file"):
+        config.XnatSettings(url="https://x", ca_bundle=Path("/nonexistent.pem"))
+
+
+def test_unreachable_xnat_is_one_sentence(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing listens on the port: one sentence, no urllib3 text, no URL with credentials."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    settings = config.XnatSettings(url=f"http://svc:s3cret@127.0.0.1:{port}", username="svc")
+    with xnat.XnatClient(settings, "pw") as session, pytest.raises(TransientError) as caught:
+        session.whoami()
+    assert str(caught.value) == (
+        f"cannot connect to 127.0.0.1:{port} — is the URL right, is XNAT up?"
+    )
+    assert session.base == f"http://127.0.0.1:{port}"
+    assert "s3cret" not in caplog.text
+
+
+# -- password expiry (XnatExpiredPasswordFilter) -----------------------------------------------
+
+
+def test_expired_password_is_an_authentication_alert_quoting_xnat(sandbox: Sandbox) -> None:
+    """XNAT 1.8.11 redirects an authenticated request with an expired password to the
+    change-password page (302); earlier releases answer a Basic request 403 with a text. Both
+    stop uploads with an alert naming the page, never a quarantine."""
+    sandbox.expire_password("svc")
+    with (
+        xnat.XnatClient(settings_for(sandbox), "pw") as session,
+        pytest.raises(AuthenticationError) as caught,
+    ):
+        session.whoami()
+    assert "has expired" in str(caught.value) and xnat.CHANGE_PASSWORD_PAGE in str(caught.value)
+    assert "302" in str(caught.value)
+    sandbox.apply_settings(password_filter_before_basic=True)
+    with (
+        xnat.XnatClient(settings_for(sandbox), "pw") as session,
+        pytest.raises(AuthenticationError) as caught,
+    ):
+        session.whoami()
+    assert '"Your password has expired. Please try again after changing your password."' in str(
+        caught.value
+    )
+
+
+def test_scan_catalog_gives_every_sop_instance_uid(
+    client: xnat.XnatClient, tmp_path: Path, dicom: Dicom
+) -> None:
+    files = dicom.study(Dicom.files("1", 3))
+    upload = tmp_path / "one.zip"
+    upload.write_bytes(Dicom.zip(files))
+    label = "SPN01_0011"
+    uri = client.import_zip(upload, project="SPN01", subject=label, session=label)
+    client.archive(uri, project="SPN01", subject=label, session=label)
+    listing = client.session_files("SPN01", label, label)
+    (scan,) = {f.scan for f in listing}
+    catalog = client.scan_catalog("SPN01", label, label, scan)
+    expected = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert {entry.uid for entry in catalog} == expected
+    assert {entry.path for entry in catalog} == {f.path for f in listing}

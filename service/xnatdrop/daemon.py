@@ -41,9 +41,9 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from xnatdrop import breaker, sdnotify, watch
 from xnatdrop import config as config_module
 from xnatdrop import ledger as ledger_module
-from xnatdrop import sdnotify, watch
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,11 @@ class Daemon:
         # unwritable ledger stops the start here, loudly, instead of failing every dispatch.
         with ledger_module.Ledger(self.settings.paths.state) as ledger:
             unfinished = ledger.oldest_pending()
+            # A restart is how an operator says "XNAT is fixed" (see the breaker's ALERT):
+            # pushes held by the circuit breaker are tried at once.
+            held = ledger.try_breaker_now()
+        if held is not None:
+            log.warning("circuit breaker open (%s): trying one push now", held.answer)
         if unfinished is not None:
             log.info(
                 "unfinished drops in the ledger (oldest: %s, %s); resuming them",
@@ -307,10 +312,18 @@ class Daemon:
         """Collect finished pushes, then start new ones if the window is open and there is room."""
         self._collect()
         window_open = self.window.contains(self.now())
-        self._update_status(window_open)
+        with ledger_module.Ledger(self.settings.paths.state) as ledger:
+            open_breaker = ledger.breaker()
+        self._update_status(window_open, open_breaker)
         if not window_open or self.stopping.is_set() or time.time() < self.held_until:
             return
         room = self.settings.schedule.max_concurrent_pushes - len(self.pushes)
+        if open_breaker is not None:
+            # Held until the breaker's next try; then one push at a time, which closes it on
+            # success (see `breaker`).
+            if time.time() < open_breaker.retry_at:
+                return
+            room = min(room, 1 - len(self.pushes))
         if room <= 0:
             return
         with ledger_module.Ledger(self.settings.paths.state) as ledger:
@@ -422,7 +435,9 @@ class Daemon:
                 delay = (result.retry_at - time.time()) if result.retry_at else self.poll
                 self.watcher.look_again(folder, max(delay, self.poll), result.kind)
 
-    def _update_status(self, window_open: bool) -> None:
+    def _update_status(
+        self, window_open: bool, open_breaker: ledger_module.Breaker | None = None
+    ) -> None:
         counts = self.watcher.counts()
         paused = [str(r.path) for r in self.watcher.roots.values() if r.paused]
         parts = [
@@ -435,6 +450,8 @@ class Daemon:
             parts.append(f"PAUSED: {', '.join(paused)}")
         if time.time() < self.held_until:
             parts.append("PUSHES HELD: XNAT refused our credentials")
+        if open_breaker is not None:
+            parts.append(f"PUSHES HELD: {breaker.sentence(open_breaker)}")
         self.status = "; ".join(parts)
         self._write_status_file(counts, paused, window_open)
 

@@ -682,8 +682,10 @@ def _rewriting(run: _Run, drop: ledger_module.Drop, fresh: bool = False) -> veri
 
 def _describe(rewriting: verify.Rewriting) -> str:
     def state(value: bool | None) -> str:
-        return "unknown (not readable by this account)" if value is None else (
-            "on" if value else "off"
+        return (
+            "unknown (not readable by this account)"
+            if value is None
+            else ("on" if value else "off")
         )
 
     parts = [
@@ -843,9 +845,7 @@ def _archived(
     url = client.session_url(run.project, session.id)
     if found.problems:
         differences = "; ".join(found.problems)
-        same_instances = not found.check.extra and not any(
-            "missing" in p for p in found.problems
-        )
+        same_instances = not found.check.extra and not any("missing" in p for p in found.problems)
         if ours or same_instances:
             error = PermanentError(
                 "ARCHIVE_MISMATCH",
@@ -1107,8 +1107,7 @@ def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
             raise _Resend(f"the prearchive session lacks {names}")
         dropped = [{**s.to_json(), "stage": "import", "reason": reason} for s in check.missing]
         log.warning(
-            "%s: XNAT left out %s at import: %s; they are not archived, and the receipt lists "
-            "them",
+            "%s: XNAT left out %s at import: %s; they are not archived, and the receipt lists them",
             drop.label,
             names,
             reason,

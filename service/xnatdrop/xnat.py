@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import warnings
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ CONNECT_RETRIES = 1
 CHANGE_PASSWORD_PAGE = "/app/template/XDATScreen_UpdateUser.vm"
 INACTIVE_ACCOUNT_PAGE = "/app/template/InactiveAccount.vm"
 LOGIN_PAGE = "/app/template/Login.vm"
+WRITER_ROLES = frozenset({"Owners", "Members"})  # group display names that may upload, archive
+ALL_DATA_ADMIN = "ALL_DATA_ADMIN"  # the site-wide group of site administrators (all data)
 PASSWORD_EXPIRED = "Your password has expired"
 SESSION_CAP = "Maximum sessions of"  # Spring's ConcurrentSessionControlAuthenticationStrategy
 
@@ -254,14 +257,15 @@ class _ProgressReader:
 def _error_message(response: requests.Response) -> str:
     """The human part of an error answer, unescaped and on one line.
 
-    Restlet's status page has it in <h3> (reference §1.6); Tomcat's error report (what
-    `response.sendError` gives, e.g. the expired-password 403) in "<b>Message</b> …</p>"; a
-    proxy's page (nginx 502/504/413) in <h1> or <title>; plain text is taken as it is.
+    Tomcat's error report (what `response.sendError` gives, e.g. the expired-password 403) has
+    it in "<b>Message</b> …</p>" (its <h3> names the server); Restlet's status page in <h3>
+    (reference §1.6); a proxy's page (nginx 502/504/413) in <h1> or <title>; plain text is
+    taken as it is.
     """
     text = response.text or ""
     for pattern in (
-        r"<h3>(.*?)</h3>",
         r"<b>Message</b>\s*(.*?)</p>",
+        r"<h3>(.*?)</h3>",
         r"<h1>(.*?)</h1>",
         r"<title>(.*?)</title>",
     ):
@@ -326,6 +330,10 @@ class XnatClient:
         self._password = password
         self._timeout = (min(CONNECT_TIMEOUT, settings.timeout_seconds), settings.timeout_seconds)
         self._verify = settings.verify()
+        if self._verify is False:
+            # The operator chose it (verify_tls = false, for a test server); urllib3 would
+            # otherwise warn on every request.
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self.http = requests.Session()
         self.http.headers["User-Agent"] = USER_AGENT
         self.http.verify = self._verify
@@ -336,6 +344,7 @@ class XnatClient:
             connect=CONNECT_RETRIES,
             read=2,
             status=4,
+            other=0,  # a TLS verification failure does not fix itself in a second
             backoff_factor=0.5,
             backoff_jitter=0.5,
             status_forcelist=(502, 503, 504),
@@ -599,20 +608,29 @@ class XnatClient:
         )
         return response.status_code == 200
 
-    def project_role(self, project: str) -> str | None:
-        """The user's role in `project` as XNAT names it, or None without a row.
+    def project_access(self, project: str) -> tuple[str | None, frozenset[str]]:
+        """The user's role in `project` as XNAT names it (None without a row), and the
+        site-wide groups it belongs to.
 
-        GET /xapi/access/projects (AccessApi): `role` is the group's display name, `Owners`,
-        `Members` or `Collaborators` (RoleHolder.java l.198-213, Groups.java l.45-49, stock row
-        7). Owners and members may upload and archive; collaborators may only read. A site
-        administrator has all-data access and no per-project row.
+        GET /xapi/access/projects (DataAccessApi → RoleHolder.getUserProjectRoles, l.198-213):
+        one row per group; `role` is the group's display name, `Owners`, `Members` or
+        `Collaborators` (Groups.java l.44-49, stock row 7). Owners and members may upload and
+        archive; collaborators may only read. A site-wide group has a row without `ID`: a site
+        administrator is in ALL_DATA_ADMIN (all data, read and write) and has no per-project
+        row for projects it did not create; ALL_DATA_ACCESS reads all data.
         """
         response = self.request("GET", "/xapi/access/projects")
         try:
-            roles = {row["ID"]: row.get("role", "") for row in response.json() if "ID" in row}
-        except (ValueError, TypeError, AttributeError) as error:
+            rows = [row for row in response.json() if isinstance(row, dict)]
+        except (ValueError, TypeError) as error:
             raise TransientError("XNAT sent an unreadable project access list") from error
-        return roles.get(project)
+        role = next((str(r.get("role", "")) for r in rows if r.get("ID") == project), None)
+        groups = frozenset(str(r.get("group_id", "")) for r in rows if "ID" not in r)
+        return role, groups
+
+    def project_role(self, project: str) -> str | None:
+        """The user's role in `project` as XNAT names it, or None without a row."""
+        return self.project_access(project)[0]
 
     def user_roles(self) -> list[str] | None:
         """GET /xapi/users/{me}/roles (UsersApi, restrictTo User: one's own roles), e.g.
@@ -641,9 +659,7 @@ class XnatClient:
         series-import-filter preferences and `siteUrl` (site-config-access.yaml); the password
         expiry settings are for administrators only.
         """
-        response = self.request(
-            "GET", f"/xapi/siteConfig/{quote(name)}", ok=(200, 401, 403, 404)
-        )
+        response = self.request("GET", f"/xapi/siteConfig/{quote(name)}", ok=(200, 401, 403, 404))
         return _json_value(response) if response.status_code == 200 else None
 
     def anonymization(self, project: str) -> Anonymization:

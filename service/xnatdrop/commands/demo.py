@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from xnatdrop import config, daemon, ledger, quarantine
+from xnatdrop import config, daemon, ledger, quarantine, receipt
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,13 @@ def _report(drop: ledger.Drop, url: str) -> list[str]:
         lines = [f"{drop.label}: ARCHIVED in XNAT project {PROJECT}"]
         lines.append(f"    session:  {url}/data/projects/{PROJECT}/experiments/{drop.label}")
         lines.append(f"    folder:   {where}  (with RECEIPT.txt for the technologist)")
+        try:
+            facts = json.loads((where / receipt.JSON_NAME).read_text(encoding="utf-8"))  # type: ignore[operator]
+        except (OSError, ValueError, TypeError):
+            facts = {}
+        summary = (facts.get("verification") or {}).get("summary")
+        if summary:
+            lines.append(f"    verified: {summary}")
         return lines
     lines = [f"{drop.label}: QUARANTINED ({drop.last_error_code}) -- {drop.last_error}"]
     lines.append(f"    folder:   {where}")

@@ -1,16 +1,23 @@
-"""`xnatdrop doctor [--config FILE]`: check the setup, one pass/fail line per check.
+"""`xnatdrop doctor [--config FILE]`: check the setup, one PASS/WARN/FAIL line per check.
 
 Checks, in the order a new installation fails them: the config loads; the password resolves;
 each drop root exists and the service may list and rename in it; quarantine/, done/ and the
 state folder are writable; quarantine/ and done/ are on the same file system as every drop root
-(drops move by rename, never by copy); XNAT answers; our login works; each project is visible
-and its prearchive setting readable; the user is an owner or member of each project (may upload
-and archive). Exit 0 when all pass, 1 otherwise, 2 for a bad config.
+(drops move by rename, never by copy); XNAT answers; our login works (an expired password, an
+http URL for a site whose session cookie is Secure); the password does not expire soon; what
+XNAT does to uploads and what that means for verification (site and project anonymisation,
+the `checksums` preference, series import filters); each project is visible and its prearchive
+setting readable; the user may upload and archive in each project (its role as XNAT names it).
+
+What XNAT says, and where it is read, is in xnatdrop.xnat (each method names the XNAT source).
+WARN lines are things to know that do not stop uploads. Exit 0 when nothing FAILs, 1
+otherwise, 2 for a bad config.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +26,7 @@ from xnatdrop import cli, config, xnat
 from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
 from xnatdrop.exitcodes import Exit
 
-Check = tuple[bool, str]  # (passed, line)
-WRITER_ROLES = frozenset({"owner", "member"})  # XNAT roles that may upload and archive
+Check = tuple[bool | None, str]  # (passed, line); None: a warning that does not fail
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -88,7 +94,7 @@ def folder_checks(settings: config.Config) -> Iterator[Check]:
 
 
 def xnat_checks(settings: config.Config, password: str) -> Iterator[Check]:
-    url = settings.xnat.url
+    url = xnat.public_url(settings.xnat.url)
     with xnat.XnatClient(settings.xnat, password) as client:
         try:
             client.login()
@@ -109,38 +115,201 @@ def xnat_checks(settings: config.Config, password: str) -> Iterator[Check]:
             yield False, f"login as {settings.xnat.username!r}: {error}"
             return
         yield True, f"login as {who!r}: works"
-        for project in sorted({d.project for d in settings.drop}):
-            try:
-                if not client.project_exists(project):
-                    yield (
-                        False,
-                        (
-                            f"project {project}: not found or not visible to {who!r}; create it or "
-                            "add the user as a member or owner"
-                        ),
-                    )
-                    continue
-                code = client.prearchive_code(project)
-                role = client.project_role(project)
-            except (TransientError, PermanentError, AuthenticationError) as error:
-                yield False, f"project {project}: {error}"
-                continue
+        try:
+            yield from _site_checks(settings, client, who)
+            for project in sorted({d.project for d in settings.drop}):
+                yield from _project_checks(settings, client, who, project)
+        except (TransientError, PermanentError, AuthenticationError) as error:
+            yield False, f"XNAT stopped answering: {error}"
+
+
+def _site_checks(settings: config.Config, client: xnat.XnatClient, who: str) -> Iterator[Check]:
+    """The URL scheme against XNAT's site URL, the password's expiry, checksums."""
+    site_url = client.site_preference("siteUrl")
+    ours = xnat.public_url(settings.xnat.url)
+    if isinstance(site_url, str) and site_url.startswith("https://") and ours.startswith("http:"):
+        if client.secure_cookie:
             yield (
-                True,
+                False,
                 (
-                    f"project {project}: visible, prearchive code {code} "
-                    f"({'manual archive' if code == 0 else 'auto-archive'}); our uploads archive "
-                    "explicitly either way"
+                    f"xnat.url is http but XNAT's site URL is {site_url}: XNAT marks its session "
+                    "cookie Secure, which is never sent back over http; set xnat.url to https://…"
                 ),
             )
-            if role in WRITER_ROLES:
-                yield True, f"project {project}: writable ({who!r} is {role})"
-            else:
-                yield (
-                    False,
-                    f"project {project}: not writable ({who!r} is {role or 'no member'}); "
-                    "make the user a member or owner of the project in XNAT",
-                )
+        else:
+            yield (
+                None,
+                (
+                    f"xnat.url is http but XNAT's site URL is {site_url}: the password and the "
+                    "data travel unencrypted; set xnat.url to https://…"
+                ),
+            )
+    yield from _password_checks(client, who)
+    checksums = client.site_preference("checksums")
+    if checksums is None:
+        yield None, "XNAT's checksums preference: not readable by this account"
+    elif xnat._as_bool(checksums):
+        yield True, "XNAT records an MD5 of every archived file (checksums preference on)"
+    else:
+        yield (
+            None,
+            (
+                "XNAT records no MD5s (checksums preference off): where XNAT keeps the bytes, "
+                "xnatdrop compares sizes only; instance UIDs and pixel data are checked either way"
+            ),
+        )
+
+
+EXPIRY_WARNING_DAYS = 30
+
+
+def _password_checks(client: xnat.XnatClient, who: str) -> Iterator[Check]:
+    """Whether the account's password expires, as far as XNAT tells it.
+
+    XNAT expires passwords a year after they were set by default (`passwordExpirationType`
+    Interval, `passwordExpirationInterval` 1 year, SiteConfigPreferences l.539-553); an expired
+    one stops every request (XnatExpiredPasswordFilter, stock row 8). XNAT does not expose when a
+    password was set (UserAuth has no such field), and only administrators may read the expiry
+    preferences; an account with the `non_expiring` role never expires (UserRole.java).
+    """
+    roles = client.user_roles() or []
+    if "non_expiring" in roles:
+        yield True, f"password of {who!r}: never expires (role non_expiring)"
+        return
+    kind = client.site_preference("passwordExpirationType")
+    if kind is None:
+        yield (
+            None,
+            (
+                f"password of {who!r}: XNAT does not tell this account when it expires (a fresh "
+                "XNAT expires passwords one year after they are set, then every push stops); ask "
+                "the XNAT administrator to give the account the non_expiring role"
+            ),
+        )
+    elif str(kind) == "Interval":
+        interval = client.site_preference("passwordExpirationInterval") or "?"
+        yield (
+            None,
+            (
+                f"password of {who!r}: XNAT expires passwords {interval} after they are set and "
+                "does not show when this one was; change it before then, or ask for the "
+                "non_expiring role"
+            ),
+        )
+    elif str(kind) == "Date":
+        yield from _expiry_date(client.site_preference("passwordExpirationDate"), who)
+    else:
+        yield True, f"password of {who!r}: XNAT's password expiry is off"
+
+
+def _expiry_date(value: object, who: str) -> Iterator[Check]:
+    try:
+        when = dt.datetime.strptime(str(value), "%m/%d/%Y").date()
+    except ValueError:
+        yield None, f"password of {who!r}: expires on {value} (XNAT's fixed expiry date)"
+        return
+    days = (when - dt.date.today()).days
+    if days < 0:
+        yield False, f"password of {who!r}: expired on {when} (XNAT's fixed expiry date)"
+    elif days <= EXPIRY_WARNING_DAYS:
+        yield None, f"password of {who!r}: expires in {days} days, on {when}; change it now"
+    else:
+        yield True, f"password of {who!r}: expires on {when}"
+
+
+def _project_checks(
+    settings: config.Config, client: xnat.XnatClient, who: str, project: str
+) -> Iterator[Check]:
+    if not client.project_exists(project):
+        yield (
+            False,
+            f"project {project}: not found or not visible to {who!r}; create it or add the "
+            "user as a member or owner",
+        )
+        return
+    code = client.prearchive_code(project)
+    yield (
+        True,
+        f"project {project}: visible, prearchive code {code} "
+        f"({'manual archive' if code == 0 else 'auto-archive'}); our uploads archive explicitly "
+        "either way",
+    )
+    role, groups = client.project_access(project)
+    admin = xnat.ALL_DATA_ADMIN in groups or "Administrator" in (client.user_roles() or [])
+    if role in xnat.WRITER_ROLES:
+        yield True, f"project {project}: writable ({who!r} is in {role})"
+    elif admin:
+        yield (
+            True,
+            (
+                f"project {project}: writable ({who!r} is a site administrator, with access to all "
+                "data and no per-project role)"
+            ),
+        )
+    else:
+        yield (
+            False,
+            f"project {project}: not writable ({who!r} is "
+            f"{'in ' + role if role else 'not a member'}); add the user to the project's "
+            "Members or Owners in XNAT",
+        )
+    yield from _anonymization_checks(settings, client, project)
+    filters = client.series_import_filters(project)
+    if filters is None:
+        yield None, f"project {project}: series import filters are not readable by this account"
+    elif filters:
+        kinds = ", ".join(f"{f.scope} {f.mode or 'filter'}" for f in filters)
+        yield (
+            None,
+            (
+                f"project {project}: a series import filter is on ({kinds}): XNAT drops matching "
+                "series without a word; xnatdrop archives what XNAT keeps and lists the dropped "
+                "series in the receipt"
+            ),
+        )
+    else:
+        yield True, f"project {project}: no series import filter"
+
+
+def _anonymization_checks(
+    settings: config.Config, client: xnat.XnatClient, project: str
+) -> Iterator[Check]:
+    """What XNAT's anonymisation does to an upload, and so what xnatdrop can verify."""
+    found = client.anonymization(project)
+    if settings.push.anonymization == "prevent":
+        yield (
+            True,
+            (
+                f'project {project}: push.anonymization = "prevent": xnatdrop sends '
+                "prevent_anon=true, XNAT stores the files as sent (site script "
+                f"{_state(found.site)}, project script {_state(found.project)} skipped); sizes and "
+                "MD5s are compared as well as instance UIDs and pixel data"
+            ),
+        )
+        return
+    site = {
+        True: "on: XNAT rewrites PatientName, PatientID and StudyDescription of every file it "
+        "imports",
+        False: "off",
+        None: "unknown (this account may not read it): XNAT may rewrite every file",
+    }[found.site]
+    project_text = {
+        True: "on: XNAT rewrites the files again when it archives them",
+        False: "off",
+        None: "unknown (this account may not read it): XNAT may rewrite the files",
+    }[found.project]
+    rewrites = found.site is not False or found.project is not False
+    meaning = (
+        "so xnatdrop verifies instance UIDs, counts and pixel data, not sizes and MD5s"
+        if rewrites
+        else "so XNAT keeps the bytes and xnatdrop compares sizes and MD5s too"
+    )
+    yield True, f"site anonymisation script: {site}"
+    yield True, f"project {project}: anonymisation script {project_text}; {meaning}"
+
+
+def _state(value: bool | None) -> str:
+    return {True: "on", False: "off", None: "unknown"}[value]
 
 
 def checks(path: Path | None) -> Iterator[Check]:
@@ -168,7 +337,7 @@ def checks(path: Path | None) -> Iterator[Check]:
 def handle(args: argparse.Namespace) -> int:
     failed = 0
     for passed, line in checks(args.config):
-        print(f"{'PASS' if passed else 'FAIL'}  {line}")
-        failed += not passed
+        print(f"{'WARN' if passed is None else 'PASS' if passed else 'FAIL'}  {line}")
+        failed += passed is False
     print("all checks passed" if not failed else f"{failed} check(s) failed")
     return Exit.OK if not failed else Exit.BLOCKED

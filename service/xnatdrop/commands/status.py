@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from xnatdrop import cli, config, daemon, ledger
+from xnatdrop import breaker, cli, config, daemon, ledger
 from xnatdrop.exitcodes import Exit
 
 
@@ -44,12 +44,14 @@ def collect(settings: config.Config, failures: int = 5) -> dict[str, Any]:
     counts: dict[str, int] = {}
     oldest = last = None
     recent: list[ledger.Event] = []
+    held = None
     if (settings.paths.state / ledger.FILENAME).exists():  # never create a ledger just to look
         with ledger.Ledger(settings.paths.state) as book:
             counts = book.counts()
             oldest = book.oldest_pending()
             last = book.last_finished()
             recent = book.recent_failures(failures)
+            held = book.breaker()
     live_path = settings.paths.state / daemon.STATUS_FILE
     try:
         live = json.loads(live_path.read_text(encoding="utf-8"))
@@ -60,6 +62,7 @@ def collect(settings: config.Config, failures: int = 5) -> dict[str, Any]:
     stale_after = max(60.0, 3 * settings.settle.poll_interval)
     return {
         "drops": counts,
+        "breaker": None if held is None else breaker.sentence(held),
         "oldest_pending": None
         if oldest is None
         else {
@@ -102,6 +105,8 @@ def collect(settings: config.Config, failures: int = 5) -> dict[str, Any]:
 
 def needs_attention(report: dict[str, Any]) -> list[str]:
     problems = []
+    if report.get("breaker"):
+        problems.append(report["breaker"])
     live = report["daemon"]
     if live is None:
         problems.append("the daemon has never run with this state folder")
