@@ -12,14 +12,25 @@ import requests
 BASIC = "Basic " + base64.b64encode(b"svc:pw").decode()
 
 
-def test_anonymous_and_bad_password_get_a_basic_challenge(sandbox, anonymous):
+def test_anonymous_requests_get_a_basic_challenge(sandbox, anonymous):
     for response in (
         anonymous.get("/data/projects"),
-        requests.get(sandbox.url + "/data/projects", auth=("svc", "wrong")),
         requests.get(sandbox.url + "/xapi/siteConfig/buildInfo"),
     ):
         assert response.status_code == 401
         assert response.headers["WWW-Authenticate"] == 'Basic realm="XNAT Protected Area"'
+
+
+def test_a_bad_basic_password_is_refused_by_the_filter_without_a_challenge(sandbox):
+    """XnatBasicAuthenticationFilter answers a failed login itself: sendError(401, the login
+    failure message), a Tomcat page without WWW-Authenticate (the entry point is not involved)."""
+    for user in ("svc", "nobody"):
+        response = requests.get(sandbox.url + "/data/projects", auth=(user, "wrong"))
+        assert response.status_code == 401
+        assert "WWW-Authenticate" not in response.headers
+        assert "<p><b>Message</b> Your login attempt failed because the username" in response.text
+        assert "maximum number of user sessions open" in response.text
+        assert "JSESSIONID" not in response.cookies  # no session for a failed password
 
 
 def test_basic_auth_creates_a_session_and_the_cookie_alone_then_works(sandbox, svc):
@@ -248,3 +259,93 @@ def test_expiry_is_switchable_through_the_admin_api_and_xnats_preferences(sandbo
         svc.post(f"{sandbox.url}/_sandbox/expire-password", json={"user": "nobody"}).status_code
         == 400
     )
+
+
+# -- the Secure cookie and the concurrent-session cap (SecurityConfig.configure) ------------------
+
+SITE = "https://xnat.example.org"
+
+
+def _set_cookies(response) -> list[str]:
+    return response.raw.headers.getlist("Set-Cookie")
+
+
+def test_session_cookies_are_secure_when_the_site_url_is_https(sandbox):
+    plain = _set_cookies(_basic(sandbox, "svc", path="/data/JSESSION"))
+    assert any(c.startswith("JSESSIONID=") and c.endswith("; Path=/; HttpOnly") for c in plain)
+    assert not any("Secure" in c for c in plain)
+    sandbox.apply_settings(site_url=SITE)
+    secure = _set_cookies(_basic(sandbox, "svc", path="/data/JSESSION"))
+    assert any(
+        c.startswith("JSESSIONID=") and c.endswith("; Path=/; Secure; HttpOnly") for c in secure
+    )
+    assert any(c.startswith("SESSION_EXPIRATION_TIME=") and c.endswith("; Secure") for c in secure)
+    with requests.Session() as client:  # an http:// client of an https site
+        login = client.post(sandbox.url + "/data/JSESSION", auth=("svc", "pw"))
+        assert login.status_code == 200 and client.cookies["JSESSIONID"] == login.text
+        assert client.get(sandbox.url + "/data/auth").status_code == 401  # cookie never sent
+    sandbox.apply_settings(allow_insecure_cookies=True)
+    assert not any("Secure" in c for c in _set_cookies(_basic(sandbox, "svc")))
+
+
+def test_the_site_url_preference_is_read_at_start_up(sandbox, svc):
+    """SecurityConfig reads siteUrl once: XAPI changes it at once for links, not for cookies."""
+    url = sandbox.url + "/xapi/siteConfig/siteUrl"
+    assert svc.get(url).text == sandbox.url
+    assert svc.post(url, data=SITE, headers={"Content-Type": "text/plain"}).status_code == 200
+    assert svc.get(url).text == SITE
+    sandbox.expire_password("reader")
+    assert _basic(sandbox, "reader").headers["Location"] == SITE + CHANGE_PASSWORD
+    assert not any("Secure" in c for c in _set_cookies(_basic(sandbox, "svc")))
+    sandbox.stop()
+    sandbox.start()  # "restart XNAT"
+    assert any("; Secure" in c for c in _set_cookies(_basic(sandbox, "svc")))
+
+
+def test_logins_beyond_the_concurrent_session_cap_are_refused(sandbox, anonymous):
+    """1. cap 2: two Basic logins open two sessions 2. a third is refused with the login failure
+    401, and its session stays registered 3. a logout frees a slot, but the refusals hold it
+    4. the sessions idle out and logins work again. Form logins are never counted."""
+    sandbox.apply_settings(concurrent_max_sessions=2)
+    first, second = _basic(sandbox, "svc", path="/data/JSESSION"), _basic(sandbox, "svc")
+    assert (first.status_code, second.status_code) == (200, 200)
+    refused = _basic(sandbox, "svc")
+    assert refused.status_code == 401 and "WWW-Authenticate" not in refused.headers
+    assert "maximum number of user sessions open" in refused.text
+    stale = refused.cookies["JSESSIONID"]
+    assert (
+        requests.get(sandbox.url + "/data/auth", cookies={"JSESSIONID": stale}).status_code == 401
+    )
+    assert _basic(sandbox, "reader").status_code == 200  # the cap is per account
+    form = anonymous.post("/data/services/auth", data={"username": "svc", "password": "pw"})
+    assert form.status_code == 200  # AuthenticationRestlet does not run the session strategies
+
+    logout = requests.delete(sandbox.url + "/data/JSESSION", cookies={"JSESSIONID": first.text})
+    assert logout.status_code == 200
+    blocked = _basic(sandbox, "svc")
+    assert blocked.status_code == 401  # the slot freed by the logout is held by the refusal
+    retry = requests.get(
+        sandbox.url + "/data/projects",
+        auth=("svc", "pw"),
+        cookies={"JSESSIONID": blocked.cookies["JSESSIONID"]},
+    )
+    assert retry.status_code == 401
+    # sending the refused session back replaces it (fixation protection): the registry holds
+    # the open session and the two refusals, and does not grow with such retries
+    assert sandbox.sessions.registered_count("svc", sandbox.clock.now(), 900) == 3
+    sandbox.tick(901)
+    assert _basic(sandbox, "svc").status_code == 200
+
+
+def test_the_session_cap_is_a_preference_read_at_start_up(sandbox, svc):
+    url = sandbox.url + "/xapi/siteConfig/concurrentMaxSessions"
+    assert svc.get(url).text == "1000"
+    assert svc.post(url, data="1", headers={"Content-Type": "text/plain"}).status_code == 200
+    assert svc.get(url).text == "1"
+    assert _basic(sandbox, "reader").status_code == 200
+    assert _basic(sandbox, "reader").status_code == 200  # still 1000 until a restart
+    assert svc.post(url, data="many").status_code == 400
+    sandbox.stop()
+    sandbox.start()
+    assert _basic(sandbox, "other").status_code == 200
+    assert _basic(sandbox, "other").status_code == 401

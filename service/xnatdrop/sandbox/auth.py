@@ -34,6 +34,8 @@ class Session:
     last_seen: float
     csrf: str
     password_expired: bool | None = None  # XnatExpiredPasswordFilter's "expired" attribute
+    authenticated: bool = True  # False: a login refused after its session was registered
+    registered: bool = False  # in Spring's SessionRegistry: counts against the session cap
 
 
 class Sessions:
@@ -43,10 +45,14 @@ class Sessions:
         self._lock = threading.Lock()
         self._by_id: dict[str, Session] = {}
 
-    def create(self, user: User, now: float) -> str:
+    def create(
+        self, user: User, now: float, registered: bool = False, authenticated: bool = True
+    ) -> str:
         sid = secrets.token_hex(16).upper()  # Tomcat: 32 hex characters
         with self._lock:
-            self._by_id[sid] = Session(user, now, str(uuid.uuid4()))
+            self._by_id[sid] = Session(
+                user, now, str(uuid.uuid4()), registered=registered, authenticated=authenticated
+            )
             if len(self._by_id) > 10000:  # clients that never send the cookie back
                 oldest = sorted(self._by_id, key=lambda k: self._by_id[k].last_seen)
                 for key in oldest[:5000]:
@@ -65,6 +71,16 @@ class Sessions:
             session.last_seen = now
             return session, False
 
+    def registered_count(self, name: str, now: float, timeout: float) -> int:
+        """Live sessions of `name` in the SessionRegistry (`getAllSessions(principal, false)`):
+        registered by a Basic login, refused or not, and not yet timed out or logged out."""
+        with self._lock:
+            return sum(
+                1
+                for s in self._by_id.values()
+                if s.registered and s.user.name == name and now - s.last_seen < timeout
+            )
+
     def get(self, sid: str) -> Session | None:
         with self._lock:
             return self._by_id.get(sid)
@@ -78,6 +94,24 @@ class Sessions:
             count = len(self._by_id)
             self._by_id.clear()
         return count
+
+
+LOGIN_FAILURE = (
+    "Your login attempt failed because the username and password combination you provided was "
+    "invalid or your user already has the maximum number of user sessions open. After 20 failed "
+    "login attempts, your user account will be locked. If you believe your account is currently "
+    "locked, you can:<ul><li>Unlock it by resetting your password</li><li>Wait one hour for it "
+    "to unlock automatically</li></ul>"
+)
+"""`AdminUtils.GetLoginFailureMessage()`: the `uiLoginFailureMessage` default
+(`SiteConfigPreferences` l.1455) with `maxFailedLogins` (20) filled in. `XnatBasicAuthentication
+Filter` sends it with `sendError(401, …)` for every failed Basic login: a wrong password and a
+login refused by the concurrent-session cap get the same answer, without a challenge header."""
+
+
+def login_refused() -> tables.Response:
+    """401 from the Basic authentication filter: Tomcat's error page, no WWW-Authenticate."""
+    return tables.tomcat_error(401, LOGIN_FAILURE)
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:

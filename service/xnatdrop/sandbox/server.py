@@ -90,6 +90,8 @@ class Settings:
     password_expiration_type: str = "Interval"  # SiteConfigPreferences l.539 (Date: not modelled)
     password_expiration_interval: str = "1 year"  # l.552, a PostgreSQL interval
     password_filter_before_basic: bool = False  # True: Basic + expired password → 403 (site.py)
+    allow_insecure_cookies: bool = False  # SecurityPreferences: never mark cookies Secure
+    concurrent_max_sessions: int = 1000  # SiteConfigPreferences l.1039; -1 = no cap
 
     def check(self) -> None:
         """Raise ValueError for a value XNAT would not accept or the sandbox cannot model."""
@@ -133,6 +135,11 @@ class Sandbox:
         #: When each account's password was last set, on the sandbox clock: a fresh account's
         #: password is new, so it is not expired (xhbm_xdat_user_auth.password_updated).
         self.password_updated = dict.fromkeys(self.accounts, self.clock.now())
+        #: What XNAT reads from its preferences once, at start-up (SecurityConfig): whether the
+        #: session cookies are Secure, and the concurrent-session cap. `start()` and
+        #: `apply_settings` refresh them; a preference set through XAPI waits for the next start.
+        self.secure_cookies = False
+        self.max_sessions = self.settings.concurrent_max_sessions
         self.store: store.Store
         #: Requests received, by "METHOD /path/as/sent" (faulted ones included).
         self.requests: collections.Counter[str] = collections.Counter()
@@ -163,6 +170,7 @@ class Sandbox:
         server.sandbox = self
         self.port = server.server_address[1]
         self._server = server
+        self._read_startup_preferences()
         self._stopping.clear()
         serve = threading.Thread(
             target=server.serve_forever, args=(0.05,), name="sandbox-http", daemon=True
@@ -245,7 +253,16 @@ class Sandbox:
         self.faults.clear()
 
     def apply_settings(self, **changes: Any) -> None:
-        """Change settings by name (what `/_sandbox/settings` does); all or none are applied."""
+        """Change settings by name (what `/_sandbox/settings` does); all or none are applied.
+
+        Settings XNAT reads only at start-up (`site_url`, `allow_insecure_cookies`,
+        `concurrent_max_sessions`) take effect at once, as after a restart.
+        """
+        self.store_preferences(**changes)
+        self._read_startup_preferences()
+
+    def store_preferences(self, **changes: Any) -> None:
+        """Change settings as XNAT's preference API does: the start-up ones wait for `start()`."""
         updated = Settings(**asdict(self.settings))
         for key, value in changes.items():
             if not hasattr(updated, key):
@@ -254,6 +271,15 @@ class Sandbox:
         updated.check()
         for key in changes:
             setattr(self.settings, key, getattr(updated, key))
+
+    def _read_startup_preferences(self) -> None:
+        """`SecurityConfig.configure` (l.277-302): the session cookie is Secure when the site URL
+        is https and insecure cookies are not allowed; the session cap is fixed here too."""
+        url = self.settings.site_url or self.url
+        self.secure_cookies = (
+            url.lower().startswith("https") and not self.settings.allow_insecure_cookies
+        )
+        self.max_sessions = self.settings.concurrent_max_sessions
 
     def expire_sessions(self) -> int:
         """Invalidate every JSESSIONID; return how many there were."""
@@ -296,6 +322,33 @@ class Sandbox:
         request.session_id = sid
         return sid
 
+    def _basic_login(self, request: Request, replaced: str | None) -> bool:
+        """A Basic login through XNAT's session strategies, in `SecurityConfig`'s order:
+        fixation protection (a session the cookie named is replaced), registration of a new
+        session, then the concurrent-session cap, which counts the new session and refuses
+        beyond `concurrentMaxSessions` (`maxSessionsPreventsLogin(true)`, l.177-179, l.301).
+
+        A refused login's session stays registered, unauthenticated, until it idles out, as in
+        Spring's SessionRegistry: retrying without sending its cookie back fills the registry
+        further. Returns False for a refused login (its Set-Cookie still goes out).
+        """
+        if replaced is not None:
+            self.sessions.drop(replaced)
+        now = self.clock.now()
+        sid = self.sessions.create(request.user, now, registered=True, authenticated=False)
+        request.new_session_id = sid
+        request.session_id = sid
+        count = self.sessions.registered_count(
+            request.user.name, now, self.settings.session_timeout
+        )
+        if 0 <= self.max_sessions < count:
+            log.info("login of %s refused: %d sessions open", request.user.name, count - 1)
+            return False
+        created = self.sessions.get(sid)
+        if created is not None:
+            created.authenticated = True
+        return True
+
     def forget_session(self, request: Request) -> None:
         if request.session_id:
             self.sessions.drop(request.session_id)
@@ -337,12 +390,15 @@ class Sandbox:
             request.cleanup()
         now_ms = int(self.clock.now() * 1000)
         timeout_ms = int(self.settings.session_timeout * 1000)
+        # Tomcat marks JSESSIONID Secure from SessionCookieConfig; XnatExpiredPasswordFilter marks
+        # SESSION_EXPIRATION_TIME Secure exactly when that config is (its l.72-80).
+        secure = "; Secure" if self.secure_cookies else ""
         response.headers.append(
-            ("Set-Cookie", f'SESSION_EXPIRATION_TIME="{now_ms},{timeout_ms}"; Path=/')
+            ("Set-Cookie", f'SESSION_EXPIRATION_TIME="{now_ms},{timeout_ms}"; Path=/{secure}')
         )
         if request.new_session_id:
             response.headers.append(
-                ("Set-Cookie", f"JSESSIONID={request.new_session_id}; Path=/; HttpOnly")
+                ("Set-Cookie", f"JSESSIONID={request.new_session_id}; Path=/{secure}; HttpOnly")
             )
         return response
 
@@ -358,22 +414,22 @@ class Sandbox:
         if sid:
             session, _ = self.sessions.lookup(sid, self.clock.now(), self.settings.session_timeout)
         if credentials is not None:
-            if self.settings.password_filter_before_basic and session is None:
+            if self.settings.password_filter_before_basic and not _authenticates(session):
                 refused = site.basic_before_authentication(self, credentials[0])
                 if refused is not None:
                     return refused
             user = self.accounts.get(credentials[0])
             if user is None or user.password != credentials[1]:
-                raise auth.challenge()
+                return auth.login_refused()
             request.user = user
-            if session is not None and session.user.name == user.name:
+            if session is not None and session.authenticated and session.user.name == user.name:
                 request.session_id = sid
-            else:
-                self.new_session(request)
-        elif session is not None:
+            elif not self._basic_login(request, sid if session is not None else None):
+                return auth.login_refused()
+        elif _authenticates(session):
             request.user = session.user
             request.session_id = sid
-        elif sid:
+        elif sid and session is None:
             if self.settings.login_page_on_expiry:
                 return tables.Response(200, tables.HTML, auth.LOGIN_PAGE.encode())
             raise auth.challenge()
@@ -468,6 +524,11 @@ class Sandbox:
 
 
 _ANONYMOUS = User("guest", "", "none", False)
+
+
+def _authenticates(session: auth.Session | None) -> bool:
+    """A session whose cookie alone authenticates (not one left by a refused login)."""
+    return session is not None and session.authenticated
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -64,8 +64,12 @@ date has passed) is not modelled. `Interval` expires; any other value disables e
 PREFERENCES = {
     "passwordExpirationType": "password_expiration_type",
     "passwordExpirationInterval": "password_expiration_interval",
+    "siteUrl": "site_url",
+    "concurrentMaxSessions": "concurrent_max_sessions",
 }
-"""Site preferences served at `/xapi/siteConfig/{name}` → the sandbox setting behind each."""
+"""Site preferences served at `/xapi/siteConfig/{name}` → the sandbox setting behind each.
+`siteUrl` and `concurrentMaxSessions` are read by `SecurityConfig` at start-up only: a new value
+set here takes effect at the sandbox's next `start()`, as after an XNAT restart."""
 
 ALL_DATA_ADMIN = {
     "role": "All Data Administration",
@@ -101,7 +105,9 @@ def _preference(request: Request, name: str) -> tables.Response:
     sandbox = request.sandbox
     attribute = PREFERENCES[name]
     if request.method in ("GET", "HEAD"):
-        value = str(getattr(sandbox.settings, attribute))
+        value = (
+            site_url(sandbox) if name == "siteUrl" else str(getattr(sandbox.settings, attribute))
+        )
         return tables.Response(200, "application/json", value.encode())
     if request.method not in ("POST", "PUT"):
         return _not_supported(request)
@@ -113,7 +119,7 @@ def _preference(request: Request, name: str) -> tables.Response:
         if len(body) > 65536:
             return tables.Response(413, "text/plain", b"")
     try:
-        sandbox.apply_settings(**{attribute: body.decode("utf-8")})
+        sandbox.store_preferences(**{attribute: body.decode("utf-8")})
     except ValueError as error:
         return tables.Response(400, "text/plain", str(error).encode())
     return tables.Response(200, "application/json", b"")
