@@ -174,3 +174,24 @@ def test_commands_fall_back_to_the_system_file_then_defaults(
     assert config.load_or_system(None).drop[0].project == "SPN01"
     other = write(tmp_path, "[xnat]\nurl = 'http://other:8080'\n")
     assert config.load_or_system(other).xnat.url == "http://other:8080"
+
+
+def test_verify_checksums_still_loads_with_a_one_line_deprecation_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 8: whether sizes and MD5s can be compared is now read from XNAT at push time.
+    A config that still sets the old key keeps loading (an upgrade must not stop the service),
+    with one warning that names what to use instead."""
+    settings = config.parse({"push": {"verify_checksums": False}}, "old.toml")
+    assert settings.push.anonymization == "site"
+    (record,) = [r for r in caplog.records if "verify_checksums" in r.getMessage()]
+    assert record.levelname == "WARNING" and "\n" not in record.getMessage()
+    assert 'push.anonymization = "prevent"' in record.getMessage()
+    caplog.clear()
+    config.parse({"push": {"anonymization": "prevent"}}, "new.toml")
+    assert not caplog.records
+
+
+def test_anonymization_takes_site_or_prevent() -> None:
+    with pytest.raises(ConfigError, match=r"at 'push.anonymization'"):
+        config.parse({"push": {"anonymization": "off"}}, "test")

@@ -462,3 +462,31 @@ def test_scan_catalog_gives_every_sop_instance_uid(
     expected = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     assert {entry.uid for entry in catalog} == expected
     assert {entry.path for entry in catalog} == {f.path for f in listing}
+
+
+def test_http_url_for_an_https_site_is_named_at_login(sandbox: Sandbox) -> None:
+    """XNAT marks JSESSIONID Secure when its site URL is https (SecurityConfig.configure):
+    over http the cookie is never sent back. The login says so and gives the fix, instead of
+    every later request failing with 401."""
+    sandbox.apply_settings(site_url="https://xnat.example.org")
+    with (
+        xnat.XnatClient(settings_for(sandbox), "pw") as session,
+        pytest.raises(AuthenticationError, match="marks its session cookie Secure") as caught,
+    ):
+        session.whoami()
+    assert f"set xnat.url to https://127.0.0.1:{sandbox.port}" in str(caught.value)
+
+
+def test_login_refused_at_the_session_cap_quotes_xnat(sandbox: Sandbox) -> None:
+    """An account with XNAT's maximum of open sessions gets the wrong-password 401; the alert
+    quotes XNAT's text, which names both causes."""
+    sandbox.apply_settings(concurrent_max_sessions=1)
+    with xnat.XnatClient(settings_for(sandbox), "pw") as first:
+        assert first.whoami() == "svc"
+        with (
+            xnat.XnatClient(settings_for(sandbox), "pw") as second,
+            pytest.raises(AuthenticationError, match="maximum number of user sessions") as caught,
+        ):
+            second.whoami()
+    assert "too many XNAT sessions open" in str(caught.value)
+    assert "<" not in str(caught.value)

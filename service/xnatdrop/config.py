@@ -396,7 +396,9 @@ class PushSettings(Section):
         gt=0,
         description="How long pushes are held before one drop is tried again to see whether "
         "XNAT has recovered; doubled after each failed try, up to retry_max_seconds. A restart "
-        "of the daemon tries at once.",
+        "of the daemon tries at once. Also how long a drop that got such an answer waits before "
+        "it is tried again and, if XNAT answers it the same way while accepting other drops, "
+        "quarantined.",
     )
     receiving_quiet_seconds: float = Field(
         60.0,

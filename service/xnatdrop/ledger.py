@@ -239,6 +239,8 @@ class Breaker:
 
 
 HELD = "HELD"  # last_error_code of a drop held by the open circuit breaker
+SUSPECT = "XNAT_SUSPECT"  # … of a drop waiting to see whether XNAT answers other drops alike
+_WAITING_ON_XNAT = (HELD, SUSPECT)
 ANSWER_KEEP_SECONDS = 7 * 86400.0
 
 
@@ -578,22 +580,23 @@ class Ledger:
                 (answer, drops, now, retry_at),
             )
             conn.execute(
-                "UPDATE drops SET next_attempt = ? WHERE last_error_code = ? "
+                "UPDATE drops SET next_attempt = ? WHERE last_error_code IN (?, ?) "
                 "AND state NOT IN ('done', 'quarantined')",
-                (retry_at, HELD),
+                (retry_at, *_WAITING_ON_XNAT),
             )
         breaker = self.breaker()
         assert breaker is not None
         return breaker
 
     def close_breaker(self) -> int:
-        """Close the breaker and make every held drop due now; return how many were held."""
+        """Close the breaker and make every drop that waited on XNAT due now (held ones, and
+        those waiting to confirm the same answer); return how many."""
         with self._transaction() as conn:
             conn.execute("DELETE FROM breaker")
             cursor = conn.execute(
-                "UPDATE drops SET next_attempt = 0 WHERE last_error_code = ? "
+                "UPDATE drops SET next_attempt = 0 WHERE last_error_code IN (?, ?) "
                 "AND state NOT IN ('done', 'quarantined')",
-                (HELD,),
+                _WAITING_ON_XNAT,
             )
             return cursor.rowcount
 

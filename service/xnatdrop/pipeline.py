@@ -99,7 +99,6 @@ CRASH_ENV = "XNATDROP_TEST_CRASH_AT"
 CHECK_NAME = "check.json"
 QUARANTINE_NAME = "quarantine.json"
 XNAT_NAME = "xnat.json"  # what XNAT said at push time and what verification found
-SUSPECT = "XNAT_SUSPECT"  # a suspect XNAT answer, tried again before quarantining (`breaker`)
 MAX_RESENDS = 2  # per call; a prearchive that keeps losing data is a transient server problem
 
 # Prearchive statuses (reference §4.2). Locked ones mean XNAT is busy with the session.
@@ -346,9 +345,10 @@ def _run_drop(run: _Run, drop: ledger_module.Drop) -> Outcome:
                     ledger_module.HELD, decision.message, decision.retry_at or 0.0
                 ) from None
             if decision.action == "confirm":
-                push = run.config.push
-                delay = backoff(drop.attempts, push.retry_base_seconds, push.retry_max_seconds)
-                raise _HandBack(SUSPECT, decision.message, time.time() + delay) from None
+                # Long enough for other drops to be tried meanwhile: their answers tell an XNAT
+                # problem (the breaker opens) from a problem of this drop (XNAT accepts them).
+                delay = run.config.push.breaker_hold_seconds
+                raise _HandBack(ledger_module.SUSPECT, decision.message, time.time() + delay) from None
         return _quarantine(run, drop, failure)
     except _Incomplete as reason:
         return _thaw(run, run.book.get(drop.id), str(reason))

@@ -68,7 +68,9 @@ LOGIN_PAGE = "/app/template/Login.vm"
 WRITER_ROLES = frozenset({"Owners", "Members"})  # group display names that may upload, archive
 ALL_DATA_ADMIN = "ALL_DATA_ADMIN"  # the site-wide group of site administrators (all data)
 PASSWORD_EXPIRED = "Your password has expired"
-SESSION_CAP = "Maximum sessions of"  # Spring's ConcurrentSessionControlAuthenticationStrategy
+# XnatBasicAuthenticationFilter's login failure text: a wrong password and an account at XNAT's
+# cap of open sessions (SecurityConfig: maximumSessions, maxSessionsPreventsLogin) read the same.
+LOGIN_FAILED = "Your login attempt failed"
 
 # DICOM resources of a scan, as XNAT's importer creates them (DefaultCatalogService: "DICOM" or
 # "secondary"). Anything else on a scan (SNAPSHOTS, NIFTI from automation) is not ours.
@@ -271,9 +273,10 @@ def _error_message(response: requests.Response) -> str:
     ):
         match = re.search(pattern, text, re.S | re.I)
         if match:
-            text = re.sub(r"<[^>]+>", " ", match.group(1))
+            text = match.group(1)
             break
-    message = " ".join(html.unescape(text).split())[:500]
+    text = re.sub(r"<[^>]+>", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
+    message = " ".join(text.split())[:500]
     return message or response.reason or str(response.status_code)
 
 
@@ -407,8 +410,10 @@ class XnatClient:
     def login(self) -> None:
         """POST /data/JSESSION with Basic auth; keep the JSESSIONID cookie (reference §2.1).
 
-        Besides a wrong password (401), XNAT may answer a Basic login with 403 "Your password
-        has expired…" (XnatExpiredPasswordFilter l.152; password expiry is on by default, one
+        Besides a wrong password or an account at XNAT's cap of open sessions (the same 401;
+        xnatdrop logs out after each drop so as not to add to it), XNAT may answer with a
+        redirect to its change-password page or 403 "Your password has expired…"
+        (XnatExpiredPasswordFilter l.152, l.186-191; password expiry is on by default, one
         year, stock row 8) and may mark the cookie Secure when its site URL is https
         (SecurityConfig.configure l.287, stock row 9): over http the cookie would then never be
         sent back and every request would fail, so both are authentication alerts here.
@@ -430,16 +435,18 @@ class XnatClient:
             raise self._password_expired(f'XNAT answered the login with 403 "{message}"')
         if 300 <= status < 400:
             raise self._redirected(response)
-        if message.startswith(SESSION_CAP):
-            raise TransientError(
-                f'XNAT refused a new session for user {self._username!r}: "{message}" — too '
-                "many sessions of this account are open; they expire after XNAT's session "
-                "timeout"
-            )
         if status in (401, 403) or (response.ok and _looks_like_html(response)):
+            first = message.split(". ", 1)[0].rstrip(".") + "."
+            said = f': "{first}"' if message.startswith(LOGIN_FAILED) else ""
+            also = (
+                "; if it is right, the account has too many XNAT sessions open (XNAT's cap, "
+                "concurrentMaxSessions): they end after XNAT's session timeout"
+                if said
+                else ""
+            )
             raise AuthenticationError(
                 f"XNAT at {self.base} refused the login of user {self._username!r} "
-                f"(HTTP {status}); check the username and password"
+                f"(HTTP {status}){said}; check the username and password{also}"
             )
         if status >= 500:
             raise TransientError(f"XNAT login failed with HTTP {status}")
