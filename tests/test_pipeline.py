@@ -7,9 +7,11 @@ in-process) and checks XNAT, the ledger and the file system.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -329,3 +331,132 @@ def test_sidecars_only_missing_files_are_sent_and_changed_ones_quarantine(
     assert outcome.kind == "quarantined" and outcome.code == "RESOURCE_CONFLICT", outcome
     assert outcome.path is not None
     assert "responses.csv" in (outcome.path / "QUARANTINE.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("who", ["admin", "reader"])
+def test_an_import_routed_to_unassigned_is_cleaned_up_by_xnatdrop(tmp_path: Path, who: str) -> None:
+    """XNAT files an upload for a project the account may not write to (a read-only account)
+    or that does not exist under Unassigned, with HTTP 200 (pitfall 17). xnatdrop removes that
+    copy, which it caused, and says so; where XNAT lets only an administrator delete from
+    Unassigned (PrearcUtils.canModify), the reason file names the copy for the administrator."""
+    server = Sandbox(
+        data=tmp_path / "xnat", port=0, users=["svc:pw", "reader:pw:read"], projects=[PROJECT]
+    )
+    server.start()
+    try:
+        path = write_config(tmp_path, server.url)
+        text = path.read_text(encoding="utf-8")
+        if who == "reader":
+            text = text.replace('username = "svc"', 'username = "reader"')
+        else:
+            text = text.replace(f'project = "{PROJECT}"', 'project = "SPN09"')
+        path.write_text(text, encoding="utf-8")
+        settings = load(path)
+        label = "SPN09_0001" if who == "admin" else LABEL
+        folder = stage(tmp_path / "drop", label, SMALL, sidecars=False)
+        with ledger.Ledger(settings.paths.state) as book:
+            outcome = pipeline.process(
+                folder, settings, book, lambda: xnat.XnatClient(settings.xnat, "pw")
+            )
+        assert outcome.kind == "transient" and outcome.code == ledger.SUSPECT, outcome
+        assert "/data/prearchive/projects/Unassigned/" in outcome.message
+        with xnat.XnatClient(config.XnatSettings(url=server.url, username="svc"), "pw") as admin:
+            left = admin.prearchive_entries("Unassigned")
+    finally:
+        server.stop()
+    if who == "admin":
+        assert "xnatdrop removed that copy" in outcome.message
+        assert left == []
+    else:
+        assert "ask the XNAT administrator to delete /data/prearchive/projects/Unassigned/" in (
+            outcome.message
+        )
+        assert len(left) == 1
+
+
+def test_a_slow_archive_of_a_label_saying_duplicate_ends_archived(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """Issue 9: the archive outlasts XNAT's timeout (500 "…SPN01_duplicate… did not complete
+    within the configured timeout interval.") but completes. Before, the word in the label made
+    it XNAT_CONFLICT and quarantined an archived session; now it is transient, and the retry
+    finds the session archived with every instance."""
+    label = "SPN01_duplicate"
+    settings = load(write_config(tmp_path, server.url))
+    server.apply_settings(archive_timeout=0.2)
+    server.slow_archive(0.2)
+    outcome = push(settings, stage(tmp_path / "drop", label, SMALL, sidecars=False))
+    assert outcome.kind == "archived", outcome
+    with ledger.Ledger(settings.paths.state) as book:
+        (drop,) = book.drops(PROJECT, label)
+        failures = [e for e in book.history(drop) if e.event == "failed"]
+    assert [e.detail["code"] for e in failures] == ["TRANSIENT"]
+    assert "did not complete" in failures[0].detail["message"]
+    assert server.requests["POST /data/services/archive"] == 1
+
+
+class RacingClient(xnat.XnatClient):
+    """Our client, with another uploader archiving into the same label just before our archive
+    request: the race window of xnat-stock row 14 (single-session archive always merges)."""
+
+    def __init__(self, settings: config.Config, other: Path) -> None:
+        super().__init__(settings.xnat, "pw")
+        self.other = other
+
+    def archive(self, uri: str, *, project: str, subject: str, session: str) -> str:
+        if self.other.is_file():
+            with xnat.XnatClient(self.config, "pw") as someone:
+                # Their own prearchive session (another label), archived under ours.
+                theirs = someone.import_zip(
+                    self.other, project=project, subject=subject, session="SOMEONE_ELSE"
+                )
+                someone.archive(theirs, project=project, subject=subject, session=session)
+            self.other.unlink()
+        return super().archive(uri, project=project, subject=subject, session=session)
+
+    @property
+    def config(self) -> config.XnatSettings:
+        return config.XnatSettings(url=self.base, username="svc", timeout_seconds=30)
+
+
+def test_a_session_that_differs_after_archiving_is_reported_and_reconciled_after_the_fix(
+    tmp_path: Path, settings: config.Config, server: Sandbox
+) -> None:
+    """1. Just before our archive, someone else archives another series into the same label;
+    XNAT merges ours into it. 2. The check after archiving finds an instance that is not ours:
+    quarantine as ARCHIVE_MISMATCH, the reason file saying the session IS in XNAT, with its
+    page, and what differs. 3. The XNAT administrator removes the other scan. 4. The folder is
+    resubmitted: xnatdrop finds exactly its instances archived, sends nothing, attaches the
+    sidecars and finishes. It never meets LABEL_EXISTS."""
+    other = stage(tmp_path / "other", LABEL, ("05_3_Plane_Localizer_HF",), sidecars=False)
+    bundle = tmp_path / "other.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for path in sorted((other / "05_3_Plane_Localizer_HF").iterdir())[:2]:
+            archive.write(path, f"series/{path.name}")
+    folder = stage(tmp_path / "drop", LABEL, SMALL)
+    original = snapshot(folder)
+    with ledger.Ledger(settings.paths.state) as book:
+        outcome = pipeline.process(folder, settings, book, lambda: RacingClient(settings, bundle))
+    assert outcome.kind == "quarantined" and outcome.code == "ARCHIVE_MISMATCH", outcome
+    assert outcome.path is not None
+    note = (outcome.path / "QUARANTINE.txt").read_text(encoding="utf-8")
+    assert "the session IS in XNAT" in note
+    assert f"{server.url}/data/projects/{PROJECT}/experiments/XNAT_E" in note
+    assert "2 instance(s) are not from this upload: scan 5" in note
+    reason = json.loads((outcome.path / "QUARANTINE.json").read_text(encoding="utf-8"))
+    assert reason["in_xnat"].startswith(f"{server.url}/data/projects/{PROJECT}/experiments/")
+    with client(settings) as admin:
+        admin.request(
+            "DELETE", f"/data/projects/{PROJECT}/subjects/{LABEL}/experiments/{LABEL}/scans/5"
+        )
+    for name in ("QUARANTINE.txt", "QUARANTINE.json"):
+        (outcome.path / name).unlink()
+    outcome.path.rename(tmp_path / "drop" / LABEL)
+    imports = server.requests["POST /data/services/import"]
+    again = push(settings, tmp_path / "drop" / LABEL)
+    assert again.kind == "archived", again
+    assert server.requests["POST /data/services/import"] == imports
+    assert_archived_once(settings, LABEL, original, dicom_count=21)
+    receipt_json = json.loads((again.path / "RECEIPT.json").read_text(encoding="utf-8"))
+    assert receipt_json["verification"]["instance_uids"] == "all matched"
+    assert [r["name"] for r in receipt_json["resources"]] == ["behav", "physio"]

@@ -1155,6 +1155,12 @@ def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
             if cause is not None:
                 _archive_failed(run, drop, cause)
             raise
+        except xnat.XnatAnswer as answer:
+            if answer.status != 404:
+                raise
+            # "Unknown prearchive session." / "{uri} not found.": the copy went away meanwhile.
+            if _archived(run, drop, manifest, ours=True, bytes_too=True) is None:
+                raise _Resend("the prearchive session is gone and nothing is archived") from None
         breaker.success(run.book, drop.id)
         session = _archived(run, drop, manifest, ours=True, bytes_too=True)
         if session is None:
