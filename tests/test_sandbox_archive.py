@@ -87,7 +87,9 @@ def test_duplicate_files_conflict_500_and_row_conflict(svc, dicom):
     refused = svc.post("/data/services/archive", data={"src": again})
     assert refused.status_code == 500
     folder = again.rsplit("/", 1)[1]
-    assert h3(refused) == f"FAILED: Unable to archive {folder}: Duplicate DICOM file uploaded."
+    assert h3(refused) == (
+        f"FAILED: Unable to archive {folder}: Operation Failed: Duplicate DICOM file uploaded."
+    )
     assert svc.json_rows(again)[0]["status"] == "CONFLICT"
     ok = svc.post("/data/services/archive", data={"src": again, "overwrite_files": "true"})
     assert ok.status_code == 200, ok.text

@@ -126,7 +126,12 @@ def test_move_is_301_and_needs_write_access_to_the_target(svc, reader, dicom):
     [
         ({}, 400, "No action parameter was specified"),
         ({"action": "rebuild"}, 400, "User svc requested an unsupported action on prearchive"),
-        ({"action": "set-status", "status": "NOPE"}, 400, "Invalid status: NOPE"),
+        (
+            {"action": "set-status", "status": "NOPE"},
+            400,
+            "No enum constant org.nrg.xnat.helpers.prearchive.PrearcUtils.PrearcStatus.NOPE",
+        ),
+        ({"action": "set-status", "status": "_BUILDING"}, 400, "Cannot set session status to _"),
     ],
 )
 def test_bad_actions_are_400(svc, dicom, params, status, text):

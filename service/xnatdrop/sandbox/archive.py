@@ -36,13 +36,40 @@ UID_CHANGED = "Invalid modification of session UID via archive process."
 DUPLICATE_FILE = "Duplicate DICOM file uploaded."
 
 
+DESTINATION_LOCKED = "Duplicate archive attempt.  Destination session in use."
+"""`PrearcSessionArchiver.call` l.468: a `ClientException(423 Locked, …)` when another archiver
+holds the existing experiment (`GLOBAL_LOCKS`). Its sibling at l.441, "…Prearchive session
+already archiving.", needs two archivers of one row past `setStatus(ARCHIVING)` before either
+locks it, a race between JMS workers the sandbox (which checks and locks in one step) does not
+reproduce: a second archive of a locked row is refused earlier (403 or ArchiveLocked)."""
+
+WORKFLOW_OPEN = (
+    "Session processing may already be in progress: {}.  Concurrent modification is discouraged."
+)
+"""`PrearcSessionArchiver.preventConcurrentArchiving` l.305: 409 when the existing experiment has
+an open workflow (a pipeline still running) and overwrite was not given. Its status message,
+"Session processing in progress:{pipeline}" (l.304), goes to archive listeners, not to HTTP."""
+
+UNABLE_TO_LOCK = "Unable to lock session for archiving."
+"""`PrearchiveArchiveHandler.commitSessionToArchive` (also `FinishImageUpload`, `DicomZipImporter`):
+the row is locked (`_`-prefixed) by another operation, so this archive never starts."""
+
+
 class ArchiveFailure(Exception):
-    """The archive was refused; `conflict` says whether it was a 409-class cause."""
+    """The archive was refused; `conflict` says whether it was a 409-class cause (the row then
+    reads CONFLICT, else ERROR: `PrearcDatabase.LockAndSync.run`)."""
 
     def __init__(self, reason: str, conflict: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
         self.conflict = conflict
+
+
+class ArchiveLocked(ArchiveFailure):
+    """The row was locked by another operation: refused before archiving, its status untouched."""
+
+    def __init__(self) -> None:
+        super().__init__(UNABLE_TO_LOCK, conflict=False)
 
 
 class ArchiveTimeout(Exception):
@@ -72,16 +99,38 @@ def archive_session(
 ) -> str:
     """Archive one prearchive session and return its `/data/archive/…` URI.
 
-    Raise ArchiveFailure (row → CONFLICT or ERROR) or, after a completed but slow archive,
-    ArchiveTimeout.
+    The steps of XNAT's archive operation: the row is marked ARCHIVING and locked (`_ARCHIVING`,
+    `PrearcDatabase._archive` → `LockAndSync`) while `PrearcSessionArchiver.call` runs, which
+    takes its global lock on the existing experiment (423 "Duplicate archive attempt…"), refuses
+    to merge into an experiment with an open workflow unless `override`, then checks conflicts
+    and moves the files. The slow-archive fault's delay
+    is spent inside, locks held. Raise ArchiveLocked when the row is already locked,
+    ArchiveFailure (row → CONFLICT or ERROR) when refused, or ArchiveTimeout after a completed
+    but slow archive.
     """
     store = sandbox.store
-    prearchive.set_status(store, row["pk"], "ARCHIVING")
+    with store.transaction() as db:  # ARCHIVING, then LockAndSync's lock, in one step
+        locked = db.execute(
+            "UPDATE prearchive SET status = '_ARCHIVING' WHERE pk = ? "
+            "AND substr(status, 1, 1) != '_'",
+            (row["pk"],),
+        )
+    if locked.rowcount != 1:
+        raise ArchiveLocked()
     delay = sandbox.faults.archive_delay
-    timed_out = delay > 0 and delay >= sandbox.settings.archive_timeout
-    if delay > 0:
-        sandbox._stopping.wait(min(delay, sandbox.settings.archive_timeout))
+    timed_out = False
+    held: list[str] = []
     try:
+        existing = store.experiment(row["project"], _label(row, label))
+        if existing is not None:
+            _lock(sandbox, existing["id"], held, DESTINATION_LOCKED)
+            pipeline = sandbox.workflows.get((existing["project"], existing["label"]))
+            if pipeline and not override:
+                raise ArchiveFailure(WORKFLOW_OPEN.format(pipeline))
+        if delay > 0:
+            limit = sandbox.settings.archive_timeout
+            released = sandbox.faults.archive_released.wait(min(delay, limit))
+            timed_out = not released and delay >= limit
         with store.lock:
             result = _archive(
                 sandbox,
@@ -97,9 +146,26 @@ def archive_session(
         prearchive.set_status(store, row["pk"], "CONFLICT" if failure.conflict else "ERROR")
         log.info("archive of %s refused: %s", prearchive.uri(row), failure.reason)
         raise
+    finally:
+        with sandbox.archive_locks_guard:
+            sandbox.archive_locks.difference_update(held)
     if timed_out:
         raise ArchiveTimeout(prearchive.data_uri(row))
     return result
+
+
+def _lock(sandbox: Sandbox, key: str, held: list[str], message: str) -> None:
+    """`PrearcSessionArchiver.requestLock`: take `key` or fail with the 423 `message`."""
+    with sandbox.archive_locks_guard:
+        if key in sandbox.archive_locks:
+            raise ArchiveFailure(message, conflict=False)
+        sandbox.archive_locks.add(key)
+    held.append(key)
+
+
+def _label(row: sqlite3.Row, label_param: str | None) -> str:
+    """`fixSessionLabel`: the label parameter, else the session's name or folder, cleaned."""
+    return clean_value(label_param or row["name"] or row["folder"])
 
 
 def _archive(
@@ -123,7 +189,7 @@ def _archive(
     if not files:
         raise ArchiveFailure("Session contains no files.", conflict=False)
     xsi = prearchive.session_xsi_type({s["modality"] for s in scans})
-    label = clean_value(label_param or row["name"] or row["folder"])
+    label = _label(row, label_param)
     subject_label = clean_value(subject_param or row["subject"] or label)
     existing = store.experiment(project, label)
     subject_row = store.subject(project, subject_label)
@@ -300,9 +366,7 @@ def archive_or_500(sandbox: Sandbox, row: sqlite3.Row, **options: object) -> str
     try:
         return archive_session(sandbox, row, **options)  # type: ignore[arg-type]
     except ArchiveFailure as failure:
-        raise tables.HttpError(
-            500, f"FAILED: Unable to archive {row['folder']}: {failure.reason}"
-        ) from failure
+        raise tables.HttpError(500, failed_message(row, failure)) from failure
     except ArchiveTimeout as timeout:
         raise tables.HttpError(
             500,
@@ -310,22 +374,17 @@ def archive_or_500(sandbox: Sandbox, row: sqlite3.Row, **options: object) -> str
         ) from timeout
 
 
-LOCKED = frozenset(
-    {
-        "ARCHIVING",
-        "MOVING",
-        "DELETING",
-        "SEPARATING",
-        "QUEUED_ARCHIVING",
-        "QUEUED_MOVING",
-        "QUEUED_DELETING",
-        "QUEUED_SEPARATING",
-        "_ARCHIVING",
-        "_MOVING",
-        "_DELETING",
-        "_SEPARATING",
-    }
-)
+def failed_message(row: sqlite3.Row, failure: ArchiveFailure) -> str:
+    """The 500 message of a failed archive, as it reaches HTTP through XNAT's queue.
+
+    `PrearchiveArchiveHandler.execute` reports "Unable to archive {folder}: {error}", where the
+    error is `PrearcDatabase.wrapException`'s "Operation Failed: {archiver message}";
+    `QueueBasedImageCommit.call` turns the FAILED event into `ServerException(500, "FAILED: " …)`.
+    The archiver's own status (409, 423) is lost on the way.
+    """
+    if isinstance(failure, ArchiveLocked):
+        return f"FAILED: Unable to archive {row['folder']}: {failure.reason}"
+    return f"FAILED: Unable to archive {row['folder']}: Operation Failed: {failure.reason}"
 
 
 def handle_archive(request: Request) -> tables.Response:
@@ -351,7 +410,7 @@ def handle_archive(request: Request) -> tables.Response:
             raise tables.HttpError(400, "Cannot archive sessions from the Unassigned folder.")
         if not request.user.can_write(row["project"]):
             raise tables.HttpError(403, "Invalid permissions for new project.")
-        if row["status"] in LOCKED:
+        if row["status"].startswith("_"):  # PrearcDatabase.setStatus(ARCHIVING) refused
             raise tables.HttpError(403, "Operation already in progress on this prearchive entry.")
     overwrite = (request.param("overwrite") or "").lower()
     options: dict[str, object] = {
@@ -364,6 +423,8 @@ def handle_archive(request: Request) -> tables.Response:
         remaining = []
         for row in rows:
             built = row if row["built"] else prearchive.build(request.sandbox, row)
+            if built is None:
+                continue
             try:
                 archive_session(request.sandbox, built, **options)  # type: ignore[arg-type]
             except (ArchiveFailure, ArchiveTimeout):
@@ -379,6 +440,8 @@ def handle_archive(request: Request) -> tables.Response:
     subject = request.param("subject", "SUBJECT_ID", f"{xsi}/subject_ID")
     fields = {k: v for k in ("visit", "note") if (v := request.param(k, f"{xsi}/{k}"))}
     built = row if row["built"] else prearchive.build(request.sandbox, row)
+    if built is None:
+        raise tables.HttpError(404, "Unknown prearchive session.")
     result = archive_or_500(
         request.sandbox,
         built,

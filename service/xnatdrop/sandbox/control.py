@@ -35,7 +35,7 @@ class Clock:
 class Rule:
     """One fault: which requests it matches, how many more times, and what it does."""
 
-    kind: str  # "fail" | "latency" | "drop"
+    kind: str  # "fail" | "latency" | "drop" | "timeout"
     path: str
     method: str | None = None
     count: int | None = 1  # None = forever
@@ -60,7 +60,7 @@ class Rule:
         out["count"] = self.count
         if self.kind == "fail":
             out["status"] = self.status
-        elif self.kind == "latency":
+        elif self.kind in ("latency", "timeout"):
             out["seconds"] = self.seconds
         else:
             out["after_bytes"] = self.after_bytes
@@ -74,16 +74,34 @@ class Fired:
     fail: Rule | None = None
     latency: float = 0.0
     drop_after: int | None = None
+    timeout: float | None = None  # a proxy's read timeout: 504 while the server goes on
 
 
 class Faults:
-    """The active fault rules plus the two behaviour switches (slow archive, anonymisation)."""
+    """The active fault rules plus the behaviour switches (slow archive, slow build, anonymise)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self.archive_delay = 0.0
+        self.build_delay = 0.0
         self.anonymize = False
+        #: Set to end the slow archives and builds waiting now (a delay set to 0, or a stop).
+        self.archive_released = threading.Event()
+        self.build_released = threading.Event()
+
+    def set_archive_delay(self, seconds: float) -> None:
+        self.archive_delay = seconds
+        (self.archive_released.clear if seconds > 0 else self.archive_released.set)()
+
+    def set_build_delay(self, seconds: float) -> None:
+        self.build_delay = seconds
+        (self.build_released.clear if seconds > 0 else self.build_released.set)()
+
+    def release(self) -> None:
+        """End every slow archive and build that is waiting (the sandbox is stopping)."""
+        self.archive_released.set()
+        self.build_released.set()
 
     def add(self, rule: Rule) -> None:
         if rule.count is not None and rule.count < 1:
@@ -94,14 +112,16 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
-            self.archive_delay = 0.0
             self.anonymize = False
+        self.set_archive_delay(0.0)
+        self.set_build_delay(0.0)
 
     def describe(self) -> dict[str, object]:
         with self._lock:
             return {
                 "rules": [r.describe() for r in self._rules],
                 "archive_delay": self.archive_delay,
+                "build_delay": self.build_delay,
                 "anonymize": self.anonymize,
             }
 
@@ -122,6 +142,10 @@ class Faults:
                     if fired.drop_after is not None:
                         continue
                     fired.drop_after = rule.after_bytes
+                elif rule.kind == "timeout":
+                    if fired.timeout is not None:
+                        continue
+                    fired.timeout = rule.seconds
                 if rule.count is not None:
                     rule.count -= 1
                     if rule.count == 0:

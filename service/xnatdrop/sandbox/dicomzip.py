@@ -583,7 +583,10 @@ def _finish(job: Job) -> tables.Response:
         if job.dest is None or job.handler == "gradual-DICOM":
             uris.append(prearchive.data_uri(row))
             continue
-        row = prearchive.build(sandbox, row)
+        built = prearchive.build(sandbox, row)
+        if built is None:  # DicomZipImporter.xmlBuild wraps any failure so
+            raise tables.HttpError(400, "unable to archive for the Prearchive session")
+        row = built
         if job.dest.kind == "prearchive":
             uris.append(prearchive.data_uri(row))
             continue

@@ -95,6 +95,8 @@ COLUMNS = [
 
 PREARCHIVE_CODES = {0: "Manual", 4: "AutoArchive", 5: "AutoArchiveOverwrite"}
 
+_STATUS_ENUM = "org.nrg.xnat.helpers.prearchive.PrearcUtils.PrearcStatus"
+
 
 def make_timestamp(epoch: float) -> str:
     """`PrearcUtils.makeTimestamp`: `yyyyMMdd_HHmmssSSS` in local time."""
@@ -397,10 +399,22 @@ def _scan_node(scan: sqlite3.Row) -> dict[str, Any]:
     )
 
 
-def build(sandbox: Sandbox, row: sqlite3.Row) -> sqlite3.Row:
-    """Write the session document and make the session READY (ERROR if it holds no files)."""
+def build(sandbox: Sandbox, row: sqlite3.Row) -> sqlite3.Row | None:
+    """Write the session document and make the session READY (ERROR if it holds no files).
+
+    `PrearchiveRebuildHandler.rebuild`: QUEUED_BUILDING, then BUILDING while `buildSession`
+    reads the files (the slow-build fault's delay is spent here), then READY — or RECEIVING if
+    new data arrived meanwhile (RECEIVING_INTERRUPT). Returns None when the row was deleted
+    while it was being built (BUILDING is not a locked status, so a DELETE may come in).
+    """
     store = sandbox.store
+    set_status(store, row["pk"], "QUEUED_BUILDING")
     set_status(store, row["pk"], "BUILDING")
+    if sandbox.faults.build_delay > 0:
+        sandbox.faults.build_released.wait(sandbox.faults.build_delay)
+        if store.one("SELECT pk FROM prearchive WHERE pk = ?", row["pk"]) is None:
+            log.info("prearchive %s: deleted while it was being built", uri(row))
+            return None
     scans = scans_of(store, row["pk"])
     if not any(s["file_count"] for s in scans):
         set_status(store, row["pk"], "ERROR")
@@ -441,7 +455,7 @@ def rebuild_idle(sandbox: Sandbox) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {"built": [], "archived": [], "failed": []}
     for row in rows:
         built = build(sandbox, row)
-        if built["status"] != "READY":
+        if built is None or built["status"] != "READY":
             result["failed"].append(data_uri(row))
             continue
         result["built"].append(data_uri(row))
@@ -734,13 +748,18 @@ def _action(request: Request, row: sqlite3.Row) -> tables.Response:
         raise tables.HttpError(
             400, f"No action parameter was specified for prearchive session: {uri(row)}"
         )
-    if action in ("build", "commit") and row["status"] not in INTERRUPTIBLE:
+    if action in ("build", "commit") and row["status"].startswith("_"):
+        # PrearcSessionResource.postActionBuild/postActionCommit: setStatus(BUILDING) is refused
+        # exactly for the locked statuses, PrearcDatabase.isLocked (PrearcUtils.inProcessStatusMap)
         raise tables.HttpError(409, "session document locked")
     if action == "build":
-        build(sandbox, row)
+        if build(sandbox, row) is None:
+            raise tables.HttpError(500, f"Unable to build {row['folder']}: it was deleted")
         return tables.uri_list([data_uri(row)], request.fmt)
     if action == "commit":
         built = build(sandbox, row)
+        if built is None:
+            raise tables.HttpError(500, f"Unable to build {row['folder']}: it was deleted")
         if built["status"] != "READY":
             raise tables.HttpError(500, f"FAILED: Unable to build {row['folder']}")
         aa_param = (request.param("AA", "auto-archive") or "").lower() == "true"
@@ -758,10 +777,15 @@ def _action(request: Request, row: sqlite3.Row) -> tables.Response:
         set_status(store, row["pk"], "READY" if row["built"] and document.exists() else "RECEIVING")
         return tables.uri_list([data_uri(row)], request.fmt)
     if action == "set-status":
+        # PrearcDatabase.setStatus(String): an unknown name is PrearcStatus.valueOf's error, a
+        # locked ("_") status may not be set, and a locked row silently keeps its status.
         status = request.param("status") or ""
         if status not in STATUSES:
-            raise tables.HttpError(400, f"Invalid status: {status}")
-        set_status(store, row["pk"], status)
+            raise tables.HttpError(400, f"No enum constant {_STATUS_ENUM}.{status}")
+        if status.startswith("_"):
+            raise tables.HttpError(400, f"Cannot set session status to {status}")
+        if not row["status"].startswith("_"):
+            set_status(store, row["pk"], status)
         return tables.uri_list([data_uri(row)], request.fmt)
     raise tables.HttpError(
         400,

@@ -140,6 +140,12 @@ class Sandbox:
         #: `apply_settings` refresh them; a preference set through XAPI waits for the next start.
         self.secure_cookies = False
         self.max_sessions = self.settings.concurrent_max_sessions
+        #: PrearcSessionArchiver's GLOBAL_LOCKS: prearchive URIs and experiment IDs being
+        #: archived into right now (archive.py).
+        self.archive_locks: set[str] = set()
+        self.archive_locks_guard = threading.Lock()
+        #: Open workflows (a pipeline still running) by (project, experiment label).
+        self.workflows: dict[tuple[str, str], str] = {}
         self.store: store.Store
         #: Requests received, by "METHOD /path/as/sent" (faulted ones included).
         self.requests: collections.Counter[str] = collections.Counter()
@@ -186,6 +192,7 @@ class Sandbox:
         if self._server is None:
             return
         self._stopping.set()
+        self.faults.release()
         self._server.shutdown()
         self._server.server_close()
         with self._connections_lock:
@@ -242,8 +249,31 @@ class Sandbox:
         self.faults.add(control.Rule("drop", path, method, count, after_bytes=after_bytes))
 
     def slow_archive(self, seconds: float) -> None:
-        """Make every archive operation take `seconds` (beyond `archive_timeout` → 500)."""
-        self.faults.archive_delay = seconds
+        """Make every archive operation take `seconds` (beyond `archive_timeout` → 500); 0 also
+        ends the slow archives running now."""
+        self.faults.set_archive_delay(seconds)
+
+    def slow_build(self, seconds: float) -> None:
+        """Make every prearchive build take `seconds`, the row reading BUILDING meanwhile; an
+        import with `dest` answers only after it (DicomZipImporter builds synchronously). 0 also
+        ends the slow builds running now."""
+        self.faults.set_build_delay(seconds)
+
+    def proxy_timeout(
+        self, path: str, seconds: float, count: int | None = 1, method: str | None = None
+    ) -> None:
+        """Stand a proxy with a read timeout in front: a matching request still unanswered
+        `seconds` after its body arrived gets nginx's 504 and its connection closed, while the
+        sandbox goes on handling it (nginx `proxy_read_timeout`)."""
+        self.faults.add(control.Rule("timeout", path, method, count, seconds=seconds))
+
+    def open_workflow(self, project: str, label: str, pipeline: str | None = "AutoRun") -> None:
+        """Give the archived experiment `label` an open workflow (a pipeline still running), or
+        close it with `pipeline=None`. Archiving into it then fails unless overwrite is set."""
+        if pipeline is None:
+            self.workflows.pop((project, label), None)
+        else:
+            self.workflows[(project, label)] = pipeline
 
     def anonymize(self, enabled: bool = True) -> None:
         """Rewrite PatientName of every imported file (bytes and MD5 change), as site anon does."""
@@ -513,6 +543,15 @@ class Sandbox:
             return self.tick(float(args.get("seconds", 0)))
         elif name == "slow-archive":
             self.slow_archive(float(args.get("seconds", 0)))
+        elif name == "slow-build":
+            self.slow_build(float(args.get("seconds", 0)))
+        elif name == "proxy-timeout":
+            self.proxy_timeout(
+                args["path"], float(args["seconds"]), args.get("count", 1), args.get("method")
+            )
+        elif name == "workflow":
+            self.open_workflow(str(args["project"]), str(args["label"]), args.get("pipeline"))
+            return {"workflows": [[*k, v] for k, v in self.workflows.items()]}
         elif name == "anonymize":
             self.anonymize(bool(args.get("enabled", True)))
         elif name == "settings":
@@ -652,6 +691,11 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             if fired.fail is not None:
                 response = _fault_response(fired.fail)
+            elif fired.timeout is not None:
+                answered = self._behind_proxy(sandbox, full_path, query, body, fired.timeout)
+                if answered is None:
+                    return
+                response = answered
             else:
                 method = "GET" if self.command == "HEAD" else self.command  # body dropped
                 response = sandbox.respond(method, full_path, query, self.headers, body)
@@ -683,6 +727,54 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             body.received,
             time.monotonic() - started,
         )
+
+    def _behind_proxy(
+        self,
+        sandbox: Sandbox,
+        full_path: str,
+        query: dict[str, list[str]],
+        body: bodies.Body,
+        timeout: float,
+    ) -> tables.Response | None:
+        """Handle the request in a worker; answer what it answers, or, once `timeout` seconds
+        passed after the whole body arrived, nginx's 504 (returns None: already written).
+
+        The worker goes on to the end and its answer is dropped, as when nginx gives up on an
+        upstream that is still building. It counts as in flight until it ends, so `stop()`
+        waits for it. Waiting is on the worker's completion event, polled for the body's end.
+        """
+        done = threading.Event()
+        outcome: list[Any] = []
+        method = "GET" if self.command == "HEAD" else self.command
+        headers = self.headers
+
+        def work() -> None:
+            try:
+                outcome.append(sandbox.respond(method, full_path, query, headers, body))
+            except (bodies.ConnectionDropped, bodies.ClientGone) as error:
+                outcome.append(error)
+            finally:
+                done.set()
+                with sandbox._idle:
+                    sandbox._inflight -= 1
+                    sandbox._idle.notify_all()
+
+        with sandbox._idle:
+            sandbox._inflight += 1
+        threading.Thread(target=work, name="sandbox-behind-proxy", daemon=True).start()
+        body_done_at: float | None = None
+        while not done.wait(0.02):
+            if body_done_at is None and body.finished:
+                body_done_at = time.monotonic()
+            if body_done_at is not None and time.monotonic() - body_done_at >= timeout:
+                log.info("%s %s: proxy timeout after %.1f s, 504", self.command, full_path, timeout)
+                page = control.PROXY_PAGES[504].encode()
+                self._write(tables.Response(504, "text/html", page), close=True)
+                return None
+        result = outcome[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _write(self, response: tables.Response, close: bool) -> None:
         try:
