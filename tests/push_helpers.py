@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pydicom
+
 from shared_data import dataset
 from xnatdrop import config, xnat
 from xnatdrop.sandbox.server import Sandbox
@@ -153,17 +155,48 @@ def archived_sessions(settings: config.Config) -> list[Any]:
     return rows
 
 
+def local_uids(folder: Path) -> set[str]:
+    """SOPInstanceUIDs of the DICOM files under `folder` (sidecars and receipts left out)."""
+    uids = set()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.relative_to(folder).parts[0].startswith(
+            ("behav", "physio", "logs", "RECEIPT", "QUARANTINE", "subject.toml")
+        ):
+            uids.add(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+    return uids
+
+
 def assert_archived_once(
     settings: config.Config, label: str, original: dict[str, str], dicom_count: int
 ) -> None:
-    """Exactly one archived session, holding every DICOM file once, with the right MD5s."""
+    """Exactly one archived session, holding every DICOM instance of the folder once, and an
+    empty prearchive.
+
+    Instances are matched by SOPInstanceUID in XNAT's scan catalogs against the files in done/,
+    since a stock XNAT rewrites every file (xnat-stock row 1); where XNAT's anonymisation is
+    off, the archived MD5s must equal the originals too. Only DICOM resources count.
+    """
     sessions = archived_sessions(settings)
     assert [row["label"] for row in sessions] == [label], sessions
     with client(settings) as xnat_client:
         found = xnat_client.find_session(PROJECT, label)
         assert found is not None and found.subject == label
-        files = xnat_client.session_files(PROJECT, found.subject, label)
+        files = [
+            f
+            for f in xnat_client.session_files(PROJECT, found.subject, label)
+            if f.resource in xnat.DICOM_RESOURCES
+        ]
+        catalog = [
+            entry
+            for scan in sorted({f.scan for f in files})
+            for entry in xnat_client.scan_catalog(PROJECT, found.subject, label, scan)
+        ]
         assert not xnat_client.prearchive_entries(PROJECT), "prearchive left behind"
-    dicom = {md5 for path, md5 in original.items() if not path.startswith(("behav", "physio"))}
-    assert len(files) == dicom_count
-    assert {f.digest for f in files} == dicom
+        rewriting = xnat_client.anonymization(PROJECT)
+    assert len(files) == len(catalog) == dicom_count
+    done = [p for p in settings.paths.done.glob(f"*/{label}*") if p.is_dir()]
+    assert done, f"{label} is not in done/"
+    assert sorted(e.uid for e in catalog) == sorted(local_uids(done[0]))
+    if rewriting.site is False and rewriting.project is False:
+        dicom = {md5 for path, md5 in original.items() if not path.startswith(("behav", "physio"))}
+        assert {f.digest for f in files} == dicom

@@ -289,6 +289,7 @@ def test_a_slow_archive_of_a_label_saying_duplicate_is_not_a_conflict(
          "discouraged.", "transient"),
         ("Session processing in progress:AutoRun", "transient"),
         ("Duplicate archive attempt. Prearchive session already archiving.", "transient"),
+        ("Duplicate archive attempt.  Destination session in use.", "transient"),
         ("Unable to write the catalog: conflict with a duplicate", "transient"),
     ],
 )  # fmt: skip
@@ -305,7 +306,7 @@ def test_archive_failures_are_read_from_xnat_wording(
     "conflict" and "duplicate"; only XNAT's wording decides."""
     label = "SPN01_conflict_duplicate"
     uri = archived_upload(client, tmp_path, dicom, label)
-    page = tables.error_page(500, f"FAILED: Unable to archive {label}: {cause}")
+    page = tables.error_page(500, f"FAILED: Unable to archive {label}: Operation Failed: {cause}")
     sandbox.fail("^/data/services/archive$", status=500, count=1, body=page.decode())
     if expected == "transient":
         with pytest.raises(TransientError):

@@ -347,8 +347,8 @@ def _run_drop(run: _Run, drop: ledger_module.Drop) -> Outcome:
             if decision.action == "confirm":
                 # Long enough for other drops to be tried meanwhile: their answers tell an XNAT
                 # problem (the breaker opens) from a problem of this drop (XNAT accepts them).
-                delay = run.config.push.breaker_hold_seconds
-                raise _HandBack(ledger_module.SUSPECT, decision.message, time.time() + delay) from None
+                retry_at = time.time() + run.config.push.breaker_hold_seconds
+                raise _HandBack(ledger_module.SUSPECT, decision.message, retry_at) from None
         return _quarantine(run, drop, failure)
     except _Incomplete as reason:
         return _thaw(run, run.book.get(drop.id), str(reason))

@@ -77,9 +77,10 @@ LOGIN_FAILED = "Your login attempt failed"
 DICOM_RESOURCES = frozenset({"DICOM", "secondary"})
 
 # Archive failures, as PrearcSessionArchiver and MergeSessionsA word them; the archive service
-# wraps them in 500 "FAILED: Unable to archive {folder}: {cause}" (QueueBasedImageCommit.call,
-# PrearchiveArchiveHandler). Matched at the start of the cause only, so a label inside the
-# message can never change the verdict (issue 9 point 8).
+# wraps them in 500 "FAILED: Unable to archive {folder}: Operation Failed: {cause}"
+# (`archive_cause`). Matched at the start of the cause only, so a label inside the message can
+# never change the verdict (issue 9 point 8). XNAT busy with the session is transient, whatever
+# the status it comes with (409, 423, 403, 500).
 ARCHIVE_CONFLICTS = (
     "Session already exists",  # PRE_EXISTS; "…with matching files." / "…the same resources."
     "Invalid modification of session",  # label, project, modality, subject, UID
@@ -92,7 +93,9 @@ ARCHIVE_BUSY = (
     "Session processing may already be in progress",  # the 409 ClientException
     "Session processing in progress",  # the workflow's failed() text
     "Duplicate archive attempt",  # 423: already archiving, or destination in use
-    "Operation already in progress on this prearchive entry",
+    "Operation already in progress on this prearchive entry",  # 403 from the Archiver
+    "Unable to lock session for archiving",  # PrearchiveArchiveHandler
+    "session document locked",  # 409 for a `_` status (PrearcSessionResource)
 )
 # Fixed leading words of XNAT answers that identify one kind of problem whatever the drop:
 # the circuit breaker groups answers by these (plus the status), never by their free text.
@@ -567,7 +570,7 @@ class XnatClient:
             return self._redirected(response)
         if status == 401 or (status < 300 and _looks_like_html(response)):
             return AuthenticationError(f"XNAT no longer accepts user {self._username!r}: {message}")
-        if status in (408, 423, 429) or status >= 500:
+        if status in (408, 423, 429) or status >= 500 or text.startswith(ARCHIVE_BUSY):
             return TransientError(message)
         wording = fixed_wording(text)
         answer = f"HTTP {status} {wording}".strip()
@@ -1136,11 +1139,14 @@ class XnatClient:
 
 
 def archive_cause(message: str, folder: str) -> str:
-    """The cause of an archive failure without the "FAILED: Unable to archive {folder}: "
-    prefix XNAT puts before it; the whole message when it has another shape."""
-    for prefix in (f"FAILED: Unable to archive {folder}: ", "FAILED: "):
-        if message.startswith(prefix):
-            return message[len(prefix) :]
+    """The cause of an archive failure without what XNAT puts before it.
+
+    The archive queue reports "FAILED: Unable to archive {folder}: Operation Failed: {cause}"
+    (QueueBasedImageCommit.call, PrearchiveArchiveHandler.execute, PrearcDatabase.wrapException);
+    each prefix is removed if present, so the cause is read from its start.
+    """
+    for prefix in ("FAILED: ", f"Unable to archive {folder}: ", "Operation Failed: "):
+        message = message.removeprefix(prefix)
     return message
 
 
