@@ -44,13 +44,17 @@ def test_zip_to_prearchive_answers_one_crlf_uri_and_stores_real_files(sandbox, s
 @pytest.mark.parametrize(
     ("content_type", "status", "text"),
     [
-        ("application/octet-stream", 400, "Unsupported format UNKNOWN"),
-        ("application/x-zip-compressed", 400, "Unsupported format UNKNOWN"),
-        ("application/x-gzip", 400, "Unsupported format UNKNOWN"),
-        ("image/png", 400, "Unable to identify upload format."),
+        ("application/octet-stream", 400, "Unsupported format UNKNOWN"),  # "upload"
+        ("application/x-gzip", 400, "Unsupported format UNKNOWN"),  # "upload.gzip"
+        ("image/png", 400, "Unsupported format UNKNOWN"),  # "upload.png": a known upload type
+        ("application/x-zip-compressed", 400, "Unable to identify upload format."),
+        ("application/gzip", 400, "Unable to identify upload format."),
+        ("text/html", 400, "Unable to identify upload format."),
     ],
 )
 def test_content_type_decides_the_upload_name_and_format(svc, dicom, content_type, status, text):
+    """RequestUtil.supported_upload_types: a type in it names the upload ("upload" + suffix),
+    which then decides the format; a type outside it is no upload at all."""
     response = svc.post(
         "/data/services/import",
         params={"import-handler": "DICOM-zip", "project": "SPN01"},
@@ -59,6 +63,19 @@ def test_content_type_decides_the_upload_name_and_format(svc, dicom, content_typ
     )
     assert response.status_code == status
     assert message(response) == text
+    assert svc.json_rows("/data/prearchive/projects/SPN01") == []
+
+
+def test_no_upload_and_no_handler_is_restlets_500(svc, dicom):
+    """Importer.handlePost takes `fw.get(0)` when no handler is named: nothing catches the
+    IndexOutOfBoundsException, so Restlet answers 500."""
+    response = svc.post(
+        "/data/services/import",
+        params={"project": "SPN01"},
+        data=dicom.zip(dicom.files(count=1)),
+        headers={"Content-Type": "application/x-zip-compressed"},
+    )
+    assert response.status_code == 500
 
 
 def test_multipart_upload_uses_the_part_file_name(svc, dicom):

@@ -94,11 +94,12 @@ def test_session_xml_is_404_before_build(svc, dicom):
 def test_build_then_commit_in_a_manual_project_stays_in_prearchive(svc, dicom):
     uri = upload(svc, dicom)
     built = svc.post(uri, params={"action": "build"})
-    assert (built.status_code, built.text) == (200, uri + "\r\n")
+    assert (built.status_code, built.text) == (200, uri)  # returnString: no CRLF
     assert built.headers["Content-Type"] == "text/uri-list"
     assert svc.json_rows(uri)[0]["status"] == "READY"
     committed = svc.post(uri, params={"action": "commit"})
-    assert (committed.status_code, committed.text) == (200, uri + "\r\n")
+    assert (committed.status_code, committed.text) == (200, uri)
+    assert committed.headers["Content-Type"] == "text/uri-list"
 
 
 def test_commit_in_an_auto_archive_project_is_301_with_body_and_no_location(svc, dicom):
@@ -107,7 +108,8 @@ def test_commit_in_an_auto_archive_project_is_301_with_body_and_no_location(svc,
     response = svc.post(uri, params={"action": "commit"}, allow_redirects=False)
     assert response.status_code == 301
     assert "Location" not in response.headers
-    assert response.text == "/data/archive/projects/SPN01/subjects/P03/experiments/P03_MR1\r\n"
+    assert response.text == "/data/archive/projects/SPN01/subjects/P03/experiments/P03_MR1"
+    assert response.headers["Content-Type"].startswith("text/plain")
     assert svc.json_rows("/data/prearchive/projects/SPN01") == []
 
 
@@ -115,7 +117,7 @@ def test_move_is_301_and_needs_write_access_to_the_target(svc, reader, dicom):
     uri = upload(svc, dicom)
     moved = svc.post(uri, params={"action": "move", "newProject": "SPN02"}, allow_redirects=False)
     assert moved.status_code == 301
-    assert moved.text == uri.replace("/SPN01/", "/SPN02/") + "\r\n"
+    assert moved.text == uri.replace("/SPN01/", "/SPN02/")
     assert [r["project"] for r in svc.json_rows("/data/prearchive")] == ["SPN02"]
     denied = reader.post(moved.text.strip(), params={"action": "move", "newProject": "SPN01"})
     assert denied.status_code == 403
@@ -143,9 +145,11 @@ def test_bad_actions_are_400(svc, dicom, params, status, text):
 
 def test_set_status_and_reset_status(svc, dicom):
     uri = upload(svc, dicom)
-    assert svc.post(uri, params={"action": "set-status", "status": "ERROR"}).status_code == 200
+    set_status = svc.post(uri, params={"action": "set-status", "status": "ERROR"})
+    assert (set_status.status_code, set_status.content) == (200, b"")
     assert svc.json_rows(uri)[0]["status"] == "ERROR"
-    assert svc.post(uri, params={"action": "reset-status"}).status_code == 200
+    reset = svc.post(uri, params={"action": "reset-status"})
+    assert (reset.status_code, reset.text) == (200, uri)
     assert svc.json_rows(uri)[0]["status"] == "RECEIVING"  # never built
 
 

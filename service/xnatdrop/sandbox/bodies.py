@@ -24,34 +24,45 @@ from xnatdrop.sandbox import tables
 CHUNK = 1024 * 1024
 MAX_FORM = 4 * 1024 * 1024
 
-#: `RequestUtil.supported_upload_types`: a raw body with one of these types is an upload.
-SUPPORTED_UPLOAD_TYPES = frozenset(
-    {
-        "application/zip",
-        "application/x-zip-compressed",
-        "application/octet-stream",
-        "application/dicom",
-        "application/x-tar",
-        "application/x-gtar",
-        "application/x-gzip",
-        "application/gzip",
-        "application/x-mirc",
-        "application/x-mirc-dicom",
-        "application/xml",
-        "text/xml",
-        "text/plain",
-    }
-)
-
-#: `RequestUtil.deriveFileName("upload", entity)`: the invented name decides the zip decoder.
-DERIVED_NAMES = {
-    "application/zip": "upload.zip",
-    "application/x-gtar": "upload.tar.gz",
-    "application/x-tar": "upload.tar",
-    "application/x-gzip": "upload.gzip",
-    "application/dicom": "upload.dcm",
-    "application/octet-stream": "upload",
+#: `RequestUtil.supported_upload_types` (web/.../restlet/util/RequestUtil.java l.36-66): a raw
+#: body whose media type is one of these keys is an upload named "upload" + the value
+#: (`deriveFileName`); the name then decides the archive decoder. The keys are Restlet 1.1's
+#: `MediaType` constants. Anything else, `application/x-zip-compressed` included, is not an
+#: upload at all, so the importer finds no file (400 "Unable to identify upload format.").
+DERIVED_SUFFIXES = {
+    "text/*": ".txt",
+    "application/*": "",
+    "text/plain": ".txt",
+    "text/xml": ".xml",
+    "text/csv": ".csv",
+    "application/dicom": ".dcm",
+    "application/zip": ".zip",
+    "application/xar": ".xar",
+    "application/x-gtar": ".tar.gz",
+    "application/x-gzip": ".gzip",
+    "application/octet-stream": "",
+    "application/pdf": ".pdf",
+    "application/vnd.ms-excel": ".xls",
+    "application/vnd.ms-powerpoint": ".ppt",
+    "application/x-tar": ".tar",
+    "application/msword": ".doc",
+    "image/*": ".img",
+    "image/bmp": ".bmp",
+    "image/gif": ".gif",
+    "image/x-icon": ".icon",
+    "image/jpeg": ".jpeg",
+    "image/png": ".png",
+    "image/svg+xml": ".svg",
+    "image/tiff": ".tiff",
+    "video/*": ".video",
+    "video/x-msvideo": ".avi",
+    "video/mp4": ".mp4",
+    "video/mpeg": ".mpg",
+    "video/quicktime": ".mov",
+    "video/x-ms-wmv": ".wmv",
 }
+SUPPORTED_UPLOAD_TYPES = frozenset(DERIVED_SUFFIXES)
+DERIVED_NAMES = {kind: "upload" + suffix for kind, suffix in DERIVED_SUFFIXES.items()}
 
 
 class ConnectionDropped(Exception):

@@ -284,16 +284,20 @@ def handle_import(request: Request) -> tables.Response:
     if request.method != "POST":
         raise tables.HttpError(405, "Method Not Allowed")
     received = request.receive()
+    handler = request.param("import-handler")
+    if not received.uploads:
+        # Importer.handlePost: no file with a handler named is 400; with none, `fw.get(0)`
+        # throws IndexOutOfBoundsException, which nothing catches: Restlet's 500.
+        if handler is None:
+            raise tables.HttpError(500, "Internal Server Error")
+        raise tables.HttpError(400, "Unable to identify upload format.")
     if len(received.uploads) > 1:
         raise tables.HttpError(400, "Importer is limited to one uploaded resource at a time.")
-    handler = request.param("import-handler")
     kind = bodies.media_type(request.headers.get("Content-Type"))
     if handler is None:
         handler = "gradual-DICOM" if kind in GRADUAL_TYPES else "DICOM-zip"
     if handler not in HANDLERS:
         raise tables.HttpError(404, f"Unknown importer implementation specified: {handler}")
-    if not received.uploads:
-        raise tables.HttpError(400, "Unable to identify upload format.")
     job = _job(request, handler)
     upload = received.uploads[0]
     if handler == "gradual-DICOM":

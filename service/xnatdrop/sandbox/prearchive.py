@@ -740,7 +740,12 @@ def _session_resource(request: Request, row: sqlite3.Row, resource: str) -> tabl
 
 
 def _action(request: Request, row: sqlite3.Row) -> tables.Response:
-    """`POST …/P/TS/S?action=build|commit|move|reset-status|set-status` (§4.5)."""
+    """`POST …/P/TS/S?action=build|commit|move|reset-status|set-status` (§4.5).
+
+    `PrearcSessionResource.handlePost`: build, commit and reset-status answer the session URI,
+    move 301 with the new URI, an auto-archiving commit 301 with the archive URI as plain text;
+    all without a trailing CRLF (`returnString`). set-status answers nothing.
+    """
     sandbox = request.sandbox
     store = sandbox.store
     action = request.param("action")
@@ -755,7 +760,7 @@ def _action(request: Request, row: sqlite3.Row) -> tables.Response:
     if action == "build":
         if build(sandbox, row) is None:
             raise tables.HttpError(500, f"Unable to build {row['folder']}: it was deleted")
-        return tables.uri_list([data_uri(row)], request.fmt)
+        return _uri_answer(data_uri(row))
     if action == "commit":
         built = build(sandbox, row)
         if built is None:
@@ -766,16 +771,16 @@ def _action(request: Request, row: sqlite3.Row) -> tables.Response:
         if (aa_param or is_auto_archive(store, built)) and built["project"] != UNASSIGNED:
             options = auto_archive_options(store, built)
             archived = archive.archive_or_500(sandbox, built, **options)
-            return tables.Response(301, tables.URI_LIST, f"{archived}\r\n".encode())
-        return tables.uri_list([data_uri(row)], request.fmt)
+            return tables.Response(301, tables.TEXT, archived.encode())  # returnString(uri, 301)
+        return _uri_answer(data_uri(row))
     if action == "move":
         target = _move_target(request)
         moved = move_session(store, row, target)
-        return tables.Response(301, tables.URI_LIST, f"{data_uri(moved)}\r\n".encode())
+        return _uri_answer(data_uri(moved), 301)
     if action == "reset-status":
         document = session_dir(store, row).with_name(row["folder"] + ".xml")
         set_status(store, row["pk"], "READY" if row["built"] and document.exists() else "RECEIVING")
-        return tables.uri_list([data_uri(row)], request.fmt)
+        return _uri_answer(data_uri(row))
     if action == "set-status":
         # PrearcDatabase.setStatus(String): an unknown name is PrearcStatus.valueOf's error, a
         # locked ("_") status may not be set, and a locked row silently keeps its status.
@@ -786,11 +791,17 @@ def _action(request: Request, row: sqlite3.Row) -> tables.Response:
             raise tables.HttpError(400, f"Cannot set session status to {status}")
         if not row["status"].startswith("_"):
             set_status(store, row["pk"], status)
-        return tables.uri_list([data_uri(row)], request.fmt)
+        return tables.Response(200, "", b"")  # postActionSet sets no entity
     raise tables.HttpError(
         400,
         f"User {request.user.name} requested an unsupported action on prearchive session: {action}",
     )
+
+
+def _uri_answer(uri_: str, status: int = 200) -> tables.Response:
+    """`returnString(uri, TEXT_URI_LIST, status)` of PrearcSessionResource: the URI as it is,
+    without the CRLF the importer and the archive service put after each URI."""
+    return tables.Response(status, tables.URI_LIST, uri_.encode())
 
 
 def _move_target(request: Request) -> str:
