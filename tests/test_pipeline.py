@@ -471,3 +471,36 @@ def test_a_session_that_differs_after_archiving_is_reported_and_reconciled_after
     receipt_json = json.loads((again.path / "RECEIPT.json").read_text(encoding="utf-8"))
     assert receipt_json["verification"]["instance_uids"] == "all matched"
     assert [r["name"] for r in receipt_json["resources"]] == ["behav", "physio"]
+
+
+def test_an_expired_password_is_an_authentication_alert_not_a_quarantine(
+    tmp_path: Path, settings: config.Config, server: Sandbox
+) -> None:
+    """XNAT redirects an account whose password expired (one year by default) to its
+    change-password page: the push stops as auth_failed with the page named, the drop waits
+    in the ledger, nothing is quarantined or sent."""
+    server.expire_password("svc")
+    folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    outcome = push(settings, folder)
+    assert outcome.kind == "auth_failed" and outcome.code == "AUTHENTICATION", outcome
+    assert "has expired" in outcome.message and "XDATScreen_UpdateUser.vm" in outcome.message
+    assert not (tmp_path / "quarantine").exists()
+    assert server.requests.get("POST /data/services/import", 0) == 0
+
+
+def test_credentials_in_the_xnat_url_are_never_logged_or_written(
+    tmp_path: Path, server: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 9: a password written into xnat.url (the config refuses it; the client is safe
+    anyway) never appears in a log line, the receipt or a reason file."""
+    caplog.set_level(logging.DEBUG, logger="xnatdrop")
+    url = server.url.replace("http://", "http://svc:s3cret-in-url@")
+    settings = load(write_config(tmp_path, url))
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, SMALL))
+    assert outcome.kind == "archived", outcome
+    assert outcome.path is not None
+    receipts = [
+        (outcome.path / n).read_text(encoding="utf-8") for n in ("RECEIPT.txt", "RECEIPT.json")
+    ]
+    assert all(server.url in text for text in receipts)
+    assert not any("s3cret-in-url" in text for text in [*receipts, caplog.text])
