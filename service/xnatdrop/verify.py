@@ -102,23 +102,23 @@ class Rewriting:
 
     def why_bytes_differ(self) -> str:
         """Why sizes and MD5s of the archived files are not compared ('' if they are)."""
-        if not self.rewrites_at_archive():
-            return ""
         scripts = []
         if self.site_runs:
-            scripts.append(
-                "XNAT's site anonymisation script"
-                if self.site
-                else "XNAT's site anonymisation script (this account may not see whether it is on)"
-            )
+            scripts.append(("XNAT's site anonymisation script", self.site))
         if self.project_runs:
-            scripts.append(
-                "the project's anonymisation script"
-                if self.project
-                else "the project's anonymisation script (this account may not see whether it "
-                "is on)"
+            scripts.append(("the project's anonymisation script", self.project))
+        known = [name for name, on in scripts if on]
+        unknown = [name for name, on in scripts if on is None]
+        parts = []
+        if known:
+            parts.append(f"headers rewritten by {' and '.join(known)}")
+        if unknown:
+            verb = "it is" if len(unknown) == 1 else "they are"
+            parts.append(
+                f"headers possibly rewritten by {' and '.join(unknown)} (XNAT would not say "
+                f"whether {verb} on)"
             )
-        return f"headers rewritten by {' and '.join(scripts)}"
+        return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
