@@ -77,13 +77,12 @@ class Fired:
 
 
 class Faults:
-    """The active fault rules plus the two behaviour switches (slow archive, anonymisation)."""
+    """The active fault rules plus the slow-archive switch."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self.archive_delay = 0.0
-        self.anonymize = False
 
     def add(self, rule: Rule) -> None:
         if rule.count is not None and rule.count < 1:
@@ -95,14 +94,12 @@ class Faults:
         with self._lock:
             self._rules.clear()
             self.archive_delay = 0.0
-            self.anonymize = False
 
     def describe(self) -> dict[str, object]:
         with self._lock:
             return {
                 "rules": [r.describe() for r in self._rules],
                 "archive_delay": self.archive_delay,
-                "anonymize": self.anonymize,
             }
 
     def fire(self, method: str, path: str) -> Fired:
