@@ -108,6 +108,9 @@ def test_prearchive_archive_and_walk_the_archive(sandbox, tmp_path):
     series = _stage(tmp_path)
     interface = _interface(sandbox)
     try:
+        # XNAT's site script would rewrite every header: off, through its admin endpoint.
+        interface.put("/xapi/anonymize/site/enabled?enable=false")
+        assert interface.get("/xapi/anonymize/site/enabled").json() is False
         uri = _prearchive(interface, project, series, tmp_path)
         assert uri.startswith(f"/data/prearchive/projects/{project}/")
         _, timestamp, folder = uri.rsplit("/", 2)

@@ -42,9 +42,12 @@ def h3(response) -> str:
 
 @pytest.fixture
 def archived(svc, dicom):
-    """An archived session E1_MR1 with scans 1 and 5 (3 + 2 real GE files)."""
+    """An archived session E1_MR1 with scans 1 and 5 (3 + 2 real GE files), stored as sent
+    (`prevent_anon=true`: the site script would rewrite every header)."""
     files = dicom.files("1", 3) + dicom.files("5", 2)
-    response = svc.import_zip(dicom.zip(files), dest=f"/archive{SESSION.removeprefix('/data')}")
+    response = svc.import_zip(
+        dicom.zip(files), dest=f"/archive{SESSION.removeprefix('/data')}", prevent_anon="true"
+    )
     assert response.status_code == 200, response.text
     return files
 

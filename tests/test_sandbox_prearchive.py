@@ -65,7 +65,9 @@ def test_listing_has_every_column_as_strings_and_url_without_data(svc, dicom):
 
 def test_scans_resources_files_and_download(svc, dicom):
     files = dicom.files(count=2)
-    response = svc.import_zip(dicom.zip(files), project="SPN01", session="P02", dest="/prearchive")
+    response = svc.import_zip(
+        dicom.zip(files), project="SPN01", session="P02", dest="/prearchive", prevent_anon="true"
+    )
     uri = response.text.strip()
     assert svc.json_rows(uri + "/scans") == [
         {"ID": "1", "xsiType": "xnat:mrScanData", "series_description": "3-Plane Localizer"}

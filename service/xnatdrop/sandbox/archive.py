@@ -14,10 +14,11 @@ import json
 import logging
 import re
 import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xnatdrop.sandbox import prearchive, tables
-from xnatdrop.sandbox.store import remove_empty_parents
+from xnatdrop.sandbox import anonymize, prearchive, tables
+from xnatdrop.sandbox.store import Store, remove_empty_parents
 from xnatdrop.sandbox.wire import UNASSIGNED, Request
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ MODALITY_CHANGED = (
 )
 UID_CHANGED = "Invalid modification of session UID via archive process."
 DUPLICATE_FILE = "Duplicate DICOM file uploaded."
+EMPTY_SESSION = "Empty sessions cannot be archived."
 
 
 DESTINATION_LOCKED = "Duplicate archive attempt.  Destination session in use."
@@ -235,8 +237,13 @@ def _archive(
     else:
         plan = [(scan, scan["scan_id"]) for scan in scans]
 
-    now = sandbox.clock.now()
     session_dir = prearchive.session_dir(store, row)
+    final_subject = subject_row["label"] if subject_row is not None else subject_label
+    files = _project_anonymization(store, row, session_dir, files, final_subject, label)
+    kept = {f["scan_id"] for f in files}
+    plan = [(scan, target) for scan, target in plan if scan["scan_id"] in kept]
+
+    now = sandbox.clock.now()
     with store.transaction() as db:
         if subject_row is None:
             subject_id = store.next_id(db, "S")
@@ -312,6 +319,66 @@ def _archive(
     result = archive_uri(project, subject_label, label)
     log.info("archived %s → %s (%d files)", prearchive.uri(row), result, len(files))
     return result
+
+
+def _project_anonymization(
+    store: Store,
+    row: sqlite3.Row,
+    session_dir: Path,
+    files: list[sqlite3.Row],
+    subject: str,
+    label: str,
+) -> list[sqlite3.Row]:
+    """Run the project's script on the session's files, at archive time; return what remains.
+
+    `MergePrearcToArchiveSession.anonymizeSession` (XW `helpers/merge/`): skipped for a
+    `prevent_anon` session, else `PrearcSessionAnonymizer` runs the project script with the
+    archive's subject and session labels on every DICOM file, and rejected files are removed
+    from the session (`MergeUtils.deleteRejectedFiles`). A session left with no file cannot be
+    archived: 500 and the row ERROR (RT `TestPrearchiveMgmt.
+    testArchiveEmptySessionAfterProjectAnonRejection`, "Empty sessions cannot be archived.").
+    """
+    if (row["prevent_anon"] or "").lower() == "true":
+        return files
+    script = anonymize.project_script(store, row["project"])
+    if script is None:
+        return files
+    variables = {"project": row["project"], "subject": subject, "session": label}
+    remaining: list[sqlite3.Row] = []
+    rejected = 0
+    for entry in files:
+        path = session_dir / "SCANS" / entry["scan_id"] / "DICOM" / entry["name"]
+        try:
+            outcome = anonymize.rewrite(path, script, variables)
+        except anonymize.Unrewritable as error:
+            raise ArchiveFailure(
+                f"Anonymization failed for {entry['name']}: {error}", conflict=False
+            ) from error
+        key = (row["pk"], entry["scan_id"], entry["name"])
+        if outcome.rejected:
+            rejected += 1
+            store.run(
+                "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?", *key
+            )
+            continue
+        store.run(
+            "UPDATE prearc_files SET size = ?, md5 = ? WHERE session = ? AND scan_id = ? "
+            "AND name = ?",
+            outcome.size,
+            outcome.md5,
+            *key,
+        )
+        remaining.append(entry)
+    log.info(
+        "archive of %s: project %s script applied to %d file(s), %d rejected",
+        prearchive.uri(row),
+        row["project"],
+        len(remaining),
+        rejected,
+    )
+    if not remaining:
+        raise ArchiveFailure(EMPTY_SESSION, conflict=False)
+    return store.all("SELECT * FROM prearc_files WHERE session = ?", row["pk"])
 
 
 def _modality(xsi: str) -> str:

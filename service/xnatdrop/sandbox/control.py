@@ -78,14 +78,13 @@ class Fired:
 
 
 class Faults:
-    """The active fault rules plus the behaviour switches (slow archive, slow build, anonymise)."""
+    """The active fault rules plus the behaviour switches (slow archive, slow build)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self.archive_delay = 0.0
         self.build_delay = 0.0
-        self.anonymize = False
         #: Set to end the slow archives and builds waiting now (a delay set to 0, or a stop).
         self.archive_released = threading.Event()
         self.build_released = threading.Event()
@@ -112,7 +111,6 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
-            self.anonymize = False
         self.set_archive_delay(0.0)
         self.set_build_delay(0.0)
 
@@ -122,7 +120,6 @@ class Faults:
                 "rules": [r.describe() for r in self._rules],
                 "archive_delay": self.archive_delay,
                 "build_delay": self.build_delay,
-                "anonymize": self.anonymize,
             }
 
     def fire(self, method: str, path: str) -> Fired:

@@ -14,9 +14,7 @@ import io
 import logging
 import os
 import re
-import struct
 import tarfile
-import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ import pydicom
 import pydicom.errors
 from pydicom import filereader
 
-from xnatdrop.sandbox import archive, bodies, prearchive, tables
+from xnatdrop.sandbox import anonymize, archive, bodies, dicomedit, prearchive, tables
 from xnatdrop.sandbox.wire import UNASSIGNED, Request
 
 if TYPE_CHECKING:
@@ -42,7 +40,7 @@ HANDLERS = ("DICOM-zip", "gradual-DICOM")
 GRADUAL_TYPES = ("application/dicom", "application/x-mirc", "application/x-mirc-dicom")
 COMMENT_FIELDS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
 _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]")
-_PARSE_LOCK = threading.Lock()
+_PARSE_LOCK = dicomedit.PYDICOM_LOCK  # pydicom under catch_warnings: one lock
 
 
 class Unreadable(Exception):
@@ -138,18 +136,7 @@ def _past_needed_tags(tag: int, vr: str | None, length: int) -> bool:
     return tag > 0x00324000
 
 
-_PARSE_ERRORS = (
-    pydicom.errors.InvalidDicomError,
-    ValueError,
-    TypeError,
-    KeyError,
-    EOFError,
-    OSError,
-    AttributeError,
-    IndexError,
-    OverflowError,
-    struct.error,
-)
+_PARSE_ERRORS = dicomedit.PYDICOM_ERRORS
 HEADER_START = 64 * 1024  # the first read; GE and Siemens headers up to (0032,4000) fit
 HEADER_MAX = 16 * 1024 * 1024  # past this an entry is "unreadable" rather than held in memory
 
@@ -277,6 +264,8 @@ class Job:
     keys: dict[tuple[str, str, str], int] = field(default_factory=dict)
     scans: dict[tuple[int, str], str] = field(default_factory=dict)  # (session, series UID)
     stored: int = 0
+    rejected: int = 0  # files a site script rejected
+    answered: set[int] = field(default_factory=set)  # sessions that received a file
 
 
 def handle_import(request: Request) -> tables.Response:
@@ -511,12 +500,33 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     folder = prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM"
     folder.mkdir(parents=True, exist_ok=True)
     size, md5 = _write(folder / name, tap)
-    if job.sandbox.faults.anonymize and row["prevent_anon"].lower() != "true":
-        size, md5 = _anonymize(folder / name)
+    prevent_anon = job.values["prevent_anon"] or row["prevent_anon"] or ""
+    if prevent_anon.lower() != "true":
+        # GradualDicomImporter.call l.390-411: the site script with the session's project,
+        # subject and prearchive folder name (`session.getFolderName()`) as `session`.
+        script = anonymize.site_script(store)
+        if script is not None:
+            variables = {
+                "project": project,
+                "subject": row["subject"] or "",
+                "session": row["folder"],
+            }
+            try:
+                outcome = anonymize.rewrite(folder / name, script, variables)
+            except anonymize.Unrewritable as error:
+                (folder / name).unlink(missing_ok=True)
+                raise Unreadable(f"unable to read DICOM object {entry_name}") from error
+            if outcome.rejected:
+                job.rejected += 1  # GradualDicomImporter: file deleted, empty answer
+                if prearchive.drop_scan_if_empty(store, pk, scan_id):
+                    job.scans.pop((pk, header.series_uid), None)
+                return
+            size, md5 = outcome.size, outcome.md5
     prearchive.record_file(
         store, pk, scan_id, name, size, md5, header.sop_uid, _instance(header.instance_number)
     )
     job.stored += 1
+    job.answered.add(pk)
 
 
 def _write(target: Path, tap: HeaderTap) -> tuple[int, str]:
@@ -535,19 +545,6 @@ def _write(target: Path, tap: HeaderTap) -> tuple[int, str]:
             size += len(chunk)
     partial.replace(target)
     return size, digest.hexdigest()
-
-
-def _anonymize(path: Path) -> tuple[int, str]:
-    """The "site anonymisation" fault: rewrite PatientName so the bytes (and MD5) change."""
-    with _PARSE_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dataset = pydicom.dcmread(path, force=True)
-        dataset.PatientName = "ANONYMIZED"
-        buffer = io.BytesIO()
-        dataset.save_as(buffer)
-    data = buffer.getvalue()
-    path.write_bytes(data)
-    return len(data), hashlib.md5(data).hexdigest()
 
 
 def _instance(value: str) -> int | None:
@@ -582,7 +579,7 @@ def _finish(job: Job) -> tables.Response:
     _touch_sessions(job)
     uris: list[str] = []
     params = job.request
-    for pk in job.sessions:
+    for pk in (pk for pk in job.sessions if pk in job.answered):
         row = prearchive.get(store, pk)
         if job.dest is None or job.handler == "gradual-DICOM":
             uris.append(prearchive.data_uri(row))
@@ -617,4 +614,6 @@ def _finish(job: Job) -> tables.Response:
             raise tables.HttpError(400, "unable to archive for the Prearchive session") from error
     unique = list(dict.fromkeys(uris))
     log.info("import (%s): %d files into %d session(s)", job.handler, job.stored, len(unique))
+    if job.rejected:
+        log.info("import (%s): %d file(s) rejected by the site script", job.handler, job.rejected)
     return tables.uri_list(unique, job.request.fmt)

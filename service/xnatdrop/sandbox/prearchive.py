@@ -333,6 +333,17 @@ def record_file(
     )
 
 
+def drop_scan_if_empty(store: Store, pk: int, scan_id: str) -> bool:
+    """Forget a scan whose only files were rejected: the builder sees an empty folder."""
+    with store.transaction() as db:
+        if db.execute(
+            "SELECT 1 FROM prearc_files WHERE session = ? AND scan_id = ?", (pk, scan_id)
+        ).fetchone():
+            return False
+        db.execute("DELETE FROM prearc_scans WHERE session = ? AND scan_id = ?", (pk, scan_id))
+        return True
+
+
 def scans_of(store: Store, pk: int) -> list[sqlite3.Row]:
     return store.all(
         "SELECT s.*, COUNT(f.name) AS file_count, COALESCE(SUM(f.size), 0) AS file_size "

@@ -11,6 +11,9 @@ Everything lives under the data directory so a restart on the same directory fin
     {data}/archive/{project}/resources/{resource}/…
     {data}/.spool/                                                      request bodies in flight
 
+Site preferences (`preferences`) and per-project tool configurations (`project_configs`, XNAT's
+ConfigService) live in the database too, so an admin's change survives a restart (`prefs.py`).
+
 Sizes and MD5 digests are computed while a file is written and kept in the `files` and
 `prearc_files` tables, so listings never re-read the data. One RLock serialises the database;
 callers hold `store.lock` across a read-check-write sequence that must be atomic (archiving).
@@ -70,6 +73,10 @@ CREATE TABLE IF NOT EXISTS prearc_scans (
 CREATE TABLE IF NOT EXISTS prearc_files (
     session INTEGER NOT NULL, scan_id TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
     md5 TEXT NOT NULL, sop_uid TEXT, instance INTEGER, PRIMARY KEY (session, scan_id, name));
+CREATE TABLE IF NOT EXISTS preferences (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS project_configs (
+    project TEXT NOT NULL, tool TEXT NOT NULL, contents TEXT NOT NULL DEFAULT '',
+    enabled INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (project, tool));
 """
 
 #: Columns added after the first release: (table, column, declaration). A data directory written
