@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from push_helpers import (
@@ -504,3 +505,154 @@ def test_credentials_in_the_xnat_url_are_never_logged_or_written(
     ]
     assert all(server.url in text for text in receipts)
     assert not any("s3cret-in-url" in text for text in [*receipts, caplog.text])
+
+
+# -- a stock XNAT: what it does to the files, and what the push verifies -----------------------
+
+
+def xapi_put(settings: config.Config, path: str, body: str = "", **params: str) -> None:
+    """Change XNAT's anonymisation settings through its own API (AnonymizeApi)."""
+    with client(settings) as admin:
+        admin.request(
+            "PUT",
+            path,
+            params=params,
+            data=body.encode(),
+            headers={"Content-Type": "text/plain" if body else "application/json"},
+        )
+
+
+def project_script(settings: config.Config, script: str) -> None:
+    xapi_put(settings, f"/xapi/anonymize/projects/{PROJECT}", script)
+    xapi_put(settings, f"/xapi/anonymize/projects/{PROJECT}/enabled", enable="true")
+
+
+def receipt_of(outcome: pipeline.Outcome) -> tuple[dict[str, object], str]:
+    assert outcome.path is not None
+    text = (outcome.path / "RECEIPT.txt").read_text(encoding="utf-8")
+    return json.loads((outcome.path / "RECEIPT.json").read_text(encoding="utf-8")), text
+
+
+def archived_file(settings: config.Config, label: str, scan: str) -> pydicom.Dataset:
+    """One file of a scan as XNAT stores it, downloaded."""
+    with client(settings) as xnat_client:
+        files = xnat_client.session_files(PROJECT, label, label)
+        uri = next(f.uri for f in files if f.scan == scan and f.resource == "DICOM")
+        return pydicom.dcmread(io.BytesIO(xnat_client.download(uri)))
+
+
+def test_on_a_stock_xnat_every_file_is_rewritten_and_the_push_verifies_what_survives(
+    tmp_path: Path, settings: config.Config
+) -> None:
+    """Issue 8: a fresh XNAT's site script rewrites PatientName, PatientID and StudyDescription
+    of every file, so no size or MD5 matches. The session is archived and verified by instance
+    UIDs, counts and one file's pixel data per scan, and the receipt says exactly that."""
+    folder = stage(tmp_path / "drop", LABEL, MEDIUM)
+    original = snapshot(folder)
+    outcome = push(settings, folder)
+    assert outcome.kind == "archived", outcome
+    assert_archived_once(settings, LABEL, original, dicom_count=92)
+    stored = archived_file(settings, LABEL, "2")
+    assert (str(stored.PatientName), stored.PatientID, stored.StudyDescription) == (
+        LABEL,
+        LABEL,
+        PROJECT,
+    )
+    with client(settings) as xnat_client:
+        digests = {f.digest for f in xnat_client.session_files(PROJECT, LABEL, LABEL)}
+    assert not digests & set(original.values()), "XNAT kept some bytes: nothing was rewritten?"
+    facts, text = receipt_of(outcome)
+    summary = (
+        "instance UIDs and counts of all 92 files; pixel data of 1 file per scan (3 scans); "
+        "headers rewritten by XNAT's site anonymisation script, so sizes and MD5s were not "
+        "compared"
+    )
+    assert facts["verification"]["summary"] == summary  # type: ignore[index]
+    assert facts["checksums_verified"] is False
+    assert f"Verified against XNAT: {summary}." in text
+    pixels = facts["verification"]["pixel_data"]  # type: ignore[index]
+    assert [(p["scan"], p["result"]) for p in pixels] == [
+        ("1", "identical"),
+        ("2", "identical"),
+        ("5", "identical"),
+    ]
+
+
+@pytest.mark.parametrize("how", ["prevent_anon", "site script off"])
+def test_where_xnat_keeps_the_bytes_sizes_and_md5s_are_compared_too(
+    tmp_path: Path, server: Sandbox, how: str
+) -> None:
+    """push.anonymization = "prevent" sends prevent_anon=true; or the site switched its script
+    off (read from /xapi/anonymize at push time). Either way XNAT stores the files as sent and
+    the receipt says sizes and MD5s were compared."""
+    extra = {"anonymization": "prevent"} if how == "prevent_anon" else {}
+    settings = load(write_config(tmp_path, server.url, **extra))
+    if how == "site script off":
+        xapi_put(settings, "/xapi/anonymize/site/enabled", enable="false")
+    folder = stage(tmp_path / "drop", LABEL, SMALL)
+    original = snapshot(folder)
+    outcome = push(settings, folder)
+    assert outcome.kind == "archived", outcome
+    with client(settings) as xnat_client:
+        digests = {f.digest for f in xnat_client.session_files(PROJECT, LABEL, LABEL)}
+    assert digests == {md5 for path, md5 in original.items() if path.startswith(SMALL[0])}
+    facts, _ = receipt_of(outcome)
+    assert facts["verification"]["summary"] == (  # type: ignore[index]
+        "instance UIDs and counts of all 21 files; pixel data of 1 file per scan (1 scans); "
+        "sizes and MD5s of every file"
+    )
+    assert facts["checksums_verified"] is True
+
+
+def test_a_project_script_that_removes_a_tag_is_verified_and_explained(
+    tmp_path: Path, settings: config.Config
+) -> None:
+    """The project's script runs at archive time (MergePrearcToArchiveSession): ProtocolName is
+    removed from every archived file. The push archives, the pixel data is intact, and the
+    receipt names both scripts as the reason sizes and MD5s were not compared."""
+    project_script(settings, 'version "6.1"\n-(0018,1030)\n')
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, SMALL))
+    assert outcome.kind == "archived", outcome
+    assert "ProtocolName" not in archived_file(settings, LABEL, "1")
+    facts, text = receipt_of(outcome)
+    assert (
+        "headers rewritten by XNAT's site anonymisation script and the project's anonymisation "
+        "script, so sizes and MD5s were not compared" in text
+    )
+    assert facts["verification"]["rewriting"]["project"] is True  # type: ignore[index]
+
+
+def test_a_project_script_that_rejects_a_series_archives_the_rest_and_lists_it(
+    tmp_path: Path, settings: config.Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The project's script rejects series 5 at archive time. The site configured that on
+    purpose, and the technologist cannot change it: the rest is archived and verified, series
+    5 is listed in the receipt as not archived with the reason, and a warning says so once."""
+    caplog.set_level(logging.INFO, logger="xnatdrop")
+    project_script(settings, 'version "6.1"\n(0020,0011) = "5" ? reject[]\n')
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, MEDIUM, sidecars=False))
+    assert outcome.kind == "archived", outcome
+    with client(settings) as xnat_client:
+        scans = {f.scan for f in xnat_client.session_files(PROJECT, LABEL, LABEL)}
+    assert scans == {"1", "2"}
+    facts, text = receipt_of(outcome)
+    (left,) = facts["not_archived"]  # type: ignore[misc]
+    assert (left["number"], left["files"], left["stage"]) == ("5", 21, "archive")
+    assert left["reason"] == "a reject statement in the project's anonymisation script"
+    assert "Not archived, because XNAT's own configuration left them out:" in text
+    assert "series 5 3-Plane Localizer (05_3_Plane_Localizer_HF, 21 files)" in text
+    assert facts["file_count"] == 71
+    assert caplog.text.count("XNAT left out series 5") == 1
+
+
+def test_a_project_script_that_rejects_everything_is_explained(
+    tmp_path: Path, settings: config.Config
+) -> None:
+    """XNAT does not archive a session its project script emptied (500, row ERROR; RT
+    testArchiveEmptySessionAfterProjectAnonRejection): the drop waits with the reason, which
+    names the script, and would be quarantined once XNAT is seen to accept other drops."""
+    project_script(settings, 'version "6.1"\nreject[]\n')
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, SMALL, sidecars=False))
+    assert outcome.kind == "transient" and outcome.code == ledger.SUSPECT, outcome
+    assert "XNAT could not archive SPN01_0001" in outcome.message
+    assert "project's anonymisation script may have rejected every file" in outcome.message
