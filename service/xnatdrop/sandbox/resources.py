@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from xnatdrop.sandbox import bodies, catalog, tables
+from xnatdrop.sandbox import bodies, catalog, prefs, tables
 from xnatdrop.sandbox.store import Store, remove_empty_parents
 from xnatdrop.sandbox.wire import Request
 
@@ -379,6 +379,10 @@ def _exists(store: Store, resource: sqlite3.Row, relpath: str) -> bool:
 
 
 def _record(store: Store, resource: sqlite3.Row, relpath: str, size: int, md5: str) -> None:
+    """Catalogue one uploaded file; its digest only while the `checksums` preference is on
+    (`CatalogUtils.updateExistingCatEntry`: `digest = getChecksumConfiguration() ? getHash(f)`)."""
+    if not prefs.flag(store, "checksums"):
+        md5 = ""
     store.run(
         "INSERT OR REPLACE INTO files (resource_id, relpath, size, md5) VALUES (?, ?, ?, ?)",
         resource["id"],

@@ -39,6 +39,7 @@ from xnatdrop.sandbox import (
     entities,
     prearchive,
     prefs,
+    siteconfig,
     store,
     tables,
 )
@@ -68,7 +69,10 @@ ROUTES: list[tuple[re.Pattern[str], Handler]] = [
 ]
 
 #: `/xapi/…` families that need the store or the user: each answers its paths, else None.
-XAPI_FAMILIES: list[Callable[[Request], tables.Response | None]] = [anonymize.handle]
+XAPI_FAMILIES: list[Callable[[Request], tables.Response | None]] = [
+    anonymize.handle,
+    siteconfig.handle,
+]
 
 #: Routes that answer without credentials.
 ANONYMOUS: list[tuple[re.Pattern[str], Handler]] = [

@@ -15,7 +15,8 @@ Site preferences (`preferences`) and per-project tool configurations (`project_c
 ConfigService) live in the database too, so an admin's change survives a restart (`prefs.py`).
 
 Sizes and MD5 digests are computed while a file is written and kept in the `files` and
-`prearc_files` tables, so listings never re-read the data. One RLock serialises the database;
+`prearc_files` tables, so listings never re-read the data. `files.md5` is the catalog's `digest`:
+empty when the `checksums` preference was off as the file was catalogued. One RLock serialises the database;
 callers hold `store.lock` across a read-check-write sequence that must be atomic (archiving).
 """
 
