@@ -16,8 +16,9 @@ ConfigService) live in the database too, so an admin's change survives a restart
 
 Sizes and MD5 digests are computed while a file is written and kept in the `files` and
 `prearc_files` tables, so listings never re-read the data. `files.md5` is the catalog's `digest`:
-empty when the `checksums` preference was off as the file was catalogued. One RLock serialises the database;
-callers hold `store.lock` across a read-check-write sequence that must be atomic (archiving).
+empty when the `checksums` preference was off as the file was catalogued. One RLock serialises
+the database; callers hold `store.lock` across a read-check-write sequence that must be atomic
+(archiving).
 """
 
 from __future__ import annotations
