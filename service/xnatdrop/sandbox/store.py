@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS resources (
     path TEXT NOT NULL, uid TEXT, UNIQUE (owner_kind, owner_id, label));
 CREATE TABLE IF NOT EXISTS files (
     resource_id INTEGER NOT NULL, relpath TEXT NOT NULL, size INTEGER NOT NULL, md5 TEXT NOT NULL,
-    uid TEXT, instance INTEGER, PRIMARY KEY (resource_id, relpath));
+    uid TEXT, instance INTEGER, format TEXT, content TEXT, PRIMARY KEY (resource_id, relpath));
 CREATE TABLE IF NOT EXISTS prearchive (
     pk INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, timestamp TEXT NOT NULL,
     folder TEXT NOT NULL, name TEXT NOT NULL, subject TEXT, tag TEXT, status TEXT NOT NULL,
@@ -88,6 +88,8 @@ ADDED_COLUMNS = (
     ("files", "uid", "TEXT"),  # a DICOM file's SOPInstanceUID (cat:dcmEntry UID)
     ("files", "instance", "INTEGER"),  # its InstanceNumber (cat:dcmEntry instanceNumber)
     ("prearc_files", "instance", "INTEGER"),
+    ("files", "format", "TEXT"),  # an entry's own format/content (SNAPSHOTS: GIF, ORIGINAL)
+    ("files", "content", "TEXT"),
 )
 
 
