@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xnatdrop.sandbox import anonymize, prearchive, tables
+from xnatdrop.sandbox import anonymize, prearchive, prefs, tables
 from xnatdrop.sandbox.store import Store, remove_empty_parents
 from xnatdrop.sandbox.wire import UNASSIGNED, Request
 
@@ -244,6 +244,9 @@ def _archive(
     plan = [(scan, target) for scan, target in plan if scan["scan_id"] in kept]
 
     now = sandbox.clock.now()
+    # The catalog's digest is computed at archive time only while the `checksums` preference is
+    # on (PrearcUtils.cleanupScans → CatalogUtils.calculateResourceChecksums); else it is "".
+    checksums = prefs.flag(store, "checksums")
     with store.transaction() as db:
         if subject_row is None:
             subject_id = store.next_id(db, "S")
@@ -309,7 +312,7 @@ def _archive(
                         resource_id,
                         entry["name"],
                         entry["size"],
-                        entry["md5"],
+                        entry["md5"] if checksums else "",
                         entry["sop_uid"],
                         entry["instance"],
                     ),

@@ -101,8 +101,8 @@ def _entry(resource: sqlite3.Row, entry: sqlite3.Row) -> str:
         "URI": relpath,
         "cachePath": relpath,
         "name": PurePosixPath(relpath).name,
-        "format": resource["format"],
-        "content": resource["content"],
+        "format": entry["format"] or resource["format"],
+        "content": entry["content"] or resource["content"],
         "digest": entry["md5"],
     }
     return (

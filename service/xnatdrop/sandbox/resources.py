@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from xnatdrop.sandbox import bodies, catalog, tables
+from xnatdrop.sandbox import bodies, catalog, prefs, tables
 from xnatdrop.sandbox.store import Store, remove_empty_parents
 from xnatdrop.sandbox.wire import Request
 
@@ -117,6 +117,61 @@ def create(store: Store, owner: Owner, label: str, request: Request) -> sqlite3.
     return row
 
 
+def ensure(
+    store: Store,
+    owner: Owner,
+    label: str,
+    format: str | None = None,
+    content: str | None = None,
+    description: str | None = None,
+) -> sqlite3.Row:
+    """A resource of `owner`, created with these attributes if it does not exist yet (the way
+    XNAT's own services create one, e.g. `CatalogService.createAndInsertResourceCatalog`)."""
+    row = find(store, owner, label)
+    if row is not None:
+        return row
+    folder = owner.root / label
+    folder.mkdir(parents=True, exist_ok=True)
+    store.run(
+        "INSERT OR IGNORE INTO resources (owner_kind, owner_id, label, format, content, "
+        "description, path) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        owner.kind,
+        owner.key,
+        label,
+        format,
+        content,
+        description,
+        str(folder.relative_to(store.root)),
+    )
+    row = find(store, owner, label)
+    assert row is not None
+    return row
+
+
+def store_bytes(
+    store: Store,
+    resource: sqlite3.Row,
+    relpath: str,
+    data: bytes,
+    format: str | None = None,
+    content: str | None = None,
+) -> None:
+    """Write one file into a resource and catalogue it (digest per the `checksums` preference)."""
+    target = store.root / resource["path"] / relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    partial.write_bytes(data)
+    partial.replace(target)
+    _record(store, resource, relpath, len(data), hashlib.md5(data).hexdigest())
+    store.run(
+        "UPDATE files SET format = ?, content = ? WHERE resource_id = ? AND relpath = ?",
+        format,
+        content,
+        resource["id"],
+        relpath,
+    )
+
+
 def node(store: Store, resource: sqlite3.Row) -> dict[str, object]:
     """Item JSON of a resource (the `file` child of scans and sessions)."""
     count, size = store.resource_stats(resource["id"])
@@ -166,8 +221,8 @@ def file_rows(store: Store, owner: Owner, resource: sqlite3.Row) -> list[dict[st
                 "URI": f"{owner.uri}/resources/{resource['id']}/files/{entry['relpath']}",
                 "collection": resource["label"],
                 "file_tags": "",
-                "file_format": resource["format"] or "",
-                "file_content": resource["content"] or "",
+                "file_format": entry["format"] or resource["format"] or "",
+                "file_content": entry["content"] or resource["content"] or "",
                 "cat_ID": resource["id"],
                 "digest": entry["md5"],
             }
@@ -379,6 +434,10 @@ def _exists(store: Store, resource: sqlite3.Row, relpath: str) -> bool:
 
 
 def _record(store: Store, resource: sqlite3.Row, relpath: str, size: int, md5: str) -> None:
+    """Catalogue one uploaded file; its digest only while the `checksums` preference is on
+    (`CatalogUtils.updateExistingCatEntry`: `digest = getChecksumConfiguration() ? getHash(f)`)."""
+    if not prefs.flag(store, "checksums"):
+        md5 = ""
     store.run(
         "INSERT OR REPLACE INTO files (resource_id, relpath, size, md5) VALUES (?, ?, ?, ?)",
         resource["id"],

@@ -39,7 +39,10 @@ from xnatdrop.sandbox import (
     entities,
     prearchive,
     prefs,
+    resources,
     site,
+    siteconfig,
+    snapshots,
     store,
     tables,
 )
@@ -70,7 +73,11 @@ ROUTES: list[tuple[re.Pattern[str], Handler]] = [
 ]
 
 #: `/xapi/…` families that need the store or the user: each answers its paths, else None.
-XAPI_FAMILIES: list[Callable[[Request], tables.Response | None]] = [anonymize.handle]
+XAPI_FAMILIES: list[Callable[[Request], tables.Response | None]] = [
+    anonymize.handle,
+    siteconfig.handle,
+    snapshots.handle,
+]
 
 #: Routes that answer without credentials.
 ANONYMOUS: list[tuple[re.Pattern[str], Handler]] = [
@@ -287,6 +294,45 @@ class Sandbox:
         that need byte identity call that endpoint, as XNAT's own integration tests do.
         """
         prefs.put(self.store, "enableSitewideAnonymizationScript", enabled)
+
+    def view_session(self, experiment: str, project: str | None = None) -> list[str]:
+        """What a browser showing the session does: XNAT creates each scan's SNAPSHOTS.
+
+        `experiment` is an ID, or a label with `project`. Returns the scans that got snapshots.
+        """
+        row = self.store.experiment(project, experiment)
+        if row is None:
+            raise ValueError(f"no experiment {experiment!r} (give an ID, or a label and project)")
+        return snapshots.view_session(self.store, row)
+
+    def add_scan_resource(
+        self,
+        experiment: str,
+        scan: str,
+        label: str,
+        files: dict[str, bytes],
+        project: str | None = None,
+        format: str | None = None,
+        content: str | None = None,
+    ) -> list[str]:
+        """Add a resource to an archived scan, as automation does (e.g. NIFTI from dcm2niix)."""
+        row = self.store.experiment(project, experiment)
+        if row is None:
+            raise ValueError(f"no experiment {experiment!r} (give an ID, or a label and project)")
+        if (
+            self.store.one(
+                "SELECT 1 FROM scans WHERE experiment_id = ? AND scan_id = ?", row["id"], scan
+            )
+            is None
+        ):
+            raise ValueError(f"experiment {row['id']} has no scan {scan!r}")
+        owner = entities.scan_owner(self.store, row, scan)
+        resource = resources.ensure(self.store, owner, label, format, content)
+        for name, data in files.items():
+            if not name or name.startswith("/") or ".." in name.split("/"):
+                raise ValueError(f"invalid file name {name!r}")
+            resources.store_bytes(self.store, resource, name, data)
+        return sorted(files)
 
     def clear_faults(self) -> None:
         self.faults.clear()
@@ -567,6 +613,24 @@ class Sandbox:
             return {"workflows": [[*k, v] for k, v in self.workflows.items()]}
         elif name == "anonymize":
             self.anonymize(bool(args.get("enabled", True)))
+        elif name == "view-session":
+            return {"scans": self.view_session(str(args["experiment"]), args.get("project"))}
+        elif name == "scan-resource":
+            label = str(args.get("label", "NIFTI"))
+            scan = str(args["scan"])
+            given = args.get("files") or {f"{scan}.nii.gz": "sandbox automation output\n"}
+            if not isinstance(given, dict):
+                raise ValueError("files must be an object of name: text")
+            added = self.add_scan_resource(
+                str(args["experiment"]),
+                scan,
+                label,
+                {str(k): str(v).encode() for k, v in given.items()},
+                args.get("project"),
+                args.get("format", label if label == "NIFTI" else None),
+                args.get("content"),
+            )
+            return {"files": added}
         elif name == "settings":
             self.apply_settings(**args)
             return asdict(self.settings)

@@ -15,8 +15,10 @@ Site preferences (`preferences`) and per-project tool configurations (`project_c
 ConfigService) live in the database too, so an admin's change survives a restart (`prefs.py`).
 
 Sizes and MD5 digests are computed while a file is written and kept in the `files` and
-`prearc_files` tables, so listings never re-read the data. One RLock serialises the database;
-callers hold `store.lock` across a read-check-write sequence that must be atomic (archiving).
+`prearc_files` tables, so listings never re-read the data. `files.md5` is the catalog's `digest`:
+empty when the `checksums` preference was off as the file was catalogued. One RLock serialises
+the database; callers hold `store.lock` across a read-check-write sequence that must be atomic
+(archiving).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ CREATE TABLE IF NOT EXISTS resources (
     path TEXT NOT NULL, uid TEXT, UNIQUE (owner_kind, owner_id, label));
 CREATE TABLE IF NOT EXISTS files (
     resource_id INTEGER NOT NULL, relpath TEXT NOT NULL, size INTEGER NOT NULL, md5 TEXT NOT NULL,
-    uid TEXT, instance INTEGER, PRIMARY KEY (resource_id, relpath));
+    uid TEXT, instance INTEGER, format TEXT, content TEXT, PRIMARY KEY (resource_id, relpath));
 CREATE TABLE IF NOT EXISTS prearchive (
     pk INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, timestamp TEXT NOT NULL,
     folder TEXT NOT NULL, name TEXT NOT NULL, subject TEXT, tag TEXT, status TEXT NOT NULL,
@@ -86,6 +88,8 @@ ADDED_COLUMNS = (
     ("files", "uid", "TEXT"),  # a DICOM file's SOPInstanceUID (cat:dcmEntry UID)
     ("files", "instance", "INTEGER"),  # its InstanceNumber (cat:dcmEntry instanceNumber)
     ("prearc_files", "instance", "INTEGER"),
+    ("files", "format", "TEXT"),  # an entry's own format/content (SNAPSHOTS: GIF, ORIGINAL)
+    ("files", "content", "TEXT"),
 )
 
 
