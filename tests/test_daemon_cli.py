@@ -194,3 +194,42 @@ def test_doctor_fails_a_read_only_account(
     out = capsys.readouterr().out
     assert f"PASS  project {PROJECT}: visible" in out
     assert f"FAIL  project {PROJECT}: not writable ('reader' is in Collaborators)" in out
+
+
+def test_doctor_on_a_stock_xnat_says_what_xnat_does_to_uploads(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8 point 5 on the sandbox's stock defaults: the admin account may write (it has no
+    per-project role), site anonymisation is on and what that means for verification, the
+    checksums preference, no series import filter, and the password's expiry as far as XNAT
+    tells it (one year after it was set, but not when that was)."""
+    assert cli.main(["doctor", "--config", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    for line in (
+        f"PASS  project {PROJECT}: writable ('svc' is a site administrator, with access to all "
+        "data and no per-project role)",
+        "PASS  site anonymisation script: on: XNAT rewrites PatientName, PatientID and "
+        "StudyDescription of every file it imports",
+        f"PASS  project {PROJECT}: anonymisation script off",
+        f"PASS  project {PROJECT}: xnatdrop verifies instance UIDs, counts and pixel data; not "
+        "sizes and MD5s, since XNAT rewrites the files",
+        "PASS  XNAT records an MD5 of every archived file (checksums preference on)",
+        f"PASS  project {PROJECT}: no series import filter",
+        "WARN  password of 'svc': XNAT expires passwords 1 year after they are set",
+    ):
+        assert line in out, line
+
+
+def test_doctor_names_an_http_url_for_an_https_site_and_an_expired_password(
+    tmp_path: Path, sandbox: Sandbox, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.apply_settings(site_url="https://xnat.example.org")
+    assert cli.main(["doctor", "--config", str(config_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  login as 'svc': refused (XNAT marks its session cookie Secure" in out
+    sandbox.apply_settings(site_url="")
+    sandbox.expire_password("svc")
+    assert cli.main(["doctor", "--config", str(config_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  login as 'svc': refused (the password of XNAT user 'svc' has expired" in out
+    assert "XDATScreen_UpdateUser.vm" in out

@@ -656,3 +656,40 @@ def test_a_project_script_that_rejects_everything_is_explained(
     assert outcome.kind == "transient" and outcome.code == ledger.SUSPECT, outcome
     assert "XNAT could not archive SPN01_0001" in outcome.message
     assert "project's anonymisation script may have rejected every file" in outcome.message
+
+
+def test_without_xnat_checksums_sizes_are_compared_and_the_receipt_says_so(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """The `checksums` site preference off: XNAT records no MD5 of archived files (stock row
+    10). With prevent_anon the sizes are still compared; the receipt does not claim MD5s."""
+    settings = load(write_config(tmp_path, server.url, anonymization="prevent"))
+    with client(settings) as admin:
+        admin.request(
+            "POST",
+            "/xapi/siteConfig/checksums",
+            data=b"false",
+            headers={"Content-Type": "text/plain"},
+        )
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, SMALL, sidecars=False))
+    assert outcome.kind == "archived", outcome
+    facts, text = receipt_of(outcome)
+    assert facts["checksums_verified"] is False
+    assert "sizes of every file (XNAT recorded no MD5s: its checksums preference is off)" in text
+
+
+def test_a_resubmission_after_the_session_was_viewed_is_reconciled(
+    tmp_path: Path, settings: config.Config, server: Sandbox
+) -> None:
+    """The archived session got SNAPSHOTS (someone viewed it) and automation NIFTI; the same
+    folder dropped again is recognised by its instance UIDs: nothing sent, finished."""
+    first = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
+    original = snapshot(first)
+    assert push(settings, first).kind == "archived"
+    server.view_session(LABEL, PROJECT)
+    server.add_scan_resource(LABEL, "1", "NIFTI", {"1.nii.gz": b"\x1f\x8b"}, PROJECT)
+    imports = server.requests["POST /data/services/import"]
+    again = push(settings, stage(tmp_path / "drop", LABEL, SMALL, sidecars=False))
+    assert again.kind == "archived", again
+    assert server.requests["POST /data/services/import"] == imports
+    assert_archived_once(settings, LABEL, original, dicom_count=21)

@@ -236,3 +236,28 @@ def test_kill_9_while_quarantining(tmp_path: Path, server: Sandbox, crash_at: st
     assert (target / "QUARANTINE.txt").is_file() and (target / "QUARANTINE.json").is_file()
     with ledger.Ledger(load(config_path).paths.state) as book:
         assert [d.state for d in book.drops(PROJECT, LABEL)] == ["quarantined"]
+
+
+@pytest.mark.slow
+def test_snapshots_and_automation_output_added_before_a_crash_resume_cause_no_conflict(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """1. The push is SIGKILLed right after XNAT archived the session, before the ledger heard
+    of it. 2. Someone opens the session in XNAT (SNAPSHOTS on every scan) and automation adds a
+    NIFTI resource. 3. The re-run finds the session archived: only DICOM resources count, so it
+    is ours, and the push finishes; no LABEL_EXISTS, no ARCHIVE_MISMATCH."""
+    config_path = write_config(tmp_path, server.url)
+    settings = load(config_path)
+    folder = stage(tmp_path / "drop", LABEL)
+    original = snapshot(folder)
+    killed = push_process(config_path, folder, "archive:after")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert server.view_session(LABEL, PROJECT) == ["1"]
+    server.add_scan_resource(LABEL, "1", "NIFTI", {"1.nii.gz": b"\x1f\x8b"}, PROJECT)
+    with client(settings) as xnat_client:
+        kinds = {f.resource for f in xnat_client.session_files(PROJECT, LABEL, LABEL)}
+    assert kinds == {"DICOM", "SNAPSHOTS", "NIFTI"}
+    rerun = push_process(config_path, folder)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already archived" in rerun.stderr
+    assert_done(tmp_path, settings, original)

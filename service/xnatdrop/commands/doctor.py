@@ -300,12 +300,13 @@ def _anonymization_checks(
     }[found.project]
     rewrites = found.site is not False or found.project is not False
     meaning = (
-        "so xnatdrop verifies instance UIDs, counts and pixel data, not sizes and MD5s"
+        "instance UIDs, counts and pixel data; not sizes and MD5s, since XNAT rewrites the files"
         if rewrites
-        else "so XNAT keeps the bytes and xnatdrop compares sizes and MD5s too"
+        else "instance UIDs, counts and pixel data, and sizes and MD5s, since XNAT keeps the bytes"
     )
     yield True, f"site anonymisation script: {site}"
-    yield True, f"project {project}: anonymisation script {project_text}; {meaning}"
+    yield True, f"project {project}: anonymisation script {project_text}"
+    yield True, f"project {project}: xnatdrop verifies {meaning}"
 
 
 def _state(value: bool | None) -> str:
