@@ -40,6 +40,7 @@ from xnatdrop.sandbox import (
     prearchive,
     prefs,
     resources,
+    seriesfilter,
     siteconfig,
     snapshots,
     store,
@@ -66,6 +67,7 @@ ROUTES: list[tuple[re.Pattern[str], Handler]] = [
     (re.compile(r"^/services/prearchive/(move|delete|rebuild)/?$"), prearchive.handle_batch),
     (re.compile(r"^/prearchive(/|$)"), prearchive.handle),
     (re.compile(r"^/(projects|subjects|experiments)(/|$)"), entities.handle),
+    (re.compile(r"^/config(/|$)"), seriesfilter.handle_site),
     (re.compile(r"^/search/elements/?$"), lambda request: _search_elements(request)),
     (re.compile(r"^/search/elements/[^/]+/?$"), lambda request: _search_fields(request)),
 ]
