@@ -13,7 +13,6 @@ import collections
 import hashlib
 import io
 import logging
-import os
 import re
 import tarfile
 import warnings
@@ -49,6 +48,7 @@ HANDLERS = ("DICOM-zip", "gradual-DICOM")
 GRADUAL_TYPES = ("application/dicom", "application/x-mirc", "application/x-mirc-dicom")
 COMMENT_FIELDS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
 _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_FILE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _PARSE_LOCK = dicomedit.PYDICOM_LOCK  # pydicom under catch_warnings: one lock
 
 
@@ -228,6 +228,12 @@ def contained(text: str, key: str) -> str | None:
     pattern = rf"(?:\A|(?:.*[\s,;])){key}\s*:\s*([\w\-]*)(?:(?:[\s,;].*\Z)|\Z)"
     match = re.match(pattern, text, re.IGNORECASE | re.DOTALL)
     return match.group(1) if match and match.group(1) else None
+
+
+def to_file_name_chars(value: str) -> str:
+    """`org.nrg.xnat.Files.toFileNameChars`: anything but ASCII letters, digits, `_`, `.` and `-`
+    becomes `_` (Java's `\\w` is ASCII)."""
+    return _FILE_NAME_CHARS.sub("_", value)
 
 
 def to_label_chars(value: str) -> str:
@@ -540,8 +546,10 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
             header.modality,
         )
         job.scans[(pk, header.series_uid)] = scan_id
-    name = os.path.basename(entry_name)
-    if job.rename or not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
+    # GradualDicomImporter.getSafeFile: the whole entry name through Files.toFileNameChars, so
+    # `t1_mpr/00000070.dcm` is stored as `t1_mpr_00000070.dcm`; the namer when renaming.
+    name = to_file_name_chars(entry_name)
+    if job.rename or not name or name in (".", ".."):
         name = _namer(header)
     owner = prearchive.file_owner(store, pk, scan_id, name)
     if owner is not None and owner != header.sop_uid:
