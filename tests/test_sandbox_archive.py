@@ -27,7 +27,8 @@ def test_archive_success_is_200_uri_list_and_cleans_the_prearchive(sandbox, svc,
     assert svc.json_rows("/data/prearchive") == []
     assert not any((sandbox.data / "prearchive").iterdir())
     folder = sandbox.data / "archive/SPN01/arc001/A1_MR1/SCANS/1/DICOM"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in files)
+    # stored under the whole zip entry path, `series/x` → `series_x` (GradualDicomImporter)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"series_{p.name}" for p in files)
 
 
 def test_subject_and_label_params_are_cleaned(svc, dicom):

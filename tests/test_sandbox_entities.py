@@ -164,12 +164,13 @@ def test_files_have_real_sizes_and_md5s_and_download(svc, dicom, archived):
     rows = result_set["Result"]
     assert all(set(r) == FILE_COLUMNS for r in rows)
     assert all(isinstance(v, str) for r in rows for v in r.values())
-    expected = {p.name: (str(p.stat().st_size), dicom.md5(p)) for p in archived}
+    expected = {f"series_{p.name}": (str(p.stat().st_size), dicom.md5(p)) for p in archived}
     assert {r["Name"]: (r["Size"], r["digest"]) for r in rows} == expected
     first = rows[0]
     assert first["collection"] == "DICOM" and first["file_format"] == "DICOM"
     download = svc.get(first["URI"])
-    assert download.content == next(p for p in archived if p.name == first["Name"]).read_bytes()
+    source = next(p for p in archived if f"series_{p.name}" == first["Name"])
+    assert download.content == source.read_bytes()
     one_scan = svc.json_rows(SESSION + "/scans/5/resources/DICOM/files")
     assert len(one_scan) == 2
     [resource] = svc.json_rows(SESSION + "/scans/1/resources")

@@ -36,8 +36,9 @@ def test_zip_to_prearchive_answers_one_crlf_uri_and_stores_real_files(sandbox, s
     assert (project, folder) == ("SPN01", "S01_MR1")
     for scan, sources in (("1", files[:3]), ("5", files[3:])):
         stored = sandbox.data / "prearchive/SPN01" / timestamp / folder / "SCANS" / scan / "DICOM"
-        assert sorted(p.name for p in stored.iterdir()) == sorted(p.name for p in sources)
-        assert {dicom.md5(stored / p.name) for p in sources} == {dicom.md5(p) for p in sources}
+        names = [f"series_{p.name}" for p in sources]  # the whole entry path, `/` → `_`
+        assert sorted(p.name for p in stored.iterdir()) == sorted(names)
+        assert {dicom.md5(stored / n) for n in names} == {dicom.md5(p) for p in sources}
     row = svc.json_rows("/data/prearchive/projects/SPN01")[0]
     assert row["status"] == "READY"  # dest given: built at once, not archived
 
@@ -126,7 +127,7 @@ def test_unparsable_entry_is_400_and_keeps_the_entries_before_it(svc, dicom):
     assert message(response) == "unable to read DICOM object series/notes.txt"
     uri = svc.json_rows("/data/prearchive/projects/SPN01")[0]["url"]
     files = svc.json_rows(f"/data{uri}/scans/1/resources/DICOM/files")
-    assert sorted(f["Name"] for f in files) == sorted(p.name for p in good)
+    assert sorted(f["Name"] for f in files) == sorted(f"series_{p.name}" for p in good)
 
 
 def test_ignore_unparsable_skips_non_dicom_entries(svc, dicom):

@@ -79,7 +79,7 @@ def test_scans_resources_files_and_download(svc, dicom):
         "file_size": str(sum(f.stat().st_size for f in files)),
     }
     listing = svc.json_rows(uri + "/scans/1/resources/DICOM/files")
-    assert [f["Name"] for f in listing] == sorted(f.name for f in files)
+    assert [f["Name"] for f in listing] == sorted(f"series_{f.name}" for f in files)
     download = svc.get(listing[0]["URI"])
     assert download.content == sorted(files)[0].read_bytes()
     document = svc.get(uri)  # built (dest given): the session XML is there

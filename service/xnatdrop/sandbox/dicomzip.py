@@ -9,10 +9,10 @@ computed. Memory stays flat whatever the upload size.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
-import os
 import re
 import tarfile
 import warnings
@@ -26,7 +26,15 @@ import pydicom
 import pydicom.errors
 from pydicom import filereader
 
-from xnatdrop.sandbox import anonymize, archive, bodies, dicomedit, prearchive, tables
+from xnatdrop.sandbox import (
+    anonymize,
+    archive,
+    bodies,
+    dicomedit,
+    prearchive,
+    seriesfilter,
+    tables,
+)
 from xnatdrop.sandbox.wire import UNASSIGNED, Request
 
 if TYPE_CHECKING:
@@ -40,6 +48,7 @@ HANDLERS = ("DICOM-zip", "gradual-DICOM")
 GRADUAL_TYPES = ("application/dicom", "application/x-mirc", "application/x-mirc-dicom")
 COMMENT_FIELDS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
 _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_FILE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _PARSE_LOCK = dicomedit.PYDICOM_LOCK  # pydicom under catch_warnings: one lock
 
 
@@ -127,13 +136,11 @@ def _text(dataset: pydicom.Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _past_needed_tags(tag: int, vr: str | None, length: int) -> bool:
-    """Stop parsing after StudyComments (0032,4000): every tag the importer reads comes before.
-
-    Header-only, and shorter still than `stop_before_pixels`: GE and Siemens files carry large
-    private groups after (0032,xxxx), and skipping them halves the per-entry parse time.
-    """
-    return tag > 0x00324000
+#: Parse up to StudyComments (0032,4000): every tag the importer reads comes before. Header-only,
+#: and shorter still than `stop_before_pixels`: GE and Siemens files carry large private groups
+#: after (0032,xxxx), and skipping them halves the per-entry parse time. A series import filter
+#: on a later element moves the stop (`GradualDicomImporter` reads up to its last filter tag).
+LAST_NEEDED_TAG = 0x00324000
 
 
 _PARSE_ERRORS = dicomedit.PYDICOM_ERRORS
@@ -141,18 +148,23 @@ HEADER_START = 64 * 1024  # the first read; GE and Siemens headers up to (0032,4
 HEADER_MAX = 16 * 1024 * 1024  # past this an entry is "unreadable" rather than held in memory
 
 
-def _parse(data: bytes) -> tuple[pydicom.Dataset, bool]:
-    """Parse a header prefix held in memory; also say whether the parser used all of it.
+def _parse(data: bytes, last_tag: int) -> tuple[pydicom.Dataset, bool]:
+    """Parse a header prefix held in memory up to `last_tag`; also say whether the parser used
+    all of it.
 
     Reading from BytesIO is several times faster than through `HeaderTap` (pydicom makes many
     small reads). A parser that used the whole prefix may have stopped for lack of data.
     """
+
+    def past(tag: int, vr: str | None, length: int) -> bool:
+        return tag > last_tag
+
     view = io.BytesIO(data)
     try:
-        dataset = filereader.read_partial(view, stop_when=_past_needed_tags)
+        dataset = filereader.read_partial(view, stop_when=past)
     except pydicom.errors.InvalidDicomError:
         view = io.BytesIO(data)
-        dataset = filereader.read_partial(view, stop_when=_past_needed_tags, force=True)
+        dataset = filereader.read_partial(view, stop_when=past, force=True)
     return dataset, view.tell() >= len(data)
 
 
@@ -176,8 +188,10 @@ def _header(dataset: pydicom.Dataset) -> Header:
     )
 
 
-def read_header(tap: HeaderTap, name: str) -> Header:
-    """Parse the header (up to (0032,4000), no pixel data) from the first bytes of the entry.
+def read_header(
+    tap: HeaderTap, name: str, last_tag: int = LAST_NEEDED_TAG
+) -> tuple[Header, pydicom.Dataset]:
+    """Parse the header (up to `last_tag`, no pixel data) from the first bytes of the entry.
 
     Start with 64 KiB and read more only when the parser ran out of data. Raise Unreadable the
     way GradualDicomImporter does.
@@ -189,7 +203,7 @@ def read_header(tap: HeaderTap, name: str) -> Header:
         try:
             with _PARSE_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dataset, exhausted = _parse(bytes(tap.kept))
+                dataset, exhausted = _parse(bytes(tap.kept), last_tag)
                 header = _header(dataset)
         except _PARSE_ERRORS as error:
             if complete or len(tap.kept) >= HEADER_MAX:
@@ -206,7 +220,7 @@ def read_header(tap: HeaderTap, name: str) -> Header:
         raise Unreadable(f"object {name} contains no SOP Class UID")
     if not header.sop_uid:
         raise Unreadable(f"object {name} contains no SOP Instance UID")
-    return header
+    return header, dataset
 
 
 def contained(text: str, key: str) -> str | None:
@@ -214,6 +228,12 @@ def contained(text: str, key: str) -> str | None:
     pattern = rf"(?:\A|(?:.*[\s,;])){key}\s*:\s*([\w\-]*)(?:(?:[\s,;].*\Z)|\Z)"
     match = re.match(pattern, text, re.IGNORECASE | re.DOTALL)
     return match.group(1) if match and match.group(1) else None
+
+
+def to_file_name_chars(value: str) -> str:
+    """`org.nrg.xnat.Files.toFileNameChars`: anything but ASCII letters, digits, `_`, `.` and `-`
+    becomes `_` (Java's `\\w` is ASCII)."""
+    return _FILE_NAME_CHARS.sub("_", value)
 
 
 def to_label_chars(value: str) -> str:
@@ -266,6 +286,38 @@ class Job:
     stored: int = 0
     rejected: int = 0  # files a site script rejected
     answered: set[int] = field(default_factory=set)  # sessions that received a file
+    #: (which filter, SeriesNumber) → instances a series import filter dropped
+    filtered: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    _filters: dict[str | None, seriesfilter.Filter | None] = field(default_factory=dict)
+
+    def filter_for(self, project: str | None) -> seriesfilter.Filter | None:
+        """The site filter (project None) or a project's, read once per import."""
+        if project not in self._filters:
+            store = self.sandbox.store
+            if project is None:
+                self._filters[None] = seriesfilter.site_filter(store)
+            else:
+                self._filters[project] = (
+                    None if project == UNASSIGNED else seriesfilter.project_filter(store, project)
+                )
+        return self._filters[project]
+
+    def filter_tags(self, project: str | None) -> list[int]:
+        tags = []
+        for scope in (None, project) if project else (None,):
+            found = self.filter_for(scope)
+            tags.extend(found.tags() if found else [])
+        return tags
+
+    def excluded_by(self, project: str, dataset: pydicom.Dataset) -> str | None:
+        """ "site" or "project" when that filter drops the instance, else None."""
+        site = self.filter_for(None)
+        if site is not None and not site.includes(dataset):
+            return "site"
+        own = self.filter_for(project)
+        if own is not None and not own.includes(dataset):
+            return "project"
+        return None
 
 
 def handle_import(request: Request) -> tables.Response:
@@ -449,9 +501,16 @@ def _namer(header: Header) -> str:
 def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     """Parse one entry's header, route it, and copy it to its prearchive file."""
     tap = HeaderTap(source)
-    header = read_header(tap, entry_name)
     store = job.sandbox.store
+    last_tag = max([LAST_NEEDED_TAG, *job.filter_tags(job.project)])
+    header, dataset = read_header(tap, entry_name, last_tag)
     project, subject, label, autoarchive = _identify(job, header)
+    if max(job.filter_tags(project), default=0) > last_tag:  # the project came from the header
+        header, dataset = read_header(tap, entry_name, max(job.filter_tags(project)))
+    excluded_by = job.excluded_by(project, dataset)
+    if excluded_by:  # GradualDicomImporter.call l.193: an empty answer, nothing stored
+        job.filtered[(excluded_by, header.series_number)] += 1
+        return
     key = (project, header.study_uid, label)
     pk = job.keys.get(key)
     if pk is None:
@@ -491,8 +550,10 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
             header.modality,
         )
         job.scans[(pk, header.series_uid)] = scan_id
-    name = os.path.basename(entry_name)
-    if job.rename or not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
+    # GradualDicomImporter.getSafeFile: the whole entry name through Files.toFileNameChars, so
+    # `t1_mpr/00000070.dcm` is stored as `t1_mpr_00000070.dcm`; the namer when renaming.
+    name = to_file_name_chars(entry_name)
+    if job.rename or not name or name in (".", ".."):
         name = _namer(header)
     owner = prearchive.file_owner(store, pk, scan_id, name)
     if owner is not None and owner != header.sop_uid:
@@ -616,4 +677,12 @@ def _finish(job: Job) -> tables.Response:
     log.info("import (%s): %d files into %d session(s)", job.handler, job.stored, len(unique))
     if job.rejected:
         log.info("import (%s): %d file(s) rejected by the site script", job.handler, job.rejected)
+    for (scope, series), count in sorted(job.filtered.items()):
+        log.info(
+            "import (%s): %d file(s) of series %s dropped by the %s series import filter",
+            job.handler,
+            count,
+            series or "?",
+            scope,
+        )
     return tables.uri_list(unique, job.request.fmt)

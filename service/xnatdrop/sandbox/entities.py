@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 from typing import Any
 
-from xnatdrop.sandbox import resources, tables
+from xnatdrop.sandbox import resources, seriesfilter, tables
 from xnatdrop.sandbox.store import Store, remove_empty_parents
 from xnatdrop.sandbox.wire import NOT_FOUND, Request
 
@@ -420,6 +420,8 @@ def _project(request: Request, ref: str, rest: list[str]) -> tables.Response:
         raise tables.HttpError(405, "Method Not Allowed")
     if rest[0] in ("prearchive_code", "quarantine_code"):
         return _project_code(request, project, rest)
+    if rest[0] == "config":
+        return seriesfilter.handle_project(request, project, rest[1:])
     if rest[0] == "resources":
         return resources.handle(request, project_owner(store, project), rest[1:])
     if rest[0] == "subjects":

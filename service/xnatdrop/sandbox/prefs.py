@@ -19,6 +19,7 @@ through the admin endpoints survives a restart, and starts from XNAT's defaults:
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from xnatdrop.sandbox.store import Store
 
@@ -70,9 +71,11 @@ def put_project_config(
     tool: str,
     contents: str | None = None,
     enabled: bool | None = None,
+    user: str | None = None,
 ) -> None:
     """Store contents and/or status. A new configuration starts enabled, as XNAT's
-    `ConfigService.replaceConfig` creates it; replacing contents keeps the status."""
+    `ConfigService.replaceConfig` creates it; replacing contents keeps the status and makes a
+    new version."""
     with store.transaction() as db:
         row = db.execute(
             "SELECT * FROM project_configs WHERE project = ? AND tool = ?", (project, tool)
@@ -80,8 +83,19 @@ def put_project_config(
         new_contents = contents if contents is not None else (row["contents"] if row else "")
         if enabled is None:
             enabled = bool(row["enabled"]) if row is not None else True
+        version = (row["version"] or 1) if row is not None else 1
+        if row is not None and contents is not None and contents != row["contents"]:
+            version += 1
         db.execute(
-            "INSERT OR REPLACE INTO project_configs (project, tool, contents, enabled) "
-            "VALUES (?, ?, ?, ?)",
-            (project, tool, new_contents, int(enabled)),
+            "INSERT OR REPLACE INTO project_configs (project, tool, contents, enabled, user, "
+            "created, version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                project,
+                tool,
+                new_contents,
+                int(enabled),
+                user or (row["user"] if row is not None else None),
+                time.time() if row is None or contents is not None else row["created"],
+                version,
+            ),
         )

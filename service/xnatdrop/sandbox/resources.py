@@ -401,10 +401,13 @@ def _upload(
                 safe = _safe(relpath)
                 if safe is None:
                     continue
-                if _exists(store, resource, safe) and not overwrite:
+                # FileExtractor: a file already on disk is a duplicate (catalogued or not)
+                if (folder / safe).exists() and not overwrite:
                     duplicates.append(safe)
                     continue
                 size, md5 = _write_stream(folder / safe, stream)
+                if not catalogable(safe):  # stored, never catalogued: not in any listing
+                    continue
                 _record(store, resource, safe, size, md5)
                 stored += 1
             continue
@@ -422,6 +425,12 @@ def _upload(
     if duplicates:
         return tables.Response(200, tables.HTML, json.dumps({"duplicates": duplicates}).encode())
     return tables.text("")
+
+
+def catalogable(relpath: str) -> bool:
+    """`CatalogUtils.XNAT_CATALOGABLE_FILE_FILTER`: a `*_catalog.xml` is never catalogued (an
+    extracted one is written to disk but listed nowhere)."""
+    return not PurePosixPath(relpath).name.endswith("_catalog.xml")
 
 
 def _exists(store: Store, resource: sqlite3.Row, relpath: str) -> bool:

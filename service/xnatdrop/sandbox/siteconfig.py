@@ -21,7 +21,7 @@ import json
 import logging
 import urllib.parse
 
-from xnatdrop.sandbox import anonymize, bodies, dicomedit, prefs, tables
+from xnatdrop.sandbox import anonymize, bodies, dicomedit, prefs, seriesfilter, tables
 from xnatdrop.sandbox.wire import Request
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def _root(request: Request) -> tables.Response:
             400, f"The sandbox does not model the site preference(s) {', '.join(unknown)}."
         )
     checked = {name: _checked(name, value) for name, value in values.items()}
+    _check_filter(request, checked)
     for name, value in checked.items():
         prefs.put(request.sandbox.store, name, value)
         log.info("site preference %s set", name)
@@ -98,7 +99,9 @@ def _property(request: Request, name: str) -> tables.Response:
             value = str(json.loads(value))
         except json.JSONDecodeError as error:
             raise anonymize.XapiError(400, f"The body is not JSON: {error}") from error
-    prefs.put(store, name, _checked(name, value))
+    checked = {name: _checked(name, value)}
+    _check_filter(request, checked)
+    prefs.put(store, name, checked[name])
     log.info("site preference %s set", name)
     return tables.Response(200, JSON, b"")
 
@@ -119,6 +122,21 @@ def _admin(request: Request) -> None:
         raise anonymize.XapiError(403)
 
 
+def _check_filter(request: Request, values: dict[str, str]) -> None:
+    """The site series import filter these values would make must be one the sandbox applies."""
+    names = ("sitewideSeriesImportFilterMode", "sitewideSeriesImportFilter")
+    if not any(name in values for name in names):
+        return
+    store = request.sandbox.store
+    mode, text = (values.get(name, prefs.get(store, name)) for name in names)
+    try:
+        seriesfilter.parse(mode, text)
+    except seriesfilter.FilterError as error:
+        raise anonymize.XapiError(
+            400, f"The sandbox cannot interpret this series import filter: {error}"
+        ) from error
+
+
 def _checked(name: str, value: object) -> str:
     """The value as stored; a boolean must be one, a script must be interpretable."""
     text = str(value).strip() if not isinstance(value, bool) else ("true" if value else "false")
@@ -126,6 +144,8 @@ def _checked(name: str, value: object) -> str:
         if text.lower() not in ("true", "false"):
             raise anonymize.XapiError(400, f"{name} must be true or false, not {text!r}.")
         return text.lower()
+    if name in ("sitewideSeriesImportFilterMode", "sitewideSeriesImportFilter"):
+        return str(value)  # checked together by _check_filter once every value is known
     if name == "sitewideAnonymizationScript":
         try:
             anonymize.compiled(str(value))

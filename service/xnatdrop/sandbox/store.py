@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS prearc_files (
 CREATE TABLE IF NOT EXISTS preferences (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS project_configs (
     project TEXT NOT NULL, tool TEXT NOT NULL, contents TEXT NOT NULL DEFAULT '',
-    enabled INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (project, tool));
+    enabled INTEGER NOT NULL DEFAULT 0, user TEXT, created REAL, version INTEGER,
+    PRIMARY KEY (project, tool));
 """
 
 #: Columns added after the first release: (table, column, declaration). A data directory written
@@ -90,6 +91,9 @@ ADDED_COLUMNS = (
     ("prearc_files", "instance", "INTEGER"),
     ("files", "format", "TEXT"),  # an entry's own format/content (SNAPSHOTS: GIF, ORIGINAL)
     ("files", "content", "TEXT"),
+    ("project_configs", "user", "TEXT"),  # who stored the configuration, and when (ConfigResource)
+    ("project_configs", "created", "REAL"),
+    ("project_configs", "version", "INTEGER"),
 )
 
 
