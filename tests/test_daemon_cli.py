@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from push_helpers import PROJECT, start_sandbox, write_config
-from xnatdrop import cli, config, daemon, ledger, quarantine
+from xnatdrop import cli, config, daemon, ledger, quarantine, xnat
 from xnatdrop.sandbox.server import Sandbox
 
 
@@ -233,3 +233,23 @@ def test_doctor_names_an_http_url_for_an_https_site_and_an_expired_password(
     out = capsys.readouterr().out
     assert "FAIL  login as 'svc': refused (the password of XNAT user 'svc' has expired" in out
     assert "XDATScreen_UpdateUser.vm" in out
+
+
+def test_doctor_warns_about_a_series_import_filter(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = config.load(config_path)
+    with xnat.XnatClient(settings.xnat, "pw") as admin:
+        admin.request(
+            "PUT",
+            f"/data/projects/{PROJECT}/config/seriesImportFilter/config",
+            params={"inbody": "true", "status": "enabled"},
+            data=json.dumps({"mode": "blacklist", "list": "Localizer"}).encode(),
+            headers={"Content-Type": "text/plain"},
+        )
+    assert cli.main(["doctor", "--config", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"WARN  project {PROJECT}: a series import filter is on (project blacklist): XNAT drops "
+        "matching series without a word" in out
+    )

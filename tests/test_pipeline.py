@@ -693,3 +693,60 @@ def test_a_resubmission_after_the_session_was_viewed_is_reconciled(
     assert again.kind == "archived", again
     assert server.requests["POST /data/services/import"] == imports
     assert_archived_once(settings, LABEL, original, dicom_count=21)
+
+
+def series_filter(settings: config.Config, mode: str, patterns: str) -> None:
+    """A project series import filter, set as XNAT's project settings page sets it
+    (settingsManager.js: PUT …/config/seriesImportFilter/config?inbody=true&status=enabled)."""
+    with client(settings) as admin:
+        admin.request(
+            "PUT",
+            f"/data/projects/{PROJECT}/config/seriesImportFilter/config",
+            params={"inbody": "true", "status": "enabled"},
+            data=json.dumps({"mode": mode, "list": patterns}).encode(),
+            headers={"Content-Type": "text/plain"},
+        )
+
+
+def test_series_dropped_by_an_import_filter_are_reported_once_not_resent(
+    tmp_path: Path, settings: config.Config, server: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The project filters out localizers; XNAT drops both localizer series at import without a
+    word (stock row 6). Before, the short prearchive was deleted and sent again, then retried
+    forever. Now the push reads the filter at push time, archives what XNAT kept, warns once
+    and lists the dropped series in the receipt with the reason."""
+    caplog.set_level(logging.INFO, logger="xnatdrop")
+    series_filter(settings, "blacklist", "Localizer")
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, MEDIUM, sidecars=False))
+    assert outcome.kind == "archived", outcome
+    assert server.requests["POST /data/services/import"] == 1
+    with client(settings) as xnat_client:
+        scans = {f.scan for f in xnat_client.session_files(PROJECT, LABEL, LABEL)}
+    assert scans == {"2"}
+    facts, text = receipt_of(outcome)
+    left = facts["not_archived"]
+    assert [(d["number"], d["files"], d["stage"]) for d in left] == [  # type: ignore[union-attr]
+        ("1", 21, "import"),
+        ("5", 21, "import"),
+    ]
+    assert {d["reason"] for d in left} == {  # type: ignore[union-attr]
+        "the series import filter (project: blacklist)"
+    }
+    assert "series 1 3-Plane Localizer (01_3_Plane_Localizer_FF, 21 files)" in text
+    assert caplog.text.count("XNAT left out series 1") == 1
+    assert facts["verification"]["summary"].startswith(  # type: ignore[index]
+        "instance UIDs and counts of all 50 files"
+    )
+
+
+def test_a_folder_the_filter_drops_entirely_is_quarantined_with_the_reason(
+    tmp_path: Path, settings: config.Config
+) -> None:
+    """Every series filtered: XNAT answers 200 with no session. That is the site's
+    configuration, not an XNAT failure: quarantined at once, saying which filter."""
+    series_filter(settings, "whitelist", "T1w")
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, SMALL, sidecars=False))
+    assert outcome.kind == "quarantined" and outcome.code == "XNAT_NOTHING_IMPORTED", outcome
+    assert "every series was left out by the series import filter (project: whitelist)" in (
+        outcome.message
+    )
