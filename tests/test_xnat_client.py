@@ -503,3 +503,17 @@ def test_login_refused_at_the_session_cap_quotes_xnat(sandbox: Sandbox) -> None:
             second.whoami()
     assert "too many XNAT sessions open" in str(caught.value)
     assert "<" not in str(caught.value)
+
+
+def test_a_url_that_does_not_lead_to_xnat_is_an_alert_not_a_drop_problem(
+    sandbox: Sandbox,
+) -> None:
+    """A wrong context path answers the login with 404: no drop can cause that, so it stops
+    every push with an alert (never a quarantine) and says what to check."""
+    settings = config.XnatSettings(url=f"{sandbox.url}/xnat", username="svc")
+    with (
+        xnat.XnatClient(settings, "pw") as session,
+        pytest.raises(AuthenticationError, match=r"answered the login with HTTP 404") as caught,
+    ):
+        session.whoami()
+    assert "with its context path if it has one" in str(caught.value)

@@ -454,8 +454,11 @@ class XnatClient:
         if status >= 500:
             raise TransientError(f"XNAT login failed with HTTP {status}")
         if not response.ok:
-            raise XnatAnswer(
-                "XNAT_REJECTED", f"XNAT login answered HTTP {status}: {message}", status=status
+            # No drop can cause this: the URL does not lead to XNAT's REST API (a missing
+            # context path such as /xnat, a proxy's error page). Every push stops until fixed.
+            raise AuthenticationError(
+                f"{self.base} answered the login with HTTP {status} ({message}): is xnat.url "
+                "XNAT's address, with its context path if it has one (e.g. https://host/xnat)?"
             )
         self.secure_cookie = any(c.name == "JSESSIONID" and c.secure for c in self.http.cookies)
         if self.secure_cookie and self.base.startswith("http://"):
