@@ -750,3 +750,21 @@ def test_a_folder_the_filter_drops_entirely_is_quarantined_with_the_reason(
     assert "every series was left out by the series import filter (project: whitelist)" in (
         outcome.message
     )
+
+
+def test_a_setting_xnat_will_not_show_counts_as_possible_rewriting_and_says_so(
+    tmp_path: Path, settings: config.Config, server: Sandbox
+) -> None:
+    """The site script is off, but XNAT will not tell this account whether the project's is on
+    (403 on /xapi/anonymize/projects/P/enabled). Rewriting is then assumed possible: sizes and
+    MD5s are not compared, and the receipt says why, never claiming more than was checked."""
+    xapi_put(settings, "/xapi/anonymize/site/enabled", enable="false")
+    server.fail(f"^/xapi/anonymize/projects/{PROJECT}", status=403, count=None, method="GET")
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, SMALL, sidecars=False))
+    assert outcome.kind == "archived", outcome
+    facts, _ = receipt_of(outcome)
+    assert facts["verification"]["summary"].endswith(  # type: ignore[index]
+        "headers possibly rewritten by the project's anonymisation script (XNAT would not say "
+        "whether it is on), so sizes and MD5s were not compared"
+    )
+    assert facts["checksums_verified"] is False

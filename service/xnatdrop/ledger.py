@@ -53,8 +53,9 @@ STATES: dict[str, str] = {
     "checked": "the rules passed (no block finding)",
     "packed": "upload zip planned (names, sizes, length)",
     "imported": "sent to the XNAT prearchive",
-    "verified": "the prearchive session is READY and matches the manifest",
-    "archived": "archived in XNAT and read back: scans, file counts, sizes, MD5s",
+    "verified": "the prearchive session is READY and its file counts match the manifest",
+    "archived": "archived in XNAT and read back: instance UIDs, pixel data of one file per scan, "
+    "sizes and MD5s where XNAT keeps the bytes",
     "attached": "sidecar folders uploaded as session resources and verified",
     "done": "moved to done/ with a receipt (final)",
     "quarantined": "moved to quarantine/ with a reason file (final)",

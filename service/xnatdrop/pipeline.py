@@ -34,19 +34,26 @@ is safe to repeat after a `kill -9` at any point:
   spool (`<state>/spool/<drop id>/check.json`); a block finding quarantines.
 - pack plans the zip (entry order, names, sizes, exact length) and writes `plan.json`
   atomically; no file data is read (see `pack`).
-- import first asks XNAT what exists: an archived session with this label (all files present:
-  nothing is sent; other files: quarantine as a label conflict), a READY prearchive session
-  holding every file (reused), leftovers of an interrupted upload (deleted); only then uploads,
-  streaming the zip while it reads and hashes the files, and saves `manifest.json` (size and
-  MD5 of each file) once every file is hashed. Comparing with XNAT without a manifest (a crash
-  before it was saved) hashes the files first, without sending.
-- verify waits for READY (CONFLICT and ERROR end the wait) and compares scans and files with the
-  manifest; a missing or incomplete prearchive session is deleted and sent again (`resend`);
-  complete but with other bytes (site anonymisation) is XNAT_CHANGED_FILES unless
-  `push.verify_checksums` is off.
+- import first reads what XNAT will do to the files (anonymisation scripts, series import
+  filters, the checksums preference: `verify.Rewriting`, kept in the spool as `xnat.json`),
+  then asks XNAT what exists: an archived session with this label (exactly our instances:
+  nothing is sent; other instances: quarantine as a label conflict), a READY prearchive
+  session holding every file (reused), a copy XNAT is still building (its answer was lost, e.g.
+  to a proxy's 504: waited for, never deleted), leftovers of an interrupted upload (deleted once
+  XNAT has stopped writing to them); only then uploads, streaming the zip while it reads and
+  hashes the files, and saves `manifest.json` (size, MD5 and UIDs of each file) once every file
+  is hashed. Comparing with XNAT without a manifest (a crash before it was saved) hashes the
+  files first, without sending. An upload XNAT files under another project (Unassigned) is
+  removed again.
+- verify waits for READY (CONFLICT and ERROR end the wait) and compares the number of files of
+  each scan with the manifest, and their sizes where XNAT keeps the bytes; series a series
+  import filter dropped are recorded for the receipt; anything else missing is deleted and sent
+  again (`resend`).
 - archive asks for the archived session first (a crash after XNAT archived but before the ledger
-  heard of it), archives with explicit labels and no overwrite, and reads back every file's size
-  and MD5.
+  heard of it), archives with explicit labels and no overwrite, and verifies the archived
+  session (`verify`): every instance matched by SOPInstanceUID, the pixel data of one file per
+  scan, sizes and MD5s where XNAT keeps the bytes. A difference quarantines the folder with a
+  reason file saying the session is in XNAT, at which address, and what differs.
 - attach lists each sidecar resource and uploads only the files that are not there yet; a file
   that is there with other content is a permanent conflict.
 - finish sets optional subject fields, writes the receipt and renames the folder to
@@ -55,7 +62,10 @@ is safe to repeat after a `kill -9` at any point:
 Transient errors (`errors.TransientError`) are retried with exponential backoff and jitter,
 `push.inline_attempts` times within one call, then handed back. They never quarantine.
 Permanent ones (`errors.PermanentError`: a block finding, LABEL_EXISTS, XNAT_CONFLICT, a 4xx)
-move the folder to `quarantine/<LABEL>__<time>/` with QUARANTINE.txt and QUARANTINE.json.
+move the folder to `quarantine/<LABEL>__<time>/` with QUARANTINE.txt and QUARANTINE.json,
+except XNAT's suspect answers (`xnat.XnatAnswer.suspect`), which go through the circuit
+breaker first (`breaker`): the drop waits, and pushes are held when other drops get the same
+answer.
 
 What the daemon and `xnatdrop status` ask the ledger (drops per state, due drops, oldest
 pending, recent failures, last finished) is documented in `ledger`.
