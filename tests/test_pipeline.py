@@ -768,3 +768,25 @@ def test_a_setting_xnat_will_not_show_counts_as_possible_rewriting_and_says_so(
         "whether it is on), so sizes and MD5s were not compared"
     )
     assert facts["checksums_verified"] is False
+
+
+def test_a_sidecar_file_xnat_never_catalogues_is_reported_not_retried_forever(
+    tmp_path: Path, settings: config.Config
+) -> None:
+    """XNAT stores but never catalogues extracted files named *_catalog.xml (CatalogUtils
+    XNAT_CATALOGABLE_FILE_FILTER), so they never show in the resource: attach would retry
+    "resource lacks 1 file(s)" forever. It is not sent, the push finishes and the receipt says
+    where the file is."""
+    folder = stage(tmp_path / "drop", LABEL, SMALL)
+    (folder / "behav" / "task_catalog.xml").write_text("<catalog/>\n", encoding="utf-8")
+    outcome = push(settings, folder)
+    assert outcome.kind == "archived", outcome
+    with client(settings) as xnat_client:
+        behav = xnat_client.resource_files(PROJECT, LABEL, LABEL, "behav")
+    assert behav is not None
+    assert sorted(f.path for f in behav) == ["responses.csv", "run2/responses.csv"]
+    facts, text = receipt_of(outcome)
+    (resource,) = [r for r in facts["resources"] if r["name"] == "behav"]  # type: ignore[union-attr]
+    assert resource["not_uploaded"] == ["task_catalog.xml"]
+    assert "not uploaded: task_catalog.xml" in text
+    assert (outcome.path / "behav" / "task_catalog.xml").is_file()  # type: ignore[operator]

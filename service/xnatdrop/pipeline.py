@@ -1226,6 +1226,14 @@ def _local_files(folder: Path) -> dict[str, tuple[int, str]]:
     return result
 
 
+def uncatalogued(path: str) -> bool:
+    """A file XNAT stores on extraction but never catalogues, so never lists: its name ends
+    in "_catalog.xml" or starts with ".~lock-" (CatalogUtils.XNAT_CATALOGABLE_FILE_FILTER).
+    Uploading it would leave the resource "lacking" it forever (xnat-stock, "lacks entirely")."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith("_catalog.xml") or name.startswith(".~lock-")
+
+
 def _missing(name: str, local: dict[str, tuple[int, str]], remote: list[Any] | None) -> list[str]:
     """Files not yet in the resource; PermanentError if one is there with other content."""
     there = {f.path: f for f in remote or []}
@@ -1258,6 +1266,16 @@ def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     done = []
     for name, relative in sorted(facts["sidecars"].items()):
         local = _local_files(work / relative)
+        kept = {path: value for path, value in local.items() if not uncatalogued(path)}
+        if len(kept) < len(local):
+            log.warning(
+                "%s: %s: %d file(s) not uploaded: XNAT never catalogues files named *_catalog.xml "
+                "or .~lock-* (CatalogUtils); they stay in the folder and the receipt lists them",
+                drop.label,
+                name,
+                len(local) - len(kept),
+            )
+        local = kept
         if not local:
             continue
         args = (run.project, session.subject, session.label, name)
@@ -1296,13 +1314,16 @@ def _receipt(run: _Run, drop: ledger_module.Drop, session: Any) -> dict[str, Any
     resources = []
     for name, relative in sorted(facts["sidecars"].items()):
         local = _local_files(work / relative)
-        if local:
+        skipped = sorted(path for path in local if uncatalogued(path))
+        local = {path: value for path, value in local.items() if path not in skipped}
+        if local or skipped:
             resources.append(
                 {
                     "name": name,
                     "folder": relative,
                     "file_count": len(local),
                     "bytes": sum(size for size, _ in local.values()),
+                    "not_uploaded": skipped,
                 }
             )
     verification = _xnat_facts(run, drop).get("verification")

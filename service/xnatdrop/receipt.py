@@ -80,6 +80,11 @@ def render_text(receipt: dict[str, Any]) -> str:
                 f"  {resource['name']}: {resource['file_count']} files, "
                 f"{_size(resource['bytes'])} (from {resource['folder']})"
             )
+            for path in resource.get("not_uploaded", []):
+                lines.append(
+                    f"    not uploaded: {path} (XNAT never lists files named *_catalog.xml or "
+                    ".~lock-*; it stays in this folder)"
+                )
     if receipt["excluded"]:
         lines += ["", "Not uploaded, on purpose:"]
         for item in receipt["excluded"]:
