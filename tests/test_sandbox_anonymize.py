@@ -305,3 +305,16 @@ def test_remove_tags_and_reject(dicom):
     assert "InstitutionName" not in data and "PatientID" not in data
     rejecting = dicomedit.parse('if ((0020,0013) != "1") {\n    reject[]\n}\n')
     assert not rejecting.apply(data, {})  # instance 15
+
+
+def test_a_value_the_header_cannot_hold_drops_the_file_with_a_400(svc, dicom):
+    """XNAT answers an anonymisation error with 400 "unable to read DICOM object …" and drops the
+    file (handleAnonymizationError); the sandbox does so when pydicom cannot encode a value."""
+    script = '(0020,0013) := "not a number"'
+    assert svc.put("/xapi/anonymize/site", data=script, headers=TEXT).status_code == 200
+    [source] = dicom.files("1", count=1)
+    response = svc.import_zip(dicom.zip([source]), project="SPN01", session="E01")
+    assert response.status_code == 400
+    assert h3(response) == f"unable to read DICOM object series/{source.name}"
+    [row] = svc.json_rows(PREARC)
+    assert svc.json_rows("/data" + row["url"] + "/scans") == []  # nothing stored

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom import filereader
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -97,16 +98,23 @@ def project_script(store: Store, project: str) -> dicomedit.Script | None:
 def rewrite(path: Path, script: dicomedit.Script, variables: Mapping[str, str]) -> Rewritten:
     """Apply `script` to one stored file, in place. A rejected file is deleted.
 
-    The header (everything before Pixel Data) is parsed, edited and written anew with its file
-    meta; the rest of the file is copied unchanged, as `GradualDicomImporter.write` streams the
-    remainder after the dataset it re-serialised. A file without a file meta header gets one,
-    as XNAT's importer adds it. Raise Unrewritable if pydicom cannot read the header.
+    The header up to the last element the script names is parsed, edited and written anew with
+    its file meta; the rest of the file is copied unchanged. That is how XNAT's tools write
+    back (`GradualDicomImporter.write` streams the remainder after the part it re-serialised;
+    DicomEdit reads up to the script's top tag), and it keeps Pixel Data byte for byte. A file
+    without a file meta header gets one, as XNAT's importer adds it. Raise Unrewritable if
+    pydicom cannot read the header or encode a value.
     """
+    top = max(script.tags(), default=0)
+
+    def past(tag: int, vr: str | None, length: int) -> bool:
+        return tag > top or tag >= dicomedit.PIXEL_DATA
+
     with path.open("rb") as source:
         with dicomedit.PYDICOM_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                dataset = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+                dataset = filereader.read_partial(source, stop_when=past, force=True)
                 keep = script.apply(dataset, variables)
                 if keep:
                     header = _serialise(dataset, path if _deflated(dataset) else None)

@@ -575,7 +575,16 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
             try:
                 outcome = anonymize.rewrite(folder / name, script, variables)
             except anonymize.Unrewritable as error:
+                # handleAnonymizationError: the file is dropped, the import answers 400
                 (folder / name).unlink(missing_ok=True)
+                store.run(
+                    "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
+                    pk,
+                    scan_id,
+                    name,
+                )
+                if prearchive.drop_scan_if_empty(store, pk, scan_id):
+                    job.scans.pop((pk, header.series_uid), None)
                 raise Unreadable(f"unable to read DICOM object {entry_name}") from error
             if outcome.rejected:
                 job.rejected += 1  # GradualDicomImporter: file deleted, empty answer
