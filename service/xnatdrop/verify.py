@@ -155,7 +155,7 @@ def read_rewriting(client: Any, project: str, prevent_anon: bool) -> Rewriting:
         filters=None
         if filters is None
         else tuple(f"{f.scope}: {f.mode or 'filter'}" for f in filters if f.enabled),
-        checksums=xnat._as_bool(checksums) if checksums is not None else None,
+        checksums=xnat.as_bool(checksums) if checksums is not None else None,
     )
 
 

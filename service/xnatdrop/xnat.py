@@ -305,7 +305,8 @@ def _json_value(response: requests.Response) -> Any:
         return response.text.strip()
 
 
-def _as_bool(value: Any) -> bool | None:
+def as_bool(value: Any) -> bool | None:
+    """XNAT's ways of saying a switch is on or off (JSON true, "true", "enabled"); None else."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -690,7 +691,7 @@ class XnatClient:
             f"/xapi/anonymize/projects/{quote(project)}/enabled",
         ):
             response = self.request("GET", path, ok=(200, 401, 403, 404))
-            values.append(_as_bool(_json_value(response)) if response.status_code == 200 else None)
+            values.append(as_bool(_json_value(response)) if response.status_code == 200 else None)
         return Anonymization(site=values[0], project=values[1])
 
     def anonymization_script(self, project: str | None = None) -> str | None:
@@ -714,7 +715,7 @@ class XnatClient:
         own project page reads, settingsManager.js). None when the account may not read them.
         """
         filters = []
-        enabled = _as_bool(self.site_preference("enableSitewideSeriesImportFilter"))
+        enabled = as_bool(self.site_preference("enableSitewideSeriesImportFilter"))
         if enabled is None:
             return None
         if enabled:
@@ -742,7 +743,7 @@ class XnatClient:
                     contents = {}
                 if not isinstance(contents, dict):
                     contents = {}
-                if _as_bool(row.get("status", "")):
+                if as_bool(row.get("status", "")):
                     filters.append(
                         SeriesFilter(
                             "project",

@@ -148,7 +148,7 @@ def _site_checks(settings: config.Config, client: xnat.XnatClient, who: str) -> 
     checksums = client.site_preference("checksums")
     if checksums is None:
         yield None, "XNAT's checksums preference: not readable by this account"
-    elif xnat._as_bool(checksums):
+    elif xnat.as_bool(checksums):
         yield True, "XNAT records an MD5 of every archived file (checksums preference on)"
     else:
         yield (
