@@ -52,6 +52,10 @@ def settings(tmp_path: Path, server: Sandbox) -> config.Config:
     return load(write_config(tmp_path, server.url))
 
 
+def server_url(settings: config.Config) -> str:
+    return settings.xnat.url
+
+
 def push(settings: config.Config, folder: Path, **kwargs: object) -> pipeline.Outcome:
     with ledger.Ledger(settings.paths.state) as book:
         return pipeline.process(folder, settings, book, lambda: client(settings), **kwargs)
@@ -135,6 +139,10 @@ def test_label_conflict_is_quarantined(tmp_path: Path, settings: config.Config) 
     assert {k: v for k, v in snapshot(outcome.path).items() if "QUARANTINE" not in k} == original
     text = (outcome.path / "QUARANTINE.txt").read_text(encoding="utf-8")
     assert "already exists" in text and "rename the folder" in text
+    assert "XNAT already holds a session with this label and other data." in text
+    assert f"The session in XNAT: {server_url(settings)}/data/projects/{PROJECT}/experiments/" in (
+        text
+    )
     assert_archived_once(settings, LABEL, first_files, dicom_count=21)
 
 

@@ -722,6 +722,12 @@ class _Inspection:
     pixel: list[dict[str, str]]
     problems: list[str]
     bytes_compared: bool
+    unexplained: list[pack.Entry] = dataclasses.field(default_factory=list)
+
+    @property
+    def other_instances(self) -> bool:
+        """XNAT holds instances this folder lacks, or lacks some it has (not a content issue)."""
+        return bool(self.check.extra or self.unexplained)
 
 
 def _inspect(
@@ -743,6 +749,7 @@ def _inspect(
     check = verify.check_archive(manifest, catalog, files, compare_bytes)
     problems: list[str] = []
     dropped: list[dict[str, Any]] = []
+    unexplained: list[pack.Entry] = []
     recorded = {d["uid"] for d in _xnat_facts(run, drop).get("dropped", [])}
     missing = [e for e in check.missing if e.series_instance_uid not in recorded]
     if missing:
@@ -753,6 +760,7 @@ def _inspect(
             for item in verify.series_of(missing):
                 dropped.append({**item.to_json(), "stage": "archive", "reason": reason})
         else:
+            unexplained = missing
             problems.append(verify.ArchiveCheck(missing, [], [], []).describe())
     if check.extra or check.changed:
         problems.append(verify.ArchiveCheck([], check.extra, check.changed, []).describe())
@@ -762,7 +770,7 @@ def _inspect(
         pixel.append({"scan": file.scan, "file": entry.path, "result": result})
         if result not in ("identical", "no pixel data", "changed by an alterPixels statement"):
             problems.append(f"pixel data of {entry.path} (scan {file.scan}): {result}")
-    return _Inspection(check, dropped, pixel, problems, compare_bytes)
+    return _Inspection(check, dropped, pixel, problems, compare_bytes, unexplained)
 
 
 def _pixel_result(
@@ -855,8 +863,7 @@ def _archived(
     url = client.session_url(run.project, session.id)
     if found.problems:
         differences = "; ".join(found.problems)
-        same_instances = not found.check.extra and not any("missing" in p for p in found.problems)
-        if ours or same_instances:
+        if ours or not found.other_instances:
             error = PermanentError(
                 "ARCHIVE_MISMATCH",
                 f"session {drop.label} is in XNAT ({url}) but differs from this folder: "

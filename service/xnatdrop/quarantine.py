@@ -29,13 +29,21 @@ RESUBMIT = (
 
 def render_text(reason: dict[str, Any]) -> str:
     """The technologist's note: what, which files, how to fix, how to resubmit."""
-    if reason.get("in_xnat"):
+    if reason.get("in_xnat") and reason.get("code") == "ARCHIVE_MISMATCH":
         lines = [
             f"xnatdrop stopped {reason['label']} (project {reason['project']}) AFTER it reached "
             "XNAT: the session IS in XNAT, but it does not match this folder.",
             f"The session in XNAT: {reason['in_xnat']}",
             "",
             f"What differs: {reason['message']}",
+        ]
+    elif reason.get("in_xnat"):
+        lines = [
+            f"xnatdrop did NOT archive {reason['label']} (project {reason['project']}): XNAT "
+            "already holds a session with this label and other data.",
+            f"The session in XNAT: {reason['in_xnat']}",
+            "",
+            f"What is wrong: {reason['message']}",
         ]
     else:
         lines = [
