@@ -261,3 +261,19 @@ def test_snapshots_and_automation_output_added_before_a_crash_resume_cause_no_co
     assert rerun.returncode == 0, rerun.stderr
     assert "already archived" in rerun.stderr
     assert_done(tmp_path, settings, original)
+
+
+def test_a_proxy_413_quarantines_at_once_naming_the_size_and_the_fix(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """A proxy's body-size limit is about this session's size, not about XNAT: a clear
+    permanent error with the size and the setting to raise, not a retry or a breaker wait."""
+    settings = load(write_config(tmp_path, server.url))
+    page = "<html><head><title>413 Request Entity Too Large</title></head></html>"
+    server.fail("^/data/services/import$", status=413, count=None, body=page)
+    outcome = push(settings, stage(tmp_path / "drop", LABEL, sidecars=False))
+    assert outcome.kind == "quarantined" and outcome.code == "XNAT_TOO_LARGE", outcome
+    assert "GB) was refused as too large (HTTP 413" in outcome.message
+    assert outcome.path is not None
+    note = (outcome.path / "QUARANTINE.txt").read_text(encoding="utf-8")
+    assert "client_max_body_size" in note
