@@ -16,8 +16,9 @@ exactly the stored bytes.
 
 What the receiver answered for each instance is appended to a **journal** (one JSON line per
 answer, flushed and fsync'd before the next instance goes out), so a push that was killed resumes
-with the instances not yet stored. XNAT files a re-sent instance over the same file, so the
-instance that was in flight when the process died is simply sent again.
+with the instances not yet stored. The instance in flight when the process died is sent again:
+XNAT writes a re-sent instance over its earlier copy in the prearchive (same SOP Instance and
+Class UID: "ok to overwrite", `GradualDicomImporter.getSafeFile`).
 
 References: DICOM PS3.4 Annex B (Storage Service Class, statuses in B.2.3), PS3.7 9.1.1 and
 Annex C (C-STORE and general statuses), PS3.8 9.3.4 (A-ASSOCIATE-RJ result, source and reason);
@@ -94,6 +95,8 @@ class Next(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class StatusRule:
+    """The status codes in `codes`, what the sender does next, and what a person can do."""
+
     codes: range
     next: Next
     fix: str
@@ -189,7 +192,8 @@ class Instance:
     as_stored: bool = True
 
 
-_META_KEYWORDS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+# What a Part 10 file's meta must hold for pynetdicom to send it without decoding it.
+META_KEYWORDS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
 
 
 def read_instance(path: Path) -> Instance:
