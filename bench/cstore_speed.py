@@ -1,6 +1,6 @@
 """C-STORE speed: xnatdrop's sender vs DCMTK's storescu, same files, same Orthanc.
 
-    python bench/cstore_speed.py [--repeat 3] [--workdir /tmp] [--profile FILE.html]
+    python bench/cstore_speed.py [--repeat 3] [--workdir /tmp] [--keep] [--profile FILE.html]
 
 1. Takes every raw series of two real sessions from ../shared/dicom (GE SIGNA Premier, 8 series
    of classic MR images; Siemens XA30, 9 series of enhanced multi-frame MR and the Phoenix
@@ -120,7 +120,9 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--keep", action="store_true", help="keep the Orthanc storage folders")
     parser.add_argument(
-        "--profile", type=Path, help="also profile one xnatdrop run with pyinstrument into FILE"
+        "--profile",
+        type=Path,
+        help="also profile one xnatdrop run into FILE (HTML; needs `pip install pyinstrument`)",
     )
     args = parser.parse_args()
 

@@ -300,9 +300,10 @@ class Journal:
     destination count when a push resumes, so pointing xnatdrop at another receiver sends
     everything again. A line torn by a kill is ignored, and the next line starts on its own.
 
-    Why fsync per line: a power cut must not make the journal claim less than the receiver has
-    (that would only resend) nor more (that would lose an instance) — and a line is only written
-    after the receiver's answer, so it can never claim more.
+    A line is written only after the receiver's answer, so the journal never claims an instance
+    the receiver did not confirm (that would lose it). It is written unbuffered and fsync'd
+    before the next instance goes out, so after a kill or a power cut it lacks at most the
+    instance in flight, which a resume sends again (harmless: see the module docstring).
     """
 
     def __init__(self, path: Path, destination: str) -> None:
