@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -250,6 +251,11 @@ class DropSettings(Section):
     rules: RulesSettings | None = Field(
         None, description="Rule settings for this drop only, over the top-level [rules]."
     )
+    transport: Literal["rest", "dicom"] = Field(
+        "rest",
+        description="How this drop's DICOM reaches XNAT: 'rest' (a zip to the import service) or "
+        "'dicom' (C-STORE to XNAT's DICOM receiver, see [dicom]).",
+    )
 
 
 DEFAULT_TEMP_PATTERNS = (
@@ -424,6 +430,85 @@ class PushSettings(Section):
     )
 
 
+def _ae_title(value: str) -> str:
+    # DICOM VR "AE" (PS3.5 table 6.2-1): at most 16 characters of the default repertoire, no
+    # backslash or control characters; leading and trailing spaces are not significant.
+    title = value.strip(" ")
+    if not 1 <= len(title) <= 16 or not title.isascii() or "\\" in title:
+        raise ValueError("must be 1-16 ASCII characters without backslashes (a DICOM AE title)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in title):
+        raise ValueError("must not contain control characters (a DICOM AE title)")
+    return title
+
+
+AeTitle = Annotated[str, AfterValidator(_ae_title)]
+
+
+class DicomSettings(Section):
+    """XNAT's DICOM C-STORE receiver, for drops with `transport = "dicom"` (see `xnatdrop.dimse`).
+
+    The defaults are those of a stock XNAT receiver and of the site's instructions: AE title
+    XNAT on port 8104, calling and called title both XNAT (reference xnat-rest.md §9).
+    """
+
+    host: str | None = Field(
+        None,
+        min_length=1,
+        description="Host name or address of the receiver; default: the host of xnat.url.",
+    )
+    port: int = Field(8104, ge=1, le=65535, description="TCP port of the receiver.")
+    called_aet: AeTitle = Field(
+        "XNAT", description="The receiver's AE title (XNAT routes by it; stock XNAT: XNAT)."
+    )
+    calling_aet: AeTitle = Field(
+        "XNAT", description="Our AE title, as the receiver must know it (site instructions: XNAT)."
+    )
+    connect_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest wait for the TCP connection to the receiver."
+    )
+    acse_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest wait for the receiver to accept or release an association."
+    )
+    dimse_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Longest wait for the answer to one C-STORE or C-ECHO. XNAT files (and may "
+        "anonymise) each instance before it answers, so allow for a busy server.",
+    )
+    network_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest silence on an open connection before it is dropped."
+    )
+    max_pdu: int = Field(
+        16382,
+        ge=0,
+        description="Largest PDU we accept from the receiver, in bytes (0: no limit). What we "
+        "send is cut to the receiver's own limit, which it states when it accepts.",
+    )
+    attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Tries per instance the receiver fails, and per lost association, before the "
+        "push stops and is retried later (or the drop is quarantined, if retrying cannot help).",
+    )
+    retry_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Wait before the first retry inside a push; it doubles with each further one.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, value: str | None) -> str | None:
+        # An IPv6 address has several colons; one colon means a port was given here.
+        if value is not None and ("/" in value or value.count(":") == 1 or value != value.strip()):
+            raise ValueError(
+                "must be a host name or address only (no scheme, port or path; the port is "
+                "dicom.port)"
+            )
+        return value
+
+
 class Config(BaseModel):
     """The whole file. `source` records where it came from, for messages."""
 
@@ -436,6 +521,15 @@ class Config(BaseModel):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     push: PushSettings = Field(default_factory=PushSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+
+    @model_validator(mode="after")
+    def _dicom_host(self) -> Config:
+        """Without `dicom.host`, the receiver is on the XNAT server itself (stock XNAT)."""
+        if self.dicom.host is not None:
+            return self
+        host = urllib.parse.urlsplit(self.xnat.url).hostname or "127.0.0.1"
+        return self.model_copy(update={"dicom": self.dicom.model_copy(update={"host": host})})
 
     @model_validator(mode="after")
     def _logical(self) -> Config:
