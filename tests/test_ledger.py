@@ -36,8 +36,10 @@ def test_state_files_are_private_and_wal(tmp_path: Path) -> None:
         mode = book._conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    for path in state.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in state.rglob("*"):
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    assert {p.name for p in state.iterdir() if p.is_dir()} == set(ledger.PRIVATE_FOLDERS)
 
 
 def test_the_happy_path_visits_every_state_in_order(book: ledger.Ledger) -> None:

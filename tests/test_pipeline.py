@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -203,9 +204,11 @@ def test_refused_login_stops_without_retrying(tmp_path: Path, server: Sandbox) -
 
 def test_second_process_on_the_same_drop_is_busy(tmp_path: Path, settings: config.Config) -> None:
     folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
-    with pipeline._drop_lock(settings.paths.state, PROJECT, LABEL) as locked:
-        assert locked
-        assert push(settings, folder).kind == "busy"
+    with pipeline._drop_lock(settings.paths.state, PROJECT, LABEL) as holder:
+        assert holder is None  # we hold it
+        outcome = push(settings, folder)
+    assert outcome.kind == "busy"
+    assert f"xnatdrop push (pid {os.getpid()})" in outcome.message  # who holds it
     assert folder.is_dir()
 
 

@@ -74,7 +74,6 @@ import contextlib
 import dataclasses
 import datetime
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -90,7 +89,7 @@ from pathlib import Path
 from typing import Any
 
 from xnatdrop import ledger as ledger_module
-from xnatdrop import pack, quarantine, receipt, rules
+from xnatdrop import locks, pack, quarantine, receipt, rules
 from xnatdrop.config import Config, DropSettings
 from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
 
@@ -194,10 +193,10 @@ def process(
     if drop_settings is None:
         raise ValueError(f"{drop_folder} is not inside a configured drop root")
     label = drop_folder.name
-    with _drop_lock(config.paths.state, drop_settings.project, label) as locked:
-        if not locked:
-            log.info("%s: another xnatdrop process is working on it", label)
-            return Outcome("busy", label, message="another xnatdrop process holds this drop")
+    with _drop_lock(config.paths.state, drop_settings.project, label) as holder:
+        if holder is not None:
+            log.info("%s: %s is working on it", label, holder)
+            return Outcome("busy", label, message=f"{holder} is working on this drop now")
         drop = book.active(drop_settings.project, label)
         if drop is None:
             if not drop_folder.is_dir():
@@ -217,20 +216,24 @@ def process(
 
 
 @contextlib.contextmanager
-def _drop_lock(state: Path, project: str, label: str) -> Iterator[bool]:
-    """An exclusive flock per drop; the kernel drops it when the process dies, even by kill -9."""
-    folder = state / "locks"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(folder / f"{project}__{label}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+def _drop_lock(state: Path, project: str, label: str) -> Iterator[str | None]:
+    """An exclusive flock per drop; the kernel drops it when the process dies, even by kill -9.
+
+    Yields None when this process holds it, else who does ("xnatdrop run (pid 4711)"): the
+    lock file names its holder, so `push` can say that the daemon is on it.
+    """
+    folder = ledger_module.private_dir(state / "locks")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+        lock = locks.Lock.acquire(
+            folder / f"{project}__{label}.lock", locks.me(state, locks.this_command(state))
+        )
+    except locks.Held as held:
+        yield held.owner.describe()
+        return
+    try:
+        yield None
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
