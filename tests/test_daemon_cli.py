@@ -7,6 +7,7 @@ quarantined folder are real files made by the real modules.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from push_helpers import PROJECT, start_sandbox, write_config
-from xnatdrop import cli, config, daemon, ledger, quarantine
+from xnatdrop import cli, config, daemon, ledger, locks, quarantine
 from xnatdrop.sandbox.server import Sandbox
 
 
@@ -57,34 +58,56 @@ def test_status_reports_ledger_and_live_view(
     with ledger.Ledger(settings.paths.state) as book:
         drop = book.register(PROJECT, "SPN01_0001", tmp_path / "drop" / "SPN01_0001", Path(""))
         book.fail(drop, "freeze", "TRANSIENT", "XNAT unreachable", time.time() + 60)
-    live = {"pid": 1, "updated": time.time(), "status": "1 settling", "paused_roots": []}
+    live = {"pid": os.getpid(), "updated": time.time(), "status": "1 settling"}
     (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+    lock = locks.acquire_state(settings.paths.state)  # what a running daemon holds
+    try:
+        assert cli.main(["status", "--config", str(config_path), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["drops"] == {"new": 1}
+        assert report["places"]["unfinished"] == 1
+        assert report["oldest_pending"]["label"] == "SPN01_0001"
+        assert report["recent_failures"][0]["code"] == "TRANSIENT"
+        assert report["daemon"]["running"] is True and report["daemon"]["pid"] == os.getpid()
+        assert report["last_success"] is None
 
-    assert cli.main(["status", "--config", str(config_path), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["drops"] == {"new": 1}
-    assert report["oldest_pending"]["label"] == "SPN01_0001"
-    assert report["recent_failures"][0]["code"] == "TRANSIENT"
-    assert report["daemon"]["running"] is True
-    assert report["last_success"] is None
+        live.update(paused_reasons={str(tmp_path / "drop"): "the drop root does not exist"})
+        (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+        assert cli.main(["status", "--config", str(config_path)]) == 1
+        text = capsys.readouterr().out
+        assert "ATTENTION: drop root paused" in text and "does not exist" in text
+        assert "SPN01_0001" in text
+    finally:
+        lock.release()
 
-    live.update(paused_roots=[str(tmp_path / "drop")])
-    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+
+def test_status_reads_a_daemon_without_its_lock_as_stopped_at_once(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The status file was written a second ago, but no process holds the state lock (the
+    daemon crashed or was stopped): status says so now, not after a 300 s guess."""
+    settings = config.load(config_path)
+    settings.paths.state.mkdir(parents=True, exist_ok=True)
+    fresh = {"pid": 1, "updated": time.time() - 1, "status": "x", "paused_roots": []}
+    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(fresh), encoding="utf-8")
     assert cli.main(["status", "--config", str(config_path)]) == 1
-    text = capsys.readouterr().out
-    assert "ATTENTION: drop root paused" in text and "SPN01_0001" in text
+    out = capsys.readouterr().out
+    assert "NOT RUNNING" in out and "ATTENTION: the daemon is not running" in out
+    assert not (settings.paths.state / ledger.FILENAME).exists()  # status never creates one
 
 
-def test_status_when_the_daemon_is_gone(
+def test_status_calls_a_locked_daemon_that_stopped_scanning_stuck(
     config_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = config.load(config_path)
-    settings.paths.state.mkdir(parents=True, exist_ok=True)
-    stale = {"pid": 1, "updated": time.time() - 3600, "status": "x", "paused_roots": []}
-    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(stale), encoding="utf-8")
-    assert cli.main(["status", "--config", str(config_path)]) == 1
-    assert "NOT RUNNING" in capsys.readouterr().out
-    assert not (settings.paths.state / ledger.FILENAME).exists()  # status never creates one
+    lock = locks.acquire_state(settings.paths.state)
+    try:
+        old = {"pid": os.getpid(), "updated": time.time() - 3600, "status": "x"}
+        (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(old), encoding="utf-8")
+        assert cli.main(["status", "--config", str(config_path)]) == 1
+        assert "has not finished a scan since" in capsys.readouterr().out
+    finally:
+        lock.release()
 
 
 def test_requeue_moves_the_folder_back_and_keeps_the_reason(

@@ -248,6 +248,8 @@ class Daemon:
             self.window,
             self.settings.schedule.max_concurrent_pushes,
         )
+        # Claimed before READY=1, so that a second daemon started after us never wins a root.
+        self._claim_roots()
         now = dt.datetime.now()
         self.scheduler.add_job(
             self._scan_job, "interval", seconds=self.poll, id="scan", next_run_time=now
@@ -596,6 +598,7 @@ class Daemon:
             "paused_roots": sorted(paused),
             "paused_reasons": paused,
             "waiting": [list(item) for item in self.watcher.waiting()[:50]],
+            "troubles": [list(item) for item in self.watcher.troubles()[:50]],
             "pushing": sorted(self.pushes),
             "window": str(self.window),
             "window_open": window,

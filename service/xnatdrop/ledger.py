@@ -285,9 +285,20 @@ class Ledger:
     several processes may open the same file, SQLite's locking and `busy_timeout` serialise them.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, readonly: bool = False) -> None:
+        """Open (and create, unless `readonly`) the ledger of a state folder.
+
+        `readonly` is for `xnatdrop status`: it changes nothing, not even the schema, so it
+        works on a full or read-only state file system; a ledger without tables reads as empty.
+        """
         self.state = state_dir
         self.path = state_dir / FILENAME
+        if readonly:
+            uri = f"{self.path.absolute().as_uri()}?mode=ro"
+            with state_errors(state_dir):
+                self._conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            return
         with state_errors(state_dir):
             _secure_dir(state_dir)
             for sub in PRIVATE_FOLDERS:
@@ -563,6 +574,11 @@ class Ledger:
             if key is not None and count >= minimum:
                 streaks.append(Streak(drop, count, key[0], str(key[1]), message))
         return streaks
+
+    def in_state(self, state: str) -> list[Drop]:
+        """Every drop in `state`, oldest first."""
+        rows = self._conn.execute("SELECT id FROM drops WHERE state = ? ORDER BY id", (state,))
+        return [self.get(r["id"]) for r in rows]
 
     def unfinished(self) -> list[Drop]:
         """Every drop not in a final state, oldest first, due or not."""

@@ -504,15 +504,24 @@ class Watcher:
         root.held = reason
 
     def waiting(self) -> list[tuple[str, str]]:
-        """(name, reason) of folders that are not settling normally: told to wait, or unreadable,
-        or named so that they are never uploaded; for `xnatdrop status`."""
+        """(name, reason) of folders told to wait (still copying, a transient failure): for
+        `xnatdrop status`, which explains each wait in one line."""
+        return [
+            (f.name, f.reason)
+            for root in self.roots.values()
+            for f in root.folders.values()
+            if f.state is State.WAITING
+        ]
+
+    def troubles(self) -> list[tuple[str, str]]:
+        """(name, reason) of folders that wait for a person: unreadable, or named so that they
+        can never be uploaded."""
         found = []
         for root in self.roots.values():
             found += [
                 (shown_name(n), "its name is not valid UTF-8") for n in sorted(root.bad_names)
             ]
             found += sorted(root.unreadable.items())
-            found += [(f.name, f.reason) for f in root.folders.values() if f.state is State.WAITING]
         return found
 
     def hand_over(self, folder: Folder) -> None:
