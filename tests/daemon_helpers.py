@@ -139,8 +139,6 @@ def imports(sandbox: Sandbox) -> int:
     return sum(n for key, n in sandbox.requests.items() if "/services/import" in key)
 
 
-
-
 def xnatdrop(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Any:
     """Run one `xnatdrop` command as its own process; return the CompletedProcess."""
     return subprocess.run(

@@ -298,9 +298,7 @@ def test_restart_after_a_refused_password_retries_held_drops_at_once(
     second = start(daemons, config_path, tmp_path)
     wait_for(lambda: done_labels(tmp_path) == ["SPN01_0008"], timeout=60, what=second.log())
     assert second.stop() == 0
-    assert "1 drop(s) held after XNAT refused our credentials are tried again now" in (
-        second.log()
-    )
+    assert "1 drop(s) held after XNAT refused our credentials are tried again now" in (second.log())
     assert_archived_once(load(config_path), "SPN01_0008", original, dicom_count=21)
 
 

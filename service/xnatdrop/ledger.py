@@ -240,14 +240,14 @@ def _secure_dir(path: Path) -> None:
 def private_dir(path: Path) -> Path:
     """Create `path` and every missing parent 0700 (mkdir's `parents=True` would give the parents
     the umask's mode, 0755, and the spool holds file lists of sessions)."""
-    missing = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
+    missing, parent = [], path
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
     for folder in reversed(missing):
         with contextlib.suppress(FileExistsError):
             folder.mkdir(mode=0o700)
-    return missing[0] if missing else path
+    return path
 
 
 # SQLite's primary result codes that mean "the state cannot be written" rather than a bug:
@@ -384,8 +384,7 @@ class Ledger:
     def active(self, project: str, label: str) -> Drop | None:
         """The unfinished drop for this label, if any (there is at most one)."""
         row = self._conn.execute(
-            "SELECT id FROM drops WHERE project = ? AND label = ? "
-            f"AND {_UNFINISHED}",
+            f"SELECT id FROM drops WHERE project = ? AND label = ? AND {_UNFINISHED}",
             (project, label),
         ).fetchone()
         return None if row is None else self.get(row["id"])
@@ -602,8 +601,7 @@ class Ledger:
         """Unfinished drops whose next attempt is due at `now`, oldest first."""
         now = time.time() if now is None else now
         rows = self._conn.execute(
-            f"SELECT id FROM drops WHERE {_UNFINISHED} "
-            "AND next_attempt <= ? ORDER BY created, id",
+            f"SELECT id FROM drops WHERE {_UNFINISHED} AND next_attempt <= ? ORDER BY created, id",
             (now,),
         )
         return [self.get(r["id"]) for r in rows]

@@ -180,7 +180,7 @@ def me(state: Path, command: str) -> Owner:
 
 
 def this_command(state: Path) -> str:
-    """"run" in the daemon that holds this state folder's lock, "push" anywhere else."""
+    """ "run" in the daemon that holds this state folder's lock, "push" anywhere else."""
     return "run" if read_owner(state / STATE_LOCK).pid == os.getpid() else "push"
 
 

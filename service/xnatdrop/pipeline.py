@@ -79,6 +79,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -417,11 +418,13 @@ def _freeze(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
 def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     """Run the rules; store what later steps need; a block finding quarantines."""
     work = Path(drop.work)
+    _set_aside_reason_files(run, drop, work)
     facts = _check_facts(work, run.config, run.drop_settings)
     facts["subject_fields"] = _subject_fields(run, work, facts)
     spool = run.spool(drop)
-    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    receipt.write_atomic(spool / CHECK_NAME, json.dumps(facts, indent=1))
+    with ledger_module.state_errors(run.config.paths.state):  # a full state disk: wait, alert
+        ledger_module.private_dir(spool)
+        receipt.write_atomic(spool / CHECK_NAME, json.dumps(facts, indent=1), private=True)
     if not facts["ok"]:
         blocks = [f for f in facts["findings"] if f["action"] == "block"]
         _still_copying(run, work, blocks)
@@ -439,7 +442,34 @@ def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     return {}, summary
 
 
-COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM"})
+def _set_aside_reason_files(run: _Run, drop: ledger_module.Drop, work: Path) -> None:
+    """Move our own QUARANTINE.txt/.json of an earlier quarantine out of a resubmitted folder.
+
+    They are not the technologist's data: they would otherwise travel into done/ beside the
+    receipt and contradict it. They are kept under `<state>/requeued/<label>__drop<id>/`.
+    """
+    found = rules.own_reason_files(work)
+    if not found:
+        return
+    kept = ledger_module.private_dir(
+        run.config.paths.state / "requeued" / f"{drop.label}__drop{drop.id}"
+    )
+    for path in found:
+        target = kept / path.name
+        shutil.copyfile(path, target)
+        os.chmod(target, 0o600)
+        path.unlink()
+    log.info(
+        "%s: our reason files from an earlier quarantine (%s) moved aside to %s",
+        drop.label,
+        ", ".join(p.name for p in found),
+        kept,
+    )
+
+
+# Findings that mean "the copy is not finished yet": held back (thawed) until
+# settle.max_wait_seconds after the files last changed, then quarantined.
+COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM", "INCOMPLETE_SERIES"})
 
 
 def _still_copying(run: _Run, work: Path, blocks: list[dict[str, Any]]) -> None:
@@ -540,13 +570,30 @@ def _subject_file(path: Path, name: str) -> dict[str, str]:
             )
         fields["handedness"] = HANDEDNESS[str(data["handedness"]).lower()]
     if "dob" in data:
-        if not isinstance(data["dob"], datetime.date):
-            raise PermanentError("SUBJECT_FILE_INVALID", f"{name}: dob must be a date", fix)
-        fields["dob"] = data["dob"].isoformat()
+        dob = data["dob"]
+        # TOML gives a date-time for 1990-04-01T10:00:00, a subclass of date: refuse it, XNAT
+        # keeps a date of birth as a date.
+        if type(dob) is not datetime.date:
+            raise PermanentError(
+                "SUBJECT_FILE_INVALID",
+                f"{name}: dob must be a date like 1990-04-01 (no time, no quotes)",
+                fix,
+            )
+        if not datetime.date(1900, 1, 1) <= dob <= datetime.date.today():
+            raise PermanentError(
+                "SUBJECT_FILE_INVALID",
+                f"{name}: dob {dob.isoformat()} is in the future or before 1900",
+                fix,
+            )
+        fields["dob"] = dob.isoformat()
     elif "yob" in data:
         year = data["yob"]
-        if not isinstance(year, int) or not 1900 <= year <= datetime.date.today().year:
-            raise PermanentError("SUBJECT_FILE_INVALID", f"{name}: yob must be a year", fix)
+        if type(year) is not int or not 1900 <= year <= datetime.date.today().year:
+            raise PermanentError(
+                "SUBJECT_FILE_INVALID",
+                f"{name}: yob must be a year from 1900 to this year, like 1990",
+                fix,
+            )
         fields["yob"] = str(year)
     return fields
 
@@ -910,8 +957,12 @@ def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         args = (run.project, session.subject, session.label, name)
         missing = _missing(name, local, client.resource_files(*args))
         if missing:
-            bundle = run.spool(drop) / f"{name}.zip"
-            with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            bundle = ledger_module.private_dir(run.spool(drop)) / f"{name}.zip"
+            descriptor = os.open(bundle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with (
+                os.fdopen(descriptor, "wb") as handle,
+                zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+            ):
                 for path in missing:
                     archive.write(work / relative / path, path)
             client.create_resource(*args)
@@ -1043,8 +1094,8 @@ def _quarantine(run: _Run, drop: ledger_module.Drop, failure: PermanentError) ->
         "drop_root": str(run.drop_settings.path),
         "time": receipt.now_text(),
     }
-    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1))
+    ledger_module.private_dir(spool)
+    receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1), private=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = drop.target or _free_target(run.config.paths.quarantine / f"{drop.label}__{stamp}")
     drop = run.book.begin(

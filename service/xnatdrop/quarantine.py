@@ -27,10 +27,13 @@ RESUBMIT = (
 )
 
 
+TEXT_START = "xnatdrop did NOT archive "  # how `rules` recognises our own QUARANTINE.txt
+
+
 def render_text(reason: dict[str, Any]) -> str:
     """The technologist's note: what, which files, how to fix, how to resubmit."""
     lines = [
-        f"xnatdrop did NOT archive {reason['label']} (project {reason['project']}).",
+        f"{TEXT_START}{reason['label']} (project {reason['project']}).",
         "",
         f"What is wrong: {reason['message']}",
     ]

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from xnatdrop import config as config_module
+from xnatdrop import names
 
 log = logging.getLogger(__name__)
 
@@ -120,20 +121,6 @@ def matches_any(name: str, patterns: Iterable[str]) -> bool:
     """Case-insensitive fnmatch: SMB shares do not keep case apart, so neither do we."""
     lowered = name.lower()
     return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
-
-
-def valid_name(name: str) -> bool:
-    """False for a file name that is not valid UTF-8 (it arrived as surrogate escapes)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def shown_name(name: str) -> str:
-    """A name fit for a log line or a reason file: bytes that are not UTF-8 shown as \\xNN."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def fingerprint(folder: Path, settle: config_module.SettleSettings) -> Fingerprint:
@@ -254,7 +241,7 @@ class Watcher:
             info = root.path.stat()
             if not root.path.is_dir():
                 raise NotADirectoryError(f"{root.path} is not a folder")
-            names = self._list(root)
+            listed = self._list(root)
         except FileNotFoundError:
             self._pause(root, "the drop root does not exist (share not mounted, or renamed?)")
             return
@@ -267,7 +254,7 @@ class Watcher:
             )
             return
         expected = [f for f in root.folders.values() if f.state is not State.HANDED_OVER]
-        if not names and expected:
+        if not listed and expected:
             self._pause(
                 root,
                 f"the drop root reads empty while {len(expected)} folder(s) "
@@ -276,15 +263,15 @@ class Watcher:
             return
         if root.paused:
             log.warning(
-                "%s: drop root readable again; resuming (%d folders)", root.path, len(names)
+                "%s: drop root readable again; resuming (%d folders)", root.path, len(listed)
             )
             root.paused = None
         root.device = info.st_dev
         now = self.clock()
         for name in list(root.folders):
-            if name not in names:
+            if name not in listed:
                 self._vanished(root, root.folders.pop(name))
-        for name in names:
+        for name in listed:
             folder = root.folders.get(name)
             if folder is None:
                 folder = root.folders[name] = Folder(root.path / name, root.path, now)
@@ -298,17 +285,17 @@ class Watcher:
 
     def _list(self, root: Root) -> set[str]:
         """Names of the subject folders at the top of a root; loose files are reported once."""
-        names: set[str] = set()
+        listed: set[str] = set()
         loose: set[str] = set()
         bad: set[str] = set()
         with os.scandir(root.path) as iterator:
             for entry in iterator:
                 if entry.name.startswith("."):
                     continue  # .snapshot, .DS_Store, our own hidden files
-                if not valid_name(entry.name):
+                if not names.valid(entry.name):
                     bad.add(entry.name)
                 elif entry.is_dir(follow_symlinks=False):
-                    names.add(entry.name)
+                    listed.add(entry.name)
                 else:
                     loose.add(entry.name)
         for name in sorted(bad - root.bad_names):
@@ -317,7 +304,7 @@ class Watcher:
                 "with another character set?); it is not uploaded: rename it using letters, "
                 "digits, '_' and '-' only",
                 root.path,
-                shown_name(name),
+                names.shown(name),
             )
         root.bad_names = bad
         for name in sorted(loose - root.loose_files):
@@ -328,7 +315,7 @@ class Watcher:
                 name,
             )
         root.loose_files = loose
-        return names
+        return listed
 
     def _pause(self, root: Root, reason: str) -> None:
         if root.paused is None:
@@ -393,7 +380,7 @@ class Watcher:
         """Note that a folder cannot be looked at; alert once per distinct reason, no traceback."""
         if isinstance(error, OSError):
             where = error.filename or folder.path
-            why = f"cannot read {shown_name(str(where))} ({error.strerror or error})"
+            why = f"cannot read {names.shown(str(where))} ({error.strerror or error})"
         else:
             why = f"cannot be looked at ({error})"
         folder.reason = why
@@ -519,7 +506,7 @@ class Watcher:
         found = []
         for root in self.roots.values():
             found += [
-                (shown_name(n), "its name is not valid UTF-8") for n in sorted(root.bad_names)
+                (names.shown(n), "its name is not valid UTF-8") for n in sorted(root.bad_names)
             ]
             found += sorted(root.unreadable.items())
         return found
