@@ -9,6 +9,7 @@ BSD-2-Clause; see its README.md in ../shared/dicom) copied into tmp_path.
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
 import stat
 import threading
@@ -17,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import DaemonProcess, done_labels, imports, settle_config, start, wait_for
+from daemon_helpers import (
+    DaemonProcess,
+    done_labels,
+    imports,
+    settle_config,
+    start,
+    wait_for,
+    xnatdrop,
+)
 from push_helpers import (
     EXAM,
     MEDIUM,
@@ -83,6 +92,15 @@ def test_a_copy_paused_half_way_is_held_then_archived_whole(
     rest = copy_in_name_order(sources, target, 46)  # localizer (21) and 25 of the fMRI's 50
 
     wait_for(lambda: "still being copied" in daemon.log(), what=daemon.log())
+    status: list[str] = []
+
+    def explains_the_wait() -> bool:
+        status[:] = [xnatdrop("status", "--config", str(config_path)).stdout]
+        return f"waiting:       {LABEL}: INCOMPLETE: still being copied (INCOMPLETE_SERIES" in (
+            status[0]
+        )
+
+    wait_for(explains_the_wait, what=str(status))
     pause = threading.Event()
     pause.wait(5)  # the copy's own pause, long past quiet_seconds (not a wait for the daemon)
     assert imports(server) == 0 and done_labels(tmp_path) == []
@@ -235,3 +253,24 @@ def test_everything_written_under_the_state_folder_is_private(
     files = {p.as_posix() for p in assert_private(settings.paths.state)}
     assert {"spool/1/check.json", "spool/1/plan.json", "spool/2/behav.zip"} <= files
     assert "ledger.sqlite3" in files and "locks/SPN01__SPN01_0104.lock" in files
+
+
+@pytest.mark.parametrize("where", ["01_3_Plane_Localizer_FF", "behav"])
+def test_a_latin1_file_name_is_quarantined_before_anything_is_sent(
+    tmp_path: Path, server: Sandbox, where: str
+) -> None:
+    """A file name that is not UTF-8 in a series folder (the drop was never sent, retried as
+    INTERNAL) or in a sidecar (archived, then stuck at attach). Result now: quarantined at the
+    check, before any upload, with the file named (bytes escaped) in QUARANTINE.txt/.json."""
+    settings = load(write_config(tmp_path, server.url))
+    folder = stage(tmp_path / "drop", LABEL)
+    with open(os.path.join(os.fsencode(folder / where), b"Mu\xf1oz.txt"), "wb") as handle:
+        handle.write(b"latin-1 name\n")
+    outcome = push(settings, folder)
+    assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
+    assert outcome.path is not None
+    text = (outcome.path / quarantine.TEXT_NAME).read_text(encoding="utf-8")
+    assert f"{where}/Mu\\xf1oz.txt: file name Mu\\xf1oz.txt is not valid UTF-8" in text
+    assert "rule: BAD_NAME" in text
+    assert os.path.exists(os.path.join(os.fsencode(outcome.path / where), b"Mu\xf1oz.txt"))
+    assert imports(server) == 0

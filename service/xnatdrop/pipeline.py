@@ -473,11 +473,13 @@ COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM", "INCOMPLETE_SERIES"}
 
 
 def _still_copying(run: _Run, work: Path, blocks: list[dict[str, Any]]) -> None:
-    """Raise _Incomplete if every block is a cut-short file written within the settle limit.
+    """Raise _Incomplete if every block says "not copied yet" and the copy is recent.
 
-    A copy still running when the folder looked settled leaves empty or truncated files. Their
-    change time (set when the copy wrote them; a rename of the folder does not touch it) tells
-    a copy in progress from one that died long ago, which is quarantined.
+    A copy still running, or paused for longer than `settle.quiet_seconds`, when the folder
+    looked settled leaves empty or truncated files, or series that visibly lack files
+    (INCOMPLETE_SERIES). The change time of those files (set when the copy wrote them; a rename
+    of the folder does not touch it) tells a copy in progress from one that died long ago,
+    which is quarantined once `settle.max_wait_seconds` have passed.
     """
     if not blocks or any(f["code"] not in COPYING_CODES for f in blocks):
         return
@@ -485,7 +487,12 @@ def _still_copying(run: _Run, work: Path, blocks: list[dict[str, Any]]) -> None:
     newest = max((p.stat().st_ctime for p in paths if p.exists()), default=0.0)
     age = time.time() - newest
     if age < run.config.settle.max_wait_seconds:
-        raise _Incomplete(f"{len(paths)} file(s) still being copied ({age:.0f} s ago)")
+        codes = ", ".join(sorted({f["code"] for f in blocks}))
+        raise _Incomplete(
+            f"still being copied ({codes} in {len(blocks)} place(s); the newest file came "
+            f"{age:.0f} s ago); it is checked again once it settles, and quarantined if it "
+            f"is still incomplete {run.config.settle.max_wait_seconds:.0f} s after that file"
+        )
 
 
 def _thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:

@@ -82,6 +82,7 @@ class Folder:
     not_before: float = 0.0
     alerted_slow: bool = False
     reason: str = "first seen"
+    note: str = ""  # why it was sent back to wait (`look_again`), until it is handed over again
 
     @property
     def name(self) -> str:
@@ -494,10 +495,10 @@ class Watcher:
         """(name, reason) of folders told to wait (still copying, a transient failure): for
         `xnatdrop status`, which explains each wait in one line."""
         return [
-            (f.name, f.reason)
+            (f.name, f.note)
             for root in self.roots.values()
             for f in root.folders.values()
-            if f.state is State.WAITING
+            if f.note and f.state is not State.HANDED_OVER
         ]
 
     def troubles(self) -> list[tuple[str, str]]:
@@ -514,6 +515,7 @@ class Watcher:
     def hand_over(self, folder: Folder) -> None:
         """The pipeline owns this folder now; the watcher stops deciding about it."""
         folder.state = State.HANDED_OVER
+        folder.note = ""
 
     def look_again(self, folder: Folder, after_seconds: float, reason: str) -> None:
         """Settle the folder afresh no sooner than `after_seconds` from now.
@@ -525,7 +527,7 @@ class Watcher:
         folder.not_before = self.clock() + after_seconds
         folder.fingerprint = None
         folder.observations = 0
-        folder.reason = reason
+        folder.reason = folder.note = reason
         log.info("%s: looking again in %.0f s (%s)", folder.name, after_seconds, reason)
 
     def age(self, folder: Folder) -> float:
