@@ -363,3 +363,35 @@ def test_a_folder_named_in_latin1_waits_for_a_person_and_the_others_go_on(
     assert recorder.calls == ["SPN01_0001"]
     live = json.loads((settings.paths.state / daemon.STATUS_FILE).read_text(encoding="utf-8"))
     assert live["troubles"] == [["Mu\\xf1oz", "its name is not valid UTF-8"]]
+
+
+def test_the_same_traceback_is_logged_once_then_only_its_line() -> None:
+    """A drop hitting the same unexpected error on every attempt: the first record keeps its
+    traceback, the repeats keep one line that names the error."""
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("xnatdrop.test-repeats")
+    logger.addHandler(handler)
+    logger.propagate = False
+    handler.addFilter(daemon.RepeatedTracebacks())
+    try:
+        for _ in range(3):
+            try:
+                raise OSError(5, "Input/output error")
+            except OSError:
+                logger.exception("SPN01_0001: unexpected error in step %s", "pack")
+        try:
+            raise ValueError("another")
+        except ValueError:
+            logger.exception("SPN01_0001: unexpected error in step %s", "pack")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    text = stream.getvalue()
+    assert text.count("Traceback") == 2  # the OSError once, the ValueError once
+    assert text.count(
+        "SPN01_0001: unexpected error in step pack (OSError: [Errno 5] Input/output error; the "
+        "same error as before, traceback not repeated)"
+    ) == 2

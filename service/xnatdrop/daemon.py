@@ -16,6 +16,15 @@ The ledger decides what to do; the daemon only triggers. Unfinished drops that a
 (`Ledger.pending`) are resumed first, then newly settled folders are handed over, oldest first.
 Pushes start only inside `schedule.upload_window`; one running when the window closes finishes.
 
+One daemon per state folder: `run` takes the state lock before anything else (`locks`), and
+the lock of each drop root before READY=1 (a root that appears later, on the scan that sees
+it). A root another configuration holds is held back in the watcher with one alert. When the
+state folder cannot be written (full, read-only), every push is held and the daemon tries again
+with backoff (5 s doubling to 10 min), alerting once; it never exits or restarts for it. After a
+restart, drops held because XNAT refused our login are due at once: a restart is how the
+operator says the password is fixed. A drop failing the same way REPEATED_FAILURES times in a
+row is reported once; the same traceback is logged once an hour at most.
+
 Shutdown follows uvicorn's order: on SIGTERM or SIGINT send `STOPPING=1`, stop intake (no scan,
 no new push), let running pushes reach a checkpoint (they see `stopping` between steps) within
 `schedule.stop_timeout_seconds`, log what was cut short, exit 0. A second SIGINT skips the wait.
@@ -124,6 +133,50 @@ def _clock_time(text: str) -> dt.time:
     return dt.time(0, 0) if hours == 24 else dt.time(hours, minutes)
 
 
+class RepeatedTracebacks(logging.Filter):
+    """Let each distinct traceback through once an hour; repeats keep their line, not the trace.
+
+    An unexpected error keeps its traceback, because it is a bug (STYLE.md): once. A drop that
+    hits the same bug on every attempt once filled the journal with the same 40 lines each
+    scan. Records are the same when logger, message and exception (type and text) match.
+    """
+
+    def __init__(self, every: float = 3600.0) -> None:
+        super().__init__()
+        self.every = every
+        self.seen: dict[tuple[str, str, str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        error = record.exc_info[1]
+        key = (record.name, record.getMessage(), type(error).__name__, str(error))
+        now = time.monotonic()
+        first = self.seen.get(key)
+        if first is None or now - first >= self.every:
+            self.seen[key] = now
+            return True
+        record.msg = f"{record.getMessage()} ({type(error).__name__}: {error}; the same "
+        record.msg += "error as before, traceback not repeated)"
+        record.args = None
+        record.exc_info = record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def quiet_repeats(logger: logging.Logger) -> Iterator[None]:
+    """Install `RepeatedTracebacks` on the handlers of `logger` for the daemon's life."""
+    repeats = RepeatedTracebacks()
+    handlers = list(logger.handlers)
+    for handler in handlers:
+        handler.addFilter(repeats)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(repeats)
+
+
 @contextlib.contextmanager
 def capture_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
     """Install `handler` for SIGINT and SIGTERM, and put the previous handlers back after.
@@ -194,7 +247,7 @@ class Daemon:
         """
         self.state_lock = locks.acquire_state(self.settings.paths.state)
         try:
-            with capture_signals(self.handle_exit):
+            with capture_signals(self.handle_exit), quiet_repeats(logging.getLogger("xnatdrop")):
                 self._start()
                 try:
                     self._main_loop()
