@@ -391,7 +391,10 @@ def test_the_same_traceback_is_logged_once_then_only_its_line() -> None:
         logger.propagate = True
     text = stream.getvalue()
     assert text.count("Traceback") == 2  # the OSError once, the ValueError once
-    assert text.count(
-        "SPN01_0001: unexpected error in step pack (OSError: [Errno 5] Input/output error; the "
-        "same error as before, traceback not repeated)"
-    ) == 2
+    assert (
+        text.count(
+            "SPN01_0001: unexpected error in step pack (OSError: [Errno 5] Input/output error; the "
+            "same error as before, traceback not repeated)"
+        )
+        == 2
+    )

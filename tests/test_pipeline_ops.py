@@ -96,8 +96,9 @@ def test_a_copy_paused_half_way_is_held_then_archived_whole(
 
     def explains_the_wait() -> bool:
         status[:] = [xnatdrop("status", "--config", str(config_path)).stdout]
-        return f"waiting:       {LABEL}: INCOMPLETE: still being copied (INCOMPLETE_SERIES" in (
-            status[0]
+        return (
+            f"waiting:       {LABEL}: INCOMPLETE: still being copied (INCOMPLETE_SERIES"
+            in (status[0])
         )
 
     wait_for(explains_the_wait, what=str(status))

@@ -328,6 +328,7 @@ class PushSettings(Section):
         "the watcher (and file browsers) skip it. A drop is frozen by renaming it there, which "
         "keeps it on the same file system; it also holds the drop root's lock file.",
     )
+
     @field_validator("work_folder")
     @classmethod
     def _hidden_name(cls, value: str) -> str:

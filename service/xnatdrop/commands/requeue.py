@@ -157,7 +157,6 @@ def handle(args: argparse.Namespace) -> int:
         return Exit.BLOCKED
     renamed = f" under the new label {target.name}" if args.new_label else ""
     print(
-        f"{args.name}: back in the drop folder{renamed} as {target}; it is pushed once it "
-        "settles"
+        f"{args.name}: back in the drop folder{renamed} as {target}; it is pushed once it settles"
     )
     return Exit.OK
