@@ -144,3 +144,65 @@ def test_installed_script_exit_codes(good: Path) -> None:
     assert blocked.returncode == 1 and "EMPTY_FILE" in blocked.stdout
     usage = subprocess.run([script, "check"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+def _config(tmp_path: Path, root: Path) -> Path:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        f'[[drop]]\npath = "{root}"\nproject = "SPN01"\nlabel_pattern = "SPN01_[0-9]{{4}}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_outside_a_drop_root_the_label_rule_comes_from_the_named_project(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder on a USB stick, named against the site's pattern. Without a project, check
+    used to say "would upload" and the daemon then quarantined it. Result now: without
+    --project the report says the label was NOT checked; with it, the pattern applies."""
+    stick = tmp_path / "usb" / "spn01-1"
+    shutil.copytree(good, stick)
+    site = _config(tmp_path, tmp_path / "drop")
+
+    assert cli.main(["check", str(stick), "--config", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert "label: NOT checked: " in out and "give --project P" in out
+
+    assert cli.main(["check", str(stick), "--config", str(site), "--project", "SPN01"]) == 1
+    out = capsys.readouterr().out
+    assert "LABEL_PATTERN" in out and "pattern: SPN01_[0-9]{4}" in out
+
+    assert cli.main(["check", str(good), "--config", str(site), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["label_checked"] is True and data["label_pattern"] == "SPN01_[0-9]{4}"
+
+    assert cli.main(["check", str(stick), "--config", str(site), "--project", "NOPE"]) == 2
+    assert "no drop root for project NOPE" in capsys.readouterr().err
+
+
+def test_a_drop_root_is_checked_folder_by_folder_never_inside_the_work_area(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check <drop root>` treated the whole share as one session and read inside
+    .xnatdrop-work. Result now: one verdict per subject folder; the work area is not read."""
+    root = good.parent
+    blocked = root / "SPN01_0002"
+    add_series(blocked, "fmri", GE_FMRI)
+    (blocked / "notes.txt").write_text("a loose file\n")
+    work = root / ".xnatdrop-work" / "7" / "SPN01_0003"
+    work.mkdir(parents=True)
+    shutil.copy(dataset("nibabel_formats") / "converted" / "anatomical.nii", work)
+    site = _config(tmp_path, root)
+
+    assert cli.main(["check", str(root), "--config", str(site)]) == 1
+    out = capsys.readouterr().out
+    assert "SPN01_0001: would upload — 2 series, 71 files" in out
+    assert "SPN01_0002: BLOCKED" in out and "LOOSE_FILE" in out
+    assert "anatomical.nii" not in out and "SPN01_0003" not in out
+    assert out.rstrip().endswith("verdict: 1 would upload, 1 blocked")
+
+    assert cli.main(["check", str(root), "--json"]) == 1  # found as a root by its work area
+    data = json.loads(capsys.readouterr().out)
+    assert [f["label"] for f in data["folders"]] == ["SPN01_0001", "SPN01_0002"]
+    assert data["folders"][0]["label_checked"] is False

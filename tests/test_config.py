@@ -195,3 +195,27 @@ def test_verify_checksums_still_loads_with_a_one_line_deprecation_warning(
 def test_anonymization_takes_site_or_prevent() -> None:
     with pytest.raises(ConfigError, match=r"at 'push.anonymization'"):
         config.parse({"push": {"anonymization": "off"}}, "test")
+
+
+@pytest.mark.parametrize(
+    "url", ["https://svc:S3cret-pw@xnat.example.org", "http://svc@127.0.0.1:8080/xnat"]
+)
+def test_credentials_in_the_url_are_refused_without_echoing_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """A password written into xnat.url was accepted and then leaked into logs, doctor's
+    output and receipts. Result now: the config check refuses it, says to use password_file,
+    and never repeats the URL."""
+    path = write(tmp_path, f'[xnat]\nurl = "{url}"\n')
+    assert cli.main(["config", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "at 'xnat.url': must not contain a user name or password" in err
+    assert "xnat.password_file" in err
+    assert "S3cret" not in err and "svc" not in err
+
+
+@pytest.mark.parametrize("name", ["xnatdrop-work", ".", "a/.b", ".x/y"])
+def test_the_work_folder_must_be_one_hidden_name(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, f'[push]\nwork_folder = "{name}"\n')
+    with pytest.raises(ConfigError, match=r"at 'push.work_folder': must be one folder name"):
+        config.load(path)

@@ -300,3 +300,101 @@ def test_second_sigint_forces_the_exit(tmp_path: Path) -> None:
     assert runner.stopping.is_set() and not runner.force
     runner.handle_exit(signal.SIGINT, None)
     assert runner.force
+
+
+def test_a_drop_failing_the_same_way_again_and_again_is_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A drop that fails at the same step with the same code on every attempt. Result: one
+    WARNING line when it has failed REPEATED_FAILURES times, none after (it keeps being
+    retried with backoff), and no traceback."""
+    from xnatdrop import ledger
+
+    settings = make_settings(tmp_path)
+    with ledger.Ledger(settings.paths.state) as book:
+        book.register("SPN01", "SPN01_0001", settings.drop[0].path / "SPN01_0001", Path(""))
+    attempts: list[int] = []
+
+    def failing(work: daemon.Work, stopping: threading.Event) -> daemon.Result:
+        assert work.drop is not None
+        with ledger.Ledger(settings.paths.state) as book:
+            book.fail(book.get(work.drop.id), "freeze", "INTERNAL", "OSError(5)", 0)
+        attempts.append(1)
+        return daemon.Result("transient", "INTERNAL: OSError(5)")
+
+    runner = daemon.Daemon(settings, failing)
+    with caplog.at_level(logging.INFO, logger="xnatdrop.daemon"):
+        assert run_with(runner, lambda: wait_for(lambda: len(attempts) >= 8)) == 0
+    warnings = [r.getMessage() for r in caplog.records if "times in a row" in r.getMessage()]
+    assert warnings == [
+        "SPN01_0001: failed 3 times in a row at freeze (INTERNAL: OSError(5)); it is retried "
+        "with backoff, but a person should look (xnatdrop status)"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_a_folder_named_in_latin1_waits_for_a_person_and_the_others_go_on(
+    tmp_path: Path,
+) -> None:
+    """A subject folder whose name is not UTF-8 beside a good one. Result: the good one is
+    pushed; the other is never handed over, and the status file names it (escaped) for
+    `xnatdrop status`, which then exits 1."""
+    import json
+
+    from xnatdrop.commands import status
+
+    settings = make_settings(tmp_path)
+    recorder = Recorder(settings)
+    runner = daemon.Daemon(settings, recorder)
+    drop_session(settings, "SPN01_0001")
+    bad = os.path.join(os.fsencode(settings.drop[0].path), b"Mu\xf1oz")
+    os.makedirs(os.path.join(bad, b"series1"))
+    with open(os.path.join(bad, b"series1", b"a.dcm"), "wb") as handle:
+        handle.write(b"DICM" * 10)
+
+    def scenario() -> None:
+        wait_for(lambda: recorder.calls == ["SPN01_0001"] and not runner.pushes)
+        scans = runner.scans
+        wait_for(lambda: runner.scans >= scans + 3)
+        report = status.collect(settings)
+        assert "Mu\\xf1oz: its name is not valid UTF-8" in status.needs_attention(report)
+
+    assert run_with(runner, scenario) == 0
+    assert recorder.calls == ["SPN01_0001"]
+    live = json.loads((settings.paths.state / daemon.STATUS_FILE).read_text(encoding="utf-8"))
+    assert live["troubles"] == [["Mu\\xf1oz", "its name is not valid UTF-8"]]
+
+
+def test_the_same_traceback_is_logged_once_then_only_its_line() -> None:
+    """A drop hitting the same unexpected error on every attempt: the first record keeps its
+    traceback, the repeats keep one line that names the error."""
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("xnatdrop.test-repeats")
+    logger.addHandler(handler)
+    logger.propagate = False
+    handler.addFilter(daemon.RepeatedTracebacks())
+    try:
+        for _ in range(3):
+            try:
+                raise OSError(5, "Input/output error")
+            except OSError:
+                logger.exception("SPN01_0001: unexpected error in step %s", "pack")
+        try:
+            raise ValueError("another")
+        except ValueError:
+            logger.exception("SPN01_0001: unexpected error in step %s", "pack")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    text = stream.getvalue()
+    assert text.count("Traceback") == 2  # the OSError once, the ValueError once
+    assert (
+        text.count(
+            "SPN01_0001: unexpected error in step pack (OSError: [Errno 5] Input/output error; the "
+            "same error as before, traceback not repeated)"
+        )
+        == 2
+    )

@@ -7,14 +7,15 @@ quarantined folder are real files made by the real modules.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from push_helpers import PROJECT, start_sandbox, write_config
-from xnatdrop import cli, config, daemon, ledger, quarantine, xnat
+from push_helpers import PROJECT, stage, start_sandbox, write_config
+from xnatdrop import cli, config, daemon, ledger, locks, quarantine, xnat
 from xnatdrop.sandbox.server import Sandbox
 
 
@@ -57,34 +58,56 @@ def test_status_reports_ledger_and_live_view(
     with ledger.Ledger(settings.paths.state) as book:
         drop = book.register(PROJECT, "SPN01_0001", tmp_path / "drop" / "SPN01_0001", Path(""))
         book.fail(drop, "freeze", "TRANSIENT", "XNAT unreachable", time.time() + 60)
-    live = {"pid": 1, "updated": time.time(), "status": "1 settling", "paused_roots": []}
+    live = {"pid": os.getpid(), "updated": time.time(), "status": "1 settling"}
     (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+    lock = locks.acquire_state(settings.paths.state)  # what a running daemon holds
+    try:
+        assert cli.main(["status", "--config", str(config_path), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["drops"] == {"new": 1}
+        assert report["places"]["unfinished"] == 1
+        assert report["oldest_pending"]["label"] == "SPN01_0001"
+        assert report["recent_failures"][0]["code"] == "TRANSIENT"
+        assert report["daemon"]["running"] is True and report["daemon"]["pid"] == os.getpid()
+        assert report["last_success"] is None
 
-    assert cli.main(["status", "--config", str(config_path), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["drops"] == {"new": 1}
-    assert report["oldest_pending"]["label"] == "SPN01_0001"
-    assert report["recent_failures"][0]["code"] == "TRANSIENT"
-    assert report["daemon"]["running"] is True
-    assert report["last_success"] is None
+        live.update(paused_reasons={str(tmp_path / "drop"): "the drop root does not exist"})
+        (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+        assert cli.main(["status", "--config", str(config_path)]) == 1
+        text = capsys.readouterr().out
+        assert "ATTENTION: drop root paused" in text and "does not exist" in text
+        assert "SPN01_0001" in text
+    finally:
+        lock.release()
 
-    live.update(paused_roots=[str(tmp_path / "drop")])
-    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+
+def test_status_reads_a_daemon_without_its_lock_as_stopped_at_once(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The status file was written a second ago, but no process holds the state lock (the
+    daemon crashed or was stopped): status says so now, not after a 300 s guess."""
+    settings = config.load(config_path)
+    settings.paths.state.mkdir(parents=True, exist_ok=True)
+    fresh = {"pid": 1, "updated": time.time() - 1, "status": "x", "paused_roots": []}
+    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(fresh), encoding="utf-8")
     assert cli.main(["status", "--config", str(config_path)]) == 1
-    text = capsys.readouterr().out
-    assert "ATTENTION: drop root paused" in text and "SPN01_0001" in text
+    out = capsys.readouterr().out
+    assert "NOT RUNNING" in out and "ATTENTION: the daemon is not running" in out
+    assert not (settings.paths.state / ledger.FILENAME).exists()  # status never creates one
 
 
-def test_status_when_the_daemon_is_gone(
+def test_status_calls_a_locked_daemon_that_stopped_scanning_stuck(
     config_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = config.load(config_path)
-    settings.paths.state.mkdir(parents=True, exist_ok=True)
-    stale = {"pid": 1, "updated": time.time() - 3600, "status": "x", "paused_roots": []}
-    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(stale), encoding="utf-8")
-    assert cli.main(["status", "--config", str(config_path)]) == 1
-    assert "NOT RUNNING" in capsys.readouterr().out
-    assert not (settings.paths.state / ledger.FILENAME).exists()  # status never creates one
+    lock = locks.acquire_state(settings.paths.state)
+    try:
+        old = {"pid": os.getpid(), "updated": time.time() - 3600, "status": "x"}
+        (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(old), encoding="utf-8")
+        assert cli.main(["status", "--config", str(config_path)]) == 1
+        assert "has not finished a scan since" in capsys.readouterr().out
+    finally:
+        lock.release()
 
 
 def test_requeue_moves_the_folder_back_and_keeps_the_reason(
@@ -253,3 +276,96 @@ def test_doctor_warns_about_a_series_import_filter(
         f"WARN  project {PROJECT}: a series import filter is on (project blacklist): XNAT drops "
         "matching series without a word" in out
     )
+
+
+def test_requeue_as_a_new_label_fixes_a_bad_label_and_status_counts_where_drops_are(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. A folder named against the drop root's pattern is pushed and quarantined
+    (LABEL_PATTERN). 2. `requeue NAME --as NEWLABEL`. Result: the folder is back in the drop
+    root under the new label, the ledger says `requeued` and status counts nothing in
+    quarantine. 3. Pushed again: archived under the new label."""
+    path = write_config(tmp_path, sandbox.url)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace(
+            f'project = "{PROJECT}"', f'project = "{PROJECT}"\nlabel_pattern = "SPN01_\\\\d{{4}}"'
+        ),
+        encoding="utf-8",
+    )
+    stage(tmp_path / "drop", "spn01-7", sidecars=False)
+    assert cli.main(["push", str(tmp_path / "drop" / "spn01-7"), "--config", str(path)]) == 1
+    capsys.readouterr()
+
+    assert cli.main(["requeue", "spn01-7", "--as", "SPN01_7", "--config", str(path)]) == 2
+    assert "does not match the label pattern 'SPN01_\\\\d{4}'" in capsys.readouterr().err
+    assert cli.main(["requeue", "spn01-7", "--as", "SPN01 7", "--config", str(path)]) == 2
+    assert "letters, digits, '_' and '-' only" in capsys.readouterr().err
+    assert cli.main(["requeue", "spn01-7", "--as", "SPN01_0007", "--config", str(path)]) == 0
+    assert "under the new label SPN01_0007" in capsys.readouterr().out
+    back = tmp_path / "drop" / "SPN01_0007"
+    assert (back / "01_3_Plane_Localizer_FF").is_dir() and not (back / "QUARANTINE.txt").exists()
+    assert not any((tmp_path / "quarantine").iterdir())
+
+    assert cli.main(["status", "--config", str(path), "--json"]) == 1  # no daemon runs
+    report = json.loads(capsys.readouterr().out)
+    assert report["drops"] == {"requeued": 1}
+    assert report["places"]["in_quarantine"] == 0 and report["places"]["requeued"] == 1
+
+    assert cli.main(["push", str(back), "--config", str(path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["status", "--config", str(path), "--json"]) == 1
+    places = json.loads(capsys.readouterr().out)["places"]
+    assert (places["archived"], places["in_quarantine"], places["requeued"]) == (1, 0, 1)
+
+
+def test_status_counts_a_folder_taken_out_of_quarantine_by_hand(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, sandbox.url)
+    folder = stage(tmp_path / "drop", "SPN01_0011", sidecars=False)
+    (folder / "notes.txt").write_text("a loose file\n", encoding="utf-8")
+    assert cli.main(["push", str(folder), "--config", str(path)]) == 1
+    (quarantined,) = (tmp_path / "quarantine").iterdir()
+    quarantined.rename(tmp_path / "fixed-by-hand")
+    capsys.readouterr()
+    cli.main(["status", "--config", str(path)])
+    assert "0 in quarantine, 1 taken out of quarantine by hand" in capsys.readouterr().out
+
+
+def test_repeated_failures_make_status_exit_1_once_they_repeat(
+    tmp_path: Path, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = config.load(config_path)
+    with ledger.Ledger(settings.paths.state) as book:
+        drop = book.register(PROJECT, "SPN01_0012", tmp_path / "drop" / "SPN01_0012", Path(""))
+        for attempt in range(daemon.REPEATED_FAILURES):
+            drop = book.begin(drop, "freeze") if attempt else drop
+            drop = book.fail(drop, "freeze", "INTERNAL", f"OSError({attempt})", time.time() + 60)
+    lock = locks.acquire_state(settings.paths.state)
+    live = {"pid": os.getpid(), "updated": time.time(), "status": "ok"}
+    (settings.paths.state / daemon.STATUS_FILE).write_text(json.dumps(live), encoding="utf-8")
+    try:
+        assert cli.main(["status", "--config", str(config_path)]) == 1
+    finally:
+        lock.release()
+    out = capsys.readouterr().out
+    assert "ATTENTION: SPN01_0012 failed 3 times in a row at freeze (INTERNAL: OSError(2))" in out
+
+
+def test_status_into_a_closed_pipe_ends_quietly(config_path: Path) -> None:
+    """`xnatdrop status | head` ended in a BrokenPipeError traceback. The reader here goes away
+    before status writes a byte. Result: no traceback, exit 141 (128 + SIGPIPE)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xnatdrop", "status", "--config", str(config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    error = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert error == ""

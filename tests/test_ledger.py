@@ -36,8 +36,10 @@ def test_state_files_are_private_and_wal(tmp_path: Path) -> None:
         mode = book._conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    for path in state.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in state.rglob("*"):
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    assert {p.name for p in state.iterdir() if p.is_dir()} == set(ledger.PRIVATE_FOLDERS)
 
 
 def test_the_happy_path_visits_every_state_in_order(book: ledger.Ledger) -> None:
@@ -175,3 +177,48 @@ def test_thaw_sends_a_frozen_drop_back_to_settle(book: ledger.Ledger) -> None:
     assert book.history(drop)[-1].detail == {"reason": "2 file(s) still being copied"}
     with pytest.raises(ledger.InvalidTransition):
         book.thaw(drop, "again")
+
+
+# The schema as xnatdrop wrote it before issues 8 and 9 (PRAGMA user_version 0): no circuit
+# breaker tables, and an index of unfinished drops that does not know the state `requeued`.
+OLD_SCHEMA = """
+CREATE TABLE drops (
+    id INTEGER PRIMARY KEY, project TEXT NOT NULL, label TEXT NOT NULL, source TEXT NOT NULL,
+    work TEXT NOT NULL, state TEXT NOT NULL, running TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, updated REAL NOT NULL,
+    next_attempt REAL NOT NULL DEFAULT 0, last_error_code TEXT, last_error TEXT,
+    prearchive_uri TEXT, archive_uri TEXT, target TEXT, final_path TEXT
+);
+CREATE UNIQUE INDEX drops_active ON drops(project, label)
+    WHERE state NOT IN ('done', 'quarantined');
+CREATE INDEX drops_state ON drops(state, next_attempt);
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY, drop_id INTEGER NOT NULL REFERENCES drops(id), at REAL NOT NULL,
+    event TEXT NOT NULL, step TEXT NOT NULL, state_before TEXT NOT NULL,
+    state_after TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}'
+);
+INSERT INTO drops (project, label, source, work, state, created, updated)
+    VALUES ('SPN01', 'SPN01_0001', '/drop/SPN01_0001', '', 'quarantined', 1, 1);
+"""
+
+
+def test_a_ledger_of_an_older_xnatdrop_is_read_as_is_and_migrated_on_write(
+    tmp_path: Path,
+) -> None:
+    """`status` opens the ledger read-only and must cope with one written before the circuit
+    breaker's tables existed (no breaker, no answers); the daemon's write-mode open adds them
+    and migrates the index, so a requeued drop and a new drop of its label can coexist."""
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / ledger.FILENAME) as conn:
+        conn.executescript(OLD_SCHEMA)
+    with ledger.Ledger(state, readonly=True) as old:
+        assert old.breaker() is None and old.answers() == []
+        assert old.counts() == {"quarantined": 1}
+    with ledger.Ledger(state) as book:
+        assert book._conn.execute("PRAGMA user_version").fetchone()[0] == ledger.SCHEMA_VERSION
+        book.record_answer(1, "HTTP 400 unable to read DICOM object")
+        assert [a.answer for a in book.answers()] == ["HTTP 400 unable to read DICOM object"]
+        assert book.breaker() is None
+        book.requeue(book.get(1), Path("/drop/SPN01_0001"), "SPN01_0001")
+        assert register(book).state == "new"  # the migrated index leaves `requeued` out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import threading
 import time
 import zipfile
@@ -214,9 +215,11 @@ def test_refused_login_stops_without_retrying(tmp_path: Path, server: Sandbox) -
 
 def test_second_process_on_the_same_drop_is_busy(tmp_path: Path, settings: config.Config) -> None:
     folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
-    with pipeline._drop_lock(settings.paths.state, PROJECT, LABEL) as locked:
-        assert locked
-        assert push(settings, folder).kind == "busy"
+    with pipeline._drop_lock(settings.paths.state, PROJECT, LABEL) as holder:
+        assert holder is None  # we hold it
+        outcome = push(settings, folder)
+    assert outcome.kind == "busy"
+    assert f"xnatdrop push (pid {os.getpid()})" in outcome.message  # who holds it
     assert folder.is_dir()
 
 
@@ -504,7 +507,13 @@ def test_credentials_in_the_xnat_url_are_never_logged_or_written(
     anyway) never appears in a log line, the receipt or a reason file."""
     caplog.set_level(logging.DEBUG, logger="xnatdrop")
     url = server.url.replace("http://", "http://svc:s3cret-in-url@")
-    settings = load(write_config(tmp_path, url))
+    with pytest.raises(config.ConfigError, match="must not contain a user name or password"):
+        load(write_config(tmp_path, url))
+    # Past the config check (a settings object built by other means), the client is safe too.
+    settings = load(write_config(tmp_path, server.url))
+    unchecked = settings.xnat.model_copy(update={"url": url})  # model_copy does not validate
+    settings = settings.model_copy(update={"xnat": unchecked})
+    assert settings.xnat.url == url
     outcome = push(settings, stage(tmp_path / "drop", LABEL, SMALL))
     assert outcome.kind == "archived", outcome
     assert outcome.path is not None

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from shared_data import dataset
-from xnatdrop import config, rules
+from xnatdrop import config, quarantine, rules
 
 GE_EXAM = "In/GE/Exam1486_Laser794mm"
 GE_LOCALIZER = ("ge_signa_premier_table", f"{GE_EXAM}/01_3_Plane_Localizer_FF")
@@ -348,7 +348,6 @@ def test_phoenix_mixed_into_an_image_folder_is_a_non_image_object() -> None:
 def test_mixed_series_folder_blocks_real_flat_exports() -> None:
     for set_name, folder in (
         ("philips_ingenia_elition_enh_classic", "In/cl"),
-        ("siemens_xa30_classic_interop", "In/19001_asl_2d_tra"),
         ("siemens_xa60_dicomdir", "In/XA60/DICOM/24100413/39280000"),
     ):
         verdict = rules.check_folder(dataset(set_name), None)
@@ -572,3 +571,158 @@ def test_every_code_has_a_fix_and_a_default_action() -> None:
     for code, rule in rules.RULES.items():
         assert code.isupper() and rule.fix and rule.summary
         assert rule.action in set(rules.Action)
+
+
+def test_a_mixed_folder_whose_series_are_all_left_out_is_not_a_block(subject: Path) -> None:
+    """The Siemens XA30 classic export puts Perfusion_Weighted as MR and as Secondary Capture
+    (same SeriesNumber 19001, two SeriesInstanceUIDs) in one folder; both are derived and left
+    out. Every such export was quarantined for a block that protected nothing. Result now: the
+    whole session (as exported, every folder) would upload; 19001 is reported as left out."""
+    source = dataset("siemens_xa30_classic_interop") / "In"
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        add_series(subject, folder.name, ("siemens_xa30_classic_interop", f"In/{folder.name}"))
+    verdict = check(subject)
+    assert verdict.ok, [f.message for f in verdict.blocking()]
+    assert "MIXED_SERIES_FOLDER" not in codes(verdict)
+    left_out = {f.path for f in verdict.findings if f.code == "DERIVED_SERIES"}
+    assert Path("19001_asl_2d_tra") in left_out
+    assert not any(p.parts[0] == "19001_asl_2d_tra" for p in verdict.upload_files())
+
+
+def test_a_mixed_folder_with_a_series_to_upload_still_blocks(subject: Path) -> None:
+    add_series(subject, "mixed", GE_FMRI)
+    add_series(subject, "mixed", GE_LOCALIZER)
+    verdict = check(subject)
+    assert finding(verdict, "MIXED_SERIES_FOLDER").action == "block" and not verdict.ok
+
+
+LATIN1 = b"Mu\xf1oz"  # "Muñoz" written by an SMB/USB copy with a latin-1 code page
+
+
+def _latin1_file(folder: Path, data: bytes = b"x" * 200) -> None:
+    with open(os.path.join(os.fsencode(folder), LATIN1 + b".dcm"), "wb") as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize("where", ["fmri", "behav", "fmri/sub"])
+def test_a_name_that_is_not_utf8_blocks_with_the_bytes_escaped(subject: Path, where: str) -> None:
+    """In a series folder, a sidecar or a nested folder: a BAD_NAME block that names the file
+    with its bytes escaped, so every report can be written; the file is never read or sent."""
+    add_series(subject, "fmri", GE_FMRI)
+    (subject / where).mkdir(parents=True, exist_ok=True)
+    _latin1_file(subject / where)
+    verdict = check(subject)
+    found = finding(verdict, "BAD_NAME")
+    assert found.path == Path(where) / "Mu\\xf1oz.dcm"
+    assert found.action == "block" and not verdict.ok
+    assert "Mu\\xf1oz.dcm is not valid UTF-8" in found.message and "rename it" in found.message
+    assert len(verdict.upload_files()) == 50
+    text = quarantine.render_text(
+        {
+            "label": "L",
+            "project": "P",
+            "message": "m",
+            "code": "RULES_BLOCKED",
+            "time": "t",
+            "drop_root": "/d",
+            "findings": [f.to_json() for f in verdict.findings],
+        }
+    )
+    text.encode("utf-8")  # no surrogate reaches a reason file
+    assert "Mu\\xf1oz.dcm" in text
+
+
+def test_a_folder_name_that_is_not_utf8_blocks_and_is_not_entered(subject: Path) -> None:
+    add_series(subject, "fmri", GE_FMRI)
+    bad = os.path.join(os.fsencode(subject), LATIN1)
+    os.mkdir(bad)
+    shutil.copy(first_file(GE_LOCALIZER), os.path.join(bad, b"a.dcm"))
+    verdict = check(subject)
+    assert finding(verdict, "BAD_NAME").message.startswith("folder name Mu\\xf1oz is not")
+    assert {s.series_number for s in verdict.series} == {"2"}
+
+
+def test_own_reason_files_in_a_resubmitted_folder_are_recognised(subject: Path) -> None:
+    """A folder copied back from quarantine with its QUARANTINE.txt/.json: those were read as
+    a BIDS sidecar and loose files. Result now: recognised as ours, no finding, not uploaded."""
+    add_series(subject, "fmri", GE_FMRI)
+    quarantine.write(
+        subject,
+        {
+            "label": subject.name,
+            "project": "SPN01",
+            "code": "RULES_BLOCKED",
+            "message": "m",
+            "fix": "f",
+            "findings": [],
+            "drop_root": "/srv/drop",
+            "time": "t",
+        },
+    )
+    verdict = check(subject)
+    assert verdict.ok and not verdict.findings
+    assert verdict.reason_files == (Path("QUARANTINE.json"), Path("QUARANTINE.txt"))
+    assert rules.own_reason_files(subject) == [
+        subject / "QUARANTINE.txt",
+        subject / "QUARANTINE.json",
+    ]
+
+
+def test_files_named_like_reason_files_but_not_ours_are_judged(subject: Path) -> None:
+    add_series(subject, "fmri", GE_FMRI)
+    (subject / "QUARANTINE.json").write_text('{"RepetitionTime": 2.0}', encoding="utf-8")
+    verdict = check(subject)
+    assert verdict.reason_files == ()
+    assert finding(verdict, "LOOSE_FILE").path == Path("QUARANTINE.json") and not verdict.ok
+
+
+def _keep(paths: list[Path], keep: list[Path]) -> None:
+    for path in paths:
+        if path not in keep:
+            path.unlink()
+
+
+def test_a_half_copied_ge_series_is_incomplete(subject: Path) -> None:
+    """GE announces its images: 25 of the 50 files of a Premier fMRI run (the first 25 by file
+    name, as a paused copy leaves them) and 88 of the 150 of an MR750 EPI run."""
+    fmri = add_series(subject, "fmri", GE_FMRI)
+    _keep(fmri, fmri[:25])
+    epi = add_series(subject, "epi", GE_NIH)
+    _keep(epi, epi[:88])
+    verdict = check(subject)
+    found = {f.path: f for f in verdict.findings if f.code == "INCOMPLETE_SERIES"}
+    assert set(found) == {Path("fmri"), Path("epi")} and not verdict.ok
+    assert "ImagesInAcquisition announce 50 images, 25 are here" in found[Path("fmri")].message
+    assert (
+        "GE LocationsInAcquisition 15 × NumberOfTemporalPositions 10 announce 150 images, "
+        "88 are here" in found[Path("epi")].message
+    )
+    assert "InstanceNumbers run from 1 to" in found[Path("fmri")].message  # names ≠ order
+
+
+def test_a_gap_in_the_instance_numbers_is_incomplete(subject: Path) -> None:
+    """Siemens classic series announce no count; a missing instance in the middle shows."""
+    series = add_series(
+        subject, "bold", ("siemens_xa30_classic_interop", "In/7001_func-bold_task-fa_run-1")
+    )
+    by_number = {pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber: p for p in series}
+    by_number[17].unlink()
+    verdict = check(subject)
+    found = finding(verdict, "INCOMPLETE_SERIES")
+    assert "InstanceNumbers run from 1 to 33 but 32 files are here (1 missing)" in found.message
+
+
+def test_complete_series_and_odd_numbering_are_not_incomplete(subject: Path) -> None:
+    """Every raw session of the shared data passes (test above); a Philips DTI numbered from
+    16 upwards with gaps is left alone, and a series whose last files are missing without any
+    announced count cannot be told from a complete one (documented limit)."""
+    add_series(
+        subject, "dti", ("philips_achieva_dwi_isotropic", "In/Vanderbilt_2018/601_WIP_dti_ax")
+    )
+    bold = add_series(
+        subject, "bold", ("siemens_xa30_classic_interop", "In/7001_func-bold_task-fa_run-1")
+    )
+    numbers = {pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber: p for p in bold}
+    numbers[33].unlink()
+    verdict = check(subject)
+    assert "INCOMPLETE_SERIES" not in codes(verdict)

@@ -337,3 +337,107 @@ def test_event_hint_wakes_on_a_new_top_level_folder(root: Path) -> None:
         assert woke.wait(10)
     finally:
         hint.stop()
+
+
+LATIN1 = b"Mu\xf1oz"  # "Muñoz" as an SMB/USB copy with a latin-1 code page writes it
+
+
+def test_a_file_name_that_is_not_utf8_costs_no_other_folder_its_settle(
+    root: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A latin-1 file name in one series folder once made the fingerprint raise on every scan,
+    which aborted the scan of every folder after it. Result now: all five folders settle (the
+    rules then block the one with the bad name, naming the file), with no error logged."""
+    for index in range(1, 6):
+        write(root / f"SUBJ0{index}" / "s1" / "a.dcm")
+    bad = os.path.join(os.fsencode(root / "SUBJ01" / "s1"), LATIN1 + b".dcm")
+    with open(bad, "wb") as handle:
+        handle.write(b"x" * 10)
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    settled: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="xnatdrop.watch"):
+        for _ in range(10):
+            settled += [f.name for f in watcher.scan().settled]
+            clock.advance(watcher.settle.poll_interval)
+    assert sorted(settled) == [f"SUBJ0{i}" for i in range(1, 6)]
+    assert caplog.records == []
+
+
+def test_a_subject_folder_named_in_latin1_is_reported_once_and_never_handed_over(
+    root: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(root / "SUBJ02" / "s1" / "a.dcm")
+    bad = os.path.join(os.fsencode(root), LATIN1)
+    os.makedirs(os.path.join(bad, b"s1"))
+    with open(os.path.join(bad, b"s1", b"a.dcm"), "wb") as handle:
+        handle.write(b"x" * 10)
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    with caplog.at_level(logging.ERROR, logger="xnatdrop.watch"):
+        assert scan_until_settled(watcher, clock) == ["SUBJ02"]
+        for _ in range(5):
+            assert watcher.scan().settled == []
+            clock.advance(5)
+    alerts = [r.getMessage() for r in caplog.records]
+    assert alerts == [
+        f"ALERT {root}: the name Mu\\xf1oz is not valid UTF-8 (copied from a share or USB stick "
+        "with another character set?); it is not uploaded: rename it using letters, digits, "
+        "'_' and '-' only"
+    ]
+    assert watcher.troubles() == [("Mu\\xf1oz", "its name is not valid UTF-8")]
+    assert [f.name for f in watcher.settled()] == ["SUBJ02"]
+
+
+def _too_deep(folder: Path) -> None:
+    """Nest folders (created through directory descriptors) until the path passes PATH_MAX,
+    so that listing the deepest one by path fails with ENAMETOOLONG: a real folder that
+    cannot be read, even by root."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    for _ in range(20):
+        os.mkdir("d" * 250, dir_fd=descriptor)
+        deeper = os.open("d" * 250, os.O_RDONLY, dir_fd=descriptor)
+        os.close(descriptor)
+        descriptor = deeper
+    os.close(descriptor)
+
+
+def test_a_folder_that_cannot_be_read_costs_only_its_own_settle(
+    root: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    _too_deep(root / "SUBJ01")
+    write(root / "SUBJ02" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    with caplog.at_level(logging.ERROR, logger="xnatdrop.watch"):
+        assert scan_until_settled(watcher, clock) == ["SUBJ02"]
+        for _ in range(5):
+            assert watcher.scan().settled == []
+            clock.advance(5)
+    alerts = [r.getMessage() for r in caplog.records]
+    assert len(alerts) == 1 and alerts[0].startswith("ALERT SUBJ01: cannot read ")
+    assert "File name too long" in alerts[0] and "the other folders go on" in alerts[0]
+    assert all(r.exc_info is None for r in caplog.records)
+    ((name, why),) = watcher.troubles()
+    assert name == "SUBJ01" and "File name too long" in why
+
+
+def test_event_hints_start_with_a_root_missing_and_watch_it_once_it_appears(
+    tmp_path: Path,
+) -> None:
+    """watchdog raised FileNotFoundError at start for a missing root, which stopped the daemon.
+    Result now: the hint starts, and `refresh` watches the root once it is there."""
+    import threading
+
+    present, missing = tmp_path / "present", tmp_path / "missing"
+    present.mkdir()
+    woke = threading.Event()
+    hint = watch.EventHint([present, missing], woke.set)
+    hint.start()
+    try:
+        assert set(hint.watches) == {present}
+        missing.mkdir()
+        hint.refresh({present, missing})
+        assert set(hint.watches) == {present, missing}
+        (missing / "SUBJ01").mkdir()
+        assert woke.wait(10)
+    finally:
+        hint.stop()

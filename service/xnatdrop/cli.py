@@ -10,15 +10,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
+import signal
 import sys
 from pathlib import Path
 
 from xnatdrop import __version__, commands, config, logsetup
-from xnatdrop.errors import ConfigError
+from xnatdrop.errors import ConfigError, StateError
 from xnatdrop.exitcodes import Exit
 
 log = logging.getLogger(__name__)
+
+SIGPIPE_EXIT = 128 + signal.SIGPIPE  # what a shell reports for a reader that went away
 
 
 def add_config_argument(parser: argparse.ArgumentParser, *, system: bool = True) -> None:
@@ -78,5 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return Exit.USAGE
+    except StateError as error:
+        # Our own state folder is full or read-only: one sentence, and "try again later".
+        print(error, file=sys.stderr)
+        return Exit.TRANSIENT
+    except BrokenPipeError:
+        # `xnatdrop status | head`: the reader has all it wanted. Point stdout at /dev/null so
+        # the interpreter's final flush does not fail again with a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_EXIT
     except KeyboardInterrupt:
         return 130

@@ -89,6 +89,14 @@ class XnatSettings(Section):
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must start with http:// or https:// and name a host")
+        # https://user:pw@host once worked, and the password then showed in log lines, in
+        # doctor's output and in every RECEIPT on the share. The message never repeats it.
+        if "@" in urllib.parse.urlsplit(value).netloc:
+            raise ValueError(
+                "must not contain a user name or password (they would end up in logs and "
+                "receipts): remove them from the URL, set xnat.username, and put the password "
+                "in the file named by xnat.password_file (mode 0600)"
+            )
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -347,10 +355,21 @@ class PushSettings(Section):
 
     work_folder: str = Field(
         ".xnatdrop-work",
-        pattern=r"^[^/\\]+$",
-        description="Name of the working area inside each drop root. A drop is frozen by renaming "
-        "it there, which keeps it on the same file system; the scanner must ignore this folder.",
+        description="Name of the working area inside each drop root, starting with '.' so that "
+        "the watcher (and file browsers) skip it. A drop is frozen by renaming it there, which "
+        "keeps it on the same file system; it also holds the drop root's lock file.",
     )
+
+    @field_validator("work_folder")
+    @classmethod
+    def _hidden_name(cls, value: str) -> str:
+        if not re.fullmatch(r"\.[^/\\]+", value) or value in (".", ".."):
+            raise ValueError(
+                "must be one folder name starting with '.' (e.g. '.xnatdrop-work'): the watcher "
+                "skips hidden names, and would otherwise take the work area for a session"
+            )
+        return value
+
     sidecars: list[str] = Field(
         default_factory=lambda: ["behav", "physio", "logs"],
         description="Sub-folders of a subject folder uploaded as session resources of the same "

@@ -16,6 +16,15 @@ The ledger decides what to do; the daemon only triggers. Unfinished drops that a
 (`Ledger.pending`) are resumed first, then newly settled folders are handed over, oldest first.
 Pushes start only inside `schedule.upload_window`; one running when the window closes finishes.
 
+One daemon per state folder: `run` takes the state lock before anything else (`locks`), and
+the lock of each drop root before READY=1 (a root that appears later, on the scan that sees
+it). A root another configuration holds is held back in the watcher with one alert. When the
+state folder cannot be written (full, read-only), every push is held and the daemon tries again
+with backoff (5 s doubling to 10 min), alerting once; it never exits or restarts for it. After a
+restart, drops held because XNAT refused our login are due at once: a restart is how the
+operator says the password is fixed. A drop failing the same way REPEATED_FAILURES times in a
+row is reported once; the same traceback is logged once an hour at most.
+
 Shutdown follows uvicorn's order: on SIGTERM or SIGINT send `STOPPING=1`, stop intake (no scan,
 no new push), let running pushes reach a checkpoint (they see `stopping` between steps) within
 `schedule.stop_timeout_seconds`, log what was cut short, exit 0. A second SIGINT skips the wait.
@@ -41,9 +50,10 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from xnatdrop import breaker, sdnotify, watch
+from xnatdrop import breaker, locks, sdnotify, watch
 from xnatdrop import config as config_module
 from xnatdrop import ledger as ledger_module
+from xnatdrop.errors import StateError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,12 @@ TICK_SECONDS = 5.0  # main-loop period when systemd's watchdog does not ask for 
 # a slow share may take minutes to list, but a scan blocked for longer is a hung mount or a bug.
 STUCK_SCAN_SECONDS = 600.0
 STATUS_FILE = "daemon-status.json"  # in paths.state; read by `xnatdrop status`
+# A drop that failed this many times in a row the same way is reported once (one WARNING line)
+# and makes `xnatdrop status` exit 1; it keeps being retried with the ledger's backoff.
+REPEATED_FAILURES = 3
+# Backoff while the state folder cannot be written: 5 s, 10 s, 20 s … at most 10 minutes.
+STATE_BACKOFF_BASE = 5.0
+STATE_BACKOFF_MAX = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +77,8 @@ class Result:
 
     kind: "archived", "quarantined", "transient" (try again at `retry_at`), "busy" (someone else
     holds the drop), "incomplete" (still being copied: settle again), "stopped" (checkpointed
-    because we are stopping) or "auth_failed" (XNAT refused our credentials: hold all pushes).
+    because we are stopping), "auth_failed" (XNAT refused our credentials: hold all pushes) or
+    "state" (our own state folder cannot be written: hold all pushes, back off).
     """
 
     kind: str
@@ -116,6 +133,50 @@ def _clock_time(text: str) -> dt.time:
     return dt.time(0, 0) if hours == 24 else dt.time(hours, minutes)
 
 
+class RepeatedTracebacks(logging.Filter):
+    """Let each distinct traceback through once an hour; repeats keep their line, not the trace.
+
+    An unexpected error keeps its traceback, because it is a bug (STYLE.md): once. A drop that
+    hits the same bug on every attempt once filled the journal with the same 40 lines each
+    scan. Records are the same when logger, message and exception (type and text) match.
+    """
+
+    def __init__(self, every: float = 3600.0) -> None:
+        super().__init__()
+        self.every = every
+        self.seen: dict[tuple[str, str, str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        error = record.exc_info[1]
+        key = (record.name, record.getMessage(), type(error).__name__, str(error))
+        now = time.monotonic()
+        first = self.seen.get(key)
+        if first is None or now - first >= self.every:
+            self.seen[key] = now
+            return True
+        record.msg = f"{record.getMessage()} ({type(error).__name__}: {error}; the same "
+        record.msg += "error as before, traceback not repeated)"
+        record.args = None
+        record.exc_info = record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def quiet_repeats(logger: logging.Logger) -> Iterator[None]:
+    """Install `RepeatedTracebacks` on the handlers of `logger` for the daemon's life."""
+    repeats = RepeatedTracebacks()
+    handlers = list(logger.handlers)
+    for handler in handlers:
+        handler.addFilter(repeats)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(repeats)
+
+
 @contextlib.contextmanager
 def capture_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
     """Install `handler` for SIGINT and SIGTERM, and put the previous handlers back after.
@@ -156,6 +217,14 @@ class Daemon:
         self.last_scan_done = time.monotonic()
         self.last_hint = 0.0
         self.held_until = 0.0  # epoch seconds; pushes are held after XNAT refused our login
+        self.state_lock: locks.Lock | None = None
+        self.root_locks: dict[Path, locks.Lock] = {}
+        self.state_trouble: str | None = None  # why the state folder cannot be written, if so
+        self.open_breaker: ledger_module.Breaker | None = None  # as last read from the ledger
+        self.state_failures = 0  # in a row, for the backoff
+        self.state_retry_at = 0.0  # monotonic; no push before this while state_trouble is set
+        self.reported_streaks: set[tuple[int, str, str]] = set()
+        self.status_file_error: str | None = None
         self.scans = 0
         self.status = "starting"
         self.scheduler = BackgroundScheduler(
@@ -172,13 +241,23 @@ class Daemon:
         self.stopping.set()
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; return the exit code (0 after a clean stop)."""
-        with capture_signals(self.handle_exit):
-            self._start()
-            try:
-                self._main_loop()
-            finally:
-                self._shutdown()
+        """Run until SIGTERM/SIGINT; return the exit code (0 after a clean stop).
+
+        Raise locks.StateInUse at once, before anything else happens, when another daemon
+        uses the same state folder.
+        """
+        self.state_lock = locks.acquire_state(self.settings.paths.state)
+        try:
+            with capture_signals(self.handle_exit), quiet_repeats(logging.getLogger("xnatdrop")):
+                self._start()
+                try:
+                    self._main_loop()
+                finally:
+                    self._shutdown()
+        finally:
+            for lock in self.root_locks.values():
+                lock.release()
+            self.state_lock.release()
         return 0
 
     def _start(self) -> None:
@@ -189,15 +268,28 @@ class Daemon:
         # truth), so nothing it could report changes what we do.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         logging.getLogger("watchdog").setLevel(logging.CRITICAL)
-        # Open the ledger once up front: it creates the state folder (0700) and a broken or
-        # unwritable ledger stops the start here, loudly, instead of failing every dispatch.
-        with ledger_module.Ledger(self.settings.paths.state) as ledger:
-            unfinished = ledger.oldest_pending()
-            # A restart is how an operator says "XNAT is fixed" (see the breaker's ALERT):
-            # pushes held by the circuit breaker are tried at once.
-            held = ledger.try_breaker_now()
+        # Open the ledger once up front: it creates the state folder (0700); a corrupt ledger
+        # stops the start here, loudly. One that cannot be written (a full file system) does
+        # not: the daemon stays up, holds the pushes and tries again with backoff.
+        try:
+            with ledger_module.Ledger(self.settings.paths.state) as ledger:
+                unfinished = ledger.oldest_pending()
+                # A restart is how an operator says "the password is fixed" (see the ALERT):
+                # drops held after a refused login are tried at once, not in an hour.
+                released = ledger.release_waiting_for("AUTHENTICATION")
+                # … and so is "XNAT is fixed" (see the breaker's ALERT): pushes held by the
+                # circuit breaker are tried at once.
+                held = ledger.try_breaker_now()
+        except StateError as error:
+            self._state_failed(error)
+            unfinished, released, held = None, [], None
         if held is not None:
             log.warning("circuit breaker open (%s): trying one push now", held.answer)
+        if released:
+            log.info(
+                "%d drop(s) held after XNAT refused our credentials are tried again now",
+                len(released),
+            )
         if unfinished is not None:
             log.info(
                 "unfinished drops in the ledger (oldest: %s, %s); resuming them",
@@ -215,6 +307,8 @@ class Daemon:
             self.window,
             self.settings.schedule.max_concurrent_pushes,
         )
+        # Claimed before READY=1, so that a second daemon started after us never wins a root.
+        self._claim_roots()
         now = dt.datetime.now()
         self.scheduler.add_job(
             self._scan_job, "interval", seconds=self.poll, id="scan", next_run_time=now
@@ -291,7 +385,9 @@ class Daemon:
     def _scan_job(self) -> None:
         if self.stopping.is_set():
             return
+        self._claim_roots()
         result = self.watcher.scan()
+        self.hint.refresh({r.path for r in self.watcher.roots.values() if not r.paused})
         self.scans += 1
         self.last_scan_done = time.monotonic()
         log.debug(
@@ -308,32 +404,125 @@ class Daemon:
         if not self.stopping.is_set():
             self._dispatch()
 
+    def _claim_roots(self) -> None:
+        """Hold the lock of every drop root we can (see `locks`); hold back the others.
+
+        A root another xnatdrop process owns with another state folder is held in the watcher
+        (nothing in it is handed over) with one alert; one that a `push` of our own state folder
+        holds is shared (same ledger, so the same ids cannot be handed out twice), and we take
+        the lock once it is free. A missing root is the watcher's to pause.
+        """
+        state = self.settings.paths.state
+        work_folder = self.settings.push.work_folder
+        for path in self.projects:
+            lock = self.root_locks.get(path)
+            if lock is not None and lock.still_ours():
+                continue
+            if lock is not None:
+                lock.release()  # unmounted or replaced: the file we locked is not there now
+                del self.root_locks[path]
+            if not path.is_dir():
+                continue
+            reason = None
+            try:
+                self.root_locks[path] = locks.acquire_root(path, work_folder, state, "run")
+            except locks.Held as held:
+                if not locks.shares_state(held.owner, state):
+                    reason = (
+                        f"{held.owner.describe()} with another state folder "
+                        f"({held.owner.state or 'unknown'}) works in this drop root; two "
+                        "configurations must not share a drop root (stop the other one)"
+                    )
+            except OSError as error:
+                reason = (
+                    f"cannot create {locks.root_lock_path(path, work_folder)} "
+                    f"({error.strerror or error}); the service user must be able to write there"
+                )
+            self.watcher.hold(path, reason)
+
     def _dispatch(self) -> None:
         """Collect finished pushes, then start new ones if the window is open and there is room."""
-        self._collect()
+        finished = self._collect()
         window_open = self.window.contains(self.now())
-        with ledger_module.Ledger(self.settings.paths.state) as ledger:
-            open_breaker = ledger.breaker()
-        self._update_status(window_open, open_breaker)
-        if not window_open or self.stopping.is_set() or time.time() < self.held_until:
-            return
-        room = self.settings.schedule.max_concurrent_pushes - len(self.pushes)
-        if open_breaker is not None:
-            # Held until the breaker's next try; then one push at a time, which closes it on
-            # success (see `breaker`).
-            if time.time() < open_breaker.retry_at:
+        try:
+            if self.state_trouble is None:
+                with ledger_module.Ledger(self.settings.paths.state) as ledger:
+                    self.open_breaker = ledger.breaker()
+        except StateError as error:
+            self._state_failed(error)
+        self._update_status(window_open)
+        try:
+            if finished:
+                self._report_streaks()
+            if not window_open or self.stopping.is_set() or time.time() < self.held_until:
                 return
-            room = min(room, 1 - len(self.pushes))
-        if room <= 0:
-            return
+            if self.state_trouble is not None and not self._state_recovered():
+                return
+            room = self.settings.schedule.max_concurrent_pushes - len(self.pushes)
+            if self.open_breaker is not None:
+                # Held until the breaker's next try; then one push at a time, which closes it
+                # on success (see `breaker`).
+                if time.time() < self.open_breaker.retry_at:
+                    return
+                room = min(room, 1 - len(self.pushes))
+            if room <= 0:
+                return
+            with ledger_module.Ledger(self.settings.paths.state) as ledger:
+                candidates = self._candidates(ledger)
+                while room > 0 and not self.stopping.is_set():
+                    work = next(candidates, None)
+                    if work is None:
+                        break
+                    self._start_push(work)
+                    room -= 1
+        except StateError as error:
+            self._state_failed(error)
+
+    # ---- our own state folder: full, read-only, failing ------------------------------------
+
+    def _state_failed(self, error: StateError) -> None:
+        """Hold every push and try again later, doubling the wait; alert once per cause."""
+        self.state_failures += 1
+        delay = min(STATE_BACKOFF_MAX, STATE_BACKOFF_BASE * 2 ** (self.state_failures - 1))
+        self.state_retry_at = time.monotonic() + delay
+        if self.state_trouble != error.reason:
+            log.error("ALERT: %s; pushes are held, next try in %.0f s", error, delay)
+        else:
+            log.debug("state folder still not writable; next try in %.0f s", delay)
+        self.state_trouble = error.reason
+
+    def _state_recovered(self) -> bool:
+        """Once the backoff has passed: can the state folder be written again?"""
+        if time.monotonic() < self.state_retry_at:
+            return False
+        try:
+            with ledger_module.Ledger(self.settings.paths.state) as ledger:
+                ledger.probe()
+        except StateError as error:
+            self._state_failed(error)
+            return False
+        log.warning("the state folder can be written again; pushes resume")
+        self.state_trouble, self.state_failures = None, 0
+        return True
+
+    def _report_streaks(self) -> None:
+        """One WARNING line when a drop has failed REPEATED_FAILURES times the same way."""
         with ledger_module.Ledger(self.settings.paths.state) as ledger:
-            candidates = self._candidates(ledger)
-            while room > 0 and not self.stopping.is_set():
-                work = next(candidates, None)
-                if work is None:
-                    break
-                self._start_push(work)
-                room -= 1
+            streaks = ledger.failure_streaks(REPEATED_FAILURES)
+        for streak in streaks:
+            key = (streak.drop.id, streak.step, streak.code)
+            if key in self.reported_streaks:
+                continue
+            self.reported_streaks.add(key)
+            log.warning(
+                "%s: failed %d times in a row at %s (%s: %s); it is retried with backoff, "
+                "but a person should look (xnatdrop status)",
+                streak.drop.label,
+                streak.count,
+                streak.step,
+                streak.code,
+                streak.message,
+            )
 
     def _candidates(self, ledger: ledger_module.Ledger) -> Iterator[Work]:
         """Due ledger drops first (resume), then settled folders, oldest first.
@@ -345,6 +534,9 @@ class Daemon:
             key = f"{drop.project}/{drop.label}"
             if key in self.pushes:
                 continue
+            root = self.watcher.roots.get(Path(drop.source).parent)
+            if root is not None and root.blocked:
+                continue  # paused or owned by another process: its work area is not ours now
             folder = self.watcher.find(Path(drop.source))
             if drop.state == "new" and Path(drop.source).exists():
                 # Registered, never frozen, still in the drop root: it must settle (again).
@@ -404,13 +596,15 @@ class Daemon:
                 if not self.stopping.is_set():
                     self.scheduler.modify_job("dispatch", next_run_time=dt.datetime.now())
 
-    def _collect(self) -> None:
-        """Apply finished pushes' results to the watcher (job thread only)."""
+    def _collect(self) -> int:
+        """Apply finished pushes' results to the watcher (job thread only); return how many."""
+        count = 0
         while True:
             try:
                 work, result = self.finished.get_nowait()
             except queue.Empty:
-                return
+                return count
+            count += 1
             self.pushes.pop(work.key, None)
             log.info(
                 "%s: push ended: %s%s",
@@ -426,20 +620,23 @@ class Daemon:
                     result.detail,
                     time.strftime("%H:%M", time.localtime(self.held_until)),
                 )
+            if result.kind == "state":
+                self._state_failed(StateError(self.settings.paths.state, result.detail))
+            elif self.state_trouble is not None and result.kind in ("archived", "quarantined"):
+                log.warning("the state folder can be written again; pushes resume")
+                self.state_trouble, self.state_failures = None, 0
             folder = work.folder
             if folder is None or not folder.path.exists():
                 continue  # moved to work/done/quarantine: nothing left for the watcher
             if result.kind == "incomplete":
                 self.watcher.look_again(folder, self.settings.settle.quiet_seconds, result.detail)
-            elif result.kind in ("transient", "busy", "stopped", "auth_failed"):
+            elif result.kind in ("transient", "busy", "stopped", "auth_failed", "state"):
                 delay = (result.retry_at - time.time()) if result.retry_at else self.poll
                 self.watcher.look_again(folder, max(delay, self.poll), result.kind)
 
-    def _update_status(
-        self, window_open: bool, open_breaker: ledger_module.Breaker | None = None
-    ) -> None:
+    def _update_status(self, window_open: bool) -> None:
         counts = self.watcher.counts()
-        paused = [str(r.path) for r in self.watcher.roots.values() if r.paused]
+        paused = {str(r.path): r.blocked for r in self.watcher.roots.values() if r.blocked}
         parts = [
             f"{counts.get('settling', 0)} settling",
             f"{counts.get('settled', 0)} settled",
@@ -450,27 +647,36 @@ class Daemon:
             parts.append(f"PAUSED: {', '.join(paused)}")
         if time.time() < self.held_until:
             parts.append("PUSHES HELD: XNAT refused our credentials")
-        if open_breaker is not None:
-            parts.append(f"PUSHES HELD: {breaker.sentence(open_breaker)}")
+        if self.open_breaker is not None:
+            parts.append(f"PUSHES HELD: {breaker.sentence(self.open_breaker)}")
+        if self.state_trouble is not None:
+            parts.append(f"PUSHES HELD: cannot write the state folder ({self.state_trouble})")
         self.status = "; ".join(parts)
         self._write_status_file(counts, paused, window_open)
 
-    def _write_status_file(self, counts: dict[str, int], paused: list[str], window: bool) -> None:
+    def _write_status_file(
+        self, counts: dict[str, int], paused: dict[str, str | None], window: bool
+    ) -> None:
         """Leave the live view for `xnatdrop status` (another process) in the state folder.
 
-        Written atomically (temp file + rename), mode 0600; a failure is only logged, because
-        monitoring never fails the job.
+        Written atomically (temp file + rename), mode 0600; a failure is logged once (not every
+        scan), because monitoring never fails the job. `status` tells a live daemon from a dead
+        one by the state lock, and a stuck one by `updated`.
         """
         data = {
             "pid": os.getpid(),
             "updated": time.time(),
             "status": self.status,
             "folders": counts,
-            "paused_roots": paused,
+            "paused_roots": sorted(paused),
+            "paused_reasons": paused,
+            "waiting": [list(item) for item in self.watcher.waiting()[:50]],
+            "troubles": [list(item) for item in self.watcher.troubles()[:50]],
             "pushing": sorted(self.pushes),
             "window": str(self.window),
             "window_open": window,
             "pushes_held_until": self.held_until if time.time() < self.held_until else None,
+            "state_problem": self.state_trouble,
         }
         path = self.settings.paths.state / STATUS_FILE
         temporary = path.with_name(path.name + ".tmp")
@@ -480,7 +686,11 @@ class Daemon:
                 json.dump(data, handle)
             os.replace(temporary, path)
         except OSError as error:
-            log.warning("cannot write %s (%s)", path, error.strerror)
+            if self.status_file_error != error.strerror:
+                log.warning("cannot write %s (%s)", path, error.strerror)
+            self.status_file_error = error.strerror
+        else:
+            self.status_file_error = None
 
 
 def pipeline_processor(settings: config_module.Config, password: str) -> Processor:
@@ -497,8 +707,12 @@ def pipeline_processor(settings: config_module.Config, password: str) -> Process
     def process(work: Work, stopping: threading.Event) -> Result:
         # A resumed drop may already sit in the work area: the pipeline asks the ledger where.
         folder = work.folder.path if work.folder else Path(work.drop.source)  # type: ignore[union-attr]
-        with ledger_module.Ledger(settings.paths.state) as ledger:
-            outcome = pipeline.process(folder, settings, ledger, client_factory, stopping)
+        try:
+            with ledger_module.Ledger(settings.paths.state) as ledger:
+                outcome = pipeline.process(folder, settings, ledger, client_factory, stopping)
+        except StateError as error:
+            # Nowhere to record the failure: the daemon holds all pushes and backs off.
+            return Result("state", error.reason)
         return Result(outcome.kind, outcome.detail, outcome.retry_at)
 
     return process

@@ -130,6 +130,11 @@ TAG_DIFFUSION_DIRECTIONALITY = 0x00189075
 TAG_STUDY_UID = 0x0020000D
 TAG_SERIES_UID = 0x0020000E
 TAG_SERIES_NUMBER = 0x00200011
+TAG_INSTANCE_NUMBER = 0x00200013
+TAG_TEMPORAL_POSITIONS = 0x00200105  # NumberOfTemporalPositions
+TAG_IMAGES_IN_ACQUISITION = 0x00201002
+TAG_GE_RELA_CREATOR = 0x00210010  # "GEMS_RELA_01" owns block 0x10 of group 0021
+TAG_GE_LOCATIONS = 0x0021104F  # GE LocationsInAcquisition (SS), in that block
 TAG_SAMPLES = 0x00280002
 TAG_FRAMES = 0x00280008
 TAG_ROWS = 0x00280010
@@ -160,6 +165,11 @@ TOP_TAGS = frozenset(
         TAG_STUDY_UID,
         TAG_SERIES_UID,
         TAG_SERIES_NUMBER,
+        TAG_INSTANCE_NUMBER,
+        TAG_TEMPORAL_POSITIONS,
+        TAG_IMAGES_IN_ACQUISITION,
+        TAG_GE_RELA_CREATOR,
+        TAG_GE_LOCATIONS,
         TAG_SAMPLES,
         TAG_FRAMES,
         TAG_ROWS,
@@ -212,6 +222,13 @@ class Header:
     volume_calculation: str = ""
     sequence_name: str = ""
     referenced_files: tuple[tuple[str, ...], ...] = ()  # DICOMDIR (0004,1500) values
+    # What a series should hold, for telling a copy still under way from a complete one
+    # (rules, INCOMPLETE_SERIES): 0 when the header does not say.
+    instance_number: int = 0
+    frames: int = 1  # NumberOfFrames
+    images_in_acquisition: int = 0  # (0020,1002)
+    temporal_positions: int = 0  # (0020,0105)
+    ge_locations: int = 0  # GE (0021,104F) LocationsInAcquisition
 
     @property
     def is_dicomdir(self) -> bool:
@@ -569,7 +586,28 @@ def _decode(win: _Window, walk: _Walk, meta: dict[int, bytes], syntax: str) -> H
         volume_calculation=_text(top.get(TAG_VOLUME_CALCULATION, b"")).upper(),
         sequence_name=_text(top.get(TAG_SEQUENCE_NAME, b"")),
         referenced_files=references,
+        instance_number=_count(top.get(TAG_INSTANCE_NUMBER, b"")),
+        frames=max(_int(top.get(TAG_FRAMES, b"")), 1),
+        images_in_acquisition=_count(top.get(TAG_IMAGES_IN_ACQUISITION, b"")),
+        temporal_positions=_count(top.get(TAG_TEMPORAL_POSITIONS, b"")),
+        ge_locations=_ge_locations(top, walk.little),
     )
+
+
+def _count(raw: bytes) -> int:
+    """An IS value as a non-negative count; 0 when absent or not a plain number."""
+    text = _text(raw)
+    return int(text) if text.isdigit() else 0
+
+
+def _ge_locations(top: dict[int, bytes], little: bool) -> int:
+    """GE's LocationsInAcquisition, only when GEMS_RELA_01 owns the block (PS3.5 7.8.1)."""
+    if _text(top.get(TAG_GE_RELA_CREATOR, b"")).upper() != "GEMS_RELA_01":
+        return 0
+    raw = top.get(TAG_GE_LOCATIONS, b"")
+    if len(raw) == 2:  # SS, explicit or implicit VR
+        return max(struct.unpack("<h" if little else ">h", raw)[0], 0)
+    return _count(raw)
 
 
 def _expected_pixel_bytes(walk: _Walk) -> int:

@@ -31,6 +31,21 @@ class TransientError(XnatdropError):
     """Retry later with backoff; never quarantine because of it."""
 
 
+class StateError(TransientError):
+    """xnatdrop cannot write its own state (the ledger, the spool): the state file system is
+    full, read-only or failing. No drop is at fault and nothing is lost; everything waits, with
+    backoff, until it can be written again. The message is one sentence for the operator.
+    """
+
+    def __init__(self, state: object, reason: str) -> None:
+        self.state = state
+        self.reason = reason
+        super().__init__(
+            f"cannot write the state folder {state} ({reason}); free space there or fix it, "
+            "nothing was lost and xnatdrop carries on once it can write again"
+        )
+
+
 class PermanentError(XnatdropError):
     """Retrying cannot help: quarantine the drop with this reason.
 

@@ -32,7 +32,9 @@ A drop in `done` or `quarantined` is final; a later folder with the same label i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -42,6 +44,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from xnatdrop.errors import StateError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,11 @@ STATES: dict[str, str] = {
     "attached": "sidecar folders uploaded as session resources and verified",
     "done": "moved to done/ with a receipt (final)",
     "quarantined": "moved to quarantine/ with a reason file (final)",
+    "requeued": "was quarantined, then sent back into the drop root by `xnatdrop requeue` "
+    "(final: it comes back as a new drop)",
 }
-FINAL = frozenset({"done", "quarantined"})
+FINAL = frozenset({"done", "quarantined", "requeued"})
+_UNFINISHED = "state NOT IN ('done', 'quarantined', 'requeued')"  # SQL for "not in FINAL"
 
 STEPS = ("freeze", "check", "pack", "import", "verify", "archive", "attach", "finish")
 
@@ -80,6 +87,9 @@ NEXT: dict[tuple[str, str], str] = {
     ("frozen", "thaw"): "new",
     # Any permanent failure before the end.
     **{(state, "quarantine"): "quarantined" for state in STATES if state not in FINAL},
+    # A person fixed the folder and sent it back (`xnatdrop requeue`): it is no longer in
+    # quarantine/, and it will be a new drop.
+    ("quarantined", "requeue"): "requeued",
 }
 
 # The step to run next from each unfinished state.
@@ -132,7 +142,7 @@ CREATE TABLE IF NOT EXISTS drops (
 );
 -- At most one unfinished drop per label and project.
 CREATE UNIQUE INDEX IF NOT EXISTS drops_active
-    ON drops(project, label) WHERE state NOT IN ('done', 'quarantined');
+    ON drops(project, label) WHERE state NOT IN ('done', 'quarantined', 'requeued');
 CREATE INDEX IF NOT EXISTS drops_state ON drops(state, next_attempt);
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
@@ -161,6 +171,22 @@ CREATE TABLE IF NOT EXISTS breaker (
     tries INTEGER NOT NULL DEFAULT 0
 );
 """
+
+
+SCHEMA_VERSION = 2  # PRAGMA user_version; 2: the state `requeued`
+PRIVATE_FOLDERS = ("spool", "locks", "requeued")  # created 0700 with the ledger
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a ledger written by an older xnatdrop up to SCHEMA_VERSION (inside a transaction)."""
+    if version < 2:
+        # `requeued` is final: the partial index of unfinished drops must leave it out.
+        conn.execute("DROP INDEX IF EXISTS drops_active")
+        conn.execute(
+            "CREATE UNIQUE INDEX drops_active ON drops(project, label) "
+            "WHERE state NOT IN ('done', 'quarantined', 'requeued')"
+        )
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 class InvalidTransition(Exception):
@@ -196,6 +222,17 @@ class Drop:
     @property
     def next_step(self) -> str | None:
         return STEP_FROM.get(self.state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Streak:
+    """A drop whose last `count` attempts all failed at `step` with `code`."""
+
+    drop: Drop
+    count: int
+    step: str
+    code: str
+    message: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +282,47 @@ _WAITING_ON_XNAT = (HELD, SUSPECT)
 ANSWER_KEEP_SECONDS = 7 * 86400.0
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` and every missing parent 0700 (mkdir's `parents=True` would give the parents
+    the umask's mode, 0755, and the spool holds file lists of sessions)."""
+    missing, parent = [], path
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+    return path
+
+
+# SQLite's primary result codes that mean "the state cannot be written" rather than a bug:
+# SQLITE_READONLY 8, SQLITE_IOERR 10, SQLITE_FULL 13, SQLITE_CANTOPEN 14 (sqlite.org/rescode.html).
+_STATE_CODES = {8: "it is read-only", 10: "disk I/O error", 13: "its file system is full"}
+_STATE_CODES[14] = "the ledger file cannot be opened"
+_OS_STATE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
+
+
+@contextmanager
+def state_errors(state: Path) -> Iterator[None]:
+    """Turn "cannot write the state" into errors.StateError; let every other error through.
+
+    A full state file system once made the daemon crash and restart hundreds of times a
+    minute: nowhere to record when to retry. As a StateError (a TransientError) it is retried
+    with backoff by whoever called, and reported in one sentence.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+        if code not in _STATE_CODES:
+            raise
+        raise StateError(state, f"{_STATE_CODES[code]}: {error}") from None
+    except OSError as error:
+        if error.errno not in _OS_STATE_ERRNOS:
+            raise
+        raise StateError(state, error.strerror or str(error)) from None
+
+
 class Ledger:
     """An open ledger database. Use as a context manager, or call `close()`.
 
@@ -252,23 +330,41 @@ class Ledger:
     several processes may open the same file, SQLite's locking and `busy_timeout` serialise them.
     """
 
-    def __init__(self, state_dir: Path) -> None:
-        _secure_dir(state_dir)
+    def __init__(self, state_dir: Path, readonly: bool = False) -> None:
+        """Open (and create, unless `readonly`) the ledger of a state folder.
+
+        `readonly` is for `xnatdrop status`: it changes nothing, not even the schema, so it
+        works on a full or read-only state file system; a ledger without tables reads as empty.
+        """
+        self.state = state_dir
         self.path = state_dir / FILENAME
-        # Create the file 0600 before SQLite does, so it never exists with a wider mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(self.path, 0o600)
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable across a process crash in WAL mode; only a power cut may lose the last
-        # transaction, and every step is safe to repeat.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
+        if readonly:
+            uri = f"{self.path.absolute().as_uri()}?mode=ro"
+            with state_errors(state_dir):
+                self._conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            return
+        with state_errors(state_dir):
+            _secure_dir(state_dir)
+            for sub in PRIVATE_FOLDERS:
+                _secure_dir(state_dir / sub)
+            # Create the file 0600 before SQLite does, so it never exists with a wider mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across a process crash in WAL mode; only a power cut may lose the
+            # last transaction, and every step is safe to repeat.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
         with self._transaction():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                _migrate(self._conn, version)
         for suffix in ("-wal", "-shm"):
             sidecar = self.path.with_name(self.path.name + suffix)
             if sidecar.exists():
@@ -276,6 +372,28 @@ class Ledger:
 
     def close(self) -> None:
         self._conn.close()
+
+    def probe(self) -> None:
+        """Prove that the state folder takes writes again; raise StateError if it does not.
+
+        Two real writes: a ledger transaction (the schema version, rewritten), and a new 64 KiB
+        file, because SQLite can still write into pages its files already own while the file
+        system has no free block left.
+        """
+        with self._transaction() as conn:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        probe = self.state / ".probe"
+        with state_errors(self.state):
+            try:
+                descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(descriptor, bytes(64 * 1024))
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+            finally:
+                with contextlib.suppress(OSError):
+                    probe.unlink()
 
     def __enter__(self) -> Ledger:
         return self
@@ -287,13 +405,15 @@ class Ledger:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, so two processes never both read a
         # state and then both write a transition from it.
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        with state_errors(self.state):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # SQLite may have rolled back by itself
+                    self._conn.execute("ROLLBACK")
+                raise
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -309,8 +429,7 @@ class Ledger:
     def active(self, project: str, label: str) -> Drop | None:
         """The unfinished drop for this label, if any (there is at most one)."""
         row = self._conn.execute(
-            "SELECT id FROM drops WHERE project = ? AND label = ? "
-            "AND state NOT IN ('done', 'quarantined')",
+            f"SELECT id FROM drops WHERE project = ? AND label = ? AND {_UNFINISHED}",
             (project, label),
         ).fetchone()
         return None if row is None else self.get(row["id"])
@@ -433,6 +552,83 @@ class Ledger:
             self._history(conn, current, "failed", step, current.state, detail, now)
             return self._row(conn, drop.id)
 
+    def requeue(self, drop: Drop, to: Path, label: str) -> Drop:
+        """Record that a quarantined drop's folder went back to `to` (as `label`): final state
+        `requeued`, so it no longer counts as in quarantine; the folder will be a new drop."""
+        now = time.time()
+        with self._transaction() as conn:
+            current = self._row(conn, drop.id)
+            after = self._check(current, "requeue")
+            self._set(conn, drop.id, {"state": after, "running": None, "updated": now})
+            detail = {"to": str(to), "label": label}
+            self._history(conn, current, "requeued", "requeue", after, detail, now)
+            return self._row(conn, drop.id)
+
+    def quarantined_at(self, folder: Path) -> Drop | None:
+        """The quarantined drop whose folder is `folder` (its `final_path`), if any."""
+        row = self._conn.execute(
+            "SELECT id FROM drops WHERE state = 'quarantined' AND final_path = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (str(folder),),
+        ).fetchone()
+        return None if row is None else self.get(row["id"])
+
+    def release_waiting_for(self, code: str) -> list[Drop]:
+        """Make every unfinished drop whose last error is `code` due now; return them.
+
+        After a refused login the drops wait `push.retry_max_seconds`; once a person fixed the
+        password and restarted the service there is no reason to wait any longer.
+        """
+        now = time.time()
+        with self._transaction() as conn:
+            rows = conn.execute(
+                f"SELECT id FROM drops WHERE {_UNFINISHED} AND last_error_code = ? "
+                "AND next_attempt > ?",
+                (code, now),
+            ).fetchall()
+            for row in rows:
+                self._set(conn, row["id"], {"next_attempt": 0, "updated": now})
+            return [self._row(conn, row["id"]) for row in rows]
+
+    def failure_streaks(self, minimum: int) -> list[Streak]:
+        """Unfinished drops whose last `minimum` or more attempts failed the same way.
+
+        "The same way" is the same step and the same code: messages may differ in details
+        (a byte count, a retry time) while the cause is one. Success of any step ends a streak.
+        """
+        streaks = []
+        for drop in self.unfinished():
+            rows = self._conn.execute(
+                "SELECT event, step, detail FROM history WHERE drop_id = ? "
+                "AND event IN ('failed', 'done', 'thaw', 'resend', 'registered') "
+                "ORDER BY id DESC LIMIT ?",
+                (drop.id, max(minimum, 1) * 4),
+            ).fetchall()
+            count, key, message = 0, None, ""
+            for row in rows:
+                if row["event"] != "failed":
+                    break
+                detail = json.loads(row["detail"])
+                this = (row["step"], detail.get("code"))
+                if key is None:
+                    key, message = this, str(detail.get("message", ""))
+                elif this != key:
+                    break
+                count += 1
+            if key is not None and count >= minimum:
+                streaks.append(Streak(drop, count, key[0], str(key[1]), message))
+        return streaks
+
+    def in_state(self, state: str) -> list[Drop]:
+        """Every drop in `state`, oldest first."""
+        rows = self._conn.execute("SELECT id FROM drops WHERE state = ? ORDER BY id", (state,))
+        return [self.get(r["id"]) for r in rows]
+
+    def unfinished(self) -> list[Drop]:
+        """Every drop not in a final state, oldest first, due or not."""
+        rows = self._conn.execute(f"SELECT id FROM drops WHERE {_UNFINISHED} ORDER BY created, id")
+        return [self.get(r["id"]) for r in rows]
+
     def release(self, drop: Drop) -> Drop:
         """Make a drop that waits for a person (retry_at None) due again now."""
         with self._transaction() as conn:
@@ -450,8 +646,7 @@ class Ledger:
         """Unfinished drops whose next attempt is due at `now`, oldest first."""
         now = time.time() if now is None else now
         rows = self._conn.execute(
-            "SELECT id FROM drops WHERE state NOT IN ('done', 'quarantined') "
-            "AND next_attempt <= ? ORDER BY created, id",
+            f"SELECT id FROM drops WHERE {_UNFINISHED} AND next_attempt <= ? ORDER BY created, id",
             (now,),
         )
         return [self.get(r["id"]) for r in rows]
@@ -459,8 +654,7 @@ class Ledger:
     def oldest_pending(self) -> Drop | None:
         """The unfinished drop registered first, due or not."""
         row = self._conn.execute(
-            "SELECT id FROM drops WHERE state NOT IN ('done', 'quarantined') "
-            "ORDER BY created, id LIMIT 1"
+            f"SELECT id FROM drops WHERE {_UNFINISHED} ORDER BY created, id LIMIT 1"
         ).fetchone()
         return None if row is None else self.get(row["id"])
 
@@ -549,6 +743,15 @@ class Ledger:
 
     # -- the circuit breaker (see `breaker`) ---------------------------------------------
 
+    def _has_table(self, name: str) -> bool:
+        """Whether the ledger has table `name`. A write-mode open creates every table; a
+        read-only open (`status`) of a ledger written by an xnatdrop older than the breaker
+        finds none, and reads that as "no answers, breaker closed"."""
+        row = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
+
     def record_answer(self, drop_id: int, answer: str, at: float | None = None) -> None:
         """Remember XNAT's answer to a drop ("" for a success); forget week-old answers."""
         now = time.time() if at is None else at
@@ -560,10 +763,14 @@ class Ledger:
             )
 
     def answers(self) -> list[Answer]:
+        if not self._has_table("xnat_answers"):
+            return []
         rows = self._conn.execute("SELECT at, drop_id, answer FROM xnat_answers ORDER BY id")
         return [Answer(r["at"], r["drop_id"], r["answer"]) for r in rows]
 
     def breaker(self) -> Breaker | None:
+        if not self._has_table("breaker"):
+            return None
         row = self._conn.execute("SELECT * FROM breaker WHERE id = 1").fetchone()
         if row is None:
             return None
@@ -581,8 +788,8 @@ class Ledger:
                 (answer, drops, now, retry_at),
             )
             conn.execute(
-                "UPDATE drops SET next_attempt = ? WHERE last_error_code IN (?, ?) "
-                "AND state NOT IN ('done', 'quarantined')",
+                f"UPDATE drops SET next_attempt = ? WHERE last_error_code IN (?, ?) "
+                f"AND {_UNFINISHED}",
                 (retry_at, *_WAITING_ON_XNAT),
             )
         breaker = self.breaker()
@@ -595,8 +802,8 @@ class Ledger:
         with self._transaction() as conn:
             conn.execute("DELETE FROM breaker")
             cursor = conn.execute(
-                "UPDATE drops SET next_attempt = 0 WHERE last_error_code IN (?, ?) "
-                "AND state NOT IN ('done', 'quarantined')",
+                f"UPDATE drops SET next_attempt = 0 WHERE last_error_code IN (?, ?) "
+                f"AND {_UNFINISHED}",
                 _WAITING_ON_XNAT,
             )
             return cursor.rowcount

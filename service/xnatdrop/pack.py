@@ -168,7 +168,9 @@ class Manifest:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     part = path.with_name(path.name + ".part")
-    with open(part, "wb") as handle:
+    descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # spool: private
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

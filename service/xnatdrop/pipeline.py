@@ -83,12 +83,12 @@ import contextlib
 import dataclasses
 import datetime
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -98,7 +98,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import breaker, pack, quarantine, receipt, rules, verify, xnat
+from xnatdrop import breaker, locks, pack, quarantine, receipt, rules, verify, xnat
 from xnatdrop import ledger as ledger_module
 from xnatdrop.config import Config, DropSettings
 from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
@@ -216,10 +216,10 @@ def process(
     if drop_settings is None:
         raise ValueError(f"{drop_folder} is not inside a configured drop root")
     label = drop_folder.name
-    with _drop_lock(config.paths.state, drop_settings.project, label) as locked:
-        if not locked:
-            log.info("%s: another xnatdrop process is working on it", label)
-            return Outcome("busy", label, message="another xnatdrop process holds this drop")
+    with _drop_lock(config.paths.state, drop_settings.project, label) as holder:
+        if holder is not None:
+            log.info("%s: %s is working on it", label, holder)
+            return Outcome("busy", label, message=f"{holder} is working on this drop now")
         drop = book.active(drop_settings.project, label)
         if drop is None:
             if not drop_folder.is_dir():
@@ -239,20 +239,24 @@ def process(
 
 
 @contextlib.contextmanager
-def _drop_lock(state: Path, project: str, label: str) -> Iterator[bool]:
-    """An exclusive flock per drop; the kernel drops it when the process dies, even by kill -9."""
-    folder = state / "locks"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(folder / f"{project}__{label}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+def _drop_lock(state: Path, project: str, label: str) -> Iterator[str | None]:
+    """An exclusive flock per drop; the kernel drops it when the process dies, even by kill -9.
+
+    Yields None when this process holds it, else who does ("xnatdrop run (pid 4711)"): the
+    lock file names its holder, so `push` can say that the daemon is on it.
+    """
+    folder = ledger_module.private_dir(state / "locks")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+        lock = locks.Lock.acquire(
+            folder / f"{project}__{label}.lock", locks.me(state, locks.this_command(state))
+        )
+    except locks.Held as held:
+        yield held.owner.describe()
+        return
+    try:
+        yield None
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -456,11 +460,13 @@ def _freeze(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
 def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     """Run the rules; store what later steps need; a block finding quarantines."""
     work = Path(drop.work)
+    _set_aside_reason_files(run, drop, work)
     facts = _check_facts(work, run.config, run.drop_settings)
     facts["subject_fields"] = _subject_fields(run, work, facts)
     spool = run.spool(drop)
-    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    receipt.write_atomic(spool / CHECK_NAME, json.dumps(facts, indent=1))
+    with ledger_module.state_errors(run.config.paths.state):  # a full state disk: wait, alert
+        ledger_module.private_dir(spool)
+        receipt.write_atomic(spool / CHECK_NAME, json.dumps(facts, indent=1), private=True)
     if not facts["ok"]:
         blocks = [f for f in facts["findings"] if f["action"] == "block"]
         _still_copying(run, work, blocks)
@@ -478,15 +484,44 @@ def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     return {}, summary
 
 
-COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM"})
+def _set_aside_reason_files(run: _Run, drop: ledger_module.Drop, work: Path) -> None:
+    """Move our own QUARANTINE.txt/.json of an earlier quarantine out of a resubmitted folder.
+
+    They are not the technologist's data: they would otherwise travel into done/ beside the
+    receipt and contradict it. They are kept under `<state>/requeued/<label>__drop<id>/`.
+    """
+    found = rules.own_reason_files(work)
+    if not found:
+        return
+    kept = ledger_module.private_dir(
+        run.config.paths.state / "requeued" / f"{drop.label}__drop{drop.id}"
+    )
+    for path in found:
+        target = kept / path.name
+        shutil.copyfile(path, target)
+        os.chmod(target, 0o600)
+        path.unlink()
+    log.info(
+        "%s: our reason files from an earlier quarantine (%s) moved aside to %s",
+        drop.label,
+        ", ".join(p.name for p in found),
+        kept,
+    )
+
+
+# Findings that mean "the copy is not finished yet": held back (thawed) until
+# settle.max_wait_seconds after the files last changed, then quarantined.
+COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM", "INCOMPLETE_SERIES"})
 
 
 def _still_copying(run: _Run, work: Path, blocks: list[dict[str, Any]]) -> None:
-    """Raise _Incomplete if every block is a cut-short file written within the settle limit.
+    """Raise _Incomplete if every block says "not copied yet" and the copy is recent.
 
-    A copy still running when the folder looked settled leaves empty or truncated files. Their
-    change time (set when the copy wrote them; a rename of the folder does not touch it) tells
-    a copy in progress from one that died long ago, which is quarantined.
+    A copy still running, or paused for longer than `settle.quiet_seconds`, when the folder
+    looked settled leaves empty or truncated files, or series that visibly lack files
+    (INCOMPLETE_SERIES). The change time of those files (set when the copy wrote them; a rename
+    of the folder does not touch it) tells a copy in progress from one that died long ago,
+    which is quarantined once `settle.max_wait_seconds` have passed.
     """
     if not blocks or any(f["code"] not in COPYING_CODES for f in blocks):
         return
@@ -494,7 +529,12 @@ def _still_copying(run: _Run, work: Path, blocks: list[dict[str, Any]]) -> None:
     newest = max((p.stat().st_ctime for p in paths if p.exists()), default=0.0)
     age = time.time() - newest
     if age < run.config.settle.max_wait_seconds:
-        raise _Incomplete(f"{len(paths)} file(s) still being copied ({age:.0f} s ago)")
+        codes = ", ".join(sorted({f["code"] for f in blocks}))
+        raise _Incomplete(
+            f"still being copied ({codes} in {len(blocks)} place(s); the newest file came "
+            f"{age:.0f} s ago); it is checked again once it settles, and quarantined if it "
+            f"is still incomplete {run.config.settle.max_wait_seconds:.0f} s after that file"
+        )
 
 
 def _thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:
@@ -579,13 +619,30 @@ def _subject_file(path: Path, name: str) -> dict[str, str]:
             )
         fields["handedness"] = HANDEDNESS[str(data["handedness"]).lower()]
     if "dob" in data:
-        if not isinstance(data["dob"], datetime.date):
-            raise PermanentError("SUBJECT_FILE_INVALID", f"{name}: dob must be a date", fix)
-        fields["dob"] = data["dob"].isoformat()
+        dob = data["dob"]
+        # TOML gives a date-time for 1990-04-01T10:00:00, a subclass of date: refuse it, XNAT
+        # keeps a date of birth as a date.
+        if type(dob) is not datetime.date:
+            raise PermanentError(
+                "SUBJECT_FILE_INVALID",
+                f"{name}: dob must be a date like 1990-04-01 (no time, no quotes)",
+                fix,
+            )
+        if not datetime.date(1900, 1, 1) <= dob <= datetime.date.today():
+            raise PermanentError(
+                "SUBJECT_FILE_INVALID",
+                f"{name}: dob {dob.isoformat()} is in the future or before 1900",
+                fix,
+            )
+        fields["dob"] = dob.isoformat()
     elif "yob" in data:
         year = data["yob"]
-        if not isinstance(year, int) or not 1900 <= year <= datetime.date.today().year:
-            raise PermanentError("SUBJECT_FILE_INVALID", f"{name}: yob must be a year", fix)
+        if type(year) is not int or not 1900 <= year <= datetime.date.today().year:
+            raise PermanentError(
+                "SUBJECT_FILE_INVALID",
+                f"{name}: yob must be a year from 1900 to this year, like 1990",
+                fix,
+            )
         fields["yob"] = str(year)
     return fields
 
@@ -672,9 +729,9 @@ def _xnat_facts(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
 
 def _save_xnat_facts(run: _Run, drop: ledger_module.Drop, **changes: Any) -> None:
     spool = run.spool(drop)
-    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ledger_module.private_dir(spool)
     data = {**_xnat_facts(run, drop), **changes}
-    receipt.write_atomic(spool / XNAT_NAME, json.dumps(data, indent=1))
+    receipt.write_atomic(spool / XNAT_NAME, json.dumps(data, indent=1), private=True)
 
 
 def _rewriting(run: _Run, drop: ledger_module.Drop, fresh: bool = False) -> verify.Rewriting:
@@ -1288,8 +1345,12 @@ def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         args = (run.project, session.subject, session.label, name)
         missing = _missing(name, local, client.resource_files(*args))
         if missing:
-            bundle = run.spool(drop) / f"{name}.zip"
-            with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            bundle = ledger_module.private_dir(run.spool(drop)) / f"{name}.zip"
+            descriptor = os.open(bundle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with (
+                os.fdopen(descriptor, "wb") as handle,
+                zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+            ):
                 for path in missing:
                     archive.write(work / relative / path, path)
             client.create_resource(*args)
@@ -1441,8 +1502,8 @@ def _quarantine(run: _Run, drop: ledger_module.Drop, failure: PermanentError) ->
     in_xnat = getattr(failure, "in_xnat", None)
     if in_xnat:
         reason["in_xnat"] = in_xnat
-    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1))
+    ledger_module.private_dir(spool)
+    receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1), private=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = drop.target or _free_target(run.config.paths.quarantine / f"{drop.label}__{stamp}")
     drop = run.book.begin(

@@ -27,11 +27,15 @@ RESUBMIT = (
 )
 
 
+# How each QUARANTINE.txt of ours begins: `rules` recognises our own reason files by them.
+TEXT_STARTS = ("xnatdrop did NOT archive ", "xnatdrop stopped ")
+
+
 def render_text(reason: dict[str, Any]) -> str:
     """The technologist's note: what, which files, how to fix, how to resubmit."""
     if reason.get("in_xnat") and reason.get("code") == "ARCHIVE_MISMATCH":
         lines = [
-            f"xnatdrop stopped {reason['label']} (project {reason['project']}) AFTER it reached "
+            f"{TEXT_STARTS[1]}{reason['label']} (project {reason['project']}) AFTER it reached "
             "XNAT: the session IS in XNAT, but it does not match this folder.",
             f"The session in XNAT: {reason['in_xnat']}",
             "",
@@ -39,7 +43,7 @@ def render_text(reason: dict[str, Any]) -> str:
         ]
     elif reason.get("in_xnat"):
         lines = [
-            f"xnatdrop did NOT archive {reason['label']} (project {reason['project']}): XNAT "
+            f"{TEXT_STARTS[0]}{reason['label']} (project {reason['project']}): XNAT "
             "already holds a session with this label and other data.",
             f"The session in XNAT: {reason['in_xnat']}",
             "",
@@ -47,7 +51,7 @@ def render_text(reason: dict[str, Any]) -> str:
         ]
     else:
         lines = [
-            f"xnatdrop did NOT archive {reason['label']} (project {reason['project']}).",
+            f"{TEXT_STARTS[0]}{reason['label']} (project {reason['project']}).",
             "",
             f"What is wrong: {reason['message']}",
         ]

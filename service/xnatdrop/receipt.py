@@ -21,10 +21,17 @@ TEXT_NAME = "RECEIPT.txt"
 JSON_NAME = "RECEIPT.json"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and a rename, so readers never see half."""
+def write_atomic(path: Path, text: str, private: bool = False) -> None:
+    """Write `text` to `path` via a temporary file and a rename, so readers never see half.
+
+    `private` makes the file 0600, for xnatdrop's own files under the state folder; receipts
+    and reason files on the share keep the umask's mode, for the people who read them.
+    """
     part = path.with_name(path.name + ".part")
-    with open(part, "w", encoding="utf-8") as handle:
+    descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+    if private:
+        os.fchmod(descriptor, 0o600)  # a .part left by a killed run may have another mode
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())

@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import enum
 import filecmp
+import json
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xnatdrop import dicomfiles
+from xnatdrop import dicomfiles, names, quarantine
 
 if TYPE_CHECKING:
     from xnatdrop import config
@@ -203,6 +204,21 @@ RULES: dict[str, Rule] = {
         "a symbolic link (never followed)",
         "replace the link with the real files",
     ),
+    "BAD_NAME": Rule(
+        B,
+        "a file or folder name that is not valid UTF-8 (copied with another character set); "
+        "the bytes that are not are shown as \\xNN",
+        "rename it using letters, digits, '_', '-' and '.' only (or copy the session again "
+        "with a tool that keeps names as UTF-8), then resubmit",
+    ),
+    "INCOMPLETE_SERIES": Rule(
+        B,
+        "a series holds fewer files than the scanner wrote: gaps in its InstanceNumbers, or "
+        "fewer files than ImagesInAcquisition or GE's LocationsInAcquisition × "
+        "NumberOfTemporalPositions say [D8]",
+        "let the copy finish (or copy the series again); if the scan was stopped early on "
+        'purpose, set INCOMPLETE_SERIES = "warn" for this drop root',
+    ),
 }
 del B, E, W, N
 
@@ -374,6 +390,9 @@ class Verdict:
     sidecars: dict[str, Path]
     findings: tuple[Finding, ...]
     files_checked: int
+    # xnatdrop's own QUARANTINE.txt/.json from an earlier quarantine, found at the top of a
+    # resubmitted folder: neither findings nor uploaded; the push moves them aside.
+    reason_files: tuple[Path, ...] = ()
 
     def upload_files(self) -> list[Path]:
         """The DICOM files to upload, relative to the subject folder, series by series."""
@@ -401,6 +420,7 @@ class Verdict:
             "excluded_series": [s.to_json(files) for s in self.excluded_series],
             "sidecars": {name: str(path) for name, path in self.sidecars.items()},
             "findings": [f.to_json() for f in self.findings],
+            "reason_files": [p.as_posix() for p in self.reason_files],
         }
 
 
@@ -420,6 +440,34 @@ class _Tree:
     files: list[Path] = dataclasses.field(default_factory=list)  # relative, not in sidecars
     sidecars: dict[str, Path] = dataclasses.field(default_factory=dict)
     hits: list[_Hit] = dataclasses.field(default_factory=list)
+    reason_files: list[Path] = dataclasses.field(default_factory=list)
+
+
+def own_reason_files(folder: Path) -> list[Path]:
+    """xnatdrop's own QUARANTINE.txt/.json at the top of `folder`, recognised by content.
+
+    A folder copied back from quarantine together with its reason files was misdiagnosed (the
+    JSON as a BIDS sidecar, both as loose files). Only files that are really ours count: the
+    JSON with our keys, the text with our first words; anything else with those names is
+    judged like any other file.
+    """
+    found = []
+    text, data = folder / quarantine.TEXT_NAME, folder / quarantine.JSON_NAME
+    try:
+        with open(text, "rb") as handle:
+            first = handle.read(max(map(len, quarantine.TEXT_STARTS)))
+            if first.startswith(tuple(start.encode() for start in quarantine.TEXT_STARTS)):
+                found.append(text)
+    except OSError:
+        pass
+    try:
+        with open(data, "rb") as handle:
+            reason = json.loads(handle.read(1 << 20))
+        if isinstance(reason, dict) and {"label", "code", "drop_root"} <= set(reason):
+            found.append(data)
+    except (OSError, ValueError):
+        pass
+    return found
 
 
 def action_for(settings: config.RulesSettings | None, code: str) -> Action:
@@ -464,6 +512,8 @@ def _scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[s
     """List files without following links; note sidecars, links and unreadable folders."""
     tree = _Tree()
     wanted = {name.lower(): name for name in sidecar_names}
+    ours = {p.name for p in own_reason_files(folder)}
+    tree.reason_files = sorted(Path(name) for name in ours)
     pending = [Path(".")]
     while pending:
         relative = pending.pop()
@@ -475,7 +525,11 @@ def _scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[s
             continue
         for entry in listing:
             path = relative / entry.name
-            if entry.is_symlink():
+            if not names.valid(entry.name):
+                tree.hits.append(_bad_name(relative, entry))
+            elif relative == Path(".") and entry.name in ours:
+                continue
+            elif entry.is_symlink():
                 tree.hits.append(_Hit("SYMLINK", path, "symbolic link, not followed"))
             elif entry.is_dir(follow_symlinks=False):
                 if entry.name.lower() in LITTER_DIRS:
@@ -502,7 +556,9 @@ def _scan_sidecar(folder: Path, top: Path, tree: _Tree) -> None:
             with os.scandir(folder / relative) as entries:
                 for entry in entries:
                     path = relative / entry.name
-                    if entry.is_symlink():
+                    if not names.valid(entry.name):
+                        tree.hits.append(_bad_name(relative, entry))
+                    elif entry.is_symlink():
                         tree.hits.append(_Hit("SYMLINK", path, "symbolic link, not followed"))
                     elif entry.is_dir(follow_symlinks=False):
                         pending.append(path)
@@ -512,6 +568,17 @@ def _scan_sidecar(folder: Path, top: Path, tree: _Tree) -> None:
                         tree.hits.append(_Hit("UNREADABLE", path, "permission denied"))
         except OSError as error:
             tree.hits.append(_Hit("UNREADABLE", relative, f"cannot list folder: {error.strerror}"))
+
+
+def _bad_name(relative: Path, entry: os.DirEntry[str]) -> _Hit:
+    """BAD_NAME for one entry: never read, never uploaded, shown with its bytes escaped.
+
+    The escaped path is all that travels on (findings, reason files, logs): the name itself
+    cannot be written as text anywhere.
+    """
+    kind = "folder" if entry.is_dir(follow_symlinks=False) else "file"
+    shown = Path(names.shown(str(relative / entry.name)))
+    return _Hit("BAD_NAME", shown, f"{kind} name {shown.name} is not valid UTF-8")
 
 
 def _series_folder(path: Path) -> Path:
@@ -544,7 +611,8 @@ def _judge(
     hits.extend(duplicate_hits)
     label, label_hits = _label(folder, dicoms, settings, drop)
     hits.extend(label_hits)
-    return _finish(folder, label, hits, dicoms, tree.sidecars, settings, len(facts), duplicates)
+    verdict = _finish(folder, label, hits, dicoms, tree.sidecars, settings, len(facts), duplicates)
+    return dataclasses.replace(verdict, reason_files=tuple(tree.reason_files))
 
 
 def _file_hits(item: dicomfiles.FileFacts) -> list[_Hit]:
@@ -730,7 +798,71 @@ def _folder_hits(dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str]
             _Hit("MULTIPLE_STUDIES", Path("."), f"{len(studies)} studies: " + "; ".join(parts))
         )
     hits.extend(_patient_hits(dicoms))
+    hits.extend(_incomplete_hits(dicoms, categories))
     return hits
+
+
+def _incomplete_hits(dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str]) -> list[_Hit]:
+    """Rule D8, as far as it tells a copy still under way: a raw image series that visibly
+    lacks files. A copy that paused longer than `settle.quiet_seconds` once had half a
+    session archived (88 of 177 files); the pipeline holds such a folder back as still being
+    copied until `settle.max_wait_seconds`, then quarantines it with this finding.
+
+    Visible means: InstanceNumbers that start at 1, are distinct, and leave gaps (vendors
+    number a classic series 1..N; a Philips DTI in the shared data starts at 16 and is left
+    alone), or fewer single-frame files than the scanner announces, in ImagesInAcquisition
+    (0020,1002) or, on GE, LocationsInAcquisition (0021,104F) × NumberOfTemporalPositions
+    (0020,0105) — both checked against every GE series in the shared data. Each is only a
+    lower bound: more files than announced (diffusion directions, echoes) are fine.
+    """
+    groups: dict[str, list[dicomfiles.Header]] = collections.defaultdict(list)
+    members: dict[str, list[Path]] = collections.defaultdict(list)
+    for item in dicoms:
+        if categories[item.path] != "image" or item.header is None:
+            continue
+        groups[item.header.series_instance_uid].append(item.header)
+        members[item.header.series_instance_uid].append(item.path)
+    hits = []
+    for uid, headers in groups.items():
+        # Counted over the whole series; a series split over folders is SPLIT_SERIES besides.
+        key = (_series_folder(min(members[uid])), uid)
+        count = len(headers)
+        reasons = []
+        numbers = [h.instance_number for h in headers]
+        numbered = all(numbers) and len(set(numbers)) == count and min(numbers) == 1
+        if numbered and max(numbers) > count:
+            reasons.append(
+                f"InstanceNumbers run from 1 to {max(numbers)} but {count} files are here "
+                f"({max(numbers) - count} missing)"
+            )
+        if all(h.frames == 1 for h in headers):
+            expected, source = _announced(headers)
+            if expected > count:
+                reasons.append(f"{source} announce {expected} images, {count} are here")
+        if reasons:
+            hits.append(
+                _Hit("INCOMPLETE_SERIES", key[0], "; ".join(reasons), key, tuple(members[uid]))
+            )
+    return hits
+
+
+def _announced(headers: list[dicomfiles.Header]) -> tuple[int, str]:
+    """How many images the scanner says a classic series has (0 if it does not say)."""
+    best, source = 0, ""
+    in_acquisition = {h.images_in_acquisition for h in headers}
+    if len(in_acquisition) == 1 and (value := in_acquisition.pop()) > 0:
+        best, source = value, "ImagesInAcquisition"
+    locations = {h.ge_locations for h in headers}
+    temporal = {h.temporal_positions for h in headers}
+    if len(locations) == 1 and (value := locations.pop()) > 0:
+        positions = temporal.pop() if len(temporal) == 1 else 0
+        expected = value * max(positions, 1)
+        if expected > best:
+            best = expected
+            source = f"GE LocationsInAcquisition {value}" + (
+                f" × NumberOfTemporalPositions {positions}" if positions > 1 else ""
+            )
+    return best, source
 
 
 def _number_key(number: str) -> tuple[int, str]:
@@ -838,6 +970,7 @@ def _label(
     label = counted.most_common(1)[0][0] if counted else folder.name
     if not counted:
         label = folder.name
+    label = names.shown(label)  # a name that is not UTF-8 can never be a label: show it
     pattern = drop.label_pattern if drop is not None else None
     problems = []
     if not XNAT_LABEL.fullmatch(label):
@@ -887,7 +1020,17 @@ def _finish(
     duplicates = duplicates or set()
     excluded: set[Path] = set(duplicates)
     for hit in hits:
-        if action_for(settings, hit.code) is Action.EXCLUDE:
+        if hit.code != "MIXED_SERIES_FOLDER" and action_for(settings, hit.code) is Action.EXCLUDE:
+            excluded.update(hit.covers or (hit.path,))
+    # A folder mixing series that are all left out anyway protects nothing by blocking (the
+    # Siemens XA classic ASL export: Perfusion_Weighted as MR and as Secondary Capture).
+    hits = [
+        h
+        for h in hits
+        if not (h.code == "MIXED_SERIES_FOLDER" and h.covers and set(h.covers) <= excluded)
+    ]
+    for hit in hits:
+        if hit.code == "MIXED_SERIES_FOLDER" and action_for(settings, hit.code) is Action.EXCLUDE:
             excluded.update(hit.covers or (hit.path,))
     series_files: dict[tuple[Path, str], list[dicomfiles.FileFacts]] = collections.defaultdict(list)
     for item in dicoms:

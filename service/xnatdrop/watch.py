@@ -23,6 +23,7 @@ scan resumes it as soon as it reads normally again.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import logging
@@ -32,8 +33,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from xnatdrop import config as config_module
+from xnatdrop import names
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class Folder:
     not_before: float = 0.0
     alerted_slow: bool = False
     reason: str = "first seen"
+    note: str = ""  # why it was sent back to wait (`look_again`), until it is handed over again
 
     @property
     def name(self) -> str:
@@ -92,8 +96,16 @@ class Root:
     path: Path
     device: int | None = None
     paused: str | None = None  # why, while paused
+    held: str | None = None  # why, while another process owns the root (see `Watcher.hold`)
     folders: dict[str, Folder] = field(default_factory=dict)
     loose_files: set[str] = field(default_factory=set)
+    bad_names: set[str] = field(default_factory=set)  # top-level names that are not UTF-8
+    unreadable: dict[str, str] = field(default_factory=dict)  # folder name -> why, alerted once
+
+    @property
+    def blocked(self) -> str | None:
+        """Why nothing in this root may be handed over now, or None."""
+        return self.paused or self.held
 
 
 @dataclass
@@ -154,7 +166,9 @@ def fingerprint(folder: Path, settle: config_module.SettleSettings) -> Fingerpri
                 files += 1
                 total += info.st_size
                 entries.append(f"{relative}\0{info.st_size}")
-    digest = hashlib.blake2b("\n".join(sorted(entries)).encode(), digest_size=16).hexdigest()
+    # os.fsencode, not str.encode: a name that is not valid UTF-8 (latin-1 bytes from an SMB or
+    # USB copy) reaches Python as surrogate escapes, which plain UTF-8 encoding refuses.
+    digest = hashlib.blake2b(os.fsencode("\n".join(sorted(entries))), digest_size=16).hexdigest()
     return Fingerprint(files, total, newest_m, newest_c, digest, tuple(sorted(temp)[:5]), marker)
 
 
@@ -219,8 +233,8 @@ class Watcher:
         result = ScanResult()
         for root in self.roots.values():
             self._scan_root(root, result)
-            if root.paused:
-                result.paused[root.path] = root.paused
+            if root.blocked:
+                result.paused[root.path] = root.blocked
         return result
 
     def _scan_root(self, root: Root, result: ScanResult) -> None:
@@ -228,7 +242,10 @@ class Watcher:
             info = root.path.stat()
             if not root.path.is_dir():
                 raise NotADirectoryError(f"{root.path} is not a folder")
-            names = self._list(root)
+            listed = self._list(root)
+        except FileNotFoundError:
+            self._pause(root, "the drop root does not exist (share not mounted, or renamed?)")
+            return
         except OSError as error:
             self._pause(root, f"cannot read the drop root ({error.strerror or error})")
             return
@@ -238,7 +255,9 @@ class Watcher:
             )
             return
         expected = [f for f in root.folders.values() if f.state is not State.HANDED_OVER]
-        if not names and expected:
+        # In a held root the process that owns it takes folders away: an empty listing is its
+        # work, not an unmounted share.
+        if not listed and expected and not root.held:
             self._pause(
                 root,
                 f"the drop root reads empty while {len(expected)} folder(s) "
@@ -247,34 +266,50 @@ class Watcher:
             return
         if root.paused:
             log.warning(
-                "%s: drop root readable again; resuming (%d folders)", root.path, len(names)
+                "%s: drop root readable again; resuming (%d folders)", root.path, len(listed)
             )
             root.paused = None
         root.device = info.st_dev
         now = self.clock()
         for name in list(root.folders):
-            if name not in names:
+            if name not in listed:
                 self._vanished(root, root.folders.pop(name))
-        for name in names:
+        for name in listed:
             folder = root.folders.get(name)
             if folder is None:
                 folder = root.folders[name] = Folder(root.path / name, root.path, now)
                 log.info("%s: new folder in %s", name, root.path)
             result.folders += 1
-            self._observe(folder, now, result)
+            try:
+                self._observe(folder, now, result)
+            except (OSError, ValueError) as error:
+                # One folder's trouble costs only its own settle, never the scan of the others.
+                self._unreadable(root, folder, error)
 
     def _list(self, root: Root) -> set[str]:
         """Names of the subject folders at the top of a root; loose files are reported once."""
-        names: set[str] = set()
+        listed: set[str] = set()
         loose: set[str] = set()
+        bad: set[str] = set()
         with os.scandir(root.path) as iterator:
             for entry in iterator:
                 if entry.name.startswith("."):
                     continue  # .snapshot, .DS_Store, our own hidden files
-                if entry.is_dir(follow_symlinks=False):
-                    names.add(entry.name)
+                if not names.valid(entry.name):
+                    bad.add(entry.name)
+                elif entry.is_dir(follow_symlinks=False):
+                    listed.add(entry.name)
                 else:
                     loose.add(entry.name)
+        for name in sorted(bad - root.bad_names):
+            log.error(
+                "ALERT %s: the name %s is not valid UTF-8 (copied from a share or USB stick "
+                "with another character set?); it is not uploaded: rename it using letters, "
+                "digits, '_' and '-' only",
+                root.path,
+                names.shown(name),
+            )
+        root.bad_names = bad
         for name in sorted(loose - root.loose_files):
             log.warning(
                 "%s: %r is a file at the top of the drop root; sessions must be "
@@ -283,7 +318,7 @@ class Watcher:
                 name,
             )
         root.loose_files = loose
-        return names
+        return listed
 
     def _pause(self, root: Root, reason: str) -> None:
         if root.paused is None:
@@ -298,6 +333,8 @@ class Watcher:
     def _vanished(self, root: Root, folder: Folder) -> None:
         if folder.state is State.HANDED_OVER:
             log.debug("%s: left the drop root (handed over)", folder.name)
+        elif root.held:
+            log.debug("%s: left the drop root (taken by %s)", folder.name, root.held)
         else:
             log.warning(
                 "%s: disappeared from %s before upload (state %s); forgotten",
@@ -316,7 +353,7 @@ class Watcher:
         if folder.state is State.SETTLED:
             try:
                 shallow = shallow_signature(folder.path, folder.shallow)
-            except OSError:
+            except FileNotFoundError:
                 return  # vanished between listing and stat; the next scan forgets it
             if shallow == folder.shallow:
                 return
@@ -326,17 +363,9 @@ class Watcher:
             current = fingerprint(folder.path, self.settle)
         except FileNotFoundError:
             return  # vanished between listing and walk; the next scan forgets it
-        except OSError as error:
-            if folder.reason != f"unreadable: {error.strerror}":
-                log.error(
-                    "ALERT %s: cannot read %s (%s); fix its permissions",
-                    folder.name,
-                    error.filename or folder.path,
-                    error.strerror,
-                )
-            folder.reason = f"unreadable: {error.strerror}"
-            return
         result.fingerprinted += 1
+        if root_unreadable := self.roots[folder.root].unreadable.pop(folder.name, None):
+            log.warning("%s: readable again (was: %s)", folder.name, root_unreadable)
         if self._update(folder, current, now):
             try:
                 folder.shallow = shallow_signature(folder.path)
@@ -351,6 +380,25 @@ class Watcher:
                 current.bytes,
                 folder.reason,
             )
+
+    def _unreadable(self, root: Root, folder: Folder, error: OSError | ValueError) -> None:
+        """Note that a folder cannot be looked at; alert once per distinct reason, no traceback."""
+        if isinstance(error, OSError):
+            where = error.filename or folder.path
+            why = f"cannot read {names.shown(str(where))} ({error.strerror or error})"
+        else:
+            why = f"cannot be looked at ({error})"
+        folder.reason = why
+        if folder.state is not State.SETTLING:
+            self._restart(folder, self.clock(), why)
+        if root.unreadable.get(folder.name) != why:
+            log.error(
+                "ALERT %s: %s; it is not uploaded until it can be read (fix the permissions "
+                "of the service user); the other folders go on",
+                folder.name,
+                why,
+            )
+            root.unreadable[folder.name] = why
 
     def _update(self, folder: Folder, current: Fingerprint, now: float) -> bool:
         """Record one observation; return True when the folder has just settled."""
@@ -409,7 +457,7 @@ class Watcher:
         ready = [
             f
             for root in self.roots.values()
-            if not root.paused
+            if not root.blocked
             for f in root.folders.values()
             if f.state is State.SETTLED
         ]
@@ -421,20 +469,57 @@ class Watcher:
         This closes the gap the shallow signature leaves (a file rewritten in place while the
         folder waited for the upload window).
         """
-        if self.roots[folder.root].paused:
+        if self.roots[folder.root].blocked:
             return False
         try:
             current = fingerprint(folder.path, self.settle)
-        except OSError:
+        except (OSError, ValueError):
             return False
         if current == folder.fingerprint and not current.temp_names:
             return True
         self._restart(folder, self.clock(), "changed while waiting to be uploaded")
         return False
 
+    def hold(self, path: Path, reason: str | None) -> None:
+        """Keep everything in one root from being handed over (`reason`), or stop doing so.
+
+        For what the watcher cannot see by itself: the daemon holds a root whose lock another
+        xnatdrop process owns (see `locks`). Alerts once per reason; folders keep settling.
+        """
+        root = self.roots[path]
+        if reason == root.held:
+            return
+        if reason is None:
+            log.warning("%s: no longer held (%s); resuming", path, root.held)
+        else:
+            log.error("ALERT %s: held: %s; nothing in it is handed over", path, reason)
+        root.held = reason
+
+    def waiting(self) -> list[tuple[str, str]]:
+        """(name, reason) of folders told to wait (still copying, a transient failure): for
+        `xnatdrop status`, which explains each wait in one line."""
+        return [
+            (f.name, f.note)
+            for root in self.roots.values()
+            for f in root.folders.values()
+            if f.note and f.state is not State.HANDED_OVER
+        ]
+
+    def troubles(self) -> list[tuple[str, str]]:
+        """(name, reason) of folders that wait for a person: unreadable, or named so that they
+        can never be uploaded."""
+        found = []
+        for root in self.roots.values():
+            found += [
+                (names.shown(n), "its name is not valid UTF-8") for n in sorted(root.bad_names)
+            ]
+            found += sorted(root.unreadable.items())
+        return found
+
     def hand_over(self, folder: Folder) -> None:
         """The pipeline owns this folder now; the watcher stops deciding about it."""
         folder.state = State.HANDED_OVER
+        folder.note = ""
 
     def look_again(self, folder: Folder, after_seconds: float, reason: str) -> None:
         """Settle the folder afresh no sooner than `after_seconds` from now.
@@ -446,7 +531,7 @@ class Watcher:
         folder.not_before = self.clock() + after_seconds
         folder.fingerprint = None
         folder.observations = 0
-        folder.reason = reason
+        folder.reason = folder.note = reason
         log.info("%s: looking again in %.0f s (%s)", folder.name, after_seconds, reason)
 
     def age(self, folder: Folder) -> float:
@@ -467,14 +552,20 @@ class EventHint:
 
     The watch is not recursive: a recursive inotify watch costs one watch and a directory walk
     per series folder (hundreds of thousands of files on a busy share), and events never decide
-    anything anyway. Roots that offer no events (a missing root, some network file systems) are
-    skipped quietly; the periodic scan covers them.
+    anything anyway. Each root is watched on its own, so a root that offers no events (missing
+    at start, unmounted, some network file systems) costs only its own hints: the periodic scan
+    covers it, and `refresh` watches it once it is back. (watchdog starts every watch of an
+    observer together and raises for the first missing path, which once stopped the daemon at
+    start when one share was not mounted.)
     """
 
     def __init__(self, roots: Iterable[Path], wake: Callable[[], None]) -> None:
         self.roots = list(roots)
         self.wake = wake
-        self.observer: object | None = None
+        self.observer: Any = None
+        self.handler: Any = None
+        self.watches: dict[Path, Any] = {}
+        self.told: set[Path] = set()
 
     def start(self) -> None:
         from watchdog import events, observers
@@ -486,23 +577,40 @@ class EventHint:
                 if event.event_type not in ("opened", "closed_no_write"):
                     hint.wake()
 
-        observer = observers.Observer()
-        handler = Handler()
+        self.handler = Handler()
+        self.observer = observers.Observer()
+        self.observer.daemon = True
+        self.observer.start()  # with no watch yet: each root is added on its own below
+        self.refresh(set(self.roots))
+
+    def refresh(self, readable: set[Path]) -> None:
+        """Watch the roots in `readable` that are not watched yet; drop watches of the others."""
+        if self.observer is None:
+            return
         for root in self.roots:
-            try:
-                observer.schedule(handler, str(root), recursive=False)
-            except OSError as error:
-                log.info(
-                    "%s: no file events (%s); relying on the periodic scan",
-                    root,
-                    error.strerror or error,
-                )
-        observer.daemon = True
-        observer.start()
-        self.observer = observer
+            if root in readable and root not in self.watches:
+                try:
+                    self.watches[root] = self.observer.schedule(
+                        self.handler, str(root), recursive=False
+                    )
+                except OSError as error:
+                    if root not in self.told:
+                        log.info(
+                            "%s: no file events (%s); relying on the periodic scan",
+                            root,
+                            error.strerror or error,
+                        )
+                        self.told.add(root)
+                else:
+                    self.told.discard(root)
+            elif root not in readable and root in self.watches:
+                with contextlib.suppress(OSError, KeyError):
+                    self.observer.unschedule(self.watches[root])
+                del self.watches[root]
 
     def stop(self) -> None:
         if self.observer is not None:
-            self.observer.stop()  # type: ignore[attr-defined]
-            self.observer.join(timeout=5)  # type: ignore[attr-defined]
+            self.observer.stop()
+            self.observer.join(timeout=5)
             self.observer = None
+            self.watches.clear()

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from xnatdrop import cli, config, xnat
+from xnatdrop import cli, config, preflight, xnat
 from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
 from xnatdrop.exitcodes import Exit
 
@@ -33,64 +32,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("doctor", help="check config, folders and XNAT access")
     cli.add_config_argument(parser)
     parser.set_defaults(func=handle)
-
-
-def _existing(path: Path) -> Path:
-    """The path itself or its nearest existing parent (what a mkdir would land on)."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def folder_checks(settings: config.Config) -> Iterator[Check]:
-    for drop in settings.drop:
-        root = drop.path
-        if not root.is_dir():
-            yield False, f"drop root {root}: missing (mount the share, or fix [[drop]] path)"
-            continue
-        usable = os.access(root, os.R_OK | os.W_OK | os.X_OK)
-        yield (
-            usable,
-            (
-                f"drop root {root}: readable and writable (project {drop.project})"
-                if usable
-                else f"drop root {root}: the service user needs read, write and execute "
-                "permission to list and move sessions"
-            ),
-        )
-    named = {
-        "quarantine": settings.paths.quarantine,
-        "done": settings.paths.done,
-        "state": settings.paths.state,
-    }
-    for name, path in named.items():
-        base = _existing(path)
-        usable = os.access(base, os.W_OK | os.X_OK)
-        where = "" if base == path else f" (created on first use under {base})"
-        yield (
-            usable,
-            (
-                f"paths.{name} {path}: writable{where}"
-                if usable
-                else f"paths.{name} {path}: not writable by this user ({base})"
-            ),
-        )
-    for drop in settings.drop:
-        if not drop.path.is_dir():
-            continue
-        device = drop.path.stat().st_dev
-        for name in ("quarantine", "done"):
-            path = named[name]
-            same = _existing(path).stat().st_dev == device
-            yield (
-                same,
-                (
-                    f"paths.{name} is on the same file system as {drop.path}"
-                    if same
-                    else f"paths.{name} {path} is on another file system than {drop.path}: drops "
-                    f"move by rename, so put it on the share (e.g. {drop.path.parent}/_{name})"
-                ),
-            )
 
 
 def xnat_checks(settings: config.Config, password: str) -> Iterator[Check]:
@@ -330,7 +271,7 @@ def checks(path: Path | None) -> Iterator[Check]:
         password = None
     else:
         yield True, "password: found"
-    yield from folder_checks(settings)
+    yield from preflight.folder_checks(settings)  # the same checks stop `xnatdrop run`
     if password is not None:
         yield from xnat_checks(settings, password)
 

@@ -6,7 +6,10 @@ transient error, a refused login or another xnatdrop process holding the folder 
 resumes where this one stopped), 2 for bad arguments or configuration.
 
 On a terminal a progress bar shows bytes, rate and ETA while packing and uploading; otherwise
-the log has one line per step.
+the log has one line per step. Ctrl-C stops at once and says where the folder is (nothing is
+lost; the same command resumes). While it runs, `push` holds the drop root's lock (see `locks`)
+unless the daemon of the same state folder does; a process of another configuration working in
+the same drop root makes it refuse (exit 2).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from xnatdrop import cli, config, ledger, pipeline, xnat
+from xnatdrop import cli, config, ledger, locks, pipeline, xnat
 from xnatdrop.exitcodes import Exit
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 EXIT_FOR = {
     "archived": Exit.OK,
@@ -96,13 +101,66 @@ def _stop_on_sigterm(stopping: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _claim_root(settings: config.Config, root: Path) -> locks.Lock | None:
+    """The drop root's lock for this push (see `locks`), or None when a process of our own
+    state folder holds it (the daemon: same ledger, so it is safe to work beside it).
+
+    Raise RootInUse when a process with another state folder works in this drop root.
+    """
+    state = settings.paths.state
+    try:
+        return locks.acquire_root(root, settings.push.work_folder, state, "push")
+    except locks.Held as held:
+        if locks.shares_state(held.owner, state):
+            return None
+        raise RootInUse(
+            f"{root} is in use by {held.owner.describe()} with another state folder "
+            f"({held.owner.state or 'unknown'}); two configurations must not share a drop "
+            "root: push with that configuration, or stop the other process"
+        ) from None
+
+
+class RootInUse(Exception):
+    """Another configuration works in this drop root; the message says what to do."""
+
+
+def _where(settings: config.Config, folder: Path) -> str:
+    """Where the drop of `folder` is now, for the message after Ctrl-C."""
+    drop_settings = settings.drop_for(folder)
+    assert drop_settings is not None
+    with ledger.Ledger(settings.paths.state) as book:
+        drop = book.active(drop_settings.project, folder.name)
+    if drop is None:
+        return f"{folder.name}: interrupted before anything was done; {folder} is untouched"
+    place = next(
+        (p for p in (drop.work, drop.source) if p and Path(p).is_dir()), drop.work or drop.source
+    )
+    return (
+        f"{folder.name}: interrupted (drop {drop.id}, {drop.state}); nothing is lost: the "
+        f"folder is in {place}. Run the same command again to resume where it stopped"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     settings = config.load_or_system(args.config)
     password = settings.xnat.resolve_password(config.source_name(args.config))
     folder = Path(os.path.abspath(args.path))
-    if settings.drop_for(folder) is None:
+    drop_settings = settings.drop_for(folder)
+    if drop_settings is None:
         roots = ", ".join(str(d.path) for d in settings.drop) or "none configured"
         print(f"{folder} is not in a drop root (drop roots: {roots})", file=sys.stderr)
+        return Exit.USAGE
+    try:
+        root_lock = _claim_root(settings, drop_settings.path)
+    except RootInUse as error:
+        print(error, file=sys.stderr)
+        return Exit.USAGE
+    except OSError as error:
+        print(
+            f"cannot work in the drop root {drop_settings.path}: "
+            f"{error.filename}: {error.strerror}",
+            file=sys.stderr,
+        )
         return Exit.USAGE
 
     def client_factory() -> xnat.XnatClient:
@@ -110,16 +168,26 @@ def run(args: argparse.Namespace) -> int:
 
     progress = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     stopping = threading.Event()
-    with ledger.Ledger(settings.paths.state) as book, _stop_on_sigterm(stopping):
-        try:
+    try:
+        with ledger.Ledger(settings.paths.state) as book, _stop_on_sigterm(stopping):
             outcome = pipeline.process(folder, settings, book, client_factory, stopping, progress)
-        except FileNotFoundError as error:
-            print(error, file=sys.stderr)
-            return Exit.USAGE
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return Exit.USAGE
+    except KeyboardInterrupt:
+        if progress is not None:
+            sys.stderr.write("\n")
+        print(_where(settings, folder), file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        if root_lock is not None:
+            root_lock.release()
     if outcome.kind == "archived":
         print(f"{outcome.label}: archived and verified; folder moved to {outcome.path}")
     elif outcome.kind == "quarantined":
         print(f"{outcome.label}: quarantined ({outcome.code}); see {outcome.path}/QUARANTINE.txt")
+    elif outcome.kind == "busy":
+        print(f"{outcome.label}: not pushed: {outcome.message}; see: xnatdrop status")
     else:
         when = (
             time.strftime("%H:%M:%S", time.localtime(outcome.retry_at))

@@ -1,10 +1,19 @@
-"""`xnatdrop run [--config FILE]`: the daemon, in the foreground (systemd runs it)."""
+"""`xnatdrop run [--config FILE]`: the daemon, in the foreground (systemd runs it).
+
+Before it starts it runs the folder checks `xnatdrop doctor` runs (`preflight`): a done/ or
+quarantine/ folder it could never move a drop into, or a state folder it cannot write, stops it
+here with doctor's words and exit 2, instead of failing every drop at its last step. A missing
+drop root does not stop it (the root is paused until it appears), and neither does a second
+problem with one root. A second daemon on the same state folder exits 2 at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from xnatdrop import cli, config, daemon
+from xnatdrop import cli, config, daemon, locks, preflight
+from xnatdrop.exitcodes import Exit
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,8 +29,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     settings = config.load_or_system(args.config)
+    problems = preflight.run_blockers(settings)
+    if problems:
+        print(
+            f"xnatdrop run: not started: {len(problems)} problem(s) with the folders "
+            "(xnatdrop doctor shows the same):",
+            file=sys.stderr,
+        )
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return Exit.USAGE
     # Resolve the password now: a missing credential is a usage error at start, not a
     # transient failure of every drop at night.
     password = settings.xnat.resolve_password(config.source_name(args.config))
     processor = daemon.pipeline_processor(settings, password)
-    return daemon.Daemon(settings, processor).run()
+    try:
+        return daemon.Daemon(settings, processor).run()
+    except locks.StateInUse as error:
+        print(error, file=sys.stderr)
+        return Exit.USAGE
