@@ -150,7 +150,9 @@ def _connect_failure(settings: MailSettings, error: BaseException) -> str:
         return f"the SMTP server name {settings.host!r} does not resolve; check mail.host"
     if isinstance(error, ConnectionRefusedError):
         return f"the SMTP server {where} refused the connection; check mail.host and mail.port"
-    if isinstance(error, TimeoutError | socket.timeout):
+    # smtplib turns a timeout while waiting for an answer into SMTPServerDisconnected, raised
+    # while handling the timeout: the timeout is its __context__.
+    if isinstance(error, TimeoutError) or isinstance(error.__context__, TimeoutError):
         return (
             f"the SMTP server {where} did not answer within {settings.timeout_seconds:.0f} s; "
             "check mail.host, mail.port and mail.security"
