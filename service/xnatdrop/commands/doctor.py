@@ -25,6 +25,7 @@ from pathlib import Path
 from xnatdrop import cli, config, xnat
 from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
 from xnatdrop.exitcodes import Exit
+from xnatdrop.notify import service as notify_service
 
 Check = tuple[bool | None, str]  # (passed, line); None: a warning that does not fail
 
@@ -333,6 +334,7 @@ def checks(path: Path | None) -> Iterator[Check]:
     yield from folder_checks(settings)
     if password is not None:
         yield from xnat_checks(settings, password)
+    yield from notify_service.doctor_checks(settings, source)  # SMTP login, ping URL's host
 
 
 def handle(args: argparse.Namespace) -> int:
