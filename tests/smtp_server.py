@@ -118,7 +118,8 @@ class SmtpServer:
 
 
 def body(message: EmailMessage, subtype: str = "plain") -> str:
-    """The text of the `subtype` part (plain or html) of a received message."""
+    """The text of the `subtype` part (plain or html) of a received message, with the wire's
+    CRLF line ends back to newlines."""
     part = message.get_body(preferencelist=(subtype,))
     assert part is not None, f"no text/{subtype} part"
-    return str(part.get_content())
+    return str(part.get_content()).replace("\r\n", "\n")

@@ -557,9 +557,7 @@ def _plain_url(value: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must start with http:// or https:// and name a host")
     if "@" in parts.netloc:
-        raise ValueError(
-            "must not contain a user name or password (they would end up in logs)"
-        )
+        raise ValueError("must not contain a user name or password (they would end up in logs)")
     return value.rstrip("/")
 
 

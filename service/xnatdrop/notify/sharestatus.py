@@ -247,7 +247,7 @@ GENERIC = (
     "XNAT did not accept it",
     "ask the XNAT administrator; QUARANTINE.txt in the folder has the details",
 )
-_REFERENCE = re.compile(r"\s*\[[A-Z]\d+[a-z]?\]")  # "[D4]": a section of the rules reference
+_REFERENCE = re.compile(r"\s*\[[A-Z]\d*[a-z]?\]")  # "[D4]", "[B]": the rules reference
 
 
 def plain_reason(reason: Mapping[str, Any]) -> tuple[str, str]:
@@ -333,13 +333,14 @@ def from_ledger(
             records.append(
                 FolderStatus(drop.label, Stage.UPLOADING, percent=progress.get(drop.label))
             )
-        elif drop.last_error and drop.next_attempt > now:
+        elif drop.last_error:
+            due = drop.next_attempt > now and drop.next_attempt != float("inf")
             records.append(
                 FolderStatus(
                     drop.label,
                     Stage.RETRYING,
                     since=drop.updated,
-                    next_time=drop.next_attempt if drop.next_attempt != float("inf") else None,
+                    next_time=drop.next_attempt if due else None,
                     reason="XNAT could not take it just now",
                 )
             )
