@@ -111,15 +111,6 @@ class _Drop(Protocol):
     def final(self) -> bool: ...
 
 
-class _Event(Protocol):
-    drop_id: int
-    label: str
-    at: float
-    event: str
-    step: str
-    detail: dict[str, Any]
-
-
 class LedgerQueries(Protocol):
     """The public queries of `xnatdrop.ledger.Ledger` the digest needs."""
 
