@@ -255,3 +255,56 @@ def test_without_mail_alerts_are_kept_but_not_sent(tmp_path: Path) -> None:
     assert alerts.is_open(Kind.LOW_SPACE, "/var/lib/xnatdrop")
     assert [s.key for s in alerts.since(0)] == ["/var/lib/xnatdrop"]
     assert alerts.close(1) == 0
+
+
+def test_digest_only_when_there_is_something_to_say(tmp_path: Path, smtp: SmtpServer) -> None:
+    """1. A quiet day: an empty ledger, no alerts. The digest is due.
+    2. The same with digest_when_empty = true.
+    3. An alert happens; the SMTP server is down when the next digest is due, then back.
+    Result: nothing sent for the quiet day (its period is over all the same); an "all quiet"
+    digest when asked for; the undelivered digest's period is not lost: the next one covers it
+    and lists the alert."""
+    from xnatdrop import ledger
+    from xnatdrop.notify.service import Notifier
+
+    clock = Clock()
+    settings = settings_for(tmp_path, smtp.host, smtp.port)
+    book = ledger.Ledger(settings.paths.state)
+    quiet = Notifier(settings, PASSWORD, "mri-gw", clock)
+    assert not quiet.send_digest(book)
+    assert quiet.digest_start() == clock.now
+    clock.now += 86400
+    chatty = Notifier(
+        settings_for(tmp_path, smtp.host, smtp.port, digest_when_empty=True),
+        PASSWORD,
+        "mri-gw",
+        clock,
+    )
+    assert chatty.send_digest(book)
+    (message,) = smtp.wait_for(1)
+    assert (
+        message["Subject"] == "[xnatdrop mri-gw] daily digest: 0 archived, 0 quarantined, 0 waiting"
+    )
+    assert "Nothing was archived, quarantined or waiting" in body(message)
+    assert chatty.alerts.outbox.wait_idle(10)
+    delivered = chatty.digest_start()
+    assert delivered == clock.now
+    chatty.close(5)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))  # refused: the mail server is down
+        down = Notifier(
+            settings_for(tmp_path, "127.0.0.1", probe.getsockname()[1]), PASSWORD, "mri-gw", clock
+        )
+        clock.now += 600
+        down.alert(Kind.DROP_ROOT, "/srv/a", "the drop root does not exist")
+        clock.now += 86400
+        assert down.send_digest(book)
+        assert down.alerts.outbox.wait_idle(20)
+    assert down.digest_start() == delivered  # not delivered: the period stays open
+    down.settings = down.alerts.settings = settings
+    assert down.send_digest(book)
+    later = smtp.wait_for(2)[-1]  # the alert itself was e-mailed while the server was down
+    assert "daily digest: 0 archived, 0 quarantined, 0 waiting, 1 error(s)" in later["Subject"]
+    assert "alert: drop folder /srv/a is missing or paused" in body(later)
+    down.close(5)
+    book.close()
