@@ -98,10 +98,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import breaker, locks, pack, quarantine, receipt, rules, verify, xnat
+from xnatdrop import breaker, locks, names, pack, quarantine, receipt, rules, verify, xnat
 from xnatdrop import ledger as ledger_module
 from xnatdrop.config import Config, DropSettings
-from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
+from xnatdrop.errors import AuthenticationError, PermanentError, StateError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,8 @@ def _drop_lock(state: Path, project: str, label: str) -> Iterator[str | None]:
     folder = ledger_module.private_dir(state / "locks")
     try:
         lock = locks.Lock.acquire(
-            folder / f"{project}__{label}.lock", locks.me(state, locks.this_command(state))
+            folder / names.fit(f"{project}__{label}", ".lock"),
+            locks.me(state, locks.this_command(state)),
         )
     except locks.Held as held:
         yield held.owner.describe()
@@ -274,14 +275,25 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
 
     This is the per-drop boundary: the one place that catches any exception, records it in the
     ledger and turns it into an Outcome (STYLE.md, "Catch narrowly, with one exception").
+    Expected trouble never reaches the broad catch: a file-system error is sorted by
+    `_file_trouble` (the state folder: the "state" outcome, which holds every push; a file of
+    the drop or the share: a transient wait that names the file and the fix). What is left,
+    code INTERNAL, is a bug, logged with its traceback.
     """
     push = run.config.push
     tries = 0
     resends = 0
     while True:
-        step = drop.running or drop.next_step or "finish"
         try:
-            return _run_drop(run, drop)
+            try:
+                return _run_drop(run, drop)
+            except pack.FileError as failure:
+                raise _file_trouble(run, failure.error) from failure
+            except OSError as failure:
+                trouble = _file_trouble(run, failure)
+                if trouble is failure:
+                    raise
+                raise trouble from failure
         except _Stopped:
             drop = run.book.get(drop.id)
             log.info("%s: stopped at %s; it resumes on the next run", drop.label, drop.state)
@@ -294,19 +306,18 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
                 continue
             error: Exception = TransientError(f"XNAT lost the upload {resends} times: {reason}")
         except _HandBack as handed:
-            drop = run.book.fail(
-                run.book.get(drop.id), step, handed.code, str(handed), handed.retry_at
-            )
+            drop, step = _failed_at(run, drop)
+            drop = run.book.fail(drop, step, handed.code, str(handed), handed.retry_at)
             log.warning("%s: %s", drop.label, handed)
             return Outcome(
                 "transient", drop.label, drop.id, str(handed), handed.code, handed.retry_at
             )
         except AuthenticationError as failure:
             # Not retried in a loop: the drop waits the longest backoff (push.retry_max_seconds).
+            # Recorded at the step that met it (status names it), not where the call began.
             retry_at = time.time() + push.retry_max_seconds
-            drop = run.book.fail(
-                run.book.get(drop.id), step, "AUTHENTICATION", str(failure), retry_at
-            )
+            drop, step = _failed_at(run, drop)
+            drop = run.book.fail(drop, step, "AUTHENTICATION", str(failure), retry_at)
             log.error(
                 "%s: %s. Uploads stop until the credentials are fixed; nothing was lost.",
                 drop.label,
@@ -315,16 +326,27 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
             return Outcome(
                 "auth_failed", drop.label, drop.id, str(failure), "AUTHENTICATION", retry_at
             )
+        except StateError as failure:
+            # xnatdrop's own state folder: no drop is at fault and every drop would meet it.
+            # Recorded if the ledger still takes it; the caller holds all pushes and backs off.
+            wait = backoff(drop.attempts, push.retry_base_seconds, push.retry_max_seconds)
+            retry_at = time.time() + wait
+            with contextlib.suppress(StateError):
+                drop, step = _failed_at(run, drop)
+                drop = run.book.fail(drop, step, "STATE", str(failure), retry_at)
+            log.warning("%s: %s", drop.label, failure)
+            return Outcome("state", drop.label, drop.id, failure.reason, retry_at=retry_at)
         except TransientError as failure:
             error = failure
         except Exception as failure:
-            log.exception("%s: unexpected error in step %s", drop.label, step)
+            log.exception("%s: unexpected error in step %s", drop.label, drop.running or drop.state)
             error = failure
-        drop = run.book.get(drop.id)
-        step = drop.running or drop.next_step or step
+        drop, step = _failed_at(run, drop)
         delay = backoff(drop.attempts, push.retry_base_seconds, push.retry_max_seconds)
-        code = "TRANSIENT" if isinstance(error, TransientError) else "INTERNAL"
-        message = str(error) if isinstance(error, TransientError) else repr(error)
+        if isinstance(error, TransientError):
+            code, message = getattr(error, "code", "TRANSIENT"), str(error)
+        else:
+            code, message = "INTERNAL", repr(error)
         drop = run.book.fail(drop, step, code, message, time.time() + delay)
         tries += 1
         if run.stopping.is_set():
@@ -340,6 +362,56 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
             return Outcome("transient", drop.label, drop.id, message, code, drop.next_attempt)
 
 
+def _failed_at(run: _Run, drop: ledger_module.Drop) -> tuple[ledger_module.Drop, str]:
+    """The drop as the ledger has it now, and the step that failed: the one running, else the
+    next one. Read afresh: the drop passed in may be several steps old."""
+    current = run.book.get(drop.id)
+    return current, current.running or current.next_step or "finish"
+
+
+class FileTrouble(TransientError):
+    """A file or folder of the drop or the share cannot be read or written (permissions, a
+    full share, a folder in the way): waits and is retried with backoff; the message names
+    the path and the fix. Three in a row raise one ALERT (`daemon`) and `status` exits 1."""
+
+    code = "FILESYSTEM"
+
+
+_ERRNO_FIX = {
+    errno.ENOSPC: "its file system is full: free space there",
+    errno.EDQUOT: "the service user's disk quota is used up: raise it or free space",
+    errno.EACCES: "the service user may not access it: fix its permissions",
+    errno.EPERM: "the service user may not change it: fix its permissions or owner",
+    errno.EROFS: "its file system is mounted read-only: remount it read-write",
+    errno.EIO: "the disk or share reports an I/O error: check it",
+    errno.ENOTEMPTY: "a folder of that name is in the way: move it aside",
+    errno.EEXIST: "a folder of that name is in the way: move it aside",
+    errno.ENAMETOOLONG: "the name is too long for the file system: shorten it",
+    errno.ENOENT: "it is missing: if the share is unmounted, mount it",
+    errno.ESTALE: "the share was remounted under xnatdrop: it is tried again",
+}
+
+
+def _file_trouble(run: _Run, error: OSError) -> Exception:
+    """What an OSError from a step means for the drop (see `_attempts`).
+
+    Under the state folder with an errno that means "cannot write" it is a StateError; any
+    other error with a file name is FileTrouble; an OSError without one is not a file-system
+    problem we know of, and stays what it is (INTERNAL).
+    """
+    if error.filename is None:
+        return error
+    path = Path(os.fsdecode(error.filename))
+    state = run.config.paths.state
+    if error.errno in ledger_module.STATE_ERRNOS and path.is_relative_to(state):
+        return StateError(state, error.strerror or str(error))
+    fix = _ERRNO_FIX.get(error.errno or 0, "xnatdrop tries again later")
+    where = names.shown(str(path))
+    if error.filename2 is not None:
+        where += f" -> {names.shown(os.fsdecode(error.filename2))}"
+    return FileTrouble(f"{where}: {error.strerror or error}; {fix}")
+
+
 def _run_drop(run: _Run, drop: ledger_module.Drop) -> Outcome:
     """The steps, and the two ways out that move the folder: quarantine and thaw.
 
@@ -349,7 +421,9 @@ def _run_drop(run: _Run, drop: ledger_module.Drop) -> Outcome:
         if drop.running == "quarantine":
             # A quarantine was cut short by a crash: finish it with the reason stored at start.
             return _complete_quarantine(run, drop, _stored_reason(run, drop))
-        return _final_outcome(_steps(run, drop))
+        if drop.running == "thaw" or _thawed(drop):
+            return _complete_thaw(run, drop, "still being copied (the move back was interrupted)")
+        return _final_outcome(_steps(run, _located(run, drop)))
     except PermanentError as failure:
         drop = run.book.get(drop.id)
         if isinstance(failure, xnat.XnatAnswer) and failure.suspect:
@@ -435,7 +509,16 @@ def _freeze(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     """Rename the folder into the working area: one atomic rename on the same file system."""
     source, work = Path(drop.source), _work_path(run, drop)
     run.book.update(drop, work=work)
-    if work.is_dir() and not source.is_dir():
+    if work.is_dir():
+        # Renamed before a crash. A folder now in the drop root under the same name is a new
+        # copy (the technologist saw the folder vanish and copied it again): it stays there and
+        # becomes a drop of its own once this one is finished (see `_located`).
+        if source.is_dir():
+            log.warning(
+                "%s: a new copy appeared in the drop root while this drop was being frozen; "
+                "it is left there and pushed after this one as a drop of its own",
+                drop.label,
+            )
         return {"work": work}, "already frozen"
     if not source.is_dir():
         raise PermanentError(
@@ -494,7 +577,7 @@ def _set_aside_reason_files(run: _Run, drop: ledger_module.Drop, work: Path) -> 
     if not found:
         return
     kept = ledger_module.private_dir(
-        run.config.paths.state / "requeued" / f"{drop.label}__drop{drop.id}"
+        run.config.paths.state / "requeued" / names.fit(drop.label, f"__drop{drop.id}")
     )
     for path in found:
         target = kept / path.name
@@ -538,9 +621,32 @@ def _still_copying(run: _Run, work: Path, blocks: list[dict[str, Any]]) -> None:
 
 
 def _thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:
-    """Move a frozen folder back to the drop root to settle again; quarantine if it can't."""
+    """Move a frozen folder back to the drop root to settle again; quarantine if it can't.
+
+    Written to the ledger before the rename (`running = "thaw"`) and after it (state `new`):
+    a kill -9 between the two once left the ledger pointing at a work folder that no longer
+    existed, and every later attempt failed with "is not a directory". `_complete_thaw`
+    finishes a thaw that was cut short.
+    """
+    drop = run.book.begin(drop, "thaw")
+    _crash_point("thaw", "before")
+    return _complete_thaw(run, drop, reason)
+
+
+def _thawed(drop: ledger_module.Drop) -> bool:
+    """A frozen drop whose folder is back in the drop root and gone from the work area: a thaw
+    that a kill -9 cut short before the ledger recorded its start (an older xnatdrop)."""
+    return (
+        drop.state == "frozen"
+        and bool(drop.work)
+        and not Path(drop.work).exists()
+        and Path(drop.source).is_dir()
+    )
+
+
+def _complete_thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:
     work, source = Path(drop.work), Path(drop.source)
-    if source.exists():
+    if work.is_dir() and source.exists():
         # The copy went on into a new folder of the same name: the two halves cannot be joined
         # safely by a program.
         return _quarantine(
@@ -554,10 +660,48 @@ def _thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:
                 "removing both partial copies",
             ),
         )
-    os.rename(work, source)
+    if work.is_dir():
+        os.rename(work, source)
+        _crash_point("thaw", "after")
     drop = run.book.thaw(drop, reason)
+    with contextlib.suppress(OSError):  # the empty <work folder>/<drop id>
+        work.parent.rmdir()
     log.info("%s: %s; back in the drop root to settle again", drop.label, reason)
     return Outcome("incomplete", drop.label, drop.id, reason, "INCOMPLETE")
+
+
+def _located(run: _Run, drop: ledger_module.Drop) -> ledger_module.Drop:
+    """Make sure the frozen folder is where the ledger says before a step needs it.
+
+    A folder moved back into the drop root by hand while its drop was under way is taken back
+    into the work area (the later steps compare it with what was checked and sent). A folder
+    that is in neither place waits with one clear sentence: an unmounted share looks exactly
+    like that, and forgetting the drop would leave the folder hidden once the share is back.
+    """
+    if drop.state in ("new", "done", "quarantined", "requeued") or not drop.work:
+        return drop
+    work, source = Path(drop.work), Path(drop.source)
+    if work.is_dir():
+        return drop
+    target = Path(drop.target) if drop.target else None
+    if drop.state == "attached" and target is not None and target.is_dir():
+        return drop  # finish renamed it into done/ before a crash: finish completes
+    if source.is_dir():
+        log.warning(
+            "%s: the folder was moved back into the drop root while drop %d was %s; taking it "
+            "back into the work area to carry on",
+            drop.label,
+            drop.id,
+            drop.state,
+        )
+        work.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.rename(source, work)
+        return drop
+    raise TransientError(
+        f"the folder of {drop.label} is neither in the work area ({work}) nor in the drop root "
+        f"({source}); if the share is unmounted it waits for it, else put the folder back at "
+        f"{work}"
+    )
 
 
 def _facts(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
@@ -671,10 +815,16 @@ def _plan(run: _Run, drop: ledger_module.Drop) -> pack.Plan:
     spool = run.spool(drop)
     planned = pack.load_plan(spool)
     if planned is None:
-        items = [pack.Item(**f) for f in _facts(run, drop)["files"]]
+        items = [_upload_item(f) for f in _facts(run, drop)["files"]]
         planned = pack.plan(Path(drop.work), items)
         pack.save_plan(spool, planned)
     return planned
+
+
+def _upload_item(fields: dict[str, Any]) -> pack.Item:
+    """One DICOM file of the check's facts as a zip entry, its name shortened if too long."""
+    name = pack.upload_name(fields["path"])
+    return pack.Item(**{**fields, "zip_name": name if name != fields["path"] else ""})
 
 
 def _manifest(run: _Run, drop: ledger_module.Drop) -> pack.Manifest:
@@ -1366,12 +1516,13 @@ def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
 # -- finish ----------------------------------------------------------------------------------
 
 
-def _free_target(base: Path) -> Path:
-    """`base`, or `base__2`, `__3`, … if a folder of that name already exists."""
-    target, number = base, 1
+def _free_target(folder: Path, name: str, suffix: str = "") -> Path:
+    """`folder/<name><suffix>`, or with `__2`, `__3`, … if a folder of that name exists; each
+    name shortened to fit NAME_MAX (`names.fit`), so a 255-byte label still finds a place."""
+    target, number = folder / names.fit(name, suffix), 1
     while target.exists():
         number += 1
-        target = base.with_name(f"{base.name}__{number}")
+        target = folder / names.fit(name, f"{suffix}__{number}")
     return target
 
 
@@ -1433,7 +1584,7 @@ def _finish(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     work = Path(drop.work)
     if drop.target is None:
         day = time.strftime("%Y-%m-%d")
-        target = _free_target(run.config.paths.done / day / drop.label)
+        target = _free_target(run.config.paths.done / day, drop.label)
         drop = run.book.update(drop, target=target)
     target = Path(drop.target or "")
     if work.is_dir():
@@ -1448,7 +1599,11 @@ def _finish(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         _rename(work, target)
     elif not target.is_dir():
-        raise FileNotFoundError(f"{drop.label}: neither {work} nor {target} exists")
+        raise TransientError(
+            f"the folder of {drop.label} is neither in the work area ({work}) nor in done/ "
+            f"({target}); if the share is unmounted it waits for it, else put the folder back "
+            f"at {work}"
+        )
     _cleanup(run, drop)
     return {"final_path": target}, f"moved to {target}"
 
@@ -1505,7 +1660,7 @@ def _quarantine(run: _Run, drop: ledger_module.Drop, failure: PermanentError) ->
     ledger_module.private_dir(spool)
     receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1), private=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = drop.target or _free_target(run.config.paths.quarantine / f"{drop.label}__{stamp}")
+    target = drop.target or _free_target(run.config.paths.quarantine, drop.label, f"__{stamp}")
     drop = run.book.begin(
         drop, "quarantine", target=target, last_error_code=failure.code, last_error=str(failure)
     )
