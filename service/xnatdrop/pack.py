@@ -203,13 +203,18 @@ class Manifest:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via `<name>.part` and a rename. An error names the file: a write to a full disk
+    raises an OSError without one, and the pipeline sorts file-system errors by path."""
     part = path.with_name(path.name + ".part")
     descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # spool: private
-    os.fchmod(descriptor, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(part)) from error
     os.replace(part, path)
 
 

@@ -93,7 +93,6 @@ import signal
 import threading
 import time
 import tomllib
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -334,7 +333,8 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
             with contextlib.suppress(StateError):
                 drop, step = _failed_at(run, drop)
                 drop = run.book.fail(drop, step, "STATE", str(failure), retry_at)
-            log.warning("%s: %s", drop.label, failure)
+            # Said once by whoever holds the pushes (the daemon's ALERT, push's last line).
+            log.debug("%s: %s", drop.label, failure)
             return Outcome("state", drop.label, drop.id, failure.reason, retry_at=retry_at)
         except TransientError as failure:
             error = failure
@@ -1469,6 +1469,14 @@ def _missing(name: str, local: dict[str, tuple[int, str]], remote: list[Any] | N
     return missing
 
 
+def _sidecar_body(folder: Path, paths: list[str]) -> Callable[[], pack.Body]:
+    """A factory of the streamed zip of `paths` under `folder`: entry names kept as they are,
+    since XNAT extracts them into the resource with their folders."""
+    items = [pack.Item(path, sop_instance_uid="", series_instance_uid="") for path in paths]
+    planned = pack.plan(folder, items)
+    return lambda: pack.Body(folder, planned)
+
+
 @_step("attach")
 def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     facts = _facts(run, drop)
@@ -1495,17 +1503,13 @@ def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         args = (run.project, session.subject, session.label, name)
         missing = _missing(name, local, client.resource_files(*args))
         if missing:
-            bundle = ledger_module.private_dir(run.spool(drop)) / f"{name}.zip"
-            descriptor = os.open(bundle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with (
-                os.fdopen(descriptor, "wb") as handle,
-                zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive,
-            ):
-                for path in missing:
-                    archive.write(work / relative / path, path)
+            # Streamed, never written to disk: a zip built in the state folder once blocked a
+            # drop at attach, after its session was archived, when the sidecar was larger than
+            # the state folder's free space.
             client.create_resource(*args)
-            client.upload_resource_zip(*args, bundle)
-            bundle.unlink()
+            client.upload_resource_zip(
+                *args, _sidecar_body(work / relative, missing), f"{name}.zip"
+            )
         still = _missing(name, local, client.resource_files(*args))
         if still:
             raise TransientError(f"resource {name} lacks {len(still)} file(s) after the upload")
@@ -1514,6 +1518,28 @@ def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
 
 
 # -- finish ----------------------------------------------------------------------------------
+
+
+def _aim(run: _Run, drop: ledger_module.Drop, base: Path, day: str = "") -> ledger_module.Drop:
+    """Record where the folder goes (done/ or quarantine/) before it is moved there.
+
+    The target stored by an earlier attempt is kept while it lies under `base` as configured
+    *now* and is still free; otherwise a new one is chosen. So an operator who fixes a wrong
+    done or quarantine path (another file system, no permission) sees drops under way use the
+    new path at their next attempt, instead of retrying the old one forever. Only called while
+    the folder has not moved yet (it is still in the work area or the drop root).
+    """
+    if drop.target:
+        stored = Path(drop.target)
+        if stored.is_relative_to(base) and not stored.exists():
+            return drop
+    if day:
+        target = _free_target(base / day, drop.label)
+    else:
+        target = _free_target(base, drop.label, f"__{time.strftime('%Y%m%d-%H%M%S')}")
+    if drop.target and Path(drop.target) != target:
+        log.info("%s: now goes to %s (was %s)", drop.label, target, drop.target)
+    return run.book.update(drop, target=target)
 
 
 def _free_target(folder: Path, name: str, suffix: str = "") -> Path:
@@ -1582,10 +1608,8 @@ def _receipt(run: _Run, drop: ledger_module.Drop, session: Any) -> dict[str, Any
 @_step("finish")
 def _finish(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     work = Path(drop.work)
-    if drop.target is None:
-        day = time.strftime("%Y-%m-%d")
-        target = _free_target(run.config.paths.done / day, drop.label)
-        drop = run.book.update(drop, target=target)
+    if work.is_dir():
+        drop = _aim(run, drop, run.config.paths.done, time.strftime("%Y-%m-%d"))
     target = Path(drop.target or "")
     if work.is_dir():
         client = run.client()
@@ -1659,11 +1683,7 @@ def _quarantine(run: _Run, drop: ledger_module.Drop, failure: PermanentError) ->
         reason["in_xnat"] = in_xnat
     ledger_module.private_dir(spool)
     receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1), private=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = drop.target or _free_target(run.config.paths.quarantine, drop.label, f"__{stamp}")
-    drop = run.book.begin(
-        drop, "quarantine", target=target, last_error_code=failure.code, last_error=str(failure)
-    )
+    drop = run.book.begin(drop, "quarantine", last_error_code=failure.code, last_error=str(failure))
     return _complete_quarantine(run, drop, reason)
 
 
@@ -1686,11 +1706,19 @@ def _stored_reason(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
 
 
 def _complete_quarantine(run: _Run, drop: ledger_module.Drop, reason: dict[str, Any]) -> Outcome:
-    target = Path(drop.target or "")
+    stored = Path(drop.target) if drop.target else None
+    # A target is chosen free (`_aim`): if it exists, the folder was moved there before a
+    # crash, and a folder of that label in the drop root now is a new copy, not ours.
+    moved = stored is not None and stored.is_dir() and (stored / quarantine.JSON_NAME).is_file()
     folder = next(
-        (Path(p) for p in (drop.work, drop.source) if p and Path(p).is_dir() and Path(p) != target),
+        (Path(p) for p in (drop.work, drop.source) if p and Path(p).is_dir() and Path(p) != stored),
         None,
     )
+    if moved:
+        folder = None
+    if folder is not None:
+        drop = _aim(run, drop, run.config.paths.quarantine)
+    target = Path(drop.target or "")
     if folder is not None:
         quarantine.write(folder, reason)
         _crash_point("quarantine", "before")

@@ -29,12 +29,16 @@ def write_atomic(path: Path, text: str, private: bool = False) -> None:
     """
     part = path.with_name(path.name + ".part")
     descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
-    if private:
-        os.fchmod(descriptor, 0o600)  # a .part left by a killed run may have another mode
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        if private:
+            os.fchmod(descriptor, 0o600)  # a .part left by a killed run may have another mode
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        # A write to a full disk names no file; the pipeline sorts file-system errors by path.
+        raise OSError(error.errno, error.strerror, str(part)) from error
     os.replace(part, path)
 
 
