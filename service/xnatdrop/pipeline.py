@@ -79,15 +79,18 @@ read in `_crash_point` only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
 import errno
+import functools
 import hashlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import threading
@@ -244,12 +247,13 @@ def _drop_lock(state: Path, project: str, label: str) -> Iterator[str | None]:
     Yields None when this process holds it, else who does ("xnatdrop run (pid 4711)"): the
     lock file names its holder, so `push` can say that the daemon is on it.
     """
-    folder = ledger_module.private_dir(state / "locks")
     try:
-        lock = locks.Lock.acquire(
-            folder / names.fit(f"{project}__{label}", ".lock"),
-            locks.me(state, locks.this_command(state)),
-        )
+        with ledger_module.state_errors(state):  # a full or read-only state folder: StateError
+            folder = ledger_module.private_dir(state / "locks")
+            lock = locks.Lock.acquire(
+                folder / names.fit(f"{project}__{label}", ".lock"),
+                locks.me(state, locks.this_command(state)),
+            )
     except locks.Held as held:
         yield held.owner.describe()
         return
@@ -793,10 +797,16 @@ def _subject_file(path: Path, name: str) -> dict[str, str]:
 
 def _subject_from_header(path: Path) -> dict[str, str]:
     import pydicom
+    import pydicom.errors
 
-    header = pydicom.dcmread(
-        path, stop_before_pixels=True, specific_tags=["PatientSex", "PatientBirthDate"]
-    )
+    try:
+        header = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["PatientSex", "PatientBirthDate"]
+        )
+    except (pydicom.errors.InvalidDicomError, ValueError, EOFError) as error:
+        # The rules read this file already; subject fields are optional: go on without them.
+        log.warning("%s: no subject fields from its header (%s)", path.name, type(error).__name__)
+        return {}
     fields = {}
     sex = str(header.get("PatientSex", "") or "").lower()
     if sex in SEX:
@@ -930,6 +940,7 @@ class _Inspection:
     problems: list[str]
     bytes_compared: bool
     unexplained: list[pack.Entry] = dataclasses.field(default_factory=list)
+    not_yet: bool = False  # appending: none of the new instances is in XNAT yet
 
     @property
     def other_instances(self) -> bool:
@@ -947,13 +958,16 @@ def _inspect(
     ours: bool,
 ) -> _Inspection:
     """Read the archived session's DICOM catalogs and sample its pixel data (verify module)."""
-    client = run.client()
-    listing = client.session_files(run.project, session.subject, session.label)
-    files = verify.dicom_files(listing)
-    catalog: list[xnat.CatalogEntry] = []
-    for scan, resource in sorted({(f.scan, f.resource) for f in files}):
-        catalog += client.scan_catalog(run.project, session.subject, session.label, scan, resource)
+    files, catalog = _catalogued(run, session)
     check = verify.check_archive(manifest, catalog, files, compare_bytes)
+    join = _xnat_facts(run, drop).get("append")
+    if join is not None:
+        # Late files: what XNAT held before this drop was appended is expected to be there.
+        existing = set(join["existing"])
+        check = dataclasses.replace(check, extra=[c for c in check.extra if c.uid not in existing])
+        sent = set(join["send"])
+        if not ours and sent and not sent & {c.uid for c in catalog}:
+            return _Inspection(check, [], [], [], compare_bytes, not_yet=True)
     problems: list[str] = []
     dropped: list[dict[str, Any]] = []
     unexplained: list[pack.Entry] = []
@@ -1008,11 +1022,25 @@ def _pixel_result(
 
 
 def _verification(
-    inspection: _Inspection, rewriting: verify.Rewriting, dropped: list[dict[str, Any]]
+    inspection: _Inspection,
+    rewriting: verify.Rewriting,
+    dropped: list[dict[str, Any]],
+    join: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What was verified and how, for the log, RECEIPT.json and RECEIPT.txt (honestly)."""
     check = inspection.check
     parts = [f"instance UIDs and counts of all {len(check.matched)} files"]
+    appended = None
+    if join is not None:
+        appended = {
+            "session_held": len(join["existing"]),
+            "new": len(join["send"]),
+            "already_there": len(check.matched) - len(join["send"]),
+        }
+        parts.append(
+            f"{appended['new']} of them added to a session that already held "
+            f"{appended['session_held']} instance(s)"
+        )
     samples = [p for p in inspection.pixel if p["result"] != "no pixel data"]
     if samples:
         parts.append(f"pixel data of 1 file per scan ({len(samples)} scans)")
@@ -1042,6 +1070,7 @@ def _verification(
         "md5_compared": md5,
         "rewriting": rewriting.to_json(),
         "not_archived": dropped,
+        "appended": appended,
     }
 
 
@@ -1067,6 +1096,8 @@ def _archived(
     rewriting = _rewriting(run, drop)
     compare = bytes_too and not rewriting.rewrites_at_archive()
     found = _inspect(run, drop, session, manifest, rewriting, compare, ours)
+    if found.not_yet:
+        return None
     url = client.session_url(run.project, session.id)
     if found.problems:
         differences = "; ".join(found.problems)
@@ -1099,7 +1130,8 @@ def _archived(
             names,
             found.dropped[0]["reason"],
         )
-    verification = _verification(found, rewriting, dropped)
+    join = _xnat_facts(run, drop).get("append")
+    verification = _verification(found, rewriting, dropped, join)
     _save_xnat_facts(run, drop, dropped=dropped, verification=verification)
     return session
 
@@ -1167,19 +1199,20 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     import was lost, e.g. to a proxy's 504: XNAT builds before it answers, stock row 4) is
     waited for, never deleted; a copy it is still receiving is left alone until it is quiet.
     """
-    planned = _plan(run, drop)
     client = run.client()
     rewriting = _rewriting(run, drop, fresh=True)
-    if (
-        client.find_session(run.project, drop.label) is not None
-        and _archived(run, drop, _manifest(run, drop)) is not None
-    ):
+    session = client.find_session(run.project, drop.label)
+    if session is None:
+        _save_xnat_facts(run, drop, append=None)  # an earlier decision no longer holds
+    elif not _join(run, drop, session, _manifest(run, drop), rewriting):
         return {}, "already archived with every instance; nothing sent"
+    planned = _upload_plan(run, drop)
+    join = _xnat_facts(run, drop).get("append")
     for entry in _ours(run, drop, planned):
         if entry.status == READY:
             files = client.prearchive_files(entry.uri)
             check = verify.check_prearchive(
-                _manifest(run, drop), files, not rewriting.rewrites_at_import()
+                _sent(run, drop), files, not rewriting.rewrites_at_import()
             )
             if not (check.incomplete or check.changed) and (
                 not check.missing or rewriting.drops_at_import()
@@ -1211,11 +1244,20 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         if run.progress is not None:
             run.progress("import", count, total)
 
+    if join is None:
+        body = functools.partial(pack.Body, work, planned, spool)
+    else:
+        # Only the new instances go; the manifest of the whole folder is kept as it is, and
+        # each file sent must still be the one hashed into it.
+        hashed = {e.path: e.md5 for e in _manifest(run, drop).files}
+        body = functools.partial(
+            pack.Body, work, planned, on_manifest=functools.partial(_unchanged, hashed)
+        )
     try:
         uri = client.import_zip(
-            lambda: pack.Body(work, planned, spool),
+            body,
             project=run.project,
-            subject=drop.label,
+            subject=join["subject"] if join else drop.label,
             session=drop.label,
             progress=sent,
             prevent_anon=rewriting.prevent_anon,
@@ -1244,10 +1286,162 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     # Sending ends with the last byte; the rest is XNAT storing and building the session.
     sending = max(last_byte[0] - started, 1e-6)
     waiting = time.monotonic() - last_byte[0]
+    what = f"{len(planned.files)} new instance(s), " if join else ""
     return {"prearchive_uri": uri}, (
-        f"{total} bytes sent in {sending:.1f} s ({total / sending / 1e6:.1f} MB/s), "
+        f"{what}{total} bytes sent in {sending:.1f} s ({total / sending / 1e6:.1f} MB/s), "
         f"XNAT answered {waiting:.1f} s later"
     )
+
+
+def _unchanged(hashed: dict[str, str], sent: pack.Manifest) -> None:
+    """Raise pack.Changed if a file sent differs from the one hashed into the manifest."""
+    for entry in sent.files:
+        if hashed.get(entry.path) != entry.md5:
+            raise pack.Changed(f"{entry.path} changed after it was hashed")
+
+
+# -- late files: a session XNAT already holds under this label ---------------------------------
+
+
+def _catalogued(run: _Run, session: Any) -> tuple[list[xnat.RemoteFile], list[xnat.CatalogEntry]]:
+    """The DICOM files of an archived session and its catalog entries (instance UIDs)."""
+    client = run.client()
+    listing = client.session_files(run.project, session.subject, session.label)
+    files = verify.dicom_files(listing)
+    catalog: list[xnat.CatalogEntry] = []
+    for scan, resource in sorted({(f.scan, f.resource) for f in files}):
+        catalog += client.scan_catalog(run.project, session.subject, session.label, scan, resource)
+    return files, catalog
+
+
+def _join(
+    run: _Run,
+    drop: ledger_module.Drop,
+    session: Any,
+    manifest: pack.Manifest,
+    rewriting: verify.Rewriting,
+) -> int:
+    """Decide what to send when XNAT already holds a session with this label; return how many
+    instances (0: every one is there already, nothing is sent).
+
+    Files that arrive for a session already archived (a copy that paused, a series exported
+    later) are appended to it: only the instances XNAT lacks are sent, and archived into the
+    existing session. XNAT merges them with `overwrite=none` (the Archiver allows a session
+    merge; PrearcSessionArchiver.checkForConflicts needs the same StudyInstanceUID, project,
+    subject and modality, and a scan of the same number to have the same SeriesInstanceUID),
+    but refuses the merge when an incoming instance's UID or file name is already catalogued
+    in the destination (MergeSessionsA.checkForConflict: SessionOverwriteCheck, "Session
+    already exists with the same resources."; FindFirstMatch, "... with matching files."): so
+    nothing XNAT holds is ever sent again, and a new file whose name is taken in its scan is
+    sent under another name. What is already there must have the same content (pixel data of
+    one file per scan; sizes and MD5s where XNAT keeps the bytes); another study, or other
+    content, is a conflict a person must resolve. The decision is kept in the spool (`append`
+    in xnat.json) for the later steps: the instances XNAT held before are expected there.
+    """
+    client = run.client()
+    files, catalog = _catalogued(run, session)
+    check = verify.check_archive(manifest, catalog, files, not rewriting.rewrites_at_archive())
+    url = client.session_url(run.project, session.id)
+    studies = manifest.study_uids()
+    same_study = bool(session.uid) and studies == {session.uid}
+    differs = [verify.ArchiveCheck([], [], check.changed, []).describe()] if check.changed else []
+    for entry, file in verify.smallest_per_scan(check.matched):
+        result = _pixel_result(run, drop, entry, file, rewriting)
+        if result not in ("identical", "no pixel data", "changed by an alterPixels statement"):
+            differs.append(f"pixel data of {entry.path} (scan {file.scan}): {result}")
+    if differs or (check.missing and not same_study):
+        if differs:
+            what = f"instances of this folder are in it with other content: {'; '.join(differs)}"
+        elif session.uid:
+            what = (
+                f"it is another study (StudyInstanceUID {session.uid}; this folder: "
+                f"{', '.join(sorted(studies)) or 'none'})"
+            )
+        else:
+            what = "XNAT does not say which study it is, so these files cannot be added to it"
+        error = PermanentError(
+            "LABEL_EXISTS",
+            f"session {drop.label} already exists in XNAT project {run.project} ({url}) and {what}",
+            "if this is a new session, rename the folder to a new label; if it replaces the "
+            f"existing one, ask the XNAT administrator to delete session {drop.label} first",
+        )
+        error.in_xnat = url  # type: ignore[attr-defined]
+        raise error
+    existing = sorted({c.uid for c in catalog})
+    renamed = _free_names(check.missing, catalog)
+    _save_xnat_facts(
+        run,
+        drop,
+        append={
+            "session": session.id,
+            "subject": session.subject,
+            "existing": existing,
+            "send": [e.sop_instance_uid for e in check.missing],
+            "names": renamed,
+        },
+    )
+    if check.missing:
+        log.info(
+            "%s: session %s in XNAT holds %d instance(s) of this study; appending the %d of "
+            "this folder it lacks (%d already there)",
+            drop.label,
+            session.id,
+            len(existing),
+            len(check.missing),
+            len(check.matched),
+        )
+    return len(check.missing)
+
+
+def _free_names(new: list[pack.Entry], catalog: list[xnat.CatalogEntry]) -> dict[str, str]:
+    """Zip entry names for new instances whose name XNAT already uses in their scan.
+
+    XNAT stores a file under its zip entry name made file-name-safe (getSafeFile, stock row
+    12) in the scan of its SeriesNumber (Restructurer.determineScanSubdir); a name taken there
+    would make the merge fail ("Session already exists with matching files.")."""
+    taken: dict[str, set[str]] = collections.defaultdict(set)
+    for entry in catalog:
+        taken[entry.scan].add(entry.path.rsplit("/", 1)[-1])
+    renamed = {}
+    for entry in new:
+        name = pack.upload_name(entry.path)
+        if xnat_file_name(name) in taken[verify.scan_folder(entry)]:
+            stem, dot, extension = name.rpartition(".")
+            head, tail = (stem, f".{extension}") if dot and stem else (name, "")
+            digest = hashlib.sha1(entry.sop_instance_uid.encode()).hexdigest()[:10]
+            renamed[entry.path] = names.fit(f"{head}~{digest}", tail, limit=pack.ZIP_NAME_MAX)
+    return renamed
+
+
+def xnat_file_name(entry_name: str) -> str:
+    """The name XNAT gives a file from its zip entry name: `Files.toFileNameChars`, anything
+    but ASCII letters, digits, `_`, `.` and `-` becomes `_` (stock row 12)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", entry_name)
+
+
+def _upload_plan(run: _Run, drop: ledger_module.Drop) -> pack.Plan:
+    """The zip to send: the whole folder, or, when appending, only what XNAT lacks."""
+    planned = _plan(run, drop)
+    join = _xnat_facts(run, drop).get("append")
+    if join is None:
+        return planned
+    send, renamed = set(join["send"]), join["names"]
+    items = [
+        dataclasses.replace(p.item, zip_name=renamed.get(p.item.path, p.item.zip_name))
+        for p in planned.files
+        if p.item.sop_instance_uid in send
+    ]
+    return pack.plan(Path(drop.work), items)
+
+
+def _sent(run: _Run, drop: ledger_module.Drop) -> pack.Manifest:
+    """The manifest of what the import sends: all of it, or the new instances when appending."""
+    manifest = _manifest(run, drop)
+    join = _xnat_facts(run, drop).get("append")
+    if join is None:
+        return manifest
+    send = set(join["send"])
+    return pack.Manifest(0, tuple(e for e in manifest.files if e.sop_instance_uid in send))
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -1318,7 +1512,7 @@ def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         raise
     files = run.client().prearchive_files(drop.prearchive_uri)
     sizes = not rewriting.rewrites_at_import()
-    check = verify.check_prearchive(manifest, files, compare_sizes=sizes)
+    check = verify.check_prearchive(_sent(run, drop), files, compare_sizes=sizes)
     if check.incomplete:
         _delete_prearchive(run, drop.prearchive_uri)
         raise _Resend(f"the prearchive session is incomplete ({check.incomplete})")
@@ -1370,9 +1564,13 @@ def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     if session is None:
         if drop.prearchive_uri is None or client.prearchive_entry(drop.prearchive_uri) is None:
             raise _Resend("the prearchive session is gone and nothing is archived")
+        join = _xnat_facts(run, drop).get("append")
         try:
             client.archive(
-                drop.prearchive_uri, project=run.project, subject=drop.label, session=drop.label
+                drop.prearchive_uri,
+                project=run.project,
+                subject=join["subject"] if join else drop.label,
+                session=drop.label,
             )
         except TransientError as error:
             cause = getattr(error, "cause", None)
@@ -1596,6 +1794,7 @@ def _receipt(run: _Run, drop: ledger_module.Drop, session: Any) -> dict[str, Any
         "bytes": verification.get("bytes", manifest.total_bytes),
         "checksums_verified": bool(verification.get("md5_compared")),
         "verification": verification,
+        "appended": verification.get("appended"),
         "scans": scans,
         "not_archived": not_archived,
         "resources": resources,

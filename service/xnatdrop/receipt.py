@@ -69,6 +69,18 @@ def render_text(receipt: dict[str, Any]) -> str:
             f"  scan {scan['series_number'] or '?'}{description}: {scan['file_count']} files, "
             f"{_size(scan['bytes'])} (from {scan['folder']})"
         )
+    appended = receipt.get("appended")
+    if appended:
+        lines += [
+            "",
+            f"This session was already in XNAT with {appended['session_held']} files: "
+            f"{appended['new']} files of this folder were added to it"
+            + (
+                f", {appended['already_there']} were there already (same instances)."
+                if appended["already_there"]
+                else "."
+            ),
+        ]
     verification = receipt.get("verification") or {}
     if verification.get("summary"):
         lines += ["", f"Verified against XNAT: {verification['summary']}."]

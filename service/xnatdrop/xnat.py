@@ -206,11 +206,15 @@ class CatalogEntry:
 
 @dataclass(frozen=True)
 class ArchivedSession:
+    """An archived session; `uid` is its StudyInstanceUID (xnat:imageSessionData/@UID), ""
+    when XNAT has none."""
+
     id: str
     label: str
     subject: str
     project: str
     uri: str
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -1010,6 +1014,7 @@ class XnatClient:
             subject=subject_label,
             project=project,
             uri=self._session_path(project, subject_label, str(fields.get("label", label))),
+            uid=str(fields.get("UID", "") or ""),
         )
 
     def session_scans(self, project: str, subject: str, label: str) -> list[dict[str, str]]:
