@@ -420,3 +420,45 @@ def test_run_refuses_a_done_path_that_is_a_file(tmp_path: Path, server: Sandbox)
     assert f"paths.done {blocker}: {blocker} is a file, not a folder; point it at a folder" in (
         started.stderr
     )
+
+
+def test_a_folder_moved_back_by_hand_while_under_way_is_taken_back_and_archived(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """The drop stopped after its check (killed); someone moved the folder from the hidden
+    work area back into the drop root. Result: the next push takes it back and archives it
+    (the check step used to fail on the missing work folder forever)."""
+    config_path = write_config(tmp_path, server.url)
+    folder = stage(tmp_path / "drop", LABEL, sidecars=False)
+    original = snapshot(folder)
+    killed = push_process(config_path, folder, crash_at="pack:before")
+    assert killed.returncode == -9, killed.stderr
+    settings = load(config_path)
+    (drop,) = drops(settings)
+    Path(drop.work).rename(folder)
+    outcome = push(settings, folder)
+    assert outcome.kind == "archived", outcome
+    assert_archived_once(settings, LABEL, original, dicom_count=21)
+
+
+def test_a_kill_after_the_move_to_quarantine_leaves_a_new_copy_alone(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """Killed right after the folder was moved to quarantine/, before the ledger recorded it;
+    meanwhile the technologist copied a fixed folder of that label into the drop root. Result:
+    the quarantine is completed without touching the new copy, which is pushed as a new drop."""
+    config_path = write_config(tmp_path, server.url)
+    folder = stage(tmp_path / "drop", LABEL, sidecars=False)
+    (folder / "notes.txt").write_text("a loose file\n", encoding="utf-8")
+    killed = push_process(config_path, folder, crash_at="quarantine:after")
+    assert killed.returncode == -9, killed.stderr
+    fixed = stage(tmp_path / "drop", LABEL, sidecars=False)
+    original = snapshot(fixed)
+    settings = load(config_path)
+    first = push(settings, fixed)
+    assert (first.kind, first.code) == ("quarantined", "RULES_BLOCKED"), first
+    assert first.path is not None and (first.path / "notes.txt").is_file()
+    assert snapshot(fixed) == original
+    second = push(settings, fixed)
+    assert second.kind == "archived", second
+    assert_archived_once(settings, LABEL, original, dicom_count=21)

@@ -38,7 +38,13 @@ one, which checks that the bytes did not change.
 A file whose size differs from the plan, or that vanished, aborts the body with `Changed` (a
 TransientError, not an OSError, so that urllib3 and requests let it through unchanged): the
 frozen folder should never change. The import step then drops the plan, and the next attempt
-plans again from the folder as it is.
+plans again from the folder as it is. Any other OSError on the way (a file the service user may
+not read, a full state folder when the manifest is saved) becomes `FileError`, for the same
+reason; the pipeline sorts it by its path.
+
+Entry names are the files' paths relative to the subject folder, except where too long for
+XNAT to store (`upload_name`). The same streamed zip carries sidecar folders to XNAT's
+resources, with their names as they are.
 """
 
 from __future__ import annotations

@@ -15,36 +15,47 @@ uploading. The result is an `Outcome`:
 - `archived`: archived, verified, sidecars attached, folder in done/ (exit 0);
 - `quarantined`: a permanent failure, folder in quarantine/ with reason files (exit 1);
 - `transient`: stopped on a retryable error (timeout, reset, 5xx, expired session that could
-  not be renewed, or an unexpected exception, recorded as INTERNAL); `retry_at` says when the
-  ledger considers the drop due again (exit 3);
+  not be renewed; a file or folder of the drop or the share that cannot be read or written,
+  code FILESYSTEM, naming the path and the fix; or an unexpected exception, a bug, recorded as
+  INTERNAL with its traceback); `retry_at` says when the ledger considers the drop due again
+  (exit 3);
+- `state`: xnatdrop's own state folder cannot be written (full, read-only): no drop is at
+  fault; the caller holds every push and tries again with backoff (exit 3);
 - `auth_failed`: XNAT refused our credentials; the drop is not due again for
   `push.retry_max_seconds`; the caller should stop all uploads and alert (exit 3);
 - `busy`: another process holds this drop's lock (exit 3);
 - `stopped`: `stopping` was set; the drop stopped at a step boundary (exit 3);
-- `incomplete`: the check found empty or truncated files younger than
-  `settle.max_wait_seconds`, so the folder is probably still being copied: it was moved back to
-  the drop root (ledger state `new`) to settle again (exit 3). Older ones quarantine.
+- `incomplete`: the check found empty or truncated files, or visibly incomplete series, younger
+  than `settle.max_wait_seconds`, so the folder is probably still being copied: it was moved
+  back to the drop root (ledger state `new`) to settle again (exit 3). Older ones quarantine.
+  The move back ("thaw") is recorded before and after the rename, so a kill -9 between them
+  is finished on the next call.
 
 Each step is written to the ledger before and after (`Ledger.begin` / `Ledger.advance`), and each
 is safe to repeat after a `kill -9` at any point:
 
 - freeze renames the folder into `<drop root>/<push.work_folder>/<drop id>/<LABEL>` (same file
-  system, checked); a repeat finds it there.
+  system, checked); a repeat finds it there, and a new copy that the technologist made in the
+  meantime is left in the drop root, to be pushed after this drop as a drop of its own. Before
+  each later step the folder is looked for where the ledger says (`_located`).
 - check runs the rules on the frozen folder and stores the facts the later steps need in the
   spool (`<state>/spool/<drop id>/check.json`); a block finding quarantines.
 - pack plans the zip (entry order, names, sizes, exact length) and writes `plan.json`
   atomically; no file data is read (see `pack`).
 - import first reads what XNAT will do to the files (anonymisation scripts, series import
   filters, the checksums preference: `verify.Rewriting`, kept in the spool as `xnat.json`),
-  then asks XNAT what exists: an archived session with this label (exactly our instances:
-  nothing is sent; other instances: quarantine as a label conflict), a READY prearchive
+  then asks XNAT what exists: an archived session with this label (`_join`: of the same study,
+  only the instances it lacks are sent and later archived into it, the late files of a copy
+  that paused; all of them there: nothing is sent; another study, or other content for an
+  instance it holds: quarantine as a label conflict), a READY prearchive
   session holding every file (reused), a copy XNAT is still building (its answer was lost, e.g.
   to a proxy's 504: waited for, never deleted), leftovers of an interrupted upload (deleted once
   XNAT has stopped writing to them); only then uploads, streaming the zip while it reads and
   hashes the files, and saves `manifest.json` (size, MD5 and UIDs of each file) once every file
-  is hashed. Comparing with XNAT without a manifest (a crash before it was saved) hashes the
-  files first, without sending. An upload XNAT files under another project (Unassigned) is
-  removed again.
+  is hashed. Zip entry names are the files' paths, shortened where XNAT could not store them
+  (`pack.upload_name`). Comparing with XNAT without a manifest (a crash before it was saved)
+  hashes the files first, without sending. An upload XNAT files under another project
+  (Unassigned) is removed again.
 - verify waits for READY (CONFLICT and ERROR end the wait) and compares the number of files of
   each scan with the manifest, and their sizes where XNAT keeps the bytes; series a series
   import filter dropped are recorded for the receipt; anything else missing is deleted and sent
@@ -54,10 +65,13 @@ is safe to repeat after a `kill -9` at any point:
   session (`verify`): every instance matched by SOPInstanceUID, the pixel data of one file per
   scan, sizes and MD5s where XNAT keeps the bytes. A difference quarantines the folder with a
   reason file saying the session is in XNAT, at which address, and what differs.
-- attach lists each sidecar resource and uploads only the files that are not there yet; a file
-  that is there with other content is a permanent conflict.
+- attach lists each sidecar resource and uploads only the files that are not there yet, as a
+  zip streamed from the folder (never written to disk); a file that is there with other
+  content is a permanent conflict.
 - finish sets optional subject fields, writes the receipt and renames the folder to
-  `done/<date>/<LABEL>/`; the target is written to the ledger before the rename.
+  `done/<date>/<LABEL>/`; the target is written to the ledger before the rename, and chosen
+  again if the configured done/ path changed since (`_aim`; quarantine/ likewise). Names that
+  xnatdrop adds to (`__<time>`, `__2`, `.lock`) are shortened to fit (`names.fit`).
 
 Transient errors (`errors.TransientError`) are retried with exponential backoff and jitter,
 `push.inline_attempts` times within one call, then handed back. They never quarantine.
@@ -73,8 +87,8 @@ pending, recent failures, last finished) is documented in `ledger`.
 Test hook: the environment variable `XNATDROP_TEST_CRASH_AT=<step>:<before|after>` makes the
 process SIGKILL itself right after the ledger recorded the start of that step (`before`) or right
 after the step's work, before the ledger recorded it (`after`); `import:bytes=N` kills it once N
-bytes of the upload were sent; `quarantine:before|after` around the move to quarantine/. It is
-read in `_crash_point` only.
+bytes of the upload were sent; `quarantine:before|after` around the move to quarantine/;
+`thaw:before|after` around the move back to the drop root. It is read in `_crash_point` only.
 """
 
 from __future__ import annotations
