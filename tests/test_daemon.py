@@ -399,3 +399,18 @@ def test_the_same_traceback_is_logged_once_then_only_its_line() -> None:
         )
         == 2
     )
+
+
+def test_a_folder_gone_between_settling_and_its_push_is_not_a_crash(tmp_path: Path) -> None:
+    """A settled folder is removed before its push starts (nothing of it in the ledger).
+    Result: the real processor reports it stopped, with the reason, instead of raising
+    FileNotFoundError into the push thread (a traceback, reported as a crash)."""
+    from xnatdrop import watch
+
+    settings = make_settings(tmp_path)
+    root = settings.drop[0].path
+    processor = daemon.pipeline_processor(settings, "pw")
+    folder = watch.Folder(root / "SPN01_0001", root, 0.0)
+    result = processor(daemon.Work("SPN01/SPN01_0001", folder=folder), threading.Event())
+    assert result.kind == "stopped"
+    assert "SPN01_0001: no such folder and nothing pending" in result.detail

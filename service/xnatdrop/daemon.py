@@ -728,6 +728,10 @@ def pipeline_processor(settings: config_module.Config, password: str) -> Process
         except StateError as error:
             # Nowhere to record the failure: the daemon holds all pushes and backs off.
             return Result("state", error.reason)
+        except FileNotFoundError as error:
+            # The folder went away after it settled and nothing of it is in the ledger: the
+            # watcher forgets it on its next scan; not a crash.
+            return Result("stopped", str(error), time.time())
         return Result(outcome.kind, outcome.detail, outcome.retry_at)
 
     return process
