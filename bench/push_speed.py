@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "service"))
 
 from shared_data import dataset  # noqa: E402
+from xnat_sandbox import Sandbox  # noqa: E402
 from xnatdrop import pack  # noqa: E402
-from xnatdrop.sandbox.server import Sandbox  # noqa: E402
 
 PROJECT, LABEL, USER, PASSWORD = "SPN01", "BENCH_0001", "svc", "pw"
 SOURCES = [

@@ -24,7 +24,8 @@ import requests
 from pydicom.uid import generate_uid
 
 from shared_data import dataset
-from xnatdrop.sandbox import Sandbox
+from xnat_sandbox import Sandbox
+from xnatdrop import logsetup
 
 USERS = ["svc:pw", "reader:pw:read", "outsider:pw:none", "other:pw"]
 PROJECTS = ["SPN01", "SPN02"]
@@ -34,13 +35,15 @@ SERIES_DIRS = {"1": "01_3_Plane_Localizer_FF", "5": "05_3_Plane_Localizer_HF"}
 
 @pytest.fixture(autouse=True)
 def _restore_xnatdrop_logging() -> Iterator[None]:
-    """`cli.main` configures the `xnatdrop` logger (handler on the captured stderr, level);
-    put it back so one test's CLI call does not change what the next test's caplog sees."""
-    logger = logging.getLogger("xnatdrop")
-    handlers, level = logger.handlers[:], logger.level
+    """`cli.main` configures the `xnatdrop` and `xnat_sandbox` loggers (handler on the captured
+    stderr, level); put them back so one test's CLI call does not change what the next test's
+    caplog sees."""
+    loggers = [logging.getLogger(name) for name in logsetup.LOGGERS]
+    saved = [(logger.handlers[:], logger.level) for logger in loggers]
     yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
+    for logger, (handlers, level) in zip(loggers, saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from push_helpers import start_sandbox, write_config
-from xnatdrop.sandbox.server import Sandbox
+from xnat_sandbox import Sandbox
 
 DEADLINE = 120.0
 OLD = 978_307_200  # 2001-01-01: robocopy /COPY:DAT and Explorer keep the source's mtime

@@ -17,8 +17,8 @@ from typing import Any
 import pydicom
 
 from shared_data import dataset
+from xnat_sandbox import Sandbox
 from xnatdrop import config, xnat
-from xnatdrop.sandbox.server import Sandbox
 
 PROJECT = "SPN01"
 USER, PASSWORD = "svc", "pw"

@@ -22,8 +22,8 @@ from push_helpers import (
     start_sandbox,
     write_config,
 )
+from xnat_sandbox import Sandbox
 from xnatdrop import cli, config, ledger, pipeline
-from xnatdrop.sandbox.server import Sandbox
 
 LABELS = ("SPN01_0101", "SPN01_0102")
 

@@ -25,9 +25,8 @@ from push_helpers import (
     write_config,
 )
 from test_daemon import run_with, wait_for
+from xnat_sandbox import Sandbox, tables
 from xnatdrop import cli, config, daemon, ledger, pipeline
-from xnatdrop.sandbox import tables
-from xnatdrop.sandbox.server import Sandbox
 
 LABELS = ("SPN01_0021", "SPN01_0022", "SPN01_0023")
 

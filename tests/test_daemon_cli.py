@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from push_helpers import PROJECT, stage, start_sandbox, write_config
+from xnat_sandbox import Sandbox
 from xnatdrop import cli, config, daemon, ledger, locks, quarantine, xnat
-from xnatdrop.sandbox.server import Sandbox
 
 
 @pytest.fixture

@@ -43,8 +43,8 @@ from push_helpers import (
     stage,
     write_config,
 )
+from xnat_sandbox import Sandbox
 from xnatdrop import ledger, xnat
-from xnatdrop.sandbox.server import Sandbox
 
 __all__ = ["daemons", "sandbox"]  # fixtures, imported for pytest
 

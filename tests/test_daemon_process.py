@@ -39,8 +39,8 @@ from push_helpers import (
     stage,
 )
 from shared_data import dataset
+from xnat_sandbox import Sandbox
 from xnatdrop import ledger
-from xnatdrop.sandbox.server import Sandbox
 
 __all__ = ["daemons", "sandbox"]  # fixtures, imported for pytest
 

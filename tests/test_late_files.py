@@ -33,8 +33,8 @@ from push_helpers import (
     write_config,
 )
 from shared_data import dataset
+from xnat_sandbox import Sandbox
 from xnatdrop import config, ledger, pipeline, xnat
-from xnatdrop.sandbox.server import Sandbox
 
 LABEL = "SPN01_0301"
 LOCALIZER, FMRI = MEDIUM[0], MEDIUM[1]

@@ -12,8 +12,8 @@ import pytest
 
 from push_helpers import start_sandbox, write_config
 from smtp_server import SmtpServer
+from xnat_sandbox import Sandbox
 from xnatdrop import cli
-from xnatdrop.sandbox.server import Sandbox
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from push_helpers import PROJECT, client, load, start_sandbox, write_config
+from xnat_sandbox import Sandbox
 from xnatdrop import ledger
 from xnatdrop.notify import metrics
 from xnatdrop.notify.alerts import Kind
 from xnatdrop.notify.service import Notifier
-from xnatdrop.sandbox.server import Sandbox
 
 
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -38,10 +38,10 @@ from http_monitor import Monitor
 from push_helpers import SMALL, add_converted_file, stage, write_config
 from shared_data import dataset
 from smtp_server import SmtpServer, body
+from xnat_sandbox import Sandbox
 from xnatdrop import config, ledger
 from xnatdrop.notify import digest, sharestatus
 from xnatdrop.notify.service import Notifier
-from xnatdrop.sandbox.server import Sandbox
 
 XNAT_PASSWORD = "Xn4t-S3cret-pw"
 SMTP_USER, SMTP_PASSWORD = "xnatdrop", "Smtp-S3cret-pw"

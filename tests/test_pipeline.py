@@ -34,9 +34,9 @@ from push_helpers import (
     start_sandbox,
     write_config,
 )
+from xnat_sandbox import Sandbox
 from xnatdrop import cli, config, ledger, pipeline, xnat
 from xnatdrop.commands import push as push_command
-from xnatdrop.sandbox.server import Sandbox
 
 LABEL = "SPN01_0001"
 

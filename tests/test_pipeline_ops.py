@@ -40,9 +40,9 @@ from push_helpers import (
     write_config,
 )
 from shared_data import dataset
+from xnat_sandbox import Sandbox
 from xnatdrop import config, ledger, pipeline, quarantine
 from xnatdrop.errors import PermanentError
-from xnatdrop.sandbox.server import Sandbox
 
 LABEL = "SPN01_0101"
 

@@ -37,8 +37,8 @@ from push_helpers import (
     start_sandbox,
     write_config,
 )
+from xnat_sandbox import Sandbox
 from xnatdrop import config, ledger, names, pack, pipeline, xnat
-from xnatdrop.sandbox.server import Sandbox
 
 LABEL = "SPN01_0201"
 SERIES = SMALL[0]

@@ -28,8 +28,8 @@ from push_helpers import (
     start_sandbox,
     write_config,
 )
+from xnat_sandbox import Sandbox
 from xnatdrop import config, ledger, pack, pipeline
-from xnatdrop.sandbox.server import Sandbox
 
 LABEL = "SPN01_0007"
 DICOM_FILES = 21  # the one GE localizer series of SMALL

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import Dicom
 from tls_front import TlsFront
+from xnat_sandbox import Sandbox, tables
 from xnatdrop import config, xnat
 from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
-from xnatdrop.sandbox import Sandbox, tables
 
 
 def settings_for(sandbox: Sandbox, user: str = "svc", **extra: object) -> config.XnatSettings:

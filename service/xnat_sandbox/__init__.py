@@ -4,6 +4,7 @@ Usage: `Sandbox(data=..., port=0, users=["svc:pw"], projects=["SPN01"]).start()`
 docs/sandbox.md for the endpoints, the `/_sandbox/` admin API and the known differences.
 """
 
-from xnatdrop.sandbox.server import Sandbox
+from xnat_sandbox.server import Sandbox
+from xnat_sandbox.wire import parse_user
 
-__all__ = ["Sandbox"]
+__all__ = ["Sandbox", "parse_user"]

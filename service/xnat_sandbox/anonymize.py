@@ -47,9 +47,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from xnatdrop.sandbox import bodies, dicomedit, prefs, tables
-from xnatdrop.sandbox.store import Store
-from xnatdrop.sandbox.wire import Request
+from xnat_sandbox import bodies, dicomedit, prefs, tables
+from xnat_sandbox.store import Store
+from xnat_sandbox.wire import Request
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xnatdrop.sandbox import anonymize, prearchive, prefs, tables
-from xnatdrop.sandbox.store import Store, remove_empty_parents
-from xnatdrop.sandbox.wire import UNASSIGNED, Request
+from xnat_sandbox import anonymize, prearchive, prefs, tables
+from xnat_sandbox.store import Store, remove_empty_parents
+from xnat_sandbox.wire import UNASSIGNED, Request
 
 if TYPE_CHECKING:
-    from xnatdrop.sandbox.server import Sandbox
+    from xnat_sandbox.server import Sandbox
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import threading
 import uuid
 from dataclasses import dataclass
 
-from xnatdrop.sandbox import tables
-from xnatdrop.sandbox.wire import Request, User
+from xnat_sandbox import tables
+from xnat_sandbox.wire import Request, User
 
 REALM = "XNAT Protected Area"
 LOGIN_PAGE = (

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from xnatdrop.sandbox import tables
+from xnat_sandbox import tables
 
 CHUNK = 1024 * 1024
 MAX_FORM = 4 * 1024 * 1024

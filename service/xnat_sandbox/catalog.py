@@ -30,7 +30,7 @@ import sqlite3
 from pathlib import PurePosixPath
 from xml.sax.saxutils import escape, quoteattr
 
-from xnatdrop.sandbox.store import Store
+from xnat_sandbox.store import Store
 
 #: The namespaces every generated bean declares on its root element (`XdatInfoentryBean.toXML`).
 NAMESPACES = {

@@ -26,7 +26,7 @@ import pydicom
 import pydicom.errors
 from pydicom import filereader
 
-from xnatdrop.sandbox import (
+from xnat_sandbox import (
     anonymize,
     archive,
     bodies,
@@ -35,12 +35,12 @@ from xnatdrop.sandbox import (
     seriesfilter,
     tables,
 )
-from xnatdrop.sandbox.wire import UNASSIGNED, Request
+from xnat_sandbox.wire import UNASSIGNED, Request
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from xnatdrop.sandbox.server import Sandbox
+    from xnat_sandbox.server import Sandbox
 
 log = logging.getLogger(__name__)
 

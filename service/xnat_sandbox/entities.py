@@ -16,9 +16,9 @@ import shutil
 import sqlite3
 from typing import Any
 
-from xnatdrop.sandbox import resources, seriesfilter, tables
-from xnatdrop.sandbox.store import Store, remove_empty_parents
-from xnatdrop.sandbox.wire import NOT_FOUND, Request
+from xnat_sandbox import resources, seriesfilter, tables
+from xnat_sandbox.store import Store, remove_empty_parents
+from xnat_sandbox.wire import NOT_FOUND, Request
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xnatdrop.sandbox import archive, tables
-from xnatdrop.sandbox.store import Store, remove_empty_parents
-from xnatdrop.sandbox.wire import UNASSIGNED, Request
+from xnat_sandbox import archive, tables
+from xnat_sandbox.store import Store, remove_empty_parents
+from xnat_sandbox.wire import UNASSIGNED, Request
 
 if TYPE_CHECKING:
-    from xnatdrop.sandbox.server import Sandbox
+    from xnat_sandbox.server import Sandbox
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from xnatdrop.sandbox.store import Store
+from xnat_sandbox.store import Store
 
 #: XNAT's default anonymisation script, `web/src/main/resources/META-INF/xnat/defaults/id.das`
 #: (its statements; the file's copyright header is shortened to one comment line).

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from xnatdrop.sandbox import bodies, catalog, prefs, tables
-from xnatdrop.sandbox.store import Store, remove_empty_parents
-from xnatdrop.sandbox.wire import Request
+from xnat_sandbox import bodies, catalog, prefs, tables
+from xnat_sandbox.store import Store, remove_empty_parents
+from xnat_sandbox.wire import Request
 
 log = logging.getLogger(__name__)
 

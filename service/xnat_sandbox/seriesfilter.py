@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from xnatdrop.sandbox import anonymize, bodies, dicomedit, prefs, tables
-from xnatdrop.sandbox.store import Store
-from xnatdrop.sandbox.wire import Request
+from xnat_sandbox import anonymize, bodies, dicomedit, prefs, tables
+from xnat_sandbox.store import Store
+from xnat_sandbox.wire import Request
 
 log = logging.getLogger(__name__)
 

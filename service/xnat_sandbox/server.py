@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from xnatdrop.sandbox import (
+from xnat_sandbox import (
     anonymize,
     archive,
     auth,
@@ -47,10 +47,10 @@ from xnatdrop.sandbox import (
     store,
     tables,
 )
-from xnatdrop.sandbox.wire import Request, User, parse_user
+from xnat_sandbox.wire import Request, User, parse_user
 
 try:  # owned by the xnatpy-compatibility work; the sandbox runs without it
-    from xnatdrop.sandbox import xapi
+    from xnat_sandbox import xapi
 except ImportError:  # pragma: no cover - until xapi.py exists
     xapi = None  # type: ignore[assignment]
 

@@ -43,12 +43,12 @@ import json
 import re
 from typing import TYPE_CHECKING
 
-from xnatdrop.sandbox import tables
-from xnatdrop.sandbox.wire import PROJECT_GROUPS, User
+from xnat_sandbox import tables
+from xnat_sandbox.wire import PROJECT_GROUPS, User
 
 if TYPE_CHECKING:
-    from xnatdrop.sandbox.server import Sandbox
-    from xnatdrop.sandbox.wire import Request
+    from xnat_sandbox.server import Sandbox
+    from xnat_sandbox.wire import Request
 
 CHANGE_PASSWORD_PATH = "/app/template/XDATScreen_UpdateUser.vm"
 """`SecurityConfig.expiredPasswordFilter`: `setChangePasswordPath` (l.195)."""

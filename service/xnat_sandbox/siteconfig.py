@@ -21,8 +21,8 @@ import json
 import logging
 import urllib.parse
 
-from xnatdrop.sandbox import anonymize, bodies, dicomedit, prefs, seriesfilter, tables
-from xnatdrop.sandbox.wire import Request
+from xnat_sandbox import anonymize, bodies, dicomedit, prefs, seriesfilter, tables
+from xnat_sandbox.wire import Request
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import logging
 import re
 import sqlite3
 
-from xnatdrop.sandbox import anonymize, entities, resources, tables
-from xnatdrop.sandbox.store import Store
-from xnatdrop.sandbox.wire import Request
+from xnat_sandbox import anonymize, entities, resources, tables
+from xnat_sandbox.store import Store
+from xnat_sandbox.wire import Request
 
 log = logging.getLogger(__name__)
 

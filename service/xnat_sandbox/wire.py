@@ -16,10 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xnatdrop.sandbox import bodies, tables
+from xnat_sandbox import bodies, tables
 
 if TYPE_CHECKING:
-    from xnatdrop.sandbox.server import Sandbox
+    from xnat_sandbox.server import Sandbox
 
 UNASSIGNED = "Unassigned"
 

@@ -58,6 +58,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
+#: The packages whose records `configure` sends out: xnatdrop's, and the sandbox XNAT's, which
+#: `xnatdrop sandbox` and `xnatdrop demo` run in-process under its own package name.
+LOGGERS = ("xnatdrop", "xnat_sandbox")
+
+
 def configure(verbosity: int = 0, log_format: str = "text") -> None:
     """Send records to stderr: -1 warnings only, 0 info, 1+ debug; `log_format` in FORMATS."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
@@ -70,6 +75,7 @@ def configure(verbosity: int = 0, log_format: str = "text") -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
-    root = logging.getLogger("xnatdrop")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)

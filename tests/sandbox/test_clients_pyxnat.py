@@ -24,7 +24,7 @@ import pyxnat
 import pyxnat.core.errors
 
 import shared_data
-from xnatdrop.sandbox import xapi
+from xnat_sandbox import xapi
 
 SERIES = "In/GE/Exam1486_Laser794mm/01_3_Plane_Localizer_FF"  # 21 files, SeriesNumber 1
 SERIES_FILES = 21

@@ -26,7 +26,7 @@ import xnat.exceptions
 from xnat import convert_xsd, mixin
 
 import shared_data
-from xnatdrop.sandbox import prearchive, xapi
+from xnat_sandbox import prearchive, xapi
 
 SERIES = "In/GE/Exam1486_Laser794mm/02_Ax_fMRI_FF_I11.1_S15.9"  # 50 files, SeriesNumber 2
 SERIES_FILES = 50

@@ -10,7 +10,7 @@ import sys
 import pytest
 import requests
 
-from xnatdrop.sandbox import Sandbox
+from xnat_sandbox import Sandbox
 
 USERS = ["svc:pw", "reader:pw:read", "outsider:pw:none"]
 
@@ -162,6 +162,10 @@ def test_the_command_serves_until_sigint(tmp_path):
         assert [p["ID"] for p in projects["ResultSet"]["Result"]] == ["P1"]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
+        log = process.stderr.read()
+    # The sandbox's own log lines reach the command's stderr (xnatdrop configures its logger).
+    assert f"xnat_sandbox.server: sandbox XNAT serving {url}" in log
+    assert "xnat_sandbox.server: sandbox XNAT stopped" in log
 
 
 def test_the_command_refuses_a_bad_user(tmp_path):

@@ -76,7 +76,7 @@ def test_a_project_whitelist_keeps_only_matching_series(sandbox, svc, dicom, cap
         "enabled",
     )
     assert json.loads(row["contents"])["list"] == "MPRAGE"
-    caplog.set_level("INFO", logger="xnatdrop.sandbox")
+    caplog.set_level("INFO", logger="xnat_sandbox")
     response = svc.import_zip(
         dicom.zip(mixed(dicom)), project="SPN01", session="F02", dest="/prearchive"
     )

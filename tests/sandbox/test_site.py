@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from xnatdrop.sandbox import Sandbox
-from xnatdrop.sandbox import site as site_module
+from xnat_sandbox import Sandbox
+from xnat_sandbox import site as site_module
 
 SITE_USERS = [
     "admin:pw",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from xnatdrop.sandbox import archive, prearchive
+from xnat_sandbox import archive, prearchive
 
 ZIP = {"Content-Type": "application/zip"}
 LOCKED_BY_ARCHIVE = "Operation already in progress on this prearchive entry."

@@ -246,7 +246,7 @@ def _report(drop: ledger.Drop, url: str) -> list[str]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from xnatdrop.sandbox import Sandbox
+    from xnat_sandbox import Sandbox
 
     work = Path(tempfile.mkdtemp(prefix="xnatdrop-demo-"))
     sandbox = Sandbox(

@@ -16,9 +16,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import xnat_sandbox
 from xnatdrop.errors import ConfigError
 from xnatdrop.exitcodes import Exit
-from xnatdrop.sandbox import server, wire
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     problems = []
     for spec in users:
         try:
-            wire.parse_user(spec)
+            xnat_sandbox.parse_user(spec)
         except ValueError as error:
             problems.append(f"at '--user': {error}")
     for project in args.project:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             problems.append(f"at '--project': {project!r} is not a valid ID (use A-Z a-z 0-9 _ -)")
     if problems:
         raise ConfigError("xnatdrop sandbox", problems)
-    sandbox = server.Sandbox(
+    sandbox = xnat_sandbox.Sandbox(
         data=args.data,
         host=args.host,
         port=args.port,
