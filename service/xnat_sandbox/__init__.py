@@ -5,6 +5,6 @@ docs/sandbox.md for the endpoints, the `/_sandbox/` admin API and the known diff
 """
 
 from xnat_sandbox.server import Sandbox
-from xnat_sandbox.wire import parse_user
+from xnat_sandbox.users import parse_user
 
 __all__ = ["Sandbox", "parse_user"]

@@ -5,7 +5,8 @@ DICOM-zip with an `/archive` dest, the rebuilder's auto-archive). It decides eve
 moves anything: labels are `cleanValue`d, the subject is matched case-insensitively and created
 when missing, and an existing experiment is merged into or refused per the §5.3 table. A refusal
 leaves the prearchive row CONFLICT (409-class causes) or ERROR and raises `ArchiveFailure`;
-each caller maps it to its own status (400 for DICOM-zip, 500 "FAILED: …" for the services).
+each caller maps it to its own status (400 for DICOM-zip, 500 "FAILED: …" for the services,
+`archive_or_500`). The archive service's endpoint is `archive_service.py`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import logging
 import re
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from xnat_sandbox import anonymize, prearchive, prefs, tables
+from xnat_sandbox import anonymize, prearchive, prearchive_build, prefs, tables
+from xnat_sandbox.context import SiteContext
 from xnat_sandbox.store import Store, remove_empty_parents
-from xnat_sandbox.wire import UNASSIGNED, Request
-
-if TYPE_CHECKING:
-    from xnat_sandbox.server import Sandbox
+from xnat_sandbox.users import UNASSIGNED
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +91,7 @@ def archive_uri(project: str, subject: str, label: str) -> str:
 
 
 def archive_session(
-    sandbox: Sandbox,
+    sandbox: SiteContext,
     row: sqlite3.Row,
     *,
     label: str | None = None,
@@ -161,7 +159,7 @@ def archive_session(
     return result
 
 
-def _lock(sandbox: Sandbox, key: str, held: list[str], message: str) -> None:
+def _lock(sandbox: SiteContext, key: str, held: list[str], message: str) -> None:
     """`PrearcSessionArchiver.requestLock`: take `key` or fail with the 423 `message`."""
     with sandbox.archive_locks_guard:
         if key in sandbox.archive_locks:
@@ -176,7 +174,7 @@ def _label(row: sqlite3.Row, label_param: str | None) -> str:
 
 
 def _archive(
-    sandbox: Sandbox,
+    sandbox: SiteContext,
     row: sqlite3.Row,
     label_param: str | None,
     subject_param: str | None,
@@ -195,7 +193,7 @@ def _archive(
     files = store.all("SELECT * FROM prearc_files WHERE session = ?", row["pk"])
     if not files:
         raise ArchiveFailure("Session contains no files.", conflict=False)
-    xsi = prearchive.session_xsi_type({s["modality"] for s in scans})
+    xsi = prearchive_build.session_xsi_type({s["modality"] for s in scans})
     label = _label(row, label_param)
     subject_label = clean_value(subject_param or row["subject"] or label)
     existing = store.experiment(project, label)
@@ -301,7 +299,7 @@ def _archive(
                     target,
                     scan["series_description"],
                     scan["series_description"],
-                    prearchive.scan_xsi_type(scan["modality"]),
+                    prearchive_build.scan_xsi_type(scan["modality"]),
                     scan["series_uid"],
                     scan["modality"],
                 ),
@@ -449,7 +447,7 @@ def _resource(
     return int(cursor.lastrowid or 0)
 
 
-def archive_or_500(sandbox: Sandbox, row: sqlite3.Row, **options: object) -> str:
+def archive_or_500(sandbox: SiteContext, row: sqlite3.Row, **options: object) -> str:
     """Archive for the services (`/services/archive`, `action=commit`): failures → 500 (§5.1)."""
     try:
         return archive_session(sandbox, row, **options)  # type: ignore[arg-type]
@@ -473,94 +471,3 @@ def failed_message(row: sqlite3.Row, failure: ArchiveFailure) -> str:
     if isinstance(failure, ArchiveLocked):
         return f"FAILED: Unable to archive {row['folder']}: {failure.reason}"
     return f"FAILED: Unable to archive {row['folder']}: Operation Failed: {failure.reason}"
-
-
-def handle_archive(request: Request) -> tables.Response:
-    """`POST /data/services/archive` (§5.1): archive one (or several) prearchive sessions."""
-    if request.method != "POST":
-        raise tables.HttpError(405, "Method Not Allowed")
-    request.receive()
-    store = request.sandbox.store
-    sources = request.values("src")
-    if not sources:
-        project = request.param("project", "PROJECT_ID")
-        timestamp = request.param("PREARC_TIMESTAMP")
-        folder = request.param("PREARC_SESSION_FOLDER")
-        if not (project and timestamp and folder):
-            raise tables.HttpError(404, "Unknown prearchive session.")
-        sources = [f"/prearchive/projects/{project}/{timestamp}/{folder}"]
-    for src in sources:
-        if re.match(r"^(/data|/REST)?/archive", src):
-            raise tables.HttpError(400, f"Invalid src URI ({src})")
-    rows = [prearchive.parse_src(store, src) for src in sources]
-    for row in rows:
-        if row["project"] == UNASSIGNED:
-            raise tables.HttpError(400, "Cannot archive sessions from the Unassigned folder.")
-        if not request.user.can_write(row["project"]):
-            raise tables.HttpError(403, "Invalid permissions for new project.")
-        if row["status"].startswith("_"):  # PrearcDatabase.setStatus(ARCHIVING) refused
-            raise tables.HttpError(403, "Operation already in progress on this prearchive entry.")
-    overwrite = (request.param("overwrite") or "").lower()
-    options: dict[str, object] = {
-        "allow_merge": True,  # single-session archive always allows merging (§5.1)
-        "override": overwrite in ("append", "delete"),
-        "overwrite_files": request.flag("overwrite_files"),
-        "delete_files": overwrite == "delete",
-    }
-    if len(rows) > 1:
-        remaining = []
-        for row in rows:
-            built = row if row["built"] else prearchive.build(request.sandbox, row)
-            if built is None:
-                continue
-            try:
-                archive_session(request.sandbox, built, **options)  # type: ignore[arg-type]
-            except (ArchiveFailure, ArchiveTimeout):
-                remaining.append(prearchive.table_row(prearchive.get(store, row["pk"])))
-        return prearchive.rows_table(remaining, request.fmt or "xml")
-
-    row = rows[0]
-    xsi = prearchive.session_xsi_type(
-        {s["modality"] for s in prearchive.scans_of(store, row["pk"])}
-    )
-    dest_subject, dest_label = _dest(request, row["project"])
-    label = request.param("session", f"{xsi}/label", "EXPT_LABEL", "label", "EXPT_ID")
-    subject = request.param("subject", "SUBJECT_ID", f"{xsi}/subject_ID")
-    fields = {k: v for k in ("visit", "note") if (v := request.param(k, f"{xsi}/{k}"))}
-    built = row if row["built"] else prearchive.build(request.sandbox, row)
-    if built is None:
-        raise tables.HttpError(404, "Unknown prearchive session.")
-    result = archive_or_500(
-        request.sandbox,
-        built,
-        label=label or dest_label,
-        subject=subject or dest_subject,
-        fields=fields,
-        **options,
-    )
-    if request.flag("redirect") or prearchive.is_auto_archive(store, row):
-        response = tables.Response(303, tables.URI_LIST, f"{result}\r\n".encode())
-        response.headers.append(("Location", request.base_url + result))
-        return response
-    return tables.uri_list([result], request.fmt)
-
-
-def _dest(request: Request, project: str) -> tuple[str | None, str | None]:
-    """`dest=/archive/projects/P[/subjects/S[/experiments/E]]` → (subject, label)."""
-    dest = request.param("dest")
-    if not dest:
-        return None, None
-    path = re.sub(r"^/(data|REST)(?=/)", "", dest)
-    match = re.fullmatch(
-        r"/archive/projects/([^/]+)(?:/subjects/([^/]+))?(?:/experiments/([^/]+))?/?", path
-    )
-    if not match:
-        raise tables.HttpError(400, f"Invalid dest URI ({dest})")
-    if match.group(1) != project:
-        raise tables.HttpError(
-            400,
-            "Project mismatch: source and destination must refer to the same project. You "
-            "should change the project in the Prearchive prior to running this Archive "
-            "operation.",
-        )
-    return match.group(2), match.group(3)

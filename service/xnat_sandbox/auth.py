@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import secrets
-import threading
-import uuid
-from dataclasses import dataclass
 
 from xnat_sandbox import tables
-from xnat_sandbox.wire import Request, User
+from xnat_sandbox.wire import Request
+
+log = logging.getLogger(__name__)
 
 REALM = "XNAT Protected Area"
 LOGIN_PAGE = (
@@ -26,74 +26,6 @@ LOGIN_PAGE = (
     '<input type="text" name="username"><input type="password" name="password">\n'
     "</form>\n<!-- END xnat-templates/screens/Login.vm -->\n</body>\n</html>\n"
 )
-
-
-@dataclass
-class Session:
-    user: User
-    last_seen: float
-    csrf: str
-    password_expired: bool | None = None  # XnatExpiredPasswordFilter's "expired" attribute
-    authenticated: bool = True  # False: a login refused after its session was registered
-    registered: bool = False  # in Spring's SessionRegistry: counts against the session cap
-
-
-class Sessions:
-    """The servlet sessions: id → user and last activity."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_id: dict[str, Session] = {}
-
-    def create(
-        self, user: User, now: float, registered: bool = False, authenticated: bool = True
-    ) -> str:
-        sid = secrets.token_hex(16).upper()  # Tomcat: 32 hex characters
-        with self._lock:
-            self._by_id[sid] = Session(
-                user, now, str(uuid.uuid4()), registered=registered, authenticated=authenticated
-            )
-            if len(self._by_id) > 10000:  # clients that never send the cookie back
-                oldest = sorted(self._by_id, key=lambda k: self._by_id[k].last_seen)
-                for key in oldest[:5000]:
-                    del self._by_id[key]
-        return sid
-
-    def lookup(self, sid: str, now: float, timeout: float) -> tuple[Session | None, bool]:
-        """(session, expired): touch a live session; forget and report an expired one."""
-        with self._lock:
-            session = self._by_id.get(sid)
-            if session is None:
-                return None, False
-            if now - session.last_seen >= timeout:
-                del self._by_id[sid]
-                return None, True
-            session.last_seen = now
-            return session, False
-
-    def registered_count(self, name: str, now: float, timeout: float) -> int:
-        """Live sessions of `name` in the SessionRegistry (`getAllSessions(principal, false)`):
-        registered by a Basic login, refused or not, and not yet timed out or logged out."""
-        with self._lock:
-            return sum(
-                1
-                for s in self._by_id.values()
-                if s.registered and s.user.name == name and now - s.last_seen < timeout
-            )
-
-    def get(self, sid: str) -> Session | None:
-        with self._lock:
-            return self._by_id.get(sid)
-
-    def drop(self, sid: str) -> None:
-        with self._lock:
-            self._by_id.pop(sid, None)
-
-    def expire_all(self) -> int:
-        with self._lock:
-            count = len(self._by_id)
-            self._by_id.clear()
-        return count
 
 
 LOGIN_FAILURE = (
@@ -129,12 +61,62 @@ def challenge(message: str = "Unauthorized") -> tables.HttpError:
     return tables.HttpError(401, message, [("WWW-Authenticate", f'Basic realm="{REALM}"')])
 
 
+# -- sessions of a request ----------------------------------------------------------------------
+
+
+def session_id_of(request: Request) -> str | None:
+    """The session this request belongs to: the one it opened, else the one its cookie named."""
+    return request.new_session_id or request.session_id
+
+
+def new_session(request: Request) -> str:
+    """Open a session for the request's user; its Set-Cookie goes out with the answer."""
+    site = request.sandbox
+    sid = site.sessions.create(request.user, site.clock.now())
+    request.new_session_id = sid
+    request.session_id = sid
+    return sid
+
+
+def forget_session(request: Request) -> None:
+    if request.session_id:
+        request.sandbox.sessions.drop(request.session_id)
+        request.session_id = None
+
+
+def basic_login(request: Request, replaced: str | None) -> bool:
+    """A Basic login through XNAT's session strategies, in `SecurityConfig`'s order:
+    fixation protection (a session the cookie named is replaced), registration of a new
+    session, then the concurrent-session cap, which counts the new session and refuses
+    beyond `concurrentMaxSessions` (`maxSessionsPreventsLogin(true)`, l.177-179, l.301).
+
+    A refused login's session stays registered, unauthenticated, until it idles out, as in
+    Spring's SessionRegistry: retrying without sending its cookie back fills the registry
+    further. Returns False for a refused login (its Set-Cookie still goes out).
+    """
+    site = request.sandbox
+    if replaced is not None:
+        site.sessions.drop(replaced)
+    now = site.clock.now()
+    sid = site.sessions.create(request.user, now, registered=True, authenticated=False)
+    request.new_session_id = sid
+    request.session_id = sid
+    count = site.sessions.registered_count(request.user.name, now, site.settings.session_timeout)
+    if 0 <= site.max_sessions < count:
+        log.info("login of %s refused: %d sessions open", request.user.name, count - 1)
+        return False
+    created = site.sessions.get(sid)
+    if created is not None:
+        created.authenticated = True
+    return True
+
+
 # -- endpoints -------------------------------------------------------------------------------
 
 
 def jsession(request: Request) -> tables.Response:
     """`GET|POST /data/JSESSION` → the session id; `DELETE` logs out (§2.1)."""
-    sid = request.sandbox.session_id_of(request)
+    sid = session_id_of(request)
     if request.method == "DELETE":
         target = request.path.removeprefix("/JSESSION").strip("/") or sid
         if target:
@@ -143,7 +125,7 @@ def jsession(request: Request) -> tables.Response:
     if request.method not in ("GET", "POST"):
         raise tables.HttpError(405, "Method Not Allowed")
     if sid is None:
-        sid = request.sandbox.new_session(request)
+        sid = new_session(request)
     body = sid
     if request.flag("CSRF"):
         session = request.sandbox.sessions.get(sid)
@@ -155,7 +137,7 @@ def auth_check(request: Request) -> tables.Response:
     """`GET /data/auth` → "User 'x' is logged in" (xnatpy's login check)."""
     body = f"User '{request.user.name}' is logged in"
     if request.flag("CSRF"):
-        sid = request.sandbox.session_id_of(request)
+        sid = session_id_of(request)
         session = request.sandbox.sessions.get(sid) if sid else None
         body += f"; XNAT_CSRF={session.csrf if session else ''}"
     return tables.text(body)
@@ -172,5 +154,5 @@ def form_login(request: Request) -> tables.Response:
     if user is None or not secrets.compare_digest(user.password, password):
         raise tables.HttpError(401, "Authentication failed.")
     request.user = user
-    request.sandbox.forget_session(request)
-    return tables.text(request.sandbox.new_session(request))
+    forget_session(request)
+    return tables.text(new_session(request))

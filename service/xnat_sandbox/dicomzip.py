@@ -14,13 +14,14 @@ import hashlib
 import io
 import logging
 import re
+import sqlite3
 import tarfile
 import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import pydicom
 import pydicom.errors
@@ -32,15 +33,13 @@ from xnat_sandbox import (
     bodies,
     dicomedit,
     prearchive,
+    prearchive_build,
     seriesfilter,
     tables,
 )
-from xnat_sandbox.wire import UNASSIGNED, Request
-
-if TYPE_CHECKING:
-    import sqlite3
-
-    from xnat_sandbox.server import Sandbox
+from xnat_sandbox.context import SiteContext
+from xnat_sandbox.users import UNASSIGNED
+from xnat_sandbox.wire import Request
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +269,7 @@ def parse_dest(value: str) -> Dest:
 class Job:
     """One import request, resolved: who, which handler, and the explicit routing values."""
 
-    sandbox: Sandbox
+    sandbox: SiteContext
     request: Request
     handler: str
     dest: Dest | None
@@ -654,7 +653,7 @@ def _finish(job: Job) -> tables.Response:
         if job.dest is None or job.handler == "gradual-DICOM":
             uris.append(prearchive.data_uri(row))
             continue
-        built = prearchive.build(sandbox, row)
+        built = prearchive_build.build(sandbox, row)
         if built is None:  # DicomZipImporter.xmlBuild wraps any failure so
             raise tables.HttpError(400, "unable to archive for the Prearchive session")
         row = built

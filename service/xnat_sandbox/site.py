@@ -40,26 +40,17 @@ setting `password_filter_before_basic` chooses.
 from __future__ import annotations
 
 import json
-import re
-from typing import TYPE_CHECKING
 
-from xnat_sandbox import tables
-from xnat_sandbox.wire import PROJECT_GROUPS, User
-
-if TYPE_CHECKING:
-    from xnat_sandbox.server import Sandbox
-    from xnat_sandbox.wire import Request
+from xnat_sandbox import settings, tables
+from xnat_sandbox.context import SiteContext
+from xnat_sandbox.users import PROJECT_GROUPS, User
+from xnat_sandbox.wire import Request
 
 CHANGE_PASSWORD_PATH = "/app/template/XDATScreen_UpdateUser.vm"
 """`SecurityConfig.expiredPasswordFilter`: `setChangePasswordPath` (l.195)."""
 
 PASSWORD_EXPIRED = "Your password has expired. Please try again after changing your password."
 """`XnatExpiredPasswordFilter` l.152, sent with `sendError(403, …)`."""
-
-UNMODELLED_EXPIRATION_TYPES = ("Date",)
-"""`passwordExpirationType` values the sandbox refuses: XNAT's `Date` type (expired once a fixed
-date has passed) is not modelled. `Interval` expires; any other value disables expiry, as
-`ExpirationType.value` maps it to `Disabled`."""
 
 PREFERENCES = {
     "passwordExpirationType": "password_expiration_type",
@@ -134,7 +125,7 @@ def project_group(user: User, project: str, creator: str | None) -> str | None:
     return {"owner": "owner", "read": "collaborator"}.get(user.access)
 
 
-def project_roles(sandbox: Sandbox, user: User) -> list[dict[str, str]]:
+def project_roles(sandbox: SiteContext, user: User) -> list[dict[str, str]]:
     """The rows of `GET /xapi/access/projects` for `user` (module docstring)."""
     rows = []
     for project in sandbox.store.all("SELECT * FROM projects"):
@@ -161,63 +152,22 @@ def project_roles(sandbox: Sandbox, user: User) -> list[dict[str, str]]:
 
 # -- password expiry ----------------------------------------------------------------------------
 
-#: PostgreSQL interval units in seconds, as `interval_cmp` compares them: a month is 30 days and a
-#: year 12 months, so "1 year" is 360 days (src/backend/utils/adt/timestamp.c, DAYS_PER_MONTH).
-_UNITS = {
-    "second": 1,
-    "minute": 60,
-    "hour": 3600,
-    "day": 86400,
-    "week": 7 * 86400,
-    "month": 30 * 86400,
-    "year": 360 * 86400,
-}
-_ABBREVIATIONS = {
-    "s": "second", "sec": "second", "secs": "second", "seconds": "second",
-    "m": "minute", "min": "minute", "mins": "minute", "minutes": "minute",
-    "h": "hour", "hr": "hour", "hrs": "hour", "hours": "hour",
-    "d": "day", "days": "day", "w": "week", "weeks": "week",
-    "mon": "month", "mons": "month", "months": "month",
-    "y": "year", "yr": "year", "yrs": "year", "years": "year",
-}  # fmt: skip
-_INTERVAL_PART = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*([a-z]*)\s*")
 
-
-def parse_interval(text: str) -> float:
-    """Seconds in a PostgreSQL interval such as "1 year" or "90 days 12 hours".
-
-    Raise ValueError for anything else (the sandbox refuses what it cannot compare).
-    """
-    total, position, lowered = 0.0, 0, text.strip().lower()
-    while position < len(lowered):
-        match = _INTERVAL_PART.match(lowered, position)
-        if match is None or match.end() == position:
-            raise ValueError(f"not a PostgreSQL interval: {text!r} (e.g. '1 year', '90 days')")
-        unit = _ABBREVIATIONS.get(match.group(2), match.group(2)) or "second"
-        if unit not in _UNITS:
-            raise ValueError(f"unknown interval unit {match.group(2)!r} in {text!r}")
-        total += float(match.group(1)) * _UNITS[unit]
-        position = match.end()
-    if not lowered:
-        raise ValueError("an empty password expiration interval")
-    return total
-
-
-def password_expired(sandbox: Sandbox, name: str) -> bool:
+def password_expired(sandbox: SiteContext, name: str) -> bool:
     """`isPasswordExpired`: Interval type and `now - password_updated > interval`."""
-    settings = sandbox.settings
-    if settings.password_expiration_type != "Interval" or name not in sandbox.password_updated:
+    chosen = sandbox.settings
+    if chosen.password_expiration_type != "Interval" or name not in sandbox.password_updated:
         return False
-    interval = parse_interval(settings.password_expiration_interval)
+    interval = settings.parse_interval(chosen.password_expiration_interval)
     return sandbox.clock.now() - sandbox.password_updated[name] > interval
 
 
-def site_url(sandbox: Sandbox) -> str:
+def site_url(sandbox: SiteContext) -> str:
     """`TurbineUtils.GetFullServerPath`: the siteUrl preference without a trailing slash."""
     return (sandbox.settings.site_url or sandbox.url).rstrip("/")
 
 
-def basic_before_authentication(sandbox: Sandbox, name: str) -> tables.Response | None:
+def basic_before_authentication(sandbox: SiteContext, name: str) -> tables.Response | None:
     """The filter placed before Basic authentication (`password_filter_before_basic`): a Basic
     request that no session authenticates is refused with 403 when that user name's password has
     expired, whatever the password sent (l.125-157)."""
@@ -226,7 +176,7 @@ def basic_before_authentication(sandbox: Sandbox, name: str) -> tables.Response 
     return None
 
 
-def expired_password_redirect(sandbox: Sandbox, request: Request) -> tables.Response | None:
+def expired_password_redirect(sandbox: SiteContext, request: Request) -> tables.Response | None:
     """The authenticated branch (l.158-199): 302 to the change-password page when the account's
     password has expired, remembering a valid result for the rest of the HTTP session. The
     change-password page itself passes (`isChangePassword`), so a client that follows the

@@ -23,7 +23,7 @@ import logging
 import re
 import sqlite3
 
-from xnat_sandbox import anonymize, entities, resources, tables
+from xnat_sandbox import anonymize, documents, resources, tables
 from xnat_sandbox.store import Store
 from xnat_sandbox.wire import Request
 
@@ -72,7 +72,7 @@ def provide(
 
     None when the scan has no DICOM to render (`isUnsnapshottable`).
     """
-    owner = entities.scan_owner(store, experiment, scan_id)
+    owner = documents.scan_owner(store, experiment, scan_id)
     dicom = resources.find(store, owner, "DICOM")
     if dicom is None or store.resource_stats(dicom["id"])[0] == 0:
         return None

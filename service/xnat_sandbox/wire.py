@@ -1,100 +1,29 @@
-"""The request as the endpoint handlers see it, and the access rules they apply.
+"""The request as the endpoint handlers see it, and the refusals they share.
 
 A handler is `handler(request) -> tables.Response`; it raises `tables.HttpError` for any error
 page. Parameters follow XNAT: form fields and multipart fields first, then the query string,
 which wins (`Importer.handlePost` loads the query after the body, §3.1). Names are case-sensitive.
+Who may do what is `users.User`; the sandbox behind the request is a `context.SiteContext`.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
 from email.message import Message
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from xnat_sandbox import bodies, tables
-
-if TYPE_CHECKING:
-    from xnat_sandbox.server import Sandbox
-
-UNASSIGNED = "Unassigned"
-
-
-#: The three groups XNAT creates for every project (`Groups.java` l.44-49): group id suffix →
-#: display name. The display name is what `/xapi/access/projects` reports as `role`.
-PROJECT_GROUPS = {"owner": "Owners", "member": "Members", "collaborator": "Collaborators"}
-
-ACCESS_LEVELS = ("owner", "read", "none")
-
-_MEMBERSHIP = re.compile(r"^(owner|member|collaborator)@([A-Za-z0-9_-]+)$")
-
-
-@dataclass(frozen=True)
-class User:
-    """A sandbox account.
-
-    `access` is a site-wide level (`owner`: writes every project, `read`: reads every project,
-    `none`) or a list of project groups, `member@SPN01,collaborator@SPN02`, for an account that
-    belongs to those projects only, as XNAT's project groups do (owners and members may write,
-    collaborators only read; `Groups.java`, `init_data_type_access_functions.sql`).
-    """
-
-    name: str
-    password: str
-    access: str = "owner"
-    admin: bool = False
-
-    @cached_property
-    def groups(self) -> dict[str, str]:
-        """Project → group (owner, member, collaborator) for a per-project account, else {}."""
-        if self.access in ACCESS_LEVELS:
-            return {}
-        return {m.group(2): m.group(1) for m in map(_MEMBERSHIP.match, self.access.split(",")) if m}
-
-    def can_read(self, project: str) -> bool:
-        if project == UNASSIGNED:
-            return self.admin
-        if self.groups:
-            return project in self.groups
-        return self.access in ("owner", "read")
-
-    def can_write(self, project: str) -> bool:
-        if project == UNASSIGNED:
-            return self.admin
-        if self.groups:
-            return self.groups.get(project) in ("owner", "member")
-        return self.access == "owner"
-
-
-def parse_user(spec: str) -> tuple[str, str, str]:
-    """`NAME:PASSWORD[:ACCESS]` → (name, password, access); ValueError names what is wrong.
-
-    ACCESS is `owner`, `read`, `none` or comma-separated `GROUP@PROJECT` memberships
-    (`member@SPN01,collaborator@SPN02`). A last segment that is neither belongs to the password.
-    """
-    name, sep, rest = spec.partition(":")
-    if not name or not sep or not rest:
-        raise ValueError(f"user {spec.split(':')[0]!r}: expected NAME:PASSWORD[:ACCESS]")
-    password, access = rest, "owner"
-    head, sep, tail = rest.rpartition(":")
-    if sep and head and (tail in ACCESS_LEVELS or _is_memberships(tail)):
-        password, access = head, tail
-    return name, password, access
-
-
-def _is_memberships(text: str) -> bool:
-    return all(_MEMBERSHIP.match(part) for part in text.split(","))
+from xnat_sandbox.context import SiteContext
+from xnat_sandbox.users import User
 
 
 @dataclass
 class Request:
     """One request after authentication: normalized path, parameters, body, user."""
 
-    sandbox: Sandbox
+    sandbox: SiteContext
     method: str
     path: str  # without /data, /REST and the /archive alias, e.g. "/projects/P"
     full_path: str  # as sent, without the query string
@@ -167,8 +96,15 @@ class Request:
 
 
 def require_write(request: Request, project: str, message: str) -> None:
+    """403 with XNAT's `message` unless the user may write to `project`."""
     if not request.user.can_write(project):
         raise tables.HttpError(403, message)
 
 
 NOT_FOUND = "Unable to find the specified experiment."
+
+
+def hidden() -> tables.HttpError:
+    """What a GET of something the user may not read answers: 404, as if it did not exist
+    (§1.8), so that a project's contents do not leak to outsiders."""
+    return tables.HttpError(404, NOT_FOUND)

@@ -26,7 +26,7 @@ import xnat.exceptions
 from xnat import convert_xsd, mixin
 
 import shared_data
-from xnat_sandbox import prearchive, xapi
+from xnat_sandbox import prearchive_build, xapi
 
 SERIES = "In/GE/Exam1486_Laser794mm/02_Ax_fMRI_FF_I11.1_S15.9"  # 50 files, SeriesNumber 2
 SERIES_FILES = 50
@@ -125,9 +125,9 @@ def test_xnatpy_builds_its_classes_from_the_served_schemas():
         "xnat:petmrSessionData": mixin.ImageSessionData,
     }
     for modality in modalities:
-        served[prearchive.session_xsi_type({modality})] = mixin.ImageSessionData
-        served[prearchive.scan_xsi_type(modality)] = mixin.ImageScanData
-    assert prearchive.session_xsi_type({"PT", "MR"}) == "xnat:petmrSessionData"
+        served[prearchive_build.session_xsi_type({modality})] = mixin.ImageSessionData
+        served[prearchive_build.scan_xsi_type(modality)] = mixin.ImageScanData
+    assert prearchive_build.session_xsi_type({"PT", "MR"}) == "xnat:petmrSessionData"
     for xsi_type, base in served.items():
         assert issubclass(lookup[xsi_type], base), xsi_type
     assert issubclass(lookup["xnat:mrSessionData"], mixin.SubjectAssessorData)

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from xnat_sandbox import Sandbox
-from xnat_sandbox import site as site_module
+from xnat_sandbox import Sandbox, settings
 
 SITE_USERS = [
     "admin:pw",
@@ -103,10 +102,10 @@ def test_a_bad_membership_is_a_password_not_an_access(tmp_path):
     [("1 year", 360), ("2 years", 720), ("6 mons", 180), ("90 days 12 hours", 90.5), ("1 week", 7)],
 )
 def test_password_intervals_compare_as_postgresql_does(text, days):
-    assert site_module.parse_interval(text) == days * 86400
+    assert settings.parse_interval(text) == days * 86400
 
 
 @pytest.mark.parametrize("text", ["", "one year", "1 fortnight"])
 def test_an_interval_the_sandbox_cannot_compare_is_refused(text):
     with pytest.raises(ValueError, match="interval"):
-        site_module.parse_interval(text)
+        settings.parse_interval(text)
