@@ -287,3 +287,26 @@ def test_project_and_subject_resources(svc):
         assert response.status_code == 200
         [row] = svc.json_rows(owner + "/resources/docs/files")
         assert (row["Size"], row["digest"]) == ("5", "5d41402abc4b2a76b9719d911017c592")
+
+
+def test_a_reader_may_not_edit_an_experiment_or_its_scans(svc, reader, archived):
+    """A collaborator reads but never changes an archived session: 403 with XNAT's text for the
+    experiment and for each scan (a PUT under the subject is refused as a create), and the
+    session stays as it was."""
+    edit = (
+        "Specified user account has insufficient edit privileges for experiments in this project."
+    )
+    create = (
+        "Specified user account has insufficient create privileges for experiments in this project."
+    )
+    for method, path, refused in (
+        ("DELETE", SESSION, edit),
+        ("PUT", SESSION + "?note=changed", create),
+        ("DELETE", SESSION + "/scans/1", edit),
+        ("PUT", SESSION + "/scans/1?quality=unusable", edit),
+    ):
+        response = reader.request(method, path)
+        assert response.status_code == 403, (method, path)
+        assert h3(response) == refused, (method, path)
+    scans = svc.json_rows(SESSION + "/scans")
+    assert [(s["ID"], s["quality"]) for s in scans] == [("1", "usable"), ("5", "usable")]
