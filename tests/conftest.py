@@ -1,5 +1,6 @@
-"""Shared fixtures: a real sandbox XNAT on a free port, HTTP clients for its users, and DICOM
-zips built from real series.
+"""Shared fixtures: a real sandbox XNAT on a free port (`sandbox`, parametrised by the
+`sandbox` marker, and `sandbox_factory` for more than one), HTTP clients for its users, and
+DICOM zips built from real series.
 
 The DICOM comes from `ge_signa_premier_table` (GE SIGNA Premier RX29, BSD-2-Clause; see its
 README.md in the shared data): the first few files of series 1 and 5 (3-Plane Localizers of one
@@ -14,7 +15,7 @@ import io
 import itertools
 import logging
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,61 @@ def _restore_xnatdrop_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., Sandbox]]:
+    """Start sandboxes on free ports; every one started stops when the test ends.
+
+    `sandbox_factory(users=…, projects=…, data=…, port=…, **settings)` returns a started
+    `Sandbox`; left out, the accounts and projects are `USERS` and `PROJECTS`, the port a free
+    one, the data folder a new one under tmp_path. For a test that needs a second sandbox, or a
+    restart on the same data folder (pass `data=` and stop the first). The `sandbox` fixture is
+    the first one it starts.
+    """
+    started: list[Sandbox] = []
+
+    def start(
+        *,
+        users: list[str] | None = None,
+        projects: list[str] | None = None,
+        data: Path | None = None,
+        port: int = 0,
+        **settings: Any,
+    ) -> Sandbox:
+        folder = data or tmp_path / ("xnat" if not started else f"xnat{len(started) + 1}")
+        server = Sandbox(
+            data=folder,
+            host="127.0.0.1",
+            port=port,
+            users=USERS if users is None else users,
+            projects=PROJECTS if projects is None else projects,
+            **settings,
+        )
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()  # a no-op for one the test stopped itself
+
+
+@pytest.fixture
+def sandbox(request: pytest.FixtureRequest, sandbox_factory: Callable[..., Sandbox]) -> Sandbox:
     """A running sandbox: svc (site admin), reader (read-only), outsider (no access), other
-    (an owner but not the admin); projects SPN01 and SPN02."""
-    server = Sandbox(
-        data=tmp_path / "xnat", host="127.0.0.1", port=0, users=USERS, projects=PROJECTS
-    )
-    server.start()
-    yield server
-    server.stop()
+    (an owner but not the admin); projects SPN01 and SPN02.
+
+    A module or test that needs other accounts, projects or settings says so with the marker,
+    `pytestmark = pytest.mark.sandbox(users=[...], projects=[...], session_timeout=60)`, or
+    with indirect parametrisation, `@pytest.mark.parametrize("sandbox", [{"users": [...]}],
+    indirect=True)`, which wins over the marker; both take `sandbox_factory`'s keywords.
+    """
+    options: dict[str, Any] = {}
+    marker = request.node.get_closest_marker("sandbox")
+    if marker is not None:
+        if marker.args:
+            raise TypeError("pytest.mark.sandbox takes keywords only, e.g. users=[...]")
+        options.update(marker.kwargs)
+    options.update(getattr(request, "param", None) or {})
+    return sandbox_factory(**options)
 
 
 class Client(requests.Session):

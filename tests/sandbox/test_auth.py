@@ -7,6 +7,7 @@ import base64
 import re
 import socket
 
+import pytest
 import requests
 
 BASIC = "Basic " + base64.b64encode(b"svc:pw").decode()
@@ -63,8 +64,8 @@ def test_form_login_and_logout(sandbox, anonymous):
     assert anonymous.get("/data/projects").status_code == 401
 
 
+@pytest.mark.sandbox(session_timeout=60)
 def test_idle_sessions_expire_on_the_sandbox_clock(sandbox, svc):
-    sandbox.settings.session_timeout = 60
     sid = svc.get("/data/JSESSION").text
     with requests.Session() as cookie_only:
         cookie_only.cookies.set("JSESSIONID", sid)
@@ -78,15 +79,28 @@ def test_idle_sessions_expire_on_the_sandbox_clock(sandbox, svc):
         assert "WWW-Authenticate" in expired.headers
 
 
-def test_expired_session_can_answer_200_with_the_login_page(sandbox, svc):
-    sandbox.settings.login_page_on_expiry = True
+@pytest.mark.parametrize(
+    ("sandbox", "login_page"),
+    [
+        pytest.param({}, False, id="challenge"),
+        pytest.param({"login_page_on_expiry": True}, True, id="login-page"),
+    ],
+    indirect=["sandbox"],
+)
+def test_expired_session_can_answer_200_with_the_login_page(sandbox, svc, login_page):
+    """An expired cookie gets 401 and a Basic challenge, or, behind `login_page_on_expiry`
+    (pitfall 12), 200 with the login page's HTML whatever format was asked for."""
     sid = svc.get("/data/JSESSION").text
     assert sandbox.expire_sessions() >= 1
     with requests.Session() as cookie_only:
         cookie_only.cookies.set("JSESSIONID", sid)
         page = cookie_only.get(sandbox.url + "/data/projects", params={"format": "json"})
-    assert page.status_code == 200
-    assert "<!-- BEGIN xnat-templates/screens/Login.vm -->" in page.text
+    if login_page:
+        assert page.status_code == 200
+        assert "<!-- BEGIN xnat-templates/screens/Login.vm -->" in page.text
+    else:
+        assert page.status_code == 401
+        assert "WWW-Authenticate" in page.headers
 
 
 def test_prefixes_and_unknown_routes(sandbox, svc):

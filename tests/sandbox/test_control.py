@@ -10,8 +10,6 @@ import sys
 import pytest
 import requests
 
-from xnat_sandbox import Sandbox
-
 USERS = ["svc:pw", "reader:pw:read", "outsider:pw:none"]
 
 ARCHIVE_DEST = "/archive/projects/SPN01/subjects/F1/experiments/F1_MR1"
@@ -88,52 +86,45 @@ def test_anonymize_alias_switches_the_site_script(sandbox, svc):
     assert svc.get("/xapi/anonymize/site/enabled").json() is True
 
 
-def test_state_survives_a_restart(tmp_path, dicom):
+def test_state_survives_a_restart(tmp_path, dicom, sandbox_factory):
     data = tmp_path / "persist"
-    first = Sandbox(data=data, port=0, users=USERS, projects=["SPN01"])
-    first.start()
-    try:
-        with requests.Session() as svc:
-            svc.auth = ("svc", "pw")
-            url = first.url
-            svc.post(
-                f"{url}/data/services/import",
-                params={"dest": ARCHIVE_DEST},
-                data=dicom.zip(dicom.files(count=2)),
-                headers={"Content-Type": "application/zip"},
-            )
-            svc.post(
-                f"{url}/data/services/import",
-                params={"project": "SPN01", "session": "K"},
-                data=dicom.zip(dicom.study(dicom.files("5", 1))),
-                headers={"Content-Type": "application/zip"},
-            )
-            svc.put(f"{url}/data/projects/SPN01/prearchive_code/4")
-            before = svc.get(
-                f"{url}/data/archive/projects/SPN01/experiments/F1_MR1/scans/ALL/files",
-                params={"format": "json"},
-            ).json()
-    finally:
-        first.stop()
-    second = Sandbox(data=data, port=0, users=USERS)
-    second.start()
-    try:
-        with requests.Session() as svc:
-            svc.auth = ("svc", "pw")
-            url = second.url
-            after = svc.get(
-                f"{url}/data/archive/projects/SPN01/experiments/F1_MR1/scans/ALL/files",
-                params={"format": "json"},
-            ).json()
-            assert after == before
-            assert svc.get(f"{url}/data/projects/SPN01/prearchive_code").text == "4"
-            prearchived = svc.get(f"{url}/data/prearchive", params={"format": "json"}).json()
-            assert [r["name"] for r in prearchived["ResultSet"]["Result"]] == ["K"]
-            new = svc.put(f"{url}/data/projects/SPN01/subjects/NEXT")
-            assert new.text == "XNAT_S00002"  # the ID counters survived too
-            assert svc.get(url + after["ResultSet"]["Result"][0]["URI"]).ok
-    finally:
-        second.stop()
+    first = sandbox_factory(data=data, users=USERS, projects=["SPN01"])
+    with requests.Session() as svc:
+        svc.auth = ("svc", "pw")
+        url = first.url
+        svc.post(
+            f"{url}/data/services/import",
+            params={"dest": ARCHIVE_DEST},
+            data=dicom.zip(dicom.files(count=2)),
+            headers={"Content-Type": "application/zip"},
+        )
+        svc.post(
+            f"{url}/data/services/import",
+            params={"project": "SPN01", "session": "K"},
+            data=dicom.zip(dicom.study(dicom.files("5", 1))),
+            headers={"Content-Type": "application/zip"},
+        )
+        svc.put(f"{url}/data/projects/SPN01/prearchive_code/4")
+        before = svc.get(
+            f"{url}/data/archive/projects/SPN01/experiments/F1_MR1/scans/ALL/files",
+            params={"format": "json"},
+        ).json()
+    first.stop()
+    second = sandbox_factory(data=data, users=USERS, projects=[])
+    with requests.Session() as svc:
+        svc.auth = ("svc", "pw")
+        url = second.url
+        after = svc.get(
+            f"{url}/data/archive/projects/SPN01/experiments/F1_MR1/scans/ALL/files",
+            params={"format": "json"},
+        ).json()
+        assert after == before
+        assert svc.get(f"{url}/data/projects/SPN01/prearchive_code").text == "4"
+        prearchived = svc.get(f"{url}/data/prearchive", params={"format": "json"}).json()
+        assert [r["name"] for r in prearchived["ResultSet"]["Result"]] == ["K"]
+        new = svc.put(f"{url}/data/projects/SPN01/subjects/NEXT")
+        assert new.text == "XNAT_S00002"  # the ID counters survived too
+        assert svc.get(url + after["ResultSet"]["Result"][0]["URI"]).ok
 
 
 def test_the_command_serves_until_sigint(tmp_path):

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import requests
 
@@ -21,15 +18,7 @@ SITE_USERS = [
 ]
 COLUMNS = {"secondary_ID", "ID", "role", "name", "URI", "group_id", "description"}
 
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Sandbox]:
-    server = Sandbox(
-        data=tmp_path / "xnat", port=0, users=SITE_USERS, projects=["SPN01", "SPN02", "SPN03"]
-    )
-    server.start()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.sandbox(users=SITE_USERS, projects=["SPN01", "SPN02", "SPN03"])
 
 
 def roles(site: Sandbox, user: str) -> list[dict[str, str]]:
@@ -39,8 +28,8 @@ def roles(site: Sandbox, user: str) -> list[dict[str, str]]:
     return response.json()
 
 
-def test_roles_are_the_group_display_names_with_xnats_columns(site):
-    rows = roles(site, "owner2")
+def test_roles_are_the_group_display_names_with_xnats_columns(sandbox):
+    rows = roles(sandbox, "owner2")
     assert [(r["ID"], r["role"], r["group_id"]) for r in rows] == [
         ("SPN01", "Owners", "SPN01_owner"),
         ("SPN02", "Owners", "SPN02_owner"),
@@ -48,45 +37,45 @@ def test_roles_are_the_group_display_names_with_xnats_columns(site):
     ]
     assert all(set(r) == COLUMNS for r in rows)
     assert rows[0]["URI"] == "/data/projects/SPN01" and rows[0]["secondary_ID"] == "SPN01"
-    read_rows = roles(site, "reader")
+    read_rows = roles(sandbox, "reader")
     assert [(r["ID"], r["role"], r["group_id"]) for r in read_rows] == [
         ("SPN01", "Collaborators", "SPN01_collaborator"),
         ("SPN02", "Collaborators", "SPN02_collaborator"),
         ("SPN03", "Collaborators", "SPN03_collaborator"),
     ]
-    assert roles(site, "outsider") == []
+    assert roles(sandbox, "outsider") == []
 
 
-def test_the_admin_has_a_site_wide_row_and_owns_only_the_projects_it_created(site):
+def test_the_admin_has_a_site_wide_row_and_owns_only_the_projects_it_created(sandbox):
     """RoleHolder's query joins the ALL_DATA_ADMIN group to no project: a row with no ID."""
     admin_row = {"role": "All Data Administration", "group_id": "ALL_DATA_ADMIN", "description": ""}
-    assert roles(site, "admin") == [admin_row]
-    created = requests.put(site.url + "/data/projects/NEW1", auth=("admin", "pw"))
+    assert roles(sandbox, "admin") == [admin_row]
+    created = requests.put(sandbox.url + "/data/projects/NEW1", auth=("admin", "pw"))
     assert created.status_code == 201
-    rows = roles(site, "admin")
+    rows = roles(sandbox, "admin")
     assert [r.get("ID") for r in rows] == ["NEW1", None]
     assert rows[0]["role"] == "Owners" and rows[1] == admin_row
 
 
-def test_per_project_accounts_see_and_write_only_their_projects(site):
-    assert [(r["ID"], r["role"]) for r in roles(site, "member1")] == [("SPN01", "Members")]
-    assert [(r["ID"], r["role"]) for r in roles(site, "collab2")] == [
+def test_per_project_accounts_see_and_write_only_their_projects(sandbox):
+    assert [(r["ID"], r["role"]) for r in roles(sandbox, "member1")] == [("SPN01", "Members")]
+    assert [(r["ID"], r["role"]) for r in roles(sandbox, "collab2")] == [
         ("SPN02", "Collaborators"),
         ("SPN03", "Members"),
     ]
     with requests.Session() as member:
         member.auth = ("member1", "pw")
-        listed = member.get(site.url + "/data/projects", params={"format": "json"})
+        listed = member.get(sandbox.url + "/data/projects", params={"format": "json"})
         assert [r["ID"] for r in listed.json()["ResultSet"]["Result"]] == ["SPN01"]
-        assert member.put(site.url + "/data/projects/SPN01/subjects/S1").status_code == 201
-        hidden = member.get(f"{site.url}/data/projects/SPN02/subjects/S1?format=json")
+        assert member.put(sandbox.url + "/data/projects/SPN01/subjects/S1").status_code == 201
+        hidden = member.get(f"{sandbox.url}/data/projects/SPN02/subjects/S1?format=json")
         assert hidden.status_code == 404
-        assert member.put(site.url + "/data/projects/NEW2").status_code == 403
+        assert member.put(sandbox.url + "/data/projects/NEW2").status_code == 403
     with requests.Session() as collaborator:
         collaborator.auth = ("collab2", "pw")
-        assert collaborator.put(site.url + "/data/projects/SPN02/subjects/S2").status_code == 403
-        assert collaborator.put(site.url + "/data/projects/SPN03/subjects/S3").status_code == 201
-        readable = collaborator.get(site.url + "/data/projects/SPN02", params={"format": "json"})
+        assert collaborator.put(sandbox.url + "/data/projects/SPN02/subjects/S2").status_code == 403
+        assert collaborator.put(sandbox.url + "/data/projects/SPN03/subjects/S3").status_code == 201
+        readable = collaborator.get(sandbox.url + "/data/projects/SPN02", params={"format": "json"})
         assert readable.status_code == 200
 
 
