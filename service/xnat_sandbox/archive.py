@@ -289,7 +289,7 @@ def _archive(
             )
         else:
             experiment_id = existing["id"]
-        experiment_dir = store.archive_root / project / "arc001" / label
+        experiment_dir = store.session_folder(project, label)
         for scan, target in plan:
             db.execute(
                 "INSERT OR IGNORE INTO scans (experiment_id, scan_id, type, series_description, "

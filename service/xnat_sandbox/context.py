@@ -10,12 +10,15 @@ and from the endpoints down to the model. `Sandbox` satisfies it (tests/sandbox/
 from __future__ import annotations
 
 import threading
+from email.message import Message
 from typing import Any, Protocol, runtime_checkable
 
+from xnat_sandbox.bodies import Body
 from xnat_sandbox.control import Clock, Faults
 from xnat_sandbox.sessions import Sessions
 from xnat_sandbox.settings import Settings
 from xnat_sandbox.store import Store
+from xnat_sandbox.tables import Response
 from xnat_sandbox.users import User
 
 
@@ -49,4 +52,8 @@ class SiteContext(Protocol):
 
     def store_preferences(self, **changes: Any) -> None:
         """Change settings as XNAT's preference API does (start-up ones wait for a restart)."""
+        ...
+
+    def admin_api(self, method: str, path: str, headers: Message, body: Body) -> Response:
+        """`/_sandbox/…`: the sandbox's test-control API, for the site admin only."""
         ...

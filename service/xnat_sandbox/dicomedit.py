@@ -197,6 +197,12 @@ def _collect(statements: list[Statement | Block], found: set[int]) -> None:
 
 def _strip_comment(text: str) -> str:
     """Drop a `//` comment that is not inside a string literal."""
+    index = _unquoted(text, "//")
+    return text if index is None else text[:index]
+
+
+def _unquoted(text: str, token: str) -> int | None:
+    """Where `token` first stands outside a string literal (`"…"`, `\\"` escaped), or None."""
     quoted = False
     escaped = False
     for index, char in enumerate(text):
@@ -206,9 +212,9 @@ def _strip_comment(text: str) -> str:
             escaped = True
         elif char == '"':
             quoted = not quoted
-        elif not quoted and text.startswith("//", index):
-            return text[:index]
-    return text
+        elif not quoted and text.startswith(token, index):
+            return index
+    return None
 
 
 def _tag(group: str, element: str, line: int) -> int:
@@ -334,18 +340,10 @@ def parse(text: str) -> Script:
 
 def _split_ternary(line: str) -> tuple[str, bool, str]:
     """`CONDITION ? ACTION` → (condition, True, action); a `?` inside quotes does not count."""
-    quoted = False
-    escaped = False
-    for index, char in enumerate(line):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == "?" and not quoted:
-            return line[:index], True, line[index + 1 :]
-    return line, False, ""
+    index = _unquoted(line, "?")
+    if index is None:
+        return line, False, ""
+    return line[:index], True, line[index + 1 :]
 
 
 __all__ = ["PYDICOM_LOCK", "Script", "ScriptError", "element_text", "parse"]

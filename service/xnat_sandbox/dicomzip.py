@@ -167,24 +167,28 @@ def _parse(data: bytes, last_tag: int) -> tuple[pydicom.Dataset, bool]:
     return dataset, view.tell() >= len(data)
 
 
+#: Header field → the DICOM keyword it is read from (`comments` is read from COMMENT_FIELDS).
+HEADER_KEYWORDS = {
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+    "series_number": "SeriesNumber",
+    "sop_class": "SOPClassUID",
+    "sop_uid": "SOPInstanceUID",
+    "modality": "Modality",
+    "patient_name": "PatientName",
+    "patient_id": "PatientID",
+    "study_description": "StudyDescription",
+    "accession": "AccessionNumber",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+    "series_description": "SeriesDescription",
+    "instance_number": "InstanceNumber",
+}
+
+
 def _header(dataset: pydicom.Dataset) -> Header:
-    return Header(
-        study_uid=_text(dataset, "StudyInstanceUID"),
-        series_uid=_text(dataset, "SeriesInstanceUID"),
-        series_number=_text(dataset, "SeriesNumber"),
-        sop_class=_text(dataset, "SOPClassUID"),
-        sop_uid=_text(dataset, "SOPInstanceUID"),
-        modality=_text(dataset, "Modality"),
-        patient_name=_text(dataset, "PatientName"),
-        patient_id=_text(dataset, "PatientID"),
-        comments=[_text(dataset, k) for k in COMMENT_FIELDS],
-        study_description=_text(dataset, "StudyDescription"),
-        accession=_text(dataset, "AccessionNumber"),
-        study_date=_text(dataset, "StudyDate"),
-        study_time=_text(dataset, "StudyTime"),
-        series_description=_text(dataset, "SeriesDescription"),
-        instance_number=_text(dataset, "InstanceNumber"),
-    )
+    fields = {name: _text(dataset, keyword) for name, keyword in HEADER_KEYWORDS.items()}
+    return Header(comments=[_text(dataset, k) for k in COMMENT_FIELDS], **fields)
 
 
 def read_header(

@@ -146,56 +146,30 @@ def experiment_row(store: Store, row: sqlite3.Row) -> dict[str, Any]:
 
 
 def scan_owner(store: Store, experiment: sqlite3.Row, scan_id: str) -> resources.Owner:
-    return resources.Owner(
-        "scan",
-        f"{experiment['id']}/{scan_id}",
-        experiment["project"],
-        store.archive_root
-        / experiment["project"]
-        / "arc001"
-        / experiment["label"]
-        / "SCANS"
-        / scan_id,
-        f"/data/experiments/{experiment['id']}/scans/{scan_id}",
-        "scans",
-        scan_id,
-    )
+    """A scan's resources (DICOM, SNAPSHOTS, NIFTI …): `{session}/SCANS/{scan}/{label}`."""
+    folder = store.session_folder(experiment["project"], experiment["label"]) / "SCANS" / scan_id
+    uri = f"/data/experiments/{experiment['id']}/scans/{scan_id}"
+    key = f"{experiment['id']}/{scan_id}"
+    return resources.Owner("scan", key, experiment["project"], folder, uri, "scans", scan_id)
 
 
 def experiment_owner(store: Store, experiment: sqlite3.Row) -> resources.Owner:
-    return resources.Owner(
-        "experiment",
-        experiment["id"],
-        experiment["project"],
-        store.archive_root / experiment["project"] / "arc001" / experiment["label"] / "RESOURCES",
-        f"/data/experiments/{experiment['id']}",
-        "resources",
-        experiment["id"],
-    )
+    """The session's own resources (behav, physio …): `{session}/RESOURCES/{label}`."""
+    folder = store.session_folder(experiment["project"], experiment["label"]) / "RESOURCES"
+    uri = f"/data/experiments/{experiment['id']}"
+    return resources.Owner("experiment", experiment["id"], experiment["project"], folder, uri)
 
 
 def subject_owner(store: Store, subject: sqlite3.Row) -> resources.Owner:
-    return resources.Owner(
-        "subject",
-        subject["id"],
-        subject["project"],
-        store.archive_root / subject["project"] / "subjects" / subject["id"] / "resources",
-        f"/data/projects/{subject['project']}/subjects/{subject['id']}",
-        "resources",
-        subject["id"],
-    )
+    folder = store.archive_root / subject["project"] / "subjects" / subject["id"] / "resources"
+    uri = f"/data/projects/{subject['project']}/subjects/{subject['id']}"
+    return resources.Owner("subject", subject["id"], subject["project"], folder, uri)
 
 
 def project_owner(store: Store, project: sqlite3.Row) -> resources.Owner:
-    return resources.Owner(
-        "project",
-        project["id"],
-        project["id"],
-        store.archive_root / project["id"] / "resources",
-        f"/data/projects/{project['id']}",
-        "resources",
-        project["id"],
-    )
+    folder = store.archive_root / project["id"] / "resources"
+    uri = f"/data/projects/{project['id']}"
+    return resources.Owner("project", project["id"], project["id"], folder, uri)
 
 
 def _resource_nodes(store: Store, owner: resources.Owner) -> list[dict[str, Any]]:

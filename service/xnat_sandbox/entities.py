@@ -14,8 +14,10 @@ import json
 import logging
 import re
 import sqlite3
+from collections.abc import Callable
+from typing import Any
 
-from xnat_sandbox import documents, experiments, resources, seriesfilter, tables
+from xnat_sandbox import documents, experiments, resource_endpoints, resources, seriesfilter, tables
 from xnat_sandbox.store import Store
 from xnat_sandbox.wire import Request, hidden
 
@@ -67,26 +69,33 @@ def handle(request: Request) -> tables.Response:
 
 
 def _project_list(request: Request) -> tables.Response:
-    if request.method != "GET":
-        raise tables.HttpError(405, "Method Not Allowed")
-    rows = [
-        documents.project_row(p)
-        for p in request.sandbox.store.all("SELECT * FROM projects ORDER BY id")
-        if request.user.can_read(p["id"])
-    ]
-    return documents.select(rows, documents.PROJECT_COLUMNS, request)
+    """`GET /data/projects`: every project the user can read."""
+    return _readable(request, "projects", "id", documents.project_row, documents.PROJECT_COLUMNS)
 
 
 def _subject_list(request: Request) -> tables.Response:
     """`GET /data/subjects`: every subject the user can read (xnatpy `session.subjects`)."""
+    return _readable(
+        request, "subjects", "project", documents.subject_row, documents.SUBJECT_COLUMNS
+    )
+
+
+def _readable(
+    request: Request,
+    table: str,
+    project_column: str,
+    to_row: Callable[[sqlite3.Row], dict[str, Any]],
+    columns: list[str],
+) -> tables.Response:
+    """The rows of `table` in the projects the user may read, as a listing (`columns=` kept)."""
     if request.method != "GET":
         raise tables.HttpError(405, "Method Not Allowed")
     rows = [
-        documents.subject_row(s)
-        for s in request.sandbox.store.all("SELECT * FROM subjects ORDER BY id")
-        if request.user.can_read(s["project"])
+        to_row(row)
+        for row in request.sandbox.store.all(f"SELECT * FROM {table} ORDER BY id")
+        if request.user.can_read(row[project_column])
     ]
-    return documents.select(rows, documents.SUBJECT_COLUMNS, request)
+    return documents.select(rows, columns, request)
 
 
 def _project(request: Request, ref: str, rest: list[str]) -> tables.Response:
@@ -111,7 +120,7 @@ def _project(request: Request, ref: str, rest: list[str]) -> tables.Response:
     if rest[0] == "config":
         return seriesfilter.handle_project(request, project, rest[1:])
     if rest[0] == "resources":
-        return resources.handle(request, documents.project_owner(store, project), rest[1:])
+        return resource_endpoints.handle(request, documents.project_owner(store, project), rest[1:])
     if rest[0] == "subjects":
         if len(rest) == 1:
             if request.method != "GET":
@@ -248,7 +257,7 @@ def _subject(request: Request, project: sqlite3.Row, ref: str, rest: list[str]) 
     if subject is None:
         raise hidden()
     if rest[0] == "resources":
-        return resources.handle(request, documents.subject_owner(store, subject), rest[1:])
+        return resource_endpoints.handle(request, documents.subject_owner(store, subject), rest[1:])
     raise tables.HttpError(404, "The requested URI was not found.")
 
 

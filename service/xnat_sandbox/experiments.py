@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 from typing import Any
 
-from xnat_sandbox import documents, resources, tables
+from xnat_sandbox import documents, resource_endpoints, resources, tables
 from xnat_sandbox.store import Store, remove_empty_parents
 from xnat_sandbox.wire import Request, hidden, require_write
 
@@ -42,7 +42,7 @@ def put(
         if new_label and new_label != experiment["label"]:
             if store.experiment(project["id"], new_label) is not None:
                 raise tables.HttpError(409, "Specified label is already in use.")
-            old = store.archive_root / project["id"] / "arc001" / experiment["label"]
+            old = store.session_folder(project["id"], experiment["label"])
             new = old.with_name(new_label)
             if old.exists():
                 old.rename(new)
@@ -147,11 +147,13 @@ def handle(request: Request, experiment: sqlite3.Row, rest: list[str]) -> tables
             return put(request, project, subject, experiment["label"], experiment)
         raise tables.HttpError(405, "Method Not Allowed")
     if rest[0] == "resources":
-        return resources.handle(request, documents.experiment_owner(store, experiment), rest[1:])
+        return resource_endpoints.handle(
+            request, documents.experiment_owner(store, experiment), rest[1:]
+        )
     if rest[0] == "files":
         if request.method != "GET":
             raise tables.HttpError(405, "Method Not Allowed")
-        return resources.listing(request, [documents.experiment_owner(store, experiment)])
+        return resource_endpoints.listing(request, [documents.experiment_owner(store, experiment)])
     if rest[0] == "scans":
         return _scans(request, experiment, rest[1:])
     raise tables.HttpError(404, "The requested URI was not found.")
@@ -186,7 +188,7 @@ def _scans(request: Request, experiment: sqlite3.Row, rest: list[str]) -> tables
         if request.method != "GET":
             raise tables.HttpError(405, "Method Not Allowed")
         owners = [documents.scan_owner(store, experiment, s) for s in wanted if s in by_id]
-        return resources.listing(request, owners)
+        return resource_endpoints.listing(request, owners)
     scan_id = rest[0]
     scan = by_id.get(scan_id)
     if len(rest) == 1:
@@ -228,12 +230,14 @@ def _scans(request: Request, experiment: sqlite3.Row, rest: list[str]) -> tables
     if scan is None:
         raise hidden()
     if rest[1] == "resources":
-        return resources.handle(request, documents.scan_owner(store, experiment, scan_id), rest[2:])
+        return resource_endpoints.handle(
+            request, documents.scan_owner(store, experiment, scan_id), rest[2:]
+        )
     raise tables.HttpError(404, "The requested URI was not found.")
 
 
 def delete(store: Store, experiment: sqlite3.Row) -> None:
-    folder = store.archive_root / experiment["project"] / "arc001" / experiment["label"]
+    folder = store.session_folder(experiment["project"], experiment["label"])
     with store.transaction() as db:
         owners = [experiment["id"]] + [
             f"{experiment['id']}/{s['scan_id']}"

@@ -105,7 +105,10 @@ def respond(
     headers: Message,
     body: bodies.Body,
 ) -> tables.Response:
-    """Authenticate, route and run one request; every error becomes a status page."""
+    """Authenticate, route and run one request; every error becomes a status page. The
+    sandbox's own `/_sandbox/` test-control API is answered by `sandbox.admin_api`."""
+    if full_path.startswith("/_sandbox/") or full_path == "/_sandbox":
+        return sandbox.admin_api(method, full_path, headers, body)
     match = re.match(r"^/(data|REST)(/.*)?$", full_path)
     if match:
         path = match.group(2) or "/"

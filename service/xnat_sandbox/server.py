@@ -1,9 +1,9 @@
 """The sandbox XNAT: `Sandbox`, the one object with a lifetime, and its `/_sandbox/` admin API.
 
 `Sandbox` owns the store, the accounts and their sessions, the clock, the faults, the HTTP front
-(`transport.py`) and the prearchive rebuilder thread. Each request the front receives comes to
-`Sandbox.respond`: the `/_sandbox/` admin API is answered here, everything XNAT answers goes
-through `routes.respond` to one endpoint function. Endpoint modules see the sandbox only as a
+(`transport.py`) and the prearchive rebuilder thread. Each request the front receives goes to
+`routes.respond`, which hands `/_sandbox/…` back to `Sandbox.admin_api` and everything XNAT
+answers to one endpoint function. Endpoint modules see the sandbox only as a
 `context.SiteContext`, so none of them imports this module.
 
 The `/_sandbox/` admin API (JSON in and out, site admin's Basic auth) and the same operations as
@@ -13,6 +13,7 @@ methods on `Sandbox` control faults and the clock; see docs/sandbox.md.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import re
@@ -112,7 +113,8 @@ class Sandbox:
         self.store = store.Store(self.data)
         for project in self.projects:
             entities.ensure_project(self.store, project, self.clock.now(), "sandbox")
-        front = transport.HttpFront(self.host, self.port, self.respond, self.faults, self.requests)
+        respond = functools.partial(routes.respond, self)
+        front = transport.HttpFront(self.host, self.port, respond, self.faults, self.requests)
         self.port = front.port
         self._server = front
         self._read_startup_preferences()
@@ -244,7 +246,7 @@ class Sandbox:
         ):
             raise ValueError(f"experiment {row['id']} has no scan {scan!r}")
         owner = documents.scan_owner(self.store, row, scan)
-        resource = resources.ensure(self.store, owner, label, format, content)
+        resource = resources.ensure(self.store, owner, label, format=format, content=content)
         for name, data in files.items():
             if not name or name.startswith("/") or ".." in name.split("/"):
                 raise ValueError(f"invalid file name {name!r}")
@@ -308,24 +310,9 @@ class Sandbox:
             "settings": asdict(self.settings),
         }
 
-    # -- one request ------------------------------------------------------------------------
-
-    def respond(
-        self,
-        method: str,
-        full_path: str,
-        query: dict[str, list[str]],
-        headers: Message,
-        body: bodies.Body,
-    ) -> tables.Response:
-        """One request's answer: the admin API here, everything XNAT answers in `routes`."""
-        if full_path.startswith("/_sandbox/") or full_path == "/_sandbox":
-            return self._admin(method, full_path, headers, body)
-        return routes.respond(self, method, full_path, query, headers, body)
-
     # -- the admin API ----------------------------------------------------------------------
 
-    def _admin(
+    def admin_api(
         self, method: str, path: str, headers: Message, body: bodies.Body
     ) -> tables.Response:
         """`/_sandbox/...`: JSON control endpoints, for the site admin only (Basic auth)."""

@@ -81,9 +81,9 @@ def provide(
         store,
         owner,
         LABEL,
-        FORMAT,
-        LABEL,
-        f"Snapshots for session {experiment['id']} scan {scan_id}",
+        format=FORMAT,
+        content=LABEL,
+        description=f"Snapshots for session {experiment['id']} scan {scan_id}",
     )
     existing = store.root / snapshots["path"] / name
     known = store.one(

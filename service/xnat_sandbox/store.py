@@ -121,6 +121,10 @@ class Store:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._db.commit()
 
+    def session_folder(self, project: str, label: str) -> Path:
+        """`{data}/archive/{project}/arc001/{label}`: where an archived session's files live."""
+        return self.archive_root / project / "arc001" / label
+
     def close(self) -> None:
         with self.lock:
             self._db.close()

@@ -2,11 +2,11 @@
 
 `HttpFront` serves with the standard library's `ThreadingHTTPServer` (HTTP/1.1, keep-alive) and
 hands each request, path unquoted and query parsed, to the `respond` function it was given
-(`Sandbox.respond`). What happens on the wire rather than in XNAT lives here: `Expect:
-100-continue` answered only when the body is read (as Tomcat does), the injected faults (a failed
-answer, latency, a connection cut after N body bytes, a proxy's read timeout), keep-alive kept
-only when an early answer's body can be drained, and a stop that cuts idle keep-alive
-connections and lets requests in flight end first.
+(`routes.respond`, bound to the sandbox). What happens on the wire rather than in XNAT lives
+here: `Expect: 100-continue` answered only when the body is read (as Tomcat does), the injected
+faults (a failed answer, latency, a connection cut after N body bytes, a proxy's read timeout),
+keep-alive kept only when an early answer's body can be drained, and a stop that cuts idle
+keep-alive connections and lets requests in flight end first.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 * 1024 * 1024
 
 Respond = Callable[[str, str, dict[str, list[str]], Message, bodies.Body], tables.Response]
-"""`respond(method, path, query, headers, body)`: one request's answer (`Sandbox.respond`)."""
+"""`respond(method, path, query, headers, body)`: one request's answer (`routes.respond`)."""
 
 
 class HttpFront:

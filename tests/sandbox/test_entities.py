@@ -310,3 +310,18 @@ def test_a_reader_may_not_edit_an_experiment_or_its_scans(svc, reader, archived)
         assert h3(response) == refused, (method, path)
     scans = svc.json_rows(SESSION + "/scans")
     assert [(s["ID"], s["quality"]) for s in scans] == [("1", "usable"), ("5", "usable")]
+
+
+def test_resource_listings_name_the_scan_or_session_in_cat_id(svc, archived):
+    """`XNATTemplate` (XW `restlet/resources/files/XNATTemplate.java` l.488, l.602): a scan's
+    resources carry the scan ID in `cat_id`, a session's own resources the experiment ID."""
+    svc.put(SESSION + "/resources/notes")
+    experiment_id = svc.json_rows("/data/experiments", label="E1_MR1")[0]["ID"]
+    [notes] = svc.json_rows(SESSION + "/resources")
+    assert (notes["label"], notes["category"], notes["cat_id"]) == (
+        "notes",
+        "resources",
+        experiment_id,
+    )
+    [dicom] = svc.json_rows(SESSION + "/scans/5/resources")
+    assert (dicom["label"], dicom["category"], dicom["cat_id"]) == ("DICOM", "scans", "5")
