@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from xnatdrop import cli, config
 from xnatdrop.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "xnatdrop.example.toml"
 
 

@@ -44,7 +44,7 @@ from shared_data import dataset
 from xnatdrop import dimse, errors, rules
 from xnatdrop.config import DicomSettings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GE_SESSION = ("ge_signa_premier_table", "In/GE/Exam1486_Laser794mm")
 SIEMENS_SESSION = ("siemens_xa30_enhanced", "In")
 GE_LOCALIZER = "01_3_Plane_Localizer_FF"  # 21 files, MR Image Storage, explicit VR LE
