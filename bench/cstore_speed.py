@@ -38,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "dimse"))  # orthanc.py, beside the sender's tests
 sys.path.insert(0, str(REPO / "service"))
 
 from orthanc import Orthanc  # noqa: E402

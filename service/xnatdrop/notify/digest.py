@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from xnatdrop.config import MailSettings
-from xnatdrop.notify import mail
+from xnatdrop.notify import finished, mail
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +118,10 @@ class LedgerQueries(Protocol):
     def recent_failures(self, limit: int = 10) -> list[Any]: ...
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def archived_from(drop: _Drop) -> Archived:
     """A finished drop as the digest lists it, from its RECEIPT.json in done/."""
-    receipt = _read_json(Path(drop.final_path) / RECEIPT_NAME) if drop.final_path else None
-    if receipt is None:
+    receipt = finished.read_record(Path(drop.final_path) / RECEIPT_NAME) if drop.final_path else {}
+    if not receipt:
         return Archived(drop.label, drop.project, drop.updated, 0, 0, "")
     return Archived(
         drop.label,
@@ -144,8 +135,7 @@ def archived_from(drop: _Drop) -> Archived:
 
 def quarantined_from(drop: _Drop) -> Quarantined:
     """A quarantined drop as the digest lists it, from its QUARANTINE.json."""
-    reason = _read_json(Path(drop.final_path) / REASON_NAME) if drop.final_path else None
-    reason = reason or {}
+    reason = finished.read_record(Path(drop.final_path) / REASON_NAME) if drop.final_path else {}
     return Quarantined(
         drop.label,
         drop.project,

@@ -23,7 +23,8 @@ path (each label would be a new time series, and labels may be patient-derived a
 
 The latency hook: `requests_hook()` returns a `requests` response hook that observes
 `response.elapsed`; the daemon appends it to the XNAT client's session
-(`client.http.hooks["response"].append(metrics.requests_hook())`), so `xnat.py` needs no change.
+(`client.http.hooks["response"].append(metrics.requests_hook())`), so `xnatdrop.xnat` needs no
+change.
 """
 
 from __future__ import annotations

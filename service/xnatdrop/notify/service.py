@@ -34,7 +34,7 @@ from typing import Any
 from xnatdrop import ledger
 from xnatdrop.config import Config
 from xnatdrop.errors import ConfigError
-from xnatdrop.notify import alerts, digest, mail, metrics, ping, sharestatus
+from xnatdrop.notify import alerts, digest, finished, mail, metrics, ping, sharestatus
 from xnatdrop.notify.alerts import Kind
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ class Notifier:
         the site and to the drop root's addresses; archives are counted."""
         if kind == "archived" and self.metrics is not None:
             receipt = (
-                _read_json(Path(drop.final_path) / digest.RECEIPT_NAME) if drop.final_path else {}
+                finished.read_record(Path(drop.final_path) / digest.RECEIPT_NAME)
+                if drop.final_path
+                else {}
             )
             self.metrics.archived(
                 int(receipt.get("file_count", 0)), int(receipt.get("bytes", 0)), drop.updated
@@ -257,14 +259,6 @@ class Notifier:
             self.pinger.close(max(0.0, deadline - time.monotonic()))
         if self.metrics is not None:
             self.metrics.close()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def doctor_checks(settings: Config, source: str = "config") -> Iterator[tuple[bool | None, str]]:

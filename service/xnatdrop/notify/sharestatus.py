@@ -24,7 +24,6 @@ event that brings a scan forward (see the daemon notes in `service`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from xnatdrop.notify import outbox
+from xnatdrop.notify import finished, outbox
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +272,6 @@ def plain_reason(reason: Mapping[str, Any]) -> tuple[str, str]:
 # -- records from the ledger -----------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def start_of_day(now: float) -> float:
     """Local midnight before `now`."""
     moment = time.localtime(now)
@@ -309,14 +300,18 @@ def from_ledger(
         if drop.state == "done":
             if drop.updated < today:
                 continue
-            receipt = _read_json(Path(drop.final_path) / "RECEIPT.json") if drop.final_path else {}
+            receipt = (
+                finished.read_record(Path(drop.final_path) / "RECEIPT.json")
+                if drop.final_path
+                else {}
+            )
             url = str(receipt.get("xnat_url", ""))
             records.append(FolderStatus(drop.label, Stage.ARCHIVED, since=drop.updated, url=url))
         elif drop.state == "quarantined":
             if drop.updated < today:
                 continue
             path = Path(drop.final_path) / "QUARANTINE.json" if drop.final_path else None
-            reason, fix = plain_reason(_read_json(path) if path else {})
+            reason, fix = plain_reason(finished.read_record(path) if path else {})
             records.append(
                 FolderStatus(
                     drop.label,

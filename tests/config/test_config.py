@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from xnatdrop import cli, config
 from xnatdrop.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "xnatdrop.example.toml"
 
 
@@ -166,7 +166,7 @@ def test_commands_fall_back_to_the_system_file_then_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     system = tmp_path / "system.toml"
-    monkeypatch.setattr(config, "SYSTEM_PATH", system)
+    monkeypatch.setattr(config.loader, "SYSTEM_PATH", system)  # where load_or_system reads it
     assert config.source_name(None) == "(built-in defaults)"
     assert config.load_or_system(None).drop == []
     system.write_text(valid_text(tmp_path), encoding="utf-8")

@@ -44,7 +44,7 @@ from shared_data import dataset
 from xnatdrop import dimse, errors, rules
 from xnatdrop.config import DicomSettings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GE_SESSION = ("ge_signa_premier_table", "In/GE/Exam1486_Laser794mm")
 SIEMENS_SESSION = ("siemens_xa30_enhanced", "In")
 GE_LOCALIZER = "01_3_Plane_Localizer_FF"  # 21 files, MR Image Storage, explicit VR LE
@@ -553,7 +553,7 @@ def test_logs_carry_labels_and_counts_never_identifiers(
     dimse.echo(settings_for(orthanc.dicom_port))
     text = caplog.text
     assert not [s for s in secrets if s in text]
-    ours = [r.getMessage() for r in caplog.records if r.name == "xnatdrop.dimse"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "xnatdrop.dimse.sender"]
     assert ours == [
         f"{GE_LOCALIZER}: 21 of 21 instances stored on XNAT@127.0.0.1:{orthanc.dicom_port} "
         f"(0 already) in {_seconds(ours[0])} s, 3.1 MB, 1 association(s)"
@@ -784,5 +784,5 @@ def test_our_socket_has_nagle_off() -> None:
         event = SimpleNamespace(
             assoc=SimpleNamespace(dul=SimpleNamespace(socket=SimpleNamespace(socket=sock)))
         )
-        dimse._no_delay(event)  # type: ignore[arg-type]
+        dimse.association._no_delay(event)  # type: ignore[arg-type]
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -1,14 +1,11 @@
 """Discovery and settle decisions: which subject folders in the drop roots are completely copied.
 
 A periodic scan of each drop root's top-level folders is the source of truth. Kernel events
-(watchdog, where the root offers them) only bring the next scan forward: they do not see writes
-made by other machines on SMB/NFS shares, so nothing is decided from them.
+(`events.EventHint`, where the root offers them) only bring the next scan forward.
 
-A folder is *settled* when its fingerprint (file count, total bytes, newest mtime and ctime, and
-a digest of the sorted relative names with sizes) is unchanged over at least `MIN_OBSERVATIONS`
-scans spanning `settle.quiet_seconds`. Sizes and counts are compared, not ages, so copies that
-keep the source's modification times (robocopy /COPY:DAT, Explorer) settle correctly. Temporary
-names (`*.part`, `~$*`, …) hold a folder back; the optional marker file settles it at once.
+A folder is *settled* when its fingerprint (`fingerprint`) is unchanged over at least
+`MIN_OBSERVATIONS` scans spanning `settle.quiet_seconds`. Temporary names (`*.part`, `~$*`, …)
+hold a folder back; the optional marker file settles it at once.
 
 Scans stay cheap on large shares: only folders that are still settling are fingerprinted (a walk
 of their files). A settled folder waiting for the upload window is checked with a shallow
@@ -23,9 +20,6 @@ scan resumes it as soon as it reads normally again.
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
-import hashlib
 import logging
 import os
 import time
@@ -33,27 +27,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from xnatdrop import config as config_module
 from xnatdrop import names
+from xnatdrop.watch.fingerprint import Fingerprint, fingerprint, shallow_signature
 
 log = logging.getLogger(__name__)
 
 MIN_OBSERVATIONS = 3  # identical fingerprints in a row, in addition to the quiet period
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What a folder looks like on one scan; equal fingerprints mean nothing visible changed."""
-
-    files: int
-    bytes: int
-    newest_mtime_ns: int
-    newest_ctime_ns: int
-    names_digest: str
-    temp_names: tuple[str, ...] = ()
-    marker: bool = False
 
 
 class State(StrEnum):
@@ -116,96 +97,6 @@ class ScanResult:
     paused: dict[Path, str] = field(default_factory=dict)
     folders: int = 0
     fingerprinted: int = 0
-
-
-def matches_any(name: str, patterns: Iterable[str]) -> bool:
-    """Case-insensitive fnmatch: SMB shares do not keep case apart, so neither do we."""
-    lowered = name.lower()
-    return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
-
-
-def fingerprint(folder: Path, settle: config_module.SettleSettings) -> Fingerprint:
-    """Walk `folder` with os.scandir and summarise it; symlinks are counted, never followed.
-
-    Raise OSError when the folder itself cannot be listed (it vanished, or the share went away);
-    a file that disappears during the walk is simply not counted (the next scan sees a change).
-    """
-    files = total = newest_m = newest_c = 0
-    entries: list[str] = []
-    temp: list[str] = []
-    marker = False
-    pending = [(folder, "")]
-    first = True
-    while pending:
-        directory, prefix = pending.pop()
-        try:
-            iterator = os.scandir(directory)
-        except FileNotFoundError:
-            if first:
-                raise
-            continue
-        first = False
-        with iterator:
-            for entry in iterator:
-                relative = prefix + entry.name
-                if matches_any(entry.name, settle.temp_patterns):
-                    temp.append(relative)
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                newest_m = max(newest_m, info.st_mtime_ns)
-                newest_c = max(newest_c, info.st_ctime_ns)
-                if is_dir:
-                    entries.append(relative + "/")
-                    pending.append((Path(entry.path), relative + "/"))
-                    continue
-                if not prefix and settle.marker_name and entry.name == settle.marker_name:
-                    marker = True
-                files += 1
-                total += info.st_size
-                entries.append(f"{relative}\0{info.st_size}")
-    # os.fsencode, not str.encode: a name that is not valid UTF-8 (latin-1 bytes from an SMB or
-    # USB copy) reaches Python as surrogate escapes, which plain UTF-8 encoding refuses.
-    digest = hashlib.blake2b(os.fsencode("\n".join(sorted(entries))), digest_size=16).hexdigest()
-    return Fingerprint(files, total, newest_m, newest_c, digest, tuple(sorted(temp)[:5]), marker)
-
-
-def shallow_signature(
-    folder: Path, previous: tuple[object, ...] | None = None
-) -> tuple[object, ...]:
-    """The folder's own times plus each direct entry's name, type and times.
-
-    Adding, removing or renaming a file anywhere one level down changes the mtime of the
-    directory holding it, so this catches files added to a settled folder's series folders at
-    the cost of one listing and a few stats, instead of a stat per file. It does not see a file
-    rewritten in place; `Watcher.confirm` re-fingerprints in full before hand-over for that.
-
-    With `previous` (the last signature) and unchanged folder times, the entries cannot have
-    changed, so only the known subfolders are stat'ed again, without listing the folder.
-    """
-    info = folder.stat()
-    parts: list[object] = [info.st_mtime_ns, info.st_ctime_ns]
-    if previous is not None and tuple(previous[:2]) == tuple(parts):
-        try:
-            for part in previous[2:]:
-                if isinstance(part, tuple):
-                    sub = os.stat(folder / part[0], follow_symlinks=False)
-                    parts.append((part[0], sub.st_mtime_ns, sub.st_ctime_ns))
-                else:
-                    parts.append(part)
-            return tuple(parts)
-        except FileNotFoundError:
-            parts = parts[:2]
-    with os.scandir(folder) as iterator:
-        for entry in sorted(iterator, key=lambda e: e.name):
-            if entry.is_dir(follow_symlinks=False):
-                sub = entry.stat(follow_symlinks=False)
-                parts.append((entry.name, sub.st_mtime_ns, sub.st_ctime_ns))
-            else:
-                parts.append(entry.name)
-    return tuple(parts)
 
 
 class Watcher:
@@ -545,72 +436,3 @@ class Watcher:
             for folder in root.folders.values():
                 counts[folder.state.value] = counts.get(folder.state.value, 0) + 1
         return counts
-
-
-class EventHint:
-    """Kernel events on the drop roots' top level, used only to bring the next scan forward.
-
-    The watch is not recursive: a recursive inotify watch costs one watch and a directory walk
-    per series folder (hundreds of thousands of files on a busy share), and events never decide
-    anything anyway. Each root is watched on its own, so a root that offers no events (missing
-    at start, unmounted, some network file systems) costs only its own hints: the periodic scan
-    covers it, and `refresh` watches it once it is back. (watchdog starts every watch of an
-    observer together and raises for the first missing path, which once stopped the daemon at
-    start when one share was not mounted.)
-    """
-
-    def __init__(self, roots: Iterable[Path], wake: Callable[[], None]) -> None:
-        self.roots = list(roots)
-        self.wake = wake
-        self.observer: Any = None
-        self.handler: Any = None
-        self.watches: dict[Path, Any] = {}
-        self.told: set[Path] = set()
-
-    def start(self) -> None:
-        from watchdog import events, observers
-
-        hint = self
-
-        class Handler(events.FileSystemEventHandler):
-            def on_any_event(self, event: events.FileSystemEvent) -> None:
-                if event.event_type not in ("opened", "closed_no_write"):
-                    hint.wake()
-
-        self.handler = Handler()
-        self.observer = observers.Observer()
-        self.observer.daemon = True
-        self.observer.start()  # with no watch yet: each root is added on its own below
-        self.refresh(set(self.roots))
-
-    def refresh(self, readable: set[Path]) -> None:
-        """Watch the roots in `readable` that are not watched yet; drop watches of the others."""
-        if self.observer is None:
-            return
-        for root in self.roots:
-            if root in readable and root not in self.watches:
-                try:
-                    self.watches[root] = self.observer.schedule(
-                        self.handler, str(root), recursive=False
-                    )
-                except OSError as error:
-                    if root not in self.told:
-                        log.info(
-                            "%s: no file events (%s); relying on the periodic scan",
-                            root,
-                            error.strerror or error,
-                        )
-                        self.told.add(root)
-                else:
-                    self.told.discard(root)
-            elif root not in readable and root in self.watches:
-                with contextlib.suppress(OSError, KeyError):
-                    self.observer.unschedule(self.watches[root])
-                del self.watches[root]
-
-    def stop(self) -> None:
-        if self.observer is not None:
-            self.observer.stop()
-            self.observer.join(timeout=5)
-            self.observer = None
-            self.watches.clear()

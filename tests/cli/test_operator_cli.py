@@ -20,7 +20,7 @@ import pytest
 
 from xnatdrop import cli, commands, config, exitcodes, logsetup
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
 
 

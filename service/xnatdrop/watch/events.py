@@ -1,0 +1,84 @@
+"""Kernel file events on the drop roots, used only to bring the next scan forward.
+
+They do not see writes made by other machines on SMB/NFS shares, so nothing is decided from
+them: the periodic scan (`watcher`) is the source of truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class EventHint:
+    """Kernel events on the drop roots' top level, used only to bring the next scan forward.
+
+    The watch is not recursive: a recursive inotify watch costs one watch and a directory walk
+    per series folder (hundreds of thousands of files on a busy share), and events never decide
+    anything anyway. Each root is watched on its own, so a root that offers no events (missing
+    at start, unmounted, some network file systems) costs only its own hints: the periodic scan
+    covers it, and `refresh` watches it once it is back. (watchdog starts every watch of an
+    observer together and raises for the first missing path, which once stopped the daemon at
+    start when one share was not mounted.)
+    """
+
+    def __init__(self, roots: Iterable[Path], wake: Callable[[], None]) -> None:
+        self.roots = list(roots)
+        self.wake = wake
+        self.observer: Any = None
+        self.handler: Any = None
+        self.watches: dict[Path, Any] = {}
+        self.told: set[Path] = set()
+
+    def start(self) -> None:
+        from watchdog import events, observers
+
+        hint = self
+
+        class Handler(events.FileSystemEventHandler):
+            def on_any_event(self, event: events.FileSystemEvent) -> None:
+                if event.event_type not in ("opened", "closed_no_write"):
+                    hint.wake()
+
+        self.handler = Handler()
+        self.observer = observers.Observer()
+        self.observer.daemon = True
+        self.observer.start()  # with no watch yet: each root is added on its own below
+        self.refresh(set(self.roots))
+
+    def refresh(self, readable: set[Path]) -> None:
+        """Watch the roots in `readable` that are not watched yet; drop watches of the others."""
+        if self.observer is None:
+            return
+        for root in self.roots:
+            if root in readable and root not in self.watches:
+                try:
+                    self.watches[root] = self.observer.schedule(
+                        self.handler, str(root), recursive=False
+                    )
+                except OSError as error:
+                    if root not in self.told:
+                        log.info(
+                            "%s: no file events (%s); relying on the periodic scan",
+                            root,
+                            error.strerror or error,
+                        )
+                        self.told.add(root)
+                else:
+                    self.told.discard(root)
+            elif root not in readable and root in self.watches:
+                with contextlib.suppress(OSError, KeyError):
+                    self.observer.unschedule(self.watches[root])
+                del self.watches[root]
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+            self.observer = None
+            self.watches.clear()

@@ -1,0 +1,194 @@
+"""Archive a prearchive session, and read back what the archive holds: the session, its scans,
+their files and DICOM catalogs, one file's bytes.
+
+The archive service with explicit labels (reference §5.1) and the archive's REST listings (§7);
+`verify` compares what these return with what was sent.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
+
+from xnatdrop.errors import TransientError
+from xnatdrop.xnat import answers
+from xnatdrop.xnat.answers import ARCHIVE_BUSY, ARCHIVE_CONFLICTS, RemoteFile, XnatAnswer
+from xnatdrop.xnat.connection import Connection
+
+# DICOM resources of a scan, as XNAT's importer creates them (DefaultCatalogService: "DICOM" or
+# "secondary"). Anything else on a scan (SNAPSHOTS, NIFTI from automation) is not ours.
+DICOM_RESOURCES = frozenset({"DICOM", "secondary"})
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One `cat:dcmEntry` of a scan's DICOM catalog: the instance XNAT catalogued.
+
+    `uid` is the SOPInstanceUID, `path` the file's path inside the resource (the entry's URI),
+    `digest` the MD5 XNAT recorded ("" when the `checksums` preference is off).
+    """
+
+    scan: str
+    resource: str
+    uid: str
+    path: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ArchivedSession:
+    """An archived session; `uid` is its StudyInstanceUID (xnat:imageSessionData/@UID), ""
+    when XNAT has none."""
+
+    id: str
+    label: str
+    subject: str
+    project: str
+    uri: str
+    uid: str = ""
+
+
+class Archive(Connection):
+    """The archive service and the archive's read-back endpoints (part of `XnatClient`)."""
+
+    def archive(self, uri: str, *, project: str, subject: str, session: str) -> str:
+        """POST /data/services/archive with explicit labels and no overwrite (reference §5.1).
+
+        Success is 200 with the archive URI, or 303 for auto-archive projects. A failure is 500
+        "FAILED: Unable to archive {folder}: {cause}" (QueueBasedImageCommit.call); the cause is
+        read from its start only (ARCHIVE_CONFLICTS, ARCHIVE_BUSY), never searched, because it
+        can contain the label. A conflict is permanent (the label holds other data); XNAT busy
+        with the session, or any other 500 (the 600 s `sessionArchiveTimeoutInterval`, §10
+        pitfall 11), is transient: the caller then asks XNAT what happened.
+        """
+        response = self.request(
+            "POST",
+            "/data/services/archive",
+            data={
+                "src": uri.removeprefix("/data"),
+                "dest": f"/archive/projects/{project}",
+                "subject": subject,
+                "session": session,
+                "overwrite": "none",
+            },
+            ok=(200, 201, 301, 303, 500),
+            timeout=(self._timeout[0], max(self._timeout[1], 900.0)),
+        )
+        if response.status_code == 500:
+            message = answers.error_message(response)
+            cause = answers.archive_cause(message, uri.rstrip("/").rsplit("/", 1)[-1])
+            if cause.startswith(ARCHIVE_CONFLICTS):
+                raise XnatAnswer(
+                    "XNAT_CONFLICT",
+                    f"XNAT refused to archive {session}: {message}",
+                    f"session {session} already exists in project {project} with other data: "
+                    "rename the folder if this is a new session, or ask the XNAT admin to "
+                    "merge or delete the existing one",
+                    status=500,
+                    answer=f"HTTP 500 {cause[:40]}",
+                    suspect=False,
+                )
+            if cause.startswith(ARCHIVE_BUSY):
+                raise TransientError(f"XNAT is still busy with {session}: {message}")
+            error = TransientError(f"archive of {session}: HTTP 500: {message}")
+            error.cause = cause  # type: ignore[attr-defined]
+            raise error
+        text = response.text.strip() or response.headers.get("Location", "")
+        return text.splitlines()[0].strip() if text else ""
+
+    def session_url(self, project: str, session_id: str) -> str:
+        """The page of an archived session for people (no credentials, ever)."""
+        return f"{self.base}/data/projects/{quote(project)}/experiments/{session_id}?format=html"
+
+    def find_session(self, project: str, label: str) -> ArchivedSession | None:
+        """GET /data/projects/P/experiments/E?format=json, then its subject's label (§7)."""
+        response = self.request(
+            "GET",
+            f"/data/projects/{quote(project)}/experiments/{quote(label)}",
+            params={"format": "json"},
+            ok=(200, 404),
+        )
+        if response.status_code == 404:
+            return None
+        fields = answers.item_fields(response)
+        subject_id = str(fields.get("subject_ID", ""))
+        subject = self.request(
+            "GET",
+            f"/data/projects/{quote(project)}/subjects/{quote(subject_id)}",
+            params={"format": "json"},
+        )
+        subject_label = str(answers.item_fields(subject).get("label", subject_id))
+        return ArchivedSession(
+            id=str(fields.get("ID", "")),
+            label=str(fields.get("label", label)),
+            subject=subject_label,
+            project=project,
+            uri=self._session_path(project, subject_label, str(fields.get("label", label))),
+            uid=str(fields.get("UID", "") or ""),
+        )
+
+    def session_scans(self, project: str, subject: str, label: str) -> list[dict[str, str]]:
+        """GET …/experiments/E/scans?format=json (reference §7)."""
+        return self._get_table(self._session_path(project, subject, label) + "/scans")
+
+    def session_files(self, project: str, subject: str, label: str) -> list[RemoteFile]:
+        """GET …/experiments/E/scans/ALL/files?format=json: every file of every resource of
+        every scan, with size, MD5 (when the `checksums` preference is on, stock row 10) and
+        `collection`, the resource label: SNAPSHOTS and automation outputs are listed too
+        (XNATTemplate.loadCatalogs, FileList.handleMultipleCatalogs; stock row 3)."""
+        path = self._session_path(project, subject, label) + "/scans/ALL/files"
+        return [answers.remote_file(row) for row in self._get_table(path)]
+
+    def scan_catalog(
+        self, project: str, subject: str, label: str, scan: str, resource: str = "DICOM"
+    ) -> list[CatalogEntry]:
+        """GET …/experiments/E/scans/S/resources/R: the resource's catalog document.
+
+        XNAT's CatalogResource.represent writes the catalog bean as text/xml whatever the
+        format asked; in a DICOM catalog every file is a `cat:dcmEntry` whose `UID` is the
+        SOPInstanceUID. One request per scan is the cheapest way to the instance UIDs XNAT
+        catalogued (the prearchive has no such endpoint). Entries without a UID are skipped.
+        """
+        path = (
+            self._session_path(project, subject, label)
+            + f"/scans/{quote(scan)}/resources/{quote(resource)}"
+        )
+        response = self.request("GET", path)
+        try:
+            root = ElementTree.fromstring(response.content)
+        except ElementTree.ParseError as error:
+            raise TransientError(f"XNAT sent an unreadable catalog for scan {scan}") from error
+        entries = []
+        for element in root.iter():
+            if not element.tag.endswith("}entry") and element.tag != "entry":
+                continue
+            uid = element.get("UID", "")
+            if uid:
+                entries.append(
+                    CatalogEntry(
+                        scan=scan,
+                        resource=resource,
+                        uid=uid,
+                        path=unquote(element.get("URI", "") or element.get("ID", "")),
+                        digest=element.get("digest", ""),
+                    )
+                )
+        return entries
+
+    def download(self, uri: str, limit: int = 512 << 20) -> bytes:
+        """GET one file by the URI a listing gave (its /data/… path); at most `limit` bytes."""
+        response = self.request("GET", uri, stream=True)
+        try:
+            data = bytearray()
+            for piece in response.iter_content(1 << 20):
+                data += piece
+                if len(data) > limit:
+                    raise TransientError(f"{uri.rsplit('/', 1)[-1]} is larger than expected")
+            return bytes(data)
+        except requests.RequestException as error:
+            raise self._unreachable("GET", urlsplit(uri).path, error) from None
+        finally:
+            response.close()
