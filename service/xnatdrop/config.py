@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from xnatdrop import codes
 from xnatdrop.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -223,14 +224,13 @@ class RulesSettings(Section):
     @field_validator("actions")
     @classmethod
     def _known_codes(cls, value: dict[str, str]) -> dict[str, str]:
-        from xnatdrop import rules  # rules imports no config at run time; this avoids a cycle
-
-        unknown = sorted(set(value) - set(rules.RULES))
+        known = codes.rule_codes()
+        unknown = sorted(set(value) - set(known))
         if unknown:
             raise ValueError(
-                f"unknown finding code(s) {', '.join(unknown)}; known: {', '.join(rules.RULES)}"
+                f"unknown finding code(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
-        pointless = sorted(c for c, a in value.items() if a == "exclude" and c in rules.NO_EXCLUDE)
+        pointless = sorted(c for c, a in value.items() if a == "exclude" and c in codes.NO_EXCLUDE)
         if pointless:
             raise ValueError(
                 f"'exclude' has no files to leave out for {', '.join(pointless)}; "

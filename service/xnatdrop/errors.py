@@ -7,6 +7,8 @@ quarantine. ConfigError is for the operator, never for a drop.
 
 from __future__ import annotations
 
+from xnatdrop import codes
+
 
 class XnatdropError(Exception):
     """Base of every expected xnatdrop error; anything else is a bug."""
@@ -49,12 +51,14 @@ class StateError(TransientError):
 class PermanentError(XnatdropError):
     """Retrying cannot help: quarantine the drop with this reason.
 
-    `code` is a stable identifier used in QUARANTINE.json; `fix` tells a person what to do.
+    `code` is a stable identifier used in QUARANTINE.json (a row of `codes.CODES`); `fix`
+    tells a person what to do: the table's fix for the code, unless the raise passes one
+    because the fix depends on the case (it names a user, a file, a size).
     """
 
     def __init__(self, code: str, message: str, fix: str = "") -> None:
         self.code = code
-        self.fix = fix
+        self.fix = fix or codes.fix(code)
         super().__init__(message)
 
 

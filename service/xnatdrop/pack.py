@@ -62,7 +62,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from xnatdrop import names
+from xnatdrop import atomicfile, names
 from xnatdrop.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -208,22 +208,6 @@ class Manifest:
         }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via `<name>.part` and a rename. An error names the file: a write to a full disk
-    raises an OSError without one, and the pipeline sorts file-system errors by path."""
-    part = path.with_name(path.name + ".part")
-    descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # spool: private
-    try:
-        os.fchmod(descriptor, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(part)) from error
-    os.replace(part, path)
-
-
 # -- the plan --------------------------------------------------------------------------------
 
 
@@ -249,7 +233,7 @@ def plan(folder: Path, items: Iterable[Item]) -> Plan:
 
 def save_plan(spool: Path, planned: Plan) -> None:
     spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(spool / PLAN_NAME, json.dumps(planned.to_json(), indent=1).encode())
+    atomicfile.write(spool / PLAN_NAME, json.dumps(planned.to_json(), indent=1))
 
 
 def load_plan(spool: Path) -> Plan | None:
@@ -607,7 +591,7 @@ def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
 
 def save(spool: Path, manifest: Manifest) -> None:
     spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(spool / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1).encode())
+    atomicfile.write(spool / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1))
 
 
 def load(spool: Path) -> Manifest | None:

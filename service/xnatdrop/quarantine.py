@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import receipt
+from xnatdrop import atomicfile
 
 log = logging.getLogger(__name__)
 
@@ -86,5 +86,6 @@ def render_text(reason: dict[str, Any]) -> str:
 
 def write(folder: Path, reason: dict[str, Any]) -> None:
     """Write QUARANTINE.json and QUARANTINE.txt into `folder` (repeatable)."""
-    receipt.write_atomic(folder / JSON_NAME, json.dumps(reason, indent=2, sort_keys=True) + "\n")
-    receipt.write_atomic(folder / TEXT_NAME, render_text(reason))
+    text = json.dumps(reason, indent=2, sort_keys=True) + "\n"
+    atomicfile.write(folder / JSON_NAME, text, mode=None)
+    atomicfile.write(folder / TEXT_NAME, render_text(reason), mode=None)

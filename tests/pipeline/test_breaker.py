@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_daemon import run_with, wait_for
 
 from push_helpers import (
     PASSWORD,
@@ -24,7 +25,6 @@ from push_helpers import (
     start_sandbox,
     write_config,
 )
-from test_daemon import run_with, wait_for
 from xnatdrop import cli, config, daemon, ledger, pipeline
 from xnatdrop.sandbox import tables
 from xnatdrop.sandbox.server import Sandbox

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_rules import GE_FMRI, GE_LOCALIZER, add_series
 
 from shared_data import dataset
-from test_rules import GE_FMRI, GE_LOCALIZER, add_series
 from xnatdrop import cli
 from xnatdrop.commands import check
 

@@ -50,7 +50,7 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from xnatdrop import breaker, locks, sdnotify, watch
+from xnatdrop import atomicfile, breaker, locks, sdnotify, watch
 from xnatdrop import config as config_module
 from xnatdrop import ledger as ledger_module
 from xnatdrop.errors import StateError
@@ -694,12 +694,8 @@ class Daemon:
             "state_problem": self.state_trouble,
         }
         path = self.settings.paths.state / STATUS_FILE
-        temporary = path.with_name(path.name + ".tmp")
         try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(data, handle)
-            os.replace(temporary, path)
+            atomicfile.write(path, json.dumps(data))
         except OSError as error:
             if self.status_file_error != error.strerror:
                 log.warning("cannot write %s (%s)", path, error.strerror)

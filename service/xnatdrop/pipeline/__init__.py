@@ -114,7 +114,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import breaker, locks, names, pack, quarantine, receipt, rules, verify, xnat
+from xnatdrop import (
+    atomicfile,
+    breaker,
+    locks,
+    names,
+    pack,
+    quarantine,
+    receipt,
+    rules,
+    verify,
+    xnat,
+)
 from xnatdrop import ledger as ledger_module
 from xnatdrop.config import Config, DropSettings
 from xnatdrop.errors import AuthenticationError, PermanentError, StateError, TransientError
@@ -567,7 +578,7 @@ def _check(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     spool = run.spool(drop)
     with ledger_module.state_errors(run.config.paths.state):  # a full state disk: wait, alert
         ledger_module.private_dir(spool)
-        receipt.write_atomic(spool / CHECK_NAME, json.dumps(facts, indent=1), private=True)
+        atomicfile.write(spool / CHECK_NAME, json.dumps(facts, indent=1))
     if not facts["ok"]:
         blocks = [f for f in facts["findings"] if f["action"] == "block"]
         _still_copying(run, work, blocks)
@@ -905,7 +916,7 @@ def _save_xnat_facts(run: _Run, drop: ledger_module.Drop, **changes: Any) -> Non
     spool = run.spool(drop)
     ledger_module.private_dir(spool)
     data = {**_xnat_facts(run, drop), **changes}
-    receipt.write_atomic(spool / XNAT_NAME, json.dumps(data, indent=1), private=True)
+    atomicfile.write(spool / XNAT_NAME, json.dumps(data, indent=1))
 
 
 def _rewriting(run: _Run, drop: ledger_module.Drop, fresh: bool = False) -> verify.Rewriting:
@@ -1895,7 +1906,7 @@ def _quarantine(run: _Run, drop: ledger_module.Drop, failure: PermanentError) ->
     if in_xnat:
         reason["in_xnat"] = in_xnat
     ledger_module.private_dir(spool)
-    receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1), private=True)
+    atomicfile.write(spool / QUARANTINE_NAME, json.dumps(reason, indent=1))
     drop = run.book.begin(drop, "quarantine", last_error_code=failure.code, last_error=str(failure))
     return _complete_quarantine(run, drop, reason)
 
