@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from xnatdrop import config, daemon
+from xnatdrop import config, daemon, signals
 
 DEADLINE = 30.0
 
@@ -287,10 +287,10 @@ def test_transient_result_leaves_the_folder_to_be_tried_again(tmp_path: Path) ->
 
 def test_signal_handlers_are_restored(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    before = {sig: signal.getsignal(sig) for sig in daemon.HANDLED_SIGNALS}
+    before = {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS}
     runner = daemon.Daemon(settings, Recorder(settings))
     assert run_with(runner, lambda: None) == 0
-    assert {sig: signal.getsignal(sig) for sig in daemon.HANDLED_SIGNALS} == before
+    assert {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS} == before
 
 
 def test_second_sigint_forces_the_exit(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from xnatdrop import cli, codes, config, names, rules
+from xnatdrop import codes, commands, config, names, rules
 from xnatdrop.exitcodes import Exit
 
 PROGRESS_MIN_FILES = 500  # smaller folders finish before a progress line would help
@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument(
         "path", type=Path, metavar="PATH", nargs="?", help="the subject folder (or drop root)"
     )
-    cli.add_config_argument(parser, system=False)
+    commands.add_config_argument(parser, system=False)
     parser.add_argument(
         "--project",
         metavar="P",

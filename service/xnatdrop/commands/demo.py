@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from xnatdrop import config, daemon, ledger, quarantine, receipt
+from xnatdrop import config, daemon, ledger, quarantine, receipt, signals
 
 log = logging.getLogger(__name__)
 
@@ -288,11 +288,8 @@ def handle(args: argparse.Namespace) -> int:
                 f"files under {work}. Ctrl-C to stop."
             )
             done = threading.Event()
-            previous = signal.signal(signal.SIGINT, lambda *_: done.set())
-            try:
+            with signals.capture(lambda sig, frame: done.set(), (signal.SIGINT,)):
                 done.wait()
-            finally:
-                signal.signal(signal.SIGINT, previous)
         return 0 if len(outcome) == 2 else 3
     finally:
         sandbox.stop()

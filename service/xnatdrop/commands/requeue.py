@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from xnatdrop import cli, config, ledger, quarantine, rules
+from xnatdrop import commands, config, ledger, quarantine, rules
 from xnatdrop.exitcodes import Exit
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="NEWLABEL",
         help="put it back under this label (the fix for LABEL_PATTERN and LABEL_EXISTS)",
     )
-    cli.add_config_argument(parser)
+    commands.add_config_argument(parser)
     parser.set_defaults(func=handle)
 
 

@@ -50,14 +50,13 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from xnatdrop import atomicfile, breaker, locks, sdnotify, watch
+from xnatdrop import atomicfile, breaker, locks, sdnotify, signals, watch
 from xnatdrop import config as config_module
 from xnatdrop import ledger as ledger_module
 from xnatdrop.errors import StateError
 
 log = logging.getLogger(__name__)
 
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TICK_SECONDS = 5.0  # main-loop period when systemd's watchdog does not ask for faster
 # How long the scan job may go without completing before the watchdog ping is withheld. Generous:
 # a slow share may take minutes to list, but a scan blocked for longer is a hung mount or a bug.
@@ -182,20 +181,6 @@ def quiet_repeats(logger: logging.Logger) -> Iterator[None]:
             handler.removeFilter(repeats)
 
 
-@contextlib.contextmanager
-def capture_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
-    """Install `handler` for SIGINT and SIGTERM, and put the previous handlers back after.
-
-    Restoring them lets tests run the daemon in-process (uvicorn's `capture_signals`).
-    """
-    previous = {sig: signal.signal(sig, handler) for sig in HANDLED_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 class Daemon:
     """The long-running process: a scheduler, a watcher, push threads, systemd notification."""
 
@@ -253,7 +238,7 @@ class Daemon:
         """
         self.state_lock = locks.acquire_state(self.settings.paths.state)
         try:
-            with capture_signals(self.handle_exit), quiet_repeats(logging.getLogger("xnatdrop")):
+            with signals.capture(self.handle_exit), quiet_repeats(logging.getLogger("xnatdrop")):
                 self._start()
                 try:
                     self._main_loop()
