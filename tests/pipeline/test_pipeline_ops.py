@@ -40,7 +40,7 @@ from push_helpers import (
     write_config,
 )
 from shared_data import dataset
-from xnatdrop import config, ledger, pipeline, quarantine
+from xnatdrop import config, ledger, pipeline, reasonfiles
 from xnatdrop.errors import PermanentError
 from xnatdrop.sandbox.server import Sandbox
 
@@ -136,7 +136,7 @@ def test_a_copy_that_never_resumed_is_quarantined_with_the_reason(
     outcome = push(settings, folder)
     assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
     assert outcome.path is not None
-    text = (outcome.path / quarantine.TEXT_NAME).read_text(encoding="utf-8")
+    text = (outcome.path / reasonfiles.TEXT_NAME).read_text(encoding="utf-8")
     assert "rule: INCOMPLETE_SERIES" in text
     assert "ImagesInAcquisition announce 50 images, 25 are here" in text
     assert {k: v for k, v in snapshot(outcome.path).items() if "QUARANTINE" not in k} == original
@@ -161,7 +161,7 @@ def test_reason_files_of_an_earlier_quarantine_are_set_aside(
     settings = load(write_config(tmp_path, server.url))
     folder = stage(tmp_path / "drop", LABEL, sidecars=False)
     original = snapshot(folder)
-    quarantine.write(
+    reasonfiles.write(
         folder,
         {
             "label": LABEL,
@@ -177,8 +177,8 @@ def test_reason_files_of_an_earlier_quarantine_are_set_aside(
     outcome = push(settings, folder)
     assert outcome.kind == "archived", outcome
     assert outcome.path is not None
-    assert not (outcome.path / quarantine.TEXT_NAME).exists()
-    assert not (outcome.path / quarantine.JSON_NAME).exists()
+    assert not (outcome.path / reasonfiles.TEXT_NAME).exists()
+    assert not (outcome.path / reasonfiles.JSON_NAME).exists()
     kept = settings.paths.state / "requeued" / f"{LABEL}__drop1"
     assert sorted(p.name for p in kept.iterdir()) == ["QUARANTINE.json", "QUARANTINE.txt"]
     assert_archived_once(settings, LABEL, original, dicom_count=21)
@@ -272,7 +272,7 @@ def test_a_latin1_file_name_is_quarantined_before_anything_is_sent(
     outcome = push(settings, folder)
     assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
     assert outcome.path is not None
-    text = (outcome.path / quarantine.TEXT_NAME).read_text(encoding="utf-8")
+    text = (outcome.path / reasonfiles.TEXT_NAME).read_text(encoding="utf-8")
     assert f"{where}/Mu\\xf1oz.txt: file name Mu\\xf1oz.txt is not valid UTF-8" in text
     assert "rule: BAD_NAME" in text
     assert os.path.exists(os.path.join(os.fsencode(outcome.path / where), b"Mu\xf1oz.txt"))

@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from xnatdrop import commands, config, ledger, quarantine, rules
+from xnatdrop import commands, config, ledger, reasonfiles, rules
 from xnatdrop.exitcodes import Exit
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def requeue(settings: config.Config, name: str, new_label: str | None = None) ->
     """Move the quarantined folder back into its drop root (as `new_label` if given); return
     its new path."""
     folder = find(settings.paths.quarantine, name)
-    reason_file = folder / quarantine.JSON_NAME
+    reason_file = folder / reasonfiles.JSON_NAME
     try:
         reason = json.loads(reason_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -129,7 +129,7 @@ def requeue(settings: config.Config, name: str, new_label: str | None = None) ->
                 "finishes (see: xnatdrop status)"
             )
         kept = ledger.private_dir(settings.paths.state / "requeued" / folder.name)
-        for reason_name in (quarantine.TEXT_NAME, quarantine.JSON_NAME):
+        for reason_name in (reasonfiles.TEXT_NAME, reasonfiles.JSON_NAME):
             if (folder / reason_name).exists():
                 shutil.copyfile(folder / reason_name, kept / reason_name)
                 os.chmod(kept / reason_name, 0o600)

@@ -120,7 +120,7 @@ from xnatdrop import (
     locks,
     names,
     pack,
-    quarantine,
+    reasonfiles,
     receipt,
     rules,
     verify,
@@ -602,7 +602,7 @@ def _set_aside_reason_files(run: _Run, drop: ledger_module.Drop, work: Path) -> 
     They are not the technologist's data: they would otherwise travel into done/ beside the
     receipt and contradict it. They are kept under `<state>/requeued/<label>__drop<id>/`.
     """
-    found = rules.own_reason_files(work)
+    found = reasonfiles.find_own(work)
     if not found:
         return
     kept = ledger_module.private_dir(
@@ -1933,7 +1933,7 @@ def _complete_quarantine(run: _Run, drop: ledger_module.Drop, reason: dict[str, 
     stored = Path(drop.target) if drop.target else None
     # A target is chosen free (`_aim`): if it exists, the folder was moved there before a
     # crash, and a folder of that label in the drop root now is a new copy, not ours.
-    moved = stored is not None and stored.is_dir() and (stored / quarantine.JSON_NAME).is_file()
+    moved = stored is not None and stored.is_dir() and (stored / reasonfiles.JSON_NAME).is_file()
     folder = next(
         (Path(p) for p in (drop.work, drop.source) if p and Path(p).is_dir() and Path(p) != stored),
         None,
@@ -1944,7 +1944,7 @@ def _complete_quarantine(run: _Run, drop: ledger_module.Drop, reason: dict[str, 
         drop = _aim(run, drop, run.config.paths.quarantine)
     target = Path(drop.target or "")
     if folder is not None:
-        quarantine.write(folder, reason)
+        reasonfiles.write(folder, reason)
         _crash_point("quarantine", "before")
         target.parent.mkdir(parents=True, exist_ok=True)
         _rename(folder, target)

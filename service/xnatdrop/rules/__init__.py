@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xnatdrop import codes, dicomfiles, names, quarantine
+from xnatdrop import codes, dicomfiles, names, reasonfiles
 
 if TYPE_CHECKING:
     from xnatdrop import config
@@ -263,33 +263,6 @@ class _Tree:
     reason_files: list[Path] = dataclasses.field(default_factory=list)
 
 
-def own_reason_files(folder: Path) -> list[Path]:
-    """xnatdrop's own QUARANTINE.txt/.json at the top of `folder`, recognised by content.
-
-    A folder copied back from quarantine together with its reason files was misdiagnosed (the
-    JSON as a BIDS sidecar, both as loose files). Only files that are really ours count: the
-    JSON with our keys, the text with our first words; anything else with those names is
-    judged like any other file.
-    """
-    found = []
-    text, data = folder / quarantine.TEXT_NAME, folder / quarantine.JSON_NAME
-    try:
-        with open(text, "rb") as handle:
-            first = handle.read(max(map(len, quarantine.TEXT_STARTS)))
-            if first.startswith(tuple(start.encode() for start in quarantine.TEXT_STARTS)):
-                found.append(text)
-    except OSError:
-        pass
-    try:
-        with open(data, "rb") as handle:
-            reason = json.loads(handle.read(1 << 20))
-        if isinstance(reason, dict) and {"label", "code", "drop_root"} <= set(reason):
-            found.append(data)
-    except (OSError, ValueError):
-        pass
-    return found
-
-
 def action_for(settings: config.RulesSettings | None, code: str) -> Action:
     """The configured action for `code`, else the table's default."""
     if settings is not None and code in settings.actions:
@@ -332,7 +305,7 @@ def _scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[s
     """List files without following links; note sidecars, links and unreadable folders."""
     tree = _Tree()
     wanted = {name.lower(): name for name in sidecar_names}
-    ours = {p.name for p in own_reason_files(folder)}
+    ours = {p.name for p in reasonfiles.find_own(folder)}
     tree.reason_files = sorted(Path(name) for name in ours)
     pending = [Path(".")]
     while pending:
