@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import filecmp
-import json
 import logging
 import os
 import re
