@@ -30,7 +30,13 @@ class ConfigError(XnatdropError):
 
 
 class TransientError(XnatdropError):
-    """Retry later with backoff; never quarantine because of it."""
+    """Retry later with backoff; never quarantine because of it.
+
+    `code` is what the ledger and `status` show (a row of `codes.CODES`); subclasses and
+    instances may name it more precisely.
+    """
+
+    code = "TRANSIENT"
 
 
 class StateError(TransientError):
@@ -38,6 +44,8 @@ class StateError(TransientError):
     full, read-only or failing. No drop is at fault and nothing is lost; everything waits, with
     backoff, until it can be written again. The message is one sentence for the operator.
     """
+
+    code = "STATE"
 
     def __init__(self, state: object, reason: str) -> None:
         self.state = state
@@ -56,6 +64,10 @@ class PermanentError(XnatdropError):
     because the fix depends on the case (it names a user, a file, a size).
     """
 
+    # The session's page in XNAT when the drop is there (LABEL_EXISTS, ARCHIVE_MISMATCH): the
+    # reason file names it.
+    in_xnat: str | None = None
+
     def __init__(self, code: str, message: str, fix: str = "") -> None:
         self.code = code
         self.fix = fix or codes.fix(code)
@@ -64,3 +76,5 @@ class PermanentError(XnatdropError):
 
 class AuthenticationError(XnatdropError):
     """XNAT refused our credentials: stop all uploads and alert, do not retry in a loop."""
+
+    code = "AUTHENTICATION"

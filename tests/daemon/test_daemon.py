@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon_helpers import run_with
 from xnatdrop import config, daemon, signals
 
 DEADLINE = 30.0
@@ -117,31 +118,6 @@ def received(sock: socket.socket) -> list[str]:
             messages.append(sock.recv(4096).decode())
         except BlockingIOError:
             return messages
-
-
-def run_with(runner: daemon.Daemon, scenario: Callable[[], None]) -> int:
-    """Run the daemon on this (main) thread; `scenario` runs beside it, then SIGTERM."""
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            assert runner.started.wait(DEADLINE), "daemon did not start"
-            scenario()
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            if runner.started.is_set():
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
-                runner.stopping.set()
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    code = runner.run()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return code
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon import run_with, wait_for
 
+from daemon_helpers import run_with, wait_for
 from push_helpers import (
     PASSWORD,
     SMALL,

@@ -42,6 +42,7 @@ from push_helpers import (
 from shared_data import dataset
 from xnatdrop import config, ledger, pipeline, reasonfiles
 from xnatdrop.errors import PermanentError
+from xnatdrop.pipeline import subject
 from xnatdrop.sandbox.server import Sandbox
 
 LABEL = "SPN01_0101"
@@ -202,14 +203,14 @@ def test_subject_file_values_are_checked(tmp_path: Path, text: str, message: str
     path = tmp_path / "subject.toml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(PermanentError, match=message) as caught:
-        pipeline._subject_file(path, "subject.toml")
+        subject.parse(path, "subject.toml")
     assert caught.value.code == "SUBJECT_FILE_INVALID"
 
 
 def test_a_valid_date_of_birth_is_sent_as_a_date(tmp_path: Path) -> None:
     path = tmp_path / "subject.toml"
     path.write_text(f'sex = "F"\ndob = {TODAY}\n', encoding="utf-8")
-    assert pipeline._subject_file(path, "subject.toml") == {
+    assert subject.parse(path, "subject.toml") == {
         "gender": "female",
         "dob": TODAY.isoformat(),
     }

@@ -23,20 +23,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from xnatdrop import commands, config, ledger, locks, pipeline, signals, xnat
+from xnatdrop import commands, config, ledger, locks, pipeline, signals
 from xnatdrop.errors import StateError
 from xnatdrop.exitcodes import Exit
-
-EXIT_FOR = {
-    "archived": Exit.OK,
-    "quarantined": Exit.BLOCKED,
-    "transient": Exit.TRANSIENT,
-    "auth_failed": Exit.TRANSIENT,
-    "busy": Exit.TRANSIENT,
-    "stopped": Exit.TRANSIENT,
-    "incomplete": Exit.TRANSIENT,
-    "state": Exit.TRANSIENT,
-}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -146,9 +135,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return Exit.USAGE
 
-    def client_factory() -> xnat.XnatClient:
-        return xnat.XnatClient(settings.xnat, password)
-
+    client_factory = pipeline.xnat_client(settings, password)
     progress = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     stopping = threading.Event()
     # SIGTERM asks the push to stop at the next step boundary; Ctrl-C (SIGINT) stops at once.
@@ -167,13 +154,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if root_lock is not None:
             root_lock.release()
-    if outcome.kind == "archived":
+    if outcome.kind is pipeline.Kind.ARCHIVED:
         print(f"{outcome.label}: archived and verified; folder moved to {outcome.path}")
-    elif outcome.kind == "quarantined":
+    elif outcome.kind is pipeline.Kind.QUARANTINED:
         print(f"{outcome.label}: quarantined ({outcome.code}); see {outcome.path}/QUARANTINE.txt")
-    elif outcome.kind == "busy":
+    elif outcome.kind is pipeline.Kind.BUSY:
         print(f"{outcome.label}: not pushed: {outcome.message}; see: xnatdrop status")
-    elif outcome.kind == "state":
+    elif outcome.kind is pipeline.Kind.STATE:
         print(StateError(settings.paths.state, outcome.message), file=sys.stderr)
     else:
         when = (
@@ -182,4 +169,4 @@ def run(args: argparse.Namespace) -> int:
             else "after the problem is fixed"
         )
         print(f"{outcome.label}: stopped ({outcome.kind}): {outcome.detail}; resume: {when}")
-    return EXIT_FOR[outcome.kind]
+    return outcome.kind.exit_code

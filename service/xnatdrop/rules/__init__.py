@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from xnatdrop import codes, dicomfiles, names, reasonfiles
 
@@ -104,21 +104,38 @@ PHOENIX_DESCRIPTION = "PHOENIXZIPREPORT"
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
-    """One DICOM file to upload, with what the packer and verifier need to know about it."""
+    """One file to upload: its path relative to the subject folder, its size when checked, and
+    its DICOM identity, which the packer, the verifier and the receipt use without parsing the
+    file again. A sidecar file has no DICOM identity (its UIDs are empty).
 
-    path: Path  # relative to the subject folder
+    The same identity travels the whole way: the check step stores it in the spool, the zip's
+    plan carries it (`pack.Planned`), and a manifest line is a FileEntry plus its MD5
+    (`pack.Entry`).
+    """
+
+    path: Path
     size: int
-    sop_instance_uid: str
-    sop_class_uid: str
-    series_instance_uid: str
-    series_number: str
-    study_instance_uid: str
-    transfer_syntax: str
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    series_instance_uid: str = ""
+    series_number: str = ""
+    study_instance_uid: str = ""
+    transfer_syntax: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["path"] = self.path.as_posix()
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        """The entry `to_json` wrote (a subclass's too). Keys it does not know are ignored and
+        missing ones left empty: a spool written by an older xnatdrop still reads."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["path"] = Path(values["path"])
+        values["size"] = int(values.get("size", 0))
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +207,17 @@ class Finding:
             "fix": self.fix,
             "files": [f.as_posix() for f in self.files],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        """The finding `to_json` wrote (summary and fix come from the code table again)."""
+        return cls(
+            str(data["code"]),
+            Action(data["action"]),
+            Path(data["path"]),
+            str(data["message"]),
+            tuple(Path(f) for f in data.get("files", [])),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
