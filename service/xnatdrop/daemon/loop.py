@@ -30,7 +30,7 @@ from xnatdrop.daemon.work import Processor, Result, Work
 from xnatdrop.errors import StateError
 from xnatdrop.pipeline import Kind
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # "xnatdrop.daemon" in the log, as before the split
 
 TICK_SECONDS = 5.0  # main-loop period when systemd's watchdog does not ask for faster
 # How long the scan job may go without completing before the watchdog ping is withheld. Generous:

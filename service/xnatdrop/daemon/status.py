@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from xnatdrop import atomicfile, breaker
+from xnatdrop import atomicfile, breaker, watch
+from xnatdrop import config as config_module
 from xnatdrop import ledger as ledger_module
+from xnatdrop.daemon.window import UploadWindow
 
-if TYPE_CHECKING:
-    from xnatdrop.daemon.loop import Daemon
-
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 STATUS_FILE = "daemon-status.json"  # in paths.state; read by `xnatdrop status`
 # A drop that failed this many times in a row the same way is reported once (one ALERT line)
@@ -27,6 +27,21 @@ REPEATED_FAILURES = 3
 ALERTED_ELSEWHERE = frozenset(
     {"AUTHENTICATION", ledger_module.HELD, ledger_module.SUSPECT, "STATE"}
 )
+
+
+class Daemon(Protocol):
+    """What of the daemon (`loop.Daemon`) its status is made of; a protocol, so that this
+    module does not import the loop that calls it."""
+
+    settings: config_module.Config
+    watcher: watch.Watcher
+    pushes: dict[str, threading.Thread]
+    window: UploadWindow
+    held_until: float
+    open_breaker: ledger_module.Breaker | None
+    state_trouble: str | None
+    status: str
+    status_file_error: str | None
 
 
 def update(daemon: Daemon, window_open: bool) -> None:

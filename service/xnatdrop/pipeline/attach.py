@@ -19,7 +19,7 @@ from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline import spool
 from xnatdrop.pipeline.context import Context, Done
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 def attach(context: Context, drop: ledger.Drop) -> Done:

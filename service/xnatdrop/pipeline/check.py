@@ -19,7 +19,7 @@ from xnatdrop.errors import PermanentError
 from xnatdrop.pipeline import quarantine, spool, subject
 from xnatdrop.pipeline.context import Context, Done, Unsettled
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 # Findings that mean "the copy is not finished yet": held back (thawed) until
 # settle.max_wait_seconds after the files last changed, then quarantined.

@@ -19,7 +19,7 @@ from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline import late, prearchive, readback, spool
 from xnatdrop.pipeline.context import Context, Done, Resend
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 def verify_step(context: Context, drop: ledger.Drop) -> Done | Resend:

@@ -19,7 +19,7 @@ from xnatdrop.errors import TransientError
 from xnatdrop.pipeline import spool
 from xnatdrop.pipeline.context import Context
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 def aim(context: Context, drop: ledger.Drop, base: Path, day: str = "") -> ledger.Drop:

@@ -17,7 +17,7 @@ from xnatdrop.errors import TransientError
 from xnatdrop.pipeline import attach, destination, readback, spool
 from xnatdrop.pipeline.context import Context, Done
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 def finish(context: Context, drop: ledger.Drop) -> Done:

@@ -21,7 +21,7 @@ from xnatdrop.pipeline import crash, quarantine
 from xnatdrop.pipeline.context import Context, Done
 from xnatdrop.pipeline.outcome import Kind, Outcome
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 def freeze(context: Context, drop: ledger.Drop) -> Done:

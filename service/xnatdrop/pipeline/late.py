@@ -30,7 +30,7 @@ from xnatdrop import ledger, names, pack, verify, xnat
 from xnatdrop.pipeline import readback, spool
 from xnatdrop.pipeline.context import Context
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 def join(

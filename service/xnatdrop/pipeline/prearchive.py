@@ -14,7 +14,7 @@ from xnatdrop import ledger, pack, xnat
 from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline.context import Context
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 READY = "READY"
 RECEIVING = frozenset({"RECEIVING", "RECEIVING_INTERRUPT", "_RECEIVING", "_RECEIVING_INTERRUPT"})

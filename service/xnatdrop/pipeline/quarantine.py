@@ -23,7 +23,7 @@ from xnatdrop.pipeline import crash, destination, prearchive, spool
 from xnatdrop.pipeline.context import Context
 from xnatdrop.pipeline.outcome import Kind, Outcome
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 def quarantine(context: Context, drop: ledger.Drop, failure: PermanentError) -> Outcome:

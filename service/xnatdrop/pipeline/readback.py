@@ -23,7 +23,7 @@ from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline import spool
 from xnatdrop.pipeline.context import Context
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 # Pixel comparisons that mean "the same image as the file sent".
 SAME_PIXELS = frozenset({"identical", "no pixel data", "changed by an alterPixels statement"})

@@ -50,7 +50,7 @@ from xnatdrop.pipeline.context import (
 )
 from xnatdrop.pipeline.outcome import Kind, Outcome
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # "xnatdrop.pipeline" in the log, as before the split
 
 # The step that leaves each state, in the order of `ledger.NEXT` (a test checks they agree).
 STEPS: dict[str, Step] = {

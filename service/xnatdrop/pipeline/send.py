@@ -24,7 +24,7 @@ from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline import crash, late, prearchive, readback, spool
 from xnatdrop.pipeline.context import Context, Done
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 def pack_step(context: Context, drop: ledger.Drop) -> Done:

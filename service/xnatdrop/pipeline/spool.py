@@ -31,7 +31,7 @@ from typing import Any, Protocol, Self, TypeVar
 from xnatdrop import atomicfile, ledger, pack, rules, verify
 from xnatdrop.errors import TransientError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 
 class Record(Protocol):

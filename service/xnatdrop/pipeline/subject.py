@@ -16,7 +16,7 @@ from pathlib import Path
 from xnatdrop.config import PushSettings
 from xnatdrop.errors import PermanentError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 SEX = {"m": "male", "male": "male", "f": "female", "female": "female", "o": "other"}
 SEX |= {"other": "other", "u": "unknown", "unknown": "unknown"}
