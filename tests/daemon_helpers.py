@@ -21,6 +21,7 @@ import pytest
 
 from push_helpers import start_sandbox, write_config
 from xnat_sandbox import Sandbox
+from xnatdrop import daemon
 
 DEADLINE = 120.0
 OLD = 978_307_200  # 2001-01-01: robocopy /COPY:DAT and Explorer keep the source's mtime
@@ -158,3 +159,28 @@ def other_state_config(config_path: Path, name: str) -> Path:
     copy = config_path.parent / f"{name}.toml"
     copy.write_text(text.replace(f'"{state}"', f'"{config_path.parent / name}"'), "utf-8")
     return copy
+
+
+def run_with(runner: daemon.Daemon, scenario: Callable[[], None]) -> int:
+    """Run the daemon on this (main) thread; `scenario` runs beside it, then SIGTERM."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            assert runner.started.wait(DEADLINE), "daemon did not start"
+            scenario()
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            if runner.started.is_set():
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                runner.stopping.set()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    code = runner.run()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return code

@@ -15,27 +15,14 @@ import pkgutil
 import signal
 import sys
 import textwrap
-from pathlib import Path
 
-from xnatdrop import __version__, commands, config, exitcodes, logsetup
+from xnatdrop import __version__, commands, exitcodes, logsetup, signals
 from xnatdrop.errors import ConfigError, StateError
 from xnatdrop.exitcodes import Exit
 
 log = logging.getLogger(__name__)
 
-SIGPIPE_EXIT = 128 + signal.SIGPIPE  # what a shell reports for a reader that went away
-
-
-def add_config_argument(parser: argparse.ArgumentParser, *, system: bool = True) -> None:
-    """The `--config FILE` option every subcommand shares (see `config.load_or_system`)."""
-    fallback = (
-        f"{config.SYSTEM_PATH} if it exists, else built-in defaults"
-        if system
-        else ("built-in defaults")
-    )
-    parser.add_argument(
-        "--config", type=Path, metavar="FILE", help=f"configuration file (default: {fallback})"
-    )
+SIGPIPE_EXIT = signals.EXIT_CODE_FROM_SIGNAL + signal.SIGPIPE  # the reader went away
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -65,7 +52,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "time, level, label, step, code, message)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if m.name[0] != "_")
     for name in [command] if command in names else names:
         module = importlib.import_module(f"{commands.__name__}.{name}")
         module.add_parser(subparsers)
@@ -129,4 +116,4 @@ def main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         return SIGPIPE_EXIT
     except KeyboardInterrupt:
-        return 130
+        return signals.INTERRUPTED

@@ -7,6 +7,8 @@ quarantine. ConfigError is for the operator, never for a drop.
 
 from __future__ import annotations
 
+from xnatdrop import codes
+
 
 class XnatdropError(Exception):
     """Base of every expected xnatdrop error; anything else is a bug."""
@@ -28,7 +30,13 @@ class ConfigError(XnatdropError):
 
 
 class TransientError(XnatdropError):
-    """Retry later with backoff; never quarantine because of it."""
+    """Retry later with backoff; never quarantine because of it.
+
+    `code` is what the ledger and `status` show (a row of `codes.CODES`); subclasses and
+    instances may name it more precisely.
+    """
+
+    code = "TRANSIENT"
 
 
 class StateError(TransientError):
@@ -36,6 +44,8 @@ class StateError(TransientError):
     full, read-only or failing. No drop is at fault and nothing is lost; everything waits, with
     backoff, until it can be written again. The message is one sentence for the operator.
     """
+
+    code = "STATE"
 
     def __init__(self, state: object, reason: str) -> None:
         self.state = state
@@ -49,14 +59,22 @@ class StateError(TransientError):
 class PermanentError(XnatdropError):
     """Retrying cannot help: quarantine the drop with this reason.
 
-    `code` is a stable identifier used in QUARANTINE.json; `fix` tells a person what to do.
+    `code` is a stable identifier used in QUARANTINE.json (a row of `codes.CODES`); `fix`
+    tells a person what to do: the table's fix for the code, unless the raise passes one
+    because the fix depends on the case (it names a user, a file, a size).
     """
+
+    # The session's page in XNAT when the drop is there (LABEL_EXISTS, ARCHIVE_MISMATCH): the
+    # reason file names it.
+    in_xnat: str | None = None
 
     def __init__(self, code: str, message: str, fix: str = "") -> None:
         self.code = code
-        self.fix = fix
+        self.fix = fix or codes.fix(code)
         super().__init__(message)
 
 
 class AuthenticationError(XnatdropError):
     """XNAT refused our credentials: stop all uploads and alert, do not retry in a loop."""
+
+    code = "AUTHENTICATION"

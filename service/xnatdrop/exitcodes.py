@@ -25,7 +25,7 @@ MEANINGS: dict[str, dict[Exit, str]] = {
         Exit.TRANSIENT: "XNAT could not be asked (unreachable, or the login was refused)",
     },
     "check": {
-        Exit.OK: "the folder would be uploaded",
+        Exit.OK: "the folder would be uploaded (or --codes printed the code table)",
         Exit.BLOCKED: "a rule blocks the folder",
         Exit.USAGE: _USAGE + ", or the folder does not exist",
     },

@@ -8,19 +8,30 @@ Two formats (`xnatdrop --log-format …`):
 - "json": one JSON object per line, for log shippers (Vector, Fluent Bit, Promtail): `time`
   (ISO 8601 with the local offset), `level`, `logger`, `label`, `step`, `code`, `message`, and
   `exception` when there is a traceback. `label`, `step` and `code` come from the record's
-  attributes of those names (`log.info(..., extra={"label": ..., "step": ..., "code": ...})`,
-  or a filter such as issue 10's `log_context(label)` that sets them), else null.
+  attributes of those names (set by `log_context`, or `extra={"code": ...}`), else null.
 
 The message is the same text either way: what is safe in one format is safe in the other.
+
+`with log_context(label):` labels every line xnatdrop logs inside the block, in whichever
+thread runs it (borgmatic's `Log_prefix`): the message gets the prefix `label: ` (unless it
+begins with it already) and the record the attributes `label` and, with
+`log_context(step=...)`, `step`. So the pipeline writes `log.info("import: %d files", n)` and
+the journal reads `SPN01_0042: import: 212 files`. Inside a context, do not pass `label` or
+`step` in `extra=` (logging refuses to overwrite an attribute the context has set).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import json
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 FORMATS = ("text", "json")
 
@@ -79,3 +90,61 @@ def configure(verbosity: int = 0, log_format: str = "text") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)
+
+
+# (label, step) of the innermost `log_context` of this thread or task.
+_CONTEXT: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "xnatdrop_log_context", default=(None, None)
+)
+_FACTORY_LOCK = threading.Lock()
+_factory_installed = False
+
+
+@contextlib.contextmanager
+def log_context(label: str | None = None, step: str | None = None) -> Iterator[None]:
+    """Label xnatdrop's log lines inside the block with `label` (and `step`); see above.
+
+    Nested blocks inherit what they do not set: `log_context(step="import")` inside
+    `log_context("SPN01_0042")` keeps the label. A new label starts without a step.
+    """
+    _install_factory()
+    outer_label, outer_step = _CONTEXT.get()
+    if label is None:
+        label, step = outer_label, step if step is not None else outer_step
+    token = _CONTEXT.set((label, step))
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def _install_factory() -> None:
+    """Wrap the log record factory once, the first time a context is entered.
+
+    A record factory, not a handler filter: the label must be in the message wherever the
+    record goes (the journal, pytest's capture, any handler a library adds), and logging calls
+    the factory in the thread that logs, where the context is known.
+    """
+    global _factory_installed
+    with _FACTORY_LOCK:
+        if not _factory_installed:
+            logging.setLogRecordFactory(_labelling(logging.getLogRecordFactory()))
+            _factory_installed = True
+
+
+def _labelling(factory: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        label, step = _CONTEXT.get()
+        if label is None or not record.name.startswith("xnatdrop"):
+            return record
+        record.label = label
+        if step is not None:
+            record.step = step
+        prefix = f"{label}: "
+        if isinstance(record.msg, str) and not record.getMessage().startswith(prefix):
+            # With arguments, the message is %-formatted: a % in a label must stay literal.
+            record.msg = (prefix.replace("%", "%%") if record.args else prefix) + record.msg
+        return record
+
+    return make

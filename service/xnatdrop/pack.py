@@ -4,14 +4,14 @@ The upload is one stored zip of the DICOM files a drop uploads (the rules decide
 files are simply not passed in). It is never written to disk: the pack step only *plans* it, and
 the import step generates its bytes while sending them, reading and hashing each file on the way.
 
-- `plan()` stats every file and fixes the zip's layout: entry order, names, sizes and, from
-  those, its exact length, before any data is read (ZIP64 decisions depend on sizes and offsets
-  only). `save_plan()` writes it atomically to the spool as `plan.json`.
+- `plan()` stats every file (a `rules.FileEntry`) and fixes the zip's layout: entry order,
+  names, sizes and, from those, its exact length, before any data is read (ZIP64 decisions
+  depend on sizes and offsets only). The pipeline keeps the `Plan` in its spool.
 - `Body` is the request body: a file-like object with `__len__` (so the request has a
   Content-Length, not chunked encoding) whose `read()` produces the zip lazily. When every file
-  has been hashed it writes the manifest (`manifest.json`, atomically): for each file its path
-  relative to the subject folder, size, MD5, SOPInstanceUID, SeriesInstanceUID and SeriesNumber.
-  The verify and archive steps compare what XNAT holds against this manifest.
+  has been hashed it hands the `Manifest` to its caller: for each file a manifest line
+  (`Entry`), which is the file's `rules.FileEntry` with the size and MD5 of the bytes sent. The
+  verify and archive steps compare what XNAT holds against this manifest.
 - `digest()` builds the same manifest without sending anything, for a run that needs it but has
   none (a crash before the body was complete, with something already on the server).
 - `write_zip()` drains a `Body` into a file: the same bytes, for tests and the benchmark.
@@ -22,11 +22,8 @@ typical MR) and deflate would cost more CPU time than it saves on the wire, on a
 Why stream: building a 2 GB zip on disk (read, hash, write, fsync) sat on the critical path
 before the first byte was sent. Streaming overlaps reading and hashing with the upload.
 
-Why our own zip writer: each local header must hold the entry's CRC-32, and it precedes the data.
-`zipfile` on a non-seekable stream writes data descriptors instead, which Java's ZipInputStream
-(XNAT's DICOM-zip importer) refuses for stored entries. So each file is hashed before its header
-is emitted. The format is PKWARE APPNOTE 6.3: stored entries, ZIP64 extra fields and end records
-where a size, an offset or the entry count needs them, UTF-8 names flagged (bit 11).
+Why our own zip writer (`zipformat`): each local header must hold the entry's CRC-32, and it
+precedes the data; so each file is hashed before its header is emitted.
 
 Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 2 GB/s for CRC-32), and
 hashlib and zlib release the GIL. Files up to `WHOLE_FILE` bytes (a classic slice or a
@@ -39,12 +36,12 @@ A file whose size differs from the plan, or that vanished, aborts the body with 
 TransientError, not an OSError, so that urllib3 and requests let it through unchanged): the
 frozen folder should never change. The import step then drops the plan, and the next attempt
 plans again from the folder as it is. Any other OSError on the way (a file the service user may
-not read, a full state folder when the manifest is saved) becomes `FileError`, for the same
-reason; the pipeline sorts it by its path.
+not read, a full state folder when the caller saves the manifest) becomes `FileError`, for the
+same reason; the pipeline sorts it by its path.
 
-Entry names are the files' paths relative to the subject folder, except where too long for
-XNAT to store (`upload_name`). The same streamed zip carries sidecar folders to XNAT's
-resources, with their names as they are.
+Entry names are the files' paths relative to the subject folder, or the names the caller gives
+(the pipeline shortens those too long for XNAT to store, `upload_name`). The same streamed zip
+carries sidecar folders to XNAT's resources, with their names as they are.
 """
 
 from __future__ import annotations
@@ -53,16 +50,14 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import logging
 import os
-import struct
-import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from xnatdrop import names
+from xnatdrop import names, rules, zipformat
 from xnatdrop.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -71,9 +66,6 @@ CHUNK = 1 << 20
 WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
 WINDOW = 32 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
-ZIP64_LIMIT = (1 << 31) - 1  # above this a size or offset goes in a ZIP64 field, as zipfile does
-PLAN_NAME = "plan.json"
-MANIFEST_NAME = "manifest.json"
 
 
 class Changed(TransientError):
@@ -88,25 +80,6 @@ class FileError(TransientError):
     def __init__(self, error: OSError) -> None:
         super().__init__(f"{error.filename}: {error.strerror or error}")
         self.error = error
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-    """A file to pack: its path relative to the subject folder and its DICOM identity.
-
-    `zip_name` is its entry name in the zip when that is not `path` (see `upload_name`).
-    """
-
-    path: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    series_number: str = ""
-    study_instance_uid: str = ""
-    zip_name: str = ""
-
-    @property
-    def entry(self) -> str:
-        return self.zip_name or self.path
 
 
 # XNAT stores each uploaded file under its whole zip entry name made file-name-safe
@@ -128,11 +101,13 @@ def upload_name(path: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Planned:
-    """One zip entry of the plan: the item, its size and modification time when planned."""
+    """One zip entry of the plan: the file, its size and modification time when planned, and
+    its name in the zip."""
 
-    item: Item
+    entry: rules.FileEntry
     size: int
     mtime: float
+    zip_name: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,39 +120,45 @@ class Plan:
         return sum(p.size for p in self.files)
 
     def study_uids(self) -> set[str]:
-        return {p.item.study_instance_uid for p in self.files if p.item.study_instance_uid}
+        return {p.entry.study_instance_uid for p in self.files if p.entry.study_instance_uid}
 
-    def to_json(self) -> dict[str, object]:
+    def zip_names(self) -> dict[str, str]:
+        """Path (relative, POSIX) -> name in the zip, of every file."""
+        return {p.entry.path.as_posix(): p.zip_name for p in self.files}
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "zip_size": self.zip_size,
             "file_count": len(self.files),
             "bytes": self.total_bytes,
             "files": [
-                {**dataclasses.asdict(p.item), "size": p.size, "mtime": p.mtime} for p in self.files
+                {"entry": p.entry.to_json(), "size": p.size, "mtime": p.mtime, "name": p.zip_name}
+                for p in self.files
             ],
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Plan:
-        files = []
-        for row in data["files"]:  # type: ignore[attr-defined]
-            fields = dict(row)
-            size, mtime = int(fields.pop("size")), float(fields.pop("mtime"))
-            files.append(Planned(Item(**fields), size, mtime))
-        return cls(int(data["zip_size"]), tuple(files))  # type: ignore[call-overload]
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        files = tuple(
+            Planned(rules.FileEntry.from_json(row["entry"]), int(row["size"]), float(row["mtime"]),
+                    str(row["name"]))
+            for row in data["files"]
+        )  # fmt: skip
+        return cls(int(data["zip_size"]), files)
 
 
 @dataclasses.dataclass(frozen=True)
-class Entry:
-    """One manifest line: what was sent, with the MD5 of the bytes that went into the zip."""
+class Entry(rules.FileEntry):
+    """One manifest line: a file of the upload with the MD5 of the bytes that went into the
+    zip; `size` is the size of those bytes."""
 
-    path: str
-    size: int
-    md5: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    series_number: str = ""
-    study_instance_uid: str = ""
+    md5: str = dataclasses.field(kw_only=True)
+
+    @classmethod
+    def of(cls, file: rules.FileEntry, size: int, md5: str) -> Entry:
+        """`file` as it was sent: `size` bytes with this MD5."""
+        identity = {f.name: getattr(file, f.name) for f in dataclasses.fields(rules.FileEntry)}
+        return cls(**{**identity, "size": size}, md5=md5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,65 +180,45 @@ class Manifest:
     def study_uids(self) -> set[str]:
         return {e.study_instance_uid for e in self.files if e.study_instance_uid}
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "zip_size": self.zip_size,
             "file_count": len(self.files),
             "bytes": self.total_bytes,
-            "files": [dataclasses.asdict(e) for e in self.files],
+            "files": [e.to_json() for e in self.files],
         }
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via `<name>.part` and a rename. An error names the file: a write to a full disk
-    raises an OSError without one, and the pipeline sorts file-system errors by path."""
-    part = path.with_name(path.name + ".part")
-    descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # spool: private
-    try:
-        os.fchmod(descriptor, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(part)) from error
-    os.replace(part, path)
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls(int(data["zip_size"]), tuple(Entry.from_json(e) for e in data["files"]))
 
 
 # -- the plan --------------------------------------------------------------------------------
 
 
-def plan(folder: Path, items: Iterable[Item]) -> Plan:
-    """Stat each item under `folder` and lay out the zip; no file data is read.
+def plan(
+    folder: Path, entries: Iterable[rules.FileEntry], zip_names: Mapping[str, str] | None = None
+) -> Plan:
+    """Stat each file under `folder` and lay out the zip; no file data is read.
 
-    Raise Changed if a file is missing.
+    Each file's name in the zip is its path (relative, POSIX), or `zip_names[path]`. Raise
+    Changed if a file is missing.
     """
+    zip_names = zip_names or {}
     files = []
-    for item in items:
+    for entry in entries:
         try:
-            stat = os.stat(folder / item.path)
+            stat = os.stat(folder / entry.path)
         except FileNotFoundError:
-            raise Changed(f"{folder / item.path} is gone since the folder was checked") from None
-        files.append(Planned(item, stat.st_size, stat.st_mtime))
-    layout = _ZipWriter()
+            raise Changed(f"{folder / entry.path} is gone since the folder was checked") from None
+        name = entry.path.as_posix()
+        files.append(Planned(entry, stat.st_size, stat.st_mtime, zip_names.get(name, name)))
+    layout = zipformat.Writer()
     for planned in files:
-        layout.local(planned.item.entry, planned.size, 0, planned.mtime)
+        layout.local(planned.zip_name, planned.size, 0, planned.mtime)
         layout.offset += planned.size
     size = layout.offset + len(layout.finish())
     return Plan(size, tuple(files))
-
-
-def save_plan(spool: Path, planned: Plan) -> None:
-    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(spool / PLAN_NAME, json.dumps(planned.to_json(), indent=1).encode())
-
-
-def load_plan(spool: Path) -> Plan | None:
-    """The plan in `spool`, or None if there is none or it is unreadable."""
-    try:
-        return Plan.from_json(json.loads((spool / PLAN_NAME).read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 # -- reading and hashing ---------------------------------------------------------------------
@@ -341,7 +302,7 @@ def _hashed(
                 entry = next(pending, None)
                 if entry is None:
                     break
-                path = folder / entry.item.path
+                path = folder / entry.entry.path
                 if entry.size <= WHOLE_FILE:
                     future = readers.submit(_read_whole, path, entry.size)
                     cost = entry.size
@@ -360,27 +321,11 @@ def _hashed(
             future.cancel()
 
 
-def _entry(planned: Planned, read: _Read) -> Entry:
-    item = planned.item
-    return Entry(
-        path=item.path,
-        size=read.size,
-        md5=read.md5,
-        sop_instance_uid=item.sop_instance_uid,
-        series_instance_uid=item.series_instance_uid,
-        series_number=item.series_number,
-        study_instance_uid=item.study_instance_uid,
-    )
-
-
-def digest(folder: Path, planned: Plan, spool: Path | None = None) -> Manifest:
-    """The manifest of the planned files, hashing them without sending; saved if `spool`."""
+def digest(folder: Path, planned: Plan) -> Manifest:
+    """The manifest of the planned files, hashing them without sending."""
     with concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="hash") as readers:
-        entries = [_entry(p, r) for p, r in _hashed(folder, planned, readers)]
-    manifest = Manifest(planned.zip_size, tuple(entries))
-    if spool is not None:
-        save(spool, manifest)
-    return manifest
+        entries = [Entry.of(p.entry, r.size, r.md5) for p, r in _hashed(folder, planned, readers)]
+    return Manifest(planned.zip_size, tuple(entries))
 
 
 # -- the streamed zip ------------------------------------------------------------------------
@@ -391,20 +336,19 @@ class Body:
 
     `read(amount)` returns the next piece (a header, a small file, or one CHUNK of a large
     one), whatever `amount`; b"" at the end. When every file has been hashed, the manifest is
-    saved to `spool` (if given) and passed to `on_manifest`. Raise Changed if a file no longer
-    matches the plan. `close()` stops the reader threads; a new Body sends again from the start.
+    passed to `on_manifest` (which may save it, or check it: an OSError it raises becomes
+    FileError). Raise Changed if a file no longer matches the plan. `close()` stops the reader
+    threads; a new Body sends again from the start.
     """
 
     def __init__(
         self,
         folder: Path,
         planned: Plan,
-        spool: Path | None = None,
         on_manifest: Callable[[Manifest], None] | None = None,
     ) -> None:
         self._folder = folder
         self._plan = planned
-        self._spool = spool
         self._on_manifest = on_manifest
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="upload")
         self._pieces = self._generate()
@@ -442,25 +386,23 @@ class Body:
         self.close()
 
     def _generate(self) -> Iterator[bytes]:
-        writer = _ZipWriter()
+        writer = zipformat.Writer()
         entries = []
         for planned, read in _hashed(self._folder, self._plan, self._readers):
-            path = self._folder / planned.item.path
-            yield writer.local(planned.item.entry, planned.size, read.crc, planned.mtime)
+            path = self._folder / planned.entry.path
+            yield writer.local(planned.zip_name, planned.size, read.crc, planned.mtime)
             if read.data is not None:
                 yield read.data
             else:
                 yield from _copy(path, read)
             writer.offset += planned.size
-            entries.append(_entry(planned, read))
+            entries.append(Entry.of(planned.entry, read.size, read.md5))
         manifest = Manifest(self._plan.zip_size, tuple(entries))
-        if self._spool is not None:
+        if self._on_manifest is not None:
             try:
-                save(self._spool, manifest)
+                self._on_manifest(manifest)
             except OSError as error:
                 raise FileError(error) from error
-        if self._on_manifest is not None:
-            self._on_manifest(manifest)
         tail = writer.finish()
         if writer.offset + len(tail) != self._plan.zip_size:
             raise AssertionError("the zip's length differs from its plan")  # a bug, not data
@@ -469,12 +411,12 @@ class Body:
 
 def write_zip(
     folder: Path,
-    items: Iterable[Item],
+    entries: Iterable[rules.FileEntry],
     path: Path,
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Write the zip a `Body` would send to `path` (for tests and the benchmark)."""
-    planned = plan(folder, items)
+    planned = plan(folder, entries)
     manifests: list[Manifest] = []
     done = 0
     with Body(folder, planned, on_manifest=manifests.append) as body, open(path, "wb") as out:
@@ -484,146 +426,3 @@ def write_zip(
             if progress is not None:
                 progress(done)
     return manifests[0]
-
-
-class _ZipWriter:
-    """Headers of stored entries whose size and CRC-32 are known before their data.
-
-    The caller emits each local header, then the entry's data, and adds the data's size to
-    `offset`; `finish()` returns the central directory and end records. The lengths of the
-    headers do not depend on the CRC, so `plan()` uses the same code with a zero CRC.
-    """
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self._central: list[bytes] = []
-
-    def local(self, name: str, size: int, crc: int, mtime: float) -> bytes:
-        """One entry's local header (APPNOTE 4.3.7); its central header is kept for later."""
-        offset = self.offset
-        try:
-            encoded, flags = name.encode("ascii"), 0
-        except UnicodeEncodeError:
-            encoded, flags = name.encode("utf-8"), 0x800  # general purpose bit 11: UTF-8 name
-        dos_time, dos_date = _dos_stamp(mtime)
-        big = size > ZIP64_LIMIT
-        version = 45 if big else 20
-        stored = 0xFFFFFFFF if big else size
-        extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
-        header = (
-            struct.pack(
-                "<IHHHHHIIIHH",
-                0x04034B50,
-                version,
-                flags,
-                0,
-                dos_time,
-                dos_date,
-                crc,
-                stored,
-                stored,
-                len(encoded),
-                len(extra),
-            )
-            + encoded
-            + extra
-        )
-        # Central directory header (4.3.12); its ZIP64 field holds what overflowed, in order.
-        fields = [size, size] if big else []
-        if offset > ZIP64_LIMIT:
-            fields.append(offset)
-        extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
-        version = 45 if fields else 20
-        self._central.append(
-            struct.pack(
-                "<IHHHHHHIIIHHHHHII",
-                0x02014B50,
-                (3 << 8) | version,
-                version,
-                flags,
-                0,
-                dos_time,
-                dos_date,
-                crc,
-                stored,
-                stored,
-                len(encoded),
-                len(extra),
-                0,
-                0,
-                0,
-                0o600 << 16,
-                0xFFFFFFFF if offset > ZIP64_LIMIT else offset,
-            )
-            + encoded
-            + extra
-        )
-        self.offset += len(header)
-        return header
-
-    def finish(self) -> bytes:
-        """The central directory and the end records (4.3.14-4.3.16)."""
-        start = self.offset
-        central = b"".join(self._central)
-        size = len(central)
-        count = len(self._central)
-        tail = [central]
-        if count >= 0xFFFF or start > ZIP64_LIMIT or size > ZIP64_LIMIT:
-            end64 = start + size
-            tail.append(
-                struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, size, start)
-                + struct.pack("<IIQI", 0x07064B50, 0, end64, 1)
-            )
-        tail.append(
-            struct.pack(
-                "<IHHHHIIH",
-                0x06054B50,
-                0,
-                0,
-                min(count, 0xFFFF),
-                min(count, 0xFFFF),
-                min(size, 0xFFFFFFFF),
-                min(start, 0xFFFFFFFF),
-                0,
-            )
-        )
-        return b"".join(tail)
-
-
-def _dos_stamp(mtime: float) -> tuple[int, int]:
-    """MS-DOS time and date fields of a zip header (APPNOTE 4.4.6)."""
-    year, month, day, hour, minute, second = _zip_time(mtime)
-    return (hour << 11) | (minute << 5) | (second // 2), ((year - 1980) << 9) | (month << 5) | day
-
-
-def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
-    # Zip timestamps cannot predate 1980 or pass 2107; clamp rather than fail on odd clocks.
-    stamp = time.localtime(min(max(mtime, 315532800), 4354819199))
-    return (stamp.tm_year, stamp.tm_mon, stamp.tm_mday, stamp.tm_hour, stamp.tm_min, stamp.tm_sec)
-
-
-# -- the manifest ----------------------------------------------------------------------------
-
-
-def save(spool: Path, manifest: Manifest) -> None:
-    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(spool / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1).encode())
-
-
-def load(spool: Path) -> Manifest | None:
-    """The manifest saved in `spool`, or None if there is none or it is unreadable."""
-    try:
-        data = json.loads((spool / MANIFEST_NAME).read_text(encoding="utf-8"))
-        return Manifest(int(data["zip_size"]), tuple(Entry(**e) for e in data["files"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def remove(spool: Path) -> None:
-    """Delete the plan and manifest (xnatdrop's own files) once a drop is finished."""
-    for name in (PLAN_NAME, MANIFEST_NAME):
-        for leftover in (name, name + ".part"):
-            (spool / leftover).unlink(missing_ok=True)
-    # Zips of versions that wrote the upload to disk.
-    for leftover in ("upload.zip", "upload.zip.part"):
-        (spool / leftover).unlink(missing_ok=True)

@@ -10,36 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from xnatdrop import atomicfile
 
 log = logging.getLogger(__name__)
 
 TEXT_NAME = "RECEIPT.txt"
 JSON_NAME = "RECEIPT.json"
-
-
-def write_atomic(path: Path, text: str, private: bool = False) -> None:
-    """Write `text` to `path` via a temporary file and a rename, so readers never see half.
-
-    `private` makes the file 0600, for xnatdrop's own files under the state folder; receipts
-    and reason files on the share keep the umask's mode, for the people who read them.
-    """
-    part = path.with_name(path.name + ".part")
-    descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
-    try:
-        if private:
-            os.fchmod(descriptor, 0o600)  # a .part left by a killed run may have another mode
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        # A write to a full disk names no file; the pipeline sorts file-system errors by path.
-        raise OSError(error.errno, error.strerror, str(part)) from error
-    os.replace(part, path)
 
 
 def _size(count: int) -> str:
@@ -121,9 +101,11 @@ def render_text(receipt: dict[str, Any]) -> str:
 
 
 def write(folder: Path, receipt: dict[str, Any]) -> None:
-    """Write RECEIPT.json and RECEIPT.txt into `folder` (repeatable: they are replaced)."""
-    write_atomic(folder / JSON_NAME, json.dumps(receipt, indent=2, sort_keys=True) + "\n")
-    write_atomic(folder / TEXT_NAME, render_text(receipt))
+    """Write RECEIPT.json and RECEIPT.txt into `folder` (repeatable: they are replaced), with
+    the umask's mode, like the technologist's files beside them."""
+    text = json.dumps(receipt, indent=2, sort_keys=True) + "\n"
+    atomicfile.write(folder / JSON_NAME, text, mode=None)
+    atomicfile.write(folder / TEXT_NAME, render_text(receipt), mode=None)
 
 
 def now_text() -> str:

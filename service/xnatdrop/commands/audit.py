@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import sys
 
-from xnatdrop import audit, cli, config, xnat
+from xnatdrop import audit, commands, config, xnat
 from xnatdrop.errors import AuthenticationError, TransientError
 from xnatdrop.exitcodes import Exit
 
@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "its scans, its instances (by SOPInstanceUID from the scan catalogs) and its "
         "resources. Lists what is missing or changed since, each session by its label.",
     )
-    cli.add_config_argument(parser)
+    commands.add_config_argument(parser)
     parser.add_argument(
         "--since",
         type=_date,

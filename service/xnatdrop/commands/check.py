@@ -1,4 +1,4 @@
-"""`xnatdrop check PATH [--config FILE] [--project P] [--json]`: the upload rules as a dry run.
+"""`xnatdrop check PATH [--config FILE] [--project P] [--json]`: the upload rules, a dry run.
 
 For technologists and admins: point it at a subject folder and see what would be uploaded and
 why anything would not. Nothing is moved or sent. Exit 0 when the folder would be uploaded,
@@ -11,6 +11,10 @@ elsewhere (a USB stick, a staging area), from the drop root of the project named
 also be a whole drop root (a configured one, or a folder holding xnatdrop's work area): each
 subject folder in it is checked on its own, as the daemon would, and the work area and hidden
 folders are never read.
+
+`xnatdrop check --codes [--json]` prints every code xnatdrop reports, with its action, what it
+means and its fix (`codes`): the finding codes `[rules.actions]` takes, and the quarantine and
+stop codes of a push.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from xnatdrop import cli, config, names, rules
+from xnatdrop import codes, commands, config, names, rules
 from xnatdrop.exitcodes import Exit
 
 PROGRESS_MIN_FILES = 500  # smaller folders finish before a progress line would help
@@ -36,13 +40,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "upload rules and report what would be uploaded. Exit 0: would upload; 1: blocked; "
         "2: usage or config error.",
     )
-    parser.add_argument("path", type=Path, metavar="PATH", help="the subject folder")
-    cli.add_config_argument(parser, system=False)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "path", type=Path, metavar="PATH", nargs="?", help="the subject folder (or drop root)"
+    )
+    commands.add_config_argument(parser, system=False)
     parser.add_argument(
         "--project",
         metavar="P",
         help="for a folder outside the drop roots: apply the rules (label pattern included) "
         "of the drop root of project P in the configuration",
+    )
+    what.add_argument(
+        "--codes",
+        action="store_true",
+        help="print every code xnatdrop reports (rule findings, quarantine and stop codes) "
+        "with its action, what it means and its fix, instead of checking a folder",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -92,6 +105,8 @@ def _is_drop_root(settings: config.Config, folder: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.codes:
+        return _print_codes(args.json)
     settings = config.load(args.config)
     source = str(args.config) if args.config else "the built-in defaults (no --config)"
     folder: Path = args.path
@@ -115,6 +130,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report(verdict, _label_note(drop, folder)))
     return Exit.OK if verdict.ok else Exit.BLOCKED
+
+
+def _print_codes(as_json: bool) -> int:
+    """The code table (`codes.CODES`), as text or as one JSON object."""
+    if as_json:
+        json.dump({"codes": codes.table_json()}, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(codes.table_text())
+    return Exit.OK
 
 
 def _check_one(

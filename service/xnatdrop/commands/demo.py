@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from xnatdrop import config, daemon, ledger, quarantine, receipt
+from xnatdrop import config, daemon, ledger, reasonfiles, receipt, signals
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def _report(drop: ledger.Drop, url: str) -> list[str]:
     lines = [f"{drop.label}: QUARANTINED ({drop.last_error_code}) -- {drop.last_error}"]
     lines.append(f"    folder:   {where}")
     try:
-        reason = json.loads((where / quarantine.JSON_NAME).read_text(encoding="utf-8"))  # type: ignore[operator]
+        reason = json.loads((where / reasonfiles.JSON_NAME).read_text(encoding="utf-8"))  # type: ignore[operator]
     except (OSError, ValueError, TypeError):
         reason = {}
     for finding in reason.get("findings", []):
@@ -241,7 +241,7 @@ def _report(drop: ledger.Drop, url: str) -> list[str]:
                 f"    {finding.get('action', ''):8s}  {finding.get('code')}: "
                 f"{finding.get('path')}: {finding.get('message')}"
             )
-    lines.append(f"    the technologist's note: {where}/{quarantine.TEXT_NAME}")
+    lines.append(f"    the technologist's note: {where}/{reasonfiles.TEXT_NAME}")
     return lines
 
 
@@ -288,11 +288,8 @@ def handle(args: argparse.Namespace) -> int:
                 f"files under {work}. Ctrl-C to stop."
             )
             done = threading.Event()
-            previous = signal.signal(signal.SIGINT, lambda *_: done.set())
-            try:
+            with signals.capture(lambda sig, frame: done.set(), (signal.SIGINT,)):
                 done.wait()
-            finally:
-                signal.signal(signal.SIGINT, previous)
         return 0 if len(outcome) == 2 else 3
     finally:
         sandbox.stop()

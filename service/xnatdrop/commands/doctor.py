@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
-from xnatdrop import cli, config, preflight, xnat
+from xnatdrop import commands, config, preflight, xnat
 from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
 from xnatdrop.exitcodes import Exit
 from xnatdrop.notify import service as notify_service
@@ -31,7 +31,7 @@ Check = tuple[bool | None, str]  # (passed, line); None: a warning that does not
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("doctor", help="check config, folders and XNAT access")
-    cli.add_config_argument(parser)
+    commands.add_config_argument(parser)
     parser.set_defaults(func=handle)
 
 

@@ -15,33 +15,17 @@ the same drop root makes it refuse (exit 2).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
-from xnatdrop import cli, config, ledger, locks, pipeline, xnat
+from xnatdrop import commands, config, ledger, locks, pipeline, signals
 from xnatdrop.errors import StateError
 from xnatdrop.exitcodes import Exit
-
-INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-
-EXIT_FOR = {
-    "archived": Exit.OK,
-    "quarantined": Exit.BLOCKED,
-    "transient": Exit.TRANSIENT,
-    "auth_failed": Exit.TRANSIENT,
-    "busy": Exit.TRANSIENT,
-    "stopped": Exit.TRANSIENT,
-    "incomplete": Exit.TRANSIENT,
-    "state": Exit.TRANSIENT,
-}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "it to done/ or quarantine/. Exit 0 archived, 1 quarantined, 3 stopped (rerun resumes).",
     )
     parser.add_argument("path", type=Path, metavar="PATH", help="the subject folder")
-    cli.add_config_argument(parser)
+    commands.add_config_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -87,20 +71,6 @@ class ProgressBar:
         )
         self.stream.write(line + ("\n" if done >= total else ""))
         self.stream.flush()
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm(stopping: threading.Event) -> Iterator[None]:
-    """SIGTERM asks the push to stop at the next step boundary; the old handler comes back."""
-
-    def handle(sig: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _claim_root(settings: config.Config, root: Path) -> locks.Lock | None:
@@ -165,13 +135,13 @@ def run(args: argparse.Namespace) -> int:
         )
         return Exit.USAGE
 
-    def client_factory() -> xnat.XnatClient:
-        return xnat.XnatClient(settings.xnat, password)
-
+    client_factory = pipeline.xnat_client(settings, password)
     progress = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     stopping = threading.Event()
+    # SIGTERM asks the push to stop at the next step boundary; Ctrl-C (SIGINT) stops at once.
+    on_sigterm = signals.capture(lambda sig, frame: stopping.set(), (signal.SIGTERM,))
     try:
-        with ledger.Ledger(settings.paths.state) as book, _stop_on_sigterm(stopping):
+        with ledger.Ledger(settings.paths.state) as book, on_sigterm:
             outcome = pipeline.process(folder, settings, book, client_factory, stopping, progress)
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
@@ -180,17 +150,17 @@ def run(args: argparse.Namespace) -> int:
         if progress is not None:
             sys.stderr.write("\n")
         print(_where(settings, folder), file=sys.stderr)
-        return INTERRUPTED
+        return signals.INTERRUPTED
     finally:
         if root_lock is not None:
             root_lock.release()
-    if outcome.kind == "archived":
+    if outcome.kind is pipeline.Kind.ARCHIVED:
         print(f"{outcome.label}: archived and verified; folder moved to {outcome.path}")
-    elif outcome.kind == "quarantined":
+    elif outcome.kind is pipeline.Kind.QUARANTINED:
         print(f"{outcome.label}: quarantined ({outcome.code}); see {outcome.path}/QUARANTINE.txt")
-    elif outcome.kind == "busy":
+    elif outcome.kind is pipeline.Kind.BUSY:
         print(f"{outcome.label}: not pushed: {outcome.message}; see: xnatdrop status")
-    elif outcome.kind == "state":
+    elif outcome.kind is pipeline.Kind.STATE:
         print(StateError(settings.paths.state, outcome.message), file=sys.stderr)
     else:
         when = (
@@ -199,4 +169,4 @@ def run(args: argparse.Namespace) -> int:
             else "after the problem is fixed"
         )
         print(f"{outcome.label}: stopped ({outcome.kind}): {outcome.detail}; resume: {when}")
-    return EXIT_FOR[outcome.kind]
+    return outcome.kind.exit_code

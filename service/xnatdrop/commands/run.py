@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xnatdrop import cli, config, daemon, locks, preflight
+from xnatdrop import commands, config, daemon, locks, preflight
 from xnatdrop.exitcodes import Exit
 
 
@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Watch the drop roots, settle, and push sessions inside the upload window "
         "until SIGTERM. Speaks sd_notify when started by systemd (Type=notify).",
     )
-    cli.add_config_argument(parser)
+    commands.add_config_argument(parser)
     parser.set_defaults(func=handle)
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import breaker, cli, config, daemon, ledger, locks
+from xnatdrop import breaker, commands, config, daemon, ledger, locks
 from xnatdrop.errors import StateError
 from xnatdrop.exitcodes import Exit
 
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "status", help="drops per state, oldest pending, last success, recent failures"
     )
-    cli.add_config_argument(parser)
+    commands.add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument(
         "--failures",

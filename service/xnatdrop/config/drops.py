@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from xnatdrop import codes
 from xnatdrop.config.section import XNAT_ID_PATTERN, Regex, Section, email_address
 
 
@@ -80,14 +81,13 @@ class RulesSettings(Section):
     @field_validator("actions")
     @classmethod
     def _known_codes(cls, value: dict[str, str]) -> dict[str, str]:
-        from xnatdrop import rules  # rules imports no config at run time; this avoids a cycle
-
-        unknown = sorted(set(value) - set(rules.RULES))
+        known = codes.rule_codes()
+        unknown = sorted(set(value) - set(known))
         if unknown:
             raise ValueError(
-                f"unknown finding code(s) {', '.join(unknown)}; known: {', '.join(rules.RULES)}"
+                f"unknown finding code(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
-        pointless = sorted(c for c, a in value.items() if a == "exclude" and c in rules.NO_EXCLUDE)
+        pointless = sorted(c for c, a in value.items() if a == "exclude" and c in codes.NO_EXCLUDE)
         if pointless:
             raise ValueError(
                 f"'exclude' has no files to leave out for {', '.join(pointless)}; "

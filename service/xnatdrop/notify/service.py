@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import ledger
+from xnatdrop import atomicfile, ledger
 from xnatdrop.config import Config
 from xnatdrop.errors import ConfigError
 from xnatdrop.notify import alerts, digest, finished, mail, metrics, ping, sharestatus
@@ -196,12 +195,8 @@ class Notifier:
 
     def _digest_sent(self, end: float) -> None:
         path = self._digest_path()
-        part = path.with_name(path.name + ".part")
         try:
-            descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump({"end": end}, handle)
-            os.replace(part, path)
+            atomicfile.write(path, json.dumps({"end": end}))
         except OSError as error:
             log.warning("cannot record the digest's time in %s (%s)", path, error.strerror)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from xnatdrop import atomicfile
 from xnatdrop.notify import finished, outbox
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,8 @@ class StatusFile:
             return False
         text = render(self.root, self.project, content[0], now, notice)
         try:
-            write_atomic(self.path, text)
+            # Readable by all whatever the umask; a hidden temporary the watcher skips.
+            atomicfile.write(self.path, text, mode=MODE, hidden=True)
         except OSError as error:
             self.channel.failed(f"cannot write it: {error.strerror or error}")
             self._last = None
@@ -195,25 +196,6 @@ class StatusFile:
         self.channel.worked()
         self._last, self._written = content, now
         return True
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a hidden temporary file in the same folder and a rename; mode 0644."""
-    part = path.with_name(f".{path.name}.part")  # hidden: the watcher skips dot names
-    descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, MODE)
-    try:
-        os.fchmod(descriptor, MODE)  # whatever the umask: technologists read it on the share
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            descriptor = -1
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(part, path)
-    finally:
-        if descriptor >= 0:
-            os.close(descriptor)
-        if part.exists():
-            part.unlink()
 
 
 # -- plain words for a quarantine reason ----------------------------------------------------

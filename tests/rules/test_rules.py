@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from shared_data import dataset
-from xnatdrop import config, quarantine, rules
+from xnatdrop import config, reasonfiles, rules
 
 GE_EXAM = "In/GE/Exam1486_Laser794mm"
 GE_LOCALIZER = ("ge_signa_premier_table", f"{GE_EXAM}/01_3_Plane_Localizer_FF")
@@ -567,12 +567,6 @@ def test_verdict_json_and_upload_entries(subject: Path) -> None:
     assert data["sidecars"] == {"logs": str(subject / "logs")}
 
 
-def test_every_code_has_a_fix_and_a_default_action() -> None:
-    for code, rule in rules.RULES.items():
-        assert code.isupper() and rule.fix and rule.summary
-        assert rule.action in set(rules.Action)
-
-
 def test_a_mixed_folder_whose_series_are_all_left_out_is_not_a_block(subject: Path) -> None:
     """The Siemens XA30 classic export puts Perfusion_Weighted as MR and as Secondary Capture
     (same SeriesNumber 19001, two SeriesInstanceUIDs) in one folder; both are derived and left
@@ -617,7 +611,7 @@ def test_a_name_that_is_not_utf8_blocks_with_the_bytes_escaped(subject: Path, wh
     assert found.action == "block" and not verdict.ok
     assert "Mu\\xf1oz.dcm is not valid UTF-8" in found.message and "rename it" in found.message
     assert len(verdict.upload_files()) == 50
-    text = quarantine.render_text(
+    text = reasonfiles.render_text(
         {
             "label": "L",
             "project": "P",
@@ -646,7 +640,7 @@ def test_own_reason_files_in_a_resubmitted_folder_are_recognised(subject: Path) 
     """A folder copied back from quarantine with its QUARANTINE.txt/.json: those were read as
     a BIDS sidecar and loose files. Result now: recognised as ours, no finding, not uploaded."""
     add_series(subject, "fmri", GE_FMRI)
-    quarantine.write(
+    reasonfiles.write(
         subject,
         {
             "label": subject.name,
@@ -662,7 +656,7 @@ def test_own_reason_files_in_a_resubmitted_folder_are_recognised(subject: Path) 
     verdict = check(subject)
     assert verdict.ok and not verdict.findings
     assert verdict.reason_files == (Path("QUARANTINE.json"), Path("QUARANTINE.txt"))
-    assert rules.own_reason_files(subject) == [
+    assert reasonfiles.find_own(subject) == [
         subject / "QUARANTINE.txt",
         subject / "QUARANTINE.json",
     ]

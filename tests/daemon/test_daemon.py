@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from xnatdrop import config, daemon
+from daemon_helpers import run_with
+from xnatdrop import config, daemon, signals
 
 DEADLINE = 30.0
 
@@ -117,31 +118,6 @@ def received(sock: socket.socket) -> list[str]:
             messages.append(sock.recv(4096).decode())
         except BlockingIOError:
             return messages
-
-
-def run_with(runner: daemon.Daemon, scenario: Callable[[], None]) -> int:
-    """Run the daemon on this (main) thread; `scenario` runs beside it, then SIGTERM."""
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            assert runner.started.wait(DEADLINE), "daemon did not start"
-            scenario()
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            if runner.started.is_set():
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
-                runner.stopping.set()
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    code = runner.run()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return code
 
 
 @pytest.mark.parametrize(
@@ -287,10 +263,10 @@ def test_transient_result_leaves_the_folder_to_be_tried_again(tmp_path: Path) ->
 
 def test_signal_handlers_are_restored(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    before = {sig: signal.getsignal(sig) for sig in daemon.HANDLED_SIGNALS}
+    before = {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS}
     runner = daemon.Daemon(settings, Recorder(settings))
     assert run_with(runner, lambda: None) == 0
-    assert {sig: signal.getsignal(sig) for sig in daemon.HANDLED_SIGNALS} == before
+    assert {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS} == before
 
 
 def test_second_sigint_forces_the_exit(tmp_path: Path) -> None:

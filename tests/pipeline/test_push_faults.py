@@ -30,6 +30,7 @@ from push_helpers import (
 )
 from xnat_sandbox import Sandbox
 from xnatdrop import config, ledger, pack, pipeline
+from xnatdrop.pipeline import spool
 
 LABEL = "SPN01_0007"
 DICOM_FILES = 21  # the one GE localizer series of SMALL
@@ -162,17 +163,17 @@ def test_a_file_changed_during_the_upload_is_transient_and_replanned(
 
     def cut_a_file(step: str, done: int, total: int) -> None:
         if step == "pack" and not changed:
-            (plan,) = (settings.paths.state / "spool").rglob(pack.PLAN_NAME)
-            planned = pack.load_plan(plan.parent)
+            (plan,) = (settings.paths.state / "spool").rglob(spool.NAMES[pack.Plan])
+            planned = spool.load(plan.parent, pack.Plan)
             assert planned is not None
-            relative = f"/{LABEL}/{planned.files[0].item.path}"
+            relative = f"/{LABEL}/{planned.files[0].entry.path.as_posix()}"
             (path,) = (p for p in (tmp_path / "drop").rglob("*") if str(p).endswith(relative))
             changed.append((path, path.read_bytes()))
             path.write_bytes(changed[0][1][:1000])
 
     outcome = push(settings, folder, progress=cut_a_file)
     assert outcome.kind == "transient" and "changed after planning" in outcome.message, outcome
-    assert not list((settings.paths.state / "spool").rglob(pack.PLAN_NAME))
+    assert not list((settings.paths.state / "spool").rglob(spool.NAMES[pack.Plan]))
     path, data = changed[0]
     path.write_bytes(data)
     assert push(settings, folder).kind == "archived"
@@ -190,7 +191,7 @@ def test_a_lost_manifest_is_rebuilt_by_hashing(tmp_path: Path, server: Sandbox) 
     original = snapshot(folder)
     killed = push_process(config_path, folder, "import:after")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    (manifest,) = (settings.paths.state / "spool").rglob(pack.MANIFEST_NAME)
+    (manifest,) = (settings.paths.state / "spool").rglob(spool.NAMES[pack.Manifest])
     manifest.unlink()
     rerun = push_process(config_path, folder)
     assert rerun.returncode == 0, rerun.stderr

@@ -15,12 +15,13 @@ import pydicom
 import pytest
 
 from shared_data import dataset
-from xnatdrop import pack
+from xnatdrop import pack, rules, zipformat
+from xnatdrop.pipeline import spool
 
 EXAM = "In/GE/Exam1486_Laser794mm"
 
 
-def stage(tmp_path: Path, series: tuple[str, ...]) -> tuple[Path, list[pack.Item]]:
+def stage(tmp_path: Path, series: tuple[str, ...]) -> tuple[Path, list[rules.FileEntry]]:
     """Copy some series into a subject folder and describe their files as the rules would."""
     folder = tmp_path / "SPN01_0001"
     items = []
@@ -29,8 +30,9 @@ def stage(tmp_path: Path, series: tuple[str, ...]) -> tuple[Path, list[pack.Item
         for path in sorted((folder / name).iterdir()):
             header = pydicom.dcmread(path, stop_before_pixels=True)
             items.append(
-                pack.Item(
-                    path=path.relative_to(folder).as_posix(),
+                rules.FileEntry(
+                    path=path.relative_to(folder),
+                    size=path.stat().st_size,
                     sop_instance_uid=header.SOPInstanceUID,
                     series_instance_uid=header.SeriesInstanceUID,
                     series_number=str(header.SeriesNumber),
@@ -64,7 +66,7 @@ def test_zip_holds_each_file_stored_and_byte_identical(tmp_path: Path) -> None:
     assert len(manifest.files) == 71 == len(items)
     assert seen[-1] == manifest.zip_size == (tmp_path / "upload.zip").stat().st_size
     assert manifest.total_bytes == sum((folder / i.path).stat().st_size for i in items)
-    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path for i in items])
+    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path.as_posix() for i in items])
     for entry in manifest.files:
         data = (folder / entry.path).read_bytes()
         assert entry.md5 == hashlib.md5(data).hexdigest()
@@ -79,24 +81,24 @@ def test_the_body_has_its_planned_length_and_saves_the_manifest_at_the_end(
     """The Content-Length is known before any data is read; the manifest is saved once every
     file has been hashed, and each new Body sends the same bytes again."""
     folder, items = stage(tmp_path, ("01_3_Plane_Localizer_FF",))
-    spool = tmp_path / "spool"
+    records = tmp_path / "spool"
     planned = pack.plan(folder, items)
-    pack.save_plan(spool, planned)
-    assert pack.load_plan(spool) == planned
-    assert pack.load(spool) is None
-    body = pack.Body(folder, planned, spool)
+    spool.save(records, planned)
+    assert spool.load(records, pack.Plan) == planned
+    assert spool.load(records, pack.Manifest) is None
+    body = pack.Body(folder, planned, on_manifest=lambda made: spool.save(records, made))
     assert len(body) == planned.zip_size
     first = body.read(1)
-    assert pack.load(spool) is None, "saved before the files were hashed"
+    assert spool.load(records, pack.Manifest) is None, "saved before the files were hashed"
     data = first + drain(body)
     assert len(data) == planned.zip_size and body.read(1) == b""
-    manifest = pack.load(spool)
+    manifest = spool.load(records, pack.Manifest)
     assert manifest is not None and [e.path for e in manifest.files] == [i.path for i in items]
     assert pack.digest(folder, planned) == manifest
     with pack.Body(folder, planned) as again:
         assert drain(again) == data
-    pack.remove(spool)
-    assert list(spool.iterdir()) == []
+    spool.clear(records)
+    assert not records.exists()
 
 
 def test_technologist_files_are_untouched(tmp_path: Path) -> None:
@@ -105,6 +107,12 @@ def test_technologist_files_are_untouched(tmp_path: Path) -> None:
     pack.write_zip(folder, items, tmp_path / "upload.zip")
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
     assert before == after
+
+
+def big_entry() -> rules.FileEntry:
+    return rules.FileEntry(
+        Path("large.dcm"), 0, "1.2.3", series_instance_uid="1.2.4", series_number="1"
+    )
 
 
 def big_file(folder: Path, mib: int) -> Path:
@@ -120,7 +128,7 @@ def big_file(folder: Path, mib: int) -> Path:
 def test_memory_stays_flat_for_large_files(tmp_path: Path) -> None:
     """A 256 MB file streams with a few MB of Python allocations (1 MiB pieces)."""
     big_file(tmp_path / "big", 256)
-    items = [pack.Item("large.dcm", "1.2.3", "1.2.4", "1")]
+    items = [big_entry()]
     tracemalloc.start()
     try:
         manifest = pack.write_zip(tmp_path / "big", items, tmp_path / "upload.zip")
@@ -141,7 +149,7 @@ def test_a_file_that_changed_after_planning_aborts_the_body(
     path = big_file(folder, mib)
     if not mib:
         path.write_bytes(b"x" * 1000)
-    planned = pack.plan(folder, [pack.Item("large.dcm", "1.2.3", "1.2.4", "1")])
+    planned = pack.plan(folder, [big_entry()])
     if change == "grow":
         with open(path, "ab") as handle:
             handle.write(b"more")
@@ -150,33 +158,37 @@ def test_a_file_that_changed_after_planning_aborts_the_body(
             handle.truncate(planned.files[0].size - 1)
     else:
         path.unlink()
-    with pack.Body(folder, planned, tmp_path / "spool") as body:
+    made: list[pack.Manifest] = []
+    with pack.Body(folder, planned, on_manifest=made.append) as body:
         with pytest.raises(pack.Changed):
             drain(body)
         with pytest.raises(pack.Changed):
             body.read(1)  # a short body never passes for a complete one
-    assert pack.load(tmp_path / "spool") is None
+    assert made == []
 
 
-def zip64_folder(tmp_path: Path) -> tuple[Path, list[pack.Item]]:
+def zip64_folder(tmp_path: Path) -> tuple[Path, list[rules.FileEntry]]:
     folder = tmp_path / "SPN01_0001"
     (folder / "série 1").mkdir(parents=True)
     items = []
     for number in range(5):
         name = f"série 1/{number:04d}.dcm"
         (folder / name).write_bytes(bytes([number]) * (300 + number))
-        items.append(pack.Item(name, f"1.2.{number}", "1.2.9", "1"))
+        items.append(
+            rules.FileEntry(Path(name), 300 + number, f"1.2.{number}", series_instance_uid="1.2.9",
+                            series_number="1")
+        )  # fmt: skip
     return folder, items
 
 
 def test_zip64_fields_and_utf8_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the ZIP64 threshold lowered, every size and offset takes the ZIP64 paths that a
     session over 2 GiB would take; zipfile reads them back."""
-    monkeypatch.setattr(pack, "ZIP64_LIMIT", 100)
+    monkeypatch.setattr(zipformat, "ZIP64_LIMIT", 100)
     folder, items = zip64_folder(tmp_path)
     manifest = pack.write_zip(folder, items, tmp_path / "upload.zip")
     assert manifest.zip_size == (tmp_path / "upload.zip").stat().st_size
-    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path for i in items])
+    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path.as_posix() for i in items])
     with zipfile.ZipFile(tmp_path / "upload.zip") as archive:
         assert all(i.flag_bits & 0x800 for i in archive.infolist())
 
@@ -213,7 +225,7 @@ def test_java_zipinputstream_reads_the_zip(
     if shutil.which("javac") is None or shutil.which("java") is None:
         pytest.skip("no Java compiler on this host")
     if zip64:
-        monkeypatch.setattr(pack, "ZIP64_LIMIT", 100)
+        monkeypatch.setattr(zipformat, "ZIP64_LIMIT", 100)
     folder, items = zip64_folder(tmp_path)
     pack.write_zip(folder, items, tmp_path / "upload.zip")
     source = tmp_path / "java" / "ReadZip.java"

@@ -41,8 +41,9 @@ from push_helpers import (
 )
 from shared_data import dataset
 from xnat_sandbox import Sandbox
-from xnatdrop import config, ledger, pipeline, quarantine
+from xnatdrop import config, ledger, pipeline, reasonfiles
 from xnatdrop.errors import PermanentError
+from xnatdrop.pipeline import subject
 
 LABEL = "SPN01_0101"
 
@@ -136,7 +137,7 @@ def test_a_copy_that_never_resumed_is_quarantined_with_the_reason(
     outcome = push(settings, folder)
     assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
     assert outcome.path is not None
-    text = (outcome.path / quarantine.TEXT_NAME).read_text(encoding="utf-8")
+    text = (outcome.path / reasonfiles.TEXT_NAME).read_text(encoding="utf-8")
     assert "rule: INCOMPLETE_SERIES" in text
     assert "ImagesInAcquisition announce 50 images, 25 are here" in text
     assert {k: v for k, v in snapshot(outcome.path).items() if "QUARANTINE" not in k} == original
@@ -161,7 +162,7 @@ def test_reason_files_of_an_earlier_quarantine_are_set_aside(
     settings = load(write_config(tmp_path, server.url))
     folder = stage(tmp_path / "drop", LABEL, sidecars=False)
     original = snapshot(folder)
-    quarantine.write(
+    reasonfiles.write(
         folder,
         {
             "label": LABEL,
@@ -177,8 +178,8 @@ def test_reason_files_of_an_earlier_quarantine_are_set_aside(
     outcome = push(settings, folder)
     assert outcome.kind == "archived", outcome
     assert outcome.path is not None
-    assert not (outcome.path / quarantine.TEXT_NAME).exists()
-    assert not (outcome.path / quarantine.JSON_NAME).exists()
+    assert not (outcome.path / reasonfiles.TEXT_NAME).exists()
+    assert not (outcome.path / reasonfiles.JSON_NAME).exists()
     kept = settings.paths.state / "requeued" / f"{LABEL}__drop1"
     assert sorted(p.name for p in kept.iterdir()) == ["QUARANTINE.json", "QUARANTINE.txt"]
     assert_archived_once(settings, LABEL, original, dicom_count=21)
@@ -202,14 +203,14 @@ def test_subject_file_values_are_checked(tmp_path: Path, text: str, message: str
     path = tmp_path / "subject.toml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(PermanentError, match=message) as caught:
-        pipeline._subject_file(path, "subject.toml")
+        subject.parse(path, "subject.toml")
     assert caught.value.code == "SUBJECT_FILE_INVALID"
 
 
 def test_a_valid_date_of_birth_is_sent_as_a_date(tmp_path: Path) -> None:
     path = tmp_path / "subject.toml"
     path.write_text(f'sex = "F"\ndob = {TODAY}\n', encoding="utf-8")
-    assert pipeline._subject_file(path, "subject.toml") == {
+    assert subject.parse(path, "subject.toml") == {
         "gender": "female",
         "dob": TODAY.isoformat(),
     }
@@ -272,7 +273,7 @@ def test_a_latin1_file_name_is_quarantined_before_anything_is_sent(
     outcome = push(settings, folder)
     assert outcome.kind == "quarantined" and outcome.code == "RULES_BLOCKED", outcome
     assert outcome.path is not None
-    text = (outcome.path / quarantine.TEXT_NAME).read_text(encoding="utf-8")
+    text = (outcome.path / reasonfiles.TEXT_NAME).read_text(encoding="utf-8")
     assert f"{where}/Mu\\xf1oz.txt: file name Mu\\xf1oz.txt is not valid UTF-8" in text
     assert "rule: BAD_NAME" in text
     assert os.path.exists(os.path.join(os.fsencode(outcome.path / where), b"Mu\xf1oz.txt"))

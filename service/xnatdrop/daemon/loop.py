@@ -1,44 +1,14 @@
-"""The unattended daemon behind `xnatdrop run`: scan, settle, push in the upload window.
+"""The daemon's loop: the scheduler's scan and dispatch jobs, the push threads, systemd
+notification, and what it does while its own state folder cannot be written.
 
-Threads and who owns what:
-
-- the **main thread** installs signal handlers (they only set flags), then ticks: every few
-  seconds it sends `WATCHDOG=1` and a `STATUS=` line to systemd, but only while the scan job keeps
-  completing, so a stuck scan gets the unit restarted (`WatchdogSec=`);
-- one **apscheduler job thread** runs the `scan` job (every `settle.poll_interval`, brought
-  forward by kernel events) and the `dispatch` job (every poll interval, at the window's opening
-  time, and after each scan and each finished push). It alone touches the `Watcher`; with one
-  worker the two jobs never overlap;
-- up to `schedule.max_concurrent_pushes` **push threads**, each running the pipeline for one drop
-  with its own ledger connection, reporting back through a queue.
-
-The ledger decides what to do; the daemon only triggers. Unfinished drops that are due
-(`Ledger.pending`) are resumed first, then newly settled folders are handed over, oldest first.
-Pushes start only inside `schedule.upload_window`; one running when the window closes finishes.
-
-One daemon per state folder: `run` takes the state lock before anything else (`locks`), and
-the lock of each drop root before READY=1 (a root that appears later, on the scan that sees
-it). A root another configuration holds is held back in the watcher with one alert. When the
-state folder cannot be written (full, read-only), every push is held and the daemon tries again
-with backoff (5 s doubling to 10 min), alerting once; it never exits or restarts for it. After a
-restart, drops held because XNAT refused our login are due at once: a restart is how the
-operator says the password is fixed. A drop failing the same way REPEATED_FAILURES times in a
-row is reported once, as an ALERT; the same traceback is logged once an hour at most.
-
-Shutdown follows uvicorn's order: on SIGTERM or SIGINT send `STOPPING=1`, stop intake (no scan,
-no new push), let running pushes reach a checkpoint (they see `stopping` between steps) within
-`schedule.stop_timeout_seconds`, log what was cut short, exit 0. A second SIGINT skips the wait.
-After any restart the ledger resumes what was cut short.
+See the package docstring (`daemon`) for the threads and who owns what.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
-import json
 import logging
-import os
 import queue
 import signal
 import threading
@@ -50,150 +20,25 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from xnatdrop import breaker, locks, sdnotify, watch
 from xnatdrop import config as config_module
 from xnatdrop import ledger as ledger_module
+from xnatdrop import locks, sdnotify, signals, watch
+from xnatdrop.daemon import status
+from xnatdrop.daemon.repeats import quiet_repeats
+from xnatdrop.daemon.window import UploadWindow
+from xnatdrop.daemon.work import Processor, Result, Work
 from xnatdrop.errors import StateError
+from xnatdrop.pipeline import Kind
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # "xnatdrop.daemon" in the log, as before the split
 
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TICK_SECONDS = 5.0  # main-loop period when systemd's watchdog does not ask for faster
 # How long the scan job may go without completing before the watchdog ping is withheld. Generous:
 # a slow share may take minutes to list, but a scan blocked for longer is a hung mount or a bug.
 STUCK_SCAN_SECONDS = 600.0
-STATUS_FILE = "daemon-status.json"  # in paths.state; read by `xnatdrop status`
-# A drop that failed this many times in a row the same way is reported once (one ALERT line)
-# and makes `xnatdrop status` exit 1; it keeps being retried with the ledger's backoff.
-REPEATED_FAILURES = 3
-# Codes that raise their own alert (refused credentials, the circuit breaker, the state folder):
-# a streak of them adds nothing.
-ALERTED_ELSEWHERE = frozenset(
-    {"AUTHENTICATION", ledger_module.HELD, ledger_module.SUSPECT, "STATE"}
-)
 # Backoff while the state folder cannot be written: 5 s, 10 s, 20 s … at most 10 minutes.
 STATE_BACKOFF_BASE = 5.0
 STATE_BACKOFF_MAX = 600.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """What one push came to, as the daemon needs to know it.
-
-    kind: "archived", "quarantined", "transient" (try again at `retry_at`), "busy" (someone else
-    holds the drop), "incomplete" (still being copied: settle again), "stopped" (checkpointed
-    because we are stopping), "auth_failed" (XNAT refused our credentials: hold all pushes) or
-    "state" (our own state folder cannot be written: hold all pushes, back off).
-    """
-
-    kind: str
-    detail: str = ""
-    retry_at: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Work:
-    """One push to run: a settled folder from a drop root, or an unfinished ledger drop."""
-
-    key: str  # "project/label": at most one push per label at a time
-    folder: watch.Folder | None = None
-    drop: ledger_module.Drop | None = None
-
-
-# A processor runs the pipeline for one Work item until it finishes, fails or checkpoints.
-Processor = Callable[[Work, threading.Event], Result]
-
-
-@dataclasses.dataclass(frozen=True)
-class UploadWindow:
-    """A daily span of local time in which pushes may start; `None` bounds mean always."""
-
-    start: dt.time | None
-    end: dt.time | None
-
-    @classmethod
-    def parse(cls, text: str) -> UploadWindow:
-        """Parse "always" or "HH:MM-HH:MM" (already validated by the config)."""
-        if text.strip().lower() == "always":
-            return cls(None, None)
-        start, end = (part.strip() for part in text.split("-"))
-        return cls(_clock_time(start), _clock_time(end))
-
-    def contains(self, moment: dt.datetime) -> bool:
-        if self.start is None or self.end is None or self.start == self.end:
-            return True
-        now = moment.time()
-        if self.start < self.end:
-            return self.start <= now < self.end
-        return now >= self.start or now < self.end  # wraps midnight, e.g. 20:00-06:00
-
-    def __str__(self) -> str:
-        if self.start is None or self.end is None:
-            return "always"
-        return f"{self.start:%H:%M}-{self.end:%H:%M}"
-
-
-def _clock_time(text: str) -> dt.time:
-    hours, minutes = (int(p) for p in text.split(":"))
-    return dt.time(0, 0) if hours == 24 else dt.time(hours, minutes)
-
-
-class RepeatedTracebacks(logging.Filter):
-    """Let each distinct traceback through once an hour; repeats keep their line, not the trace.
-
-    An unexpected error keeps its traceback, because it is a bug (STYLE.md): once. A drop that
-    hits the same bug on every attempt once filled the journal with the same 40 lines each
-    scan. Records are the same when logger, message and exception (type and text) match.
-    """
-
-    def __init__(self, every: float = 3600.0) -> None:
-        super().__init__()
-        self.every = every
-        self.seen: dict[tuple[str, str, str, str], float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.exc_info or record.exc_info[1] is None:
-            return True
-        error = record.exc_info[1]
-        key = (record.name, record.getMessage(), type(error).__name__, str(error))
-        now = time.monotonic()
-        first = self.seen.get(key)
-        if first is None or now - first >= self.every:
-            self.seen[key] = now
-            return True
-        record.msg = f"{record.getMessage()} ({type(error).__name__}: {error}; the same "
-        record.msg += "error as before, traceback not repeated)"
-        record.args = None
-        record.exc_info = record.exc_text = None
-        return True
-
-
-@contextlib.contextmanager
-def quiet_repeats(logger: logging.Logger) -> Iterator[None]:
-    """Install `RepeatedTracebacks` on the handlers of `logger` for the daemon's life."""
-    repeats = RepeatedTracebacks()
-    handlers = list(logger.handlers)
-    for handler in handlers:
-        handler.addFilter(repeats)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(repeats)
-
-
-@contextlib.contextmanager
-def capture_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
-    """Install `handler` for SIGINT and SIGTERM, and put the previous handlers back after.
-
-    Restoring them lets tests run the daemon in-process (uvicorn's `capture_signals`).
-    """
-    previous = {sig: signal.signal(sig, handler) for sig in HANDLED_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class Daemon:
@@ -253,7 +98,7 @@ class Daemon:
         """
         self.state_lock = locks.acquire_state(self.settings.paths.state)
         try:
-            with capture_signals(self.handle_exit), quiet_repeats(logging.getLogger("xnatdrop")):
+            with signals.capture(self.handle_exit), quiet_repeats(logging.getLogger("xnatdrop")):
                 self._start()
                 try:
                     self._main_loop()
@@ -455,10 +300,10 @@ class Daemon:
                     self.open_breaker = ledger.breaker()
         except StateError as error:
             self._state_failed(error)
-        self._update_status(window_open)
+        status.update(self, window_open)
         try:
             if finished:
-                self._report_streaks()
+                status.report_streaks(self.settings.paths.state, self.reported_streaks)
             if not window_open or self.stopping.is_set() or time.time() < self.held_until:
                 return
             if self.state_trouble is not None and not self._state_recovered():
@@ -509,30 +354,6 @@ class Daemon:
         log.warning("the state folder can be written again; pushes resume")
         self.state_trouble, self.state_failures = None, 0
         return True
-
-    def _report_streaks(self) -> None:
-        """One ALERT line when a drop has failed REPEATED_FAILURES times the same way.
-
-        What never heals by itself (a 500 XNAT gives every time, a file the service user may
-        not read) was otherwise retried forever with a warning per attempt and nothing that
-        asked a person to look.
-        """
-        with ledger_module.Ledger(self.settings.paths.state) as ledger:
-            streaks = ledger.failure_streaks(REPEATED_FAILURES)
-        for streak in streaks:
-            key = (streak.drop.id, streak.step, streak.code)
-            if key in self.reported_streaks or streak.code in ALERTED_ELSEWHERE:
-                continue
-            self.reported_streaks.add(key)
-            log.error(
-                "ALERT %s: failed %d times in a row at %s (%s: %s); it is retried with backoff, "
-                "but a person should look (xnatdrop status)",
-                streak.drop.label,
-                streak.count,
-                streak.step,
-                streak.code,
-                streak.message,
-            )
 
     def _candidates(self, ledger: ledger_module.Ledger) -> Iterator[Work]:
         """Due ledger drops first (resume), then settled folders, oldest first.
@@ -594,7 +415,7 @@ class Daemon:
         # Reported if the processor raises (a bug; threading logs the traceback): the slot
         # must be freed and the folder looked at again later.
         result = Result(
-            "transient",
+            Kind.TRANSIENT,
             "the push crashed; see the traceback",
             time.time() + self.settings.schedule.retry_seconds,
         )
@@ -622,7 +443,7 @@ class Daemon:
                 result.kind,
                 f" ({result.detail})" if result.detail else "",
             )
-            if result.kind == "auth_failed":
+            if result.kind is Kind.AUTH_FAILED:
                 self.held_until = result.retry_at or (time.time() + 3600)
                 log.error(
                     "ALERT: XNAT refused our credentials (%s); all pushes are held until "
@@ -630,17 +451,17 @@ class Daemon:
                     result.detail,
                     time.strftime("%H:%M", time.localtime(self.held_until)),
                 )
-            if result.kind == "state":
+            if result.kind is Kind.STATE:
                 self._state_failed(StateError(self.settings.paths.state, result.detail))
-            elif self.state_trouble is not None and result.kind in ("archived", "quarantined"):
+            elif self.state_trouble is not None and result.kind.final:
                 log.warning("the state folder can be written again; pushes resume")
                 self.state_trouble, self.state_failures = None, 0
             folder = work.folder
             if folder is None or not folder.path.exists():
                 continue  # moved to work/done/quarantine: nothing left for the watcher
-            if result.kind == "incomplete":
+            if result.kind is Kind.INCOMPLETE:
                 self.watcher.look_again(folder, self.settings.settle.quiet_seconds, result.detail)
-            elif result.kind in ("transient", "busy", "stopped", "auth_failed", "state"):
+            elif not result.kind.final:
                 delay = (result.retry_at - time.time()) if result.retry_at else self.poll
                 self.watcher.look_again(folder, max(delay, self.poll), result.kind)
             else:
@@ -648,90 +469,3 @@ class Daemon:
                 # arrived while the drop was under way (after a crash during freeze, say). It
                 # is a drop of its own: settle it afresh.
                 self.watcher.look_again(folder, self.poll, "a new folder of a finished label")
-
-    def _update_status(self, window_open: bool) -> None:
-        counts = self.watcher.counts()
-        paused = {str(r.path): r.blocked for r in self.watcher.roots.values() if r.blocked}
-        parts = [
-            f"{counts.get('settling', 0)} settling",
-            f"{counts.get('settled', 0)} settled",
-            f"{len(self.pushes)} pushing",
-            "window open" if window_open else f"window {self.window} closed",
-        ]
-        if paused:
-            parts.append(f"PAUSED: {', '.join(paused)}")
-        if time.time() < self.held_until:
-            parts.append("PUSHES HELD: XNAT refused our credentials")
-        if self.open_breaker is not None:
-            parts.append(f"PUSHES HELD: {breaker.sentence(self.open_breaker)}")
-        if self.state_trouble is not None:
-            parts.append(f"PUSHES HELD: cannot write the state folder ({self.state_trouble})")
-        self.status = "; ".join(parts)
-        self._write_status_file(counts, paused, window_open)
-
-    def _write_status_file(
-        self, counts: dict[str, int], paused: dict[str, str | None], window: bool
-    ) -> None:
-        """Leave the live view for `xnatdrop status` (another process) in the state folder.
-
-        Written atomically (temp file + rename), mode 0600; a failure is logged once (not every
-        scan), because monitoring never fails the job. `status` tells a live daemon from a dead
-        one by the state lock, and a stuck one by `updated`.
-        """
-        data = {
-            "pid": os.getpid(),
-            "updated": time.time(),
-            "status": self.status,
-            "folders": counts,
-            "paused_roots": sorted(paused),
-            "paused_reasons": paused,
-            "waiting": [list(item) for item in self.watcher.waiting()[:50]],
-            "troubles": [list(item) for item in self.watcher.troubles()[:50]],
-            "pushing": sorted(self.pushes),
-            "window": str(self.window),
-            "window_open": window,
-            "pushes_held_until": self.held_until if time.time() < self.held_until else None,
-            "state_problem": self.state_trouble,
-        }
-        path = self.settings.paths.state / STATUS_FILE
-        temporary = path.with_name(path.name + ".tmp")
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(data, handle)
-            os.replace(temporary, path)
-        except OSError as error:
-            if self.status_file_error != error.strerror:
-                log.warning("cannot write %s (%s)", path, error.strerror)
-            self.status_file_error = error.strerror
-        else:
-            self.status_file_error = None
-
-
-def pipeline_processor(settings: config_module.Config, password: str) -> Processor:
-    """The real processor: `pipeline.process` for one drop, with its own ledger connection.
-
-    The pipeline holds the per-drop error boundary (it records any failure in the ledger and
-    returns an outcome); nothing here catches broadly.
-    """
-    from xnatdrop import pipeline, xnat
-
-    def client_factory() -> xnat.XnatClient:
-        return xnat.XnatClient(settings.xnat, password)
-
-    def process(work: Work, stopping: threading.Event) -> Result:
-        # A resumed drop may already sit in the work area: the pipeline asks the ledger where.
-        folder = work.folder.path if work.folder else Path(work.drop.source)  # type: ignore[union-attr]
-        try:
-            with ledger_module.Ledger(settings.paths.state) as ledger:
-                outcome = pipeline.process(folder, settings, ledger, client_factory, stopping)
-        except StateError as error:
-            # Nowhere to record the failure: the daemon holds all pushes and backs off.
-            return Result("state", error.reason)
-        except FileNotFoundError as error:
-            # The folder went away after it settled and nothing of it is in the ledger: the
-            # watcher forgets it on its next scan; not a crash.
-            return Result("stopped", str(error), time.time())
-        return Result(outcome.kind, outcome.detail, outcome.retry_at)
-
-    return process

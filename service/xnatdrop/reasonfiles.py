@@ -1,9 +1,13 @@
-"""QUARANTINE.txt and QUARANTINE.json: why a subject folder was not archived, and what to do.
+"""QUARANTINE.txt and QUARANTINE.json, the reason files: why a folder was not archived, what to do.
 
 A quarantined folder is moved, untouched, to `quarantine/<label>__<time>/`; the two reason files
 are added beside the technologist's files. QUARANTINE.txt speaks to the technologist: what is
 wrong, which files, how to fix it, how to resubmit. QUARANTINE.json has the stable codes and
 details for scripts and for `xnatdrop status`.
+
+This module is the files' format: their names, their text, and how to recognise our own in a
+folder that came back (`find_own`, used by the rules and the check step). Quarantining itself,
+the move and the reason it records, is `pipeline.quarantine`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import receipt
+from xnatdrop import atomicfile
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ RESUBMIT = (
 )
 
 
-# How each QUARANTINE.txt of ours begins: `rules` recognises our own reason files by them.
+# How each QUARANTINE.txt of ours begins: `find_own` recognises our own reason files by them.
 TEXT_STARTS = ("xnatdrop did NOT archive ", "xnatdrop stopped ")
 
 
@@ -86,5 +90,33 @@ def render_text(reason: dict[str, Any]) -> str:
 
 def write(folder: Path, reason: dict[str, Any]) -> None:
     """Write QUARANTINE.json and QUARANTINE.txt into `folder` (repeatable)."""
-    receipt.write_atomic(folder / JSON_NAME, json.dumps(reason, indent=2, sort_keys=True) + "\n")
-    receipt.write_atomic(folder / TEXT_NAME, render_text(reason))
+    text = json.dumps(reason, indent=2, sort_keys=True) + "\n"
+    atomicfile.write(folder / JSON_NAME, text, mode=None)
+    atomicfile.write(folder / TEXT_NAME, render_text(reason), mode=None)
+
+
+def find_own(folder: Path) -> list[Path]:
+    """xnatdrop's own QUARANTINE.txt/.json at the top of `folder`, recognised by content.
+
+    A folder copied back from quarantine together with its reason files was misdiagnosed (the
+    JSON as a BIDS sidecar, both as loose files). Only files that are really ours count: the
+    JSON with our keys, the text with our first words; anything else with those names is
+    judged like any other file.
+    """
+    found = []
+    text, data = folder / TEXT_NAME, folder / JSON_NAME
+    try:
+        with open(text, "rb") as handle:
+            first = handle.read(max(map(len, TEXT_STARTS)))
+            if first.startswith(tuple(start.encode() for start in TEXT_STARTS)):
+                found.append(text)
+    except OSError:
+        pass
+    try:
+        with open(data, "rb") as handle:
+            reason = json.loads(handle.read(1 << 20))
+        if isinstance(reason, dict) and {"label", "code", "drop_root"} <= set(reason):
+            found.append(data)
+    except (OSError, ValueError):
+        pass
+    return found

@@ -16,7 +16,7 @@ import pytest
 
 from push_helpers import PROJECT, stage, start_sandbox, write_config
 from xnat_sandbox import Sandbox
-from xnatdrop import cli, config, daemon, ledger, locks, quarantine, xnat
+from xnatdrop import cli, config, daemon, ledger, locks, reasonfiles, xnat
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def quarantined(tmp_path: Path, label: str, stamp: str = "20260101-120000") -> P
     folder = tmp_path / "quarantine" / f"{label}__{stamp}"
     (folder / "series1").mkdir(parents=True)
     (folder / "series1" / "a.dcm").write_bytes(b"DICM")
-    quarantine.write(
+    reasonfiles.write(
         folder,
         {
             "label": label,
@@ -117,8 +117,8 @@ def test_requeue_moves_the_folder_back_and_keeps_the_reason(
     assert cli.main(["requeue", "SPN01_0007", "--config", str(config_path)]) == 0
     back = tmp_path / "drop" / "SPN01_0007"
     assert (back / "series1" / "a.dcm").read_bytes() == b"DICM"
-    assert not (back / quarantine.JSON_NAME).exists() and not folder.exists()
-    kept = tmp_path / "state" / "requeued" / folder.name / quarantine.JSON_NAME
+    assert not (back / reasonfiles.JSON_NAME).exists() and not folder.exists()
+    kept = tmp_path / "state" / "requeued" / folder.name / reasonfiles.JSON_NAME
     assert json.loads(kept.read_text(encoding="utf-8"))["label"] == "SPN01_0007"
     assert "back in the drop folder" in capsys.readouterr().out
 

@@ -37,6 +37,7 @@ from push_helpers import (
 from xnat_sandbox import Sandbox
 from xnatdrop import cli, config, ledger, pipeline, xnat
 from xnatdrop.commands import push as push_command
+from xnatdrop.pipeline import run
 
 LABEL = "SPN01_0001"
 
@@ -228,7 +229,7 @@ def test_refused_login_stops_without_retrying(tmp_path: Path, server: Sandbox) -
 
 def test_second_process_on_the_same_drop_is_busy(tmp_path: Path, settings: config.Config) -> None:
     folder = stage(tmp_path / "drop", LABEL, SMALL, sidecars=False)
-    with pipeline._drop_lock(settings.paths.state, PROJECT, LABEL) as holder:
+    with run.drop_lock(settings.paths.state, PROJECT, LABEL) as holder:
         assert holder is None  # we hold it
         outcome = push(settings, folder)
     assert outcome.kind == "busy"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon_helpers import run_with, wait_for
 from push_helpers import (
     PASSWORD,
     SMALL,
@@ -24,7 +25,6 @@ from push_helpers import (
     start_sandbox,
     write_config,
 )
-from test_daemon import run_with, wait_for
 from xnat_sandbox import Sandbox, tables
 from xnatdrop import cli, config, daemon, ledger, pipeline
 

@@ -2,9 +2,9 @@
 
 `check_folder()` reads every file once (`dicomfiles.sniff_all`), applies the rules of
 `shared/reference/dicom-rules.md` (ids in brackets below: A1…D8) and returns a `Verdict`. Each
-finding has a stable code from `RULES`, the action the configuration gives that code, the path
-it concerns and a message that ends with the fix. Codes are what reports, quarantine files and
-the `[rules]` config use: never rename one.
+finding has a stable code from the table in `codes`, the action the configuration gives that
+code, the path it concerns and a message that ends with the fix. Codes are what reports,
+quarantine files and the `[rules]` config use: never rename one.
 
 Actions: `block` (the folder is not uploaded), `exclude` (those files are left out and
 reported), `warn` (uploaded and reported), `ignore` (uploaded, not reported). Files that are
@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 import filecmp
-import json
 import logging
 import os
 import re
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
-from xnatdrop import dicomfiles, names, quarantine
+from xnatdrop import codes, dicomfiles, names, reasonfiles
 
 if TYPE_CHECKING:
     from xnatdrop import config
@@ -37,190 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Action(enum.StrEnum):
-    BLOCK = "block"
-    EXCLUDE = "exclude"
-    WARN = "warn"
-    IGNORE = "ignore"
-
-
+Action = codes.Action
 SEVERITY = {Action.BLOCK: 0, Action.EXCLUDE: 1, Action.WARN: 2, Action.IGNORE: 3}
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """One row of the code table: the default action, what it means and how to fix it."""
-
-    action: Action
-    summary: str
-    fix: str
-
-
-B, E, W, N = Action.BLOCK, Action.EXCLUDE, Action.WARN, Action.IGNORE  # N: no report
-
-# The one table from finding code to (default action, summary, fix). Defaults follow the
-# recommendations of the DICOM rules reference; `[rules.actions]` overrides them.
-RULES: dict[str, Rule] = {
-    "EMPTY_FILE": Rule(B, "a file has 0 bytes [A1]", "copy the session again; the copy stopped"),
-    "CORRUPT_DICOM": Rule(
-        B,
-        "a DICOM file's header is unusable or lacks its UIDs [A5]",
-        "export the series again from the scanner; never edit DICOM files by hand",
-    ),
-    "TRUNCATED_DICOM": Rule(
-        B,
-        "a DICOM file ends before its pixel data does [A6]",
-        "the copy was interrupted: copy the session again",
-    ),
-    "CONVERTED_FILE": Rule(
-        B,
-        "a converted file (NIfTI, Analyze, MGH/MGZ, MINC, NRRD, PAR/REC, AFNI, BIDS sidecar …) [B]",
-        "remove converted files and drop raw DICOM only; conversion happens after archiving",
-    ),
-    "ARCHIVE_FILE": Rule(
-        B,
-        "a compressed archive (zip, gzip, tar, 7z, rar) [A7]",
-        "unpack it and drop the DICOM files themselves, one folder per series",
-    ),
-    "NOT_DICOM": Rule(
-        E,
-        "a file that is not DICOM, outside the sidecar folders [A8, D5]",
-        "move it into a sidecar folder (e.g. logs/) or delete it; it is not uploaded",
-    ),
-    "DICOM_NO_PREAMBLE": Rule(
-        W,
-        "DICOM without the 128-byte preamble and 'DICM' marker: a tool rewrote it [A3]",
-        "export from the scanner instead of from a tool that rewrites files",
-    ),
-    "DERIVED_SERIES": Rule(
-        E,
-        "a derived or post-processed series (ADC, FA, MPR, MIP, MoCo, perfusion map, "
-        "colour map, secondary capture …) [C1–C3, C6]",
-        "drop only raw acquisitions; derived data is recomputed from them",
-    ),
-    "NON_IMAGE_OBJECT": Rule(
-        E,
-        "a non-image DICOM object (raw data, presentation state, report, ExamCard …) [C1, D6]",
-        "leave it out of the drop; it is not uploaded",
-    ),
-    "PROTOCOL_REPORT": Rule(
-        N,
-        "a Siemens PhoenixZIPReport alone in its own folder, uploaded as its own scan [C9]",
-        'nothing to do; set PROTOCOL_REPORT = "exclude" to leave protocol reports out',
-    ),
-    "LOSSY_COMPRESSED": Rule(
-        E,
-        "lossy-compressed pixel data, not the original pixels [C8]",
-        "export the series uncompressed or losslessly compressed",
-    ),
-    "WRONG_MODALITY": Rule(
-        B,
-        "an image object that is not MR (CT, PET, ultrasound …) [C1]",
-        "drop MR sessions only; send other modalities to their own project",
-    ),
-    "DERIVED_FRAMES": Rule(
-        W,
-        "scanner-derived frames inside an original series (e.g. isotropic DWI trace) [C5]",
-        "nothing to do: the series is the acquisition; converters drop those volumes",
-    ),
-    "SUSPECT_DESCRIPTION": Rule(
-        W,
-        "the series description looks derived but the header says original [C4]",
-        "check that the series is raw; rename the protocol if it is",
-    ),
-    "LOCALIZER": Rule(
-        N,
-        "a localizer/scout series [C7]",
-        'nothing to do; set LOCALIZER = "exclude" to leave localizers out',
-    ),
-    "MIXED_SERIES_FOLDER": Rule(
-        B,
-        "a folder holds more than one series [D1]",
-        "put each series in its own folder (one SeriesInstanceUID per folder)",
-    ),
-    "SPLIT_SERIES": Rule(
-        B,
-        "one series is split over several folders [D7]",
-        "put all files of the series in one folder",
-    ),
-    "LOOSE_FILE": Rule(
-        B,
-        "a file lies directly in the subject folder",
-        "move DICOM files into a folder per series, notes into logs/, or delete them",
-    ),
-    "DUPLICATE_FILE": Rule(
-        W,
-        "the same DICOM file is in the drop more than once (identical bytes); one copy is "
-        "uploaded [D2]",
-        "delete the extra copies",
-    ),
-    "DUPLICATE_UID": Rule(
-        B,
-        "different files share one SOPInstanceUID [D2]",
-        "export the session again: the files come from different exports or were edited",
-    ),
-    "MULTIPLE_STUDIES": Rule(
-        B,
-        "more than one study (StudyInstanceUID) in one subject folder [D3]",
-        "put each session in its own subject folder",
-    ),
-    "PATIENT_MISMATCH": Rule(
-        B,
-        "PatientName or PatientID differ between files [D4]",
-        "put each subject's session in its own folder, or correct the registration",
-    ),
-    "LABEL_PATTERN": Rule(
-        B,
-        "the label does not follow the project's naming convention [D4]",
-        "rename the folder (or fix the registration at the scanner) to match the pattern",
-    ),
-    "LABEL_MISMATCH": Rule(
-        B,
-        "the folder name, PatientName/PatientID and the label disagree [D4]",
-        "make the folder name and the registration at the scanner agree",
-    ),
-    "INCOMPLETE_MEDIA": Rule(
-        B,
-        "a DICOMDIR references files that are missing [A4]",
-        "copy the whole media export again",
-    ),
-    "DICOMDIR": Rule(
-        N,
-        "a DICOMDIR media index: checked as a manifest, never uploaded [A4]",
-        "nothing to do",
-    ),
-    "NO_DICOM": Rule(
-        B,
-        "no DICOM series to upload",
-        "drop the raw DICOM series, one folder per series",
-    ),
-    "UNREADABLE": Rule(
-        B,
-        "a file or folder cannot be read, or is not a regular file",
-        "fix the permissions so that the xnatdrop service can read it; remove special files",
-    ),
-    "SYMLINK": Rule(
-        B,
-        "a symbolic link (never followed)",
-        "replace the link with the real files",
-    ),
-    "BAD_NAME": Rule(
-        B,
-        "a file or folder name that is not valid UTF-8 (copied with another character set); "
-        "the bytes that are not are shown as \\xNN",
-        "rename it using letters, digits, '_', '-' and '.' only (or copy the session again "
-        "with a tool that keeps names as UTF-8), then resubmit",
-    ),
-    "INCOMPLETE_SERIES": Rule(
-        B,
-        "a series holds fewer files than the scanner wrote: gaps in its InstanceNumbers, or "
-        "fewer files than ImagesInAcquisition or GE's LocationsInAcquisition × "
-        "NumberOfTemporalPositions say [D8]",
-        "let the copy finish (or copy the series again); if the scan was stopped early on "
-        'purpose, set INCOMPLETE_SERIES = "warn" for this drop root',
-    ),
-}
-del B, E, W, N
 
 LABEL_SOURCES = ("folder", "PatientName", "PatientID")
 DEFAULT_SIDECARS = ("behav", "physio", "logs")
@@ -288,21 +104,38 @@ PHOENIX_DESCRIPTION = "PHOENIXZIPREPORT"
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
-    """One DICOM file to upload, with what the packer and verifier need to know about it."""
+    """One file to upload: its path relative to the subject folder, its size when checked, and
+    its DICOM identity, which the packer, the verifier and the receipt use without parsing the
+    file again. A sidecar file has no DICOM identity (its UIDs are empty).
 
-    path: Path  # relative to the subject folder
+    The same identity travels the whole way: the check step stores it in the spool, the zip's
+    plan carries it (`pack.Planned`), and a manifest line is a FileEntry plus its MD5
+    (`pack.Entry`).
+    """
+
+    path: Path
     size: int
-    sop_instance_uid: str
-    sop_class_uid: str
-    series_instance_uid: str
-    series_number: str
-    study_instance_uid: str
-    transfer_syntax: str
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    series_instance_uid: str = ""
+    series_number: str = ""
+    study_instance_uid: str = ""
+    transfer_syntax: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["path"] = self.path.as_posix()
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        """The entry `to_json` wrote (a subclass's too). Keys it does not know are ignored and
+        missing ones left empty: a spool written by an older xnatdrop still reads."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["path"] = Path(values["path"])
+        values["size"] = int(values.get("size", 0))
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +195,7 @@ class Finding:
 
     @property
     def fix(self) -> str:
-        return RULES[self.code].fix
+        return codes.CODES[self.code].fix
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -370,10 +203,21 @@ class Finding:
             "action": str(self.action),
             "path": self.path.as_posix(),
             "message": self.message,
-            "summary": RULES[self.code].summary,
+            "summary": codes.CODES[self.code].summary,
             "fix": self.fix,
             "files": [f.as_posix() for f in self.files],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        """The finding `to_json` wrote (summary and fix come from the code table again)."""
+        return cls(
+            str(data["code"]),
+            Action(data["action"]),
+            Path(data["path"]),
+            str(data["message"]),
+            tuple(Path(f) for f in data.get("files", [])),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,38 +290,11 @@ class _Tree:
     reason_files: list[Path] = dataclasses.field(default_factory=list)
 
 
-def own_reason_files(folder: Path) -> list[Path]:
-    """xnatdrop's own QUARANTINE.txt/.json at the top of `folder`, recognised by content.
-
-    A folder copied back from quarantine together with its reason files was misdiagnosed (the
-    JSON as a BIDS sidecar, both as loose files). Only files that are really ours count: the
-    JSON with our keys, the text with our first words; anything else with those names is
-    judged like any other file.
-    """
-    found = []
-    text, data = folder / quarantine.TEXT_NAME, folder / quarantine.JSON_NAME
-    try:
-        with open(text, "rb") as handle:
-            first = handle.read(max(map(len, quarantine.TEXT_STARTS)))
-            if first.startswith(tuple(start.encode() for start in quarantine.TEXT_STARTS)):
-                found.append(text)
-    except OSError:
-        pass
-    try:
-        with open(data, "rb") as handle:
-            reason = json.loads(handle.read(1 << 20))
-        if isinstance(reason, dict) and {"label", "code", "drop_root"} <= set(reason):
-            found.append(data)
-    except (OSError, ValueError):
-        pass
-    return found
-
-
 def action_for(settings: config.RulesSettings | None, code: str) -> Action:
     """The configured action for `code`, else the table's default."""
     if settings is not None and code in settings.actions:
         return Action(settings.actions[code])
-    return RULES[code].action
+    return codes.CODES[code].action
 
 
 def check_folder(
@@ -515,7 +332,7 @@ def _scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[s
     """List files without following links; note sidecars, links and unreadable folders."""
     tree = _Tree()
     wanted = {name.lower(): name for name in sidecar_names}
-    ours = {p.name for p in own_reason_files(folder)}
+    ours = {p.name for p in reasonfiles.find_own(folder)}
     tree.reason_files = sorted(Path(name) for name in ours)
     pending = [Path(".")]
     while pending:
@@ -1112,7 +929,7 @@ def _group(
         grouped.setdefault(key, []).append(hit)
     findings = []
     for (code, key), members in grouped.items():
-        rule = RULES[code]
+        rule = codes.CODES[code]
         action = action_for(settings, code)
         files = tuple(sorted({p for h in members for p in (h.covers or (h.path,))}))
         reasons = list(dict.fromkeys(h.reason for h in members if h.reason))
@@ -1142,18 +959,6 @@ def _group(
     findings.sort(key=lambda f: (SEVERITY[f.action], f.code, f.path))
     return findings
 
-
-# Codes about the whole folder: there are no files for `exclude` to leave out.
-NO_EXCLUDE = frozenset(
-    {
-        "MULTIPLE_STUDIES",
-        "PATIENT_MISMATCH",
-        "LABEL_PATTERN",
-        "LABEL_MISMATCH",
-        "INCOMPLETE_MEDIA",
-        "NO_DICOM",
-    }
-)
 
 # Codes whose files can never be uploaded, whatever their action (they are not usable DICOM).
 _NEVER_UPLOADED = frozenset(

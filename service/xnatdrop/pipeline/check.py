@@ -1,0 +1,93 @@
+"""Step `check`: the upload rules on the frozen folder (`rules.check_folder`).
+
+The facts the later steps need go into the spool (`spool.CheckRecord`): the files to upload,
+the findings, the series, the sidecars, the subject's fields. A block finding quarantines the
+folder (RULES_BLOCKED), unless every block says the copy is not finished yet (empty or
+truncated files, series visibly lacking files) and the copy is recent: then the folder goes
+back to the drop root to settle again (`Unsettled`). Our own reason files of an earlier
+quarantine, found in a resubmitted folder, are set aside first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from xnatdrop import ledger, names, reasonfiles, rules
+from xnatdrop.errors import PermanentError
+from xnatdrop.pipeline import quarantine, spool, subject
+from xnatdrop.pipeline.context import Context, Done, Unsettled
+
+log = logging.getLogger(__package__)
+
+# Findings that mean "the copy is not finished yet": held back (thawed) until
+# settle.max_wait_seconds after the files last changed, then quarantined.
+COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM", "INCOMPLETE_SERIES"})
+
+
+def check(context: Context, drop: ledger.Drop) -> Done | Unsettled:
+    """Run the rules; store what later steps need; a block finding quarantines."""
+    work = Path(drop.work)
+    found = reasonfiles.find_own(work)
+    if found:
+        name = names.fit(drop.label, f"__drop{drop.id}")
+        kept = quarantine.set_aside(found, context.config.paths.state, name)
+        log.info(
+            "our reason files from an earlier quarantine (%s) moved aside to %s",
+            ", ".join(p.name for p in found),
+            kept,
+        )
+    config, drop_settings = context.config, context.drop_settings
+    verdict = rules.check_folder(
+        work,
+        config.rules_for(drop_settings),
+        drop_settings,
+        control_files=config.control_files(),
+    )
+    files = verdict.upload_entries()
+    fields = subject.fields(work, config.push, work / files[0].path if files else None)
+    record = spool.CheckRecord.of(verdict, fields)
+    spool.save(context.spool(drop), record)
+    if not record.ok:
+        blocks = record.blocking()
+        copying = _still_copying(context, work, blocks)
+        if copying:
+            return Unsettled(copying)
+        fixes = {f.fix for f in blocks}
+        raise PermanentError(
+            "RULES_BLOCKED",
+            f"{len(blocks)} problem(s) in the folder stop the upload "
+            f"({', '.join(sorted({f.code for f in blocks}))})",
+            fixes.pop() if len(fixes) == 1 else "",
+        )
+    return Done(
+        f"{len(record.series)} series, {len(record.files)} files to upload, "
+        f"{len(record.excluded())} excluded, sidecars: {', '.join(record.sidecars) or 'none'}"
+    )
+
+
+def _still_copying(context: Context, work: Path, blocks: list[rules.Finding]) -> str:
+    """Why the folder looks still being copied ('' if it does not): every block says "not
+    copied yet" and the copy is recent.
+
+    A copy still running, or paused for longer than `settle.quiet_seconds`, when the folder
+    looked settled leaves empty or truncated files, or series that visibly lack files
+    (INCOMPLETE_SERIES). The change time of those files (set when the copy wrote them; a rename
+    of the folder does not touch it) tells a copy in progress from one that died long ago,
+    which is quarantined once `settle.max_wait_seconds` have passed.
+    """
+    if not blocks or any(f.code not in COPYING_CODES for f in blocks):
+        return ""
+    paths = [work / p for f in blocks for p in (f.files or (f.path,))]
+    newest = max((p.stat().st_ctime for p in paths if p.exists()), default=0.0)
+    age = time.time() - newest
+    wait = context.config.settle.max_wait_seconds
+    if age >= wait:
+        return ""
+    codes = ", ".join(sorted({f.code for f in blocks}))
+    return (
+        f"still being copied ({codes} in {len(blocks)} place(s); the newest file came "
+        f"{age:.0f} s ago); it is checked again once it settles, and quarantined if it is "
+        f"still incomplete {wait:.0f} s after that file"
+    )

@@ -1,0 +1,28 @@
+"""The crash hook of the kill -9 tests: the process kills itself at a chosen point.
+
+`XNATDROP_TEST_CRASH_AT=<step>:<before|after>` makes the process SIGKILL itself right after the
+ledger recorded the start of that step (`before`) or right after the step's work, before the
+ledger recorded it (`after`); `import:bytes=N` once N bytes of the upload were sent;
+`quarantine:before|after` around the move to quarantine/; `thaw:before|after` around the move
+back to the drop root. Unset (always, outside the tests) it does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "XNATDROP_TEST_CRASH_AT"
+
+
+def point(step: str, when: str, sent: int | None = None) -> None:
+    """Die here if the hook asks for `step:when` (or for `step:bytes=N` and `sent >= N`)."""
+    wanted = os.environ.get(ENV)
+    if not wanted:
+        return
+    if wanted == f"{step}:{when}" or (
+        sent is not None
+        and wanted.startswith(f"{step}:bytes=")
+        and sent >= int(wanted.split("=", 1)[1])
+    ):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,134 @@
+"""Late files: the import finds that XNAT already holds a session with this label.
+
+Files that arrive for a session already archived (a copy that paused, a series exported
+later) are appended to it: only the instances XNAT lacks are sent, and archived into the
+existing session. XNAT merges them with `overwrite=none` (the Archiver allows a session merge;
+PrearcSessionArchiver.checkForConflicts needs the same StudyInstanceUID, project, subject and
+modality, and a scan of the same number to have the same SeriesInstanceUID), but refuses the
+merge when an incoming instance's UID or file name is already catalogued in the destination
+(MergeSessionsA.checkForConflict: SessionOverwriteCheck, "Session already exists with the same
+resources."; FindFirstMatch, "... with matching files."): so nothing XNAT holds is ever sent
+again, and a new file whose name is taken in its scan is sent under another name. What is
+already there must have the same content (pixel data of one file per scan; sizes and MD5s where
+XNAT keeps the bytes); another study, or other content, is a conflict a person must resolve
+(LABEL_EXISTS).
+
+The decision is kept in the spool (`spool.Append`) for the later steps: the instances XNAT held
+before are expected there, and `upload_plan` and `sent` say what the import sends.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from xnatdrop import ledger, names, pack, verify, xnat
+from xnatdrop.pipeline import readback, spool
+from xnatdrop.pipeline.context import Context
+
+log = logging.getLogger(__package__)
+
+
+def join(
+    context: Context,
+    drop: ledger.Drop,
+    session: Any,
+    manifest: pack.Manifest,
+    found: verify.Rewriting,
+) -> int:
+    """Decide what to send when XNAT already holds a session with this label; return how many
+    instances (0: every one is there already, nothing is sent). Raise LABEL_EXISTS when the
+    folder cannot be added to it."""
+    client = context.client()
+    files, catalog = readback.catalogued(context, session)
+    check = verify.check_archive(manifest, catalog, files, not found.rewrites_at_archive())
+    url = client.session_url(context.project, session.id)
+    studies = manifest.study_uids()
+    same_study = bool(session.uid) and studies == {session.uid}
+    differs = [verify.ArchiveCheck([], [], check.changed, []).describe()] if check.changed else []
+    differs += readback.pixel_problems(context, drop, check.matched, found)[1]
+    if differs or (check.missing and not same_study):
+        if differs:
+            what = f"instances of this folder are in it with other content: {'; '.join(differs)}"
+        elif session.uid:
+            what = (
+                f"it is another study (StudyInstanceUID {session.uid}; this folder: "
+                f"{', '.join(sorted(studies)) or 'none'})"
+            )
+        else:
+            what = "XNAT does not say which study it is, so these files cannot be added to it"
+        where = f"already exists in XNAT project {context.project} ({url}) and {what}"
+        raise readback.label_exists(context, drop, where, url)
+    existing = tuple(sorted({c.uid for c in catalog}))
+    append = spool.Append(
+        session=session.id,
+        subject=session.subject,
+        existing=existing,
+        send=tuple(e.sop_instance_uid for e in check.missing),
+        names=_free_names(check.missing, catalog),
+    )
+    spool.update_xnat(context.spool(drop), append=append)
+    if check.missing:
+        log.info(
+            "session %s in XNAT holds %d instance(s) of this study; appending the %d of "
+            "this folder it lacks (%d already there)",
+            session.id,
+            len(existing),
+            len(check.missing),
+            len(check.matched),
+        )
+    return len(check.missing)
+
+
+def _free_names(new: list[pack.Entry], catalog: list[xnat.CatalogEntry]) -> dict[str, str]:
+    """Zip entry names for new instances whose name XNAT already uses in their scan.
+
+    XNAT stores a file under its zip entry name made file-name-safe (getSafeFile, stock row
+    12) in the scan of its SeriesNumber (Restructurer.determineScanSubdir); a name taken there
+    would make the merge fail ("Session already exists with matching files.")."""
+    taken: dict[str, set[str]] = collections.defaultdict(set)
+    for entry in catalog:
+        taken[entry.scan].add(entry.path.rsplit("/", 1)[-1])
+    renamed = {}
+    for entry in new:
+        path = entry.path.as_posix()
+        name = pack.upload_name(path)
+        if xnat_file_name(name) in taken[verify.scan_folder(entry)]:
+            stem, dot, extension = name.rpartition(".")
+            head, tail = (stem, f".{extension}") if dot and stem else (name, "")
+            digest = hashlib.sha1(entry.sop_instance_uid.encode()).hexdigest()[:10]
+            renamed[path] = names.fit(f"{head}~{digest}", tail, limit=pack.ZIP_NAME_MAX)
+    return renamed
+
+
+def xnat_file_name(entry_name: str) -> str:
+    """The name XNAT gives a file from its zip entry name: `Files.toFileNameChars`, anything
+    but ASCII letters, digits, `_`, `.` and `-` becomes `_` (stock row 12)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", entry_name)
+
+
+def upload_plan(context: Context, drop: ledger.Drop) -> pack.Plan:
+    """The zip to send: the whole folder, or, when appending, only what XNAT lacks."""
+    folder, work = context.spool(drop), Path(drop.work)
+    planned = spool.plan_for(folder, work, drop.id)
+    append = spool.xnat_record(folder).append
+    if append is None:
+        return planned
+    send = set(append.send)
+    entries = [p.entry for p in planned.files if p.entry.sop_instance_uid in send]
+    return pack.plan(work, entries, {**planned.zip_names(), **append.names})
+
+
+def sent(context: Context, drop: ledger.Drop) -> pack.Manifest:
+    """The manifest of what the import sends: all of it, or the new instances when appending."""
+    folder = context.spool(drop)
+    manifest = spool.manifest_for(folder, Path(drop.work), drop.id)
+    append = spool.xnat_record(folder).append
+    if append is None:
+        return manifest
+    send = set(append.send)
+    return pack.Manifest(0, tuple(e for e in manifest.files if e.sop_instance_uid in send))

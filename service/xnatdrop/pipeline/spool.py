@@ -1,0 +1,334 @@
+"""The spool: what the steps of one drop hand on to the later ones, as typed records.
+
+Each record is one JSON file in `<state>/spool/<drop id>/`, written atomically and private
+(0600), so that a later step, or the same step after a kill -9, finds it as it was:
+
+- `check.json`, a `CheckRecord`: the verdict of the rules as the later steps need it (the
+  files to upload as `rules.FileEntry`, the findings, the series, the sidecars, the subject's
+  fields);
+- `plan.json`, a `pack.Plan`: the zip's layout, made by the pack step;
+- `manifest.json`, a `pack.Manifest`: size and MD5 of each file sent, made while importing;
+- `xnat.json`, an `XnatRecord`: what XNAT does to uploads (read at push time), which series it
+  left out on purpose, how the archived session was verified, and whether the drop is appended
+  to a session XNAT already holds (`Append`);
+- `quarantine.json`, a `QuarantineReason`: the reason of a quarantine under way.
+
+Everything here is xnatdrop's own. The plan and the manifest are made again from the folder
+when lost (`plan_for`, `manifest_for`); a lost check record is an operator problem, not the
+drop's (TransientError). `clear` removes a finished drop's records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
+
+from xnatdrop import atomicfile, ledger, pack, rules, verify
+from xnatdrop.errors import TransientError
+
+log = logging.getLogger(__package__)
+
+
+class Record(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self: ...
+
+
+R = TypeVar("R", bound=Record)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckRecord:
+    """What the check step found, as the later steps need it (`check.json`).
+
+    `series` holds `rules.Series.to_json()` of each series to upload (the receipt's scans);
+    `sidecars` maps a resource name to its folder, relative to the subject folder.
+    """
+
+    label: str
+    ok: bool
+    findings: tuple[rules.Finding, ...]
+    files: tuple[rules.FileEntry, ...]
+    series: tuple[dict[str, Any], ...]
+    sidecars: dict[str, str]
+    subject_fields: dict[str, str]
+    upload_bytes: int
+
+    @classmethod
+    def of(cls, verdict: rules.Verdict, subject_fields: dict[str, str]) -> CheckRecord:
+        """The record of `verdict`: the findings a person should see, the files to upload."""
+        folder = verdict.folder
+        return cls(
+            label=verdict.label,
+            ok=verdict.ok,
+            findings=tuple(verdict.reported()),
+            files=tuple(verdict.upload_entries()),
+            series=tuple(s.to_json() for s in verdict.series),
+            sidecars={
+                name: path.relative_to(folder).as_posix() if path.is_absolute() else str(path)
+                for name, path in verdict.sidecars.items()
+            },
+            subject_fields=subject_fields,
+            upload_bytes=sum(s.bytes for s in verdict.series),
+        )
+
+    def blocking(self) -> list[rules.Finding]:
+        return [f for f in self.findings if f.action is rules.Action.BLOCK]
+
+    def excluded(self) -> list[dict[str, str]]:
+        """What is left out of the upload and why, for the receipt."""
+        return [
+            {"path": f.path.as_posix(), "code": f.code, "message": f.message}
+            for f in self.findings
+            if f.action is rules.Action.EXCLUDE
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "ok": self.ok,
+            "findings": [f.to_json() for f in self.findings],
+            "files": [f.to_json() for f in self.files],
+            "series": list(self.series),
+            "sidecars": self.sidecars,
+            "subject_fields": self.subject_fields,
+            "upload_bytes": self.upload_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckRecord:
+        return cls(
+            label=str(data["label"]),
+            ok=bool(data["ok"]),
+            findings=tuple(rules.Finding.from_json(f) for f in data["findings"]),
+            files=tuple(rules.FileEntry.from_json(f) for f in data["files"]),
+            series=tuple(data["series"]),
+            sidecars=dict(data["sidecars"]),
+            subject_fields=dict(data.get("subject_fields", {})),
+            upload_bytes=int(data.get("upload_bytes", 0)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Append:
+    """Late files: XNAT already holds session `session` (of subject `subject`) of this study.
+
+    `existing` are the SOPInstanceUIDs it held before, `send` those of this folder it lacks
+    (the only ones uploaded), `names` the zip names of new files whose name is taken in their
+    scan (path -> name).
+    """
+
+    session: str
+    subject: str
+    existing: tuple[str, ...]
+    send: tuple[str, ...]
+    names: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "subject": self.subject,
+            "existing": list(self.existing),
+            "send": list(self.send),
+            "names": self.names,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Append:
+        return cls(
+            str(data["session"]),
+            str(data["subject"]),
+            tuple(data["existing"]),
+            tuple(data["send"]),
+            dict(data["names"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class XnatRecord:
+    """What XNAT said at push time and what verification found (`xnat.json`).
+
+    `rewriting`: what XNAT may change in the files (read when the import starts); `dropped`:
+    series XNAT's own configuration left out (`verify.Series` rows with `stage` and `reason`),
+    for the receipt; `verification`: what was verified and how, for the receipt; `append`: the
+    session the drop is added to, if XNAT already held one of this study.
+    """
+
+    rewriting: verify.Rewriting | None = None
+    dropped: tuple[dict[str, Any], ...] = ()
+    verification: dict[str, Any] | None = None
+    append: Append | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rewriting": self.rewriting.to_json() if self.rewriting else None,
+            "dropped": list(self.dropped),
+            "verification": self.verification,
+            "append": self.append.to_json() if self.append else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> XnatRecord:
+        rewriting, append = data.get("rewriting"), data.get("append")
+        return cls(
+            rewriting=verify.Rewriting.from_json(rewriting) if rewriting else None,
+            dropped=tuple(data.get("dropped") or ()),
+            verification=data.get("verification"),
+            append=Append.from_json(append) if append else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class QuarantineReason:
+    """Why a drop is quarantined: QUARANTINE.json's content (`reasonfiles`), kept in the spool
+    (`quarantine.json`) from the start of the move, so a quarantine cut short by a crash is
+    finished with the same reason. `in_xnat` is the session's page when it is in XNAT."""
+
+    label: str
+    project: str
+    code: str
+    message: str
+    fix: str
+    step: str | None
+    findings: tuple[rules.Finding, ...]
+    drop_root: str
+    time: str
+    in_xnat: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "label": self.label,
+            "project": self.project,
+            "code": self.code,
+            "message": self.message,
+            "fix": self.fix,
+            "step": self.step,
+            "findings": [f.to_json() for f in self.findings],
+            "drop_root": self.drop_root,
+            "time": self.time,
+        }
+        if self.in_xnat:
+            data["in_xnat"] = self.in_xnat
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QuarantineReason:
+        return cls(
+            label=str(data["label"]),
+            project=str(data["project"]),
+            code=str(data["code"]),
+            message=str(data["message"]),
+            fix=str(data.get("fix", "")),
+            step=data.get("step"),
+            findings=tuple(rules.Finding.from_json(f) for f in data.get("findings", [])),
+            drop_root=str(data["drop_root"]),
+            time=str(data["time"]),
+            in_xnat=data.get("in_xnat"),
+        )
+
+
+NAMES: dict[type, str] = {
+    CheckRecord: "check.json",
+    pack.Plan: "plan.json",
+    pack.Manifest: "manifest.json",
+    XnatRecord: "xnat.json",
+    QuarantineReason: "quarantine.json",
+}
+# Files of xnatdrop versions that wrote the upload zip into the spool.
+LEGACY = ("upload.zip", "upload.zip.part")
+
+
+def load(folder: Path, kind: type[R]) -> R | None:
+    """The record of `kind` in `folder`, or None if there is none or it is unreadable."""
+    try:
+        data = json.loads((folder / NAMES[kind]).read_text(encoding="utf-8"))
+        return kind.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save(folder: Path, record: Record) -> None:
+    """Write `record` atomically into `folder` (made 0700 if missing)."""
+    ledger.private_dir(folder)
+    text = json.dumps(record.to_json(), indent=1, ensure_ascii=False)
+    atomicfile.write(folder / NAMES[type(record)], text)
+
+
+def discard(folder: Path, *kinds: type) -> None:
+    """Remove the records of `kinds` (and what a killed write of theirs left)."""
+    for kind in kinds:
+        for name in (NAMES[kind], f"{NAMES[kind]}.part"):
+            (folder / name).unlink(missing_ok=True)
+
+
+def clear(folder: Path) -> None:
+    """Remove every record of a finished drop, then its folder if nothing else is in it."""
+    discard(folder, *NAMES)
+    for name in LEGACY:
+        (folder / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty or already gone: leave it
+        folder.rmdir()
+
+
+def check_record(folder: Path, drop_id: int) -> CheckRecord:
+    """The check step's record; TransientError if it is lost (an operator problem)."""
+    record = load(folder, CheckRecord)
+    if record is None:
+        raise TransientError(
+            f"the check results of drop {drop_id} are unreadable: {folder / NAMES[CheckRecord]}"
+        )
+    return record
+
+
+def xnat_record(folder: Path) -> XnatRecord:
+    """What the spool knows of XNAT for this drop (empty before the import step)."""
+    return load(folder, XnatRecord) or XnatRecord()
+
+
+def update_xnat(folder: Path, **changes: Any) -> XnatRecord:
+    """Change some fields of the drop's `XnatRecord` and save it."""
+    record = dataclasses.replace(xnat_record(folder), **changes)
+    save(folder, record)
+    return record
+
+
+def plan_for(folder: Path, work: Path, drop_id: int) -> pack.Plan:
+    """The zip's plan for this drop, planning (again) from the check record if it is lost.
+
+    Zip entry names are the files' paths, shortened where XNAT could not store them
+    (`pack.upload_name`).
+    """
+    planned = load(folder, pack.Plan)
+    if planned is None:
+        files = check_record(folder, drop_id).files
+        names = {f.path.as_posix(): pack.upload_name(f.path.as_posix()) for f in files}
+        planned = pack.plan(work, files, names)
+        save(folder, planned)
+    return planned
+
+
+def manifest_for(folder: Path, work: Path, drop_id: int) -> pack.Manifest:
+    """The MD5 manifest of this drop's upload.
+
+    The import step saves it while it sends the zip. A step that needs it before that (the
+    import after a crash, with something already on the server) or after the spool lost it
+    hashes the files without sending them.
+    """
+    manifest = load(folder, pack.Manifest)
+    if manifest is None:
+        started = time.monotonic()
+        manifest = pack.digest(work, plan_for(folder, work, drop_id))
+        save(folder, manifest)
+        log.info(
+            "hashed %d files for the manifest (%.1f s)",
+            len(manifest.files),
+            time.monotonic() - started,
+        )
+    return manifest
