@@ -283,7 +283,8 @@ def kill_chain(run: Run, kills: list[dict[str, Any]]) -> None:
                     run.fault()
                     run.note(f"killed at t={kill['after_seconds']:.2f} s")
                 continue
-            if died(armed, 60):
+            wait_for(lambda: not armed.alive() or finished(lab, drops), 60, every=0.05)
+            if not armed.alive():
                 run.fault()
                 run.note(f"killed by {kill.get('crash_at') or json.dumps(kill['fault'])}"
                          + _hit(lab))
@@ -355,9 +356,10 @@ for _index in range(8):
         """Kills at random file operations of the pipeline (three per scenario, chained), half
         of them just after the operation (a rename done, its ledger write not)."""
         total = mutation_count(run)
+        run.note(f"a clean run of these drops makes {total} file operations")
         kills = []
-        for _ in range(3):
-            nth = run.rng.randint(1, total)
+        for index in range(3):
+            nth = run.rng.randint(1, max(1, total // (index + 1)))
             when = run.rng.choice(["before", "after"])
             kills.append({"fault": {"action": "kill", "nth": nth, "when": when}})
         kill_chain(run, kills)
@@ -388,7 +390,7 @@ def _thaw(run: Run) -> None:
         missing = held.read_bytes()
         held.unlink()
         os.rename(lab.staging / drop.label, drop.path)
-        armed = lab.daemon(fault={"action": "kill", "nth": 1, "when": "after",
+        armed = lab.daemon(fault={"action": "kill", "nth": 1, "when": "after", "target": True,
                                   "kinds": ["rename"], "match": str(drop.path)})
         if died(armed, 60):
             run.fault()

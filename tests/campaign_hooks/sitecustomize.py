@@ -49,16 +49,13 @@ def _kind(event: str, args: tuple) -> tuple[str, list[str]] | None:
         path, mode, flags = args
         if isinstance(path, int):
             return None
-        if mode is not None:
-            write = any(c in mode for c in "wax+")
-        else:
-            write = bool(flags & WRITE_FLAGS)
+        write = any(c in mode for c in "wax+") if mode is not None else bool(flags & WRITE_FLAGS)
         return ("write" if write else "read"), [os.fsdecode(path)]
     kind = KINDS.get(event)
     if kind is None:
         return None
-    paths = [os.fsdecode(a) for a in args[: 2 if kind == "rename" else 1] if isinstance(a, (str, bytes, os.PathLike))]
-    return kind, paths
+    given = args[: 2 if kind == "rename" else 1]
+    return kind, [os.fsdecode(a) for a in given if isinstance(a, (str, bytes, os.PathLike))]
 
 
 def _site(modules: tuple[str, ...]) -> str | None:
@@ -82,6 +79,7 @@ def _install(spec: dict) -> None:
     kinds = set(spec.get("kinds", ["rename", "mkdir", "remove", "rmdir", "chmod", "write"]))
     under = spec.get("under", "/")
     match = spec.get("match", "")
+    target = spec.get("target", False)  # match the destination of a rename only
     modules = tuple(spec.get("modules", PIPELINE))
     log_path = spec.get("log")
     lock = threading.Lock()
@@ -100,7 +98,8 @@ def _install(spec: dict) -> None:
         if found is None or found[0] not in kinds:
             return
         kind, paths = found
-        if not any(p.startswith(under) and match in p for p in paths):
+        candidates = paths[-1:] if target else paths
+        if not any(p.startswith(under) and match in p for p in candidates):
             return
         local.busy = True
         try:
@@ -121,7 +120,10 @@ def _install(spec: dict) -> None:
                 os.kill(os.getpid(), signal.SIGSTOP)
                 return
             if when == "after":
-                _perform(kind, paths)
+                try:
+                    _perform(kind, paths)
+                except OSError as error:  # the operation itself failed: die all the same
+                    record({**entry, "performed": str(error)})
             os.kill(os.getpid(), signal.SIGKILL)
         finally:
             local.busy = False
