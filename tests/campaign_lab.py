@@ -125,7 +125,7 @@ class Lab:
             users=[f"{USER}:{PASSWORD}"],
             projects=[PROJECT],
         )
-        self.faults_injected = 0
+        self.xnat_timeout = 20.0
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ class Lab:
             f"url = {toml_value(self.sandbox.url)}",
             f"username = {toml_value(USER)}",
             f"password_file = {toml_value(secret)}",
-            "timeout_seconds = 20",
+            f"timeout_seconds = {self.xnat_timeout}",
             "[paths]",
             *(f"{k} = {toml_value(v)}" for k, v in paths.items()),
         ]
