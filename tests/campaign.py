@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import campaign_drops as drops_module  # noqa: E402
 from campaign_audit import Audit, audit, locate, places  # noqa: E402
 from campaign_drops import BAD, Drop, Expect, Stager, clean, place  # noqa: E402
-from campaign_lab import PROJECT, UNPRIVILEGED, Lab, wait_for  # noqa: E402
+from campaign_lab import PROJECT, Lab, wait_for  # noqa: E402
 from xnatdrop import config as config_module  # noqa: E402
 from xnatdrop import names, rules  # noqa: E402
 from xnatdrop.commands import status as status_command  # noqa: E402
@@ -180,12 +180,6 @@ def standard_drops(lab: Lab, rng: random.Random, first: int = 1) -> list[Drop]:
 def put(lab: Lab, drops: list[Drop]) -> None:
     for drop in drops:
         place(drop, lab.staging)
-        if lab.user:
-            chown_tree(drop.path, lab.user)
-
-
-def chown_tree(path: Path, user: str) -> None:
-    subprocess.run(["chown", "-R", "--no-dereference", f"{user}:", str(path)], check=True)
 
 
 def ledger_rows(lab: Lab) -> list[sqlite3.Row]:
@@ -592,19 +586,33 @@ def _password(run: Run) -> None:
 # -- local faults ------------------------------------------------------------------------------
 
 
+def mid_push(run: Run, lab: Lab, drops: list[Drop]) -> Any:
+    """Start the daemon and freeze it (SIGSTOP) at a random file operation of the pipeline, so
+    that the fault the caller injects next lands in the middle of a push; the caller SIGCONTs."""
+    total = mutation_count(run)
+    nth = run.rng.randint(1, total)
+    daemon = lab.daemon(fault={"action": "stop", "nth": nth})
+    put(lab, drops)
+    if wait_for(lambda: daemon.stopped_by_signal() or finished(lab, drops), 60, every=0.05):
+        if daemon.stopped_by_signal():
+            run.note("fault injected at" + _hit(lab).replace("None", ""))
+        else:
+            run.note(f"the pause point {nth}/{total} was not reached: fault after the pushes")
+    return daemon
+
+
 @scenario("local/state-disk-full", "local")
 def _state_full(run: Run) -> None:
-    """The state folder's file system fills up at a random moment while drops are pushed; the
-    daemon holds pushes and says so, then carries on once there is space."""
+    """The state folder's file system fills up in the middle of a push; the daemon holds
+    pushes and says so, then carries on once there is space."""
     with run.lab() as lab:
         lab.tmpfs(lab.state, "16m")
         drops = standard_drops(lab, run.rng)
-        lab.daemon()
-        put(lab, drops)
-        _pause(run.rng.uniform(0.5, 4.0))
+        daemon = mid_push(run, lab, drops)
         filler = fill(lab.state)
         run.fault()
-        explained = wait_for(lambda: "state" in status_of(lab)[1].lower(), 30)
+        daemon.signal(signal.SIGCONT)
+        explained = wait_for(lambda: "state folder" in status_of(lab)[1], 30)
         if not explained:
             run.note("status did not mention the full state folder within 30 s")
         filler.unlink()
@@ -614,17 +622,16 @@ def _state_full(run: Run) -> None:
 @scenario("local/share-disk-full", "local")
 def _share_full(run: Run) -> None:
     """The share (drop root, done/, quarantine/ and the work area on one file system) fills up
-    while drops are pushed; nothing is lost, all finish once there is space."""
+    in the middle of a push; nothing is lost, all finish once there is space."""
     with run.lab() as lab:
         share = lab.dir / "share"
         lab.tmpfs(share, "96m")
         _use_share(lab, share)
         drops = standard_drops(lab, run.rng)
-        lab.daemon()
-        put(lab, drops)
-        _pause(run.rng.uniform(0.5, 4.0))
+        daemon = mid_push(run, lab, drops)
         filler = fill(share)
         run.fault()
+        daemon.signal(signal.SIGCONT)
         _pause(run.rng.uniform(3.0, 8.0))  # how long the share stays full
         filler.unlink()
         conclude(run, lab, drops)
@@ -634,6 +641,8 @@ def _use_share(lab: Lab, share: Path) -> None:
     """Put the drop root, done/ and quarantine/ on `share` (one file system, as required)."""
     lab.roots = [share / "drop"]
     lab.roots[0].mkdir()
+    lab.staging = share / "staging"  # drops are moved in by rename: same file system
+    lab.staging.mkdir()
     lab.done, lab.quarantine = share / "done", share / "quarantine"
     lab.write_config(paths={"done": lab.done, "quarantine": lab.quarantine})
 
@@ -647,7 +656,7 @@ def fill(folder: Path) -> Path:
 
 @scenario("local/share-unmounted", "local")
 def _unmounted(run: Run) -> None:
-    """The share (a bind mount) is unmounted at a random moment, then mounted again."""
+    """The share (a bind mount) is unmounted in the middle of a push, then mounted again."""
     with run.lab() as lab:
         real = lab.dir / "server"
         real.mkdir()
@@ -655,11 +664,10 @@ def _unmounted(run: Run) -> None:
         lab.mount(share, "--bind", str(real))
         _use_share(lab, share)
         drops = standard_drops(lab, run.rng)
-        lab.daemon()
-        put(lab, drops)
-        _pause(run.rng.uniform(0.5, 5.0))
+        daemon = mid_push(run, lab, drops)
         lab.umount(share)
         run.fault()
+        daemon.signal(signal.SIGCONT)
         paused = wait_for(lambda: "paused" in status_of(lab)[1], 30)
         if not paused:
             run.note("status did not report the drop root paused within 30 s")
@@ -669,15 +677,15 @@ def _unmounted(run: Run) -> None:
 
 @scenario("local/root-renamed", "local")
 def _renamed(run: Run) -> None:
+    """The drop root is renamed away in the middle of a push, then back."""
     with run.lab() as lab:
         drops = standard_drops(lab, run.rng)
-        lab.daemon()
-        put(lab, drops)
-        _pause(run.rng.uniform(0.5, 5.0))
+        daemon = mid_push(run, lab, drops)
         root = lab.roots[0]
         away = root.with_name("drop-away")
         root.rename(away)
         run.fault()
+        daemon.signal(signal.SIGCONT)
         if not wait_for(lambda: "paused" in status_of(lab)[1], 30):
             run.note("status did not report the drop root paused within 30 s")
         away.rename(root)
@@ -686,9 +694,9 @@ def _renamed(run: Run) -> None:
 
 @scenario("local/unreadable", "local")
 def _unreadable(run: Run) -> None:
-    """The service user (nobody) cannot read one file of a drop (quarantined as UNREADABLE), nor
-    a whole series folder of another until its permissions are fixed (then archived)."""
-    with run.lab(user=UNPRIVILEGED) as lab:
+    """The service cannot read one file of a drop (quarantined as UNREADABLE), nor a whole
+    series folder of another until its permissions are fixed (then archived)."""
+    with run.lab(no_dac=True) as lab:
         stager = Stager(lab.staging, run.rng)
         root = lab.roots[0]
         one_file = drops_module._base(stager, root, "SPN01_0001")[0]
@@ -997,9 +1005,9 @@ def _md5_of(path: Path) -> str:
 def _quarantine_fixed(run: Run) -> None:
     """quarantine/ cannot be written by the service user while a blocked drop is under way; the
     operator fixes the path in the config and restarts: the drop goes to the new path."""
-    with run.lab(user=UNPRIVILEGED) as lab:
+    with run.lab(no_dac=True) as lab:
         wrong = lab.dir / "readonly-quarantine"
-        wrong.mkdir(mode=0o755)  # owned by root: the service user cannot write it
+        wrong.mkdir(mode=0o555)  # the service (without DAC override) cannot write it
         lab.write_config(paths={"quarantine": wrong})
         stager = Stager(lab.staging, run.rng)
         drop = BAD["CONVERTED_FILE"](stager, lab.roots[0], "SPN01_0001")

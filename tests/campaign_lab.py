@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -33,7 +32,11 @@ HERE = Path(__file__).resolve().parent
 HOOKS = HERE / "campaign_hooks"
 PROJECT = "SPN01"
 USER, PASSWORD = "svc", "pw"
-UNPRIVILEGED = "nobody"  # the service user of the scenarios that need one (tests run as root)
+# Root without the capabilities that bypass file permissions, for the scenarios that need files
+# the service cannot read or folders it cannot write (the tests run as root, as CI does; under
+# systemd the service runs as its own user, e.g. with `CapabilityBoundingSet=` empty).
+NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+          "--inh-caps", "-dac_override,-dac_read_search", "--"]
 
 # Fast timings so that a scenario converges in seconds; each is a real config key.
 BASE_CONFIG: dict[str, dict[str, Any]] = {
@@ -98,7 +101,7 @@ class Lab:
         parent: Path,
         name: str,
         roots: tuple[str, ...] = ("drop",),
-        user: str | None = None,
+        no_dac: bool = False,
         keep: bool = False,
     ) -> None:
         self.dir = parent / name
@@ -110,7 +113,7 @@ class Lab:
         self.state = self.dir / "state"
         self.staging = self.dir / "staging"
         self.staging.mkdir()
-        self.user = user
+        self.no_dac = no_dac
         self.keep = keep
         self.faults_log = self.dir / "faults.jsonl"
         self.daemons: list[Daemon] = []
@@ -157,7 +160,6 @@ class Lab:
         if result.returncode != 0:
             raise RuntimeError(f"mount {' '.join(options)} {path}: {result.stderr.strip()}")
         self.mounts.append(path)
-        self.own(path)
 
     def tmpfs(self, path: Path, size: str) -> None:
         self.mount(path, "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs")
@@ -165,12 +167,6 @@ class Lab:
     def umount(self, path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=True)
         self.mounts.remove(path)
-
-    def own(self, path: Path) -> None:
-        """Give `path` to the service user, when the daemons run as one."""
-        if self.user:
-            info = pwd.getpwnam(self.user)
-            os.chown(path, info.pw_uid, info.pw_gid)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -181,7 +177,6 @@ class Lab:
         secret = self.dir / "secret"
         secret.write_text(PASSWORD + "\n", encoding="utf-8")
         secret.chmod(0o600)
-        self.own(secret)
         paths = {"state": self.state, "quarantine": self.quarantine, "done": self.done}
         paths.update(settings.pop("paths", {}))
         lines = [
@@ -203,9 +198,6 @@ class Lab:
             lines.append(f"[{section}]")
             lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        if self.user:
-            for path in (self.dir, *self.roots):
-                self.own(path)
         return self.config_path
 
     # -- processes --------------------------------------------------------------------------
@@ -223,11 +215,9 @@ class Lab:
             env["XNATDROP_TEST_CRASH_AT"] = crash_at
         return env
 
-    def popen_user(self) -> dict[str, Any]:
-        if not self.user:
-            return {}
-        info = pwd.getpwnam(self.user)
-        return {"user": info.pw_uid, "group": info.pw_gid, "extra_groups": []}
+    def command(self, *args: str) -> list[str]:
+        """`python -m xnatdrop ARGS`, without the DAC capabilities if the lab says so."""
+        return [*(NO_DAC if self.no_dac else []), sys.executable, "-m", "xnatdrop", *args]
 
     def daemon(
         self,
@@ -251,13 +241,12 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         """Run one `xnatdrop` command (push, status, requeue …) as its own process."""
         return subprocess.run(
-            [sys.executable, "-m", "xnatdrop", *args],
+            self.command(*args),
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
             env=self.env(fault, crash_at),
-            **self.popen_user(),
         )
 
     def status(self) -> tuple[int, str, dict[str, Any]]:
@@ -291,15 +280,14 @@ class Daemon:
         self.socket_path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.socket_path))
-        self.socket_path.chmod(0o777)  # a service user must be able to send to it
+        self.socket_path.chmod(0o777)  # the daemon may run without DAC override
         env = {**env, "NOTIFY_SOCKET": str(self.socket_path), "WATCHDOG_USEC": "2000000"}
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "xnatdrop", "-v", "run", "--config", str(self.config)],
+                self.lab.command("-v", "run", "--config", str(self.config)),
                 env=env,
                 stdout=log_file,
                 stderr=log_file,
-                **self.lab.popen_user(),
             )
         if wait_ready:
             wait_for(lambda: self._ready() or not self.alive(), 60, every=0.05)
