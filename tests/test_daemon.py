@@ -306,8 +306,8 @@ def test_a_drop_failing_the_same_way_again_and_again_is_reported_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A drop that fails at the same step with the same code on every attempt. Result: one
-    WARNING line when it has failed REPEATED_FAILURES times, none after (it keeps being
-    retried with backoff), and no traceback."""
+    ALERT line (an error) when it has failed REPEATED_FAILURES times, none after (it keeps
+    being retried with backoff), and no traceback."""
     from xnatdrop import ledger
 
     settings = make_settings(tmp_path)
@@ -325,11 +325,12 @@ def test_a_drop_failing_the_same_way_again_and_again_is_reported_once(
     runner = daemon.Daemon(settings, failing)
     with caplog.at_level(logging.INFO, logger="xnatdrop.daemon"):
         assert run_with(runner, lambda: wait_for(lambda: len(attempts) >= 8)) == 0
-    warnings = [r.getMessage() for r in caplog.records if "times in a row" in r.getMessage()]
-    assert warnings == [
-        "SPN01_0001: failed 3 times in a row at freeze (INTERNAL: OSError(5)); it is retried "
-        "with backoff, but a person should look (xnatdrop status)"
+    alerts = [r for r in caplog.records if "times in a row" in r.getMessage()]
+    assert [r.getMessage() for r in alerts] == [
+        "ALERT SPN01_0001: failed 3 times in a row at freeze (INTERNAL: OSError(5)); it is "
+        "retried with backoff, but a person should look (xnatdrop status)"
     ]
+    assert alerts[0].levelname == "ERROR"
     assert all(r.exc_info is None for r in caplog.records)
 
 
@@ -398,3 +399,18 @@ def test_the_same_traceback_is_logged_once_then_only_its_line() -> None:
         )
         == 2
     )
+
+
+def test_a_folder_gone_between_settling_and_its_push_is_not_a_crash(tmp_path: Path) -> None:
+    """A settled folder is removed before its push starts (nothing of it in the ledger).
+    Result: the real processor reports it stopped, with the reason, instead of raising
+    FileNotFoundError into the push thread (a traceback, reported as a crash)."""
+    from xnatdrop import watch
+
+    settings = make_settings(tmp_path)
+    root = settings.drop[0].path
+    processor = daemon.pipeline_processor(settings, "pw")
+    folder = watch.Folder(root / "SPN01_0001", root, 0.0)
+    result = processor(daemon.Work("SPN01/SPN01_0001", folder=folder), threading.Event())
+    assert result.kind == "stopped"
+    assert "SPN01_0001: no such folder and nothing pending" in result.detail

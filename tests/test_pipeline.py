@@ -126,13 +126,26 @@ def test_blocked_folder_is_quarantined_untouched_with_both_reason_files(
     assert server.requests.get("POST /data/services/import", 0) == 0
 
 
+def other_study(folder: Path) -> None:
+    """Give every DICOM file under `folder` a new StudyInstanceUID (another session)."""
+    study = pydicom.uid.generate_uid()
+    for path in folder.rglob("*"):
+        if path.is_file():
+            dataset = pydicom.dcmread(path)
+            dataset.StudyInstanceUID = study
+            dataset.save_as(path)
+
+
 def test_label_conflict_is_quarantined(tmp_path: Path, settings: config.Config) -> None:
-    """1. LABEL is archived with one series. 2. Another folder with the same label but other
-    series is dropped. Result: the second is quarantined as LABEL_EXISTS; XNAT keeps the first."""
+    """1. LABEL is archived with one series. 2. Another folder with the same label but another
+    study (other series, another StudyInstanceUID) is dropped. Result: the second is
+    quarantined as LABEL_EXISTS; XNAT keeps the first. (The same study would be late files,
+    appended: test_late_files.)"""
     first = stage(tmp_path / "drop", LABEL, SMALL)
     first_files = snapshot(first)
     assert push(settings, first).kind == "archived"
     second = stage(tmp_path / "drop", LABEL, ("02_Ax_fMRI_FF_I11.1_S15.9",), sidecars=False)
+    other_study(second)
     original = snapshot(second)
     outcome = push(settings, second)
     assert outcome.kind == "quarantined" and outcome.code == "LABEL_EXISTS", outcome

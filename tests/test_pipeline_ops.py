@@ -234,7 +234,8 @@ def test_everything_written_under_the_state_folder_is_private(
 ) -> None:
     """Spool folders and files were created 0755/0644. Checked where the spool is fullest:
     a push stopped after pack (check.json, plan.json), one whose sidecar upload keeps failing
-    (the sidecar zip is left in the spool), a quarantine, and reason files set aside."""
+    (the sidecar zip is streamed: none is ever written under the state folder), a quarantine,
+    and reason files set aside."""
     settings = load(write_config(tmp_path, server.url, inline_attempts=1))
     stopping = threading.Event()
 
@@ -252,7 +253,8 @@ def test_everything_written_under_the_state_folder_is_private(
     assert push(settings, blocked).kind == "quarantined"
 
     files = {p.as_posix() for p in assert_private(settings.paths.state)}
-    assert {"spool/1/check.json", "spool/1/plan.json", "spool/2/behav.zip"} <= files
+    assert {"spool/1/check.json", "spool/1/plan.json", "spool/2/check.json"} <= files
+    assert not [name for name in files if name.endswith(".zip")]
     assert "ledger.sqlite3" in files and "locks/SPN01__SPN01_0104.lock" in files
 
 

@@ -11,8 +11,10 @@ def h3(response) -> str:
     return re.search(r"<h3>(.*)</h3>", response.text, re.S).group(1)
 
 
-def prearchive(svc, files, dicom, **params) -> str:
-    response = svc.import_zip(dicom.zip(files), project="SPN01", dest="/prearchive", **params)
+def prearchive(svc, files, dicom, prefix="series/", **params) -> str:
+    response = svc.import_zip(
+        dicom.zip(files, prefix=prefix), project="SPN01", dest="/prearchive", **params
+    )
     assert response.status_code == 200, response.text
     return response.text.strip()
 
@@ -93,6 +95,27 @@ def test_duplicate_files_conflict_500_and_row_conflict(svc, dicom):
     )
     assert svc.json_rows(again)[0]["status"] == "CONFLICT"
     ok = svc.post("/data/services/archive", data={"src": again, "overwrite_files": "true"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_an_archived_instance_under_another_name_conflicts_unless_overwrite(sandbox, svc, dicom):
+    """MergeSessionsA.checkForConflict → SessionOverwriteCheck: an incoming instance whose UID
+    the destination scan already catalogues refuses the merge, whatever its file name; new
+    instances beside it change nothing about that. overwrite=append overrides it."""
+    files = dicom.files(count=3)
+    first = prearchive(svc, files[:2], dicom, subject="D5", session="D5_MR1")
+    assert svc.post("/data/services/archive", data={"src": first}).status_code == 200
+    again = prearchive(svc, files[1:], dicom, subject="D5", session="D5_MR1", prefix="renamed/")
+    refused = svc.post("/data/services/archive", data={"src": again})
+    assert refused.status_code == 500
+    folder = again.rsplit("/", 1)[1]
+    assert h3(refused) == (
+        f"FAILED: Unable to archive {folder}: Operation Failed: Session already exists with the "
+        "same resources."
+    )
+    [experiment] = sandbox.state()["archive"]
+    assert experiment["files"] == 2
+    ok = svc.post("/data/services/archive", data={"src": again, "overwrite": "append"})
     assert ok.status_code == 200, ok.text
 
 

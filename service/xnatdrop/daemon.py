@@ -23,7 +23,7 @@ state folder cannot be written (full, read-only), every push is held and the dae
 with backoff (5 s doubling to 10 min), alerting once; it never exits or restarts for it. After a
 restart, drops held because XNAT refused our login are due at once: a restart is how the
 operator says the password is fixed. A drop failing the same way REPEATED_FAILURES times in a
-row is reported once; the same traceback is logged once an hour at most.
+row is reported once, as an ALERT; the same traceback is logged once an hour at most.
 
 Shutdown follows uvicorn's order: on SIGTERM or SIGINT send `STOPPING=1`, stop intake (no scan,
 no new push), let running pushes reach a checkpoint (they see `stopping` between steps) within
@@ -63,9 +63,14 @@ TICK_SECONDS = 5.0  # main-loop period when systemd's watchdog does not ask for 
 # a slow share may take minutes to list, but a scan blocked for longer is a hung mount or a bug.
 STUCK_SCAN_SECONDS = 600.0
 STATUS_FILE = "daemon-status.json"  # in paths.state; read by `xnatdrop status`
-# A drop that failed this many times in a row the same way is reported once (one WARNING line)
+# A drop that failed this many times in a row the same way is reported once (one ALERT line)
 # and makes `xnatdrop status` exit 1; it keeps being retried with the ledger's backoff.
 REPEATED_FAILURES = 3
+# Codes that raise their own alert (refused credentials, the circuit breaker, the state folder):
+# a streak of them adds nothing.
+ALERTED_ELSEWHERE = frozenset(
+    {"AUTHENTICATION", ledger_module.HELD, ledger_module.SUSPECT, "STATE"}
+)
 # Backoff while the state folder cannot be written: 5 s, 10 s, 20 s … at most 10 minutes.
 STATE_BACKOFF_BASE = 5.0
 STATE_BACKOFF_MAX = 600.0
@@ -506,16 +511,21 @@ class Daemon:
         return True
 
     def _report_streaks(self) -> None:
-        """One WARNING line when a drop has failed REPEATED_FAILURES times the same way."""
+        """One ALERT line when a drop has failed REPEATED_FAILURES times the same way.
+
+        What never heals by itself (a 500 XNAT gives every time, a file the service user may
+        not read) was otherwise retried forever with a warning per attempt and nothing that
+        asked a person to look.
+        """
         with ledger_module.Ledger(self.settings.paths.state) as ledger:
             streaks = ledger.failure_streaks(REPEATED_FAILURES)
         for streak in streaks:
             key = (streak.drop.id, streak.step, streak.code)
-            if key in self.reported_streaks:
+            if key in self.reported_streaks or streak.code in ALERTED_ELSEWHERE:
                 continue
             self.reported_streaks.add(key)
-            log.warning(
-                "%s: failed %d times in a row at %s (%s: %s); it is retried with backoff, "
+            log.error(
+                "ALERT %s: failed %d times in a row at %s (%s: %s); it is retried with backoff, "
                 "but a person should look (xnatdrop status)",
                 streak.drop.label,
                 streak.count,
@@ -633,6 +643,11 @@ class Daemon:
             elif result.kind in ("transient", "busy", "stopped", "auth_failed", "state"):
                 delay = (result.retry_at - time.time()) if result.retry_at else self.poll
                 self.watcher.look_again(folder, max(delay, self.poll), result.kind)
+            else:
+                # Finished, yet a folder of that name is in the drop root: a new copy that
+                # arrived while the drop was under way (after a crash during freeze, say). It
+                # is a drop of its own: settle it afresh.
+                self.watcher.look_again(folder, self.poll, "a new folder of a finished label")
 
     def _update_status(self, window_open: bool) -> None:
         counts = self.watcher.counts()
@@ -713,6 +728,10 @@ def pipeline_processor(settings: config_module.Config, password: str) -> Process
         except StateError as error:
             # Nowhere to record the failure: the daemon holds all pushes and backs off.
             return Result("state", error.reason)
+        except FileNotFoundError as error:
+            # The folder went away after it settled and nothing of it is in the ledger: the
+            # watcher forgets it on its next scan; not a crash.
+            return Result("stopped", str(error), time.time())
         return Result(outcome.kind, outcome.detail, outcome.retry_at)
 
     return process

@@ -299,7 +299,7 @@ def private_dir(path: Path) -> Path:
 # SQLITE_READONLY 8, SQLITE_IOERR 10, SQLITE_FULL 13, SQLITE_CANTOPEN 14 (sqlite.org/rescode.html).
 _STATE_CODES = {8: "it is read-only", 10: "disk I/O error", 13: "its file system is full"}
 _STATE_CODES[14] = "the ledger file cannot be opened"
-_OS_STATE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
+STATE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
 
 
 @contextmanager
@@ -318,7 +318,7 @@ def state_errors(state: Path) -> Iterator[None]:
             raise
         raise StateError(state, f"{_STATE_CODES[code]}: {error}") from None
     except OSError as error:
-        if error.errno not in _OS_STATE_ERRNOS:
+        if error.errno not in STATE_ERRNOS:
             raise
         raise StateError(state, error.strerror or str(error)) from None
 

@@ -9,6 +9,7 @@ log, a JSON reason file or the ledger as text. Everywhere a name is shown, it go
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 
@@ -24,3 +25,29 @@ def valid(name: str) -> bool:
 def shown(name: str) -> str:
     """`name` fit for a log line or a reason file: bytes that are not UTF-8 as \\xNN."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+NAME_MAX = 255  # bytes in one file name: Linux file systems, and SMB/NFS shares mounted there
+_HASH = 10  # hex digits of SHA-1 that keep two shortened names apart
+
+
+def fit(name: str, suffix: str = "", limit: int = NAME_MAX) -> str:
+    """`name + suffix` if it fits in `limit` bytes; else `name` cut short, then `~` and a hash
+    of the whole of `name`, then `suffix`.
+
+    xnatdrop adds to names a person chose: `<label>__<time>` in quarantine/, `<label>__2` in
+    done/, `<project>__<label>.lock`. A folder with a 255-byte name then made a lock file name
+    too long for the kernel (ENAMETOOLONG), and the folder was never processed. The hash keeps
+    two long names apart that differ only at their end; the cut never splits a character.
+    """
+    whole = name + suffix
+    if len(os.fsencode(whole)) <= limit:
+        return whole
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:_HASH]
+    room = limit - len(os.fsencode(suffix)) - len(digest) - 1
+    if room < 1:
+        raise ValueError(f"a suffix of {len(os.fsencode(suffix))} bytes leaves no room")
+    head = name
+    while len(os.fsencode(head)) > room:
+        head = head[: max(len(head) - max((len(os.fsencode(head)) - room) // 4, 1), 0)]
+    return f"{head}~{digest}{suffix}"

@@ -38,7 +38,13 @@ one, which checks that the bytes did not change.
 A file whose size differs from the plan, or that vanished, aborts the body with `Changed` (a
 TransientError, not an OSError, so that urllib3 and requests let it through unchanged): the
 frozen folder should never change. The import step then drops the plan, and the next attempt
-plans again from the folder as it is.
+plans again from the folder as it is. Any other OSError on the way (a file the service user may
+not read, a full state folder when the manifest is saved) becomes `FileError`, for the same
+reason; the pipeline sorts it by its path.
+
+Entry names are the files' paths relative to the subject folder, except where too long for
+XNAT to store (`upload_name`). The same streamed zip carries sidecar folders to XNAT's
+resources, with their names as they are.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from xnatdrop import names
 from xnatdrop.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -73,15 +80,50 @@ class Changed(TransientError):
     """A file of the frozen folder changed size or vanished after the plan was made."""
 
 
+class FileError(TransientError):
+    """Reading a file of the upload or saving the manifest failed while the body was being
+    sent: `error` is the OSError. Raised as a TransientError, never as an OSError, because
+    urllib3 would take an OSError from a body for a broken connection ("cannot connect")."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(f"{error.filename}: {error.strerror or error}")
+        self.error = error
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """A file to pack: its path relative to the subject folder and its DICOM identity."""
+    """A file to pack: its path relative to the subject folder and its DICOM identity.
+
+    `zip_name` is its entry name in the zip when that is not `path` (see `upload_name`).
+    """
 
     path: str
     sop_instance_uid: str
     series_instance_uid: str
     series_number: str = ""
     study_instance_uid: str = ""
+    zip_name: str = ""
+
+    @property
+    def entry(self) -> str:
+        return self.zip_name or self.path
+
+
+# XNAT stores each uploaded file under its whole zip entry name made file-name-safe
+# (GradualDicomImporter.getSafeFile, stock row 12), and adds to it: a lock file named by scan
+# and file (PrearcUtils.lockFile), `<name>.part` in the sandbox. An entry name near NAME_MAX
+# made every import fail with a 500, forever. 200 bytes leaves room for what XNAT adds.
+ZIP_NAME_MAX = 200
+
+
+def upload_name(path: str) -> str:
+    """The zip entry name of a DICOM file at `path` (relative to the subject folder): the path
+    itself, or, if longer than ZIP_NAME_MAX bytes, its start, `~`, a hash of the whole path and
+    its extension. XNAT verifies instances by UID, never by name, so nothing else changes."""
+    name = path.rpartition("/")[2]
+    stem, dot, extension = name.rpartition(".")
+    suffix = f".{extension}" if dot and stem and len(extension) <= 8 else ""
+    return names.fit(path[: len(path) - len(suffix)], suffix, limit=ZIP_NAME_MAX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,13 +209,18 @@ class Manifest:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via `<name>.part` and a rename. An error names the file: a write to a full disk
+    raises an OSError without one, and the pipeline sorts file-system errors by path."""
     part = path.with_name(path.name + ".part")
     descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # spool: private
-    os.fchmod(descriptor, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(part)) from error
     os.replace(part, path)
 
 
@@ -194,7 +241,7 @@ def plan(folder: Path, items: Iterable[Item]) -> Plan:
         files.append(Planned(item, stat.st_size, stat.st_mtime))
     layout = _ZipWriter()
     for planned in files:
-        layout.local(planned.item.path, planned.size, 0, planned.mtime)
+        layout.local(planned.item.entry, planned.size, 0, planned.mtime)
         layout.offset += planned.size
     size = layout.offset + len(layout.finish())
     return Plan(size, tuple(files))
@@ -231,6 +278,8 @@ def _read_whole(path: Path, size: int) -> _Read:
             data = handle.read(size + 1)
     except FileNotFoundError:
         raise Changed(f"{path} vanished after the upload was planned") from None
+    except OSError as error:
+        raise FileError(error) from error
     if len(data) != size:
         raise Changed(f"{path} is {len(data)} bytes, planned {size}; it changed after planning")
     digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
@@ -249,6 +298,8 @@ def _digest(path: Path, size: int) -> _Read:
                 done += len(data)
     except FileNotFoundError:
         raise Changed(f"{path} vanished after the upload was planned") from None
+    except OSError as error:
+        raise FileError(error) from error
     if done != size:
         raise Changed(f"{path} is {done} bytes, planned {size}; it changed after planning")
     return _Read(size, digest.hexdigest(), crc)
@@ -267,6 +318,8 @@ def _copy(path: Path, first: _Read) -> Iterator[bytes]:
                 yield data
     except FileNotFoundError:
         raise Changed(f"{path} vanished while it was sent") from None
+    except OSError as error:
+        raise FileError(error) from error
     if (done, crc) != (first.size, first.crc):
         raise Changed(f"{path} changed while it was sent")
 
@@ -393,7 +446,7 @@ class Body:
         entries = []
         for planned, read in _hashed(self._folder, self._plan, self._readers):
             path = self._folder / planned.item.path
-            yield writer.local(planned.item.path, planned.size, read.crc, planned.mtime)
+            yield writer.local(planned.item.entry, planned.size, read.crc, planned.mtime)
             if read.data is not None:
                 yield read.data
             else:
@@ -402,7 +455,10 @@ class Body:
             entries.append(_entry(planned, read))
         manifest = Manifest(self._plan.zip_size, tuple(entries))
         if self._spool is not None:
-            save(self._spool, manifest)
+            try:
+                save(self._spool, manifest)
+            except OSError as error:
+                raise FileError(error) from error
         if self._on_manifest is not None:
             self._on_manifest(manifest)
         tail = writer.finish()

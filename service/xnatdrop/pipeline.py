@@ -15,36 +15,47 @@ uploading. The result is an `Outcome`:
 - `archived`: archived, verified, sidecars attached, folder in done/ (exit 0);
 - `quarantined`: a permanent failure, folder in quarantine/ with reason files (exit 1);
 - `transient`: stopped on a retryable error (timeout, reset, 5xx, expired session that could
-  not be renewed, or an unexpected exception, recorded as INTERNAL); `retry_at` says when the
-  ledger considers the drop due again (exit 3);
+  not be renewed; a file or folder of the drop or the share that cannot be read or written,
+  code FILESYSTEM, naming the path and the fix; or an unexpected exception, a bug, recorded as
+  INTERNAL with its traceback); `retry_at` says when the ledger considers the drop due again
+  (exit 3);
+- `state`: xnatdrop's own state folder cannot be written (full, read-only): no drop is at
+  fault; the caller holds every push and tries again with backoff (exit 3);
 - `auth_failed`: XNAT refused our credentials; the drop is not due again for
   `push.retry_max_seconds`; the caller should stop all uploads and alert (exit 3);
 - `busy`: another process holds this drop's lock (exit 3);
 - `stopped`: `stopping` was set; the drop stopped at a step boundary (exit 3);
-- `incomplete`: the check found empty or truncated files younger than
-  `settle.max_wait_seconds`, so the folder is probably still being copied: it was moved back to
-  the drop root (ledger state `new`) to settle again (exit 3). Older ones quarantine.
+- `incomplete`: the check found empty or truncated files, or visibly incomplete series, younger
+  than `settle.max_wait_seconds`, so the folder is probably still being copied: it was moved
+  back to the drop root (ledger state `new`) to settle again (exit 3). Older ones quarantine.
+  The move back ("thaw") is recorded before and after the rename, so a kill -9 between them
+  is finished on the next call.
 
 Each step is written to the ledger before and after (`Ledger.begin` / `Ledger.advance`), and each
 is safe to repeat after a `kill -9` at any point:
 
 - freeze renames the folder into `<drop root>/<push.work_folder>/<drop id>/<LABEL>` (same file
-  system, checked); a repeat finds it there.
+  system, checked); a repeat finds it there, and a new copy that the technologist made in the
+  meantime is left in the drop root, to be pushed after this drop as a drop of its own. Before
+  each later step the folder is looked for where the ledger says (`_located`).
 - check runs the rules on the frozen folder and stores the facts the later steps need in the
   spool (`<state>/spool/<drop id>/check.json`); a block finding quarantines.
 - pack plans the zip (entry order, names, sizes, exact length) and writes `plan.json`
   atomically; no file data is read (see `pack`).
 - import first reads what XNAT will do to the files (anonymisation scripts, series import
   filters, the checksums preference: `verify.Rewriting`, kept in the spool as `xnat.json`),
-  then asks XNAT what exists: an archived session with this label (exactly our instances:
-  nothing is sent; other instances: quarantine as a label conflict), a READY prearchive
+  then asks XNAT what exists: an archived session with this label (`_join`: of the same study,
+  only the instances it lacks are sent and later archived into it, the late files of a copy
+  that paused; all of them there: nothing is sent; another study, or other content for an
+  instance it holds: quarantine as a label conflict), a READY prearchive
   session holding every file (reused), a copy XNAT is still building (its answer was lost, e.g.
   to a proxy's 504: waited for, never deleted), leftovers of an interrupted upload (deleted once
   XNAT has stopped writing to them); only then uploads, streaming the zip while it reads and
   hashes the files, and saves `manifest.json` (size, MD5 and UIDs of each file) once every file
-  is hashed. Comparing with XNAT without a manifest (a crash before it was saved) hashes the
-  files first, without sending. An upload XNAT files under another project (Unassigned) is
-  removed again.
+  is hashed. Zip entry names are the files' paths, shortened where XNAT could not store them
+  (`pack.upload_name`). Comparing with XNAT without a manifest (a crash before it was saved)
+  hashes the files first, without sending. An upload XNAT files under another project
+  (Unassigned) is removed again.
 - verify waits for READY (CONFLICT and ERROR end the wait) and compares the number of files of
   each scan with the manifest, and their sizes where XNAT keeps the bytes; series a series
   import filter dropped are recorded for the receipt; anything else missing is deleted and sent
@@ -54,10 +65,13 @@ is safe to repeat after a `kill -9` at any point:
   session (`verify`): every instance matched by SOPInstanceUID, the pixel data of one file per
   scan, sizes and MD5s where XNAT keeps the bytes. A difference quarantines the folder with a
   reason file saying the session is in XNAT, at which address, and what differs.
-- attach lists each sidecar resource and uploads only the files that are not there yet; a file
-  that is there with other content is a permanent conflict.
+- attach lists each sidecar resource and uploads only the files that are not there yet, as a
+  zip streamed from the folder (never written to disk); a file that is there with other
+  content is a permanent conflict.
 - finish sets optional subject fields, writes the receipt and renames the folder to
-  `done/<date>/<LABEL>/`; the target is written to the ledger before the rename.
+  `done/<date>/<LABEL>/`; the target is written to the ledger before the rename, and chosen
+  again if the configured done/ path changed since (`_aim`; quarantine/ likewise). Names that
+  xnatdrop adds to (`__<time>`, `__2`, `.lock`) are shortened to fit (`names.fit`).
 
 Transient errors (`errors.TransientError`) are retried with exponential backoff and jitter,
 `push.inline_attempts` times within one call, then handed back. They never quarantine.
@@ -73,35 +87,37 @@ pending, recent failures, last finished) is documented in `ledger`.
 Test hook: the environment variable `XNATDROP_TEST_CRASH_AT=<step>:<before|after>` makes the
 process SIGKILL itself right after the ledger recorded the start of that step (`before`) or right
 after the step's work, before the ledger recorded it (`after`); `import:bytes=N` kills it once N
-bytes of the upload were sent; `quarantine:before|after` around the move to quarantine/. It is
-read in `_crash_point` only.
+bytes of the upload were sent; `quarantine:before|after` around the move to quarantine/;
+`thaw:before|after` around the move back to the drop root. It is read in `_crash_point` only.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
 import errno
+import functools
 import hashlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import threading
 import time
 import tomllib
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import breaker, locks, pack, quarantine, receipt, rules, verify, xnat
+from xnatdrop import breaker, locks, names, pack, quarantine, receipt, rules, verify, xnat
 from xnatdrop import ledger as ledger_module
 from xnatdrop.config import Config, DropSettings
-from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
+from xnatdrop.errors import AuthenticationError, PermanentError, StateError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +261,13 @@ def _drop_lock(state: Path, project: str, label: str) -> Iterator[str | None]:
     Yields None when this process holds it, else who does ("xnatdrop run (pid 4711)"): the
     lock file names its holder, so `push` can say that the daemon is on it.
     """
-    folder = ledger_module.private_dir(state / "locks")
     try:
-        lock = locks.Lock.acquire(
-            folder / f"{project}__{label}.lock", locks.me(state, locks.this_command(state))
-        )
+        with ledger_module.state_errors(state):  # a full or read-only state folder: StateError
+            folder = ledger_module.private_dir(state / "locks")
+            lock = locks.Lock.acquire(
+                folder / names.fit(f"{project}__{label}", ".lock"),
+                locks.me(state, locks.this_command(state)),
+            )
     except locks.Held as held:
         yield held.owner.describe()
         return
@@ -274,14 +292,25 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
 
     This is the per-drop boundary: the one place that catches any exception, records it in the
     ledger and turns it into an Outcome (STYLE.md, "Catch narrowly, with one exception").
+    Expected trouble never reaches the broad catch: a file-system error is sorted by
+    `_file_trouble` (the state folder: the "state" outcome, which holds every push; a file of
+    the drop or the share: a transient wait that names the file and the fix). What is left,
+    code INTERNAL, is a bug, logged with its traceback.
     """
     push = run.config.push
     tries = 0
     resends = 0
     while True:
-        step = drop.running or drop.next_step or "finish"
         try:
-            return _run_drop(run, drop)
+            try:
+                return _run_drop(run, drop)
+            except pack.FileError as failure:
+                raise _file_trouble(run, failure.error) from failure
+            except OSError as failure:
+                trouble = _file_trouble(run, failure)
+                if trouble is failure:
+                    raise
+                raise trouble from failure
         except _Stopped:
             drop = run.book.get(drop.id)
             log.info("%s: stopped at %s; it resumes on the next run", drop.label, drop.state)
@@ -294,19 +323,18 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
                 continue
             error: Exception = TransientError(f"XNAT lost the upload {resends} times: {reason}")
         except _HandBack as handed:
-            drop = run.book.fail(
-                run.book.get(drop.id), step, handed.code, str(handed), handed.retry_at
-            )
+            drop, step = _failed_at(run, drop)
+            drop = run.book.fail(drop, step, handed.code, str(handed), handed.retry_at)
             log.warning("%s: %s", drop.label, handed)
             return Outcome(
                 "transient", drop.label, drop.id, str(handed), handed.code, handed.retry_at
             )
         except AuthenticationError as failure:
             # Not retried in a loop: the drop waits the longest backoff (push.retry_max_seconds).
+            # Recorded at the step that met it (status names it), not where the call began.
             retry_at = time.time() + push.retry_max_seconds
-            drop = run.book.fail(
-                run.book.get(drop.id), step, "AUTHENTICATION", str(failure), retry_at
-            )
+            drop, step = _failed_at(run, drop)
+            drop = run.book.fail(drop, step, "AUTHENTICATION", str(failure), retry_at)
             log.error(
                 "%s: %s. Uploads stop until the credentials are fixed; nothing was lost.",
                 drop.label,
@@ -315,16 +343,28 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
             return Outcome(
                 "auth_failed", drop.label, drop.id, str(failure), "AUTHENTICATION", retry_at
             )
+        except StateError as failure:
+            # xnatdrop's own state folder: no drop is at fault and every drop would meet it.
+            # Recorded if the ledger still takes it; the caller holds all pushes and backs off.
+            wait = backoff(drop.attempts, push.retry_base_seconds, push.retry_max_seconds)
+            retry_at = time.time() + wait
+            with contextlib.suppress(StateError):
+                drop, step = _failed_at(run, drop)
+                drop = run.book.fail(drop, step, "STATE", str(failure), retry_at)
+            # Said once by whoever holds the pushes (the daemon's ALERT, push's last line).
+            log.debug("%s: %s", drop.label, failure)
+            return Outcome("state", drop.label, drop.id, failure.reason, retry_at=retry_at)
         except TransientError as failure:
             error = failure
         except Exception as failure:
-            log.exception("%s: unexpected error in step %s", drop.label, step)
+            log.exception("%s: unexpected error in step %s", drop.label, drop.running or drop.state)
             error = failure
-        drop = run.book.get(drop.id)
-        step = drop.running or drop.next_step or step
+        drop, step = _failed_at(run, drop)
         delay = backoff(drop.attempts, push.retry_base_seconds, push.retry_max_seconds)
-        code = "TRANSIENT" if isinstance(error, TransientError) else "INTERNAL"
-        message = str(error) if isinstance(error, TransientError) else repr(error)
+        if isinstance(error, TransientError):
+            code, message = getattr(error, "code", "TRANSIENT"), str(error)
+        else:
+            code, message = "INTERNAL", repr(error)
         drop = run.book.fail(drop, step, code, message, time.time() + delay)
         tries += 1
         if run.stopping.is_set():
@@ -340,6 +380,56 @@ def _attempts(run: _Run, drop: ledger_module.Drop) -> Outcome:
             return Outcome("transient", drop.label, drop.id, message, code, drop.next_attempt)
 
 
+def _failed_at(run: _Run, drop: ledger_module.Drop) -> tuple[ledger_module.Drop, str]:
+    """The drop as the ledger has it now, and the step that failed: the one running, else the
+    next one. Read afresh: the drop passed in may be several steps old."""
+    current = run.book.get(drop.id)
+    return current, current.running or current.next_step or "finish"
+
+
+class FileTrouble(TransientError):
+    """A file or folder of the drop or the share cannot be read or written (permissions, a
+    full share, a folder in the way): waits and is retried with backoff; the message names
+    the path and the fix. Three in a row raise one ALERT (`daemon`) and `status` exits 1."""
+
+    code = "FILESYSTEM"
+
+
+_ERRNO_FIX = {
+    errno.ENOSPC: "its file system is full: free space there",
+    errno.EDQUOT: "the service user's disk quota is used up: raise it or free space",
+    errno.EACCES: "the service user may not access it: fix its permissions",
+    errno.EPERM: "the service user may not change it: fix its permissions or owner",
+    errno.EROFS: "its file system is mounted read-only: remount it read-write",
+    errno.EIO: "the disk or share reports an I/O error: check it",
+    errno.ENOTEMPTY: "a folder of that name is in the way: move it aside",
+    errno.EEXIST: "a folder of that name is in the way: move it aside",
+    errno.ENAMETOOLONG: "the name is too long for the file system: shorten it",
+    errno.ENOENT: "it is missing: if the share is unmounted, mount it",
+    errno.ESTALE: "the share was remounted under xnatdrop: it is tried again",
+}
+
+
+def _file_trouble(run: _Run, error: OSError) -> Exception:
+    """What an OSError from a step means for the drop (see `_attempts`).
+
+    Under the state folder with an errno that means "cannot write" it is a StateError; any
+    other error with a file name is FileTrouble; an OSError without one is not a file-system
+    problem we know of, and stays what it is (INTERNAL).
+    """
+    if error.filename is None:
+        return error
+    path = Path(os.fsdecode(error.filename))
+    state = run.config.paths.state
+    if error.errno in ledger_module.STATE_ERRNOS and path.is_relative_to(state):
+        return StateError(state, error.strerror or str(error))
+    fix = _ERRNO_FIX.get(error.errno or 0, "xnatdrop tries again later")
+    where = names.shown(str(path))
+    if error.filename2 is not None:
+        where += f" -> {names.shown(os.fsdecode(error.filename2))}"
+    return FileTrouble(f"{where}: {error.strerror or error}; {fix}")
+
+
 def _run_drop(run: _Run, drop: ledger_module.Drop) -> Outcome:
     """The steps, and the two ways out that move the folder: quarantine and thaw.
 
@@ -349,7 +439,9 @@ def _run_drop(run: _Run, drop: ledger_module.Drop) -> Outcome:
         if drop.running == "quarantine":
             # A quarantine was cut short by a crash: finish it with the reason stored at start.
             return _complete_quarantine(run, drop, _stored_reason(run, drop))
-        return _final_outcome(_steps(run, drop))
+        if drop.running == "thaw" or _thawed(drop):
+            return _complete_thaw(run, drop, "still being copied (the move back was interrupted)")
+        return _final_outcome(_steps(run, _located(run, drop)))
     except PermanentError as failure:
         drop = run.book.get(drop.id)
         if isinstance(failure, xnat.XnatAnswer) and failure.suspect:
@@ -435,7 +527,16 @@ def _freeze(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     """Rename the folder into the working area: one atomic rename on the same file system."""
     source, work = Path(drop.source), _work_path(run, drop)
     run.book.update(drop, work=work)
-    if work.is_dir() and not source.is_dir():
+    if work.is_dir():
+        # Renamed before a crash. A folder now in the drop root under the same name is a new
+        # copy (the technologist saw the folder vanish and copied it again): it stays there and
+        # becomes a drop of its own once this one is finished (see `_located`).
+        if source.is_dir():
+            log.warning(
+                "%s: a new copy appeared in the drop root while this drop was being frozen; "
+                "it is left there and pushed after this one as a drop of its own",
+                drop.label,
+            )
         return {"work": work}, "already frozen"
     if not source.is_dir():
         raise PermanentError(
@@ -494,7 +595,7 @@ def _set_aside_reason_files(run: _Run, drop: ledger_module.Drop, work: Path) -> 
     if not found:
         return
     kept = ledger_module.private_dir(
-        run.config.paths.state / "requeued" / f"{drop.label}__drop{drop.id}"
+        run.config.paths.state / "requeued" / names.fit(drop.label, f"__drop{drop.id}")
     )
     for path in found:
         target = kept / path.name
@@ -538,9 +639,32 @@ def _still_copying(run: _Run, work: Path, blocks: list[dict[str, Any]]) -> None:
 
 
 def _thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:
-    """Move a frozen folder back to the drop root to settle again; quarantine if it can't."""
+    """Move a frozen folder back to the drop root to settle again; quarantine if it can't.
+
+    Written to the ledger before the rename (`running = "thaw"`) and after it (state `new`):
+    a kill -9 between the two once left the ledger pointing at a work folder that no longer
+    existed, and every later attempt failed with "is not a directory". `_complete_thaw`
+    finishes a thaw that was cut short.
+    """
+    drop = run.book.begin(drop, "thaw")
+    _crash_point("thaw", "before")
+    return _complete_thaw(run, drop, reason)
+
+
+def _thawed(drop: ledger_module.Drop) -> bool:
+    """A frozen drop whose folder is back in the drop root and gone from the work area: a thaw
+    that a kill -9 cut short before the ledger recorded its start (an older xnatdrop)."""
+    return (
+        drop.state == "frozen"
+        and bool(drop.work)
+        and not Path(drop.work).exists()
+        and Path(drop.source).is_dir()
+    )
+
+
+def _complete_thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:
     work, source = Path(drop.work), Path(drop.source)
-    if source.exists():
+    if work.is_dir() and source.exists():
         # The copy went on into a new folder of the same name: the two halves cannot be joined
         # safely by a program.
         return _quarantine(
@@ -554,10 +678,48 @@ def _thaw(run: _Run, drop: ledger_module.Drop, reason: str) -> Outcome:
                 "removing both partial copies",
             ),
         )
-    os.rename(work, source)
+    if work.is_dir():
+        os.rename(work, source)
+        _crash_point("thaw", "after")
     drop = run.book.thaw(drop, reason)
+    with contextlib.suppress(OSError):  # the empty <work folder>/<drop id>
+        work.parent.rmdir()
     log.info("%s: %s; back in the drop root to settle again", drop.label, reason)
     return Outcome("incomplete", drop.label, drop.id, reason, "INCOMPLETE")
+
+
+def _located(run: _Run, drop: ledger_module.Drop) -> ledger_module.Drop:
+    """Make sure the frozen folder is where the ledger says before a step needs it.
+
+    A folder moved back into the drop root by hand while its drop was under way is taken back
+    into the work area (the later steps compare it with what was checked and sent). A folder
+    that is in neither place waits with one clear sentence: an unmounted share looks exactly
+    like that, and forgetting the drop would leave the folder hidden once the share is back.
+    """
+    if drop.state in ("new", "done", "quarantined", "requeued") or not drop.work:
+        return drop
+    work, source = Path(drop.work), Path(drop.source)
+    if work.is_dir():
+        return drop
+    target = Path(drop.target) if drop.target else None
+    if drop.state == "attached" and target is not None and target.is_dir():
+        return drop  # finish renamed it into done/ before a crash: finish completes
+    if source.is_dir():
+        log.warning(
+            "%s: the folder was moved back into the drop root while drop %d was %s; taking it "
+            "back into the work area to carry on",
+            drop.label,
+            drop.id,
+            drop.state,
+        )
+        work.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.rename(source, work)
+        return drop
+    raise TransientError(
+        f"the folder of {drop.label} is neither in the work area ({work}) nor in the drop root "
+        f"({source}); if the share is unmounted it waits for it, else put the folder back at "
+        f"{work}"
+    )
 
 
 def _facts(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
@@ -649,10 +811,16 @@ def _subject_file(path: Path, name: str) -> dict[str, str]:
 
 def _subject_from_header(path: Path) -> dict[str, str]:
     import pydicom
+    import pydicom.errors
 
-    header = pydicom.dcmread(
-        path, stop_before_pixels=True, specific_tags=["PatientSex", "PatientBirthDate"]
-    )
+    try:
+        header = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["PatientSex", "PatientBirthDate"]
+        )
+    except (pydicom.errors.InvalidDicomError, ValueError, EOFError) as error:
+        # The rules read this file already; subject fields are optional: go on without them.
+        log.warning("%s: no subject fields from its header (%s)", path.name, type(error).__name__)
+        return {}
     fields = {}
     sex = str(header.get("PatientSex", "") or "").lower()
     if sex in SEX:
@@ -671,10 +839,16 @@ def _plan(run: _Run, drop: ledger_module.Drop) -> pack.Plan:
     spool = run.spool(drop)
     planned = pack.load_plan(spool)
     if planned is None:
-        items = [pack.Item(**f) for f in _facts(run, drop)["files"]]
+        items = [_upload_item(f) for f in _facts(run, drop)["files"]]
         planned = pack.plan(Path(drop.work), items)
         pack.save_plan(spool, planned)
     return planned
+
+
+def _upload_item(fields: dict[str, Any]) -> pack.Item:
+    """One DICOM file of the check's facts as a zip entry, its name shortened if too long."""
+    name = pack.upload_name(fields["path"])
+    return pack.Item(**{**fields, "zip_name": name if name != fields["path"] else ""})
 
 
 def _manifest(run: _Run, drop: ledger_module.Drop) -> pack.Manifest:
@@ -780,6 +954,7 @@ class _Inspection:
     problems: list[str]
     bytes_compared: bool
     unexplained: list[pack.Entry] = dataclasses.field(default_factory=list)
+    not_yet: bool = False  # appending: none of the new instances is in XNAT yet
 
     @property
     def other_instances(self) -> bool:
@@ -797,13 +972,16 @@ def _inspect(
     ours: bool,
 ) -> _Inspection:
     """Read the archived session's DICOM catalogs and sample its pixel data (verify module)."""
-    client = run.client()
-    listing = client.session_files(run.project, session.subject, session.label)
-    files = verify.dicom_files(listing)
-    catalog: list[xnat.CatalogEntry] = []
-    for scan, resource in sorted({(f.scan, f.resource) for f in files}):
-        catalog += client.scan_catalog(run.project, session.subject, session.label, scan, resource)
+    files, catalog = _catalogued(run, session)
     check = verify.check_archive(manifest, catalog, files, compare_bytes)
+    join = _xnat_facts(run, drop).get("append")
+    if join is not None:
+        # Late files: what XNAT held before this drop was appended is expected to be there.
+        existing = set(join["existing"])
+        check = dataclasses.replace(check, extra=[c for c in check.extra if c.uid not in existing])
+        sent = set(join["send"])
+        if not ours and sent and not sent & {c.uid for c in catalog}:
+            return _Inspection(check, [], [], [], compare_bytes, not_yet=True)
     problems: list[str] = []
     dropped: list[dict[str, Any]] = []
     unexplained: list[pack.Entry] = []
@@ -858,11 +1036,25 @@ def _pixel_result(
 
 
 def _verification(
-    inspection: _Inspection, rewriting: verify.Rewriting, dropped: list[dict[str, Any]]
+    inspection: _Inspection,
+    rewriting: verify.Rewriting,
+    dropped: list[dict[str, Any]],
+    join: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What was verified and how, for the log, RECEIPT.json and RECEIPT.txt (honestly)."""
     check = inspection.check
     parts = [f"instance UIDs and counts of all {len(check.matched)} files"]
+    appended = None
+    if join is not None:
+        appended = {
+            "session_held": len(join["existing"]),
+            "new": len(join["send"]),
+            "already_there": len(check.matched) - len(join["send"]),
+        }
+        parts.append(
+            f"{appended['new']} of them added to a session that already held "
+            f"{appended['session_held']} instance(s)"
+        )
     samples = [p for p in inspection.pixel if p["result"] != "no pixel data"]
     if samples:
         parts.append(f"pixel data of 1 file per scan ({len(samples)} scans)")
@@ -892,6 +1084,7 @@ def _verification(
         "md5_compared": md5,
         "rewriting": rewriting.to_json(),
         "not_archived": dropped,
+        "appended": appended,
     }
 
 
@@ -917,6 +1110,8 @@ def _archived(
     rewriting = _rewriting(run, drop)
     compare = bytes_too and not rewriting.rewrites_at_archive()
     found = _inspect(run, drop, session, manifest, rewriting, compare, ours)
+    if found.not_yet:
+        return None
     url = client.session_url(run.project, session.id)
     if found.problems:
         differences = "; ".join(found.problems)
@@ -949,7 +1144,8 @@ def _archived(
             names,
             found.dropped[0]["reason"],
         )
-    verification = _verification(found, rewriting, dropped)
+    join = _xnat_facts(run, drop).get("append")
+    verification = _verification(found, rewriting, dropped, join)
     _save_xnat_facts(run, drop, dropped=dropped, verification=verification)
     return session
 
@@ -1017,19 +1213,20 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     import was lost, e.g. to a proxy's 504: XNAT builds before it answers, stock row 4) is
     waited for, never deleted; a copy it is still receiving is left alone until it is quiet.
     """
-    planned = _plan(run, drop)
     client = run.client()
     rewriting = _rewriting(run, drop, fresh=True)
-    if (
-        client.find_session(run.project, drop.label) is not None
-        and _archived(run, drop, _manifest(run, drop)) is not None
-    ):
+    session = client.find_session(run.project, drop.label)
+    if session is None:
+        _save_xnat_facts(run, drop, append=None)  # an earlier decision no longer holds
+    elif not _join(run, drop, session, _manifest(run, drop), rewriting):
         return {}, "already archived with every instance; nothing sent"
+    planned = _upload_plan(run, drop)
+    join = _xnat_facts(run, drop).get("append")
     for entry in _ours(run, drop, planned):
         if entry.status == READY:
             files = client.prearchive_files(entry.uri)
             check = verify.check_prearchive(
-                _manifest(run, drop), files, not rewriting.rewrites_at_import()
+                _sent(run, drop), files, not rewriting.rewrites_at_import()
             )
             if not (check.incomplete or check.changed) and (
                 not check.missing or rewriting.drops_at_import()
@@ -1061,11 +1258,20 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         if run.progress is not None:
             run.progress("import", count, total)
 
+    if join is None:
+        body = functools.partial(pack.Body, work, planned, spool)
+    else:
+        # Only the new instances go; the manifest of the whole folder is kept as it is, and
+        # each file sent must still be the one hashed into it.
+        hashed = {e.path: e.md5 for e in _manifest(run, drop).files}
+        body = functools.partial(
+            pack.Body, work, planned, on_manifest=functools.partial(_unchanged, hashed)
+        )
     try:
         uri = client.import_zip(
-            lambda: pack.Body(work, planned, spool),
+            body,
             project=run.project,
-            subject=drop.label,
+            subject=join["subject"] if join else drop.label,
             session=drop.label,
             progress=sent,
             prevent_anon=rewriting.prevent_anon,
@@ -1094,10 +1300,162 @@ def _import(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     # Sending ends with the last byte; the rest is XNAT storing and building the session.
     sending = max(last_byte[0] - started, 1e-6)
     waiting = time.monotonic() - last_byte[0]
+    what = f"{len(planned.files)} new instance(s), " if join else ""
     return {"prearchive_uri": uri}, (
-        f"{total} bytes sent in {sending:.1f} s ({total / sending / 1e6:.1f} MB/s), "
+        f"{what}{total} bytes sent in {sending:.1f} s ({total / sending / 1e6:.1f} MB/s), "
         f"XNAT answered {waiting:.1f} s later"
     )
+
+
+def _unchanged(hashed: dict[str, str], sent: pack.Manifest) -> None:
+    """Raise pack.Changed if a file sent differs from the one hashed into the manifest."""
+    for entry in sent.files:
+        if hashed.get(entry.path) != entry.md5:
+            raise pack.Changed(f"{entry.path} changed after it was hashed")
+
+
+# -- late files: a session XNAT already holds under this label ---------------------------------
+
+
+def _catalogued(run: _Run, session: Any) -> tuple[list[xnat.RemoteFile], list[xnat.CatalogEntry]]:
+    """The DICOM files of an archived session and its catalog entries (instance UIDs)."""
+    client = run.client()
+    listing = client.session_files(run.project, session.subject, session.label)
+    files = verify.dicom_files(listing)
+    catalog: list[xnat.CatalogEntry] = []
+    for scan, resource in sorted({(f.scan, f.resource) for f in files}):
+        catalog += client.scan_catalog(run.project, session.subject, session.label, scan, resource)
+    return files, catalog
+
+
+def _join(
+    run: _Run,
+    drop: ledger_module.Drop,
+    session: Any,
+    manifest: pack.Manifest,
+    rewriting: verify.Rewriting,
+) -> int:
+    """Decide what to send when XNAT already holds a session with this label; return how many
+    instances (0: every one is there already, nothing is sent).
+
+    Files that arrive for a session already archived (a copy that paused, a series exported
+    later) are appended to it: only the instances XNAT lacks are sent, and archived into the
+    existing session. XNAT merges them with `overwrite=none` (the Archiver allows a session
+    merge; PrearcSessionArchiver.checkForConflicts needs the same StudyInstanceUID, project,
+    subject and modality, and a scan of the same number to have the same SeriesInstanceUID),
+    but refuses the merge when an incoming instance's UID or file name is already catalogued
+    in the destination (MergeSessionsA.checkForConflict: SessionOverwriteCheck, "Session
+    already exists with the same resources."; FindFirstMatch, "... with matching files."): so
+    nothing XNAT holds is ever sent again, and a new file whose name is taken in its scan is
+    sent under another name. What is already there must have the same content (pixel data of
+    one file per scan; sizes and MD5s where XNAT keeps the bytes); another study, or other
+    content, is a conflict a person must resolve. The decision is kept in the spool (`append`
+    in xnat.json) for the later steps: the instances XNAT held before are expected there.
+    """
+    client = run.client()
+    files, catalog = _catalogued(run, session)
+    check = verify.check_archive(manifest, catalog, files, not rewriting.rewrites_at_archive())
+    url = client.session_url(run.project, session.id)
+    studies = manifest.study_uids()
+    same_study = bool(session.uid) and studies == {session.uid}
+    differs = [verify.ArchiveCheck([], [], check.changed, []).describe()] if check.changed else []
+    for entry, file in verify.smallest_per_scan(check.matched):
+        result = _pixel_result(run, drop, entry, file, rewriting)
+        if result not in ("identical", "no pixel data", "changed by an alterPixels statement"):
+            differs.append(f"pixel data of {entry.path} (scan {file.scan}): {result}")
+    if differs or (check.missing and not same_study):
+        if differs:
+            what = f"instances of this folder are in it with other content: {'; '.join(differs)}"
+        elif session.uid:
+            what = (
+                f"it is another study (StudyInstanceUID {session.uid}; this folder: "
+                f"{', '.join(sorted(studies)) or 'none'})"
+            )
+        else:
+            what = "XNAT does not say which study it is, so these files cannot be added to it"
+        error = PermanentError(
+            "LABEL_EXISTS",
+            f"session {drop.label} already exists in XNAT project {run.project} ({url}) and {what}",
+            "if this is a new session, rename the folder to a new label; if it replaces the "
+            f"existing one, ask the XNAT administrator to delete session {drop.label} first",
+        )
+        error.in_xnat = url  # type: ignore[attr-defined]
+        raise error
+    existing = sorted({c.uid for c in catalog})
+    renamed = _free_names(check.missing, catalog)
+    _save_xnat_facts(
+        run,
+        drop,
+        append={
+            "session": session.id,
+            "subject": session.subject,
+            "existing": existing,
+            "send": [e.sop_instance_uid for e in check.missing],
+            "names": renamed,
+        },
+    )
+    if check.missing:
+        log.info(
+            "%s: session %s in XNAT holds %d instance(s) of this study; appending the %d of "
+            "this folder it lacks (%d already there)",
+            drop.label,
+            session.id,
+            len(existing),
+            len(check.missing),
+            len(check.matched),
+        )
+    return len(check.missing)
+
+
+def _free_names(new: list[pack.Entry], catalog: list[xnat.CatalogEntry]) -> dict[str, str]:
+    """Zip entry names for new instances whose name XNAT already uses in their scan.
+
+    XNAT stores a file under its zip entry name made file-name-safe (getSafeFile, stock row
+    12) in the scan of its SeriesNumber (Restructurer.determineScanSubdir); a name taken there
+    would make the merge fail ("Session already exists with matching files.")."""
+    taken: dict[str, set[str]] = collections.defaultdict(set)
+    for entry in catalog:
+        taken[entry.scan].add(entry.path.rsplit("/", 1)[-1])
+    renamed = {}
+    for entry in new:
+        name = pack.upload_name(entry.path)
+        if xnat_file_name(name) in taken[verify.scan_folder(entry)]:
+            stem, dot, extension = name.rpartition(".")
+            head, tail = (stem, f".{extension}") if dot and stem else (name, "")
+            digest = hashlib.sha1(entry.sop_instance_uid.encode()).hexdigest()[:10]
+            renamed[entry.path] = names.fit(f"{head}~{digest}", tail, limit=pack.ZIP_NAME_MAX)
+    return renamed
+
+
+def xnat_file_name(entry_name: str) -> str:
+    """The name XNAT gives a file from its zip entry name: `Files.toFileNameChars`, anything
+    but ASCII letters, digits, `_`, `.` and `-` becomes `_` (stock row 12)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", entry_name)
+
+
+def _upload_plan(run: _Run, drop: ledger_module.Drop) -> pack.Plan:
+    """The zip to send: the whole folder, or, when appending, only what XNAT lacks."""
+    planned = _plan(run, drop)
+    join = _xnat_facts(run, drop).get("append")
+    if join is None:
+        return planned
+    send, renamed = set(join["send"]), join["names"]
+    items = [
+        dataclasses.replace(p.item, zip_name=renamed.get(p.item.path, p.item.zip_name))
+        for p in planned.files
+        if p.item.sop_instance_uid in send
+    ]
+    return pack.plan(Path(drop.work), items)
+
+
+def _sent(run: _Run, drop: ledger_module.Drop) -> pack.Manifest:
+    """The manifest of what the import sends: all of it, or the new instances when appending."""
+    manifest = _manifest(run, drop)
+    join = _xnat_facts(run, drop).get("append")
+    if join is None:
+        return manifest
+    send = set(join["send"])
+    return pack.Manifest(0, tuple(e for e in manifest.files if e.sop_instance_uid in send))
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -1168,7 +1526,7 @@ def _verify(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         raise
     files = run.client().prearchive_files(drop.prearchive_uri)
     sizes = not rewriting.rewrites_at_import()
-    check = verify.check_prearchive(manifest, files, compare_sizes=sizes)
+    check = verify.check_prearchive(_sent(run, drop), files, compare_sizes=sizes)
     if check.incomplete:
         _delete_prearchive(run, drop.prearchive_uri)
         raise _Resend(f"the prearchive session is incomplete ({check.incomplete})")
@@ -1220,9 +1578,13 @@ def _archive(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     if session is None:
         if drop.prearchive_uri is None or client.prearchive_entry(drop.prearchive_uri) is None:
             raise _Resend("the prearchive session is gone and nothing is archived")
+        join = _xnat_facts(run, drop).get("append")
         try:
             client.archive(
-                drop.prearchive_uri, project=run.project, subject=drop.label, session=drop.label
+                drop.prearchive_uri,
+                project=run.project,
+                subject=join["subject"] if join else drop.label,
+                session=drop.label,
             )
         except TransientError as error:
             cause = getattr(error, "cause", None)
@@ -1319,6 +1681,14 @@ def _missing(name: str, local: dict[str, tuple[int, str]], remote: list[Any] | N
     return missing
 
 
+def _sidecar_body(folder: Path, paths: list[str]) -> Callable[[], pack.Body]:
+    """A factory of the streamed zip of `paths` under `folder`: entry names kept as they are,
+    since XNAT extracts them into the resource with their folders."""
+    items = [pack.Item(path, sop_instance_uid="", series_instance_uid="") for path in paths]
+    planned = pack.plan(folder, items)
+    return lambda: pack.Body(folder, planned)
+
+
 @_step("attach")
 def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     facts = _facts(run, drop)
@@ -1345,17 +1715,13 @@ def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         args = (run.project, session.subject, session.label, name)
         missing = _missing(name, local, client.resource_files(*args))
         if missing:
-            bundle = ledger_module.private_dir(run.spool(drop)) / f"{name}.zip"
-            descriptor = os.open(bundle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with (
-                os.fdopen(descriptor, "wb") as handle,
-                zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive,
-            ):
-                for path in missing:
-                    archive.write(work / relative / path, path)
+            # Streamed, never written to disk: a zip built in the state folder once blocked a
+            # drop at attach, after its session was archived, when the sidecar was larger than
+            # the state folder's free space.
             client.create_resource(*args)
-            client.upload_resource_zip(*args, bundle)
-            bundle.unlink()
+            client.upload_resource_zip(
+                *args, _sidecar_body(work / relative, missing), f"{name}.zip"
+            )
         still = _missing(name, local, client.resource_files(*args))
         if still:
             raise TransientError(f"resource {name} lacks {len(still)} file(s) after the upload")
@@ -1366,12 +1732,35 @@ def _attach(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
 # -- finish ----------------------------------------------------------------------------------
 
 
-def _free_target(base: Path) -> Path:
-    """`base`, or `base__2`, `__3`, … if a folder of that name already exists."""
-    target, number = base, 1
+def _aim(run: _Run, drop: ledger_module.Drop, base: Path, day: str = "") -> ledger_module.Drop:
+    """Record where the folder goes (done/ or quarantine/) before it is moved there.
+
+    The target stored by an earlier attempt is kept while it lies under `base` as configured
+    *now* and is still free; otherwise a new one is chosen. So an operator who fixes a wrong
+    done or quarantine path (another file system, no permission) sees drops under way use the
+    new path at their next attempt, instead of retrying the old one forever. Only called while
+    the folder has not moved yet (it is still in the work area or the drop root).
+    """
+    if drop.target:
+        stored = Path(drop.target)
+        if stored.is_relative_to(base) and not stored.exists():
+            return drop
+    if day:
+        target = _free_target(base / day, drop.label)
+    else:
+        target = _free_target(base, drop.label, f"__{time.strftime('%Y%m%d-%H%M%S')}")
+    if drop.target and Path(drop.target) != target:
+        log.info("%s: now goes to %s (was %s)", drop.label, target, drop.target)
+    return run.book.update(drop, target=target)
+
+
+def _free_target(folder: Path, name: str, suffix: str = "") -> Path:
+    """`folder/<name><suffix>`, or with `__2`, `__3`, … if a folder of that name exists; each
+    name shortened to fit NAME_MAX (`names.fit`), so a 255-byte label still finds a place."""
+    target, number = folder / names.fit(name, suffix), 1
     while target.exists():
         number += 1
-        target = base.with_name(f"{base.name}__{number}")
+        target = folder / names.fit(name, f"{suffix}__{number}")
     return target
 
 
@@ -1419,6 +1808,7 @@ def _receipt(run: _Run, drop: ledger_module.Drop, session: Any) -> dict[str, Any
         "bytes": verification.get("bytes", manifest.total_bytes),
         "checksums_verified": bool(verification.get("md5_compared")),
         "verification": verification,
+        "appended": verification.get("appended"),
         "scans": scans,
         "not_archived": not_archived,
         "resources": resources,
@@ -1431,10 +1821,8 @@ def _receipt(run: _Run, drop: ledger_module.Drop, session: Any) -> dict[str, Any
 @_step("finish")
 def _finish(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
     work = Path(drop.work)
-    if drop.target is None:
-        day = time.strftime("%Y-%m-%d")
-        target = _free_target(run.config.paths.done / day / drop.label)
-        drop = run.book.update(drop, target=target)
+    if work.is_dir():
+        drop = _aim(run, drop, run.config.paths.done, time.strftime("%Y-%m-%d"))
     target = Path(drop.target or "")
     if work.is_dir():
         client = run.client()
@@ -1448,7 +1836,11 @@ def _finish(run: _Run, drop: ledger_module.Drop) -> tuple[dict[str, Any], str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         _rename(work, target)
     elif not target.is_dir():
-        raise FileNotFoundError(f"{drop.label}: neither {work} nor {target} exists")
+        raise TransientError(
+            f"the folder of {drop.label} is neither in the work area ({work}) nor in done/ "
+            f"({target}); if the share is unmounted it waits for it, else put the folder back "
+            f"at {work}"
+        )
     _cleanup(run, drop)
     return {"final_path": target}, f"moved to {target}"
 
@@ -1504,11 +1896,7 @@ def _quarantine(run: _Run, drop: ledger_module.Drop, failure: PermanentError) ->
         reason["in_xnat"] = in_xnat
     ledger_module.private_dir(spool)
     receipt.write_atomic(spool / QUARANTINE_NAME, json.dumps(reason, indent=1), private=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = drop.target or _free_target(run.config.paths.quarantine / f"{drop.label}__{stamp}")
-    drop = run.book.begin(
-        drop, "quarantine", target=target, last_error_code=failure.code, last_error=str(failure)
-    )
+    drop = run.book.begin(drop, "quarantine", last_error_code=failure.code, last_error=str(failure))
     return _complete_quarantine(run, drop, reason)
 
 
@@ -1531,11 +1919,19 @@ def _stored_reason(run: _Run, drop: ledger_module.Drop) -> dict[str, Any]:
 
 
 def _complete_quarantine(run: _Run, drop: ledger_module.Drop, reason: dict[str, Any]) -> Outcome:
-    target = Path(drop.target or "")
+    stored = Path(drop.target) if drop.target else None
+    # A target is chosen free (`_aim`): if it exists, the folder was moved there before a
+    # crash, and a folder of that label in the drop root now is a new copy, not ours.
+    moved = stored is not None and stored.is_dir() and (stored / quarantine.JSON_NAME).is_file()
     folder = next(
-        (Path(p) for p in (drop.work, drop.source) if p and Path(p).is_dir() and Path(p) != target),
+        (Path(p) for p in (drop.work, drop.source) if p and Path(p).is_dir() and Path(p) != stored),
         None,
     )
+    if moved:
+        folder = None
+    if folder is not None:
+        drop = _aim(run, drop, run.config.paths.quarantine)
+    target = Path(drop.target or "")
     if folder is not None:
         quarantine.write(folder, reason)
         _crash_point("quarantine", "before")

@@ -7,8 +7,9 @@ root that is missing or unusable is paused with an alert and picked up when it i
 unmounted share must not stop the other roots), and a done/ or quarantine/ folder that does not
 exist while a drop root is missing too is most likely on that same unmounted share.
 
-What stops `run`: the state folder not writable; done/ or quarantine/ not writable, or on another
-file system than a drop root (drops move by rename only, never by copy).
+What stops `run`: the state folder not writable; done/ or quarantine/ not writable, a file where
+a folder should be, or on another file system than a drop root (drops move by rename only, never
+by copy).
 """
 
 from __future__ import annotations
@@ -59,10 +60,15 @@ def checks(settings: config.Config) -> Iterator[Check]:
     }
     for name, path in named.items():
         base = nearest_existing(path)
-        usable = os.access(base, os.W_OK | os.X_OK)
-        where = "" if base == path else f" (created on first use under {base})"
         # A missing done/quarantine beside a missing drop root: the share is not mounted yet.
         deferred = name != "state" and base != path and share_missing
+        if not base.is_dir():
+            # os.access says "writable" for a file; a folder can never be made there.
+            line = f"paths.{name} {path}: {base} is a file, not a folder; point it at a folder"
+            yield Check(False, line, True)
+            continue
+        usable = os.access(base, os.W_OK | os.X_OK)
+        where = "" if base == path else f" (created on first use under {base})"
         yield Check(
             usable,
             f"paths.{name} {path}: writable{where}"
@@ -77,6 +83,8 @@ def checks(settings: config.Config) -> Iterator[Check]:
         for name in ("quarantine", "done"):
             path = named[name]
             base = nearest_existing(path)
+            if not base.is_dir():
+                continue  # said above
             same = base.stat().st_dev == device
             deferred = base != path and share_missing
             yield Check(

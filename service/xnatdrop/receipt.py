@@ -29,12 +29,16 @@ def write_atomic(path: Path, text: str, private: bool = False) -> None:
     """
     part = path.with_name(path.name + ".part")
     descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
-    if private:
-        os.fchmod(descriptor, 0o600)  # a .part left by a killed run may have another mode
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        if private:
+            os.fchmod(descriptor, 0o600)  # a .part left by a killed run may have another mode
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        # A write to a full disk names no file; the pipeline sorts file-system errors by path.
+        raise OSError(error.errno, error.strerror, str(part)) from error
     os.replace(part, path)
 
 
@@ -65,6 +69,18 @@ def render_text(receipt: dict[str, Any]) -> str:
             f"  scan {scan['series_number'] or '?'}{description}: {scan['file_count']} files, "
             f"{_size(scan['bytes'])} (from {scan['folder']})"
         )
+    appended = receipt.get("appended")
+    if appended:
+        lines += [
+            "",
+            f"This session was already in XNAT with {appended['session_held']} files: "
+            f"{appended['new']} files of this folder were added to it"
+            + (
+                f", {appended['already_there']} were there already (same instances)."
+                if appended["already_there"]
+                else "."
+            ),
+        ]
     verification = receipt.get("verification") or {}
     if verification.get("summary"):
         lines += ["", f"Verified against XNAT: {verification['summary']}."]

@@ -226,6 +226,9 @@ del B, E, W, N
 LABEL_SOURCES = ("folder", "PatientName", "PatientID")
 DEFAULT_SIDECARS = ("behav", "physio", "logs")
 XNAT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
+# XNAT keeps a prearchive session as a folder named by its label with `<label>.xml` beside it
+# (PrearcSessionArchiver.updatePrearchiveSessionXML): a longer label cannot be a file name.
+LABEL_MAX = names.NAME_MAX - len(".xml")
 PLACEHOLDER_LABELS = frozenset({"ANONYMOUS", "ANON", "UNKNOWN", "NONE", "TEST"})
 LITTER_DIRS = frozenset(
     {"__macosx", ".appledouble", ".trashes", ".spotlight-v100", ".fseventsd", "$recycle.bin"}
@@ -1008,10 +1011,15 @@ def _label(
         problems.append("XNAT labels allow only letters, digits, '_' and '-'")
     elif label.upper() in PLACEHOLDER_LABELS:
         problems.append("it is a placeholder, not a subject label")
+    elif len(label) > LABEL_MAX:
+        problems.append(
+            f"it is {len(label)} characters long; XNAT can store labels of at most {LABEL_MAX}"
+        )
     if pattern and not re.fullmatch(pattern, label):
         problems.append(f"it does not match the project pattern {pattern!r}")
     if problems:
         shown = label if source == "folder" or XNAT_LABEL.fullmatch(label) else f"(from {source})"
+        shown = shown if len(shown) <= 64 else f"{shown[:60]}… ({len(shown)} characters)"
         hits.append(_Hit("LABEL_PATTERN", Path("."), f"label {shown}: " + "; ".join(problems)))
     for other in agree:
         if other == source:

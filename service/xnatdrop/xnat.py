@@ -206,11 +206,15 @@ class CatalogEntry:
 
 @dataclass(frozen=True)
 class ArchivedSession:
+    """An archived session; `uid` is its StudyInstanceUID (xnat:imageSessionData/@UID), ""
+    when XNAT has none."""
+
     id: str
     label: str
     subject: str
     project: str
     uri: str
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -1010,6 +1014,7 @@ class XnatClient:
             subject=subject_label,
             project=project,
             uri=self._session_path(project, subject_label, str(fields.get("label", label))),
+            uid=str(fields.get("UID", "") or ""),
         )
 
     def session_scans(self, project: str, subject: str, label: str) -> list[dict[str, str]]:
@@ -1097,22 +1102,32 @@ class XnatClient:
         )
 
     def upload_resource_zip(
-        self, project: str, subject: str, label: str, resource: str, zip_path: Path
+        self,
+        project: str,
+        subject: str,
+        label: str,
+        resource: str,
+        source: Path | Callable[[], Any],
+        name: str | None = None,
     ) -> list[str]:
         """PUT …/resources/R/files/NAME.zip?extract=true: XNAT unpacks it into R (§8.2).
 
-        Files that already exist are not replaced; XNAT lists them as duplicates, which are
-        returned so the caller can verify they hold the same content.
+        `source` is a zip file, or a factory of a fresh body with `__len__` (a streamed
+        `pack.Body`, so that no zip is ever written to disk), called again if the request is
+        repeated after a re-login; `name` is then the zip's name in the URL. Files that already
+        exist are not replaced; XNAT lists them as duplicates, which are returned so the caller
+        can verify they hold the same content.
         """
+        name = name or (source.name if isinstance(source, Path) else f"{resource}.zip")
         path = (
             self._session_path(project, subject, label)
-            + f"/resources/{quote(resource)}/files/{quote(zip_path.name)}"
+            + f"/resources/{quote(resource)}/files/{quote(name)}"
         )
-        handles: list[IO[bytes]] = []
+        handles: list[Any] = []
 
-        def open_body() -> IO[bytes]:
-            handle = open(zip_path, "rb")  # noqa: SIM115 - closed below
-            handles.append(handle)
+        def open_body() -> Any:
+            handle = open(source, "rb") if isinstance(source, Path) else source()  # noqa: SIM115
+            handles.append(handle)  # closed below
             return handle
 
         try:

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import TextIO
 
 from xnatdrop import cli, config, ledger, locks, pipeline, xnat
+from xnatdrop.errors import StateError
 from xnatdrop.exitcodes import Exit
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -39,6 +40,7 @@ EXIT_FOR = {
     "busy": Exit.TRANSIENT,
     "stopped": Exit.TRANSIENT,
     "incomplete": Exit.TRANSIENT,
+    "state": Exit.TRANSIENT,
 }
 
 
@@ -188,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{outcome.label}: quarantined ({outcome.code}); see {outcome.path}/QUARANTINE.txt")
     elif outcome.kind == "busy":
         print(f"{outcome.label}: not pushed: {outcome.message}; see: xnatdrop status")
+    elif outcome.kind == "state":
+        print(StateError(settings.paths.state, outcome.message), file=sys.stderr)
     else:
         when = (
             time.strftime("%H:%M:%S", time.localtime(outcome.retry_at))

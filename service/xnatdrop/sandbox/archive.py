@@ -35,6 +35,11 @@ MODALITY_CHANGED = (
 )
 UID_CHANGED = "Invalid modification of session UID via archive process."
 DUPLICATE_FILE = "Duplicate DICOM file uploaded."
+SAME_RESOURCES = "Session already exists with the same resources."
+"""`MergeSessionsA.CAT_ENTRY_MATCH`: `checkForConflict` runs `SessionOverwriteCheck` unless files
+may be overwritten, and it refuses the merge when any incoming `cat:dcmEntry` has a UID already
+catalogued in the same scan of the destination (`CatalogUtils.getDCMEntryByUID`), whatever the
+file is called."""
 EMPTY_SESSION = "Empty sessions cannot be archived."
 
 
@@ -227,6 +232,10 @@ def _archive(
                 mine = {f["name"] for f in files if f["scan_id"] == scan["scan_id"]}
                 if present & mine and not replace_files:
                     raise ArchiveFailure(DUPLICATE_FILE)
+                present_uids = _dicom_uids(store, existing["id"], target)
+                mine_uids = {f["sop_uid"] for f in files if f["scan_id"] == scan["scan_id"]}
+                if present_uids & mine_uids and not (replace_files or override):
+                    raise ArchiveFailure(SAME_RESOURCES)
             else:
                 target, k = scan["scan_id"], 0
                 while target in taken:
@@ -400,6 +409,15 @@ def _dicom_files(store: object, experiment_id: str, scan_id: str) -> set[str]:
         f"{experiment_id}/{scan_id}",
     )
     return {r["relpath"] for r in rows}
+
+
+def _dicom_uids(store: object, experiment_id: str, scan_id: str) -> set[str]:
+    rows = store.all(  # type: ignore[attr-defined]
+        "SELECT f.uid FROM files f JOIN resources r ON r.id = f.resource_id "
+        "WHERE r.owner_kind = 'scan' AND r.owner_id = ? AND r.label = 'DICOM'",
+        f"{experiment_id}/{scan_id}",
+    )
+    return {r["uid"] for r in rows if r["uid"]}
 
 
 def _resource(
