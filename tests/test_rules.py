@@ -747,3 +747,28 @@ def test_a_folder_that_goes_away_while_it_is_read_gets_no_verdict(tmp_path: Path
     with pytest.raises(rules.FolderGone, match="went away while it was checked"):
         rules.check_folder(subject, None, progress=unmount, workers=1)
     assert rules.check_folder(tmp_path / "elsewhere", None).ok  # the data itself is fine
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'{\n  "code": "RULES_B', b"xnatdrop did NOT arch"],
+    ids=["empty", "json", "text"],
+)
+def test_leftovers_of_our_own_cut_writes_are_ours(subject: Path, content: bytes) -> None:
+    """Found by the campaign (local/share-disk-full): a reason file written onto a full share
+    leaves QUARANTINE.json.part (empty, or the start of our text); the folder's next check
+    reported it as EMPTY_FILE and LOOSE_FILE, and the technologist read about a file they never
+    made. Result: recognised as ours (the pipeline moves it aside), no finding."""
+    add_series(subject, "fmri", GE_FMRI)
+    name = "QUARANTINE.txt.part" if content.startswith(b"xnatdrop") else "QUARANTINE.json.part"
+    (subject / name).write_bytes(content)
+    (subject / "RECEIPT.json.part").write_bytes(b"")
+    verdict = check(subject)
+    assert verdict.ok and not verdict.findings, verdict.findings
+    assert set(rules.own_reason_files(subject)) == {subject / name, subject / "RECEIPT.json.part"}
+
+
+def test_a_part_file_that_is_not_ours_is_judged(subject: Path) -> None:
+    add_series(subject, "fmri", GE_FMRI)
+    (subject / "QUARANTINE.json.part").write_bytes(b"trial,rt\n1,0.4\n")
+    assert finding(check(subject), "LOOSE_FILE").path == Path("QUARANTINE.json.part")
