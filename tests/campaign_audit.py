@@ -295,6 +295,10 @@ def _check_reason(drop: Drop, folder: Path, result: Audit) -> None:
                    f"{drop.expect.code}: {reason.get('message')}")
     elif not drop.expect.findings <= codes:
         result.add("wrong", drop, f"findings {sorted(codes)} lack {sorted(drop.expect.findings)}")
+    own = [f.get("path", "") for f in reason.get("findings", [])
+           if Path(str(f.get("path", ""))).name.startswith(("QUARANTINE.", "RECEIPT."))]
+    if own:
+        result.add("wrong", drop, f"findings about xnatdrop's own files: {own}")
     if not reason.get("fix") or not reason.get("message"):
         result.add("wrong", drop, "reason file without a message and a fix")
 
