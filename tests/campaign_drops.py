@@ -28,6 +28,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from shared_data import dataset
+from xnatdrop import quarantine
 
 GE_EXAM = "In/GE/Exam1486_Laser794mm"
 GE_LOCALIZER = ("ge_signa_premier_table", f"{GE_EXAM}/01_3_Plane_Localizer_FF")  # 21 files, 3 MB
@@ -37,7 +38,7 @@ SI_MOSAIC = ("ge_nih_mr750", "In/20180918Si/mr_0003")  # 2 Siemens mosaics (+ a 
 XA30_DWI = ("siemens_xa30_enhanced", "In/10_DWI_dir80_PA")
 XA30_ADC = ("siemens_xa30_enhanced", "In/11_DWI_dir80_PA")
 XA30_PHOENIX = ("siemens_xa30_enhanced", "In/99_Phoenix_Document")
-PHILIPS_DWI = ("philips_achieva_dwi_isotropic", "In")
+PHILIPS_DWI = ("philips_achieva_dwi_isotropic", "In/Vanderbilt_2018/601_WIP_dti_ax")  # 680
 SIDECARS = {
     "behav/responses.csv": b"trial,rt\n1,0.412\n2,0.388\n",
     "behav/run2/responses.csv": b"trial,rt\n1,0.501\n",
@@ -132,8 +133,8 @@ def copy_dicom(source: Path, target: Path, uids: dict[str, str], label: str, **t
             setattr(data, keyword, uids.setdefault(old, generate_uid()))
     if "StudyInstanceUID" in data and "study" in uids:
         data.StudyInstanceUID = uids["study"]
-    data.PatientName = label
-    data.PatientID = label
+    data.PatientName = label[:64]  # a PN component and an LO hold 64 characters at most
+    data.PatientID = label[:64]
     for keyword, value in tags.items():
         setattr(data, keyword, value)
     if "file_meta" in data.__dict__ or getattr(data, "file_meta", None) is not None:
@@ -196,7 +197,7 @@ def huge_series(staging: Path, root: Path, label: str, count: int) -> Drop:
     study = generate_uid()
     data.StudyInstanceUID = study
     data.SeriesInstanceUID = generate_uid()
-    data.PatientName = data.PatientID = label
+    data.PatientName = data.PatientID = label[:64]
     data.SOPInstanceUID = data.file_meta.MediaStorageSOPInstanceUID = placeholder
     buffer = io.BytesIO()
     data.save_as(buffer)
@@ -327,7 +328,7 @@ def _no_preamble(stager: Stager, root: Path, label: str) -> Drop:
 def _derived(stager: Stager, root: Path, label: str) -> Drop:
     folder, uids, made = _base(stager, root, label)
     series = {"x": generate_uid()}
-    for path in sorted((dataset(GE_FMRI_2[0]) / GE_FMRI_2[1]).iterdir())[:6]:
+    for path in sorted((dataset(GE_FMRI_2[0]) / GE_FMRI_2[1]).iterdir()):
         copy_dicom(
             path,
             folder / "moco" / path.name,
@@ -570,16 +571,22 @@ def _subject_future(stager: Stager, root: Path, label: str) -> Drop:
 @bad("own-reason-files")
 def _resubmitted(stager: Stager, root: Path, label: str) -> Drop:
     folder, _, made = _base(stager, root, label)
-    (folder / "QUARANTINE.json").write_text(
-        '{"label": "%s", "code": "RULES_BLOCKED", "message": "x", "fix": "y", '
-        '"findings": [], "project": "SPN01", "step": "check", "drop_root": "/x", '
-        '"time": "2026-01-01 00:00:00"}\n' % label,
-        encoding="utf-8",
+    quarantine.write(
+        folder,
+        {
+            "label": label,
+            "project": "SPN01",
+            "code": "RULES_BLOCKED",
+            "message": "a NIfTI file in fmri",
+            "fix": "remove it",
+            "findings": [],
+            "step": "check",
+            "drop_root": str(root),
+            "time": "2026-01-01 00:00:00",
+        },
     )
-    (folder / "QUARANTINE.txt").write_text(
-        f"xnatdrop quarantined {label}\n\nWhat is wrong: x\n", encoding="utf-8"
-    )
-    drop = _archived(label, root, made, "copied back with our QUARANTINE.txt/json")
+    drop = _archived(label, root, made, "copied back with our QUARANTINE.txt/json (written by "
+                     "xnatdrop's own quarantine module)")
     drop.aside = set(REASON_FILES)
     return drop
 
