@@ -64,7 +64,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import campaign_drops as drops_module  # noqa: E402
-from campaign_audit import Audit, audit, locate, places  # noqa: E402
+from campaign_audit import Audit, audit, explained, locate, places  # noqa: E402
 from campaign_drops import BAD, Drop, Expect, Stager, clean, place  # noqa: E402
 from campaign_lab import PROJECT, Lab, wait_for  # noqa: E402
 from xnatdrop import config as config_module  # noqa: E402
@@ -228,6 +228,9 @@ def conclude(run: Run, lab: Lab, drops: list[Drop], timeout: float = FINISH_TIME
     if not any(d.alive() for d in lab.daemons):
         lab.daemon()
     reached = wait_for(lambda: finished(lab, drops), timeout, every=0.25)
+    waiting = [d for d in drops if d.expect.kind == "waiting"]
+    if waiting:  # a wait is explained once it has lasted settle.max_wait_seconds at most
+        wait_for(lambda: all(explained(d, status_of(lab)) for d in waiting), 30, every=0.5)
     status = status_of(lab)
     if not reached:
         run.note(f"not every drop reached its verdict within {timeout:.0f} s")

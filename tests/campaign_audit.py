@@ -226,7 +226,7 @@ def _check_drop(
         result.add("duplicated", drop, f"in {len(final)} final places: {[str(p) for _, p in final]}")
     if place != want:
         if place in ("done", "quarantine") or (place == "drop" and expect.kind != "waiting"
-                                               and not _explained(drop, status)):
+                                               and not explained(drop, status)):
             kind = "wrong" if place in ("done", "quarantine") else "stuck"
         else:
             kind = "stuck"
@@ -236,7 +236,7 @@ def _check_drop(
         result.add(kind, drop, detail)
     if place == "quarantine":
         _check_reason(drop, final[0][1], result)
-    if expect.kind == "waiting" and place == "drop" and not _explained(drop, status):
+    if expect.kind == "waiting" and place == "drop" and not explained(drop, status):
         result.add("stuck", drop, f"waits in the drop root but `xnatdrop status` does not say "
                    f"why (expected a line naming it with {expect.why!r})")
     labelled = [row for row in sessions if row["label"] == drop.label]
@@ -347,7 +347,7 @@ def _status_line(drop: Drop, status: tuple[int, str, dict[str, Any]] | None) -> 
     return ""
 
 
-def _explained(drop: Drop, status: tuple[int, str, dict[str, Any]] | None) -> bool:
+def explained(drop: Drop, status: tuple[int, str, dict[str, Any]] | None) -> bool:
     line = _status_line(drop, status)
     if not line:
         return False

@@ -28,7 +28,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from shared_data import dataset
-from xnatdrop import quarantine
+from xnatdrop import names, quarantine
 
 GE_EXAM = "In/GE/Exam1486_Laser794mm"
 GE_LOCALIZER = ("ge_signa_premier_table", f"{GE_EXAM}/01_3_Plane_Localizer_FF")  # 21 files, 3 MB
@@ -133,8 +133,8 @@ def copy_dicom(source: Path, target: Path, uids: dict[str, str], label: str, **t
             setattr(data, keyword, uids.setdefault(old, generate_uid()))
     if "StudyInstanceUID" in data and "study" in uids:
         data.StudyInstanceUID = uids["study"]
-    data.PatientName = label[:64]  # a PN component and an LO hold 64 characters at most
-    data.PatientID = label[:64]
+    # A PN component and an LO hold 64 characters at most; a name that is not UTF-8 is shown.
+    data.PatientName = data.PatientID = names.shown(label)[:64]
     for keyword, value in tags.items():
         setattr(data, keyword, value)
     if "file_meta" in data.__dict__ or getattr(data, "file_meta", None) is not None:
