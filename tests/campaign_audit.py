@@ -190,7 +190,7 @@ def audit(lab: Lab, drops: list[Drop], status: tuple[int, str, dict[str, Any]] |
         prearchive = view.prearchive()
         by_label = Counter(row["label"] for row in sessions)
         known = {d.label for d in drops}
-        for label, count in by_label.items():
+        for label in by_label:
             if label not in known:
                 result.add("duplicated", None, f"XNAT holds session {label} that no drop explains")
         for drop in drops:
@@ -223,7 +223,8 @@ def _check_drop(
     expect = drop.expect
     want = {"archived": "done", "quarantined": "quarantine", "waiting": "drop"}[expect.kind]
     if len(final) > 1:
-        result.add("duplicated", drop, f"in {len(final)} final places: {[str(p) for _, p in final]}")
+        where = [str(p) for _, p in final]
+        result.add("duplicated", drop, f"in {len(final)} final places: {where}")
     if place != want:
         if place in ("done", "quarantine") or (place == "drop" and expect.kind != "waiting"
                                                and not explained(drop, status)):
@@ -325,7 +326,7 @@ def _check_instances(drop: Drop, experiment: str, folder: Path, view: XnatView,
             continue
         try:
             local = pydicom.dcmread(path, force=False)
-        except Exception:  # noqa: BLE001 - any unreadable file: try the next one
+        except Exception:
             continue
         uid = str(local.get("SOPInstanceUID", ""))
         match = next((e for e in entries if e[0] == uid), None)

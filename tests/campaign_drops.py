@@ -238,7 +238,11 @@ def bad(name: str) -> Callable[[Builder], Builder]:
 
 
 def _base(
-    stager: Stager, root: Path, label: str, source: tuple[str, str] = GE_FMRI, count: int | None = None
+    stager: Stager,
+    root: Path,
+    label: str,
+    source: tuple[str, str] = GE_FMRI,
+    count: int | None = None,
 ) -> tuple[Path, dict[str, str], set[str]]:
     """A drop with one good series; returns (folder, uids map, its SOPInstanceUIDs)."""
     folder = stager.folder(label)
@@ -316,7 +320,7 @@ def _not_dicom(stager: Stager, root: Path, label: str) -> Drop:
 
 @bad("DICOM_NO_PREAMBLE")
 def _no_preamble(stager: Stager, root: Path, label: str) -> Drop:
-    folder, uids, made = _base(stager, root, label)
+    folder, _, made = _base(stager, root, label)
     for path in sorted((folder / "fmri").iterdir())[:3]:
         data = path.read_bytes()
         assert data[128:132] == b"DICM"
@@ -599,7 +603,7 @@ def _space(stager: Stager, root: Path, label: str) -> Drop:
 
 @bad("leading-dash")
 def _dash(stager: Stager, root: Path, label: str) -> Drop:
-    folder, _, made = _base(stager, root, label)
+    made = _base(stager, root, label)[2]
     return _archived(label, root, made, "a label starting with '-' (valid XNAT characters)")
 
 

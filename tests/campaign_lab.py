@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +117,8 @@ class Lab:
         self.no_dac = no_dac
         self.keep = keep
         self.faults_log = self.dir / "faults.jsonl"
+        # AF_UNIX paths hold 107 bytes: the notify sockets live in a short folder of their own.
+        self.sockets = Path(tempfile.mkdtemp(prefix="xdn-"))
         self.daemons: list[Daemon] = []
         self.mounts: list[Path] = []
         self.config_path = self.dir / "xnatdrop.toml"
@@ -144,6 +147,7 @@ class Lab:
             daemon.kill()
         with contextlib.suppress(Exception):
             self.sandbox.stop()
+        shutil.rmtree(self.sockets, ignore_errors=True)
         for mount in reversed(self.mounts):
             subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
         if not self.keep:
@@ -202,7 +206,9 @@ class Lab:
 
     # -- processes --------------------------------------------------------------------------
 
-    def env(self, fault: dict[str, Any] | None = None, crash_at: str | None = None) -> dict[str, str]:
+    def env(
+        self, fault: dict[str, Any] | None = None, crash_at: str | None = None
+    ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XNATDROP_")}
         env["PYTHONPATH"] = os.pathsep.join(
             [str(HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -271,7 +277,7 @@ class Daemon:
         self.number = number
         self.config = config
         self.log_path = lab.dir / f"daemon-{number}.log"
-        self.socket_path = lab.dir / f"n{number}.sock"
+        self.socket_path = lab.sockets / f"n{number}.sock"
         self.process: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.ready = False
