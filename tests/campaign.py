@@ -296,8 +296,7 @@ def kill_chain(run: Run, kills: list[dict[str, Any]]) -> None:
             wait_for(lambda d=armed: not d.alive() or finished(lab, drops), 60, every=0.05)
             if not armed.alive():
                 run.fault()
-                run.note(f"killed by {kill.get('crash_at') or json.dumps(kill['fault'])}"
-                         + _hit(lab))
+                run.note("killed " + (_hit(lab) or f"at {kill.get('crash_at')}"))
             else:
                 run.note(f"kill point {kill.get('crash_at') or kill.get('fault')} not reached")
                 armed.stop()
@@ -313,7 +312,7 @@ def _hit(lab: Lab) -> str:
     except (OSError, IndexError, ValueError):
         return ""
     paths = " -> ".join(Path(p).name for p in entry["paths"])
-    return f" ({entry['kind']} {entry['when']} {paths} in {entry['site']})"
+    return f"{entry['when']} {entry['kind']} {paths} in {entry['site']}"
 
 
 def calibrate(run: Run) -> int:
@@ -360,7 +359,27 @@ def _upload_bytes(run: Run) -> None:
                      for _ in range(3)])
 
 
-for _index in range(8):
+# Just after each kind of rename, before anything else runs (the ledger write that follows it
+# included): the rename's destination identifies it.
+RENAMES = {
+    "freeze": "/.xnatdrop-work/",  # the drop into the work area
+    "finish": "/done/",  # the work folder into done/
+    "quarantine": "/quarantine/",  # the work folder into quarantine/
+    "receipt": "/RECEIPT.json",  # RECEIPT.json.part over RECEIPT.json
+    "reason-file": "/QUARANTINE.json",  # QUARANTINE.json.part over QUARANTINE.json
+    "spool": "/spool/",  # check.json, plan.json, manifest.json, xnat.json in the state folder
+}
+for _name, _target in RENAMES.items():
+
+    def _renamed(run: Run, target: str = _target) -> None:
+        fault = {"action": "kill", "nth": 1, "when": "after", "kinds": ["rename"],
+                 "match": target, "target": True}
+        kill_chain(run, [{"fault": fault}])
+
+    scenario(f"kill/after-rename/{_name}", "kill")(_renamed)
+
+
+for _index in range(12):
 
     def _mutations(run: Run) -> None:
         """Kills at random file operations of the pipeline (three per scenario, chained), half
@@ -377,7 +396,7 @@ for _index in range(8):
     scenario(f"kill/file-operation/{_index + 1}", "kill")(_mutations)
 
 
-for _index in range(5):
+for _index in range(6):
 
     def _timed(run: Run) -> None:
         """SIGKILL at random moments (0.5-8 s after start), twice, then a clean restart."""
@@ -404,7 +423,7 @@ def _thaw(run: Run) -> None:
                                   "kinds": ["rename"], "match": str(drop.path)})
         if died(armed, 60):
             run.fault()
-            run.note("killed just after the thaw rename" + _hit(lab))
+            run.note("killed just after the thaw rename: " + _hit(lab))
         else:
             run.note("the thaw rename was not reached")
         (drop.path / folder.name / held.name).write_bytes(missing)
@@ -601,7 +620,7 @@ def mid_push(run: Run, lab: Lab, drops: list[Drop]) -> Any:
     put(lab, drops)
     if wait_for(lambda: daemon.stopped_by_signal() or finished(lab, drops), 60, every=0.05):
         if daemon.stopped_by_signal():
-            run.note("fault injected at" + _hit(lab).replace("None", ""))
+            run.note("fault injected while paused " + _hit(lab))
         else:
             run.note(f"the pause point {nth}/{total} was not reached: fault after the pushes")
     return daemon

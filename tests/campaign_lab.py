@@ -297,6 +297,21 @@ class Daemon:
             )
         if wait_ready:
             wait_for(lambda: self._ready() or not self.alive(), 60, every=0.05)
+        # Read what the daemon sends (WATCHDOG=1, STATUS=…) as systemd would, so that its
+        # datagrams never fill the socket's queue.
+        threading.Thread(target=self._drain, name=f"notify {self.number}", daemon=True).start()
+
+    def _drain(self) -> None:
+        sock = self.sock
+        while sock is not None and self.sock is sock:
+            try:
+                sock.settimeout(0.5)
+                if sock.recv(4096).startswith(b"READY=1"):
+                    self.ready = True
+            except TimeoutError:
+                continue
+            except OSError:
+                return
 
     def _ready(self) -> bool:
         assert self.sock is not None
