@@ -115,15 +115,17 @@ def _install(spec: dict) -> None:
                 return
             if number != nth:
                 return
-            record({**entry, "action": action, "when": when})
+            entry.update(action=action, when=when)
             if action == "stop":
+                record(entry)
                 os.kill(os.getpid(), signal.SIGSTOP)
                 return
             if when == "after":
                 try:
                     _perform(kind, paths)
                 except OSError as error:  # the operation itself failed: die all the same
-                    record({**entry, "performed": str(error)})
+                    entry["failed"] = str(error)
+            record(entry)
             os.kill(os.getpid(), signal.SIGKILL)
         finally:
             local.busy = False
