@@ -77,16 +77,7 @@ CRASH_POINTS += ["quarantine:before", "quarantine:after"]
 BOUNDED_SEED = 20261125
 
 # Scenario id -> why it fails now, and whose change fixes it. Never in the bounded campaign.
-KNOWN_FAILURES: dict[str, str] = {
-    "ops/push-races-daemon": "ledger.py (i9-pipeline): `Ledger.__init__` does "
-    "`os.close(os.open(ledger.sqlite3, O_RDWR|O_CREAT))` on every open; in the daemon, where "
-    "other threads hold SQLite connections to that file, the close() drops every POSIX lock "
-    "the process holds on it (SQLite's 'How To Corrupt' §2.2), so a `push` process writes "
-    "beside the daemon unserialised: 'sqlite3.OperationalError: disk I/O error' in the "
-    "dispatch job, ledger rows lost (a drop in quarantine/ with no row), a drop stuck in "
-    "the work area; fails in 6 of 8 seeds (1-8). Creating the file only when it does not "
-    "exist made 8 of 8 pass.",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -1113,6 +1104,7 @@ BOUNDED = [
     "bad/rule-codes",
     "bad/hostile",
     "ops/two-daemons-one-state",
+    "ops/push-races-daemon",
 ]
 
 
