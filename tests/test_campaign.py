@@ -23,24 +23,27 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("scenario", campaign.BOUNDED)
 def test_scenario(scenario: str, tmp_path: Path) -> None:
-    result = campaign.run_scenario(scenario, campaign.BOUNDED_SEED, tmp_path)
+    result = campaign.run_scenario(scenario, campaign.BOUNDED_SEED, tmp_path, bounded=True)
     assert result.ok, result.report()
     assert result.faults > 0, f"no fault was injected:\n{result.report()}"
 
 
 def test_the_bounded_campaign_covers_every_kind_and_no_known_failure() -> None:
-    """A handful of kills, one storm of each kind, one local fault of each kind, every bad drop
-    (each rule code has one), two daemons and a push racing the daemon; nothing known to fail."""
+    """A handful of kills (step boundaries, renames, upload bytes, a file operation, a random
+    moment), one storm of each kind, one local fault of each kind, every bad drop in one daemon
+    run (each rule code has one), two daemons and a push racing the daemon; nothing known to
+    fail."""
     assert not set(campaign.BOUNDED) & set(campaign.KNOWN_FAILURES)
     assert set(campaign.BOUNDED) <= set(campaign.SCENARIOS)
-    families = [campaign.SCENARIOS[s][0] for s in campaign.BOUNDED]
-    assert families.count("kill") >= 5
+    kills = {s.split("/")[1] for s in campaign.BOUNDED if s.startswith("kill/")}
+    assert kills >= {"steps-and-renames", "upload-bytes", "file-operation", "random-moment"}
     kinds = [s for s in campaign.SCENARIOS if " #" not in s]  # not the full campaign's repeats
     storms = {s for s in kinds if s.startswith("storm/")}
     local = {s for s in kinds if s.startswith("local/")}
     assert storms <= set(campaign.BOUNDED) | set(campaign.KNOWN_FAILURES) | campaign.FULL_ONLY
     assert local <= set(campaign.BOUNDED) | set(campaign.KNOWN_FAILURES) | campaign.FULL_ONLY
-    assert {"bad/rule-codes", "bad/hostile", "ops/two-daemons-one-state",
-            "ops/push-races-daemon"} <= set(campaign.BOUNDED)
+    assert {"bad/all", "ops/two-daemons-one-state", "ops/push-races-daemon"} <= set(
+        campaign.BOUNDED
+    )
     assert set(rules.RULES) <= set(campaign.BAD)
     assert len(campaign.BAD) >= 40
