@@ -24,6 +24,7 @@ from pathlib import Path
 from xnatdrop import cli, config, preflight, xnat
 from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
 from xnatdrop.exitcodes import Exit
+from xnatdrop.notify import service as notify_service
 
 Check = tuple[bool | None, str]  # (passed, line); None: a warning that does not fail
 
@@ -274,6 +275,7 @@ def checks(path: Path | None) -> Iterator[Check]:
     yield from preflight.folder_checks(settings)  # the same checks stop `xnatdrop run`
     if password is not None:
         yield from xnat_checks(settings, password)
+    yield from notify_service.doctor_checks(settings, source)  # SMTP login, ping URL's host
 
 
 def handle(args: argparse.Namespace) -> int:
