@@ -17,6 +17,7 @@ import http
 import http.server
 import logging
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -96,6 +97,16 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     front: HttpFront
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a reset, a broken pipe: a killed or timed-out client) is
+        everyday business for a server, which Tomcat does not report; socketserver would print a
+        traceback to stderr for each. Anything else is a sandbox bug and keeps its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("client %s went away (%s)", client_address[0], type(error).__name__)
+            return
+        super().handle_error(request, client_address)
 
 
 class _RequestHandler(http.server.BaseHTTPRequestHandler):

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import atomicfile
+from xnatdrop import atomicfile, receipt
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def write(folder: Path, reason: dict[str, Any]) -> None:
 
 
 def find_own(folder: Path) -> list[Path]:
-    """xnatdrop's own QUARANTINE.txt/.json at the top of `folder`, recognised by content.
+    """xnatdrop's own QUARANTINE.txt/.json at the top of `folder`, recognised by content, and
+    the `.part` leftovers of our reason files and receipts (`PARTIAL_STARTS`).
 
     A folder copied back from quarantine together with its reason files was misdiagnosed (the
     JSON as a BIDS sidecar, both as loose files). Only files that are really ours count: the
@@ -119,4 +120,25 @@ def find_own(folder: Path) -> list[Path]:
             found.append(data)
     except (OSError, ValueError):
         pass
+    for name, starts in PARTIAL_STARTS.items():
+        part = folder / f"{name}.part"  # atomicfile.write's temporary name
+        try:
+            with open(part, "rb") as handle:
+                first = handle.read(64)
+        except OSError:
+            continue
+        if any(first[: len(start)] == start[: len(first)] for start in starts):
+            found.append(part)
     return found
+
+
+# How xnatdrop's own reason files and receipts begin. A write of one that was cut short (a full
+# share, a kill -9) leaves `NAME.part`, empty or holding the start of that text; it is ours and
+# must not be judged as the technologist's file (found by the campaign: a full share left an
+# empty QUARANTINE.json.part, and the folder's next check reported EMPTY_FILE and LOOSE_FILE).
+PARTIAL_STARTS: dict[str, tuple[bytes, ...]] = {
+    TEXT_NAME: tuple(start.encode() for start in TEXT_STARTS),
+    JSON_NAME: (b'{\n  "',),
+    receipt.TEXT_NAME: (b"xnatdrop receipt for ",),
+    receipt.JSON_NAME: (b'{\n  "',),
+}

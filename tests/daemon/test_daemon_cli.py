@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fs_helpers import fill, tmpfs
 from push_helpers import PROJECT, stage, start_sandbox, write_config
 from xnat_sandbox import Sandbox
 from xnatdrop import cli, config, daemon, ledger, locks, reasonfiles, xnat
@@ -369,3 +372,31 @@ def test_status_into_a_closed_pipe_ends_quietly(config_path: Path) -> None:
     error = process.stderr.read().decode()
     assert process.wait(timeout=60) == 141
     assert error == ""
+
+
+def test_status_on_a_full_state_file_system_says_so_instead_of_a_traceback(
+    tmp_path: Path, config_path: Path
+) -> None:
+    """Found by the campaign (local/state-disk-full): the state file system filled up while
+    the daemon wrote its ledger, leaving the WAL index (`-shm`) 3 bytes long and no room to
+    grow it. Every read by another process then fails with "disk I/O error", and `status` died
+    with a traceback. Result: exit 1 and one ATTENTION line each for the ledger and the full
+    disk. (The files are set as the campaign found them; `status` runs as its own process.)"""
+    settings = config.load(config_path)
+    state = settings.paths.state
+    with tmpfs(state, "4m"):
+        with ledger.Ledger(state) as book:
+            book.register(PROJECT, "SPN01_0001", tmp_path / "drop" / "SPN01_0001", Path(""))
+        (state / (ledger.FILENAME + "-shm")).write_bytes(b"\0\0\0")
+        (state / (ledger.FILENAME + "-wal")).write_bytes(b"")
+        fill(state)
+        answer = subprocess.run(
+            [sys.executable, "-m", "xnatdrop", "status", "--config", str(config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert answer.returncode == 1 and "Traceback" not in answer.stderr, answer.stderr
+    assert "ATTENTION: the ledger cannot be read (disk I/O error)" in answer.stdout
+    assert "ATTENTION: the state folder's file system is full" in answer.stdout

@@ -34,6 +34,7 @@ from daemon_helpers import (  # the fixtures `sandbox` and `daemons` too
 from fs_helpers import fill, tmpfs
 from push_helpers import (
     PROJECT,
+    add_converted_file,
     archived_sessions,
     assert_archived_once,
     client,
@@ -104,6 +105,42 @@ def test_push_of_a_drop_the_daemon_is_pushing_names_the_daemon(
     assert daemon.stop() == 0
     assert imports(sandbox) == 1
     assert_archived_once(load(config_path), "SPN01_0002", original, dicom_count=21)
+
+
+def test_push_of_a_drop_the_daemon_already_finished_says_where_it_went(
+    tmp_path: Path, sandbox: Sandbox, daemons: list[DaemonProcess]
+) -> None:
+    """Found by the campaign (ops/push-races-daemon): an operator runs `xnatdrop push` on a
+    folder the daemon has just archived (or quarantined). It said "no such folder and nothing
+    pending" and exited 2, as if the path were mistyped. Result: it says where the drop went and
+    exits as the push would have: 0 archived (stdout), 1 quarantined (stderr, the reason file)."""
+    config_path = settle_config(tmp_path, sandbox.url)
+    daemon = start(daemons, config_path, tmp_path)
+    drop(tmp_path, "SPN01_0003")
+    blocked = stage(tmp_path / "staging", "SPN01_0004", sidecars=False)
+    add_converted_file(blocked)
+    blocked.rename(tmp_path / "drop" / "SPN01_0004")
+    wait_for(lambda: done_labels(tmp_path) == ["SPN01_0003"], what=daemon.log())
+    wait_for(lambda: any((tmp_path / "quarantine").glob("SPN01_0004__*")), what=daemon.log())
+    assert daemon.stop() == 0
+
+    archived = xnatdrop("push", str(tmp_path / "drop" / "SPN01_0003"), "--config", str(config_path))
+    quarantined = xnatdrop(
+        "push", str(tmp_path / "drop" / "SPN01_0004"), "--config", str(config_path)
+    )
+
+    done = next((tmp_path / "done").glob("*/SPN01_0003"))
+    assert archived.returncode == 0, archived.stderr
+    assert re.fullmatch(
+        rf"SPN01_0003: already archived \(drop 1, [-0-9: ]+\); now in {re.escape(str(done))}\n",
+        archived.stdout,
+    )
+    place = next((tmp_path / "quarantine").glob("SPN01_0004__*"))
+    assert quarantined.returncode == 1, quarantined.stderr
+    assert quarantined.stderr.endswith(
+        f"SPN01_0004: already quarantined (RULES_BLOCKED, drop 2); see {place}/QUARANTINE.txt\n"
+    )
+    assert imports(sandbox) == 1
 
 
 def test_two_configurations_sharing_a_drop_root_never_share_work_folder_ids(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +42,40 @@ def test_state_files_are_private_and_wal(tmp_path: Path) -> None:
         expected = 0o700 if path.is_dir() else 0o600
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
     assert {p.name for p in state.iterdir() if p.is_dir()} == set(ledger.PRIVATE_FOLDERS)
+
+
+def test_opening_the_ledger_again_keeps_the_locks_of_the_connections_already_open(
+    tmp_path: Path,
+) -> None:
+    """The daemon opens a Ledger per job while other threads hold theirs. A close() of any
+    descriptor of the database file drops every POSIX lock of the process, so SQLite in another
+    process (a `push`) then gets the exclusive lock it must never get while we are connected: it
+    once checkpointed and deleted the WAL under the daemon ("disk I/O error", rows lost)."""
+    state = tmp_path / "state"
+    with ledger.Ledger(state) as held:
+        register(held)
+        ledger.Ledger(state).close()  # another job of the same process, come and gone
+        ledger.Ledger(state, readonly=True).close()
+        probe = (
+            "import sqlite3, sys\n"
+            "conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+            "conn.execute('PRAGMA locking_mode=EXCLUSIVE')\n"
+            "try:\n"
+            "    conn.execute('BEGIN EXCLUSIVE')\n"
+            "except sqlite3.OperationalError as error:\n"
+            "    print(error)\n"
+            "else:\n"
+            "    print('exclusive')\n"
+        )
+        other = subprocess.run(
+            [sys.executable, "-c", probe, str(held.path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert other.stdout.strip() == "database is locked"
+        assert held.drops()[0].label == "SPN01_0001"
+    assert stat.S_IMODE(held.path.stat().st_mode) == 0o600
 
 
 def test_the_happy_path_visits_every_state_in_order(book: ledger.Ledger) -> None:

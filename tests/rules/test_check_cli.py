@@ -6,8 +6,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,35 @@ def test_a_drop_root_is_checked_folder_by_folder_never_inside_the_work_area(
     data = json.loads(capsys.readouterr().out)
     assert [f["label"] for f in data["folders"]] == ["SPN01_0001", "SPN01_0002"]
     assert data["folders"][0]["label_checked"] is False
+
+
+def test_a_folder_unmounted_while_it_is_checked_exits_3_in_one_line(good: Path) -> None:
+    """1. `xnatdrop check` runs as its own process. 2. It is frozen (SIGSTOP, by the campaign's
+    fault hook) at its fifth file read, and the folder is moved away, as an unmounted share
+    does. 3. It goes on. Result: exit 3 (try again) with one sentence, not a verdict of
+    UNREADABLE files (found by the campaign, local/share-unmounted)."""
+    hooks = Path(__file__).resolve().parent / "campaign_hooks"
+    fault = {"action": "stop", "kinds": ["read"], "nth": 5, "under": str(good),
+             "modules": ["xnatdrop.dicomfiles"]}
+    env = {**os.environ, "PYTHONPATH": str(hooks), "XNATDROP_CAMPAIGN_FAULT": json.dumps(fault)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xnatdrop", "check", str(good)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stat = Path(f"/proc/{process.pid}/stat")
+    pause = threading.Event()
+    for _ in range(600):
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "T":
+            break
+        pause.wait(0.05)
+    good.rename(good.with_name("elsewhere"))
+    process.send_signal(signal.SIGCONT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 3, out + err
+    assert err.strip().splitlines() == [
+        f"xnatdrop check: {good} went away while it was checked (share unmounted or "
+        "disconnected?); it is checked again once it is back"
+    ]

@@ -720,3 +720,49 @@ def test_complete_series_and_odd_numbering_are_not_incomplete(subject: Path) -> 
     numbers[33].unlink()
     verdict = check(subject)
     assert "INCOMPLETE_SERIES" not in codes(verdict)
+
+
+def test_a_folder_that_goes_away_while_it_is_read_gets_no_verdict(tmp_path: Path) -> None:
+    """Found by the campaign (local/share-unmounted): the share went away while the check read
+    a subject folder, every later read failed, and the drop was quarantined as UNREADABLE
+    although nothing was wrong with its data. 1. 250 files are read in order. 2. After 200
+    (the first progress report), the folder is moved away, as an unmount does. Result:
+    FolderGone, a transient error (check again later), not a verdict."""
+    subject = tmp_path / "SPN01_0001"
+    for name in ("02_Ax_fMRI_FF_I11.1_S15.9", "03_Ax_fMRI_FF_I21.1_S05.9",
+                 "04_Ax_fMRI_FF_I01.1_S25.9", "06_Ax_fMRI_HF_I11.1_S15.9",
+                 "07_Ax_fMRI_HF_I21.1_S05.9"):
+        add_series(subject, name, ("ge_signa_premier_table", f"{GE_EXAM}/{name}"))
+
+    def unmount(done: int, total: int) -> None:
+        if done < total and subject.exists():
+            subject.rename(tmp_path / "elsewhere")
+
+    with pytest.raises(rules.FolderGone, match="went away while it was checked"):
+        rules.check_folder(subject, None, progress=unmount, workers=1)
+    assert rules.check_folder(tmp_path / "elsewhere", None).ok  # the data itself is fine
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'{\n  "code": "RULES_B', b"xnatdrop did NOT arch"],
+    ids=["empty", "json", "text"],
+)
+def test_leftovers_of_our_own_cut_writes_are_ours(subject: Path, content: bytes) -> None:
+    """Found by the campaign (local/share-disk-full): a reason file written onto a full share
+    leaves QUARANTINE.json.part (empty, or the start of our text); the folder's next check
+    reported it as EMPTY_FILE and LOOSE_FILE, and the technologist read about a file they never
+    made. Result: recognised as ours (the pipeline moves it aside), no finding."""
+    add_series(subject, "fmri", GE_FMRI)
+    name = "QUARANTINE.txt.part" if content.startswith(b"xnatdrop") else "QUARANTINE.json.part"
+    (subject / name).write_bytes(content)
+    (subject / "RECEIPT.json.part").write_bytes(b"")
+    verdict = check(subject)
+    assert verdict.ok and not verdict.findings, verdict.findings
+    assert set(rules.own_reason_files(subject)) == {subject / name, subject / "RECEIPT.json.part"}
+
+
+def test_a_part_file_that_is_not_ours_is_judged(subject: Path) -> None:
+    add_series(subject, "fmri", GE_FMRI)
+    (subject / "QUARANTINE.json.part").write_bytes(b"trial,rt\n1,0.4\n")
+    assert finding(check(subject), "LOOSE_FILE").path == Path("QUARANTINE.json.part")

@@ -3,9 +3,13 @@ and the `xnatdrop sandbox` command."""
 
 from __future__ import annotations
 
+import logging
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 
 import pytest
 import requests
@@ -168,3 +172,22 @@ def test_the_command_refuses_a_bad_user(tmp_path):
     )
     assert result.returncode == 2
     assert "expected NAME:PASSWORD[:ACCESS]" in result.stderr
+
+
+def test_a_client_that_resets_its_connection_costs_no_traceback(sandbox, caplog, capfd):
+    """1. A client reads an answer on a keep-alive connection. 2. It is killed: the kernel
+    resets the connection. Result: the sandbox notes it at debug level, with no traceback on
+    stderr (the campaign kills clients by the hundred; Tomcat reports none of them)."""
+    caplog.set_level(logging.DEBUG, logger="xnatdrop.sandbox.server")
+    client = socket.create_connection((sandbox.host, sandbox.port))
+    client.sendall(b"GET /data/JSESSION HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+    assert client.recv(65536).startswith(b"HTTP/1.1 ")
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # SO_LINGER 0: RST, as for a process killed with -9
+    pause = threading.Event()
+    for _ in range(100):
+        if "went away (ConnectionResetError)" in caplog.text:
+            break
+        pause.wait(0.05)
+    assert "went away (ConnectionResetError)" in caplog.text
+    assert "Traceback" not in capfd.readouterr().err

@@ -441,3 +441,25 @@ def test_event_hints_start_with_a_root_missing_and_watch_it_once_it_appears(
         assert woke.wait(10)
     finally:
         hint.stop()
+
+
+def test_a_folder_that_never_settles_is_a_trouble_status_shows(root: Path, clock: Clock) -> None:
+    """Found by the campaign (bad/hostile, empty-folder): an empty subject folder waited forever
+    with one ALERT in the log and nothing in `xnatdrop status`. Result: once it has been settling
+    for settle.max_wait_seconds it is listed with its reason; a file at the top of the root is
+    listed too; a folder that settles is not."""
+    (root / "EMPTY01" / "s1").mkdir(parents=True)
+    write(root / "GOOD01" / "s1" / "a.dcm")
+    write(root / "notes.txt")
+    watcher = watch.Watcher([root], settle_settings(max_wait_seconds=60), clock)
+    for _ in range(10):
+        watcher.scan()
+        clock.advance(watcher.settle.poll_interval)
+    assert [name for name, _ in watcher.troubles()] == ["notes.txt"]
+    clock.advance(60)
+    watcher.scan()
+    troubles = dict(watcher.troubles())
+    assert set(troubles) == {"EMPTY01", "notes.txt"}
+    expected = "not settled 110 s after it appeared (no files yet); check the copy"
+    assert troubles["EMPTY01"] == expected
+    assert "never uploaded" in troubles["notes.txt"]

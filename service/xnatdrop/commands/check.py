@@ -117,11 +117,14 @@ def run(args: argparse.Namespace) -> int:
         if _is_drop_root(settings, folder) and not folder.is_symlink():
             return _check_root(settings, folder, args, source)
         drop = _drop_settings(settings, folder, args.project, source)
+        progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
+        verdict = _check_one(settings, folder, drop, progress)
     except UsageError as error:
         print(f"xnatdrop check: {error}", file=sys.stderr)
         return Exit.USAGE
-    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
-    verdict = _check_one(settings, folder, drop, progress)
+    except rules.FolderGone as error:  # an unmounted share, or the daemon took the folder
+        print(f"xnatdrop check: {error}", file=sys.stderr)
+        return Exit.TRANSIENT
     if progress is not None:
         progress.done()
     if args.json:

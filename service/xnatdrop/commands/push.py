@@ -3,7 +3,9 @@
 The same code the daemon runs (`pipeline.process`), in the foreground. Exit 0 when the session is
 archived and verified (the folder is in done/), 1 when it was quarantined, 3 when it stopped on a
 transient error, a refused login or another xnatdrop process holding the folder (the next run
-resumes where this one stopped), 2 for bad arguments or configuration.
+resumes where this one stopped), 2 for bad arguments or configuration. A folder that is gone
+because its drop already finished (the daemon took it first) is answered with where it went, and
+the exit code of that outcome.
 
 On a terminal a progress bar shows bytes, rate and ETA while packing and uploading; otherwise
 the log has one line per step. Ctrl-C stops at once and says where the folder is (nothing is
@@ -113,6 +115,29 @@ def _where(settings: config.Config, folder: Path) -> str:
     )
 
 
+def _gone(settings: config.Config, project: str, folder: Path, error: FileNotFoundError) -> int:
+    """The folder is not there and nothing of its label is pending: if a drop of that label
+    finished (the daemon took it while the operator typed `push`, found by the campaign), say
+    where it went and exit as if this push had done it; else the error, exit 2."""
+    last = None
+    if (settings.paths.state / ledger.FILENAME).exists():
+        with ledger.Ledger(settings.paths.state, readonly=True) as book:
+            last = next(iter(reversed(book.drops(project, folder.name))), None)
+    if last is not None and last.state == "done":
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last.updated))
+        print(f"{last.label}: already archived (drop {last.id}, {when}); now in {last.final_path}")
+        return Exit.OK
+    if last is not None and last.state == "quarantined":
+        print(
+            f"{last.label}: already quarantined ({last.last_error_code}, drop {last.id}); see "
+            f"{last.final_path}/QUARANTINE.txt",
+            file=sys.stderr,
+        )
+        return Exit.BLOCKED
+    print(error, file=sys.stderr)
+    return Exit.USAGE
+
+
 def run(args: argparse.Namespace) -> int:
     settings = config.load_or_system(args.config)
     password = settings.xnat.resolve_password(config.source_name(args.config))
@@ -144,8 +169,7 @@ def run(args: argparse.Namespace) -> int:
         with ledger.Ledger(settings.paths.state) as book, on_sigterm:
             outcome = pipeline.process(folder, settings, book, client_factory, stopping, progress)
     except FileNotFoundError as error:
-        print(error, file=sys.stderr)
-        return Exit.USAGE
+        return _gone(settings, drop_settings.project, folder, error)
     except KeyboardInterrupt:
         if progress is not None:
             sys.stderr.write("\n")

@@ -116,9 +116,12 @@ def collect(settings: config.Config, failures: int = 5) -> dict[str, Any]:
                 streaks = book.failure_streaks(daemon.REPEATED_FAILURES)
                 held = book.breaker()
         except sqlite3.OperationalError as error:
-            # A ledger that was never fully created (its first write met a full disk).
+            # "no such table": a ledger that was never fully created (its first write met a
+            # full disk) reads as empty. Anything else is said, not raised: status is what an
+            # operator runs when things go wrong, e.g. a full state file system leaves SQLite
+            # unable to map the ledger's WAL index ("disk I/O error").
             if "no such table" not in str(error):
-                raise
+                unreadable = str(error)
         except StateError as error:
             unreadable = error.reason
     try:

@@ -136,6 +136,25 @@ def state_errors(state: Path) -> Iterator[None]:
         raise StateError(state, error.strerror or str(error)) from None
 
 
+def _create_private(path: Path) -> None:
+    """Create the ledger file 0600 before SQLite does, so it never exists with a wider mode.
+
+    Only when it does not exist yet (O_EXCL): a close() of *any* descriptor of a file drops
+    every POSIX lock the process holds on it, including those of SQLite connections other
+    threads have open (sqlite.org/howtocorrupt.html §2.2). The daemon opens a Ledger per job;
+    an open-and-close of an existing ledger here once let a `push` process believe it was the
+    last connection, checkpoint and delete the WAL under the daemon: "disk I/O error", rows
+    lost. An existing file gets its mode by path (chmod opens no descriptor).
+    """
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(descriptor)  # just created: no connection of this process has it open
+    os.chmod(path, 0o600)
+
+
 class Database:
     """An open ledger database. Use as a context manager, or call `close()`.
 
@@ -161,9 +180,7 @@ class Database:
             _secure_dir(state_dir)
             for sub in PRIVATE_FOLDERS:
                 _secure_dir(state_dir / sub)
-            # Create the file 0600 before SQLite does, so it never exists with a wider mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            os.chmod(self.path, 0o600)
+            _create_private(self.path)
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA journal_mode=WAL")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from xnatdrop import codes, dicomfiles, names, reasonfiles
+from xnatdrop.errors import TransientError
 
 if TYPE_CHECKING:
     from xnatdrop import config
@@ -311,7 +312,8 @@ def check_folder(
     built-in defaults. `drop` supplies the label pattern. `progress(done, total)` is called
     while files are read. `control_files` are names of xnatdrop's own files at the top of the
     folder (`Config.control_files()`: the subject metadata file, the settle marker); they are
-    neither uploaded nor reported. Raise NotADirectoryError only if `folder` is not a directory.
+    neither uploaded nor reported. Raise NotADirectoryError if `folder` is not a directory, and
+    FolderGone if it went away or was replaced while it was read (see there).
     """
     folder = Path(folder)
     if settings is not None and hasattr(settings, "rules_for"):  # a whole Config was passed
@@ -322,10 +324,39 @@ def check_folder(
             hit = _Hit("SYMLINK", Path("."), "the subject folder itself is a symbolic link")
             return _finish(folder, folder.name, [hit], [], {}, settings, 0)
         raise NotADirectoryError(f"{folder} is not a directory")
+    before = _identity(folder)
     tree = _scan(folder, sidecar_names, frozenset(control_files))
     facts = dicomfiles.sniff_all([folder / p for p in tree.files], progress, workers)
     facts = [dataclasses.replace(f, path=p) for f, p in zip(facts, tree.files, strict=True)]
-    return _judge(folder, tree, facts, settings, drop)
+    verdict = _judge(folder, tree, facts, settings, drop)
+    if _identity(folder) != before:
+        raise FolderGone(folder)
+    return verdict
+
+
+class FolderGone(TransientError):
+    """The subject folder went away, or another folder took its place, while it was read.
+
+    An unmounted or disconnected share does this: every file read after that moment fails,
+    which would otherwise become UNREADABLE findings and quarantine complete data (found by the
+    campaign, local/share-unmounted). Nothing can be said about the data, so the check is
+    worth repeating once the folder is back, never a verdict.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(
+            f"{names.shown(str(folder))} went away while it was checked (share unmounted or "
+            "disconnected?); it is checked again once it is back"
+        )
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder, or None if it cannot be reached now."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
 
 
 def _scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[str]) -> _Tree:

@@ -62,6 +62,7 @@ class Folder:
     shallow: tuple[object, ...] | None = None
     not_before: float = 0.0
     alerted_slow: bool = False
+    settling_since: float | None = None  # when it last began settling (None: first_seen)
     reason: str = "first seen"
     note: str = ""  # why it was sent back to wait (`look_again`), until it is handed over again
 
@@ -331,6 +332,7 @@ class Watcher:
 
     def _restart(self, folder: Folder, now: float, reason: str) -> None:
         folder.state = State.SETTLING
+        folder.settling_since = now
         folder.fingerprint = None
         folder.observations = 0
         folder.stable_since = now
@@ -397,14 +399,40 @@ class Watcher:
         ]
 
     def troubles(self) -> list[tuple[str, str]]:
-        """(name, reason) of folders that wait for a person: unreadable, or named so that they
-        can never be uploaded."""
+        """(name, reason) of what waits for a person in the drop roots: folders that are
+        unreadable, named so that they can never be uploaded, or still not settled
+        `settle.max_wait_seconds` after they appeared (an empty folder, a copy that stopped, a
+        temporary file left behind), and files at the top of a root, which are never sessions.
+
+        The campaign found an empty subject folder waiting forever with one ALERT in the log
+        and nothing in `xnatdrop status`: every wait must be explained where people look.
+        """
         found = []
+        now = self.clock()
         for root in self.roots.values():
             found += [
                 (names.shown(n), "its name is not valid UTF-8") for n in sorted(root.bad_names)
             ]
             found += sorted(root.unreadable.items())
+            found += [
+                (
+                    f.name,
+                    f"not settled {now - f.first_seen:.0f} s after it appeared ({f.reason}); "
+                    "check the copy",
+                )
+                for f in sorted(root.folders.values(), key=lambda f: f.name)
+                if f.state is State.SETTLING
+                and now - (f.settling_since or f.first_seen) >= self.settle.max_wait_seconds
+                and f.name not in root.unreadable
+            ]
+            found += [
+                (
+                    names.shown(n),
+                    "a file at the top of the drop root, not a subject folder: it is never "
+                    "uploaded; move it into a subject folder or out of the drop root",
+                )
+                for n in sorted(root.loose_files)
+            ]
         return found
 
     def hand_over(self, folder: Folder) -> None:
