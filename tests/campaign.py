@@ -66,8 +66,8 @@ import campaign_drops as drops_module
 from campaign_audit import Audit, audit, explained, locate, places
 from campaign_drops import BAD, Drop, Expect, Stager, clean, place
 from campaign_lab import Lab, wait_for
-from xnatdrop import config as config_module
 from xnatdrop import codes
+from xnatdrop import config as config_module
 from xnatdrop.commands import status as status_command
 
 FINISH_TIMEOUT = 180.0  # seconds a scenario's drops get to reach their verdicts after the faults
