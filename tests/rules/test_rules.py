@@ -759,7 +759,7 @@ def test_leftovers_of_our_own_cut_writes_are_ours(subject: Path, content: bytes)
     (subject / "RECEIPT.json.part").write_bytes(b"")
     verdict = check(subject)
     assert verdict.ok and not verdict.findings, verdict.findings
-    assert set(rules.own_reason_files(subject)) == {subject / name, subject / "RECEIPT.json.part"}
+    assert set(reasonfiles.find_own(subject)) == {subject / name, subject / "RECEIPT.json.part"}
 
 
 def test_a_part_file_that_is_not_ours_is_judged(subject: Path) -> None:

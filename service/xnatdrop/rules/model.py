@@ -1,0 +1,221 @@
+"""The records of a verdict: what `check_folder` returns and what travels on from it.
+
+- `FileEntry`: one file to upload with its DICOM identity, which the spool, the zip's plan and
+  the manifest carry on without parsing the file again;
+- `Series`, `Finding`, `Verdict`: the outcome of checking one subject folder;
+- `Hit`: one rule that fired, before `verdict` groups hits into findings and applies actions;
+- `action_for`: the action the configuration gives a code.
+
+It imports no other part of the rules, so each of them can import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from xnatdrop import codes
+
+if TYPE_CHECKING:
+    from xnatdrop import config
+
+Action = codes.Action
+SEVERITY = {Action.BLOCK: 0, Action.EXCLUDE: 1, Action.WARN: 2, Action.IGNORE: 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """One file to upload: its path relative to the subject folder, its size when checked, and
+    its DICOM identity, which the packer, the verifier and the receipt use without parsing the
+    file again. A sidecar file has no DICOM identity (its UIDs are empty).
+
+    The same identity travels the whole way: the check step stores it in the spool, the zip's
+    plan carries it (`pack.Planned`), and a manifest line is a FileEntry plus its MD5
+    (`pack.Entry`).
+    """
+
+    path: Path
+    size: int
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    series_instance_uid: str = ""
+    series_number: str = ""
+    study_instance_uid: str = ""
+    transfer_syntax: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["path"] = self.path.as_posix()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        """The entry `to_json` wrote (a subclass's too). Keys it does not know are ignored and
+        missing ones left empty: a spool written by an older xnatdrop still reads."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["path"] = Path(values["path"])
+        values["size"] = int(values.get("size", 0))
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """One series folder × SeriesInstanceUID. `files` are uploaded; `excluded` are left out."""
+
+    folder: Path  # relative to the subject folder; Path(".") for loose files
+    series_instance_uid: str
+    series_number: str
+    description: str
+    modality: str
+    sop_class_uid: str
+    image_type: str
+    files: tuple[FileEntry, ...]
+    excluded: tuple[Path, ...] = ()
+
+    @property
+    def file_count(self) -> int:
+        return len(self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self, files: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "folder": self.folder.as_posix(),
+            "series_instance_uid": self.series_instance_uid,
+            "series_number": self.series_number,
+            "description": self.description,
+            "modality": self.modality,
+            "sop_class_uid": self.sop_class_uid,
+            "image_type": self.image_type,
+            "file_count": self.file_count,
+            "bytes": self.bytes,
+            "excluded_count": len(self.excluded),
+        }
+        if files:
+            data["files"] = [f.to_json() for f in self.files]
+            data["excluded"] = [p.as_posix() for p in self.excluded]
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One reason to block, exclude or warn. `message` says what was found and ends with the fix.
+
+    `files` lists every file the finding applies to (the files an `exclude` leaves out);
+    `path` is the file, or the series folder when the finding covers several files.
+    """
+
+    code: str
+    action: Action
+    path: Path
+    message: str
+    files: tuple[Path, ...] = ()
+
+    @property
+    def fix(self) -> str:
+        return codes.CODES[self.code].fix
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "action": str(self.action),
+            "path": self.path.as_posix(),
+            "message": self.message,
+            "summary": codes.CODES[self.code].summary,
+            "fix": self.fix,
+            "files": [f.as_posix() for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        """The finding `to_json` wrote (summary and fix come from the code table again)."""
+        return cls(
+            str(data["code"]),
+            Action(data["action"]),
+            Path(data["path"]),
+            str(data["message"]),
+            tuple(Path(f) for f in data.get("files", [])),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking one subject folder.
+
+    `series` are the series with at least one file to upload; `excluded_series` are series
+    found whose every file is left out (derived, non-image, duplicates …). `ok` is False when
+    any finding blocks.
+    """
+
+    folder: Path
+    label: str
+    ok: bool
+    series: tuple[Series, ...]
+    excluded_series: tuple[Series, ...]
+    sidecars: dict[str, Path]
+    findings: tuple[Finding, ...]
+    files_checked: int
+    # xnatdrop's own QUARANTINE.txt/.json from an earlier quarantine, found at the top of a
+    # resubmitted folder: neither findings nor uploaded; the push moves them aside.
+    reason_files: tuple[Path, ...] = ()
+
+    def upload_files(self) -> list[Path]:
+        """The DICOM files to upload, relative to the subject folder, series by series."""
+        return [entry.path for series in self.series for entry in series.files]
+
+    def upload_entries(self) -> list[FileEntry]:
+        return [entry for series in self.series for entry in series.files]
+
+    def blocking(self) -> list[Finding]:
+        return [f for f in self.findings if f.action is Action.BLOCK]
+
+    def reported(self) -> list[Finding]:
+        """Findings a person should see (everything but `ignore`), worst first."""
+        return [f for f in self.findings if f.action is not Action.IGNORE]
+
+    def to_json(self, files: bool = False) -> dict[str, Any]:
+        return {
+            "folder": str(self.folder),
+            "label": self.label,
+            "ok": self.ok,
+            "files_checked": self.files_checked,
+            "upload_file_count": sum(s.file_count for s in self.series),
+            "upload_bytes": sum(s.bytes for s in self.series),
+            "series": [s.to_json(files) for s in self.series],
+            "excluded_series": [s.to_json(files) for s in self.excluded_series],
+            "sidecars": {name: str(path) for name, path in self.sidecars.items()},
+            "findings": [f.to_json() for f in self.findings],
+            "reason_files": [p.as_posix() for p in self.reason_files],
+        }
+
+
+@dataclasses.dataclass
+class Hit:
+    """A rule that fired on one file (or folder), before findings are grouped and acted on."""
+
+    code: str
+    path: Path
+    reason: str
+    group: tuple[Path, str] | None = None  # (series folder, SeriesInstanceUID) to group by
+    covers: tuple[Path, ...] = ()  # files a folder-level hit applies to (default: `path`)
+
+
+def action_for(settings: config.RulesSettings | None, code: str) -> Action:
+    """The configured action for `code`, else the table's default."""
+    if settings is not None and code in settings.actions:
+        return Action(settings.actions[code])
+    return codes.CODES[code].action
+
+
+def series_folder(path: Path) -> Path:
+    """The folder a file's series is counted in (`Series.folder`): the one it lies in."""
+    return path.parent
+
+
+def series_number_key(number: str) -> tuple[int, str]:
+    """Sort key for SeriesNumber text: numbers in numeric order, anything else after them."""
+    return (int(number), "") if number.isdigit() else (1 << 30, number)

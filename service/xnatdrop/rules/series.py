@@ -1,0 +1,185 @@
+"""Rules D, what the files say together: one series per folder (D1), duplicates (D2), one study
+(D3) and one patient (D4) per drop, split series (D7) and series that visibly lack files (D8).
+"""
+
+from __future__ import annotations
+
+import collections
+import filecmp
+from pathlib import Path
+
+from xnatdrop import dicomfiles
+from xnatdrop.rules import model
+
+
+def folder_hits(dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str]) -> list[model.Hit]:
+    """Rules D1 (one series per folder), D7 (split series) and D3 (one study per folder)."""
+    hits = []
+    per_folder: dict[Path, dict[str, dicomfiles.Header]] = collections.defaultdict(dict)
+    files_in: dict[Path, list[Path]] = collections.defaultdict(list)
+    files_of: dict[str, list[Path]] = collections.defaultdict(list)
+    folders_of: dict[str, set[Path]] = collections.defaultdict(set)
+    studies: dict[str, list[str]] = collections.defaultdict(list)
+    for item in dicoms:
+        header = item.header
+        assert header is not None
+        folder = model.series_folder(item.path)
+        folders_of[header.series_instance_uid].add(folder)
+        files_in[folder].append(item.path)
+        files_of[header.series_instance_uid].append(item.path)
+        studies[header.study_instance_uid].append(header.series_number or "?")
+        if categories[item.path] != "non-image" and folder != Path("."):
+            per_folder[folder].setdefault(header.series_instance_uid, header)
+    for folder, series in sorted(per_folder.items()):
+        if len(series) > 1:
+            listing = ", ".join(describe_series(h) for h in series.values())
+            text = f"{len(series)} series: {listing}"
+            hits.append(
+                model.Hit("MIXED_SERIES_FOLDER", folder, text, covers=tuple(files_in[folder]))
+            )
+    for uid, folders in folders_of.items():
+        if len(folders) > 1:
+            names = ", ".join(sorted(f.as_posix() for f in folders))
+            text = f"series {uid} is in {names}"
+            hits.append(model.Hit("SPLIT_SERIES", min(folders), text, covers=tuple(files_of[uid])))
+    if len(studies) > 1:
+        parts = [
+            f"study {n} (series {', '.join(sorted(set(numbers), key=model.series_number_key)[:8])})"
+            for n, numbers in enumerate(studies.values(), 1)
+        ]
+        hits.append(
+            model.Hit("MULTIPLE_STUDIES", Path("."), f"{len(studies)} studies: " + "; ".join(parts))
+        )
+    hits.extend(_patient_hits(dicoms))
+    hits.extend(_incomplete_hits(dicoms, categories))
+    return hits
+
+
+def _incomplete_hits(
+    dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str]
+) -> list[model.Hit]:
+    """Rule D8, as far as it tells a copy still under way: a raw image series that visibly
+    lacks files. A copy that paused longer than `settle.quiet_seconds` once had half a
+    session archived (88 of 177 files); the pipeline holds such a folder back as still being
+    copied until `settle.max_wait_seconds`, then quarantines it with this finding.
+
+    Visible means: InstanceNumbers that start at 1, are distinct, and leave gaps (vendors
+    number a classic series 1..N; a Philips DTI in the shared data starts at 16 and is left
+    alone), or fewer single-frame files than the scanner announces, in ImagesInAcquisition
+    (0020,1002) or, on GE, LocationsInAcquisition (0021,104F) × NumberOfTemporalPositions
+    (0020,0105) — both checked against every GE series in the shared data. Each is only a
+    lower bound: more files than announced (diffusion directions, echoes) are fine.
+    """
+    groups: dict[str, list[dicomfiles.Header]] = collections.defaultdict(list)
+    members: dict[str, list[Path]] = collections.defaultdict(list)
+    for item in dicoms:
+        if categories[item.path] != "image" or item.header is None:
+            continue
+        groups[item.header.series_instance_uid].append(item.header)
+        members[item.header.series_instance_uid].append(item.path)
+    hits = []
+    for uid, headers in groups.items():
+        # Counted over the whole series; a series split over folders is SPLIT_SERIES besides.
+        key = (model.series_folder(min(members[uid])), uid)
+        count = len(headers)
+        reasons = []
+        numbers = [h.instance_number for h in headers]
+        numbered = all(numbers) and len(set(numbers)) == count and min(numbers) == 1
+        if numbered and max(numbers) > count:
+            reasons.append(
+                f"InstanceNumbers run from 1 to {max(numbers)} but {count} files are here "
+                f"({max(numbers) - count} missing)"
+            )
+        if all(h.frames == 1 for h in headers):
+            expected, source = _announced(headers)
+            if expected > count:
+                reasons.append(f"{source} announce {expected} images, {count} are here")
+        if reasons:
+            hits.append(
+                model.Hit("INCOMPLETE_SERIES", key[0], "; ".join(reasons), key, tuple(members[uid]))
+            )
+    return hits
+
+
+def _announced(headers: list[dicomfiles.Header]) -> tuple[int, str]:
+    """How many images the scanner says a classic series has (0 if it does not say)."""
+    best, source = 0, ""
+    in_acquisition = {h.images_in_acquisition for h in headers}
+    if len(in_acquisition) == 1 and (value := in_acquisition.pop()) > 0:
+        best, source = value, "ImagesInAcquisition"
+    locations = {h.ge_locations for h in headers}
+    temporal = {h.temporal_positions for h in headers}
+    if len(locations) == 1 and (value := locations.pop()) > 0:
+        positions = temporal.pop() if len(temporal) == 1 else 0
+        expected = value * max(positions, 1)
+        if expected > best:
+            best = expected
+            source = f"GE LocationsInAcquisition {value}" + (
+                f" × NumberOfTemporalPositions {positions}" if positions > 1 else ""
+            )
+    return best, source
+
+
+def describe_series(header: dicomfiles.Header) -> str:
+    return f"{header.series_number or '?'} '{header.series_description}'"
+
+
+def _patient_hits(dicoms: list[dicomfiles.FileFacts]) -> list[model.Hit]:
+    """Rule D4: one identity per drop. Messages name series, never the identifying values."""
+    hits = []
+    for field, name in (("patient_name", "PatientName"), ("patient_id", "PatientID")):
+        values: dict[str, set[str]] = collections.defaultdict(set)
+        for item in dicoms:
+            assert item.header is not None
+            values[getattr(item.header, field)].add(item.header.series_number or "?")
+        if len(values) > 1:
+            groups = sorted(
+                (sorted(numbers, key=model.series_number_key) for numbers in values.values()),
+                key=len,
+            )
+            described = "; ".join(f"series {', '.join(g[:8])}" for g in groups)
+            hits.append(
+                model.Hit(
+                    "PATIENT_MISMATCH",
+                    Path("."),
+                    f"{len(values)} different {name} values ({described})",
+                )
+            )
+    return hits
+
+
+def duplicate_hits(
+    folder: Path, dicoms: list[dicomfiles.FileFacts]
+) -> tuple[list[model.Hit], set[Path]]:
+    """Rule D2: files sharing a SOPInstanceUID. Identical copies: keep the first, warn."""
+    by_uid: dict[str, list[dicomfiles.FileFacts]] = collections.defaultdict(list)
+    for item in dicoms:
+        assert item.header is not None
+        by_uid[item.header.sop_instance_uid].append(item)
+    hits, extra = [], set()
+    for uid, items in by_uid.items():
+        if len(items) < 2:
+            continue
+        first = items[0]
+        same = all(_same_bytes(folder, first, other) for other in items[1:])
+        names = ", ".join(i.path.as_posix() for i in items[:4])
+        if same:
+            for other in items[1:]:
+                extra.add(other.path)
+                hits.append(
+                    model.Hit("DUPLICATE_FILE", other.path, f"same file as {first.path.as_posix()}")
+                )
+        else:
+            hits.append(model.Hit("DUPLICATE_UID", first.path, f"SOPInstanceUID {uid} in {names}"))
+    return hits, extra
+
+
+def _same_bytes(folder: Path, one: dicomfiles.FileFacts, other: dicomfiles.FileFacts) -> bool:
+    if one.inode == other.inode and one.inode != (0, 0):
+        return True
+    if one.size != other.size:
+        return False
+    try:
+        return filecmp.cmp(folder / one.path, folder / other.path, shallow=False)
+    except OSError:
+        return False
