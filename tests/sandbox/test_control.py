@@ -178,7 +178,7 @@ def test_a_client_that_resets_its_connection_costs_no_traceback(sandbox, caplog,
     """1. A client reads an answer on a keep-alive connection. 2. It is killed: the kernel
     resets the connection. Result: the sandbox notes it at debug level, with no traceback on
     stderr (the campaign kills clients by the hundred; Tomcat reports none of them)."""
-    caplog.set_level(logging.DEBUG, logger="xnatdrop.sandbox.server")
+    caplog.set_level(logging.DEBUG, logger="xnat_sandbox.transport")
     client = socket.create_connection((sandbox.host, sandbox.port))
     client.sendall(b"GET /data/JSESSION HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
     assert client.recv(65536).startswith(b"HTTP/1.1 ")
