@@ -8,6 +8,10 @@ started by the `sandbox` fixture's `dicom_port=0` (a free port, `sandbox.dicom_p
 from __future__ import annotations
 
 import io
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage, Verification
 
+from conftest import Client, Dicom
 from xnat_sandbox.dicom_receiver import Receiver
 
 pytestmark = pytest.mark.sandbox(dicom_port=0)
@@ -193,3 +198,90 @@ def test_receiver_stops_with_the_sandbox(sandbox_factory):
     ae.connection_timeout = 5
     assoc = ae.associate("127.0.0.1", port, ae_title="XNAT")
     assert not assoc.is_established
+
+
+def test_the_command_starts_the_receiver_with_dicom_port(tmp_path):
+    """`xnatdrop sandbox --dicom-port 0 --dicom-ae XNAT --dicom-ae RX2:P1` prints where."""
+    command = [
+        *(sys.executable, "-m", "xnatdrop", "sandbox", "--port", "0"),
+        *("--data", str(tmp_path / "cli"), "--user", "site:secret", "--project", "P1"),
+        *("--dicom-port", "0", "--dicom-ae", "XNAT", "--dicom-ae", "RX2:P1"),
+    ]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        url = process.stdout.readline().strip()
+        line = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        match = re.fullmatch(r"DICOM receiver XNAT, RX2 on 127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        ae = AE(ae_title="XNATDROP")
+        ae.add_requested_context(Verification)
+        for title in ("XNAT", "RX2"):
+            assoc = ae.associate("127.0.0.1", int(match.group(1)), ae_title=title)
+            assert assoc.is_established
+            assert int(assoc.send_c_echo().Status) == 0
+            assoc.release()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+
+
+def test_the_command_refuses_a_bad_ae_title(tmp_path):
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "xnatdrop", "sandbox", "--data", str(tmp_path)),
+            *("--dicom-port", "0", "--dicom-ae", "A_TITLE_LONGER_THAN_16"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "1-16 printable characters" in result.stderr
+
+
+def session_summary(client) -> dict[str, object]:
+    """What a prearchive session is, as xnatdrop reads it: its row, scans, and per instance
+    the header fields the site script writes."""
+    [row] = client.json_rows(PREARC)
+    scans = client.json_rows("/data" + row["url"] + "/scans")
+    instances = {
+        str(h.SOPInstanceUID): (scan, str(h.PatientName), h.PatientID, h.StudyDescription)
+        for scan, h in prearchived(client)
+    }
+    return {
+        "row": {k: row[k] for k in ("project", "subject", "name", "tag", "status")},
+        "scans": sorted((s["ID"], s["xsiType"], s["series_description"]) for s in scans),
+        "instances": instances,
+    }
+
+
+@pytest.mark.parametrize("handler", ["DICOM-zip", "gradual-DICOM"])
+def test_c_store_builds_the_same_prearchive_session_as_the_rest_import(
+    sandbox, svc, sandbox_factory, two_series, handler
+):
+    """The receiver path and the REST import, each into a fresh sandbox, for the same two
+    series: same project, subject, label, study, scans and instances, headers rewritten alike."""
+    assert send(sandbox, two_series) == [0] * 42
+    other = sandbox_factory()
+    params = {"PROJECT_ID": "SPN01", "SUBJECT_ID": "S01", "EXPT_LABEL": "S01_MR1"}
+    with Client(other.url, ("svc", "pw")) as rest:
+        if handler == "DICOM-zip":
+            answer = rest.import_zip(Dicom.zip(two_series), **params)
+            assert answer.status_code == 200, answer.text
+        else:
+            for path in two_series:
+                answer = rest.post(
+                    "/data/services/import",
+                    params=params,
+                    data=path.read_bytes(),
+                    headers={"Content-Type": "application/dicom"},
+                )
+                assert answer.status_code == 200, answer.text
+        for server in (sandbox, other):
+            server.tick(server.settings.rebuild_idle)
+        by_rest = session_summary(rest)
+    by_c_store = session_summary(svc)
+    assert by_c_store["row"]["status"] == "READY"
+    assert len(by_c_store["instances"]) == 42
+    assert by_c_store == by_rest
