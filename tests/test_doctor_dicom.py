@@ -15,8 +15,7 @@ import requests
 
 from push_helpers import PASSWORD, PROJECT, USER, write_config
 from xnat_sandbox import Sandbox
-from xnatdrop import cli, testpush
-from xnatdrop.commands import doctor_dicom
+from xnatdrop import cli, dicom_checks, testpush
 from xnatdrop.config import load
 
 FAST = "connect_timeout_seconds = 2\nacse_timeout_seconds = 1\nattempts = 1\n"
@@ -74,14 +73,14 @@ def test_a_rest_only_config_without_a_dicom_section_gets_no_dicom_check(
     tmp_path, server, capsys
 ):
     path = config(tmp_path, server, None)
-    assert not doctor_dicom.wanted(load(path))
+    assert not dicom_checks.wanted(load(path))
     code, out = doctor(path, capsys)
     assert code == 0, out
     assert dicom_lines(out) == []
 
 
 def test_a_dicom_section_alone_is_checked(tmp_path, server):
-    assert doctor_dicom.wanted(load(config(tmp_path, server, f"port = {server.dicom_port}\n")))
+    assert dicom_checks.wanted(load(config(tmp_path, server, f"port = {server.dicom_port}\n")))
 
 
 def test_a_refused_called_ae_title_is_a_fail_that_names_the_setting(tmp_path, server, capsys):

@@ -9,7 +9,7 @@ XNAT does to uploads and what that means for verification (site and project anon
 the `checksums` preference, series import filters); each project is visible and its prearchive
 setting readable; the user may upload and archive in each project (its role as XNAT names it);
 XNAT's DICOM receiver answers a C-ECHO, and with `--test-push` files a generated test instance
-(`doctor_dicom`).
+(`dicom_checks`).
 
 What XNAT says, and where it is read, is in xnatdrop.xnat (each method names the XNAT source).
 WARN lines are things to know that do not stop uploads. Exit 0 when nothing FAILs, 1
@@ -23,8 +23,7 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
-from xnatdrop import cli, config, preflight, xnat
-from xnatdrop.commands import doctor_dicom
+from xnatdrop import cli, config, dicom_checks, preflight, xnat
 from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
 from xnatdrop.exitcodes import Exit
 from xnatdrop.notify import service as notify_service
@@ -284,7 +283,7 @@ def checks(path: Path | None, test_push: bool = False) -> Iterator[Check]:
     yield from preflight.folder_checks(settings)  # the same checks stop `xnatdrop run`
     if password is not None:
         yield from xnat_checks(settings, password)
-    yield from doctor_dicom.dicom_checks(settings, password, test_push)
+    yield from dicom_checks.dicom_checks(settings, password, test_push)
     yield from notify_service.doctor_checks(settings, source)  # SMTP login, ping URL's host
 
 
