@@ -148,7 +148,6 @@ class DicomReceiver:
         """Bind the port and serve associations in pynetdicom's threads."""
         ae = AE(ae_title=next(iter(self.receivers)))
         ae.require_called_aet = False  # checked in _on_requested against every receiver
-        ae.maximum_pdu_size = 0  # dcm4che2 does not limit what the sender may send in one PDU
         ae.add_supported_context(Verification, list(dicom_classes.VERIFICATION_TRANSFER_SYNTAXES))
         for sop_class in dicom_classes.STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(dicom_classes.TRANSFER_SYNTAXES))

@@ -271,11 +271,11 @@ def parse_dest(value: str) -> Dest:
 
 @dataclass
 class Job:
-    """One import request, resolved: who, which handler, and the explicit routing values."""
+    """One import, resolved: who, which handler, and the explicit routing values (a REST
+    request's parameters, or what the DICOM receiver passes)."""
 
     sandbox: SiteContext
-    request: Request | None  # None for an instance the DICOM receiver got (no HTTP request)
-    user: User  # who files the data: the requester, or the receiver's `receivedFileUser`
+    user: User  # who files the data: the requester, or the DICOM receiver's `receivedFileUser`
     handler: str
     dest: Dest | None
     project: str | None  # an explicit project the user may write to, else None (§6 decides)
@@ -353,7 +353,7 @@ def handle_import(request: Request) -> tables.Response:
                 raise tables.HttpError(400, str(error)) from error
     else:
         _import_archive(job, upload)
-    return _finish(job)
+    return _finish(job, request)
 
 
 def _job(request: Request, handler: str) -> Job:
@@ -402,7 +402,6 @@ def _job(request: Request, handler: str) -> Job:
             values["aa"] = "true" if dest.kind == "archive" else "false"
     return Job(
         sandbox,
-        request,
         request.user,
         handler,
         dest,
@@ -647,14 +646,12 @@ def _touch_sessions(job: Job) -> None:
         prearchive.touch(job.sandbox.store, pk, now)
 
 
-def _finish(job: Job) -> tables.Response:
+def _finish(job: Job, params: Request) -> tables.Response:
     """Build/archive as `dest` asks, then answer with one `/data` URI per session (§3.5)."""
     sandbox = job.sandbox
     store = sandbox.store
     _touch_sessions(job)
     uris: list[str] = []
-    params = job.request
-    assert params is not None  # an HTTP import always has its request
     for pk in (pk for pk in job.sessions if pk in job.answered):
         row = prearchive.get(store, pk)
         if job.dest is None or job.handler == "gradual-DICOM":
@@ -728,7 +725,7 @@ def import_received(
         ("prevent_auto_commit", "source", "visit", "subtype", "timezone", "aa"), ""
     )
     values["prevent_anon"] = "true" if prevent_anon else "false"  # String.valueOf(!enabled)
-    job = Job(sandbox, None, user, "gradual-DICOM", None, project, None, None, False, True, values)
+    job = Job(sandbox, user, "gradual-DICOM", None, project, None, None, False, True, values)
     try:
         _store_entry(job, source, RECEIVED_NAME)
     finally:
