@@ -38,7 +38,7 @@ from xnat_sandbox import (
     tables,
 )
 from xnat_sandbox.context import SiteContext
-from xnat_sandbox.users import UNASSIGNED
+from xnat_sandbox.users import UNASSIGNED, User
 from xnat_sandbox.wire import Request
 
 log = logging.getLogger(__name__)
@@ -271,10 +271,11 @@ def parse_dest(value: str) -> Dest:
 
 @dataclass
 class Job:
-    """One import request, resolved: who, which handler, and the explicit routing values."""
+    """One import, resolved: who, which handler, and the explicit routing values (a REST
+    request's parameters, or what the DICOM receiver passes)."""
 
     sandbox: SiteContext
-    request: Request
+    user: User  # who files the data: the requester, or the DICOM receiver's `receivedFileUser`
     handler: str
     dest: Dest | None
     project: str | None  # an explicit project the user may write to, else None (§6 decides)
@@ -352,7 +353,7 @@ def handle_import(request: Request) -> tables.Response:
                 raise tables.HttpError(400, str(error)) from error
     else:
         _import_archive(job, upload)
-    return _finish(job)
+    return _finish(job, request)
 
 
 def _job(request: Request, handler: str) -> Job:
@@ -401,7 +402,7 @@ def _job(request: Request, handler: str) -> Job:
             values["aa"] = "true" if dest.kind == "archive" else "false"
     return Job(
         sandbox,
-        request,
+        request.user,
         handler,
         dest,
         resolved,
@@ -477,7 +478,7 @@ def _identify(job: Job, header: Header) -> tuple[str, str, str, str]:
             if not candidate:
                 continue
             row = store.project(candidate)
-            if row is not None and job.request.user.can_write(row["id"]):
+            if row is not None and job.user.can_write(row["id"]):
                 project = row["id"]
                 break
     subject = job.subject
@@ -645,13 +646,12 @@ def _touch_sessions(job: Job) -> None:
         prearchive.touch(job.sandbox.store, pk, now)
 
 
-def _finish(job: Job) -> tables.Response:
+def _finish(job: Job, params: Request) -> tables.Response:
     """Build/archive as `dest` asks, then answer with one `/data` URI per session (§3.5)."""
     sandbox = job.sandbox
     store = sandbox.store
     _touch_sessions(job)
     uris: list[str] = []
-    params = job.request
     for pk in (pk for pk in job.sessions if pk in job.answered):
         row = prearchive.get(store, pk)
         if job.dest is None or job.handler == "gradual-DICOM":
@@ -697,4 +697,38 @@ def _finish(job: Job) -> tables.Response:
             series or "?",
             scope,
         )
-    return tables.uri_list(unique, job.request.fmt)
+    return tables.uri_list(unique, params.fmt)
+
+
+#: `StreamWrapper.getName()` is null for a C-STORE: XNAT's messages then name "null", and the
+#: file name always comes from the namer (`getSafeFile` finds no valid requested name).
+RECEIVED_NAME = "null"
+
+
+def import_received(
+    sandbox: SiteContext,
+    user: User,
+    source: IO[bytes],
+    project: str | None,
+    prevent_anon: bool,
+) -> list[str]:
+    """One instance from the DICOM receiver, as `CStoreService.doCStore` hands it to
+    `GradualDicomImporter`: no request parameters but the receiver's own (`project` when its
+    identifier fixes one, `prevent_anon` = not the receiver's anonymizationEnabled), filed as
+    `user`. The same path as a REST gradual-DICOM import: §6 routing, series import filters,
+    the site script, the session left RECEIVING for the rebuilder (§4.4).
+
+    Return the prearchive URIs (`/data/prearchive/…`), empty when a filter or the site script
+    dropped the instance; raise Unreadable where the importer throws its ClientException.
+    """
+    values = dict.fromkeys(
+        ("prevent_auto_commit", "source", "visit", "subtype", "timezone", "aa"), ""
+    )
+    values["prevent_anon"] = "true" if prevent_anon else "false"  # String.valueOf(!enabled)
+    job = Job(sandbox, user, "gradual-DICOM", None, project, None, None, False, True, values)
+    try:
+        _store_entry(job, source, RECEIVED_NAME)
+    finally:
+        _touch_sessions(job)
+    store = sandbox.store
+    return [prearchive.data_uri(prearchive.get(store, pk)) for pk in job.answered]

@@ -28,6 +28,7 @@ from xnat_sandbox import (
     auth,
     bodies,
     control,
+    dicom_receiver,
     documents,
     entities,
     prearchive,
@@ -58,11 +59,18 @@ class Sandbox:
         port: int = 8080,
         users: list[str] | None = None,
         projects: list[str] | None = None,
+        dicom_port: int | None = None,
+        dicom_receivers: list[dicom_receiver.Receiver] | None = None,
         **settings: Any,
     ) -> None:
         self.data = Path(data)
         self.host = host
         self.port = port
+        #: The DICOM receiver's port (None: no receiver; 0: a free one, the bound port once
+        #: started) and its application entities (default: AE title XNAT, §9).
+        self.dicom_port = dicom_port
+        self.dicom_receivers = list(dicom_receivers or [dicom_receiver.Receiver()])
+        self.dicom: dicom_receiver.DicomReceiver | None = None  # while started with a port
         self.settings = Settings(**settings)
         self.settings.check()
         self.users = list(users or ["admin:admin"])  # as given: NAME:PASSWORD[:ACCESS]
@@ -113,8 +121,14 @@ class Sandbox:
         self.store = store.Store(self.data)
         for project in self.projects:
             entities.ensure_project(self.store, project, self.clock.now(), "sandbox")
+        self._start_dicom()
         respond = functools.partial(routes.respond, self)
-        front = transport.HttpFront(self.host, self.port, respond, self.faults, self.requests)
+        try:
+            front = transport.HttpFront(self.host, self.port, respond, self.faults, self.requests)
+        except OSError:
+            self._stop_dicom()
+            self.store.close()
+            raise
         self.port = front.port
         self._server = front
         self._read_startup_preferences()
@@ -132,12 +146,32 @@ class Sandbox:
             return
         self._stopping.set()
         self.faults.release()
+        self._stop_dicom()
         self._server.stop()
         if self._rebuilder is not None:
             self._rebuilder.join(timeout=10)
         self._server = None
         self.store.close()
         log.info("sandbox XNAT stopped")
+
+    def _start_dicom(self) -> None:
+        """Start the DICOM receiver when a port is set (`dicom_port` becomes the bound one)."""
+        if self.dicom_port is None:
+            return
+        receiver = dicom_receiver.DicomReceiver(
+            self, self.host, self.dicom_port, self.dicom_receivers
+        )
+        try:
+            receiver.start()
+        except OSError:
+            self.store.close()
+            raise
+        self.dicom, self.dicom_port = receiver, receiver.port
+
+    def _stop_dicom(self) -> None:
+        if self.dicom is not None:
+            self.dicom.stop()
+            self.dicom = None
 
     def __enter__(self) -> Sandbox:
         self.start()

@@ -6,6 +6,8 @@ writes its two synthetic sessions and runs the real daemon until both are handle
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from xnatdrop import cli
@@ -17,6 +19,7 @@ def test_demo_archives_the_clean_session_and_says_how_it_was_verified(
 ) -> None:
     assert cli.main(["demo"]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"^DICOM receiver XNAT@127\.0\.0\.1:\d+ \(AE title XNAT\)$", out, re.M)
     assert "DEMO01_001: ARCHIVED in XNAT project DEMO01" in out
     assert (
         "    verified: instance UIDs and counts of all 20 files; pixel data of 1 file per scan "

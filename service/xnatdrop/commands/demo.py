@@ -172,7 +172,7 @@ def write_sessions(drop: Path) -> None:
 # ---- the run ----------------------------------------------------------------------------------
 
 
-def _write_config(work: Path, url: str) -> Path:
+def _write_config(work: Path, url: str, dicom_port: int | None = None) -> Path:
     secret = work / "xnat-password"
     secret.write_text(PASSWORD + "\n", encoding="utf-8")
     secret.chmod(0o600)
@@ -199,6 +199,8 @@ def _write_config(work: Path, url: str) -> Path:
                 "[schedule]",
                 'upload_window = "always"',
                 "max_concurrent_pushes = 2",
+                # the sandbox's DICOM receiver, for `xnatdrop doctor --test-push` (demo --keep)
+                *(["[dicom]", f"port = {dicom_port}"] if dicom_port is not None else []),
                 "",
             ]
         ),
@@ -250,13 +252,19 @@ def handle(args: argparse.Namespace) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="xnatdrop-demo-"))
     sandbox = Sandbox(
-        data=work / "xnat", port=args.port, users=[f"{USER}:{PASSWORD}"], projects=[PROJECT]
+        data=work / "xnat",
+        port=args.port,
+        users=[f"{USER}:{PASSWORD}"],
+        projects=[PROJECT],
+        dicom_port=0,
     )
     sandbox.start()
     try:
-        settings = config.load(_write_config(work, sandbox.url))
+        config_path = _write_config(work, sandbox.url, sandbox.dicom_port)
+        settings = config.load(config_path)
         drop_root = settings.drop[0].path
         print(f"sandbox XNAT at {sandbox.url} (user {USER}, password {PASSWORD})")
+        print(f"DICOM receiver XNAT@{sandbox.host}:{sandbox.dicom_port} (AE title XNAT)")
         print(f"drop share at   {drop_root.parent}")
         runner = daemon.Daemon(settings, daemon.pipeline_processor(settings, PASSWORD))
         outcome: dict[str, ledger.Drop] = {}
@@ -285,7 +293,8 @@ def handle(args: argparse.Namespace) -> int:
         if args.keep:
             print(
                 f"\nsandbox still up at {sandbox.url} (user {USER}, password {PASSWORD}); "
-                f"files under {work}. Ctrl-C to stop."
+                f"files under {work}. Try `xnatdrop doctor --config {config_path} --test-push`. "
+                "Ctrl-C to stop."
             )
             done = threading.Event()
             with signals.capture(lambda sig, frame: done.set(), (signal.SIGINT,)):

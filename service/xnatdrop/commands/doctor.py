@@ -7,7 +7,9 @@ state folder are writable; quarantine/ and done/ are on the same file system as 
 http URL for a site whose session cookie is Secure); the password does not expire soon; what
 XNAT does to uploads and what that means for verification (site and project anonymisation,
 the `checksums` preference, series import filters); each project is visible and its prearchive
-setting readable; the user may upload and archive in each project (its role as XNAT names it).
+setting readable; the user may upload and archive in each project (its role as XNAT names it);
+XNAT's DICOM receiver answers a C-ECHO, and with `--test-push` files a generated test instance
+(`dicom_checks`).
 
 What XNAT says, and where it is read, is in xnatdrop.xnat (each method names the XNAT source).
 WARN lines are things to know that do not stop uploads. Exit 0 when nothing FAILs, 1
@@ -21,7 +23,7 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
-from xnatdrop import commands, config, preflight, xnat
+from xnatdrop import commands, config, dicom_checks, preflight, xnat
 from xnatdrop.errors import AuthenticationError, ConfigError, PermanentError, TransientError
 from xnatdrop.exitcodes import Exit
 from xnatdrop.notify import service as notify_service
@@ -32,6 +34,12 @@ Check = tuple[bool | None, str]  # (passed, line); None: a warning that does not
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("doctor", help="check config, folders and XNAT access")
     commands.add_config_argument(parser)
+    parser.add_argument(
+        "--test-push",
+        action="store_true",
+        help="also send one generated test instance (no patient data) to XNAT's DICOM "
+        "receiver, report where XNAT filed it and delete it again",
+    )
     parser.set_defaults(func=handle)
 
 
@@ -255,7 +263,7 @@ def _state(value: bool | None) -> str:
     return {True: "on", False: "off", None: "unknown"}[value]
 
 
-def checks(path: Path | None) -> Iterator[Check]:
+def checks(path: Path | None, test_push: bool = False) -> Iterator[Check]:
     source = config.source_name(path)
     try:
         settings = config.load_or_system(path)
@@ -275,12 +283,13 @@ def checks(path: Path | None) -> Iterator[Check]:
     yield from preflight.folder_checks(settings)  # the same checks stop `xnatdrop run`
     if password is not None:
         yield from xnat_checks(settings, password)
+    yield from dicom_checks.dicom_checks(settings, password, test_push)
     yield from notify_service.doctor_checks(settings, source)  # SMTP login, ping URL's host
 
 
 def handle(args: argparse.Namespace) -> int:
     failed = 0
-    for passed, line in checks(args.config):
+    for passed, line in checks(args.config, getattr(args, "test_push", False)):
         print(f"{'WARN' if passed is None else 'PASS' if passed else 'FAIL'}  {line}")
         failed += passed is False
     print("all checks passed" if not failed else f"{failed} check(s) failed")

@@ -69,6 +69,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="idle time before a RECEIVING prearchive session is built (default %(default)s)",
     )
+    parser.add_argument(
+        "--dicom-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also run XNAT's DICOM C-STORE receiver on this port (XNAT's is 8104; 0 = any)",
+    )
+    parser.add_argument(
+        "--dicom-ae",
+        action="append",
+        default=[],
+        metavar="TITLE[:PROJECT]",
+        help="a receiver AE title, optionally filing everything into PROJECT; repeatable "
+        "(default XNAT, routing by the DICOM header as a stock XNAT does)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -83,6 +98,14 @@ def run(args: argparse.Namespace) -> int:
     for project in args.project:
         if not project.replace("_", "").replace("-", "").isalnum():
             problems.append(f"at '--project': {project!r} is not a valid ID (use A-Z a-z 0-9 _ -)")
+    receivers = []
+    for spec in args.dicom_ae:
+        try:
+            receivers.append(xnat_sandbox.Receiver.parse(spec))
+        except ValueError as error:
+            problems.append(f"at '--dicom-ae': {error}")
+    if args.dicom_ae and args.dicom_port is None:
+        problems.append("at '--dicom-ae': give --dicom-port too, or no receiver runs")
     if problems:
         raise ConfigError("xnatdrop sandbox", problems)
     sandbox = xnat_sandbox.Sandbox(
@@ -93,12 +116,16 @@ def run(args: argparse.Namespace) -> int:
         projects=args.project,
         session_timeout=args.session_timeout,
         rebuild_idle=args.rebuild_idle,
+        dicom_port=args.dicom_port,
+        dicom_receivers=receivers or None,
     )
     try:
         sandbox.start()
     except OSError as error:
         print(
-            f"xnatdrop sandbox: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr
+            f"xnatdrop sandbox: cannot listen on {args.host}:{args.port}"
+            f"{'' if args.dicom_port is None else f' (DICOM {args.dicom_port})'}: {error}",
+            file=sys.stderr,
         )
         return Exit.USAGE
     stopping = threading.Event()
@@ -111,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(sandbox.url, flush=True)
+        if sandbox.dicom is not None:
+            titles = ", ".join(sandbox.dicom.ae_titles)
+            print(f"DICOM receiver {titles} on {args.host}:{sandbox.dicom_port}", flush=True)
         log.info(
             "users: %s; projects: %s",
             ", ".join(sandbox.accounts),

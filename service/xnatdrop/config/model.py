@@ -41,7 +41,13 @@ class Config(BaseModel):
         if self.dicom.host is not None:
             return self
         host = urllib.parse.urlsplit(self.xnat.url).hostname or "127.0.0.1"
-        return self.model_copy(update={"dicom": self.dicom.model_copy(update={"host": host})})
+        dicom = self.dicom.model_copy(update={"host": host})
+        updated = self.model_copy(update={"dicom": dicom})
+        # model_copy counts an updated field as given; `model_fields_set` must keep saying what
+        # the file gave (doctor checks the receiver when a [dicom] section is there).
+        object.__setattr__(dicom, "__pydantic_fields_set__", set(self.dicom.model_fields_set))
+        object.__setattr__(updated, "__pydantic_fields_set__", set(self.model_fields_set))
+        return updated
 
     @model_validator(mode="after")
     def _logical(self) -> Config:

@@ -148,6 +148,11 @@ class Prearchive(Connection):
         rows = self._get_table(f"/data/prearchive/projects/{quote(project)}")
         return [prearchive_entry(row) for row in rows]
 
+    def prearchive_all(self) -> list[PrearchiveEntry]:
+        """GET /data/prearchive?format=json: every session of every project the user may edit,
+        and Unassigned for a data admin (PrearcSessionListResource, reference §4.1)."""
+        return [prearchive_entry(row) for row in self._get_table("/data/prearchive")]
+
     def prearchive_entry(self, uri: str) -> PrearchiveEntry | None:
         """GET <prearchive uri>?format=json: a one-row table, or None (reference §4.3)."""
         response = self.request("GET", uri, params={"format": "json"}, ok=(200, 404))
