@@ -6,6 +6,7 @@ states cores, memory, disk, kernel, Python and the load average before and after
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import re
@@ -34,8 +35,16 @@ def describe(workdir: Path) -> dict[str, str]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
         "xnatdrop": _xnatdrop_version(),
-        "tools": ", ".join(
-            v for v in (_version(["curl", "--version"]), _version(["storescu", "--version"])) if v
+        "peers": ", ".join(
+            f"{name} {version}"
+            for name, version in (
+                ("curl", _version(["curl", "--version"], r"curl (\S+)")),
+                ("storescu", _version(["storescu", "--version"], r"v(\d[\d.]*)")),
+                ("Orthanc", _version([_orthanc(), "--version"], r"(\d+\.\d+\.\d+)")),
+                ("xnatpy", _package("xnat")),
+                ("pydicom", _package("pydicom")),
+            )
+            if version
         ),
     }
 
@@ -65,31 +74,49 @@ def _rotational(device: str) -> str:
     flag = Path(f"/sys/block/{name}/queue/rotational")
     if not flag.exists():
         return ""
-    return ", rotational" if flag.read_text().strip() == "1" else ", not rotational (SSD/virtual)"
+    rotational = flag.read_text().strip() == "1"
+    return f", the kernel calls it {'rotational' if rotational else 'non-rotational'}"
 
 
 def _xnatdrop_version() -> str:
-    from harness import product  # here, not at the top: probes import this module, and their
-    # baselines should not pay for importing xnatdrop
-
+    """The checkout's commit and branch, with '+ changes' when its work tree is not clean."""
     repo = Path(__file__).resolve().parents[2]
+    git = ["git", "-C", str(repo)]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
+        commit = _output([*git, "rev-parse", "--short", "HEAD"])
+        branch = _output([*git, "rev-parse", "--abbrev-ref", "HEAD"])
+        dirty = _output([*git, "status", "--porcelain", "--untracked-files=no"])
     except (OSError, subprocess.SubprocessError):
-        commit = "unknown commit"
-    return f"{' '.join(product.CLI[1:])} at {commit}"
+        return "not a git checkout"
+    return f"commit {commit} ({branch}{' + uncommitted changes' if dirty else ''})"
 
 
-def _version(command: list[str]) -> str:
+def _output(command: list[str]) -> str:
+    return subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+
+
+def _version(command: list[str], pattern: str) -> str:
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
-    first = (out.stdout or out.stderr).strip().splitlines()
-    return first[0].strip() if first else ""
+    match = re.search(pattern, done.stdout + done.stderr)
+    return match.group(1) if match else ""
+
+
+def _orthanc() -> str:
+    return (
+        shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin") or "Orthanc"
+    )
+
+
+def _package(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def drop_cache(paths: Iterable[Path]) -> None:
