@@ -119,7 +119,7 @@ def _package(name: str) -> str:
         return ""
 
 
-def drop_cache(paths: Iterable[Path]) -> None:
+def drop_cache(paths: Iterable[str | Path]) -> None:
     """Drop the page cache of each file: posix_fadvise(DONTNEED) on its whole length.
 
     Why per file and not `echo 1 > /proc/sys/vm/drop_caches`: it needs no root, and it leaves

@@ -42,22 +42,19 @@ def upload_series(verdict: rules.Verdict) -> list[list[Path]]:
     return [[entry.path for entry in series.files] for series in verdict.series]
 
 
-def plan_files(folder: Path, files: Sequence[Path]) -> pack.Plan:
-    """The zip the import step would send for these files (stat only, no file data read).
+def plan_files(folder: Path, names: Sequence[str]) -> pack.Plan:
+    """The zip the import step would send for these files, named relative to `folder` (stat
+    only, no file data read).
 
     The items carry no UIDs: the zip's bytes do not depend on them (only the manifest does).
     """
-    return pack.plan(folder, _items(folder, files))
+    return pack.plan(folder, [pack.Item(name, "", "") for name in names])
 
 
-def write_zip(folder: Path, files: Sequence[Path], target: Path) -> int:
+def write_zip(folder: Path, names: Sequence[str], target: Path) -> int:
     """Write the exact bytes xnatdrop would stream for these files to `target`; return size."""
-    pack.write_zip(folder, _items(folder, files), target)
+    pack.write_zip(folder, [pack.Item(name, "", "") for name in names], target)
     return target.stat().st_size
-
-
-def _items(folder: Path, files: Sequence[Path]) -> list[pack.Item]:
-    return [pack.Item(p.relative_to(folder).as_posix(), "", "") for p in files]
 
 
 def fingerprint(folder: Path) -> Any:

@@ -181,7 +181,8 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
     scratch.mkdir(parents=True, exist_ok=True)
     label = work.folder.name
     zip_path = scratch / "upload.zip"
-    size = product.write_zip(work.folder, list(work.files), zip_path)
+    names = [p.relative_to(work.folder).as_posix() for p in work.files]
+    size = product.write_zip(work.folder, names, zip_path)
     results: dict[str, Any] = {"zip_bytes": size}
     results["disk_write"] = {"seconds": disk_write(zip_path, scratch / "copy.bin")}
     results["curl"] = curl(zip_path, scratch, label)
