@@ -26,12 +26,14 @@ from typing import IO
 import pydicom
 import pydicom.errors
 from pydicom import filereader
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from xnat_sandbox import (
     anonymize,
     archive,
     bodies,
     dicomedit,
+    dicomwalk,
     prearchive,
     prearchive_build,
     seriesfilter,
@@ -191,6 +193,74 @@ def _header(dataset: pydicom.Dataset) -> Header:
     return Header(comments=[_text(dataset, k) for k in COMMENT_FIELDS], **fields)
 
 
+def _tag_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return tag, dictionary_VR(tag)
+
+
+HEADER_TAGS = {name: _tag_vr(keyword) for name, keyword in HEADER_KEYWORDS.items()}
+COMMENT_TAGS = [_tag_vr(keyword) for keyword in COMMENT_FIELDS]
+
+
+#: The elements `walked_header` reads, kept by the walker.
+WANTED = frozenset(
+    [dicomwalk.SPECIFIC_CHARACTER_SET]
+    + [tag for tag, _ in HEADER_TAGS.values()]
+    + [tag for tag, _ in COMMENT_TAGS]
+)
+
+
+def walk_header(tap: HeaderTap, last_tag: int, keep_to: int) -> dicomwalk.Walk | None:
+    """The header up to `last_tag` walked by `dicomwalk` (64 KiB first, more only when the
+    header runs past it), every element up to `keep_to` kept (the part the site script
+    rewrites), or None when pydicom must read this file."""
+    size = HEADER_START
+    while True:
+        tap.seek(size)
+        try:
+            return dicomwalk.walk(bytes(tap.kept), last_tag, tap.eof, keep_to, WANTED)
+        except dicomwalk.CannotWalk:
+            return None
+        except dicomwalk.NeedMore:
+            if tap.eof or len(tap.kept) >= HEADER_MAX:
+                return None
+            size *= 4
+
+
+def walked_header(walked: dicomwalk.Walk) -> Header | None:
+    """The importer's fields from the walked bytes, exactly as `_header` reads them with
+    pydicom; None when a value needs pydicom to decode it (see `dicomwalk.ascii_text`)."""
+    charset = dicomwalk.ascii_text(walked, dicomwalk.SPECIFIC_CHARACTER_SET, "CS")
+    if charset not in dicomwalk.ASCII_CHARSETS:
+        return None
+    values: dict[str, str] = {}
+    comments: list[str] = []
+    for name, (tag, vr) in [*HEADER_TAGS.items(), *(("", t) for t in COMMENT_TAGS)]:
+        element = walked.find(tag)
+        if element is not None and element.vr not in (None, vr):
+            return None
+        text = dicomwalk.ascii_text(walked, tag, vr)
+        if text is None:
+            return None
+        if name:
+            values[name] = text
+        else:
+            comments.append(text)
+    return Header(comments=comments, **values)
+
+
+def check_header(header: Header, name: str) -> Header:
+    """Raise Unreadable as GradualDicomImporter does for a file without its SOP UIDs."""
+    if not header.sop_class and not header.sop_uid and not header.study_uid:
+        raise Unreadable(f"unable to read DICOM object {name}")
+    if not header.sop_class:
+        raise Unreadable(f"object {name} contains no SOP Class UID")
+    if not header.sop_uid:
+        raise Unreadable(f"object {name} contains no SOP Instance UID")
+    return header
+
+
 def read_header(
     tap: HeaderTap, name: str, last_tag: int = LAST_NEEDED_TAG
 ) -> tuple[Header, pydicom.Dataset]:
@@ -217,13 +287,7 @@ def read_header(
             size *= 4
             continue
         break
-    if not header.sop_class and not header.sop_uid and not header.study_uid:
-        raise Unreadable(f"unable to read DICOM object {name}")
-    if not header.sop_class:
-        raise Unreadable(f"object {name} contains no SOP Class UID")
-    if not header.sop_uid:
-        raise Unreadable(f"object {name} contains no SOP Instance UID")
-    return header, dataset
+    return check_header(header, name), dataset
 
 
 def contained(text: str, key: str) -> str | None:
@@ -292,6 +356,16 @@ class Job:
     #: (which filter, SeriesNumber) → instances a series import filter dropped
     filtered: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     _filters: dict[str | None, seriesfilter.Filter | None] = field(default_factory=dict)
+    #: the site anonymisation script (None when off), read once per import, and its last tag
+    site_script: dicomedit.Script | None = None
+    script_top: int = 0
+    #: files whose header (or anonymisation) pydicom had to do: the walker could not
+    read_by_pydicom: int = 0
+    anonymised_by_pydicom: int = 0
+
+    def __post_init__(self) -> None:
+        self.site_script = anonymize.site_script(self.sandbox.store)
+        self.script_top = max(self.site_script.tags(), default=0) if self.site_script else 0
 
     def filter_for(self, project: str | None) -> seriesfilter.Filter | None:
         """The site filter (project None) or a project's, read once per import."""
@@ -327,7 +401,7 @@ def handle_import(request: Request) -> tables.Response:
     """`POST /data/services/import` (§3): read the body, pick the handler, import, answer."""
     if request.method != "POST":
         raise tables.HttpError(405, "Method Not Allowed")
-    received = request.receive()
+    received = request.receive(digest=False)  # each stored entry gets its own MD5
     handler = request.param("import-handler")
     if not received.uploads:
         # Importer.handlePost: no file with a handler named is 400; with none, `fw.get(0)`
@@ -506,11 +580,22 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     tap = HeaderTap(source)
     store = job.sandbox.store
     last_tag = max([LAST_NEEDED_TAG, *job.filter_tags(job.project)])
-    header, dataset = read_header(tap, entry_name, last_tag)
+    # The walker reads the header's bytes (and as far as the site script edits); pydicom reads
+    # the files it cannot walk, and the header a series import filter needs.
+    walked = walk_header(tap, max(last_tag, job.script_top), job.script_top)
+    header = walked_header(walked) if walked is not None else None
+    dataset: pydicom.Dataset | None = None
+    if header is None:
+        job.read_by_pydicom += 1
+        header, dataset = read_header(tap, entry_name, last_tag)
+    else:
+        check_header(header, entry_name)
     project, subject, label, autoarchive = _identify(job, header)
-    if max(job.filter_tags(project), default=0) > last_tag:  # the project came from the header
-        header, dataset = read_header(tap, entry_name, max(job.filter_tags(project)))
-    excluded_by = job.excluded_by(project, dataset)
+    filtered = job.filter_for(None) is not None or job.filter_for(project) is not None
+    if filtered and (dataset is None or max(job.filter_tags(project), default=0) > last_tag):
+        tags = [last_tag, *job.filter_tags(project)]  # the project came from the header
+        header, dataset = read_header(tap, entry_name, max(tags))
+    excluded_by = job.excluded_by(project, dataset) if dataset is not None else None
     if excluded_by:  # GradualDicomImporter.call l.193: an empty answer, nothing stored
         job.filtered[(excluded_by, header.series_number)] += 1
         return
@@ -563,38 +648,42 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
         name = _namer(header)
     folder = prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM"
     folder.mkdir(parents=True, exist_ok=True)
-    size, md5 = _write(folder / name, tap)
     prevent_anon = job.values["prevent_anon"] or row["prevent_anon"] or ""
-    if prevent_anon.lower() != "true":
-        # GradualDicomImporter.call l.390-411: the site script with the session's project,
-        # subject and prearchive folder name (`session.getFolderName()`) as `session`.
-        script = anonymize.site_script(store)
-        if script is not None:
-            variables = {
-                "project": project,
-                "subject": row["subject"] or "",
-                "session": row["folder"],
-            }
-            try:
-                outcome = anonymize.rewrite(folder / name, script, variables)
-            except anonymize.Unrewritable as error:
-                # handleAnonymizationError: the file is dropped, the import answers 400
-                (folder / name).unlink(missing_ok=True)
-                store.run(
-                    "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
-                    pk,
-                    scan_id,
-                    name,
-                )
-                if prearchive.drop_scan_if_empty(store, pk, scan_id):
-                    job.scans.pop((pk, header.series_uid), None)
-                raise Unreadable(f"unable to read DICOM object {entry_name}") from error
-            if outcome.rejected:
-                job.rejected += 1  # GradualDicomImporter: file deleted, empty answer
-                if prearchive.drop_scan_if_empty(store, pk, scan_id):
-                    job.scans.pop((pk, header.series_uid), None)
-                return
-            size, md5 = outcome.size, outcome.md5
+    # GradualDicomImporter.call l.390-411: the site script with the session's project,
+    # subject and prearchive folder name (`session.getFolderName()`) as `session`.
+    script = job.site_script if prevent_anon.lower() != "true" else None
+    variables = {"project": project, "subject": row["subject"] or "", "session": row["folder"]}
+    spliced = None
+    if script is not None and walked is not None:
+        spliced = anonymize.splice(walked, script, variables)
+        if spliced is not None and spliced.rejected:
+            job.rejected += 1  # GradualDicomImporter: nothing stored, empty answer
+            if prearchive.drop_scan_if_empty(store, pk, scan_id):
+                job.scans.pop((pk, header.series_uid), None)
+            return
+    size, md5 = _write(folder / name, tap, spliced)
+    if script is not None and spliced is None:  # the pydicom path, on the stored file
+        job.anonymised_by_pydicom += 1
+        try:
+            outcome = anonymize.rewrite(folder / name, script, variables)
+        except anonymize.Unrewritable as error:
+            # handleAnonymizationError: the file is dropped, the import answers 400
+            (folder / name).unlink(missing_ok=True)
+            store.run(
+                "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
+                pk,
+                scan_id,
+                name,
+            )
+            if prearchive.drop_scan_if_empty(store, pk, scan_id):
+                job.scans.pop((pk, header.series_uid), None)
+            raise Unreadable(f"unable to read DICOM object {entry_name}") from error
+        if outcome.rejected:
+            job.rejected += 1  # GradualDicomImporter: file deleted, empty answer
+            if prearchive.drop_scan_if_empty(store, pk, scan_id):
+                job.scans.pop((pk, header.series_uid), None)
+            return
+        size, md5 = outcome.size, outcome.md5
     prearchive.record_file(
         store, pk, scan_id, name, size, md5, header.sop_uid, _instance(header.instance_number)
     )
@@ -602,13 +691,19 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     job.answered.add(pk)
 
 
-def _write(target: Path, tap: HeaderTap) -> tuple[int, str]:
-    """Write the kept header bytes and the rest of the stream; return (size, MD5)."""
+def _write(
+    target: Path, tap: HeaderTap, spliced: anonymize.Spliced | None = None
+) -> tuple[int, str]:
+    """Write the kept header bytes (with the anonymised header spliced in, if given) and the
+    rest of the stream, computing the MD5 on the way; return (size, MD5)."""
     digest = hashlib.md5()
     partial = target.with_name(f".{target.name}.part")
     size = 0
     with partial.open("wb") as out:
-        head = bytes(tap.kept)
+        if spliced is None:
+            head = bytes(tap.kept)
+        else:
+            head = spliced.head + bytes(tap.kept[spliced.resume :])
         digest.update(head)
         out.write(head)
         size += len(head)
@@ -687,6 +782,13 @@ def _finish(job: Job) -> tables.Response:
             raise tables.HttpError(400, "unable to archive for the Prearchive session") from error
     unique = list(dict.fromkeys(uris))
     log.info("import (%s): %d files into %d session(s)", job.handler, job.stored, len(unique))
+    if job.read_by_pydicom or job.anonymised_by_pydicom:
+        log.info(
+            "import (%s): pydicom read %d and anonymised %d file(s) the header walker could not",
+            job.handler,
+            job.read_by_pydicom,
+            job.anonymised_by_pydicom,
+        )
     if job.rejected:
         log.info("import (%s): %d file(s) rejected by the site script", job.handler, job.rejected)
     for (scope, series), count in sorted(job.filtered.items()):
