@@ -176,6 +176,9 @@ def clone(
 ) -> Workload:
     """Write copies of `series` into `folder` until it holds `target_bytes` or `target_files`.
 
+    Whole series only (the last one may overshoot the target): a series cut short is an
+    incomplete series, which the check rightly blocks (INCOMPLETE_SERIES, issue 9).
+
     One new StudyInstanceUID for the whole folder; each series copy gets a new series UID and
     number, each file a new SOP instance UID. The data is synced to disk before returning, so
     that a later cold read can drop its pages from the cache (dirty pages cannot be dropped).
@@ -201,8 +204,6 @@ def clone(
             number = str(10_000_000 + copies * 1000 + index).encode()
             series_uid = fresh_uid().encode()
             for k, template in enumerate(source.files):
-                if done():
-                    break
                 values = {
                     template.study: study,
                     template.series: series_uid,
