@@ -5,7 +5,9 @@ For one workload (a subject folder in a drop root):
 1. the zip xnatdrop would stream (`pack.write_zip`, the same bytes) is written once, before any
    timing, for curl; then copied to a new file on the same disk: the disk's write rate for
    those bytes (no fsync in either, both land in the page cache), the baseline of the
-   sandbox's receive rate;
+   sandbox's receive rate; and the store floor (`store_floor`): spool that zip, then write each
+   entry to its own file with its MD5, the least work any importer keeping files and checksums
+   does, in Python, so that the sandbox's own overhead shows apart from the physical work;
 2. `curl` POSTs that zip to the import service (DICOM-zip, into the prearchive) of a fresh
    sandbox: curl's own cost is nil, so its rate *is* the sandbox's receive rate;
 3. xnatpy's `services.import_dir` of the same folder into a fresh sandbox (xnatpy zips the
@@ -20,6 +22,7 @@ shown on its own as well.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,32 @@ def disk_write(source: Path, target: Path) -> float:
             writer.write(chunk)
     seconds = time.perf_counter() - started
     target.unlink()
+    return seconds
+
+
+def store_floor(zip_path: Path, scratch: Path) -> float:
+    """Seconds for the least an importer that keeps each file with its MD5 must do, in Python:
+    spool the zip (a copy, as the body is written to disk), then write every entry to its own
+    file (`.part`, then renamed) while computing its MD5. No DICOM, no database, no HTTP: the
+    rest of the sandbox's time is its own overhead, and this is the rate it can approach."""
+    floor = scratch / "floor"
+    floor.mkdir()
+    started = time.perf_counter()
+    spooled = floor / "upload.zip"
+    with zip_path.open("rb") as reader, spooled.open("wb") as writer:
+        while chunk := reader.read(1 << 20):
+            writer.write(chunk)
+    with zipfile.ZipFile(spooled) as bundle:
+        for index, info in enumerate(bundle.infolist()):
+            digest = hashlib.md5()
+            part = floor / f".{index}.part"
+            with bundle.open(info) as entry, part.open("wb") as out:
+                while chunk := entry.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            part.replace(floor / f"{index}.dcm")
+    seconds = time.perf_counter() - started
+    shutil.rmtree(floor)
     return seconds
 
 
@@ -185,12 +215,13 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
     size = product.write_zip(work.folder, names, zip_path)
     results: dict[str, Any] = {"zip_bytes": size}
     results["disk_write"] = {"seconds": disk_write(zip_path, scratch / "copy.bin")}
+    results["store_floor"] = {"seconds": store_floor(zip_path, scratch)}
     results["curl"] = curl(zip_path, scratch, label)
     zip_path.unlink()
     if peers:  # xnatpy before xnatdrop: the push moves the folder to done/
         results["xnatpy"] = xnatpy(work.folder, scratch, label)
     results["xnatdrop"] = xnatdrop_push(work.folder, scratch)
-    for name in ("disk_write", "curl", "xnatpy", "xnatdrop"):
+    for name in ("disk_write", "store_floor", "curl", "xnatpy", "xnatdrop"):
         if name in results:
             results[name]["mb_per_s"] = size / 1e6 / results[name]["seconds"]
     curl_s = results["curl"]["seconds"]
@@ -198,6 +229,8 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
         "push / curl (time)": results["xnatdrop"]["seconds"] / curl_s,
         "sandbox receive / disk write": results["curl"]["mb_per_s"]
         / results["disk_write"]["mb_per_s"],
+        "sandbox receive / store floor": results["curl"]["mb_per_s"]
+        / results["store_floor"]["mb_per_s"],
     }
     if "xnatpy" in results:
         results["ratios"]["xnatpy / push (time)"] = (
