@@ -46,6 +46,7 @@ from xnat_sandbox.wire import Request
 log = logging.getLogger(__name__)
 
 HANDLERS = ("DICOM-zip", "gradual-DICOM")
+RECORD_BATCH = 256
 GRADUAL_TYPES = ("application/dicom", "application/x-mirc", "application/x-mirc-dicom")
 COMMENT_FIELDS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
 _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -359,6 +360,8 @@ class Job:
     #: the site anonymisation script (None when off), read once per import, and its last tag
     site_script: dicomedit.Script | None = None
     script_top: int = 0
+    #: stored files not yet recorded: one commit per RECORD_BATCH files, not one per file
+    pending: dict[tuple[int, str, str], prearchive.FileRow] = field(default_factory=dict)
     #: files whose header (or anonymisation) pydicom had to do: the walker could not
     read_by_pydicom: int = 0
     anonymised_by_pydicom: int = 0
@@ -366,6 +369,24 @@ class Job:
     def __post_init__(self) -> None:
         self.site_script = anonymize.site_script(self.sandbox.store)
         self.script_top = max(self.site_script.tags(), default=0) if self.site_script else 0
+
+    def record(self, row: prearchive.FileRow) -> None:
+        self.pending[row[:3]] = row
+        if len(self.pending) >= RECORD_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record the stored files (before anything reads prearc_files, and at the end)."""
+        if self.pending:
+            prearchive.record_files(self.sandbox.store, list(self.pending.values()))
+            self.pending.clear()
+
+    def owner(self, pk: int, scan_id: str, name: str) -> str | None:
+        """The SOPInstanceUID stored under this name in the scan, by this import or before."""
+        row = self.pending.get((pk, scan_id, name))
+        if row is not None:
+            return row[5]
+        return prearchive.file_owner(self.sandbox.store, pk, scan_id, name)
 
     def filter_for(self, project: str | None) -> seriesfilter.Filter | None:
         """The site filter (project None) or a project's, read once per import."""
@@ -418,14 +439,17 @@ def handle_import(request: Request) -> tables.Response:
         raise tables.HttpError(404, f"Unknown importer implementation specified: {handler}")
     job = _job(request, handler)
     upload = received.uploads[0]
-    if handler == "gradual-DICOM":
-        with upload.path.open("rb") as source:
-            try:
-                _store_entry(job, source, upload.name)
-            except Unreadable as error:
-                raise tables.HttpError(400, str(error)) from error
-    else:
-        _import_archive(job, upload)
+    try:
+        if handler == "gradual-DICOM":
+            with upload.path.open("rb") as source:
+                try:
+                    _store_entry(job, source, upload.name)
+                except Unreadable as error:
+                    raise tables.HttpError(400, str(error)) from error
+        else:
+            _import_archive(job, upload)
+    finally:
+        job.flush()  # what was stored is recorded, whatever ends the import
     return _finish(job)
 
 
@@ -643,7 +667,7 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     name = to_file_name_chars(entry_name)
     if job.rename or not name or name in (".", ".."):
         name = _namer(header)
-    owner = prearchive.file_owner(store, pk, scan_id, name)
+    owner = job.owner(pk, scan_id, name)
     if owner is not None and owner != header.sop_uid:
         name = _namer(header)
     folder = prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM"
@@ -658,6 +682,7 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
         spliced = anonymize.splice(walked, script, variables)
         if spliced is not None and spliced.rejected:
             job.rejected += 1  # GradualDicomImporter: nothing stored, empty answer
+            job.flush()
             if prearchive.drop_scan_if_empty(store, pk, scan_id):
                 job.scans.pop((pk, header.series_uid), None)
             return
@@ -669,24 +694,25 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
         except anonymize.Unrewritable as error:
             # handleAnonymizationError: the file is dropped, the import answers 400
             (folder / name).unlink(missing_ok=True)
+            job.flush()
             store.run(
                 "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
                 pk,
                 scan_id,
                 name,
             )
+            job.flush()
             if prearchive.drop_scan_if_empty(store, pk, scan_id):
                 job.scans.pop((pk, header.series_uid), None)
             raise Unreadable(f"unable to read DICOM object {entry_name}") from error
         if outcome.rejected:
             job.rejected += 1  # GradualDicomImporter: file deleted, empty answer
+            job.flush()
             if prearchive.drop_scan_if_empty(store, pk, scan_id):
                 job.scans.pop((pk, header.series_uid), None)
             return
         size, md5 = outcome.size, outcome.md5
-    prearchive.record_file(
-        store, pk, scan_id, name, size, md5, header.sop_uid, _instance(header.instance_number)
-    )
+    job.record((pk, scan_id, name, size, md5, header.sop_uid, _instance(header.instance_number)))
     job.stored += 1
     job.answered.add(pk)
 
