@@ -2,7 +2,7 @@
 
 The sandbox reads each imported file's header with its own walker (`dicomwalk`) and applies
 the site anonymisation script by splicing the edited elements into the byte stream
-(`anonymize.splice`); pydicom (`dicomzip.read_header`, `anonymize.rewrite`) stays for what the
+(`anonymize.splice`); pydicom (`dicomheader.read_header`, `anonymize.rewrite`) stays for what the
 walker declines. Here both paths run on the same files: every file of two real sessions, and
 hand-built files for the edge cases (implicit VR, odd-length values, absent and removed
 elements, sequences of undefined length around the edited tags, group lengths, a non-ASCII
@@ -21,7 +21,7 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from shared_data import dataset
-from xnat_sandbox import anonymize, dicomwalk, dicomzip, prefs
+from xnat_sandbox import anonymize, dicomheader, dicomwalk, prefs
 
 MIXED = """version "6.1"
 (0008,0080) != "" ? -(0008,0080)
@@ -39,26 +39,26 @@ SESSIONS = [
 ]
 
 
-def fast_path(data: bytes, script_text: str) -> tuple[dicomzip.Header | None, bytes | None]:
+def fast_path(data: bytes, script_text: str) -> tuple[dicomheader.Header | None, bytes | None]:
     """(header fields, stored bytes) by the walker; None for what it hands to pydicom; stored
     bytes b"" when the script rejects the file."""
     script = anonymize.compiled(script_text)
     top = max(script.tags())
     try:
         walked = dicomwalk.walk(
-            data, max(top, dicomzip.LAST_NEEDED_TAG), True, top, dicomzip.WANTED
+            data, max(top, dicomheader.LAST_NEEDED_TAG), True, top, dicomheader.WANTED
         )
     except dicomwalk.CannotWalk:
         return None, None
     spliced = anonymize.splice(walked, script, VARIABLES)
     if spliced is None:
-        return dicomzip.walked_header(walked), None
+        return dicomheader.walked_header(walked), None
     stored = b"" if spliced.rejected else spliced.head + data[spliced.resume :]
-    return dicomzip.walked_header(walked), stored
+    return dicomheader.walked_header(walked), stored
 
 
-def pydicom_path(data: bytes, script_text: str, tmp: Path) -> tuple[dicomzip.Header, bytes]:
-    header, _ = dicomzip.read_header(dicomzip.HeaderTap(io.BytesIO(data)), "f.dcm")
+def pydicom_path(data: bytes, script_text: str, tmp: Path) -> tuple[dicomheader.Header, bytes]:
+    header, _ = dicomheader.read_header(dicomheader.HeaderTap(io.BytesIO(data)), "f.dcm")
     copy = tmp / "copy.dcm"
     copy.write_bytes(data)
     outcome = anonymize.rewrite(copy, anonymize.compiled(script_text), VARIABLES)
@@ -72,8 +72,8 @@ def test_every_file_of_a_real_session_gets_the_pydicom_bytes(name, folder, tmp_p
     for path in files:
         data = path.read_bytes()
         try:
-            slow_header, _ = dicomzip.read_header(dicomzip.HeaderTap(io.BytesIO(data)), "f")
-        except dicomzip.Unreadable:
+            slow_header, _ = dicomheader.read_header(dicomheader.HeaderTap(io.BytesIO(data)), "f")
+        except dicomheader.Unreadable:
             continue  # not DICOM (DICOMDIR-less extras): the importer answers 400 either way
         for text in SCRIPTS.values():
             header, stored = fast_path(data, text)
