@@ -153,7 +153,8 @@ class Body:
 
 @dataclass
 class Upload:
-    """One uploaded file, already on disk in the spool with its size and MD5."""
+    """One uploaded file, already on disk in the spool with its size and MD5 ("" when the
+    receiver said it needs none: the importer hashes each entry it stores, not the archive)."""
 
     name: str
     path: Path
@@ -162,33 +163,35 @@ class Upload:
 
 
 class SpoolFile:
-    """A spool file being written: counts bytes and computes the MD5 on the way."""
+    """A spool file being written: counts bytes and computes the MD5 on the way (if asked)."""
 
-    def __init__(self, spool_dir: Path, name: str) -> None:
+    def __init__(self, spool_dir: Path, name: str, digest: bool = True) -> None:
         fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix="upload-")
         self.name = name
         self.path = Path(tmp)
         self._out = os.fdopen(fd, "wb")
-        self._digest = hashlib.md5()
+        self._digest = hashlib.md5() if digest else None
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self._digest.update(data)
+        if self._digest is not None:
+            self._digest.update(data)
         self.size += len(data)
         self._out.write(data)
 
     def close(self) -> Upload:
         self._out.close()
-        return Upload(self.name, self.path, self.size, self._digest.hexdigest())
+        md5 = self._digest.hexdigest() if self._digest is not None else ""
+        return Upload(self.name, self.path, self.size, md5)
 
     def discard(self) -> None:
         self._out.close()
         self.path.unlink(missing_ok=True)
 
 
-def spool(read: Callable[[], bytes], spool_dir: Path, name: str) -> Upload:
-    """Write a stream to a spool file, computing size and MD5 on the way."""
-    target = SpoolFile(spool_dir, name)
+def spool(read: Callable[[], bytes], spool_dir: Path, name: str, digest: bool = True) -> Upload:
+    """Write a stream to a spool file, computing size and MD5 (if asked) on the way."""
+    target = SpoolFile(spool_dir, name, digest)
     try:
         while data := read():
             target.write(data)
@@ -245,7 +248,7 @@ def _header_params(raw: bytes) -> email.message.Message:
 
 
 def parse_multipart(
-    body: Body, boundary: str, spool_dir: Path
+    body: Body, boundary: str, spool_dir: Path, digest: bool = True
 ) -> tuple[dict[str, list[str]], list[Upload]]:
     """Stream a multipart/form-data body: files go to the spool, fields to a dict.
 
@@ -280,7 +283,7 @@ def parse_multipart(
             raise tables.HttpError(
                 400, "multi-part form posts must contain the file name of the uploaded file."
             )
-        target = SpoolFile(spool_dir, os.path.basename(str(filename)))
+        target = SpoolFile(spool_dir, os.path.basename(str(filename)), digest)
         try:
             reader.read_until(end, target.write)
         except BaseException:
@@ -319,6 +322,7 @@ def receive(
     spool_dir: Path,
     raw_name: str | None = None,
     raw_any_type: bool = False,
+    digest: bool = True,
 ) -> Received:
     """Classify and read a body as `SecureResource.getFileWritersAndLoadParams` does (§3.1).
 
@@ -339,9 +343,11 @@ def receive(
         if body.finished:
             return Received([], {})
         name = raw_name or DERIVED_NAMES.get(kind, "upload.unsupported")
-        return Received([spool(body.read, spool_dir, name)], {})
+        return Received([spool(body.read, spool_dir, name, digest)], {})
     if kind == "multipart/form-data":
-        fields, uploads = parse_multipart(body, boundary_of(content_type or ""), spool_dir)
+        fields, uploads = parse_multipart(
+            body, boundary_of(content_type or ""), spool_dir, digest
+        )
         return Received(uploads, fields)
     if kind == "application/x-www-form-urlencoded":
         return Received([], urllib.parse.parse_qs(_read_small(body).decode(), True))

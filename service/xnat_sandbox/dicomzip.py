@@ -1,22 +1,21 @@
 """`POST /data/services/import`: the DICOM-zip and gradual-DICOM handlers (§3, §6).
 
 The body is already on disk when a handler runs (`bodies.receive` streams it to the spool).
-DICOM-zip then walks the archive entry by entry; for each entry pydicom reads the header straight
-from the entry stream (`HeaderTap` keeps only the bytes the parser consumed), the §6 rules pick
-project, subject and session, and the entry is copied to its prearchive file while its MD5 is
-computed. Memory stays flat whatever the upload size.
+DICOM-zip then walks the archive entry by entry; for each entry the header is read straight from
+the entry stream (`dicomheader`: the sandbox's walker, or pydicom for what it declines), the §6
+rules pick project, subject and session, and the entry is copied once to its prearchive file,
+the site script's edits spliced in (`anonymize.splice`), while its MD5 is computed. Memory stays
+flat whatever the upload size.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import logging
 import re
 import sqlite3
 import tarfile
-import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ from pathlib import Path
 from typing import IO
 
 import pydicom
-import pydicom.errors
-from pydicom import filereader
 
 from xnat_sandbox import (
     anonymize,
@@ -38,192 +35,26 @@ from xnat_sandbox import (
     tables,
 )
 from xnat_sandbox.context import SiteContext
+from xnat_sandbox.dicomheader import (
+    LAST_NEEDED_TAG,
+    Header,
+    HeaderTap,
+    Unreadable,
+    check_header,
+    read_header,
+    walk_header,
+    walked_header,
+)
 from xnat_sandbox.users import UNASSIGNED, User
 from xnat_sandbox.wire import Request
 
 log = logging.getLogger(__name__)
 
 HANDLERS = ("DICOM-zip", "gradual-DICOM")
+RECORD_BATCH = 256
 GRADUAL_TYPES = ("application/dicom", "application/x-mirc", "application/x-mirc-dicom")
-COMMENT_FIELDS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
 _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _FILE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
-_PARSE_LOCK = dicomedit.PYDICOM_LOCK  # pydicom under catch_warnings: one lock
-
-
-class Unreadable(Exception):
-    """An entry that is not DICOM (or lacks its SOP UIDs): 400 unless Ignore-Unparsable."""
-
-
-@dataclass
-class Header:
-    """The header fields the importer needs, read once per entry."""
-
-    study_uid: str
-    series_uid: str
-    series_number: str
-    sop_class: str
-    sop_uid: str
-    modality: str
-    patient_name: str
-    patient_id: str
-    comments: list[str]
-    study_description: str
-    accession: str
-    study_date: str
-    study_time: str
-    series_description: str
-    instance_number: str
-
-
-class HeaderTap:
-    """A seekable view of a forward-only stream that keeps every byte it has read.
-
-    pydicom seeks a little while parsing; this serves those seeks from the kept bytes. After the
-    header is parsed, `kept` plus the rest of the source is the whole entry.
-    """
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self.source = source
-        self.kept = bytearray()
-        self.pos = 0
-        self.eof = False
-
-    def _fill(self, end: int | None) -> None:
-        while not self.eof and (end is None or len(self.kept) < end):
-            want = 1 << 20 if end is None else max(65536, end - len(self.kept))
-            chunk = self.source.read(want)
-            if not chunk:
-                self.eof = True
-            self.kept += chunk
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            self._fill(None)
-            end = len(self.kept)
-        else:
-            self._fill(self.pos + size)
-            end = min(self.pos + size, len(self.kept))
-        data = bytes(self.kept[self.pos : end])
-        self.pos = end
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 0:
-            target = offset
-        elif whence == 1:
-            target = self.pos + offset
-        else:
-            self._fill(None)
-            target = len(self.kept) + offset
-        self._fill(target)
-        self.pos = max(0, target)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-
-def _text(dataset: pydicom.Dataset, keyword: str) -> str:
-    value = dataset.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-#: Parse up to StudyComments (0032,4000): every tag the importer reads comes before. Header-only,
-#: and shorter still than `stop_before_pixels`: GE and Siemens files carry large private groups
-#: after (0032,xxxx), and skipping them halves the per-entry parse time. A series import filter
-#: on a later element moves the stop (`GradualDicomImporter` reads up to its last filter tag).
-LAST_NEEDED_TAG = 0x00324000
-
-
-_PARSE_ERRORS = dicomedit.PYDICOM_ERRORS
-HEADER_START = 64 * 1024  # the first read; GE and Siemens headers up to (0032,4000) fit
-HEADER_MAX = 16 * 1024 * 1024  # past this an entry is "unreadable" rather than held in memory
-
-
-def _parse(data: bytes, last_tag: int) -> tuple[pydicom.Dataset, bool]:
-    """Parse a header prefix held in memory up to `last_tag`; also say whether the parser used
-    all of it.
-
-    Reading from BytesIO is several times faster than through `HeaderTap` (pydicom makes many
-    small reads). A parser that used the whole prefix may have stopped for lack of data.
-    """
-
-    def past(tag: int, vr: str | None, length: int) -> bool:
-        return tag > last_tag
-
-    view = io.BytesIO(data)
-    try:
-        dataset = filereader.read_partial(view, stop_when=past)
-    except pydicom.errors.InvalidDicomError:
-        view = io.BytesIO(data)
-        dataset = filereader.read_partial(view, stop_when=past, force=True)
-    return dataset, view.tell() >= len(data)
-
-
-#: Header field → the DICOM keyword it is read from (`comments` is read from COMMENT_FIELDS).
-HEADER_KEYWORDS = {
-    "study_uid": "StudyInstanceUID",
-    "series_uid": "SeriesInstanceUID",
-    "series_number": "SeriesNumber",
-    "sop_class": "SOPClassUID",
-    "sop_uid": "SOPInstanceUID",
-    "modality": "Modality",
-    "patient_name": "PatientName",
-    "patient_id": "PatientID",
-    "study_description": "StudyDescription",
-    "accession": "AccessionNumber",
-    "study_date": "StudyDate",
-    "study_time": "StudyTime",
-    "series_description": "SeriesDescription",
-    "instance_number": "InstanceNumber",
-}
-
-
-def _header(dataset: pydicom.Dataset) -> Header:
-    fields = {name: _text(dataset, keyword) for name, keyword in HEADER_KEYWORDS.items()}
-    return Header(comments=[_text(dataset, k) for k in COMMENT_FIELDS], **fields)
-
-
-def read_header(
-    tap: HeaderTap, name: str, last_tag: int = LAST_NEEDED_TAG
-) -> tuple[Header, pydicom.Dataset]:
-    """Parse the header (up to `last_tag`, no pixel data) from the first bytes of the entry.
-
-    Start with 64 KiB and read more only when the parser ran out of data. Raise Unreadable the
-    way GradualDicomImporter does.
-    """
-    size = HEADER_START
-    while True:
-        tap.seek(size)
-        complete = tap.eof
-        try:
-            with _PARSE_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                dataset, exhausted = _parse(bytes(tap.kept), last_tag)
-                header = _header(dataset)
-        except _PARSE_ERRORS as error:
-            if complete or len(tap.kept) >= HEADER_MAX:
-                raise Unreadable(f"unable to read DICOM object {name}") from error
-            size *= 4
-            continue
-        if exhausted and not complete and len(tap.kept) < HEADER_MAX:
-            size *= 4
-            continue
-        break
-    if not header.sop_class and not header.sop_uid and not header.study_uid:
-        raise Unreadable(f"unable to read DICOM object {name}")
-    if not header.sop_class:
-        raise Unreadable(f"object {name} contains no SOP Class UID")
-    if not header.sop_uid:
-        raise Unreadable(f"object {name} contains no SOP Instance UID")
-    return header, dataset
 
 
 def contained(text: str, key: str) -> str | None:
@@ -293,6 +124,36 @@ class Job:
     #: (which filter, SeriesNumber) → instances a series import filter dropped
     filtered: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     _filters: dict[str | None, seriesfilter.Filter | None] = field(default_factory=dict)
+    #: the site anonymisation script (None when off), read once per import, and its last tag
+    site_script: dicomedit.Script | None = None
+    script_top: int = 0
+    #: stored files not yet recorded: one commit per RECORD_BATCH files, not one per file
+    pending: dict[tuple[int, str, str], prearchive.FileRow] = field(default_factory=dict)
+    #: files whose header (or anonymisation) pydicom had to do: the walker could not
+    read_by_pydicom: int = 0
+    anonymised_by_pydicom: int = 0
+
+    def __post_init__(self) -> None:
+        self.site_script = anonymize.site_script(self.sandbox.store)
+        self.script_top = max(self.site_script.tags(), default=0) if self.site_script else 0
+
+    def record(self, row: prearchive.FileRow) -> None:
+        self.pending[row[:3]] = row
+        if len(self.pending) >= RECORD_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record the stored files (before anything reads prearc_files, and at the end)."""
+        if self.pending:
+            prearchive.record_files(self.sandbox.store, list(self.pending.values()))
+            self.pending.clear()
+
+    def owner(self, pk: int, scan_id: str, name: str) -> str | None:
+        """The SOPInstanceUID stored under this name in the scan, by this import or before."""
+        row = self.pending.get((pk, scan_id, name))
+        if row is not None:
+            return row[5]
+        return prearchive.file_owner(self.sandbox.store, pk, scan_id, name)
 
     def filter_for(self, project: str | None) -> seriesfilter.Filter | None:
         """The site filter (project None) or a project's, read once per import."""
@@ -328,7 +189,7 @@ def handle_import(request: Request) -> tables.Response:
     """`POST /data/services/import` (§3): read the body, pick the handler, import, answer."""
     if request.method != "POST":
         raise tables.HttpError(405, "Method Not Allowed")
-    received = request.receive()
+    received = request.receive(digest=False)  # each stored entry gets its own MD5
     handler = request.param("import-handler")
     if not received.uploads:
         # Importer.handlePost: no file with a handler named is 400; with none, `fw.get(0)`
@@ -345,14 +206,17 @@ def handle_import(request: Request) -> tables.Response:
         raise tables.HttpError(404, f"Unknown importer implementation specified: {handler}")
     job = _job(request, handler)
     upload = received.uploads[0]
-    if handler == "gradual-DICOM":
-        with upload.path.open("rb") as source:
-            try:
-                _store_entry(job, source, upload.name)
-            except Unreadable as error:
-                raise tables.HttpError(400, str(error)) from error
-    else:
-        _import_archive(job, upload)
+    try:
+        if handler == "gradual-DICOM":
+            with upload.path.open("rb") as source:
+                try:
+                    _store_entry(job, source, upload.name)
+                except Unreadable as error:
+                    raise tables.HttpError(400, str(error)) from error
+        else:
+            _import_archive(job, upload)
+    finally:
+        job.flush()  # what was stored is recorded, whatever ends the import
     return _finish(job, request)
 
 
@@ -507,11 +371,22 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     tap = HeaderTap(source)
     store = job.sandbox.store
     last_tag = max([LAST_NEEDED_TAG, *job.filter_tags(job.project)])
-    header, dataset = read_header(tap, entry_name, last_tag)
+    # The walker reads the header's bytes (and as far as the site script edits); pydicom reads
+    # the files it cannot walk, and the header a series import filter needs.
+    walked = walk_header(tap, max(last_tag, job.script_top), job.script_top)
+    header = walked_header(walked) if walked is not None else None
+    dataset: pydicom.Dataset | None = None
+    if header is None:
+        job.read_by_pydicom += 1
+        header, dataset = read_header(tap, entry_name, last_tag)
+    else:
+        check_header(header, entry_name)
     project, subject, label, autoarchive = _identify(job, header)
-    if max(job.filter_tags(project), default=0) > last_tag:  # the project came from the header
-        header, dataset = read_header(tap, entry_name, max(job.filter_tags(project)))
-    excluded_by = job.excluded_by(project, dataset)
+    filtered = job.filter_for(None) is not None or job.filter_for(project) is not None
+    if filtered and (dataset is None or max(job.filter_tags(project), default=0) > last_tag):
+        tags = [last_tag, *job.filter_tags(project)]  # the project came from the header
+        header, dataset = read_header(tap, entry_name, max(tags))
+    excluded_by = job.excluded_by(project, dataset) if dataset is not None else None
     if excluded_by:  # GradualDicomImporter.call l.193: an empty answer, nothing stored
         job.filtered[(excluded_by, header.series_number)] += 1
         return
@@ -559,57 +434,69 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     name = to_file_name_chars(entry_name)
     if job.rename or not name or name in (".", ".."):
         name = _namer(header)
-    owner = prearchive.file_owner(store, pk, scan_id, name)
+    owner = job.owner(pk, scan_id, name)
     if owner is not None and owner != header.sop_uid:
         name = _namer(header)
     folder = prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM"
     folder.mkdir(parents=True, exist_ok=True)
-    size, md5 = _write(folder / name, tap)
     prevent_anon = job.values["prevent_anon"] or row["prevent_anon"] or ""
-    if prevent_anon.lower() != "true":
-        # GradualDicomImporter.call l.390-411: the site script with the session's project,
-        # subject and prearchive folder name (`session.getFolderName()`) as `session`.
-        script = anonymize.site_script(store)
-        if script is not None:
-            variables = {
-                "project": project,
-                "subject": row["subject"] or "",
-                "session": row["folder"],
-            }
-            try:
-                outcome = anonymize.rewrite(folder / name, script, variables)
-            except anonymize.Unrewritable as error:
-                # handleAnonymizationError: the file is dropped, the import answers 400
-                (folder / name).unlink(missing_ok=True)
-                store.run(
-                    "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
-                    pk,
-                    scan_id,
-                    name,
-                )
-                if prearchive.drop_scan_if_empty(store, pk, scan_id):
-                    job.scans.pop((pk, header.series_uid), None)
-                raise Unreadable(f"unable to read DICOM object {entry_name}") from error
-            if outcome.rejected:
-                job.rejected += 1  # GradualDicomImporter: file deleted, empty answer
-                if prearchive.drop_scan_if_empty(store, pk, scan_id):
-                    job.scans.pop((pk, header.series_uid), None)
-                return
-            size, md5 = outcome.size, outcome.md5
-    prearchive.record_file(
-        store, pk, scan_id, name, size, md5, header.sop_uid, _instance(header.instance_number)
-    )
+    # GradualDicomImporter.call l.390-411: the site script with the session's project,
+    # subject and prearchive folder name (`session.getFolderName()`) as `session`.
+    script = job.site_script if prevent_anon.lower() != "true" else None
+    variables = {"project": project, "subject": row["subject"] or "", "session": row["folder"]}
+    spliced = None
+    if script is not None and walked is not None:
+        spliced = anonymize.splice(walked, script, variables)
+        if spliced is not None and spliced.rejected:
+            job.rejected += 1  # GradualDicomImporter: nothing stored, empty answer
+            job.flush()
+            if prearchive.drop_scan_if_empty(store, pk, scan_id):
+                job.scans.pop((pk, header.series_uid), None)
+            return
+    size, md5 = _write(folder / name, tap, spliced)
+    if script is not None and spliced is None:  # the pydicom path, on the stored file
+        job.anonymised_by_pydicom += 1
+        try:
+            outcome = anonymize.rewrite(folder / name, script, variables)
+        except anonymize.Unrewritable as error:
+            # handleAnonymizationError: the file is dropped, the import answers 400
+            (folder / name).unlink(missing_ok=True)
+            job.flush()
+            store.run(
+                "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
+                pk,
+                scan_id,
+                name,
+            )
+            job.flush()
+            if prearchive.drop_scan_if_empty(store, pk, scan_id):
+                job.scans.pop((pk, header.series_uid), None)
+            raise Unreadable(f"unable to read DICOM object {entry_name}") from error
+        if outcome.rejected:
+            job.rejected += 1  # GradualDicomImporter: file deleted, empty answer
+            job.flush()
+            if prearchive.drop_scan_if_empty(store, pk, scan_id):
+                job.scans.pop((pk, header.series_uid), None)
+            return
+        size, md5 = outcome.size, outcome.md5
+    job.record((pk, scan_id, name, size, md5, header.sop_uid, _instance(header.instance_number)))
     job.stored += 1
     job.answered.add(pk)
 
 
-def _write(target: Path, tap: HeaderTap) -> tuple[int, str]:
-    """Write the kept header bytes and the rest of the stream; return (size, MD5)."""
+def _write(
+    target: Path, tap: HeaderTap, spliced: anonymize.Spliced | None = None
+) -> tuple[int, str]:
+    """Write the kept header bytes (with the anonymised header spliced in, if given) and the
+    rest of the stream, computing the MD5 on the way; return (size, MD5)."""
     digest = hashlib.md5()
     partial = target.with_name(f".{target.name}.part")
     size = 0
     with partial.open("wb") as out:
-        head = bytes(tap.kept)
+        if spliced is None:
+            head = bytes(tap.kept)
+        else:
+            head = spliced.head + bytes(tap.kept[spliced.resume :])
         digest.update(head)
         out.write(head)
         size += len(head)
@@ -687,6 +574,13 @@ def _finish(job: Job, params: Request) -> tables.Response:
             raise tables.HttpError(400, "unable to archive for the Prearchive session") from error
     unique = list(dict.fromkeys(uris))
     log.info("import (%s): %d files into %d session(s)", job.handler, job.stored, len(unique))
+    if job.read_by_pydicom or job.anonymised_by_pydicom:
+        log.info(
+            "import (%s): pydicom read %d and anonymised %d file(s) the header walker could not",
+            job.handler,
+            job.read_by_pydicom,
+            job.anonymised_by_pydicom,
+        )
     if job.rejected:
         log.info("import (%s): %d file(s) rejected by the site script", job.handler, job.rejected)
     for (scope, series), count in sorted(job.filtered.items()):
@@ -729,6 +623,7 @@ def import_received(
     try:
         _store_entry(job, source, RECEIVED_NAME)
     finally:
+        job.flush()  # the instance is recorded before the association hears "stored"
         _touch_sessions(job)
     store = sandbox.store
     return [prearchive.data_uri(prearchive.get(store, pk)) for pk in job.answered]

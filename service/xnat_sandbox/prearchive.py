@@ -299,33 +299,23 @@ def file_owner(store: Store, pk: int, scan_id: str, name: str) -> str | None:
     return None if row is None else str(row["sop_uid"] or "")
 
 
-def record_file(
-    store: Store,
-    pk: int,
-    scan_id: str,
-    name: str,
-    size: int,
-    md5: str,
-    sop_uid: str,
-    instance: int | None = None,
-) -> None:
-    """Keep one stored file's size, MD5, SOPInstanceUID and InstanceNumber.
+#: One stored file's row: (session pk, scan id, name, size, MD5, SOPInstanceUID, instance).
+FileRow = tuple[int, str, str, int, str, str, int | None]
+
+
+def record_files(store: Store, rows: list[FileRow]) -> None:
+    """Keep stored files' sizes, MD5s, SOPInstanceUIDs and InstanceNumbers, in one commit.
 
     The UID and instance number become the archive catalog's `cat:dcmEntry` `UID` and
     `instanceNumber` (dicom-xnat `ImageFileAttributes`: UID ← (0008,0018), instanceNumber ←
     (0020,0013)).
     """
-    store.run(
-        "INSERT OR REPLACE INTO prearc_files (session, scan_id, name, size, md5, sop_uid, "
-        "instance) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        pk,
-        scan_id,
-        name,
-        size,
-        md5,
-        sop_uid,
-        instance,
-    )
+    with store.transaction() as db:
+        db.executemany(
+            "INSERT OR REPLACE INTO prearc_files (session, scan_id, name, size, md5, sop_uid, "
+            "instance) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
 
 def drop_scan_if_empty(store: Store, pk: int, scan_id: str) -> bool:

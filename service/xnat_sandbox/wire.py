@@ -70,8 +70,11 @@ class Request:
             self._spool.mkdir()
         return self._spool
 
-    def receive(self, raw_name: str | None = None, raw_any_type: bool = False) -> bodies.Received:
-        """Read the body (uploads spooled, fields merged into params below the query)."""
+    def receive(
+        self, raw_name: str | None = None, raw_any_type: bool = False, digest: bool = True
+    ) -> bodies.Received:
+        """Read the body (uploads spooled, with their MD5 when `digest`; fields merged into
+        params below the query)."""
         received = bodies.receive(
             self.body,
             self.headers.get("Content-Type"),
@@ -79,6 +82,7 @@ class Request:
             self.spool_dir(),
             raw_name=raw_name,
             raw_any_type=raw_any_type,
+            digest=digest,
         )
         merged = {k: list(v) for k, v in received.fields.items()}
         if isinstance(received.json, dict):

@@ -1,0 +1,94 @@
+"""`python bench/run.py --quick`, as CI runs it: it must end without an error and write its report.
+
+These tests fail on errors only (a non-zero exit, a missing section, plot or result), never on a
+figure: whether a target was met is what the report says, and timings on a shared machine vary.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = REPO / "bench" / "run.py"
+SECTIONS = [
+    "## Machine",
+    "## Targets",
+    "## How it was measured",
+    "## Check and the client's own cost, by session size",
+    "## Check and the client's own cost, by number of files",
+    "## Push end to end, against curl and xnatpy, with the sandbox's receive rate",
+    "## On a share adding 1 ms per file operation",
+    "## C-STORE against storescu, same files, same Orthanc",
+    "## Idle cost of the daemon",
+    "## Settle latency",
+]
+PLOTS = ["scaling-size.png", "scaling-files.png", "targets.png", "share.png", "settle.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quick_run_writes_every_section_plot_and_result(tmp_path: Path) -> None:
+    """1. Run the whole quick benchmark into a temporary --out and --workdir.
+    2. Result: exit 0; benchmarks.md has every section and a verdict for every target; every
+       plot is a PNG; results.json holds each part; the temporary workloads are gone."""
+    out, work = tmp_path / "docs", tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--out", str(out), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, f"{done.stderr[-3000:]}\n{done.stdout[-3000:]}"
+    report = (out / "benchmarks.md").read_text(encoding="utf-8")
+    for heading in SECTIONS:
+        assert heading in report
+    assert "not measured" not in report
+    for name in PLOTS:
+        assert (out / "benchmarks" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"(benchmarks/{name})" in report
+    results = json.loads((out / "benchmarks" / "results.json").read_text())
+    assert results["quick"] is True
+    for part in ("size_series", "files_series", "share", "cstore", "idle", "settle"):
+        assert results[part], part
+    assert all(step["client"]["check"]["count"] == step["count"] for step in results["size_series"])
+    assert results["size_series"][0]["push"]["xnatdrop"]["steps"]["archive"] >= 0
+    assert list(work.iterdir()) == []
+
+
+def test_an_unknown_part_is_a_usage_error_naming_the_parts(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--only", "sizes,speed", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "unknown part(s) ['speed']" in done.stderr
+    assert "sizes, files, share, cstore, idle, settle" in done.stderr
+    assert not (tmp_path / "benchmarks.md").exists()
+
+
+def test_too_little_disk_is_refused_before_anything_is_built(tmp_path: Path) -> None:
+    """The full series needs room for an 8 GB clone and what XNAT stores; a disk without it is
+    refused at once, with the numbers and the ways out, not after an hour."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(tiny)])
+    assert mounted.returncode == 0, "the test needs root to mount a small tmpfs"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(RUN), "--only", "sizes", "--workdir", str(tiny),
+             "--out", str(tmp_path / "out")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+    assert done.returncode == 1
+    assert "has 0.1 GB free, the run needs about" in done.stderr
+    assert "--workdir on a larger disk, or run --quick" in done.stderr
+    assert not (tmp_path / "out").exists()
