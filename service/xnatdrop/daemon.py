@@ -74,6 +74,7 @@ ALERTED_ELSEWHERE = frozenset(
 # Backoff while the state folder cannot be written: 5 s, 10 s, 20 s … at most 10 minutes.
 STATE_BACKOFF_BASE = 5.0
 STATE_BACKOFF_MAX = 600.0
+FINAL_KINDS = frozenset({"archived", "quarantined"})  # results after which the folder is gone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -636,8 +637,14 @@ class Daemon:
                 log.warning("the state folder can be written again; pushes resume")
                 self.state_trouble, self.state_failures = None, 0
             folder = work.folder
-            if folder is None or not folder.path.exists():
+            if folder is None:
+                continue
+            if not folder.path.exists() and (result.kind in FINAL_KINDS or folder.root.exists()):
                 continue  # moved to work/done/quarantine: nothing left for the watcher
+            # Still here, or its whole drop root is gone (unmounted, renamed) while the push
+            # did not take it: give it back to the watcher, whose paused root settles it afresh
+            # once the root is back (or forgets it, if it is not). Found by the campaign: a
+            # root renamed away as a push began left the folder "handed over" for good.
             if result.kind == "incomplete":
                 self.watcher.look_again(folder, self.settings.settle.quiet_seconds, result.detail)
             elif result.kind in ("transient", "busy", "stopped", "auth_failed", "state"):
