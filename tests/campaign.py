@@ -1,6 +1,6 @@
 """The reliability campaign (issue 9): the real daemon against a sandbox XNAT, attacked on purpose.
 
-    python tests/campaign.py                 # the full campaign (about an hour on 2 cores)
+    python tests/campaign.py                 # the full campaign (about 20 minutes on 2 cores)
     python tests/campaign.py --seed 1234     # replay a run: every random choice follows the seed
     python tests/campaign.py --only 'kill/'  # scenarios whose id matches a regular expression
     python tests/campaign.py --list          # the scenario ids, and the known failures

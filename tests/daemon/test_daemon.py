@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -259,6 +260,38 @@ def test_transient_result_leaves_the_folder_to_be_tried_again(tmp_path: Path) ->
 
     assert run_with(runner, scenario) == 0
     assert recorder.calls == ["SPN01_0001", "SPN01_0001"]
+
+
+def test_a_folder_whose_drop_root_went_away_as_its_push_began_is_pushed_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The share is renamed (or unmounted) just as a push starts: the push finds no folder and
+    stops. Once the root is back the folder must settle again and be pushed, not stay "handed
+    over" for good, unseen (found by the campaign, local/root-renamed)."""
+    settings = make_settings(tmp_path)
+    root = settings.drop[0].path
+    away = root.with_name("drop-away")
+    recorder = Recorder(settings)
+    first: list[str] = []
+
+    def processor(work: daemon.Work, stopping: threading.Event) -> daemon.Result:
+        if not first:
+            first.append(work.key)
+            root.rename(away)
+            return daemon.Result("stopped", "no such folder and nothing pending", time.time())
+        return recorder(work, stopping)
+
+    runner = daemon.Daemon(settings, processor)
+    drop_session(settings, "SPN01_0001")
+
+    def scenario() -> None:
+        wait_for(lambda: first and not runner.pushes
+                 and any(r.blocked for r in runner.watcher.roots.values()))
+        away.rename(root)
+        wait_for(lambda: (settings.paths.done / "SPN01_0001").is_dir(), 15)
+
+    assert run_with(runner, scenario) == 0
+    assert recorder.calls == ["SPN01_0001"]
 
 
 def test_signal_handlers_are_restored(tmp_path: Path) -> None:

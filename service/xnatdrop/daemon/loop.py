@@ -457,8 +457,14 @@ class Daemon:
                 log.warning("the state folder can be written again; pushes resume")
                 self.state_trouble, self.state_failures = None, 0
             folder = work.folder
-            if folder is None or not folder.path.exists():
+            if folder is None:
+                continue
+            if not folder.path.exists() and (result.kind.final or folder.root.exists()):
                 continue  # moved to work/done/quarantine: nothing left for the watcher
+            # Still here, or its whole drop root is gone (unmounted, renamed) while the push
+            # did not take it: give it back to the watcher, whose paused root settles it afresh
+            # once the root is back (or forgets it, if it is not). Found by the campaign: a
+            # root renamed away as a push began left the folder "handed over" for good.
             if result.kind is Kind.INCOMPLETE:
                 self.watcher.look_again(folder, self.settings.settle.quiet_seconds, result.detail)
             elif not result.kind.final:
