@@ -234,3 +234,57 @@ def test_a_study_the_account_cannot_see_is_explained_not_retried(
     reason = json.loads((outcome.path / "QUARANTINE.json").read_text(encoding="utf-8"))
     assert "bind XNAT's DICOM receiver to project SPN01" in reason["fix"]
     assert server.dicom is not None and server.dicom.stored == INSTANCES
+
+
+@pytest.mark.slow
+def test_a_prearchive_copy_lost_after_sending_is_sent_again_whole(
+    tmp_path: Path, sandbox_factory: Factory
+) -> None:
+    """1. `xnatdrop push` is SIGKILLed before the verify step: every instance is stored and the
+       journal says so.
+    2. Someone deletes the prearchive session in XNAT.
+    3. The push is run again.
+    Result: the verify step finds the session gone and asks for a resend; the journal's claims
+    no longer hold (XNAT shows nothing of the study), so every instance is sent again, and one
+    session is archived with all of them.
+    """
+    server = sandbox_factory(
+        users=[f"{USER}:{PASSWORD}"], projects=[PROJECT], dicom_port=0,
+        dicom_receivers=[Receiver(project=PROJECT)],
+    )  # fmt: skip
+    config_path = dicom_config(tmp_path, server)
+    settings = load(config_path)
+    folder = stage(tmp_path / "drop", LABEL, SERIES)
+    original = snapshot(folder)
+    killed = push_process(config_path, folder, crash_at="verify:before")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with client(settings) as xnat_client:
+        [entry] = xnat_client.prearchive_entries(PROJECT)
+        xnat_client.delete_prearchive(entry.uri)
+    rerun = push_process(config_path, folder)
+    assert rerun.returncode == 0, rerun.stderr
+    assert server.dicom is not None and server.dicom.stored == 2 * INSTANCES
+    assert "sending every series again" in rerun.stderr
+    assert_archived_once(settings, LABEL, original, dicom_count=INSTANCES)
+
+
+def test_an_unreachable_receiver_is_a_wait_not_a_quarantine(
+    tmp_path: Path, sandbox_factory: Factory
+) -> None:
+    """The receiver is stopped after the config was written. Result: the push ends transient
+    with DICOM_UNREACHABLE and a message naming the address; the folder waits (nothing moved to
+    quarantine), and `status`'s sentence is that message."""
+    server = sandbox_factory(users=[f"{USER}:{PASSWORD}"], projects=[PROJECT], dicom_port=0)
+    settings = load(dicom_config(tmp_path, server, inline_attempts=1))
+    port = server.dicom_port
+    assert server.dicom is not None
+    server.dicom.stop()
+    folder = stage(tmp_path / "drop", LABEL, SERIES)
+    outcome = push(settings, folder)
+    assert (outcome.kind, outcome.code) == ("transient", "DICOM_UNREACHABLE"), outcome
+    assert f"cannot connect to 127.0.0.1:{port}" in outcome.message
+    assert not (tmp_path / "quarantine").exists() or not any((tmp_path / "quarantine").iterdir())
+    with ledger.Ledger(settings.paths.state) as book:
+        (drop,) = book.drops(PROJECT, LABEL)
+        assert drop.last_error_code == "DICOM_UNREACHABLE"
+        assert drop.state == "packed" and not drop.final

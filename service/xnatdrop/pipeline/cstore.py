@@ -31,7 +31,10 @@ sets project, subject and session at archive time as for REST (`/services/archiv
 for 5 minutes (§4.4). Once every instance is answered nothing more is coming, so the session is
 moved if needed and built at once (`action=build`): waiting out the idle time would only let an
 auto-archive project (prearchive code 4/5) archive it under the PatientID-derived labels first.
-The verify step then waits for READY as for REST.
+`action=build` builds and resets the status without archiving (`PrearcSessionResource
+.postActionBuild`: `PrearcDatabase.buildSession`, `PrearcUtils.resetStatus`), and the rebuilder
+only takes RECEIVING sessions (`SessionXMLRebuilder`, §4.4), so a READY session waits for the
+archive step. The verify step then waits for READY as for REST.
 
 **Resuming.** What the receiver answered for each instance is in the drop's journal (`dimse`),
 so a killed push sends only the rest (the instance in flight again: XNAT overwrites a re-sent

@@ -37,6 +37,8 @@ def pack_step(context: Context, drop: ledger.Drop) -> Done:
     planned = spool.plan_for(folder, Path(drop.work), drop.id)
     if context.progress is not None:
         context.progress("pack", planned.total_bytes, planned.total_bytes)
+    if context.drop_settings.transport == "dicom":  # the plan only orders the files to hash
+        return Done(f"{len(planned.files)} files, {planned.total_bytes} bytes to send by C-STORE")
     return Done(
         f"{len(planned.files)} files, {planned.total_bytes} bytes planned as a "
         f"{planned.zip_size}-byte zip"
