@@ -237,6 +237,31 @@ def test_a_study_the_account_cannot_see_is_explained_not_retried(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "crash_at", ["import:before", "import:after", "verify:after", "archive:after"]
+)
+def test_kill_9_at_a_step_boundary_then_rerun(
+    tmp_path: Path, sandbox_factory: Factory, crash_at: str
+) -> None:
+    """`xnatdrop push` with a stock receiver (the study lands in Unassigned and is moved) is
+    SIGKILLed around the C-STORE import and the archive, then run again: it resumes from the
+    ledger and the journal, sends no instance twice, and archives exactly once."""
+    server = sandbox_factory(users=[f"{USER}:{PASSWORD}"], projects=[PROJECT], dicom_port=0)
+    config_path = dicom_config(tmp_path, server)
+    settings = load(config_path)
+    folder = stage(tmp_path / "drop", LABEL, SERIES)
+    original = snapshot(folder)
+    killed = push_process(config_path, folder, crash_at=crash_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = push_process(config_path, folder)
+    assert rerun.returncode == 0, rerun.stderr
+    assert server.dicom is not None and server.dicom.stored == INSTANCES
+    assert_archived_once(settings, LABEL, original, dicom_count=INSTANCES)
+    with client(settings) as xnat_client:
+        assert xnat_client.prearchive_all() == []
+
+
+@pytest.mark.slow
 def test_a_prearchive_copy_lost_after_sending_is_sent_again_whole(
     tmp_path: Path, sandbox_factory: Factory
 ) -> None:
