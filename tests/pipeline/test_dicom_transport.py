@@ -313,3 +313,30 @@ def test_an_unreachable_receiver_is_a_wait_not_a_quarantine(
         (drop,) = book.drops(PROJECT, LABEL)
         assert drop.last_error_code == "DICOM_UNREACHABLE"
         assert drop.state == "packed" and not drop.final
+
+
+def test_a_receiver_failing_every_instance_goes_through_the_circuit_breaker(
+    tmp_path: Path, sandbox_factory: Factory
+) -> None:
+    """XNAT's importer fails every instance (a site script writes a value the header cannot
+    hold), so the receiver answers 0xC000 "cannot understand", which XNAT also answers for its
+    own disk or database failures. Result: after the retries inside the push, the drop is not
+    quarantined at once but waits (XNAT_SUSPECT) as a REST drop with the importer's 400 does;
+    the folder stays where it is, nothing is in quarantine/."""
+    server = sandbox_factory(users=[f"{USER}:{PASSWORD}"], projects=[PROJECT], dicom_port=0)
+    with client(load(dicom_config(tmp_path, server))) as xnat_client:
+        xnat_client.request(
+            "PUT",
+            "/xapi/anonymize/site",
+            data='(0020,0013) := "not a number"',
+            headers={"Content-Type": "text/plain"},
+        )
+    settings = load(dicom_config(tmp_path, server))
+    folder = stage(tmp_path / "drop", LABEL, SERIES)
+    outcome = push(settings, folder)
+    assert (outcome.kind, outcome.code) == ("transient", "XNAT_SUSPECT"), outcome
+    assert "0xC000" in outcome.message and "tried again before quarantining" in outcome.message
+    assert not (tmp_path / "quarantine").exists() or not any((tmp_path / "quarantine").iterdir())
+    with ledger.Ledger(settings.paths.state) as book:
+        [answer] = {a.answer for a in book.answers() if a.answer}
+        assert answer == "C-STORE status 0xC000"

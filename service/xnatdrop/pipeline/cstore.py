@@ -49,7 +49,7 @@ import logging
 import time
 from pathlib import Path
 
-from xnatdrop import dimse, ledger, pack, received, xnat
+from xnatdrop import breaker, dimse, ledger, pack, received, xnat
 from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline import crash, late, prearchive, readback, spool
 from xnatdrop.pipeline.context import Context, Done, Stopped
@@ -162,14 +162,17 @@ def _send(context: Context, drop: ledger.Drop, manifest: pack.Manifest, journal:
     started = time.monotonic()
     for uid, entries in manifest.series().items():
         series = entries[0].path.parent.as_posix() or uid
-        report = dimse.send_series(
-            [work / e.path for e in entries],
-            settings,
-            journal,
-            context.stopping,
-            progress,
-            label=series,
-        )
+        try:
+            report = dimse.send_series(
+                [work / e.path for e in entries],
+                settings,
+                journal,
+                context.stopping,
+                progress,
+                label=series,
+            )
+        except PermanentError as error:
+            raise _suspect(error) from None
         sent.total += report.total
         sent.already += report.already
         sent.stored += report.stored
@@ -178,7 +181,22 @@ def _send(context: Context, drop: ledger.Drop, manifest: pack.Manifest, journal:
         if report.stopped:
             raise Stopped
     sent.seconds = time.monotonic() - started
+    if sent.stored:
+        breaker.success(context.book, drop.id)  # XNAT filed what we sent: it works
     return sent
+
+
+def _suspect(error: PermanentError) -> PermanentError:
+    """A C-STORE failure XNAT may answer for its own reasons (0xC000 wraps a full disk or a
+    database error as well as a bad file: `dimse.statuses`) goes through the circuit breaker
+    like the REST importer's 400 (`breaker`): an XnatAnswer whose `answer` is the status alone,
+    never the Error Comment, which may name a file."""
+    status = getattr(error, "status", None)
+    if not getattr(error, "suspect", False) or status is None:
+        return error
+    return xnat.XnatAnswer(
+        error.code, str(error), error.fix, answer=f"C-STORE status 0x{status:04X}", suspect=True
+    )
 
 
 def _filed(context: Context, drop: ledger.Drop, study: str) -> tuple[xnat.PrearchiveEntry, bool]:
