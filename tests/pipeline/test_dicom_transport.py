@@ -340,3 +340,23 @@ def test_a_receiver_failing_every_instance_goes_through_the_circuit_breaker(
     with ledger.Ledger(settings.paths.state) as book:
         [answer] = {a.answer for a in book.answers() if a.answer}
         assert answer == "C-STORE status 0xC000"
+
+
+def test_a_study_routed_into_another_project_is_left_there_and_explained(
+    tmp_path: Path, sandbox_factory: Factory
+) -> None:
+    """The receiver is bound to SPN02, the drop root to SPN01. Result: quarantined with
+    XNAT_ROUTED_ELSEWHERE naming SPN02; the session XNAT filed in SPN02 is not moved or
+    deleted (it is another project's), and nothing is archived in SPN01."""
+    server = sandbox_factory(
+        users=[f"{USER}:{PASSWORD}"], projects=[PROJECT, "SPN02"], dicom_port=0,
+        dicom_receivers=[Receiver(project="SPN02")],
+    )  # fmt: skip
+    settings = load(dicom_config(tmp_path, server))
+    folder = stage(tmp_path / "drop", LABEL, SERIES)
+    outcome = push(settings, folder)
+    assert (outcome.kind, outcome.code) == ("quarantined", "XNAT_ROUTED_ELSEWHERE"), outcome
+    assert "in project SPN02, not in SPN01" in outcome.message
+    with client(settings) as xnat_client:
+        assert [e.project for e in xnat_client.prearchive_all()] == ["SPN02"]
+        assert xnat_client.find_session(PROJECT, LABEL) is None
