@@ -259,6 +259,8 @@ def test_kill_9_at_a_step_boundary_then_rerun(
     assert_archived_once(settings, LABEL, original, dicom_count=INSTANCES)
     with client(settings) as xnat_client:
         assert xnat_client.prearchive_all() == []
+    receipt = json.loads((done_folder(tmp_path, LABEL) / "RECEIPT.json").read_text("utf-8"))
+    assert receipt["transport"] == "dicom" and receipt["sent"]["moved_from_unassigned"] is True
 
 
 @pytest.mark.slow

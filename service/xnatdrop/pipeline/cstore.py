@@ -95,6 +95,8 @@ def store_step(context: Context, drop: ledger.Drop) -> Done:
         journal.unlink(missing_ok=True)
         sent = _send(context, drop, manifest, journal)
     entry, moved = _filed(context, drop, study)
+    # A run killed between the move and this point left the intent in the spool (`_filed`).
+    moved = moved or bool((spool.xnat_record(folder).sent or {}).get("moved_from_unassigned"))
     if moved or entry.status in prearchive.RECEIVING:
         # After a move too: the session document is built in the project it now belongs to.
         entry = received.build(client, entry)
@@ -251,6 +253,8 @@ def _filed(context: Context, drop: ledger.Drop, study: str) -> tuple[xnat.Prearc
         )
     if not rows.elsewhere:
         return entry, False
+    # Noted first, for the receipt of a run killed right after the move.
+    spool.update_xnat(context.spool(drop), sent={"moved_from_unassigned": True})
     uri = client.move_prearchive(entry.uri, context.project)
     moved = client.prearchive_entry(uri)
     if moved is None:
