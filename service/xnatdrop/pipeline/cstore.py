@@ -24,7 +24,11 @@ session is found by what XNAT cannot change, its StudyInstanceUID (the prearchiv
 
 Labels are not fixed in the prearchive (there is no endpoint for it, §4.7): the archive step
 sets project, subject and session at archive time as for REST (`/services/archive` with
-`subject` and `session`, §5.1, `PrearcSessionArchiver.fixSessionLabel`).
+`subject` and `session`, §5.1, `PrearcSessionArchiver.fixSessionLabel`). The site script has
+run by then, at receive time, with the labels the identifier gave (`GradualDicomImporter.call`:
+subject from `getSubjectLabel(dicom)` without a SUBJECT_ID parameter, then
+`anonymize(file, project, subject, session name, …)`), so the archived headers carry those, not
+the folder's label (the README says so).
 
 **Building.** XNAT answers each C-STORE after it filed the instance (`CStoreService.doCStore`
 → `GradualDicomImporter.call`), and leaves the row RECEIVING until its rebuilder finds it idle
