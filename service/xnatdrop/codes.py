@@ -291,8 +291,26 @@ CODES: dict[str, Code] = {
     ),
     "XNAT_ROUTED_ELSEWHERE": Code(
         Q,
-        "XNAT filed the upload under another project (Unassigned)",
-        "make sure the project exists and the upload account may write to it",
+        "XNAT filed the upload under another project (Unassigned), or its DICOM receiver "
+        "routed the study to another project",
+        "make sure the project exists and the upload account may write to it; for transport "
+        '"dicom", bind the receiver to the project',
+    ),
+    "XNAT_DICOM_UNFILED": Code(
+        Q,
+        "XNAT's DICOM receiver stored every instance, but the upload account sees no prearchive "
+        "session of the study (a stock receiver files data without a 'Project:' comment in "
+        "Unassigned, which only data admins see)",
+        "bind XNAT's DICOM receiver to the drop's project (a routing expression or a fixed "
+        "project for its AE title), or give the upload account data-admin rights so xnatdrop "
+        'moves the session itself, or use transport = "rest"; ask the XNAT admin to delete the '
+        "session from Unassigned, then move this folder back into the drop folder",
+    ),
+    "XNAT_DICOM_SPLIT": Code(
+        Q,
+        "XNAT's DICOM receiver filed the study as more than one prearchive session",
+        "ask the XNAT administrator to delete these prearchive sessions (or merge them), then "
+        "move this folder back into the drop folder",
     ),
     "XNAT_FORBIDDEN": Code(
         Q,

@@ -49,6 +49,16 @@ def render_text(receipt: dict[str, Any]) -> str:
             f"  scan {scan['series_number'] or '?'}{description}: {scan['file_count']} files, "
             f"{_size(scan['bytes'])} (from {scan['folder']})"
         )
+    sent = receipt.get("sent") or {}
+    if receipt.get("transport") == "dicom":
+        moved = " XNAT filed it in Unassigned; xnatdrop moved it into the project." * bool(
+            sent.get("moved_from_unassigned")
+        )
+        lines += [
+            "",
+            f"Sent by DICOM (C-STORE) to XNAT's receiver {sent.get('receiver', '')}, "
+            f"{sent.get('instances', '?')} instances.{moved}",
+        ]
     appended = receipt.get("appended")
     if appended:
         lines += [

@@ -47,6 +47,9 @@ class Rewriting:
     script has a `reject` or an `alterPixels` statement (None: unknown). `filters`: the enabled
     series import filters ("site: blacklist", …; None: unknown). `checksums`: XNAT's
     `checksums` preference (None: unknown), without which archived files have no MD5.
+    `receiver`: the files went by C-STORE (`transport = "dicom"`), so XNAT's DICOM receiver
+    wrote each one with a file meta of its own (dcm4che's `DicomOutputStream`, XNAT's
+    implementation UID): sizes and MD5s never match the files as dropped, the pixel data does.
     """
 
     prevent_anon: bool
@@ -58,6 +61,7 @@ class Rewriting:
     project_alters_pixels: bool | None = None
     filters: tuple[str, ...] | None = ()
     checksums: bool | None = None
+    receiver: bool = False
 
     # -- what XNAT may change, and when ----------------------------------------------------
 
@@ -71,11 +75,11 @@ class Rewriting:
 
     def rewrites_at_import(self) -> bool:
         """The prearchive copy may differ in bytes from the upload."""
-        return self.site_runs
+        return self.site_runs or self.receiver
 
     def rewrites_at_archive(self) -> bool:
         """The archived copy may differ in bytes from the upload."""
-        return self.site_runs or self.project_runs
+        return self.site_runs or self.project_runs or self.receiver
 
     def drops_at_import(self) -> str:
         """Why XNAT may leave whole series out at import ('' if nothing would)."""
@@ -110,6 +114,8 @@ class Rewriting:
         known = [name for name, on in scripts if on]
         unknown = [name for name, on in scripts if on is None]
         parts = []
+        if self.receiver:
+            parts.append("each file rewritten with a file meta of XNAT's DICOM receiver")
         if known:
             parts.append(f"headers rewritten by {' and '.join(known)}")
         if unknown:
@@ -134,8 +140,14 @@ class Rewriting:
         return cls(**values)
 
 
-def read_rewriting(client: Any, project: str, prevent_anon: bool) -> Rewriting:
-    """Ask XNAT what it may change in an upload to `project` (a handful of small GETs)."""
+def read_rewriting(
+    client: Any, project: str, prevent_anon: bool, receiver: bool = False
+) -> Rewriting:
+    """Ask XNAT what it may change in an upload to `project` (a handful of small GETs).
+
+    `receiver`: the files go by C-STORE; XNAT's receiver then decides prevent_anon itself (not
+    its `anonymizationEnabled`, CStoreService.doCStore), so pass prevent_anon False with it.
+    """
     anonymization = client.anonymization(project)
     site_script = project_script = None
     if not prevent_anon and anonymization.site is not False:
@@ -156,6 +168,7 @@ def read_rewriting(client: Any, project: str, prevent_anon: bool) -> Rewriting:
         if filters is None
         else tuple(f"{f.scope}: {f.mode or 'filter'}" for f in filters if f.enabled),
         checksums=xnat.as_bool(checksums) if checksums is not None else None,
+        receiver=receiver,
     )
 
 

@@ -209,7 +209,12 @@ def _store(
         if rule.next is Next.REFUSE or (
             attempt == settings.attempts and rule.next is Next.RETRY_THEN_REFUSE
         ):
-            raise errors.PermanentError(STORE_REFUSED, message, rule.fix)
+            refused = errors.PermanentError(STORE_REFUSED, message, rule.fix)
+            # For the caller: the status, and whether XNAT itself may be at fault (its 0xC000
+            # also wraps a full disk or a database error, `statuses`), as for the REST 400.
+            refused.status = code  # type: ignore[attr-defined]
+            refused.suspect = rule.next is Next.RETRY_THEN_REFUSE  # type: ignore[attr-defined]
+            raise refused
         if attempt == settings.attempts:
             raise TransientSendError(RECEIVER_BUSY, f"{message} ({attempt} tries)", rule.fix)
         report.retries += 1

@@ -67,7 +67,8 @@ def _receipt(context: Context, drop: ledger.Drop, session: Any) -> dict[str, Any
                     "not_uploaded": skipped,
                 }
             )
-    verification = spool.xnat_record(folder).verification
+    record = spool.xnat_record(folder)
+    verification = record.verification
     if verification is None:  # the spool lost it after archiving: verify again
         readback.archived(context, drop, manifest)
         verification = spool.xnat_record(folder).verification or {}
@@ -93,6 +94,10 @@ def _receipt(context: Context, drop: ledger.Drop, session: Any) -> dict[str, Any
         "checksums_verified": bool(verification.get("md5_compared")),
         "verification": verification,
         "appended": verification.get("appended"),
+        # How the DICOM went in: "rest" (the import service) or "dicom" (C-STORE, with the
+        # receiver and what XNAT did with it).
+        "transport": (record.sent or {}).get("transport", "rest"),
+        "sent": record.sent,
         "scans": scans,
         "not_archived": not_archived,
         "resources": resources,

@@ -36,8 +36,10 @@ def rewriting(context: Context, drop: ledger.Drop, fresh: bool = False) -> verif
     stored = spool.xnat_record(folder).rewriting
     if stored is not None and not fresh:
         return stored
-    prevent = context.config.push.anonymization == "prevent"
-    found = verify.read_rewriting(context.client(), context.project, prevent)
+    # By C-STORE nothing can ask for prevent_anon: the receiver's own setting decides (§9).
+    receiver = context.drop_settings.transport == "dicom"
+    prevent = context.config.push.anonymization == "prevent" and not receiver
+    found = verify.read_rewriting(context.client(), context.project, prevent, receiver)
     spool.update_xnat(folder, rewriting=found)
     log.info("XNAT at push time: %s", _describe(found))
     return found

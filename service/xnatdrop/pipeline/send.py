@@ -21,7 +21,7 @@ from pathlib import Path
 
 from xnatdrop import breaker, ledger, pack, verify, xnat
 from xnatdrop.errors import PermanentError, TransientError
-from xnatdrop.pipeline import crash, late, prearchive, readback, spool
+from xnatdrop.pipeline import crash, cstore, late, prearchive, readback, spool
 from xnatdrop.pipeline.context import Context, Done
 
 log = logging.getLogger(__package__)
@@ -37,6 +37,8 @@ def pack_step(context: Context, drop: ledger.Drop) -> Done:
     planned = spool.plan_for(folder, Path(drop.work), drop.id)
     if context.progress is not None:
         context.progress("pack", planned.total_bytes, planned.total_bytes)
+    if context.drop_settings.transport == "dicom":  # the plan only orders the files to hash
+        return Done(f"{len(planned.files)} files, {planned.total_bytes} bytes to send by C-STORE")
     return Done(
         f"{len(planned.files)} files, {planned.total_bytes} bytes planned as a "
         f"{planned.zip_size}-byte zip"
@@ -51,7 +53,11 @@ def import_step(context: Context, drop: ledger.Drop) -> Done:
     hashed first without sending. A copy XNAT is still building (its answer to an earlier
     import was lost, e.g. to a proxy's 504: XNAT builds before it answers, stock row 4) is
     waited for, never deleted; a copy it is still receiving is left alone until it is quiet.
+
+    A drop with `transport = "dicom"` goes by C-STORE instead (`cstore.store_step`).
     """
+    if context.drop_settings.transport == "dicom":
+        return cstore.store_step(context, drop)
     client = context.client()
     folder, work = context.spool(drop), Path(drop.work)
     found = readback.rewriting(context, drop, fresh=True)

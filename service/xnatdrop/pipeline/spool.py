@@ -158,13 +158,16 @@ class XnatRecord:
     `rewriting`: what XNAT may change in the files (read when the import starts); `dropped`:
     series XNAT's own configuration left out (`verify.Series` rows with `stage` and `reason`),
     for the receipt; `verification`: what was verified and how, for the receipt; `append`: the
-    session the drop is added to, if XNAT already held one of this study.
+    session the drop is added to, if XNAT already held one of this study; `sent`: how it went
+    when not by the REST import (`transport = "dicom"`: the receiver, instances, associations),
+    for the receipt.
     """
 
     rewriting: verify.Rewriting | None = None
     dropped: tuple[dict[str, Any], ...] = ()
     verification: dict[str, Any] | None = None
     append: Append | None = None
+    sent: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,6 +175,7 @@ class XnatRecord:
             "dropped": list(self.dropped),
             "verification": self.verification,
             "append": self.append.to_json() if self.append else None,
+            "sent": self.sent,
         }
 
     @classmethod
@@ -182,6 +186,7 @@ class XnatRecord:
             dropped=tuple(data.get("dropped") or ()),
             verification=data.get("verification"),
             append=Append.from_json(append) if append else None,
+            sent=data.get("sent"),
         )
 
 
@@ -243,6 +248,8 @@ NAMES: dict[type, str] = {
 }
 # Files of xnatdrop versions that wrote the upload zip into the spool.
 LEGACY = ("upload.zip", "upload.zip.part")
+# What the DICOM receiver answered for each instance (`dimse.Journal`, written by `cstore`).
+JOURNAL = "dicom-journal.jsonl"
 
 
 def load(folder: Path, kind: type[R]) -> R | None:
@@ -271,7 +278,7 @@ def discard(folder: Path, *kinds: type) -> None:
 def clear(folder: Path) -> None:
     """Remove every record of a finished drop, then its folder if nothing else is in it."""
     discard(folder, *NAMES)
-    for name in LEGACY:
+    for name in (*LEGACY, JOURNAL):
         (folder / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty or already gone: leave it
         folder.rmdir()

@@ -197,6 +197,25 @@ class Prearchive(Connection):
                 f"XNAT is busy with the prearchive session ({answers.error_message(response)})"
             )
 
+    def move_prearchive(self, uri: str, project: str) -> str:
+        """POST <prearchive uri>?action=move&newProject=Q: move a session to another project's
+        prearchive, synchronously (reference §4.5; PrearcSessionResource.postActionMove, which
+        answers 301 with the new URI as text/uri-list, 403 "Unable to modify session data for
+        destination project.", 409 when the session is locked). Return the new URI with /data.
+        """
+        response = self.request(
+            "POST", uri, params={"action": "move", "newProject": project}, ok=(200, 301, 409)
+        )
+        if response.status_code == 409:
+            raise TransientError(
+                f"XNAT is busy with the prearchive session ({answers.error_message(response)})"
+            )
+        lines = [line.strip() for line in response.text.splitlines() if line.strip()]
+        if not lines:  # PrearcUtils.buildURI(newProj, timestamp, session), as XNAT would say
+            timestamp, folder = uri.rstrip("/").rsplit("/", 2)[-2:]
+            return f"/data/prearchive/projects/{quote(project)}/{timestamp}/{folder}"
+        return lines[0] if lines[0].startswith("/data/") else "/data" + lines[0]
+
     def delete_prearchive(self, uri: str) -> None:
         """DELETE <prearchive uri> (reference §4.3); a missing session is already deleted."""
         self.request("DELETE", uri, ok=(200, 204, 404))
