@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from xnatdrop.notify.sharestatus import FILE_NAME as STATUS_FILE
+
 log = logging.getLogger(__name__)
+
+
+def ours(event: Any) -> bool:
+    """An event of the status file xnatdrop writes in each root (`.NAME.part` renamed over
+    `NAME`): it must not bring a scan forward, or every write would cause the next."""
+    names = {os.path.basename(os.fsdecode(event.src_path))}
+    if getattr(event, "dest_path", ""):
+        names.add(os.path.basename(os.fsdecode(event.dest_path)))
+    return names <= {STATUS_FILE, f".{STATUS_FILE}.part"}
 
 
 class EventHint:
@@ -42,7 +54,7 @@ class EventHint:
 
         class Handler(events.FileSystemEventHandler):
             def on_any_event(self, event: events.FileSystemEvent) -> None:
-                if event.event_type not in ("opened", "closed_no_write"):
+                if event.event_type not in ("opened", "closed_no_write") and not ours(event):
                     hint.wake()
 
         self.handler = Handler()
