@@ -115,9 +115,12 @@ def test_xnat_unreachable_then_answering_again(
 
     def scenario() -> None:
         stage(tmp_path / "drop", "SPN01_0001", SMALL, sidecars=False)
-        wait_for(lambda: "XNAT is not answering" in subjects(smtp))
+        wait_for(lambda: "XNAT is not answering" in subjects(smtp), what=runner.status)
         back.start()
-        wait_for(lambda: "resolved: XNAT is not answering" in subjects(smtp))
+        wait_for(
+            lambda: "resolved: XNAT is not answering" in subjects(smtp),
+            what=f"{subjects(smtp)}; {runner.status}",
+        )
 
     try:
         assert run_with(runner, scenario) == 0

@@ -72,6 +72,7 @@ class Notices:
         self.login_refused = False
         self.xnat_failed_at: float | None = None  # epoch; a push found XNAT unreachable
         self.started: dict[str, float] = {}  # push key -> epoch it started
+        self.closed = False  # a scan job that outlives the shutdown pings nothing
 
     # ---- the scan job ------------------------------------------------------------------
 
@@ -81,6 +82,8 @@ class Notices:
     def cycle_finished(self, daemon: Daemon, scanned: bool) -> None:
         """After a scan job (`scanned` False: it raised): alerts for what changed, the status
         files and metrics, then the ping (success only when nothing holds the uploads)."""
+        if self.closed:
+            return
         self._roots(daemon)
         self._breaker(daemon.open_breaker)
         if self.xnat_failed_at is not None and self.notifier.last_answer > self.xnat_failed_at:
@@ -158,7 +161,7 @@ class Notices:
                 f"{held} or a restart.",
             )
             self.login_refused = True
-        elif self.login_refused and result.kind is not Kind.STATE:
+        elif self.login_refused and result.kind is Kind.ARCHIVED:  # it logged in, surely
             self.notifier.resolved(
                 Alert.LOGIN_REFUSED, XNAT_KEY, "XNAT accepts xnatdrop's login again."
             )
@@ -202,6 +205,7 @@ class Notices:
             log.warning("the digest was not sent: %s", error)
 
     def close(self, timeout: float) -> None:
+        self.closed = True
         self.notifier.close(timeout)
 
 
