@@ -7,6 +7,8 @@ real GE series; every wait polls a condition with a deadline.
 from __future__ import annotations
 
 import logging
+import random
+import socket
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -42,7 +44,7 @@ def monitor() -> Iterator[Monitor]:
 
 
 def settings_for(
-    tmp_path: Path, url: str, smtp: SmtpServer, monitor: Monitor, notify: str = ""
+    tmp_path: Path, url: str, smtp: SmtpServer, monitor: Monitor, notify: str = "", **push: float
 ) -> config.Config:
     extra = (
         f'[mail]\nhost = "127.0.0.1"\nport = {smtp.port}\nsecurity = "none"\n'
@@ -50,7 +52,21 @@ def settings_for(
         f'[notify]\nmin_free_gb = 0\nping_url = "{monitor.url}"\n{notify}'
         "[settle]\nquiet_seconds = 0.3\npoll_seconds = 0.2\n"
     )
-    return config.load(write_config(tmp_path, url, extra))
+    return config.load(write_config(tmp_path, url, extra, **push))
+
+
+def port_outside_the_ephemeral_range() -> int:
+    """A free port below Linux's ephemeral range (32768+): while nothing listens on it, no
+    outgoing connection of this machine can be given it as its own port (a connection to a
+    free ephemeral port on loopback can even connect to itself), so "nothing listens" holds."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 20000-32000")
 
 
 def start(settings: config.Config, password: str = PASSWORD) -> daemon.Daemon:
@@ -78,7 +94,8 @@ def test_refused_login_is_alerted_once_with_what_to_do(
                       projects=[PROJECT])  # fmt: skip
     sandbox.start()
     try:
-        settings = settings_for(tmp_path, sandbox.url, smtp, monitor)
+        # Held for an hour after the refusal: the pings fail meanwhile.
+        settings = settings_for(tmp_path, sandbox.url, smtp, monitor, retry_max_seconds=3600)
         runner = start(settings, password="Wr0ng-Passw0rd")
 
         def scenario() -> None:
@@ -102,12 +119,8 @@ def test_xnat_unreachable_then_answering_again(
     """XNAT is down (nothing listens on its port): once the outage has lasted
     notify.xnat_unreachable_minutes, one alert; XNAT comes back on the same port: the drop is
     archived and a "resolved" note follows."""
-    sandbox = Sandbox(data=tmp_path / "xnat", port=0, users=[f"{USER}:{PASSWORD}"],
-                      projects=[PROJECT])  # fmt: skip
-    sandbox.start()
-    port = int(sandbox.url.rsplit(":", 1)[1])
-    url = sandbox.url
-    sandbox.stop()
+    port = port_outside_the_ephemeral_range()
+    url = f"http://127.0.0.1:{port}"
     settings = settings_for(tmp_path, url, smtp, monitor, "xnat_unreachable_minutes = 0.01\n")
     runner = start(settings)
     back = Sandbox(data=tmp_path / "xnat", port=port, users=[f"{USER}:{PASSWORD}"],

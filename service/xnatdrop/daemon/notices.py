@@ -110,6 +110,7 @@ class Notices:
             or daemon.open_breaker is not None
             or daemon.state_trouble is not None
             or self.xnat_failed_at is not None
+            or self.login_refused  # until a push archives: the hold may be short
         )
         self.notifier.cycle_finished(ok)
 
