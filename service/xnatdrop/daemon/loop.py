@@ -55,8 +55,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.processor = processor
-        # Alerts, digest, ping, status files, metrics (`notices`); without one, only the log.
-        self.notices = Notices(notifier or Notifier(settings))
+        self.notices = Notices(notifier or Notifier(settings))  # without one: the log only
         self.now = now
         self.window = UploadWindow.parse(settings.schedule.upload_window)
         self.poll = settings.settle.poll_interval
@@ -242,10 +241,6 @@ class Daemon:
         self.last_hint = time.monotonic()
         with contextlib.suppress(LookupError):  # the job is gone once we are stopping
             self.scheduler.modify_job("scan", next_run_time=dt.datetime.now())
-
-    def digest_now(self) -> None:
-        """Run the digest job now (on the job thread), as its cron time would."""
-        self.scheduler.modify_job("digest", next_run_time=dt.datetime.now())
 
     def _scan_job(self) -> None:
         if self.stopping.is_set():

@@ -192,6 +192,10 @@ class Notices:
             hour, minute = (int(part) for part in at.split(":"))
             scheduler.add_job(self.digest, "cron", [daemon], hour=hour, minute=minute, id="digest")
 
+    def digest_now(self, scheduler: BaseScheduler) -> None:
+        """Run the digest job now (on the job thread), as its cron time would (tests)."""
+        scheduler.modify_job("digest", next_run_time=dt.datetime.now())
+
     def digest(self, daemon: Daemon) -> None:
         waiting = [
             digest.Waiting(
