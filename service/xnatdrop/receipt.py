@@ -40,9 +40,20 @@ def render_text(receipt: dict[str, Any]) -> str:
         f"(subject {receipt['subject']}) on {receipt['finished']}.",
         f"Open it at: {receipt['xnat_url']}",
         "",
-        f"Scans ({len(receipt['scans'])}), {receipt['file_count']} files, "
-        f"{_size(receipt['bytes'])}:",
     ]
+    if receipt.get("late_sidecars"):
+        # Only sidecar folders, added to a session archived earlier (pipeline.late).
+        lines[2] = (
+            f"Added to session {receipt['label']} (subject {receipt['subject']}) in XNAT "
+            f"project {receipt['project']}, archived earlier, on {receipt['finished']}: this "
+            "folder held only the sidecar folders listed below, each checked in XNAT after "
+            "the upload (size and MD5 of every file)."
+        )
+    else:
+        lines.append(
+            f"Scans ({len(receipt['scans'])}), {receipt['file_count']} files, "
+            f"{_size(receipt['bytes'])}:"
+        )
     for scan in receipt["scans"]:
         description = f" {scan['description']}" if scan.get("description") else ""
         lines.append(

@@ -463,3 +463,62 @@ def test_a_folder_that_never_settles_is_a_trouble_status_shows(root: Path, clock
     expected = "not settled 110 s after it appeared (no files yet); check the copy"
     assert troubles["EMPTY01"] == expected
     assert "never uploaded" in troubles["notes.txt"]
+
+
+def test_the_status_file_is_neither_a_session_nor_a_loose_file(
+    root: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """xnatdrop's own `_XNATDROP_STATUS.txt` at the top of the root (issue 11): not listed,
+    not reported as a file that is never uploaded, and it does not keep a root unsettled."""
+    from xnatdrop.notify import sharestatus
+
+    sharestatus.StatusFile(root, "SPN01").update([])
+    write(root / "SUBJ01" / "s1" / "a.dcm")
+    watcher = watch.Watcher([root], settle_settings(), clock)
+    with caplog.at_level(logging.WARNING, logger="xnatdrop.watch"):
+        assert scan_until_settled(watcher, clock) == ["SUBJ01"]
+    assert (root / sharestatus.FILE_NAME).is_file()
+    assert watcher.troubles() == []
+    assert not [r for r in caplog.records if sharestatus.FILE_NAME in r.message]
+
+
+def test_status_file_writes_do_not_bring_a_scan_forward(root: Path) -> None:
+    """The kernel events of the status file's atomic write (a hidden `.part` created, written,
+    renamed over the file) are not hints; a new folder still is. Checked on watchdog's own
+    event objects, then live: every wake-up comes after the folder appeared, although the
+    status file was written first (one observer thread delivers events in order)."""
+    import threading
+
+    from watchdog import events
+
+    from xnatdrop.notify import sharestatus
+    from xnatdrop.watch.events import ours
+
+    name, part = root / sharestatus.FILE_NAME, root / f".{sharestatus.FILE_NAME}.part"
+    roots = {str(root)}
+    assert ours(events.FileCreatedEvent(str(part)), roots)
+    assert ours(events.FileModifiedEvent(str(part)), roots)
+    assert ours(events.FileMovedEvent(str(part), str(name)), roots)
+    assert ours(events.FileModifiedEvent(str(name)), roots)
+    assert ours(events.DirModifiedEvent(str(root)), roots)  # comes with each entry's event
+    assert not ours(events.DirCreatedEvent(str(root / "SUBJ01")), roots)
+    assert not ours(events.DirModifiedEvent(str(root / "SUBJ01")), roots)
+    assert not ours(events.FileMovedEvent(str(root / "x.part"), str(root / "SUBJ01")), roots)
+
+    woke: list[bool] = []
+    done = threading.Event()
+
+    def wake() -> None:
+        woke.append((root / "SUBJ01").exists())
+        done.set()
+
+    hint = watch.EventHint([root], wake)
+    hint.start()
+    try:
+        for _ in range(3):
+            sharestatus.StatusFile(root, "SPN01").update([])
+        (root / "SUBJ01").mkdir()
+        assert done.wait(10)
+    finally:
+        hint.stop()
+    assert woke and all(woke)

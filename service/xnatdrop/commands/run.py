@@ -14,6 +14,7 @@ import sys
 
 from xnatdrop import commands, config, daemon, locks, preflight
 from xnatdrop.exitcodes import Exit
+from xnatdrop.notify.service import Notifier
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,10 +42,14 @@ def handle(args: argparse.Namespace) -> int:
         return Exit.USAGE
     # Resolve the password now: a missing credential is a usage error at start, not a
     # transient failure of every drop at night.
-    password = settings.xnat.resolve_password(config.source_name(args.config))
-    processor = daemon.pipeline_processor(settings, password)
+    source = config.source_name(args.config)
+    password = settings.xnat.resolve_password(source)
+    # Alerts, digest, ping, status files, metrics: an SMTP password that cannot be found is a
+    # usage error now too, like XNAT's.
+    notifier = Notifier.from_config(settings, source)
+    processor = daemon.pipeline_processor(settings, password, notifier)
     try:
-        return daemon.Daemon(settings, processor).run()
+        return daemon.Daemon(settings, processor, notifier=notifier).run()
     except locks.StateInUse as error:
         print(error, file=sys.stderr)
         return Exit.USAGE

@@ -24,10 +24,12 @@ from xnatdrop import config as config_module
 from xnatdrop import ledger as ledger_module
 from xnatdrop import locks, sdnotify, signals, watch
 from xnatdrop.daemon import status
+from xnatdrop.daemon.notices import Notices
 from xnatdrop.daemon.repeats import quiet_repeats
 from xnatdrop.daemon.window import UploadWindow
 from xnatdrop.daemon.work import Processor, Result, Work
 from xnatdrop.errors import StateError
+from xnatdrop.notify.service import Notifier
 from xnatdrop.pipeline import Kind
 
 log = logging.getLogger(__package__)  # "xnatdrop.daemon" in the log, as before the split
@@ -49,9 +51,11 @@ class Daemon:
         settings: config_module.Config,
         processor: Processor,
         now: Callable[[], dt.datetime] = dt.datetime.now,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
+        self.notices = Notices(notifier or Notifier(settings))  # without one: the log only
         self.now = now
         self.window = UploadWindow.parse(settings.schedule.upload_window)
         self.poll = settings.settle.poll_interval
@@ -99,11 +103,15 @@ class Daemon:
         self.state_lock = locks.acquire_state(self.settings.paths.state)
         try:
             with signals.capture(self.handle_exit), quiet_repeats(logging.getLogger("xnatdrop")):
-                self._start()
                 try:
-                    self._main_loop()
+                    self._start()
+                    try:
+                        self._main_loop()
+                    finally:
+                        self._shutdown()
                 finally:
-                    self._shutdown()
+                    # After the pushes stopped: queued e-mails and pings go out, metrics stop.
+                    self.notices.close(self.settings.mail.timeout_seconds)
         finally:
             for lock in self.root_locks.values():
                 lock.release()
@@ -159,6 +167,7 @@ class Daemon:
         )
         # Claimed before READY=1, so that a second daemon started after us never wins a root.
         self._claim_roots()
+        self.notices.notifier.start()
         now = dt.datetime.now()
         self.scheduler.add_job(
             self._scan_job, "interval", seconds=self.poll, id="scan", next_run_time=now
@@ -174,6 +183,7 @@ class Daemon:
                 minute=self.window.start.minute,
                 id="window-opens",
             )
+        self.notices.schedule(self.scheduler, self)  # the digest
         self.scheduler.start()
         self.hint.start()
         sdnotify.notify("READY=1", f"STATUS=watching {len(self.projects)} drop root(s)")
@@ -235,6 +245,15 @@ class Daemon:
     def _scan_job(self) -> None:
         if self.stopping.is_set():
             return
+        self.notices.cycle_started()
+        scanned = False
+        try:
+            self._scan()
+            scanned = True
+        finally:
+            self.notices.cycle_finished(self, scanned)
+
+    def _scan(self) -> None:
         self._claim_roots()
         result = self.watcher.scan()
         self.hint.refresh({r.path for r in self.watcher.roots.values() if not r.paused})
@@ -403,6 +422,7 @@ class Daemon:
             target=self._push, args=(work,), name=f"push {work.key}", daemon=True
         )
         self.pushes[work.key] = thread
+        self.notices.push_started(work)
         log.info(
             "%s: push starts (%s)",
             work.key,
@@ -456,6 +476,7 @@ class Daemon:
             elif self.state_trouble is not None and result.kind.final:
                 log.warning("the state folder can be written again; pushes resume")
                 self.state_trouble, self.state_failures = None, 0
+            self.notices.pushed(self, work, result)
             folder = work.folder
             if folder is None:
                 continue

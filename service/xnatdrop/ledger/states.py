@@ -40,6 +40,9 @@ NEXT: dict[tuple[str, str], str] = {
     # The prearchive copy vanished or is incomplete and nothing is archived: send it again.
     ("imported", "resend"): "packed",
     ("verified", "resend"): "packed",
+    # Late sidecars (`pipeline.late`): the folder holds only sidecar folders for a session XNAT
+    # has archived already; nothing is uploaded as DICOM, so the upload steps are skipped.
+    ("checked", "sidecars"): "archived",
     # The check found files still being copied: the folder goes back to the drop root to settle.
     ("frozen", "thaw"): "new",
     # Any permanent failure before the end.

@@ -231,6 +231,8 @@ class Alerts:
         low = low_space(watched, minimum)
         low_keys = {item.key for item in low}
         for item in low:
+            if not self.is_open(Kind.LOW_SPACE, item.key):
+                log.error("ALERT: %s", item.sentence(minimum))  # once; the e-mail may repeat
             self.alert(Kind.LOW_SPACE, item.key, item.sentence(minimum))
         with self._lock:
             stale = [k for (kind, k) in self._open if kind is Kind.LOW_SPACE and k not in low_keys]

@@ -16,6 +16,7 @@ default (`[metrics]`); `close()` stops it.
 | `xnatdrop_last_success_timestamp_seconds` | gauge | when a drop last reached done/ |
 | `xnatdrop_xnat_request_seconds{method}` | histogram | XNAT request latency |
 | `xnatdrop_pushes_held{cause}` | gauge | 1 while pushes are held (breaker, credentials) |
+| `xnatdrop_upload_sent_bytes`, `…_upload_size_bytes` | gauge | of the uploads running now |
 | `xnatdrop_alerts_total{kind}` | counter | alerts raised |
 
 Labels are states, codes, methods and kinds: a small fixed set, never a session label or a
@@ -93,6 +94,14 @@ class Metrics:
         )
         for cause in HELD_CAUSES:
             self.held.labels(cause).set(0)
+        self.upload_sent = Gauge(
+            "xnatdrop_upload_sent_bytes",
+            "Bytes sent so far of the uploads running now (0: none)",
+            registry=r,
+        )
+        self.upload_size = Gauge(
+            "xnatdrop_upload_size_bytes", "Size of the uploads running now (0: none)", registry=r
+        )
         self.alerts = Counter("xnatdrop_alerts", "Alerts raised, by kind", ["kind"], registry=r)
         self._drop_states: set[str] = set(states)
         self._folder_states: set[str] = set()
@@ -131,6 +140,11 @@ class Metrics:
 
     def set_held(self, cause: str, held: bool) -> None:
         self.held.labels(cause).set(1 if held else 0)
+
+    def set_uploading(self, sent: int, size: int) -> None:
+        """The uploads running now: bytes sent of their total (progress = sent / size)."""
+        self.upload_sent.set(sent)
+        self.upload_size.set(size)
 
     def alerted(self, kind: str) -> None:
         self.alerts.labels(kind).inc()

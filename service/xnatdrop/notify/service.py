@@ -17,7 +17,10 @@ Where the daemon calls what (the wiring that follows the restructure of issue 10
 | XNAT unreachable / back | `alerts.xnat_unreachable(detail)` / `alerts.xnat_answered()` |
 | a cron job at `notify.digest_at` | `send_digest(book, waiting=…)` |
 | each new XNAT client | `client.http.hooks["response"].append(notifier.request_hook())` |
+| each push | `progress=notifier.progress_for(label)`; at its end `upload_ended(label)` |
 | shutdown, after the pushes stopped | `close(timeout)` |
+
+The daemon side of this table is `xnatdrop.daemon.notices`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -64,6 +68,10 @@ class Notifier:
             if notify.status_file
             else {}
         )
+        # Written by push threads (progress, the request hook), read by the daemon's job thread.
+        self._lock = threading.Lock()
+        self._uploads: dict[str, tuple[int, int]] = {}  # label -> (bytes sent, zip size)
+        self.last_answer = 0.0  # epoch seconds of XNAT's last HTTP answer, any status
 
     @classmethod
     def from_config(cls, settings: Config, source: str = "config") -> Notifier:
@@ -107,10 +115,50 @@ class Notifier:
         return self.alerts.resolved(kind, key, text)
 
     def request_hook(self) -> Callable[..., None]:
-        """A `requests` response hook for the XNAT client's latency (no-op without metrics)."""
-        if self.metrics is not None:
-            return self.metrics.requests_hook()
-        return lambda response, *args, **kwargs: None
+        """A `requests` response hook for the XNAT client: notes that XNAT answered (any
+        status: an answer is what tells "XNAT is back" from "XNAT unreachable") and, with
+        metrics, the request's latency."""
+        latency = self.metrics.requests_hook() if self.metrics is not None else None
+
+        def hook(response: Any, *args: Any, **kwargs: Any) -> None:
+            self.last_answer = self.clock()
+            if latency is not None:
+                latency(response, *args, **kwargs)
+
+        return hook
+
+    # -- upload progress (push threads) ----------------------------------------------------
+
+    def progress_for(self, label: str) -> Callable[[str, int, int], None]:
+        """The pipeline's `progress(step, done, total)` callback for one drop: the bytes of
+        the upload sent so far (step "import"), for the status file and the metrics."""
+
+        def report(step: str, done: int, total: int) -> None:
+            if step != "import" or total <= 0:
+                return
+            with self._lock:
+                self._uploads[label] = (min(done, total), total)
+            self._upload_metrics()
+
+        return report
+
+    def upload_ended(self, label: str) -> None:
+        with self._lock:
+            self._uploads.pop(label, None)
+        self._upload_metrics()
+
+    def percents(self) -> dict[str, int]:
+        """label -> percent sent, for the uploads running now."""
+        with self._lock:
+            return {label: done * 100 // total for label, (done, total) in self._uploads.items()}
+
+    def _upload_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        with self._lock:
+            sent = sum(done for done, _ in self._uploads.values())
+            size = sum(total for _, total in self._uploads.values())
+        self.metrics.set_uploading(sent, size)
 
     # -- per cycle and per drop --------------------------------------------------------------
 

@@ -91,12 +91,16 @@ def _missing(name: str, local: dict[str, tuple[int, str]], remote: list[Any] | N
         elif found.size != size or (found.digest and found.digest.lower() != md5):
             different.append(path)
     if different:
+        shown = ", ".join(f"{name}/{path}" for path in different[:5])
+        more = f" and {len(different) - 5} more" if len(different) > 5 else ""
         raise PermanentError(
             "RESOURCE_CONFLICT",
-            f"XNAT already holds other versions of {len(different)} file(s) in resource "
-            f"{name}: {', '.join(different[:5])}",
-            f"ask the XNAT administrator to remove the old files from resource {name}, or rename "
-            "your files, then resubmit",
+            f"{shown}{more}: XNAT already holds a file of that name in resource {name} of this "
+            "session, with other content (its size or MD5 differs from the file here), and "
+            "xnatdrop never overwrites what XNAT holds",
+            "if yours is a different file, rename it and resubmit the folder; if it should "
+            f"replace the one in XNAT, ask the XNAT administrator to remove the old file from "
+            f"resource {name}, then resubmit",
         )
     return missing
 

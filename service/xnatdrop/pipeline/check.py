@@ -5,7 +5,9 @@ the findings, the series, the sidecars, the subject's fields. A block finding qu
 folder (RULES_BLOCKED), unless every block says the copy is not finished yet (empty or
 truncated files, series visibly lacking files) and the copy is recent: then the folder goes
 back to the drop root to settle again (`Unsettled`). Our own reason files of an earlier
-quarantine, found in a resubmitted folder, are set aside first.
+quarantine, found in a resubmitted folder, are set aside first. A folder of only sidecar
+folders for a session XNAT already holds is not quarantined: its sidecars are attached to that
+session (`late`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from xnatdrop import ledger, names, reasonfiles, rules
 from xnatdrop.errors import PermanentError
-from xnatdrop.pipeline import quarantine, spool, subject
+from xnatdrop.pipeline import late, quarantine, spool, subject
 from xnatdrop.pipeline.context import Context, Done, Unsettled
 
 log = logging.getLogger(__package__)
@@ -49,6 +51,17 @@ def check(context: Context, drop: ledger.Drop) -> Done | Unsettled:
     fields = subject.fields(work, config.push, work / files[0].path if files else None)
     record = spool.CheckRecord.of(verdict, fields)
     spool.save(context.spool(drop), record)
+    if late.sidecars_only(record):
+        attached = late.attach_late(context, drop, record)
+        if attached is not None:
+            return attached
+        raise PermanentError(
+            "RULES_BLOCKED",
+            f"the folder holds only sidecar folders ({', '.join(sorted(record.sidecars))}) "
+            f"and XNAT project {context.project} has no session {drop.label} to add them to",
+            "check that the folder is named exactly as the session archived in XNAT, or drop "
+            "the sidecar folders together with the session's DICOM series",
+        )
     if not record.ok:
         blocks = record.blocking()
         copying = _still_copying(context, work, blocks)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import ledger, receipt
+from xnatdrop import ledger, pack, receipt
 from xnatdrop.errors import TransientError
 from xnatdrop.pipeline import attach, destination, readback, spool
 from xnatdrop.pipeline.context import Context, Done
@@ -51,7 +51,8 @@ def _receipt(context: Context, drop: ledger.Drop, session: Any) -> dict[str, Any
     was verified (`receipt` renders the text)."""
     folder, work = context.spool(drop), Path(drop.work)
     checked = spool.check_record(folder, drop.id)
-    manifest = spool.manifest_for(folder, work, drop.id)
+    late = spool.load(folder, spool.LateSidecars)
+    manifest = pack.Manifest(0, ()) if late else spool.manifest_for(folder, work, drop.id)
     resources = []
     for name, relative in sorted(checked.sidecars.items()):
         local = attach.local_files(work / relative)
@@ -69,6 +70,8 @@ def _receipt(context: Context, drop: ledger.Drop, session: Any) -> dict[str, Any
             )
     record = spool.xnat_record(folder)
     verification = record.verification
+    if late is not None:  # no DICOM sent: the sidecars were verified by the attach step
+        verification = {"instances": 0, "bytes": 0, "late_sidecars": late.session}
     if verification is None:  # the spool lost it after archiving: verify again
         readback.archived(context, drop, manifest)
         verification = spool.xnat_record(folder).verification or {}
@@ -101,6 +104,7 @@ def _receipt(context: Context, drop: ledger.Drop, session: Any) -> dict[str, Any
         "scans": scans,
         "not_archived": not_archived,
         "resources": resources,
+        "late_sidecars": late is not None,
         "excluded": checked.excluded(),
         "subject_fields": checked.subject_fields,
         "files": [e.to_json() for e in manifest.files],

@@ -1,4 +1,5 @@
-"""Late files: the import finds that XNAT already holds a session with this label.
+"""Late files: the import finds that XNAT already holds a session with this label; and late
+sidecars, a drop of only sidecar folders for a session archived earlier.
 
 Files that arrive for a session already archived (a copy that paused, a series exported
 later) are appended to it: only the instances XNAT lacks are sent, and archived into the
@@ -15,6 +16,17 @@ XNAT keeps the bytes); another study, or other content, is a conflict a person m
 
 The decision is kept in the spool (`spool.Append`) for the later steps: the instances XNAT held
 before are expected there, and `upload_plan` and `sent` say what the import sends.
+
+Late sidecars (`sidecars_only`, `attach_late`, `skip_upload`): the physiological or behavioural
+files often arrive a day after the scan, as a second folder of the same label holding only
+`physio/`, `behav/` or `logs/` (and maybe `subject.toml`). The rules find no DICOM (NO_DICOM);
+when XNAT holds an archived session of that label, the check step records it
+(`spool.LateSidecars`) instead of quarantining, the runner takes the drop from `checked`
+straight to `archived` (the ledger's step "sidecars": nothing goes through the prearchive), and
+the attach step adds the folders to that session as for a first upload: only files the resource
+lacks are sent, each is verified afterwards by the resource listing's size and MD5, and a file
+XNAT holds with other content is RESOURCE_CONFLICT. The finish step writes the drop's own
+receipt.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from typing import Any
 
 from xnatdrop import ledger, names, pack, verify, xnat
 from xnatdrop.pipeline import readback, spool
-from xnatdrop.pipeline.context import Context
+from xnatdrop.pipeline.context import Context, Done
 
 log = logging.getLogger(__package__)
 
@@ -132,3 +144,44 @@ def sent(context: Context, drop: ledger.Drop) -> pack.Manifest:
         return manifest
     send = set(append.send)
     return pack.Manifest(0, tuple(e for e in manifest.files if e.sop_instance_uid in send))
+
+
+# -- late sidecars ---------------------------------------------------------------------------
+
+SKIP = "sidecars"  # the ledger's step from `checked` straight to `archived` (`ledger.NEXT`)
+
+
+def sidecars_only(record: spool.CheckRecord) -> bool:
+    """The folder holds sidecar folders and nothing to upload as DICOM: no file at all outside
+    them (subject.toml and the other control files are not judged), so the only block is
+    NO_DICOM."""
+    blocks = {f.code for f in record.blocking()}
+    return bool(record.sidecars) and not record.files and blocks == {"NO_DICOM"}
+
+
+def attach_late(context: Context, drop: ledger.Drop, record: spool.CheckRecord) -> Done | None:
+    """For a `sidecars_only` drop: the session of this label XNAT holds, recorded for the
+    later steps; None when XNAT has none (the folder is then quarantined as NO_DICOM)."""
+    client = context.client()
+    session = client.find_session(context.project, drop.label)
+    if session is None:
+        return None
+    url = client.session_url(context.project, session.id)
+    spool.save(context.spool(drop), spool.LateSidecars(session.id, session.subject, url))
+    return Done(
+        f"only sidecar folders ({', '.join(sorted(record.sidecars))}) for session {session.id}, "
+        "archived earlier: they are attached to it"
+    )
+
+
+def skip_upload(context: Context, drop: ledger.Drop) -> ledger.Drop | None:
+    """The runner's turn at `checked`: a late-sidecar drop goes straight to `archived` (the
+    new state after a crash here too); None for every other drop."""
+    if drop.state != "checked":
+        return None
+    late = spool.load(context.spool(drop), spool.LateSidecars)
+    if late is None:
+        return None
+    drop = context.book.advance(drop, SKIP, archive_uri=late.url)
+    log.info("nothing to upload as DICOM: session %s is archived already", late.session)
+    return drop

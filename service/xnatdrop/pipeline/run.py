@@ -35,6 +35,7 @@ from xnatdrop.pipeline import (
     crash,
     finish,
     freeze,
+    late,
     quarantine,
     send,
 )
@@ -342,6 +343,10 @@ def _steps(context: Context, drop: ledger.Drop) -> ledger.Drop | Resend | Unsett
     while not drop.final:
         if context.stopping.is_set():
             raise Stopped
+        skipped = late.skip_upload(context, drop)
+        if skipped is not None:
+            drop = skipped
+            continue
         step = drop.next_step
         assert step is not None, drop.state
         drop = context.book.begin(drop, step)

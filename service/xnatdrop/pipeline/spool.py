@@ -11,7 +11,8 @@ Each record is one JSON file in `<state>/spool/<drop id>/`, written atomically a
 - `xnat.json`, an `XnatRecord`: what XNAT does to uploads (read at push time), which series it
   left out on purpose, how the archived session was verified, and whether the drop is appended
   to a session XNAT already holds (`Append`);
-- `quarantine.json`, a `QuarantineReason`: the reason of a quarantine under way.
+- `quarantine.json`, a `QuarantineReason`: the reason of a quarantine under way;
+- `late.json`, `LateSidecars`: the drop only adds sidecar folders to an archived session.
 
 Everything here is xnatdrop's own. The plan and the manifest are made again from the folder
 when lost (`plan_for`, `manifest_for`); a lost check record is an operator problem, not the
@@ -239,12 +240,31 @@ class QuarantineReason:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class LateSidecars:
+    """The drop holds only sidecar folders for a session XNAT has archived already
+    (`late.sidecars_only`): the upload steps are skipped and the attach step adds the sidecars
+    to that session."""
+
+    session: str
+    subject: str
+    url: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LateSidecars:
+        return cls(str(data["session"]), str(data["subject"]), str(data["url"]))
+
+
 NAMES: dict[type, str] = {
     CheckRecord: "check.json",
     pack.Plan: "plan.json",
     pack.Manifest: "manifest.json",
     XnatRecord: "xnat.json",
     QuarantineReason: "quarantine.json",
+    LateSidecars: "late.json",
 }
 # Files of xnatdrop versions that wrote the upload zip into the spool.
 LEGACY = ("upload.zip", "upload.zip.part")

@@ -8,11 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from xnatdrop.notify.sharestatus import FILE_NAME as STATUS_FILE
+
 log = logging.getLogger(__name__)
+
+
+def ours(event: Any, roots: set[str]) -> bool:
+    """An event of the status file xnatdrop writes in each root (`.NAME.part` renamed over
+    `NAME`), or the "modified" of a watched root itself, which comes with every change of an
+    entry in it (that entry's own event follows, and a new folder still wakes us). Neither may
+    bring a scan forward, or each status-file write would bring about the next scan and write.
+    """
+    if event.event_type == "modified" and os.fsdecode(event.src_path).rstrip("/") in roots:
+        return True  # a root's own listing changed: the entry's own event says how
+    names = {os.path.basename(os.fsdecode(event.src_path))}
+    if getattr(event, "dest_path", ""):
+        names.add(os.path.basename(os.fsdecode(event.dest_path)))
+    return names <= {STATUS_FILE, f".{STATUS_FILE}.part"}
 
 
 class EventHint:
@@ -39,10 +56,11 @@ class EventHint:
         from watchdog import events, observers
 
         hint = self
+        paths = {str(root).rstrip("/") for root in self.roots}
 
         class Handler(events.FileSystemEventHandler):
             def on_any_event(self, event: events.FileSystemEvent) -> None:
-                if event.event_type not in ("opened", "closed_no_write"):
+                if event.event_type not in ("opened", "closed_no_write") and not ours(event, paths):
                     hint.wake()
 
         self.handler = Handler()

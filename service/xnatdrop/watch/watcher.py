@@ -30,6 +30,7 @@ from pathlib import Path
 
 from xnatdrop import config as config_module
 from xnatdrop import names
+from xnatdrop.notify.sharestatus import FILE_NAME as STATUS_FILE
 from xnatdrop.watch.fingerprint import Fingerprint, fingerprint, shallow_signature
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,8 @@ class Watcher:
         bad: set[str] = set()
         with os.scandir(root.path) as iterator:
             for entry in iterator:
-                if entry.name.startswith("."):
-                    continue  # .snapshot, .DS_Store, our own hidden files
+                if entry.name.startswith(".") or entry.name == STATUS_FILE:
+                    continue  # .snapshot, .DS_Store, our own hidden files and status file
                 if not names.valid(entry.name):
                     bad.add(entry.name)
                 elif entry.is_dir(follow_symlinks=False):
