@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,29 @@ def test_too_little_disk_is_refused_before_anything_is_built(tmp_path: Path) -> 
     assert "has 0.1 GB free, the run needs about" in done.stderr
     assert "--workdir on a larger disk, or run --quick" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_n_files_disk_baseline_writes_each_entry_as_its_own_file(tmp_path: Path) -> None:
+    """1. Pack three files of different sizes in two folders with xnatdrop's own zip writer.
+    2. Result: the N-files baseline writes each entry to its own file under the same name,
+       byte for byte (the zip's local headers skipped, not copied), and counts every byte."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import product, push
+
+    source = tmp_path / "source"
+    contents = {
+        "a/1.dcm": b"x" * 5,
+        "a/2.dcm": bytes(range(256)) * 300,
+        "b/3.dcm": b"\x00" * 70_000,
+    }
+    for name, data in contents.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    bundle = tmp_path / "upload.zip"
+    product.write_zip(source, list(contents), bundle)
+    with zipfile.ZipFile(bundle) as opened:
+        entries = opened.infolist()
+    written = push.write_entries(bundle, entries, tmp_path / "out")
+    assert written == sum(len(d) for d in contents.values())
+    for name, data in contents.items():
+        assert (tmp_path / "out" / name).read_bytes() == data

@@ -4,9 +4,9 @@ For one workload (a subject folder in a drop root):
 
 1. the zip xnatdrop would stream (`pack.write_zip`, the same bytes) is written once, before any
    timing, for curl. Then the disk baselines, on the same disk, none with fsync (below):
-   - `disk_write_files`: write every entry of that zip to its own file (open, write, close;
-     the same names, sizes and folders): what "writing the same bytes to disk" means for an
-     importer that stores N files, the baseline of the sandbox's ingest;
+   - `disk_write_files` (`write_entries`): write every entry of that zip to its own file
+     (open, write, close; the same names, sizes and folders): what "writing the same bytes to
+     disk" means for an importer that stores N files, the baseline of the sandbox's ingest;
    - `disk_write`: copy the zip to one new file (one stream, 1 MiB pieces): the disk's
      sequential write rate, for context;
    - `store_floor`: spool the zip, then write each entry to its own file with its MD5: the
@@ -85,17 +85,26 @@ def disk_write(source: Path, target: Path) -> float:
 
 
 def disk_write_files(zip_path: Path, scratch: Path) -> float:
-    """Seconds to write every entry of the (stored, uncompressed) zip to its own file, with the
-    entry's name and size, read straight from the zip's bytes (no CRC, no MD5), no fsync; the
-    files are deleted after. The folders are made as the names need them, as an importer must.
-    """
+    """Seconds to write every entry of the zip to its own file (`write_entries`), no fsync;
+    the files are deleted after."""
     root = scratch / "files"
     with zipfile.ZipFile(zip_path) as bundle:
         entries = [i for i in bundle.infolist() if not i.is_dir()]
+    started = time.perf_counter()
+    write_entries(zip_path, entries, root)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(root)
+    return seconds
+
+
+def write_entries(zip_path: Path, entries: list[zipfile.ZipInfo], root: Path) -> int:
+    """Write each entry of a stored (uncompressed) zip under `root`, with its name and size,
+    read straight from the zip's bytes (no CRC, no MD5): open, write, close, one file each;
+    folders made as the names need them, as an importer must. Return the bytes written."""
     if any(i.compress_type != zipfile.ZIP_STORED for i in entries):
         raise RuntimeError(f"{zip_path}: expected a stored (uncompressed) zip, as xnatdrop sends")
     made: set[Path] = set()
-    started = time.perf_counter()
+    written = 0
     with zip_path.open("rb") as reader:
         for info in entries:
             reader.seek(info.header_offset + 26)  # local header: name and extra lengths
@@ -113,9 +122,8 @@ def disk_write_files(zip_path: Path, scratch: Path) -> float:
                         raise RuntimeError(f"{zip_path}: {info.filename} is cut short")
                     out.write(chunk)
                     remaining -= len(chunk)
-    seconds = time.perf_counter() - started
-    shutil.rmtree(root)
-    return seconds
+            written += info.file_size
+    return written
 
 
 def store_floor(zip_path: Path, scratch: Path) -> float:
