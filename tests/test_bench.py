@@ -57,7 +57,17 @@ def test_quick_run_writes_every_section_plot_and_result(tmp_path: Path) -> None:
     for part in ("size_series", "files_series", "share", "cstore", "idle", "settle"):
         assert results[part], part
     assert all(step["client"]["check"]["count"] == step["count"] for step in results["size_series"])
-    assert results["size_series"][0]["push"]["xnatdrop"]["steps"]["archive"] >= 0
+    push = results["size_series"][0]["push"]
+    assert push["xnatdrop"]["steps"]["archive"] >= 0
+    # curl and xnatpy both import and archive, as a person does by hand; each part is timed.
+    for peer in ("curl", "xnatpy"):
+        assert push[peer]["import_seconds"] > 0 and push[peer]["archive_seconds"] > 0, peer
+    assert push["disk_write_files"]["seconds"] > 0 and push["disk_write"]["seconds"] > 0
+    assert set(push["ratios"]) >= {
+        "push / curl (time)", "push / curl import only (time)",
+        "sandbox ingest / disk write (N files)", "sandbox ingest / disk write (one stream)",
+    }  # fmt: skip
+    assert "writing the same entries to disk as N files" in report
     assert list(work.iterdir()) == []
 
 
