@@ -181,7 +181,7 @@ def _run(argv: list[str] | None) -> int:
 
     started = time.monotonic()
     results: dict[str, Any] = {
-        "command": "python bench/run.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "started": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "quick": args.quick,
         "cores": client.CORES,
@@ -199,11 +199,16 @@ def _run(argv: list[str] | None) -> int:
                 results["size_series"] = run_sizes(steps, work, sink_url)
                 largest = max(steps["sizes"])
                 if largest > steps["push_max_gb"]:
+                    why = (
+                        "a quick run keeps CI under 5 minutes"
+                        if args.quick and args.push_max_gb is None
+                        else "given on the command line"
+                    )
                     results["push_skipped"] = (
                         f"Pushed end to end only up to {_label_gb(steps['push_max_gb'])} "
-                        "(`--push-max-gb`; a quick run keeps CI under 5 minutes, and the "
-                        "sandbox ingests at the rate shown); the client figures above cover "
-                        "every step."
+                        f"(`--push-max-gb`, {why}): the larger steps were not pushed (no curl, "
+                        "xnatpy or xnatdrop push figures for them); the client figures above "
+                        "cover every step."
                     )
             if parts & {"files", "share"}:
                 results["files_series"] = run_files(steps, work, sink_url, parts, results)

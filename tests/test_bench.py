@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,17 @@ def test_quick_run_writes_every_section_plot_and_result(tmp_path: Path) -> None:
     for part in ("size_series", "files_series", "share", "cstore", "idle", "settle"):
         assert results[part], part
     assert all(step["client"]["check"]["count"] == step["count"] for step in results["size_series"])
-    assert results["size_series"][0]["push"]["xnatdrop"]["steps"]["archive"] >= 0
+    push = results["size_series"][0]["push"]
+    assert push["xnatdrop"]["steps"]["archive"] >= 0
+    # curl and xnatpy both import and archive, as a person does by hand; each part is timed.
+    for peer in ("curl", "xnatpy"):
+        assert push[peer]["import_seconds"] > 0 and push[peer]["archive_seconds"] > 0, peer
+    assert push["disk_write_files"]["seconds"] > 0 and push["disk_write"]["seconds"] > 0
+    assert set(push["ratios"]) >= {
+        "push / curl (time)", "push / curl import only (time)",
+        "sandbox ingest / disk write (N files)", "sandbox ingest / disk write (one stream)",
+    }  # fmt: skip
+    assert "writing the same entries to disk as N files" in report
     assert list(work.iterdir()) == []
 
 
@@ -92,3 +103,29 @@ def test_too_little_disk_is_refused_before_anything_is_built(tmp_path: Path) -> 
     assert "has 0.1 GB free, the run needs about" in done.stderr
     assert "--workdir on a larger disk, or run --quick" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_n_files_disk_baseline_writes_each_entry_as_its_own_file(tmp_path: Path) -> None:
+    """1. Pack three files of different sizes in two folders with xnatdrop's own zip writer.
+    2. Result: the N-files baseline writes each entry to its own file under the same name,
+       byte for byte (the zip's local headers skipped, not copied), and counts every byte."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import product, push
+
+    source = tmp_path / "source"
+    contents = {
+        "a/1.dcm": b"x" * 5,
+        "a/2.dcm": bytes(range(256)) * 300,
+        "b/3.dcm": b"\x00" * 70_000,
+    }
+    for name, data in contents.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    bundle = tmp_path / "upload.zip"
+    product.write_zip(source, list(contents), bundle)
+    with zipfile.ZipFile(bundle) as opened:
+        entries = opened.infolist()
+    written = push.write_entries(bundle, entries, tmp_path / "out")
+    assert written == sum(len(d) for d in contents.values())
+    for name, data in contents.items():
+        assert (tmp_path / "out" / name).read_bytes() == data

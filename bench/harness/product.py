@@ -46,15 +46,22 @@ def plan_files(folder: Path, names: Sequence[str]) -> pack.Plan:
     """The zip the import step would send for these files, named relative to `folder` (stat
     only, no file data read).
 
-    The items carry no UIDs: the zip's bytes do not depend on them (only the manifest does).
+    The entries carry no UIDs: the zip's bytes do not depend on them (only the manifest does).
     """
-    return pack.plan(folder, [pack.Item(name, "", "") for name in names])
+    return pack.plan(folder, _entries(names))
 
 
 def write_zip(folder: Path, names: Sequence[str], target: Path) -> int:
     """Write the exact bytes xnatdrop would stream for these files to `target`; return size."""
-    pack.write_zip(folder, [pack.Item(name, "", "") for name in names], target)
+    pack.write_zip(folder, _entries(names), target)
     return target.stat().st_size
+
+
+def _entries(names: Sequence[str]) -> list[rules.FileEntry]:
+    """The files as the check's verdict lists them, without their DICOM identity. Their size
+    is left 0, not stat'ed here: the plan stats every file itself (the size it packs), and a
+    stat more per file would be charged to the timed pack+send."""
+    return [rules.FileEntry(Path(name), 0) for name in names]
 
 
 def fingerprint(folder: Path) -> Any:

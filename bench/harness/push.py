@@ -3,21 +3,31 @@
 For one workload (a subject folder in a drop root):
 
 1. the zip xnatdrop would stream (`pack.write_zip`, the same bytes) is written once, before any
-   timing, for curl; then copied to a new file on the same disk: the disk's write rate for
-   those bytes (no fsync in either, both land in the page cache), the baseline of the
-   sandbox's receive rate; and the store floor (`store_floor`): spool that zip, then write each
-   entry to its own file with its MD5, the least work any importer keeping files and checksums
-   does, in Python, so that the sandbox's own overhead shows apart from the physical work;
-2. `curl` POSTs that zip to the import service (DICOM-zip, into the prearchive) of a fresh
-   sandbox: curl's own cost is nil, so its rate *is* the sandbox's receive rate;
-3. xnatpy's `services.import_dir` of the same folder into a fresh sandbox (xnatpy zips the
-   folder into a temporary file, then uploads it);
+   timing, for curl. Then the disk baselines, on the same disk, none with fsync (below):
+   - `disk_write_files` (`write_entries`): write every entry of that zip to its own file
+     (open, write, close; the same names, sizes and folders): what "writing the same bytes to
+     disk" means for an importer that stores N files, the baseline of the sandbox's ingest;
+   - `disk_write`: copy the zip to one new file (one stream, 1 MiB pieces): the disk's
+     sequential write rate, for context;
+   - `store_floor`: spool the zip, then write each entry to its own file with its MD5: the
+     least work any importer keeping files and checksums does, in Python;
+2. `curl` does what a person does by hand: POST that zip to the import service (DICOM-zip,
+   into the prearchive) of a fresh sandbox, then `POST /data/services/archive` of the
+   prearchive session it names; the same XNAT operations xnatdrop's push performs. curl's own
+   cost is nil, so the import's rate *is* the sandbox's ingest rate;
+3. xnatpy, the same by its API: `services.import_dir` of the same folder (it zips the folder
+   into a temporary file, then uploads it into the prearchive), then `.archive()` of the
+   prearchive session it returns;
 4. `xnatdrop push` (check, pack, streamed import, verify, archive, finish) into a fresh sandbox,
-   with its peak memory (`hwm.py`) and the split of its time from its own log lines.
+   with its peak memory (`hwm.py`) and the split of its time from its own log lines. It does
+   more than the peers: it checks the folder first and verifies after the import and after
+   the archive (catalogs read back, one file per scan downloaded and its pixel data compared).
 
-After each upload the sandbox's peak memory (VmHWM) is read before it stops. curl and xnatpy
-only import into the prearchive; xnatdrop also verifies and archives, so its import step is
-shown on its own as well.
+No fsync anywhere: the sandbox does not fsync what it stores, nor does XNAT (Tomcat's
+`FileOutputStream`s are closed, never synced), so a baseline that synced would measure the
+disk's flush, which no importer here waits for.
+
+After each upload the sandbox's peak memory (VmHWM) is read before it stops.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import hashlib
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
@@ -73,6 +84,48 @@ def disk_write(source: Path, target: Path) -> float:
     return seconds
 
 
+def disk_write_files(zip_path: Path, scratch: Path) -> float:
+    """Seconds to write every entry of the zip to its own file (`write_entries`), no fsync;
+    the files are deleted after."""
+    root = scratch / "files"
+    with zipfile.ZipFile(zip_path) as bundle:
+        entries = [i for i in bundle.infolist() if not i.is_dir()]
+    started = time.perf_counter()
+    write_entries(zip_path, entries, root)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(root)
+    return seconds
+
+
+def write_entries(zip_path: Path, entries: list[zipfile.ZipInfo], root: Path) -> int:
+    """Write each entry of a stored (uncompressed) zip under `root`, with its name and size,
+    read straight from the zip's bytes (no CRC, no MD5): open, write, close, one file each;
+    folders made as the names need them, as an importer must. Return the bytes written."""
+    if any(i.compress_type != zipfile.ZIP_STORED for i in entries):
+        raise RuntimeError(f"{zip_path}: expected a stored (uncompressed) zip, as xnatdrop sends")
+    made: set[Path] = set()
+    written = 0
+    with zip_path.open("rb") as reader:
+        for info in entries:
+            reader.seek(info.header_offset + 26)  # local header: name and extra lengths
+            name_length, extra_length = struct.unpack("<HH", reader.read(4))
+            reader.seek(name_length + extra_length, 1)
+            target = root / info.filename
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
+            remaining = info.file_size
+            with target.open("wb") as out:
+                while remaining:
+                    chunk = reader.read(min(1 << 20, remaining))
+                    if not chunk:
+                        raise RuntimeError(f"{zip_path}: {info.filename} is cut short")
+                    out.write(chunk)
+                    remaining -= len(chunk)
+            written += info.file_size
+    return written
+
+
 def store_floor(zip_path: Path, scratch: Path) -> float:
     """Seconds for the least an importer that keeps each file with its MD5 must do, in Python:
     spool the zip (a copy, as the body is written to disk), then write every entry to its own
@@ -99,7 +152,18 @@ def store_floor(zip_path: Path, scratch: Path) -> float:
     return seconds
 
 
+def _curl(url: str, out: Path, log: Path, *options: str) -> tuple[float, str]:
+    """One curl request as the benchmark's user; (seconds, the answer's body)."""
+    command = [
+        "curl", "-sS", "--fail", "-o", str(out),
+        "-u", f"{servers.USER}:{servers.PASSWORD}", *options, url,
+    ]  # fmt: skip
+    seconds = _run(command, log)
+    return seconds, out.read_text(errors="replace").strip()
+
+
 def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
+    """By hand: curl the zip into the prearchive, then archive the session it names."""
     with servers.sandbox(work / "xnat-curl") as xnat:
         # --data-binary loads the file into memory and refuses more than 1 GiB; -T streams it.
         body = (
@@ -107,35 +171,63 @@ def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
             if zip_path.stat().st_size < 1 << 30
             else ["-X", "POST", "-T", str(zip_path)]
         )
-        command = [
-            "curl", "-sS", "--fail", "-o", "/dev/null",
-            "-u", f"{servers.USER}:{servers.PASSWORD}",
-            "-H", "Expect:", "-H", "Content-Type: application/zip",
-            *body, _import_url(xnat.url, label),
-        ]  # fmt: skip
-        seconds = _run(command, work / "curl.log")
+        headers = ["-H", "Expect:", "-H", "Content-Type: application/zip"]
+        import_s, answer = _curl(
+            _import_url(xnat.url, label), work / "curl-import.out", work / "curl.log",
+            *headers, *body,
+        )  # fmt: skip
+        # The import answers the prearchive session's URI (/data/prearchive/projects/…); the
+        # archive service takes it as src without the /data prefix (xnat-rest.md §5.1).
+        src = re.sub(r"^/data(?=/prearchive/)", "", answer.splitlines()[0] if answer else "")
+        if not src.startswith("/prearchive/"):
+            raise RuntimeError(f"curl import answered {answer[:200]!r}, not a prearchive URI")
+        archive_s, archived = _curl(
+            f"{xnat.url}/data/services/archive?src={src}",
+            work / "curl-archive.out", work / "curl-archive.log", "-X", "POST",
+        )  # fmt: skip
+        if "/archive/projects/" not in archived:
+            raise RuntimeError(f"curl archive answered {archived[:200]!r}, not an archive URI")
         sandbox_peak = xnat.peak_rss_kb()
     shutil.rmtree(work / "xnat-curl", ignore_errors=True)
-    return {"seconds": seconds, "sandbox_peak_kb": sandbox_peak}
+    return {
+        "seconds": import_s + archive_s,
+        "import_seconds": import_s,
+        "archive_seconds": archive_s,
+        "sandbox_peak_kb": sandbox_peak,
+    }
 
 
 def xnatpy(folder: Path, work: Path, label: str) -> dict[str, float]:
+    """By xnatpy's API: `import_dir` into the prearchive, then `.archive()` of what it returns.
+
+    The whole child is timed (interpreter start and `import xnat` included, about what a
+    person's script pays); the split of import and archive is timed inside it.
+    """
+    split = work / "xnatpy-split.json"
     with servers.sandbox(work / "xnat-xnatpy") as xnat:
         script = textwrap.dedent(
             f"""
+            import json, time
             import xnat
             with xnat.connect({xnat.url!r}, user={servers.USER!r},
                               password={servers.PASSWORD!r}) as session:
-                session.services.import_dir(
+                started = time.perf_counter()
+                prearchived = session.services.import_dir(
                     {str(folder)!r}, project={servers.PROJECT!r}, subject={label!r},
                     experiment={label!r}, import_handler="DICOM-zip",
                     destination="/prearchive/projects/{servers.PROJECT}")
+                imported = time.perf_counter()
+                prearchived.archive()
+                archived = time.perf_counter()
+            with open({str(split)!r}, "w") as out:
+                json.dump({{"import_seconds": imported - started,
+                            "archive_seconds": archived - imported}}, out)
             """
         )
         seconds = _run([sys.executable, "-c", script], work / "xnatpy.log")
         sandbox_peak = xnat.peak_rss_kb()
     shutil.rmtree(work / "xnat-xnatpy", ignore_errors=True)
-    return {"seconds": seconds, "sandbox_peak_kb": sandbox_peak}
+    return {"seconds": seconds, **json.loads(split.read_text()), "sandbox_peak_kb": sandbox_peak}
 
 
 def config_text(url: str, secret: Path, work: Path, drop_root: Path, **sections: str) -> str:
@@ -214,6 +306,7 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
     names = [p.relative_to(work.folder).as_posix() for p in work.files]
     size = product.write_zip(work.folder, names, zip_path)
     results: dict[str, Any] = {"zip_bytes": size}
+    results["disk_write_files"] = {"seconds": disk_write_files(zip_path, scratch)}
     results["disk_write"] = {"seconds": disk_write(zip_path, scratch / "copy.bin")}
     results["store_floor"] = {"seconds": store_floor(zip_path, scratch)}
     results["curl"] = curl(zip_path, scratch, label)
@@ -221,16 +314,20 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
     if peers:  # xnatpy before xnatdrop: the push moves the folder to done/
         results["xnatpy"] = xnatpy(work.folder, scratch, label)
     results["xnatdrop"] = xnatdrop_push(work.folder, scratch)
-    for name in ("disk_write", "store_floor", "curl", "xnatpy", "xnatdrop"):
+    for name in ("disk_write_files", "disk_write", "store_floor", "curl", "xnatpy", "xnatdrop"):
         if name in results:
             results[name]["mb_per_s"] = size / 1e6 / results[name]["seconds"]
+    # The sandbox's ingest: the import alone (curl's first request), into the prearchive.
+    ingest = size / 1e6 / results["curl"]["import_seconds"]
+    results["curl"]["import_mb_per_s"] = ingest
     curl_s = results["curl"]["seconds"]
     results["ratios"] = {
         "push / curl (time)": results["xnatdrop"]["seconds"] / curl_s,
-        "sandbox receive / disk write": results["curl"]["mb_per_s"]
-        / results["disk_write"]["mb_per_s"],
-        "sandbox receive / store floor": results["curl"]["mb_per_s"]
-        / results["store_floor"]["mb_per_s"],
+        "push / curl import only (time)": results["xnatdrop"]["seconds"]
+        / results["curl"]["import_seconds"],
+        "sandbox ingest / disk write (N files)": ingest / results["disk_write_files"]["mb_per_s"],
+        "sandbox ingest / disk write (one stream)": ingest / results["disk_write"]["mb_per_s"],
+        "sandbox ingest / store floor": ingest / results["store_floor"]["mb_per_s"],
     }
     if "xnatpy" in results:
         results["ratios"]["xnatpy / push (time)"] = (
