@@ -75,7 +75,7 @@ def wait_for_session(
             return found
         left = deadline - time.monotonic()
         if left <= 0 or stopping.wait(min(poll, left)):
-            seen = ", ".join(f"{e.uri} {e.status}" for e in found.entries) or "no session"
+            seen = ", ".join(f"{shown(e)} {e.status}" for e in found.entries) or "no session"
             raise TransientError(
                 f"XNAT shows {seen} for the study sent to project {project} after "
                 f"{timeout:g} s (wanted {', '.join(sorted(statuses))})"
@@ -87,8 +87,14 @@ def build(client: XnatClient, entry: PrearchiveEntry) -> PrearchiveEntry:
     client.build(entry.uri)
     again = client.prearchive_entry(entry.uri)
     if again is None:
-        raise TransientError(f"the prearchive session {entry.uri} went away while building")
+        raise TransientError(f"the prearchive session {shown(entry)} went away while building")
     return again
+
+
+def shown(entry: PrearchiveEntry) -> str:
+    """A received session as messages name it: project and upload timestamp, never the folder
+    name, which XNAT's receiver derives from the header's PatientID (no patient data in logs)."""
+    return f"prearchive {entry.project}/{entry.timestamp}"
 
 
 def _key(entry: PrearchiveEntry) -> tuple[str, str]:

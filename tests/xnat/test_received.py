@@ -85,3 +85,22 @@ def test_waiting_for_a_status_xnat_never_reaches_ends_with_a_transient_error(
         client, PROJECT, study, timeout=5, statuses=frozenset({"READY"})
     )
     assert found.entries[0].status == "READY"
+
+
+def test_a_session_the_receiver_named_from_the_header_is_never_named_in_a_message(
+    server, client, tmp_path
+):
+    """1. A study without routing comments: XNAT's receiver names the prearchive session from
+    the header's PatientID. 2. Waiting for a status it never reaches fails. Result: the message
+    names project and timestamp, never that folder name (no patient data in logs)."""
+    dicom = Dicom(tmp_path)
+    files = dicom.study(dicom.files("1", count=1), PatientID="PID_7731_SECRET")
+    study = push(server, files, tmp_path)
+    [entry] = received.find_sessions(client, "Unassigned", study).entries
+    assert "PID_7731_SECRET" in entry.folder  # the receiver did name it from the header
+    with pytest.raises(TransientError) as raised:
+        received.wait_for_session(
+            client, "Unassigned", study, timeout=0, statuses=frozenset({"READY"})
+        )
+    assert f"prearchive Unassigned/{entry.timestamp} RECEIVING" in str(raised.value)
+    assert "PID_7731_SECRET" not in str(raised.value)
