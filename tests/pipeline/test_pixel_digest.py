@@ -13,8 +13,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
-from shared_data import dataset
 
+from shared_data import dataset
 from xnatdrop import dicomfiles, verify
 
 
