@@ -27,15 +27,17 @@ import collections
 import dataclasses
 import hashlib
 import io
+import os
 import re
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from xnatdrop import pack, xnat
+from xnatdrop import dicomfiles, pack, xnat
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+HASH_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,13 +364,43 @@ def whole_series_missing(check: ArchiveCheck, manifest: pack.Manifest) -> list[S
 def pixel_digest(source: bytes | Path) -> tuple[str, str] | None:
     """(transfer syntax UID, MD5 of the Pixel Data element's value) of one DICOM file, or None
     when it has no pixel data. Anonymisation rewrites headers, never these bytes; a transcoded
-    or damaged copy differs (xnat-stock "lacks entirely": decompression on import)."""
+    or damaged copy differs (xnat-stock "lacks entirely": decompression on import).
+
+    The header walker (`dicomfiles.pixel_span`) finds the value and only its bytes are hashed;
+    where the walker declines, pydicom parses the file: the same digest either way."""
+    if isinstance(source, bytes):
+        span = dicomfiles.pixel_span(source)
+        if span is not None:
+            value = memoryview(source)[span.offset : span.offset + span.length]
+            return span.transfer_syntax, hashlib.md5(value, usedforsecurity=False).hexdigest()
+        return _pydicom_pixel_digest(io.BytesIO(source))
+    with open(source, "rb") as handle:
+        span = dicomfiles.pixel_span(handle, os.fstat(handle.fileno()).st_size)
+        if span is not None:
+            return span.transfer_syntax, _md5_of_range(handle, span.offset, span.length)
+    return _pydicom_pixel_digest(source)
+
+
+def _md5_of_range(handle: BinaryIO, offset: int, length: int) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    handle.seek(offset)
+    left = length
+    while left > 0:
+        chunk = handle.read(min(left, HASH_CHUNK))
+        if not chunk:
+            raise ValueError("not readable as DICOM (the file ended inside Pixel Data)")
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest.hexdigest()
+
+
+def _pydicom_pixel_digest(source: BinaryIO | Path) -> tuple[str, str] | None:
+    """`pixel_digest` by a full parse, for the files the header walker declines."""
     import pydicom
     import pydicom.errors
 
-    handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        dataset = pydicom.dcmread(handle, force=True)
+        dataset = pydicom.dcmread(source, force=True)
         elements = [dataset[tag] for tag in PIXEL_TAGS if tag in dataset]
     except (
         pydicom.errors.InvalidDicomError,
