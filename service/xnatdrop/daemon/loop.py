@@ -69,7 +69,6 @@ class Daemon:
         self.pushes: dict[str, threading.Thread] = {}  # key -> thread; job thread only
         self.waiting_labels: set[str] = set()
         self.last_scan_done = time.monotonic()
-        self.last_hint = 0.0
         self.held_until = 0.0  # epoch seconds; pushes are held after XNAT refused our login
         self.state_lock: locks.Lock | None = None
         self.root_locks: dict[Path, locks.Lock] = {}
@@ -235,10 +234,9 @@ class Daemon:
     # ---- jobs (one apscheduler worker thread) ----------------------------------------------
 
     def _hinted(self) -> None:
-        """Called from watchdog's thread: bring the next scan forward, at most every 2 s."""
-        if self.stopping.is_set() or time.monotonic() - self.last_hint < 2.0:
+        """Called from the event thread (`EventHint` spaces the calls): scan now."""
+        if self.stopping.is_set():
             return
-        self.last_hint = time.monotonic()
         with contextlib.suppress(LookupError):  # the job is gone once we are stopping
             self.scheduler.modify_job("scan", next_run_time=dt.datetime.now())
 
