@@ -365,6 +365,32 @@ def test_event_hint_wakes_on_a_new_top_level_folder(root: Path) -> None:
         hint.stop()
 
 
+def test_event_hint_spaces_its_wakes_and_never_drops_the_last_event(root: Path) -> None:
+    """A burst of events (five folders created at once) brings one wake at once and one at
+    the end of the gap, which sees the whole burst: not one wake per event, and not a last
+    event dropped (a copy's closing event, which issue 13 found lost for a whole poll)."""
+    import threading
+
+    seen: list[list[str]] = []
+    complete = threading.Event()
+    names = [f"SUBJ0{index}" for index in range(5)]
+
+    def wake() -> None:
+        seen.append(sorted(p.name for p in root.iterdir()))
+        if seen[-1] == names:
+            complete.set()
+
+    hint = watch.EventHint([root], wake, gap=0.5)
+    hint.start()
+    try:
+        for name in names:
+            (root / name).mkdir()
+        assert complete.wait(10)
+    finally:
+        hint.stop()
+    assert 2 <= len(seen) <= 3, seen  # the first event's wake, then the gap's end (3: a slow burst)
+
+
 LATIN1 = b"Mu\xf1oz"  # "Muñoz" as an SMB/USB copy with a latin-1 code page writes it
 
 

@@ -31,6 +31,7 @@ from xnatdrop.daemon.work import Processor, Result, Work
 from xnatdrop.errors import StateError
 from xnatdrop.notify.service import Notifier
 from xnatdrop.pipeline import Kind
+from xnatdrop.watch.events import HINT_GAP
 
 log = logging.getLogger(__package__)  # "xnatdrop.daemon" in the log, as before the split
 
@@ -61,7 +62,7 @@ class Daemon:
         self.poll = settings.settle.poll_interval
         self.projects = {d.path: d.project for d in settings.drop}
         self.watcher = watch.Watcher(self.projects, settings.settle)
-        self.hint = watch.EventHint(self.projects, self._hinted)
+        self.hint = watch.EventHint(self.projects, self._hinted, min(HINT_GAP, self.poll / 4))
         self.stopping = threading.Event()
         self.started = threading.Event()  # set once READY=1 is sent (tests wait on it)
         self.force = False

@@ -19,7 +19,9 @@ from xnatdrop.notify.sharestatus import FILE_NAME as STATUS_FILE
 
 log = logging.getLogger(__name__)
 
-# At most one wake per this many seconds: a copy of many folders must not cost a scan per event.
+# At most one wake per this many seconds (or per quarter poll, if shorter: a short poll means a
+# short quiet period, where 2 s is a large share of the settle latency): a copy of many folders
+# must not cost a scan per event.
 HINT_GAP = 2.0
 
 
@@ -48,18 +50,21 @@ class EventHint:
     observer together and raises for the first missing path, which once stopped the daemon at
     start when one share was not mounted.)
 
-    `wake` is called at most once per HINT_GAP; an event inside the gap is not dropped but
+    `wake` is called at most once per `gap` seconds; an event inside the gap is not dropped but
     delays its wake to the gap's end. The last event of a burst matters most: a copy's first
     event (its folder created) and its last (the folder's times set when it is closed) often
-    come less than HINT_GAP apart, and dropping the last one left the folder's final state
+    come less than a gap apart, and dropping the last one left the folder's final state
     unseen for a whole poll, which the settle latency then carried (issue 13).
     """
 
-    def __init__(self, roots: Iterable[Path], wake: Callable[[], None]) -> None:
+    def __init__(
+        self, roots: Iterable[Path], wake: Callable[[], None], gap: float = HINT_GAP
+    ) -> None:
         self.roots = list(roots)
         self.wake = wake
+        self.gap = gap
         self.lock = threading.Lock()
-        self.last_wake = -HINT_GAP  # monotonic
+        self.last_wake = -gap  # monotonic
         self.timer: threading.Timer | None = None  # a wake delayed to the end of the gap
         self.observer: Any = None
         self.handler: Any = None
@@ -88,7 +93,7 @@ class EventHint:
         with self.lock:
             if self.timer is not None:
                 return  # a wake is coming after this event; the scan it brings sees it too
-            wait = self.last_wake + HINT_GAP - time.monotonic()
+            wait = self.last_wake + self.gap - time.monotonic()
             if wait > 0:
                 self.timer = threading.Timer(wait, self._delayed)
                 self.timer.daemon = True
