@@ -391,10 +391,10 @@ class Body:
         for planned, read in _hashed(self._folder, self._plan, self._readers):
             path = self._folder / planned.entry.path
             yield writer.local(planned.zip_name, planned.size, read.crc, planned.mtime)
-            if read.data is not None:
-                yield read.data
-            else:
+            if read.data is None:
                 yield from _copy(path, read)
+            elif read.data:  # never b"" (an empty file): a body's readers take b"" for its end
+                yield read.data
             writer.offset += planned.size
             entries.append(Entry.of(planned.entry, read.size, read.md5))
         manifest = Manifest(self._plan.zip_size, tuple(entries))

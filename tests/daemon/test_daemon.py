@@ -423,3 +423,26 @@ def test_a_folder_gone_between_settling_and_its_push_is_not_a_crash(tmp_path: Pa
     result = processor(daemon.Work("SPN01/SPN01_0001", folder=folder), threading.Event())
     assert result.kind == "stopped"
     assert "SPN01_0001: no such folder and nothing pending" in result.detail
+
+
+def test_a_second_event_soon_after_the_first_still_brings_a_scan(tmp_path: Path) -> None:
+    """1. Scans are 200 s apart (quiet 600 s). 2. A folder appears (an event: a scan comes at
+    once). 3. Right after that scan, a second folder appears, inside the 2 s the events are
+    spaced by. Result: a scan sees the second folder well before the next poll. It was dropped
+    before: a copy's last event (its folder's times set on close) came within 2 s of its first,
+    and its final state waited a whole poll unseen, which the settle latency carried (issue 13).
+    """
+    settings = make_settings(tmp_path)
+    slow = settings.settle.model_copy(update={"quiet_seconds": 600.0})
+    settings = settings.model_copy(update={"settle": slow})
+    runner = daemon.Daemon(settings, Recorder(settings))
+    assert runner.poll == 200.0
+
+    def scenario() -> None:
+        wait_for(lambda: runner.scans >= 1)  # the scan at start
+        drop_session(settings, "SPN01_0001")
+        wait_for(lambda: runner.watcher.find(settings.drop[0].path / "SPN01_0001"))
+        drop_session(settings, "SPN01_0002")
+        wait_for(lambda: runner.watcher.find(settings.drop[0].path / "SPN01_0002"))
+
+    assert run_with(runner, scenario) == 0

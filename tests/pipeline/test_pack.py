@@ -75,6 +75,30 @@ def test_zip_holds_each_file_stored_and_byte_identical(tmp_path: Path) -> None:
     assert len(manifest.study_uids()) == 1
 
 
+def test_an_empty_file_is_packed_and_the_body_reads_to_its_planned_length(
+    tmp_path: Path,
+) -> None:
+    """An empty file (a sidecar's placeholder; the rules keep empty DICOM out) is one zip
+    entry of 0 bytes. Its data piece was b"", which ended every reader of the body there:
+    write_zip stopped early (and found no manifest), and an upload fell short of its
+    Content-Length."""
+    folder = tmp_path / "behav"
+    (folder / "run1").mkdir(parents=True)
+    (folder / "a.csv").write_bytes(b"trial,rt\n")
+    (folder / "run1" / "empty.log").write_bytes(b"")
+    (folder / "z.csv").write_bytes(b"trial,rt\n1,0.5\n")
+    names = ["a.csv", "run1/empty.log", "z.csv"]
+    entries = [rules.FileEntry(Path(n), (folder / n).stat().st_size) for n in names]
+    manifest = pack.write_zip(folder, entries, tmp_path / "upload.zip")
+    assert [(e.path.as_posix(), e.size) for e in manifest.files] == [
+        ("a.csv", 9), ("run1/empty.log", 0), ("z.csv", 15),
+    ]  # fmt: skip
+    assert manifest.files[1].md5 == hashlib.md5(b"").hexdigest()
+    assert_zip_holds(tmp_path / "upload.zip", folder, names)
+    with pack.Body(folder, pack.plan(folder, entries)) as body:
+        assert len(drain(body)) == len(body) == manifest.zip_size
+
+
 def test_the_body_has_its_planned_length_and_saves_the_manifest_at_the_end(
     tmp_path: Path,
 ) -> None:

@@ -821,3 +821,25 @@ def test_a_sidecar_file_xnat_never_catalogues_is_reported_not_retried_forever(
     assert resource["not_uploaded"] == ["task_catalog.xml"]
     assert "not uploaded: task_catalog.xml" in text
     assert (outcome.path / "behav" / "task_catalog.xml").is_file()  # type: ignore[operator]
+
+
+def test_an_empty_sidecar_file_is_sent_and_catalogued(
+    tmp_path: Path, settings: config.Config
+) -> None:
+    """An empty file in a sidecar folder (an unused log, a placeholder) is never judged as
+    DICOM, so it reaches the streamed zip. Its data piece was b"", which a body reader takes
+    for the end: the upload stopped short of its Content-Length. It is sent now, and XNAT
+    lists it with 0 bytes."""
+    folder = stage(tmp_path / "drop", LABEL, SMALL)
+    (folder / "behav" / "run2" / "notes.txt").write_bytes(b"")
+    outcome = push(settings, folder)
+    assert outcome.kind == "archived", outcome
+    with client(settings) as xnat_client:
+        behav = xnat_client.resource_files(PROJECT, LABEL, LABEL, "behav")
+    assert behav is not None
+    assert sorted(f.path for f in behav) == [
+        "responses.csv",
+        "run2/notes.txt",
+        "run2/responses.csv",
+    ]
+    assert [f.size for f in behav if f.path == "run2/notes.txt"] == [0]

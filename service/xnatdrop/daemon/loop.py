@@ -31,6 +31,7 @@ from xnatdrop.daemon.work import Processor, Result, Work
 from xnatdrop.errors import StateError
 from xnatdrop.notify.service import Notifier
 from xnatdrop.pipeline import Kind
+from xnatdrop.watch.events import HINT_GAP
 
 log = logging.getLogger(__package__)  # "xnatdrop.daemon" in the log, as before the split
 
@@ -61,7 +62,7 @@ class Daemon:
         self.poll = settings.settle.poll_interval
         self.projects = {d.path: d.project for d in settings.drop}
         self.watcher = watch.Watcher(self.projects, settings.settle)
-        self.hint = watch.EventHint(self.projects, self._hinted)
+        self.hint = watch.EventHint(self.projects, self._hinted, min(HINT_GAP, self.poll / 4))
         self.stopping = threading.Event()
         self.started = threading.Event()  # set once READY=1 is sent (tests wait on it)
         self.force = False
@@ -69,7 +70,6 @@ class Daemon:
         self.pushes: dict[str, threading.Thread] = {}  # key -> thread; job thread only
         self.waiting_labels: set[str] = set()
         self.last_scan_done = time.monotonic()
-        self.last_hint = 0.0
         self.held_until = 0.0  # epoch seconds; pushes are held after XNAT refused our login
         self.state_lock: locks.Lock | None = None
         self.root_locks: dict[Path, locks.Lock] = {}
@@ -235,10 +235,9 @@ class Daemon:
     # ---- jobs (one apscheduler worker thread) ----------------------------------------------
 
     def _hinted(self) -> None:
-        """Called from watchdog's thread: bring the next scan forward, at most every 2 s."""
-        if self.stopping.is_set() or time.monotonic() - self.last_hint < 2.0:
+        """Called from the event thread (`EventHint` spaces the calls): scan now."""
+        if self.stopping.is_set():
             return
-        self.last_hint = time.monotonic()
         with contextlib.suppress(LookupError):  # the job is gone once we are stopping
             self.scheduler.modify_job("scan", next_run_time=dt.datetime.now())
 

@@ -36,6 +36,13 @@ from xnatdrop.watch.fingerprint import Fingerprint, fingerprint, shallow_signatu
 log = logging.getLogger(__name__)
 
 MIN_OBSERVATIONS = 3  # identical fingerprints in a row, in addition to the quiet period
+# Scans are scheduled every poll interval, but each reads the clock only after some work of its
+# own (the lock check, the root's listing) and may start a little late (one job thread shared
+# with the dispatch). So the scan due exactly quiet_seconds after the one that first saw the
+# folder as it is may measure a few milliseconds short, and without a margin it waited one more
+# poll half the time: the benchmark's settle latency overshot quiet + one poll by a whole poll
+# (+9.6 s at quiet 30 s). A tenth of a poll absorbs that and cannot mistake any other scan for it.
+SCAN_SLACK = 0.1  # of the poll interval
 
 
 class State(StrEnum):
@@ -313,7 +320,11 @@ class Watcher:
             self._maybe_alert_slow(folder, now)
             return False
         quiet_for = now - folder.stable_since
-        if folder.observations >= MIN_OBSERVATIONS and quiet_for >= self.settle.quiet_seconds:
+        slack = SCAN_SLACK * self.settle.poll_interval
+        if (
+            folder.observations >= MIN_OBSERVATIONS
+            and quiet_for + slack >= self.settle.quiet_seconds
+        ):
             folder.reason = f"unchanged over {folder.observations} scans, {quiet_for:.0f} s"
             return True
         folder.reason = f"unchanged for {quiet_for:.0f} s"
