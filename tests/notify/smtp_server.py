@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import ssl
 import subprocess
 import threading
@@ -24,6 +25,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+MAIL_LOG = logging.getLogger("mail.log")
 
 
 class _Controller(Controller):
@@ -85,10 +88,15 @@ class SmtpServer:
         return int(self._controller.port)
 
     def start(self) -> None:
+        # aiosmtpd logs a deprecation line of its own on every login ("mail.log"); it is not
+        # ours, and it would show in every test that reads the captured log.
+        self._mail_log_level = MAIL_LOG.level
+        MAIL_LOG.setLevel(logging.CRITICAL)
         self._controller.start()
 
     def stop(self) -> None:
         self._controller.stop()
+        MAIL_LOG.setLevel(self._mail_log_level)
 
     def _authenticate(
         self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any

@@ -30,15 +30,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(autouse=True)
-def _quiet_aiosmtpd() -> Iterator[None]:
-    logger = logging.getLogger("mail.log")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
-
-
 @pytest.fixture
 def smtp(tmp_path: Path) -> Iterator[SmtpServer]:
     server = SmtpServer(tmp_path / "smtp", "starttls", {USER: PASSWORD})

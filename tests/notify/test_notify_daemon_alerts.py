@@ -6,7 +6,6 @@ real GE series; every wait polls a condition with a deadline.
 
 from __future__ import annotations
 
-import logging
 import random
 import socket
 from collections.abc import Iterator
@@ -28,12 +27,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def smtp(tmp_path: Path) -> Iterator[SmtpServer]:
-    logging.getLogger("mail.log").setLevel(logging.CRITICAL)
     server = SmtpServer(tmp_path / "smtp")
     server.start()
     yield server
     server.stop()
-    logging.getLogger("mail.log").setLevel(logging.NOTSET)
 
 
 @pytest.fixture

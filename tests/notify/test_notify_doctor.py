@@ -4,7 +4,6 @@ pinging; a wrong SMTP password is a FAIL line that names the setting."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +24,10 @@ def server(tmp_path: Path) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def smtp(tmp_path: Path) -> Iterator[SmtpServer]:
-    logging.getLogger("mail.log").setLevel(logging.CRITICAL)
     server = SmtpServer(tmp_path / "smtp", "starttls", {"xnatdrop": "smtp-pw"})
     server.start()
     yield server
     server.stop()
-    logging.getLogger("mail.log").setLevel(logging.NOTSET)
 
 
 def doctor_config(tmp_path: Path, server: Sandbox, smtp: SmtpServer, password: str) -> Path:

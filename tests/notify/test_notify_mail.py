@@ -7,9 +7,7 @@ the client trusts it through `mail.ca_bundle`, exactly as a site with a private 
 
 from __future__ import annotations
 
-import logging
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,6 @@ from xnatdrop.errors import ConfigError
 from xnatdrop.notify import mail
 
 USER, PASSWORD = "xnatdrop", "smtp-s3cret"
-
-
-@pytest.fixture(autouse=True)
-def _quiet_aiosmtpd() -> Iterator[None]:
-    """aiosmtpd logs a deprecation line of its own on every login; it is not ours."""
-    logger = logging.getLogger("mail.log")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 def start(tmp_path: Path, mode: str, users: dict[str, str] | None = None) -> SmtpServer:
