@@ -1,6 +1,7 @@
 """The benchmark: one command, every figure against a baseline, written to docs/benchmarks.md.
 
-    python bench/run.py [--quick] [--out DIR] [--only PARTS] [--push-max-gb GB] [--keep]
+    python bench/run.py [--quick] [--out DIR] [--only PARTS] [--push-max-gb GB]
+                        [--xnatpy-max-gb GB] [--keep]
 
 Builds its workloads from the real series in ../shared/dicom (cloned with fresh UIDs to reach
 each size, in a temporary folder deleted afterwards), runs everything against local servers
@@ -54,6 +55,7 @@ def plan(quick: bool) -> dict[str, Any]:
             "files": [200, 1000],
             "share_files": 1000,
             "push_max_gb": 0.05,
+            "xnatpy_max_gb": 0.05,
             "cstore_repeat": 1,
             "idle": {"folders": 100, "files": 30, "seconds": 20.0, "quiet": 3.0},
             "settle": {"quiet": [2.0], "trials": 2},
@@ -63,6 +65,7 @@ def plan(quick: bool) -> dict[str, Any]:
         "files": [1000, 10_000, 50_000],
         "share_files": 10_000,
         "push_max_gb": 8.0,
+        "xnatpy_max_gb": 8.0,
         "cstore_repeat": 3,
         "idle": {"folders": 1000, "files": 300, "seconds": 180.0, "quiet": 30.0},
         "settle": {"quiet": [5.0, 30.0], "trials": 3},
@@ -113,7 +116,8 @@ def run_sizes(steps: dict[str, Any], work: Path, sink_url: str) -> list[dict[str
         row["client"] = client.measure(made, work / f"size-{gb:g}" / "scratch", sink_url)
         if gb <= steps["push_max_gb"]:
             _say(f"sizes {label}: push end to end (curl, xnatpy, xnatdrop)")
-            row["push"] = push.measure(made, work / f"size-{gb:g}" / "push")
+            peers = gb <= steps["xnatpy_max_gb"]
+            row["push"] = push.measure(made, work / f"size-{gb:g}" / "push", peers=peers)
         shutil.rmtree(work / f"size-{gb:g}")
         rows.append(row)
     return rows
@@ -167,6 +171,11 @@ def _run(argv: list[str] | None) -> int:
         type=float,
         help="push end to end up to this size (default all; quick 0.05)",
     )
+    parser.add_argument(
+        "--xnatpy-max-gb",
+        type=float,
+        help="run the xnatpy peer up to this size (default: as far as the push)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
@@ -176,6 +185,10 @@ def _run(argv: list[str] | None) -> int:
     steps = plan(args.quick)
     if args.push_max_gb is not None:
         steps["push_max_gb"] = args.push_max_gb
+    steps["xnatpy_max_gb"] = min(
+        steps["push_max_gb"],
+        args.xnatpy_max_gb if args.xnatpy_max_gb is not None else steps["push_max_gb"],
+    )
     args.workdir.mkdir(parents=True, exist_ok=True)
     check_disk(args.workdir, steps, parts)
 
@@ -209,6 +222,13 @@ def _run(argv: list[str] | None) -> int:
                         f"(`--push-max-gb`, {why}): the larger steps were not pushed (no curl, "
                         "xnatpy or xnatdrop push figures for them); the client figures above "
                         "cover every step."
+                    )
+                if steps["xnatpy_max_gb"] < min(largest, steps["push_max_gb"]):
+                    results["xnatpy_skipped"] = (
+                        f"xnatpy ran only up to {_label_gb(steps['xnatpy_max_gb'])} "
+                        "(`--xnatpy-max-gb`, given on the command line, to keep the run short: "
+                        "xnatpy takes several times as long as the push); the larger pushes "
+                        "have no xnatpy column."
                     )
             if parts & {"files", "share"}:
                 results["files_series"] = run_files(steps, work, sink_url, parts, results)

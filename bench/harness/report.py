@@ -555,9 +555,9 @@ def _sections(results: dict[str, Any], images: list[tuple[str, str]], image_dir:
              "push split, s", "push peak MB", "sandbox peak MB"],
             rows,
         )  # fmt: skip
-        skipped = results.get("push_skipped")
-        if skipped:
-            lines += [skipped, ""]
+        for skipped in (results.get("push_skipped"), results.get("xnatpy_skipped")):
+            if skipped:
+                lines += [skipped, ""]
     share = results.get("share")
     if share:
         lines += [
