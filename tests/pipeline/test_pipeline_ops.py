@@ -185,34 +185,36 @@ def test_reason_files_of_an_earlier_quarantine_are_set_aside(
     assert_archived_once(settings, LABEL, original, dicom_count=21)
 
 
-TODAY = datetime.date.today()
-
-
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("dob = 1990-04-01T10:30:00\n", "dob must be a date like 1990-04-01"),
-        (f"dob = {TODAY + datetime.timedelta(days=1)}\n", "is in the future or before 1900"),
+        ("dob = {tomorrow}\n", "is in the future or before 1900"),
         ("dob = 1850-01-01\n", "is in the future or before 1900"),
         ('dob = "1990-04-01"\n', "dob must be a date like 1990-04-01"),
-        (f"yob = {TODAY.year + 1}\n", "yob must be a year from 1900 to this year"),
+        ("yob = {next_year}\n", "yob must be a year from 1900 to this year"),
         ("yob = true\n", "yob must be a year from 1900 to this year"),
     ],
 )
 def test_subject_file_values_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    # Dates relative to today are filled in as the test runs, not when it is collected: a run
+    # that crosses midnight would otherwise send "tomorrow" as today.
+    today = datetime.date.today()
+    tomorrow = today + datetime.timedelta(days=1)
     path = tmp_path / "subject.toml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text.format(tomorrow=tomorrow, next_year=today.year + 1), encoding="utf-8")
     with pytest.raises(PermanentError, match=message) as caught:
         subject.parse(path, "subject.toml")
     assert caught.value.code == "SUBJECT_FILE_INVALID"
 
 
 def test_a_valid_date_of_birth_is_sent_as_a_date(tmp_path: Path) -> None:
+    today = datetime.date.today()
     path = tmp_path / "subject.toml"
-    path.write_text(f'sex = "F"\ndob = {TODAY}\n', encoding="utf-8")
+    path.write_text(f'sex = "F"\ndob = {today}\n', encoding="utf-8")
     assert subject.parse(path, "subject.toml") == {
         "gender": "female",
-        "dob": TODAY.isoformat(),
+        "dob": today.isoformat(),
     }
 
 
