@@ -145,6 +145,7 @@ class Job:
     created: set[int] = field(default_factory=set)
     added: list[tuple[int, str, str]] = field(default_factory=list)
     folders: set[Path] = field(default_factory=set)  # scan folders made by this import
+    entries: int = 0  # archive entries met so far
     _writer: entrywriter.EntryWriter | None = None
     #: files whose header (or anonymisation) pydicom had to do: the walker could not
     read_by_pydicom: int = 0
@@ -264,7 +265,13 @@ def handle_import(request: Request) -> tables.Response:
         if isinstance(error, (bodies.ClientGone, bodies.ConnectionDropped)):
             raise
         _touch_sessions(job)
-        raise tables.HttpError(400, f"unable to read DICOM object {upload.name}") from error
+        if isinstance(error, (zipstream.NotAZip, tarfile.ReadError)) and job.entries == 0:
+            # not an archive at all (the sandbox's answer since before streaming)
+            raise tables.HttpError(400, f"unable to read DICOM object {upload.name}") from error
+        # DicomZipImporter.importCompressedFile l.155-156: an IOException of the zip (or tar)
+        # stream past its first entry (a CRC that does not match, a body that ends inside an
+        # entry) becomes ClientException("unable to read data from file").
+        raise tables.HttpError(400, "unable to read data from file") from error
     except BaseException:
         job.flush()  # what was stored is recorded (a non-DICOM entry keeps those before it)
         raise
@@ -418,6 +425,7 @@ def _import_archive(job: Job, name: str, read: Callable[[int], bytes]) -> None:
         raise tables.HttpError(400, "Unsupported format UNKNOWN")
     last_error: Unreadable | None = None
     for entry_name, stream in _entries(read, kind):
+        job.entries += 1
         try:
             _store_entry(job, stream, entry_name)
         except Unreadable as error:
@@ -605,12 +613,12 @@ def _write(
     check = isinstance(source, zipstream.Entry)
     if spliced is None:
         handle = writer.begin(target, result, 0 if check else None)
-        writer.write(bytes(tap.kept))
+        writer.write(handle, bytes(tap.kept))
     else:
         handle = writer.begin(target, result, zlib.crc32(tap.kept) if check else None)
-        writer.write(spliced.head + bytes(tap.kept[spliced.resume :]), received=False)
+        writer.write(handle, spliced.head + bytes(tap.kept[spliced.resume :]), received=False)
     while chunk := source.read(bodies.CHUNK):
-        writer.write(chunk)
+        writer.write(handle, chunk)
     writer.end(handle, source.crc if isinstance(source, zipstream.Entry) else None)
 
 

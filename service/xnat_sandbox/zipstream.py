@@ -31,6 +31,10 @@ class ZipError(Exception):
     """The body is not a zip, or breaks off inside one (`java.util.zip.ZipException`)."""
 
 
+class NotAZip(ZipError):
+    """The body does not start with a local file header."""
+
+
 class _Source:
     """`read(n)` with an exact-read helper and a push-back buffer (inflated entries overread)."""
 
@@ -164,7 +168,7 @@ def entries(read: Callable[[int], bytes]) -> Iterator[Entry]:
         raw = source.exactly(_LOCAL_HEADER.size)
         if len(raw) < 4 or struct.unpack("<I", raw[:4])[0] != LOCAL:
             if first:
-                raise ZipError("not a zip: no local file header at the start")
+                raise NotAZip("not a zip: no local file header at the start")
             return  # ZipInputStream.readLOC: anything else ends the entries
         if len(raw) < _LOCAL_HEADER.size:
             raise ZipError("the zip ends inside a local file header")
