@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
+import os
 import re
 import sqlite3
 import tarfile
@@ -65,6 +67,7 @@ _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _FILE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+@functools.lru_cache(maxsize=1024)  # a session's files repeat the same comments
 def contained(text: str, key: str) -> str | None:
     """`ContainedAssignmentExtractor`: the value of `KEY: value` inside a comment field."""
     pattern = rf"(?:\A|(?:.*[\s,;])){key}\s*:\s*([\w\-]*)(?:(?:[\s,;].*\Z)|\Z)"
@@ -144,7 +147,8 @@ class Job:
     #: sessions this import created, and files it added to sessions that existed (a roll back)
     created: set[int] = field(default_factory=set)
     added: list[tuple[int, str, str]] = field(default_factory=list)
-    folders: set[Path] = field(default_factory=set)  # scan folders made by this import
+    #: (session, scan) → its DICOM folder, made by this import (a string: the hot path)
+    folders: dict[tuple[int, str], str] = field(default_factory=dict)
     entries: int = 0  # archive entries met so far
     _writer: entrywriter.EntryWriter | None = None
     #: files whose header (or anonymisation) pydicom had to do: the walker could not
@@ -545,10 +549,12 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     owner = job.owner(pk, scan_id, name)
     if owner is not None and owner != header.sop_uid:
         name = _namer(header)
-    folder = prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM"
-    if folder not in job.folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        job.folders.add(folder)
+    folder = job.folders.get((pk, scan_id))
+    if folder is None:
+        made = prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM"
+        made.mkdir(parents=True, exist_ok=True)
+        folder = job.folders[(pk, scan_id)] = str(made)
+    target = os.path.join(folder, name)
     prevent_anon = job.values["prevent_anon"] or row["prevent_anon"] or ""
     # GradualDicomImporter.call l.390-411: the site script with the session's project,
     # subject and prearchive folder name (`session.getFolderName()`) as `session`.
@@ -564,15 +570,15 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
                 job.scans.pop((pk, header.series_uid), None)
             return
     result: list[object] = []
-    _write(job.writer, folder / name, tap, spliced, result)
+    _write(job.writer, target, tap, spliced, result)
     if script is not None and spliced is None:  # the pydicom path, on the stored file
         job.anonymised_by_pydicom += 1
         job.writer.drain()
         try:
-            outcome = anonymize.rewrite(folder / name, script, variables)
+            outcome = anonymize.rewrite(Path(target), script, variables)
         except anonymize.Unrewritable as error:
             # handleAnonymizationError: the file is dropped, the import answers 400
-            (folder / name).unlink(missing_ok=True)
+            Path(target).unlink(missing_ok=True)
             job.flush()
             store.run(
                 "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
@@ -598,7 +604,7 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
 
 def _write(
     writer: entrywriter.EntryWriter,
-    target: Path,
+    target: str,
     tap: HeaderTap,
     spliced: anonymize.Spliced | None,
     result: list[object],
