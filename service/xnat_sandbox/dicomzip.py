@@ -163,7 +163,8 @@ class Job:
     def writer(self) -> entrywriter.EntryWriter:
         """The worker writing this import's files, started on first use."""
         if self._writer is None:
-            self._writer = entrywriter.EntryWriter()
+            lanes = 1 if self.handler == "gradual-DICOM" else entrywriter.LANES  # one file
+            self._writer = entrywriter.EntryWriter(lanes)
         return self._writer
 
     def close(self) -> None:
@@ -743,7 +744,10 @@ def import_received(
     try:
         _store_entry(job, source, RECEIVED_NAME)
     finally:
-        job.flush()  # the instance is recorded before the association hears "stored"
+        try:
+            job.flush()  # the instance is recorded before the association hears "stored"
+        finally:
+            job.close()
         _touch_sessions(job)
     store = sandbox.store
     return [prearchive.data_uri(prearchive.get(store, pk)) for pk in job.answered]

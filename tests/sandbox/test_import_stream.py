@@ -8,6 +8,7 @@ import base64
 import io
 import re
 import socket
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -161,3 +162,12 @@ def test_a_stored_entry_with_a_data_descriptor_is_refused(sandbox, svc, dicom):
     assert response.status_code == 400
     assert message(response) == "unable to read data from file"
     assert _prearchived(sandbox) == []
+
+
+def test_no_writer_thread_outlives_its_import(sandbox, svc, dicom):
+    files = dicom.files("1", count=3)
+    assert svc.import_zip(dicom.zip(files), project="SPN01").status_code == 200
+    broken = bytearray(dicom.zip(files))
+    broken[_entry_end(bytes(broken), 1) - 1] ^= 0xFF
+    assert svc.import_zip(bytes(broken), project="SPN01").status_code == 400
+    assert [t for t in threading.enumerate() if t.name == "sandbox-entry-writer"] == []
