@@ -465,15 +465,19 @@ def _method(results: dict[str, Any]) -> list[str]:
         'not. "push / curl" compares whole jobs; "curl import only" is curl\'s first '
         "request alone.",
         "- **Sandbox ingest** is curl's import request alone: curl's own cost is nil, so its "
-        "rate is the sandbox's (body spooled, every entry stored in the prearchive with its "
-        "MD5, the site script applied). Its baseline, **disk write (N files)**, writes the "
-        "same zip's entries as N files on the same disk, each opened, written and closed, with "
-        "the same names, folders and sizes (`push.disk_write_files`): writing the same bytes "
-        "the way an importer that stores N files must. Beside it, for context: **one stream**, "
-        "the zip copied to one file (the disk's sequential rate, mostly the page cache), and "
-        "the **store floor**, the N files plus spooling the zip and an MD5 of each entry, in "
-        "Python (`push.store_floor`): the least an importer keeping files and checksums does; "
-        "one core's MD5 (about 0.6 GB/s) caps it.",
+        "rate is the sandbox's (body read as it arrives, as XNAT's ZipInputStream reads it, "
+        "every entry stored in the prearchive with its MD5, the site script applied). Its "
+        "baseline, **disk write (N files)**, writes the same zip's entries as N files on the "
+        "same disk, each opened, written and closed, with the same names, folders and sizes "
+        "(`push.disk_write_files`): writing the same bytes the way an importer that stores N "
+        "files must. Beside it, for context: **one stream**, the zip copied to one file (the "
+        "disk's sequential rate, mostly the page cache), and the **store floor**, the N files "
+        "with an MD5 of each entry, read from the zip in one pass, in Python on one thread "
+        "(`push.store_floor`): the least an importer keeping files and checksums does; one "
+        "core's MD5 (about 0.6 GB/s) caps it. The N-file writers run right before the import, "
+        "each after the previous one's files were deleted, so all three create files in the "
+        "same state of the file system (`push` module docstring: ext4 without a journal "
+        "searches past recently deleted inodes).",
         "- **No fsync** in any of them: the sandbox does not fsync what it stores and neither "
         "does XNAT (its Tomcat writes files with `FileOutputStream`s it closes, never syncs), "
         "so a synced baseline would measure the disk's flush, which no importer here waits "

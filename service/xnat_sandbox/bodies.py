@@ -154,12 +154,23 @@ class Body:
 @dataclass
 class Upload:
     """One uploaded file, already on disk in the spool with its size and MD5 ("" when the
-    receiver said it needs none: the importer hashes each entry it stores, not the archive)."""
+    receiver said it needs none: the importer hashes each entry it stores, not the archive);
+    or, for a raw body the caller asked to read itself (`stream_raw`), the body still unread:
+    `stream` set, `path` None, size and MD5 unknown."""
 
     name: str
-    path: Path
+    path: Path | None
     size: int
     md5: str
+    stream: Body | None = None
+
+    def reader(self) -> tuple[Callable[[int], bytes], Callable[[], None]]:
+        """(read(n), close) over the upload's bytes, whether streamed or spooled."""
+        if self.stream is not None:
+            return self.stream.read, lambda: None
+        assert self.path is not None
+        handle = self.path.open("rb")
+        return handle.read, handle.close
 
 
 class SpoolFile:
@@ -323,13 +334,15 @@ def receive(
     raw_name: str | None = None,
     raw_any_type: bool = False,
     digest: bool = True,
+    stream_raw: bool = False,
 ) -> Received:
     """Classify and read a body as `SecureResource.getFileWritersAndLoadParams` does (§3.1).
 
     Raw ("in-body") when `inbody` or the type is a supported upload type (or, with `raw_any_type`,
     any non-form type: resource uploads); the file name is `raw_name` or invented from the type.
     Multipart: file parts become uploads, other parts parameters. Forms and JSON bodies become
-    parameters. Anything else: no upload.
+    parameters. Anything else: no upload. With `stream_raw` a raw body is not spooled: its
+    upload carries the unread body (`Upload.stream`) for the caller to read as it arrives.
     """
     kind = media_type(content_type)
     is_form = kind in ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -343,11 +356,11 @@ def receive(
         if body.finished:
             return Received([], {})
         name = raw_name or DERIVED_NAMES.get(kind, "upload.unsupported")
+        if stream_raw:
+            return Received([Upload(name, None, 0, "", stream=body)], {})
         return Received([spool(body.read, spool_dir, name, digest)], {})
     if kind == "multipart/form-data":
-        fields, uploads = parse_multipart(
-            body, boundary_of(content_type or ""), spool_dir, digest
-        )
+        fields, uploads = parse_multipart(body, boundary_of(content_type or ""), spool_dir, digest)
         return Received(uploads, fields)
     if kind == "application/x-www-form-urlencoded":
         return Received([], urllib.parse.parse_qs(_read_small(body).decode(), True))

@@ -1,23 +1,31 @@
 """`POST /data/services/import`: the DICOM-zip and gradual-DICOM handlers (§3, §6).
 
-The body is already on disk when a handler runs (`bodies.receive` streams it to the spool).
-DICOM-zip then walks the archive entry by entry; for each entry the header is read straight from
-the entry stream (`dicomheader`: the sandbox's walker, or pydicom for what it declines), the §6
-rules pick project, subject and session, and the entry is copied once to its prearchive file,
-the site script's edits spliced in (`anonymize.splice`), while its MD5 is computed. Memory stays
-flat whatever the upload size.
+A raw body is read as it arrives, as XNAT's `DicomZipImporter` reads it through a
+`ZipInputStream` (`zipstream`; a tar through `tarfile`'s stream mode); only a multipart upload is
+spooled first. For each entry the header is read straight from the entry stream (`dicomheader`:
+the sandbox's walker, or pydicom for what it declines), the §6 rules pick project, subject and
+session, and the entry's bytes go to a worker thread (`entrywriter`) that writes its prearchive
+file once, the site script's edits spliced in (`anonymize.splice`), computing its MD5 on the way
+while the request thread receives the next entry. Memory stays flat whatever the upload size.
+
+An import that fails because its body is cut short or is not a readable archive leaves nothing
+behind: the sessions it created are deleted and the files it added to existing ones removed
+(`_roll_back`). A non-DICOM entry keeps the entries before it, as XNAT does.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import hashlib
 import logging
+import os
 import re
 import sqlite3
 import tarfile
-import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,10 +37,12 @@ from xnat_sandbox import (
     archive,
     bodies,
     dicomedit,
+    entrywriter,
     prearchive,
     prearchive_build,
     seriesfilter,
     tables,
+    zipstream,
 )
 from xnat_sandbox.context import SiteContext
 from xnat_sandbox.dicomheader import (
@@ -57,6 +67,7 @@ _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _FILE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+@functools.lru_cache(maxsize=1024)  # a session's files repeat the same comments
 def contained(text: str, key: str) -> str | None:
     """`ContainedAssignmentExtractor`: the value of `KEY: value` inside a comment field."""
     pattern = rf"(?:\A|(?:.*[\s,;])){key}\s*:\s*([\w\-]*)(?:(?:[\s,;].*\Z)|\Z)"
@@ -127,8 +138,19 @@ class Job:
     #: the site anonymisation script (None when off), read once per import, and its last tag
     site_script: dicomedit.Script | None = None
     script_top: int = 0
-    #: stored files not yet recorded: one commit per RECORD_BATCH files, not one per file
-    pending: dict[tuple[int, str, str], prearchive.FileRow] = field(default_factory=dict)
+    #: stored files not yet recorded: one commit per RECORD_BATCH files, not one per file;
+    #: (pk, scan, name) → (result, SOPInstanceUID, instance), result getting [size, MD5] once
+    #: the writer has closed the file
+    pending: dict[tuple[int, str, str], tuple[list[object], str, int | None]] = field(
+        default_factory=dict
+    )
+    #: sessions this import created, and files it added to sessions that existed (a roll back)
+    created: set[int] = field(default_factory=set)
+    added: list[tuple[int, str, str]] = field(default_factory=list)
+    #: (session, scan) → its DICOM folder, made by this import (a string: the hot path)
+    folders: dict[tuple[int, str], str] = field(default_factory=dict)
+    entries: int = 0  # archive entries met so far
+    _writer: entrywriter.EntryWriter | None = None
     #: files whose header (or anonymisation) pydicom had to do: the walker could not
     read_by_pydicom: int = 0
     anonymised_by_pydicom: int = 0
@@ -137,22 +159,46 @@ class Job:
         self.site_script = anonymize.site_script(self.sandbox.store)
         self.script_top = max(self.site_script.tags(), default=0) if self.site_script else 0
 
-    def record(self, row: prearchive.FileRow) -> None:
-        self.pending[row[:3]] = row
+    @property
+    def writer(self) -> entrywriter.EntryWriter:
+        """The worker writing this import's files, started on first use."""
+        if self._writer is None:
+            lanes = 1 if self.handler == "gradual-DICOM" else entrywriter.LANES  # one file
+            self._writer = entrywriter.EntryWriter(lanes)
+        return self._writer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def record(
+        self, key: tuple[int, str, str], result: list[object], sop: str, number: int | None
+    ) -> None:
+        self.pending[key] = (result, sop, number)
+        if key[0] not in self.created:
+            self.added.append(key)
         if len(self.pending) >= RECORD_BATCH:
             self.flush()
 
     def flush(self) -> None:
-        """Record the stored files (before anything reads prearc_files, and at the end)."""
+        """Record the stored files (before anything reads prearc_files, and at the end), once
+        the writer has written them."""
         if self.pending:
-            prearchive.record_files(self.sandbox.store, list(self.pending.values()))
+            if self._writer is not None:
+                self._writer.drain()
+            rows: list[prearchive.FileRow] = [
+                (pk, scan, name, int(result[0]), str(result[1]), sop, number)  # type: ignore[call-overload]
+                for (pk, scan, name), (result, sop, number) in self.pending.items()
+            ]
+            prearchive.record_files(self.sandbox.store, rows)
             self.pending.clear()
 
     def owner(self, pk: int, scan_id: str, name: str) -> str | None:
         """The SOPInstanceUID stored under this name in the scan, by this import or before."""
         row = self.pending.get((pk, scan_id, name))
         if row is not None:
-            return row[5]
+            return row[1]
         return prearchive.file_owner(self.sandbox.store, pk, scan_id, name)
 
     def filter_for(self, project: str | None) -> seriesfilter.Filter | None:
@@ -189,7 +235,8 @@ def handle_import(request: Request) -> tables.Response:
     """`POST /data/services/import` (§3): read the body, pick the handler, import, answer."""
     if request.method != "POST":
         raise tables.HttpError(405, "Method Not Allowed")
-    received = request.receive(digest=False)  # each stored entry gets its own MD5
+    # A raw body is read as it arrives (each stored entry gets its own MD5); multipart spools.
+    received = request.receive(digest=False, stream_raw=True)
     handler = request.param("import-handler")
     if not received.uploads:
         # Importer.handlePost: no file with a handler named is 400; with none, `fw.get(0)`
@@ -206,18 +253,83 @@ def handle_import(request: Request) -> tables.Response:
         raise tables.HttpError(404, f"Unknown importer implementation specified: {handler}")
     job = _job(request, handler)
     upload = received.uploads[0]
+    read, close = upload.reader()
     try:
         if handler == "gradual-DICOM":
-            with upload.path.open("rb") as source:
-                try:
-                    _store_entry(job, source, upload.name)
-                except Unreadable as error:
-                    raise tables.HttpError(400, str(error)) from error
+            try:
+                _store_entry(job, _Stream(read), upload.name)
+            except Unreadable as error:
+                raise tables.HttpError(400, str(error)) from error
         else:
-            _import_archive(job, upload)
+            _import_archive(job, upload.name, read)
+        while read(bodies.CHUNK):  # the rest of the body (a zip's central directory)
+            pass
+        job.flush()
+    except _BROKEN as error:
+        _roll_back(job)
+        if isinstance(error, (bodies.ClientGone, bodies.ConnectionDropped)):
+            raise
+        _touch_sessions(job)
+        if isinstance(error, (zipstream.NotAZip, tarfile.ReadError)) and job.entries == 0:
+            # not an archive at all (the sandbox's answer since before streaming)
+            raise tables.HttpError(400, f"unable to read DICOM object {upload.name}") from error
+        # DicomZipImporter.importCompressedFile l.155-156: an IOException of the zip (or tar)
+        # stream past its first entry (a CRC that does not match, a body that ends inside an
+        # entry) becomes ClientException("unable to read data from file").
+        raise tables.HttpError(400, "unable to read data from file") from error
+    except BaseException:
+        job.flush()  # what was stored is recorded (a non-DICOM entry keeps those before it)
+        raise
     finally:
-        job.flush()  # what was stored is recorded, whatever ends the import
+        job.close()
+        close()
     return _finish(job, request)
+
+
+#: what fails an import as a whole: a body cut short, or one that is no readable archive
+_BROKEN = (
+    bodies.ClientGone,
+    bodies.ConnectionDropped,
+    zipstream.ZipError,
+    entrywriter.CrcMismatch,
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+)
+
+
+class _Stream:
+    """A `read(n)` callable as the file-like object `tarfile`, `HeaderTap` and pydicom read."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self.read = read
+
+
+def _roll_back(job: Job) -> None:
+    """Leave nothing of a failed import: delete the sessions it created and the files it added
+    to sessions that were there before (their scans too, if they are left empty)."""
+    store = job.sandbox.store
+    with contextlib.suppress(BaseException):
+        job.writer.drain()  # the worker stops writing (and removes its current file)
+    job.pending.clear()
+    for pk in job.created:
+        row = store.one("SELECT * FROM prearchive WHERE pk = ?", pk)
+        if row is not None:
+            prearchive.delete_session(store, row)
+    for pk, scan_id, name in job.added:
+        row = job.sessions[pk]
+        (prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM" / name).unlink(
+            missing_ok=True
+        )
+        store.run(
+            "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
+            pk,
+            scan_id,
+            name,
+        )
+        prearchive.drop_scan_if_empty(store, pk, scan_id)
+    job.sessions = {pk: row for pk, row in job.sessions.items() if pk not in job.created}
+    job.answered -= job.created
 
 
 def _job(request: Request, handler: str) -> Job:
@@ -290,17 +402,19 @@ def archive_format(name: str) -> str | None:
     return None
 
 
-def _entries(path: Path, kind: str) -> Iterator[tuple[str, IO[bytes]]]:
-    """Yield (entry name, stream) for each regular file of a zip, tar or tar.gz."""
+def _entries(read: Callable[[int], bytes], kind: str) -> Iterator[tuple[str, IO[bytes]]]:
+    """Yield (entry name, stream) for each regular file of a zip, tar or tar.gz, read in one
+    pass from `read` (`DicomZipImporter.importZipFile`/`importTgzFile`: a ZipInputStream or a
+    TarArchiveInputStream over the request body)."""
     if kind == "zip":
-        with zipfile.ZipFile(path) as bundle:
-            for info in bundle.infolist():
-                if info.is_dir():
-                    continue
-                with bundle.open(info) as stream:
-                    yield info.filename, stream
+        for entry in zipstream.entries(read):
+            if not entry.name.endswith("/"):
+                yield entry.name, entry  # type: ignore[misc]
     else:
-        with tarfile.open(path, "r:gz" if kind == "tgz" else "r:") as bundle:
+        with tarfile.open(
+            fileobj=_Stream(read),  # type: ignore[arg-type]
+            mode="r|gz" if kind == "tgz" else "r|",
+        ) as bundle:
             for member in bundle:
                 if not member.isfile():
                     continue
@@ -310,23 +424,20 @@ def _entries(path: Path, kind: str) -> Iterator[tuple[str, IO[bytes]]]:
                         yield member.name, stream
 
 
-def _import_archive(job: Job, upload: bodies.Upload) -> None:
-    kind = archive_format(upload.name)
+def _import_archive(job: Job, name: str, read: Callable[[int], bytes]) -> None:
+    kind = archive_format(name)
     if kind is None:
         raise tables.HttpError(400, "Unsupported format UNKNOWN")
     last_error: Unreadable | None = None
-    try:
-        for name, stream in _entries(upload.path, kind):
-            try:
-                _store_entry(job, stream, name)
-            except Unreadable as error:
-                if not job.ignore_unparsable:
-                    _touch_sessions(job)
-                    raise tables.HttpError(400, str(error)) from error
-                last_error = error
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
-        _touch_sessions(job)
-        raise tables.HttpError(400, f"unable to read DICOM object {upload.name}") from error
+    for entry_name, stream in _entries(read, kind):
+        job.entries += 1
+        try:
+            _store_entry(job, stream, entry_name)
+        except Unreadable as error:
+            if not job.ignore_unparsable:
+                _touch_sessions(job)
+                raise tables.HttpError(400, str(error)) from error
+            last_error = error
     if job.stored == 0 and last_error is not None:
         raise tables.HttpError(400, str(last_error))
 
@@ -412,7 +523,9 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
             timestamp=dest.timestamp if explicit and dest else None,
             folder=dest.folder if explicit and dest else None,
         )
-        if not created:
+        if created:
+            job.created.add(row["pk"])
+        else:
             prearchive.update_flags(store, row["pk"], job.values)
         pk = row["pk"]
         job.keys[key] = pk
@@ -437,8 +550,12 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
     owner = job.owner(pk, scan_id, name)
     if owner is not None and owner != header.sop_uid:
         name = _namer(header)
-    folder = prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = job.folders.get((pk, scan_id))
+    if folder is None:
+        made = prearchive.session_dir(store, row) / "SCANS" / scan_id / "DICOM"
+        made.mkdir(parents=True, exist_ok=True)
+        folder = job.folders[(pk, scan_id)] = str(made)
+    target = os.path.join(folder, name)
     prevent_anon = job.values["prevent_anon"] or row["prevent_anon"] or ""
     # GradualDicomImporter.call l.390-411: the site script with the session's project,
     # subject and prearchive folder name (`session.getFolderName()`) as `session`.
@@ -453,14 +570,16 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
             if prearchive.drop_scan_if_empty(store, pk, scan_id):
                 job.scans.pop((pk, header.series_uid), None)
             return
-    size, md5 = _write(folder / name, tap, spliced)
+    result: list[object] = []
+    _write(job.writer, target, tap, spliced, result)
     if script is not None and spliced is None:  # the pydicom path, on the stored file
         job.anonymised_by_pydicom += 1
+        job.writer.drain()
         try:
-            outcome = anonymize.rewrite(folder / name, script, variables)
+            outcome = anonymize.rewrite(Path(target), script, variables)
         except anonymize.Unrewritable as error:
             # handleAnonymizationError: the file is dropped, the import answers 400
-            (folder / name).unlink(missing_ok=True)
+            Path(target).unlink(missing_ok=True)
             job.flush()
             store.run(
                 "DELETE FROM prearc_files WHERE session = ? AND scan_id = ? AND name = ?",
@@ -478,34 +597,36 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
             if prearchive.drop_scan_if_empty(store, pk, scan_id):
                 job.scans.pop((pk, header.series_uid), None)
             return
-        size, md5 = outcome.size, outcome.md5
-    job.record((pk, scan_id, name, size, md5, header.sop_uid, _instance(header.instance_number)))
+        result[:] = [outcome.size, outcome.md5]
+    job.record((pk, scan_id, name), result, header.sop_uid, _instance(header.instance_number))
     job.stored += 1
     job.answered.add(pk)
 
 
 def _write(
-    target: Path, tap: HeaderTap, spliced: anonymize.Spliced | None = None
-) -> tuple[int, str]:
-    """Write the kept header bytes (with the anonymised header spliced in, if given) and the
-    rest of the stream, computing the MD5 on the way; return (size, MD5)."""
-    digest = hashlib.md5()
-    partial = target.with_name(f".{target.name}.part")
-    size = 0
-    with partial.open("wb") as out:
-        if spliced is None:
-            head = bytes(tap.kept)
-        else:
-            head = spliced.head + bytes(tap.kept[spliced.resume :])
-        digest.update(head)
-        out.write(head)
-        size += len(head)
-        while chunk := tap.source.read(bodies.CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-    partial.replace(target)
-    return size, digest.hexdigest()
+    writer: entrywriter.EntryWriter,
+    target: str,
+    tap: HeaderTap,
+    spliced: anonymize.Spliced | None,
+    result: list[object],
+) -> None:
+    """Hand the writer the kept header bytes (with the anonymised header spliced in, if given)
+    and the rest of the stream as it is read; `result` gets [size, MD5] once it is written.
+
+    A zip entry's CRC-32 is checked by the writer against the bytes as received (the kept
+    header's before any splice), as `ZipInputStream` checks it.
+    """
+    source = tap.source
+    check = isinstance(source, zipstream.Entry)
+    if spliced is None:
+        handle = writer.begin(target, result, 0 if check else None)
+        writer.write(handle, bytes(tap.kept))
+    else:
+        handle = writer.begin(target, result, zlib.crc32(tap.kept) if check else None)
+        writer.write(handle, spliced.head + bytes(tap.kept[spliced.resume :]), received=False)
+    while chunk := source.read(bodies.CHUNK):
+        writer.write(handle, chunk)
+    writer.end(handle, source.crc if isinstance(source, zipstream.Entry) else None)
 
 
 def _instance(value: str) -> int | None:
@@ -623,7 +744,10 @@ def import_received(
     try:
         _store_entry(job, source, RECEIVED_NAME)
     finally:
-        job.flush()  # the instance is recorded before the association hears "stored"
+        try:
+            job.flush()  # the instance is recorded before the association hears "stored"
+        finally:
+            job.close()
         _touch_sessions(job)
     store = sandbox.store
     return [prearchive.data_uri(prearchive.get(store, pk)) for pk in job.answered]

@@ -71,10 +71,15 @@ class Request:
         return self._spool
 
     def receive(
-        self, raw_name: str | None = None, raw_any_type: bool = False, digest: bool = True
+        self,
+        raw_name: str | None = None,
+        raw_any_type: bool = False,
+        digest: bool = True,
+        stream_raw: bool = False,
     ) -> bodies.Received:
-        """Read the body (uploads spooled, with their MD5 when `digest`; fields merged into
-        params below the query)."""
+        """Read the body (uploads spooled, with their MD5 when `digest`, or a raw body left
+        for the caller to stream when `stream_raw`; fields merged into params below the
+        query)."""
         received = bodies.receive(
             self.body,
             self.headers.get("Content-Type"),
@@ -83,6 +88,7 @@ class Request:
             raw_name=raw_name,
             raw_any_type=raw_any_type,
             digest=digest,
+            stream_raw=stream_raw,
         )
         merged = {k: list(v) for k, v in received.fields.items()}
         if isinstance(received.json, dict):

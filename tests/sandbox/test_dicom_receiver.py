@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,3 +286,9 @@ def test_c_store_builds_the_same_prearchive_session_as_the_rest_import(
     assert by_c_store["row"]["status"] == "READY"
     assert len(by_c_store["instances"]) == 42
     assert by_c_store == by_rest
+
+
+def test_no_writer_thread_outlives_the_instances_it_stored(sandbox, two_series):
+    """Each instance is written by the importer's writer thread, which ends with it."""
+    assert send(sandbox, two_series[:3]) == [0x0000] * 3
+    assert [t for t in threading.enumerate() if t.name == "sandbox-entry-writer"] == []

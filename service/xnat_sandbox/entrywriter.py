@@ -1,0 +1,169 @@
+"""Writing imported files beside the receiving: worker threads fed through bounded queues.
+
+The importer's request thread reads the body and each entry's header; the bytes of each file
+then go through a bounded queue to a worker that opens the file, writes it, computes its MD5
+(and, for a zip entry, its CRC-32, which `ZipInputStream` checks) and closes it: one
+open/write/close per file, no re-read to hash. `hashlib`, `zlib.crc32` and file writes release
+the GIL, so this work overlaps with receiving the next bytes. A file's bytes are handed over in
+batches of about `BATCH` bytes (a typical DICOM file is one batch: one hand-over per file), and
+each queue holds at most `QUEUE_BATCHES` batches, so memory stays flat whatever the upload size.
+
+A file's size and MD5 land in the `result` list given with it once it is closed; `drain()`
+waits for every queued file and re-raises the first error a worker met (a full disk, a CRC that
+does not match); after an error the workers discard what is queued and remove the file they
+were writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import threading
+import zlib
+from typing import BinaryIO
+
+BATCH = 1 << 20
+QUEUE_BATCHES = 8
+#: worker threads: MD5 runs at about one core's 0.6 GB/s, so one worker alone is the
+#: bottleneck; two let the hashing of two files overlap on a 2-core machine
+LANES = 2
+
+
+class CrcMismatch(Exception):
+    """A zip entry's bytes do not match its CRC-32 (`ZipException: invalid entry CRC`)."""
+
+
+class _File:
+    """One file on its way: the request thread's unsent pieces, the worker's open file."""
+
+    def __init__(self, path: str, result: list[object], crc: int | None, lane: int) -> None:
+        self.path = path
+        self.result = result
+        self.crc = crc
+        self.expected: int | None = None
+        self.lane = lane
+        self.pieces: list[tuple[bytes, bool]] = []  # (bytes, received: covered by the CRC)
+        self.held = 0
+        # the worker's side
+        self.out: BinaryIO | None = None
+        self.digest = hashlib.md5()
+        self.size = 0
+
+
+#: one hand-over: the file, its next pieces, and whether they are its last
+_Batch = tuple[_File, list[tuple[bytes, bool]], bool]
+
+
+class EntryWriter:
+    """`lanes` worker threads writing files from bounded queues of batches; each file goes
+    whole to one worker, files taking turns between them."""
+
+    def __init__(self, lanes: int = LANES) -> None:
+        self._queues: list[queue.Queue[_Batch | None]] = [
+            queue.Queue(QUEUE_BATCHES) for _ in range(lanes)
+        ]
+        self._error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._run, args=(q,), name="sandbox-entry-writer", daemon=True)
+            for q in self._queues
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._turn = 0
+
+    # -- request thread ------------------------------------------------------------------
+
+    def begin(self, path: str, result: list[object], crc: int | None = None) -> _File:
+        """Start a file; `result` gets [size, md5] appended when it is closed. With `crc` (the
+        CRC-32 of the bytes received before, 0 for none) the CRC-32 of what `write` gives is
+        computed on from it and checked at `end`."""
+        self._raise()
+        handle = _File(path, result, crc, self._turn)
+        self._turn = (self._turn + 1) % len(self._queues)
+        return handle
+
+    def write(self, handle: _File, data: bytes, received: bool = True) -> None:
+        """Write `data`; `received=False` for bytes that are not the ones received (a rewritten
+        header), which the CRC does not cover."""
+        if not data:
+            return
+        handle.pieces.append((data, received))
+        handle.held += len(data)
+        if handle.held >= BATCH:
+            self._send(handle, last=False)
+
+    def end(self, handle: _File, expected_crc: int | None = None) -> None:
+        handle.expected = expected_crc
+        self._send(handle, last=True)
+
+    def drain(self) -> None:
+        """Wait until every queued file is written; re-raise the workers' first error."""
+        for lane in self._queues:
+            lane.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Stop the workers once what is queued is done (errors are dropped: drain first)."""
+        for lane in self._queues:
+            lane.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _send(self, handle: _File, last: bool) -> None:
+        self._raise()
+        pieces, handle.pieces, handle.held = handle.pieces, [], 0
+        self._queues[handle.lane].put((handle, pieces, last))
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _run(self, lane: queue.Queue[_Batch | None]) -> None:
+        while True:
+            batch = lane.get()
+            try:
+                if batch is None:
+                    return
+                if self._error is None:
+                    self._take(*batch)
+                else:
+                    _discard(batch[0])  # after a failure nothing more is written
+            except BaseException as error:  # handed to the request thread by drain()
+                self._error = error
+                if batch is not None:
+                    _discard(batch[0])
+            finally:
+                lane.task_done()
+
+    def _take(self, handle: _File, pieces: list[tuple[bytes, bool]], last: bool) -> None:
+        if handle.out is None:
+            handle.out = open(handle.path, "wb", buffering=0)  # noqa: SIM115 (closed below)
+        out = handle.out
+        for data, received in pieces:
+            handle.digest.update(data)
+            if handle.crc is not None and received:
+                handle.crc = zlib.crc32(data, handle.crc)
+            view = memoryview(data)
+            while view:
+                view = view[out.write(view) :]
+            handle.size += len(data)
+        if not last:
+            return
+        out.close()
+        handle.out = None
+        if handle.expected is not None and handle.crc != handle.expected:
+            raise CrcMismatch(f"{handle.path}: invalid entry CRC")
+        handle.result.extend((handle.size, handle.digest.hexdigest()))
+
+
+def _discard(handle: _File) -> None:
+    """Close and remove a file left half written."""
+    if handle.out is not None:
+        handle.out.close()
+        handle.out = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.path)

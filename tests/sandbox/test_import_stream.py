@@ -1,0 +1,173 @@
+"""The DICOM-zip import reads the body as it arrives (`DicomZipImporter.importZipFile`: a
+ZipInputStream over the request body), checks each entry's CRC-32 as ZipInputStream does, and
+an import whose body is cut short or breaks off leaves nothing behind."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import socket
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+IMPORT = "/data/services/import"
+ERROR = re.compile(r"<h3>(.*)</h3>", re.S)
+
+
+def message(response) -> str:
+    match = ERROR.search(response.text)
+    assert match, response.text
+    return match.group(1)
+
+
+def _prearchived(sandbox) -> list[Path]:
+    root = sandbox.data / "prearchive"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def _entry_end(data: bytes, index: int) -> int:
+    """The offset just past entry `index`'s data in a stored zip (`data`)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as bundle:
+        return bundle.infolist()[index + 1].header_offset
+
+
+def _wait_for(condition, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_entries_are_stored_while_the_rest_of_the_body_is_still_coming(sandbox, dicom):
+    """The body is not spooled first: the first entries are on disk before the last byte of
+    the body is sent."""
+    files = dicom.files("1", count=4)
+    data = dicom.zip(files)
+    first_two = _entry_end(data, 1)
+    query = "import-handler=DICOM-zip&PROJECT_ID=SPN01&SUBJECT_ID=S1&EXPT_LABEL=S1_MR1"
+    auth = base64.b64encode(b"svc:pw").decode()
+    head = (
+        f"POST {IMPORT}?{query} HTTP/1.1\r\nHost: {sandbox.host}:{sandbox.port}\r\n"
+        f"Authorization: Basic {auth}\r\nContent-Type: application/zip\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((sandbox.host, sandbox.port), timeout=60) as client:
+        client.sendall(head + data[:first_two])
+        assert _wait_for(lambda: len(_prearchived(sandbox)) >= 2), "nothing stored mid-body"
+        assert len(_prearchived(sandbox)) == 2  # the third entry has not been sent yet
+        client.sendall(data[first_two:])
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert len(_prearchived(sandbox)) == 4
+
+
+def test_a_body_cut_short_leaves_no_session(sandbox, svc, dicom):
+    data = dicom.zip(dicom.files("1", count=4))
+    sandbox.drop(r"^/data/services/import$", after_bytes=_entry_end(data, 1) + 100)
+    with pytest.raises(requests.ConnectionError):
+        svc.import_zip(data, project="SPN01", subject="S1", session="S1_MR1")
+    assert svc.json_rows("/data/prearchive/projects/SPN01") == []
+    assert _prearchived(sandbox) == []
+
+
+def test_a_cut_import_into_a_receiving_session_removes_only_what_it_added(sandbox, svc, dicom):
+    """A session that existed before keeps its own files; the cut import's files go."""
+    files = dicom.files("1", count=4)
+    first = svc.import_zip(dicom.zip(files[:1]), project="SPN01", subject="S1", session="S1")
+    assert first.status_code == 200, first.text
+    before = _prearchived(sandbox)
+    assert len(before) == 1
+    data = dicom.zip(files[1:])
+    sandbox.drop(r"^/data/services/import$", after_bytes=_entry_end(data, 1) + 100)
+    with pytest.raises(requests.ConnectionError):
+        svc.import_zip(data, project="SPN01", subject="S1", session="S1")
+    assert _prearchived(sandbox) == before
+    rows = svc.json_rows("/data/prearchive/projects/SPN01")
+    assert len(rows) == 1
+    listed = svc.get(
+        rows[0]["url"].replace("/prearchive", "/data/prearchive", 1)
+        + "/scans/1/resources/DICOM/files",
+        params={"format": "json"},
+    ).json()["ResultSet"]["Result"]
+    assert len(listed) == 1
+
+
+def test_a_zip_whose_entry_fails_its_crc_is_400_and_leaves_nothing(sandbox, svc, dicom):
+    """ZipInputStream checks each entry's CRC-32 ("invalid entry CRC", a ZipException):
+    DicomZipImporter answers "unable to read data from file"; the sandbox keeps nothing."""
+    data = bytearray(dicom.zip(dicom.files("1", count=4)))
+    data[_entry_end(bytes(data), 2) - 1] ^= 0xFF  # the last pixel byte of the third entry
+    response = svc.import_zip(bytes(data), project="SPN01", subject="S1", session="S1_MR1")
+    assert response.status_code == 400
+    assert message(response) == "unable to read data from file"
+    assert svc.json_rows("/data/prearchive/projects/SPN01") == []
+    assert _prearchived(sandbox) == []
+
+
+def test_a_body_that_is_no_zip_is_400(svc):
+    response = svc.import_zip(b"not a zip at all", project="SPN01")
+    assert response.status_code == 400
+    assert message(response) == "unable to read DICOM object upload.zip"
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only stream: zipfile then writes a data descriptor after each entry."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return self.buffer.write(data)
+
+
+def test_deflated_entries_with_data_descriptors_are_read(sandbox, svc, dicom):
+    """What a streaming zipper (Java's ZipOutputStream, `zip -`) writes: deflated entries
+    whose sizes and CRC come after their data."""
+    files = dicom.files("1", count=3)
+    out = _Unseekable()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in files:
+            bundle.write(path, f"series/{path.name}")
+    data = out.buffer.getvalue()
+    assert data[6] & 0x08  # general purpose bit 3: a data descriptor follows
+    response = svc.import_zip(
+        data, project="SPN01", subject="S1", session="S1_MR1", prevent_anon="true"
+    )
+    assert response.status_code == 200, response.text
+    stored = _prearchived(sandbox)
+    assert sorted(dicom.md5(p) for p in stored) == sorted(dicom.md5(p) for p in files)
+
+
+def test_a_stored_entry_with_a_data_descriptor_is_refused(sandbox, svc, dicom):
+    """ZipInputStream: "only DEFLATED entries can have EXT descriptor" (its end cannot be
+    found in a stream); XNAT answers "unable to read data from file"."""
+    out = _Unseekable()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as bundle:
+        for path in dicom.files("1", count=2):
+            bundle.write(path, f"series/{path.name}")
+    response = svc.import_zip(out.buffer.getvalue(), project="SPN01")
+    assert response.status_code == 400
+    assert message(response) == "unable to read data from file"
+    assert _prearchived(sandbox) == []
+
+
+def test_no_writer_thread_outlives_its_import(sandbox, svc, dicom):
+    files = dicom.files("1", count=3)
+    assert svc.import_zip(dicom.zip(files), project="SPN01").status_code == 200
+    broken = bytearray(dicom.zip(files))
+    broken[_entry_end(bytes(broken), 1) - 1] ^= 0xFF
+    assert svc.import_zip(bytes(broken), project="SPN01").status_code == 400
+    assert [t for t in threading.enumerate() if t.name == "sandbox-entry-writer"] == []
