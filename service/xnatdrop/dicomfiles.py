@@ -1274,8 +1274,16 @@ def _sniff_stream(
     chunks = (names[i : i + READ_CHUNK] for i in range(0, len(names), READ_CHUNK))
     pending: collections.deque[tuple[list[str], concurrent.futures.Future]] = collections.deque()
     heads: list = []
+
+    def read_ahead() -> None:
+        while pace.threaded and pace.since_probe < PROBE_EVERY:
+            if len(pending) >= READ_AHEAD // READ_CHUNK or (more := next(chunks, None)) is None:
+                return
+            pending.append((more, reader.submit(_open_heads, base, more)))
+
     try:
         while True:
+            read_ahead()  # a new batch of a threaded worker starts its reads at once
             if pending:
                 chunk, opened = pending.popleft()
                 heads = opened.result()
@@ -1288,12 +1296,7 @@ def _sniff_stream(
                 heads = _open_heads(base, chunk)
                 pace.threaded = time.perf_counter() - started > SLOW_READ * len(chunk)
                 pace.since_probe = 0
-            if pace.threaded and pace.since_probe < PROBE_EVERY:
-                while len(pending) < READ_AHEAD // READ_CHUNK:
-                    more = next(chunks, None)
-                    if more is None:
-                        break
-                    pending.append((more, reader.submit(_open_heads, base, more)))
+            read_ahead()
             for index, name in enumerate(chunk):
                 # The parser needs only the name (formats are told by suffix too), not a Path.
                 yield _wire(_facts(name, *heads[index]))  # type: ignore[arg-type]
