@@ -175,7 +175,7 @@ def duplicate_hits(
 
 
 def _same_bytes(folder: Path, one: dicomfiles.FileFacts, other: dicomfiles.FileFacts) -> bool:
-    if one.inode == other.inode and one.inode != (0, 0):
+    if one.inode == other.inode and one.inode != dicomfiles.NO_INODE:
         return True
     if one.size != other.size:
         return False
