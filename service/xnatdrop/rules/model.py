@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from xnatdrop import config
 
 Action = codes.Action
+# The subject folder itself, as a relative path. One object, compared with per file: building
+# Path(".") for each comparison cost more than the comparison (10,000s of files a check).
+TOP = Path(".")
 SEVERITY = {Action.BLOCK: 0, Action.EXCLUDE: 1, Action.WARN: 2, Action.IGNORE: 3}
 
 

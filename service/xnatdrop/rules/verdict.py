@@ -77,7 +77,7 @@ def _judge(
     hits = list(listing.hits)
     dicoms: list[dicomfiles.FileFacts] = []
     for item in facts:
-        if item.path.parent == Path("."):
+        if item.path.parent == model.TOP:
             hits.append(model.Hit("LOOSE_FILE", item.path, "file directly in the subject folder"))
         hits.extend(files.file_hits(item))
         if item.kind is dicomfiles.Kind.DICOM and item.header is not None:
