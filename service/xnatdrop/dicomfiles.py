@@ -1070,10 +1070,29 @@ def _facts(
             return FileFacts(path, 0, Kind.UNREADABLE, problem, inode=inode)
         return FileFacts(path, 0, Kind.EMPTY, "0 bytes", inode=inode)
     try:
-        with open(fd, "rb", buffering=0) as handle:
-            return _sniff_content(path, handle, size, head, inode)
+        return _sniff_content(path, _Positioned(fd), size, head, inode)
     except OSError as error:
         return FileFacts(path, size, Kind.UNREADABLE, f"cannot read: {error.strerror}")
+    finally:
+        os.close(fd)
+
+
+class _Positioned:
+    """The `seek`/`read` a `_Window` uses, as positioned reads of a bare descriptor: wrapping
+    each file's descriptor in a file object cost more than the few reads most files need
+    after their first 64 KiB (none)."""
+
+    __slots__ = ("fd", "pos")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pos = 0
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def read(self, count: int) -> bytes:
+        return os.pread(self.fd, count, self.pos)
 
 
 def _sniff_content(path: Path, handle, size: int, data: bytes, inode: tuple[int, int]) -> FileFacts:
