@@ -7,8 +7,9 @@ its RPC services, and Samba a daemon with its own configuration, neither of whic
 has; both would add their own caching rules on top of the delay. A passthrough that sleeps needs
 only /dev/fuse, libfuse3 (Debian `fuse3`, installed by .ci/run) and the `mfusepy` binding (the
 maintained fork of fusepy, ctypes over libfuse's high-level API), and the delay is exactly what
-it says. What it models: each lookup/getattr, directory listing, open and read is one round
-trip of `delay` to the file server, as on SMB or NFS; many requests
+it says. What it models: each lookup/getattr, directory listing (names with their types, as
+SMB and NFS list them), open and read is one round trip of `delay` to the file server, as on
+SMB or NFS; many requests
 may be in flight at once (libfuse's multi-threaded loop, up to MAX_THREADS), as a real client
 pipelines them. Names and attributes are cached for CACHE_SECONDS, as an SMB client does by
 default; file data is read from the "server" at every open. Not modelled: bandwidth limits.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 import time
 from typing import Any
@@ -60,9 +62,14 @@ class LatencyPassthrough(fuse.Operations):
         )
         return attrs
 
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        """The names with their types, as an SMB or NFS listing gives them (SMB2 QUERY_DIRECTORY
+        returns each entry's attributes, NFS READDIRPLUS its type and attributes): a listing
+        without types would cost a client a stat per entry, which no real share asks for."""
         self._round_trip()
-        return [".", "..", *os.listdir(self._path(path))]
+        with os.scandir(self._path(path)) as entries:
+            listing = [(entry.name, {"st_mode": _type_bits(entry)}, 0) for entry in entries]
+        return [(".", {"st_mode": stat.S_IFDIR}, 0), ("..", {"st_mode": stat.S_IFDIR}, 0), *listing]
 
     def open(self, path: str, flags: int) -> int:
         self._round_trip()
@@ -81,6 +88,17 @@ class LatencyPassthrough(fuse.Operations):
     def statfs(self, path: str) -> dict[str, int]:
         info = os.statvfs(self._path(path))
         return {name: getattr(info, name) for name in STATVFS_FIELDS}
+
+
+def _type_bits(entry: os.DirEntry[str]) -> int:
+    """The file type bits of st_mode (what a listing's d_type carries; mfusepy uses only these)."""
+    if entry.is_symlink():
+        return stat.S_IFLNK
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
 
 
 def main(argv: list[str]) -> int:

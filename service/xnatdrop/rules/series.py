@@ -28,7 +28,7 @@ def folder_hits(dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str])
         files_in[folder].append(item.path)
         files_of[header.series_instance_uid].append(item.path)
         studies[header.study_instance_uid].append(header.series_number or "?")
-        if categories[item.path] != "non-image" and folder != Path("."):
+        if categories[item.path] != "non-image" and folder != model.TOP:
             per_folder[folder].setdefault(header.series_instance_uid, header)
     for folder, series in sorted(per_folder.items()):
         if len(series) > 1:
@@ -175,7 +175,7 @@ def duplicate_hits(
 
 
 def _same_bytes(folder: Path, one: dicomfiles.FileFacts, other: dicomfiles.FileFacts) -> bool:
-    if one.inode == other.inode and one.inode != (0, 0):
+    if one.inode == other.inode and one.inode != dicomfiles.NO_INODE:
         return True
     if one.size != other.size:
         return False

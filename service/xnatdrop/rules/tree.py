@@ -66,7 +66,7 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
     wanted = {name.lower(): name for name in sidecar_names}
     ours = {p.name for p in reasonfiles.find_own(folder)}
     tree.reason_files = sorted(Path(name) for name in ours)
-    pending = [Path(".")]
+    pending = [model.TOP]
     while pending:
         relative = pending.pop()
         try:
@@ -77,23 +77,24 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
                 model.Hit("UNREADABLE", relative, f"cannot list folder: {error.strerror}")
             )
             continue
+        at_top = relative == model.TOP
         for entry in listing:
             path = relative / entry.name
             if not names.valid(entry.name):
                 tree.hits.append(_bad_name(relative, entry))
-            elif relative == Path(".") and entry.name in ours:
+            elif at_top and entry.name in ours:
                 continue
             elif entry.is_symlink():
                 tree.hits.append(model.Hit("SYMLINK", path, "symbolic link, not followed"))
             elif entry.is_dir(follow_symlinks=False):
                 if entry.name.lower() in LITTER_DIRS:
                     continue
-                if relative == Path(".") and entry.name.lower() in wanted:
+                if at_top and entry.name.lower() in wanted:
                     tree.sidecars[wanted[entry.name.lower()]] = folder / path
                     _scan_sidecar(folder, path, tree)
                 else:
                     pending.append(path)
-            elif relative == Path(".") and entry.name in control_files:
+            elif at_top and entry.name in control_files:
                 continue
             elif not dicomfiles.is_os_litter(entry.name):
                 tree.files.append(path)

@@ -1,6 +1,6 @@
 """The verdict on one subject folder: which series go to XNAT, and findings with stable codes.
 
-`check_folder()` reads every file once (`dicomfiles.sniff_all`), applies the rules of
+`check_folder()` reads every file once (`dicomfiles.sniff_folder`), applies the rules of
 `shared/reference/dicom-rules.md` (ids in brackets below: A1…D8) and returns a `Verdict`. Each
 finding has a stable code from the table in `codes`, the action the configuration gives that
 code, the path it concerns and a message that ends with the fix. Codes are what reports,
@@ -60,8 +60,7 @@ def check_folder(
         raise NotADirectoryError(f"{folder} is not a directory")
     before = tree.identity(folder)
     listing = tree.scan(folder, sidecar_names, frozenset(control_files))
-    facts = dicomfiles.sniff_all([folder / p for p in listing.files], progress, workers)
-    facts = [dataclasses.replace(f, path=p) for f, p in zip(facts, listing.files, strict=True)]
+    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers)
     verdict = _judge(folder, listing, facts, settings, drop)
     if tree.identity(folder) != before:
         raise tree.FolderGone(folder)
@@ -78,7 +77,7 @@ def _judge(
     hits = list(listing.hits)
     dicoms: list[dicomfiles.FileFacts] = []
     for item in facts:
-        if item.path.parent == Path("."):
+        if item.path.parent == model.TOP:
             hits.append(model.Hit("LOOSE_FILE", item.path, "file directly in the subject folder"))
         hits.extend(files.file_hits(item))
         if item.kind is dicomfiles.Kind.DICOM and item.header is not None:
