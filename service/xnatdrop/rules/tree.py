@@ -96,6 +96,10 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
                     pending.append(path)
             elif at_top and entry.name in control_files:
                 continue
+            elif not entry.is_file(follow_symlinks=False):
+                # A FIFO or device node is never opened (opening a device can act on it); the
+                # listing's type says so without a stat on SMB/NFS.
+                tree.hits.append(model.Hit("UNREADABLE", path, "not a regular file"))
             elif not dicomfiles.is_os_litter(entry.name):
                 tree.files.append(path)
     tree.files.sort()
