@@ -50,6 +50,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import zlib
@@ -66,6 +67,7 @@ CHUNK = 1 << 20
 WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
 WINDOW = 32 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
+RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
 
 
 class Changed(TransientError):
@@ -99,10 +101,10 @@ def upload_name(path: str) -> str:
     return names.fit(path[: len(path) - len(suffix)], suffix, limit=ZIP_NAME_MAX)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Planned:
     """One zip entry of the plan: the file, its size and modification time when planned, and
-    its name in the zip."""
+    its name in the zip. (Slots: a plan holds one per file, 50,000 and more.)"""
 
     entry: rules.FileEntry
     size: int
@@ -127,15 +129,24 @@ class Plan:
         return {p.entry.path.as_posix(): p.zip_name for p in self.files}
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "zip_size": self.zip_size,
-            "file_count": len(self.files),
-            "bytes": self.total_bytes,
-            "files": [
-                {"entry": p.entry.to_json(), "size": p.size, "mtime": p.mtime, "name": p.zip_name}
-                for p in self.files
-            ],
-        }
+        return json.loads("".join(self.json_pieces()))
+
+    def json_pieces(self) -> Iterator[str]:
+        """`to_json()` as JSON text, in pieces of one file each: a spool record of 50,000 files
+        is written without building its whole text, or a dict per file, in memory."""
+        yield (
+            f'{{"zip_size": {self.zip_size}, "file_count": {len(self.files)}, '
+            f'"bytes": {self.total_bytes}, "files": ['
+        )
+        for index, p in enumerate(self.files):
+            row = {
+                "entry": _identity(p.entry),
+                "size": p.size,
+                "mtime": p.mtime,
+                "name": p.zip_name,
+            }
+            yield ("\n" if index == 0 else ",\n") + json.dumps(row, ensure_ascii=False)
+        yield "\n]}\n"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -145,6 +156,16 @@ class Plan:
             for row in data["files"]
         )  # fmt: skip
         return cls(int(data["zip_size"]), files)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))
+
+
+def _identity(file: rules.FileEntry) -> dict[str, Any]:
+    """`file.to_json()` without `dataclasses.asdict` (a deep copy, 10 µs a file)."""
+    row = {name: getattr(file, name) for name in _FIELDS}
+    row["path"] = file.path.as_posix()
+    return row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,18 +178,56 @@ class Entry(rules.FileEntry):
     @classmethod
     def of(cls, file: rules.FileEntry, size: int, md5: str) -> Entry:
         """`file` as it was sent: `size` bytes with this MD5."""
-        identity = {f.name: getattr(file, f.name) for f in dataclasses.fields(rules.FileEntry)}
+        identity = {name: getattr(file, name) for name in _FIELDS}
         return cls(**{**identity, "size": size}, md5=md5)
 
 
-@dataclasses.dataclass(frozen=True)
 class Manifest:
-    zip_size: int
-    files: tuple[Entry, ...]
+    """The manifest of an upload: `zip_size` and, in `files`, an `Entry` per file.
+
+    A manifest made while sending (`sent`) holds only the plan's entries and 16 bytes of MD5
+    per file; the `Entry` objects (about 1 KB each with their dict) are made the first time
+    `files` is read, by the verify step, and never while the body is sent or the manifest
+    saved (`json_pieces`).
+    """
+
+    __slots__ = ("_files", "_md5", "_planned", "zip_size")
+
+    def __init__(self, zip_size: int, files: tuple[Entry, ...]) -> None:
+        self.zip_size = zip_size
+        self._files: tuple[Entry, ...] | None = files
+        self._planned: tuple[Planned, ...] = ()
+        self._md5 = b""
+
+    @classmethod
+    def sent(cls, zip_size: int, planned: tuple[Planned, ...], md5: bytes) -> Manifest:
+        """The manifest of `planned`, sent as planned, whose MD5 digests are `md5` (16 bytes
+        each, in order)."""
+        if len(md5) != 16 * len(planned):
+            raise ValueError("one 16-byte MD5 per planned file")
+        manifest = cls(zip_size, ())
+        manifest._files, manifest._planned, manifest._md5 = None, planned, md5
+        return manifest
+
+    @property
+    def files(self) -> tuple[Entry, ...]:
+        if self._files is None:
+            self._files = tuple(
+                Entry.of(p.entry, p.size, self._md5[16 * i : 16 * i + 16].hex())
+                for i, p in enumerate(self._planned)
+            )
+            self._planned, self._md5 = (), b""
+        return self._files
+
+    @property
+    def file_count(self) -> int:
+        return len(self._planned) if self._files is None else len(self._files)
 
     @property
     def total_bytes(self) -> int:
-        return sum(e.size for e in self.files)
+        if self._files is None:
+            return sum(p.size for p in self._planned)
+        return sum(e.size for e in self._files)
 
     def series(self) -> dict[str, list[Entry]]:
         """Entries grouped by SeriesInstanceUID, in first-seen order."""
@@ -180,13 +239,41 @@ class Manifest:
     def study_uids(self) -> set[str]:
         return {e.study_instance_uid for e in self.files if e.study_instance_uid}
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return (self.zip_size, self.files) == (other.zip_size, other.files)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Manifest(zip_size={self.zip_size}, {self.file_count} files)"
+
+    def _rows(self) -> Iterator[dict[str, Any]]:
+        if self._files is None:
+            for i, p in enumerate(self._planned):
+                row = _identity(p.entry)
+                row["size"] = p.size
+                row["md5"] = self._md5[16 * i : 16 * i + 16].hex()
+                yield row
+        else:
+            for entry in self._files:
+                row = _identity(entry)
+                row["md5"] = entry.md5
+                yield row
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "zip_size": self.zip_size,
-            "file_count": len(self.files),
-            "bytes": self.total_bytes,
-            "files": [e.to_json() for e in self.files],
-        }
+        return json.loads("".join(self.json_pieces()))
+
+    def json_pieces(self) -> Iterator[str]:
+        """`to_json()` as JSON text, one file a piece (see `Plan.json_pieces`)."""
+        yield (
+            f'{{"zip_size": {self.zip_size}, "file_count": {self.file_count}, '
+            f'"bytes": {self.total_bytes}, "files": ['
+        )
+        for index, row in enumerate(self._rows()):
+            yield ("\n" if index == 0 else ",\n") + json.dumps(row, ensure_ascii=False)
+        yield "\n]}\n"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -206,126 +293,187 @@ def plan(
     """
     zip_names = zip_names or {}
     files = []
+    base = os.fspath(folder)
+    layout = zipformat.Writer()
     for entry in entries:
         try:
-            stat = os.stat(folder / entry.path)
+            stat = os.stat(os.path.join(base, entry.path))
         except FileNotFoundError:
             raise Changed(f"{folder / entry.path} is gone since the folder was checked") from None
         name = entry.path.as_posix()
-        files.append(Planned(entry, stat.st_size, stat.st_mtime, zip_names.get(name, name)))
-    layout = zipformat.Writer()
-    for planned in files:
-        layout.local(planned.zip_name, planned.size, 0, planned.mtime)
-        layout.offset += planned.size
-    size = layout.offset + len(layout.finish())
+        planned = Planned(entry, stat.st_size, stat.st_mtime, zip_names.get(name, name))
+        files.append(planned)
+        layout.entry(0, zipformat.local_length(planned.zip_name, planned.size) + planned.size)
+    size = layout.offset + sum(len(piece) for piece in layout.finish(_central_rows(files)))
     return Plan(size, tuple(files))
+
+
+def _central_rows(files: Iterable[Planned]) -> Iterator[tuple[str, int, float]]:
+    return ((p.zip_name, p.size, p.mtime) for p in files)
 
 
 # -- reading and hashing ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Read:
-    size: int
-    md5: str
-    crc: int
-    data: bytes | None = None  # the whole file, for small ones
+def _failed(path: str, error: OSError, when: str) -> TransientError:
+    if isinstance(error, FileNotFoundError):
+        return Changed(f"{path} vanished {when}")
+    return FileError(error)
 
 
-def _read_whole(path: Path, size: int) -> _Read:
-    """Read and hash one small file (in a reader thread; hashlib and zlib release the GIL)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(size + 1)
-    except FileNotFoundError:
-        raise Changed(f"{path} vanished after the upload was planned") from None
-    except OSError as error:
-        raise FileError(error) from error
-    if len(data) != size:
-        raise Changed(f"{path} is {len(data)} bytes, planned {size}; it changed after planning")
-    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    return _Read(size, digest, zlib.crc32(data), data)
+def _read_run(base: str, run: tuple[Planned, ...]) -> tuple[bytearray, bytes, list[int]]:
+    """Read and hash a run of small files (in a reader thread) into one piece of the zip.
+
+    The piece is each file's local header followed by its data, the data read straight into
+    place (`readv`) and the header filled in once its CRC is known: one buffer, one send, one
+    future per run instead of per file. Returns the piece, the MD5 digests (16 bytes each) and
+    the CRC-32s. hashlib and zlib release the GIL on buffers this size.
+    """
+    lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
+    piece = bytearray(sum(lengths) + sum(p.size for p in run))
+    view = memoryview(piece)
+    digests = bytearray()
+    crcs = []
+    at = 0
+    for planned, header in zip(run, lengths, strict=True):
+        path = os.path.join(base, planned.entry.path)
+        data = view[at + header : at + header + planned.size]
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                done = 0
+                while done < planned.size:
+                    got = os.readv(descriptor, [data[done:]])
+                    if not got:
+                        break
+                    done += got
+                more = os.read(descriptor, 1)
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            raise _failed(path, error, "after the upload was planned") from error
+        if done != planned.size or more:
+            size = "more" if more else done
+            raise Changed(
+                f"{path} is {size} bytes, planned {planned.size}; it changed after planning"
+            )
+        digests += hashlib.md5(data, usedforsecurity=False).digest()
+        crc = zlib.crc32(data)
+        crcs.append(crc)
+        view[at : at + header] = zipformat.local_header(
+            planned.zip_name, planned.size, crc, planned.mtime
+        )
+        at += header + planned.size
+    return piece, bytes(digests), crcs
 
 
-def _digest(path: Path, size: int) -> _Read:
-    """The first pass over a large file: its MD5 and CRC-32, in CHUNK pieces."""
+def _digest(path: str, size: int) -> tuple[bytes, int]:
+    """The first pass over a large file: its MD5 digest and CRC-32, in CHUNK pieces."""
     digest = hashlib.md5(usedforsecurity=False)
     crc = done = 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
     try:
-        with open(path, "rb") as handle:
-            while data := handle.read(CHUNK):
-                digest.update(data)
-                crc = zlib.crc32(data, crc)
-                done += len(data)
-    except FileNotFoundError:
-        raise Changed(f"{path} vanished after the upload was planned") from None
+        with open(path, "rb", buffering=0) as handle:
+            while got := handle.readinto(buffer):
+                digest.update(view[:got])
+                crc = zlib.crc32(view[:got], crc)
+                done += got
     except OSError as error:
-        raise FileError(error) from error
+        raise _failed(path, error, "after the upload was planned") from error
     if done != size:
         raise Changed(f"{path} is {done} bytes, planned {size}; it changed after planning")
-    return _Read(size, digest.hexdigest(), crc)
+    return digest.digest(), crc
 
 
-def _copy(path: Path, first: _Read) -> Iterator[bytes]:
+def _copy(path: str, size: int, crc: int) -> Iterator[bytes]:
     """The second pass over a large file; Changed if it differs from the first one."""
-    crc = done = 0
+    check = done = 0
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb", buffering=0) as handle:
             while data := handle.read(CHUNK):
-                crc = zlib.crc32(data, crc)
+                check = zlib.crc32(data, check)
                 done += len(data)
-                if done > first.size:
+                if done > size:
                     break
                 yield data
-    except FileNotFoundError:
-        raise Changed(f"{path} vanished while it was sent") from None
     except OSError as error:
-        raise FileError(error) from error
-    if (done, crc) != (first.size, first.crc):
+        raise _failed(path, error, "while it was sent") from error
+    if (done, check) != (size, crc):
         raise Changed(f"{path} changed while it was sent")
 
 
-def _hashed(
-    folder: Path, planned: Plan, readers: concurrent.futures.Executor
-) -> Iterator[tuple[Planned, _Read]]:
-    """Each planned file with its hashes (and data, if small), in order, read ahead by `readers`.
+def _runs(files: tuple[Planned, ...]) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each run of the plan's files read as one job: consecutive small files
+    up to RUN bytes (at least one), or one large file alone."""
+    start = 0
+    while start < len(files):
+        stop, held = start, 0
+        if files[start].size > WHOLE_FILE:
+            stop += 1
+        else:
+            while (
+                stop < len(files)
+                and files[stop].size <= WHOLE_FILE
+                and (stop == start or held + files[stop].size <= RUN)
+            ):
+                held += files[stop].size
+                stop += 1
+        yield start, stop
+        start = stop
+
+
+_Job = concurrent.futures.Future  # of _read_run's or _digest's result
+
+
+def _read_ahead(
+    base: str, planned: Plan, readers: concurrent.futures.Executor
+) -> Iterator[tuple[int, int, Any]]:
+    """Each run of the plan (`_runs`) with its read result, in order, read ahead by `readers`.
 
     At most WINDOW bytes of small files are held ahead; a large file counts as one CHUNK.
     """
-    queue: collections.deque[tuple[Planned, concurrent.futures.Future[_Read], int]]
-    queue = collections.deque()
+    files = planned.files
+    queue: collections.deque[tuple[int, int, _Job[Any], int]] = collections.deque()
     ahead = 0
-    pending = iter(planned.files)
+    pending = _runs(files)
     try:
         while True:
             while ahead < WINDOW:
-                entry = next(pending, None)
-                if entry is None:
+                run = next(pending, None)
+                if run is None:
                     break
-                path = folder / entry.entry.path
-                if entry.size <= WHOLE_FILE:
-                    future = readers.submit(_read_whole, path, entry.size)
-                    cost = entry.size
-                else:
-                    future = readers.submit(_digest, path, entry.size)
+                start, stop = run
+                if files[start].size > WHOLE_FILE:
+                    path = os.path.join(base, files[start].entry.path)
+                    future = readers.submit(_digest, path, files[start].size)
                     cost = CHUNK
-                queue.append((entry, future, cost))
+                else:
+                    future = readers.submit(_read_run, base, files[start:stop])
+                    cost = sum(p.size for p in files[start:stop])
+                queue.append((start, stop, future, cost))
                 ahead += cost
             if not queue:
                 return
-            entry, future, cost = queue.popleft()
+            start, stop, future, cost = queue.popleft()
             ahead -= cost
-            yield entry, future.result()
+            yield start, stop, future.result()
     finally:
-        for _, future, _ in queue:
+        for _, _, future, _ in queue:
             future.cancel()
 
 
 def digest(folder: Path, planned: Plan) -> Manifest:
     """The manifest of the planned files, hashing them without sending."""
+    base = os.fspath(folder)
+    digests = bytearray()
     with concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="hash") as readers:
-        entries = [Entry.of(p.entry, r.size, r.md5) for p, r in _hashed(folder, planned, readers)]
-    return Manifest(planned.zip_size, tuple(entries))
+        for start, _, read in _read_ahead(base, planned, readers):
+            if planned.files[start].size > WHOLE_FILE:
+                digests += read[0]
+            else:
+                digests += read[1]
+    return Manifest.sent(planned.zip_size, planned.files, bytes(digests))
 
 
 # -- the streamed zip ------------------------------------------------------------------------
@@ -334,11 +482,12 @@ def digest(folder: Path, planned: Plan) -> Manifest:
 class Body:
     """The zip of `planned` as a request body: `len()` is its size, `read()` its next bytes.
 
-    `read(amount)` returns the next piece (a header, a small file, or one CHUNK of a large
-    one), whatever `amount`; b"" at the end. When every file has been hashed, the manifest is
-    passed to `on_manifest` (which may save it, or check it: an OSError it raises becomes
-    FileError). Raise Changed if a file no longer matches the plan. `close()` stops the reader
-    threads; a new Body sends again from the start.
+    `read(amount)` returns the next piece (a run of small files with their headers, a large
+    file's header, one CHUNK of a large file, or part of the central directory), whatever
+    `amount`; b"" at the end. When every file has been hashed, the manifest is passed to
+    `on_manifest` (which may save it, or check it: an OSError it raises becomes FileError).
+    Raise Changed if a file no longer matches the plan. `close()` stops the reader threads; a
+    new Body sends again from the start.
     """
 
     def __init__(
@@ -358,7 +507,7 @@ class Body:
     def __len__(self) -> int:
         return self._plan.zip_size
 
-    def read(self, amount: int = -1) -> bytes:
+    def read(self, amount: int = -1) -> bytes | bytearray:
         if self._failed is not None:
             # Never let a reader that goes on after an error take the short body as complete.
             raise self._failed
@@ -385,28 +534,43 @@ class Body:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _generate(self) -> Iterator[bytes]:
+    def _generate(self) -> Iterator[bytes | bytearray]:
         writer = zipformat.Writer()
-        entries = []
-        for planned, read in _hashed(self._folder, self._plan, self._readers):
-            path = self._folder / planned.entry.path
-            yield writer.local(planned.zip_name, planned.size, read.crc, planned.mtime)
-            if read.data is None:
-                yield from _copy(path, read)
-            elif read.data:  # never b"" (an empty file): a body's readers take b"" for its end
-                yield read.data
-            writer.offset += planned.size
-            entries.append(Entry.of(planned.entry, read.size, read.md5))
-        manifest = Manifest(self._plan.zip_size, tuple(entries))
+        files = self._plan.files
+        base = os.fspath(self._folder)
+        digests = bytearray()
+        for start, stop, read in _read_ahead(base, self._plan, self._readers):
+            if files[start].size > WHOLE_FILE:
+                planned = files[start]
+                md5, crc = read
+                header = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
+                yield header
+                yield from _copy(os.path.join(base, planned.entry.path), planned.size, crc)
+                writer.entry(crc, len(header) + planned.size)
+                digests += md5
+            else:
+                piece, md5s, crcs = read
+                yield piece
+                for planned, crc in zip(files[start:stop], crcs, strict=True):
+                    writer.entry(crc, zipformat.local_length(planned.zip_name, planned.size)
+                                 + planned.size)  # fmt: skip
+                digests += md5s
+        manifest = Manifest.sent(self._plan.zip_size, files, bytes(digests))
+        del digests
         if self._on_manifest is not None:
             try:
                 self._on_manifest(manifest)
             except OSError as error:
                 raise FileError(error) from error
-        tail = writer.finish()
-        if writer.offset + len(tail) != self._plan.zip_size:
+        del manifest
+        end = writer.offset
+        for piece in writer.finish(_central_rows(files)):
+            end += len(piece)
+            if end >= self._plan.zip_size and end != self._plan.zip_size:
+                raise AssertionError("the zip's length differs from its plan")  # a bug, not data
+            yield piece
+        if end != self._plan.zip_size:
             raise AssertionError("the zip's length differs from its plan")  # a bug, not data
-        yield tail
 
 
 def write_zip(
