@@ -53,6 +53,8 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -65,9 +67,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
-WINDOW = 32 << 20  # bytes read ahead of the sender, at most
+WINDOW = 8 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
 RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
+HEADER = 256  # room counted in a run for each local header (ZIP_NAME_MAX + fixed fields)
 
 
 class Changed(TransientError):
@@ -321,7 +324,57 @@ def _failed(path: str, error: OSError, when: str) -> TransientError:
     return FileError(error)
 
 
-def _read_run(base: str, run: tuple[Planned, ...]) -> tuple[bytearray, bytes, list[int]]:
+class _Buffers:
+    """Buffers for runs of small files, each reused once nothing refers to it any more.
+
+    Why: a fresh 1 MiB buffer is mapped from the kernel and faulted in page by page (about
+    1 ms, 1 ns a byte: as much as half the MD5), while a run is in flight for a moment only.
+    A buffer goes back into use only when its reference count says that no one holds it (the
+    sender, the HTTP client, a caller who kept the piece, a memoryview of it): a piece handed
+    out is never overwritten while someone can still see it. At most `count` buffers of
+    `size` bytes are kept; a larger run, or one when all are held, gets a buffer of its own.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self._count = count
+        self._size = size
+        self._buffers: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        if size > self._size:
+            return bytearray(size)
+        with self._lock:
+            for buffer in self._buffers:
+                # References: the list, `buffer`, getrefcount's argument: nobody else's.
+                if sys.getrefcount(buffer) <= _UNUSED:
+                    return buffer
+            buffer = bytearray(self._size)
+            if len(self._buffers) < self._count:
+                self._buffers.append(buffer)
+            return buffer
+
+
+def _unused() -> int:
+    """The reference count `_Buffers.take` sees for a buffer nobody else holds."""
+    buffers = [bytearray(1)]
+    for buffer in buffers:
+        return sys.getrefcount(buffer)
+    raise AssertionError
+
+
+_UNUSED = _unused()
+
+
+def _pool() -> _Buffers:
+    """Enough buffers for every run the window holds, those in the readers' hands and the
+    pieces the sender holds; each fits a run or a CHUNK with a header."""
+    return _Buffers(WINDOW // RUN + 2 * READERS + 4, RUN + RUN // 4)
+
+
+def _read_run(
+    base: str, run: tuple[Planned, ...], buffers: _Buffers
+) -> tuple[memoryview, bytes, list[int]]:
     """Read and hash a run of small files (in a reader thread) into one piece of the zip.
 
     The piece is each file's local header followed by its data, the data read straight into
@@ -330,8 +383,8 @@ def _read_run(base: str, run: tuple[Planned, ...]) -> tuple[bytearray, bytes, li
     the CRC-32s. hashlib and zlib release the GIL on buffers this size.
     """
     lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
-    piece = bytearray(sum(lengths) + sum(p.size for p in run))
-    view = memoryview(piece)
+    total = sum(lengths) + sum(p.size for p in run)
+    view = memoryview(buffers.take(total))[:total]
     digests = bytearray()
     crcs = []
     at = 0
@@ -364,7 +417,7 @@ def _read_run(base: str, run: tuple[Planned, ...]) -> tuple[bytearray, bytes, li
             planned.zip_name, planned.size, crc, planned.mtime
         )
         at += header + planned.size
-    return piece, bytes(digests), crcs
+    return view, bytes(digests), crcs
 
 
 def _digest(path: str, size: int) -> tuple[bytes, int]:
@@ -386,17 +439,29 @@ def _digest(path: str, size: int) -> tuple[bytes, int]:
     return digest.digest(), crc
 
 
-def _copy(path: str, size: int, crc: int) -> Iterator[bytes]:
-    """The second pass over a large file; Changed if it differs from the first one."""
+def _copy(path: str, size: int, crc: int, header: bytes, buffers: _Buffers) -> Iterator[memoryview]:
+    """The second pass over a large file, its local header first, in pieces of about CHUNK
+    bytes read into reused buffers; Changed if it differs from the first pass."""
     check = done = 0
     try:
         with open(path, "rb", buffering=0) as handle:
-            while data := handle.read(CHUNK):
+            lead = len(header)
+            while True:
+                buffer = buffers.take(lead + CHUNK)
+                view = memoryview(buffer)[: lead + CHUNK]
+                view[:lead] = header
+                got = handle.readinto(view[lead:])
+                if not got:
+                    break
+                data = view[lead : lead + got]
                 check = zlib.crc32(data, check)
-                done += len(data)
+                done += got
                 if done > size:
                     break
-                yield data
+                yield view[: lead + got]
+                lead, header = 0, b""
+            if lead:
+                yield view[:lead]  # an empty file: only its header (never as a large file)
     except OSError as error:
         raise _failed(path, error, "while it was sent") from error
     if (done, check) != (size, crc):
@@ -417,7 +482,7 @@ def _runs(files: tuple[Planned, ...]) -> Iterator[tuple[int, int]]:
                 and files[stop].size <= WHOLE_FILE
                 and (stop == start or held + files[stop].size <= RUN)
             ):
-                held += files[stop].size
+                held += files[stop].size + HEADER
                 stop += 1
         yield start, stop
         start = stop
@@ -427,7 +492,7 @@ _Job = concurrent.futures.Future  # of _read_run's or _digest's result
 
 
 def _read_ahead(
-    base: str, planned: Plan, readers: concurrent.futures.Executor
+    base: str, planned: Plan, readers: concurrent.futures.Executor, buffers: _Buffers
 ) -> Iterator[tuple[int, int, Any]]:
     """Each run of the plan (`_runs`) with its read result, in order, read ahead by `readers`.
 
@@ -449,8 +514,8 @@ def _read_ahead(
                     future = readers.submit(_digest, path, files[start].size)
                     cost = CHUNK
                 else:
-                    future = readers.submit(_read_run, base, files[start:stop])
-                    cost = sum(p.size for p in files[start:stop])
+                    future = readers.submit(_read_run, base, files[start:stop], buffers)
+                    cost = sum(p.size + HEADER for p in files[start:stop])
                 queue.append((start, stop, future, cost))
                 ahead += cost
             if not queue:
@@ -468,7 +533,7 @@ def digest(folder: Path, planned: Plan) -> Manifest:
     base = os.fspath(folder)
     digests = bytearray()
     with concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="hash") as readers:
-        for start, _, read in _read_ahead(base, planned, readers):
+        for start, _, read in _read_ahead(base, planned, readers, _pool()):
             if planned.files[start].size > WHOLE_FILE:
                 digests += read[0]
             else:
@@ -500,6 +565,7 @@ class Body:
         self._plan = planned
         self._on_manifest = on_manifest
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="upload")
+        self._buffers = _pool()
         self._pieces = self._generate()
         self._done = False
         self._failed: BaseException | None = None
@@ -539,13 +605,13 @@ class Body:
         files = self._plan.files
         base = os.fspath(self._folder)
         digests = bytearray()
-        for start, stop, read in _read_ahead(base, self._plan, self._readers):
+        for start, stop, read in _read_ahead(base, self._plan, self._readers, self._buffers):
             if files[start].size > WHOLE_FILE:
                 planned = files[start]
                 md5, crc = read
                 header = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
-                yield header
-                yield from _copy(os.path.join(base, planned.entry.path), planned.size, crc)
+                path = os.path.join(base, planned.entry.path)
+                yield from _copy(path, planned.size, crc, header, self._buffers)
                 writer.entry(crc, len(header) + planned.size)
                 digests += md5
             else:

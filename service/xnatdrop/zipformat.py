@@ -12,6 +12,7 @@ Java's ZipInputStream (XNAT's DICOM-zip importer) refuses for stored entries.
 from __future__ import annotations
 
 import array
+import functools
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -76,7 +77,7 @@ class Writer:
         self.offset += length
 
     def finish(
-        self, entries: Iterable[tuple[str, int, float]], piece: int = 1 << 20
+        self, entries: Iterable[tuple[str, int, float]], piece: int = 1 << 18
     ) -> Iterator[bytes]:
         """The central directory (4.3.12) in pieces of about `piece` bytes, then the end
         records (4.3.14-4.3.16). `entries` are the recorded entries' (name, size, mtime)."""
@@ -142,11 +143,15 @@ def _central(name: str, size: int, mtime: float, offset: int, crc: int) -> bytes
 
 def _dos_stamp(mtime: float) -> tuple[int, int]:
     """MS-DOS time and date fields of a zip header (APPNOTE 4.4.6)."""
-    year, month, day, hour, minute, second = _zip_time(mtime)
-    return (hour << 11) | (minute << 5) | (second // 2), ((year - 1980) << 9) | (month << 5) | day
-
-
-def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     # Zip timestamps cannot predate 1980 or pass 2107; clamp rather than fail on odd clocks.
-    stamp = time.localtime(min(max(mtime, 315532800), 4354819199))
-    return (stamp.tm_year, stamp.tm_mon, stamp.tm_mday, stamp.tm_hour, stamp.tm_min, stamp.tm_sec)
+    return _dos_second(int(min(max(mtime, 315532800), 4354819199)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _dos_second(second: int) -> tuple[int, int]:
+    """`_dos_stamp` of a whole second, cached: the files of a session were written within a
+    few seconds of each other, and `time.localtime` was a tenth of the header's cost."""
+    stamp = time.localtime(second)
+    year, month, day = stamp.tm_year, stamp.tm_mon, stamp.tm_mday
+    hour, minute, second = stamp.tm_hour, stamp.tm_min, stamp.tm_sec
+    return (hour << 11) | (minute << 5) | (second // 2), ((year - 1980) << 9) | (month << 5) | day
