@@ -48,20 +48,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import hashlib
-import json
 import logging
 import os
-import sys
-import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import names, rules, zipformat
+from xnatdrop import buffers, names, rules, zipformat
 from xnatdrop.errors import TransientError
+from xnatdrop.packrecords import Manifest, Plan, Planned
 
 log = logging.getLogger(__name__)
 
@@ -102,185 +99,6 @@ def upload_name(path: str) -> str:
     stem, dot, extension = name.rpartition(".")
     suffix = f".{extension}" if dot and stem and len(extension) <= 8 else ""
     return names.fit(path[: len(path) - len(suffix)], suffix, limit=ZIP_NAME_MAX)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Planned:
-    """One zip entry of the plan: the file, its size and modification time when planned, and
-    its name in the zip. (Slots: a plan holds one per file, 50,000 and more.)"""
-
-    entry: rules.FileEntry
-    size: int
-    mtime: float
-    zip_name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    zip_size: int
-    files: tuple[Planned, ...]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(p.size for p in self.files)
-
-    def study_uids(self) -> set[str]:
-        return {p.entry.study_instance_uid for p in self.files if p.entry.study_instance_uid}
-
-    def zip_names(self) -> dict[str, str]:
-        """Path (relative, POSIX) -> name in the zip, of every file."""
-        return {p.entry.path.as_posix(): p.zip_name for p in self.files}
-
-    def to_json(self) -> dict[str, Any]:
-        return json.loads("".join(self.json_pieces()))
-
-    def json_pieces(self) -> Iterator[str]:
-        """`to_json()` as JSON text, in pieces of one file each: a spool record of 50,000 files
-        is written without building its whole text, or a dict per file, in memory."""
-        yield (
-            f'{{"zip_size": {self.zip_size}, "file_count": {len(self.files)}, '
-            f'"bytes": {self.total_bytes}, "files": ['
-        )
-        for index, p in enumerate(self.files):
-            row = {
-                "entry": _identity(p.entry),
-                "size": p.size,
-                "mtime": p.mtime,
-                "name": p.zip_name,
-            }
-            yield ("\n" if index == 0 else ",\n") + json.dumps(row, ensure_ascii=False)
-        yield "\n]}\n"
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Plan:
-        files = tuple(
-            Planned(rules.FileEntry.from_json(row["entry"]), int(row["size"]), float(row["mtime"]),
-                    str(row["name"]))
-            for row in data["files"]
-        )  # fmt: skip
-        return cls(int(data["zip_size"]), files)
-
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))
-
-
-def _identity(file: rules.FileEntry) -> dict[str, Any]:
-    """`file.to_json()` without `dataclasses.asdict` (a deep copy, 10 µs a file)."""
-    row = {name: getattr(file, name) for name in _FIELDS}
-    row["path"] = file.path.as_posix()
-    return row
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry(rules.FileEntry):
-    """One manifest line: a file of the upload with the MD5 of the bytes that went into the
-    zip; `size` is the size of those bytes."""
-
-    md5: str = dataclasses.field(kw_only=True)
-
-    @classmethod
-    def of(cls, file: rules.FileEntry, size: int, md5: str) -> Entry:
-        """`file` as it was sent: `size` bytes with this MD5."""
-        identity = {name: getattr(file, name) for name in _FIELDS}
-        return cls(**{**identity, "size": size}, md5=md5)
-
-
-class Manifest:
-    """The manifest of an upload: `zip_size` and, in `files`, an `Entry` per file.
-
-    A manifest made while sending (`sent`) holds only the plan's entries and 16 bytes of MD5
-    per file; the `Entry` objects (about 1 KB each with their dict) are made the first time
-    `files` is read, by the verify step, and never while the body is sent or the manifest
-    saved (`json_pieces`).
-    """
-
-    __slots__ = ("_files", "_md5", "_planned", "zip_size")
-
-    def __init__(self, zip_size: int, files: tuple[Entry, ...]) -> None:
-        self.zip_size = zip_size
-        self._files: tuple[Entry, ...] | None = files
-        self._planned: tuple[Planned, ...] = ()
-        self._md5 = b""
-
-    @classmethod
-    def sent(cls, zip_size: int, planned: tuple[Planned, ...], md5: bytes) -> Manifest:
-        """The manifest of `planned`, sent as planned, whose MD5 digests are `md5` (16 bytes
-        each, in order)."""
-        if len(md5) != 16 * len(planned):
-            raise ValueError("one 16-byte MD5 per planned file")
-        manifest = cls(zip_size, ())
-        manifest._files, manifest._planned, manifest._md5 = None, planned, md5
-        return manifest
-
-    @property
-    def files(self) -> tuple[Entry, ...]:
-        if self._files is None:
-            self._files = tuple(
-                Entry.of(p.entry, p.size, self._md5[16 * i : 16 * i + 16].hex())
-                for i, p in enumerate(self._planned)
-            )
-            self._planned, self._md5 = (), b""
-        return self._files
-
-    @property
-    def file_count(self) -> int:
-        return len(self._planned) if self._files is None else len(self._files)
-
-    @property
-    def total_bytes(self) -> int:
-        if self._files is None:
-            return sum(p.size for p in self._planned)
-        return sum(e.size for e in self._files)
-
-    def series(self) -> dict[str, list[Entry]]:
-        """Entries grouped by SeriesInstanceUID, in first-seen order."""
-        groups: dict[str, list[Entry]] = {}
-        for entry in self.files:
-            groups.setdefault(entry.series_instance_uid, []).append(entry)
-        return groups
-
-    def study_uids(self) -> set[str]:
-        return {e.study_instance_uid for e in self.files if e.study_instance_uid}
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Manifest):
-            return NotImplemented
-        return (self.zip_size, self.files) == (other.zip_size, other.files)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"Manifest(zip_size={self.zip_size}, {self.file_count} files)"
-
-    def _rows(self) -> Iterator[dict[str, Any]]:
-        if self._files is None:
-            for i, p in enumerate(self._planned):
-                row = _identity(p.entry)
-                row["size"] = p.size
-                row["md5"] = self._md5[16 * i : 16 * i + 16].hex()
-                yield row
-        else:
-            for entry in self._files:
-                row = _identity(entry)
-                row["md5"] = entry.md5
-                yield row
-
-    def to_json(self) -> dict[str, Any]:
-        return json.loads("".join(self.json_pieces()))
-
-    def json_pieces(self) -> Iterator[str]:
-        """`to_json()` as JSON text, one file a piece (see `Plan.json_pieces`)."""
-        yield (
-            f'{{"zip_size": {self.zip_size}, "file_count": {self.file_count}, '
-            f'"bytes": {self.total_bytes}, "files": ['
-        )
-        for index, row in enumerate(self._rows()):
-            yield ("\n" if index == 0 else ",\n") + json.dumps(row, ensure_ascii=False)
-        yield "\n]}\n"
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        return cls(int(data["zip_size"]), tuple(Entry.from_json(e) for e in data["files"]))
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -324,57 +142,15 @@ def _failed(path: str, error: OSError, when: str) -> TransientError:
     return FileError(error)
 
 
-class _Buffers:
-    """Buffers for runs of small files, each reused once nothing refers to it any more.
-
-    Why: a fresh 1 MiB buffer is mapped from the kernel and faulted in page by page (about
-    1 ms, 1 ns a byte: as much as half the MD5), while a run is in flight for a moment only.
-    A buffer goes back into use only when its reference count says that no one holds it (the
-    sender, the HTTP client, a caller who kept the piece, a memoryview of it): a piece handed
-    out is never overwritten while someone can still see it. At most `count` buffers of
-    `size` bytes are kept; a larger run, or one when all are held, gets a buffer of its own.
-    """
-
-    def __init__(self, count: int, size: int) -> None:
-        self._count = count
-        self._size = size
-        self._buffers: list[bytearray] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bytearray:
-        if size > self._size:
-            return bytearray(size)
-        with self._lock:
-            for buffer in self._buffers:
-                # References: the list, `buffer`, getrefcount's argument: nobody else's.
-                if sys.getrefcount(buffer) <= _UNUSED:
-                    return buffer
-            buffer = bytearray(self._size)
-            if len(self._buffers) < self._count:
-                self._buffers.append(buffer)
-            return buffer
-
-
-def _unused() -> int:
-    """The reference count `_Buffers.take` sees for a buffer nobody else holds."""
-    buffers = [bytearray(1)]
-    for buffer in buffers:
-        return sys.getrefcount(buffer)
-    raise AssertionError
-
-
-_UNUSED = _unused()
-
-
-def _pool() -> _Buffers:
+def _pool() -> buffers.Buffers:
     """Enough buffers for every run the window holds, those in the readers' hands and the
     pieces the sender holds; each fits a run or a CHUNK with a header."""
-    return _Buffers(WINDOW // RUN + 2 * READERS + 4, RUN + RUN // 4)
+    return buffers.Buffers(WINDOW // RUN + 2 * READERS + 4, RUN + RUN // 4)
 
 
 def _read_run(
-    base: str, run: tuple[Planned, ...], buffers: _Buffers
-) -> tuple[memoryview, bytes, list[int]]:
+    base: str, run: tuple[Planned, ...], pool: buffers.Buffers
+) -> tuple[bytearray, bytes, list[int]]:
     """Read and hash a run of small files (in a reader thread) into one piece of the zip.
 
     The piece is each file's local header followed by its data, the data read straight into
@@ -384,7 +160,8 @@ def _read_run(
     """
     lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
     total = sum(lengths) + sum(p.size for p in run)
-    view = memoryview(buffers.take(total))[:total]
+    piece = pool.take(total)
+    view = memoryview(piece)
     digests = bytearray()
     crcs = []
     at = 0
@@ -417,7 +194,8 @@ def _read_run(
             planned.zip_name, planned.size, crc, planned.mtime
         )
         at += header + planned.size
-    return view, bytes(digests), crcs
+    view.release()
+    return piece, bytes(digests), crcs
 
 
 def _digest(path: str, size: int) -> tuple[bytes, int]:
@@ -439,29 +217,29 @@ def _digest(path: str, size: int) -> tuple[bytes, int]:
     return digest.digest(), crc
 
 
-def _copy(path: str, size: int, crc: int, header: bytes, buffers: _Buffers) -> Iterator[memoryview]:
+def _copy(
+    path: str, size: int, crc: int, header: bytes, pool: buffers.Buffers
+) -> Iterator[bytearray]:
     """The second pass over a large file, its local header first, in pieces of about CHUNK
     bytes read into reused buffers; Changed if it differs from the first pass."""
     check = done = 0
     try:
         with open(path, "rb", buffering=0) as handle:
-            lead = len(header)
             while True:
-                buffer = buffers.take(lead + CHUNK)
-                view = memoryview(buffer)[: lead + CHUNK]
-                view[:lead] = header
-                got = handle.readinto(view[lead:])
+                lead = len(header)
+                buffer = pool.take(lead + CHUNK)
+                with memoryview(buffer) as view:
+                    view[:lead] = header
+                    got = handle.readinto(view[lead:])
+                    check = zlib.crc32(view[lead : lead + got], check)
                 if not got:
                     break
-                data = view[lead : lead + got]
-                check = zlib.crc32(data, check)
                 done += got
                 if done > size:
                     break
-                yield view[: lead + got]
-                lead, header = 0, b""
-            if lead:
-                yield view[:lead]  # an empty file: only its header (never as a large file)
+                buffers.resize(buffer, lead + got)
+                yield buffer
+                header = b""
     except OSError as error:
         raise _failed(path, error, "while it was sent") from error
     if (done, check) != (size, crc):
@@ -492,7 +270,7 @@ _Job = concurrent.futures.Future  # of _read_run's or _digest's result
 
 
 def _read_ahead(
-    base: str, planned: Plan, readers: concurrent.futures.Executor, buffers: _Buffers
+    base: str, planned: Plan, readers: concurrent.futures.Executor, pool: buffers.Buffers
 ) -> Iterator[tuple[int, int, Any]]:
     """Each run of the plan (`_runs`) with its read result, in order, read ahead by `readers`.
 
@@ -514,7 +292,7 @@ def _read_ahead(
                     future = readers.submit(_digest, path, files[start].size)
                     cost = CHUNK
                 else:
-                    future = readers.submit(_read_run, base, files[start:stop], buffers)
+                    future = readers.submit(_read_run, base, files[start:stop], pool)
                     cost = sum(p.size + HEADER for p in files[start:stop])
                 queue.append((start, stop, future, cost))
                 ahead += cost
