@@ -14,7 +14,9 @@ class Buffers:
     A buffer goes back into use only when its reference count says that no one holds it (the
     sender, the HTTP client, a caller who kept the piece, a memoryview of it): a piece handed
     out is never overwritten while someone can still see it. At most `count` buffers of
-    `size` bytes are kept; a larger run, or one when all are held, gets a buffer of its own.
+    `size` bytes are kept; a larger piece, one under half that size (CPython would shrink the
+    buffer's memory to fit it, and grow it again later), or one when all are held, gets a
+    buffer of its own.
     """
 
     def __init__(self, count: int, size: int) -> None:
@@ -25,7 +27,7 @@ class Buffers:
 
     def take(self, size: int) -> bytearray:
         """A buffer of exactly `size` bytes (its content is whatever it held before)."""
-        if size > self._size:
+        if size > self._size or 2 * size <= self._size + 1:
             return bytearray(size)
         with self._lock:
             for buffer in self._buffers:
@@ -42,11 +44,17 @@ class Buffers:
 
 
 def resize(buffer: bytearray, size: int) -> None:
-    """Make `buffer` `size` bytes long; CPython keeps its memory unless it shrinks below half."""
+    """Make `buffer` `size` bytes long. CPython keeps its memory if it shrinks to no less than
+    half, or grows within what it holds; zeros are appended from a shared view, not a new
+    bytes object of that size."""
     if len(buffer) > size:
         del buffer[size:]
     elif len(buffer) < size:
-        buffer.extend(bytes(size - len(buffer)))
+        grow = size - len(buffer)
+        buffer.extend(_ZEROS[:grow] if grow <= len(_ZEROS) else bytes(grow))
+
+
+_ZEROS = memoryview(bytes(2 << 20))  # never written: the zero page, mapped once
 
 
 def _unused() -> int:

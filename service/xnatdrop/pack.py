@@ -145,12 +145,12 @@ def _failed(path: str, error: OSError, when: str) -> TransientError:
 def _pool() -> buffers.Buffers:
     """Enough buffers for every run the window holds, those in the readers' hands and the
     pieces the sender holds; each fits a run or a CHUNK with a header."""
-    return buffers.Buffers(WINDOW // RUN + 2 * READERS + 4, RUN + RUN // 4)
+    return buffers.Buffers(WINDOW // CHUNK + READERS * WHOLE_FILE // CHUNK + 4, RUN + 4096)
 
 
 def _read_run(
     base: str, run: tuple[Planned, ...], pool: buffers.Buffers
-) -> tuple[bytearray, bytes, list[int]]:
+) -> tuple[list[bytearray], bytes, list[int]]:
     """Read and hash a run of small files (in a reader thread) into one piece of the zip.
 
     The piece is each file's local header followed by its data, the data read straight into
@@ -195,7 +195,42 @@ def _read_run(
         )
         at += header + planned.size
     view.release()
-    return piece, bytes(digests), crcs
+    return [piece], bytes(digests), crcs
+
+
+def _read_one(
+    base: str, planned: Planned, pool: buffers.Buffers
+) -> tuple[list[bytearray], bytes, list[int]]:
+    """Read and hash one file larger than a run, up to WHOLE_FILE (in a reader thread), into
+    pieces of about CHUNK bytes from the pool, its local header at the head of the first:
+    the same result as `_read_run`'s. (A buffer of its own per file was mapped and faulted in
+    afresh each time, 1 ns a byte.)"""
+    path = os.path.join(base, planned.entry.path)
+    header = zipformat.local_length(planned.zip_name, planned.size)
+    digest = hashlib.md5(usedforsecurity=False)
+    pieces, crc, done, more = [], 0, 0, b""
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            while done < planned.size:
+                lead = header if not pieces else 0
+                piece = pool.take(lead + min(CHUNK, planned.size - done))
+                with memoryview(piece) as view:
+                    got = handle.readinto(view[lead:])
+                    digest.update(view[lead : lead + got])
+                    crc = zlib.crc32(view[lead : lead + got], crc)
+                if not got:
+                    break
+                buffers.resize(piece, lead + got)
+                pieces.append(piece)
+                done += got
+            more = handle.read(1)
+    except OSError as error:
+        raise _failed(path, error, "after the upload was planned") from error
+    if done != planned.size or more:
+        size = "more" if more else done
+        raise Changed(f"{path} is {size} bytes, planned {planned.size}; it changed after planning")
+    pieces[0][:header] = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
+    return pieces, digest.digest(), [crc]
 
 
 def _digest(path: str, size: int) -> tuple[bytes, int]:
@@ -227,7 +262,8 @@ def _copy(
         with open(path, "rb", buffering=0) as handle:
             while True:
                 lead = len(header)
-                buffer = pool.take(lead + CHUNK)
+                want = min(CHUNK, size - done) if done < size else 1  # 1: has it grown?
+                buffer = pool.take(lead + want)
                 with memoryview(buffer) as view:
                     view[:lead] = header
                     got = handle.readinto(view[lead:])
@@ -237,7 +273,8 @@ def _copy(
                 done += got
                 if done > size:
                     break
-                buffers.resize(buffer, lead + got)
+                if got < want:
+                    buffers.resize(buffer, lead + got)
                 yield buffer
                 header = b""
     except OSError as error:
@@ -247,18 +284,18 @@ def _copy(
 
 
 def _runs(files: tuple[Planned, ...]) -> Iterator[tuple[int, int]]:
-    """(start, stop) of each run of the plan's files read as one job: consecutive small files
-    up to RUN bytes (at least one), or one large file alone."""
+    """(start, stop) of each run of the plan's files read as one job: consecutive files of up
+    to RUN bytes, headers included, or one larger file alone."""
     start = 0
     while start < len(files):
         stop, held = start, 0
-        if files[start].size > WHOLE_FILE:
+        if files[start].size > RUN:
             stop += 1
         else:
             while (
                 stop < len(files)
-                and files[stop].size <= WHOLE_FILE
-                and (stop == start or held + files[stop].size <= RUN)
+                and files[stop].size <= RUN
+                and (stop == start or held + files[stop].size + HEADER <= RUN)
             ):
                 held += files[stop].size + HEADER
                 stop += 1
@@ -266,7 +303,7 @@ def _runs(files: tuple[Planned, ...]) -> Iterator[tuple[int, int]]:
         start = stop
 
 
-_Job = concurrent.futures.Future  # of _read_run's or _digest's result
+_Job = concurrent.futures.Future  # of _read_run's, _read_one's or _digest's result
 
 
 def _read_ahead(
@@ -291,6 +328,9 @@ def _read_ahead(
                     path = os.path.join(base, files[start].entry.path)
                     future = readers.submit(_digest, path, files[start].size)
                     cost = CHUNK
+                elif files[start].size > RUN:
+                    future = readers.submit(_read_one, base, files[start], pool)
+                    cost = files[start].size + HEADER
                 else:
                     future = readers.submit(_read_run, base, files[start:stop], pool)
                     cost = sum(p.size + HEADER for p in files[start:stop])
@@ -393,8 +433,8 @@ class Body:
                 writer.entry(crc, len(header) + planned.size)
                 digests += md5
             else:
-                piece, md5s, crcs = read
-                yield piece
+                pieces, md5s, crcs = read
+                yield from pieces
                 for planned, crc in zip(files[start:stop], crcs, strict=True):
                     writer.entry(crc, zipformat.local_length(planned.zip_name, planned.size)
                                  + planned.size)  # fmt: skip

@@ -165,7 +165,7 @@ def test_memory_stays_flat_for_large_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change", ["grow", "shrink", "vanish"])
-@pytest.mark.parametrize("mib", [0, 9])  # read whole by a reader thread; hashed then streamed
+@pytest.mark.parametrize("mib", [0, 2, 9])  # in a run; alone, in pieces; hashed, then streamed
 def test_a_file_that_changed_after_planning_aborts_the_body(
     tmp_path: Path, change: str, mib: int
 ) -> None:
