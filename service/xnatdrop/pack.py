@@ -23,14 +23,24 @@ Why stream: building a 2 GB zip on disk (read, hash, write, fsync) sat on the cr
 before the first byte was sent. Streaming overlaps reading and hashing with the upload.
 
 Why our own zip writer (`zipformat`): each local header must hold the entry's CRC-32, and it
-precedes the data; so each file is hashed before its header is emitted.
+precedes the data; so each file is hashed before its header is emitted. (A data descriptor
+after the data would spare that, but XNAT reads the upload with java.util.zip.ZipInputStream,
+DicomZipImporter l.161, whose readLOC throws "only DEFLATED entries can have EXT descriptor"
+for a stored entry.)
 
-Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 2 GB/s for CRC-32), and
-hashlib and zlib release the GIL. Files up to `WHOLE_FILE` bytes (a classic slice or a
-multi-frame volume) are read and hashed whole by `READERS` worker threads ahead of the sender, in
-order; at most `WINDOW` bytes are read ahead, so memory stays flat whatever the session size.
-Larger files are hashed in a first pass (also by a reader) and sent in CHUNK pieces in a second
-one, which checks that the bytes did not change.
+Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 3 GB/s for CRC-32), and
+hashlib and zlib release the GIL. `READERS` worker threads read and hash ahead of the sender, in
+order, at most `WINDOW` bytes ahead, so memory stays flat whatever the session size:
+- consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
+  behind room for their headers, hashed there, headers filled in; one job, one piece, one send
+  per run, not per file (a future, a header write and a socket send per 44 KB file cost about
+  as much as hashing it);
+- a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces;
+- a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
+  second one, which checks that the bytes did not change (its CRC must precede its data).
+Pieces are reused buffers (`buffers.Buffers`): a fresh 1 MiB buffer costs as much in page
+faults as hashing it. What the body keeps per file is 28 bytes (its MD5 and, for the central
+directory, its offset and CRC); the manifest's `Entry` objects are made only when read.
 
 A file whose size differs from the plan, or that vanished, aborts the body with `Changed` (a
 TransientError, not an OSError, so that urllib3 and requests let it through unchanged): the
