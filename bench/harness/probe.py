@@ -17,7 +17,8 @@ Tasks (SPEC fields in brackets):
   count every file;
 - `read_md5` [files, threads]: read each whole file and MD5 it (1 MiB pieces), cold;
 - `pack_send` [folder, files, url]: plan the zip and stream it with requests into the null
-  sink, cold, as the import step does; the sink must have read every byte;
+  sink, cold, as the import step does, saving the manifest into a spool folder when the body
+  has hashed every file; the sink must have read every byte;
 - `stat` [files, threads]: `os.stat` of each file;
 - `scan` [folder]: the daemon's settle scans of one folder: the full fingerprint, then the
   shallow signature of a settled folder (twice: the first lists, the second only stats).
@@ -31,8 +32,10 @@ import json
 import multiprocessing
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,9 +168,12 @@ def pack_send(spec: dict[str, Any]) -> dict[str, Any]:
     names = [p[start:] for p in paths]  # relative, as the check's verdict gives them
     del paths
 
+    records = Path(tempfile.mkdtemp(prefix="spool-"))
+
     def send() -> int:
         planned = product.plan_files(folder, names)
-        with requests.Session() as session, product.Body(folder, planned) as body:
+        saving = product.save_manifest(records)
+        with requests.Session() as session, product.Body(folder, planned, saving) as body:
             response = session.post(
                 spec["url"], data=body, headers={"Content-Type": "application/zip"}, timeout=600
             )
@@ -177,7 +183,10 @@ def pack_send(spec: dict[str, Any]) -> dict[str, Any]:
             raise SystemExit(f"pack_send: the sink read {received} of {planned.zip_size} bytes")
         return received
 
-    seconds, sent = _timed(send)
+    try:
+        seconds, sent = _timed(send)
+    finally:
+        shutil.rmtree(records, ignore_errors=True)
     return {"seconds": seconds, "count": count, "bytes": sent}
 
 

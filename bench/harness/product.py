@@ -6,7 +6,8 @@ started here through `xnatdrop sandbox`); when they move, this file is the one t
 
 Entry points used, and why each is the public one:
 - `rules.check_folder`: what `xnatdrop check` and the pipeline's check step run;
-- `pack.plan`, `pack.Body`, `pack.write_zip`: the upload zip as the import step streams it;
+- `pack.plan`, `pack.Body`, `pack.write_zip`: the upload zip as the import step streams it,
+  and `spool.save`, where the import step saves the manifest when the body has hashed every file;
 - `watch.fingerprint`, `watch.shallow_signature`: the settle scans the daemon runs every poll;
 - `dimse.send_series`: the C-STORE transport;
 - the command lines `xnatdrop push`, `xnatdrop run` and `xnatdrop sandbox` (child processes).
@@ -14,13 +15,15 @@ Entry points used, and why each is the public one:
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from xnatdrop import dimse, pack, rules, watch
 from xnatdrop.config import DicomSettings, SettleSettings
+from xnatdrop.pipeline import spool
 
 #: The console script, run with this interpreter (no PATH lookup, the venv's code).
 CLI = [sys.executable, "-m", "xnatdrop"]
@@ -49,6 +52,12 @@ def plan_files(folder: Path, names: Sequence[str]) -> pack.Plan:
     The entries carry no UIDs: the zip's bytes do not depend on them (only the manifest does).
     """
     return pack.plan(folder, _entries(names))
+
+
+def save_manifest(spool_folder: Path) -> Callable[[pack.Manifest], None]:
+    """What the import step does with the manifest when the body has hashed every file: save
+    it into the drop's spool folder (`spool.save`, a streamed atomic write with fsync)."""
+    return functools.partial(spool.save, spool_folder)
 
 
 def write_zip(folder: Path, names: Sequence[str], target: Path) -> int:

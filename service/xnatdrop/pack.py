@@ -23,14 +23,24 @@ Why stream: building a 2 GB zip on disk (read, hash, write, fsync) sat on the cr
 before the first byte was sent. Streaming overlaps reading and hashing with the upload.
 
 Why our own zip writer (`zipformat`): each local header must hold the entry's CRC-32, and it
-precedes the data; so each file is hashed before its header is emitted.
+precedes the data; so each file is hashed before its header is emitted. (A data descriptor
+after the data would spare that, but XNAT reads the upload with java.util.zip.ZipInputStream,
+DicomZipImporter l.161, whose readLOC throws "only DEFLATED entries can have EXT descriptor"
+for a stored entry.)
 
-Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 2 GB/s for CRC-32), and
-hashlib and zlib release the GIL. Files up to `WHOLE_FILE` bytes (a classic slice or a
-multi-frame volume) are read and hashed whole by `READERS` worker threads ahead of the sender, in
-order; at most `WINDOW` bytes are read ahead, so memory stays flat whatever the session size.
-Larger files are hashed in a first pass (also by a reader) and sent in CHUNK pieces in a second
-one, which checks that the bytes did not change.
+Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 3 GB/s for CRC-32), and
+hashlib and zlib release the GIL. `READERS` worker threads read and hash ahead of the sender, in
+order, at most `WINDOW` bytes ahead, so memory stays flat whatever the session size:
+- consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
+  behind room for their headers, hashed there, headers filled in; one job, one piece, one send
+  per run, not per file (a future, a header write and a socket send per 44 KB file cost about
+  as much as hashing it);
+- a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces;
+- a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
+  second one, which checks that the bytes did not change (its CRC must precede its data).
+Pieces are reused buffers (`buffers.Buffers`): a fresh 1 MiB buffer costs as much in page
+faults as hashing it. What the body keeps per file is 28 bytes (its MD5 and, for the central
+directory, its offset and CRC); the manifest's `Entry` objects are made only when read.
 
 A file whose size differs from the plan, or that vanished, aborts the body with `Changed` (a
 TransientError, not an OSError, so that urllib3 and requests let it through unchanged): the
@@ -48,7 +58,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import hashlib
 import logging
 import os
@@ -57,15 +66,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import names, rules, zipformat
+from xnatdrop import buffers, names, rules, zipformat
 from xnatdrop.errors import TransientError
+from xnatdrop.packrecords import Manifest, Plan, Planned
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
-WINDOW = 32 << 20  # bytes read ahead of the sender, at most
+WINDOW = 8 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
+RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
+HEADER = 256  # room counted in a run for each local header (ZIP_NAME_MAX + fixed fields)
 
 
 class Changed(TransientError):
@@ -99,100 +111,6 @@ def upload_name(path: str) -> str:
     return names.fit(path[: len(path) - len(suffix)], suffix, limit=ZIP_NAME_MAX)
 
 
-@dataclasses.dataclass(frozen=True)
-class Planned:
-    """One zip entry of the plan: the file, its size and modification time when planned, and
-    its name in the zip."""
-
-    entry: rules.FileEntry
-    size: int
-    mtime: float
-    zip_name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    zip_size: int
-    files: tuple[Planned, ...]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(p.size for p in self.files)
-
-    def study_uids(self) -> set[str]:
-        return {p.entry.study_instance_uid for p in self.files if p.entry.study_instance_uid}
-
-    def zip_names(self) -> dict[str, str]:
-        """Path (relative, POSIX) -> name in the zip, of every file."""
-        return {p.entry.path.as_posix(): p.zip_name for p in self.files}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "zip_size": self.zip_size,
-            "file_count": len(self.files),
-            "bytes": self.total_bytes,
-            "files": [
-                {"entry": p.entry.to_json(), "size": p.size, "mtime": p.mtime, "name": p.zip_name}
-                for p in self.files
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Plan:
-        files = tuple(
-            Planned(rules.FileEntry.from_json(row["entry"]), int(row["size"]), float(row["mtime"]),
-                    str(row["name"]))
-            for row in data["files"]
-        )  # fmt: skip
-        return cls(int(data["zip_size"]), files)
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry(rules.FileEntry):
-    """One manifest line: a file of the upload with the MD5 of the bytes that went into the
-    zip; `size` is the size of those bytes."""
-
-    md5: str = dataclasses.field(kw_only=True)
-
-    @classmethod
-    def of(cls, file: rules.FileEntry, size: int, md5: str) -> Entry:
-        """`file` as it was sent: `size` bytes with this MD5."""
-        identity = {f.name: getattr(file, f.name) for f in dataclasses.fields(rules.FileEntry)}
-        return cls(**{**identity, "size": size}, md5=md5)
-
-
-@dataclasses.dataclass(frozen=True)
-class Manifest:
-    zip_size: int
-    files: tuple[Entry, ...]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(e.size for e in self.files)
-
-    def series(self) -> dict[str, list[Entry]]:
-        """Entries grouped by SeriesInstanceUID, in first-seen order."""
-        groups: dict[str, list[Entry]] = {}
-        for entry in self.files:
-            groups.setdefault(entry.series_instance_uid, []).append(entry)
-        return groups
-
-    def study_uids(self) -> set[str]:
-        return {e.study_instance_uid for e in self.files if e.study_instance_uid}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "zip_size": self.zip_size,
-            "file_count": len(self.files),
-            "bytes": self.total_bytes,
-            "files": [e.to_json() for e in self.files],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        return cls(int(data["zip_size"]), tuple(Entry.from_json(e) for e in data["files"]))
-
-
 # -- the plan --------------------------------------------------------------------------------
 
 
@@ -206,126 +124,249 @@ def plan(
     """
     zip_names = zip_names or {}
     files = []
+    base = os.fspath(folder)
+    layout = zipformat.Writer()
     for entry in entries:
         try:
-            stat = os.stat(folder / entry.path)
+            stat = os.stat(os.path.join(base, entry.path))
         except FileNotFoundError:
             raise Changed(f"{folder / entry.path} is gone since the folder was checked") from None
         name = entry.path.as_posix()
-        files.append(Planned(entry, stat.st_size, stat.st_mtime, zip_names.get(name, name)))
-    layout = zipformat.Writer()
-    for planned in files:
-        layout.local(planned.zip_name, planned.size, 0, planned.mtime)
-        layout.offset += planned.size
-    size = layout.offset + len(layout.finish())
+        planned = Planned(entry, stat.st_size, stat.st_mtime, zip_names.get(name, name))
+        files.append(planned)
+        layout.entry(0, zipformat.local_length(planned.zip_name, planned.size) + planned.size)
+    size = layout.offset + sum(len(piece) for piece in layout.finish(_central_rows(files)))
     return Plan(size, tuple(files))
+
+
+def _central_rows(files: Iterable[Planned]) -> Iterator[tuple[str, int, float]]:
+    return ((p.zip_name, p.size, p.mtime) for p in files)
 
 
 # -- reading and hashing ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Read:
-    size: int
-    md5: str
-    crc: int
-    data: bytes | None = None  # the whole file, for small ones
+def _failed(path: str, error: OSError, when: str) -> TransientError:
+    if isinstance(error, FileNotFoundError):
+        return Changed(f"{path} vanished {when}")
+    return FileError(error)
 
 
-def _read_whole(path: Path, size: int) -> _Read:
-    """Read and hash one small file (in a reader thread; hashlib and zlib release the GIL)."""
+def _pool() -> buffers.Buffers:
+    """Enough buffers for every run the window holds, those in the readers' hands and the
+    pieces the sender holds; each fits a run or a CHUNK with a header."""
+    return buffers.Buffers(WINDOW // CHUNK + READERS * WHOLE_FILE // CHUNK + 4, RUN + 4096)
+
+
+def _read_run(
+    base: str, run: tuple[Planned, ...], pool: buffers.Buffers
+) -> tuple[list[bytearray], bytes, list[int]]:
+    """Read and hash a run of small files (in a reader thread) into one piece of the zip.
+
+    The piece is each file's local header followed by its data, the data read straight into
+    place (`readv`) and the header filled in once its CRC is known: one buffer, one send, one
+    future per run instead of per file. Returns the piece, the MD5 digests (16 bytes each) and
+    the CRC-32s. hashlib and zlib release the GIL on buffers this size.
+    """
+    lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
+    total = sum(lengths) + sum(p.size for p in run)
+    piece = pool.take(total)
+    view = memoryview(piece)
+    digests = bytearray()
+    crcs = []
+    at = 0
+    for planned, header in zip(run, lengths, strict=True):
+        path = os.path.join(base, planned.entry.path)
+        data = view[at + header : at + header + planned.size]
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                done = 0
+                while done < planned.size:
+                    got = os.readv(descriptor, [data[done:]])
+                    if not got:
+                        break
+                    done += got
+                more = os.read(descriptor, 1)
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            raise _failed(path, error, "after the upload was planned") from error
+        if done != planned.size or more:
+            size = "more" if more else done
+            raise Changed(
+                f"{path} is {size} bytes, planned {planned.size}; it changed after planning"
+            )
+        digests += hashlib.md5(data, usedforsecurity=False).digest()
+        crc = zlib.crc32(data)
+        crcs.append(crc)
+        view[at : at + header] = zipformat.local_header(
+            planned.zip_name, planned.size, crc, planned.mtime
+        )
+        at += header + planned.size
+    view.release()
+    return [piece], bytes(digests), crcs
+
+
+def _read_one(
+    base: str, planned: Planned, pool: buffers.Buffers
+) -> tuple[list[bytearray], bytes, list[int]]:
+    """Read and hash one file larger than a run, up to WHOLE_FILE (in a reader thread), into
+    pieces of about CHUNK bytes from the pool, its local header at the head of the first:
+    the same result as `_read_run`'s. (A buffer of its own per file was mapped and faulted in
+    afresh each time, 1 ns a byte.)"""
+    path = os.path.join(base, planned.entry.path)
+    header = zipformat.local_length(planned.zip_name, planned.size)
+    digest = hashlib.md5(usedforsecurity=False)
+    pieces, crc, done, more = [], 0, 0, b""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(size + 1)
-    except FileNotFoundError:
-        raise Changed(f"{path} vanished after the upload was planned") from None
+        with open(path, "rb", buffering=0) as handle:
+            while done < planned.size:
+                lead = header if not pieces else 0
+                piece = pool.take(lead + min(CHUNK, planned.size - done))
+                with memoryview(piece) as view:
+                    got = handle.readinto(view[lead:])
+                    digest.update(view[lead : lead + got])
+                    crc = zlib.crc32(view[lead : lead + got], crc)
+                if not got:
+                    break
+                buffers.resize(piece, lead + got)
+                pieces.append(piece)
+                done += got
+            more = handle.read(1)
     except OSError as error:
-        raise FileError(error) from error
-    if len(data) != size:
-        raise Changed(f"{path} is {len(data)} bytes, planned {size}; it changed after planning")
-    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    return _Read(size, digest, zlib.crc32(data), data)
+        raise _failed(path, error, "after the upload was planned") from error
+    if done != planned.size or more:
+        size = "more" if more else done
+        raise Changed(f"{path} is {size} bytes, planned {planned.size}; it changed after planning")
+    pieces[0][:header] = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
+    return pieces, digest.digest(), [crc]
 
 
-def _digest(path: Path, size: int) -> _Read:
-    """The first pass over a large file: its MD5 and CRC-32, in CHUNK pieces."""
+def _digest(path: str, size: int) -> tuple[bytes, int]:
+    """The first pass over a large file: its MD5 digest and CRC-32, in CHUNK pieces."""
     digest = hashlib.md5(usedforsecurity=False)
     crc = done = 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
     try:
-        with open(path, "rb") as handle:
-            while data := handle.read(CHUNK):
-                digest.update(data)
-                crc = zlib.crc32(data, crc)
-                done += len(data)
-    except FileNotFoundError:
-        raise Changed(f"{path} vanished after the upload was planned") from None
+        with open(path, "rb", buffering=0) as handle:
+            while got := handle.readinto(buffer):
+                digest.update(view[:got])
+                crc = zlib.crc32(view[:got], crc)
+                done += got
     except OSError as error:
-        raise FileError(error) from error
+        raise _failed(path, error, "after the upload was planned") from error
     if done != size:
         raise Changed(f"{path} is {done} bytes, planned {size}; it changed after planning")
-    return _Read(size, digest.hexdigest(), crc)
+    return digest.digest(), crc
 
 
-def _copy(path: Path, first: _Read) -> Iterator[bytes]:
-    """The second pass over a large file; Changed if it differs from the first one."""
-    crc = done = 0
+def _copy(
+    path: str, size: int, crc: int, header: bytes, pool: buffers.Buffers
+) -> Iterator[bytearray]:
+    """The second pass over a large file, its local header first, in pieces of about CHUNK
+    bytes read into reused buffers; Changed if it differs from the first pass."""
+    check = done = 0
     try:
-        with open(path, "rb") as handle:
-            while data := handle.read(CHUNK):
-                crc = zlib.crc32(data, crc)
-                done += len(data)
-                if done > first.size:
+        with open(path, "rb", buffering=0) as handle:
+            while True:
+                lead = len(header)
+                want = min(CHUNK, size - done) if done < size else 1  # 1: has it grown?
+                buffer = pool.take(lead + want)
+                with memoryview(buffer) as view:
+                    view[:lead] = header
+                    got = handle.readinto(view[lead:])
+                    check = zlib.crc32(view[lead : lead + got], check)
+                if not got:
                     break
-                yield data
-    except FileNotFoundError:
-        raise Changed(f"{path} vanished while it was sent") from None
+                done += got
+                if done > size:
+                    break
+                if got < want:
+                    buffers.resize(buffer, lead + got)
+                yield buffer
+                header = b""
     except OSError as error:
-        raise FileError(error) from error
-    if (done, crc) != (first.size, first.crc):
+        raise _failed(path, error, "while it was sent") from error
+    if (done, check) != (size, crc):
         raise Changed(f"{path} changed while it was sent")
 
 
-def _hashed(
-    folder: Path, planned: Plan, readers: concurrent.futures.Executor
-) -> Iterator[tuple[Planned, _Read]]:
-    """Each planned file with its hashes (and data, if small), in order, read ahead by `readers`.
+def _runs(files: tuple[Planned, ...]) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each run of the plan's files read as one job: consecutive files of up
+    to RUN bytes, headers included, or one larger file alone."""
+    start = 0
+    while start < len(files):
+        stop, held = start, 0
+        if files[start].size > RUN:
+            stop += 1
+        else:
+            while (
+                stop < len(files)
+                and files[stop].size <= RUN
+                and (stop == start or held + files[stop].size + HEADER <= RUN)
+            ):
+                held += files[stop].size + HEADER
+                stop += 1
+        yield start, stop
+        start = stop
+
+
+_Job = concurrent.futures.Future  # of _read_run's, _read_one's or _digest's result
+
+
+def _read_ahead(
+    base: str, planned: Plan, readers: concurrent.futures.Executor, pool: buffers.Buffers
+) -> Iterator[tuple[int, int, Any]]:
+    """Each run of the plan (`_runs`) with its read result, in order, read ahead by `readers`.
 
     At most WINDOW bytes of small files are held ahead; a large file counts as one CHUNK.
     """
-    queue: collections.deque[tuple[Planned, concurrent.futures.Future[_Read], int]]
-    queue = collections.deque()
+    files = planned.files
+    queue: collections.deque[tuple[int, int, _Job[Any], int]] = collections.deque()
     ahead = 0
-    pending = iter(planned.files)
+    pending = _runs(files)
     try:
         while True:
             while ahead < WINDOW:
-                entry = next(pending, None)
-                if entry is None:
+                run = next(pending, None)
+                if run is None:
                     break
-                path = folder / entry.entry.path
-                if entry.size <= WHOLE_FILE:
-                    future = readers.submit(_read_whole, path, entry.size)
-                    cost = entry.size
-                else:
-                    future = readers.submit(_digest, path, entry.size)
+                start, stop = run
+                if files[start].size > WHOLE_FILE:
+                    path = os.path.join(base, files[start].entry.path)
+                    future = readers.submit(_digest, path, files[start].size)
                     cost = CHUNK
-                queue.append((entry, future, cost))
+                elif files[start].size > RUN:
+                    future = readers.submit(_read_one, base, files[start], pool)
+                    cost = files[start].size + HEADER
+                else:
+                    future = readers.submit(_read_run, base, files[start:stop], pool)
+                    cost = sum(p.size + HEADER for p in files[start:stop])
+                queue.append((start, stop, future, cost))
                 ahead += cost
             if not queue:
                 return
-            entry, future, cost = queue.popleft()
+            start, stop, future, cost = queue.popleft()
             ahead -= cost
-            yield entry, future.result()
+            yield start, stop, future.result()
     finally:
-        for _, future, _ in queue:
+        for _, _, future, _ in queue:
             future.cancel()
 
 
 def digest(folder: Path, planned: Plan) -> Manifest:
     """The manifest of the planned files, hashing them without sending."""
+    base = os.fspath(folder)
+    digests = bytearray()
     with concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="hash") as readers:
-        entries = [Entry.of(p.entry, r.size, r.md5) for p, r in _hashed(folder, planned, readers)]
-    return Manifest(planned.zip_size, tuple(entries))
+        for start, _, read in _read_ahead(base, planned, readers, _pool()):
+            if planned.files[start].size > WHOLE_FILE:
+                digests += read[0]
+            else:
+                digests += read[1]
+    return Manifest.sent(planned.zip_size, planned.files, bytes(digests))
 
 
 # -- the streamed zip ------------------------------------------------------------------------
@@ -334,11 +375,12 @@ def digest(folder: Path, planned: Plan) -> Manifest:
 class Body:
     """The zip of `planned` as a request body: `len()` is its size, `read()` its next bytes.
 
-    `read(amount)` returns the next piece (a header, a small file, or one CHUNK of a large
-    one), whatever `amount`; b"" at the end. When every file has been hashed, the manifest is
-    passed to `on_manifest` (which may save it, or check it: an OSError it raises becomes
-    FileError). Raise Changed if a file no longer matches the plan. `close()` stops the reader
-    threads; a new Body sends again from the start.
+    `read(amount)` returns the next piece (a run of small files with their headers, a large
+    file's header, one CHUNK of a large file, or part of the central directory), whatever
+    `amount`; b"" at the end. When every file has been hashed, the manifest is passed to
+    `on_manifest` (which may save it, or check it: an OSError it raises becomes FileError).
+    Raise Changed if a file no longer matches the plan. `close()` stops the reader threads; a
+    new Body sends again from the start.
     """
 
     def __init__(
@@ -351,6 +393,7 @@ class Body:
         self._plan = planned
         self._on_manifest = on_manifest
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="upload")
+        self._buffers = _pool()
         self._pieces = self._generate()
         self._done = False
         self._failed: BaseException | None = None
@@ -358,7 +401,7 @@ class Body:
     def __len__(self) -> int:
         return self._plan.zip_size
 
-    def read(self, amount: int = -1) -> bytes:
+    def read(self, amount: int = -1) -> bytes | bytearray:
         if self._failed is not None:
             # Never let a reader that goes on after an error take the short body as complete.
             raise self._failed
@@ -385,28 +428,43 @@ class Body:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _generate(self) -> Iterator[bytes]:
+    def _generate(self) -> Iterator[bytes | bytearray]:
         writer = zipformat.Writer()
-        entries = []
-        for planned, read in _hashed(self._folder, self._plan, self._readers):
-            path = self._folder / planned.entry.path
-            yield writer.local(planned.zip_name, planned.size, read.crc, planned.mtime)
-            if read.data is None:
-                yield from _copy(path, read)
-            elif read.data:  # never b"" (an empty file): a body's readers take b"" for its end
-                yield read.data
-            writer.offset += planned.size
-            entries.append(Entry.of(planned.entry, read.size, read.md5))
-        manifest = Manifest(self._plan.zip_size, tuple(entries))
+        files = self._plan.files
+        base = os.fspath(self._folder)
+        digests = bytearray()
+        for start, stop, read in _read_ahead(base, self._plan, self._readers, self._buffers):
+            if files[start].size > WHOLE_FILE:
+                planned = files[start]
+                md5, crc = read
+                header = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
+                path = os.path.join(base, planned.entry.path)
+                yield from _copy(path, planned.size, crc, header, self._buffers)
+                writer.entry(crc, len(header) + planned.size)
+                digests += md5
+            else:
+                pieces, md5s, crcs = read
+                yield from pieces
+                for planned, crc in zip(files[start:stop], crcs, strict=True):
+                    writer.entry(crc, zipformat.local_length(planned.zip_name, planned.size)
+                                 + planned.size)  # fmt: skip
+                digests += md5s
+        manifest = Manifest.sent(self._plan.zip_size, files, bytes(digests))
+        del digests
         if self._on_manifest is not None:
             try:
                 self._on_manifest(manifest)
             except OSError as error:
                 raise FileError(error) from error
-        tail = writer.finish()
-        if writer.offset + len(tail) != self._plan.zip_size:
+        del manifest
+        end = writer.offset
+        for piece in writer.finish(_central_rows(files)):
+            end += len(piece)
+            if end >= self._plan.zip_size and end != self._plan.zip_size:
+                raise AssertionError("the zip's length differs from its plan")  # a bug, not data
+            yield piece
+        if end != self._plan.zip_size:
             raise AssertionError("the zip's length differs from its plan")  # a bug, not data
-        yield tail
 
 
 def write_zip(

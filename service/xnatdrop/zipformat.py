@@ -11,94 +11,92 @@ Java's ZipInputStream (XNAT's DICOM-zip importer) refuses for stored entries.
 
 from __future__ import annotations
 
+import array
+import functools
 import struct
 import time
+from collections.abc import Iterable, Iterator
 
 ZIP64_LIMIT = (1 << 31) - 1  # above this a size or offset goes in a ZIP64 field, as zipfile does
 
 
-class Writer:
-    """Headers of stored entries whose size and CRC-32 are known before their data.
+def _name(name: str) -> tuple[bytes, int]:
+    """The entry name's bytes and its general purpose flags (bit 11: UTF-8, APPNOTE 4.4.4)."""
+    try:
+        return name.encode("ascii"), 0
+    except UnicodeEncodeError:
+        return name.encode("utf-8"), 0x800
 
-    The caller emits each local header, then the entry's data, and adds the data's size to
-    `offset`; `finish()` returns the central directory and end records. The lengths of the
-    headers do not depend on the CRC, so `plan()` uses the same code with a zero CRC.
+
+def local_length(name: str, size: int) -> int:
+    """The length of the local header `local_header` makes for this entry (no CRC needed)."""
+    return 30 + len(_name(name)[0]) + (20 if size > ZIP64_LIMIT else 0)
+
+
+def local_header(name: str, size: int, crc: int, mtime: float) -> bytes:
+    """One stored entry's local header (APPNOTE 4.3.7), with its CRC-32 and sizes."""
+    encoded, flags = _name(name)
+    dos_time, dos_date = _dos_stamp(mtime)
+    big = size > ZIP64_LIMIT
+    stored = 0xFFFFFFFF if big else size
+    extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+    return (
+        _LOCAL.pack(
+            0x04034B50, 45 if big else 20, flags, 0, dos_time, dos_date, crc, stored, stored,
+            len(encoded), len(extra),
+        )
+        + encoded
+        + extra
+    )  # fmt: skip
+
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+
+
+class Writer:
+    """The offsets and CRC-32s of the entries written so far, and the zip's tail from them.
+
+    The caller emits each entry (its `local_header`, then its data), and records it with
+    `entry(crc, length)`; `finish(entries)` yields the central directory and the end records,
+    given each entry's name, size and mtime again, in the same order. Only the offset and the
+    CRC are kept per entry (12 bytes): the central directory of 50,000 files, built as it is
+    sent, is never held whole. The lengths do not depend on the CRC, so `plan()` uses the same
+    code with a zero CRC.
     """
 
     def __init__(self) -> None:
         self.offset = 0
-        self._central: list[bytes] = []
+        self._offsets = array.array("Q")
+        self._crcs = array.array("L")
 
-    def local(self, name: str, size: int, crc: int, mtime: float) -> bytes:
-        """One entry's local header (APPNOTE 4.3.7); its central header is kept for later."""
-        offset = self.offset
-        try:
-            encoded, flags = name.encode("ascii"), 0
-        except UnicodeEncodeError:
-            encoded, flags = name.encode("utf-8"), 0x800  # general purpose bit 11: UTF-8 name
-        dos_time, dos_date = _dos_stamp(mtime)
-        big = size > ZIP64_LIMIT
-        version = 45 if big else 20
-        stored = 0xFFFFFFFF if big else size
-        extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
-        header = (
-            struct.pack(
-                "<IHHHHHIIIHH",
-                0x04034B50,
-                version,
-                flags,
-                0,
-                dos_time,
-                dos_date,
-                crc,
-                stored,
-                stored,
-                len(encoded),
-                len(extra),
-            )
-            + encoded
-            + extra
-        )
-        # Central directory header (4.3.12); its ZIP64 field holds what overflowed, in order.
-        fields = [size, size] if big else []
-        if offset > ZIP64_LIMIT:
-            fields.append(offset)
-        extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
-        version = 45 if fields else 20
-        self._central.append(
-            struct.pack(
-                "<IHHHHHHIIIHHHHHII",
-                0x02014B50,
-                (3 << 8) | version,
-                version,
-                flags,
-                0,
-                dos_time,
-                dos_date,
-                crc,
-                stored,
-                stored,
-                len(encoded),
-                len(extra),
-                0,
-                0,
-                0,
-                0o600 << 16,
-                0xFFFFFFFF if offset > ZIP64_LIMIT else offset,
-            )
-            + encoded
-            + extra
-        )
-        self.offset += len(header)
-        return header
+    def entry(self, crc: int, length: int) -> None:
+        """Record an entry written at `offset`: `length` bytes, header and data."""
+        self._offsets.append(self.offset)
+        self._crcs.append(crc)
+        self.offset += length
 
-    def finish(self) -> bytes:
-        """The central directory and the end records (4.3.14-4.3.16)."""
+    def finish(
+        self, entries: Iterable[tuple[str, int, float]], piece: int = 1 << 18
+    ) -> Iterator[bytes]:
+        """The central directory (4.3.12) in pieces of about `piece` bytes, then the end
+        records (4.3.14-4.3.16). `entries` are the recorded entries' (name, size, mtime)."""
         start = self.offset
-        central = b"".join(self._central)
-        size = len(central)
-        count = len(self._central)
-        tail = [central]
+        size = count = 0
+        pending: list[bytes] = []
+        held = 0
+        for (name, length, mtime), offset, crc in zip(
+            entries, self._offsets, self._crcs, strict=True
+        ):
+            record = _central(name, length, mtime, offset, crc)
+            pending.append(record)
+            held += len(record)
+            size += len(record)
+            count += 1
+            if held >= piece:
+                yield b"".join(pending)
+                pending, held = [], 0
+        tail = [b"".join(pending)]
         if count >= 0xFFFF or start > ZIP64_LIMIT or size > ZIP64_LIMIT:
             end64 = start + size
             tail.append(
@@ -118,16 +116,42 @@ class Writer:
                 0,
             )
         )
-        return b"".join(tail)
+        yield b"".join(tail)
+
+
+def _central(name: str, size: int, mtime: float, offset: int, crc: int) -> bytes:
+    """One central directory header (4.3.12); its ZIP64 field holds what overflowed, in order."""
+    encoded, flags = _name(name)
+    dos_time, dos_date = _dos_stamp(mtime)
+    big = size > ZIP64_LIMIT
+    stored = 0xFFFFFFFF if big else size
+    fields = [size, size] if big else []
+    if offset > ZIP64_LIMIT:
+        fields.append(offset)
+    extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+    version = 45 if fields else 20
+    return (
+        _CENTRAL.pack(
+            0x02014B50, (3 << 8) | version, version, flags, 0, dos_time, dos_date, crc, stored,
+            stored, len(encoded), len(extra), 0, 0, 0, 0o600 << 16,
+            0xFFFFFFFF if offset > ZIP64_LIMIT else offset,
+        )
+        + encoded
+        + extra
+    )  # fmt: skip
 
 
 def _dos_stamp(mtime: float) -> tuple[int, int]:
     """MS-DOS time and date fields of a zip header (APPNOTE 4.4.6)."""
-    year, month, day, hour, minute, second = _zip_time(mtime)
-    return (hour << 11) | (minute << 5) | (second // 2), ((year - 1980) << 9) | (month << 5) | day
-
-
-def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     # Zip timestamps cannot predate 1980 or pass 2107; clamp rather than fail on odd clocks.
-    stamp = time.localtime(min(max(mtime, 315532800), 4354819199))
-    return (stamp.tm_year, stamp.tm_mon, stamp.tm_mday, stamp.tm_hour, stamp.tm_min, stamp.tm_sec)
+    return _dos_second(int(min(max(mtime, 315532800), 4354819199)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _dos_second(second: int) -> tuple[int, int]:
+    """`_dos_stamp` of a whole second, cached: the files of a session were written within a
+    few seconds of each other, and `time.localtime` was a tenth of the header's cost."""
+    stamp = time.localtime(second)
+    year, month, day = stamp.tm_year, stamp.tm_mon, stamp.tm_mday
+    hour, minute, second = stamp.tm_hour, stamp.tm_min, stamp.tm_sec
+    return (hour << 11) | (minute << 5) | (second // 2), ((year - 1980) << 9) | (month << 5) | day

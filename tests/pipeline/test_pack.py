@@ -165,7 +165,7 @@ def test_memory_stays_flat_for_large_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change", ["grow", "shrink", "vanish"])
-@pytest.mark.parametrize("mib", [0, 9])  # read whole by a reader thread; hashed then streamed
+@pytest.mark.parametrize("mib", [0, 2, 9])  # in a run; alone, in pieces; hashed, then streamed
 def test_a_file_that_changed_after_planning_aborts_the_body(
     tmp_path: Path, change: str, mib: int
 ) -> None:
@@ -269,3 +269,79 @@ def test_java_zipinputstream_reads_the_zip(
         for d in [(folder / i.path).read_bytes()]
     ]
     assert result.stdout.splitlines() == expected
+
+
+def many_files(folder: Path, count: int, size: int) -> list[rules.FileEntry]:
+    """`count` files of `size` bytes in series folders of 500, described with UIDs of real
+    length, as the check step hands them to the packer."""
+    entries = []
+    for number in range(count):
+        path = Path(f"series{number // 500:03d}") / f"IM{number:06d}.dcm"
+        (folder / path.parent).mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(number.to_bytes(4, "big") * (size // 4))
+        uid = f"1.2.826.0.1.3680043.8.498.{number:038d}"
+        entries.append(
+            rules.FileEntry(path, size, uid, "1.2.840.10008.5.1.4.1.1.4", f"{uid[:-3]}999", "1",
+                            f"{uid[:-5]}77777", "1.2.840.10008.1.2.1")
+        )  # fmt: skip
+    return entries
+
+
+def send_peak(folder: Path, entries: list[rules.FileEntry], records: Path) -> int:
+    """Peak Python allocation (tracemalloc) while a Body of `entries` is sent and its manifest
+    saved into the spool `records`, beyond what the plan itself holds."""
+    planned = pack.plan(folder, entries)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        with pack.Body(folder, planned, lambda made: spool.save(records, made)) as body:
+            while body.read(1 << 16):
+                pass
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    manifest = spool.load(records, pack.Manifest)
+    assert manifest is not None and len(manifest.files) == len(entries)
+    return peak
+
+
+def test_memory_per_file_stays_small_when_sending_many_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a Body holds per file while it sends and saves the manifest: the MD5 (16 bytes)
+    and, for the central directory, the offset and CRC (12). Entry objects, central directory
+    records and the manifest's JSON text used to grow with the file count (about 3 KB a file,
+    150 MB at 50,000 files). The read-ahead window is made small so that it fills in both runs:
+    the difference between them is what grows with the count."""
+    monkeypatch.setattr(pack, "WINDOW", 256 << 10)
+    small, large = 1500, 6000
+    peaks = {}
+    for count in (small, large):
+        folder = tmp_path / f"S{count}"
+        peaks[count] = send_peak(folder, many_files(folder, count, 2048), tmp_path / f"R{count}")
+    per_file = (peaks[large] - peaks[small]) / (large - small)
+    assert per_file < 200, f"{per_file:.0f} bytes per file ({peaks})"
+
+
+def test_pieces_a_caller_keeps_are_never_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of small files are read into reused buffers: a piece still held by anyone (here the
+    caller keeps all of them) must never be reused for a later run, while one nobody holds
+    any more is (the second body, drained piece by piece into a file)."""
+    monkeypatch.setattr(pack, "RUN", 8 << 10)
+    folder = tmp_path / "S"
+    entries = many_files(folder, 300, 5000)  # about 300 runs, many more than the pool holds
+    planned = pack.plan(folder, entries)
+    with pack.Body(folder, planned) as body:
+        kept = []
+        while piece := body.read(1 << 16):
+            kept.append(piece)
+    assert len(kept) > 100
+    (tmp_path / "kept.zip").write_bytes(b"".join(kept))
+    assert_zip_holds(tmp_path / "kept.zip", folder, [e.path.as_posix() for e in entries])
+    manifest = pack.write_zip(folder, entries, tmp_path / "dropped.zip")
+    assert (tmp_path / "dropped.zip").read_bytes() == (tmp_path / "kept.zip").read_bytes()
+    assert [e.md5 for e in manifest.files] == [
+        hashlib.md5((folder / e.path).read_bytes()).hexdigest() for e in entries
+    ]

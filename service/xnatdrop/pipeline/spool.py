@@ -282,8 +282,16 @@ def load(folder: Path, kind: type[R]) -> R | None:
 
 
 def save(folder: Path, record: Record) -> None:
-    """Write `record` atomically into `folder` (made 0700 if missing)."""
+    """Write `record` atomically into `folder` (made 0700 if missing).
+
+    The plan and the manifest (a row per file, 50,000 and more) are written piece by piece
+    (`json_pieces`): their whole text, or a dict per file, is never built in memory.
+    """
     ledger.private_dir(folder)
+    pieces = getattr(record, "json_pieces", None)
+    if pieces is not None:
+        atomicfile.write(folder / NAMES[type(record)], pieces())
+        return
     text = json.dumps(record.to_json(), indent=1, ensure_ascii=False)
     atomicfile.write(folder / NAMES[type(record)], text)
 
@@ -355,7 +363,7 @@ def manifest_for(folder: Path, work: Path, drop_id: int) -> pack.Manifest:
         save(folder, manifest)
         log.info(
             "hashed %d files for the manifest (%.1f s)",
-            len(manifest.files),
+            manifest.file_count,
             time.monotonic() - started,
         )
     return manifest

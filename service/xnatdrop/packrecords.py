@@ -1,0 +1,196 @@
+"""The records of the upload zip: its plan (`Plan`, a `Planned` per file) and its manifest
+(`Manifest`, an `Entry` per file). `pack` makes them and re-exports them (`pack.Plan`, ...);
+the spool keeps them (`json_pieces`, written piece by piece: a row per file, 50,000 and more,
+is never held as one text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from xnatdrop import rules
+
+# One encoder for every row: json.dumps with options builds a new one per call (3 µs a file).
+_ROW = json.JSONEncoder(ensure_ascii=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Planned:
+    """One zip entry of the plan: the file, its size and modification time when planned, and
+    its name in the zip. (Slots: a plan holds one per file, 50,000 and more.)"""
+
+    entry: rules.FileEntry
+    size: int
+    mtime: float
+    zip_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    zip_size: int
+    files: tuple[Planned, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.size for p in self.files)
+
+    def study_uids(self) -> set[str]:
+        return {p.entry.study_instance_uid for p in self.files if p.entry.study_instance_uid}
+
+    def zip_names(self) -> dict[str, str]:
+        """Path (relative, POSIX) -> name in the zip, of every file."""
+        return {p.entry.path.as_posix(): p.zip_name for p in self.files}
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads("".join(self.json_pieces()))
+
+    def json_pieces(self) -> Iterator[str]:
+        """`to_json()` as JSON text, in pieces of one file each: a spool record of 50,000 files
+        is written without building its whole text, or a dict per file, in memory."""
+        yield (
+            f'{{"zip_size": {self.zip_size}, "file_count": {len(self.files)}, '
+            f'"bytes": {self.total_bytes}, "files": ['
+        )
+        for index, p in enumerate(self.files):
+            row = {
+                "entry": _identity(p.entry),
+                "size": p.size,
+                "mtime": p.mtime,
+                "name": p.zip_name,
+            }
+            yield ("\n" if index == 0 else ",\n") + _ROW.encode(row)
+        yield "\n]}\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        files = tuple(
+            Planned(rules.FileEntry.from_json(row["entry"]), int(row["size"]), float(row["mtime"]),
+                    str(row["name"]))
+            for row in data["files"]
+        )  # fmt: skip
+        return cls(int(data["zip_size"]), files)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))
+
+
+def _identity(file: rules.FileEntry) -> dict[str, Any]:
+    """`file.to_json()` without `dataclasses.asdict` (a deep copy, 10 µs a file)."""
+    row = {name: getattr(file, name) for name in _FIELDS}
+    row["path"] = file.path.as_posix()
+    return row
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry(rules.FileEntry):
+    """One manifest line: a file of the upload with the MD5 of the bytes that went into the
+    zip; `size` is the size of those bytes."""
+
+    md5: str = dataclasses.field(kw_only=True)
+
+    @classmethod
+    def of(cls, file: rules.FileEntry, size: int, md5: str) -> Entry:
+        """`file` as it was sent: `size` bytes with this MD5."""
+        identity = {name: getattr(file, name) for name in _FIELDS}
+        return cls(**{**identity, "size": size}, md5=md5)
+
+
+class Manifest:
+    """The manifest of an upload: `zip_size` and, in `files`, an `Entry` per file.
+
+    A manifest made while sending (`sent`) holds only the plan's entries and 16 bytes of MD5
+    per file; the `Entry` objects (about 1 KB each with their dict) are made the first time
+    `files` is read, by the verify step, and never while the body is sent or the manifest
+    saved (`json_pieces`).
+    """
+
+    __slots__ = ("_files", "_md5", "_planned", "zip_size")
+
+    def __init__(self, zip_size: int, files: tuple[Entry, ...]) -> None:
+        self.zip_size = zip_size
+        self._files: tuple[Entry, ...] | None = files
+        self._planned: tuple[Planned, ...] = ()
+        self._md5 = b""
+
+    @classmethod
+    def sent(cls, zip_size: int, planned: tuple[Planned, ...], md5: bytes) -> Manifest:
+        """The manifest of `planned`, sent as planned, whose MD5 digests are `md5` (16 bytes
+        each, in order)."""
+        if len(md5) != 16 * len(planned):
+            raise ValueError("one 16-byte MD5 per planned file")
+        manifest = cls(zip_size, ())
+        manifest._files, manifest._planned, manifest._md5 = None, planned, md5
+        return manifest
+
+    @property
+    def files(self) -> tuple[Entry, ...]:
+        if self._files is None:
+            self._files = tuple(
+                Entry.of(p.entry, p.size, self._md5[16 * i : 16 * i + 16].hex())
+                for i, p in enumerate(self._planned)
+            )
+            self._planned, self._md5 = (), b""
+        return self._files
+
+    @property
+    def file_count(self) -> int:
+        return len(self._planned) if self._files is None else len(self._files)
+
+    @property
+    def total_bytes(self) -> int:
+        if self._files is None:
+            return sum(p.size for p in self._planned)
+        return sum(e.size for e in self._files)
+
+    def series(self) -> dict[str, list[Entry]]:
+        """Entries grouped by SeriesInstanceUID, in first-seen order."""
+        groups: dict[str, list[Entry]] = {}
+        for entry in self.files:
+            groups.setdefault(entry.series_instance_uid, []).append(entry)
+        return groups
+
+    def study_uids(self) -> set[str]:
+        return {e.study_instance_uid for e in self.files if e.study_instance_uid}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return (self.zip_size, self.files) == (other.zip_size, other.files)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Manifest(zip_size={self.zip_size}, {self.file_count} files)"
+
+    def _rows(self) -> Iterator[dict[str, Any]]:
+        if self._files is None:
+            for i, p in enumerate(self._planned):
+                row = _identity(p.entry)
+                row["size"] = p.size
+                row["md5"] = self._md5[16 * i : 16 * i + 16].hex()
+                yield row
+        else:
+            for entry in self._files:
+                row = _identity(entry)
+                row["md5"] = entry.md5
+                yield row
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads("".join(self.json_pieces()))
+
+    def json_pieces(self) -> Iterator[str]:
+        """`to_json()` as JSON text, one file a piece (see `Plan.json_pieces`)."""
+        yield (
+            f'{{"zip_size": {self.zip_size}, "file_count": {self.file_count}, '
+            f'"bytes": {self.total_bytes}, "files": ['
+        )
+        for index, row in enumerate(self._rows()):
+            yield ("\n" if index == 0 else ",\n") + _ROW.encode(row)
+        yield "\n]}\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls(int(data["zip_size"]), tuple(Entry.from_json(e) for e in data["files"]))
