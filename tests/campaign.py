@@ -205,7 +205,10 @@ def ledger_rows(lab: Lab) -> list[sqlite3.Row]:
 
 def finished(lab: Lab, drops: list[Drop]) -> bool:
     """Every drop that must end somewhere is there, and the ledger has nothing unfinished."""
-    where = places(lab)
+    try:
+        where = places(lab)
+    except FileNotFoundError:
+        return False  # the daemon moved a folder while it was listed: not settled yet, look again
     for drop in drops:
         if drop.expect.kind == "waiting":
             continue
