@@ -377,7 +377,7 @@ def test_event_hint_spaces_its_wakes_and_never_drops_the_last_event(root: Path) 
 
     def wake() -> None:
         seen.append(sorted(p.name for p in root.iterdir()))
-        if seen[-1] == names:
+        if len(seen) >= 2 and seen[-1] == names:  # the gap's end wake, whatever the first saw
             complete.set()
 
     hint = watch.EventHint([root], wake, gap=2.0)  # far longer than the burst, even under load
@@ -385,10 +385,10 @@ def test_event_hint_spaces_its_wakes_and_never_drops_the_last_event(root: Path) 
     try:
         for name in names:
             (root / name).mkdir()
-        assert complete.wait(10)
+        assert complete.wait(10), seen
     finally:
         hint.stop()
-    assert 2 <= len(seen) <= 3, seen  # the first event's wake, then the gap's end (3: a slow burst)
+    assert len(seen) <= 3, seen  # the first event's wake, then the gap's end (3: a slow burst)
 
 
 LATIN1 = b"Mu\xf1oz"  # "Muñoz" as an SMB/USB copy with a latin-1 code page writes it
