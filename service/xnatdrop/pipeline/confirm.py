@@ -42,7 +42,7 @@ def verify_step(context: Context, drop: ledger.Drop) -> Done | Resend:
         if readback.archived(context, drop, manifest) is not None:
             return Done("already archived")
         return Resend("the prearchive session is gone")
-    files = context.client().prearchive_files(drop.prearchive_uri)
+    files = readback.prearchive_files(context, drop.prearchive_uri)
     sizes = not found.rewrites_at_import()
     check = verify.check_prearchive(late.sent(context, drop), files, compare_sizes=sizes)
     if check.incomplete:
