@@ -176,7 +176,15 @@ def error_message(response: requests.Response) -> str:
     return message or response.reason or str(response.status_code)
 
 
+# Answer types that are never a login page (XNAT serves that as text/html). Such an answer is not
+# read here: a streamed catalog or download would otherwise be loaded whole just to look at it.
+NOT_A_PAGE = ("xml", "json", "application/octet-stream", "application/dicom", "application/zip")
+
+
 def looks_like_html(response: requests.Response) -> bool:
+    kind = response.headers.get("Content-Type", "").lower()
+    if "html" not in kind and any(name in kind for name in NOT_A_PAGE):
+        return False
     head = response.content[:64].lstrip().lower()
     return head.startswith((b"<!doctype", b"<html"))
 

@@ -22,7 +22,9 @@ from xnatdrop.xnat.connection import Connection
 # DICOM resources of a scan, as XNAT's importer creates them (DefaultCatalogService: "DICOM" or
 # "secondary"). Anything else on a scan (SNAPSHOTS, NIFTI from automation) is not ours.
 DICOM_RESOURCES = frozenset({"DICOM", "secondary"})
-CATALOG_PIECE = 64 * 1024  # bytes of a catalog answer parsed at a time
+# Bytes of a catalog answer parsed at a time: each piece's elements (about 50 entries of 300
+# bytes, 1 kB each parsed) are alive at once, so a small piece keeps the parse small.
+CATALOG_PIECE = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
