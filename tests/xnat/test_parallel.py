@@ -8,6 +8,7 @@ that reads one at a time shows 1 and a concurrent one 2 or more, with no timing 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from conftest import Dicom
 from gate_front import GateFront
 from xnat_sandbox import Sandbox
-from xnatdrop import config, xnat
+from xnatdrop import config, logsetup, xnat
 
 PROJECT = "SPN01"
 
@@ -160,3 +161,24 @@ def test_a_large_catalog_is_parsed_in_little_memory(
     # Streamed: one piece's worth of elements at a time, whatever the scan's size (about 0.1
     # MB here); a whole tree and the answer held as bytes came to 2.2 MB for this scan.
     assert peak - kept < 200_000 < document, (peak, kept, document)
+
+
+def test_workers_log_with_the_callers_label(
+    sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's log lines carry the drop's label, as the caller's do (a copied context)."""
+    log = logging.getLogger("xnatdrop.test_parallel")
+
+    def factory() -> xnat.XnatClient:
+        return xnat.XnatClient(settings_for(sandbox.url), "pw")
+
+    def who(client: xnat.XnatClient, item: int) -> str:
+        log.warning("reading item %d", item)
+        return client.whoami()
+
+    caplog.set_level(logging.WARNING, logger="xnatdrop.test_parallel")
+    with logsetup.log_context("SPN01_LOGGED"), factory() as lead:
+        assert xnat.fan_out(lead, factory, who, [1, 2, 3]) == ["svc"] * 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "xnatdrop.test_parallel"]
+    assert len(lines) == 3
+    assert all("SPN01_LOGGED" in line for line in lines), lines

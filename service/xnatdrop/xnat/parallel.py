@@ -15,6 +15,7 @@ session out when it closes.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -66,8 +67,16 @@ def fan_out(
             with lock:
                 errors.append(error)
 
+    # Each worker runs in a copy of the caller's context, so its log lines carry the drop's
+    # label (`logsetup.log_context`) as the caller's do.
     threads = [
-        threading.Thread(target=worker, name=f"xnat-read-{n}", daemon=True) for n in range(count)
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(worker,),
+            name=f"xnat-read-{n}",
+            daemon=True,
+        )
+        for n in range(count)
     ]
     for thread in threads:
         thread.start()
