@@ -298,6 +298,7 @@ def xnatdrop_push(folder: Path, work: Path) -> dict[str, Any]:
     lines = re.findall(rf"{label}: (\w+): .*\(([\d.]+) s\)$", text, re.M)
     steps = {step: float(seconds) for step, seconds in lines}
     send = re.search(r"sent in ([\d.]+) s .*answered ([\d.]+) s later", text)
+    archiving = re.search(r"archived as \S+ \(XNAT took ([\d.]+) s\)", text)
     peak = json.loads(peak_file.read_text())
     return {
         "seconds": seconds,
@@ -307,6 +308,10 @@ def xnatdrop_push(folder: Path, work: Path) -> dict[str, Any]:
         "steps": steps,
         "send_seconds": float(send[1]) if send else None,
         "server_wait_seconds": float(send[2]) if send else None,
+        # The archive step is XNAT's archive request plus xnatdrop's read-back after it.
+        "archive_request_seconds": float(archiving[1]) if archiving else None,
+        # Interpreter start, imports, configuration, ledger: the child's time outside its steps.
+        "outside_steps_seconds": seconds - sum(steps.values()),
     }
 
 

@@ -508,6 +508,10 @@ def _push_row(step: dict[str, Any]) -> list[str]:
         f"server {drop['server_wait_seconds'] or 0:.1f}); check {steps.get('check', 0):.1f}, "
         f"verify {steps.get('verify', 0):.1f}, archive and verify {steps.get('archive', 0):.1f}"
     )
+    if drop.get("archive_request_seconds") is not None:
+        split += f" (archive request {drop['archive_request_seconds']:.1f})"
+    if drop.get("outside_steps_seconds") is not None:
+        split += f"; start-up and the rest {drop['outside_steps_seconds']:.1f}"
     return [
         step["label"],
         f"{p['disk_write_files']['mb_per_s']:,.0f} ({p['disk_write']['mb_per_s']:,.0f})",

@@ -12,6 +12,7 @@ saying the session is in XNAT, at which address, and what differs.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from xnatdrop import breaker, ledger, pack, verify, xnat
@@ -32,18 +33,18 @@ def verify_step(context: Context, drop: ledger.Drop) -> Done | Resend:
     statement) may drop them: they are recorded, warned about once and listed in the receipt,
     never sent again. Anything else missing means a lost upload: delete and send again.
     """
-    manifest = _manifest(context, drop)
     found = readback.rewriting(context, drop)
     if drop.prearchive_uri is None:
-        if readback.archived(context, drop, manifest) is not None:
+        if readback.archived(context, drop, _manifest(context, drop)) is not None:
             return Done("already archived")
         return Resend("no prearchive session recorded")
     if prearchive.wait_ready(context, drop) is None:
-        if readback.archived(context, drop, manifest) is not None:
+        if readback.archived(context, drop, _manifest(context, drop)) is not None:
             return Done("already archived")
         return Resend("the prearchive session is gone")
-    files = context.client().prearchive_files(drop.prearchive_uri)
+    files = readback.prearchive_files(context, drop.prearchive_uri)
     sizes = not found.rewrites_at_import()
+    # The manifest is read once here (what was sent), not also for the branches above.
     check = verify.check_prearchive(late.sent(context, drop), files, compare_sizes=sizes)
     if check.incomplete:
         prearchive.delete(context, drop.prearchive_uri)
@@ -91,6 +92,7 @@ def archive_step(context: Context, drop: ledger.Drop) -> Done | Resend:
         if drop.prearchive_uri is None or client.prearchive_entry(drop.prearchive_uri) is None:
             return Resend(gone)
         append = spool.xnat_record(context.spool(drop)).append
+        started = time.monotonic()
         try:
             client.archive(
                 drop.prearchive_uri,
@@ -110,10 +112,12 @@ def archive_step(context: Context, drop: ledger.Drop) -> Done | Resend:
             if readback.archived(context, drop, manifest, ours=True, bytes_too=True) is None:
                 return Resend(gone)
         breaker.success(context.book, drop.id)
+        archiving = time.monotonic() - started
         session = readback.archived(context, drop, manifest, ours=True, bytes_too=True)
         if session is None:
             raise TransientError("XNAT answered the archive request but shows no session yet")
-        summary = f"archived as {session.id}"
+        # XNAT's own time apart from the read-back's, so the step's cost can be told apart.
+        summary = f"archived as {session.id} (XNAT took {archiving:.1f} s)"
     else:
         summary = f"already archived as {session.id}"
         if drop.prearchive_uri and client.prearchive_entry(drop.prearchive_uri) is not None:

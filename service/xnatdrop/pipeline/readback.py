@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xnatdrop import ledger, pack, verify, xnat
 from xnatdrop.errors import PermanentError, TransientError
@@ -24,6 +25,8 @@ from xnatdrop.pipeline import spool
 from xnatdrop.pipeline.context import Context
 
 log = logging.getLogger(__package__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Pixel comparisons that mean "the same image as the file sent".
 SAME_PIXELS = frozenset({"identical", "no pixel data", "changed by an alterPixels statement"})
@@ -65,32 +68,50 @@ def _describe(found: verify.Rewriting) -> str:
     return "; ".join(parts)
 
 
+def fan_out(context: Context, work: Callable[[Any, T], R], items: Sequence[T]) -> list[R]:
+    """`work(client, item)` for each item, a few at once (`xnat.fan_out`): each worker has its
+    own client from the drop's client factory, on the session of `context.client()`."""
+    return xnat.fan_out(context.client(), context.client_factory, work, items)
+
+
+def prearchive_files(context: Context, uri: str) -> list[xnat.RemoteFile]:
+    """The files of every scan of a prearchive session, the scans read a few at once."""
+    scans = context.client().prearchive_scans(uri)
+    listings = fan_out(context, lambda client, scan: client.prearchive_scan_files(uri, scan), scans)
+    return [f for listing in listings for f in listing]
+
+
 def catalogued(
     context: Context, session: Any
 ) -> tuple[list[xnat.RemoteFile], list[xnat.CatalogEntry]]:
-    """The DICOM files of an archived session and its catalog entries (instance UIDs)."""
+    """The DICOM files of an archived session and its catalog entries (instance UIDs): one
+    listing of every scan's files (`scans/ALL/files`), then each scan's DICOM catalog, a few
+    at once (XNAT answers one catalog per request: CatalogResource.represent)."""
     client = context.client()
     listing = client.session_files(context.project, session.subject, session.label)
     files = verify.dicom_files(listing)
-    catalog: list[xnat.CatalogEntry] = []
-    for scan, resource in sorted({(f.scan, f.resource) for f in files}):
-        catalog += client.scan_catalog(
-            context.project, session.subject, session.label, scan, resource
-        )
+    del listing
+
+    def read(client: Any, pair: tuple[str, str]) -> list[xnat.CatalogEntry]:
+        scan, resource = pair
+        return client.scan_catalog(context.project, session.subject, session.label, scan, resource)
+
+    pairs = sorted({(f.scan, f.resource) for f in files})
+    catalog = [entry for entries in fan_out(context, read, pairs) for entry in entries]
     return files, catalog
 
 
 def pixel_result(
-    context: Context,
+    client: Any,
     drop: ledger.Drop,
     entry: pack.Entry,
     file: xnat.RemoteFile,
     found: verify.Rewriting,
 ) -> str:
-    """Compare the Pixel Data of XNAT's copy of one file with the local file's (a phrase; one
-    of SAME_PIXELS when they agree)."""
+    """Compare the Pixel Data of XNAT's copy of one file (downloaded with `client`) with the
+    local file's (a phrase; one of SAME_PIXELS when they agree)."""
     try:
-        remote = verify.pixel_digest(context.client().download(file.uri))
+        remote = verify.pixel_digest(client.download(file.uri))
     except ValueError:
         return "XNAT's copy is not readable as DICOM"
     try:
@@ -114,10 +135,17 @@ def pixel_problems(
     matched: list[tuple[pack.Entry, xnat.RemoteFile | None]],
     found: verify.Rewriting,
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """The pixel comparison of the smallest file of each scan: (results, problems)."""
+    """The pixel comparison of the smallest file of each scan: (results, problems).
+
+    The scans are compared a few at once (`fan_out`), each download digested and dropped in
+    its worker, so at most a few sample files are in memory."""
     results, problems = [], []
-    for entry, file in verify.smallest_per_scan(matched):
-        result = pixel_result(context, drop, entry, file, found)
+    samples = verify.smallest_per_scan(matched)
+
+    def compare(client: Any, sample: tuple[pack.Entry, xnat.RemoteFile]) -> str:
+        return pixel_result(client, drop, sample[0], sample[1], found)
+
+    for (entry, file), result in zip(samples, fan_out(context, compare, samples), strict=True):
         results.append({"scan": file.scan, "file": entry.path.as_posix(), "result": result})
         if result not in SAME_PIXELS:
             problems.append(f"pixel data of {entry.path} (scan {file.scan}): {result}")

@@ -11,6 +11,7 @@ reference") or the XNAT source file it follows; "stock" refers to
 - `prearchive`: the import service and the prearchive (list, read, rebuild, delete);
 - `archive`: archiving with explicit labels; reading back sessions, files, DICOM catalogs;
 - `resources`: session resources (the sidecar folders) and the subject's fields;
+- `parallel`: a few reads at once, each thread with its own client on one XNAT session;
 - `client`: `XnatClient`, the one handle that puts them together.
 
 Callers import the package and use the names below: `xnat.XnatClient`, `xnat.XnatAnswer`, ….
@@ -31,6 +32,7 @@ from xnatdrop.xnat.answers import (
 from xnatdrop.xnat.archive import DICOM_RESOURCES, ArchivedSession, CatalogEntry
 from xnatdrop.xnat.client import XnatClient
 from xnatdrop.xnat.connection import USER_AGENT
+from xnatdrop.xnat.parallel import READERS, fan_out
 from xnatdrop.xnat.prearchive import PrearchiveEntry
 from xnatdrop.xnat.site import ALL_DATA_ADMIN, WRITER_ROLES, Anonymization, SeriesFilter
 
@@ -41,6 +43,7 @@ __all__ = [
     "CHANGE_PASSWORD_PAGE",
     "DICOM_RESOURCES",
     "FIXED_WORDING",
+    "READERS",
     "USER_AGENT",
     "WRITER_ROLES",
     "Anonymization",
@@ -53,6 +56,7 @@ __all__ = [
     "XnatClient",
     "archive_cause",
     "as_bool",
+    "fan_out",
     "fixed_wording",
     "public_url",
 ]

@@ -20,6 +20,7 @@ Nothing here sends a request: `connection` does, and asks this module what came 
 from __future__ import annotations
 
 import html
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +108,7 @@ class XnatAnswer(PermanentError):
         self.suspect = suspect
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteFile:
     """One file XNAT holds: its scan ("" for session resources), resource, name and path.
 
@@ -176,15 +177,24 @@ def error_message(response: requests.Response) -> str:
     return message or response.reason or str(response.status_code)
 
 
+# Answer types that are never a login page (XNAT serves that as text/html). Such an answer is not
+# read here: a streamed catalog or download would otherwise be loaded whole just to look at it.
+NOT_A_PAGE = ("xml", "json", "application/octet-stream", "application/dicom", "application/zip")
+
+
 def looks_like_html(response: requests.Response) -> bool:
+    kind = response.headers.get("Content-Type", "").lower()
+    if "html" not in kind and any(name in kind for name in NOT_A_PAGE):
+        return False
     head = response.content[:64].lstrip().lower()
     return head.startswith((b"<!doctype", b"<html"))
 
 
 def table(response: requests.Response) -> list[dict[str, str]]:
-    """Rows of a JSON table (reference §1.4)."""
+    """Rows of a JSON table (reference §1.4), parsed from the answer's bytes (json detects
+    UTF-8), not from `response.json()`, which decodes a second copy of a large listing first."""
     try:
-        return list(response.json()["ResultSet"]["Result"])
+        return list(json.loads(response.content)["ResultSet"]["Result"])
     except (ValueError, KeyError, TypeError) as error:
         raise TransientError(
             f"XNAT sent an unreadable table for {urlsplit(response.url).path}"

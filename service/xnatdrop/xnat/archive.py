@@ -8,6 +8,7 @@ The archive service with explicit labels (reference §5.1) and the archive's RES
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
@@ -21,9 +22,12 @@ from xnatdrop.xnat.connection import Connection
 # DICOM resources of a scan, as XNAT's importer creates them (DefaultCatalogService: "DICOM" or
 # "secondary"). Anything else on a scan (SNAPSHOTS, NIFTI from automation) is not ours.
 DICOM_RESOURCES = frozenset({"DICOM", "secondary"})
+# Bytes of a catalog answer parsed at a time: each piece's elements (about 50 entries of 300
+# bytes, 1 kB each parsed) are alive at once, so a small piece keeps the parse small.
+CATALOG_PIECE = 16 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CatalogEntry:
     """One `cat:dcmEntry` of a scan's DICOM catalog: the instance XNAT catalogued.
 
@@ -151,32 +155,22 @@ class Archive(Connection):
         format asked; in a DICOM catalog every file is a `cat:dcmEntry` whose `UID` is the
         SOPInstanceUID. One request per scan is the cheapest way to the instance UIDs XNAT
         catalogued (the prearchive has no such endpoint). Entries without a UID are skipped.
+        The document is parsed as it arrives and each element dropped once read
+        (`_catalog_entries`), so a scan of thousands of files never sits in memory as a tree.
         """
         path = (
             self._session_path(project, subject, label)
             + f"/scans/{quote(scan)}/resources/{quote(resource)}"
         )
-        response = self.request("GET", path)
+        response = self.request("GET", path, stream=True)
         try:
-            root = ElementTree.fromstring(response.content)
+            return list(_catalog_entries(response, scan, resource))
         except ElementTree.ParseError as error:
             raise TransientError(f"XNAT sent an unreadable catalog for scan {scan}") from error
-        entries = []
-        for element in root.iter():
-            if not element.tag.endswith("}entry") and element.tag != "entry":
-                continue
-            uid = element.get("UID", "")
-            if uid:
-                entries.append(
-                    CatalogEntry(
-                        scan=scan,
-                        resource=resource,
-                        uid=uid,
-                        path=unquote(element.get("URI", "") or element.get("ID", "")),
-                        digest=element.get("digest", ""),
-                    )
-                )
-        return entries
+        except requests.RequestException as error:
+            raise self._unreachable("GET", urlsplit(path).path, error) from None
+        finally:
+            response.close()
 
     def download(self, uri: str, limit: int = 512 << 20) -> bytes:
         """GET one file by the URI a listing gave (its /data/… path); at most `limit` bytes."""
@@ -192,3 +186,35 @@ class Archive(Connection):
             raise self._unreachable("GET", urlsplit(uri).path, error) from None
         finally:
             response.close()
+
+
+def _catalog_entries(
+    response: requests.Response, scan: str, resource: str
+) -> Iterator[CatalogEntry]:
+    """The `cat:entry` elements of a catalog answer that carry a UID, parsed piece by piece.
+
+    Only the attributes compared are kept (UID, URI or ID, digest); every element is removed
+    from its parent once its end is read, so the parsed part never grows with the scan.
+    """
+    parser = ElementTree.XMLPullParser(events=("start", "end"))
+    open_elements: list[ElementTree.Element] = []
+    for piece in response.iter_content(CATALOG_PIECE):
+        parser.feed(piece)
+        for event, element in parser.read_events():
+            if event == "start":
+                open_elements.append(element)
+                continue
+            open_elements.pop()
+            if element.tag.endswith("}entry") or element.tag == "entry":
+                uid = element.get("UID", "")
+                if uid:
+                    yield CatalogEntry(
+                        scan=scan,
+                        resource=resource,
+                        uid=uid,
+                        path=unquote(element.get("URI", "") or element.get("ID", "")),
+                        digest=element.get("digest", ""),
+                    )
+            if open_elements:  # read: drop it from its parent (its only child by now)
+                open_elements[-1].remove(element)
+    parser.close()

@@ -155,6 +155,7 @@ class Connection:
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
         self._logged_in = False
+        self._owns_session = False  # logged in by this client, so logged out by it on close
         self.secure_cookie: bool | None = None  # did XNAT mark JSESSIONID Secure at login?
 
     def __enter__(self) -> Connection:
@@ -164,7 +165,7 @@ class Connection:
         self.close()
 
     def close(self) -> None:
-        if self._logged_in:
+        if self._owns_session:
             # Logging out is a courtesy (the session expires on its own), so it bypasses the
             # session's retrying adapter: a server that is down must not delay shutdown. It also
             # keeps XNAT's cap on open sessions per account (stock "lacks entirely") far away.
@@ -230,8 +231,23 @@ class Connection:
                 f"{self.base} the cookie is never sent back and every request would fail: set "
                 f"xnat.url to {'https://' + self.base.removeprefix('http://')}"
             )
-        self._logged_in = True
+        self._logged_in = self._owns_session = True
         log.debug("logged in to %s as %s", self.base, self._username)
+
+    def ensure_login(self) -> None:
+        """Log in now unless this client already has a session."""
+        if not self._logged_in:
+            self.login()
+
+    def adopt(self, lead: Connection) -> None:
+        """Use `lead`'s XNAT session (its JSESSIONID) instead of logging in: a worker of
+        `parallel.fan_out`. The session stays `lead`'s: closing this client does not log it out;
+        if it expires here, this client logs in on its own (`request`) and owns that one."""
+        lead.ensure_login()
+        self.http.cookies.update(lead.http.cookies)
+        self.secure_cookie = lead.secure_cookie
+        self._logged_in = True
+        self._owns_session = False
 
     def request(
         self,
@@ -251,8 +267,7 @@ class Connection:
         `body`, when given, is a factory so the upload can be reopened after a re-login.
         Statuses in `ok` are returned; others raise Transient/XnatAnswer/AuthenticationError.
         """
-        if not self._logged_in:
-            self.login()
+        self.ensure_login()
         url = path if path.startswith("http") else self.base + path
         shown = urlsplit(url).path
         for attempt in (1, 2):

@@ -162,27 +162,38 @@ class Prearchive(Connection):
         return prearchive_entry(rows[0]) if rows else None
 
     def prearchive_files(self, uri: str) -> list[RemoteFile]:
-        """Files of every scan of a prearchive session (reference §4.3).
+        """Files of every scan of a prearchive session (reference §4.3), one scan at a time;
+        `prearchive_scans` and `prearchive_scan_files` let a caller read scans concurrently.
 
         The prearchive lists `Name,Size,URI` only: no digest, no SOPInstanceUID
         (PrearcSessionResourceFiles; stock row 10).
         """
-        files = []
-        for scan in self._get_table(f"{uri}/scans"):
-            scan_id = scan.get("ID", "")
-            for row in self._get_table(f"{uri}/scans/{quote(scan_id)}/resources/DICOM/files"):
-                files.append(
-                    RemoteFile(
-                        scan=scan_id,
-                        resource="DICOM",
-                        name=row.get("Name", ""),
-                        path=row.get("Name", ""),
-                        size=int(row.get("Size") or 0),
-                        digest=row.get("digest", ""),
-                        uri=row.get("URI", ""),
-                    )
-                )
-        return files
+        scans = self.prearchive_scans(uri)
+        return [f for scan in scans for f in self.prearchive_scan_files(uri, scan)]
+
+    def prearchive_scans(self, uri: str) -> list[str]:
+        """GET <prearchive uri>/scans?format=json: the scan IDs (reference §4.3)."""
+        return [scan.get("ID", "") for scan in self._get_table(f"{uri}/scans")]
+
+    def prearchive_scan_files(self, uri: str, scan: str) -> list[RemoteFile]:
+        """GET <prearchive uri>/scans/S/resources/DICOM/files?format=json: one scan's files.
+
+        The prearchive answers one scan per request and knows no `ALL`
+        (PrearcSessionResourceFiles.represent: MergeUtils.getMatchingScanById), unlike the
+        archive's `scans/ALL/files`.
+        """
+        return [
+            RemoteFile(
+                scan=scan,
+                resource="DICOM",
+                name=row.get("Name", ""),
+                path=row.get("Name", ""),
+                size=int(row.get("Size") or 0),
+                digest=row.get("digest", ""),
+                uri=row.get("URI", ""),
+            )
+            for row in self._get_table(f"{uri}/scans/{quote(scan)}/resources/DICOM/files")
+        ]
 
     def build(self, uri: str) -> None:
         """POST <prearchive uri>?action=build: synchronous rebuild (reference §4.5).
