@@ -574,3 +574,22 @@ def test_status_file_writes_do_not_bring_a_scan_forward(root: Path) -> None:
     finally:
         hint.stop()
     assert woke and all(woke)
+
+
+def test_shallow_signature_sees_changes_one_level_down(tmp_path: Path) -> None:
+    """The re-scan of a settled folder (stats relative to the open folder, no listing) still
+    sees a file added to a series folder, and a series folder removed."""
+    folder = tmp_path / "SUBJ01"
+    for series in ("01_t1", "02_fmri"):
+        (folder / series).mkdir(parents=True)
+        (folder / series / "IM1.dcm").write_bytes(b"x")
+    first = watch.shallow_signature(folder)
+    assert watch.shallow_signature(folder, first) == first
+    (folder / "02_fmri" / "IM2.dcm").write_bytes(b"x")
+    os.utime(folder / "02_fmri", ns=(1, 1))  # a new mtime even on a coarse clock
+    added = watch.shallow_signature(folder, first)
+    assert added != first
+    shutil.rmtree(folder / "01_t1")
+    os.utime(folder, ns=(2, 2))
+    removed = watch.shallow_signature(folder, added)
+    assert [part[0] for part in removed[2:] if isinstance(part, tuple)] == ["02_fmri"]

@@ -90,6 +90,10 @@ def fingerprint(folder: Path, settle: config_module.SettleSettings) -> Fingerpri
     return Fingerprint(files, total, newest_m, newest_c, digest, tuple(sorted(temp)[:5]), marker)
 
 
+# A handle that can only name the folder (O_PATH: no read permission needed, as for a stat).
+_FOLDER_HANDLE = os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
+
+
 def shallow_signature(
     folder: Path, previous: tuple[object, ...] | None = None
 ) -> tuple[object, ...]:
@@ -101,21 +105,28 @@ def shallow_signature(
     rewritten in place; `Watcher.confirm` re-fingerprints in full before hand-over for that.
 
     With `previous` (the last signature) and unchanged folder times, the entries cannot have
-    changed, so only the known subfolders are stat'ed again, without listing the folder.
+    changed, so only the known subfolders are stat'ed again, without listing the folder. Those
+    stats are relative to the open folder (`dir_fd`): the kernel looks up one name each instead
+    of the whole path, and no Path is built; this is most of what a settled folder costs a scan
+    (half the CPU of stat'ing full paths, over 1,000 folders).
     """
-    info = folder.stat()
-    parts: list[object] = [info.st_mtime_ns, info.st_ctime_ns]
-    if previous is not None and tuple(previous[:2]) == tuple(parts):
-        try:
-            for part in previous[2:]:
-                if isinstance(part, tuple):
-                    sub = os.stat(folder / part[0], follow_symlinks=False)
-                    parts.append((part[0], sub.st_mtime_ns, sub.st_ctime_ns))
-                else:
-                    parts.append(part)
-            return tuple(parts)
-        except FileNotFoundError:
-            parts = parts[:2]
+    handle = os.open(folder, _FOLDER_HANDLE)
+    try:
+        info = os.fstat(handle)
+        parts: list[object] = [info.st_mtime_ns, info.st_ctime_ns]
+        if previous is not None and tuple(previous[:2]) == tuple(parts):
+            try:
+                for part in previous[2:]:
+                    if isinstance(part, tuple):
+                        sub = os.stat(part[0], dir_fd=handle, follow_symlinks=False)
+                        parts.append((part[0], sub.st_mtime_ns, sub.st_ctime_ns))
+                    else:
+                        parts.append(part)
+                return tuple(parts)
+            except FileNotFoundError:
+                parts = parts[:2]
+    finally:
+        os.close(handle)
     with os.scandir(folder) as iterator:
         for entry in sorted(iterator, key=lambda e: e.name):
             if entry.is_dir(follow_symlinks=False):
