@@ -579,6 +579,12 @@ def _long_outage(run: Run) -> None:
 @scenario("storm/session-expiry", "storm")
 def _expiry(run: Run) -> None:
     def inject(faults: Injector, rng: random.Random) -> None:
+        # The first expiry lands as soon as a push has logged in (a fast push could otherwise
+        # fall between the paced rounds, and the storm would test nothing); then the rhythm.
+        pause, deadline = threading.Event(), time.monotonic() + 60
+        while not (expired := faults.sandbox.expire_sessions()) and time.monotonic() < deadline:
+            pause.wait(0.02)
+        faults.events += expired
         for _ in _paced(rng, faults.size(20, 10), 0.1, 0.6):
             faults.events += faults.sandbox.expire_sessions()
 
