@@ -1031,7 +1031,7 @@ def _open_head(path: str) -> tuple[int, int, tuple[int, int], bytes, str]:
     (served from the open's reply on a share), one read. `fd` is -1 when nothing more is to be
     read (the file could not be opened, is not a regular file or is empty); otherwise it is left
     open for the parser (which reads on only for headers longer than HEAD_BYTES or to confirm
-    the file's end) and `_facts` closes it. Runs in an I/O thread (`sniff_all`): it only does
+    the file's end) and `_facts` closes it. Runs in an I/O thread (`sniff_folder`): it only does
     system calls, which release the GIL, so many of them wait on a slow share at once.
     """
     try:
@@ -1147,23 +1147,15 @@ def _plausible_start(data: bytes) -> bool:
     return struct.unpack_from("<I", data, 4)[0] < 1024
 
 
-def sniff_all(
-    paths: list[Path],
-    progress: Callable[[int, int], None] | None = None,
-    workers: int | None = None,
-) -> list[FileFacts]:
-    """Sniff many files, in input order (see `sniff_folder`)."""
-    return sniff_folder(None, paths, progress, workers)
-
-
 def sniff_folder(
     folder: Path | None,
     names: list[Path],
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
 ) -> list[FileFacts]:
-    """Sniff `folder / name` for every name, in input order; each FileFacts' path is the name
-    as given (the caller's object, not a copy), and equal header values share one string.
+    """Sniff `folder / name` for every name (each name a full path when `folder` is None), in
+    input order; each FileFacts' path is the name as given (the caller's object, not a copy),
+    and equal header values share one string.
 
     Why processes: the walk is pure Python, so threads would share one core. Why a threshold:
     starting workers and sending results back costs about as much as sniffing a few hundred

@@ -197,13 +197,15 @@ def test_empty_special_and_missing_files(tmp_path: Path) -> None:
     assert dicomfiles.sniff(tmp_path / "missing").kind is Kind.UNREADABLE
 
 
-def test_sniff_all_in_parallel_equals_one_by_one() -> None:
+def test_sniff_folder_in_parallel_equals_one_by_one() -> None:
     files = sorted((dataset("philips_achieva_dwi_isotropic") / "In").rglob("*.dcm"))
     files += sorted((dataset("ge_nih_mr750") / "In").rglob("*"))
     files = [p for p in files if p.is_file()]
     assert len(files) >= dicomfiles.PARALLEL_MIN_FILES
     seen: list[tuple[int, int]] = []
-    parallel = dicomfiles.sniff_all(files, progress=lambda d, t: seen.append((d, t)), workers=2)
+    parallel = dicomfiles.sniff_folder(
+        None, files, progress=lambda d, t: seen.append((d, t)), workers=2
+    )
     assert parallel == [dicomfiles.sniff(p) for p in files]
     assert seen[-1] == (len(files), len(files))
 
