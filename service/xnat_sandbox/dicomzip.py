@@ -148,6 +148,9 @@ class Job:
     )
     #: sessions this import created, and files it added to sessions that existed (a roll back)
     created: set[int] = field(default_factory=set)
+    #: hashes of the names this import stored in the sessions it created: no other file can be
+    #: there, so a name not in it needs no database look-up (`owner`)
+    named: set[int] = field(default_factory=set)
     added: list[tuple[int, str, str]] = field(default_factory=list)
     #: (session, scan) → its DICOM folder, made by this import (a string: the hot path)
     folders: dict[tuple[int, str], str] = field(default_factory=dict)
@@ -180,6 +183,8 @@ class Job:
         self.pending[key] = (result, sop, number)
         if key[0] not in self.created:
             self.added.append(key)
+        else:
+            self.named.add(hash(key))
         if len(self.pending) >= RECORD_BATCH:
             self.flush()
 
@@ -198,9 +203,12 @@ class Job:
 
     def owner(self, pk: int, scan_id: str, name: str) -> str | None:
         """The SOPInstanceUID stored under this name in the scan, by this import or before."""
-        row = self.pending.get((pk, scan_id, name))
+        key = (pk, scan_id, name)
+        row = self.pending.get(key)
         if row is not None:
             return row[1]
+        if pk in self.created and hash(key) not in self.named:
+            return None
         return prearchive.file_owner(self.sandbox.store, pk, scan_id, name)
 
     def filter_for(self, project: str | None) -> seriesfilter.Filter | None:
