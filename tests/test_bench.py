@@ -129,3 +129,27 @@ def test_the_n_files_disk_baseline_writes_each_entry_as_its_own_file(tmp_path: P
     assert written == sum(len(d) for d in contents.values())
     for name, data in contents.items():
         assert (tmp_path / "out" / name).read_bytes() == data
+
+
+def test_the_n_files_baseline_writes_where_and_as_the_sandbox_stores(sandbox, svc, dicom) -> None:
+    """1. Import a two-file zip (one series folder) into the sandbox's prearchive.
+    2. Result: the baseline's layout (`push.prearchive_layout`) gives each entry the file name
+       the sandbox gave it, at the same depth below the data folder: both writers create
+       their files the same way, in the same kind of folders (push.py's docstring)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import push
+
+    names = ["0001_t1 mpr/IM00000.dcm", "0001_t1 mpr/IM00001.dcm"]
+    files = dicom.files("1", count=2)
+    bundle = dicom.zip([], extra=[(n, f.read_bytes()) for n, f in zip(names, files, strict=True)])
+    response = svc.import_zip(bundle, project="SPN01", dest="/prearchive/projects/SPN01")
+    assert response.status_code == 200, response.text
+    stored = sorted(
+        p.relative_to(sandbox.data)
+        for p in (sandbox.data / "prearchive").rglob("*")
+        if p.is_file() and not p.name.endswith(".xml")
+    )
+    laid = sorted(Path(push.prearchive_layout(name)) for name in names)
+    assert [p.name for p in stored] == [p.name for p in laid]
+    assert [len(p.parts) for p in stored] == [len(p.parts) for p in laid]
+    assert [p.parts[-4] for p in stored] == [p.parts[-4] for p in laid] == ["SCANS"] * 2

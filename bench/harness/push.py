@@ -14,12 +14,19 @@ For one workload (a subject folder in a drop root):
      spooled the zip first until the sandbox stopped spooling: XNAT reads the body as a
      stream, and so does the sandbox now, so a spool is no longer part of the least work.)
 
-   The two N-file writers run last, right before the import, each after the previous one's
-   files are deleted, so that all three create their files in the same state of the file
-   system: on ext4 without a journal (this VM's root) a new inode is searched past every inode
-   deleted in the last minute (`find_inode_bit` → `recently_deleted`), so a writer that runs
-   after N deletions pays for them. Before, `disk_write_files` ran first on a fresh disk and
-   the import after 2N deletions; `perf` showed a third of the sandbox's CPU in that search.
+   `disk_write_files` and the import create their files in the same state of the file
+   system. On ext4 without a journal (this VM's root) each new inode is searched past every
+   free inode of its block group deleted in the last minute (five if its inode table block is
+   still dirty: `find_inode_bit` → `recently_deleted`), so a writer that runs after N
+   deletions pays for each of them on each file it creates. So: `store_floor`'s files are
+   deleted before `disk_write_files` runs; `disk_write_files`' files are kept until the import
+   is done (deleting them first would charge the import for N more deletions than the
+   baseline saw, which `perf` put at half of the sandbox's CPU); both write to the same depth
+   beside each other (`PREARCHIVE_LAYOUT`: the sandbox's prearchive layout, one folder per
+   series, the entry path made one file name), so their folders and files land in the same
+   block groups; and the dirty pages are written out (`os.sync`, untimed) before each, so
+   neither waits for the other's writeback. Before stop 17, the import ran right after the
+   baseline's N deletions.
 2. `curl` does what a person does by hand: POST that zip to the import service (DICOM-zip,
    into the prearchive) of a fresh sandbox, then `POST /data/services/archive` of the
    prearchive session it names; the same XNAT operations xnatdrop's push performs. curl's own
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import struct
@@ -51,6 +59,7 @@ import sys
 import textwrap
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,23 +102,41 @@ def disk_write(source: Path, target: Path) -> float:
     return seconds
 
 
-def disk_write_files(zip_path: Path, scratch: Path) -> float:
-    """Seconds to write every entry of the zip to its own file (`write_entries`), no fsync;
-    the files are deleted after."""
+def prearchive_layout(name: str) -> str:
+    """Where the sandbox stores zip entry `name` below its data folder, but for the scan's
+    number: `prearchive/{project}/{timestamp}/{session}/SCANS/{scan}/DICOM/{entry path made a
+    file name}` (`dicomzip._store_entry`, `GradualDicomImporter.getSafeFile`). The workload
+    holds one series per folder, so the folder stands for the scan."""
+    series = name.rpartition("/")[0] or "1"
+    return f"prearchive/{servers.PROJECT}/20000101_000000000/S/SCANS/{series}/DICOM/" + re.sub(
+        r"[^A-Za-z0-9_.-]", "_", name
+    )
+
+
+def disk_write_files(zip_path: Path, scratch: Path) -> tuple[float, Path]:
+    """Seconds to write every entry of the zip to its own file (`write_entries`, the sandbox's
+    prearchive layout), no fsync; and the folder written, which the caller deletes once the
+    import has run (module docstring)."""
     root = scratch / "files"
     with zipfile.ZipFile(zip_path) as bundle:
         entries = [i for i in bundle.infolist() if not i.is_dir()]
+    os.sync()  # neither this nor the import waits for earlier writes' writeback
     started = time.perf_counter()
-    write_entries(zip_path, entries, root)
+    write_entries(zip_path, entries, root, prearchive_layout)
     seconds = time.perf_counter() - started
-    shutil.rmtree(root)
-    return seconds
+    return seconds, root
 
 
-def write_entries(zip_path: Path, entries: list[zipfile.ZipInfo], root: Path) -> int:
-    """Write each entry of a stored (uncompressed) zip under `root`, with its name and size,
-    read straight from the zip's bytes (no CRC, no MD5): open, write, close, one file each;
-    folders made as the names need them, as an importer must. Return the bytes written."""
+def write_entries(
+    zip_path: Path,
+    entries: list[zipfile.ZipInfo],
+    root: Path,
+    place: Callable[[str], str] = str,
+) -> int:
+    """Write each entry of a stored (uncompressed) zip under `root` at `place(name)` with its
+    size, read straight from the zip's bytes (no CRC, no MD5): open, write, close, one file
+    each; folders made as the names need them, as an importer must. Return the bytes
+    written."""
     if any(i.compress_type != zipfile.ZIP_STORED for i in entries):
         raise RuntimeError(f"{zip_path}: expected a stored (uncompressed) zip, as xnatdrop sends")
     made: set[Path] = set()
@@ -119,7 +146,7 @@ def write_entries(zip_path: Path, entries: list[zipfile.ZipInfo], root: Path) ->
             reader.seek(info.header_offset + 26)  # local header: name and extra lengths
             name_length, extra_length = struct.unpack("<HH", reader.read(4))
             reader.seek(name_length + extra_length, 1)
-            target = root / info.filename
+            target = root / place(info.filename)
             if target.parent not in made:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
@@ -326,8 +353,11 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
     # The N-file writers last, each after the previous one's deletions (module docstring).
     results["disk_write"] = {"seconds": disk_write(zip_path, scratch / "copy.bin")}
     results["store_floor"] = {"seconds": store_floor(zip_path, scratch)}
-    results["disk_write_files"] = {"seconds": disk_write_files(zip_path, scratch)}
+    baseline_s, baseline_files = disk_write_files(zip_path, scratch)
+    results["disk_write_files"] = {"seconds": baseline_s}
+    os.sync()
     results["curl"] = curl(zip_path, scratch, label)
+    shutil.rmtree(baseline_files)  # only now: the import must not pay for these deletions
     zip_path.unlink()
     if peers:  # xnatpy before xnatdrop: the push moves the folder to done/
         results["xnatpy"] = xnatpy(work.folder, scratch, label)

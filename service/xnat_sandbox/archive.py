@@ -18,7 +18,7 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
-from xnat_sandbox import anonymize, prearchive, prearchive_build, prefs, tables
+from xnat_sandbox import anonymize, catalog, prearchive, prearchive_build, prefs, tables
 from xnat_sandbox.context import SiteContext
 from xnat_sandbox.store import Store, remove_empty_parents
 from xnat_sandbox.users import UNASSIGNED
@@ -255,7 +255,9 @@ def _archive(
     now = sandbox.clock.now()
     # The catalog's digest is computed at archive time only while the `checksums` preference is
     # on (PrearcUtils.cleanupScans → CatalogUtils.calculateResourceChecksums); else it is "".
+    # The importer computed none, as XNAT's; a file the project script rewrote has its own.
     checksums = prefs.flag(store, "checksums")
+    digests = catalog.digests(session_dir, files) if checksums else {}
     with store.transaction() as db:
         if subject_row is None:
             subject_id = store.next_id(db, "S")
@@ -315,8 +317,6 @@ def _archive(
             entries = by_scan[scan["scan_id"]]
             for entry in entries:  # a rename: the bytes are not read again, nor copied
                 (source_dir / entry["name"]).replace(target_dir / entry["name"])
-            # The MD5 is the one the importer computed as it wrote each file; the file has not
-            # changed since (the project script's rewrite above records its new digest).
             db.executemany(
                 "INSERT OR REPLACE INTO files (resource_id, relpath, size, md5, uid, "
                 "instance) VALUES (?, ?, ?, ?, ?, ?)",
@@ -325,7 +325,7 @@ def _archive(
                         resource_id,
                         entry["name"],
                         entry["size"],
-                        entry["md5"] if checksums else "",
+                        digests.get((entry["scan_id"], entry["name"]), "") if checksums else "",
                         entry["sop_uid"],
                         entry["instance"],
                     )

@@ -26,8 +26,10 @@ attributes and a `secondary` resource for non-image SOP classes.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
-from pathlib import PurePosixPath
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
 from xml.sax.saxutils import escape, quoteattr
 
 from xnat_sandbox.store import Store
@@ -110,3 +112,30 @@ def _entry(resource: sqlite3.Row, entry: sqlite3.Row) -> str:
         f'\n\t\t<cat:metaFields>\n\t\t\t<cat:metaField name="SIZE">{entry["size"]}</cat:metaField>'
         "\n\t\t</cat:metaFields>\n\t</cat:entry>"
     )
+
+
+#: threads hashing a session's files at archive: `hashlib` releases the GIL on large buffers
+DIGEST_THREADS = 2
+DIGEST_PIECE = 1 << 20
+
+
+def digests(session_dir: Path, files: list[sqlite3.Row]) -> dict[tuple[str, str], str]:
+    """(scan, name) → MD5 of each file, as `CatalogUtils.setChecksum` computes it at archive for
+    every entry without one (`getHash`: the file read whole); a digest already recorded (a
+    rewrite by the project script) is kept. XNAT hashes in `postSave`, after the files moved;
+    the sandbox hashes just before the move (the same bytes), outside the database
+    transaction."""
+    known = {(f["scan_id"], f["name"]): f["md5"] for f in files if f["md5"]}
+    todo = [(f["scan_id"], f["name"]) for f in files if (f["scan_id"], f["name"]) not in known]
+
+    def digest(key: tuple[str, str]) -> str:
+        md5 = hashlib.md5()
+        with open(session_dir / "SCANS" / key[0] / "DICOM" / key[1], "rb", buffering=0) as f:
+            while chunk := f.read(DIGEST_PIECE):
+                md5.update(chunk)
+        return md5.hexdigest()
+
+    with ThreadPoolExecutor(DIGEST_THREADS, thread_name_prefix="sandbox-digest") as pool:
+        known.update(zip(todo, pool.map(digest, todo), strict=True))
+    return known
+

@@ -5,8 +5,10 @@ A raw body is read as it arrives, as XNAT's `DicomZipImporter` reads it through 
 spooled first. For each entry the header is read straight from the entry stream (`dicomheader`:
 the sandbox's walker, or pydicom for what it declines), the §6 rules pick project, subject and
 session, and the entry's bytes go to a worker thread (`entrywriter`) that writes its prearchive
-file once, the site script's edits spliced in (`anonymize.splice`), computing its MD5 on the way
-while the request thread receives the next entry. Memory stays flat whatever the upload size.
+file once, the site script's edits spliced in (`anonymize.splice`), checking the entry's CRC-32 on
+the way while the request thread receives the next entry. No MD5 is computed at import, as in
+XNAT: the catalog digests are computed at archive (`archive.py`). Memory stays flat whatever
+the upload size.
 
 An import that fails because its body is cut short or is not a readable archive leaves nothing
 behind: the sessions it created are deleted and the files it added to existing ones removed
@@ -139,13 +141,16 @@ class Job:
     site_script: dicomedit.Script | None = None
     script_top: int = 0
     #: stored files not yet recorded: one commit per RECORD_BATCH files, not one per file;
-    #: (pk, scan, name) → (result, SOPInstanceUID, instance), result getting [size, MD5] once
-    #: the writer has closed the file
+    #: (pk, scan, name) → (result, SOPInstanceUID, instance), result getting [size] once the
+    #: writer has closed the file. No MD5: XNAT computes the digests at archive (entrywriter)
     pending: dict[tuple[int, str, str], tuple[list[object], str, int | None]] = field(
         default_factory=dict
     )
     #: sessions this import created, and files it added to sessions that existed (a roll back)
     created: set[int] = field(default_factory=set)
+    #: hashes of the names this import stored in the sessions it created: no other file can be
+    #: there, so a name not in it needs no database look-up (`owner`)
+    named: set[int] = field(default_factory=set)
     added: list[tuple[int, str, str]] = field(default_factory=list)
     #: (session, scan) → its DICOM folder, made by this import (a string: the hot path)
     folders: dict[tuple[int, str], str] = field(default_factory=dict)
@@ -178,6 +183,8 @@ class Job:
         self.pending[key] = (result, sop, number)
         if key[0] not in self.created:
             self.added.append(key)
+        else:
+            self.named.add(hash(key))
         if len(self.pending) >= RECORD_BATCH:
             self.flush()
 
@@ -188,7 +195,7 @@ class Job:
             if self._writer is not None:
                 self._writer.drain()
             rows: list[prearchive.FileRow] = [
-                (pk, scan, name, int(result[0]), str(result[1]), sop, number)  # type: ignore[call-overload]
+                (pk, scan, name, int(result[0]), "", sop, number)  # type: ignore[call-overload]
                 for (pk, scan, name), (result, sop, number) in self.pending.items()
             ]
             prearchive.record_files(self.sandbox.store, rows)
@@ -196,9 +203,12 @@ class Job:
 
     def owner(self, pk: int, scan_id: str, name: str) -> str | None:
         """The SOPInstanceUID stored under this name in the scan, by this import or before."""
-        row = self.pending.get((pk, scan_id, name))
+        key = (pk, scan_id, name)
+        row = self.pending.get(key)
         if row is not None:
             return row[1]
+        if pk in self.created and hash(key) not in self.named:
+            return None
         return prearchive.file_owner(self.sandbox.store, pk, scan_id, name)
 
     def filter_for(self, project: str | None) -> seriesfilter.Filter | None:
@@ -235,7 +245,7 @@ def handle_import(request: Request) -> tables.Response:
     """`POST /data/services/import` (§3): read the body, pick the handler, import, answer."""
     if request.method != "POST":
         raise tables.HttpError(405, "Method Not Allowed")
-    # A raw body is read as it arrives (each stored entry gets its own MD5); multipart spools.
+    # A raw body is read as it arrives; multipart spools.
     received = request.receive(digest=False, stream_raw=True)
     handler = request.param("import-handler")
     if not received.uploads:
@@ -597,7 +607,7 @@ def _store_entry(job: Job, source: IO[bytes], entry_name: str) -> None:
             if prearchive.drop_scan_if_empty(store, pk, scan_id):
                 job.scans.pop((pk, header.series_uid), None)
             return
-        result[:] = [outcome.size, outcome.md5]
+        result[:] = [outcome.size]
     job.record((pk, scan_id, name), result, header.sop_uid, _instance(header.instance_number))
     job.stored += 1
     job.answered.add(pk)
@@ -611,7 +621,7 @@ def _write(
     result: list[object],
 ) -> None:
     """Hand the writer the kept header bytes (with the anonymised header spliced in, if given)
-    and the rest of the stream as it is read; `result` gets [size, MD5] once it is written.
+    and the rest of the stream as it is read; `result` gets [size] once it is written.
 
     A zip entry's CRC-32 is checked by the writer against the bytes as received (the kept
     header's before any splice), as `ZipInputStream` checks it.

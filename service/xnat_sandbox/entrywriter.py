@@ -1,23 +1,29 @@
 """Writing imported files beside the receiving: worker threads fed through bounded queues.
 
 The importer's request thread reads the body and each entry's header; the bytes of each file
-then go through a bounded queue to a worker that opens the file, writes it, computes its MD5
-(and, for a zip entry, its CRC-32, which `ZipInputStream` checks) and closes it: one
-open/write/close per file, no re-read to hash. `hashlib`, `zlib.crc32` and file writes release
-the GIL, so this work overlaps with receiving the next bytes. A file's bytes are handed over in
-batches of about `BATCH` bytes (a typical DICOM file is one batch: one hand-over per file), and
-each queue holds at most `QUEUE_BATCHES` batches, so memory stays flat whatever the upload size.
+then go through a bounded queue to a worker that opens the file, writes it, computes the CRC-32
+of a zip entry (which `ZipInputStream` checks) and closes it: one open/write/close per file.
+`zlib.crc32`, file creation and writes release the GIL, so this work overlaps with receiving the
+next bytes.
 
-A file's size and MD5 land in the `result` list given with it once it is closed; `drain()`
-waits for every queued file and re-raises the first error a worker met (a full disk, a CRC that
-does not match); after an error the workers discard what is queued and remove the file they
-were writing.
+No MD5 here: XNAT computes none when it imports a file (`GradualDicomImporter` writes the
+stream to its file and hashes nothing); the catalog's digest is computed at archive, in
+`MergePrearcToArchiveSession.postSave` → `PrearcUtils.cleanupScans` →
+`CatalogUtils.writeCatalogToFile(catalogData, checksums)` → `calculateResourceChecksums`, and
+only while the `checksums` preference is on. The sandbox's archive does the same (`archive.py`).
+
+A file's bytes are handed over in batches of about `BATCH` bytes (a typical DICOM file is one
+batch: one hand-over per file), and each queue holds at most `QUEUE_BATCHES` batches, so memory
+stays flat whatever the upload size.
+
+A file's size lands in the `result` list given with it once it is closed; `drain()` waits for
+every queued file and re-raises the first error a worker met (a full disk, a CRC that does not
+match); after an error the workers discard what is queued and remove the file they were writing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import threading
@@ -26,8 +32,8 @@ from typing import BinaryIO
 
 BATCH = 1 << 20
 QUEUE_BATCHES = 8
-#: worker threads: MD5 runs at about one core's 0.6 GB/s, so one worker alone is the
-#: bottleneck; two let the hashing of two files overlap on a 2-core machine
+#: worker threads: creating a file costs the kernel tens of microseconds (more on ext4 after
+#: many deletions, `recently_deleted`), so two let two files' creation and CRC overlap
 LANES = 2
 
 
@@ -48,7 +54,6 @@ class _File:
         self.held = 0
         # the worker's side
         self.out: BinaryIO | None = None
-        self.digest = hashlib.md5()
         self.size = 0
 
 
@@ -76,7 +81,7 @@ class EntryWriter:
     # -- request thread ------------------------------------------------------------------
 
     def begin(self, path: str, result: list[object], crc: int | None = None) -> _File:
-        """Start a file; `result` gets [size, md5] appended when it is closed. With `crc` (the
+        """Start a file; `result` gets [size] appended when it is closed. With `crc` (the
         CRC-32 of the bytes received before, 0 for none) the CRC-32 of what `write` gives is
         computed on from it and checked at `end`."""
         self._raise()
@@ -144,7 +149,6 @@ class EntryWriter:
             handle.out = open(handle.path, "wb", buffering=0)  # noqa: SIM115 (closed below)
         out = handle.out
         for data, received in pieces:
-            handle.digest.update(data)
             if handle.crc is not None and received:
                 handle.crc = zlib.crc32(data, handle.crc)
             view = memoryview(data)
@@ -157,7 +161,7 @@ class EntryWriter:
         handle.out = None
         if handle.expected is not None and handle.crc != handle.expected:
             raise CrcMismatch(f"{handle.path}: invalid entry CRC")
-        handle.result.extend((handle.size, handle.digest.hexdigest()))
+        handle.result.append(handle.size)
 
 
 def _discard(handle: _File) -> None:

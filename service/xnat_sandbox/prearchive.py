@@ -299,7 +299,8 @@ def file_owner(store: Store, pk: int, scan_id: str, name: str) -> str | None:
     return None if row is None else str(row["sop_uid"] or "")
 
 
-#: One stored file's row: (session pk, scan id, name, size, MD5, SOPInstanceUID, instance).
+#: One stored file's row: (session pk, scan id, name, size, MD5 ("" until the archive or a
+#: rewrite computes it), SOPInstanceUID, instance).
 FileRow = tuple[int, str, str, int, str, str, int | None]
 
 

@@ -14,11 +14,13 @@ Everything lives under the data directory so a restart on the same directory fin
 Site preferences (`preferences`) and per-project tool configurations (`project_configs`, XNAT's
 ConfigService) live in the database too, so an admin's change survives a restart (`prefs.py`).
 
-Sizes and MD5 digests are computed while a file is written and kept in the `files` and
-`prearc_files` tables, so listings never re-read the data. `files.md5` is the catalog's `digest`:
-empty when the `checksums` preference was off as the file was catalogued. One RLock serialises
-the database; callers hold `store.lock` across a read-check-write sequence that must be atomic
-(archiving).
+Sizes are recorded while a file is written and kept in the `files` and `prearc_files` tables,
+so listings never re-read the data. `files.md5` is the catalog's `digest`: computed when a
+resource file is uploaded, or for imported DICOM when the session is archived (as XNAT, whose
+importer hashes nothing), and empty when the `checksums` preference was off then.
+`prearc_files.md5` is "" until a rewrite at archive (the project script) computes it.
+One RLock serialises the database; callers hold `store.lock` across a read-check-write sequence
+that must be atomic (archiving).
 """
 
 from __future__ import annotations

@@ -84,3 +84,26 @@ def test_site_config_map_post_and_refusals(svc, dicom):
     on = svc.post("/xapi/siteConfig/checksums", json=True)
     assert on.status_code == 200 and svc.get("/xapi/siteConfig/checksums").json() is True
     assert svc.get("/xapi/siteConfig/buildInfo").json()["version"]  # still served by xapi.py
+
+
+def test_the_digest_is_computed_at_archive_from_the_file_then(sandbox, svc, dicom):
+    """XNAT's importer hashes nothing; `PrearcUtils.cleanupScans` → `calculateResourceChecksums`
+    reads each file at archive. So a prearchive file changed after the import is catalogued
+    with the digest of its bytes at archive (an importer that hashed would keep the old one)."""
+    response = svc.import_zip(
+        dicom.zip(dicom.files("1", count=2)), project="SPN01", subject="K01", session="K01_MR1",
+        dest="/prearchive/projects/SPN01",
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    stored = sandbox.store.prearchive_root.glob("SPN01/*/*/SCANS/1/DICOM/*")
+    [changed, *_] = sorted(p for p in stored if not p.name.endswith(".xml"))
+    data = bytearray(changed.read_bytes())
+    data[-1] ^= 0xFF  # the last pixel byte: same size, other bytes
+    changed.write_bytes(bytes(data))
+    src = response.text.strip().removeprefix("/data")
+    assert svc.post("/data/services/archive", data={"src": src}).status_code == 200
+    rows = svc.json_rows(EXPERIMENT + "/scans/ALL/files")
+    digests = {row["Name"]: row["digest"] for row in rows}
+    assert digests[changed.name] == hashlib.md5(data).hexdigest()
+    for row in rows:
+        assert row["digest"] == hashlib.md5(svc.get(row["URI"]).content).hexdigest()

@@ -62,3 +62,29 @@ def test_an_extracted_catalog_xml_is_stored_but_never_listed(sandbox, svc):
     assert stored.read_text() == "<cat:Catalog/>\n"
     again = svc.put(target, params={"extract": "true"}, data=bundle.getvalue())
     assert sorted(again.json()["duplicates"]) == ["run1/behav_catalog.xml", "run1/events.tsv"]
+
+
+def test_a_name_taken_earlier_in_the_same_import_gets_the_namer_even_after_a_commit(svc, dicom):
+    """Two instances whose entry paths become the same safe name: the second is stored under
+    the namer's name (`GradualDicomImporter.getSafeFile` finds the name taken by another
+    SOPInstanceUID), also when the first was committed many entries before (the importer
+    records files in batches, and skips the database for names it never stored)."""
+    first, second = dicom.files("1", count=2)
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.write(first, "a b/x.dcm")
+        for k in range(300):  # more than one commit batch between the two
+            archive.write(first, f"filler/{k}.dcm")
+        archive.write(second, "a_b/x.dcm")
+    response = svc.import_zip(
+        bundle.getvalue(), project="SPN01", subject="X01", session="X01_MR1",
+        dest="/prearchive/projects/SPN01",
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    names = {
+        r["Name"] for r in svc.json_rows(response.text.strip() + "/scans/1/resources/DICOM/files")
+    }
+    assert len(names) == 302
+    assert "a_b_x.dcm" in names
+    [renamed] = names - {"a_b_x.dcm"} - {f"filler_{k}.dcm" for k in range(300)}
+    assert renamed.endswith(".dcm") and renamed.count("-") >= 3  # Study-Series-Instance-hash
