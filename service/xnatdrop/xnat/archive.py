@@ -7,9 +7,11 @@ The archive service with explicit labels (reference §5.1) and the archive's RES
 
 from __future__ import annotations
 
+import io
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
@@ -25,6 +27,8 @@ DICOM_RESOURCES = frozenset({"DICOM", "secondary"})
 # Bytes of a catalog answer parsed at a time: each piece's elements (about 50 entries of 300
 # bytes, 1 kB each parsed) are alive at once, so a small piece keeps the parse small.
 CATALOG_PIECE = 16 * 1024
+# Bytes of a download held at a time (`Archive.download_to`).
+DOWNLOAD_PIECE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +177,29 @@ class Archive(Connection):
             response.close()
 
     def download(self, uri: str, limit: int = 512 << 20) -> bytes:
-        """GET one file by the URI a listing gave (its /data/… path); at most `limit` bytes."""
+        """GET one file by the URI a listing gave (its /data/… path); at most `limit` bytes.
+
+        The whole file in memory: for small files and tests. The pipeline's pixel sample,
+        which may be an enhanced multi-frame scan's one file of hundreds of MB, goes through
+        `download_to` instead."""
+        data = io.BytesIO()
+        self.download_to(uri, data, limit)
+        return data.getvalue()
+
+    def download_to(self, uri: str, target: BinaryIO, limit: int = 4 << 30) -> int:
+        """GET one file by the URI a listing gave into `target`, a piece at a time (at most
+        `limit` bytes, so a runaway answer cannot fill the disk); return its size.
+
+        Only one piece (DOWNLOAD_PIECE) is in memory at a time, whatever the file's size."""
         response = self.request("GET", uri, stream=True)
+        written = 0
         try:
-            data = bytearray()
-            for piece in response.iter_content(1 << 20):
-                data += piece
-                if len(data) > limit:
+            for piece in response.iter_content(DOWNLOAD_PIECE):
+                written += len(piece)
+                if written > limit:
                     raise TransientError(f"{uri.rsplit('/', 1)[-1]} is larger than expected")
-            return bytes(data)
+                target.write(piece)
+            return written
         except requests.RequestException as error:
             raise self._unreachable("GET", urlsplit(uri).path, error) from None
         finally:
