@@ -8,9 +8,11 @@ identifiers: labels, UIDs of series, counts, sizes and URLs only.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +125,30 @@ def render_text(receipt: dict[str, Any]) -> str:
 
 def write(folder: Path, receipt: dict[str, Any]) -> None:
     """Write RECEIPT.json and RECEIPT.txt into `folder` (repeatable: they are replaced), with
-    the umask's mode, like the technologist's files beside them."""
-    text = json.dumps(receipt, indent=2, sort_keys=True) + "\n"
-    atomicfile.write(folder / JSON_NAME, text, mode=None)
+    the umask's mode, like the technologist's files beside them.
+
+    RECEIPT.json is written as it is encoded: its "files" (one row per file, 50,000 and more)
+    may be records with a `to_json`, each turned into its row only when it is written, so
+    neither the whole text nor a dict per file is built in memory."""
+    encoder = json.JSONEncoder(indent=2, sort_keys=True, default=_row)
+    atomicfile.write(folder / JSON_NAME, _with_newline(encoder.iterencode(receipt)), mode=None)
     atomicfile.write(folder / TEXT_NAME, render_text(receipt), mode=None)
+
+
+def _row(value: Any) -> Any:
+    """A record of the receipt (a manifest entry) as JSON; anything else is not encodable."""
+    to_json = getattr(value, "to_json", None)
+    if to_json is None:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return to_json()
+
+
+def _with_newline(pieces: Iterator[str], batch: int = 4096) -> Iterator[str]:
+    """The encoder's pieces (a few characters each) joined a few thousand at a time, and the
+    final newline."""
+    while chunk := "".join(itertools.islice(pieces, batch)):
+        yield chunk
+    yield "\n"
 
 
 def now_text() -> str:

@@ -361,11 +361,13 @@ def whole_series_missing(check: ArchiveCheck, manifest: pack.Manifest) -> list[S
     return series
 
 
-def pixel_digest(source: bytes | Path) -> tuple[str, str] | None:
+def pixel_digest(source: bytes | Path | BinaryIO) -> tuple[str, str] | None:
     """(transfer syntax UID, MD5 of the Pixel Data element's value) of one DICOM file, or None
     when it has no pixel data. Anonymisation rewrites headers, never these bytes; a transcoded
     or damaged copy differs (xnat-stock "lacks entirely": decompression on import).
 
+    `source` is the file's bytes, its path, or an open binary file (read from its start; a
+    download spooled to disk, so a large file is hashed a piece at a time, never held whole).
     The header walker (`dicomfiles.pixel_span`) finds the value and only its bytes are hashed;
     where the walker declines, pydicom parses the file: the same digest either way."""
     if isinstance(source, bytes):
@@ -374,11 +376,18 @@ def pixel_digest(source: bytes | Path) -> tuple[str, str] | None:
             value = memoryview(source)[span.offset : span.offset + span.length]
             return span.transfer_syntax, hashlib.md5(value, usedforsecurity=False).hexdigest()
         return _pydicom_pixel_digest(io.BytesIO(source))
+    if not isinstance(source, Path):
+        return _handle_pixel_digest(source)
     with open(source, "rb") as handle:
-        span = dicomfiles.pixel_span(handle, os.fstat(handle.fileno()).st_size)
-        if span is not None:
-            return span.transfer_syntax, _md5_of_range(handle, span.offset, span.length)
-    return _pydicom_pixel_digest(source)
+        return _handle_pixel_digest(handle)
+
+
+def _handle_pixel_digest(handle: BinaryIO) -> tuple[str, str] | None:
+    span = dicomfiles.pixel_span(handle, os.fstat(handle.fileno()).st_size)
+    if span is not None:
+        return span.transfer_syntax, _md5_of_range(handle, span.offset, span.length)
+    handle.seek(0)
+    return _pydicom_pixel_digest(handle)
 
 
 def _md5_of_range(handle: BinaryIO, offset: int, length: int) -> str:

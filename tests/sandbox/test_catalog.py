@@ -141,3 +141,20 @@ def test_prearchive_has_no_per_scan_catalog(svc, dicom):
     refused = svc.get(session + "/resources/DICOM", params={"format": "json"})
     assert refused.status_code == 400
     assert h3(refused) == "Requested type application/json is not supported"
+
+
+def test_a_request_for_one_scan_reads_only_that_scans_row(svc, sandbox, session):
+    """XNAT looks up the one scan a catalog or file request names. The sandbox did read every
+    scan of the session for each, so a read-back of a session of N scans (a catalog and a file
+    per scan) cost N² rows and made the read-back of large sessions slow on the server side."""
+    statements: list[str] = []
+    sandbox.store._db.set_trace_callback(statements.append)
+    try:
+        assert svc.get(EXPERIMENT + "/scans/5/resources/DICOM").status_code == 200
+        assert svc.get(EXPERIMENT + "/scans/ALL/files?format=json").status_code == 200
+    finally:
+        sandbox.store._db.set_trace_callback(None)
+    scan_queries = [s for s in statements if "FROM scans" in s]
+    assert any("scan_id = '5'" in s for s in scan_queries), scan_queries
+    whole = [s for s in scan_queries if "scan_id" not in s]
+    assert len(whole) == 1, scan_queries  # only the ALL listing reads every scan

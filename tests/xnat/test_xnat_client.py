@@ -20,6 +20,7 @@ from tls_front import TlsFront
 from xnat_sandbox import Sandbox, tables
 from xnatdrop import config, xnat
 from xnatdrop.errors import AuthenticationError, PermanentError, TransientError
+from xnatdrop.xnat import answers, archive
 
 
 def settings_for(sandbox: Sandbox, user: str = "svc", **extra: object) -> config.XnatSettings:
@@ -520,3 +521,39 @@ def test_a_url_that_does_not_lead_to_xnat_is_an_alert_not_a_drop_problem(
     ):
         session.whoami()
     assert "with its context path if it has one" in str(caught.value)
+
+
+def test_a_file_listing_is_decoded_a_row_at_a_time_from_any_cut(
+    client: xnat.XnatClient, tmp_path: Path, dicom: Dicom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`session_files` decodes the listing's rows as the answer arrives (a listing of 50,000
+    files is never held as text and dicts). Read in pieces of a few bytes, which cut rows,
+    names and numbers anywhere, it gives what the whole table gives."""
+    uri = client.import_zip(series_zip(tmp_path, dicom, count=4), project="SPN01",
+                            subject="S7", session="S7")  # fmt: skip
+    client.archive(uri, project="SPN01", subject="S7", session="S7")
+    path = "/data/projects/SPN01/subjects/S7/experiments/S7/scans/ALL/files"
+    whole = [answers.remote_file(row) for row in client._get_table(path)]
+    assert len(whole) == 4
+    for piece in (1, 7, 1 << 16):
+        monkeypatch.setattr(archive, "TABLE_PIECE", piece)
+        assert client.session_files("SPN01", "S7", "S7") == whole
+
+
+def test_a_listing_without_its_result_list_or_cut_short_is_unreadable() -> None:
+    """A listing without its Result list, or cut short inside it, is not a listing."""
+
+    class Answer:
+        def __init__(self, text: str) -> None:
+            self.data = text.encode()
+
+        def iter_content(self, size: int) -> Iterator[bytes]:
+            for start in range(0, len(self.data), 3):
+                yield self.data[start : start + 3]
+
+    good = '{"ResultSet": {"totalRecords": "1", "Result": [{"Name": "é"}, {"Name": "b"}]}}'
+    assert list(archive._table_rows(Answer(good))) == [{"Name": "é"}, {"Name": "b"}]
+    assert list(archive._table_rows(Answer('{"ResultSet": {"Result": []}}'))) == []
+    for bad in ('{"ResultSet": {}}', '{"ResultSet": {"Result": [{"Name": "a"}, {"Na'):
+        with pytest.raises(ValueError):
+            list(archive._table_rows(Answer(bad)))

@@ -30,10 +30,11 @@ def finish(context: Context, drop: ledger.Drop) -> Done:
         session = client.find_session(context.project, drop.label)
         if session is None:
             raise TransientError("the archived session is not visible")
-        fields = spool.check_record(context.spool(drop), drop.id).subject_fields
-        if fields:
-            client.set_subject_fields(context.project, session.subject, fields)
-        receipt.write(work, _receipt(context, drop, session))
+        checked = spool.check_record(context.spool(drop), drop.id)
+        if checked.subject_fields:
+            client.set_subject_fields(context.project, session.subject, checked.subject_fields)
+        receipt.write(work, _receipt(context, drop, session, checked))
+        del checked
         target.parent.mkdir(parents=True, exist_ok=True)
         destination.move(work, target)
     elif not target.is_dir():
@@ -46,11 +47,13 @@ def finish(context: Context, drop: ledger.Drop) -> Done:
     return Done(f"moved to {target}", {"final_path": target})
 
 
-def _receipt(context: Context, drop: ledger.Drop, session: Any) -> dict[str, Any]:
+def _receipt(
+    context: Context, drop: ledger.Drop, session: Any, checked: spool.CheckRecord
+) -> dict[str, Any]:
     """RECEIPT.json's content: where the session is, what went in, what was left out, how it
-    was verified (`receipt` renders the text)."""
+    was verified (`receipt` renders the text). Its "files" are the manifest's entries as they
+    are: `receipt.write` turns each into its JSON row as it writes it."""
     folder, work = context.spool(drop), Path(drop.work)
-    checked = spool.check_record(folder, drop.id)
     late = spool.load(folder, spool.LateSidecars)
     manifest = pack.Manifest(0, ()) if late else spool.manifest_for(folder, work, drop.id)
     resources = []
@@ -107,5 +110,5 @@ def _receipt(context: Context, drop: ledger.Drop, session: Any) -> dict[str, Any
         "late_sidecars": late is not None,
         "excluded": checked.excluded(),
         "subject_fields": checked.subject_fields,
-        "files": [e.to_json() for e in manifest.files],
+        "files": manifest.files,
     }

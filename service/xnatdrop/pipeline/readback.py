@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,13 +108,19 @@ def pixel_result(
     entry: pack.Entry,
     file: xnat.RemoteFile,
     found: verify.Rewriting,
+    scratch: Path,
 ) -> str:
-    """Compare the Pixel Data of XNAT's copy of one file (downloaded with `client`) with the
-    local file's (a phrase; one of SAME_PIXELS when they agree)."""
-    try:
-        remote = verify.pixel_digest(client.download(file.uri))
-    except ValueError:
-        return "XNAT's copy is not readable as DICOM"
+    """Compare the Pixel Data of XNAT's copy of one file (downloaded with `client` into a
+    temporary file in `scratch`) with the local file's (a phrase; one of SAME_PIXELS when they
+    agree)."""
+    # Spooled to an unnamed file beside the drop's records, not held in memory: the sample of an
+    # enhanced multi-frame scan is its one file, hundreds of MB, and a few are read at once.
+    with tempfile.TemporaryFile(dir=scratch) as copy:
+        client.download_to(file.uri, copy)
+        try:
+            remote = verify.pixel_digest(copy)
+        except ValueError:
+            return "XNAT's copy is not readable as DICOM"
     try:
         local = verify.pixel_digest(Path(drop.work) / entry.path)
     except (ValueError, OSError) as error:
@@ -141,9 +148,10 @@ def pixel_problems(
     its worker, so at most a few sample files are in memory."""
     results, problems = [], []
     samples = verify.smallest_per_scan(matched)
+    scratch = ledger.private_dir(context.spool(drop))
 
     def compare(client: Any, sample: tuple[pack.Entry, xnat.RemoteFile]) -> str:
-        return pixel_result(client, drop, sample[0], sample[1], found)
+        return pixel_result(client, drop, sample[0], sample[1], found, scratch)
 
     for (entry, file), result in zip(samples, fan_out(context, compare, samples), strict=True):
         results.append({"scan": file.scan, "file": entry.path.as_posix(), "result": result})

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
@@ -92,11 +93,21 @@ class CheckRecord:
         ]
 
     def to_json(self) -> dict[str, Any]:
+        return {**self._head(), "files": [f.to_json() for f in self.files]}
+
+    def json_pieces(self) -> Iterator[str]:
+        """`to_json()` as JSON text: everything but the files on the first line, then one file
+        a line (the layout `load` reads a row at a time, as the plan's and the manifest's)."""
+        yield json.dumps(self._head(), ensure_ascii=False)[:-1] + ', "files": ['
+        for index, file in enumerate(self.files):
+            yield ("\n" if index == 0 else ",\n") + json.dumps(file.to_json(), ensure_ascii=False)
+        yield "\n]}\n"
+
+    def _head(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "ok": self.ok,
             "findings": [f.to_json() for f in self.findings],
-            "files": [f.to_json() for f in self.files],
             "series": list(self.series),
             "sidecars": self.sidecars,
             "subject_fields": self.subject_fields,
@@ -273,12 +284,41 @@ JOURNAL = "dicom-journal.jsonl"
 
 
 def load(folder: Path, kind: type[R]) -> R | None:
-    """The record of `kind` in `folder`, or None if there is none or it is unreadable."""
+    """The record of `kind` in `folder`, or None if there is none or it is unreadable.
+
+    A record written a file a line (`json_pieces`: the check record, the plan, the manifest;
+    50,000 rows and more) is read a row at a time: its `from_json` gets the rows as an
+    iterator and makes each file's object from one small dict, so neither the whole text nor
+    a dict per file is ever in memory (at 50,000 files they were about 70 MB beside the
+    records themselves). Anything else is parsed whole.
+    """
     try:
-        data = json.loads((folder / NAMES[kind]).read_text(encoding="utf-8"))
-        return kind.from_json(data)
+        with open(folder / NAMES[kind], encoding="utf-8") as handle:
+            first = handle.readline()
+            if first.endswith(ROWS_START):
+                head = json.loads(first[: -len(ROWS_START)].rstrip().rstrip(",") + "}")
+                head["files"] = _rows(handle)
+                return kind.from_json(head)
+            handle.seek(0)
+            return kind.from_json(json.load(handle))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+# How the first line of a record written a file a line ends (`json_pieces`).
+ROWS_START = '"files": [\n'
+
+
+def _rows(lines: Iterator[str]) -> Iterator[Any]:
+    """The rows of a record written a file a line, each parsed alone; ValueError if the text
+    does not end as `json_pieces` ends it (a record cut short is not a record)."""
+    for line in lines:
+        if line == "]}\n":
+            if next(lines, None) is not None:
+                raise ValueError("text after the end of the record")
+            return
+        yield json.loads(line.rstrip().removesuffix(","))
+    raise ValueError("the record ends inside its list of files")
 
 
 def save(folder: Path, record: Record) -> None:

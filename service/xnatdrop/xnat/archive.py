@@ -7,9 +7,14 @@ The archive service with explicit labels (reference §5.1) and the archive's RES
 
 from __future__ import annotations
 
+import codecs
+import io
+import json
+import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
@@ -25,6 +30,10 @@ DICOM_RESOURCES = frozenset({"DICOM", "secondary"})
 # Bytes of a catalog answer parsed at a time: each piece's elements (about 50 entries of 300
 # bytes, 1 kB each parsed) are alive at once, so a small piece keeps the parse small.
 CATALOG_PIECE = 16 * 1024
+# Bytes of a table answer decoded at a time (`_table_rows`).
+TABLE_PIECE = 64 * 1024
+# Bytes of a download held at a time (`Archive.download_to`).
+DOWNLOAD_PIECE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +153,15 @@ class Archive(Connection):
         `collection`, the resource label: SNAPSHOTS and automation outputs are listed too
         (XNATTemplate.loadCatalogs, FileList.handleMultipleCatalogs; stock row 3)."""
         path = self._session_path(project, subject, label) + "/scans/ALL/files"
-        return [answers.remote_file(row) for row in self._get_table(path)]
+        response = self.request("GET", path, params={"format": "json"}, stream=True)
+        try:
+            return [answers.remote_file(row) for row in _table_rows(response)]
+        except ValueError as error:
+            raise TransientError(f"XNAT sent an unreadable file listing for {label}") from error
+        except requests.RequestException as error:
+            raise self._unreachable("GET", urlsplit(path).path, error) from None
+        finally:
+            response.close()
 
     def scan_catalog(
         self, project: str, subject: str, label: str, scan: str, resource: str = "DICOM"
@@ -173,19 +190,76 @@ class Archive(Connection):
             response.close()
 
     def download(self, uri: str, limit: int = 512 << 20) -> bytes:
-        """GET one file by the URI a listing gave (its /data/… path); at most `limit` bytes."""
+        """GET one file by the URI a listing gave (its /data/… path); at most `limit` bytes.
+
+        The whole file in memory: for small files and tests. The pipeline's pixel sample,
+        which may be an enhanced multi-frame scan's one file of hundreds of MB, goes through
+        `download_to` instead."""
+        data = io.BytesIO()
+        self.download_to(uri, data, limit)
+        return data.getvalue()
+
+    def download_to(self, uri: str, target: BinaryIO, limit: int = 4 << 30) -> int:
+        """GET one file by the URI a listing gave into `target`, a piece at a time (at most
+        `limit` bytes, so a runaway answer cannot fill the disk); return its size.
+
+        Only one piece (DOWNLOAD_PIECE) is in memory at a time, whatever the file's size."""
         response = self.request("GET", uri, stream=True)
+        written = 0
         try:
-            data = bytearray()
-            for piece in response.iter_content(1 << 20):
-                data += piece
-                if len(data) > limit:
+            for piece in response.iter_content(DOWNLOAD_PIECE):
+                written += len(piece)
+                if written > limit:
                     raise TransientError(f"{uri.rsplit('/', 1)[-1]} is larger than expected")
-            return bytes(data)
+                target.write(piece)
+            return written
         except requests.RequestException as error:
             raise self._unreachable("GET", urlsplit(uri).path, error) from None
         finally:
             response.close()
+
+
+def _table_rows(response: requests.Response) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON table answer (`{"ResultSet": {"Result": [row, …], …}}`, reference
+    §1.4), each decoded alone as the answer arrives: a session's listing of 50,000 files is
+    about 20 MB of text and 80 MB as dicts, of which only one row at a time is held here.
+
+    ValueError if the answer has no `Result` list or ends inside it.
+    """
+    decoder = json.JSONDecoder()
+    text = codecs.getincrementaldecoder("utf-8")()
+    buffer, pos, started, ended = "", 0, False, False
+    pieces = response.iter_content(TABLE_PIECE)
+    while not ended:
+        piece = next(pieces, None)
+        buffer = buffer[pos:] + text.decode(piece or b"", final=piece is None)
+        pos = 0
+        if not started:
+            found = _RESULT_START.search(buffer)
+            if found is None:
+                if piece is None:
+                    raise ValueError("no Result list in the table")
+                continue
+            started, pos = True, found.end()
+        while True:
+            pos = _SEPARATOR.match(buffer, pos).end()
+            if buffer.startswith("]", pos):
+                ended = True
+                break
+            try:
+                row, end = decoder.raw_decode(buffer, pos)
+            except json.JSONDecodeError:
+                if piece is None:
+                    raise
+                break  # the row is not whole yet: read on
+            if end == len(buffer) and piece is not None:
+                break  # a number or name may go on in the next piece
+            pos = end
+            yield row
+
+
+_RESULT_START = re.compile(r'"Result"\s*:\s*\[')
+_SEPARATOR = re.compile(r"[\s,]*")
 
 
 def _catalog_entries(
