@@ -40,7 +40,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import client, cstore, idle, machine, push, report, servers, settle, share, workload
+from harness import (
+    client,
+    cstore,
+    deletions,
+    idle,
+    machine,
+    push,
+    report,
+    servers,
+    settle,
+    share,
+    workload,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("sizes", "files", "share", "cstore", "idle", "settle")
@@ -59,6 +71,7 @@ def plan(quick: bool) -> dict[str, Any]:
             "cstore_repeat": 1,
             "idle": {"folders": 100, "files": 30, "seconds": 20.0, "quiet": 3.0},
             "settle": {"quiet": [2.0], "trials": 2},
+            "deletion_window": 0.0,
         }
     return {
         "sizes": [0.5, 2.0, 8.0],
@@ -69,6 +82,7 @@ def plan(quick: bool) -> dict[str, Any]:
         "cstore_repeat": 3,
         "idle": {"folders": 1000, "files": 300, "seconds": 180.0, "quiet": 30.0},
         "settle": {"quiet": [5.0, 30.0], "trials": 3},
+        "deletion_window": deletions.WINDOW_SECONDS,
     }
 
 
@@ -83,14 +97,15 @@ def _say(text: str) -> None:
 def check_disk(work: Path, steps: dict[str, Any], parts: set[str]) -> None:
     """Refuse to start when the workdir cannot hold the largest step and what XNAT stores.
 
-    The largest size step needs its clone, the zip curl sends (when pushed) and the sandbox's
-    copies (about twice the session); the largest file-count step needs its clone.
+    The largest size step needs its clone, the zip curl sends (when pushed), the N-file
+    baseline and store floor, and each sandbox's copy, all kept until the step ends
+    (`deletions.py`); the largest file-count step needs its clone.
     """
     need = 0.0
     if "sizes" in parts:
         largest = max(steps["sizes"])
         pushed = largest <= steps["push_max_gb"]
-        need = max(need, largest * GB * (4.2 if pushed else 1.2))
+        need = max(need, largest * GB * (6.2 if pushed else 1.2))
     if "files" in parts:
         need = max(need, max(steps["files"]) * 50_000 * 1.2)
     free = machine.free_bytes(work)
@@ -118,7 +133,7 @@ def run_sizes(steps: dict[str, Any], work: Path, sink_url: str) -> list[dict[str
             _say(f"sizes {label}: push end to end (curl, xnatpy, xnatdrop)")
             peers = gb <= steps["xnatpy_max_gb"]
             row["push"] = push.measure(made, work / f"size-{gb:g}" / "push", peers=peers)
-        shutil.rmtree(work / f"size-{gb:g}")
+        deletions.remove(work / f"size-{gb:g}")
         rows.append(row)
     return rows
 
@@ -144,7 +159,7 @@ def run_files(
             result = share.measure(made, base / "share-scratch", 0.001)
             result.update(cores=client.CORES, parallel=share.PARALLEL)
             results["share"] = result
-        shutil.rmtree(base)
+        deletions.remove(base)
         rows.append(row)
     return rows
 
@@ -189,6 +204,7 @@ def _run(argv: list[str] | None) -> int:
         steps["push_max_gb"],
         args.xnatpy_max_gb if args.xnatpy_max_gb is not None else steps["push_max_gb"],
     )
+    deletions.set_window(steps["deletion_window"])
     args.workdir.mkdir(parents=True, exist_ok=True)
     check_disk(args.workdir, steps, parts)
 
@@ -240,7 +256,7 @@ def _run(argv: list[str] | None) -> int:
         if "idle" in parts:
             _say(f"idle: {steps['idle']['folders']} settled folders")
             results["idle"] = idle.measure(work / "idle", **steps["idle"])
-            shutil.rmtree(work / "idle")
+            deletions.remove(work / "idle")
         if "settle" in parts:
             _say("settle latency with a real daemon")
             source = workload.clone(

@@ -153,3 +153,32 @@ def test_the_n_files_baseline_writes_where_and_as_the_sandbox_stores(sandbox, sv
     assert [p.name for p in stored] == [p.name for p in laid]
     assert [len(p.parts) for p in stored] == [len(p.parts) for p in laid]
     assert [p.parts[-4] for p in stored] == [p.parts[-4] for p in laid] == ["SCANS"] * 2
+
+
+def test_a_bulk_deletion_holds_the_next_timed_writers_a_small_one_does_not(tmp_path: Path) -> None:
+    """1. Remove a folder of 10 files, then one of 1,000, through `deletions.remove`, asking
+       `wait_out` after each (the window set to 0.2 s for the test, 0 afterwards restored).
+    2. Result: after the small one nothing is held (0 s); after the bulk one `wait_out` holds
+       the writers (> 0 s) and a second call right after holds nothing: the window has passed.
+       Both folders are gone."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import deletions
+
+    def folder(name: str, count: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        for index in range(count):
+            (path / f"{index}.dcm").write_bytes(b"x")
+        return path
+
+    deletions.set_window(0.2)
+    try:
+        small, bulk = folder("small", 10), folder("bulk", deletions.SMALL)
+        deletions.remove(small)
+        assert deletions.wait_out() == 0.0
+        deletions.remove(bulk)
+        assert deletions.wait_out() > 0.0
+        assert deletions.wait_out() == 0.0
+    finally:
+        deletions.set_window(deletions.WINDOW_SECONDS)
+    assert not small.exists() and not bulk.exists()

@@ -14,19 +14,16 @@ For one workload (a subject folder in a drop root):
      spooled the zip first until the sandbox stopped spooling: XNAT reads the body as a
      stream, and so does the sandbox now, so a spool is no longer part of the least work.)
 
-   `disk_write_files` and the import create their files in the same state of the file
-   system. On ext4 without a journal (this VM's root) each new inode is searched past every
-   free inode of its block group deleted in the last minute (five if its inode table block is
-   still dirty: `find_inode_bit` → `recently_deleted`), so a writer that runs after N
-   deletions pays for each of them on each file it creates. So: `store_floor`'s files are
-   deleted before `disk_write_files` runs; `disk_write_files`' files are kept until the import
-   is done (deleting them first would charge the import for N more deletions than the
-   baseline saw, which `perf` put at half of the sandbox's CPU); both write to the same depth
-   beside each other (`PREARCHIVE_LAYOUT`: the sandbox's prearchive layout, one folder per
-   series, the entry path made one file name), so their folders and files land in the same
-   block groups; and the dirty pages are written out (`os.sync`, untimed) before each, so
-   neither waits for the other's writeback. Before stop 17, the import ran right after the
-   baseline's N deletions.
+   Every timed writer (`disk_write_files`, curl's import, xnatpy's, xnatdrop's, then
+   `store_floor`) creates its files in the same state of the file system: nothing is deleted
+   between them (each writes into its own folder; all are removed when the step ends), the
+   step starts only after ext4's window for recently deleted inodes has passed since the last
+   bulk deletion (`deletions.py`), and the dirty pages are written out (`os.sync`, untimed)
+   before each, so none waits for another's writeback. `disk_write_files` writes at the
+   sandbox's depth (`prearchive_layout`: one folder per series, the entry path made one file
+   name), so its folders and files land in block groups like the import's. Before stop 17
+   the writers deleted their files as they went, and each later one paid for the earlier
+   ones' deletions.
 2. `curl` does what a person does by hand: POST that zip to the import service (DICOM-zip,
    into the prearchive) of a fresh sandbox, then `POST /data/services/archive` of the
    prearchive session it names; the same XNAT operations xnatdrop's push performs. curl's own
@@ -52,7 +49,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -63,7 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import product, servers
+from harness import deletions, product, servers
 from harness.workload import Workload
 
 HWM = Path(__file__).with_name("hwm.py")
@@ -113,10 +109,9 @@ def prearchive_layout(name: str) -> str:
     )
 
 
-def disk_write_files(zip_path: Path, scratch: Path) -> tuple[float, Path]:
+def disk_write_files(zip_path: Path, scratch: Path) -> float:
     """Seconds to write every entry of the zip to its own file (`write_entries`, the sandbox's
-    prearchive layout), no fsync; and the folder written, which the caller deletes once the
-    import has run (module docstring)."""
+    prearchive layout), no fsync; the files stay until the step ends (module docstring)."""
     root = scratch / "files"
     with zipfile.ZipFile(zip_path) as bundle:
         entries = [i for i in bundle.infolist() if not i.is_dir()]
@@ -124,7 +119,7 @@ def disk_write_files(zip_path: Path, scratch: Path) -> tuple[float, Path]:
     started = time.perf_counter()
     write_entries(zip_path, entries, root, prearchive_layout)
     seconds = time.perf_counter() - started
-    return seconds, root
+    return seconds
 
 
 def write_entries(
@@ -169,7 +164,7 @@ def store_floor(zip_path: Path, scratch: Path) -> float:
     HTTP: the rest of the sandbox's time is its own overhead, and this is the rate it can
     approach (the sandbox hashes on two threads, so it may pass it)."""
     floor = scratch / "floor"
-    floor.mkdir()
+    floor.mkdir()  # kept until the step ends (module docstring)
     with zipfile.ZipFile(zip_path) as bundle:
         entries = [i for i in bundle.infolist() if not i.is_dir()]
     started = time.perf_counter()
@@ -186,9 +181,7 @@ def store_floor(zip_path: Path, scratch: Path) -> float:
                     digest.update(chunk)
                     out.write(chunk)
                     remaining -= len(chunk)
-    seconds = time.perf_counter() - started
-    shutil.rmtree(floor)
-    return seconds
+    return time.perf_counter() - started
 
 
 def _curl(url: str, out: Path, log: Path, *options: str) -> tuple[float, str]:
@@ -227,7 +220,6 @@ def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
         if "/archive/projects/" not in archived:
             raise RuntimeError(f"curl archive answered {archived[:200]!r}, not an archive URI")
         sandbox_peak = xnat.peak_rss_kb()
-    shutil.rmtree(work / "xnat-curl", ignore_errors=True)
     return {
         "seconds": import_s + archive_s,
         "import_seconds": import_s,
@@ -265,7 +257,6 @@ def xnatpy(folder: Path, work: Path, label: str) -> dict[str, float]:
         )
         seconds = _run([sys.executable, "-c", script], work / "xnatpy.log")
         sandbox_peak = xnat.peak_rss_kb()
-    shutil.rmtree(work / "xnat-xnatpy", ignore_errors=True)
     return {"seconds": seconds, **json.loads(split.read_text()), "sandbox_peak_kb": sandbox_peak}
 
 
@@ -320,7 +311,6 @@ def xnatdrop_push(folder: Path, work: Path) -> dict[str, Any]:
         log = work / "push.log"
         seconds = _run([sys.executable, str(HWM), str(peak_file), *command[2:]], log)
         sandbox_peak = xnat.peak_rss_kb()
-    shutil.rmtree(work / "xnat-xnatdrop", ignore_errors=True)
     text = log.read_text(errors="replace")
     lines = re.findall(rf"{label}: (\w+): .*\(([\d.]+) s\)$", text, re.M)
     steps = {step: float(seconds) for step, seconds in lines}
@@ -342,6 +332,10 @@ def xnatdrop_push(folder: Path, work: Path) -> dict[str, Any]:
     }
 
 
+WRITTEN = ("files", "floor", "xnat-curl", "xnat-xnatpy", "xnat-xnatdrop")
+"""What the timed writers leave in the step's scratch folder, removed when the step ends."""
+
+
 def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]:
     """The end-to-end figures for one workload. The folder is moved to done/ by the push."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -350,18 +344,21 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
     names = [p.relative_to(work.folder).as_posix() for p in work.files]
     size = product.write_zip(work.folder, names, zip_path)
     results: dict[str, Any] = {"zip_bytes": size}
-    # The N-file writers last, each after the previous one's deletions (module docstring).
     results["disk_write"] = {"seconds": disk_write(zip_path, scratch / "copy.bin")}
+    # No deletions between the timed writers, and none recent before them (module docstring).
+    results["waited_for_deletions_seconds"] = deletions.wait_out()
+    results["disk_write_files"] = {"seconds": disk_write_files(zip_path, scratch)}
+    os.sync()
     results["store_floor"] = {"seconds": store_floor(zip_path, scratch)}
-    baseline_s, baseline_files = disk_write_files(zip_path, scratch)
-    results["disk_write_files"] = {"seconds": baseline_s}
     os.sync()
     results["curl"] = curl(zip_path, scratch, label)
-    shutil.rmtree(baseline_files)  # only now: the import must not pay for these deletions
-    zip_path.unlink()
+    zip_path.unlink()  # one inode: nothing for the next writer to pay
     if peers:  # xnatpy before xnatdrop: the push moves the folder to done/
+        os.sync()
         results["xnatpy"] = xnatpy(work.folder, scratch, label)
+    os.sync()
     results["xnatdrop"] = xnatdrop_push(work.folder, scratch)
+    deletions.remove(*(scratch / name for name in WRITTEN))
     for name in ("disk_write_files", "disk_write", "store_floor", "curl", "xnatpy", "xnatdrop"):
         if name in results:
             results[name]["mb_per_s"] = size / 1e6 / results[name]["seconds"]

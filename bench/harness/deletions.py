@@ -1,0 +1,65 @@
+"""Bulk deletions the timed writers do not pay for.
+
+On ext4 without a journal (this VM's root file system) each new inode is searched past every
+free inode of its block group deleted in the last minute, five minutes while that inode table
+block is still dirty (`fs/ext4/ialloc.c`: `find_inode_bit` → `recently_deleted`,
+`RECENTCY_MIN` 60 s, `RECENTCY_DIRTY` 300 s). A writer that creates N files right after N
+deletions pays for each deletion on each file; `perf` put a third to a half of the sandbox's
+import CPU there. So a benchmark that deletes between its timed writers charges the later
+ones for the earlier ones' clean-up, and how much depends on the order.
+
+The push step therefore deletes nothing between its timed writers (each writes into its own
+folder; all are removed at the end), and every bulk deletion of the run goes through `remove`,
+which writes the freed inode tables out (`os.sync`) and notes the time, so that `wait_out`
+can hold the next timed writers until the recency window has passed. On other file systems
+the wait costs time and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+WINDOW_SECONDS = 61.0
+"""`RECENTCY_MIN` (60 s, once the inode table block is written out) and a second to spare."""
+
+SMALL = 1_000
+"""Fewer deleted files than this cost the next writer nothing measurable: no wait."""
+
+_state: dict[str, float] = {"window": WINDOW_SECONDS}
+
+
+def set_window(seconds: float) -> None:
+    """How long `wait_out` holds the writers after a bulk deletion (`--quick` sets 0: its
+    writers create a few hundred files, too few for the search to show)."""
+    _state["window"] = seconds
+
+
+def remove(*paths: Path) -> None:
+    """Delete `paths` (folders or files, missing ones ignored), write the freed inode tables
+    out and remember when, if enough files went for a later writer to notice."""
+    count = 0
+    for path in paths:
+        if path.is_dir():
+            count += sum(len(files) + len(folders) for _, folders, files in os.walk(path))
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            count += 1
+    os.sync()
+    if count >= SMALL:
+        _state["at"] = time.monotonic()
+
+
+def wait_out() -> float:
+    """Sleep until the last bulk deletion is outside ext4's recency window; the seconds
+    waited (0 when none is recent)."""
+    if "at" not in _state:
+        return 0.0
+    left = _state["at"] + _state["window"] - time.monotonic()
+    if left <= 0:
+        return 0.0
+    time.sleep(left)
+    return left
