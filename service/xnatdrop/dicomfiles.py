@@ -379,6 +379,7 @@ def _walk(win: _Window, pos: int, end: int, walk: _Walk, depth: int, collect: bo
     top = depth == 0
     keep = TOP_TAGS if top else NESTED_TAGS
     first = top
+    skim = top and explicit and little
     while end < 0 or pos < end:
         buf = win.buf
         blen = len(buf)
@@ -390,6 +391,13 @@ def _walk(win: _Window, pos: int, end: int, walk: _Walk, depth: int, collect: bo
             buf = win.buf
             blen = len(buf)
             off = 0
+        if skim:
+            stop = walk.stop_after_tag if walk.stop_after_0028 else TAG_FLOAT_PIXELS - 1
+            skimmed = _skim(buf, off, min(blen, size - win.base), min(stop, _SKIM_LAST), walk.top)
+            if skimmed != off:
+                first = False
+                pos = win.base + skimmed
+                continue
         if off + 8 > blen:
             if top and pos >= size:
                 return pos
@@ -458,6 +466,53 @@ def _walk(win: _Window, pos: int, end: int, walk: _Walk, depth: int, collect: bo
             else:
                 walk.nested.setdefault(tag, []).append(win.get(value, length))
     return pos
+
+
+_UNPACK_EXPLICIT_LE = _EXPLICIT[True].unpack_from
+_UNPACK_U32_LE = _U32[True].unpack_from
+# Long VRs whose defined-length value `_skim` steps over (SQ and undefined lengths: `_walk`).
+_SKIM_LONG = LONG_VRS - {b"SQ"}
+# The last tag `_skim` handles: the per-frame groups (5200,9230) and what follows them, Pixel
+# Data and the item tags (FFFE,xxxx) are `_walk`'s.
+_SKIM_LAST = TAG_PER_FRAME_GROUPS - 1
+
+
+def _skim(buf: bytes, off: int, limit: int, last: int, top: dict[int, bytes]) -> int:
+    """Step over the plain top-level elements of explicit VR little endian data in `buf` from
+    `off`; keep the TOP_TAGS values in `top`; return the offset of the first element it leaves
+    to `_walk` (`off` itself when that is the first).
+
+    Why: a classic image has 200-300 elements before Pixel Data, most of them private, and the
+    general loop of `_walk` (both byte orders, both VR modes, sequences, chunk refills, early
+    stop) cost about 0.6 µs of CPU per element: most of the check's CPU. This loop does only
+    what the common element needs, and stops at anything else, which `_walk` then handles
+    exactly as before: a sequence or undefined length, an unknown or invalid VR, an element
+    past `last` (the early-stop point, per-frame groups, Pixel Data, items) or one that does
+    not lie wholly before `limit` (the end of the chunk or of the file).
+    """
+    short, long_vrs, keep = SHORT_VRS, _SKIM_LONG, TOP_TAGS
+    unpack, unpack_u32 = _UNPACK_EXPLICIT_LE, _UNPACK_U32_LE
+    while off + 12 <= limit:
+        group, element, vr, length = unpack(buf, off)
+        tag = group << 16 | element
+        if tag > last:
+            return off
+        if vr in short:
+            value = off + 8
+        elif vr in long_vrs:
+            length = unpack_u32(buf, off + 8)[0]
+            if length == UNDEFINED:
+                return off
+            value = off + 12
+        else:
+            return off
+        following = value + length
+        if following > limit:
+            return off
+        if tag in keep and length <= MAX_VALUE:
+            top[tag] = buf[value:following]
+        off = following
+    return off
 
 
 # Explicit VR LE element headers of the per-frame tags, for the byte scan below.
