@@ -310,7 +310,7 @@ def test_skim_takes_most_elements_of_a_classic_image() -> None:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dicomfiles, "_skim", recording)
-        win, walk, _, _ = dicomfiles._walk_file(dicomfiles._Window(None, len(data), data), 132)
+        _, walk, _, _ = dicomfiles._walk_file(dicomfiles._Window(None, len(data), data), 132)
     assert walk.stopped_early  # a classic GE image: the walk ends after group 0028
     assert sum(covered) > 0.8 * walk.early_resume, (sum(covered), walk.early_resume)
 
