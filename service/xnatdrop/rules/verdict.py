@@ -86,7 +86,7 @@ def _judge(
                 hits.extend(files.media_hits(folder, item, listing.files))
             else:
                 dicoms.append(item)
-    categories = {item.path: files.category_of(item.header) for item in dicoms}
+    categories = files.Categories()
     hits.extend(files.content_hits(dicoms, categories, settings))
     hits.extend(series.folder_hits(dicoms, categories))
     duplicate_hits, duplicates = series.duplicate_hits(folder, dicoms)
