@@ -1276,6 +1276,7 @@ def sniff_folder(
     names: list[Path],
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    texts: list[str] | None = None,
 ) -> list[FileFacts]:
     """Sniff `folder / name` for every name (each name a full path when `folder` is None), in
     input order; each FileFacts' path is the name as given (the caller's object, not a copy),
@@ -1295,16 +1296,19 @@ def sniff_folder(
     dataclass per file cost the parent more CPU than its share of the judging. The parent
     rebuilds each FileFacts with the name it already has and with header strings shared
     through one table: about 1 KB a file at the check's peak, half of what it was.
+    `texts`, when given, are the names as text (`str(name)` each), used to open the files
+    instead of `str(name)`, which would keep a copy of the text in each Path object.
     `progress(done, total)` is called every PROGRESS_EVERY files and at the end.
     """
     total = len(names)
+    if texts is None:
+        texts = [str(name) for name in names]
     base = f"{folder}{os.sep}" if folder is not None else ""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     shared: dict = {}
     results: list[FileFacts] = []
     if workers < 2 or total < PARALLEL_MIN_FILES:
         with concurrent.futures.ThreadPoolExecutor(IO_THREADS, "xnatdrop-read") as reader:
-            texts = [str(name) for name in names]
             for wire in _sniff_stream(base, texts, reader, _Pace()):
                 results.append(_rebuild(names[len(results)], wire, shared))
                 if progress is not None and (
@@ -1315,7 +1319,7 @@ def sniff_folder(
     single = threading.active_count() == 1
     context = multiprocessing.get_context("fork" if single else "forkserver")
     size = max(16, min(PROGRESS_EVERY, total // (workers * 8)))
-    batches = ((base, [str(name) for name in names[i : i + size]]) for i in range(0, total, size))
+    batches = ((base, texts[i : i + size]) for i in range(0, total, size))
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         for batch in pool.map(_sniff_batch, batches):
             for wire in batch:

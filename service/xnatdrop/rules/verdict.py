@@ -60,7 +60,8 @@ def check_folder(
         raise NotADirectoryError(f"{folder} is not a directory")
     before = tree.identity(folder)
     listing = tree.scan(folder, sidecar_names, frozenset(control_files))
-    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers)
+    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers, listing.texts)
+    listing.texts = []  # read: not needed any more
     verdict = _judge(folder, listing, facts, settings, drop)
     if tree.identity(folder) != before:
         raise tree.FolderGone(folder)
@@ -139,8 +140,11 @@ def _finish(
     for (series_folder, uid), items in series_files.items():
         header = items[0].header
         assert header is not None
-        keep = tuple(_entry(i) for i in items if i.path not in excluded)
-        dropped = tuple(i.path for i in items if i.path in excluded)
+        if excluded:
+            keep = tuple(_entry(i) for i in items if i.path not in excluded)
+            dropped = tuple(i.path for i in items if i.path in excluded)
+        else:  # nothing left out: no file's path is hashed (each would keep its hash)
+            keep, dropped = tuple(_entry(i) for i in items), ()
         found = model.Series(
             folder=series_folder,
             series_instance_uid=uid,
