@@ -537,10 +537,12 @@ def _walk(win: _Window, pos: int, end: int, walk: _Walk, depth: int, collect: bo
     return pos
 
 
-_UNPACK_EXPLICIT_LE = _EXPLICIT[True].unpack_from
+# `_skim` reads the VR as a number: no 2-byte bytes object per element.
+_UNPACK_EXPLICIT_LE = struct.Struct("<HHHH").unpack_from
 _UNPACK_U32_LE = _U32[True].unpack_from
+_SKIM_SHORT = frozenset(_U16[True].unpack(vr)[0] for vr in SHORT_VRS)
 # Long VRs whose defined-length value `_skim` steps over (SQ and undefined lengths: `_walk`).
-_SKIM_LONG = LONG_VRS - {b"SQ"}
+_SKIM_LONG = frozenset(_U16[True].unpack(vr)[0] for vr in LONG_VRS - {b"SQ"})
 # The last tag `_skim` handles: the per-frame groups (5200,9230) and what follows them, Pixel
 # Data and the item tags (FFFE,xxxx) are `_walk`'s.
 _SKIM_LAST = TAG_PER_FRAME_GROUPS - 1
@@ -559,7 +561,7 @@ def _skim(buf: bytes, off: int, limit: int, last: int, top: dict[int, bytes]) ->
     past `last` (the early-stop point, per-frame groups, Pixel Data, items) or one that does
     not lie wholly before `limit` (the end of the chunk or of the file).
     """
-    short, long_vrs, keep = SHORT_VRS, _SKIM_LONG, TOP_TAGS
+    short, long_vrs, keep = _SKIM_SHORT, _SKIM_LONG, TOP_TAGS
     unpack, unpack_u32 = _UNPACK_EXPLICIT_LE, _UNPACK_U32_LE
     while off + 12 <= limit:
         group, element, vr, length = unpack(buf, off)
