@@ -180,16 +180,16 @@ class Categories:
 
 def content_hits(
     dicoms: list[dicomfiles.FileFacts],
+    folders: list[Path],
     categories: Categories,
     settings: config.RulesSettings | None,
 ) -> list[model.Hit]:
-    """Rules C1–C9 per file, grouped later per series.
+    """Rules C1–C9 per file, grouped later per series; `folders` are the files' series folders.
 
     What a rule says of a file depends only on its `SeriesFields` and on whether its folder
     holds images, so it is decided once per pair and given to each file of it.
     """
     allow = settings.derived_allow if settings is not None else ["UNI"]
-    folders = [model.series_folder(d.path) for d in dicoms]
     image_folders = {
         folder
         for folder, d in zip(folders, dicoms, strict=True)

@@ -14,7 +14,9 @@ from xnatdrop.rules import model
 
 
 def folder_hits(
-    dicoms: list[dicomfiles.FileFacts], categories: Callable[[dicomfiles.FileFacts], str]
+    dicoms: list[dicomfiles.FileFacts],
+    folders: list[Path],
+    categories: Callable[[dicomfiles.FileFacts], str],
 ) -> list[model.Hit]:
     """Rules D1 (one series per folder), D7 (split series) and D3 (one study per folder)."""
     hits = []
@@ -23,10 +25,9 @@ def folder_hits(
     files_of: dict[str, list[Path]] = collections.defaultdict(list)
     folders_of: dict[str, set[Path]] = collections.defaultdict(set)
     studies: dict[str, list[str]] = collections.defaultdict(list)
-    for item in dicoms:
+    for item, folder in zip(dicoms, folders, strict=True):
         header = item.header
         assert header is not None
-        folder = model.series_folder(item.path)
         folders_of[header.series_instance_uid].add(folder)
         files_in[folder].append(item.path)
         files_of[header.series_instance_uid].append(item.path)

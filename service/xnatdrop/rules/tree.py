@@ -59,6 +59,9 @@ class Tree:
     # The same files as text ("folder/name"), for opening them: `str(path)` would keep a copy
     # of that text in each Path for as long as the check holds it (~90 bytes a file).
     texts: list[str] = dataclasses.field(default_factory=list)
+    # The folder each file lies in (`model.series_folder` of it), one object per folder:
+    # `path.parent` makes a new Path at each call, several times a file in the rules.
+    folders: list[Path] = dataclasses.field(default_factory=list)
     sidecars: dict[str, Path] = dataclasses.field(default_factory=dict)
     hits: list[model.Hit] = dataclasses.field(default_factory=list)
     reason_files: list[Path] = dataclasses.field(default_factory=list)
@@ -71,7 +74,7 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
     ours = {p.name for p in reasonfiles.find_own(folder)}
     tree.reason_files = sorted(Path(name) for name in ours)
     pending: list[tuple[Path, str]] = [(model.TOP, "")]
-    found: list[tuple[Path, str]] = []
+    found: list[tuple[Path, str, Path]] = []
     while pending:
         relative, prefix = pending.pop()
         try:
@@ -106,10 +109,11 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
                 # listing's type says so without a stat on SMB/NFS.
                 tree.hits.append(model.Hit("UNREADABLE", path, "not a regular file"))
             elif not dicomfiles.is_os_litter(entry.name):
-                found.append((path, prefix + entry.name))
+                found.append((path, prefix + entry.name, relative))
     found.sort(key=operator.itemgetter(0))
-    tree.files = [path for path, _ in found]
-    tree.texts = [text for _, text in found]
+    tree.files = [path for path, _, _ in found]
+    tree.texts = [text for _, text, _ in found]
+    tree.folders = [where for _, _, where in found]
     return tree
 
 
