@@ -193,3 +193,19 @@ def test_rule_c_is_decided_once_per_series(tmp_path: Path, monkeypatch) -> None:
     verdict = rules.check_folder(folder, None, workers=1)
     assert verdict.ok and len(verdict.upload_entries()) == count
     assert calls == {"category_of": 6, "derived_reasons": 6}
+
+
+def test_series_fields_are_decoded_once_per_series(tmp_path: Path) -> None:
+    """Files whose shared values are byte for byte equal get one SeriesFields, decoded once;
+    a file that differs in one of them (here the series) gets its own, with its own values."""
+    folder = tmp_path / "S"
+    many_files(folder, series=2, per_series=3)
+    one, two = sorted(folder.iterdir())
+    first = [dicomfiles.sniff(p).header for p in sorted(one.iterdir())]
+    other = dicomfiles.sniff(min(two.iterdir())).header
+    assert all(h is not None for h in [*first, other])
+    assert len({id(h.fields) for h in first}) == 1  # type: ignore[union-attr]
+    assert len({h.sop_instance_uid for h in first}) == 3  # type: ignore[union-attr]
+    assert [h.instance_number for h in first] == [1, 2, 3]  # type: ignore[union-attr]
+    assert other.fields is not first[0].fields  # type: ignore[union-attr]
+    assert other.series_instance_uid != first[0].series_instance_uid  # type: ignore[union-attr]
