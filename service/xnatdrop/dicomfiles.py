@@ -1329,8 +1329,9 @@ def sniff_folder(
     Why the workers send tuples of plain values (`_wire`) and no paths: the parent holds the
     facts of every file of the session until the verdict is made, and unpickling a Path and a
     dataclass per file cost the parent more CPU than its share of the judging. The parent
-    rebuilds each FileFacts with the name it already has and with header strings shared
-    through one table: about 1 KB a file at the check's peak, half of what it was.
+    rebuilds each FileFacts with the name it already has, one SeriesFields per series and
+    the other header strings shared through one table: about 0.65 KB a file at the check's
+    peak (tracemalloc, 10,000 small files; 2.1 KB two rounds ago).
     `texts`, when given, are the names as text (`str(name)` each), used to open the files
     instead of `str(name)`, which would keep a copy of the text in each Path object.
     `progress(done, total)` is called every PROGRESS_EVERY files and at the end.
