@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -266,3 +267,76 @@ def test_cut_and_mutated_real_headers_yield_facts(cut: int, flips: list[tuple[in
     assert isinstance(facts.kind, Kind)
     if cut < len(REAL_BYTES) and not flips and cut > 0:
         assert facts.kind is not Kind.DICOM or facts.truncated
+
+
+def _general_walk_only(buf: bytes, off: int, limit: int, last: int, top: dict) -> int:
+    return off  # `_skim` declining every element: `_walk` does it all, as before `_skim`
+
+
+def _sniff_both(path: Path) -> tuple[dicomfiles.FileFacts, dicomfiles.FileFacts]:
+    fast = dicomfiles.sniff(path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dicomfiles, "_skim", _general_walk_only)
+        general = dicomfiles.sniff(path)
+    return fast, general
+
+
+def test_skim_gives_the_facts_of_the_general_walk_on_real_files() -> None:
+    """`_skim`, the fast loop over plain explicit-VR-LE elements, changes no fact of any shared
+    file (headers, truncation, kind, detail) against the general walk alone."""
+    compared = 0
+    for path in all_shared_files():
+        fast, general = _sniff_both(path)
+        assert fast == general, path
+        compared += fast.kind is Kind.DICOM
+    assert compared > 2000
+
+
+CLASSIC_BYTES = min(
+    p for p in (dataset("ge_signa_premier_table") / "In/GE").rglob("*") if p.is_file()
+).read_bytes()
+
+def test_skim_takes_most_elements_of_a_classic_image() -> None:
+    """On a GE classic image (about 300 elements, most of them private) the fast loop steps
+    over nearly all the header: the general loop is left the few sequences and the stop."""
+    data = CLASSIC_BYTES
+    covered = []
+    real = dicomfiles._skim
+
+    def recording(buf: bytes, off: int, limit: int, last: int, top: dict) -> int:
+        done = real(buf, off, limit, last, top)
+        covered.append(done - off)
+        return done
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dicomfiles, "_skim", recording)
+        _, walk, _, _ = dicomfiles._walk_file(dicomfiles._Window(None, len(data), data), 132)
+    assert walk.stopped_early  # a classic GE image: the walk ends after group 0028
+    assert sum(covered) > 0.8 * walk.early_resume, (sum(covered), walk.early_resume)
+
+
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cut=st.integers(min_value=0, max_value=6000),
+    flips=st.lists(
+        st.tuples(st.integers(min_value=128, max_value=6000), st.integers(0, 255)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_skim_gives_the_facts_of_the_general_walk_on_damaged_headers(
+    cut: int, flips: list[tuple[int, int]]
+) -> None:
+    """Cut and flipped bytes in a classic header (VRs, lengths, tags): the fast loop declines
+    exactly where the general walk would fail or branch, so the facts stay the same."""
+    data = bytearray(CLASSIC_BYTES[: cut or None])
+    for offset, value in flips:
+        if offset < len(data):
+            data[offset] = value
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.dcm"
+        path.write_bytes(bytes(data))
+        fast, general = _sniff_both(path)
+    assert fast == dataclasses.replace(general, path=fast.path)

@@ -84,11 +84,11 @@ def file_hits(item: dicomfiles.FileFacts) -> list[model.Hit]:
     if kind is dicomfiles.Kind.OTHER:
         return [model.Hit("NOT_DICOM", item.path, item.detail)]
     hits = []
-    header = item.header
-    group = (model.series_folder(item.path), header.series_instance_uid) if header else None
     if item.truncated:
         hits.append(model.Hit("TRUNCATED_DICOM", item.path, item.truncated, None))
     if not item.preamble:
+        header = item.header
+        group = (model.series_folder(item.path), header.series_instance_uid) if header else None
         hits.append(model.Hit("DICOM_NO_PREAMBLE", item.path, "no preamble/DICM", group))
     return hits
 
@@ -156,64 +156,103 @@ def _is_phoenix(header: dicomfiles.Header) -> bool:
     )
 
 
-def content_hits(
-    dicoms: list[dicomfiles.FileFacts],
-    categories: dict[Path, str],
-    settings: config.RulesSettings | None,
-) -> list[model.Hit]:
-    """Rules C1–C9 per file, grouped later per series."""
-    allow = settings.derived_allow if settings is not None else ["UNI"]
-    image_folders = {
-        model.series_folder(d.path) for d in dicoms if categories[d.path] not in ("non-image",)
-    }
-    hits = []
-    for item in dicoms:
+class Categories:
+    """Rule C1's category of each DICOM file (`category_of`), decided once per `SeriesFields`:
+    the files of a series share that object, and with it their category.
+
+    Why: the check judges every file of the session in the parent process after the workers
+    have read them, one core busy while the other waits; per-file work there costs the whole
+    check's wall time.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[dicomfiles.SeriesFields, str]] = {}
+
+    def __call__(self, item: dicomfiles.FileFacts) -> str:
         header = item.header
         assert header is not None
-        group = (model.series_folder(item.path), header.series_instance_uid)
-        category = categories[item.path]
-        path = item.path
-        if category == "non-image":
-            name = _class_name(header.sop_class_uid)
-            if _is_phoenix(header) and model.series_folder(path) not in image_folders:
-                hits.append(model.Hit("PROTOCOL_REPORT", path, "PhoenixZIPReport", group))
-            elif model.series_folder(path) in image_folders:
-                hits.append(
-                    model.Hit("NON_IMAGE_OBJECT", path, f"{name} in an image folder", group)
-                )
-            else:
-                hits.append(model.Hit("NON_IMAGE_OBJECT", path, name, group))
-            continue
-        if category == "converted":
-            name = _class_name(header.sop_class_uid)
-            hits.append(model.Hit("CONVERTED_FILE", path, f"{name} (re-packaged by a tool)", group))
-            continue
-        if category == "other-modality":
-            modality = header.modality or "unknown modality"
-            hits.append(
-                model.Hit("WRONG_MODALITY", path, f"{modality}, SOP class {header.sop_class_uid}")
+        fields = header.fields
+        known = self._known.get(id(fields))
+        if known is None:  # the fields are kept with their category: their id stays theirs
+            known = self._known[id(fields)] = (fields, category_of(header))
+        return known[1]
+
+
+def content_hits(
+    dicoms: list[dicomfiles.FileFacts],
+    folders: list[Path],
+    categories: Categories,
+    settings: config.RulesSettings | None,
+) -> list[model.Hit]:
+    """Rules C1–C9 per file, grouped later per series; `folders` are the files' series folders.
+
+    What a rule says of a file depends only on its `SeriesFields` and on whether its folder
+    holds images, so it is decided once per pair and given to each file of it.
+    """
+    allow = settings.derived_allow if settings is not None else ["UNI"]
+    image_folders = {
+        folder
+        for folder, d in zip(folders, dicoms, strict=True)
+        if categories(d) not in ("non-image",)
+    }
+    hits = []
+    decided: dict[tuple[int, bool], tuple[dicomfiles.SeriesFields, list[tuple[str, str, bool]]]]
+    decided = {}
+    for item, folder in zip(dicoms, folders, strict=True):
+        header = item.header
+        assert header is not None
+        in_images = folder in image_folders
+        key = (id(header.fields), in_images)
+        known = decided.get(key)
+        if known is None:
+            known = decided[key] = (
+                header.fields,
+                _content_rules(header, categories(item), in_images, allow),
             )
-            continue
-        reasons = derived_reasons(header, allow) if category != "spectroscopy" else []
-        if category == "derived":
-            reasons.insert(0, _class_name(header.sop_class_uid))
-        if reasons:
-            hits.append(model.Hit("DERIVED_SERIES", path, "; ".join(reasons), group))
-        if header.lossy:
-            hits.append(model.Hit("LOSSY_COMPRESSED", path, "lossy compression", group))
-        if not reasons:
-            if set(header.diffusion_directions) & {"I", "ISOTROPIC"}:
-                hits.append(
-                    model.Hit("DERIVED_FRAMES", path, "isotropic (trace) diffusion image", group)
-                )
-            if DERIVED_DESCRIPTION.search(header.series_description):
-                text = f"description '{header.series_description}'"
-                hits.append(model.Hit("SUSPECT_DESCRIPTION", path, text, group))
-            if LOCALIZER_DESCRIPTION.search(header.series_description) or (
-                "fl2d1" in header.sequence_name or "AAHScout" in header.sequence_name
-            ):
-                hits.append(model.Hit("LOCALIZER", path, "localizer", group))
+        if known[1]:
+            group = (folder, header.series_instance_uid)
+            for code, reason, grouped in known[1]:
+                hits.append(model.Hit(code, item.path, reason, group if grouped else None))
     return hits
+
+
+def _content_rules(
+    header: dicomfiles.Header, category: str, in_images: bool, allow: Iterable[str]
+) -> list[tuple[str, str, bool]]:
+    """Rules C1–C9 for one header: (code, reason, grouped per series) of each that fires."""
+    if category == "non-image":
+        name = _class_name(header.sop_class_uid)
+        if _is_phoenix(header) and not in_images:
+            return [("PROTOCOL_REPORT", "PhoenixZIPReport", True)]
+        if in_images:
+            return [("NON_IMAGE_OBJECT", f"{name} in an image folder", True)]
+        return [("NON_IMAGE_OBJECT", name, True)]
+    if category == "converted":
+        name = _class_name(header.sop_class_uid)
+        return [("CONVERTED_FILE", f"{name} (re-packaged by a tool)", True)]
+    if category == "other-modality":
+        modality = header.modality or "unknown modality"
+        return [("WRONG_MODALITY", f"{modality}, SOP class {header.sop_class_uid}", False)]
+    found = []
+    reasons = derived_reasons(header, allow) if category != "spectroscopy" else []
+    if category == "derived":
+        reasons.insert(0, _class_name(header.sop_class_uid))
+    if reasons:
+        found.append(("DERIVED_SERIES", "; ".join(reasons), True))
+    if header.lossy:
+        found.append(("LOSSY_COMPRESSED", "lossy compression", True))
+    if not reasons:
+        if set(header.diffusion_directions) & {"I", "ISOTROPIC"}:
+            found.append(("DERIVED_FRAMES", "isotropic (trace) diffusion image", True))
+        if DERIVED_DESCRIPTION.search(header.series_description):
+            found.append(
+                ("SUSPECT_DESCRIPTION", f"description '{header.series_description}'", True)
+            )
+        if LOCALIZER_DESCRIPTION.search(header.series_description) or (
+            "fl2d1" in header.sequence_name or "AAHScout" in header.sequence_name
+        ):
+            found.append(("LOCALIZER", "localizer", True))
+    return found
 
 
 def media_hits(folder: Path, item: dicomfiles.FileFacts, files: list[Path]) -> list[model.Hit]:

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import collections
 import filecmp
+from collections.abc import Callable
 from pathlib import Path
 
 from xnatdrop import dicomfiles
 from xnatdrop.rules import model
 
 
-def folder_hits(dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str]) -> list[model.Hit]:
+def folder_hits(
+    dicoms: list[dicomfiles.FileFacts],
+    folders: list[Path],
+    categories: Callable[[dicomfiles.FileFacts], str],
+) -> list[model.Hit]:
     """Rules D1 (one series per folder), D7 (split series) and D3 (one study per folder)."""
     hits = []
     per_folder: dict[Path, dict[str, dicomfiles.Header]] = collections.defaultdict(dict)
@@ -20,15 +25,14 @@ def folder_hits(dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str])
     files_of: dict[str, list[Path]] = collections.defaultdict(list)
     folders_of: dict[str, set[Path]] = collections.defaultdict(set)
     studies: dict[str, list[str]] = collections.defaultdict(list)
-    for item in dicoms:
+    for item, folder in zip(dicoms, folders, strict=True):
         header = item.header
         assert header is not None
-        folder = model.series_folder(item.path)
         folders_of[header.series_instance_uid].add(folder)
         files_in[folder].append(item.path)
         files_of[header.series_instance_uid].append(item.path)
         studies[header.study_instance_uid].append(header.series_number or "?")
-        if categories[item.path] != "non-image" and folder != model.TOP:
+        if categories(item) != "non-image" and folder != model.TOP:
             per_folder[folder].setdefault(header.series_instance_uid, header)
     for folder, series in sorted(per_folder.items()):
         if len(series) > 1:
@@ -56,7 +60,7 @@ def folder_hits(dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str])
 
 
 def _incomplete_hits(
-    dicoms: list[dicomfiles.FileFacts], categories: dict[Path, str]
+    dicoms: list[dicomfiles.FileFacts], categories: Callable[[dicomfiles.FileFacts], str]
 ) -> list[model.Hit]:
     """Rule D8, as far as it tells a copy still under way: a raw image series that visibly
     lacks files. A copy that paused longer than `settle.quiet_seconds` once had half a
@@ -73,7 +77,7 @@ def _incomplete_hits(
     groups: dict[str, list[dicomfiles.Header]] = collections.defaultdict(list)
     members: dict[str, list[Path]] = collections.defaultdict(list)
     for item in dicoms:
-        if categories[item.path] != "image" or item.header is None:
+        if categories(item) != "image" or item.header is None:
             continue
         groups[item.header.series_instance_uid].append(item.header)
         members[item.header.series_instance_uid].append(item.path)

@@ -9,6 +9,7 @@ folder that went away while it was read (an unmounted share) from bad data.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,6 +56,12 @@ class Tree:
     and xnatdrop's own reason files at the top."""
 
     files: list[Path] = dataclasses.field(default_factory=list)  # relative, not in sidecars
+    # The same files as text ("folder/name"), for opening them: `str(path)` would keep a copy
+    # of that text in each Path for as long as the check holds it (~90 bytes a file).
+    texts: list[str] = dataclasses.field(default_factory=list)
+    # The folder each file lies in (`model.series_folder` of it), one object per folder:
+    # `path.parent` makes a new Path at each call, several times a file in the rules.
+    folders: list[Path] = dataclasses.field(default_factory=list)
     sidecars: dict[str, Path] = dataclasses.field(default_factory=dict)
     hits: list[model.Hit] = dataclasses.field(default_factory=list)
     reason_files: list[Path] = dataclasses.field(default_factory=list)
@@ -66,9 +73,10 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
     wanted = {name.lower(): name for name in sidecar_names}
     ours = {p.name for p in reasonfiles.find_own(folder)}
     tree.reason_files = sorted(Path(name) for name in ours)
-    pending = [model.TOP]
+    pending: list[tuple[Path, str]] = [(model.TOP, "")]
+    found: list[tuple[Path, str, Path]] = []
     while pending:
-        relative = pending.pop()
+        relative, prefix = pending.pop()
         try:
             with os.scandir(folder / relative) as entries:
                 listing = sorted(entries, key=lambda e: e.name)
@@ -93,7 +101,7 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
                     tree.sidecars[wanted[entry.name.lower()]] = folder / path
                     _scan_sidecar(folder, path, tree)
                 else:
-                    pending.append(path)
+                    pending.append((path, f"{prefix}{entry.name}/"))
             elif at_top and entry.name in control_files:
                 continue
             elif not entry.is_file(follow_symlinks=False):
@@ -101,8 +109,11 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
                 # listing's type says so without a stat on SMB/NFS.
                 tree.hits.append(model.Hit("UNREADABLE", path, "not a regular file"))
             elif not dicomfiles.is_os_litter(entry.name):
-                tree.files.append(path)
-    tree.files.sort()
+                found.append((path, prefix + entry.name, relative))
+    found.sort(key=operator.itemgetter(0))
+    tree.files = [path for path, _, _ in found]
+    tree.texts = [text for _, text, _ in found]
+    tree.folders = [where for _, _, where in found]
     return tree
 
 

@@ -60,7 +60,8 @@ def check_folder(
         raise NotADirectoryError(f"{folder} is not a directory")
     before = tree.identity(folder)
     listing = tree.scan(folder, sidecar_names, frozenset(control_files))
-    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers)
+    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers, listing.texts)
+    listing.texts = []  # read: not needed any more
     verdict = _judge(folder, listing, facts, settings, drop)
     if tree.identity(folder) != before:
         raise tree.FolderGone(folder)
@@ -76,8 +77,9 @@ def _judge(
 ) -> model.Verdict:
     hits = list(listing.hits)
     dicoms: list[dicomfiles.FileFacts] = []
-    for item in facts:
-        if item.path.parent == model.TOP:
+    folders: list[Path] = []  # the series folder of each of `dicoms`
+    for item, where in zip(facts, listing.folders, strict=True):
+        if where == model.TOP:
             hits.append(model.Hit("LOOSE_FILE", item.path, "file directly in the subject folder"))
         hits.extend(files.file_hits(item))
         if item.kind is dicomfiles.Kind.DICOM and item.header is not None:
@@ -86,15 +88,16 @@ def _judge(
                 hits.extend(files.media_hits(folder, item, listing.files))
             else:
                 dicoms.append(item)
-    categories = {item.path: files.category_of(item.header) for item in dicoms}
-    hits.extend(files.content_hits(dicoms, categories, settings))
-    hits.extend(series.folder_hits(dicoms, categories))
+                folders.append(where)
+    categories = files.Categories()
+    hits.extend(files.content_hits(dicoms, folders, categories, settings))
+    hits.extend(series.folder_hits(dicoms, folders, categories))
     duplicate_hits, duplicates = series.duplicate_hits(folder, dicoms)
     hits.extend(duplicate_hits)
     label, label_hits = labels.session_label(folder, dicoms, settings, drop)
     hits.extend(label_hits)
     verdict = _finish(
-        folder, label, hits, dicoms, listing.sidecars, settings, len(facts), duplicates
+        folder, label, hits, dicoms, listing.sidecars, settings, len(facts), duplicates, folders
     )
     return dataclasses.replace(verdict, reason_files=tuple(listing.reason_files))
 
@@ -108,6 +111,7 @@ def _finish(
     settings: config.RulesSettings | None,
     files_checked: int,
     duplicates: set[Path] | None = None,
+    folders: list[Path] | None = None,
 ) -> model.Verdict:
     """Apply actions, decide which files are uploaded, group hits into findings."""
     duplicates = duplicates or set()
@@ -132,15 +136,18 @@ def _finish(
         ):
             excluded.update(hit.covers or (hit.path,))
     series_files: dict[tuple[Path, str], list[dicomfiles.FileFacts]] = collections.defaultdict(list)
-    for item in dicoms:
+    for item, where in zip(dicoms, folders or [], strict=True):
         assert item.header is not None
-        series_files[(model.series_folder(item.path), item.header.series_instance_uid)].append(item)
+        series_files[(where, item.header.series_instance_uid)].append(item)
     uploaded, left_out = [], []
     for (series_folder, uid), items in series_files.items():
         header = items[0].header
         assert header is not None
-        keep = tuple(_entry(i) for i in items if i.path not in excluded)
-        dropped = tuple(i.path for i in items if i.path in excluded)
+        if excluded:
+            keep = tuple(_entry(i) for i in items if i.path not in excluded)
+            dropped = tuple(i.path for i in items if i.path in excluded)
+        else:  # nothing left out: no file's path is hashed (each would keep its hash)
+            keep, dropped = tuple(_entry(i) for i in items), ()
         found = model.Series(
             folder=series_folder,
             series_instance_uid=uid,
