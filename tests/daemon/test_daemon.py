@@ -248,6 +248,55 @@ def test_a_push_that_ignores_stopping_is_cut_short_after_the_timeout(
     assert any("cut short" in r.message and "SPN01/SPN01_0001" in r.message for r in caplog.records)
 
 
+def test_a_stop_never_finds_a_push_registered_but_not_started(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """Found under load: SIGTERM arrived while the job thread had registered a push thread
+    but not started it; `_shutdown` took it in its list and `join` raised "cannot join thread
+    before it is started". 1. Stop the daemon while it logs "push starts" (a log handler holds
+    that moment for up to 2 s, watching the systemd socket for the stop's STOPPING=1, which
+    `_shutdown` sends right after taking its list). 2. Result: no STOPPING=1 inside that
+    moment (the stop waits until the push thread is started), the push runs, exit 0."""
+    settings = make_settings(tmp_path)
+    starting = threading.Event()
+    inside: list[list[str]] = []
+
+    def stop_sent() -> list[str]:
+        notify_socket.settimeout(0.1)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                message = notify_socket.recv(4096).decode()
+            except TimeoutError:
+                continue
+            if message.startswith("STOPPING=1"):
+                return [message]
+        return []
+
+    class Moment(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().endswith("push starts (new)"):
+                starting.set()
+                inside.append(stop_sent())
+
+    recorder = Recorder(settings)
+    runner = daemon.Daemon(settings, recorder)
+    drop_session(settings, "SPN01_0001")
+    handler = Moment()
+    logger = logging.getLogger("xnatdrop.daemon")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        assert run_with(runner, lambda: wait_for(starting.is_set)) == 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    assert inside == [[]]
+    assert any(m.startswith("STOPPING=1") for m in received(notify_socket))
+    assert recorder.calls == ["SPN01_0001"]
+
+
 def test_transient_result_leaves_the_folder_to_be_tried_again(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     recorder = Recorder(settings)

@@ -67,7 +67,10 @@ class Daemon:
         self.started = threading.Event()  # set once READY=1 is sent (tests wait on it)
         self.force = False
         self.finished: queue.Queue[tuple[Work, Result]] = queue.Queue()
-        self.pushes: dict[str, threading.Thread] = {}  # key -> thread; job thread only
+        self.pushes: dict[str, threading.Thread] = {}  # key -> thread; changed by the job thread
+        # Held while a push thread is registered and started, and while `_shutdown` takes its
+        # list: a stop arriving in between saw a thread not yet started, and joining it raised.
+        self.pushes_lock = threading.Lock()
         self.waiting_labels: set[str] = set()
         self.last_scan_done = time.monotonic()
         self.held_until = 0.0  # epoch seconds; pushes are held after XNAT refused our login
@@ -209,7 +212,9 @@ class Daemon:
             self.stopping.wait(tick)
 
     def _shutdown(self) -> None:
-        running = list(self.pushes.items())
+        with self.pushes_lock:
+            self.stopping.set()  # also when the main loop ended by an error: no push starts now
+            running = list(self.pushes.items())
         sdnotify.notify("STOPPING=1", f"STATUS=stopping; {len(running)} push(es) checkpointing")
         log.info("stopping: no new scans or pushes; %d push(es) running", len(running))
         self.hint.stop()
@@ -415,19 +420,22 @@ class Daemon:
             yield Work(key, folder=folder)
 
     def _start_push(self, work: Work) -> None:
-        if work.folder is not None:
-            self.watcher.hand_over(work.folder)
-        thread = threading.Thread(
-            target=self._push, args=(work,), name=f"push {work.key}", daemon=True
-        )
-        self.pushes[work.key] = thread
-        self.notices.push_started(work)
-        log.info(
-            "%s: push starts (%s)",
-            work.key,
-            f"resuming drop {work.drop.id} from {work.drop.state}" if work.drop else "new",
-        )
-        thread.start()
+        with self.pushes_lock:
+            if self.stopping.is_set():
+                return  # `_shutdown` has taken its list; the ledger starts this one next time
+            if work.folder is not None:
+                self.watcher.hand_over(work.folder)
+            thread = threading.Thread(
+                target=self._push, args=(work,), name=f"push {work.key}", daemon=True
+            )
+            self.pushes[work.key] = thread
+            self.notices.push_started(work)
+            log.info(
+                "%s: push starts (%s)",
+                work.key,
+                f"resuming drop {work.drop.id} from {work.drop.state}" if work.drop else "new",
+            )
+            thread.start()
 
     def _push(self, work: Work) -> None:
         """Thread body: run the processor, report back. The per-drop error boundary is inside it."""
