@@ -334,8 +334,13 @@ def test_a_folder_whose_drop_root_went_away_as_its_push_began_is_pushed_once_it_
     drop_session(settings, "SPN01_0001")
 
     def scenario() -> None:
-        wait_for(lambda: first and not runner.pushes
-                 and any(r.blocked for r in runner.watcher.roots.values()))
+        wait_for(
+            lambda: (
+                first
+                and not runner.pushes
+                and any(r.blocked for r in runner.watcher.roots.values())
+            )
+        )
         away.rename(root)
         wait_for(lambda: (settings.paths.done / "SPN01_0001").is_dir(), 15)
 
@@ -472,6 +477,25 @@ def test_a_folder_gone_between_settling_and_its_push_is_not_a_crash(tmp_path: Pa
     result = processor(daemon.Work("SPN01/SPN01_0001", folder=folder), threading.Event())
     assert result.kind == "stopped"
     assert "SPN01_0001: no such folder and nothing pending" in result.detail
+
+
+def test_the_roots_are_watched_before_the_first_scan(tmp_path: Path) -> None:
+    """Found as a flaky test under load: the first scan ran before the event watches were in
+    place, so a folder made in between waited a whole poll. 1. Record, when the first scan
+    starts, whether the drop root is watched. 2. Result: it is."""
+    settings = make_settings(tmp_path)
+    runner = daemon.Daemon(settings, Recorder(settings))
+    watched_at_first_scan: list[bool] = []
+    scan = runner._scan
+
+    def first_scan_sees_watches() -> None:
+        if not watched_at_first_scan:
+            watched_at_first_scan.append(settings.drop[0].path in runner.hint.watches)
+        scan()
+
+    runner._scan = first_scan_sees_watches  # type: ignore[method-assign]
+    assert run_with(runner, lambda: wait_for(lambda: runner.scans >= 1)) == 0
+    assert watched_at_first_scan == [True]
 
 
 def test_a_second_event_soon_after_the_first_still_brings_a_scan(tmp_path: Path) -> None:

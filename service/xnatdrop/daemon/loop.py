@@ -187,8 +187,10 @@ class Daemon:
                 id="window-opens",
             )
         self.notices.schedule(self.scheduler, self)  # the digest
-        self.scheduler.start()
+        # The watches first: what the first scan misses, an event then brings forward. (Started
+        # after it, a folder made between that scan and the watches waited a whole poll.)
         self.hint.start()
+        self.scheduler.start()
         sdnotify.notify("READY=1", f"STATUS=watching {len(self.projects)} drop root(s)")
         self.started.set()
 
