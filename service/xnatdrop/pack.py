@@ -61,7 +61,6 @@ import concurrent.futures
 import hashlib
 import logging
 import os
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -125,18 +124,21 @@ def plan(
     zip_names = zip_names or {}
     files = []
     base = os.fspath(folder)
-    layout = zipformat.Writer()
+    # The zip's length from its entries' (local_length, central_length, end_length), never by
+    # building its central directory: the same sums `Body` checks its bytes against.
+    offset = central = 0
     for entry in entries:
+        name = entry.path.as_posix()
         try:
-            stat = os.stat(os.path.join(base, entry.path))
+            stat = os.stat(os.path.join(base, name))
         except FileNotFoundError:
             raise Changed(f"{folder / entry.path} is gone since the folder was checked") from None
-        name = entry.path.as_posix()
-        planned = Planned(entry, stat.st_size, stat.st_mtime, zip_names.get(name, name))
-        files.append(planned)
-        layout.entry(0, zipformat.local_length(planned.zip_name, planned.size) + planned.size)
-    size = layout.offset + sum(len(piece) for piece in layout.finish(_central_rows(files)))
-    return Plan(size, tuple(files))
+        zip_name = zip_names.get(name, name)
+        size = stat.st_size
+        files.append(Planned(entry, size, stat.st_mtime, zip_name))
+        central += zipformat.central_length(zip_name, size, offset)
+        offset += zipformat.local_length(zip_name, size) + size
+    return Plan(offset + central + zipformat.end_length(len(files), offset, central), tuple(files))
 
 
 def _central_rows(files: Iterable[Planned]) -> Iterator[tuple[str, int, float]]:
@@ -198,7 +200,7 @@ def _read_run(
                 f"{path} is {size} bytes, planned {planned.size}; it changed after planning"
             )
         digests += hashlib.md5(data, usedforsecurity=False).digest()
-        crc = zlib.crc32(data)
+        crc = zipformat.crc32(data)
         crcs.append(crc)
         view[at : at + header] = zipformat.local_header(
             planned.zip_name, planned.size, crc, planned.mtime
@@ -227,7 +229,7 @@ def _read_one(
                 with memoryview(piece) as view:
                     got = handle.readinto(view[lead:])
                     digest.update(view[lead : lead + got])
-                    crc = zlib.crc32(view[lead : lead + got], crc)
+                    crc = zipformat.crc32(view[lead : lead + got], crc)
                 if not got:
                     break
                 buffers.resize(piece, lead + got)
@@ -253,7 +255,7 @@ def _digest(path: str, size: int) -> tuple[bytes, int]:
         with open(path, "rb", buffering=0) as handle:
             while got := handle.readinto(buffer):
                 digest.update(view[:got])
-                crc = zlib.crc32(view[:got], crc)
+                crc = zipformat.crc32(view[:got], crc)
                 done += got
     except OSError as error:
         raise _failed(path, error, "after the upload was planned") from error
@@ -277,7 +279,7 @@ def _copy(
                 with memoryview(buffer) as view:
                     view[:lead] = header
                     got = handle.readinto(view[lead:])
-                    check = zlib.crc32(view[lead : lead + got], check)
+                    check = zipformat.crc32(view[lead : lead + got], check)
                 if not got:
                     break
                 done += got
