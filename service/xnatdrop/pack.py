@@ -123,21 +123,31 @@ def plan(
     """
     zip_names = zip_names or {}
     files = []
-    base = os.fspath(folder)
     # The zip's length from its entries' (local_length, central_length, end_length), never by
     # building its central directory: the same sums `Body` checks its bytes against.
     offset = central = 0
-    for entry in entries:
-        name = entry.path.as_posix()
-        try:
-            stat = os.stat(os.path.join(base, name))
-        except FileNotFoundError:
-            raise Changed(f"{folder / entry.path} is gone since the folder was checked") from None
-        zip_name = zip_names.get(name, name)
-        size = stat.st_size
-        files.append(Planned(entry, size, stat.st_mtime, zip_name))
-        central += zipformat.central_length(zip_name, size, offset)
-        offset += zipformat.local_length(zip_name, size) + size
+    # Each file is stat'ed relative to the folder, opened once: a third less than by its whole
+    # path, which the kernel walks again each time.
+    directory: int | None = None
+    try:
+        for entry in entries:
+            name = entry.path.as_posix()
+            try:
+                if directory is None:
+                    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                stat = os.stat(name, dir_fd=directory)
+            except FileNotFoundError:
+                raise Changed(
+                    f"{folder / entry.path} is gone since the folder was checked"
+                ) from None
+            zip_name = zip_names.get(name, name)
+            size = stat.st_size
+            files.append(Planned(entry, size, stat.st_mtime, zip_name))
+            central += zipformat.central_length(zip_name, size, offset)
+            offset += zipformat.local_length(zip_name, size) + size
+    finally:
+        if directory is not None:
+            os.close(directory)
     return Plan(offset + central + zipformat.end_length(len(files), offset, central), tuple(files))
 
 

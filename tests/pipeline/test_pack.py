@@ -345,3 +345,47 @@ def test_pieces_a_caller_keeps_are_never_overwritten(
     assert [e.md5 for e in manifest.files] == [
         hashlib.md5((folder / e.path).read_bytes()).hexdigest() for e in entries
     ]
+
+
+def test_the_crc_is_zlibs_crc32_whatever_computes_it() -> None:
+    """The zip's CRC-32 comes from ISA-L when installed (zipformat.crc32): on buffers, views and
+    pieces continued from a previous value, it must be exactly zlib's (Java's ZipInputStream
+    checks each entry's CRC against its bytes)."""
+    data = bytes(range(256)) * 4099 + b"odd tail"
+    view = memoryview(bytearray(data))
+    assert zipformat.crc32(data) == zlib.crc32(data)
+    assert zipformat.crc32(view[1000:]) == zlib.crc32(data[1000:])
+    assert zipformat.crc32(view[77:], zipformat.crc32(view[:77])) == zlib.crc32(data)
+    assert zipformat.crc32(b"") == zlib.crc32(b"") == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["S1/IM0001.dcm", 'Séries "quoted"/IM\\0002.dcm', "S2/\u00e9\t\u2028.dcm"],
+)
+def test_manifest_rows_are_the_json_of_their_entries(tmp_path: Path, path: str) -> None:
+    """The manifest's rows are written from a template (packrecords._manifest_row), not by
+    encoding a dict per file: the text must be the same JSON, escapes included, for a
+    manifest made while sending and for one read back from the spool; and an entry whose
+    field is not text (a number) takes the general way, with the same result."""
+    import json
+
+    from xnatdrop import packrecords
+
+    entry = rules.FileEntry(Path(path), 5, "2.25.1", "1.2.840.10008.5.1.4.1.1.4", "2.25.2", "7",
+                            "2.25.3", "1.2.840.10008.1.2.1")  # fmt: skip
+    planned = packrecords.Planned(entry, 12345, 1.5, path)
+    md5 = bytes(range(16))
+    sent = pack.Manifest.sent(99, (planned, planned), md5 * 2)
+    expected = {**entry.to_json(), "size": 12345, "md5": md5.hex()}
+    text = "".join(sent.json_pieces())
+    assert json.loads(text)["files"] == [expected, expected]
+    assert text.split("\n")[1].rstrip(",") == json.dumps(expected, ensure_ascii=False)
+    spool.save(tmp_path, sent)
+    again = spool.load(tmp_path, pack.Manifest)
+    assert again == sent and "".join(again.json_pieces()) == text
+
+    odd = rules.FileEntry(Path(path), 5, "2.25.1", series_number=7)  # type: ignore[arg-type]
+    row = packrecords._manifest_row(odd, 12345, md5.hex())
+    assert json.loads(row) == {**odd.to_json(), "size": 12345, "md5": md5.hex()}
+    assert '"series_number": 7,' in row
