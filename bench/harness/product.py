@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def write_zip(folder: Path, names: Sequence[str], target: Path) -> int:
     return target.stat().st_size
 
 
-def entries(names: Sequence[str]) -> list[rules.FileEntry]:
+def entries(names: Iterable[str]) -> list[rules.FileEntry]:
     """The files as the check's verdict lists them, without their DICOM identity (the zip's
     bytes do not depend on it, only the manifest does). Their size is left 0, not stat'ed
     here: the plan stats every file itself (the size it packs)."""
