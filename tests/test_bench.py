@@ -182,3 +182,35 @@ def test_a_bulk_deletion_holds_the_next_timed_writers_a_small_one_does_not(tmp_p
     finally:
         deletions.set_window(deletions.WINDOW_SECONDS)
     assert not small.exists() and not bulk.exists()
+
+
+def test_the_null_sink_counts_every_byte_it_discards(tmp_path: Path) -> None:
+    """1. POST bodies to the null sink (a real server process): one several pipes long, sent
+       with its headers in one write (part of it lands in the header parser's buffer), and one
+       cut short (Content-Length 10,000, 4,000 bytes sent, then the client stops sending).
+    2. Result: the first is answered 200 with its exact length; the short one 400 with the
+       4,000 bytes that came, so a client that sends too little is caught."""
+    import socket
+
+    import requests
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import servers
+
+    with servers.null_sink(tmp_path / "sink.log") as sink:
+        body = bytes(range(256)) * ((3 << 20) // 256) + b"tail"
+        answer = requests.post(f"{sink.url}/data/services/import", data=body, timeout=60)
+        assert answer.status_code == 200
+        assert answer.json() == {"bytes": len(body)}
+
+        host, port = sink.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as connection:
+            connection.sendall(
+                b"POST /x HTTP/1.1\r\nHost: sink\r\nContent-Length: 10000\r\n\r\n" + b"y" * 4000
+            )
+            connection.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := connection.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400")
+        assert reply.endswith(b'{"bytes": 4000}')

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +45,10 @@ def upload_series(verdict: rules.Verdict) -> list[list[Path]]:
     return [[entry.path for entry in series.files] for series in verdict.series]
 
 
-def plan_files(folder: Path, names: Sequence[str]) -> pack.Plan:
-    """The zip the import step would send for these files, named relative to `folder` (stat
-    only, no file data read).
-
-    The entries carry no UIDs: the zip's bytes do not depend on them (only the manifest does).
-    """
-    return pack.plan(folder, _entries(names))
+def plan(folder: Path, files: Sequence[rules.FileEntry]) -> pack.Plan:
+    """The zip the import step would send for these entries (`entries`), as the pack step
+    plans it from the check's verdict (stat only, no file data read)."""
+    return pack.plan(folder, files)
 
 
 def save_manifest(spool_folder: Path) -> Callable[[pack.Manifest], None]:
@@ -62,14 +59,14 @@ def save_manifest(spool_folder: Path) -> Callable[[pack.Manifest], None]:
 
 def write_zip(folder: Path, names: Sequence[str], target: Path) -> int:
     """Write the exact bytes xnatdrop would stream for these files to `target`; return size."""
-    pack.write_zip(folder, _entries(names), target)
+    pack.write_zip(folder, entries(names), target)
     return target.stat().st_size
 
 
-def _entries(names: Sequence[str]) -> list[rules.FileEntry]:
-    """The files as the check's verdict lists them, without their DICOM identity. Their size
-    is left 0, not stat'ed here: the plan stats every file itself (the size it packs), and a
-    stat more per file would be charged to the timed pack+send."""
+def entries(names: Iterable[str]) -> list[rules.FileEntry]:
+    """The files as the check's verdict lists them, without their DICOM identity (the zip's
+    bytes do not depend on it, only the manifest does). Their size is left 0, not stat'ed
+    here: the plan stats every file itself (the size it packs)."""
     return [rules.FileEntry(Path(name), 0) for name in names]
 
 

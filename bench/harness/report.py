@@ -449,10 +449,15 @@ def _method(results: dict[str, Any]) -> list[str]:
         "the process itself as it ends; for process pools the largest worker's is given too "
         "(`getrusage(RUSAGE_CHILDREN)`). Each measurement runs in its own child process "
         "(`bench/harness/probe.py`).",
-        "- **Null sink**: a loopback HTTP server process that reads every body into one "
-        "reused buffer and answers with the byte count (`bench/harness/nullsink.py`). "
-        "pack+send streams `pack.Body` through requests into it, as the import step does "
-        "(without XNAT's login round trips).",
+        "- **Null sink**: a loopback HTTP server process that takes every body off the socket "
+        "with `os.splice` into /dev/null (no copy of its own; about 0.1 ns a byte of CPU, "
+        "which shares the cores with the client during pack+send only) and answers with the "
+        "byte count (`bench/harness/nullsink.py`). pack+send streams `pack.Body` through "
+        "requests into it, as the import step does (without XNAT's login round trips). Its "
+        "clock covers the plan (a stat of every file), the upload and the manifest saved with "
+        "fsync; the file list as the check hands it on (`FileEntry` per file) is made before. "
+        "Both pack+send and read+MD5 read the same files, cold, and report their CPU time "
+        "(`cpu_seconds` in results.json).",
         "- **Push end to end**: each client into its own fresh sandbox XNAT (a separate "
         "process, stock settings: site anonymisation on, checksums on). Every client does the "
         "same XNAT operations: **curl** POSTs the prebuilt zip (the bytes xnatdrop streams) to "

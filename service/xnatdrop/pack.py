@@ -28,14 +28,18 @@ after the data would spare that, but XNAT reads the upload with java.util.zip.Zi
 DicomZipImporter l.161, whose readLOC throws "only DEFLATED entries can have EXT descriptor"
 for a stored entry.)
 
-Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 3 GB/s for CRC-32), and
-hashlib and zlib release the GIL. `READERS` worker threads read and hash ahead of the sender, in
-order, at most `WINDOW` bytes ahead, so memory stays flat whatever the session size:
+Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 3 GB/s for zlib's
+CRC-32 and 20 GB/s or more for ISA-L's, `zipformat.crc32`), and hashlib releases the GIL.
+`READERS` worker threads read and hash ahead of the sender, in order, at most `WINDOW` bytes
+ahead, so memory stays flat whatever the session size:
 - consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
   behind room for their headers, hashed there, headers filled in; one job, one piece, one send
   per run, not per file (a future, a header write and a socket send per 44 KB file cost about
-  as much as hashing it);
-- a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces;
+  as much as hashing it). The reader opens the run's files up to PREFETCH ahead and asks the
+  kernel to read them in the background (`packread.prefetch`): a cold small file no longer waits for
+  its own disk read while the disk has nothing else to do;
+- a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces (`packread`
+  reads and hashes, in the reader threads);
 - a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
   second one, which checks that the bytes did not change (its CRC must precede its data).
 Pieces are reused buffers (`buffers.Buffers`): a fresh 1 MiB buffer costs as much in page
@@ -58,40 +62,23 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import hashlib
 import logging
 import os
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import buffers, names, rules, zipformat
-from xnatdrop.errors import TransientError
+from xnatdrop import buffers, names, packread, rules, zipformat
+from xnatdrop.packread import CHUNK, Changed, FileError
 from xnatdrop.packrecords import Manifest, Plan, Planned
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
 WINDOW = 8 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
 RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
 HEADER = 256  # room counted in a run for each local header (ZIP_NAME_MAX + fixed fields)
-
-
-class Changed(TransientError):
-    """A file of the frozen folder changed size or vanished after the plan was made."""
-
-
-class FileError(TransientError):
-    """Reading a file of the upload or saving the manifest failed while the body was being
-    sent: `error` is the OSError. Raised as a TransientError, never as an OSError, because
-    urllib3 would take an OSError from a body for a broken connection ("cannot connect")."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(f"{error.filename}: {error.strerror or error}")
-        self.error = error
 
 
 # XNAT stores each uploaded file under its whole zip entry name made file-name-safe
@@ -124,19 +111,32 @@ def plan(
     """
     zip_names = zip_names or {}
     files = []
-    base = os.fspath(folder)
-    layout = zipformat.Writer()
-    for entry in entries:
-        try:
-            stat = os.stat(os.path.join(base, entry.path))
-        except FileNotFoundError:
-            raise Changed(f"{folder / entry.path} is gone since the folder was checked") from None
-        name = entry.path.as_posix()
-        planned = Planned(entry, stat.st_size, stat.st_mtime, zip_names.get(name, name))
-        files.append(planned)
-        layout.entry(0, zipformat.local_length(planned.zip_name, planned.size) + planned.size)
-    size = layout.offset + sum(len(piece) for piece in layout.finish(_central_rows(files)))
-    return Plan(size, tuple(files))
+    # The zip's length from its entries' (local_length, central_length, end_length), never by
+    # building its central directory: the same sums `Body` checks its bytes against.
+    offset = central = 0
+    # Each file is stat'ed relative to the folder, opened once: a third less than by its whole
+    # path, which the kernel walks again each time.
+    directory: int | None = None
+    try:
+        for entry in entries:
+            name = entry.path.as_posix()
+            try:
+                if directory is None:
+                    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                stat = os.stat(name, dir_fd=directory)
+            except FileNotFoundError:
+                raise Changed(
+                    f"{folder / entry.path} is gone since the folder was checked"
+                ) from None
+            zip_name = zip_names.get(name, name)
+            size = stat.st_size
+            files.append(Planned(entry, size, stat.st_mtime, zip_name))
+            central += zipformat.central_length(zip_name, size, offset)
+            offset += zipformat.local_length(zip_name, size) + size
+    finally:
+        if directory is not None:
+            os.close(directory)
+    return Plan(offset + central + zipformat.end_length(len(files), offset, central), tuple(files))
 
 
 def _central_rows(files: Iterable[Planned]) -> Iterator[tuple[str, int, float]]:
@@ -146,151 +146,10 @@ def _central_rows(files: Iterable[Planned]) -> Iterator[tuple[str, int, float]]:
 # -- reading and hashing ---------------------------------------------------------------------
 
 
-def _failed(path: str, error: OSError, when: str) -> TransientError:
-    if isinstance(error, FileNotFoundError):
-        return Changed(f"{path} vanished {when}")
-    return FileError(error)
-
-
 def _pool() -> buffers.Buffers:
     """Enough buffers for every run the window holds, those in the readers' hands and the
     pieces the sender holds; each fits a run or a CHUNK with a header."""
     return buffers.Buffers(WINDOW // CHUNK + READERS * WHOLE_FILE // CHUNK + 4, RUN + 4096)
-
-
-def _read_run(
-    base: str, run: tuple[Planned, ...], pool: buffers.Buffers
-) -> tuple[list[bytearray], bytes, list[int]]:
-    """Read and hash a run of small files (in a reader thread) into one piece of the zip.
-
-    The piece is each file's local header followed by its data, the data read straight into
-    place (`readv`) and the header filled in once its CRC is known: one buffer, one send, one
-    future per run instead of per file. Returns the piece, the MD5 digests (16 bytes each) and
-    the CRC-32s. hashlib and zlib release the GIL on buffers this size.
-    """
-    lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
-    total = sum(lengths) + sum(p.size for p in run)
-    piece = pool.take(total)
-    view = memoryview(piece)
-    digests = bytearray()
-    crcs = []
-    at = 0
-    for planned, header in zip(run, lengths, strict=True):
-        path = os.path.join(base, planned.entry.path)
-        data = view[at + header : at + header + planned.size]
-        try:
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                done = 0
-                while done < planned.size:
-                    got = os.readv(descriptor, [data[done:]])
-                    if not got:
-                        break
-                    done += got
-                more = os.read(descriptor, 1)
-            finally:
-                os.close(descriptor)
-        except OSError as error:
-            raise _failed(path, error, "after the upload was planned") from error
-        if done != planned.size or more:
-            size = "more" if more else done
-            raise Changed(
-                f"{path} is {size} bytes, planned {planned.size}; it changed after planning"
-            )
-        digests += hashlib.md5(data, usedforsecurity=False).digest()
-        crc = zlib.crc32(data)
-        crcs.append(crc)
-        view[at : at + header] = zipformat.local_header(
-            planned.zip_name, planned.size, crc, planned.mtime
-        )
-        at += header + planned.size
-    view.release()
-    return [piece], bytes(digests), crcs
-
-
-def _read_one(
-    base: str, planned: Planned, pool: buffers.Buffers
-) -> tuple[list[bytearray], bytes, list[int]]:
-    """Read and hash one file larger than a run, up to WHOLE_FILE (in a reader thread), into
-    pieces of about CHUNK bytes from the pool, its local header at the head of the first:
-    the same result as `_read_run`'s. (A buffer of its own per file was mapped and faulted in
-    afresh each time, 1 ns a byte.)"""
-    path = os.path.join(base, planned.entry.path)
-    header = zipformat.local_length(planned.zip_name, planned.size)
-    digest = hashlib.md5(usedforsecurity=False)
-    pieces, crc, done, more = [], 0, 0, b""
-    try:
-        with open(path, "rb", buffering=0) as handle:
-            while done < planned.size:
-                lead = header if not pieces else 0
-                piece = pool.take(lead + min(CHUNK, planned.size - done))
-                with memoryview(piece) as view:
-                    got = handle.readinto(view[lead:])
-                    digest.update(view[lead : lead + got])
-                    crc = zlib.crc32(view[lead : lead + got], crc)
-                if not got:
-                    break
-                buffers.resize(piece, lead + got)
-                pieces.append(piece)
-                done += got
-            more = handle.read(1)
-    except OSError as error:
-        raise _failed(path, error, "after the upload was planned") from error
-    if done != planned.size or more:
-        size = "more" if more else done
-        raise Changed(f"{path} is {size} bytes, planned {planned.size}; it changed after planning")
-    pieces[0][:header] = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
-    return pieces, digest.digest(), [crc]
-
-
-def _digest(path: str, size: int) -> tuple[bytes, int]:
-    """The first pass over a large file: its MD5 digest and CRC-32, in CHUNK pieces."""
-    digest = hashlib.md5(usedforsecurity=False)
-    crc = done = 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    try:
-        with open(path, "rb", buffering=0) as handle:
-            while got := handle.readinto(buffer):
-                digest.update(view[:got])
-                crc = zlib.crc32(view[:got], crc)
-                done += got
-    except OSError as error:
-        raise _failed(path, error, "after the upload was planned") from error
-    if done != size:
-        raise Changed(f"{path} is {done} bytes, planned {size}; it changed after planning")
-    return digest.digest(), crc
-
-
-def _copy(
-    path: str, size: int, crc: int, header: bytes, pool: buffers.Buffers
-) -> Iterator[bytearray]:
-    """The second pass over a large file, its local header first, in pieces of about CHUNK
-    bytes read into reused buffers; Changed if it differs from the first pass."""
-    check = done = 0
-    try:
-        with open(path, "rb", buffering=0) as handle:
-            while True:
-                lead = len(header)
-                want = min(CHUNK, size - done) if done < size else 1  # 1: has it grown?
-                buffer = pool.take(lead + want)
-                with memoryview(buffer) as view:
-                    view[:lead] = header
-                    got = handle.readinto(view[lead:])
-                    check = zlib.crc32(view[lead : lead + got], check)
-                if not got:
-                    break
-                done += got
-                if done > size:
-                    break
-                if got < want:
-                    buffers.resize(buffer, lead + got)
-                yield buffer
-                header = b""
-    except OSError as error:
-        raise _failed(path, error, "while it was sent") from error
-    if (done, check) != (size, crc):
-        raise Changed(f"{path} changed while it was sent")
 
 
 def _runs(files: tuple[Planned, ...]) -> Iterator[tuple[int, int]]:
@@ -313,7 +172,7 @@ def _runs(files: tuple[Planned, ...]) -> Iterator[tuple[int, int]]:
         start = stop
 
 
-_Job = concurrent.futures.Future  # of _read_run's, _read_one's or _digest's result
+_Job = concurrent.futures.Future  # of packread's read_run, read_one or digest_file
 
 
 def _read_ahead(
@@ -336,13 +195,13 @@ def _read_ahead(
                 start, stop = run
                 if files[start].size > WHOLE_FILE:
                     path = os.path.join(base, files[start].entry.path)
-                    future = readers.submit(_digest, path, files[start].size)
+                    future = readers.submit(packread.digest_file, path, files[start].size)
                     cost = CHUNK
                 elif files[start].size > RUN:
-                    future = readers.submit(_read_one, base, files[start], pool)
+                    future = readers.submit(packread.read_one, base, files[start], pool)
                     cost = files[start].size + HEADER
                 else:
-                    future = readers.submit(_read_run, base, files[start:stop], pool)
+                    future = readers.submit(packread.read_run, base, files[start:stop], pool)
                     cost = sum(p.size + HEADER for p in files[start:stop])
                 queue.append((start, stop, future, cost))
                 ahead += cost
@@ -439,7 +298,7 @@ class Body:
                 md5, crc = read
                 header = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
                 path = os.path.join(base, planned.entry.path)
-                yield from _copy(path, planned.size, crc, header, self._buffers)
+                yield from packread.copy(path, planned.size, crc, header, self._buffers)
                 writer.entry(crc, len(header) + planned.size)
                 digests += md5
             else:

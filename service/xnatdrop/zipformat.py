@@ -7,6 +7,11 @@ with this writer (a zero CRC gives the same lengths) and streams it with the rea
 
 Why not `zipfile`: on a non-seekable stream it writes data descriptors after each entry, which
 Java's ZipInputStream (XNAT's DICOM-zip importer) refuses for stored entries.
+
+Why `crc32` is ISA-L's (the `isal` package) when it is installed: zlib 1.2's CRC-32 runs at about
+0.3 ns a byte, a fifth of the MD5 the upload computes anyway, on the same 2 cores; ISA-L's, with
+carry-less multiply, at 0.02-0.05. Same polynomial, same values (a test compares them); zlib's
+is the fallback on a platform without an isal wheel.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ import array
 import functools
 import struct
 import time
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+
+try:
+    from isal.isal_zlib import crc32 as _fast_crc32
+except ImportError:  # pragma: no cover - a platform without an isal wheel
+    _fast_crc32 = None
+
+#: CRC-32 of a buffer (continuing from a previous value), as zlib.crc32 computes it.
+crc32: Callable[..., int] = _fast_crc32 or zlib.crc32
 
 ZIP64_LIMIT = (1 << 31) - 1  # above this a size or offset goes in a ZIP64 field, as zipfile does
 
@@ -28,9 +42,31 @@ def _name(name: str) -> tuple[bytes, int]:
         return name.encode("utf-8"), 0x800
 
 
+def _name_length(name: str) -> int:
+    """len(_name(name)[0]), without encoding an ASCII name."""
+    return len(name) if name.isascii() else len(name.encode("utf-8"))
+
+
 def local_length(name: str, size: int) -> int:
     """The length of the local header `local_header` makes for this entry (no CRC needed)."""
-    return 30 + len(_name(name)[0]) + (20 if size > ZIP64_LIMIT else 0)
+    return 30 + _name_length(name) + (20 if size > ZIP64_LIMIT else 0)
+
+
+def central_length(name: str, size: int, offset: int) -> int:
+    """The length of the central directory header `Writer.finish` makes for this entry, written
+    at `offset` (as `_central`, without building it)."""
+    fields = (2 if size > ZIP64_LIMIT else 0) + (1 if offset > ZIP64_LIMIT else 0)
+    return 46 + _name_length(name) + (4 + 8 * fields if fields else 0)
+
+
+def end_length(count: int, start: int, size: int) -> int:
+    """The length of the end records `Writer.finish` writes after `count` central headers of
+    `size` bytes in all, starting at `start`."""
+    return 22 + (76 if _needs_zip64_end(count, start, size) else 0)
+
+
+def _needs_zip64_end(count: int, start: int, size: int) -> bool:
+    return count >= 0xFFFF or start > ZIP64_LIMIT or size > ZIP64_LIMIT
 
 
 def local_header(name: str, size: int, crc: int, mtime: float) -> bytes:
@@ -97,7 +133,7 @@ class Writer:
                 yield b"".join(pending)
                 pending, held = [], 0
         tail = [b"".join(pending)]
-        if count >= 0xFFFF or start > ZIP64_LIMIT or size > ZIP64_LIMIT:
+        if _needs_zip64_end(count, start, size):
             end64 = start + size
             tail.append(
                 struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, size, start)

@@ -345,3 +345,80 @@ def test_pieces_a_caller_keeps_are_never_overwritten(
     assert [e.md5 for e in manifest.files] == [
         hashlib.md5((folder / e.path).read_bytes()).hexdigest() for e in entries
     ]
+
+
+def test_the_crc_is_zlibs_crc32_whatever_computes_it() -> None:
+    """The zip's CRC-32 comes from ISA-L when installed (zipformat.crc32): on buffers, views and
+    pieces continued from a previous value, it must be exactly zlib's (Java's ZipInputStream
+    checks each entry's CRC against its bytes)."""
+    data = bytes(range(256)) * 4099 + b"odd tail"
+    view = memoryview(bytearray(data))
+    assert zipformat.crc32(data) == zlib.crc32(data)
+    assert zipformat.crc32(view[1000:]) == zlib.crc32(data[1000:])
+    assert zipformat.crc32(view[77:], zipformat.crc32(view[:77])) == zlib.crc32(data)
+    assert zipformat.crc32(b"") == zlib.crc32(b"") == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["S1/IM0001.dcm", 'Séries "quoted"/IM\\0002.dcm', "S2/\u00e9\t\u2028.dcm"],
+)
+def test_manifest_rows_are_the_json_of_their_entries(tmp_path: Path, path: str) -> None:
+    """The manifest's rows are written from a template (packrecords._manifest_row), not by
+    encoding a dict per file: the text must be the same JSON, escapes included, for a
+    manifest made while sending and for one read back from the spool; and an entry whose
+    field is not text (a number) takes the general way, with the same result."""
+    import json
+
+    from xnatdrop import packrecords
+
+    entry = rules.FileEntry(Path(path), 5, "2.25.1", "1.2.840.10008.5.1.4.1.1.4", "2.25.2", "7",
+                            "2.25.3", "1.2.840.10008.1.2.1")  # fmt: skip
+    planned = packrecords.Planned(entry, 12345, 1.5, path)
+    md5 = bytes(range(16))
+    sent = pack.Manifest.sent(99, (planned, planned), md5 * 2)
+    expected = {**entry.to_json(), "size": 12345, "md5": md5.hex()}
+    text = "".join(sent.json_pieces())
+    assert json.loads(text)["files"] == [expected, expected]
+    assert text.split("\n")[1].rstrip(",") == json.dumps(expected, ensure_ascii=False)
+    spool.save(tmp_path, sent)
+    again = spool.load(tmp_path, pack.Manifest)
+    assert again == sent and "".join(again.json_pieces()) == text
+
+    odd = rules.FileEntry(Path(path), 5, "2.25.1", series_number=7)  # type: ignore[arg-type]
+    row = packrecords._manifest_row(odd, 12345, md5.hex())
+    assert json.loads(row) == {**odd.to_json(), "size": 12345, "md5": md5.hex()}
+    assert '"series_number": 7,' in row
+
+
+@pytest.mark.parametrize("gone", [3, 45])
+def test_a_run_is_read_ahead_and_a_file_gone_from_it_is_named_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: int
+) -> None:
+    """1. Plan 60 small files (one run), then delete one: early in the run (3, among the first
+       PREFETCH files opened ahead) or late (45, opened ahead only once the reader gets near).
+    2. Result: the body fails with Changed naming that file, not a later one; no descriptor is
+       left open. With every file present, the kernel is asked to read each file of the run
+       ahead, in order (POSIX_FADV_WILLNEED, seen by a wrapper around the real call)."""
+    folder = tmp_path / "S"
+    entries = many_files(folder, 60, 1000)
+    planned = pack.plan(folder, entries)
+    advised: list[str] = []
+    real_fadvise = pack.os.posix_fadvise
+
+    def fadvise(descriptor: int, offset: int, length: int, advice: int) -> None:
+        if advice == pack.os.POSIX_FADV_WILLNEED:
+            advised.append(Path(pack.os.readlink(f"/proc/self/fd/{descriptor}")).name)
+        real_fadvise(descriptor, offset, length, advice)
+
+    monkeypatch.setattr(pack.os, "posix_fadvise", fadvise)
+    open_before = len(list(Path("/proc/self/fd").iterdir()))
+    with pack.Body(folder, planned) as body:
+        drain(body)
+    assert advised == [e.path.name for e in entries]
+
+    (folder / entries[gone].path).unlink()
+    with pack.Body(folder, planned) as body, pytest.raises(pack.Changed) as failed:
+        drain(body)
+    assert str(entries[gone].path) in str(failed.value)
+    assert len(list(Path("/proc/self/fd").iterdir())) == open_before

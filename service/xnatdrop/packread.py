@@ -1,0 +1,219 @@
+"""Reading and hashing the files of the upload zip, in `pack`'s reader threads.
+
+`read_run` reads a run of small files into one piece (each file's local header, then its data),
+`read_one` a file up to `pack.WHOLE_FILE` into CHUNK pieces, `digest_file` and `copy` a larger
+one in two passes (its CRC must precede its data: a STORED entry cannot have a data descriptor
+for XNAT's ZipInputStream). Each returns or yields pieces taken from `pack`'s buffer pool, with
+the MD5 digests and CRC-32s the body and its manifest need; a file that differs from the plan
+raises `Changed`, any other OSError `FileError` (see `pack` for why neither is an OSError).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+
+from xnatdrop import buffers, zipformat
+from xnatdrop.errors import TransientError
+from xnatdrop.packrecords import Planned
+
+CHUNK = 1 << 20  # the piece of a file larger than a run: what one read, hash and send take
+PREFETCH = 32  # files of a run opened and read ahead by the kernel (`prefetch`), per reader
+
+
+class Changed(TransientError):
+    """A file of the frozen folder changed size or vanished after the plan was made."""
+
+
+class FileError(TransientError):
+    """Reading a file of the upload or saving the manifest failed while the body was being
+    sent: `error` is the OSError. Raised as a TransientError, never as an OSError, because
+    urllib3 would take an OSError from a body for a broken connection ("cannot connect")."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(f"{error.filename}: {error.strerror or error}")
+        self.error = error
+
+
+def failed(path: str, error: OSError, when: str) -> TransientError:
+    """The error a reader raises for an OSError on a file: Changed if it vanished."""
+    if isinstance(error, FileNotFoundError):
+        return Changed(f"{path} vanished {when}")
+    return FileError(error)
+
+
+def read_run(
+    base: str, run: tuple[Planned, ...], pool: buffers.Buffers
+) -> tuple[list[bytearray], bytes, list[int]]:
+    """Read and hash a run of small files (in a reader thread) into one piece of the zip.
+
+    The piece is each file's local header followed by its data, the data read straight into
+    place (`readv`) and the header filled in once its CRC is known: one buffer, one send, one
+    future per run instead of per file. Returns the piece, the MD5 digests (16 bytes each) and
+    the CRC-32s. hashlib releases the GIL on buffers this size (ISA-L's CRC holds it, for
+    about 0.03 ns a byte).
+    """
+    lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
+    total = sum(lengths) + sum(p.size for p in run)
+    piece = pool.take(total)
+    view = memoryview(piece)
+    digests = bytearray()
+    crcs = []
+    at = 0
+    ahead: collections.deque[int] = collections.deque()  # files [index, opened), prefetched
+    opened = 0
+    try:
+        for index, (planned, header) in enumerate(zip(run, lengths, strict=True)):
+            while opened < min(len(run), index + PREFETCH):
+                descriptor = prefetch(base, run[opened])
+                if descriptor is None:
+                    break  # opened below, where its error is raised in order
+                ahead.append(descriptor)
+                opened += 1
+            path = os.path.join(base, planned.entry.path)
+            data = view[at + header : at + header + planned.size]
+            try:
+                if ahead:
+                    descriptor = ahead.popleft()
+                else:
+                    descriptor = os.open(path, os.O_RDONLY)
+                    opened = index + 1
+                try:
+                    done = 0
+                    while done < planned.size:
+                        got = os.readv(descriptor, [data[done:]])
+                        if not got:
+                            break
+                        done += got
+                    more = os.read(descriptor, 1)
+                finally:
+                    os.close(descriptor)
+            except OSError as error:
+                raise failed(path, error, "after the upload was planned") from error
+            if done != planned.size or more:
+                size = "more" if more else done
+                raise Changed(
+                    f"{path} is {size} bytes, planned {planned.size}; it changed after planning"
+                )
+            digests += hashlib.md5(data, usedforsecurity=False).digest()
+            crc = zipformat.crc32(data)
+            crcs.append(crc)
+            view[at : at + header] = zipformat.local_header(
+                planned.zip_name, planned.size, crc, planned.mtime
+            )
+            at += header + planned.size
+    finally:
+        for descriptor in ahead:
+            os.close(descriptor)
+    view.release()
+    return [piece], bytes(digests), crcs
+
+
+def prefetch(base: str, planned: Planned) -> int | None:
+    """Open a file of a run ahead of its turn and ask the kernel to read it in the background
+    (POSIX_FADV_WILLNEED); its descriptor, or None if it cannot be opened now (the caller opens
+    it again in its turn, and reports the error then, in order).
+
+    Why: read one after the other, each small file of a cold folder waited for its own read
+    from disk, with one request in flight per reader. Asked for PREFETCH files ahead, the disk
+    (or the share) gets them all at once while the reader hashes: the cold 2,000-file folder
+    read and hashed in 0.27-0.34 s instead of 0.35-0.62, and with less CPU (89-91 µs a file
+    instead of 102-123: fewer sleeps and wake-ups in the read path).
+    """
+    try:
+        descriptor = os.open(os.path.join(base, planned.entry.path), os.O_RDONLY)
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):  # advice only: a file system may not take it
+        os.posix_fadvise(descriptor, 0, planned.size, os.POSIX_FADV_WILLNEED)
+    return descriptor
+
+
+def read_one(
+    base: str, planned: Planned, pool: buffers.Buffers
+) -> tuple[list[bytearray], bytes, list[int]]:
+    """Read and hash one file larger than a run, up to WHOLE_FILE (in a reader thread), into
+    pieces of about CHUNK bytes from the pool, its local header at the head of the first:
+    the same result as `read_run`'s. (A buffer of its own per file was mapped and faulted in
+    afresh each time, 1 ns a byte.)"""
+    path = os.path.join(base, planned.entry.path)
+    header = zipformat.local_length(planned.zip_name, planned.size)
+    digest = hashlib.md5(usedforsecurity=False)
+    pieces, crc, done, more = [], 0, 0, b""
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            with contextlib.suppress(OSError):  # read it all in the background (`prefetch`)
+                os.posix_fadvise(handle.fileno(), 0, planned.size, os.POSIX_FADV_WILLNEED)
+            while done < planned.size:
+                lead = header if not pieces else 0
+                piece = pool.take(lead + min(CHUNK, planned.size - done))
+                with memoryview(piece) as view:
+                    got = handle.readinto(view[lead:])
+                    digest.update(view[lead : lead + got])
+                    crc = zipformat.crc32(view[lead : lead + got], crc)
+                if not got:
+                    break
+                buffers.resize(piece, lead + got)
+                pieces.append(piece)
+                done += got
+            more = handle.read(1)
+    except OSError as error:
+        raise failed(path, error, "after the upload was planned") from error
+    if done != planned.size or more:
+        size = "more" if more else done
+        raise Changed(f"{path} is {size} bytes, planned {planned.size}; it changed after planning")
+    pieces[0][:header] = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
+    return pieces, digest.digest(), [crc]
+
+
+def digest_file(path: str, size: int) -> tuple[bytes, int]:
+    """The first pass over a large file: its MD5 digest and CRC-32, in CHUNK pieces."""
+    digest = hashlib.md5(usedforsecurity=False)
+    crc = done = 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            while got := handle.readinto(buffer):
+                digest.update(view[:got])
+                crc = zipformat.crc32(view[:got], crc)
+                done += got
+    except OSError as error:
+        raise failed(path, error, "after the upload was planned") from error
+    if done != size:
+        raise Changed(f"{path} is {done} bytes, planned {size}; it changed after planning")
+    return digest.digest(), crc
+
+
+def copy(
+    path: str, size: int, crc: int, header: bytes, pool: buffers.Buffers
+) -> Iterator[bytearray]:
+    """The second pass over a large file, its local header first, in pieces of about CHUNK
+    bytes read into reused buffers; Changed if it differs from the first pass."""
+    check = done = 0
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            while True:
+                lead = len(header)
+                want = min(CHUNK, size - done) if done < size else 1  # 1: has it grown?
+                buffer = pool.take(lead + want)
+                with memoryview(buffer) as view:
+                    view[:lead] = header
+                    got = handle.readinto(view[lead:])
+                    check = zipformat.crc32(view[lead : lead + got], check)
+                if not got:
+                    break
+                done += got
+                if done > size:
+                    break
+                if got < want:
+                    buffers.resize(buffer, lead + got)
+                yield buffer
+                header = b""
+    except OSError as error:
+        raise failed(path, error, "while it was sent") from error
+    if (done, check) != (size, crc):
+        raise Changed(f"{path} changed while it was sent")
