@@ -68,9 +68,7 @@ class Daemon:
         self.force = False
         self.finished: queue.Queue[tuple[Work, Result]] = queue.Queue()
         self.pushes: dict[str, threading.Thread] = {}  # key -> thread; changed by the job thread
-        # Held while a push thread is registered and started, and while `_shutdown` takes its
-        # list: a stop arriving in between saw a thread not yet started, and joining it raised.
-        self.pushes_lock = threading.Lock()
+        self.pushes_lock = threading.Lock()  # a stop never sees a push registered, not started
         self.waiting_labels: set[str] = set()
         self.last_scan_done = time.monotonic()
         self.held_until = 0.0  # epoch seconds; pushes are held after XNAT refused our login
@@ -187,9 +185,7 @@ class Daemon:
                 id="window-opens",
             )
         self.notices.schedule(self.scheduler, self)  # the digest
-        # The watches first: what the first scan misses, an event then brings forward. (Started
-        # after it, a folder made between that scan and the watches waited a whole poll.)
-        self.hint.start()
+        self.hint.start()  # before the first scan: what it misses, an event brings forward
         self.scheduler.start()
         sdnotify.notify("READY=1", f"STATUS=watching {len(self.projects)} drop root(s)")
         self.started.set()
@@ -424,7 +420,7 @@ class Daemon:
     def _start_push(self, work: Work) -> None:
         with self.pushes_lock:
             if self.stopping.is_set():
-                return  # `_shutdown` has taken its list; the ledger starts this one next time
+                return  # `_shutdown` took its list: this one starts next time
             if work.folder is not None:
                 self.watcher.hand_over(work.folder)
             thread = threading.Thread(
@@ -432,11 +428,8 @@ class Daemon:
             )
             self.pushes[work.key] = thread
             self.notices.push_started(work)
-            log.info(
-                "%s: push starts (%s)",
-                work.key,
-                f"resuming drop {work.drop.id} from {work.drop.state}" if work.drop else "new",
-            )
+            how = f"resuming drop {work.drop.id} from {work.drop.state}" if work.drop else "new"
+            log.info("%s: push starts (%s)", work.key, how)
             thread.start()
 
     def _push(self, work: Work) -> None:
