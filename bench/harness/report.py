@@ -457,7 +457,9 @@ def _method(results: dict[str, Any]) -> list[str]:
         "clock covers the plan (a stat of every file), the upload and the manifest saved with "
         "fsync; the file list as the check hands it on (`FileEntry` per file) is made before. "
         "Both pack+send and read+MD5 read the same files, cold, and report their CPU time "
-        "(`cpu_seconds` in results.json).",
+        "(`cpu_seconds` in results.json). read+MD5 reads as pack does: each thread has the "
+        "kernel read its next 32 files ahead (`POSIX_FADV_WILLNEED`), so the baseline is the "
+        "best read we know, not a naive one.",
         "- **Push end to end**: each client into its own fresh sandbox XNAT (a separate "
         "process, stock settings: site anonymisation on, checksums on). Every client does the "
         "same XNAT operations: **curl** POSTs the prebuilt zip (the bytes xnatdrop streams) to "
