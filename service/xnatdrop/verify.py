@@ -270,18 +270,26 @@ def check_prearchive(
 
 @dataclasses.dataclass
 class ArchiveCheck:
-    """The archived session's DICOM against the manifest.
+    """The archived session's DICOM against the manifest (`ArchiveTally.result`).
 
     `missing`: manifest entries XNAT did not catalogue, `extra`: catalogued instances that are
     not in the manifest, `changed`: files whose size or MD5 differ (only when compared),
-    `matched`: manifest entry and remote file of every instance found, by SOPInstanceUID.
+    `matched` / `matched_bytes`: how many manifest entries were found by SOPInstanceUID and
+    their size, `samples`: the smallest matched file of each scan with its manifest entry (the
+    pixel sample). `catalog_uids` / `names`: every catalogued UID and each scan's file names,
+    only when the tally was asked to keep them (`late.join`); empty otherwise.
     """
 
     missing: list[pack.Entry]
     extra: list[xnat.CatalogEntry]
     changed: list[str]
-    matched: list[tuple[pack.Entry, xnat.RemoteFile | None]]
+    matched: int = 0
+    matched_bytes: int = 0
+    samples: list[tuple[pack.Entry, xnat.RemoteFile]] = dataclasses.field(default_factory=list)
     md5_compared: bool = False
+    catalog_uids: frozenset[str] = frozenset()
+    names: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    found: frozenset[str] = frozenset()
 
     def describe(self, limit: int = 5) -> str:
         """What differs, naming files and series; '' when nothing does."""
@@ -305,49 +313,167 @@ class ArchiveCheck:
         return "; ".join(parts)
 
 
-def dicom_files(files: list[xnat.RemoteFile]) -> list[xnat.RemoteFile]:
-    """The files of XNAT's DICOM resources; SNAPSHOTS, NIFTI and the like are left out."""
-    return [f for f in files if f.resource in xnat.DICOM_RESOURCES]
+class ScanListing:
+    """One DICOM resource of one scan as the session's file listing gave it, kept small: a size
+    per file name, the MD5 only where the listing had one, and the listing URI as the part all
+    its files share (`prefix`) plus the name; a URI that is not `prefix + path` is kept whole.
+
+    About 150 bytes a file instead of a `RemoteFile` (700 bytes, mostly its URI): a session of
+    50,000 files is held whole between the listing and its scans' catalogs."""
+
+    __slots__ = ("digests", "prefix", "resource", "scan", "sizes", "uris")
+
+    def __init__(self, scan: str, resource: str) -> None:
+        self.scan, self.resource, self.prefix = scan, resource, ""
+        self.sizes: dict[str, int] = {}
+        self.digests: dict[str, str] = {}
+        self.uris: dict[str, str] = {}
+
+    def add(self, file: xnat.RemoteFile) -> None:
+        self.sizes[file.path] = file.size
+        if file.digest:
+            self.digests[file.path] = file.digest
+        head, sep, tail = file.uri.partition("/files/")
+        if not self.prefix and sep:
+            self.prefix = head + sep
+        if not sep or head + sep != self.prefix or tail != file.path:
+            self.uris[file.path] = file.uri
+
+    def file(self, path: str) -> xnat.RemoteFile | None:
+        """The listing's row for `path` (None: not listed), as `xnat.RemoteFile`."""
+        size = self.sizes.get(path)
+        if size is None:
+            return None
+        uri = self.uris.get(path) or self.prefix + path
+        name = path.rsplit("/", 1)[-1]
+        digest = self.digests.get(path, "")
+        return xnat.RemoteFile(self.scan, self.resource, name, path, size, digest, uri)
+
+
+def dicom_listing(files: Iterable[xnat.RemoteFile]) -> dict[tuple[str, str], ScanListing]:
+    """The files of XNAT's DICOM resources by (scan, resource), read as they come (an iterator
+    over a streamed listing holds one row at a time); SNAPSHOTS, NIFTI and the like are left
+    out."""
+    listing: dict[tuple[str, str], ScanListing] = {}
+    for file in files:
+        if file.resource not in xnat.DICOM_RESOURCES:
+            continue
+        key = (file.scan, file.resource)
+        scan = listing.get(key)
+        if scan is None:
+            scan = listing[key] = ScanListing(file.scan, file.resource)
+        scan.add(file)
+    return listing
+
+
+class ArchiveTally:
+    """Instances matched by SOPInstanceUID, one scan's catalog at a time (`add`), so no catalog
+    entry outlives its scan: what is kept is a mark per manifest entry, the smallest matched
+    file per scan, and what differs. With `compare_bytes`, sizes and MD5s too.
+
+    `expected`: UIDs that may be catalogued though not in the manifest (a session appended to:
+    what it held before), not counted as extra. `keep_catalog`: also keep every catalogued UID
+    and each scan's file names (`ArchiveCheck.catalog_uids`, `.names`), for `late.join`.
+    `add` is not thread-safe: callers reading scans at once hold a lock around it.
+    """
+
+    def __init__(
+        self,
+        manifest: pack.Manifest,
+        listing: dict[tuple[str, str], ScanListing],
+        compare_bytes: bool,
+        expected: Iterable[str] = (),
+        keep_catalog: bool = False,
+    ) -> None:
+        self._entries = manifest.files
+        self._index = {e.sop_instance_uid: i for i, e in enumerate(self._entries)}
+        self._seen = bytearray(len(self._entries))
+        self._listing = listing
+        self._compare = compare_bytes
+        self._expected = frozenset(expected)
+        self._keep = keep_catalog
+        self._uids: set[str] = set()
+        self._names: dict[str, set[str]] = collections.defaultdict(set)
+        self._samples: dict[str, tuple[pack.Entry, xnat.RemoteFile]] = {}
+        self.extra: list[xnat.CatalogEntry] = []
+        self.changed: list[str] = []
+        self.matched = 0
+        self.matched_bytes = 0
+        self.md5_compared = compare_bytes
+
+    def add(self, scan: str, resource: str, catalog: Iterable[xnat.CatalogEntry]) -> None:
+        """Compare one scan resource's catalog entries; its listing is dropped afterwards."""
+        listed = self._listing.pop((scan, resource), None) or ScanListing(scan, resource)
+        best = self._samples.get(scan)
+        for entry in catalog:
+            if self._keep:
+                self._uids.add(entry.uid)
+                self._names[entry.scan].add(entry.path.rsplit("/", 1)[-1])
+            index = self._index.get(entry.uid)
+            if index is None or self._seen[index]:
+                if entry.uid not in self._expected:
+                    self.extra.append(entry)
+                continue
+            self._seen[index] = 1
+            mine = self._entries[index]
+            self.matched += 1
+            self.matched_bytes += mine.size
+            size = listed.sizes.get(entry.path)
+            if size is not None and (
+                best is None or (size, entry.path) < (best[1].size, best[1].path)
+            ):
+                best = (mine, listed.file(entry.path))  # type: ignore[assignment]
+            if not self._compare:
+                continue
+            digest = (entry.digest or listed.digests.get(entry.path, "")).lower()
+            if size is not None and size != mine.size:
+                self.changed.append(f"{mine.path} ({size} bytes in XNAT, {mine.size} sent)")
+            elif digest and digest != mine.md5:
+                self.changed.append(f"{mine.path} (MD5 differs)")
+            elif not digest:
+                self.md5_compared = False
+        if best is not None:
+            self._samples[scan] = best
+
+    def result(self, watch: Iterable[str] = ()) -> ArchiveCheck:
+        """The comparison once every scan is added. `watch`: UIDs of the manifest whose
+        presence the caller asks about (`ArchiveCheck.found`: those catalogued)."""
+        missing = [e for e, seen in zip(self._entries, self._seen, strict=True) if not seen]
+        found = frozenset(
+            uid for uid in watch if (i := self._index.get(uid)) is not None and self._seen[i]
+        )
+        samples = [self._samples[scan] for scan in sorted(self._samples, key=_scan_order)]
+        # Scans may arrive in any order (read a few at once): extras are named in scan order.
+        extra = sorted(self.extra, key=lambda entry: (entry.scan, entry.resource))
+        return ArchiveCheck(
+            missing,
+            extra,
+            self.changed,
+            self.matched,
+            self.matched_bytes,
+            samples,
+            self.md5_compared,
+            frozenset(self._uids),
+            dict(self._names),
+            found,
+        )
 
 
 def check_archive(
     manifest: pack.Manifest,
-    catalog: list[xnat.CatalogEntry],
-    files: list[xnat.RemoteFile],
+    catalog: Iterable[xnat.CatalogEntry],
+    files: Iterable[xnat.RemoteFile],
     compare_bytes: bool,
 ) -> ArchiveCheck:
-    """Match instances by SOPInstanceUID; with `compare_bytes`, also sizes and MD5s.
-
-    `files` (the scan file listing) gives each catalogued file's size and listing URI; the
-    catalog gives its UID and the MD5 XNAT recorded.
-    """
-    local = {e.sop_instance_uid: e for e in manifest.files}
-    listed = {(f.scan, f.resource, f.path): f for f in files}
-    remote: dict[str, xnat.CatalogEntry] = {}
-    extra = []
+    """`ArchiveTally` over a whole catalog at once (a small session, a test)."""
+    listing = dicom_listing(files)
+    tally = ArchiveTally(manifest, listing, compare_bytes)
+    by_scan: dict[tuple[str, str], list[xnat.CatalogEntry]] = collections.defaultdict(list)
     for entry in catalog:
-        if entry.uid in local and entry.uid not in remote:
-            remote[entry.uid] = entry
-        else:
-            extra.append(entry)
-    missing = [e for uid, e in local.items() if uid not in remote]
-    matched = []
-    changed = []
-    md5_compared = compare_bytes
-    for uid, entry in remote.items():
-        mine = local[uid]
-        file = listed.get((entry.scan, entry.resource, entry.path))
-        matched.append((mine, file))
-        if not compare_bytes:
-            continue
-        digest = (entry.digest or (file.digest if file else "")).lower()
-        if file is not None and file.size != mine.size:
-            changed.append(f"{mine.path} ({file.size} bytes in XNAT, {mine.size} sent)")
-        elif digest and digest != mine.md5:
-            changed.append(f"{mine.path} (MD5 differs)")
-        elif not digest:
-            md5_compared = False
-    return ArchiveCheck(missing, extra, changed, matched, md5_compared)
+        by_scan[(entry.scan, entry.resource)].append(entry)
+    for (scan, resource), entries in by_scan.items():
+        tally.add(scan, resource, entries)
+    return tally.result()
 
 
 def whole_series_missing(check: ArchiveCheck, manifest: pack.Manifest) -> list[Series]:
@@ -426,20 +552,6 @@ def _pydicom_pixel_digest(source: BinaryIO | Path) -> tuple[str, str] | None:
         if isinstance(element.value, bytes):
             return syntax, hashlib.md5(element.value, usedforsecurity=False).hexdigest()
     return None
-
-
-def smallest_per_scan(
-    matched: list[tuple[pack.Entry, xnat.RemoteFile | None]],
-) -> list[tuple[pack.Entry, xnat.RemoteFile]]:
-    """The smallest archived file of each scan, with its manifest entry: the pixel sample."""
-    best: dict[str, tuple[pack.Entry, xnat.RemoteFile]] = {}
-    for entry, file in matched:
-        if file is None:
-            continue
-        current = best.get(file.scan)
-        if current is None or (file.size, file.path) < (current[1].size, current[1].path):
-            best[file.scan] = (entry, file)
-    return [best[scan] for scan in sorted(best, key=_scan_order)]
 
 
 def _scan_order(scan: str) -> tuple[int, str]:
