@@ -385,9 +385,9 @@ class ArchiveTally:
         expected: Iterable[str] = (),
         keep_catalog: bool = False,
     ) -> None:
-        self._entries = manifest.files
-        self._index = {e.sop_instance_uid: i for i, e in enumerate(self._entries)}
-        self._seen = bytearray(len(self._entries))
+        # Not matched yet, by UID: an entry leaves when its instance is found (as before, a
+        # UID twice in the manifest is one instance).
+        self._pending = {e.sop_instance_uid: e for e in manifest.files}
         self._listing = listing
         self._compare = compare_bytes
         self._expected = frozenset(expected)
@@ -409,13 +409,11 @@ class ArchiveTally:
             if self._keep:
                 self._uids.add(entry.uid)
                 self._names[entry.scan].add(entry.path.rsplit("/", 1)[-1])
-            index = self._index.get(entry.uid)
-            if index is None or self._seen[index]:
+            mine = self._pending.pop(entry.uid, None)
+            if mine is None:  # not in the manifest, or catalogued twice
                 if entry.uid not in self._expected:
                     self.extra.append(entry)
                 continue
-            self._seen[index] = 1
-            mine = self._entries[index]
             self.matched += 1
             self.matched_bytes += mine.size
             size = listed.sizes.get(entry.path)
@@ -438,10 +436,8 @@ class ArchiveTally:
     def result(self, watch: Iterable[str] = ()) -> ArchiveCheck:
         """The comparison once every scan is added. `watch`: UIDs of the manifest whose
         presence the caller asks about (`ArchiveCheck.found`: those catalogued)."""
-        missing = [e for e, seen in zip(self._entries, self._seen, strict=True) if not seen]
-        found = frozenset(
-            uid for uid in watch if (i := self._index.get(uid)) is not None and self._seen[i]
-        )
+        missing = list(self._pending.values())
+        found = frozenset(uid for uid in watch if uid not in self._pending)
         samples = [self._samples[scan] for scan in sorted(self._samples, key=_scan_order)]
         # Scans may arrive in any order (read a few at once): extras are named in scan order.
         extra = sorted(self.extra, key=lambda entry: (entry.scan, entry.resource))
