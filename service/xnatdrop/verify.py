@@ -295,7 +295,7 @@ class ArchiveCheck:
         """What differs, naming files and series; '' when nothing does."""
         parts = []
         if self.missing:
-            names = ", ".join(e.path for e in self.missing[:limit])
+            names = ", ".join(Path(e.path).as_posix() for e in self.missing[:limit])
             more = f" and {len(self.missing) - limit} more" if len(self.missing) > limit else ""
             parts.append(
                 f"{len(self.missing)} instance(s) of the upload are missing: {names}{more}"
@@ -330,14 +330,20 @@ class ScanListing:
         self.uris: dict[str, str] = {}
 
     def add(self, file: xnat.RemoteFile) -> None:
-        self.sizes[file.path] = file.size
+        """Keep `file`'s row (a name listed twice: its last row, as a dict of rows would)."""
+        path = file.path
+        self.sizes[path] = file.size
         if file.digest:
-            self.digests[file.path] = file.digest
+            self.digests[path] = file.digest
+        else:
+            self.digests.pop(path, None)
         head, sep, tail = file.uri.partition("/files/")
         if not self.prefix and sep:
             self.prefix = head + sep
-        if not sep or head + sep != self.prefix or tail != file.path:
-            self.uris[file.path] = file.uri
+        if not sep or head + sep != self.prefix or tail != path:
+            self.uris[path] = file.uri
+        else:
+            self.uris.pop(path, None)
 
     def file(self, path: str) -> xnat.RemoteFile | None:
         """The listing's row for `path` (None: not listed), as `xnat.RemoteFile`."""
@@ -396,7 +402,7 @@ class ArchiveTally:
         self._names: dict[str, set[str]] = collections.defaultdict(set)
         self._samples: dict[str, tuple[pack.Entry, xnat.RemoteFile]] = {}
         self.extra: list[xnat.CatalogEntry] = []
-        self.changed: list[str] = []
+        self._changed: list[tuple[str, str, str]] = []  # (scan, resource, what differs)
         self.matched = 0
         self.matched_bytes = 0
         self.md5_compared = compare_bytes
@@ -425,9 +431,10 @@ class ArchiveTally:
                 continue
             digest = (entry.digest or listed.digests.get(entry.path, "")).lower()
             if size is not None and size != mine.size:
-                self.changed.append(f"{mine.path} ({size} bytes in XNAT, {mine.size} sent)")
+                what = f"{mine.path} ({size} bytes in XNAT, {mine.size} sent)"
+                self._changed.append((scan, resource, what))
             elif digest and digest != mine.md5:
-                self.changed.append(f"{mine.path} (MD5 differs)")
+                self._changed.append((scan, resource, f"{mine.path} (MD5 differs)"))
             elif not digest:
                 self.md5_compared = False
         if best is not None:
@@ -439,12 +446,13 @@ class ArchiveTally:
         missing = list(self._pending.values())
         found = frozenset(uid for uid in watch if uid not in self._pending)
         samples = [self._samples[scan] for scan in sorted(self._samples, key=_scan_order)]
-        # Scans may arrive in any order (read a few at once): extras are named in scan order.
+        # Scans arrive in any order (read a few at once): what differs is named in scan order.
         extra = sorted(self.extra, key=lambda entry: (entry.scan, entry.resource))
+        changed = [what for *_, what in sorted(self._changed, key=lambda c: (c[0], c[1]))]
         return ArchiveCheck(
             missing,
             extra,
-            self.changed,
+            changed,
             self.matched,
             self.matched_bytes,
             samples,
