@@ -1,13 +1,13 @@
-"""The archived session's catalogs compared with the manifest scan by scan (`verify.ArchiveTally`,
-fed by `verify.dicom_listing`): the same findings as a comparison of the whole catalog at once,
-whatever order the scans arrive in, from a listing kept as sizes, MD5s and a shared URI prefix."""
+"""The archived session's catalogs compared with the manifest scan by scan
+(`archivecheck.ArchiveTally`, fed by `archivecheck.dicom_listing`): the same findings whatever
+order the scans arrive in, from a listing kept as sizes, MD5s and a shared URI prefix."""
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
 
-from xnatdrop import pack, packrecords, verify, xnat
+from xnatdrop import archivecheck, pack, packrecords, xnat
 
 PREFIX = "/data/experiments/XNAT_E00001/scans/{scan}/resources/DICOM/files/"
 
@@ -69,7 +69,8 @@ def test_scans_in_any_order_give_the_same_findings() -> None:
     manifest, files, catalogs = session()
     results = []
     for order in itertools.permutations(catalogs):
-        tally = verify.ArchiveTally(manifest, verify.dicom_listing(files), compare_bytes=True)
+        listing = archivecheck.dicom_listing(files)
+        tally = archivecheck.ArchiveTally(manifest, listing, compare_bytes=True)
         for scan in order:
             tally.add(scan, "DICOM", catalogs[scan])
         results.append(tally.result(watch=["2.25.1", "2.25.6"]))
@@ -101,8 +102,8 @@ def test_expected_instances_are_not_extra_and_the_catalog_is_kept_when_asked() -
     """Appending: what the session held before is expected; `late.join` keeps every UID and
     each scan's file names."""
     manifest, files, catalogs = session()
-    tally = verify.ArchiveTally(
-        manifest, verify.dicom_listing(files), False, expected=["2.25.77"], keep_catalog=True
+    tally = archivecheck.ArchiveTally(
+        manifest, archivecheck.dicom_listing(files), False, expected=["2.25.77"], keep_catalog=True
     )
     for scan, entries in catalogs.items():
         tally.add(scan, "DICOM", entries)
@@ -116,5 +117,6 @@ def test_a_catalogued_file_without_an_md5_anywhere_means_md5s_were_not_compared(
     manifest, files, catalogs = session()
     files = [f for f in files if f.path != "e.dcm"] + [listed("2", "e.dcm", 1004, "")]
     catalogs["2"][0] = catalogued("2", "e.dcm", "2.25.4")
-    check = verify.check_archive(manifest, [c for cs in catalogs.values() for c in cs], files, True)
+    catalog = [c for entries in catalogs.values() for c in entries]
+    check = archivecheck.check_archive(manifest, catalog, files, True)
     assert not check.md5_compared

@@ -37,7 +37,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import ledger, names, pack, verify
+from xnatdrop import archivecheck, ledger, names, pack, verify
 from xnatdrop.pipeline import readback, spool
 from xnatdrop.pipeline.context import Context, Done
 
@@ -60,7 +60,7 @@ def join(
     url = client.session_url(context.project, session.id)
     studies = manifest.study_uids()
     same_study = bool(session.uid) and studies == {session.uid}
-    differs = [verify.ArchiveCheck([], [], check.changed).describe()] if check.changed else []
+    differs = [archivecheck.ArchiveCheck([], [], check.changed).describe()] if check.changed else []
     differs += readback.pixel_problems(context, drop, check.samples, found)[1]
     if differs or (check.missing and not same_study):
         if differs:

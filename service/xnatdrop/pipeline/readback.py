@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from xnatdrop import ledger, pack, verify, xnat
+from xnatdrop import archivecheck, ledger, pack, verify, xnat
 from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline import spool
 from xnatdrop.pipeline.context import Context
@@ -91,18 +91,18 @@ def catalogued(
     expected: Sequence[str] = (),
     keep_catalog: bool = False,
     watch: Sequence[str] = (),
-) -> verify.ArchiveCheck:
-    """The archived session's DICOM against `manifest` (`verify.ArchiveTally`): one listing of
-    every scan's files (`scans/ALL/files`), kept compactly (`verify.dicom_listing`), then each
+) -> archivecheck.ArchiveCheck:
+    """The archived session's DICOM against `manifest` (`archivecheck.ArchiveTally`): one listing of
+    every scan's files (`scans/ALL/files`), kept compactly (`archivecheck.dicom_listing`), then each
     scan's DICOM catalog, a few at once (XNAT answers one catalog per request:
     CatalogResource.represent), compared as it arrives and dropped: a session of 50,000 files
     never has all its catalog entries in memory. `expected`, `keep_catalog`, `watch`: as
-    `verify.ArchiveTally` and its `result`."""
+    `archivecheck.ArchiveTally` and its `result`."""
     client = context.client()
-    listing = verify.dicom_listing(
+    listing = archivecheck.dicom_listing(
         client.each_session_file(context.project, session.subject, session.label)
     )
-    tally = verify.ArchiveTally(manifest, listing, compare_bytes, expected, keep_catalog)
+    tally = archivecheck.ArchiveTally(manifest, listing, compare_bytes, expected, keep_catalog)
     lock = threading.Lock()
 
     def read(client: Any, pair: tuple[str, str]) -> None:
@@ -157,7 +157,7 @@ def pixel_problems(
     samples: list[tuple[pack.Entry, xnat.RemoteFile]],
     found: verify.Rewriting,
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """The pixel comparison of the smallest file of each scan (`verify.ArchiveCheck.samples`):
+    """The pixel comparison of the smallest file of each scan (`archivecheck.ArchiveCheck.samples`):
     (results, problems).
 
     The scans are compared a few at once (`fan_out`), each download digested and dropped in
@@ -179,7 +179,7 @@ def pixel_problems(
 class _Inspection:
     """An archived session against the manifest: `problems` says what differs (none: ours)."""
 
-    check: verify.ArchiveCheck
+    check: archivecheck.ArchiveCheck
     dropped: list[dict[str, Any]]
     pixel: list[dict[str, str]]
     problems: list[str]
@@ -225,9 +225,9 @@ def _inspect(
                 dropped.append({**item.to_json(), "stage": "archive", "reason": reason})
         else:
             unexplained = missing
-            problems.append(verify.ArchiveCheck(missing, [], []).describe())
+            problems.append(archivecheck.ArchiveCheck(missing, [], []).describe())
     if check.extra or check.changed:
-        problems.append(verify.ArchiveCheck([], check.extra, check.changed).describe())
+        problems.append(archivecheck.ArchiveCheck([], check.extra, check.changed).describe())
     pixel, pixel_differs = pixel_problems(context, drop, check.samples, found)
     problems += pixel_differs
     return _Inspection(check, dropped, pixel, problems, compare_bytes, unexplained)

@@ -156,7 +156,7 @@ class Archive(Connection):
 
     def each_session_file(self, project: str, subject: str, label: str) -> Iterator[RemoteFile]:
         """`session_files` one row at a time as the answer arrives, so a caller that keeps
-        less than a `RemoteFile` per file (`verify.dicom_listing`) never holds them all."""
+        less than a `RemoteFile` per file (`archivecheck.dicom_listing`) never holds them all."""
         path = self._session_path(project, subject, label) + "/scans/ALL/files"
         response = self.request("GET", path, params={"format": "json"}, stream=True)
         try:
