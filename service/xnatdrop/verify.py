@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from xnatdrop import dicomfiles, pack, xnat
+from xnatdrop.archivecheck import ArchiveCheck
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 HASH_CHUNK = 1 << 20
@@ -268,88 +269,6 @@ def check_prearchive(
 # -- after archiving: instance UIDs, bytes where kept, pixel data -----------------------------
 
 
-@dataclasses.dataclass
-class ArchiveCheck:
-    """The archived session's DICOM against the manifest.
-
-    `missing`: manifest entries XNAT did not catalogue, `extra`: catalogued instances that are
-    not in the manifest, `changed`: files whose size or MD5 differ (only when compared),
-    `matched`: manifest entry and remote file of every instance found, by SOPInstanceUID.
-    """
-
-    missing: list[pack.Entry]
-    extra: list[xnat.CatalogEntry]
-    changed: list[str]
-    matched: list[tuple[pack.Entry, xnat.RemoteFile | None]]
-    md5_compared: bool = False
-
-    def describe(self, limit: int = 5) -> str:
-        """What differs, naming files and series; '' when nothing does."""
-        parts = []
-        if self.missing:
-            names = ", ".join(e.path for e in self.missing[:limit])
-            more = f" and {len(self.missing) - limit} more" if len(self.missing) > limit else ""
-            parts.append(
-                f"{len(self.missing)} instance(s) of the upload are missing: {names}{more}"
-            )
-        if self.extra:
-            names = ", ".join(f"scan {c.scan} {c.path} (UID {c.uid})" for c in self.extra[:limit])
-            more = f" and {len(self.extra) - limit} more" if len(self.extra) > limit else ""
-            parts.append(f"{len(self.extra)} instance(s) are not from this upload: {names}{more}")
-        if self.changed:
-            more = f" and {len(self.changed) - limit} more" if len(self.changed) > limit else ""
-            parts.append(
-                f"{len(self.changed)} file(s) have other bytes: "
-                f"{', '.join(self.changed[:limit])}{more}"
-            )
-        return "; ".join(parts)
-
-
-def dicom_files(files: list[xnat.RemoteFile]) -> list[xnat.RemoteFile]:
-    """The files of XNAT's DICOM resources; SNAPSHOTS, NIFTI and the like are left out."""
-    return [f for f in files if f.resource in xnat.DICOM_RESOURCES]
-
-
-def check_archive(
-    manifest: pack.Manifest,
-    catalog: list[xnat.CatalogEntry],
-    files: list[xnat.RemoteFile],
-    compare_bytes: bool,
-) -> ArchiveCheck:
-    """Match instances by SOPInstanceUID; with `compare_bytes`, also sizes and MD5s.
-
-    `files` (the scan file listing) gives each catalogued file's size and listing URI; the
-    catalog gives its UID and the MD5 XNAT recorded.
-    """
-    local = {e.sop_instance_uid: e for e in manifest.files}
-    listed = {(f.scan, f.resource, f.path): f for f in files}
-    remote: dict[str, xnat.CatalogEntry] = {}
-    extra = []
-    for entry in catalog:
-        if entry.uid in local and entry.uid not in remote:
-            remote[entry.uid] = entry
-        else:
-            extra.append(entry)
-    missing = [e for uid, e in local.items() if uid not in remote]
-    matched = []
-    changed = []
-    md5_compared = compare_bytes
-    for uid, entry in remote.items():
-        mine = local[uid]
-        file = listed.get((entry.scan, entry.resource, entry.path))
-        matched.append((mine, file))
-        if not compare_bytes:
-            continue
-        digest = (entry.digest or (file.digest if file else "")).lower()
-        if file is not None and file.size != mine.size:
-            changed.append(f"{mine.path} ({file.size} bytes in XNAT, {mine.size} sent)")
-        elif digest and digest != mine.md5:
-            changed.append(f"{mine.path} (MD5 differs)")
-        elif not digest:
-            md5_compared = False
-    return ArchiveCheck(missing, extra, changed, matched, md5_compared)
-
-
 def whole_series_missing(check: ArchiveCheck, manifest: pack.Manifest) -> list[Series]:
     """The series of which no instance was catalogued."""
     missing_uids = {e.sop_instance_uid for e in check.missing}
@@ -426,22 +345,3 @@ def _pydicom_pixel_digest(source: BinaryIO | Path) -> tuple[str, str] | None:
         if isinstance(element.value, bytes):
             return syntax, hashlib.md5(element.value, usedforsecurity=False).hexdigest()
     return None
-
-
-def smallest_per_scan(
-    matched: list[tuple[pack.Entry, xnat.RemoteFile | None]],
-) -> list[tuple[pack.Entry, xnat.RemoteFile]]:
-    """The smallest archived file of each scan, with its manifest entry: the pixel sample."""
-    best: dict[str, tuple[pack.Entry, xnat.RemoteFile]] = {}
-    for entry, file in matched:
-        if file is None:
-            continue
-        current = best.get(file.scan)
-        if current is None or (file.size, file.path) < (current[1].size, current[1].path):
-            best[file.scan] = (entry, file)
-    return [best[scan] for scan in sorted(best, key=_scan_order)]
-
-
-def _scan_order(scan: str) -> tuple[int, str]:
-    match = re.match(r"\d+", scan)
-    return (int(match.group()) if match else 1 << 30, scan)

@@ -12,9 +12,11 @@ traced, not the server's.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +26,21 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from push_helpers import EXAM, PASSWORD, PROJECT, USER, client, load, stage, write_config
+from push_helpers import (
+    EXAM,
+    PASSWORD,
+    PROJECT,
+    USER,
+    client,
+    load,
+    push_process,
+    stage,
+    write_config,
+)
 from shared_data import dataset
-from xnatdrop import ledger, pipeline
+from xnatdrop import ledger, pack, pipeline
+from xnatdrop.pipeline import readback, spool
+from xnatdrop.pipeline.context import Context
 
 LABEL = "SPN01_0077"
 ROWS, COLUMNS = 4096, 6144  # 16-bit: a 48 MiB Pixel Data value
@@ -94,3 +108,57 @@ def test_a_large_pixel_sample_is_read_back_in_bounded_memory(
     # The large file was the sample of its scan, and its pixel data matched.
     assert '"file": "90_large/large.dcm"' in text and '"result": "identical"' in text
     assert peak < PIXEL_BYTES / 4, f"the push peaked at {peak >> 20} MiB"
+
+
+FILES = 1500  # 30 scans of 50 small fMRI images (about 26 KB each)
+# Bytes the read-back may hold per archived file on top of the manifest. A `RemoteFile` per
+# listed file (about 700 bytes), a `CatalogEntry` per instance (about 350) and the dicts that
+# joined them took 1,340 bytes a file here; a compact listing compared scan by scan, 460.
+PER_FILE = 800
+
+
+def test_the_read_back_keeps_little_per_archived_file(tmp_path: Path, sandbox_url: str) -> None:
+    """1. Push a session of 1,500 files in 30 scans into the sandbox (its own process, so only
+       the read-back's memory is traced).
+    2. Read the archived session back as the archive step does (`readback.archived`: the
+       listing, every scan's catalog, the pixel samples, sizes and MD5s), the manifest loaded
+       beforehand, under `tracemalloc`.
+    3. Result: every instance matched, and the read-back peaked below PER_FILE bytes a file:
+       it keeps a compact listing and compares each scan's catalog as it arrives; records of
+       every listed file and catalog entry held at once (as it once did) exceed the bound."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from harness import workload
+
+    small = [t for t in workload.templates(mix=False) if "fMRI" in t.name][:1]
+    folder = tmp_path / "drop" / LABEL
+    made = workload.clone(small, folder, target_files=FILES)
+    assert made.count == FILES
+    config_path = write_config(tmp_path, sandbox_url)
+    settings = load(config_path)
+    # Killed once the archive step is recorded: the spool still holds the manifest.
+    pushed = push_process(config_path, folder, crash_at="attach:before")
+    assert pushed.returncode == -signal.SIGKILL, pushed.stderr
+    with ledger.Ledger(settings.paths.state) as book:
+        (drop,) = book.drops(label=LABEL)
+        assert drop.state == "archived", drop
+        spooled = settings.paths.state / "spool" / str(drop.id)
+        manifest = spool.load(spooled, pack.Manifest)
+        assert manifest is not None and len(manifest.files) == FILES
+        drop_settings = settings.drop_for(folder)
+        assert drop_settings is not None
+        with contextlib.ExitStack() as stack:
+            context = Context(
+                settings, drop_settings, book, lambda: client(settings), threading.Event(),
+                None, stack,
+            )  # fmt: skip
+            context.client().ensure_login()
+            tracemalloc.start()
+            try:
+                session = readback.archived(context, drop, manifest, bytes_too=True)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    assert session is not None
+    verification = spool.xnat_record(spooled).verification
+    assert verification is not None and verification["instances"] == FILES
+    assert peak < PER_FILE * FILES, f"the read-back held {peak // FILES} bytes a file"

@@ -4,6 +4,7 @@ in memory, and a record cut short is no record."""
 
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 from pathlib import Path
 
@@ -79,3 +80,26 @@ def test_a_large_record_is_read_without_its_text_or_a_dict_per_file(tmp_path: Pa
     assert loaded is not None and len(loaded.files) == 20_000
     kept -= base
     assert peak - base - kept < kept / 20, f"{(peak - base) >> 20} MiB peak, {kept >> 20} MiB kept"
+
+
+def test_a_check_record_read_without_its_files_makes_no_entry(tmp_path: Path) -> None:
+    """1. Save a check record of 5,000 files.
+    2. Read it with `files=False` (what the attach, finish and quarantine steps need).
+    3. Result: the same record but for its files, which are not read: the load holds a small
+       fraction of what the 5,000 entries take. Read in full, they are all made."""
+    files = tuple(rules.FileEntry(f.path, f.size) for f in entries(5_000))
+    record = check_record(files)
+    spool.save(tmp_path, record)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        head = spool.check_record(tmp_path, 1, files=False)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        whole = spool.check_record(tmp_path, 1)
+        _, full = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert whole == record
+    assert head.files == () and dataclasses.replace(head, files=files) == record
+    assert peak - base < (full - base) / 20, f"{peak - base} bytes without files, {full - base}"

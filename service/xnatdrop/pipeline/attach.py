@@ -23,7 +23,7 @@ log = logging.getLogger(__package__)
 
 
 def attach(context: Context, drop: ledger.Drop) -> Done:
-    checked = spool.check_record(context.spool(drop), drop.id)
+    checked = spool.check_record(context.spool(drop), drop.id, files=False)
     client = context.client()
     work = Path(drop.work)
     session = client.find_session(context.project, drop.label)

@@ -30,7 +30,7 @@ def finish(context: Context, drop: ledger.Drop) -> Done:
         session = client.find_session(context.project, drop.label)
         if session is None:
             raise TransientError("the archived session is not visible")
-        checked = spool.check_record(context.spool(drop), drop.id)
+        checked = spool.check_record(context.spool(drop), drop.id, files=False)
         if checked.subject_fields:
             client.set_subject_fields(context.project, session.subject, checked.subject_fields)
         receipt.write(work, _receipt(context, drop, session, checked))

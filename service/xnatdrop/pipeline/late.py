@@ -31,14 +31,13 @@ receipt.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import ledger, names, pack, verify, xnat
+from xnatdrop import archivecheck, ledger, names, pack, verify
 from xnatdrop.pipeline import readback, spool
 from xnatdrop.pipeline.context import Context, Done
 
@@ -56,13 +55,13 @@ def join(
     instances (0: every one is there already, nothing is sent). Raise LABEL_EXISTS when the
     folder cannot be added to it."""
     client = context.client()
-    files, catalog = readback.catalogued(context, session)
-    check = verify.check_archive(manifest, catalog, files, not found.rewrites_at_archive())
+    compare = not found.rewrites_at_archive()
+    check = readback.catalogued(context, session, manifest, compare, keep_catalog=True)
     url = client.session_url(context.project, session.id)
     studies = manifest.study_uids()
     same_study = bool(session.uid) and studies == {session.uid}
-    differs = [verify.ArchiveCheck([], [], check.changed, []).describe()] if check.changed else []
-    differs += readback.pixel_problems(context, drop, check.matched, found)[1]
+    differs = [archivecheck.ArchiveCheck([], [], check.changed).describe()] if check.changed else []
+    differs += readback.pixel_problems(context, drop, check.samples, found)[1]
     if differs or (check.missing and not same_study):
         if differs:
             what = f"instances of this folder are in it with other content: {'; '.join(differs)}"
@@ -75,13 +74,13 @@ def join(
             what = "XNAT does not say which study it is, so these files cannot be added to it"
         where = f"already exists in XNAT project {context.project} ({url}) and {what}"
         raise readback.label_exists(context, drop, where, url)
-    existing = tuple(sorted({c.uid for c in catalog}))
+    existing = tuple(sorted(check.catalog_uids))
     append = spool.Append(
         session=session.id,
         subject=session.subject,
         existing=existing,
         send=tuple(e.sop_instance_uid for e in check.missing),
-        names=_free_names(check.missing, catalog),
+        names=_free_names(check.missing, check.names),
     )
     spool.update_xnat(context.spool(drop), append=append)
     if check.missing:
@@ -91,25 +90,23 @@ def join(
             session.id,
             len(existing),
             len(check.missing),
-            len(check.matched),
+            check.matched,
         )
     return len(check.missing)
 
 
-def _free_names(new: list[pack.Entry], catalog: list[xnat.CatalogEntry]) -> dict[str, str]:
-    """Zip entry names for new instances whose name XNAT already uses in their scan.
+def _free_names(new: list[pack.Entry], taken: dict[str, set[str]]) -> dict[str, str]:
+    """Zip entry names for new instances whose name XNAT already uses in their scan (`taken`:
+    the file names each scan's catalog holds).
 
     XNAT stores a file under its zip entry name made file-name-safe (getSafeFile, stock row
     12) in the scan of its SeriesNumber (Restructurer.determineScanSubdir); a name taken there
     would make the merge fail ("Session already exists with matching files.")."""
-    taken: dict[str, set[str]] = collections.defaultdict(set)
-    for entry in catalog:
-        taken[entry.scan].add(entry.path.rsplit("/", 1)[-1])
     renamed = {}
     for entry in new:
         path = entry.path.as_posix()
         name = pack.upload_name(path)
-        if xnat_file_name(name) in taken[verify.scan_folder(entry)]:
+        if xnat_file_name(name) in taken.get(verify.scan_folder(entry), ()):
             stem, dot, extension = name.rpartition(".")
             head, tail = (stem, f".{extension}") if dot and stem else (name, "")
             digest = hashlib.sha1(entry.sop_instance_uid.encode()).hexdigest()[:10]

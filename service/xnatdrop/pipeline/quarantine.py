@@ -29,7 +29,7 @@ log = logging.getLogger(__package__)
 def quarantine(context: Context, drop: ledger.Drop, failure: PermanentError) -> Outcome:
     """Move the folder, untouched, to quarantine/ with both reason files, for `failure`."""
     folder = context.spool(drop)
-    checked = spool.load(folder, spool.CheckRecord)
+    checked = spool.load(folder, spool.CheckRecord, files=False)
     reason = spool.QuarantineReason(
         label=drop.label,
         project=context.project,

@@ -8,7 +8,7 @@
   downloaded and compared, sizes and MD5s where XNAT keeps the bytes. A difference is a
   PermanentError naming the session's page (ARCHIVE_MISMATCH, LABEL_EXISTS); what was verified
   and how is saved for the receipt (`verification`).
-- `catalogued`, `pixel_result`: the pieces the late-files decision (`late`) uses as well.
+- `catalogued`, `pixel_problems`: the pieces the late-files decision (`late`) uses as well.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from xnatdrop import ledger, pack, verify, xnat
+from xnatdrop import archivecheck, ledger, pack, verify, xnat
 from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline import spool
 from xnatdrop.pipeline.context import Context
@@ -83,23 +84,37 @@ def prearchive_files(context: Context, uri: str) -> list[xnat.RemoteFile]:
 
 
 def catalogued(
-    context: Context, session: Any
-) -> tuple[list[xnat.RemoteFile], list[xnat.CatalogEntry]]:
-    """The DICOM files of an archived session and its catalog entries (instance UIDs): one
-    listing of every scan's files (`scans/ALL/files`), then each scan's DICOM catalog, a few
-    at once (XNAT answers one catalog per request: CatalogResource.represent)."""
+    context: Context,
+    session: Any,
+    manifest: pack.Manifest,
+    compare_bytes: bool,
+    expected: Sequence[str] = (),
+    keep_catalog: bool = False,
+    watch: Sequence[str] = (),
+) -> archivecheck.ArchiveCheck:
+    """The archived session's DICOM against `manifest` (`archivecheck.ArchiveTally`): one listing of
+    every scan's files (`scans/ALL/files`), kept compactly (`archivecheck.dicom_listing`), then each
+    scan's DICOM catalog, a few at once (XNAT answers one catalog per request:
+    CatalogResource.represent), compared as it arrives and dropped: a session of 50,000 files
+    never has all its catalog entries in memory. `expected`, `keep_catalog`, `watch`: as
+    `archivecheck.ArchiveTally` and its `result`."""
     client = context.client()
-    listing = client.session_files(context.project, session.subject, session.label)
-    files = verify.dicom_files(listing)
-    del listing
+    listing = archivecheck.dicom_listing(
+        client.each_session_file(context.project, session.subject, session.label)
+    )
+    tally = archivecheck.ArchiveTally(manifest, listing, compare_bytes, expected, keep_catalog)
+    lock = threading.Lock()
 
-    def read(client: Any, pair: tuple[str, str]) -> list[xnat.CatalogEntry]:
+    def read(client: Any, pair: tuple[str, str]) -> None:
         scan, resource = pair
-        return client.scan_catalog(context.project, session.subject, session.label, scan, resource)
+        entries = client.scan_catalog(
+            context.project, session.subject, session.label, scan, resource
+        )
+        with lock:
+            tally.add(scan, resource, entries)
 
-    pairs = sorted({(f.scan, f.resource) for f in files})
-    catalog = [entry for entries in fan_out(context, read, pairs) for entry in entries]
-    return files, catalog
+    fan_out(context, read, sorted(listing))
+    return tally.result(watch)
 
 
 def pixel_result(
@@ -139,15 +154,15 @@ def pixel_result(
 def pixel_problems(
     context: Context,
     drop: ledger.Drop,
-    matched: list[tuple[pack.Entry, xnat.RemoteFile | None]],
+    samples: list[tuple[pack.Entry, xnat.RemoteFile]],
     found: verify.Rewriting,
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """The pixel comparison of the smallest file of each scan: (results, problems).
+    """The pixel comparison of the smallest file of each scan (`archivecheck.ArchiveCheck.samples`):
+    (results, problems).
 
     The scans are compared a few at once (`fan_out`), each download digested and dropped in
     its worker, so at most a few sample files are in memory."""
     results, problems = [], []
-    samples = verify.smallest_per_scan(matched)
     scratch = ledger.private_dir(context.spool(drop))
 
     def compare(client: Any, sample: tuple[pack.Entry, xnat.RemoteFile]) -> str:
@@ -164,7 +179,7 @@ def pixel_problems(
 class _Inspection:
     """An archived session against the manifest: `problems` says what differs (none: ours)."""
 
-    check: verify.ArchiveCheck
+    check: archivecheck.ArchiveCheck
     dropped: list[dict[str, Any]]
     pixel: list[dict[str, str]]
     problems: list[str]
@@ -188,17 +203,14 @@ def _inspect(
     ours: bool,
 ) -> _Inspection:
     """Read the archived session's DICOM catalogs and sample its pixel data (verify module)."""
-    files, catalog = catalogued(context, session)
-    check = verify.check_archive(manifest, catalog, files, compare_bytes)
     record = spool.xnat_record(context.spool(drop))
     join = record.append
-    if join is not None:
-        # Late files: what XNAT held before this drop was appended is expected to be there.
-        existing = set(join.existing)
-        check = dataclasses.replace(check, extra=[c for c in check.extra if c.uid not in existing])
-        sent = set(join.send)
-        if not ours and sent and not sent & {c.uid for c in catalog}:
-            return _Inspection(check, [], [], [], compare_bytes, not_yet=True)
+    # Late files: what XNAT held before this drop was appended is expected to be there.
+    existing = join.existing if join is not None else ()
+    sent = join.send if join is not None else ()
+    check = catalogued(context, session, manifest, compare_bytes, existing, watch=sent)
+    if join is not None and not ours and sent and not check.found:
+        return _Inspection(check, [], [], [], compare_bytes, not_yet=True)
     problems: list[str] = []
     dropped: list[dict[str, Any]] = []
     unexplained: list[pack.Entry] = []
@@ -213,10 +225,10 @@ def _inspect(
                 dropped.append({**item.to_json(), "stage": "archive", "reason": reason})
         else:
             unexplained = missing
-            problems.append(verify.ArchiveCheck(missing, [], [], []).describe())
+            problems.append(archivecheck.ArchiveCheck(missing, [], []).describe())
     if check.extra or check.changed:
-        problems.append(verify.ArchiveCheck([], check.extra, check.changed, []).describe())
-    pixel, pixel_differs = pixel_problems(context, drop, check.matched, found)
+        problems.append(archivecheck.ArchiveCheck([], check.extra, check.changed).describe())
+    pixel, pixel_differs = pixel_problems(context, drop, check.samples, found)
     problems += pixel_differs
     return _Inspection(check, dropped, pixel, problems, compare_bytes, unexplained)
 
@@ -229,13 +241,13 @@ def _verification(
 ) -> dict[str, Any]:
     """What was verified and how, for the log, RECEIPT.json and RECEIPT.txt (honestly)."""
     check = inspection.check
-    parts = [f"instance UIDs and counts of all {len(check.matched)} files"]
+    parts = [f"instance UIDs and counts of all {check.matched} files"]
     appended = None
     if join is not None:
         appended = {
             "session_held": len(join.existing),
             "new": len(join.send),
-            "already_there": len(check.matched) - len(join.send),
+            "already_there": check.matched - len(join.send),
         }
         parts.append(
             f"{appended['new']} of them added to a session that already held "
@@ -262,8 +274,8 @@ def _verification(
         parts.append("pixel data may be edited by an anonymisation script (alterPixels)")
     return {
         "summary": "; ".join(parts),
-        "instances": len(check.matched),
-        "bytes": sum(entry.size for entry, _ in check.matched),
+        "instances": check.matched,
+        "bytes": check.matched_bytes,
         "instance_uids": "all matched",
         "pixel_data": inspection.pixel,
         "sizes_compared": inspection.bytes_compared,

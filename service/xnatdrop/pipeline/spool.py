@@ -283,24 +283,28 @@ LEGACY = ("upload.zip", "upload.zip.part")
 JOURNAL = "dicom-journal.jsonl"
 
 
-def load(folder: Path, kind: type[R]) -> R | None:
+def load(folder: Path, kind: type[R], files: bool = True) -> R | None:
     """The record of `kind` in `folder`, or None if there is none or it is unreadable.
 
     A record written a file a line (`json_pieces`: the check record, the plan, the manifest;
     50,000 rows and more) is read a row at a time: its `from_json` gets the rows as an
     iterator and makes each file's object from one small dict, so neither the whole text nor
     a dict per file is ever in memory (at 50,000 files they were about 70 MB beside the
-    records themselves). Anything else is parsed whole.
+    records themselves). Anything else is parsed whole. Without `files`, the record comes
+    with no files (its rows are not read): for a step that needs only its head.
     """
     try:
         with open(folder / NAMES[kind], encoding="utf-8") as handle:
             first = handle.readline()
             if first.endswith(ROWS_START):
                 head = json.loads(first[: -len(ROWS_START)].rstrip().rstrip(",") + "}")
-                head["files"] = _rows(handle)
+                head["files"] = _rows(handle) if files else ()
                 return kind.from_json(head)
             handle.seek(0)
-            return kind.from_json(json.load(handle))
+            data = json.load(handle)
+            if not files:
+                data["files"] = ()
+            return kind.from_json(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -352,9 +356,13 @@ def clear(folder: Path) -> None:
         folder.rmdir()
 
 
-def check_record(folder: Path, drop_id: int) -> CheckRecord:
-    """The check step's record; TransientError if it is lost (an operator problem)."""
-    record = load(folder, CheckRecord)
+def check_record(folder: Path, drop_id: int, files: bool = True) -> CheckRecord:
+    """The check step's record; TransientError if it is lost (an operator problem).
+
+    Without `files`, its `files` are left empty and never read: the finish step needs the
+    series, sidecars and findings only, and a `FileEntry` per file (about 1 KB each) beside
+    the manifest the receipt lists would double what it holds."""
+    record = load(folder, CheckRecord, files)
     if record is None:
         raise TransientError(
             f"the check results of drop {drop_id} are unreadable: {folder / NAMES[CheckRecord]}"

@@ -152,10 +152,16 @@ class Archive(Connection):
         every scan, with size, MD5 (when the `checksums` preference is on, stock row 10) and
         `collection`, the resource label: SNAPSHOTS and automation outputs are listed too
         (XNATTemplate.loadCatalogs, FileList.handleMultipleCatalogs; stock row 3)."""
+        return list(self.each_session_file(project, subject, label))
+
+    def each_session_file(self, project: str, subject: str, label: str) -> Iterator[RemoteFile]:
+        """`session_files` one row at a time as the answer arrives, so a caller that keeps
+        less than a `RemoteFile` per file (`archivecheck.dicom_listing`) never holds them all."""
         path = self._session_path(project, subject, label) + "/scans/ALL/files"
         response = self.request("GET", path, params={"format": "json"}, stream=True)
         try:
-            return [answers.remote_file(row) for row in _table_rows(response)]
+            for row in _table_rows(response):
+                yield answers.remote_file(row)
         except ValueError as error:
             raise TransientError(f"XNAT sent an unreadable file listing for {label}") from error
         except requests.RequestException as error:

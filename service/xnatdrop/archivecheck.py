@@ -1,0 +1,237 @@
+"""The archived session's DICOM against the manifest, one scan's catalog at a time.
+
+`verify` says what is compared and why (instances by SOPInstanceUID from each scan's DICOM
+catalog, sizes and MD5s where XNAT keeps the bytes, the pixel data of a sample); this module
+does the matching in memory that does not grow with the catalogs: the session's file listing
+is kept as a size (and MD5) per name with one URI prefix per scan resource (`ScanListing`), and
+each scan's catalog is compared as it arrives and dropped (`ArchiveTally`). At 50,000 files a
+`RemoteFile` per listed file and a `CatalogEntry` per instance, held together with the dicts
+that joined them, took about 1.3 KB a file; this keeps about 300 bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from xnatdrop import pack, xnat
+
+
+@dataclasses.dataclass
+class ArchiveCheck:
+    """The archived session's DICOM against the manifest (`ArchiveTally.result`).
+
+    `missing`: manifest entries XNAT did not catalogue, `extra`: catalogued instances that are
+    not in the manifest, `changed`: files whose size or MD5 differ (only when compared),
+    `matched` / `matched_bytes`: how many manifest entries were found by SOPInstanceUID and
+    their size, `samples`: the smallest matched file of each scan with its manifest entry (the
+    pixel sample). `catalog_uids` / `names`: every catalogued UID and each scan's file names,
+    only when the tally was asked to keep them (`late.join`); empty otherwise.
+    """
+
+    missing: list[pack.Entry]
+    extra: list[xnat.CatalogEntry]
+    changed: list[str]
+    matched: int = 0
+    matched_bytes: int = 0
+    samples: list[tuple[pack.Entry, xnat.RemoteFile]] = dataclasses.field(default_factory=list)
+    md5_compared: bool = False
+    catalog_uids: frozenset[str] = frozenset()
+    names: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    found: frozenset[str] = frozenset()
+
+    def describe(self, limit: int = 5) -> str:
+        """What differs, naming files and series; '' when nothing does."""
+        parts = []
+        if self.missing:
+            names = ", ".join(Path(e.path).as_posix() for e in self.missing[:limit])
+            more = f" and {len(self.missing) - limit} more" if len(self.missing) > limit else ""
+            parts.append(
+                f"{len(self.missing)} instance(s) of the upload are missing: {names}{more}"
+            )
+        if self.extra:
+            names = ", ".join(f"scan {c.scan} {c.path} (UID {c.uid})" for c in self.extra[:limit])
+            more = f" and {len(self.extra) - limit} more" if len(self.extra) > limit else ""
+            parts.append(f"{len(self.extra)} instance(s) are not from this upload: {names}{more}")
+        if self.changed:
+            more = f" and {len(self.changed) - limit} more" if len(self.changed) > limit else ""
+            parts.append(
+                f"{len(self.changed)} file(s) have other bytes: "
+                f"{', '.join(self.changed[:limit])}{more}"
+            )
+        return "; ".join(parts)
+
+
+class ScanListing:
+    """One DICOM resource of one scan as the session's file listing gave it, kept small: a size
+    per file name, the MD5 only where the listing had one, and the listing URI as the part all
+    its files share (`prefix`) plus the name; a URI that is not `prefix + path` is kept whole.
+
+    About 150 bytes a file instead of a `RemoteFile` (700 bytes, mostly its URI): a session of
+    50,000 files is held whole between the listing and its scans' catalogs."""
+
+    __slots__ = ("digests", "prefix", "resource", "scan", "sizes", "uris")
+
+    def __init__(self, scan: str, resource: str) -> None:
+        self.scan, self.resource, self.prefix = scan, resource, ""
+        self.sizes: dict[str, int] = {}
+        self.digests: dict[str, str] = {}
+        self.uris: dict[str, str] = {}
+
+    def add(self, file: xnat.RemoteFile) -> None:
+        """Keep `file`'s row (a name listed twice: its last row, as a dict of rows would)."""
+        path = file.path
+        self.sizes[path] = file.size
+        if file.digest:
+            self.digests[path] = file.digest
+        else:
+            self.digests.pop(path, None)
+        head, sep, tail = file.uri.partition("/files/")
+        if not self.prefix and sep:
+            self.prefix = head + sep
+        if not sep or head + sep != self.prefix or tail != path:
+            self.uris[path] = file.uri
+        else:
+            self.uris.pop(path, None)
+
+    def file(self, path: str) -> xnat.RemoteFile | None:
+        """The listing's row for `path` (None: not listed), as `xnat.RemoteFile`."""
+        size = self.sizes.get(path)
+        if size is None:
+            return None
+        uri = self.uris.get(path) or self.prefix + path
+        name = path.rsplit("/", 1)[-1]
+        digest = self.digests.get(path, "")
+        return xnat.RemoteFile(self.scan, self.resource, name, path, size, digest, uri)
+
+
+def dicom_listing(files: Iterable[xnat.RemoteFile]) -> dict[tuple[str, str], ScanListing]:
+    """The files of XNAT's DICOM resources by (scan, resource), read as they come (an iterator
+    over a streamed listing holds one row at a time); SNAPSHOTS, NIFTI and the like are left
+    out."""
+    listing: dict[tuple[str, str], ScanListing] = {}
+    for file in files:
+        if file.resource not in xnat.DICOM_RESOURCES:
+            continue
+        key = (file.scan, file.resource)
+        scan = listing.get(key)
+        if scan is None:
+            scan = listing[key] = ScanListing(file.scan, file.resource)
+        scan.add(file)
+    return listing
+
+
+class ArchiveTally:
+    """Instances matched by SOPInstanceUID, one scan's catalog at a time (`add`), so no catalog
+    entry outlives its scan: what is kept is a mark per manifest entry, the smallest matched
+    file per scan, and what differs. With `compare_bytes`, sizes and MD5s too.
+
+    `expected`: UIDs that may be catalogued though not in the manifest (a session appended to:
+    what it held before), not counted as extra. `keep_catalog`: also keep every catalogued UID
+    and each scan's file names (`ArchiveCheck.catalog_uids`, `.names`), for `late.join`.
+    `add` is not thread-safe: callers reading scans at once hold a lock around it.
+    """
+
+    def __init__(
+        self,
+        manifest: pack.Manifest,
+        listing: dict[tuple[str, str], ScanListing],
+        compare_bytes: bool,
+        expected: Iterable[str] = (),
+        keep_catalog: bool = False,
+    ) -> None:
+        # Not matched yet, by UID: an entry leaves when its instance is found (as before, a
+        # UID twice in the manifest is one instance).
+        self._pending = {e.sop_instance_uid: e for e in manifest.files}
+        self._listing = listing
+        self._compare = compare_bytes
+        self._expected = frozenset(expected)
+        self._keep = keep_catalog
+        self._uids: set[str] = set()
+        self._names: dict[str, set[str]] = collections.defaultdict(set)
+        self._samples: dict[str, tuple[pack.Entry, xnat.RemoteFile]] = {}
+        self.extra: list[xnat.CatalogEntry] = []
+        self._changed: list[tuple[str, str, str]] = []  # (scan, resource, what differs)
+        self.matched = 0
+        self.matched_bytes = 0
+        self.md5_compared = compare_bytes
+
+    def add(self, scan: str, resource: str, catalog: Iterable[xnat.CatalogEntry]) -> None:
+        """Compare one scan resource's catalog entries; its listing is dropped afterwards."""
+        listed = self._listing.pop((scan, resource), None) or ScanListing(scan, resource)
+        best = self._samples.get(scan)
+        for entry in catalog:
+            if self._keep:
+                self._uids.add(entry.uid)
+                self._names[entry.scan].add(entry.path.rsplit("/", 1)[-1])
+            mine = self._pending.pop(entry.uid, None)
+            if mine is None:  # not in the manifest, or catalogued twice
+                if entry.uid not in self._expected:
+                    self.extra.append(entry)
+                continue
+            self.matched += 1
+            self.matched_bytes += mine.size
+            size = listed.sizes.get(entry.path)
+            if size is not None and (
+                best is None or (size, entry.path) < (best[1].size, best[1].path)
+            ):
+                best = (mine, listed.file(entry.path))  # type: ignore[assignment]
+            if not self._compare:
+                continue
+            digest = (entry.digest or listed.digests.get(entry.path, "")).lower()
+            if size is not None and size != mine.size:
+                what = f"{mine.path} ({size} bytes in XNAT, {mine.size} sent)"
+                self._changed.append((scan, resource, what))
+            elif digest and digest != mine.md5:
+                self._changed.append((scan, resource, f"{mine.path} (MD5 differs)"))
+            elif not digest:
+                self.md5_compared = False
+        if best is not None:
+            self._samples[scan] = best
+
+    def result(self, watch: Iterable[str] = ()) -> ArchiveCheck:
+        """The comparison once every scan is added. `watch`: UIDs of the manifest whose
+        presence the caller asks about (`ArchiveCheck.found`: those catalogued)."""
+        missing = list(self._pending.values())
+        found = frozenset(uid for uid in watch if uid not in self._pending)
+        samples = [self._samples[scan] for scan in sorted(self._samples, key=_scan_order)]
+        # Scans arrive in any order (read a few at once): what differs is named in scan order.
+        extra = sorted(self.extra, key=lambda entry: (entry.scan, entry.resource))
+        changed = [what for *_, what in sorted(self._changed, key=lambda c: (c[0], c[1]))]
+        return ArchiveCheck(
+            missing,
+            extra,
+            changed,
+            self.matched,
+            self.matched_bytes,
+            samples,
+            self.md5_compared,
+            frozenset(self._uids),
+            dict(self._names),
+            found,
+        )
+
+
+def check_archive(
+    manifest: pack.Manifest,
+    catalog: Iterable[xnat.CatalogEntry],
+    files: Iterable[xnat.RemoteFile],
+    compare_bytes: bool,
+) -> ArchiveCheck:
+    """`ArchiveTally` over a whole catalog at once (a small session, a test)."""
+    listing = dicom_listing(files)
+    tally = ArchiveTally(manifest, listing, compare_bytes)
+    by_scan: dict[tuple[str, str], list[xnat.CatalogEntry]] = collections.defaultdict(list)
+    for entry in catalog:
+        by_scan[(entry.scan, entry.resource)].append(entry)
+    for (scan, resource), entries in by_scan.items():
+        tally.add(scan, resource, entries)
+    return tally.result()
+
+
+def _scan_order(scan: str) -> tuple[int, str]:
+    match = re.match(r"\d+", scan)
+    return (int(match.group()) if match else 1 << 30, scan)
