@@ -120,7 +120,7 @@ def _manifest_row(file: rules.FileEntry, size: int, md5: str) -> str:
     return _ROW.encode(row)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # a verify holds one per file, as the check
 class Entry(rules.FileEntry):
     """One manifest line: a file of the upload with the MD5 of the bytes that went into the
     zip; `size` is the size of those bytes."""
