@@ -35,9 +35,9 @@ ahead, so memory stays flat whatever the session size:
 - consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
   behind room for their headers, hashed there, headers filled in; one job, one piece, one send
   per run, not per file (a future, a header write and a socket send per 44 KB file cost about
-  as much as hashing it). The reader opens the run's files up to PREFETCH ahead and asks the
-  kernel to read them in the background (`packread.prefetch`): a cold small file no longer waits for
-  its own disk read while the disk has nothing else to do;
+  as much as hashing it). Each run's files are opened when the run is handed out, and the
+  kernel asked to read them in the background (`packread.prefetch`): a cold small file no longer
+  waits for its own disk read while the disk has nothing else to do (OPEN_AHEAD files at most);
 - a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces (`packread`
   reads and hashes, in the reader threads);
 - a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
@@ -78,6 +78,7 @@ WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
 WINDOW = 8 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
 RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
+OPEN_AHEAD = 128  # small files of the runs handed out, opened and read by the kernel, at most
 HEADER = 256  # room counted in a run for each local header (ZIP_NAME_MAX + fixed fields)
 
 
@@ -180,19 +181,24 @@ def _read_ahead(
 ) -> Iterator[tuple[int, int, Any]]:
     """Each run of the plan (`_runs`) with its read result, in order, read ahead by `readers`.
 
-    At most WINDOW bytes of small files are held ahead; a large file counts as one CHUNK.
+    At most WINDOW bytes of small files are held ahead, and OPEN_AHEAD small files; a large
+    file counts as one CHUNK. Each small file is opened and handed to the kernel to read
+    (`packread.prefetch`) here, when its run is handed out, not by the reader when it starts
+    the run: the disk has the whole window's files to read, not one run's at a time.
     """
     files = planned.files
-    queue: collections.deque[tuple[int, int, _Job[Any], int]] = collections.deque()
-    ahead = 0
+    queue: collections.deque[tuple[int, int, _Job[Any], int, list[int | None]]]
+    queue = collections.deque()
+    ahead = opened = 0
     pending = _runs(files)
     try:
         while True:
-            while ahead < WINDOW:
+            while ahead < WINDOW and opened < OPEN_AHEAD:
                 run = next(pending, None)
                 if run is None:
                     break
                 start, stop = run
+                descriptors: list[int | None] = []
                 if files[start].size > WHOLE_FILE:
                     path = os.path.join(base, files[start].entry.path)
                     future = readers.submit(packread.digest_file, path, files[start].size)
@@ -201,18 +207,24 @@ def _read_ahead(
                     future = readers.submit(packread.read_one, base, files[start], pool)
                     cost = files[start].size + HEADER
                 else:
-                    future = readers.submit(packread.read_run, base, files[start:stop], pool)
+                    descriptors = [packread.prefetch(base, p) for p in files[start:stop]]
+                    future = readers.submit(
+                        packread.read_run, base, files[start:stop], pool, descriptors
+                    )
                     cost = sum(p.size + HEADER for p in files[start:stop])
-                queue.append((start, stop, future, cost))
+                queue.append((start, stop, future, cost, descriptors))
                 ahead += cost
+                opened += len(descriptors)
             if not queue:
                 return
-            start, stop, future, cost = queue.popleft()
+            start, stop, future, cost, descriptors = queue.popleft()
             ahead -= cost
+            opened -= len(descriptors)
             yield start, stop, future.result()
     finally:
-        for _, _, future, _ in queue:
-            future.cancel()
+        for _, _, future, _, descriptors in queue:
+            if future.cancel():  # never started: its descriptors are still ours to close
+                packread.close(descriptors)
 
 
 def digest(folder: Path, planned: Plan) -> Manifest:
