@@ -35,9 +35,10 @@ ahead, so memory stays flat whatever the session size:
 - consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
   behind room for their headers, hashed there, headers filled in; one job, one piece, one send
   per run, not per file (a future, a header write and a socket send per 44 KB file cost about
-  as much as hashing it). Each run's files are opened when the run is handed out, and the
-  kernel asked to read them in the background (`packread.prefetch`): a cold small file no longer
-  waits for its own disk read while the disk has nothing else to do (OPEN_AHEAD files at most);
+  as much as hashing it). Each run's files are opened when the run is handed out, by an
+  opener thread, and the kernel asked to read them in the background (`packread.prefetch`): a
+  cold small file no longer waits for its own disk read while the disk has nothing else to do
+  (OPEN_AHEAD files at most);
 - a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces (`packread`
   reads and hashes, in the reader threads);
 - a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
@@ -183,14 +184,17 @@ def _read_ahead(
 
     At most WINDOW bytes of small files are held ahead, and OPEN_AHEAD small files; a large
     file counts as one CHUNK. Each small file is opened and handed to the kernel to read
-    (`packread.prefetch`) here, when its run is handed out, not by the reader when it starts
-    the run: the disk has the whole window's files to read, not one run's at a time.
+    (`packread.prefetch`) when its run is handed out, by a thread of its own (`opener`), not by
+    the reader when it starts the run: the disk has the whole window's files to read, not one
+    run's at a time. Not by this thread either: asking the kernel to read a cold file can
+    block, and this thread is the sender's.
     """
     files = planned.files
-    queue: collections.deque[tuple[int, int, _Job[Any], int, list[int | None]]]
+    queue: collections.deque[tuple[int, int, _Job[Any], int, _Job[list[int | None]] | None]]
     queue = collections.deque()
     ahead = opened = 0
     pending = _runs(files)
+    opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="open")
     try:
         while True:
             while ahead < WINDOW and opened < OPEN_AHEAD:
@@ -198,7 +202,7 @@ def _read_ahead(
                 if run is None:
                     break
                 start, stop = run
-                descriptors: list[int | None] = []
+                descriptors: _Job[list[int | None]] | None = None
                 if files[start].size > WHOLE_FILE:
                     path = os.path.join(base, files[start].entry.path)
                     future = readers.submit(packread.digest_file, path, files[start].size)
@@ -207,24 +211,31 @@ def _read_ahead(
                     future = readers.submit(packread.read_one, base, files[start], pool)
                     cost = files[start].size + HEADER
                 else:
-                    descriptors = [packread.prefetch(base, p) for p in files[start:stop]]
+                    descriptors = opener.submit(_prefetch_run, base, files[start:stop])
                     future = readers.submit(
                         packread.read_run, base, files[start:stop], pool, descriptors
                     )
                     cost = sum(p.size + HEADER for p in files[start:stop])
+                    opened += stop - start
                 queue.append((start, stop, future, cost, descriptors))
                 ahead += cost
-                opened += len(descriptors)
             if not queue:
                 return
             start, stop, future, cost, descriptors = queue.popleft()
             ahead -= cost
-            opened -= len(descriptors)
+            if descriptors is not None:
+                opened -= stop - start
             yield start, stop, future.result()
     finally:
         for _, _, future, _, descriptors in queue:
-            if future.cancel():  # never started: its descriptors are still ours to close
-                packread.close(descriptors)
+            # A run that never started: its descriptors, once opened, are still ours to close.
+            if future.cancel() and descriptors is not None and not descriptors.cancel():
+                packread.close(descriptors.result())
+        opener.shutdown(wait=True, cancel_futures=True)
+
+
+def _prefetch_run(base: str, run: tuple[Planned, ...]) -> list[int | None]:
+    return [packread.prefetch(base, p) for p in run]
 
 
 def digest(folder: Path, planned: Plan) -> Manifest:

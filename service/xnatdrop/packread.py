@@ -11,6 +11,7 @@ raises `Changed`, any other OSError `FileError` (see `pack` for why neither is a
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -45,19 +46,22 @@ def failed(path: str, error: OSError, when: str) -> TransientError:
 
 
 def read_run(
-    base: str, run: tuple[Planned, ...], pool: buffers.Buffers, opened: list[int | None]
+    base: str,
+    run: tuple[Planned, ...],
+    pool: buffers.Buffers,
+    opened: concurrent.futures.Future[list[int | None]],
 ) -> tuple[list[bytearray], bytes, list[int]]:
     """Read and hash a run of small files (in a reader thread) into one piece of the zip.
 
     The piece is each file's local header followed by its data, the data read straight into
     place (`readv`) and the header filled in once its CRC is known: one buffer, one send, one
-    future per run instead of per file. `opened` holds each file's descriptor, opened ahead by
-    the submitter (`prefetch`), or None for one to open now (its error raised here, in order);
-    read_run closes them all. Returns the piece, the MD5 digests (16 bytes each) and the
+    future per run instead of per file. `opened` gives each file's descriptor, opened ahead by
+    `pack`'s opener thread (`prefetch`), or None for one to open now (its error raised here, in
+    order); read_run closes them all. Returns the piece, the MD5 digests (16 bytes each) and the
     CRC-32s. hashlib releases the GIL on buffers this size (ISA-L's CRC holds it, for about
     0.03 ns a byte).
     """
-    ahead = collections.deque(opened)
+    ahead = collections.deque(opened.result())
     try:
         lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
         total = sum(lengths) + sum(p.size for p in run)
@@ -113,8 +117,8 @@ def close(descriptors: Iterable[int | None]) -> None:
 def prefetch(base: str, planned: Planned) -> int | None:
     """Open a file of a run ahead of its turn and ask the kernel to read it in the background
     (POSIX_FADV_WILLNEED); its descriptor, or None if it cannot be opened now (`read_run` opens
-    it again in its turn, and reports the error then, in order). `pack` does it for every file
-    of each run it hands to a reader, when it hands it out: the whole read-ahead window.
+    it again in its turn, and reports the error then, in order). `pack`'s opener thread does it
+    for every file of each run handed to a reader, when it is handed out: the whole window.
 
     Why: read one after the other, each small file of a cold folder waited for its own read
     from disk, with one request in flight per reader. Asked for many files ahead, the disk
