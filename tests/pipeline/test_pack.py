@@ -12,6 +12,7 @@ import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -428,26 +429,37 @@ def test_a_run_is_read_ahead_and_a_file_gone_from_it_is_named_in_order(
 def test_the_files_of_each_run_are_read_ahead_by_the_opener_not_by_its_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """1. Plan 40 files of 250 kB (runs of 4 files, 10 runs); stream the body, noting which
-       thread asks the kernel to read each file ahead (POSIX_FADV_WILLNEED, seen by a wrapper
-       around the real call).
-    2. Result: every file was asked for once, in order, by the opener thread that works when
-       runs are handed out, not by the reader of its run when it starts it (then the disk
-       idled at the start of each run while the sender waited on that reader); the zip is
-       whole and no descriptor is left open."""
+    """1. Plan 40 files of 250 kB (runs of 4 files, 10 runs); stream the body, each reader
+       holding its run back until the kernel was asked to read the run's files ahead
+       (POSIX_FADV_WILLNEED, seen by a wrapper around the real call; 2 s at most).
+    2. Result: every file was asked for once, in order, by the opener thread that works as
+       runs are handed out, not by the run's reader once it starts it (the disk then idled
+       at the start of each run while the sender waited on that reader); the zip is whole
+       and no descriptor is left open."""
     folder = tmp_path / "S"
     entries = many_files(folder, 40, 250_000)
     planned = pack.plan(folder, entries)
     advised: list[tuple[str, str]] = []
+    changed = threading.Condition()
     real_fadvise = pack.os.posix_fadvise
+    real_read_run = pack.packread.read_run
 
     def fadvise(descriptor: int, offset: int, length: int, advice: int) -> None:
         if advice == pack.os.POSIX_FADV_WILLNEED:
             name = Path(pack.os.readlink(f"/proc/self/fd/{descriptor}")).name
-            advised.append((name, threading.current_thread().name))
+            with changed:
+                advised.append((name, threading.current_thread().name))
+                changed.notify_all()
         real_fadvise(descriptor, offset, length, advice)
 
+    def read_run(base: str, run: Any, *rest: Any) -> Any:
+        names = {p.entry.path.name for p in run}
+        with changed:
+            changed.wait_for(lambda: names <= {name for name, _ in advised}, timeout=2)
+        return real_read_run(base, run, *rest)
+
     monkeypatch.setattr(pack.os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(pack.packread, "read_run", read_run)
     open_before = len(list(Path("/proc/self/fd").iterdir()))
     with pack.Body(folder, planned) as body:
         data = drain(body)
@@ -457,3 +469,4 @@ def test_the_files_of_each_run_are_read_ahead_by_the_opener_not_by_its_reader(
         assert archive.testzip() is None
         assert len(archive.infolist()) == 40
     assert len(list(Path("/proc/self/fd").iterdir())) == open_before
+
