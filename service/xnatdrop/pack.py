@@ -35,9 +35,10 @@ ahead, so memory stays flat whatever the session size:
 - consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
   behind room for their headers, hashed there, headers filled in; one job, one piece, one send
   per run, not per file (a future, a header write and a socket send per 44 KB file cost about
-  as much as hashing it). The reader opens the run's files up to PREFETCH ahead and asks the
-  kernel to read them in the background (`packread.prefetch`): a cold small file no longer waits for
-  its own disk read while the disk has nothing else to do;
+  as much as hashing it). Each run's files are opened when the run is handed out, by an
+  opener thread, and the kernel asked to read them in the background (`packread.prefetch`): a
+  cold small file no longer waits for its own disk read while the disk has nothing else to do
+  (OPEN_AHEAD files at most);
 - a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces (`packread`
   reads and hashes, in the reader threads);
 - a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
@@ -78,6 +79,7 @@ WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
 WINDOW = 8 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
 RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
+OPEN_AHEAD = 128  # small files of the runs handed out, opened and read by the kernel, at most
 HEADER = 256  # room counted in a run for each local header (ZIP_NAME_MAX + fixed fields)
 
 
@@ -180,19 +182,27 @@ def _read_ahead(
 ) -> Iterator[tuple[int, int, Any]]:
     """Each run of the plan (`_runs`) with its read result, in order, read ahead by `readers`.
 
-    At most WINDOW bytes of small files are held ahead; a large file counts as one CHUNK.
+    At most WINDOW bytes of small files are held ahead, and OPEN_AHEAD small files; a large
+    file counts as one CHUNK. Each small file is opened and handed to the kernel to read
+    (`packread.prefetch`) when its run is handed out, by a thread of its own (`opener`), not by
+    the reader when it starts the run: the disk has the whole window's files to read, not one
+    run's at a time. Not by this thread either: asking the kernel to read a cold file can
+    block, and this thread is the sender's.
     """
     files = planned.files
-    queue: collections.deque[tuple[int, int, _Job[Any], int]] = collections.deque()
-    ahead = 0
+    queue: collections.deque[tuple[int, int, _Job[Any], int, _Job[list[int | None]] | None]]
+    queue = collections.deque()
+    ahead = opened = 0
     pending = _runs(files)
+    opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="open")
     try:
         while True:
-            while ahead < WINDOW:
+            while ahead < WINDOW and opened < OPEN_AHEAD:
                 run = next(pending, None)
                 if run is None:
                     break
                 start, stop = run
+                descriptors: _Job[list[int | None]] | None = None
                 if files[start].size > WHOLE_FILE:
                     path = os.path.join(base, files[start].entry.path)
                     future = readers.submit(packread.digest_file, path, files[start].size)
@@ -201,18 +211,31 @@ def _read_ahead(
                     future = readers.submit(packread.read_one, base, files[start], pool)
                     cost = files[start].size + HEADER
                 else:
-                    future = readers.submit(packread.read_run, base, files[start:stop], pool)
+                    descriptors = opener.submit(_prefetch_run, base, files[start:stop])
+                    future = readers.submit(
+                        packread.read_run, base, files[start:stop], pool, descriptors
+                    )
                     cost = sum(p.size + HEADER for p in files[start:stop])
-                queue.append((start, stop, future, cost))
+                    opened += stop - start
+                queue.append((start, stop, future, cost, descriptors))
                 ahead += cost
             if not queue:
                 return
-            start, stop, future, cost = queue.popleft()
+            start, stop, future, cost, descriptors = queue.popleft()
             ahead -= cost
+            if descriptors is not None:
+                opened -= stop - start
             yield start, stop, future.result()
     finally:
-        for _, _, future, _ in queue:
-            future.cancel()
+        for _, _, future, _, descriptors in queue:
+            # A run that never started: its descriptors, once opened, are still ours to close.
+            if future.cancel() and descriptors is not None and not descriptors.cancel():
+                packread.close(descriptors.result())
+        opener.shutdown(wait=True, cancel_futures=True)
+
+
+def _prefetch_run(base: str, run: tuple[Planned, ...]) -> list[int | None]:
+    return [packread.prefetch(base, p) for p in run]
 
 
 def digest(folder: Path, planned: Plan) -> Manifest:

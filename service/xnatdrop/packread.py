@@ -11,17 +11,17 @@ raises `Changed`, any other OSError `FileError` (see `pack` for why neither is a
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from xnatdrop import buffers, zipformat
 from xnatdrop.errors import TransientError
 from xnatdrop.packrecords import Planned
 
 CHUNK = 1 << 20  # the piece of a file larger than a run: what one read, hash and send take
-PREFETCH = 32  # files of a run opened and read ahead by the kernel (`prefetch`), per reader
 
 
 class Changed(TransientError):
@@ -46,41 +46,37 @@ def failed(path: str, error: OSError, when: str) -> TransientError:
 
 
 def read_run(
-    base: str, run: tuple[Planned, ...], pool: buffers.Buffers
+    base: str,
+    run: tuple[Planned, ...],
+    pool: buffers.Buffers,
+    opened: concurrent.futures.Future[list[int | None]],
 ) -> tuple[list[bytearray], bytes, list[int]]:
     """Read and hash a run of small files (in a reader thread) into one piece of the zip.
 
     The piece is each file's local header followed by its data, the data read straight into
     place (`readv`) and the header filled in once its CRC is known: one buffer, one send, one
-    future per run instead of per file. Returns the piece, the MD5 digests (16 bytes each) and
-    the CRC-32s. hashlib releases the GIL on buffers this size (ISA-L's CRC holds it, for
-    about 0.03 ns a byte).
+    future per run instead of per file. `opened` gives each file's descriptor, opened ahead by
+    `pack`'s opener thread (`prefetch`), or None for one to open now (its error raised here, in
+    order); read_run closes them all. Returns the piece, the MD5 digests (16 bytes each) and the
+    CRC-32s. hashlib releases the GIL on buffers this size (ISA-L's CRC holds it, for about
+    0.03 ns a byte).
     """
-    lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
-    total = sum(lengths) + sum(p.size for p in run)
-    piece = pool.take(total)
-    view = memoryview(piece)
-    digests = bytearray()
-    crcs = []
-    at = 0
-    ahead: collections.deque[int] = collections.deque()  # files [index, opened), prefetched
-    opened = 0
+    ahead = collections.deque(opened.result())
     try:
-        for index, (planned, header) in enumerate(zip(run, lengths, strict=True)):
-            while opened < min(len(run), index + PREFETCH):
-                descriptor = prefetch(base, run[opened])
-                if descriptor is None:
-                    break  # opened below, where its error is raised in order
-                ahead.append(descriptor)
-                opened += 1
+        lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
+        total = sum(lengths) + sum(p.size for p in run)
+        piece = pool.take(total)
+        view = memoryview(piece)
+        digests = bytearray()
+        crcs = []
+        at = 0
+        for planned, header in zip(run, lengths, strict=True):
             path = os.path.join(base, planned.entry.path)
             data = view[at + header : at + header + planned.size]
             try:
-                if ahead:
-                    descriptor = ahead.popleft()
-                else:
+                descriptor = ahead.popleft()
+                if descriptor is None:
                     descriptor = os.open(path, os.O_RDONLY)
-                    opened = index + 1
                 try:
                     done = 0
                     while done < planned.size:
@@ -106,22 +102,31 @@ def read_run(
             )
             at += header + planned.size
     finally:
-        for descriptor in ahead:
-            os.close(descriptor)
+        close(ahead)
     view.release()
     return [piece], bytes(digests), crcs
 
 
+def close(descriptors: Iterable[int | None]) -> None:
+    """Close the descriptors `prefetch` opened (None: none was)."""
+    for descriptor in descriptors:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
 def prefetch(base: str, planned: Planned) -> int | None:
     """Open a file of a run ahead of its turn and ask the kernel to read it in the background
-    (POSIX_FADV_WILLNEED); its descriptor, or None if it cannot be opened now (the caller opens
-    it again in its turn, and reports the error then, in order).
+    (POSIX_FADV_WILLNEED); its descriptor, or None if it cannot be opened now (`read_run` opens
+    it again in its turn, and reports the error then, in order). `pack`'s opener thread does it
+    for every file of each run handed to a reader, when it is handed out: the whole window.
 
     Why: read one after the other, each small file of a cold folder waited for its own read
-    from disk, with one request in flight per reader. Asked for PREFETCH files ahead, the disk
+    from disk, with one request in flight per reader. Asked for many files ahead, the disk
     (or the share) gets them all at once while the reader hashes: the cold 2,000-file folder
     read and hashed in 0.27-0.34 s instead of 0.35-0.62, and with less CPU (89-91 µs a file
-    instead of 102-123: fewer sleeps and wake-ups in the read path).
+    instead of 102-123: fewer sleeps and wake-ups in the read path). Asked only within each
+    run (a reader prefetching its own run's files), the disk idled at the start of every run
+    and a reader waited for that run's first file while the sender waited for that reader.
     """
     try:
         descriptor = os.open(os.path.join(base, planned.entry.path), os.O_RDONLY)
