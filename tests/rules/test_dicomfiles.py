@@ -248,6 +248,17 @@ REAL = (dataset("siemens_xa30_enhanced") / "In/8_gre_field_mapping").iterdir()
 REAL_BYTES = min(REAL).read_bytes()
 
 
+def _damaged(folder: Path, head: bytes, flips: list[tuple[int, int]]) -> Path:
+    """`head` with each (offset, value) of `flips` inside it applied, as x.dcm in `folder`."""
+    data = bytearray(head)
+    for offset, value in flips:
+        if offset < len(data):
+            data[offset] = value
+    path = folder / "x.dcm"
+    path.write_bytes(bytes(data))
+    return path
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cut=st.integers(min_value=0, max_value=len(REAL_BYTES)),
@@ -256,13 +267,8 @@ REAL_BYTES = min(REAL).read_bytes()
     ),
 )
 def test_cut_and_mutated_real_headers_yield_facts(cut: int, flips: list[tuple[int, int]]) -> None:
-    data = bytearray(REAL_BYTES[:cut])
-    for offset, value in flips:
-        if offset < len(data):
-            data[offset] = value
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "x.dcm"
-        path.write_bytes(bytes(data))
+        path = _damaged(Path(folder), REAL_BYTES[:cut], flips)
         facts = dicomfiles.sniff(path)
     assert isinstance(facts.kind, Kind)
     if cut < len(REAL_BYTES) and not flips and cut > 0:
@@ -296,6 +302,7 @@ CLASSIC_BYTES = min(
     p for p in (dataset("ge_signa_premier_table") / "In/GE").rglob("*") if p.is_file()
 ).read_bytes()
 
+
 def test_skim_takes_most_elements_of_a_classic_image() -> None:
     """On a GE classic image (about 300 elements, most of them private) the fast loop steps
     over nearly all the header: the general loop is left the few sequences and the stop."""
@@ -315,8 +322,6 @@ def test_skim_takes_most_elements_of_a_classic_image() -> None:
     assert sum(covered) > 0.8 * walk.early_resume, (sum(covered), walk.early_resume)
 
 
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cut=st.integers(min_value=0, max_value=6000),
@@ -331,12 +336,7 @@ def test_skim_gives_the_facts_of_the_general_walk_on_damaged_headers(
 ) -> None:
     """Cut and flipped bytes in a classic header (VRs, lengths, tags): the fast loop declines
     exactly where the general walk would fail or branch, so the facts stay the same."""
-    data = bytearray(CLASSIC_BYTES[: cut or None])
-    for offset, value in flips:
-        if offset < len(data):
-            data[offset] = value
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "x.dcm"
-        path.write_bytes(bytes(data))
+        path = _damaged(Path(folder), CLASSIC_BYTES[: cut or None], flips)
         fast, general = _sniff_both(path)
     assert fast == dataclasses.replace(general, path=fast.path)
