@@ -215,23 +215,6 @@ class ArchiveTally:
         )
 
 
-def check_archive(
-    manifest: pack.Manifest,
-    catalog: Iterable[xnat.CatalogEntry],
-    files: Iterable[xnat.RemoteFile],
-    compare_bytes: bool,
-) -> ArchiveCheck:
-    """`ArchiveTally` over a whole catalog at once (a small session, a test)."""
-    listing = dicom_listing(files)
-    tally = ArchiveTally(manifest, listing, compare_bytes)
-    by_scan: dict[tuple[str, str], list[xnat.CatalogEntry]] = collections.defaultdict(list)
-    for entry in catalog:
-        by_scan[(entry.scan, entry.resource)].append(entry)
-    for (scan, resource), entries in by_scan.items():
-        tally.add(scan, resource, entries)
-    return tally.result()
-
-
 def _scan_order(scan: str) -> tuple[int, str]:
     match = re.match(r"\d+", scan)
     return (int(match.group()) if match else 1 << 30, scan)

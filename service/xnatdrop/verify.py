@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from xnatdrop import dicomfiles, pack, xnat
-from xnatdrop.archivecheck import ArchiveCheck
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 HASH_CHUNK = 1 << 20
@@ -267,17 +266,6 @@ def check_prearchive(
 
 
 # -- after archiving: instance UIDs, bytes where kept, pixel data -----------------------------
-
-
-def whole_series_missing(check: ArchiveCheck, manifest: pack.Manifest) -> list[Series]:
-    """The series of which no instance was catalogued."""
-    missing_uids = {e.sop_instance_uid for e in check.missing}
-    series = []
-    for item in series_of(manifest.files):
-        members = [e for e in manifest.files if e.series_instance_uid == item.uid]
-        if all(e.sop_instance_uid in missing_uids for e in members):
-            series.append(item)
-    return series
 
 
 def pixel_digest(source: bytes | Path | BinaryIO) -> tuple[str, str] | None:

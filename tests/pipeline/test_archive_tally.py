@@ -117,6 +117,8 @@ def test_a_catalogued_file_without_an_md5_anywhere_means_md5s_were_not_compared(
     manifest, files, catalogs = session()
     files = [f for f in files if f.path != "e.dcm"] + [listed("2", "e.dcm", 1004, "")]
     catalogs["2"][0] = catalogued("2", "e.dcm", "2.25.4")
-    catalog = [c for entries in catalogs.values() for c in entries]
-    check = archivecheck.check_archive(manifest, catalog, files, True)
+    tally = archivecheck.ArchiveTally(manifest, archivecheck.dicom_listing(files), True)
+    for scan, entries in catalogs.items():
+        tally.add(scan, "DICOM", entries)
+    check = tally.result()
     assert not check.md5_compared
