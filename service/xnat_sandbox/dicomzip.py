@@ -280,12 +280,9 @@ def handle_import(request: Request) -> tables.Response:
         if isinstance(error, (bodies.ClientGone, bodies.ConnectionDropped)):
             raise
         _touch_sessions(job)
-        if isinstance(error, (zipstream.NotAZip, tarfile.ReadError)) and job.entries == 0:
-            # not an archive at all (the sandbox's answer since before streaming)
-            raise tables.HttpError(400, f"unable to read DICOM object {upload.name}") from error
-        # DicomZipImporter.importCompressedFile l.155-156: an IOException of the zip (or tar)
-        # stream past its first entry (a CRC that does not match, a body that ends inside an
-        # entry) becomes ClientException("unable to read data from file").
+        # DicomZipImporter.importCompressedFile l.155-156: an IOException of the zip or tar
+        # stream (a CRC that does not match, a body that ends inside an entry, a tar header
+        # that does not parse) becomes ClientException("unable to read data from file").
         raise tables.HttpError(400, "unable to read data from file") from error
     except BaseException:
         job.flush()  # what was stored is recorded (a non-DICOM entry keeps those before it)

@@ -28,11 +28,7 @@ PIECE = 1 << 20
 
 
 class ZipError(Exception):
-    """The body is not a zip, or breaks off inside one (`java.util.zip.ZipException`)."""
-
-
-class NotAZip(ZipError):
-    """The body does not start with a local file header."""
+    """The body breaks off inside a zip (`java.util.zip.ZipException`)."""
 
 
 class _Source:
@@ -160,19 +156,17 @@ _SIGNATURES = {LOCAL, 0x02014B50, 0x06054B50, 0x06064B50, 0x07064B50, 0x05054B50
 
 def entries(read: Callable[[int], bytes]) -> Iterator[Entry]:
     """Yield each entry of a zip read from `read(n)` in order. A caller must read each entry
-    to its end (or `drain` it) before asking for the next. Raise ZipError for a body that is
-    no zip at all or is cut off inside one."""
+    to its end (or `drain` it) before asking for the next. Raise ZipError for a body cut off
+    inside an entry. A body that does not start with a local file header has no entries, as
+    for `ZipInputStream.readLOC`, which answers null rather than failing: XNAT's DICOM-zip
+    importer then imports nothing and answers 200 with no session."""
     source = _Source(read)
-    first = True
     while True:
         raw = source.exactly(_LOCAL_HEADER.size)
         if len(raw) < 4 or struct.unpack("<I", raw[:4])[0] != LOCAL:
-            if first:
-                raise NotAZip("not a zip: no local file header at the start")
             return  # ZipInputStream.readLOC: anything else ends the entries
         if len(raw) < _LOCAL_HEADER.size:
             raise ZipError("the zip ends inside a local file header")
-        first = False
         (_, _, flags, method, _, _, crc, csize, size, name_len, extra_len) = _LOCAL_HEADER.unpack(
             raw
         )

@@ -114,10 +114,20 @@ def test_a_zip_whose_entry_fails_its_crc_is_400_and_leaves_nothing(sandbox, svc,
     assert _prearchived(sandbox) == []
 
 
-def test_a_body_that_is_no_zip_is_400(svc):
-    response = svc.import_zip(b"not a zip at all", project="SPN01")
-    assert response.status_code == 400
-    assert message(response) == "unable to read DICOM object upload.zip"
+def test_a_body_that_is_no_zip_imports_nothing_and_is_200(sandbox, svc):
+    """ZipInputStream.readLOC answers null, not an error, when the body does not start with a
+    local file header: DicomZipImporter imports no entry and answers 200 with no session."""
+    response = svc.import_zip(
+        b"not a zip at all, but longer than a local file header",
+        project="SPN01",
+        subject="S1",
+        session="S1_MR1",
+        dest="/prearchive/projects/SPN01",
+    )
+    assert response.status_code == 200, response.text
+    assert response.text.strip() == ""
+    assert svc.json_rows("/data/prearchive/projects/SPN01") == []
+    assert _prearchived(sandbox) == []
 
 
 class _Unseekable(io.RawIOBase):
