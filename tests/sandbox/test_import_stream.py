@@ -181,3 +181,16 @@ def test_no_writer_thread_outlives_its_import(sandbox, svc, dicom):
     broken[_entry_end(bytes(broken), 1) - 1] ^= 0xFF
     assert svc.import_zip(bytes(broken), project="SPN01").status_code == 400
     assert [t for t in threading.enumerate() if t.name == "sandbox-entry-writer"] == []
+
+
+def test_a_tar_whose_header_does_not_parse_is_400(sandbox, svc):
+    """TarArchiveInputStream throws an IOException on a header that does not parse, which
+    DicomZipImporter.importCompressedFile turns into "unable to read data from file"."""
+    response = svc.post(
+        "/data/services/import",
+        params={"import-handler": "DICOM-zip", "project": "SPN01"},
+        files={"file": ("upload.tar", b"\xff" * 1024, "application/x-tar")},
+    )
+    assert response.status_code == 400
+    assert message(response) == "unable to read data from file"
+    assert _prearchived(sandbox) == []
