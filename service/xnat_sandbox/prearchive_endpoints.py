@@ -166,9 +166,45 @@ def _session_part(request: Request, row: sqlite3.Row, rest: list[str]) -> tables
             if name not in {f["name"] for f in files} or not path.is_file():
                 raise tables.HttpError(404, f"Unable to find file {name}.")
             return tables.Response(200, "application/dicom", file=path)
+    if rest == ["resources"]:
+        return _session_resources(request, row)
     if len(rest) == 2 and rest[0] == "resources":
         return _session_resource(request, row, rest[1])
     raise tables.HttpError(404, "The requested URI was not found.")
+
+
+def _session_resources(request: Request, row: sqlite3.Row) -> tables.Response:
+    """`…/{session}/resources`: `PrearcSessionResourcesList`, one row per resource of the built
+    session, each scan's first (category `scans`, cat_id the scan ID), then the session's own
+    (category `resources`; a prearchive resource has no database ID, so cat_id is empty).
+    Before the build there is no session document to read: 404 like XNAT's."""
+    if not row["built"]:
+        raise tables.HttpError(404, "Unable to locate prearc resource.")
+    store = request.sandbox.store
+    rows: list[dict[str, object]] = [
+        {
+            "category": "scans",
+            "cat_id": scan["scan_id"],
+            "label": "DICOM",
+            "file_count": scan["file_count"],
+            "file_size": scan["file_size"],
+        }
+        for scan in prearchive.scans_of(store, row["pk"])
+    ]
+    folder = prearchive.session_dir(store, row) / "RESOURCES"
+    for resource in sorted(folder.iterdir()) if folder.is_dir() else []:
+        files = [f for f in resource.rglob("*") if f.is_file()]
+        rows.append(
+            {
+                "category": "resources",
+                "cat_id": "",
+                "label": resource.name,
+                "file_count": len(files),
+                "file_size": sum(f.stat().st_size for f in files),
+            }
+        )
+    columns = ["category", "cat_id", "label", "file_count", "file_size"]
+    return tables.table(rows, columns, request.fmt)
 
 
 #: The media type Restlet settles on for a `format` value (`SecureResource.overrideVariant`).

@@ -86,6 +86,25 @@ def test_scans_resources_files_and_download(svc, dicom):
     assert document.status_code == 200 and "<xnat:MRSession" in document.text
 
 
+def test_the_session_resource_list_has_a_row_per_scan_resource_once_built(svc, dicom):
+    """PrearcSessionResourcesList reads the session document: 404 before the build, then one
+    row per scan resource (category `scans`, cat_id the scan ID)."""
+    uri = upload(svc, dicom)
+    before = svc.get(uri + "/resources", params={"format": "json"})
+    assert before.status_code == 404
+    assert svc.post(uri, params={"action": "build"}).status_code == 200
+    [row] = svc.json_rows(uri + "/resources")
+    [scan] = svc.json_rows(uri + "/scans/1/resources")
+    assert row == {
+        "category": "scans",
+        "cat_id": "1",
+        "label": "DICOM",
+        "file_count": scan["file_count"],
+        "file_size": scan["file_size"],
+    }
+    assert row["file_count"] == "2"
+
+
 def test_session_xml_is_404_before_build(svc, dicom):
     uri = upload(svc, dicom)
     response = svc.get(uri)
