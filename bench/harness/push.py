@@ -36,9 +36,19 @@ For one workload (a subject folder in a drop root):
    more than the peers: it checks the folder first and verifies after the import and after
    the archive (catalogs read back, one file per scan downloaded and its pixel data compared).
 
-No fsync anywhere: the sandbox does not fsync what it stores, nor does XNAT (Tomcat's
-`FileOutputStream`s are closed, never synced), so a baseline that synced would measure the
-disk's flush, which no importer here waits for.
+No fsync in any timed writer: the sandbox does not fsync what it stores, nor does XNAT
+(Tomcat's `FileOutputStream`s are closed, never synced), so the rates are to the page cache.
+The flush that follows each of the two ingest writers (`os.sync`, timed apart) is recorded
+too, so the ratio is also given "until on disk", both writers alike.
+
+The ingest ratio is best of `repeats` for both sides, interleaved (issue 13, stop 18): on a
+shared machine the N-file write swung 300-1,623 MB/s from one moment to the next while its
+Dirty pages never reached the kernel's writeback threshold (no dirty throttling below
+~2.3 GB on this 24 GB VM); what swung was the CPU other processes took and the inodes other
+processes had just freed (`deletions.py`). Both are outside disturbances that only slow a
+writer down, so the least time of each side is its least disturbed measurement, and
+interleaving (write, import, write, import, ...) gives both the same chances. The extra
+pairs run first; each removes what it wrote and the next waits out the deletion window.
 
 After each upload the sandbox's peak memory (VmHWM) is read before it stops.
 """
@@ -109,10 +119,18 @@ def prearchive_layout(name: str) -> str:
     )
 
 
-def disk_write_files(zip_path: Path, scratch: Path) -> float:
+def flush() -> float:
+    """Seconds to write out the dirty pages (`os.sync`): after a timed writer, how long its
+    data took to reach the disk (others' dirty pages included: the machine is one disk)."""
+    started = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - started
+
+
+def disk_write_files(zip_path: Path, scratch: Path, folder: str = "files") -> float:
     """Seconds to write every entry of the zip to its own file (`write_entries`, the sandbox's
     prearchive layout), no fsync; the files stay until the step ends (module docstring)."""
-    root = scratch / "files"
+    root = scratch / folder
     with zipfile.ZipFile(zip_path) as bundle:
         entries = [i for i in bundle.infolist() if not i.is_dir()]
     os.sync()  # neither this nor the import waits for earlier writes' writeback
@@ -194,20 +212,33 @@ def _curl(url: str, out: Path, log: Path, *options: str) -> tuple[float, str]:
     return seconds, out.read_text(errors="replace").strip()
 
 
+def _curl_import(zip_path: Path, url: str, work: Path, label: str) -> tuple[float, str]:
+    """curl the zip into the prearchive of the sandbox at `url`: (seconds, its answer)."""
+    # --data-binary loads the file into memory and refuses more than 1 GiB; -T streams it.
+    body = (
+        ["--data-binary", f"@{zip_path}"]
+        if zip_path.stat().st_size < 1 << 30
+        else ["-X", "POST", "-T", str(zip_path)]
+    )
+    headers = ["-H", "Expect:", "-H", "Content-Type: application/zip"]
+    return _curl(
+        _import_url(url, label), work / "curl-import.out", work / "curl.log", *headers, *body
+    )
+
+
+def import_only(zip_path: Path, work: Path, folder: str, label: str) -> dict[str, float]:
+    """One more of the sandbox's ingest (curl's import into a fresh sandbox), for the best of
+    `repeats`; its flush timed after it."""
+    with servers.sandbox(work / folder) as xnat:
+        seconds, _ = _curl_import(zip_path, xnat.url, work, label)
+    return {"seconds": seconds, "flush_seconds": flush()}
+
+
 def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
     """By hand: curl the zip into the prearchive, then archive the session it names."""
     with servers.sandbox(work / "xnat-curl") as xnat:
-        # --data-binary loads the file into memory and refuses more than 1 GiB; -T streams it.
-        body = (
-            ["--data-binary", f"@{zip_path}"]
-            if zip_path.stat().st_size < 1 << 30
-            else ["-X", "POST", "-T", str(zip_path)]
-        )
-        headers = ["-H", "Expect:", "-H", "Content-Type: application/zip"]
-        import_s, answer = _curl(
-            _import_url(xnat.url, label), work / "curl-import.out", work / "curl.log",
-            *headers, *body,
-        )  # fmt: skip
+        import_s, answer = _curl_import(zip_path, xnat.url, work, label)
+        import_flush = flush()  # untimed for the import and the archive: apart
         # The import answers the prearchive session's URI (/data/prearchive/projects/…); the
         # archive service takes it as src without the /data prefix (xnat-rest.md §5.1).
         src = re.sub(r"^/data(?=/prearchive/)", "", answer.splitlines()[0] if answer else "")
@@ -223,6 +254,7 @@ def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
     return {
         "seconds": import_s + archive_s,
         "import_seconds": import_s,
+        "import_flush_seconds": import_flush,
         "archive_seconds": archive_s,
         "sandbox_peak_kb": sandbox_peak,
     }
@@ -335,8 +367,37 @@ def xnatdrop_push(folder: Path, work: Path) -> dict[str, Any]:
 WRITTEN = ("files", "floor", "xnat-curl", "xnat-xnatpy", "xnat-xnatdrop")
 """What the timed writers leave in the step's scratch folder, removed when the step ends."""
 
+REPEATS = 3
+"""Pairs of (N-file write, sandbox import) the ingest ratio takes the best of (docstring)."""
 
-def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]:
+
+def ingest_pairs(zip_path: Path, scratch: Path, label: str, pairs: int) -> dict[str, Any]:
+    """`pairs` interleaved (N-file write, curl import) measurements, each into its own folder,
+    removed after it; each writer after a deletion window (`deletions.wait_out`) and a sync.
+    Their seconds and flushes, for the best of `REPEATS` (module docstring)."""
+    found: dict[str, Any] = {"files": [], "import": [], "waited_seconds": 0.0}
+    for index in range(pairs):
+        found["waited_seconds"] += deletions.wait_out()
+        seconds = disk_write_files(zip_path, scratch, f"files-{index}")
+        found["files"].append({"seconds": seconds, "flush_seconds": flush()})
+        found["import"].append(import_only(zip_path, scratch, f"xnat-import-{index}", label))
+        deletions.remove(scratch / f"files-{index}", scratch / f"xnat-import-{index}")
+    return found
+
+
+def _best(runs: list[dict[str, float]], size: int) -> dict[str, Any]:
+    """The fastest of `runs`, and of `runs` counted until on disk; every run kept."""
+    return {
+        "seconds": min(r["seconds"] for r in runs),
+        "synced_seconds": min(r["seconds"] + r["flush_seconds"] for r in runs),
+        "mb_per_s_each": [round(size / 1e6 / r["seconds"], 1) for r in runs],
+        "runs": runs,
+    }
+
+
+def measure(
+    work: Workload, scratch: Path, peers: bool = True, repeats: int = REPEATS
+) -> dict[str, Any]:
     """The end-to-end figures for one workload. The folder is moved to done/ by the push."""
     scratch.mkdir(parents=True, exist_ok=True)
     label = work.folder.name
@@ -345,10 +406,12 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
     size = product.write_zip(work.folder, names, zip_path)
     results: dict[str, Any] = {"zip_bytes": size}
     results["disk_write"] = {"seconds": disk_write(zip_path, scratch / "copy.bin")}
+    pairs = ingest_pairs(zip_path, scratch, label, repeats - 1)
     # No deletions between the timed writers, and none recent before them (module docstring).
-    results["waited_for_deletions_seconds"] = deletions.wait_out()
-    results["disk_write_files"] = {"seconds": disk_write_files(zip_path, scratch)}
-    os.sync()
+    results["waited_for_deletions_seconds"] = pairs["waited_seconds"] + deletions.wait_out()
+    seconds = disk_write_files(zip_path, scratch)
+    files_runs = [*pairs["files"], {"seconds": seconds, "flush_seconds": flush()}]
+    results["disk_write_files"] = _best(files_runs, size)
     results["store_floor"] = {"seconds": store_floor(zip_path, scratch)}
     os.sync()
     results["curl"] = curl(zip_path, scratch, label)
@@ -362,15 +425,24 @@ def measure(work: Workload, scratch: Path, peers: bool = True) -> dict[str, Any]
     for name in ("disk_write_files", "disk_write", "store_floor", "curl", "xnatpy", "xnatdrop"):
         if name in results:
             results[name]["mb_per_s"] = size / 1e6 / results[name]["seconds"]
-    # The sandbox's ingest: the import alone (curl's first request), into the prearchive.
-    ingest = size / 1e6 / results["curl"]["import_seconds"]
+    # The sandbox's ingest: the import alone (curl's first request), into the prearchive; the
+    # best of it and the extra imports, as the N-file write's (module docstring).
+    curl_import = {
+        "seconds": results["curl"]["import_seconds"],
+        "flush_seconds": results["curl"]["import_flush_seconds"],
+    }
+    imports = _best([*pairs["import"], curl_import], size)
+    results["ingest"] = imports
+    ingest = size / 1e6 / imports["seconds"]
     results["curl"]["import_mb_per_s"] = ingest
+    synced = imports["synced_seconds"] / results["disk_write_files"]["synced_seconds"]
     curl_s = results["curl"]["seconds"]
     results["ratios"] = {
         "push / curl (time)": results["xnatdrop"]["seconds"] / curl_s,
         "push / curl import only (time)": results["xnatdrop"]["seconds"]
         / results["curl"]["import_seconds"],
         "sandbox ingest / disk write (N files)": ingest / results["disk_write_files"]["mb_per_s"],
+        "sandbox ingest / disk write (N files), until on disk": 1 / synced,
         "sandbox ingest / disk write (one stream)": ingest / results["disk_write"]["mb_per_s"],
         "sandbox ingest / store floor": ingest / results["store_floor"]["mb_per_s"],
     }

@@ -627,10 +627,11 @@ def _write(
     check = isinstance(source, zipstream.Entry)
     if spliced is None:
         handle = writer.begin(target, result, 0 if check else None)
-        writer.write(handle, bytes(tap.kept))
+        writer.write(handle, tap.kept)  # not copied: nothing adds to it after this
     else:
-        handle = writer.begin(target, result, zlib.crc32(tap.kept) if check else None)
-        writer.write(handle, spliced.head + bytes(tap.kept[spliced.resume :]), received=False)
+        handle = writer.begin(target, result, entrywriter.crc32(tap.kept) if check else None)
+        writer.write(handle, spliced.head, received=False)
+        writer.write(handle, memoryview(tap.kept)[spliced.resume :], received=False)
     while chunk := source.read(bodies.CHUNK):
         writer.write(handle, chunk)
     writer.end(handle, source.crc if isinstance(source, zipstream.Entry) else None)

@@ -3,8 +3,8 @@
 The importer's request thread reads the body and each entry's header; the bytes of each file
 then go through a bounded queue to a worker that opens the file, writes it, computes the CRC-32
 of a zip entry (which `ZipInputStream` checks) and closes it: one open/write/close per file.
-`zlib.crc32`, file creation and writes release the GIL, so this work overlaps with receiving the
-next bytes.
+The CRC-32 (ISA-L's, or zlib's), file creation and writes release the GIL, so this work
+overlaps with receiving the next bytes.
 
 No MD5 here: XNAT computes none when it imports a file (`GradualDicomImporter` writes the
 stream to its file and hashes nothing); the catalog's digest is computed at archive, in
@@ -28,7 +28,15 @@ import os
 import queue
 import threading
 import zlib
-from typing import BinaryIO
+from collections.abc import Callable
+
+try:  # ISA-L's CRC-32: the same values as zlib's at a tenth of its cost (0.04 vs 0.5 ns/B)
+    from isal.isal_zlib import crc32 as _fast_crc32
+except ImportError:  # pragma: no cover - a platform without an isal wheel
+    _fast_crc32 = None
+
+#: CRC-32 of a buffer (continuing from a previous value), as zlib.crc32 computes it.
+crc32: Callable[..., int] = _fast_crc32 or zlib.crc32
 
 BATCH = 1 << 20
 QUEUE_BATCHES = 8
@@ -52,8 +60,8 @@ class _File:
         self.lane = lane
         self.pieces: list[tuple[bytes, bool]] = []  # (bytes, received: covered by the CRC)
         self.held = 0
-        # the worker's side
-        self.out: BinaryIO | None = None
+        # the worker's side: the open file's descriptor (os.open: no file object, no fstat)
+        self.out: int | None = None
         self.size = 0
 
 
@@ -146,28 +154,34 @@ class EntryWriter:
 
     def _take(self, handle: _File, pieces: list[tuple[bytes, bool]], last: bool) -> None:
         if handle.out is None:
-            handle.out = open(handle.path, "wb", buffering=0)  # noqa: SIM115 (closed below)
+            handle.out = os.open(handle.path, _CREATE, 0o666)
         out = handle.out
         for data, received in pieces:
             if handle.crc is not None and received:
-                handle.crc = zlib.crc32(data, handle.crc)
-            view = memoryview(data)
-            while view:
-                view = view[out.write(view) :]
+                handle.crc = crc32(data, handle.crc)
+            written = os.write(out, data)
+            if written < len(data):
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(out, view) :]
             handle.size += len(data)
         if not last:
             return
-        out.close()
         handle.out = None
+        os.close(out)
         if handle.expected is not None and handle.crc != handle.expected:
             raise CrcMismatch(f"{handle.path}: invalid entry CRC")
         handle.result.append(handle.size)
 
 
+#: open(path, "wb"): created or truncated, write only, not inherited by children
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
 def _discard(handle: _File) -> None:
     """Close and remove a file left half written."""
     if handle.out is not None:
-        handle.out.close()
+        os.close(handle.out)
         handle.out = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(handle.path)

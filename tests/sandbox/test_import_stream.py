@@ -8,13 +8,17 @@ import base64
 import io
 import re
 import socket
+import struct
 import threading
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
 import requests
+
+from xnat_sandbox import entrywriter
 
 IMPORT = "/data/services/import"
 ERROR = re.compile(r"<h3>(.*)</h3>", re.S)
@@ -128,6 +132,31 @@ def test_a_body_that_is_no_zip_imports_nothing_and_is_200(sandbox, svc):
     assert response.text.strip() == ""
     assert svc.json_rows("/data/prearchive/projects/SPN01") == []
     assert _prearchived(sandbox) == []
+
+
+def test_a_zip_whose_entry_fails_its_crc_in_the_header_bytes_is_400_too(sandbox, svc, dicom):
+    """The bytes the header walker keeps (and the site script rewrites) are covered by the
+    CRC-32 as received, as ZipInputStream covers every byte: a flipped preamble byte, which
+    no DICOM reader looks at, still fails the entry."""
+    data = bytearray(dicom.zip(dicom.files("1", count=4)))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as bundle:
+        third = bundle.infolist()[2]
+    name_length, extra_length = struct.unpack_from("<HH", data, third.header_offset + 26)
+    data[third.header_offset + 30 + name_length + extra_length + 10] ^= 0xFF  # its preamble
+    response = svc.import_zip(bytes(data), project="SPN01", subject="S1", session="S1_MR1")
+    assert response.status_code == 400
+    assert message(response) == "unable to read data from file"
+    assert _prearchived(sandbox) == []
+
+
+def test_the_writers_crc32_is_zlibs_on_every_buffer_kind_and_continued():
+    """The writer's CRC-32 (ISA-L's where installed) gives zlib's values, from bytes, the
+    header's bytearray and a memoryview of it, continued from a previous value."""
+    data = bytes(range(256)) * 700
+    for piece in (data, bytearray(data), memoryview(bytearray(data))[100:]):
+        assert entrywriter.crc32(piece) == zlib.crc32(piece)
+        assert entrywriter.crc32(piece, 0x1234ABCD) == zlib.crc32(piece, 0x1234ABCD)
+    assert entrywriter.crc32(data[5000:], entrywriter.crc32(data[:5000])) == zlib.crc32(data)
 
 
 class _Unseekable(io.RawIOBase):
