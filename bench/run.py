@@ -116,7 +116,9 @@ def check_disk(work: Path, steps: dict[str, Any], parts: set[str]) -> None:
         )
 
 
-def run_sizes(steps: dict[str, Any], work: Path, sink_url: str) -> list[dict[str, Any]]:
+def run_sizes(
+    steps: dict[str, Any], work: Path, sink_url: str, sink_pid: int | None = None
+) -> list[dict[str, Any]]:
     series = workload.templates(mix=True)
     rows = []
     for gb in steps["sizes"]:
@@ -128,7 +130,7 @@ def run_sizes(steps: dict[str, Any], work: Path, sink_url: str) -> list[dict[str
             "label": label, "gb": made.bytes / GB, "count": made.count, "bytes": made.bytes,
         }  # fmt: skip
         _say(f"sizes {label}: {made.count:,} files, {made.bytes / GB:.2f} GB; client figures")
-        row["client"] = client.measure(made, work / f"size-{gb:g}" / "scratch", sink_url)
+        row["client"] = client.measure(made, work / f"size-{gb:g}" / "scratch", sink_url, sink_pid)
         if gb <= steps["push_max_gb"]:
             _say(f"sizes {label}: push end to end (curl, xnatpy, xnatdrop)")
             peers = gb <= steps["xnatpy_max_gb"]
@@ -139,7 +141,12 @@ def run_sizes(steps: dict[str, Any], work: Path, sink_url: str) -> list[dict[str
 
 
 def run_files(
-    steps: dict[str, Any], work: Path, sink_url: str, parts: set[str], results: dict[str, Any]
+    steps: dict[str, Any],
+    work: Path,
+    sink_url: str,
+    parts: set[str],
+    results: dict[str, Any],
+    sink_pid: int | None = None,
 ) -> list[dict[str, Any]]:
     series = workload.templates(mix=False)
     rows = []
@@ -153,7 +160,7 @@ def run_files(
         }  # fmt: skip
         if "files" in parts:
             _say(f"files {count:,}: {made.bytes / GB:.2f} GB; client figures")
-            row["client"] = client.measure(made, base / "scratch", sink_url)
+            row["client"] = client.measure(made, base / "scratch", sink_url, sink_pid)
         if "share" in parts and count == steps["share_files"]:
             _say(f"files {count:,}: the check and the settle scans on a 1 ms share")
             result = share.measure(made, base / "share-scratch", 0.001)
@@ -225,7 +232,7 @@ def _run(argv: list[str] | None) -> int:
         with servers.null_sink(work / "nullsink.log") as sink:
             sink_url = f"{sink.url}/data/services/import"
             if "sizes" in parts:
-                results["size_series"] = run_sizes(steps, work, sink_url)
+                results["size_series"] = run_sizes(steps, work, sink_url, sink.pid)
                 largest = max(steps["sizes"])
                 if largest > steps["push_max_gb"]:
                     why = (
@@ -247,7 +254,7 @@ def _run(argv: list[str] | None) -> int:
                         "have no xnatpy column."
                     )
             if parts & {"files", "share"}:
-                results["files_series"] = run_files(steps, work, sink_url, parts, results)
+                results["files_series"] = run_files(steps, work, sink_url, parts, results, sink.pid)
         if "cstore" in parts:
             _say("C-STORE: xnatdrop vs storescu")
             results["cstore"] = cstore.measure(

@@ -218,7 +218,7 @@ def test_the_null_sink_counts_every_byte_it_discards(tmp_path: Path) -> None:
     import requests
 
     sys.path.insert(0, str(REPO / "bench"))
-    from harness import servers
+    from harness import machine, servers
 
     with servers.null_sink(tmp_path / "sink.log") as sink:
         body = bytes(range(256)) * ((3 << 20) // 256) + b"tail"
@@ -237,3 +237,5 @@ def test_the_null_sink_counts_every_byte_it_discards(tmp_path: Path) -> None:
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 400")
         assert reply.endswith(b'{"bytes": 4000}')
+        # The sink's own CPU, given beside pack+send's (client.measure): read from /proc.
+        assert machine.cpu_seconds(sink.pid) > 0.0

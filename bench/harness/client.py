@@ -20,14 +20,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness import probe
+from harness import machine, probe
 from harness.workload import Workload
 
 CORES = os.cpu_count() or 1
 
 
-def measure(work: Workload, scratch: Path, sink_url: str) -> dict[str, Any]:
-    """Run every client measurement on `work`; results keyed by measurement name."""
+def measure(
+    work: Workload, scratch: Path, sink_url: str, sink_pid: int | None = None
+) -> dict[str, Any]:
+    """Run every client measurement on `work`; results keyed by measurement name.
+
+    pack+send's `cpu_seconds` is the client process's own (all its threads); the null sink's
+    CPU during it (`sink_pid`'s, from /proc) is given beside it as `sink_cpu_seconds`: both
+    share the same cores, and only the client's is xnatdrop's cost."""
     files = probe.list_files(list(work.files), scratch / "files.txt")
     folder = str(work.folder)
     results: dict[str, Any] = {}
@@ -39,9 +45,12 @@ def measure(work: Workload, scratch: Path, sink_url: str) -> dict[str, Any]:
         "check", {"files": files, "folder": folder, "workers": CORES}, scratch
     )
     results["read_md5"] = probe.run("read_md5", {"files": files, "threads": CORES}, scratch)
+    sink_before = machine.cpu_seconds(sink_pid) if sink_pid else 0.0
     results["pack_send"] = probe.run(
         "pack_send", {"files": files, "folder": folder, "url": sink_url}, scratch
     )
+    if sink_pid:
+        results["pack_send"]["sink_cpu_seconds"] = machine.cpu_seconds(sink_pid) - sink_before
     for result in results.values():
         result["files_per_s"] = work.count / result["seconds"]
         result["mb_per_s"] = work.bytes / 1e6 / result["seconds"]

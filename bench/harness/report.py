@@ -450,8 +450,9 @@ def _method(results: dict[str, Any]) -> list[str]:
         "(`getrusage(RUSAGE_CHILDREN)`). Each measurement runs in its own child process "
         "(`bench/harness/probe.py`).",
         "- **Null sink**: a loopback HTTP server process that takes every body off the socket "
-        "with `os.splice` into /dev/null (no copy of its own; about 0.1 ns a byte of CPU, "
-        "which shares the cores with the client during pack+send only) and answers with the "
+        "with `os.splice` into /dev/null (no copy of its own; about 0.07-0.1 ns a byte of CPU, "
+        "`sink_cpu_seconds` in results.json, which shares the cores with the client during "
+        "pack+send only and is not in its `cpu_seconds`) and answers with the "
         "byte count (`bench/harness/nullsink.py`). pack+send streams `pack.Body` through "
         "requests into it, as the import step does (without XNAT's login round trips). Its "
         "clock covers the plan (a stat of every file), the upload and the manifest saved with "

@@ -325,11 +325,11 @@ class Body:
                 writer.entry(crc, len(header) + planned.size)
                 digests += md5
             else:
-                pieces, md5s, crcs = read
+                pieces, md5s, crcs, lengths = read
+                if len(crcs) != stop - start:
+                    raise AssertionError("a run read other files than planned")  # a bug
                 yield from pieces
-                for planned, crc in zip(files[start:stop], crcs, strict=True):
-                    writer.entry(crc, zipformat.local_length(planned.zip_name, planned.size)
-                                 + planned.size)  # fmt: skip
+                writer.entries(crcs, lengths)
                 digests += md5s
         manifest = Manifest.sent(self._plan.zip_size, files, bytes(digests))
         del digests

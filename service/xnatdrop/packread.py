@@ -10,7 +10,6 @@ raises `Changed`, any other OSError `FileError` (see `pack` for why neither is a
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -50,61 +49,68 @@ def read_run(
     run: tuple[Planned, ...],
     pool: buffers.Buffers,
     opened: concurrent.futures.Future[list[int | None]],
-) -> tuple[list[bytearray], bytes, list[int]]:
+) -> tuple[list[bytearray], bytes, list[int], list[int]]:
     """Read and hash a run of small files (in a reader thread) into one piece of the zip.
 
     The piece is each file's local header followed by its data, the data read straight into
-    place (`readv`) and the header filled in once its CRC is known: one buffer, one send, one
-    future per run instead of per file. `opened` gives each file's descriptor, opened ahead by
-    `pack`'s opener thread (`prefetch`), or None for one to open now (its error raised here, in
-    order); read_run closes them all. Returns the piece, the MD5 digests (16 bytes each) and the
-    CRC-32s. hashlib releases the GIL on buffers this size (ISA-L's CRC holds it, for about
-    0.03 ns a byte).
+    place (`readv`) and the header written in place once its CRC is known: one buffer, one
+    send, one future per run instead of per file. `opened` gives each file's descriptor,
+    opened ahead by `pack`'s opener thread (`prefetch`), or None for one to open now (its error
+    raised here, in order); read_run closes them all. Returns the piece, the MD5 digests (16
+    bytes each), the CRC-32s and each entry's length in the zip (header and data). hashlib
+    releases the GIL on buffers this size (ISA-L's CRC holds it, for about 0.03 ns a byte).
+
+    Per file this is the loop the whole upload runs 50,000 times and more, so it does only
+    what must be done per file: a path is joined only to open a file the opener could not or
+    to name one in an error, and the header is packed into the piece, not built and copied.
     """
-    ahead = collections.deque(opened.result())
+    descriptors = opened.result()
     try:
         lengths = [zipformat.local_length(p.zip_name, p.size) for p in run]
-        total = sum(lengths) + sum(p.size for p in run)
-        piece = pool.take(total)
+        piece = pool.take(sum(lengths) + sum(p.size for p in run))
         view = memoryview(piece)
         digests = bytearray()
         crcs = []
         at = 0
-        for planned, header in zip(run, lengths, strict=True):
-            path = os.path.join(base, planned.entry.path)
-            data = view[at + header : at + header + planned.size]
+        for index, planned in enumerate(run):
+            size = planned.size
+            start = at + lengths[index]
+            data = view[start : start + size]
+            descriptor = descriptors[index]
+            descriptors[index] = None  # ours to close from here on
             try:
-                descriptor = ahead.popleft()
                 if descriptor is None:
-                    descriptor = os.open(path, os.O_RDONLY)
+                    descriptor = os.open(os.path.join(base, planned.entry.path), os.O_RDONLY)
                 try:
                     done = 0
-                    while done < planned.size:
-                        got = os.readv(descriptor, [data[done:]])
+                    while done < size:
+                        got = os.readv(descriptor, (data[done:],) if done else (data,))
                         if not got:
                             break
                         done += got
+                    # Has it grown since the plan? One byte more than planned says so.
                     more = os.read(descriptor, 1)
                 finally:
                     os.close(descriptor)
             except OSError as error:
+                path = os.path.join(base, planned.entry.path)
                 raise failed(path, error, "after the upload was planned") from error
-            if done != planned.size or more:
-                size = "more" if more else done
+            if done != size or more:
+                path = os.path.join(base, planned.entry.path)
                 raise Changed(
-                    f"{path} is {size} bytes, planned {planned.size}; it changed after planning"
+                    f"{path} is {'more' if more else done} bytes, planned {size}; it changed "
+                    "after planning"
                 )
             digests += hashlib.md5(data, usedforsecurity=False).digest()
             crc = zipformat.crc32(data)
             crcs.append(crc)
-            view[at : at + header] = zipformat.local_header(
-                planned.zip_name, planned.size, crc, planned.mtime
-            )
-            at += header + planned.size
+            zipformat.put_local_header(view, at, planned.zip_name, size, crc, planned.mtime)
+            at = start + size
+            lengths[index] += size
     finally:
-        close(ahead)
+        close(descriptors)
     view.release()
-    return [piece], bytes(digests), crcs
+    return [piece], bytes(digests), crcs, lengths
 
 
 def close(descriptors: Iterable[int | None]) -> None:
@@ -139,7 +145,7 @@ def prefetch(base: str, planned: Planned) -> int | None:
 
 def read_one(
     base: str, planned: Planned, pool: buffers.Buffers
-) -> tuple[list[bytearray], bytes, list[int]]:
+) -> tuple[list[bytearray], bytes, list[int], list[int]]:
     """Read and hash one file larger than a run, up to WHOLE_FILE (in a reader thread), into
     pieces of about CHUNK bytes from the pool, its local header at the head of the first:
     the same result as `read_run`'s. (A buffer of its own per file was mapped and faulted in
@@ -171,7 +177,7 @@ def read_one(
         size = "more" if more else done
         raise Changed(f"{path} is {size} bytes, planned {planned.size}; it changed after planning")
     pieces[0][:header] = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
-    return pieces, digest.digest(), [crc]
+    return pieces, digest.digest(), [crc], [header + planned.size]
 
 
 def digest_file(path: str, size: int) -> tuple[bytes, int]:

@@ -470,3 +470,33 @@ def test_the_files_of_each_run_are_read_ahead_by_the_opener_not_by_its_reader(
         assert len(archive.infolist()) == 40
     assert len(list(Path("/proc/self/fd").iterdir())) == open_before
 
+
+
+@pytest.mark.parametrize("name", ["S1/IM0001.dcm", "série/IM0002.dcm"])
+@pytest.mark.parametrize("size", [0, 41_000, (1 << 31) - 1, 1 << 31])
+def test_a_header_packed_in_place_is_the_header(name: str, size: int) -> None:
+    """Each small file's local header is packed into its run's buffer (put_local_header), not
+    built as bytes and copied: the bytes must be local_header's, ZIP64 included, and nothing
+    around them touched."""
+    length = zipformat.local_length(name, size)
+    buffer = bytearray(b"\xaa" * (length + 20))
+    zipformat.put_local_header(memoryview(buffer), 7, name, size, 0xDEADBEEF, 1_700_000_000.5)
+    assert buffer[7 : 7 + length] == zipformat.local_header(name, size, 0xDEADBEEF, 1_700_000_000.5)
+    assert buffer[:7] == b"\xaa" * 7 and buffer[7 + length :] == b"\xaa" * 13
+
+
+def test_entries_recorded_at_once_are_entries_recorded_one_by_one() -> None:
+    """A run's entries go into the writer at once (Writer.entries): same offsets, same CRCs,
+    so the same central directory as one entry() per file."""
+    rows = [(f"S/{n}.dcm", 100 + n, 1_700_000_000.0) for n in range(7)]
+    crcs = [n * 0x01010101 for n in range(7)]
+    lengths = [zipformat.local_length(name, size) + size for name, size, _ in rows]
+    one, many = zipformat.Writer(), zipformat.Writer()
+    one.entry(5, 1234)
+    many.entry(5, 1234)
+    for crc, length in zip(crcs, lengths, strict=True):
+        one.entry(crc, length)
+    many.entries(crcs, lengths)
+    rows = [("first", 1234 - 37, 0.0), *rows]
+    assert many.offset == one.offset
+    assert b"".join(many.finish(rows)) == b"".join(one.finish(rows))
