@@ -169,7 +169,7 @@ def pixel_problems(
         return pixel_result(client, drop, sample[0], sample[1], found, scratch)
 
     for (entry, file), result in zip(samples, fan_out(context, compare, samples), strict=True):
-        results.append({"scan": file.scan, "file": entry.path.as_posix(), "result": result})
+        results.append({"scan": file.scan, "file": entry.path, "result": result})
         if result not in SAME_PIXELS:
             problems.append(f"pixel data of {entry.path} (scan {file.scan}): {result}")
     return results, problems

@@ -187,7 +187,7 @@ def _entry(item: dicomfiles.FileFacts) -> model.FileEntry:
     header = item.header
     assert header is not None
     return model.FileEntry(
-        path=item.path,
+        path=item.path.as_posix(),  # text (FileEntry); the Path goes with the facts
         size=item.size,
         sop_instance_uid=header.sop_instance_uid,
         sop_class_uid=header.sop_class_uid,
