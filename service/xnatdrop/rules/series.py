@@ -155,15 +155,29 @@ def _patient_hits(dicoms: list[dicomfiles.FileFacts]) -> list[model.Hit]:
 def duplicate_hits(
     folder: Path, dicoms: list[dicomfiles.FileFacts]
 ) -> tuple[list[model.Hit], set[Path]]:
-    """Rule D2: files sharing a SOPInstanceUID. Identical copies: keep the first, warn."""
-    by_uid: dict[str, list[dicomfiles.FileFacts]] = collections.defaultdict(list)
+    """Rule D2: files sharing a SOPInstanceUID. Identical copies: keep the first, warn.
+
+    The UIDs are only compared here, so a set of them finds the duplicates; the files of
+    those few UIDs are then gathered in a second pass. A list of files per UID (a dict entry
+    and a list for every file, ~130 bytes a file) was the largest thing the rules built."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
     for item in dicoms:
         assert item.header is not None
-        by_uid[item.header.sop_instance_uid].append(item)
+        uid = item.header.sop_instance_uid
+        if uid in seen:
+            repeated.add(uid)
+        else:
+            seen.add(uid)
+    del seen
+    by_uid: dict[str, list[dicomfiles.FileFacts]] = {}
+    if repeated:  # in first-seen order of the UID, each UID's files in order
+        for item in dicoms:
+            uid = item.header.sop_instance_uid  # type: ignore[union-attr]
+            if uid in repeated:
+                by_uid.setdefault(uid, []).append(item)
     hits, extra = [], set()
     for uid, items in by_uid.items():
-        if len(items) < 2:
-            continue
         first = items[0]
         same = all(_same_bytes(folder, first, other) for other in items[1:])
         names = ", ".join(i.path.as_posix() for i in items[:4])
