@@ -232,13 +232,22 @@ class Verdict:
 
 @dataclasses.dataclass
 class Hit:
-    """A rule that fired on one file (or folder), before findings are grouped and acted on."""
+    """A rule that fired on one file (or folder), before findings are grouped and acted on.
+
+    A file's facts name it by text (`tree.Tree.files`); a hit, like the finding it becomes,
+    holds Paths: made here, for the few files a rule fires on."""
 
     code: str
     path: Path
     reason: str
     group: tuple[Path, str] | None = None  # (series folder, SeriesInstanceUID) to group by
     covers: tuple[Path, ...] = ()  # files a folder-level hit applies to (default: `path`)
+
+    def __post_init__(self) -> None:
+        if type(self.path) is str:
+            self.path = Path(self.path)
+        if self.covers and any(type(p) is str for p in self.covers):
+            self.covers = tuple(Path(p) for p in self.covers)
 
 
 def action_for(settings: config.RulesSettings | None, code: str) -> Action:
@@ -248,9 +257,15 @@ def action_for(settings: config.RulesSettings | None, code: str) -> Action:
     return codes.CODES[code].action
 
 
-def series_folder(path: Path) -> Path:
+def series_folder(path: Path | str) -> Path:
     """The folder a file's series is counted in (`Series.folder`): the one it lies in."""
-    return path.parent
+    return Path(path).parent
+
+
+def path_order(path: Path | str) -> list[str]:
+    """The sort key of a relative path, text or Path, as Paths sort (part by part): "a/x"
+    before "a-b/x", where text would put them the other way round."""
+    return str(path).split("/")
 
 
 def series_number_key(number: str) -> tuple[int, str]:

@@ -84,7 +84,7 @@ def _incomplete_hits(
     hits = []
     for uid, headers in groups.items():
         # Counted over the whole series; a series split over folders is SPLIT_SERIES besides.
-        key = (model.series_folder(min(members[uid])), uid)
+        key = (model.series_folder(min(members[uid], key=model.path_order)), uid)
         count = len(headers)
         reasons = []
         numbers = [h.instance_number for h in headers]
@@ -154,7 +154,7 @@ def _patient_hits(dicoms: list[dicomfiles.FileFacts]) -> list[model.Hit]:
 
 def duplicate_hits(
     folder: Path, dicoms: list[dicomfiles.FileFacts]
-) -> tuple[list[model.Hit], set[Path]]:
+) -> tuple[list[model.Hit], set[str]]:
     """Rule D2: files sharing a SOPInstanceUID. Identical copies: keep the first, warn.
 
     The UIDs are only compared here, so a set of them finds the duplicates; the files of
@@ -180,12 +180,12 @@ def duplicate_hits(
     for uid, items in by_uid.items():
         first = items[0]
         same = all(_same_bytes(folder, first, other) for other in items[1:])
-        names = ", ".join(i.path.as_posix() for i in items[:4])
+        names = ", ".join(str(i.path) for i in items[:4])
         if same:
             for other in items[1:]:
-                extra.add(other.path)
+                extra.add(str(other.path))
                 hits.append(
-                    model.Hit("DUPLICATE_FILE", other.path, f"same file as {first.path.as_posix()}")
+                    model.Hit("DUPLICATE_FILE", other.path, f"same file as {first.path}")
                 )
         else:
             hits.append(model.Hit("DUPLICATE_UID", first.path, f"SOPInstanceUID {uid} in {names}"))

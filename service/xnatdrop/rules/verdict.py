@@ -60,8 +60,8 @@ def check_folder(
         raise NotADirectoryError(f"{folder} is not a directory")
     before = tree.identity(folder)
     listing = tree.scan(folder, sidecar_names, frozenset(control_files))
-    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers, listing.texts)
-    listing.texts = []  # read: not needed any more
+    # Each file's facts keep its name as given: the text, no Path (`tree.Tree.files`).
+    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers, listing.files)  # type: ignore[arg-type]
     verdict = _judge(folder, listing, facts, settings, drop)  # empties `facts` (see there)
     if tree.identity(folder) != before:
         raise tree.FolderGone(folder)
@@ -116,15 +116,14 @@ def _finish(
     sidecars: dict[str, Path],
     settings: config.RulesSettings | None,
     files_checked: int,
-    duplicates: set[Path] | None = None,
+    duplicates: set[str] | None = None,
     folders: list[Path] | None = None,
 ) -> model.Verdict:
     """Apply actions, decide which files are uploaded, group hits into findings.
 
     Empties `dicoms` once they are sorted into series, and lets go of each series' facts as
     its entries are made: a file's facts and its entry are never all held at once."""
-    duplicates = duplicates or set()
-    excluded: set[Path] = set(duplicates)
+    excluded: set[Path] = {Path(p) for p in duplicates or ()}
     for hit in hits:
         if (
             hit.code != "MIXED_SERIES_FOLDER"
@@ -149,6 +148,7 @@ def _finish(
         assert item.header is not None
         series_files[(where, item.header.series_instance_uid)].append(item)
     dicoms_found = len(dicoms)
+    excluded_texts = {p.as_posix() for p in excluded}  # as the facts name their files
     dicoms.clear()  # the caller's list: each file's facts are now held by its series only
     uploaded, left_out = [], []
     # What a finding says of a series (`_group`): its first header and its file count.
@@ -159,8 +159,8 @@ def _finish(
         header = items[0].header
         assert header is not None
         if excluded:
-            keep = tuple(_entry(i) for i in items if i.path not in excluded)
-            dropped = tuple(i.path for i in items if i.path in excluded)
+            keep = tuple(_entry(i) for i in items if str(i.path) not in excluded_texts)
+            dropped = tuple(Path(i.path) for i in items if str(i.path) in excluded_texts)
         else:  # nothing left out: no file's path is hashed (each would keep its hash)
             keep, dropped = tuple(_entry(i) for i in items), ()
         found = model.Series(
@@ -204,7 +204,7 @@ def _entry(item: dicomfiles.FileFacts) -> model.FileEntry:
     header = item.header
     assert header is not None
     return model.FileEntry(
-        path=item.path.as_posix(),  # text (FileEntry); the Path goes with the facts
+        path=item.path,  # text (`tree.Tree.files`); a Path given is made text by FileEntry
         size=item.size,
         sop_instance_uid=header.sop_instance_uid,
         sop_class_uid=header.sop_class_uid,
