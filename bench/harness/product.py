@@ -42,7 +42,7 @@ def check_folder(folder: Path, workers: int | None = None) -> rules.Verdict:
 
 def upload_series(verdict: rules.Verdict) -> list[list[Path]]:
     """The files the verdict uploads, series by series, as paths relative to its folder."""
-    return [[entry.path for entry in series.files] for series in verdict.series]
+    return [[Path(entry.path) for entry in series.files] for series in verdict.series]
 
 
 def plan(folder: Path, files: Sequence[rules.FileEntry]) -> pack.Plan:

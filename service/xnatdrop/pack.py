@@ -121,7 +121,7 @@ def plan(
     directory: int | None = None
     try:
         for entry in entries:
-            name = entry.path.as_posix()
+            name = entry.path
             try:
                 if directory is None:
                     directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

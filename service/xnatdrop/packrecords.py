@@ -45,7 +45,7 @@ class Plan:
 
     def zip_names(self) -> dict[str, str]:
         """Path (relative, POSIX) -> name in the zip, of every file."""
-        return {p.entry.path.as_posix(): p.zip_name for p in self.files}
+        return {p.entry.path: p.zip_name for p in self.files}
 
     def to_json(self) -> dict[str, Any]:
         return json.loads("".join(self.json_pieces()))

@@ -225,6 +225,34 @@ def scan_folder(entry: pack.Entry) -> str:
 
 
 @dataclasses.dataclass
+class PrearchiveTally:
+    """What the prearchive check needs of XNAT's listing of the copy: the number of files of
+    each scan and, for the size comparison, the number of files of each size.
+
+    Kept instead of the listing: a `xnat.RemoteFile` per file (its URI, name and path, ~370
+    bytes) was, at 50,000 files, the largest thing a push held (its peak, at the verify step).
+    Each scan's listing is tallied as it arrives (`add`) and dropped."""
+
+    per_scan: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    sizes: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
+
+    @classmethod
+    def of(cls, files: Iterable[xnat.RemoteFile]) -> PrearchiveTally:
+        tally = cls()
+        tally.add(files)
+        return tally
+
+    def add(self, files: Iterable[xnat.RemoteFile]) -> None:
+        for file in files:
+            self.per_scan[file.scan] += 1
+            self.sizes[file.size] += 1
+
+    @property
+    def file_count(self) -> int:
+        return sum(self.per_scan.values())
+
+
+@dataclasses.dataclass
 class PrearchiveCheck:
     """The prearchive copy against the manifest.
 
@@ -239,13 +267,17 @@ class PrearchiveCheck:
 
 
 def check_prearchive(
-    manifest: pack.Manifest, files: list[xnat.RemoteFile], compare_sizes: bool
+    manifest: pack.Manifest,
+    files: PrearchiveTally | Iterable[xnat.RemoteFile],
+    compare_sizes: bool,
 ) -> PrearchiveCheck:
-    """Counts per scan always; sizes (the prearchive lists no MD5) only with `compare_sizes`."""
+    """Counts per scan always; sizes (the prearchive lists no MD5) only with `compare_sizes`.
+    `files`: XNAT's listing of the copy, or its tally (`PrearchiveTally`)."""
+    tally = files if isinstance(files, PrearchiveTally) else PrearchiveTally.of(files)
     by_scan: dict[str, list[pack.Entry]] = collections.defaultdict(list)
     for entry in manifest.files:
         by_scan[scan_folder(entry)].append(entry)
-    found = collections.Counter(f.scan for f in files)
+    found = tally.per_scan
     missing_scans = [scan for scan in by_scan if scan not in found]
     missing = [s for scan in missing_scans for s in series_of(by_scan[scan])]
     differences = []
@@ -260,7 +292,7 @@ def check_prearchive(
     if compare_sizes and not differences:
         present = [e for e in manifest.files if scan_folder(e) in found]
         local = collections.Counter(e.size for e in present)
-        if collections.Counter(f.size for f in files) != local:
+        if +tally.sizes != local:
             changed = "file sizes in XNAT differ from the upload"
     return PrearchiveCheck(missing, incomplete, changed)
 

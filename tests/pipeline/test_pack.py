@@ -69,7 +69,7 @@ def test_zip_holds_each_file_stored_and_byte_identical(tmp_path: Path) -> None:
     assert len(manifest.files) == 71 == len(items)
     assert seen[-1] == manifest.zip_size == (tmp_path / "upload.zip").stat().st_size
     assert manifest.total_bytes == sum((folder / i.path).stat().st_size for i in items)
-    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path.as_posix() for i in items])
+    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path for i in items])
     for entry in manifest.files:
         data = (folder / entry.path).read_bytes()
         assert entry.md5 == hashlib.md5(data).hexdigest()
@@ -93,7 +93,7 @@ def test_an_empty_file_is_packed_and_the_body_reads_to_its_planned_length(
     names = ["a.csv", "run1/empty.log", "z.csv"]
     entries = [rules.FileEntry(Path(n), (folder / n).stat().st_size) for n in names]
     manifest = pack.write_zip(folder, entries, tmp_path / "upload.zip")
-    assert [(e.path.as_posix(), e.size) for e in manifest.files] == [
+    assert [(e.path, e.size) for e in manifest.files] == [
         ("a.csv", 9), ("run1/empty.log", 0), ("z.csv", 15),
     ]  # fmt: skip
     assert manifest.files[1].md5 == hashlib.md5(b"").hexdigest()
@@ -215,7 +215,7 @@ def test_zip64_fields_and_utf8_names(tmp_path: Path, monkeypatch: pytest.MonkeyP
     folder, items = zip64_folder(tmp_path)
     manifest = pack.write_zip(folder, items, tmp_path / "upload.zip")
     assert manifest.zip_size == (tmp_path / "upload.zip").stat().st_size
-    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path.as_posix() for i in items])
+    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path for i in items])
     with zipfile.ZipFile(tmp_path / "upload.zip") as archive:
         assert all(i.flag_bits & 0x800 for i in archive.infolist())
 
@@ -342,7 +342,7 @@ def test_pieces_a_caller_keeps_are_never_overwritten(
             kept.append(piece)
     assert len(kept) > 100
     (tmp_path / "kept.zip").write_bytes(b"".join(kept))
-    assert_zip_holds(tmp_path / "kept.zip", folder, [e.path.as_posix() for e in entries])
+    assert_zip_holds(tmp_path / "kept.zip", folder, [e.path for e in entries])
     manifest = pack.write_zip(folder, entries, tmp_path / "dropped.zip")
     assert (tmp_path / "dropped.zip").read_bytes() == (tmp_path / "kept.zip").read_bytes()
     assert [e.md5 for e in manifest.files] == [
@@ -417,7 +417,7 @@ def test_a_run_is_read_ahead_and_a_file_gone_from_it_is_named_in_order(
     open_before = len(list(Path("/proc/self/fd").iterdir()))
     with pack.Body(folder, planned) as body:
         drain(body)
-    assert advised == [e.path.name for e in entries]
+    assert advised == [Path(e.path).name for e in entries]
 
     (folder / entries[gone].path).unlink()
     with pack.Body(folder, planned) as body, pytest.raises(pack.Changed) as failed:
@@ -453,7 +453,7 @@ def test_the_files_of_each_run_are_read_ahead_by_the_opener_not_by_its_reader(
         real_fadvise(descriptor, offset, length, advice)
 
     def read_run(base: str, run: Any, *rest: Any) -> Any:
-        names = {p.entry.path.name for p in run}
+        names = {Path(p.entry.path).name for p in run}
         with changed:
             changed.wait_for(lambda: names <= {name for name, _ in advised}, timeout=2)
         return real_read_run(base, run, *rest)
@@ -463,7 +463,7 @@ def test_the_files_of_each_run_are_read_ahead_by_the_opener_not_by_its_reader(
     open_before = len(list(Path("/proc/self/fd").iterdir()))
     with pack.Body(folder, planned) as body:
         data = drain(body)
-    assert [name for name, _ in advised] == [e.path.name for e in entries]
+    assert [name for name, _ in advised] == [Path(e.path).name for e in entries]
     assert {thread.rpartition("_")[0] for _, thread in advised} == {"open"}
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.testzip() is None

@@ -166,7 +166,7 @@ def test_a_file_changed_during_the_upload_is_transient_and_replanned(
             (plan,) = (settings.paths.state / "spool").rglob(spool.NAMES[pack.Plan])
             planned = spool.load(plan.parent, pack.Plan)
             assert planned is not None
-            relative = f"/{LABEL}/{planned.files[0].entry.path.as_posix()}"
+            relative = f"/{LABEL}/{planned.files[0].entry.path}"
             (path,) = (p for p in (tmp_path / "drop").rglob("*") if str(p).endswith(relative))
             changed.append((path, path.read_bytes()))
             path.write_bytes(changed[0][1][:1000])

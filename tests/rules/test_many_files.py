@@ -88,7 +88,10 @@ def test_memory_per_file_stays_small(tmp_path: Path, workers: int) -> None:
     plain tuples with shared header strings, the peak was 1.96 KB a file on this folder (2.3 KB
     on the benchmark's 10,000 files, 127 MB for a 55,000-file session), then about 1.0 KB; with
     one SeriesFields per series, no text cached in each Path and no path hashed when nothing is
-    excluded, about 0.7 KB (kept: 0.55 -> 0.43 KB)."""
+    excluded, about 0.7 KB (kept: 0.55 -> 0.43 KB). With each file named by text instead of a
+    Path (in its facts and its entry), rule D2 on a set of UIDs and each series' facts let go
+    as its entries are made: about 0.51 KB (kept 0.31 KB); main before that: 0.62-0.67 KB
+    (kept 0.40-0.41 KB), which these bounds fail."""
     folder = tmp_path / "MANY_FILES"
     count = many_files(folder, series=12, per_series=125)
     assert count >= dicomfiles.PARALLEL_MIN_FILES  # workers=2 takes the process pool
@@ -102,8 +105,9 @@ def test_memory_per_file_stays_small(tmp_path: Path, workers: int) -> None:
     assert verdict.ok, [f.message for f in verdict.blocking()]
     assert verdict.files_checked == count
     assert len(verdict.upload_entries()) == count
-    assert peak / count < 900, f"peak {peak / count:.0f} bytes per file"
-    assert kept / count < 600, f"kept {kept / count:.0f} bytes per file"
+    assert peak / count < 580, f"peak {peak / count:.0f} bytes per file"
+    assert kept / count < 360, f"kept {kept / count:.0f} bytes per file"
+    assert all(type(e.path) is str for e in verdict.upload_entries())
 
 
 def test_equal_header_values_are_one_object(tmp_path: Path) -> None:

@@ -563,7 +563,7 @@ def test_verdict_json_and_upload_entries(subject: Path) -> None:
     assert entry["sop_instance_uid"] == header.SOPInstanceUID
     assert entry["study_instance_uid"] == header.StudyInstanceUID
     assert entry["size"] == (subject / entry["path"]).stat().st_size
-    assert all(e.path.parts[0] == "fmri" for e in verdict.upload_entries())
+    assert all(e.path.split("/")[0] == "fmri" for e in verdict.upload_entries())
     assert data["sidecars"] == {"logs": str(subject / "logs")}
 
 

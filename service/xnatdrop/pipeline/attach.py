@@ -110,6 +110,6 @@ def _sidecar_body(
 ) -> Callable[[], pack.Body]:
     """A factory of the streamed zip of `paths` under `folder`: entry names kept as they are,
     since XNAT extracts them into the resource with their folders."""
-    files = [rules.FileEntry(Path(path), local[path][0]) for path in paths]
+    files = [rules.FileEntry(path, local[path][0]) for path in paths]
     planned = pack.plan(folder, files)
     return lambda: pack.Body(folder, planned)

@@ -71,9 +71,9 @@ def verify_step(context: Context, drop: ledger.Drop) -> Done | Resend:
             f"XNAT holds every file of {drop.label} but {check.changed}, although no "
             "anonymisation script runs on this upload",
         )
-    scans = len({f.scan for f in files})
+    scans = len(files.per_scan)
     what = "counts and sizes" if sizes else "counts per scan"
-    return Done(f"READY, {scans} scans, {len(files)} files: {what} match the manifest")
+    return Done(f"READY, {scans} scans, {files.file_count} files: {what} match the manifest")
 
 
 def archive_step(context: Context, drop: ledger.Drop) -> Done | Resend:

@@ -167,7 +167,7 @@ def _send(context: Context, drop: ledger.Drop, manifest: pack.Manifest, journal:
 
     started = time.monotonic()
     for uid, entries in manifest.series().items():
-        series = entries[0].path.parent.as_posix() or uid
+        series = Path(entries[0].path).parent.as_posix() or uid
         try:
             report = dimse.send_series(
                 [work / e.path for e in entries],

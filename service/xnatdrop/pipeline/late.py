@@ -104,7 +104,7 @@ def _free_names(new: list[pack.Entry], taken: dict[str, set[str]]) -> dict[str, 
     would make the merge fail ("Session already exists with matching files.")."""
     renamed = {}
     for entry in new:
-        path = entry.path.as_posix()
+        path = entry.path
         name = pack.upload_name(path)
         if xnat_file_name(name) in taken.get(verify.scan_folder(entry), ()):
             stem, dot, extension = name.rpartition(".")

@@ -76,11 +76,20 @@ def fan_out(context: Context, work: Callable[[Any, T], R], items: Sequence[T]) -
     return xnat.fan_out(context.client(), context.client_factory, work, items)
 
 
-def prearchive_files(context: Context, uri: str) -> list[xnat.RemoteFile]:
-    """The files of every scan of a prearchive session, the scans read a few at once."""
+def prearchive_files(context: Context, uri: str) -> verify.PrearchiveTally:
+    """The files of every scan of a prearchive session, tallied (`verify.PrearchiveTally`),
+    the scans read a few at once, each scan's listing tallied as it arrives and dropped."""
     scans = context.client().prearchive_scans(uri)
-    listings = fan_out(context, lambda client, scan: client.prearchive_scan_files(uri, scan), scans)
-    return [f for listing in listings for f in listing]
+    tallies = fan_out(
+        context,
+        lambda client, scan: verify.PrearchiveTally.of(client.prearchive_scan_files(uri, scan)),
+        scans,
+    )
+    total = verify.PrearchiveTally()
+    for tally in tallies:
+        total.per_scan.update(tally.per_scan)
+        total.sizes.update(tally.sizes)
+    return total
 
 
 def catalogued(
@@ -169,7 +178,7 @@ def pixel_problems(
         return pixel_result(client, drop, sample[0], sample[1], found, scratch)
 
     for (entry, file), result in zip(samples, fan_out(context, compare, samples), strict=True):
-        results.append({"scan": file.scan, "file": entry.path.as_posix(), "result": result})
+        results.append({"scan": file.scan, "file": entry.path, "result": result})
         if result not in SAME_PIXELS:
             problems.append(f"pixel data of {entry.path} (scan {file.scan}): {result}")
     return results, problems

@@ -391,7 +391,7 @@ def plan_for(folder: Path, work: Path, drop_id: int) -> pack.Plan:
     planned = load(folder, pack.Plan)
     if planned is None:
         files = check_record(folder, drop_id).files
-        names = {f.path.as_posix(): pack.upload_name(f.path.as_posix()) for f in files}
+        names = {f.path: pack.upload_name(f.path) for f in files}
         planned = pack.plan(work, files, names)
         save(folder, planned)
     return planned

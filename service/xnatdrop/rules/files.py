@@ -255,11 +255,13 @@ def _content_rules(
     return found
 
 
-def media_hits(folder: Path, item: dicomfiles.FileFacts, files: list[Path]) -> list[model.Hit]:
+def media_hits(
+    folder: Path, item: dicomfiles.FileFacts, files: list[str] | list[Path]
+) -> list[model.Hit]:
     """Rule A4: every file a DICOMDIR references must be present."""
     assert item.header is not None
-    present = {p.as_posix().lower() for p in files}
-    base = item.path.parent
+    present = {str(p).lower() for p in files}
+    base = Path(item.path).parent
     missing = []
     for parts in item.header.referenced_files:
         relative = (base / Path(*[p for p in parts if p])).as_posix().lower()

@@ -39,9 +39,15 @@ class FileEntry:
     plan carries it (`pack.Planned`), and a manifest line is a FileEntry plus its MD5
     (`pack.Entry`). Slots, because a verdict holds one per file of the session (55,000 in an
     8 GB session): without them each entry carried a dict of ~300 bytes.
+
+    `path` is text ("series folder/file name", POSIX), not a `Path`: a Path is an object, a
+    list of its parts and a string per part, ~230 bytes a file beside the ~70 of the text, and
+    the check record, the plan and the manifest each hold one per file. Everything that takes a
+    path takes the text (`os.path.join`, `folder / entry.path`, `Path(entry.path)`). A `Path`
+    given is turned into its text, so an entry made either way is the same entry.
     """
 
-    path: Path
+    path: str
     size: int
     sop_instance_uid: str = ""
     sop_class_uid: str = ""
@@ -50,13 +56,15 @@ class FileEntry:
     study_instance_uid: str = ""
     transfer_syntax: str = ""
 
+    def __post_init__(self) -> None:
+        if type(self.path) is not str:
+            object.__setattr__(self, "path", Path(self.path).as_posix())
+
     def to_json(self) -> dict[str, Any]:
         """The entry's fields (a subclass's too) as JSON values. Not `dataclasses.asdict`: it
         deep-copies every value, ten times the cost of this for a spool of 50,000 entries,
         whose values are all flat."""
-        data = {name: getattr(self, name) for name in _field_names(type(self))}
-        data["path"] = self.path.as_posix()
-        return data
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
@@ -67,7 +75,7 @@ class FileEntry:
         for name in _SHARED_TEXT:  # one string per session or series, not one per file
             if type(values.get(name)) is str:
                 values[name] = sys.intern(values[name])
-        values["path"] = Path(values["path"])
+        values["path"] = str(values["path"])
         values["size"] = int(values.get("size", 0))
         return cls(**values)
 
@@ -194,7 +202,7 @@ class Verdict:
 
     def upload_files(self) -> list[Path]:
         """The DICOM files to upload, relative to the subject folder, series by series."""
-        return [entry.path for series in self.series for entry in series.files]
+        return [Path(entry.path) for series in self.series for entry in series.files]
 
     def upload_entries(self) -> list[FileEntry]:
         return [entry for series in self.series for entry in series.files]
@@ -224,13 +232,22 @@ class Verdict:
 
 @dataclasses.dataclass
 class Hit:
-    """A rule that fired on one file (or folder), before findings are grouped and acted on."""
+    """A rule that fired on one file (or folder), before findings are grouped and acted on.
+
+    A file's facts name it by text (`tree.Tree.files`); a hit, like the finding it becomes,
+    holds Paths: made here, for the few files a rule fires on."""
 
     code: str
     path: Path
     reason: str
     group: tuple[Path, str] | None = None  # (series folder, SeriesInstanceUID) to group by
     covers: tuple[Path, ...] = ()  # files a folder-level hit applies to (default: `path`)
+
+    def __post_init__(self) -> None:
+        if type(self.path) is str:
+            self.path = Path(self.path)
+        if self.covers and any(type(p) is str for p in self.covers):
+            self.covers = tuple(Path(p) for p in self.covers)
 
 
 def action_for(settings: config.RulesSettings | None, code: str) -> Action:
@@ -240,9 +257,15 @@ def action_for(settings: config.RulesSettings | None, code: str) -> Action:
     return codes.CODES[code].action
 
 
-def series_folder(path: Path) -> Path:
+def series_folder(path: Path | str) -> Path:
     """The folder a file's series is counted in (`Series.folder`): the one it lies in."""
-    return path.parent
+    return Path(path).parent
+
+
+def path_order(path: Path | str) -> list[str]:
+    """The sort key of a relative path, text or Path, as Paths sort (part by part): "a/x"
+    before "a-b/x", where text would put them the other way round."""
+    return str(path).split("/")
 
 
 def series_number_key(number: str) -> tuple[int, str]:

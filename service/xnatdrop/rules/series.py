@@ -84,7 +84,7 @@ def _incomplete_hits(
     hits = []
     for uid, headers in groups.items():
         # Counted over the whole series; a series split over folders is SPLIT_SERIES besides.
-        key = (model.series_folder(min(members[uid])), uid)
+        key = (model.series_folder(min(members[uid], key=model.path_order)), uid)
         count = len(headers)
         reasons = []
         numbers = [h.instance_number for h in headers]
@@ -154,24 +154,38 @@ def _patient_hits(dicoms: list[dicomfiles.FileFacts]) -> list[model.Hit]:
 
 def duplicate_hits(
     folder: Path, dicoms: list[dicomfiles.FileFacts]
-) -> tuple[list[model.Hit], set[Path]]:
-    """Rule D2: files sharing a SOPInstanceUID. Identical copies: keep the first, warn."""
-    by_uid: dict[str, list[dicomfiles.FileFacts]] = collections.defaultdict(list)
+) -> tuple[list[model.Hit], set[str]]:
+    """Rule D2: files sharing a SOPInstanceUID. Identical copies: keep the first, warn.
+
+    The UIDs are only compared here, so a set of them finds the duplicates; the files of
+    those few UIDs are then gathered in a second pass. A list of files per UID (a dict entry
+    and a list for every file, ~130 bytes a file) was the largest thing the rules built."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
     for item in dicoms:
         assert item.header is not None
-        by_uid[item.header.sop_instance_uid].append(item)
+        uid = item.header.sop_instance_uid
+        if uid in seen:
+            repeated.add(uid)
+        else:
+            seen.add(uid)
+    del seen
+    by_uid: dict[str, list[dicomfiles.FileFacts]] = {}
+    if repeated:  # in first-seen order of the UID, each UID's files in order
+        for item in dicoms:
+            uid = item.header.sop_instance_uid  # type: ignore[union-attr]
+            if uid in repeated:
+                by_uid.setdefault(uid, []).append(item)
     hits, extra = [], set()
     for uid, items in by_uid.items():
-        if len(items) < 2:
-            continue
         first = items[0]
         same = all(_same_bytes(folder, first, other) for other in items[1:])
-        names = ", ".join(i.path.as_posix() for i in items[:4])
+        names = ", ".join(str(i.path) for i in items[:4])
         if same:
             for other in items[1:]:
-                extra.add(other.path)
+                extra.add(str(other.path))
                 hits.append(
-                    model.Hit("DUPLICATE_FILE", other.path, f"same file as {first.path.as_posix()}")
+                    model.Hit("DUPLICATE_FILE", other.path, f"same file as {first.path}")
                 )
         else:
             hits.append(model.Hit("DUPLICATE_UID", first.path, f"SOPInstanceUID {uid} in {names}"))

@@ -55,10 +55,11 @@ class Tree:
     """What `scan` found: the files to judge, the sidecar folders, the hits of the walk itself
     and xnatdrop's own reason files at the top."""
 
-    files: list[Path] = dataclasses.field(default_factory=list)  # relative, not in sidecars
-    # The same files as text ("folder/name"), for opening them: `str(path)` would keep a copy
-    # of that text in each Path for as long as the check holds it (~90 bytes a file).
-    texts: list[str] = dataclasses.field(default_factory=list)
+    # The files to judge, relative, not in sidecars, as text ("folder/name", POSIX), which is
+    # what each file's facts and entry keep as its path: a `Path` per file (an object, a list
+    # of parts and a string per part, ~230 bytes) held by the facts of 50,000 files was the
+    # largest part of the check's peak. Rules that report a file make its Path then (`Hit`).
+    files: list[str] = dataclasses.field(default_factory=list)
     # The folder each file lies in (`model.series_folder` of it), one object per folder:
     # `path.parent` makes a new Path at each call, several times a file in the rules.
     folders: list[Path] = dataclasses.field(default_factory=list)
@@ -86,17 +87,19 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
             )
             continue
         at_top = relative == model.TOP
+        parts = relative.parts
         for entry in listing:
-            path = relative / entry.name
             if not names.valid(entry.name):
                 tree.hits.append(_bad_name(relative, entry))
             elif at_top and entry.name in ours:
                 continue
             elif entry.is_symlink():
-                tree.hits.append(model.Hit("SYMLINK", path, "symbolic link, not followed"))
+                link = relative / entry.name
+                tree.hits.append(model.Hit("SYMLINK", link, "symbolic link, not followed"))
             elif entry.is_dir(follow_symlinks=False):
                 if entry.name.lower() in LITTER_DIRS:
                     continue
+                path = relative / entry.name
                 if at_top and entry.name.lower() in wanted:
                     tree.sidecars[wanted[entry.name.lower()]] = folder / path
                     _scan_sidecar(folder, path, tree)
@@ -107,13 +110,16 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
             elif not entry.is_file(follow_symlinks=False):
                 # A FIFO or device node is never opened (opening a device can act on it); the
                 # listing's type says so without a stat on SMB/NFS.
-                tree.hits.append(model.Hit("UNREADABLE", path, "not a regular file"))
+                odd = relative / entry.name
+                tree.hits.append(model.Hit("UNREADABLE", odd, "not a regular file"))
             elif not dicomfiles.is_os_litter(entry.name):
-                found.append((path, prefix + entry.name, relative))
-    found.sort(key=operator.itemgetter(0))
-    tree.files = [path for path, _, _ in found]
-    tree.texts = [text for _, text, _ in found]
+                # No Path per file: its parts sort as the Path would (`model.path_order`), and
+                # a Path would intern each file's name for as long as it lives.
+                found.append(((*parts, entry.name), prefix + entry.name, relative))
+    found.sort(key=operator.itemgetter(0))  # in the order of the Paths (by part), as always
+    tree.files = [text for _, text, _ in found]
     tree.folders = [where for _, _, where in found]
+    found.clear()
     return tree
 
 
