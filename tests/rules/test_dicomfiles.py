@@ -275,20 +275,24 @@ def test_cut_and_mutated_real_headers_yield_facts(cut: int, flips: list[tuple[in
         assert facts.kind is not Kind.DICOM or facts.truncated
 
 
-def _general_walk_only(buf: bytes, off: int, limit: int, last: int, top: dict) -> int:
-    return off  # `_skim` declining every element: `_walk` does it all, as before `_skim`
+def _general_walk_only(patch: pytest.MonkeyPatch) -> None:
+    """Every fast path declining: `_walk` and `_walk_items` do it all, as before them."""
+    patch.setattr(dicomfiles, "_skim", lambda buf, off, limit, last, top: off)
+    patch.setattr(dicomfiles, "_skim_sequence", lambda win, pos, length, collect, found: -1)
+    patch.setattr(dicomfiles, "_scan_frames", lambda win, value, walk: False)
 
 
 def _sniff_both(path: Path) -> tuple[dicomfiles.FileFacts, dicomfiles.FileFacts]:
     fast = dicomfiles.sniff(path)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dicomfiles, "_skim", _general_walk_only)
+        _general_walk_only(patch)
         general = dicomfiles.sniff(path)
     return fast, general
 
 
 def test_skim_gives_the_facts_of_the_general_walk_on_real_files() -> None:
-    """`_skim`, the fast loop over plain explicit-VR-LE elements, changes no fact of any shared
+    """The fast paths (`_skim` over plain explicit-VR-LE elements, `_skim_sequence` over
+    whole sequences, `_scan_frames` over the per-frame groups) change no fact of any shared
     file (headers, truncation, kind, detail) against the general walk alone."""
     compared = 0
     for path in all_shared_files():
@@ -338,5 +342,55 @@ def test_skim_gives_the_facts_of_the_general_walk_on_damaged_headers(
     exactly where the general walk would fail or branch, so the facts stay the same."""
     with tempfile.TemporaryDirectory() as folder:
         path = _damaged(Path(folder), CLASSIC_BYTES[: cut or None], flips)
+        fast, general = _sniff_both(path)
+    assert fast == dataclasses.replace(general, path=fast.path)
+
+
+ENHANCED_BYTES = min((dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").iterdir()).read_bytes()
+
+
+def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
+    """An XA30 enhanced DWI file: every top-level sequence the walk meets (the undefined-length
+    ones it only steps through, and the shared functional groups it collects from) is taken
+    whole by `_skim_sequence`; `_walk_items` is not called at all."""
+    data = ENHANCED_BYTES
+    taken, general = [], []
+    real_skim, real_items = dicomfiles._skim_sequence, dicomfiles._walk_items
+
+    def recording(win, pos: int, length: int, collect: bool, found: list) -> int:
+        after = real_skim(win, pos, length, collect, found)
+        taken.append((collect, after))
+        return after
+
+    def items(*args):  # noqa: ANN002, ANN202
+        general.append(args[1])
+        return real_items(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dicomfiles, "_skim_sequence", recording)
+        patch.setattr(dicomfiles, "_walk_items", items)
+        dicomfiles._walk_file(dicomfiles._Window(None, len(data), data), 132)
+    assert len(taken) >= 5 and all(after > 0 for _, after in taken), taken
+    assert any(collect for collect, _ in taken)  # the shared functional groups
+    assert general == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cut=st.integers(min_value=0, max_value=12000),
+    flips=st.lists(
+        st.tuples(st.integers(min_value=800, max_value=12000), st.integers(0, 255)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_fast_paths_give_the_facts_of_the_general_walk_on_damaged_enhanced_headers(
+    cut: int, flips: list[tuple[int, int]]
+) -> None:
+    """Cut and flipped bytes in the sequences of an enhanced header (item and delimiter tags,
+    VRs, lengths, nesting): `_skim_sequence` declines wherever the general walk would fail or
+    branch differently, so the facts stay the same."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = _damaged(Path(folder), ENHANCED_BYTES[: cut or None], flips)
         fast, general = _sniff_both(path)
     assert fast == dataclasses.replace(general, path=fast.path)
