@@ -346,7 +346,9 @@ def test_skim_gives_the_facts_of_the_general_walk_on_damaged_headers(
     assert fast == dataclasses.replace(general, path=fast.path)
 
 
-ENHANCED_BYTES = min((dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").iterdir()).read_bytes()
+ENHANCED_BYTES = min(
+    (dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").iterdir()
+).read_bytes()
 
 
 def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
@@ -362,7 +364,7 @@ def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
         taken.append((collect, after))
         return after
 
-    def items(*args):  # noqa: ANN002, ANN202
+    def items(*args: object) -> int:
         general.append(args[1])
         return real_items(*args)
 
