@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -561,3 +562,34 @@ def test_odd_sequences_give_the_facts_of_the_general_walk(name: str) -> None:
     if name == "nested six deep":
         assert fast.kind is Kind.DICOM and fast.header is not None
         assert ("ORIGINAL", "PRIMARY", "M", "NONE") in fast.header.frame_types
+
+
+@pytest.mark.parametrize(
+    "series", ["10_DWI_dir80_PA", "5_anat-T1w_acq-tfl", "7_func-bold_task-fa_run-1"]
+)
+def test_an_enhanced_file_is_read_once_and_not_into_its_pixel_data(series: str) -> None:
+    """Past its first chunk, the check reads an enhanced file's header once (no byte twice)
+    and jumps to the Pixel Data element only for the 12 bytes that confirm its length, not
+    for a 64 KiB chunk of pixel data (which on a cold disk ran past the kernel's read-ahead
+    and cost a disk read each)."""
+    path = min((dataset("siemens_xa30_enhanced") / "In" / series).iterdir())
+    span = dicomfiles.pixel_span(path.read_bytes())
+    assert span is not None
+    reads: list[tuple[int, int]] = []
+    real = dicomfiles._Positioned.read
+
+    def recording(self: dicomfiles._Positioned, count: int) -> bytes:
+        data = real(self, count)
+        reads.append((self.pos, len(data)))
+        return data
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dicomfiles._Positioned, "read", recording)
+        facts = dicomfiles.sniff(path)
+    assert facts.kind is Kind.DICOM and not facts.truncated and facts.header is not None
+    assert facts.header.frame_types
+    assert reads  # the header is longer than the first chunk
+    jumps = [(pos, length) for pos, length in reads if pos >= span.offset - 12]
+    assert jumps in ([], [(span.offset - 12, 12)]), (reads, span.offset)
+    spans = sorted([(0, dicomfiles.HEAD_BYTES)] + [(p, p + n) for p, n in reads])
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), reads
