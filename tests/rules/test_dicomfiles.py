@@ -595,18 +595,19 @@ def test_an_enhanced_file_is_read_once_and_not_into_its_pixel_data(series: str) 
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), reads
 
 
-def test_a_file_read_whole_is_closed_by_its_reader(tmp_path: Path) -> None:
+def test_a_file_read_whole_is_closed_by_its_reader() -> None:
     """A file no longer than the first read is closed where it was read (an I/O thread when
     reads are slow), not by the parser, whose every system call let a waiting I/O thread take
     the GIL; a longer one stays open for the parser. The facts are the same either way."""
-    small = tmp_path / "small.dcm"
-    small.write_bytes(CLASSIC_BYTES)
+    fmri = dataset("ge_signa_premier_table") / "In/GE/Exam1486_Laser794mm/02_Ax_fMRI_FF_I11.1_S15.9"
+    small = min(fmri.iterdir())
+    assert small.stat().st_size < dicomfiles.HEAD_BYTES
     large = min((dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").iterdir())
     opened = len(os.listdir("/proc/self/fd"))
-    fd, size, _, head, problem = dicomfiles._open_head(str(small))
-    assert (fd, size, len(head), problem) == (dicomfiles.WHOLE, len(CLASSIC_BYTES), size, "")
+    fd, size, inode, head, problem = dicomfiles._open_head(str(small))
+    assert (fd, size, len(head), problem) == (dicomfiles.WHOLE, small.stat().st_size, size, "")
     assert len(os.listdir("/proc/self/fd")) == opened
-    facts = dicomfiles._facts(small, fd, size, (0, 0), head, problem)
+    facts = dicomfiles._facts(small, fd, size, inode, head, problem)
     assert facts == dicomfiles.sniff(small) and facts.kind is Kind.DICOM
     fd, size, _, head, _ = dicomfiles._open_head(str(large))
     try:
