@@ -619,7 +619,7 @@ def _skim(buf: bytes, off: int, limit: int, last: int, top: dict[int, bytes]) ->
     return off
 
 
-# `_skim_sequence`'s VRs, as numbers like `_skim`'s: SQ, and the long VRs that are plain values.
+# SQ as `_skim_sequence` reads VRs: a number, like `_skim`'s.
 _SKIM_SQ = _U16[True].unpack(b"SQ")[0]
 _SEQUENCES_DEEPEST = (MAX_DEPTH + 1) // 2  # `_walk_items` refuses a sequence nested deeper
 
@@ -633,12 +633,13 @@ def _skim_sequence(win: _Window, pos: int, length: int, collect: bool, found: li
     Why: an enhanced image's header is mostly sequences: the shared functional groups (with
     Siemens's private groups, ~300 elements in an XA30 DWI file) and a few undefined-length
     sequences the walk must step through item by item only to find their end. The general walk
-    spent two recursive calls per item and ~0.6 µs per element on them; this loop keeps a stack
-    of the open sequences and items instead, and steps over the elements of an item in an inner
-    loop that decodes only what the rules need. Like `_skim` it declines anything not plain (an
-    unknown VR, a UN or other non-SQ value of undefined length, a stray delimiter, an element
-    that overruns its item or the file, nesting as deep as `_walk_items` refuses), and `found`
-    is then ignored: the general walk gives the exact result or error.
+    spent two recursive calls per item and ~0.6 µs per element on them; this one flat loop over
+    element, item and delimiter headers keeps a stack of the open sequences and items instead
+    and decodes only what the rules need (an XA30 DWI file's sequences: ~100 µs, about 40 % of
+    the general walk's time). Like `_skim` it declines anything not plain (an unknown VR, a UN
+    or other non-SQ value of undefined length, a stray delimiter, an element that overruns its
+    item or the file, nesting as deep as `_walk_items` refuses), and `found` is then ignored:
+    the general walk gives the exact result or error.
     """
     size = win.size
     if length != UNDEFINED and pos + length > size:
