@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -275,20 +277,24 @@ def test_cut_and_mutated_real_headers_yield_facts(cut: int, flips: list[tuple[in
         assert facts.kind is not Kind.DICOM or facts.truncated
 
 
-def _general_walk_only(buf: bytes, off: int, limit: int, last: int, top: dict) -> int:
-    return off  # `_skim` declining every element: `_walk` does it all, as before `_skim`
+def _general_walk_only(patch: pytest.MonkeyPatch) -> None:
+    """Every fast path declining: `_walk` and `_walk_items` do it all, as before them."""
+    patch.setattr(dicomfiles, "_skim", lambda buf, off, limit, last, top: off)
+    patch.setattr(dicomfiles, "_skim_sequence", lambda win, pos, length, collect, found: -1)
+    patch.setattr(dicomfiles, "_scan_frames", lambda win, value, walk: False)
 
 
 def _sniff_both(path: Path) -> tuple[dicomfiles.FileFacts, dicomfiles.FileFacts]:
     fast = dicomfiles.sniff(path)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dicomfiles, "_skim", _general_walk_only)
+        _general_walk_only(patch)
         general = dicomfiles.sniff(path)
     return fast, general
 
 
 def test_skim_gives_the_facts_of_the_general_walk_on_real_files() -> None:
-    """`_skim`, the fast loop over plain explicit-VR-LE elements, changes no fact of any shared
+    """The fast paths (`_skim` over plain explicit-VR-LE elements, `_skim_sequence` over
+    whole sequences, `_scan_frames` over the per-frame groups) change no fact of any shared
     file (headers, truncation, kind, detail) against the general walk alone."""
     compared = 0
     for path in all_shared_files():
@@ -340,3 +346,271 @@ def test_skim_gives_the_facts_of_the_general_walk_on_damaged_headers(
         path = _damaged(Path(folder), CLASSIC_BYTES[: cut or None], flips)
         fast, general = _sniff_both(path)
     assert fast == dataclasses.replace(general, path=fast.path)
+
+
+ENHANCED_FILE = min((dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").iterdir())
+ENHANCED_BYTES = ENHANCED_FILE.read_bytes()  # its sequences and items: undefined lengths
+
+
+def _with_defined_lengths(path: Path) -> bytes:
+    """The file re-encoded with a defined length on every sequence and item (as other
+    writers do): the fast path then meets ends by length, not delimiters."""
+    data = pydicom.dcmread(path)
+
+    def define(items: list[pydicom.Dataset]) -> None:
+        for item in items:
+            for element in item:
+                if element.VR == "SQ":
+                    element.is_undefined_length = False
+                    for inner in element.value:
+                        inner.is_undefined_length_sequence_item = False
+                    define(element.value)
+
+    define([data])
+    buffer = io.BytesIO()
+    data.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+ENHANCED_DEFINED_BYTES = _with_defined_lengths(ENHANCED_FILE)
+
+
+def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
+    """An XA30 enhanced DWI file: every top-level sequence the walk meets (the undefined-length
+    ones it only steps through, and the shared functional groups it collects from) is taken
+    whole by `_skim_sequence`; `_walk_items` is not called at all."""
+    data = ENHANCED_BYTES
+    taken, general = [], []
+    real_skim, real_items = dicomfiles._skim_sequence, dicomfiles._walk_items
+
+    def recording(win, pos: int, length: int, collect: bool, found: list) -> int:
+        after = real_skim(win, pos, length, collect, found)
+        taken.append((collect, after))
+        return after
+
+    def items(*args: object) -> int:
+        general.append(args[1])
+        return real_items(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dicomfiles, "_skim_sequence", recording)
+        patch.setattr(dicomfiles, "_walk_items", items)
+        dicomfiles._walk_file(dicomfiles._Window(None, len(data), data), 132)
+    assert len(taken) >= 5 and all(after > 0 for _, after in taken), taken
+    assert any(collect for collect, _ in taken)  # the shared functional groups
+    assert general == []
+
+
+def test_defined_length_sequences_are_taken_by_length() -> None:
+    data = ENHANCED_DEFINED_BYTES
+    found: list = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.dcm"
+        path.write_bytes(data)
+        fast, general = _sniff_both(path)
+    assert fast == general and fast.header is not None
+    assert fast.header == dicomfiles.sniff(ENHANCED_FILE).header
+    start = data.index(b"\x00\x52\x29\x92SQ\x00\x00")  # the shared functional groups
+    length = int.from_bytes(data[start + 8 : start + 12], "little")
+    window = dicomfiles._Window(None, len(data), data)
+    assert dicomfiles._skim_sequence(window, start + 12, length, True, found) == start + 12 + length
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    source=st.sampled_from([ENHANCED_BYTES, ENHANCED_DEFINED_BYTES]),
+    cut=st.integers(min_value=0, max_value=9000),
+    flips=st.lists(
+        st.tuples(st.integers(min_value=800, max_value=8000), st.integers(0, 255)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_fast_paths_give_the_facts_of_the_general_walk_on_damaged_enhanced_headers(
+    source: bytes, cut: int, flips: list[tuple[int, int]]
+) -> None:
+    """Cut and flipped bytes in the sequences of an enhanced header (item and delimiter tags,
+    VRs, lengths, nesting), with undefined or defined lengths: `_skim_sequence` declines
+    wherever the general walk would fail or branch differently, so the facts stay the same."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = _damaged(Path(folder), source[: cut or None], flips)
+        fast, general = _sniff_both(path)
+    assert fast == dataclasses.replace(general, path=fast.path)
+
+
+def _facts_of_content(data: bytes) -> dicomfiles.FileFacts:
+    return dicomfiles._sniff_content(Path("x.dcm"), None, len(data), data, (0, 0))
+
+
+def _small_defined_length_header(path: Path) -> bytes:
+    """The file's header only, with defined lengths (`_with_defined_lengths`), without
+    Siemens's large private blob, the pixel data and all but three frames: the per-frame
+    groups are then walked by `_skim_sequence` too (no pixel data for `_scan_frames`), and the
+    whole header is ~12 KB, small enough to change every byte of it in a test."""
+    data = pydicom.dcmread(io.BytesIO(_with_defined_lengths(path)))
+    del data.PixelData
+    del data.SharedFunctionalGroupsSequence[0][0x002110FE].value[0][0x00211019]
+    del data.PerFrameFunctionalGroupsSequence[3:]
+    buffer = io.BytesIO()
+    data.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+SMALL_ENHANCED_BYTES = _small_defined_length_header(ENHANCED_FILE)
+
+
+def test_every_bit_of_a_defined_length_enhanced_header_changed_gives_the_same_facts() -> None:
+    """Every third byte of an enhanced header with defined-length sequences and items changed
+    in turn (its lowest bit, or its highest on every 7th): lengths then overrun or fall short of
+    their item or sequence, tags become delimiters or items, VRs unknown: the facts by the
+    fast paths are those of the general walk every time."""
+    data = SMALL_ENHANCED_BYTES
+    changes = []
+    offsets = range(132, len(data), 3)
+    for offset in offsets:
+        changed = bytearray(data)
+        changed[offset] ^= 0x80 if offset % 7 == 0 else 0x01
+        changes.append(bytes(changed))
+    fast = [_facts_of_content(content) for content in changes]
+    with pytest.MonkeyPatch.context() as patch:
+        _general_walk_only(patch)
+        general = [_facts_of_content(content) for content in changes]
+    for offset, one, other in zip(offsets, fast, general, strict=True):
+        assert one == other, offset
+    walked = sum(f.header is not None and bool(f.header.frame_types) for f in fast)
+    assert walked > len(changes) // 2  # most changes leave a header whose frames were read
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element (PS3.5 7.1.2)."""
+    head = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + vr
+    if vr in (b"SQ", b"OB", b"UN", b"UT"):
+        return head + b"\0\0" + len(value).to_bytes(4, "little") + value
+    return head + len(value).to_bytes(2, "little") + value
+
+
+UNDEFINED_LENGTH = b"\xff\xff\xff\xff"
+ITEM, ITEM_END, SEQUENCE_END = b"\xfe\xff\x00\xe0", b"\xfe\xff\x0d\xe0", b"\xfe\xff\xdd\xe0"
+FRAME_TYPE = _element(0x00089007, b"CS", b"ORIGINAL\\PRIMARY\\M\\NONE ")
+
+
+def _sequence(items: list[bytes], tag: int = 0x0040A730) -> bytes:
+    """An undefined-length sequence of undefined-length items (ContentSequence by default)."""
+    body = b"".join(ITEM + UNDEFINED_LENGTH + item + ITEM_END + b"\0" * 4 for item in items)
+    head = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+    return head + b"SQ\0\0" + UNDEFINED_LENGTH + body + SEQUENCE_END + b"\0" * 4
+
+
+def _nested(depth: int, inside: bytes = FRAME_TYPE) -> bytes:
+    return inside if depth == 0 else _sequence([_nested(depth - 1, inside)])
+
+
+def _inside_shared_groups(raw: bytes) -> bytes:
+    """The small enhanced header with `raw` as the first element of its shared functional
+    groups' item, the lengths of that item and sequence grown to match."""
+    data = SMALL_ENHANCED_BYTES
+    start = data.index(b"\x00\x52\x29\x92SQ\x00\x00")
+    length = int.from_bytes(data[start + 8 : start + 12], "little")
+    item_length = int.from_bytes(data[start + 16 : start + 20], "little")
+    return (
+        data[: start + 8]
+        + (length + len(raw)).to_bytes(4, "little")
+        + ITEM
+        + (item_length + len(raw)).to_bytes(4, "little")
+        + raw
+        + data[start + 20 :]
+    )
+
+
+ODD_SEQUENCES = {
+    "nested six deep": _nested(5),
+    "nested seven deep": _nested(6),
+    "an item delimiter in a defined-length item": _element(
+        0x0040A730, b"SQ", ITEM + (8).to_bytes(4, "little") + ITEM_END + b"\0" * 4
+    ),
+    "a sequence delimiter in a defined-length sequence": _element(
+        0x0040A730, b"SQ", SEQUENCE_END + b"\0" * 4
+    ),
+    "an element where an item belongs": _element(0x0040A730, b"SQ", FRAME_TYPE),
+    "an undefined-length UN (implicit VR inside)": b"".join(
+        [
+            b"\x09\x00\x10\x10UN\0\0" + UNDEFINED_LENGTH + ITEM + UNDEFINED_LENGTH,
+            b"\x08\x00\x07\x90" + (8).to_bytes(4, "little") + b"DERIVED ",
+            ITEM_END + b"\0" * 4 + SEQUENCE_END + b"\0" * 4,
+        ]
+    ),
+    "an undefined-length OB": b"".join(
+        [b"\x09\x00\x11\x10OB\0\0", UNDEFINED_LENGTH, SEQUENCE_END, b"\0" * 4]
+    ),
+    "an unknown VR": _element(0x00091012, b"QQ", b"ab"),
+    "an item tag among the elements": ITEM + (4).to_bytes(4, "little") + b"abcd",
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_SEQUENCES))
+def test_odd_sequences_give_the_facts_of_the_general_walk(name: str) -> None:
+    """Structures real files rarely hold, inside the shared functional groups: the fast paths
+    decline them (or agree), and the facts are the general walk's, errors included."""
+    data = _inside_shared_groups(ODD_SEQUENCES[name])
+    fast = _facts_of_content(data)
+    with pytest.MonkeyPatch.context() as patch:
+        _general_walk_only(patch)
+        general = _facts_of_content(data)
+    assert fast == general
+    if name == "nested seven deep":
+        assert fast.detail == "unreadable header: sequences nested too deeply"
+    if name == "nested six deep":
+        assert fast.kind is Kind.DICOM and fast.header is not None
+        assert ("ORIGINAL", "PRIMARY", "M", "NONE") in fast.header.frame_types
+
+
+@pytest.mark.parametrize(
+    "series", ["10_DWI_dir80_PA", "5_anat-T1w_acq-tfl", "7_func-bold_task-fa_run-1"]
+)
+def test_an_enhanced_file_is_read_once_and_not_into_its_pixel_data(series: str) -> None:
+    """Past its first chunk, the check reads an enhanced file's header once (no byte twice)
+    and jumps to the Pixel Data element only for the 12 bytes that confirm its length, not
+    for a 64 KiB chunk of pixel data (which on a cold disk ran past the kernel's read-ahead
+    and cost a disk read each)."""
+    path = min((dataset("siemens_xa30_enhanced") / "In" / series).iterdir())
+    span = dicomfiles.pixel_span(path.read_bytes())
+    assert span is not None
+    reads: list[tuple[int, int]] = []
+    real = dicomfiles._Positioned.read
+
+    def recording(self: dicomfiles._Positioned, count: int) -> bytes:
+        data = real(self, count)
+        reads.append((self.pos, len(data)))
+        return data
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dicomfiles._Positioned, "read", recording)
+        facts = dicomfiles.sniff(path)
+    assert facts.kind is Kind.DICOM and not facts.truncated and facts.header is not None
+    assert facts.header.frame_types
+    assert reads  # the header is longer than the first chunk
+    jumps = [(pos, length) for pos, length in reads if pos >= span.offset - 12]
+    assert jumps in ([], [(span.offset - 12, 12)]), (reads, span.offset)
+    spans = sorted([(0, dicomfiles.HEAD_BYTES)] + [(p, p + n) for p, n in reads])
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), reads
+
+
+def test_a_file_read_whole_is_closed_by_its_reader() -> None:
+    """A file no longer than the first read is closed where it was read (an I/O thread when
+    reads are slow), not by the parser, whose every system call let a waiting I/O thread take
+    the GIL; a longer one stays open for the parser. The facts are the same either way."""
+    fmri = dataset("ge_signa_premier_table") / "In/GE/Exam1486_Laser794mm/02_Ax_fMRI_FF_I11.1_S15.9"
+    small = min(fmri.iterdir())
+    assert small.stat().st_size < dicomfiles.HEAD_BYTES
+    large = min((dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").iterdir())
+    opened = len(os.listdir("/proc/self/fd"))
+    fd, size, inode, head, problem = dicomfiles._open_head(str(small))
+    assert (fd, size, len(head), problem) == (dicomfiles.WHOLE, small.stat().st_size, size, "")
+    assert len(os.listdir("/proc/self/fd")) == opened
+    facts = dicomfiles._facts(small, fd, size, inode, head, problem)
+    assert facts == dicomfiles.sniff(small) and facts.kind is Kind.DICOM
+    fd, size, _, head, _ = dicomfiles._open_head(str(large))
+    try:
+        assert fd >= 0 and size > len(head) == dicomfiles.HEAD_BYTES
+    finally:
+        os.close(fd)
