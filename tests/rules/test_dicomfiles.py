@@ -279,9 +279,9 @@ def test_cut_and_mutated_real_headers_yield_facts(cut: int, flips: list[tuple[in
 
 def _general_walk_only(patch: pytest.MonkeyPatch) -> None:
     """Every fast path declining: `_walk` and `_walk_items` do it all, as before them."""
-    patch.setattr(dicomfiles, "_skim", lambda buf, off, limit, last, top: off)
-    patch.setattr(dicomfiles, "_skim_sequence", lambda win, pos, length, collect, found: -1)
-    patch.setattr(dicomfiles, "_scan_frames", lambda win, value, walk: False)
+    patch.setattr(dicomfiles.walk, "_skim", lambda buf, off, limit, last, top: off)
+    patch.setattr(dicomfiles.walk, "_skim_sequence", lambda win, pos, length, collect, found: -1)
+    patch.setattr(dicomfiles.walk, "_scan_frames", lambda win, value, walk: False)
 
 
 def _sniff_both(path: Path) -> tuple[dicomfiles.FileFacts, dicomfiles.FileFacts]:
@@ -314,7 +314,7 @@ def test_skim_takes_most_elements_of_a_classic_image() -> None:
     over nearly all the header: the general loop is left the few sequences and the stop."""
     data = CLASSIC_BYTES
     covered = []
-    real = dicomfiles._skim
+    real = dicomfiles.skim._skim
 
     def recording(buf: bytes, off: int, limit: int, last: int, top: dict) -> int:
         done = real(buf, off, limit, last, top)
@@ -322,8 +322,9 @@ def test_skim_takes_most_elements_of_a_classic_image() -> None:
         return done
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dicomfiles, "_skim", recording)
-        _, walk, _, _ = dicomfiles._walk_file(dicomfiles._Window(None, len(data), data), 132)
+        patch.setattr(dicomfiles.walk, "_skim", recording)
+        whole = dicomfiles.window._Window(None, len(data), data)
+        _, walk, _, _ = dicomfiles.walk._walk_file(whole, 132)
     assert walk.stopped_early  # a classic GE image: the walk ends after group 0028
     assert sum(covered) > 0.8 * walk.early_resume, (sum(covered), walk.early_resume)
 
@@ -381,7 +382,7 @@ def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
     whole by `_skim_sequence`; `_walk_items` is not called at all."""
     data = ENHANCED_BYTES
     taken, general = [], []
-    real_skim, real_items = dicomfiles._skim_sequence, dicomfiles._walk_items
+    real_skim, real_items = dicomfiles.skim._skim_sequence, dicomfiles.walk._walk_items
 
     def recording(win, pos: int, length: int, collect: bool, found: list) -> int:
         after = real_skim(win, pos, length, collect, found)
@@ -393,9 +394,9 @@ def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
         return real_items(*args)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dicomfiles, "_skim_sequence", recording)
-        patch.setattr(dicomfiles, "_walk_items", items)
-        dicomfiles._walk_file(dicomfiles._Window(None, len(data), data), 132)
+        patch.setattr(dicomfiles.walk, "_skim_sequence", recording)
+        patch.setattr(dicomfiles.walk, "_walk_items", items)
+        dicomfiles.walk._walk_file(dicomfiles.window._Window(None, len(data), data), 132)
     assert len(taken) >= 5 and all(after > 0 for _, after in taken), taken
     assert any(collect for collect, _ in taken)  # the shared functional groups
     assert general == []
@@ -412,8 +413,9 @@ def test_defined_length_sequences_are_taken_by_length() -> None:
     assert fast.header == dicomfiles.sniff(ENHANCED_FILE).header
     start = data.index(b"\x00\x52\x29\x92SQ\x00\x00")  # the shared functional groups
     length = int.from_bytes(data[start + 8 : start + 12], "little")
-    window = dicomfiles._Window(None, len(data), data)
-    assert dicomfiles._skim_sequence(window, start + 12, length, True, found) == start + 12 + length
+    window = dicomfiles.window._Window(None, len(data), data)
+    after = dicomfiles.skim._skim_sequence(window, start + 12, length, True, found)
+    assert after == start + 12 + length
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -439,7 +441,7 @@ def test_fast_paths_give_the_facts_of_the_general_walk_on_damaged_enhanced_heade
 
 
 def _facts_of_content(data: bytes) -> dicomfiles.FileFacts:
-    return dicomfiles._sniff_content(Path("x.dcm"), None, len(data), data, (0, 0))
+    return dicomfiles.content._sniff_content(Path("x.dcm"), None, len(data), data, (0, 0))
 
 
 def _small_defined_length_header(path: Path) -> bytes:
@@ -576,15 +578,15 @@ def test_an_enhanced_file_is_read_once_and_not_into_its_pixel_data(series: str) 
     span = dicomfiles.pixel_span(path.read_bytes())
     assert span is not None
     reads: list[tuple[int, int]] = []
-    real = dicomfiles._Positioned.read
+    real = dicomfiles.reading._Positioned.read
 
-    def recording(self: dicomfiles._Positioned, count: int) -> bytes:
+    def recording(self: dicomfiles.reading._Positioned, count: int) -> bytes:
         data = real(self, count)
         reads.append((self.pos, len(data)))
         return data
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dicomfiles._Positioned, "read", recording)
+        patch.setattr(dicomfiles.reading._Positioned, "read", recording)
         facts = dicomfiles.sniff(path)
     assert facts.kind is Kind.DICOM and not facts.truncated and facts.header is not None
     assert facts.header.frame_types
@@ -604,12 +606,13 @@ def test_a_file_read_whole_is_closed_by_its_reader() -> None:
     assert small.stat().st_size < dicomfiles.HEAD_BYTES
     large = min((dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").iterdir())
     opened = len(os.listdir("/proc/self/fd"))
-    fd, size, inode, head, problem = dicomfiles._open_head(str(small))
-    assert (fd, size, len(head), problem) == (dicomfiles.WHOLE, small.stat().st_size, size, "")
+    fd, size, inode, head, problem = dicomfiles.reading._open_head(str(small))
+    whole = dicomfiles.reading.WHOLE
+    assert (fd, size, len(head), problem) == (whole, small.stat().st_size, size, "")
     assert len(os.listdir("/proc/self/fd")) == opened
-    facts = dicomfiles._facts(small, fd, size, inode, head, problem)
+    facts = dicomfiles.reading._facts(small, fd, size, inode, head, problem)
     assert facts == dicomfiles.sniff(small) and facts.kind is Kind.DICOM
-    fd, size, _, head, _ = dicomfiles._open_head(str(large))
+    fd, size, _, head, _ = dicomfiles.reading._open_head(str(large))
     try:
         assert fd >= 0 and size > len(head) == dicomfiles.HEAD_BYTES
     finally:

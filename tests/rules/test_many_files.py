@@ -142,10 +142,10 @@ def test_slow_reads_overlap_in_io_threads(tmp_path: Path, monkeypatch) -> None:
     folder = tmp_path / "S"
     many_files(folder, series=4, per_series=60)
     names = sorted(p.relative_to(folder) for p in folder.rglob("*.dcm"))
-    monkeypatch.setattr(dicomfiles, "SLOW_READ", 0.0)
+    monkeypatch.setattr(dicomfiles.folder, "SLOW_READ", 0.0)
     meeting = threading.Barrier(dicomfiles.IO_THREADS, timeout=30)
     met = []
-    real = dicomfiles._open_head
+    real = dicomfiles.folder._open_head
 
     def open_head(path: str):
         if threading.current_thread() is not threading.main_thread() and not met:
@@ -156,7 +156,7 @@ def test_slow_reads_overlap_in_io_threads(tmp_path: Path, monkeypatch) -> None:
                 pass
         return real(path)
 
-    monkeypatch.setattr(dicomfiles, "_open_head", open_head)
+    monkeypatch.setattr(dicomfiles.folder, "_open_head", open_head)
     facts = dicomfiles.sniff_folder(folder, names, workers=1)
     assert met, f"never {dicomfiles.IO_THREADS} reads in flight at once"
     assert facts == [dataclasses.replace(dicomfiles.sniff(folder / n), path=n) for n in names]
@@ -168,15 +168,15 @@ def test_fast_reads_stay_in_the_parser(tmp_path: Path, monkeypatch) -> None:
     folder = tmp_path / "S"
     many_files(folder, series=2, per_series=50)
     names = sorted(p.relative_to(folder) for p in folder.rglob("*.dcm"))
-    monkeypatch.setattr(dicomfiles, "SLOW_READ", 1.0)  # a second a file: never "slow" here
+    monkeypatch.setattr(dicomfiles.folder, "SLOW_READ", 1.0)  # a second a file: never "slow" here
     threads = set()
-    real = dicomfiles._open_head
+    real = dicomfiles.folder._open_head
 
     def open_head(path: str):
         threads.add(threading.current_thread().name)
         return real(path)
 
-    monkeypatch.setattr(dicomfiles, "_open_head", open_head)
+    monkeypatch.setattr(dicomfiles.folder, "_open_head", open_head)
     facts = dicomfiles.sniff_folder(folder, names, workers=1)
     assert len(facts) == 100
     assert threads == {threading.main_thread().name}
