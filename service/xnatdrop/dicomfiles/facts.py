@@ -144,7 +144,7 @@ class FileFacts:
     NO_INODE for a file with a single link (no other path can share it).
     """
 
-    path: Path
+    path: str | Path  # as the caller named it: the check's text ("folder/name")
     size: int
     kind: Kind
     detail: str = ""

@@ -61,7 +61,7 @@ def check_folder(
     before = tree.identity(folder)
     listing = tree.scan(folder, sidecar_names, frozenset(control_files))
     # Each file's facts keep its name as given: the text, no Path (`tree.Tree.files`).
-    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers, listing.files)  # type: ignore[arg-type]
+    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers)
     verdict = _judge(folder, listing, facts, settings, drop)  # empties `facts` (see there)
     if tree.identity(folder) != before:
         raise tree.FolderGone(folder)
