@@ -267,13 +267,10 @@ class PrearchiveCheck:
 
 
 def check_prearchive(
-    manifest: pack.Manifest,
-    files: PrearchiveTally | Iterable[xnat.RemoteFile],
-    compare_sizes: bool,
+    manifest: pack.Manifest, tally: PrearchiveTally, compare_sizes: bool
 ) -> PrearchiveCheck:
     """Counts per scan always; sizes (the prearchive lists no MD5) only with `compare_sizes`.
-    `files`: XNAT's listing of the copy, or its tally (`PrearchiveTally`)."""
-    tally = files if isinstance(files, PrearchiveTally) else PrearchiveTally.of(files)
+    `tally`: XNAT's listing of the copy, tallied scan by scan (`readback.prearchive_files`)."""
     by_scan: dict[str, list[pack.Entry]] = collections.defaultdict(list)
     for entry in manifest.files:
         by_scan[scan_folder(entry)].append(entry)

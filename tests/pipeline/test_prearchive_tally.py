@@ -31,22 +31,33 @@ MANIFEST = pack.Manifest(1, tuple(entry(n, scan) for scan in ("1", "2") for n in
 SENT = {"1": [1000, 1001, 1002], "2": [1000, 1001, 1002]}
 
 
+SCAN_2 = verify.series_of(MANIFEST.files[3:])  # the series of scan 2
+
+
 @pytest.mark.parametrize(
-    "arrived",
+    ("arrived", "missing", "incomplete", "changed_when_sizes_compared"),
     [
-        SENT,
-        {"1": [1000, 1001, 1002]},  # scan 2 missing
-        {"1": [1000, 1001], "2": [1000, 1001, 1002]},  # scan 1 incomplete
-        {"1": [1000, 1001, 1002], "2": [1000, 1001, 9]},  # a size changed
+        (SENT, [], "", ""),
+        ({"1": [1000, 1001, 1002]}, SCAN_2, "", ""),
+        ({"1": [1000, 1001], "2": [1000, 1001, 1002]}, [], "scan 1: 2 of 3 files", ""),
+        (
+            {"1": [1000, 1001, 1002], "2": [1000, 1001, 9]},
+            [],
+            "",
+            "file sizes in XNAT differ from the upload",
+        ),
     ],
 )
-def test_the_tally_finds_what_the_listing_finds(arrived: dict[str, list[int]]) -> None:
+def test_the_tally_finds_what_the_listing_holds(
+    arrived: dict[str, list[int]], missing: list, incomplete: str, changed_when_sizes_compared: str
+) -> None:
+    """A missing scan, a scan short of files, a changed size (only when sizes are compared)."""
+    tally = verify.PrearchiveTally.of(listing(arrived))
+    assert tally.file_count == sum(map(len, arrived.values()))
     for sizes in (False, True):
-        whole = verify.check_prearchive(MANIFEST, list(listing(arrived)), sizes)
-        tallied = verify.PrearchiveTally.of(listing(arrived))
-        tally = verify.check_prearchive(MANIFEST, tallied, sizes)
-        assert tally == whole
-    assert verify.PrearchiveTally.of(listing(arrived)).file_count == sum(map(len, arrived.values()))
+        check = verify.check_prearchive(MANIFEST, tally, sizes)
+        changed = changed_when_sizes_compared if sizes else ""
+        assert (check.missing, check.incomplete, check.changed) == (missing, incomplete, changed)
 
 
 def test_a_tally_keeps_nothing_per_file() -> None:

@@ -129,10 +129,9 @@ def _reusable(
 ) -> Done | None:
     """What the prearchive already holds of this drop: a READY copy with every file (reused),
     a copy XNAT is building (waited for); leftovers are deleted. None: upload."""
-    client = context.client()
     for entry in prearchive.ours(context, drop, planned):
         if entry.status == prearchive.READY:
-            files = client.prearchive_files(entry.uri)
+            files = readback.prearchive_files(context, entry.uri)
             check = verify.check_prearchive(
                 late.sent(context, drop), files, not found.rewrites_at_import()
             )
