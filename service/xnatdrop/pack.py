@@ -97,7 +97,9 @@ def upload_name(path: str) -> str:
     name = path.rpartition("/")[2]
     stem, dot, extension = name.rpartition(".")
     suffix = f".{extension}" if dot and stem and len(extension) <= 8 else ""
-    return names.fit(path[: len(path) - len(suffix)], suffix, limit=ZIP_NAME_MAX)
+    fitted = names.fit(path[: len(path) - len(suffix)], suffix, limit=ZIP_NAME_MAX)
+    # The path itself, not an equal copy: the plan holds both per file (~75 bytes a file).
+    return path if fitted == path else fitted
 
 
 # -- the plan --------------------------------------------------------------------------------

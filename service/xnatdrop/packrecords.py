@@ -69,12 +69,19 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
-        files = tuple(
-            Planned(rules.FileEntry.from_json(row["entry"]), int(row["size"]), float(row["mtime"]),
-                    str(row["name"]))
-            for row in data["files"]
-        )  # fmt: skip
+        files = tuple(_planned(row) for row in data["files"])
         return cls(int(data["zip_size"]), files)
+
+
+def _planned(row: dict[str, Any]) -> Planned:
+    """A plan's row read back. A zip name equal to the file's path (nearly all: `upload_name`
+    shortens only names too long for XNAT) is the path's string, not a second copy of it:
+    ~75 bytes a file of the plan the import step holds while it sends."""
+    entry = rules.FileEntry.from_json(row["entry"])
+    name = str(row["name"])
+    return Planned(
+        entry, int(row["size"]), float(row["mtime"]), entry.path if name == entry.path else name
+    )
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))

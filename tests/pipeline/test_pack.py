@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import hashlib
 import io
 import shutil
@@ -571,3 +573,31 @@ def test_a_body_closed_half_way_leaves_no_manifest(tmp_path: Path) -> None:
         body.read(1)
         assert (records / "manifest.json.part").exists()
     assert list(records.iterdir()) == []
+
+
+def test_a_plan_read_back_holds_each_path_once(tmp_path: Path) -> None:
+    """1. Plan 3,000 files as the pack step does (names by `upload_name`; one name too long for
+       XNAT), save the plan in the spool and read it back as the import step does.
+    2. Result: each zip name that equals its path is the path's own string (not a copy of
+       ~75 bytes a file), the long one is shortened, and the plan read back holds under 440
+       bytes a file (tracemalloc; 520 with a copy of each name)."""
+    folder = tmp_path / "S"
+    entries = many_files(folder, 3000, 4)
+    long = Path("series000") / ("x" * 230 + ".dcm")
+    (folder / long).write_bytes(b"1234")
+    entries[5] = dataclasses.replace(entries[5], path=long.as_posix())
+    zip_names = {e.path: pack.upload_name(e.path) for e in entries}
+    assert all(zip_names[e.path] is e.path for e in entries if e is not entries[5])
+    records = tmp_path / "spool"
+    spool.save(records, pack.plan(folder, entries, zip_names))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        loaded = spool.load(records, pack.Plan)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert loaded is not None
+    assert len(loaded.files[5].zip_name) <= pack.ZIP_NAME_MAX < len(loaded.files[5].entry.path)
+    assert all(p.zip_name is p.entry.path for i, p in enumerate(loaded.files) if i != 5)
+    assert held / len(entries) < 440, f"{held / len(entries):.0f} B a file"
