@@ -215,7 +215,8 @@ def pack_send(spec: dict[str, Any]) -> dict[str, Any]:
     def send() -> int:
         planned = product.plan(folder, entries)
         saving = product.save_manifest(records)
-        with requests.Session() as session, product.Body(folder, planned, saving) as body:
+        body = product.Body(folder, planned, manifest_file=saving)
+        with requests.Session() as session, body:
             response = session.post(
                 spec["url"], data=body, headers={"Content-Type": "application/zip"}, timeout=600
             )

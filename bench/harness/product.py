@@ -15,9 +15,8 @@ Entry points used, and why each is the public one:
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +50,11 @@ def plan(folder: Path, files: Sequence[rules.FileEntry]) -> pack.Plan:
     return pack.plan(folder, files)
 
 
-def save_manifest(spool_folder: Path) -> Callable[[pack.Manifest], None]:
-    """What the import step does with the manifest when the body has hashed every file: save
-    it into the drop's spool folder (`spool.save`, a streamed atomic write with fsync)."""
-    return functools.partial(spool.save, spool_folder)
+def save_manifest(spool_folder: Path) -> spool.ManifestWriter:
+    """What the import step does with the manifest while the body is sent: write it into the
+    drop's spool folder run by run and commit it (fsync, rename) once every file is hashed
+    (`spool.ManifestWriter`, passed to `Body` as its `manifest_file`)."""
+    return spool.ManifestWriter(spool_folder)
 
 
 def write_zip(folder: Path, names: Sequence[str], target: Path) -> int:

@@ -69,9 +69,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import buffers, names, packread, rules, zipformat
+from xnatdrop import buffers, names, packread, packrecords, rules, zipformat
 from xnatdrop.packread import CHUNK, Changed, FileError
-from xnatdrop.packrecords import Manifest, Plan, Planned
+from xnatdrop.packrecords import Manifest, ManifestFile, Plan, Planned
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ def upload_name(path: str) -> str:
     name = path.rpartition("/")[2]
     stem, dot, extension = name.rpartition(".")
     suffix = f".{extension}" if dot and stem and len(extension) <= 8 else ""
-    return names.fit(path[: len(path) - len(suffix)], suffix, limit=ZIP_NAME_MAX)
+    fitted = names.fit(path[: len(path) - len(suffix)], suffix, limit=ZIP_NAME_MAX)
+    # The path itself, not an equal copy: the plan holds both per file (~75 bytes a file).
+    return path if fitted == path else fitted
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -261,6 +263,10 @@ class Body:
     file's header, one CHUNK of a large file, or part of the central directory), whatever
     `amount`; b"" at the end. When every file has been hashed, the manifest is passed to
     `on_manifest` (which may save it, or check it: an OSError it raises becomes FileError).
+    With `manifest_file`, the manifest's text is written there as the zip is sent, each run's
+    rows once the run is read and hashed, and committed (made durable) once every file is
+    hashed, before the central directory is sent: the rows cost the sender nothing at the end
+    while its readers work, and XNAT never has a complete zip whose manifest is not saved.
     Raise Changed if a file no longer matches the plan. `close()` stops the reader threads; a
     new Body sends again from the start.
     """
@@ -270,10 +276,12 @@ class Body:
         folder: Path,
         planned: Plan,
         on_manifest: Callable[[Manifest], None] | None = None,
+        manifest_file: ManifestFile | None = None,
     ) -> None:
         self._folder = folder
         self._plan = planned
         self._on_manifest = on_manifest
+        self._manifest_file = manifest_file
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="upload")
         self._buffers = _pool()
         self._pieces = self._generate()
@@ -314,31 +322,47 @@ class Body:
         writer = zipformat.Writer()
         files = self._plan.files
         base = os.fspath(self._folder)
+        keep = self._on_manifest is not None  # the whole manifest is wanted at the end
         digests = bytearray()
-        for start, stop, read in _read_ahead(base, self._plan, self._readers, self._buffers):
-            if files[start].size > WHOLE_FILE:
-                planned = files[start]
-                md5, crc = read
-                header = zipformat.local_header(planned.zip_name, planned.size, crc, planned.mtime)
-                path = os.path.join(base, planned.entry.path)
-                yield from packread.copy(path, planned.size, crc, header, self._buffers)
-                writer.entry(crc, len(header) + planned.size)
-                digests += md5
-            else:
-                pieces, md5s, crcs, lengths = read
-                if len(crcs) != stop - start:
-                    raise AssertionError("a run read other files than planned")  # a bug
-                yield from pieces
-                writer.entries(crcs, lengths)
-                digests += md5s
-        manifest = Manifest.sent(self._plan.zip_size, files, bytes(digests))
-        del digests
+        text = self._manifest_file
+        committed = False
+        try:
+            if text is not None:
+                _saving(text.open, packrecords.manifest_head(self._plan))
+            for start, stop, read in _read_ahead(base, self._plan, self._readers, self._buffers):
+                if files[start].size > WHOLE_FILE:
+                    planned = files[start]
+                    md5, crc = read
+                    header = zipformat.local_header(
+                        planned.zip_name, planned.size, crc, planned.mtime
+                    )
+                    path = os.path.join(base, planned.entry.path)
+                    yield from packread.copy(path, planned.size, crc, header, self._buffers)
+                    writer.entry(crc, len(header) + planned.size)
+                else:
+                    pieces, md5, crcs, lengths = read
+                    if len(crcs) != stop - start:
+                        raise AssertionError("a run read other files than planned")  # a bug
+                    yield from pieces
+                    writer.entries(crcs, lengths)
+                if text is not None:
+                    # Written once the run is sent, while the readers read the next ones:
+                    # the sender would otherwise wait for them.
+                    rows = packrecords.manifest_rows(files[start:stop], md5, start == 0)
+                    _saving(text.write, rows)
+                if keep:
+                    digests += md5
+            if text is not None:
+                _saving(text.commit, packrecords.MANIFEST_TAIL)
+                committed = True
+        finally:
+            if text is not None and not committed:
+                text.abort()
         if self._on_manifest is not None:
-            try:
-                self._on_manifest(manifest)
-            except OSError as error:
-                raise FileError(error) from error
-        del manifest
+            manifest = Manifest.sent(self._plan.zip_size, files, bytes(digests))
+            del digests
+            _saving(self._on_manifest, manifest)
+            del manifest
         end = writer.offset
         for piece in writer.finish(_central_rows(files)):
             end += len(piece)
@@ -347,6 +371,14 @@ class Body:
             yield piece
         if end != self._plan.zip_size:
             raise AssertionError("the zip's length differs from its plan")  # a bug, not data
+
+
+def _saving(save: Callable[[Any], None], what: Any) -> None:
+    """Save (part of) the manifest while the body is sent: an OSError becomes FileError."""
+    try:
+        save(what)
+    except OSError as error:
+        raise FileError(error) from error
 
 
 def write_zip(

@@ -11,7 +11,7 @@ import json
 import operator
 from collections.abc import Iterator
 from json.encoder import encode_basestring as _quote  # json's own, in C (ensure_ascii=False)
-from typing import Any
+from typing import Any, Protocol
 
 from xnatdrop import rules
 
@@ -69,12 +69,19 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
-        files = tuple(
-            Planned(rules.FileEntry.from_json(row["entry"]), int(row["size"]), float(row["mtime"]),
-                    str(row["name"]))
-            for row in data["files"]
-        )  # fmt: skip
+        files = tuple(_planned(row) for row in data["files"])
         return cls(int(data["zip_size"]), files)
+
+
+def _planned(row: dict[str, Any]) -> Planned:
+    """A plan's row read back. A zip name equal to the file's path (nearly all: `upload_name`
+    shortens only names too long for XNAT) is the path's string, not a second copy of it:
+    ~75 bytes a file of the plan the import step holds while it sends."""
+    entry = rules.FileEntry.from_json(row["entry"])
+    name = str(row["name"])
+    return Planned(
+        entry, int(row["size"]), float(row["mtime"]), entry.path if name == entry.path else name
+    )
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))
@@ -216,10 +223,7 @@ class Manifest:
 
     def json_pieces(self) -> Iterator[str]:
         """`to_json()` as JSON text, in pieces of up to ROWS files (see `Plan.json_pieces`)."""
-        yield (
-            f'{{"zip_size": {self.zip_size}, "file_count": {self.file_count}, '
-            f'"bytes": {self.total_bytes}, "files": ['
-        )
+        yield _manifest_head(self.zip_size, self.file_count, self.total_bytes)
         rows = self._rows()
         first = next(rows, None)
         if first is not None:
@@ -231,8 +235,51 @@ class Manifest:
                     batch = [""]
             if batch != [""]:
                 yield ",\n".join(batch)
-        yield "\n]}\n"
+        yield MANIFEST_TAIL
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         return cls(int(data["zip_size"]), tuple(Entry.from_json(e) for e in data["files"]))
+
+
+# -- the manifest written while the zip is sent ----------------------------------------------
+
+MANIFEST_TAIL = "\n]}\n"
+
+
+def _manifest_head(zip_size: int, count: int, total: int) -> str:
+    return f'{{"zip_size": {zip_size}, "file_count": {count}, "bytes": {total}, "files": ['
+
+
+def manifest_head(planned: Plan) -> str:
+    """The first text of the manifest `planned` will have once sent (`Manifest.json_pieces`):
+    everything in it is known from the plan, before any file is read."""
+    return _manifest_head(planned.zip_size, len(planned.files), planned.total_bytes)
+
+
+def manifest_rows(planned: tuple[Planned, ...], md5: bytes, first: bool) -> str:
+    """The manifest text of consecutive sent files (`md5`: their digests, 16 bytes each), with
+    the separators `Manifest.json_pieces` puts before them; `first`: the manifest's first rows.
+    Head, then each run's rows in order, then MANIFEST_TAIL is `Manifest.json_pieces`' text."""
+    rows = [
+        _manifest_row(p.entry, p.size, md5[16 * i : 16 * i + 16].hex())
+        for i, p in enumerate(planned)
+    ]
+    if not rows:
+        return ""
+    return ("\n" if first else ",\n") + ",\n".join(rows)
+
+
+class ManifestFile(Protocol):
+    """Where `pack.Body` writes the manifest while it sends (the spool's `manifest.json`):
+    `open(head)` when sending starts, `write(rows)` as each run is sent, `commit(tail)` once
+    every file is hashed (durable, in place: before the zip's central directory is sent);
+    `abort()` if the body ends any other way (nothing of it may pass for a manifest)."""
+
+    def open(self, head: str) -> None: ...
+
+    def write(self, text: str) -> None: ...
+
+    def commit(self, tail: str) -> None: ...
+
+    def abort(self) -> None: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import hashlib
 import io
 import shutil
@@ -500,3 +502,102 @@ def test_entries_recorded_at_once_are_entries_recorded_one_by_one() -> None:
     rows = [("first", 1234 - 37, 0.0), *rows]
     assert many.offset == one.offset
     assert b"".join(many.finish(rows)) == b"".join(one.finish(rows))
+
+
+def test_the_manifest_written_while_sending_is_saved_before_the_central_directory(
+    tmp_path: Path,
+) -> None:
+    """1. Plan 1,500 small files (several runs) and a 2 MiB one (alone) and send them with the
+       spool's `ManifestWriter`. 2. Result: until the last file's bytes are sent, no
+       `manifest.json` exists (only its `.part`); when the first byte of the central directory
+       is handed out, the manifest is there, durable, and it is the very file `spool.save`
+       writes of `pack.digest`'s manifest; no `.part` is left."""
+    folder = tmp_path / "S"
+    entries = many_files(folder, 1500, 700)
+    big_file(folder, 2)
+    entries.insert(700, big_entry())
+    planned = pack.plan(folder, entries)
+    records = tmp_path / "spool"
+    body = pack.Body(folder, planned, manifest_file=spool.ManifestWriter(records))
+    pieces, seen = [], []
+    while piece := body.read(1 << 16):
+        pieces.append(piece)
+        seen.append((sum(map(len, pieces)), (records / "manifest.json").exists()))
+    data = b"".join(pieces)
+    start_dir = zipfile.ZipFile(io.BytesIO(data)).start_dir
+    # The piece that ends at or before the central directory's start: no manifest yet (the
+    # manifest is written after the last run is sent); any piece reaching past it: saved.
+    assert [saved for end, saved in seen if end <= start_dir] == [False] * sum(
+        1 for end, _ in seen if end <= start_dir
+    )
+    assert all(saved for end, saved in seen if end > start_dir)
+    assert not (records / "manifest.json.part").exists()
+    written = (records / "manifest.json").read_bytes()
+    expected = pack.digest(folder, planned)
+    assert spool.load(records, pack.Manifest) == expected
+    spool.save(tmp_path / "again", expected)
+    assert written == (tmp_path / "again" / "manifest.json").read_bytes()
+
+
+@pytest.mark.parametrize("gone", [10, 1400])
+def test_a_body_that_fails_leaves_no_manifest_and_a_new_body_writes_it_whole(
+    tmp_path: Path, gone: int
+) -> None:
+    """1. Send 1,500 small files with a `ManifestWriter`; one file (early or late) is gone.
+    2. Result: Changed, and neither `manifest.json` nor its `.part` remains. 3. Put the file
+       back and send again with the same writer: the manifest is whole and right."""
+    folder = tmp_path / "S"
+    entries = many_files(folder, 1500, 700)
+    planned = pack.plan(folder, entries)
+    records = tmp_path / "spool"
+    writer = spool.ManifestWriter(records)
+    content = (folder / entries[gone].path).read_bytes()
+    (folder / entries[gone].path).unlink()
+    with pack.Body(folder, planned, manifest_file=writer) as body, pytest.raises(pack.Changed):
+        drain(body)
+    assert sorted(p.name for p in records.iterdir()) == []
+    (folder / entries[gone].path).write_bytes(content)
+    with pack.Body(folder, planned, manifest_file=writer) as body:
+        drain(body)
+    assert spool.load(records, pack.Manifest) == pack.digest(folder, planned)
+    assert sorted(p.name for p in records.iterdir()) == ["manifest.json"]
+
+
+def test_a_body_closed_half_way_leaves_no_manifest(tmp_path: Path) -> None:
+    """The upload broken off (the connection lost) after some runs: the `.part` is removed."""
+    folder = tmp_path / "S"
+    planned = pack.plan(folder, many_files(folder, 1500, 700))
+    records = tmp_path / "spool"
+    with pack.Body(folder, planned, manifest_file=spool.ManifestWriter(records)) as body:
+        body.read(1)
+        body.read(1)
+        assert (records / "manifest.json.part").exists()
+    assert list(records.iterdir()) == []
+
+
+def test_a_plan_read_back_holds_each_path_once(tmp_path: Path) -> None:
+    """1. Plan 3,000 files as the pack step does (names by `upload_name`; one name too long for
+       XNAT), save the plan in the spool and read it back as the import step does.
+    2. Result: each zip name that equals its path is the path's own string (not a copy of
+       ~75 bytes a file), the long one is shortened, and the plan read back holds under 440
+       bytes a file (tracemalloc; 520 with a copy of each name)."""
+    folder = tmp_path / "S"
+    entries = many_files(folder, 3000, 4)
+    long = Path("series000") / ("x" * 230 + ".dcm")
+    (folder / long).write_bytes(b"1234")
+    entries[5] = dataclasses.replace(entries[5], path=long.as_posix())
+    zip_names = {e.path: pack.upload_name(e.path) for e in entries}
+    assert all(zip_names[e.path] is e.path for e in entries if e is not entries[5])
+    records = tmp_path / "spool"
+    spool.save(records, pack.plan(folder, entries, zip_names))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        loaded = spool.load(records, pack.Plan)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert loaded is not None
+    assert len(loaded.files[5].zip_name) <= pack.ZIP_NAME_MAX < len(loaded.files[5].entry.path)
+    assert all(p.zip_name is p.entry.path for i, p in enumerate(loaded.files) if i != 5)
+    assert held / len(entries) < 440, f"{held / len(entries):.0f} B a file"

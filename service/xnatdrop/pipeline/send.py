@@ -87,7 +87,7 @@ def import_step(context: Context, drop: ledger.Drop) -> Done:
 
     if append is None:
         body = functools.partial(
-            pack.Body, work, planned, on_manifest=functools.partial(spool.save, folder)
+            pack.Body, work, planned, manifest_file=spool.ManifestWriter(folder)
         )
     else:
         # Only the new instances go; the manifest of the whole folder is kept as it is, and

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,6 +339,57 @@ def save(folder: Path, record: Record) -> None:
         return
     text = json.dumps(record.to_json(), indent=1, ensure_ascii=False)
     atomicfile.write(folder / NAMES[type(record)], text)
+
+
+class ManifestWriter:
+    """The drop's `manifest.json`, written while the zip is sent (`pack.ManifestFile`).
+
+    The same file `save` writes, the same way (its `.part` beside it, mode 0600, fsync, then
+    one rename), but in pieces as each run of the zip is sent: at the end of the upload only
+    the last rows, the fsync and the rename remain before the central directory goes. Until
+    `commit`, only the `.part` exists, which `load` never reads, so a kill at any moment
+    leaves no manifest, or the whole of it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._path = folder / NAMES[pack.Manifest]
+        self._part = folder / f"{NAMES[pack.Manifest]}.part"
+        self._handle: Any = None
+
+    def open(self, head: str) -> None:
+        self.abort()  # a Body sent again starts its manifest again
+        ledger.private_dir(self._path.parent)
+        descriptor = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, atomicfile.PRIVATE)
+        self._handle = os.fdopen(descriptor, "w", encoding="utf-8", buffering=1 << 16)
+        os.fchmod(descriptor, atomicfile.PRIVATE)  # whatever a killed run's .part had
+        self._handle.write(head)
+
+    def write(self, text: str) -> None:
+        try:
+            self._handle.write(text)
+        except OSError as error:  # a full disk names no file: the pipeline sorts by path
+            raise OSError(error.errno, error.strerror, str(self._part)) from error
+
+    def commit(self, tail: str) -> None:
+        handle, self._handle = self._handle, None
+        try:
+            try:
+                handle.write(tail)
+                handle.flush()
+                os.fsync(handle.fileno())
+            finally:
+                handle.close()
+            os.replace(self._part, self._path)
+        except OSError as error:
+            self._part.unlink(missing_ok=True)
+            raise OSError(error.errno, error.strerror, str(self._part)) from error
+
+    def abort(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+            self._part.unlink(missing_ok=True)
 
 
 def discard(folder: Path, *kinds: type) -> None:
