@@ -129,7 +129,31 @@ def walk(
     size = len(data)
     if implicit and size >= pos + 6 and all(0x40 < b < 0x5B for b in data[pos + 4 : pos + 6]):
         raise CannotWalk("an implicit VR transfer syntax over explicit VR elements")
+    limit = min(last, PIXEL_DATA - 1)
     while True:
+        if boundary >= 0 and not implicit:
+            # Past `keep_to`, explicit VR: step over plain elements (a known VR, a defined
+            # length, ascending, not wanted, whole in `data`) in a tight loop; anything else
+            # leaves it for the checks below. Most of a header's elements are these.
+            while pos + 12 <= size:
+                group, number, vr_bytes, length = _HEADER.unpack_from(data, pos)
+                tag = group << 16 | number
+                if tag <= previous or tag > limit or tag in wanted:
+                    break
+                known = _VRS.get(vr_bytes)
+                if known is None:
+                    break
+                if known[1]:
+                    (length,) = _UL.unpack_from(data, pos + 8)
+                    if length == UNDEFINED:
+                        break
+                    end = pos + 12 + length
+                else:
+                    end = pos + 8 + length
+                if end > size:
+                    break
+                previous = tag
+                pos = end
         if pos + 12 > size:
             if not eof:
                 raise NeedMore
