@@ -131,27 +131,37 @@ def walk(
         raise CannotWalk("an implicit VR transfer syntax over explicit VR elements")
     limit = min(last, PIXEL_DATA - 1)
     while True:
-        if boundary >= 0 and not implicit:
-            # Past `keep_to`, explicit VR: step over plain elements (a known VR, a defined
-            # length, ascending, not wanted, whole in `data`) in a tight loop; anything else
-            # leaves it for the checks below. Most of a header's elements are these.
+        if not implicit:
+            # Explicit VR: elements with a known VR and a defined length, ascending and whole
+            # in `data`, in a tight loop (most of a header); anything else (a sequence of
+            # undefined length, an unknown VR, the stop tag, tags out of order, a truncated
+            # element) leaves it for the checks below, which decide as before.
             while pos + 12 <= size:
                 group, number, vr_bytes, length = _HEADER.unpack_from(data, pos)
                 tag = group << 16 | number
-                if tag <= previous or tag > limit or tag in wanted:
+                if tag <= previous or tag > limit or group == 0x0002:
                     break
                 known = _VRS.get(vr_bytes)
                 if known is None:
                     break
-                if known[1]:
+                vr, long = known
+                if long:
                     (length,) = _UL.unpack_from(data, pos + 8)
                     if length == UNDEFINED:
                         break
-                    end = pos + 12 + length
+                    header = 12
                 else:
-                    end = pos + 8 + length
+                    header = 8
+                end = pos + header + length
                 if end > size:
                     break
+                if tag <= keep_to:
+                    kept.append(Element(tag, vr, pos, pos + header, length, end))
+                else:
+                    if boundary < 0:
+                        boundary = pos
+                    if tag in wanted:
+                        kept.append(Element(tag, vr, pos, pos + header, length, end))
                 previous = tag
                 pos = end
         if pos + 12 > size:
