@@ -93,6 +93,7 @@ class EntryWriter:
         self._turn = 0
         self._group: list[_Batch] = []  # whole small files, not yet handed over
         self._group_bytes = 0
+        self.hand_overs = 0  # queue puts made (a counter for tests and profiles)
 
     # -- request thread ------------------------------------------------------------------
 
@@ -161,12 +162,14 @@ class EntryWriter:
             handle.lane = self._lane()
         pieces, handle.pieces, handle.held = handle.pieces, [], 0
         self._queues[handle.lane].put([(handle, pieces, last)])
+        self.hand_overs += 1
 
     def _send_group(self) -> None:
         if self._group:
             self._raise()
             group, self._group, self._group_bytes = self._group, [], 0
             self._queues[self._lane()].put(group)
+            self.hand_overs += 1
 
     def _raise(self) -> None:
         if self._error is not None:
