@@ -83,8 +83,10 @@ class Body:
         content_length: int | None,
         chunked: bool,
         expect_continue: bool,
+        pending: Callable[[], bool] | None = None,
     ) -> None:
         self._rfile = rfile
+        self._pending = pending
         self._send_continue = send_continue
         self._chunked = chunked
         self._remaining = 0 if chunked else (content_length or 0)
@@ -98,21 +100,41 @@ class Body:
     def started(self) -> bool:
         return not self._expect
 
+    def ready(self) -> bool:
+        """Whether `read_some` would return without waiting for the client: the body is read
+        to its end, or bytes have arrived on the connection (`pending`, a zero-timeout poll of
+        the socket). Bytes already in `rfile`'s buffer are not seen, so this may say False when a
+        read would not wait: a caller that acts on False does so early, never late."""
+        if self.finished:
+            return True
+        if self._expect or self._pending is None:
+            return False
+        return self._pending()
+
     def read(self, size: int = CHUNK) -> bytes:
         """Return up to `size` bytes, b"" at the end. Raise ClientGone on a short body."""
+        return self._read(size, some=False)
+
+    def read_some(self, size: int = CHUNK) -> bytes:
+        """Like `read`, but return as soon as any bytes are there (those buffered, else one
+        receive), so that a read after `ready()` said True does not wait on the client."""
+        return self._read(size, some=True)
+
+    def _read(self, size: int, some: bool) -> bytes:
         if self.finished:
             return b""
         if self._expect:
             self._expect = False
             self._send_continue()
-        data = self._read_chunked(size) if self._chunked else self._read_plain(size)
+        data = self._read_chunked(size) if self._chunked else self._read_plain(size, some)
         if self.drop_after is not None and self.received + len(data) >= self.drop_after:
             raise ConnectionDropped(f"dropped after {self.drop_after} body bytes")
         self.received += len(data)
         return data
 
-    def _read_plain(self, size: int) -> bytes:
-        data = self._rfile.read(min(size, self._remaining))
+    def _read_plain(self, size: int, some: bool = False) -> bytes:
+        want = min(size, self._remaining)
+        data = self._rfile.read1(want) if some else self._rfile.read(want)
         if not data:
             raise ClientGone(f"client closed with {self._remaining} body bytes unsent")
         self._remaining -= len(data)

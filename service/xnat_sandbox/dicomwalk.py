@@ -129,7 +129,41 @@ def walk(
     size = len(data)
     if implicit and size >= pos + 6 and all(0x40 < b < 0x5B for b in data[pos + 4 : pos + 6]):
         raise CannotWalk("an implicit VR transfer syntax over explicit VR elements")
+    limit = min(last, PIXEL_DATA - 1)
     while True:
+        if not implicit:
+            # Explicit VR: elements with a known VR and a defined length, ascending and whole
+            # in `data`, in a tight loop (most of a header); anything else (a sequence of
+            # undefined length, an unknown VR, the stop tag, tags out of order, a truncated
+            # element) leaves it for the checks below, which decide as before.
+            while pos + 12 <= size:
+                group, number, vr_bytes, length = _HEADER.unpack_from(data, pos)
+                tag = group << 16 | number
+                if tag <= previous or tag > limit or group == 0x0002:
+                    break
+                known = _VRS.get(vr_bytes)
+                if known is None:
+                    break
+                vr, long = known
+                if long:
+                    (length,) = _UL.unpack_from(data, pos + 8)
+                    if length == UNDEFINED:
+                        break
+                    header = 12
+                else:
+                    header = 8
+                end = pos + header + length
+                if end > size:
+                    break
+                if tag <= keep_to:
+                    kept.append(Element(tag, vr, pos, pos + header, length, end))
+                else:
+                    if boundary < 0:
+                        boundary = pos
+                    if tag in wanted:
+                        kept.append(Element(tag, vr, pos, pos + header, length, end))
+                previous = tag
+                pos = end
         if pos + 12 > size:
             if not eof:
                 raise NeedMore

@@ -172,6 +172,13 @@ class Job:
             self._writer = entrywriter.EntryWriter(lanes)
         return self._writer
 
+    def hand_over_before_wait(self, body: bodies.Body) -> None:
+        """Before a read of `body` that would wait for the client, hand the writer's group of
+        whole files to a worker: nothing that has arrived waits on the client's next bytes."""
+        writer = self._writer
+        if writer is not None and writer.holding and not body.ready():
+            writer.hand_over()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -264,6 +271,8 @@ def handle_import(request: Request) -> tables.Response:
     job = _job(request, handler)
     upload = received.uploads[0]
     read, close = upload.reader()
+    if upload.stream is not None:
+        read = _streamed(upload.stream, job)
     try:
         if handler == "gradual-DICOM":
             try:
@@ -303,6 +312,18 @@ _BROKEN = (
     EOFError,
     zlib.error,
 )
+
+
+def _streamed(body: bodies.Body, job: Job) -> Callable[[int], bytes]:
+    """`read(n)` over a body still arriving: what has come (`read_some`), after handing the
+    writer's waiting files over if the client has sent nothing more (`Job.hand_over_before_wait`).
+    """
+
+    def read(size: int) -> bytes:
+        job.hand_over_before_wait(body)
+        return body.read_some(size)
+
+    return read
 
 
 class _Stream:

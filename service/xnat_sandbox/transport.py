@@ -16,6 +16,7 @@ import contextlib
 import http
 import http.server
 import logging
+import select
 import socket
 import sys
 import threading
@@ -120,6 +121,8 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         # Like Tomcat (tcpNoDelay=true): without it, headers and body go out as two small
         # writes and Nagle + the client's delayed ACK stall every keep-alive response ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._poller = select.poll()  # Body.ready: has the client sent more?
+        self._poller.register(self.connection, select.POLLIN)
         front = self.server.front
         with front.connections_lock:
             front.connections.add(self.connection)
@@ -136,6 +139,11 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def handle_expect_100(self) -> bool:
         return True  # Tomcat: 100 Continue only once the application reads the body
+
+    def _arrived(self) -> bool:
+        """Whether bytes (or the client's close) wait on the connection: a zero-timeout poll,
+        so a receive now would not wait for the client."""
+        return bool(self._poller.poll(0))
 
     def _send_continue(self) -> None:
         self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -159,6 +167,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             int(length) if length and length.isdigit() else None,
             "chunked" in (self.headers.get("Transfer-Encoding") or "").lower(),
             (self.headers.get("Expect") or "").lower() == "100-continue",
+            self._arrived,
         )
         front.requests[f"{self.command} {full_path}"] += 1
         front.begin()

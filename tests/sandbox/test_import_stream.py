@@ -223,3 +223,42 @@ def test_a_tar_whose_header_does_not_parse_is_400(sandbox, svc):
     assert response.status_code == 400
     assert message(response) == "unable to read data from file"
     assert _prearchived(sandbox) == []
+
+
+def test_small_files_go_to_the_writers_in_groups(tmp_path):
+    """One queue put per file cost the importer more than the file's bytes: whole small files
+    wait in a group until it is full (or handed over), then go to a worker together."""
+    writer = entrywriter.EntryWriter()
+    results: list[list[object]] = []
+    try:
+        for index in range(100):
+            result: list[object] = []
+            results.append(result)
+            handle = writer.begin(str(tmp_path / f"{index}.dcm"), result, 0)
+            data = bytes([index]) * 1000
+            writer.write(handle, data)
+            writer.end(handle, zlib.crc32(data))
+        assert writer.hand_overs == 100 // entrywriter.GROUP_FILES  # the last 4 still wait
+        assert writer.holding
+        writer.drain()
+    finally:
+        writer.close()
+    assert not writer.holding
+    assert results == [[1000]] * 100
+    assert (tmp_path / "99.dcm").read_bytes() == bytes([99]) * 1000
+
+
+def test_a_group_is_handed_over_at_once_when_asked(tmp_path):
+    """`hand_over` (called before a read that would wait on the client) writes what waits."""
+    writer = entrywriter.EntryWriter()
+    result: list[object] = []
+    try:
+        handle = writer.begin(str(tmp_path / "a.dcm"), result, None)
+        writer.write(handle, b"x" * 10)
+        writer.end(handle)
+        assert writer.holding and writer.hand_overs == 0
+        writer.hand_over()
+        assert not writer.holding and writer.hand_overs == 1
+        assert _wait_for(lambda: result == [10]), "the handed-over file was not written"
+    finally:
+        writer.close()
