@@ -111,7 +111,7 @@ def disk_write(source: Path, target: Path) -> float:
 def prearchive_layout(name: str) -> str:
     """Where the sandbox stores zip entry `name` below its data folder, but for the scan's
     number: `prearchive/{project}/{timestamp}/{session}/SCANS/{scan}/DICOM/{entry path made a
-    file name}` (`dicomzip._store_entry`, `GradualDicomImporter.getSafeFile`). The workload
+    file name}` (`importroute.store_entry`, `GradualDicomImporter.getSafeFile`). The workload
     holds one series per folder, so the folder stands for the scan."""
     series = name.rpartition("/")[0] or "1"
     return f"prearchive/{servers.PROJECT}/20000101_000000000/S/SCANS/{series}/DICOM/" + re.sub(
