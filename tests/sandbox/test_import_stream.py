@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from xnat_sandbox import entrywriter
+from xnat_sandbox import entrywriter, importjob
 
 IMPORT = "/data/services/import"
 ERROR = re.compile(r"<h3>(.*)</h3>", re.S)
@@ -262,3 +262,38 @@ def test_a_group_is_handed_over_at_once_when_asked(tmp_path):
         assert _wait_for(lambda: result == [10]), "the handed-over file was not written"
     finally:
         writer.close()
+
+
+def test_stored_files_are_recorded_without_waiting_for_the_writers(sandbox):
+    """Every RECORD_BATCH files the importer used to wait for both writers to go idle before
+    it recorded the batch (21 % of the request thread's time in a 500 MB import, py-spy). It now
+    records, in order, the files at the front that are already written, and keeps the rest
+    pending until they are (or until the end of the import, which waits for all)."""
+    store = sandbox.store
+    job = importjob.Job(
+        sandbox, sandbox.accounts["svc"], "DICOM-zip", None, "SPN01", None, None, False, False,
+        {"prevent_anon": ""},
+    )  # fmt: skip
+    count = importjob.RECORD_BATCH
+    results: list[list[object]] = [[] for _ in range(count)]
+    for index in range(100):
+        results[index].append(1000 + index)  # the first 100 are written
+    results[150].append(7)  # written, but behind one that is not: it waits to keep the order
+    for index in range(count):
+        job.record((424242, "1", f"f{index}.dcm"), results[index], f"1.2.{index}", index)
+    try:
+        rows = store.all("SELECT * FROM prearc_files WHERE session = 424242 ORDER BY rowid")
+        assert [r["name"] for r in rows] == [f"f{index}.dcm" for index in range(100)]
+        assert [r["size"] for r in rows] == [1000 + index for index in range(100)]
+        assert len(job.pending) == count - 100
+        assert job.owner(424242, "1", "f5.dcm") == "1.2.5"  # recorded
+        assert job.owner(424242, "1", "f200.dcm") == "1.2.200"  # pending
+        for index in range(100, count):
+            results[index][:] = [index]
+        job.flush()  # the end of an import: everything, in order
+        rows = store.all("SELECT * FROM prearc_files WHERE session = 424242 ORDER BY rowid")
+        assert [r["name"] for r in rows] == [f"f{index}.dcm" for index in range(count)]
+        assert job.pending == {}
+    finally:
+        job.close()
+        store.run("DELETE FROM prearc_files WHERE session = 424242")
