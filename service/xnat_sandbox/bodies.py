@@ -83,10 +83,13 @@ class Body:
         content_length: int | None,
         chunked: bool,
         expect_continue: bool,
-        pending: Callable[[], bool] | None = None,
+        pending: Callable[[], int] | None = None,
     ) -> None:
         self._rfile = rfile
-        self._pending = pending
+        self._pending = pending  # how many bytes wait on the connection
+        #: body bytes known to have arrived and not read yet (`ready`): till they are read, a
+        #: read does not wait, and the connection need not be asked again
+        self._arrived = 0
         self._send_continue = send_continue
         self._chunked = chunked
         self._remaining = 0 if chunked else (content_length or 0)
@@ -102,14 +105,17 @@ class Body:
 
     def ready(self) -> bool:
         """Whether `read_some` would return without waiting for the client: the body is read
-        to its end, or bytes have arrived on the connection (`pending`, a zero-timeout poll of
-        the socket). Bytes already in `rfile`'s buffer are not seen, so this may say False when a
-        read would not wait: a caller that acts on False does so early, never late."""
+        to its end, or bytes have arrived on the connection (`pending`: how many wait on the
+        socket, asked again only once that many have been read, since till then a read finds at
+        least one of them). Bytes already in `rfile`'s buffer are not seen, so this may say False
+        when a read would not wait: a caller that acts on False does so early, never late."""
         if self.finished:
             return True
         if self._expect or self._pending is None:
             return False
-        return self._pending()
+        if self._arrived <= 0:
+            self._arrived = self._pending()
+        return self._arrived > 0
 
     def read(self, size: int = CHUNK) -> bytes:
         """Return up to `size` bytes, b"" at the end. Raise ClientGone on a short body."""
@@ -126,7 +132,12 @@ class Body:
         if self._expect:
             self._expect = False
             self._send_continue()
-        data = self._read_chunked(size) if self._chunked else self._read_plain(size, some)
+        if self._chunked:  # its framing is read too, uncounted: ask the connection each time
+            data = self._read_chunked(size)
+            self._arrived = 0
+        else:
+            data = self._read_plain(size, some)
+            self._arrived -= len(data)
         if self.drop_after is not None and self.received + len(data) >= self.drop_after:
             raise ConnectionDropped(f"dropped after {self.drop_after} body bytes")
         self.received += len(data)

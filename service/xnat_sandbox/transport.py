@@ -11,14 +11,16 @@ keep-alive connections and lets requests in flight end first.
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
+import fcntl
 import http
 import http.server
 import logging
-import select
 import socket
 import sys
+import termios
 import threading
 import time
 import urllib.parse
@@ -36,6 +38,15 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 
 Respond = Callable[[str, str, dict[str, list[str]], Message, bodies.Body], tables.Response]
 """`respond(method, path, query, headers, body)`: one request's answer (`routes.respond`)."""
+
+
+def bytes_waiting(connection: socket.socket) -> int:
+    """The bytes received on `connection` and not yet read (FIONREAD), 0 for none or a closed
+    peer: one ioctl, like the zero-timeout poll it replaces, but it says how many, so that a
+    body read in small pieces asks once per arrival rather than once per piece (`Body.ready`)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(connection.fileno(), termios.FIONREAD, count, True)
+    return count[0]
 
 
 class HttpFront:
@@ -121,8 +132,6 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         # Like Tomcat (tcpNoDelay=true): without it, headers and body go out as two small
         # writes and Nagle + the client's delayed ACK stall every keep-alive response ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._poller = select.poll()  # Body.ready: has the client sent more?
-        self._poller.register(self.connection, select.POLLIN)
         front = self.server.front
         with front.connections_lock:
             front.connections.add(self.connection)
@@ -140,10 +149,10 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         return True  # Tomcat: 100 Continue only once the application reads the body
 
-    def _arrived(self) -> bool:
-        """Whether bytes (or the client's close) wait on the connection: a zero-timeout poll,
-        so a receive now would not wait for the client."""
-        return bool(self._poller.poll(0))
+    def _arrived(self) -> int:
+        """How many bytes wait on the connection (`bytes_waiting`): a receive now would not wait
+        for the client when there are any."""
+        return bytes_waiting(self.connection)
 
     def _send_continue(self) -> None:
         self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")

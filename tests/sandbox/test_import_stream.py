@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from xnat_sandbox import entrywriter, importjob
+from xnat_sandbox import bodies, entrywriter, importjob, transport
 
 IMPORT = "/data/services/import"
 ERROR = re.compile(r"<h3>(.*)</h3>", re.S)
@@ -297,3 +297,37 @@ def test_stored_files_are_recorded_without_waiting_for_the_writers(sandbox):
     finally:
         job.close()
         store.run("DELETE FROM prearc_files WHERE session = 424242")
+
+
+def test_a_body_asks_the_connection_once_per_arrival_not_once_per_read():
+    """`Body.ready` is asked before every read of a streamed import (a zip entry takes several
+    small reads); it asked the socket each time (a poll, 3 a file). It now asks how many bytes
+    wait (FIONREAD) and asks again only once those are read, and still never says ready when a
+    read would wait for the client."""
+    server, client = socket.socketpair()
+    asked = []
+
+    def pending() -> int:
+        asked.append(1)
+        return transport.bytes_waiting(server)
+
+    try:
+        rfile = server.makefile("rb")
+        body = bodies.Body(rfile, lambda: None, 20_000, False, False, pending)
+        client.sendall(b"x" * 10_000)
+        assert _wait_for(lambda: transport.bytes_waiting(server) == 10_000)
+        got = 0
+        while got < 10_000:
+            assert body.ready()
+            got += len(body.read_some(100))
+        assert len(asked) == 1  # one question for 100 reads
+        assert not body.ready()  # all read: the next read would wait for the client
+        client.sendall(b"y" * 10_000)
+        assert _wait_for(body.ready)
+        while not body.finished:
+            assert body.ready()
+            body.read_some(4096)
+        assert body.received == 20_000
+    finally:
+        server.close()
+        client.close()
