@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -108,8 +109,20 @@ class Series:
     modality: str
     sop_class_uid: str
     image_type: str
-    files: tuple[FileEntry, ...]
+    # A `filelist.FileList` (by column, ~75 bytes a file) whenever every entry is a plain
+    # FileEntry: a sequence of them given is turned into one. It reads as the tuple did.
+    files: Sequence[FileEntry]
     excluded: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        from xnatdrop.rules.filelist import FileList  # it builds on FileEntry, from here
+
+        if not isinstance(self.files, FileList):
+            files = tuple(self.files)
+            if all(type(f) is FileEntry for f in files):
+                object.__setattr__(self, "files", FileList(files))
+            else:
+                object.__setattr__(self, "files", files)
 
     @property
     def file_count(self) -> int:
@@ -117,7 +130,8 @@ class Series:
 
     @property
     def bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        sizes = getattr(self.files, "sizes", None)
+        return sum(sizes) if sizes is not None else sum(f.size for f in self.files)
 
     def to_json(self, files: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {

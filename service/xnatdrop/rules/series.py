@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import collections
 import filecmp
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from xnatdrop import dicomfiles
@@ -153,29 +154,15 @@ def _patient_hits(dicoms: list[dicomfiles.FileFacts]) -> list[model.Hit]:
 
 
 def duplicate_hits(
-    folder: Path, dicoms: list[dicomfiles.FileFacts]
+    folder: Path, dicoms: Sequence[dicomfiles.FileFacts]
 ) -> tuple[list[model.Hit], set[str]]:
     """Rule D2: files sharing a SOPInstanceUID. Identical copies: keep the first, warn.
 
-    The UIDs are only compared here, so a set of them finds the duplicates; the files of
-    those few UIDs are then gathered in a second pass. A list of files per UID (a dict entry
-    and a list for every file, ~130 bytes a file) was the largest thing the rules built."""
-    seen: set[str] = set()
-    repeated: set[str] = set()
-    for item in dicoms:
-        assert item.header is not None
-        uid = item.header.sop_instance_uid
-        if uid in seen:
-            repeated.add(uid)
-        else:
-            seen.add(uid)
-    del seen
+    Repeated UIDs are found from their hashes (`_repeated_uids`), each confirmed by the full
+    UID: a set of every UID was ~130 bytes a file at the check's peak (issue 13)."""
     by_uid: dict[str, list[dicomfiles.FileFacts]] = {}
-    if repeated:  # in first-seen order of the UID, each UID's files in order
-        for item in dicoms:
-            uid = item.header.sop_instance_uid  # type: ignore[union-attr]
-            if uid in repeated:
-                by_uid.setdefault(uid, []).append(item)
+    for uid, rows in _repeated_uids(dicoms).items():  # in first-seen order, rows in order
+        by_uid[uid] = [dicoms[row] for row in rows]
     hits, extra = [], set()
     for uid, items in by_uid.items():
         first = items[0]
@@ -190,6 +177,43 @@ def duplicate_hits(
         else:
             hits.append(model.Hit("DUPLICATE_UID", first.path, f"SOPInstanceUID {uid} in {names}"))
     return hits, extra
+
+
+def _repeated_uids(dicoms: Sequence[dicomfiles.FileFacts]) -> dict[str, list[int]]:
+    """Each SOPInstanceUID held by more than one of `dicoms`, with their positions, in
+    first-seen order.
+
+    Why a bitmap of hashes: a set of the UIDs (or of their hashes) holds an object and a slot
+    per file. Each file's 64-bit hash (kept by its `FactsTable` row) marks one bit of a
+    bitmap 32 bits a file wide; only files whose bit was already set can share a UID with an
+    earlier file. Those few bits are gathered in a second pass, and UIDs are then compared in
+    full, so a hash or bit collision never makes a false D2.
+    """
+    if isinstance(dicoms, dicomfiles.FactsView):
+        table = dicoms.table
+        hashes = array("q", (table.uid_hashes[row] for row in dicoms.rows))
+    else:
+        hashes = array("q", (hash(d.header.sop_instance_uid) for d in dicoms if d.header))
+        assert len(hashes) == len(dicoms), "every file judged by D2 has a header"
+    mask = (1 << max(16, (32 * len(hashes)).bit_length())) - 1
+    bits = bytearray((mask >> 3) + 1)
+    again = set()  # bits set by more than one file
+    for value in hashes:
+        bit = value & mask
+        if bits[bit >> 3] & (1 << (bit & 7)):
+            again.add(bit)
+        else:
+            bits[bit >> 3] |= 1 << (bit & 7)
+    del bits
+    if not again:
+        return {}
+    rows_of: dict[str, list[int]] = {}
+    for position, value in enumerate(hashes):
+        if value & mask in again:
+            header = dicoms[position].header
+            assert header is not None
+            rows_of.setdefault(header.sop_instance_uid, []).append(position)
+    return {uid: rows for uid, rows in rows_of.items() if len(rows) > 1}
 
 
 def _same_bytes(folder: Path, one: dicomfiles.FileFacts, other: dicomfiles.FileFacts) -> bool:
