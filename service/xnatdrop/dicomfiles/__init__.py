@@ -47,7 +47,7 @@ from xnatdrop.dicomfiles.folder import (
 from xnatdrop.dicomfiles.formats import is_os_litter
 from xnatdrop.dicomfiles.pixels import PixelSpan, pixel_span
 from xnatdrop.dicomfiles.reading import sniff
-from xnatdrop.dicomfiles.table import FactsTable, FactsView
+from xnatdrop.dicomfiles.table import FactsTable, FactsView, brief
 from xnatdrop.dicomfiles.tags import HEAD_BYTES, LOSSY_SYNTAXES, NATIVE_SYNTAXES
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "Kind",
     "PixelSpan",
     "SeriesFields",
+    "brief",
     "is_os_litter",
     "pixel_span",
     "sniff",

@@ -185,3 +185,27 @@ class FactsView(Sequence[FileFacts]):
         """Each row's `SeriesFields`, without making its facts."""
         shapes, of = self.table.shapes, self.table._rows
         return (shapes[of[row]][2] for row in self.rows)
+
+
+def brief(dicoms: Sequence[FileFacts]) -> Iterator[tuple[str, SeriesFields, int]]:
+    """(path, SeriesFields, InstanceNumber) of each of `dicoms` that has a header (each, in a
+    check: the rules judge together only DICOM files with a header).
+
+    Why: the rules that judge files together (rules D, C) need only these; read from a
+    `FactsView` they cost a tuple a file, where a `FileFacts` made on demand cost ~1.5 µs and
+    the file's UID as text besides.
+    """
+    if isinstance(dicoms, FactsView):
+        table = dicoms.table
+        shapes, of, names, numbers, big = (
+            table.shapes, table._rows, table.names, table.numbers, table._big,
+        )  # fmt: skip
+        for row in dicoms.rows:
+            fields = shapes[of[row]][2]
+            assert fields is not None
+            yield names[row], fields, big[row] if big and row in big else numbers[row]
+        return
+    for item in dicoms:  # a list: files without a header are passed over
+        header = item.header
+        if header is not None:
+            yield item.path, header.fields, header.instance_number  # type: ignore[misc]

@@ -9,9 +9,8 @@ folder that went away while it was read (an unmounted share) from bad data.
 from __future__ import annotations
 
 import dataclasses
-import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from xnatdrop import dicomfiles, names, reasonfiles
@@ -74,53 +73,62 @@ def scan(folder: Path, sidecar_names: Iterable[str], control_files: frozenset[st
     wanted = {name.lower(): name for name in sidecar_names}
     ours = {p.name for p in reasonfiles.find_own(folder)}
     tree.reason_files = sorted(Path(name) for name in ours)
-    pending: list[tuple[Path, str]] = [(model.TOP, "")]
-    found: list[tuple[Path, str, Path]] = []
+    # Depth first, each folder's entries in name order and a subfolder's files listed where
+    # its name sorts: the order of the files' Paths (part by part), with nothing to sort
+    # after. Why: sorting at the end needed a key and a tuple of parts per file (~200 bytes
+    # a file) besides its name, freed after the walk but not given back to the system, so
+    # the walk was the check's peak resident memory (issue 13).
+    pending: list[tuple[Path, str, Iterator[os.DirEntry[str]]]] = []
+    opened = _listing(folder, model.TOP, tree)
+    if opened is not None:
+        pending.append((model.TOP, "", opened))
     while pending:
-        relative, prefix = pending.pop()
-        try:
-            with os.scandir(folder / relative) as entries:
-                listing = sorted(entries, key=lambda e: e.name)
-        except OSError as error:
-            tree.hits.append(
-                model.Hit("UNREADABLE", relative, f"cannot list folder: {error.strerror}")
-            )
+        relative, prefix, entries = pending[-1]
+        entry = next(entries, None)
+        if entry is None:
+            pending.pop()
             continue
         at_top = relative == model.TOP
-        parts = relative.parts
-        for entry in listing:
-            if not names.valid(entry.name):
-                tree.hits.append(_bad_name(relative, entry))
-            elif at_top and entry.name in ours:
+        if not names.valid(entry.name):
+            tree.hits.append(_bad_name(relative, entry))
+        elif at_top and entry.name in ours:
+            continue
+        elif entry.is_symlink():
+            link = relative / entry.name
+            tree.hits.append(model.Hit("SYMLINK", link, "symbolic link, not followed"))
+        elif entry.is_dir(follow_symlinks=False):
+            if entry.name.lower() in LITTER_DIRS:
                 continue
-            elif entry.is_symlink():
-                link = relative / entry.name
-                tree.hits.append(model.Hit("SYMLINK", link, "symbolic link, not followed"))
-            elif entry.is_dir(follow_symlinks=False):
-                if entry.name.lower() in LITTER_DIRS:
-                    continue
-                path = relative / entry.name
-                if at_top and entry.name.lower() in wanted:
-                    tree.sidecars[wanted[entry.name.lower()]] = folder / path
-                    _scan_sidecar(folder, path, tree)
-                else:
-                    pending.append((path, f"{prefix}{entry.name}/"))
-            elif at_top and entry.name in control_files:
-                continue
-            elif not entry.is_file(follow_symlinks=False):
-                # A FIFO or device node is never opened (opening a device can act on it); the
-                # listing's type says so without a stat on SMB/NFS.
-                odd = relative / entry.name
-                tree.hits.append(model.Hit("UNREADABLE", odd, "not a regular file"))
-            elif not dicomfiles.is_os_litter(entry.name):
-                # No Path per file: its parts sort as the Path would (`model.path_order`), and
-                # a Path would intern each file's name for as long as it lives.
-                found.append(((*parts, entry.name), prefix + entry.name, relative))
-    found.sort(key=operator.itemgetter(0))  # in the order of the Paths (by part), as always
-    tree.files = [text for _, text, _ in found]
-    tree.folders = [where for _, _, where in found]
-    found.clear()
+            path = relative / entry.name
+            if at_top and entry.name.lower() in wanted:
+                tree.sidecars[wanted[entry.name.lower()]] = folder / path
+                _scan_sidecar(folder, path, tree)
+            else:
+                inner = _listing(folder, path, tree)
+                if inner is not None:
+                    pending.append((path, f"{prefix}{entry.name}/", inner))
+        elif at_top and entry.name in control_files:
+            continue
+        elif not entry.is_file(follow_symlinks=False):
+            # A FIFO or device node is never opened (opening a device can act on it); the
+            # listing's type says so without a stat on SMB/NFS.
+            odd = relative / entry.name
+            tree.hits.append(model.Hit("UNREADABLE", odd, "not a regular file"))
+        elif not dicomfiles.is_os_litter(entry.name):
+            # No Path per file: a Path would intern each file's name for as long as it lives.
+            tree.files.append(prefix + entry.name)
+            tree.folders.append(relative)
     return tree
+
+
+def _listing(folder: Path, relative: Path, tree: Tree) -> Iterator[os.DirEntry[str]] | None:
+    """The entries of one folder in name order, or None (and an UNREADABLE hit)."""
+    try:
+        with os.scandir(folder / relative) as entries:
+            return iter(sorted(entries, key=lambda e: e.name))
+    except OSError as error:
+        tree.hits.append(model.Hit("UNREADABLE", relative, f"cannot list folder: {error.strerror}"))
+        return None
 
 
 def _scan_sidecar(folder: Path, top: Path, tree: Tree) -> None:
