@@ -47,7 +47,7 @@ from xnatdrop.dicomfiles.folder import (
 from xnatdrop.dicomfiles.formats import is_os_litter
 from xnatdrop.dicomfiles.pixels import PixelSpan, pixel_span
 from xnatdrop.dicomfiles.reading import sniff
-from xnatdrop.dicomfiles.table import FactsTable, FactsView, brief
+from xnatdrop.dicomfiles.table import FactsTable, FactsView, brief, path_of
 from xnatdrop.dicomfiles.tags import HEAD_BYTES, LOSSY_SYNTAXES, NATIVE_SYNTAXES
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "SeriesFields",
     "brief",
     "is_os_litter",
+    "path_of",
     "pixel_span",
     "sniff",
     "sniff_folder",

@@ -19,7 +19,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from xnatdrop.dicomfiles.facts import (
@@ -75,7 +75,7 @@ def sniff_folder(
 
 def sniff_table(
     folder: Path | None,
-    names: list[str],
+    names: Sequence[str],
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
 ) -> FactsTable:
@@ -97,13 +97,19 @@ def sniff_table(
 
 def _wires(
     folder: Path | None,
-    names: list[str] | list[Path],
+    names: Sequence[str] | list[Path],
     progress: Callable[[int, int], None] | None,
     workers: int | None,
 ) -> Iterator[_Wire]:
     """The wire tuple of every name, in order (see `sniff_folder` for how they are read)."""
     total = len(names)
-    texts = names if all(type(n) is str for n in names) else [str(n) for n in names]
+    # A list of Paths is made text; any other sequence (`rules.tree.Names`) gives text, and
+    # is sliced a batch at a time, never copied whole.
+    texts = (
+        [str(n) for n in names]
+        if isinstance(names, list) and not all(type(n) is str for n in names)
+        else names
+    )
     base = f"{folder}{os.sep}" if folder is not None else ""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     done = 0
@@ -119,15 +125,28 @@ def _wires(
     context = multiprocessing.get_context("fork" if single else "forkserver")
     size = max(16, min(PROGRESS_EVERY, total // (workers * 8)))
     batches = ((base, texts[i : i + size]) for i in range(0, total, size))
+    # A bounded window of batches in flight, not `pool.map`: it submits every batch at once,
+    # and each holds its names as text (made from `rules.tree.Names`) until it is sent, ~100
+    # bytes a file of the whole session at the check's peak (issue 13).
+    in_flight: collections.deque[concurrent.futures.Future] = collections.deque()
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for batch in pool.map(_sniff_batch, batches):
-            done += len(batch)
-            yield from batch
-            del batch
+        while True:
+            while len(in_flight) < workers * BATCHES_AHEAD:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                in_flight.append(pool.submit(_sniff_batch, batch))
+            if not in_flight:
+                break
+            wires = in_flight.popleft().result()
+            done += len(wires)
+            yield from wires
+            del wires
             if progress is not None:
                 progress(done, total)
 
 
+BATCHES_AHEAD = 3  # batches submitted per worker process beyond the one being read
 IO_THREADS = 8  # header reads in flight per process (open + fstat + read each)
 READ_CHUNK = 4  # files one I/O thread opens and reads in one task
 READ_AHEAD = 2 * IO_THREADS * READ_CHUNK  # files opened ahead: each holds an fd and ≤ 64 KiB

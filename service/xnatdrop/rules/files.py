@@ -203,7 +203,7 @@ def content_hits(
     hits = []
     decided: dict[tuple[int, bool], tuple[dicomfiles.SeriesFields, list[tuple[str, str, bool]]]]
     decided = {}
-    for (path, fields, _), folder in zip(dicomfiles.brief(dicoms), folders, strict=True):
+    for (ref, fields, _), folder in zip(dicomfiles.brief(dicoms), folders, strict=True):
         in_images = folder in image_folders
         key = (id(fields), in_images)
         known = decided.get(key)
@@ -214,6 +214,7 @@ def content_hits(
             )
         if known[1]:
             group = (folder, fields.series_instance_uid)
+            path = dicomfiles.path_of(dicoms, ref)
             for code, reason, grouped in known[1]:
                 hits.append(model.Hit(code, path, reason, group if grouped else None))
     return hits

@@ -36,11 +36,11 @@ def folder_hits(
     files_in: dict[Path, list[str]] = collections.defaultdict(list)
     files_of: dict[str, list[str]] = collections.defaultdict(list)
     if mixed or split:
-        for (path, fields, _), folder in zip(dicomfiles.brief(dicoms), folders, strict=True):
+        for (ref, fields, _), folder in zip(dicomfiles.brief(dicoms), folders, strict=True):
             if folder in mixed:
-                files_in[folder].append(path)
+                files_in[folder].append(dicomfiles.path_of(dicoms, ref))
             if fields.series_instance_uid in split:
-                files_of[fields.series_instance_uid].append(path)
+                files_of[fields.series_instance_uid].append(dicomfiles.path_of(dicoms, ref))
     for folder, series in sorted(per_folder.items()):
         if len(series) > 1:
             listing = ", ".join(describe_series(h) for h in series.values())
@@ -81,12 +81,11 @@ def _incomplete_hits(
     (0020,0105) — both checked against every GE series in the shared data. Each is only a
     lower bound: more files than announced (diffusion directions, echoes) are fine.
     """
-    # Per series: its files' InstanceNumbers, the distinct SeriesFields among them, and its
-    # first path in path order. Not the files' headers: ~150 bytes a file (issue 13).
+    # Per series: its files' InstanceNumbers and the distinct SeriesFields among them. Not
+    # the files' headers: ~150 bytes a file (issue 13). Paths only for a series that fires.
     numbers_of: dict[str, array] = {}
     fields_of: dict[str, dict[int, dicomfiles.SeriesFields]] = {}
-    first_of: dict[str, str] = {}
-    for path, fields, number in dicomfiles.brief(dicoms):
+    for _, fields, number in dicomfiles.brief(dicoms):
         if categories(fields) != "image":
             continue
         uid = fields.series_instance_uid
@@ -94,15 +93,10 @@ def _incomplete_hits(
         if numbers is None:
             numbers = numbers_of[uid] = array("q")
             fields_of[uid] = {}
-            first_of[uid] = path
-        elif model.path_order(path) < model.path_order(first_of[uid]):
-            first_of[uid] = path
         numbers.append(number)
         fields_of[uid].setdefault(id(fields), fields)
     hits = []
     for uid, numbers in numbers_of.items():
-        # Counted over the whole series; a series split over folders is SPLIT_SERIES besides.
-        key = (model.series_folder(first_of[uid]), uid)
         count = len(numbers)
         shared = list(fields_of[uid].values())
         reasons = []
@@ -118,10 +112,12 @@ def _incomplete_hits(
                 reasons.append(f"{source} announce {expected} images, {count} are here")
         if reasons:
             members = tuple(
-                path
-                for path, fields, _ in dicomfiles.brief(dicoms)
+                dicomfiles.path_of(dicoms, ref)
+                for ref, fields, _ in dicomfiles.brief(dicoms)
                 if fields.series_instance_uid == uid and categories(fields) == "image"
             )
+            # Counted over the whole series; a series split over folders is SPLIT_SERIES too.
+            key = (model.series_folder(min(members, key=model.path_order)), uid)
             hits.append(model.Hit("INCOMPLETE_SERIES", key[0], "; ".join(reasons), key, members))
     return hits
 

@@ -86,7 +86,21 @@ def _judge(
     files_checked = len(facts)
     rows = array("I")  # the rows of the DICOM files the series rules judge
     folders: list[Path] = []  # the series folder of each of those
-    for row, (item, where) in enumerate(zip(facts, listing.folders, strict=True)):
+    plain = {  # shapes of a plain DICOM file (no rule of A/B fires): no FileFacts needed
+        index
+        for index, (kind, _, fields, preamble, truncated) in enumerate(facts.shapes)
+        if kind is dicomfiles.Kind.DICOM
+        and fields is not None
+        and preamble
+        and not truncated
+        and not fields.is_dicomdir
+    }
+    for row, where in enumerate(listing.files.folders()):
+        if where != model.TOP and facts.shape_index(row) in plain:
+            rows.append(row)
+            folders.append(where)
+            continue
+        item = facts[row]
         if where == model.TOP:
             hits.append(model.Hit("LOOSE_FILE", item.path, "file directly in the subject folder"))
         hits.extend(files.file_hits(item))
@@ -124,8 +138,7 @@ def _finish(
 ) -> model.Verdict:
     """Apply actions, decide which files are uploaded, group hits into findings.
 
-    Each file's name moves into its series' `FileList` (its entry in `dicoms`' names is
-    emptied): the name of a file is never held twice for every file at once."""
+    Each series' files go into its `FileList`, made from the facts' columns."""
     excluded: set[Path] = {Path(p) for p in duplicates or ()}
     for hit in hits:
         if (
@@ -171,7 +184,6 @@ def _finish(
         keep, dropped = FileList.building(prefix), []
         for row in rows:
             path = names[row]
-            names[row] = ""  # the name is the series' now: the caller's copy goes
             if excluded and path in excluded_texts:  # no path hashed when none is left out
                 dropped.append(Path(path))
             else:
