@@ -41,6 +41,7 @@ class FactsTable(Sequence[FileFacts]):
         "_shape_of",
         "_sop_ends",
         "_sop_parts",
+        "_sop_remaining",
         "_sops",
         "names",
         "numbers",
@@ -53,22 +54,23 @@ class FactsTable(Sequence[FileFacts]):
         self.names = names
         self.shapes: list[Shape] = []
         self._shape_of: dict[Shape, int] = {}
-        # One row per name, each column made at its full size at once: grown an append at a
-        # time, the arrays were copied as they grew and left freed copies behind (~40 bytes a
-        # file of resident memory that a check never gave back).
+        # One row per name, each column made at its full size at once (by repetition, without
+        # a temporary): grown an append at a time, the arrays were copied as they grew and
+        # left freed copies behind, resident memory that a check never gave back.
         count = len(names)
         self._count = 0
-        self._rows = array("I", bytes(4 * count))  # the shape of each row
-        self.sizes = array("q", bytes(8 * count))
-        self.numbers = array("q", bytes(8 * count))  # InstanceNumber (0: none); `_big` beyond
+        self._rows = array("I", [0]) * count  # the shape of each row
+        self.sizes = array("q", [0]) * count
+        self.numbers = array("q", [0]) * count  # InstanceNumber (0: none); `_big` beyond
         self._big: dict[int, int] = {}
-        self.uid_hashes = array("q", bytes(8 * count))
+        self.uid_hashes = array("q", [0]) * count
         # The SOPInstanceUIDs, CHUNK rows to a string: `_sop_ends` is where each row's UID ends
         # in its chunk's string; `_sop_parts` are the UIDs of the chunk not yet joined.
         self._sops: list[str] = []
         self._sop_parts: list[str] = []
-        self._sop_ends = array("I", bytes(4 * count))
+        self._sop_ends = array("I", [0]) * count
         self._inodes: dict[int, tuple[int, int]] = {}  # only files with other links
+        self._sop_remaining: array | None = None  # see `count_uids`
 
     def add(
         self,
@@ -127,6 +129,26 @@ class FactsTable(Sequence[FileFacts]):
 
     def fields(self, row: int) -> SeriesFields | None:
         return self.shapes[self._rows[row]][2]
+
+    def release_uids(self, rows: Iterable[int]) -> None:
+        """`rows`' UIDs will not be asked for again: each string of CHUNK UIDs goes once all
+        of its rows were released (the check's verdict copies them into its series, and held
+        twice they were ~45 bytes a file at its peak)."""
+        remaining = self._sop_remaining
+        if remaining is None:
+            return
+        for row in rows:
+            chunk = row // CHUNK
+            remaining[chunk] -= 1
+            if not remaining[chunk]:
+                self._sops[chunk] = ""
+
+    def count_uids(self, rows: Iterable[int]) -> None:
+        """`release_uids` will be given exactly `rows` (each once); until then UIDs stay."""
+        remaining = array("I", [0]) * len(self._sops)
+        for row in rows:
+            remaining[row // CHUNK] += 1
+        self._sop_remaining = remaining
 
     def sop(self, row: int) -> str:
         """Row's SOPInstanceUID ('' for a file without one)."""

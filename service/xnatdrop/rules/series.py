@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import filecmp
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from xnatdrop import dicomfiles
@@ -205,14 +205,23 @@ def _repeated_uids(dicoms: Sequence[dicomfiles.FileFacts]) -> dict[str, list[int
     """
     if isinstance(dicoms, dicomfiles.FactsView):
         table = dicoms.table
-        hashes = array("q", (table.uid_hashes[row] for row in dicoms.rows))
+        count = len(dicoms)
+
+        def hashes() -> Iterator[int]:
+            column = table.uid_hashes
+            return (column[row] for row in dicoms.rows)
     else:
-        hashes = array("q", (hash(d.header.sop_instance_uid) for d in dicoms if d.header))
-        assert len(hashes) == len(dicoms), "every file judged by D2 has a header"
-    mask = (1 << max(16, (32 * len(hashes)).bit_length())) - 1
+        listed = array("q", (hash(d.header.sop_instance_uid) for d in dicoms if d.header))
+        assert len(listed) == len(dicoms), "every file judged by D2 has a header"
+        count = len(listed)
+
+        def hashes() -> Iterator[int]:
+            return iter(listed)
+
+    mask = (1 << max(16, (32 * count).bit_length())) - 1
     bits = bytearray((mask >> 3) + 1)
     again = set()  # bits set by more than one file
-    for value in hashes:
+    for value in hashes():
         bit = value & mask
         if bits[bit >> 3] & (1 << (bit & 7)):
             again.add(bit)
@@ -222,7 +231,7 @@ def _repeated_uids(dicoms: Sequence[dicomfiles.FileFacts]) -> dict[str, list[int
     if not again:
         return {}
     rows_of: dict[str, list[int]] = {}
-    for position, value in enumerate(hashes):
+    for position, value in enumerate(hashes()):
         if value & mask in again:
             header = dicoms[position].header
             assert header is not None

@@ -175,6 +175,7 @@ def _finish(
     # What a finding says of a series (`_group`): its first header and its file count.
     summaries: dict[tuple[Path, str], tuple[dicomfiles.Header, int]] = {}
     names = table.names
+    table.count_uids(view.rows)  # each series' UIDs are copied into it, then let go of
     for key in list(series_rows):
         rows = series_rows.pop(key)
         series_folder, uid = key
@@ -200,6 +201,7 @@ def _finish(
             files=keep.done(),
             excluded=tuple(dropped),
         )
+        table.release_uids(rows)
         (uploaded if len(keep) else left_out).append(found)
         summaries[key] = (header, len(rows))
     uploaded.sort(key=lambda s: (model.series_number_key(s.series_number), s.folder))
