@@ -24,7 +24,7 @@ Shared = tuple[str, str, str, str, str]
 
 
 class FileList(Sequence[FileEntry]):
-    """Entries by column; compares equal to any sequence of the same entries (a tuple too).
+    """Entries by column; compares equal to a tuple of the same entries, as the tuple did.
 
     Only plain `FileEntry`s: a subclass's extra fields would be lost (`Series` keeps a tuple of
     those as it is).
@@ -59,7 +59,8 @@ class FileList(Sequence[FileEntry]):
 
     def add(self, path: str, size: int, sop: str, shared: Shared) -> None:
         """Add one file (before `_close`); `path` must start with the prefix."""
-        assert path.startswith(self._prefix or ""), (path, self._prefix)  # type: ignore[arg-type]
+        if not path.startswith(self._prefix or ""):  # type: ignore[arg-type]
+            raise ValueError(f"{path!r} is not under {self._prefix!r}")
         try:
             kind = self._shared.index(shared)
         except ValueError:
@@ -127,9 +128,8 @@ class FileList(Sequence[FileEntry]):
         return self._sizes
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, FileList):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+        # As the tuple it stands for: equal to a FileList or a tuple of the same entries.
+        if isinstance(other, FileList | tuple):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
