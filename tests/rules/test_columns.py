@@ -15,8 +15,7 @@ from test_many_files import many_files
 from xnatdrop import dicomfiles, rules
 from xnatdrop.pipeline import spool
 from xnatdrop.rules import series, tree
-from xnatdrop.rules.filelist import FileList
-from xnatdrop.rules.model import FileEntry, Series
+from xnatdrop.rules.model import FileEntry, FileList, Series
 
 
 def entry(path: str, sop: str, size: int = 10, series_uid: str = "1.2.3") -> FileEntry:

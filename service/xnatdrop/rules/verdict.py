@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from xnatdrop import codes, dicomfiles
 from xnatdrop.rules import files, labels, model, series, tree
-from xnatdrop.rules.filelist import FileList, Shared
+from xnatdrop.rules.model import FileList, Shared
 
 if TYPE_CHECKING:
     from xnatdrop import config
