@@ -37,10 +37,17 @@ from __future__ import annotations
 import logging
 
 from xnatdrop.dicomfiles.facts import NO_INODE, FileFacts, Header, Kind, SeriesFields
-from xnatdrop.dicomfiles.folder import IO_THREADS, PARALLEL_MIN_FILES, PROGRESS_EVERY, sniff_folder
+from xnatdrop.dicomfiles.folder import (
+    IO_THREADS,
+    PARALLEL_MIN_FILES,
+    PROGRESS_EVERY,
+    sniff_folder,
+    sniff_table,
+)
 from xnatdrop.dicomfiles.formats import is_os_litter
 from xnatdrop.dicomfiles.pixels import PixelSpan, pixel_span
 from xnatdrop.dicomfiles.reading import sniff
+from xnatdrop.dicomfiles.table import FactsTable, FactsView, brief, path_of
 from xnatdrop.dicomfiles.tags import HEAD_BYTES, LOSSY_SYNTAXES, NATIVE_SYNTAXES
 
 __all__ = [
@@ -51,15 +58,20 @@ __all__ = [
     "NO_INODE",
     "PARALLEL_MIN_FILES",
     "PROGRESS_EVERY",
+    "FactsTable",
+    "FactsView",
     "FileFacts",
     "Header",
     "Kind",
     "PixelSpan",
     "SeriesFields",
+    "brief",
     "is_os_litter",
+    "path_of",
     "pixel_span",
     "sniff",
     "sniff_folder",
+    "sniff_table",
 ]
 
 log = logging.getLogger(__name__)

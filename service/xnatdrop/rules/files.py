@@ -6,7 +6,7 @@ localizer). Hits are grouped per series later, by `verdict`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,7 +93,7 @@ def file_hits(item: dicomfiles.FileFacts) -> list[model.Hit]:
     return hits
 
 
-def category_of(header: dicomfiles.Header | None) -> str:
+def category_of(header: dicomfiles.Header | dicomfiles.SeriesFields | None) -> str:
     """Rule C1: image (MR), derived, converted, non-image, spectroscopy or other-modality."""
     sop = header.sop_class_uid if header else ""
     if sop in MR_IMAGE_CLASSES:
@@ -116,7 +116,9 @@ def _class_name(sop: str) -> str:
     return next((n for p, n in NON_IMAGE_PREFIXES.items() if sop.startswith(p)), sop)
 
 
-def derived_reasons(header: dicomfiles.Header, allow: Iterable[str] = ("UNI",)) -> list[str]:
+def derived_reasons(
+    header: dicomfiles.Header | dicomfiles.SeriesFields, allow: Iterable[str] = ("UNI",)
+) -> list[str]:
     """Rules C2, C3 and C6: why an MR image header counts as derived ([] if it is raw).
 
     Value 1/2 of ImageType (and of FrameType for enhanced objects) decide first; tokens from
@@ -149,7 +151,7 @@ def derived_reasons(header: dicomfiles.Header, allow: Iterable[str] = ("UNI",)) 
     return reasons
 
 
-def _is_phoenix(header: dicomfiles.Header) -> bool:
+def _is_phoenix(header: dicomfiles.Header | dicomfiles.SeriesFields) -> bool:
     return (
         "CSA REPORT" in header.image_type
         or header.series_description.upper() == PHOENIX_DESCRIPTION
@@ -168,18 +170,21 @@ class Categories:
     def __init__(self) -> None:
         self._known: dict[int, tuple[dicomfiles.SeriesFields, str]] = {}
 
-    def __call__(self, item: dicomfiles.FileFacts) -> str:
-        header = item.header
-        assert header is not None
-        fields = header.fields
+    def __call__(self, item: dicomfiles.FileFacts | dicomfiles.SeriesFields) -> str:
+        """The category of a file, given its facts or its SeriesFields."""
+        if isinstance(item, dicomfiles.SeriesFields):
+            fields = item
+        else:
+            assert item.header is not None
+            fields = item.header.fields
         known = self._known.get(id(fields))
         if known is None:  # the fields are kept with their category: their id stays theirs
-            known = self._known[id(fields)] = (fields, category_of(header))
+            known = self._known[id(fields)] = (fields, category_of(fields))
         return known[1]
 
 
 def content_hits(
-    dicoms: list[dicomfiles.FileFacts],
+    dicoms: Sequence[dicomfiles.FileFacts],
     folders: list[Path],
     categories: Categories,
     settings: config.RulesSettings | None,
@@ -192,32 +197,34 @@ def content_hits(
     allow = settings.derived_allow if settings is not None else ["UNI"]
     image_folders = {
         folder
-        for folder, d in zip(folders, dicoms, strict=True)
-        if categories(d) not in ("non-image",)
+        for folder, (_, fields, _) in zip(folders, dicomfiles.brief(dicoms), strict=True)
+        if categories(fields) not in ("non-image",)
     }
     hits = []
     decided: dict[tuple[int, bool], tuple[dicomfiles.SeriesFields, list[tuple[str, str, bool]]]]
     decided = {}
-    for item, folder in zip(dicoms, folders, strict=True):
-        header = item.header
-        assert header is not None
+    for (ref, fields, _), folder in zip(dicomfiles.brief(dicoms), folders, strict=True):
         in_images = folder in image_folders
-        key = (id(header.fields), in_images)
+        key = (id(fields), in_images)
         known = decided.get(key)
         if known is None:
             known = decided[key] = (
-                header.fields,
-                _content_rules(header, categories(item), in_images, allow),
+                fields,
+                _content_rules(fields, categories(fields), in_images, allow),
             )
         if known[1]:
-            group = (folder, header.series_instance_uid)
+            group = (folder, fields.series_instance_uid)
+            path = dicomfiles.path_of(dicoms, ref)
             for code, reason, grouped in known[1]:
-                hits.append(model.Hit(code, item.path, reason, group if grouped else None))
+                hits.append(model.Hit(code, path, reason, group if grouped else None))
     return hits
 
 
 def _content_rules(
-    header: dicomfiles.Header, category: str, in_images: bool, allow: Iterable[str]
+    header: dicomfiles.Header | dicomfiles.SeriesFields,
+    category: str,
+    in_images: bool,
+    allow: Iterable[str],
 ) -> list[tuple[str, str, bool]]:
     """Rules C1–C9 for one header: (code, reason, grouped per series) of each that fires."""
     if category == "non-image":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ PLACEHOLDER_LABELS = frozenset({"ANONYMOUS", "ANON", "UNKNOWN", "NONE", "TEST"})
 
 def session_label(
     folder: Path,
-    dicoms: list[dicomfiles.FileFacts],
+    dicoms: Sequence[dicomfiles.FileFacts],
     settings: config.RulesSettings | None,
     drop: config.DropSettings | None,
 ) -> tuple[str, list[model.Hit]]:
@@ -34,8 +35,8 @@ def session_label(
     agree = list(settings.label_agree) if settings is not None else []
     values = {
         "folder": collections.Counter([folder.name]),
-        "PatientName": collections.Counter(d.header.patient_name for d in dicoms if d.header),
-        "PatientID": collections.Counter(d.header.patient_id for d in dicoms if d.header),
+        "PatientName": collections.Counter(f.patient_name for _, f, _ in dicomfiles.brief(dicoms)),
+        "PatientID": collections.Counter(f.patient_id for _, f, _ in dicomfiles.brief(dicoms)),
     }
     hits = []
     counted = values[source]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import collections
 import filecmp
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from xnatdrop import dicomfiles
@@ -14,26 +15,32 @@ from xnatdrop.rules import model
 
 
 def folder_hits(
-    dicoms: list[dicomfiles.FileFacts],
+    dicoms: Sequence[dicomfiles.FileFacts],
     folders: list[Path],
-    categories: Callable[[dicomfiles.FileFacts], str],
+    categories: Callable[[dicomfiles.SeriesFields], str],
 ) -> list[model.Hit]:
     """Rules D1 (one series per folder), D7 (split series) and D3 (one study per folder)."""
     hits = []
-    per_folder: dict[Path, dict[str, dicomfiles.Header]] = collections.defaultdict(dict)
-    files_in: dict[Path, list[Path]] = collections.defaultdict(list)
-    files_of: dict[str, list[Path]] = collections.defaultdict(list)
+    per_folder: dict[Path, dict[str, dicomfiles.SeriesFields]] = collections.defaultdict(dict)
     folders_of: dict[str, set[Path]] = collections.defaultdict(set)
-    studies: dict[str, list[str]] = collections.defaultdict(list)
-    for item, folder in zip(dicoms, folders, strict=True):
-        header = item.header
-        assert header is not None
-        folders_of[header.series_instance_uid].add(folder)
-        files_in[folder].append(item.path)
-        files_of[header.series_instance_uid].append(item.path)
-        studies[header.study_instance_uid].append(header.series_number or "?")
-        if categories(item) != "non-image" and folder != model.TOP:
-            per_folder[folder].setdefault(header.series_instance_uid, header)
+    studies: dict[str, set[str]] = collections.defaultdict(set)
+    for (_, fields, _), folder in zip(dicomfiles.brief(dicoms), folders, strict=True):
+        folders_of[fields.series_instance_uid].add(folder)
+        studies[fields.study_instance_uid].add(fields.series_number or "?")
+        if folder != model.TOP and categories(fields) != "non-image":
+            per_folder[folder].setdefault(fields.series_instance_uid, fields)
+    # The files a hit covers, gathered only for the folders and series it fires on: a list
+    # of every file's path by folder and by series was 16+ bytes a file at the check's peak.
+    mixed = {folder for folder, series in per_folder.items() if len(series) > 1}
+    split = {uid for uid, where in folders_of.items() if len(where) > 1}
+    files_in: dict[Path, list[str]] = collections.defaultdict(list)
+    files_of: dict[str, list[str]] = collections.defaultdict(list)
+    if mixed or split:
+        for (ref, fields, _), folder in zip(dicomfiles.brief(dicoms), folders, strict=True):
+            if folder in mixed:
+                files_in[folder].append(dicomfiles.path_of(dicoms, ref))
+            if fields.series_instance_uid in split:
+                files_of[fields.series_instance_uid].append(dicomfiles.path_of(dicoms, ref))
     for folder, series in sorted(per_folder.items()):
         if len(series) > 1:
             listing = ", ".join(describe_series(h) for h in series.values())
@@ -60,7 +67,7 @@ def folder_hits(
 
 
 def _incomplete_hits(
-    dicoms: list[dicomfiles.FileFacts], categories: Callable[[dicomfiles.FileFacts], str]
+    dicoms: Sequence[dicomfiles.FileFacts], categories: Callable[[dicomfiles.SeriesFields], str]
 ) -> list[model.Hit]:
     """Rule D8, as far as it tells a copy still under way: a raw image series that visibly
     lacks files. A copy that paused longer than `settle.quiet_seconds` once had half a
@@ -74,38 +81,48 @@ def _incomplete_hits(
     (0020,0105) — both checked against every GE series in the shared data. Each is only a
     lower bound: more files than announced (diffusion directions, echoes) are fine.
     """
-    groups: dict[str, list[dicomfiles.Header]] = collections.defaultdict(list)
-    members: dict[str, list[Path]] = collections.defaultdict(list)
-    for item in dicoms:
-        if categories(item) != "image" or item.header is None:
+    # Per series: its files' InstanceNumbers and the distinct SeriesFields among them. Not
+    # the files' headers: ~150 bytes a file (issue 13). Paths only for a series that fires.
+    numbers_of: dict[str, array] = {}
+    fields_of: dict[str, dict[int, dicomfiles.SeriesFields]] = {}
+    for _, fields, number in dicomfiles.brief(dicoms):
+        if categories(fields) != "image":
             continue
-        groups[item.header.series_instance_uid].append(item.header)
-        members[item.header.series_instance_uid].append(item.path)
+        uid = fields.series_instance_uid
+        numbers = numbers_of.get(uid)
+        if numbers is None:
+            numbers = numbers_of[uid] = array("q")
+            fields_of[uid] = {}
+        numbers.append(number)
+        fields_of[uid].setdefault(id(fields), fields)
     hits = []
-    for uid, headers in groups.items():
-        # Counted over the whole series; a series split over folders is SPLIT_SERIES besides.
-        key = (model.series_folder(min(members[uid], key=model.path_order)), uid)
-        count = len(headers)
+    for uid, numbers in numbers_of.items():
+        count = len(numbers)
+        shared = list(fields_of[uid].values())
         reasons = []
-        numbers = [h.instance_number for h in headers]
         numbered = all(numbers) and len(set(numbers)) == count and min(numbers) == 1
         if numbered and max(numbers) > count:
             reasons.append(
                 f"InstanceNumbers run from 1 to {max(numbers)} but {count} files are here "
                 f"({max(numbers) - count} missing)"
             )
-        if all(h.frames == 1 for h in headers):
-            expected, source = _announced(headers)
+        if all(f.frames == 1 for f in shared):
+            expected, source = _announced(shared)
             if expected > count:
                 reasons.append(f"{source} announce {expected} images, {count} are here")
         if reasons:
-            hits.append(
-                model.Hit("INCOMPLETE_SERIES", key[0], "; ".join(reasons), key, tuple(members[uid]))
+            members = tuple(
+                dicomfiles.path_of(dicoms, ref)
+                for ref, fields, _ in dicomfiles.brief(dicoms)
+                if fields.series_instance_uid == uid and categories(fields) == "image"
             )
+            # Counted over the whole series; a series split over folders is SPLIT_SERIES too.
+            key = (model.series_folder(min(members, key=model.path_order)), uid)
+            hits.append(model.Hit("INCOMPLETE_SERIES", key[0], "; ".join(reasons), key, members))
     return hits
 
 
-def _announced(headers: list[dicomfiles.Header]) -> tuple[int, str]:
+def _announced(headers: list[dicomfiles.SeriesFields]) -> tuple[int, str]:
     """How many images the scanner says a classic series has (0 if it does not say)."""
     best, source = 0, ""
     in_acquisition = {h.images_in_acquisition for h in headers}
@@ -124,18 +141,18 @@ def _announced(headers: list[dicomfiles.Header]) -> tuple[int, str]:
     return best, source
 
 
-def describe_series(header: dicomfiles.Header) -> str:
+def describe_series(header: dicomfiles.Header | dicomfiles.SeriesFields) -> str:
     return f"{header.series_number or '?'} '{header.series_description}'"
 
 
-def _patient_hits(dicoms: list[dicomfiles.FileFacts]) -> list[model.Hit]:
+def _patient_hits(dicoms: Sequence[dicomfiles.FileFacts]) -> list[model.Hit]:
     """Rule D4: one identity per drop. Messages name series, never the identifying values."""
     hits = []
+    distinct = {id(fields): fields for _, fields, _ in dicomfiles.brief(dicoms)}
     for field, name in (("patient_name", "PatientName"), ("patient_id", "PatientID")):
         values: dict[str, set[str]] = collections.defaultdict(set)
-        for item in dicoms:
-            assert item.header is not None
-            values[getattr(item.header, field)].add(item.header.series_number or "?")
+        for fields in distinct.values():
+            values[getattr(fields, field)].add(fields.series_number or "?")
         if len(values) > 1:
             groups = sorted(
                 (sorted(numbers, key=model.series_number_key) for numbers in values.values()),
@@ -153,29 +170,15 @@ def _patient_hits(dicoms: list[dicomfiles.FileFacts]) -> list[model.Hit]:
 
 
 def duplicate_hits(
-    folder: Path, dicoms: list[dicomfiles.FileFacts]
+    folder: Path, dicoms: Sequence[dicomfiles.FileFacts]
 ) -> tuple[list[model.Hit], set[str]]:
     """Rule D2: files sharing a SOPInstanceUID. Identical copies: keep the first, warn.
 
-    The UIDs are only compared here, so a set of them finds the duplicates; the files of
-    those few UIDs are then gathered in a second pass. A list of files per UID (a dict entry
-    and a list for every file, ~130 bytes a file) was the largest thing the rules built."""
-    seen: set[str] = set()
-    repeated: set[str] = set()
-    for item in dicoms:
-        assert item.header is not None
-        uid = item.header.sop_instance_uid
-        if uid in seen:
-            repeated.add(uid)
-        else:
-            seen.add(uid)
-    del seen
+    Repeated UIDs are found from their hashes (`_repeated_uids`), each confirmed by the full
+    UID: a set of every UID was ~130 bytes a file at the check's peak (issue 13)."""
     by_uid: dict[str, list[dicomfiles.FileFacts]] = {}
-    if repeated:  # in first-seen order of the UID, each UID's files in order
-        for item in dicoms:
-            uid = item.header.sop_instance_uid  # type: ignore[union-attr]
-            if uid in repeated:
-                by_uid.setdefault(uid, []).append(item)
+    for uid, rows in _repeated_uids(dicoms).items():  # in first-seen order, rows in order
+        by_uid[uid] = [dicoms[row] for row in rows]
     hits, extra = [], set()
     for uid, items in by_uid.items():
         first = items[0]
@@ -184,12 +187,56 @@ def duplicate_hits(
         if same:
             for other in items[1:]:
                 extra.add(str(other.path))
-                hits.append(
-                    model.Hit("DUPLICATE_FILE", other.path, f"same file as {first.path}")
-                )
+                hits.append(model.Hit("DUPLICATE_FILE", other.path, f"same file as {first.path}"))
         else:
             hits.append(model.Hit("DUPLICATE_UID", first.path, f"SOPInstanceUID {uid} in {names}"))
     return hits, extra
+
+
+def _repeated_uids(dicoms: Sequence[dicomfiles.FileFacts]) -> dict[str, list[int]]:
+    """Each SOPInstanceUID held by more than one of `dicoms`, with their positions, in
+    first-seen order.
+
+    Why a bitmap of hashes: a set of the UIDs (or of their hashes) holds an object and a slot
+    per file. Each file's 64-bit hash (kept by its `FactsTable` row) marks one bit of a
+    bitmap 32 bits a file wide; only files whose bit was already set can share a UID with an
+    earlier file. Those few bits are gathered in a second pass, and UIDs are then compared in
+    full, so a hash or bit collision never makes a false D2.
+    """
+    if isinstance(dicoms, dicomfiles.FactsView):
+        table = dicoms.table
+        count = len(dicoms)
+
+        def hashes() -> Iterator[int]:
+            column = table.uid_hashes
+            return (column[row] for row in dicoms.rows)
+    else:
+        listed = array("q", (hash(d.header.sop_instance_uid) for d in dicoms if d.header))
+        assert len(listed) == len(dicoms), "every file judged by D2 has a header"
+        count = len(listed)
+
+        def hashes() -> Iterator[int]:
+            return iter(listed)
+
+    mask = (1 << max(16, (32 * count).bit_length())) - 1
+    bits = bytearray((mask >> 3) + 1)
+    again = set()  # bits set by more than one file
+    for value in hashes():
+        bit = value & mask
+        if bits[bit >> 3] & (1 << (bit & 7)):
+            again.add(bit)
+        else:
+            bits[bit >> 3] |= 1 << (bit & 7)
+    del bits
+    if not again:
+        return {}
+    rows_of: dict[str, list[int]] = {}
+    for position, value in enumerate(hashes()):
+        if value & mask in again:
+            header = dicoms[position].header
+            assert header is not None
+            rows_of.setdefault(header.sop_instance_uid, []).append(position)
+    return {uid: rows for uid, rows in rows_of.items() if len(rows) > 1}
 
 
 def _same_bytes(folder: Path, one: dicomfiles.FileFacts, other: dicomfiles.FileFacts) -> bool:

@@ -17,14 +17,15 @@ size so the packer never parses DICOM again.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-from collections.abc import Callable, Collection
+from array import array
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xnatdrop import codes, dicomfiles
 from xnatdrop.rules import files, labels, model, series, tree
+from xnatdrop.rules.model import FileList, Shared
 
 if TYPE_CHECKING:
     from xnatdrop import config
@@ -60,9 +61,10 @@ def check_folder(
         raise NotADirectoryError(f"{folder} is not a directory")
     before = tree.identity(folder)
     listing = tree.scan(folder, sidecar_names, frozenset(control_files))
-    # Each file's facts keep its name as given: the text, no Path (`tree.Tree.files`).
-    facts = dicomfiles.sniff_folder(folder, listing.files, progress, workers)
-    verdict = _judge(folder, listing, facts, settings, drop)  # empties `facts` (see there)
+    # Each file's facts keep its name as given: the text, no Path (`tree.Tree.files`); they
+    # are held by column, each file's FileFacts made when a rule asks (`dicomfiles.table`).
+    facts = dicomfiles.sniff_table(folder, listing.files, progress, workers)
+    verdict = _judge(folder, listing, facts, settings, drop)
     if tree.identity(folder) != before:
         raise tree.FolderGone(folder)
     return verdict
@@ -71,18 +73,34 @@ def check_folder(
 def _judge(
     folder: Path,
     listing: tree.Tree,
-    facts: list[dicomfiles.FileFacts],
+    facts: dicomfiles.FactsTable,
     settings: config.RulesSettings | None,
     drop: config.DropSettings | None,
 ) -> model.Verdict:
-    """The rules on the facts of every file. `facts` (and `listing.files`) are emptied once
-    every rule has seen them, so that each file's facts go as its entry is made (`_finish`):
-    held together, facts and entries were the check's peak, ~170 bytes a file above either."""
+    """The rules on the facts of every file (a row of `facts` each, named by `listing.files`).
+
+    The rules see the DICOM files as a `FactsView` (their row numbers, 4 bytes each), whose
+    FileFacts are made as each rule walks them and dropped after: held for every file at once
+    they were the check's peak (~280 bytes a file, issue 13)."""
     hits = list(listing.hits)
     files_checked = len(facts)
-    dicoms: list[dicomfiles.FileFacts] = []
-    folders: list[Path] = []  # the series folder of each of `dicoms`
-    for item, where in zip(facts, listing.folders, strict=True):
+    rows = array("I")  # the rows of the DICOM files the series rules judge
+    folders: list[Path] = []  # the series folder of each of those
+    plain = {  # shapes of a plain DICOM file (no rule of A/B fires): no FileFacts needed
+        index
+        for index, (kind, _, fields, preamble, truncated) in enumerate(facts.shapes)
+        if kind is dicomfiles.Kind.DICOM
+        and fields is not None
+        and preamble
+        and not truncated
+        and not fields.is_dicomdir
+    }
+    for row, where in enumerate(listing.files.folders()):
+        if where != model.TOP and facts.shape_index(row) in plain:
+            rows.append(row)
+            folders.append(where)
+            continue
+        item = facts[row]
         if where == model.TOP:
             hits.append(model.Hit("LOOSE_FILE", item.path, "file directly in the subject folder"))
         hits.extend(files.file_hits(item))
@@ -91,8 +109,9 @@ def _judge(
                 hits.append(model.Hit("DICOMDIR", item.path, "DICOMDIR media index"))
                 hits.extend(files.media_hits(folder, item, listing.files))
             else:
-                dicoms.append(item)
+                rows.append(row)
                 folders.append(where)
+    dicoms = facts.view(rows)
     categories = files.Categories()
     hits.extend(files.content_hits(dicoms, folders, categories, settings))
     hits.extend(series.folder_hits(dicoms, folders, categories))
@@ -100,8 +119,6 @@ def _judge(
     hits.extend(duplicate_hits)
     label, label_hits = labels.session_label(folder, dicoms, settings, drop)
     hits.extend(label_hits)
-    facts.clear()  # every rule has seen them: `dicoms` is the last list holding them
-    listing.files = []
     verdict = _finish(
         folder, label, hits, dicoms, listing.sidecars, settings, files_checked, duplicates, folders
     )
@@ -112,7 +129,7 @@ def _finish(
     folder: Path,
     label: str,
     hits: list[model.Hit],
-    dicoms: list[dicomfiles.FileFacts],
+    dicoms: Sequence[dicomfiles.FileFacts],
     sidecars: dict[str, Path],
     settings: config.RulesSettings | None,
     files_checked: int,
@@ -121,8 +138,7 @@ def _finish(
 ) -> model.Verdict:
     """Apply actions, decide which files are uploaded, group hits into findings.
 
-    Empties `dicoms` once they are sorted into series, and lets go of each series' facts as
-    its entries are made: a file's facts and its entry are never all held at once."""
+    Each series' files go into its `FileList`, made from the facts' columns."""
     excluded: set[Path] = {Path(p) for p in duplicates or ()}
     for hit in hits:
         if (
@@ -143,26 +159,37 @@ def _finish(
             and model.action_for(settings, hit.code) is model.Action.EXCLUDE
         ):
             excluded.update(hit.covers or (hit.path,))
-    series_files: dict[tuple[Path, str], list[dicomfiles.FileFacts]] = collections.defaultdict(list)
-    for item, where in zip(dicoms, folders or [], strict=True):
-        assert item.header is not None
-        series_files[(where, item.header.series_instance_uid)].append(item)
-    dicoms_found = len(dicoms)
+    view = dicoms if isinstance(dicoms, dicomfiles.FactsView) else _view_of(dicoms)
+    table = view.table
+    series_rows: dict[tuple[Path, str], array] = {}
+    for row, where, fields in zip(view.rows, folders or [], view.fields(), strict=True):
+        assert fields is not None
+        key = (where, fields.series_instance_uid)
+        rows = series_rows.get(key)
+        if rows is None:
+            rows = series_rows[key] = array("I")
+        rows.append(row)
+    dicoms_found = len(view)
     excluded_texts = {p.as_posix() for p in excluded}  # as the facts name their files
-    dicoms.clear()  # the caller's list: each file's facts are now held by its series only
     uploaded, left_out = [], []
     # What a finding says of a series (`_group`): its first header and its file count.
     summaries: dict[tuple[Path, str], tuple[dicomfiles.Header, int]] = {}
-    for key in list(series_files):
-        items = series_files.pop(key)
+    names = table.names
+    table.count_uids(view.rows)  # each series' UIDs are copied into it, then let go of
+    for key in list(series_rows):
+        rows = series_rows.pop(key)
         series_folder, uid = key
-        header = items[0].header
+        header = table.row(rows[0]).header
         assert header is not None
-        if excluded:
-            keep = tuple(_entry(i) for i in items if str(i.path) not in excluded_texts)
-            dropped = tuple(Path(i.path) for i in items if str(i.path) in excluded_texts)
-        else:  # nothing left out: no file's path is hashed (each would keep its hash)
-            keep, dropped = tuple(_entry(i) for i in items), ()
+        prefix = "" if series_folder == model.TOP else series_folder.as_posix() + "/"
+        keep, dropped = FileList.building(prefix), []
+        for row in rows:
+            path = names[row]
+            if excluded and path in excluded_texts:  # no path hashed when none is left out
+                dropped.append(Path(path))
+            else:
+                fields = table.fields(row)
+                keep.add(path, table.sizes[row], table.sop(row), _shared_of(fields))
         found = model.Series(
             folder=series_folder,
             series_instance_uid=uid,
@@ -171,12 +198,12 @@ def _finish(
             modality=header.modality,
             sop_class_uid=header.sop_class_uid,
             image_type="\\".join(header.image_type),
-            files=keep,
-            excluded=dropped,
+            files=keep.done(),
+            excluded=tuple(dropped),
         )
-        (uploaded if keep else left_out).append(found)
-        summaries[key] = (header, len(items))
-        del items  # this series' facts go now, before the next series' entries are made
+        table.release_uids(rows)
+        (uploaded if len(keep) else left_out).append(found)
+        summaries[key] = (header, len(rows))
     uploaded.sort(key=lambda s: (model.series_number_key(s.series_number), s.folder))
     left_out.sort(key=lambda s: (model.series_number_key(s.series_number), s.folder))
     if not uploaded:
@@ -200,19 +227,29 @@ def _finish(
     )
 
 
-def _entry(item: dicomfiles.FileFacts) -> model.FileEntry:
-    header = item.header
-    assert header is not None
-    return model.FileEntry(
-        path=item.path,  # text (`tree.Tree.files`); a Path given is made text by FileEntry
-        size=item.size,
-        sop_instance_uid=header.sop_instance_uid,
-        sop_class_uid=header.sop_class_uid,
-        series_instance_uid=header.series_instance_uid,
-        series_number=header.series_number,
-        study_instance_uid=header.study_instance_uid,
-        transfer_syntax=header.transfer_syntax,
+def _shared_of(fields: dicomfiles.SeriesFields | None) -> Shared:
+    """The entry fields a series' files share (`FileList`), from their SeriesFields."""
+    assert fields is not None
+    return (
+        fields.sop_class_uid,
+        fields.series_instance_uid,
+        fields.series_number,
+        fields.study_instance_uid,
+        fields.transfer_syntax,
     )
+
+
+def _view_of(facts: Sequence[dicomfiles.FileFacts]) -> dicomfiles.FactsView:
+    """Facts given as a list (a symbolic-link subject folder: none), as a table's view."""
+    table = dicomfiles.FactsTable([str(f.path) for f in facts])
+    for f in facts:
+        header = f.header
+        table.add(
+            f.size, f.kind, f.detail, header.fields if header else None,
+            header.sop_instance_uid if header else "", header.instance_number if header else 0,
+            f.preamble, f.truncated, f.inode,
+        )  # fmt: skip
+    return table.finish().view(range(len(facts)))
 
 
 def _group(
