@@ -6,10 +6,13 @@ is never held as one text).
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import json
 import operator
-from collections.abc import Iterator
+import re
+import sys
+from collections.abc import Iterable, Iterator
 from json.encoder import encode_basestring as _quote  # json's own, in C (ensure_ascii=False)
 from typing import Any, Protocol
 
@@ -141,22 +144,130 @@ class Entry(rules.FileEntry):
         return cls(**{**identity, "size": size}, md5=md5)
 
 
-class Manifest:
-    """The manifest of an upload: `zip_size` and, in `files`, an `Entry` per file.
+class Texts:
+    """Many short texts (a manifest's file names or UIDs, a listing's names: one per file,
+    50,000 and more) as one UTF-8 buffer and the end offset of each, with an optional index
+    from text to position (open addressing on the text's hash, positions in an array).
 
-    A manifest made while sending (`sent`) holds only the plan's entries and 16 bytes of MD5
-    per file; the `Entry` objects (about 1 KB each with their dict) are made the first time
-    `files` is read, by the verify step, and never while the body is sent or the manifest
-    saved (`json_pieces`).
+    About the text's length plus 4 bytes each, 12 with the index: a `str` object per file
+    costs 49 bytes beside its text, a dict entry from it 40-80 more.
     """
 
-    __slots__ = ("_files", "_md5", "_planned", "zip_size")
+    __slots__ = ("_blob", "_ends", "_slots")
 
-    def __init__(self, zip_size: int, files: tuple[Entry, ...]) -> None:
+    def __init__(self, indexed: bool = False) -> None:
+        self._blob = bytearray()
+        self._ends = array.array("I")
+        self._slots: array.array[int] | None = array.array("i", [-1]) * 8 if indexed else None
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> str:
+        ends = self._ends
+        start = ends[index - 1] if index > 0 else 0
+        return self._blob[start : ends[index]].decode()
+
+    def append(self, text: str) -> int:
+        """Add `text` (an indexed table: even if it is there already); its position."""
+        self._blob += text.encode()
+        self._ends.append(len(self._blob))
+        position = len(self._ends) - 1
+        if self._slots is not None:
+            if 2 * len(self._ends) > len(self._slots):
+                self._grow()
+            else:
+                self._slots[self._free(text)] = position
+        return position
+
+    def index(self, text: str) -> int:
+        """The last position `text` was appended at, -1 if never (indexed tables only)."""
+        slots = self._slots
+        if slots is None:
+            raise TypeError("not an indexed table")
+        mask = len(slots) - 1
+        slot = hash(text) & mask
+        encoded = None
+        found = -1
+        while (position := slots[slot]) >= 0:
+            if encoded is None:
+                encoded = text.encode()
+            ends = self._ends
+            start = ends[position - 1] if position > 0 else 0
+            if self._blob[start : ends[position]] == encoded:
+                found = max(found, position)
+            slot = (slot + 1) & mask
+        return found
+
+    def _free(self, text: str) -> int:
+        slots = self._slots
+        assert slots is not None
+        mask = len(slots) - 1
+        slot = hash(text) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        return slot
+
+    def _grow(self) -> None:
+        size = len(self._slots or ())
+        while size < 2 * len(self._ends):
+            size *= 2
+        self._slots = array.array("i", [-1]) * size
+        for position in range(len(self._ends)):
+            self._slots[self._free(self[position])] = position
+
+
+# Per file in a compact manifest: path, size, SOP instance UID, MD5; the other fields of an
+# entry (series, study, classes, transfer syntax) repeat within a series and are kept once per
+# series with the folder (`_SHARED`).
+_SHARED = tuple(name for name in _FIELDS if name not in ("path", "size", "sop_instance_uid"))
+_HEX = re.compile(r"[0-9a-f]{32}")
+
+
+class Manifest:
+    """The manifest of an upload: `zip_size` and, for each file, an `Entry`.
+
+    Kept in columns, not as an `Entry` per file (about 400 bytes each with its strings): the
+    file names and SOP instance UIDs in `Texts`, sizes in an array, MD5s as 16 bytes each, and
+    what a series shares (its folder and the other fields) once per series; about 130 bytes a
+    file. The verify, archive and finish steps each hold it whole while they compare or list
+    it, so `entries()` makes each `Entry` as it is read and lets it go; `files` makes them all
+    (for small manifests and callers that need a tuple). `position(uid)` finds a file by its
+    SOPInstanceUID (the archive check) without a dict of entries.
+    """
+
+    __slots__ = ("_digests", "_kind_of", "_kinds", "_names", "_odd", "_sizes", "_uids", "zip_size")
+
+    def __init__(self, zip_size: int, files: Iterable[Entry] = ()) -> None:
         self.zip_size = zip_size
-        self._files: tuple[Entry, ...] | None = files
-        self._planned: tuple[Planned, ...] = ()
-        self._md5 = b""
+        self._names = Texts()
+        self._uids = Texts(indexed=True)
+        self._sizes = array.array("q")
+        self._digests = bytearray()
+        self._odd: dict[int, str] = {}  # an MD5 that is not 32 hexadecimal digits, as given
+        self._kinds: list[tuple[str, ...]] = []
+        self._kind_of = array.array("I")
+        known: dict[tuple[str, ...], int] = {}
+        for entry in files:
+            self._add(known, entry, entry.size, entry.md5)
+
+    def _add(self, known: dict[tuple[str, ...], int], file: Any, size: int, md5: str) -> None:
+        path = _posix(file.path)
+        folder, slash, name = path.rpartition("/")
+        kind = (folder + slash, *(getattr(file, field) for field in _SHARED))
+        number = known.get(kind)
+        if number is None:
+            number = known[kind] = len(self._kinds)
+            self._kinds.append(kind)
+        self._kind_of.append(number)
+        self._names.append(name)
+        position = self._uids.append(file.sop_instance_uid)
+        self._sizes.append(size)
+        if _HEX.fullmatch(md5):
+            self._digests += bytes.fromhex(md5)
+        else:
+            self._digests += bytes(16)
+            self._odd[position] = md5
 
     @classmethod
     def sent(cls, zip_size: int, planned: tuple[Planned, ...], md5: bytes) -> Manifest:
@@ -164,44 +275,73 @@ class Manifest:
         each, in order)."""
         if len(md5) != 16 * len(planned):
             raise ValueError("one 16-byte MD5 per planned file")
-        manifest = cls(zip_size, ())
-        manifest._files, manifest._planned, manifest._md5 = None, planned, md5
+        manifest = cls(zip_size)
+        known: dict[tuple[str, ...], int] = {}
+        for i, p in enumerate(planned):
+            manifest._add(known, p.entry, p.size, md5[16 * i : 16 * i + 16].hex())
         return manifest
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def entry(self, position: int) -> Entry:
+        """The file at `position` (made now; not kept)."""
+        folder, *shared = self._kinds[self._kind_of[position]]
+        values = dict(zip(_SHARED, shared, strict=True))
+        return Entry(
+            path=folder + self._names[position],
+            size=self._sizes[position],
+            sop_instance_uid=self._uids[position],
+            md5=self.md5(position),
+            **values,
+        )
+
+    def entries(self) -> Iterator[Entry]:
+        """Each file's `Entry` in order, made as it is read (none is kept)."""
+        return map(self.entry, range(len(self)))
+
+    def size(self, position: int) -> int:
+        return self._sizes[position]
+
+    def md5(self, position: int) -> str:
+        odd = self._odd.get(position)
+        return odd if odd is not None else self._digests[16 * position : 16 * position + 16].hex()
+
+    def position(self, uid: str) -> int:
+        """The position of the (last) file with this SOPInstanceUID; -1 if none."""
+        return self._uids.index(uid)
 
     @property
     def files(self) -> tuple[Entry, ...]:
-        if self._files is None:
-            self._files = tuple(
-                Entry.of(p.entry, p.size, self._md5[16 * i : 16 * i + 16].hex())
-                for i, p in enumerate(self._planned)
-            )
-            self._planned, self._md5 = (), b""
-        return self._files
+        return tuple(self.entries())
 
     @property
     def file_count(self) -> int:
-        return len(self._planned) if self._files is None else len(self._files)
+        return len(self)
 
     @property
     def total_bytes(self) -> int:
-        if self._files is None:
-            return sum(p.size for p in self._planned)
-        return sum(e.size for e in self._files)
+        return sum(self._sizes)
 
     def series(self) -> dict[str, list[Entry]]:
         """Entries grouped by SeriesInstanceUID, in first-seen order."""
         groups: dict[str, list[Entry]] = {}
-        for entry in self.files:
+        for entry in self.entries():
             groups.setdefault(entry.series_instance_uid, []).append(entry)
         return groups
 
     def study_uids(self) -> set[str]:
-        return {e.study_instance_uid for e in self.files if e.study_instance_uid}
+        field = 1 + _SHARED.index("study_instance_uid")
+        return {kind[field] for kind in self._kinds if kind[field]}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
             return NotImplemented
-        return (self.zip_size, self.files) == (other.zip_size, other.files)
+        return (
+            self.zip_size == other.zip_size
+            and len(self) == len(other)
+            and all(a == b for a, b in zip(self.entries(), other.entries(), strict=True))
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -210,13 +350,8 @@ class Manifest:
 
     def _rows(self) -> Iterator[str]:
         """Each file's row as JSON text."""
-        if self._files is None:
-            md5 = self._md5
-            for i, p in enumerate(self._planned):
-                yield _manifest_row(p.entry, p.size, md5[16 * i : 16 * i + 16].hex())
-        else:
-            for entry in self._files:
-                yield _manifest_row(entry, entry.size, entry.md5)
+        for entry in self.entries():
+            yield _manifest_row(entry, entry.size, entry.md5)
 
     def to_json(self) -> dict[str, Any]:
         return json.loads("".join(self.json_pieces()))
@@ -239,7 +374,30 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        return cls(int(data["zip_size"]), tuple(Entry.from_json(e) for e in data["files"]))
+        """The manifest `json_pieces` wrote; its rows (an iterator when read from the spool)
+        are taken one at a time into the columns, never an `Entry` per file."""
+        manifest = cls(int(data["zip_size"]))
+        known: dict[tuple[str, ...], int] = {}
+        for row in data["files"]:
+            file = _Row(row)
+            manifest._add(known, file, int(row.get("size", 0)), str(row["md5"]))
+        return manifest
+
+
+class _Row:
+    """A manifest row read back, with an entry's attribute names (missing fields empty), so it
+    goes into the columns as an `Entry` would, without making one."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._row.get(name, "")
+        if name in _SHARED and type(value) is str:
+            return sys.intern(value)
+        return value if name != "path" else str(value)
 
 
 # -- the manifest written while the zip is sent ----------------------------------------------
