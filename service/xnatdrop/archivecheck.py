@@ -91,7 +91,7 @@ class ScanListing:
 
     def __init__(self, scan: str, resource: str) -> None:
         self.scan, self.resource, self.prefix = scan, resource, ""
-        self._names = packrecords.Texts(indexed=True)
+        self._names = packrecords.Texts()
         self._sizes = array.array("q")
         self._digests = bytearray()
         self._has = bytearray()  # per row: 0 no MD5, 1 in _digests, 2 in _odd
@@ -101,21 +101,16 @@ class ScanListing:
     def add(self, file: xnat.RemoteFile) -> None:
         """Keep `file`'s row (a name listed twice: its last row, as a dict of rows would)."""
         path = file.path
-        row = self._names.index(path)
-        if row < 0:
-            row = self._names.append(path)
-            self._sizes.append(file.size)
-            self._digests += bytes(16)
-            self._has.append(0)
-        self._sizes[row] = file.size
-        self._odd.pop(row, None)
-        self._has[row] = 0
+        row = self._names.append(path)  # a name listed again: `row` finds its last row
+        self._sizes.append(file.size)
         if _HEX.fullmatch(file.digest):
-            self._digests[16 * row : 16 * row + 16] = bytes.fromhex(file.digest)
-            self._has[row] = 1
-        elif file.digest:
-            self._odd[row] = file.digest
-            self._has[row] = 2
+            self._digests += bytes.fromhex(file.digest)
+            self._has.append(1)
+        else:
+            self._digests += bytes(16)
+            self._has.append(2 if file.digest else 0)
+            if file.digest:
+                self._odd[row] = file.digest
         head, sep, tail = file.uri.partition("/files/")
         if not self.prefix and sep:
             self.prefix = head + sep

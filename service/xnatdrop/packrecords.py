@@ -12,9 +12,9 @@ import json
 import operator
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring as _quote  # json's own, in C (ensure_ascii=False)
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from xnatdrop import rules
 
@@ -146,82 +146,79 @@ class Entry(rules.FileEntry):
 
 class Texts:
     """Many short texts (a manifest's file names or UIDs, a listing's names: one per file,
-    50,000 and more) as one UTF-8 buffer and the end offset of each, with an optional index
-    from text to position (open addressing on the text's hash, positions in an array).
+    50,000 and more) as one UTF-8 buffer and the end offset of each, with an index from text to
+    position made when first asked (open addressing on the text's hash, positions in an array).
 
-    About the text's length plus 4 bytes each, 12 with the index: a `str` object per file
-    costs 49 bytes beside its text, a dict entry from it 40-80 more.
+    About the text's length plus 4 bytes each, 12 once indexed: a `str` object per file costs
+    49 bytes beside its text, a dict entry from it 40-80 more.
     """
 
     __slots__ = ("_blob", "_ends", "_slots")
 
-    def __init__(self, indexed: bool = False) -> None:
+    def __init__(self) -> None:
         self._blob = bytearray()
         self._ends = array.array("I")
-        self._slots: array.array[int] | None = array.array("i", [-1]) * 8 if indexed else None
+        self._slots = array.array("i")  # the index, made again once texts were added
 
     def __len__(self) -> int:
         return len(self._ends)
 
-    def __getitem__(self, index: int) -> str:
+    def __getitem__(self, position: int) -> str:
         ends = self._ends
-        start = ends[index - 1] if index > 0 else 0
-        return self._blob[start : ends[index]].decode()
+        start = ends[position - 1] if position > 0 else 0
+        return self._blob[start : ends[position]].decode()
 
     def append(self, text: str) -> int:
-        """Add `text` (an indexed table: even if it is there already); its position."""
+        """Add `text` (even if it is there already); its position."""
         self._blob += text.encode()
         self._ends.append(len(self._blob))
-        position = len(self._ends) - 1
-        if self._slots is not None:
-            if 2 * len(self._ends) > len(self._slots):
-                self._grow()
-            else:
-                self._slots[self._free(text)] = position
-        return position
+        return len(self._ends) - 1
 
     def index(self, text: str) -> int:
-        """The last position `text` was appended at, -1 if never (indexed tables only)."""
+        """The last position `text` was appended at; -1 if never."""
         slots = self._slots
-        if slots is None:
-            raise TypeError("not an indexed table")
+        if len(slots) < 2 * len(self._ends) or not slots:
+            slots = self._index()
         mask = len(slots) - 1
         slot = hash(text) & mask
-        encoded = None
         found = -1
+        encoded = b""
         while (position := slots[slot]) >= 0:
-            if encoded is None:
+            if not encoded:
                 encoded = text.encode()
             ends = self._ends
             start = ends[position - 1] if position > 0 else 0
-            if self._blob[start : ends[position]] == encoded:
-                found = max(found, position)
+            if position > found and self._blob[start : ends[position]] == encoded:
+                found = position
             slot = (slot + 1) & mask
         return found
 
-    def _free(self, text: str) -> int:
-        slots = self._slots
-        assert slots is not None
-        mask = len(slots) - 1
-        slot = hash(text) & mask
-        while slots[slot] >= 0:
-            slot = (slot + 1) & mask
-        return slot
-
-    def _grow(self) -> None:
-        size = len(self._slots or ())
-        while size < 2 * len(self._ends):
+    def _index(self) -> array.array[int]:
+        count = len(self._ends)
+        size = 8
+        while size < 4 * count:  # half full at most until it has doubled
             size *= 2
-        self._slots = array.array("i", [-1]) * size
-        for position in range(len(self._ends)):
-            self._slots[self._free(self[position])] = position
+        slots = array.array("i", [-1]) * size
+        mask = size - 1
+        blob, start = self._blob, 0
+        for position, end in enumerate(self._ends):
+            slot = hash(blob[start:end].decode()) & mask
+            while slots[slot] >= 0:
+                slot = (slot + 1) & mask
+            slots[slot] = position
+            start = end
+        self._slots = slots
+        return slots
 
 
 # Per file in a compact manifest: path, size, SOP instance UID, MD5; the other fields of an
 # entry (series, study, classes, transfer syntax) repeat within a series and are kept once per
 # series with the folder (`_SHARED`).
 _SHARED = tuple(name for name in _FIELDS if name not in ("path", "size", "sop_instance_uid"))
+_IN_ORDER = _FIELDS[:3] == ("path", "size", "sop_instance_uid")
 _HEX = re.compile(r"[0-9a-f]{32}")
+_NONE: Any = object()
+T = TypeVar("T")
 
 
 class Manifest:
@@ -241,7 +238,7 @@ class Manifest:
     def __init__(self, zip_size: int, files: Iterable[Entry] = ()) -> None:
         self.zip_size = zip_size
         self._names = Texts()
-        self._uids = Texts(indexed=True)
+        self._uids = Texts()
         self._sizes = array.array("q")
         self._digests = bytearray()
         self._odd: dict[int, str] = {}  # an MD5 that is not 32 hexadecimal digits, as given
@@ -252,16 +249,27 @@ class Manifest:
             self._add(known, entry, entry.size, entry.md5)
 
     def _add(self, known: dict[tuple[str, ...], int], file: Any, size: int, md5: str) -> None:
-        path = _posix(file.path)
+        shared = tuple(getattr(file, field) for field in _SHARED)
+        self._append(known, _posix(file.path), size, file.sop_instance_uid, shared, md5)
+
+    def _append(
+        self,
+        known: dict[tuple[str, ...], int],
+        path: str,
+        size: int,
+        uid: str,
+        shared: tuple[str, ...],
+        md5: str,
+    ) -> None:
         folder, slash, name = path.rpartition("/")
-        kind = (folder + slash, *(getattr(file, field) for field in _SHARED))
+        kind = (folder + slash, *shared)
         number = known.get(kind)
         if number is None:
             number = known[kind] = len(self._kinds)
-            self._kinds.append(kind)
+            self._kinds.append(tuple(sys.intern(v) if type(v) is str else v for v in kind))
         self._kind_of.append(number)
         self._names.append(name)
-        position = self._uids.append(file.sop_instance_uid)
+        position = self._uids.append(uid)
         self._sizes.append(size)
         if _HEX.fullmatch(md5):
             self._digests += bytes.fromhex(md5)
@@ -286,19 +294,49 @@ class Manifest:
 
     def entry(self, position: int) -> Entry:
         """The file at `position` (made now; not kept)."""
-        folder, *shared = self._kinds[self._kind_of[position]]
-        values = dict(zip(_SHARED, shared, strict=True))
-        return Entry(
-            path=folder + self._names[position],
-            size=self._sizes[position],
-            sop_instance_uid=self._uids[position],
-            md5=self.md5(position),
-            **values,
+        kind = self._kinds[self._kind_of[position]]
+        path, size, uid = (
+            kind[0] + self._names[position],
+            self._sizes[position],
+            self._uids[position],
         )
+        if _IN_ORDER:  # positional: a third of the cost of keywords, per file read
+            return Entry(path, size, uid, *kind[1:], md5=self.md5(position))
+        shared = dict(zip(_SHARED, kind[1:], strict=True))
+        return Entry(path=path, size=size, sop_instance_uid=uid, md5=self.md5(position), **shared)
+
+    def shared(self, key: Callable[[Entry], T]) -> Iterator[tuple[T, int]]:
+        """(`key(entry)`, size) of each file in order, `key` called once per series (its
+        folder and shared fields): for a key that reads only those, such as the scan XNAT
+        files an instance under, without making an `Entry` per file."""
+        values: dict[int, T] = {}
+        sizes = self._sizes
+        for position, kind in enumerate(self._kind_of):
+            value = values.get(kind, _NONE)
+            if value is _NONE:
+                value = values[kind] = key(self.entry(position))
+            yield value, sizes[position]  # type: ignore[misc]
 
     def entries(self) -> Iterator[Entry]:
         """Each file's `Entry` in order, made as it is read (none is kept)."""
         return map(self.entry, range(len(self)))
+
+    def json_rows(self) -> Iterator[dict[str, Any]]:
+        """Each file's `Entry.to_json()`, made from the columns as it is read (for RECEIPT.json:
+        no `Entry` is made)."""
+        names, uids, sizes, kinds, kind_of = (
+            self._names, self._uids, self._sizes, self._kinds, self._kind_of,
+        )  # fmt: skip
+        for position in range(len(sizes)):
+            kind = kinds[kind_of[position]]
+            row = {
+                "path": kind[0] + names[position],
+                "size": sizes[position],
+                "sop_instance_uid": uids[position],
+            }
+            row.update(zip(_SHARED, kind[1:], strict=True))
+            row["md5"] = self.md5(position)
+            yield row
 
     def size(self, position: int) -> int:
         return self._sizes[position]
@@ -379,25 +417,16 @@ class Manifest:
         manifest = cls(int(data["zip_size"]))
         known: dict[tuple[str, ...], int] = {}
         for row in data["files"]:
-            file = _Row(row)
-            manifest._add(known, file, int(row.get("size", 0)), str(row["md5"]))
+            get = row.get
+            manifest._append(
+                known,
+                str(row["path"]),
+                int(get("size", 0)),
+                get("sop_instance_uid", ""),
+                tuple(get(field, "") for field in _SHARED),
+                str(row["md5"]),
+            )
         return manifest
-
-
-class _Row:
-    """A manifest row read back, with an entry's attribute names (missing fields empty), so it
-    goes into the columns as an `Entry` would, without making one."""
-
-    __slots__ = ("_row",)
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self._row = row
-
-    def __getattr__(self, name: str) -> Any:
-        value = self._row.get(name, "")
-        if name in _SHARED and type(value) is str:
-            return sys.intern(value)
-        return value if name != "path" else str(value)
 
 
 # -- the manifest written while the zip is sent ----------------------------------------------

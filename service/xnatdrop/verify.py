@@ -277,18 +277,16 @@ def check_prearchive(
 ) -> PrearchiveCheck:
     """Counts per scan always; sizes (the prearchive lists no MD5) only with `compare_sizes`.
     `tally`: XNAT's listing of the copy, tallied scan by scan (`readback.prearchive_files`)."""
-    # Counted, not grouped: a list of entries per scan held every file's `Entry` at once.
-    expected_per_scan: collections.Counter[str] = collections.Counter()
-    for entry in manifest.entries():
-        expected_per_scan[scan_folder(entry)] += 1
+    # Counted, not grouped: a list of entries per scan held every file's `Entry` at once; the
+    # scan is found once per series (`Manifest.shared`), not per file.
+    expected_per_scan = collections.Counter(scan for scan, _ in manifest.shared(scan_folder))
     found = tally.per_scan
     missing_scans = {scan: [] for scan in expected_per_scan if scan not in found}
     if missing_scans:  # grouped scan by scan, in the manifest's order, as the series are named
         lost: dict[str, list[pack.Entry]] = missing_scans
-        for entry in manifest.entries():
-            scan = scan_folder(entry)
+        for position, (scan, _) in enumerate(manifest.shared(scan_folder)):
             if scan in lost:
-                lost[scan].append(entry)
+                lost[scan].append(manifest.entry(position))
     missing = [s for group in missing_scans.values() for s in series_of(group)]
     differences = []
     for scan in sorted(set(expected_per_scan) | set(found)):
@@ -300,7 +298,9 @@ def check_prearchive(
         incomplete = "; ".join(differences[:5])
     changed = ""
     if compare_sizes and not differences:
-        local = collections.Counter(e.size for e in manifest.entries() if scan_folder(e) in found)
+        local = collections.Counter(
+            size for scan, size in manifest.shared(scan_folder) if scan in found
+        )
         local.subtract(tally.sizes)  # not `+tally.sizes != local`: a copy of the tally
         if any(local.values()):
             changed = "file sizes in XNAT differ from the upload"

@@ -173,7 +173,7 @@ def test_the_finish_step_holds_under_200_bytes_a_file(tmp_path: Path) -> None:
         content = {
             "label": "L", "project": "P", "subject": "S", "xnat_url": "u", "finished": "now",
             "file_count": COUNT, "bytes": 0, "scans": [], "resources": [], "excluded": [],
-            "files": receipt.Rows(loaded.file_count, loaded.entries),
+            "files": receipt.Rows(loaded.file_count, loaded.json_rows),
         }  # fmt: skip
         receipt.write(tmp_path, content)
 

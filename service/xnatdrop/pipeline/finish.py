@@ -111,5 +111,5 @@ def _receipt(
         "late_sidecars": late is not None,
         "excluded": checked.excluded(),
         "subject_fields": checked.subject_fields,
-        "files": receipt.Rows(manifest.file_count, manifest.entries),
+        "files": receipt.Rows(manifest.file_count, manifest.json_rows),
     }
