@@ -79,12 +79,14 @@ class Plan:
 def _planned(row: dict[str, Any]) -> Planned:
     """A plan's row read back. A zip name equal to the file's path (nearly all: `upload_name`
     shortens only names too long for XNAT) is the path's string, not a second copy of it:
-    ~75 bytes a file of the plan the import step holds while it sends."""
+    ~75 bytes a file of the plan the import step holds while it sends; likewise the size, when
+    the check's and the plan's agree (an int of 28 bytes a file)."""
     entry = rules.FileEntry.from_json(row["entry"])
     name = str(row["name"])
-    return Planned(
-        entry, int(row["size"]), float(row["mtime"]), entry.path if name == entry.path else name
-    )
+    size = int(row["size"])
+    if size == entry.size:  # as planned from the check (nearly always): one int, not two
+        size = entry.size
+    return Planned(entry, size, float(row["mtime"]), entry.path if name == entry.path else name)
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))

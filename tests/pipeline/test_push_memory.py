@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import archivecheck, pack, packrecords, receipt, verify, xnat
+from xnatdrop import archivecheck, pack, packrecords, receipt, rules, verify, xnat
 from xnatdrop.pipeline import spool
 
 COUNT = 20_000
@@ -181,3 +181,20 @@ def test_the_finish_step_holds_under_200_bytes_a_file(tmp_path: Path) -> None:
     assert peak / COUNT < 200, f"{peak / COUNT:.0f} B a file"
     rows = json.loads((tmp_path / receipt.JSON_NAME).read_text())["files"]
     assert rows == [e.to_json() for e in entries()]
+
+
+def test_a_plan_read_back_holds_each_size_once(tmp_path: Path) -> None:
+    """The import step holds the plan read back while it sends. A file's planned size equal
+    to the check's (nearly always) is the entry's own int, not a second one (28 bytes a file):
+    under 420 bytes a file here (~408; two ints: ~436). FileEntry's path and UID strings are
+    most of the rest; a compact plan is left to `pack`, which reads `Planned` per file."""
+    files = tuple(
+        pack.Planned(rules.FileEntry(**{k: v for k, v in e.to_json().items() if k != "md5"}),
+                     e.size, 1.7e9 + n, e.path)
+        for n, e in enumerate(entries())
+    )  # fmt: skip
+    spool.save(tmp_path, pack.Plan(123, files))
+    loaded, held, _ = traced(lambda: spool.load(tmp_path, pack.Plan))
+    assert loaded is not None and loaded.files == files
+    assert all(p.size is p.entry.size for p in loaded.files)
+    assert held / COUNT < 420, f"{held / COUNT:.0f} B a file"
