@@ -11,13 +11,14 @@ that joined them, took about 1.3 KB a file; this keeps about 300 bytes.
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from xnatdrop import pack, xnat
+from xnatdrop import pack, packrecords, xnat
 
 
 @dataclasses.dataclass
@@ -66,29 +67,50 @@ class ArchiveCheck:
 
 
 class ScanListing:
-    """One DICOM resource of one scan as the session's file listing gave it, kept small: a size
-    per file name, the MD5 only where the listing had one, and the listing URI as the part all
-    its files share (`prefix`) plus the name; a URI that is not `prefix + path` is kept whole.
+    """One DICOM resource of one scan as the session's file listing gave it, kept small: the
+    file names in `packrecords.Texts` (indexed), a size per name in an array, the MD5 as 16
+    bytes where the listing had one (32 hexadecimal digits; any other text kept as given), and
+    the listing URI as the part all its files share (`prefix`) plus the name; a URI that is not
+    `prefix + path` is kept whole.
 
-    About 150 bytes a file instead of a `RemoteFile` (700 bytes, mostly its URI): a session of
-    50,000 files is held whole between the listing and its scans' catalogs."""
+    About 100 bytes a file instead of a `RemoteFile` (700 bytes, mostly its URI) or a dict of
+    sizes and MD5s by name (300): a session of 50,000 files is held whole between the listing
+    and its scans' catalogs."""
 
-    __slots__ = ("digests", "prefix", "resource", "scan", "sizes", "uris")
+    __slots__ = (
+        "_digests",
+        "_has",
+        "_names",
+        "_odd",
+        "_sizes",
+        "prefix",
+        "resource",
+        "scan",
+        "uris",
+    )
 
     def __init__(self, scan: str, resource: str) -> None:
         self.scan, self.resource, self.prefix = scan, resource, ""
-        self.sizes: dict[str, int] = {}
-        self.digests: dict[str, str] = {}
+        self._names = packrecords.Texts()
+        self._sizes = array.array("q")
+        self._digests = bytearray()
+        self._has = bytearray()  # per row: 0 no MD5, 1 in _digests, 2 in _odd
+        self._odd: dict[int, str] = {}
         self.uris: dict[str, str] = {}
 
     def add(self, file: xnat.RemoteFile) -> None:
         """Keep `file`'s row (a name listed twice: its last row, as a dict of rows would)."""
         path = file.path
-        self.sizes[path] = file.size
-        if file.digest:
-            self.digests[path] = file.digest
+        row = self._names.append(path)  # a name listed again: `row` finds its last row
+        self._sizes.append(file.size)
+        if _HEX.fullmatch(file.digest):
+            self._digests += bytes.fromhex(file.digest)
+            self._has.append(1)
         else:
-            self.digests.pop(path, None)
+            self._digests += bytes(16)
+            self._has.append(2 if file.digest else 0)
+            if file.digest:
+                self._odd[row] = file.digest
         head, sep, tail = file.uri.partition("/files/")
         if not self.prefix and sep:
             self.prefix = head + sep
@@ -97,15 +119,32 @@ class ScanListing:
         else:
             self.uris.pop(path, None)
 
+    def row(self, path: str) -> int:
+        """The row of `path`, -1 if it is not listed."""
+        return self._names.index(path)
+
+    def size(self, row: int) -> int | None:
+        return self._sizes[row] if row >= 0 else None
+
+    def digest(self, row: int) -> str:
+        """The listing's MD5 of the file in `row` ('' if none, or not listed)."""
+        has = self._has[row] if row >= 0 else 0
+        if has == 1:
+            return self._digests[16 * row : 16 * row + 16].hex()
+        return self._odd[row] if has == 2 else ""
+
     def file(self, path: str) -> xnat.RemoteFile | None:
         """The listing's row for `path` (None: not listed), as `xnat.RemoteFile`."""
-        size = self.sizes.get(path)
-        if size is None:
+        row = self.row(path)
+        if row < 0:
             return None
         uri = self.uris.get(path) or self.prefix + path
         name = path.rsplit("/", 1)[-1]
-        digest = self.digests.get(path, "")
-        return xnat.RemoteFile(self.scan, self.resource, name, path, size, digest, uri)
+        size = self._sizes[row]
+        return xnat.RemoteFile(self.scan, self.resource, name, path, size, self.digest(row), uri)
+
+
+_HEX = re.compile(r"[0-9a-f]{32}")
 
 
 def dicom_listing(files: Iterable[xnat.RemoteFile]) -> dict[tuple[str, str], ScanListing]:
@@ -143,16 +182,17 @@ class ArchiveTally:
         expected: Iterable[str] = (),
         keep_catalog: bool = False,
     ) -> None:
-        # Not matched yet, by UID: an entry leaves when its instance is found (as before, a
-        # UID twice in the manifest is one instance).
-        self._pending = {e.sop_instance_uid: e for e in manifest.files}
+        # Matched so far, a byte per manifest file (found by UID: `Manifest.position`, the last
+        # file of a UID, so a UID twice in the manifest is one instance, as ever).
+        self._manifest = manifest
+        self._matched = bytearray(len(manifest))
         self._listing = listing
         self._compare = compare_bytes
         self._expected = frozenset(expected)
         self._keep = keep_catalog
         self._uids: set[str] = set()
         self._names: dict[str, set[str]] = collections.defaultdict(set)
-        self._samples: dict[str, tuple[pack.Entry, xnat.RemoteFile]] = {}
+        self._samples: dict[str, tuple[int, xnat.RemoteFile]] = {}  # manifest position
         self.extra: list[xnat.CatalogEntry] = []
         self._changed: list[tuple[str, str, str]] = []  # (scan, resource, what differs)
         self.matched = 0
@@ -163,30 +203,35 @@ class ArchiveTally:
         """Compare one scan resource's catalog entries; its listing is dropped afterwards."""
         listed = self._listing.pop((scan, resource), None) or ScanListing(scan, resource)
         best = self._samples.get(scan)
+        manifest, matched = self._manifest, self._matched
         for entry in catalog:
             if self._keep:
                 self._uids.add(entry.uid)
                 self._names[entry.scan].add(entry.path.rsplit("/", 1)[-1])
-            mine = self._pending.pop(entry.uid, None)
-            if mine is None:  # not in the manifest, or catalogued twice
+            mine = manifest.position(entry.uid)
+            if mine < 0 or matched[mine]:  # not in the manifest, or catalogued twice
                 if entry.uid not in self._expected:
                     self.extra.append(entry)
                 continue
+            matched[mine] = 1
             self.matched += 1
-            self.matched_bytes += mine.size
-            size = listed.sizes.get(entry.path)
+            sent = manifest.size(mine)
+            self.matched_bytes += sent
+            row = listed.row(entry.path)
+            size = listed.size(row)
             if size is not None and (
                 best is None or (size, entry.path) < (best[1].size, best[1].path)
             ):
                 best = (mine, listed.file(entry.path))  # type: ignore[assignment]
             if not self._compare:
                 continue
-            digest = (entry.digest or listed.digests.get(entry.path, "")).lower()
-            if size is not None and size != mine.size:
-                what = f"{mine.path} ({size} bytes in XNAT, {mine.size} sent)"
+            digest = (entry.digest or listed.digest(row)).lower()
+            if size is not None and size != sent:
+                what = f"{manifest.entry(mine).path} ({size} bytes in XNAT, {sent} sent)"
                 self._changed.append((scan, resource, what))
-            elif digest and digest != mine.md5:
-                self._changed.append((scan, resource, f"{mine.path} (MD5 differs)"))
+            elif digest and digest != manifest.md5(mine):
+                path = manifest.entry(mine).path
+                self._changed.append((scan, resource, f"{path} (MD5 differs)"))
             elif not digest:
                 self.md5_compared = False
         if best is not None:
@@ -195,9 +240,17 @@ class ArchiveTally:
     def result(self, watch: Iterable[str] = ()) -> ArchiveCheck:
         """The comparison once every scan is added. `watch`: UIDs of the manifest whose
         presence the caller asks about (`ArchiveCheck.found`: those catalogued)."""
-        missing = list(self._pending.values())
-        found = frozenset(uid for uid in watch if uid not in self._pending)
-        samples = [self._samples[scan] for scan in sorted(self._samples, key=_scan_order)]
+        manifest, matched = self._manifest, self._matched
+        missing = [
+            manifest.entry(i)
+            for i in range(len(manifest))
+            if not matched[i] and manifest.position(manifest.entry(i).sop_instance_uid) == i
+        ]
+        found = frozenset(uid for uid in watch if _matched(manifest, matched, uid))
+        samples = [
+            (manifest.entry(self._samples[scan][0]), self._samples[scan][1])
+            for scan in sorted(self._samples, key=_scan_order)
+        ]
         # Scans arrive in any order (read a few at once): what differs is named in scan order.
         extra = sorted(self.extra, key=lambda entry: (entry.scan, entry.resource))
         changed = [what for *_, what in sorted(self._changed, key=lambda c: (c[0], c[1]))]
@@ -213,6 +266,11 @@ class ArchiveTally:
             dict(self._names),
             found,
         )
+
+
+def _matched(manifest: pack.Manifest, matched: bytearray, uid: str) -> bool:
+    position = manifest.position(uid)
+    return position < 0 or bool(matched[position])  # as ever: a UID not sent is not awaited
 
 
 def _scan_order(scan: str) -> tuple[int, str]:

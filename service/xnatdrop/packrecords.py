@@ -6,12 +6,15 @@ is never held as one text).
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import json
 import operator
-from collections.abc import Iterator
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring as _quote  # json's own, in C (ensure_ascii=False)
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from xnatdrop import rules
 
@@ -76,12 +79,14 @@ class Plan:
 def _planned(row: dict[str, Any]) -> Planned:
     """A plan's row read back. A zip name equal to the file's path (nearly all: `upload_name`
     shortens only names too long for XNAT) is the path's string, not a second copy of it:
-    ~75 bytes a file of the plan the import step holds while it sends."""
+    ~75 bytes a file of the plan the import step holds while it sends; likewise the size, when
+    the check's and the plan's agree (an int of 28 bytes a file)."""
     entry = rules.FileEntry.from_json(row["entry"])
     name = str(row["name"])
-    return Planned(
-        entry, int(row["size"]), float(row["mtime"]), entry.path if name == entry.path else name
-    )
+    size = int(row["size"])
+    if size == entry.size:  # as planned from the check (nearly always): one int, not two
+        size = entry.size
+    return Planned(entry, size, float(row["mtime"]), entry.path if name == entry.path else name)
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))
@@ -141,22 +146,138 @@ class Entry(rules.FileEntry):
         return cls(**{**identity, "size": size}, md5=md5)
 
 
-class Manifest:
-    """The manifest of an upload: `zip_size` and, in `files`, an `Entry` per file.
+class Texts:
+    """Many short texts (a manifest's file names or UIDs, a listing's names: one per file,
+    50,000 and more) as one UTF-8 buffer and the end offset of each, with an index from text to
+    position made when first asked (open addressing on the text's hash, positions in an array).
 
-    A manifest made while sending (`sent`) holds only the plan's entries and 16 bytes of MD5
-    per file; the `Entry` objects (about 1 KB each with their dict) are made the first time
-    `files` is read, by the verify step, and never while the body is sent or the manifest
-    saved (`json_pieces`).
+    About the text's length plus 4 bytes each, 12 once indexed: a `str` object per file costs
+    49 bytes beside its text, a dict entry from it 40-80 more.
     """
 
-    __slots__ = ("_files", "_md5", "_planned", "zip_size")
+    __slots__ = ("_blob", "_ends", "_slots")
 
-    def __init__(self, zip_size: int, files: tuple[Entry, ...]) -> None:
+    def __init__(self) -> None:
+        self._blob = bytearray()
+        self._ends = array.array("I")
+        self._slots = array.array("i")  # the index, made again once texts were added
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, position: int) -> str:
+        ends = self._ends
+        start = ends[position - 1] if position > 0 else 0
+        return self._blob[start : ends[position]].decode()
+
+    def append(self, text: str) -> int:
+        """Add `text` (even if it is there already); its position."""
+        self._blob += text.encode()
+        self._ends.append(len(self._blob))
+        return len(self._ends) - 1
+
+    def index(self, text: str) -> int:
+        """The last position `text` was appended at; -1 if never."""
+        slots = self._slots
+        if len(slots) < 2 * len(self._ends) or not slots:
+            slots = self._index()
+        mask = len(slots) - 1
+        slot = hash(text) & mask
+        found = -1
+        encoded = b""
+        while (position := slots[slot]) >= 0:
+            if not encoded:
+                encoded = text.encode()
+            ends = self._ends
+            start = ends[position - 1] if position > 0 else 0
+            if position > found and self._blob[start : ends[position]] == encoded:
+                found = position
+            slot = (slot + 1) & mask
+        return found
+
+    def _index(self) -> array.array[int]:
+        count = len(self._ends)
+        size = 8
+        while size < 4 * count:  # half full at most until it has doubled
+            size *= 2
+        slots = array.array("i", [-1]) * size
+        mask = size - 1
+        blob, start = self._blob, 0
+        for position, end in enumerate(self._ends):
+            slot = hash(blob[start:end].decode()) & mask
+            while slots[slot] >= 0:
+                slot = (slot + 1) & mask
+            slots[slot] = position
+            start = end
+        self._slots = slots
+        return slots
+
+
+# Per file in a compact manifest: path, size, SOP instance UID, MD5; the other fields of an
+# entry (series, study, classes, transfer syntax) repeat within a series and are kept once per
+# series with the folder (`_SHARED`).
+_SHARED = tuple(name for name in _FIELDS if name not in ("path", "size", "sop_instance_uid"))
+_IN_ORDER = _FIELDS[:3] == ("path", "size", "sop_instance_uid")
+_HEX = re.compile(r"[0-9a-f]{32}")
+_NONE: Any = object()
+T = TypeVar("T")
+
+
+class Manifest:
+    """The manifest of an upload: `zip_size` and, for each file, an `Entry`.
+
+    Kept in columns, not as an `Entry` per file (about 400 bytes each with its strings): the
+    file names and SOP instance UIDs in `Texts`, sizes in an array, MD5s as 16 bytes each, and
+    what a series shares (its folder and the other fields) once per series; about 130 bytes a
+    file. The verify, archive and finish steps each hold it whole while they compare or list
+    it, so `entries()` makes each `Entry` as it is read and lets it go; `files` makes them all
+    (for small manifests and callers that need a tuple). `position(uid)` finds a file by its
+    SOPInstanceUID (the archive check) without a dict of entries.
+    """
+
+    __slots__ = ("_digests", "_kind_of", "_kinds", "_names", "_odd", "_sizes", "_uids", "zip_size")
+
+    def __init__(self, zip_size: int, files: Iterable[Entry] = ()) -> None:
         self.zip_size = zip_size
-        self._files: tuple[Entry, ...] | None = files
-        self._planned: tuple[Planned, ...] = ()
-        self._md5 = b""
+        self._names = Texts()
+        self._uids = Texts()
+        self._sizes = array.array("q")
+        self._digests = bytearray()
+        self._odd: dict[int, str] = {}  # an MD5 that is not 32 hexadecimal digits, as given
+        self._kinds: list[tuple[str, ...]] = []
+        self._kind_of = array.array("I")
+        known: dict[tuple[str, ...], int] = {}
+        for entry in files:
+            self._add(known, entry, entry.size, entry.md5)
+
+    def _add(self, known: dict[tuple[str, ...], int], file: Any, size: int, md5: str) -> None:
+        shared = tuple(getattr(file, field) for field in _SHARED)
+        self._append(known, _posix(file.path), size, file.sop_instance_uid, shared, md5)
+
+    def _append(
+        self,
+        known: dict[tuple[str, ...], int],
+        path: str,
+        size: int,
+        uid: str,
+        shared: tuple[str, ...],
+        md5: str,
+    ) -> None:
+        folder, slash, name = path.rpartition("/")
+        kind = (folder + slash, *shared)
+        number = known.get(kind)
+        if number is None:
+            number = known[kind] = len(self._kinds)
+            self._kinds.append(tuple(sys.intern(v) if type(v) is str else v for v in kind))
+        self._kind_of.append(number)
+        self._names.append(name)
+        position = self._uids.append(uid)
+        self._sizes.append(size)
+        if _HEX.fullmatch(md5):
+            self._digests += bytes.fromhex(md5)
+        else:
+            self._digests += bytes(16)
+            self._odd[position] = md5
 
     @classmethod
     def sent(cls, zip_size: int, planned: tuple[Planned, ...], md5: bytes) -> Manifest:
@@ -164,44 +285,103 @@ class Manifest:
         each, in order)."""
         if len(md5) != 16 * len(planned):
             raise ValueError("one 16-byte MD5 per planned file")
-        manifest = cls(zip_size, ())
-        manifest._files, manifest._planned, manifest._md5 = None, planned, md5
+        manifest = cls(zip_size)
+        known: dict[tuple[str, ...], int] = {}
+        for i, p in enumerate(planned):
+            manifest._add(known, p.entry, p.size, md5[16 * i : 16 * i + 16].hex())
         return manifest
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def entry(self, position: int) -> Entry:
+        """The file at `position` (made now; not kept)."""
+        kind = self._kinds[self._kind_of[position]]
+        path, size, uid = (
+            kind[0] + self._names[position],
+            self._sizes[position],
+            self._uids[position],
+        )
+        if _IN_ORDER:  # positional: a third of the cost of keywords, per file read
+            return Entry(path, size, uid, *kind[1:], md5=self.md5(position))
+        shared = dict(zip(_SHARED, kind[1:], strict=True))
+        return Entry(path=path, size=size, sop_instance_uid=uid, md5=self.md5(position), **shared)
+
+    def shared(self, key: Callable[[Entry], T]) -> Iterator[tuple[T, int]]:
+        """(`key(entry)`, size) of each file in order, `key` called once per series (its
+        folder and shared fields): for a key that reads only those, such as the scan XNAT
+        files an instance under, without making an `Entry` per file."""
+        values: dict[int, T] = {}
+        sizes = self._sizes
+        for position, kind in enumerate(self._kind_of):
+            value = values.get(kind, _NONE)
+            if value is _NONE:
+                value = values[kind] = key(self.entry(position))
+            yield value, sizes[position]  # type: ignore[misc]
+
+    def entries(self) -> Iterator[Entry]:
+        """Each file's `Entry` in order, made as it is read (none is kept)."""
+        return map(self.entry, range(len(self)))
+
+    def json_rows(self) -> Iterator[dict[str, Any]]:
+        """Each file's `Entry.to_json()`, made from the columns as it is read (for RECEIPT.json:
+        no `Entry` is made)."""
+        names, uids, sizes, kinds, kind_of = (
+            self._names, self._uids, self._sizes, self._kinds, self._kind_of,
+        )  # fmt: skip
+        for position in range(len(sizes)):
+            kind = kinds[kind_of[position]]
+            row = {
+                "path": kind[0] + names[position],
+                "size": sizes[position],
+                "sop_instance_uid": uids[position],
+            }
+            row.update(zip(_SHARED, kind[1:], strict=True))
+            row["md5"] = self.md5(position)
+            yield row
+
+    def size(self, position: int) -> int:
+        return self._sizes[position]
+
+    def md5(self, position: int) -> str:
+        odd = self._odd.get(position)
+        return odd if odd is not None else self._digests[16 * position : 16 * position + 16].hex()
+
+    def position(self, uid: str) -> int:
+        """The position of the (last) file with this SOPInstanceUID; -1 if none."""
+        return self._uids.index(uid)
 
     @property
     def files(self) -> tuple[Entry, ...]:
-        if self._files is None:
-            self._files = tuple(
-                Entry.of(p.entry, p.size, self._md5[16 * i : 16 * i + 16].hex())
-                for i, p in enumerate(self._planned)
-            )
-            self._planned, self._md5 = (), b""
-        return self._files
+        return tuple(self.entries())
 
     @property
     def file_count(self) -> int:
-        return len(self._planned) if self._files is None else len(self._files)
+        return len(self)
 
     @property
     def total_bytes(self) -> int:
-        if self._files is None:
-            return sum(p.size for p in self._planned)
-        return sum(e.size for e in self._files)
+        return sum(self._sizes)
 
     def series(self) -> dict[str, list[Entry]]:
         """Entries grouped by SeriesInstanceUID, in first-seen order."""
         groups: dict[str, list[Entry]] = {}
-        for entry in self.files:
+        for entry in self.entries():
             groups.setdefault(entry.series_instance_uid, []).append(entry)
         return groups
 
     def study_uids(self) -> set[str]:
-        return {e.study_instance_uid for e in self.files if e.study_instance_uid}
+        field = 1 + _SHARED.index("study_instance_uid")
+        return {kind[field] for kind in self._kinds if kind[field]}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
             return NotImplemented
-        return (self.zip_size, self.files) == (other.zip_size, other.files)
+        return (
+            self.zip_size == other.zip_size
+            and len(self) == len(other)
+            and all(a == b for a, b in zip(self.entries(), other.entries(), strict=True))
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -210,13 +390,8 @@ class Manifest:
 
     def _rows(self) -> Iterator[str]:
         """Each file's row as JSON text."""
-        if self._files is None:
-            md5 = self._md5
-            for i, p in enumerate(self._planned):
-                yield _manifest_row(p.entry, p.size, md5[16 * i : 16 * i + 16].hex())
-        else:
-            for entry in self._files:
-                yield _manifest_row(entry, entry.size, entry.md5)
+        for entry in self.entries():
+            yield _manifest_row(entry, entry.size, entry.md5)
 
     def to_json(self) -> dict[str, Any]:
         return json.loads("".join(self.json_pieces()))
@@ -239,7 +414,21 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        return cls(int(data["zip_size"]), tuple(Entry.from_json(e) for e in data["files"]))
+        """The manifest `json_pieces` wrote; its rows (an iterator when read from the spool)
+        are taken one at a time into the columns, never an `Entry` per file."""
+        manifest = cls(int(data["zip_size"]))
+        known: dict[tuple[str, ...], int] = {}
+        for row in data["files"]:
+            get = row.get
+            manifest._append(
+                known,
+                str(row["path"]),
+                int(get("size", 0)),
+                get("sop_instance_uid", ""),
+                tuple(get(field, "") for field in _SHARED),
+                str(row["md5"]),
+            )
+        return manifest
 
 
 # -- the manifest written while the zip is sent ----------------------------------------------

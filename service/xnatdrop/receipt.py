@@ -12,7 +12,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,26 @@ def write(folder: Path, receipt: dict[str, Any]) -> None:
     encoder = json.JSONEncoder(indent=2, sort_keys=True, default=_row)
     atomicfile.write(folder / JSON_NAME, _with_newline(encoder.iterencode(receipt)), mode=None)
     atomicfile.write(folder / TEXT_NAME, render_text(receipt), mode=None)
+
+
+class Rows(list[Any]):
+    """A receipt's list of rows made as they are written: `rows()` gives them afresh each time
+    the list is read, and `count` is its length. RECEIPT.json lists every file of the upload
+    (50,000 and more); the manifest keeps them compactly (`pack.Manifest.entries`), and a list
+    of its entries would hold an `Entry` per file while the receipt is written.
+
+    A list to `json` (its encoder with `indent` reads a list by `len` and iteration): the rows
+    encode exactly as a list of them would."""
+
+    def __init__(self, count: int, rows: Callable[[], Iterable[Any]]) -> None:
+        super().__init__()
+        self._count, self._rows = count, rows
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows())
 
 
 def _row(value: Any) -> Any:

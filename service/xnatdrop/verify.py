@@ -202,12 +202,18 @@ class Series:
 
 
 def series_of(entries: Iterable[pack.Entry]) -> list[Series]:
-    groups: dict[str, list[pack.Entry]] = {}
+    """The series of `entries`, in first-seen order (each with its first entry and a count:
+    the entries themselves may be made as they are read, and are not kept)."""
+    groups: dict[str, list[Any]] = {}
     for entry in entries:
-        groups.setdefault(entry.series_instance_uid, []).append(entry)
+        group = groups.get(entry.series_instance_uid)
+        if group is None:
+            groups[entry.series_instance_uid] = [entry, 1]
+        else:
+            group[1] += 1
     return [
-        Series(uid, group[0].series_number, len(group), str(Path(group[0].path).parent))
-        for uid, group in groups.items()
+        Series(uid, first.series_number, count, str(Path(first.path).parent))
+        for uid, (first, count) in groups.items()
     ]
 
 
@@ -271,15 +277,20 @@ def check_prearchive(
 ) -> PrearchiveCheck:
     """Counts per scan always; sizes (the prearchive lists no MD5) only with `compare_sizes`.
     `tally`: XNAT's listing of the copy, tallied scan by scan (`readback.prearchive_files`)."""
-    by_scan: dict[str, list[pack.Entry]] = collections.defaultdict(list)
-    for entry in manifest.files:
-        by_scan[scan_folder(entry)].append(entry)
+    # Counted, not grouped: a list of entries per scan held every file's `Entry` at once; the
+    # scan is found once per series (`Manifest.shared`), not per file.
+    expected_per_scan = collections.Counter(scan for scan, _ in manifest.shared(scan_folder))
     found = tally.per_scan
-    missing_scans = [scan for scan in by_scan if scan not in found]
-    missing = [s for scan in missing_scans for s in series_of(by_scan[scan])]
+    missing_scans = {scan: [] for scan in expected_per_scan if scan not in found}
+    if missing_scans:  # grouped scan by scan, in the manifest's order, as the series are named
+        lost: dict[str, list[pack.Entry]] = missing_scans
+        for position, (scan, _) in enumerate(manifest.shared(scan_folder)):
+            if scan in lost:
+                lost[scan].append(manifest.entry(position))
+    missing = [s for group in missing_scans.values() for s in series_of(group)]
     differences = []
-    for scan in sorted(set(by_scan) | set(found)):
-        expected = len(by_scan.get(scan, []))
+    for scan in sorted(set(expected_per_scan) | set(found)):
+        expected = expected_per_scan.get(scan, 0)
         if scan in found and found[scan] != expected:
             differences.append(f"scan {scan}: {found[scan]} of {expected} files")
     incomplete = ""
@@ -287,9 +298,11 @@ def check_prearchive(
         incomplete = "; ".join(differences[:5])
     changed = ""
     if compare_sizes and not differences:
-        present = [e for e in manifest.files if scan_folder(e) in found]
-        local = collections.Counter(e.size for e in present)
-        if +tally.sizes != local:
+        local = collections.Counter(
+            size for scan, size in manifest.shared(scan_folder) if scan in found
+        )
+        local.subtract(tally.sizes)  # not `+tally.sizes != local`: a copy of the tally
+        if any(local.values()):
             changed = "file sizes in XNAT differ from the upload"
     return PrearchiveCheck(missing, incomplete, changed)
 

@@ -52,7 +52,8 @@ def _receipt(
 ) -> dict[str, Any]:
     """RECEIPT.json's content: where the session is, what went in, what was left out, how it
     was verified (`receipt` renders the text). Its "files" are the manifest's entries as they
-    are: `receipt.write` turns each into its JSON row as it writes it."""
+    are, each made as it is written (`receipt.Rows`), and `receipt.write` turns each into its
+    JSON row as it writes it."""
     folder, work = context.spool(drop), Path(drop.work)
     late = spool.load(folder, spool.LateSidecars)
     manifest = pack.Manifest(0, ()) if late else spool.manifest_for(folder, work, drop.id)
@@ -95,7 +96,7 @@ def _receipt(
         "xnat_url": context.client().session_url(context.project, session.id),
         "archive_uri": drop.archive_uri,
         "finished": receipt.now_text(),
-        "file_count": verification.get("instances", len(manifest.files)),
+        "file_count": verification.get("instances", manifest.file_count),
         "bytes": verification.get("bytes", manifest.total_bytes),
         "checksums_verified": bool(verification.get("md5_compared")),
         "verification": verification,
@@ -110,5 +111,5 @@ def _receipt(
         "late_sidecars": late is not None,
         "excluded": checked.excluded(),
         "subject_fields": checked.subject_fields,
-        "files": manifest.files,
+        "files": receipt.Rows(manifest.file_count, manifest.json_rows),
     }
