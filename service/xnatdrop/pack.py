@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -108,16 +109,21 @@ def upload_name(path: str) -> str:
 def plan(
     folder: Path, entries: Iterable[rules.FileEntry], zip_names: Mapping[str, str] | None = None
 ) -> Plan:
-    """Stat each file under `folder` and lay out the zip; no file data is read.
+    """Stat each file under `folder` and lay out the zip; no file data is read here.
 
     Each file's name in the zip is its path (relative, POSIX), or `zip_names[path]`. Raise
     Changed if a file is missing.
+
+    The kernel is asked to start reading the first WINDOW bytes (OPEN_AHEAD files at most) as
+    they are stat'ed (`_ask_ahead`): the body's readers ask for the window only once the
+    request starts, so the disk idled while the plan stat'ed the rest (3.6 µs a file: 37 ms
+    at 10,000 files, 0.2 s at 50,000), and the first runs then waited for their reads.
     """
     zip_names = zip_names or {}
     files = []
     # The zip's length from its entries' (local_length, central_length, end_length), never by
     # building its central directory: the same sums `Body` checks its bytes against.
-    offset = central = 0
+    offset = central = asked = 0
     # Each file is stat'ed relative to the folder, opened once: a third less than by its whole
     # path, which the kernel walks again each time.
     directory: int | None = None
@@ -135,12 +141,30 @@ def plan(
             zip_name = zip_names.get(name, name)
             size = stat.st_size
             files.append(Planned(entry, size, stat.st_mtime, zip_name))
+            if asked < WINDOW and len(files) <= OPEN_AHEAD:
+                _ask_ahead(directory, name, min(size, WINDOW - asked))
+                asked += size
             central += zipformat.central_length(zip_name, size, offset)
             offset += zipformat.local_length(zip_name, size) + size
     finally:
         if directory is not None:
             os.close(directory)
     return Plan(offset + central + zipformat.end_length(len(files), offset, central), tuple(files))
+
+
+def _ask_ahead(directory: int, name: str, length: int) -> None:
+    """Ask the kernel to read the first `length` bytes of a file of the plan's first window in
+    the background (POSIX_FADV_WILLNEED, as `packread.prefetch`); advice only: a file that
+    cannot be opened now is reported by its reader, in order."""
+    try:
+        descriptor = os.open(name, os.O_RDONLY, dir_fd=directory)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # a file system may not take the advice
+            os.posix_fadvise(descriptor, 0, length, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(descriptor)
 
 
 def _central_rows(files: Iterable[Planned]) -> Iterator[tuple[str, int, float]]:

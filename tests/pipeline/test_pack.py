@@ -6,10 +6,12 @@ import dataclasses
 import gc
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import textwrap
 import threading
+import time
 import tracemalloc
 import zipfile
 import zlib
@@ -480,6 +482,45 @@ def test_the_files_of_the_window_are_read_ahead_by_the_readers_before_each_job(
         assert archive.testzip() is None
         assert len(archive.infolist()) == 40
     assert len(list(Path("/proc/self/fd").iterdir())) == open_before
+
+
+def test_the_plan_has_the_kernel_read_the_first_window_while_it_stats_the_rest(
+    tmp_path: Path,
+) -> None:
+    """1. Write 300 files of 41 kB (12 MB, more than the window), on disk, and drop them from
+       the page cache; plan them, reading nothing.
+    2. Result: the first files, up to OPEN_AHEAD files or WINDOW bytes, come into the page
+       cache by themselves (fincore; 10 s at most), while the files after the window are
+       still not read: the disk works while the plan stats the rest and the body starts. No
+       descriptor is left open."""
+    folder = tmp_path / "S"
+    entries = many_files(folder, 300, 41_000)
+    paths = [folder / e.path for e in entries]
+    for path in paths:
+        descriptor = os.open(path, os.O_RDONLY)
+        os.fsync(descriptor)  # dirty pages cannot be dropped
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(descriptor)
+
+    def cached(files: list[Path]) -> list[bool]:
+        """Whether each file is wholly in the page cache, asked without reading it (fincore,
+        util-linux: mincore(2); a read, even RWF_NOWAIT, would start the kernel's readahead)."""
+        out = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, files)],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        return [int(resident) >= 41_000 for resident in out]
+
+    assert not any(cached(paths))  # the test means something here
+    open_before = len(list(Path("/proc/self/fd").iterdir()))
+    pack.plan(folder, entries)
+    assert len(list(Path("/proc/self/fd").iterdir())) == open_before
+    window = min(pack.OPEN_AHEAD, pack.WINDOW // 41_000)
+    deadline = time.monotonic() + 10
+    while not all(cached(paths[:window])) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(cached(paths[:window]))
+    assert not any(cached(paths[window:]))
 
 
 def test_a_job_first_opens_every_run_waiting_in_order_and_skips_a_dropped_one(
