@@ -35,10 +35,11 @@ ahead, so memory stays flat whatever the session size:
 - consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
   behind room for their headers, hashed there, headers filled in; one job, one piece, one send
   per run, not per file (a future, a header write and a socket send per 44 KB file cost about
-  as much as hashing it). Each run's files are opened when the run is handed out, by an
-  opener thread, and the kernel asked to read them in the background (`packread.prefetch`): a
-  cold small file no longer waits for its own disk read while the disk has nothing else to do
-  (OPEN_AHEAD files at most);
+  as much as hashing it). Each run's files are opened soon after the run is handed out, by
+  whichever reader starts its next job first (`_Prefetches`), and the kernel asked to read
+  them in the background (`packread.prefetch`): a cold small file no longer waits for its own
+  disk read while the disk has nothing else to do (OPEN_AHEAD files at most; the plan asks
+  for the first window already);
 - a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces (`packread`
   reads and hashes, in the reader threads);
 - a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
