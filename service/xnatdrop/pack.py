@@ -299,7 +299,13 @@ class _Prefetches:
             except IndexError:
                 break
             if future.set_running_or_notify_cancel():
-                future.set_result([packread.prefetch(self._base, p) for p in run])
+                try:
+                    future.set_result([packread.prefetch(self._base, p) for p in run])
+                except BaseException as error:
+                    # As an executor's worker does: whatever went wrong reaches the run's own
+                    # reader (read_run waits on this future), in order; never a future left
+                    # running that a reader would wait on for ever.
+                    future.set_exception(error)
         return job(*arguments)
 
 

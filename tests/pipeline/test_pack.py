@@ -555,6 +555,26 @@ def test_a_job_first_opens_every_run_waiting_in_order_and_skips_a_dropped_one(
     assert prefetches.then(lambda: None) is None and len(asked) == 4
 
 
+def test_a_prefetch_that_fails_hands_its_error_to_the_run_and_the_job_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_Prefetches.then`: an error while opening a run ahead (not an OSError: prefetch turns
+    those into None) is set on that run's future, for its reader to raise in order; the job
+    that happened to do it still runs, and no future is left running (a reader would wait on
+    it for ever)."""
+    folder = tmp_path / "S"
+    files = pack.plan(folder, many_files(folder, 2, 1000)).files
+
+    def broken(base: str, planned: Any) -> int | None:
+        raise RuntimeError("broken prefetch")
+
+    monkeypatch.setattr(pack.packread, "prefetch", broken)
+    prefetches = pack._Prefetches(str(folder))
+    run = prefetches.add(files)
+    assert prefetches.then(lambda: "ran") == "ran"
+    assert run.done() and isinstance(run.exception(), RuntimeError)
+
+
 @pytest.mark.parametrize("name", ["S1/IM0001.dcm", "série/IM0002.dcm"])
 @pytest.mark.parametrize("size", [0, 41_000, (1 << 31) - 1, 1 << 31])
 def test_a_header_packed_in_place_is_the_header(name: str, size: int) -> None:
