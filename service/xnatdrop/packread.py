@@ -55,13 +55,14 @@ def read_run(
     The piece is each file's local header followed by its data, the data read straight into
     place (`readv`) and the header written in place once its CRC is known: one buffer, one
     send, one future per run instead of per file. `opened` gives each file's descriptor,
-    opened ahead by `pack`'s opener thread (`prefetch`), or None for one to open now (its error
-    raised here, in order); read_run closes them all. Returns the piece, the MD5 digests (16
-    bytes each), the CRC-32s and each entry's length in the zip (header and data). hashlib
-    releases the GIL on buffers this size (ISA-L's CRC holds it, for about 0.03 ns a byte).
+    opened ahead by a reader (`prefetch`, `pack._Prefetches`), or None for one to open now
+    (its error raised here, in order); read_run closes them all. Returns the piece, the MD5
+    digests (16 bytes each), the CRC-32s and each entry's length in the zip (header and
+    data). hashlib releases the GIL on buffers this size (ISA-L's CRC holds it, for about
+    0.03 ns a byte).
 
     Per file this is the loop the whole upload runs 50,000 times and more, so it does only
-    what must be done per file: a path is joined only to open a file the opener could not or
+    what must be done per file: a path is joined only to open a file the prefetch could not or
     to name one in an error, and the header is packed into the piece, not built and copied.
     """
     descriptors = opened.result()
@@ -123,8 +124,9 @@ def close(descriptors: Iterable[int | None]) -> None:
 def prefetch(base: str, planned: Planned) -> int | None:
     """Open a file of a run ahead of its turn and ask the kernel to read it in the background
     (POSIX_FADV_WILLNEED); its descriptor, or None if it cannot be opened now (`read_run` opens
-    it again in its turn, and reports the error then, in order). `pack`'s opener thread does it
-    for every file of each run handed to a reader, when it is handed out: the whole window.
+    it again in its turn, and reports the error then, in order). `pack`'s readers do it for
+    every file of each run handed out, before their next job (`pack._Prefetches`): the whole
+    window.
 
     Why: read one after the other, each small file of a cold folder waited for its own read
     from disk, with one request in flight per reader. Asked for many files ahead, the disk

@@ -6,10 +6,12 @@ import dataclasses
 import gc
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import textwrap
 import threading
+import time
 import tracemalloc
 import zipfile
 import zlib
@@ -428,50 +430,149 @@ def test_a_run_is_read_ahead_and_a_file_gone_from_it_is_named_in_order(
     assert len(list(Path("/proc/self/fd").iterdir())) == open_before
 
 
-def test_the_files_of_each_run_are_read_ahead_by_the_opener_not_by_its_reader(
+def test_the_files_of_the_window_are_read_ahead_by_the_readers_before_each_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """1. Plan 40 files of 250 kB (runs of 4 files, 10 runs); stream the body, each reader
-       holding its run back until the kernel was asked to read the run's files ahead
-       (POSIX_FADV_WILLNEED, seen by a wrapper around the real call; 2 s at most).
-    2. Result: every file was asked for once, in order, by the opener thread that works as
-       runs are handed out, not by the run's reader once it starts it (the disk then idled
-       at the start of each run while the sender waited on that reader); the zip is whole
-       and no descriptor is left open."""
+    """1. Plan 40 files of 250 kB (runs of 4 files, 10 runs); stream the body, noting which
+       files the kernel was asked to read ahead (POSIX_FADV_WILLNEED, seen by a wrapper around
+       the real call) and, as each run's read starts, what had been asked for by then.
+    2. Result: every file was asked for once, each run's in order (two readers may ask for two
+       runs at once) before the run is read, by the reader threads (`_Prefetches`), with no
+       thread of its own (a fourth thread made the GIL change hands about three times per
+       file). The zip is whole and no descriptor is left open."""
     folder = tmp_path / "S"
     entries = many_files(folder, 40, 250_000)
     planned = pack.plan(folder, entries)
     advised: list[tuple[str, str]] = []
-    changed = threading.Condition()
+    at_start: list[tuple[list[str], set[str]]] = []
+    threads: set[str] = set()  # the body's threads, by kind, as the runs are read
+    lock = threading.Lock()
     real_fadvise = pack.os.posix_fadvise
     real_read_run = pack.packread.read_run
 
     def fadvise(descriptor: int, offset: int, length: int, advice: int) -> None:
         if advice == pack.os.POSIX_FADV_WILLNEED:
             name = Path(pack.os.readlink(f"/proc/self/fd/{descriptor}")).name
-            with changed:
+            with lock:
                 advised.append((name, threading.current_thread().name))
-                changed.notify_all()
         real_fadvise(descriptor, offset, length, advice)
 
-    def read_run(base: str, run: Any, *rest: Any) -> Any:
-        names = {Path(p.entry.path).name for p in run}
-        with changed:
-            changed.wait_for(lambda: names <= {name for name, _ in advised}, timeout=2)
-        return real_read_run(base, run, *rest)
+    def read_run(base: str, run: Any, pool: Any, opened: Any) -> Any:
+        opened.result()  # as the real one waits for its descriptors
+        with lock:
+            at_start.append(([Path(p.entry.path).name for p in run], {n for n, _ in advised}))
+            threads.update(t.name.rpartition("_")[0] or t.name for t in threading.enumerate())
+        return real_read_run(base, run, pool, opened)
 
     monkeypatch.setattr(pack.os, "posix_fadvise", fadvise)
     monkeypatch.setattr(pack.packread, "read_run", read_run)
     open_before = len(list(Path("/proc/self/fd").iterdir()))
     with pack.Body(folder, planned) as body:
         data = drain(body)
-    assert [name for name, _ in advised] == [Path(e.path).name for e in entries]
-    assert {thread.rpartition("_")[0] for _, thread in advised} == {"open"}
+    names = [Path(e.path).name for e in entries]
+    assert sorted(name for name, _ in advised) == sorted(names)
+    order = [name for name, _ in advised]
+    assert len(at_start) == 10
+    for run, seen in at_start:  # each run's files asked for in order, before it is read
+        assert [name for name in order if name in run] == run
+        assert set(run) <= seen
+    assert {thread.rpartition("_")[0] for _, thread in advised} == {"upload"}
+    assert threads == {"MainThread", "upload"}
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.testzip() is None
         assert len(archive.infolist()) == 40
     assert len(list(Path("/proc/self/fd").iterdir())) == open_before
 
+
+def test_the_plan_has_the_kernel_read_the_first_window_while_it_stats_the_rest(
+    tmp_path: Path,
+) -> None:
+    """1. Write 300 files of 41 kB (12 MB, more than the window), on disk, and drop them from
+       the page cache; plan them, reading nothing.
+    2. Result: the first files, up to OPEN_AHEAD files or WINDOW bytes, come into the page
+       cache by themselves (fincore; 10 s at most), while the files after the window are
+       still not read: the disk works while the plan stats the rest and the body starts. No
+       descriptor is left open."""
+    folder = tmp_path / "S"
+    entries = many_files(folder, 300, 41_000)
+    paths = [folder / e.path for e in entries]
+    for path in paths:
+        descriptor = os.open(path, os.O_RDONLY)
+        os.fsync(descriptor)  # dirty pages cannot be dropped
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(descriptor)
+
+    def cached(files: list[Path]) -> list[bool]:
+        """Whether each file is wholly in the page cache, asked without reading it (fincore,
+        util-linux: mincore(2); a read, even RWF_NOWAIT, would start the kernel's readahead)."""
+        out = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, files)],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        return [int(resident) >= 41_000 for resident in out]
+
+    assert not any(cached(paths))  # the test means something here
+    open_before = len(list(Path("/proc/self/fd").iterdir()))
+    pack.plan(folder, entries)
+    assert len(list(Path("/proc/self/fd").iterdir())) == open_before
+    window = min(pack.OPEN_AHEAD, pack.WINDOW // 41_000)
+    deadline = time.monotonic() + 10
+    while not all(cached(paths[:window])) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(cached(paths[:window]))
+    assert not any(cached(paths[window:]))
+
+
+def test_a_job_first_opens_every_run_waiting_in_order_and_skips_a_dropped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_Prefetches.then`: before its job, a reader opens and asks for the files of every run
+    handed out so far (the window), in order, not only its own; a run dropped (its future
+    cancelled: the upload stopped) is not opened; the next job finds nothing left to do."""
+    folder = tmp_path / "S"
+    entries = many_files(folder, 6, 1000)
+    files = pack.plan(folder, entries).files
+    asked: list[str] = []
+    real_prefetch = pack.packread.prefetch
+    monkeypatch.setattr(
+        pack.packread,
+        "prefetch",
+        lambda base, p: asked.append(p.entry.path) or real_prefetch(base, p),
+    )
+    prefetches = pack._Prefetches(str(folder))
+    first, dropped, last = (
+        prefetches.add(files[0:2]),
+        prefetches.add(files[2:4]),
+        prefetches.add(files[4:6]),
+    )
+    assert dropped.cancel()
+    seen: list[bool] = []
+    assert prefetches.then(lambda x: seen.append(first.done() and last.done()) or x, 7) == 7
+    assert seen == [True]
+    assert asked == [e.path for e in entries[:2] + entries[4:]]
+    assert all(d is not None for d in first.result() + last.result())
+    pack.packread.close(first.result() + last.result())
+    assert prefetches.then(lambda: None) is None and len(asked) == 4
+
+
+def test_a_prefetch_that_fails_hands_its_error_to_the_run_and_the_job_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_Prefetches.then`: an error while opening a run ahead (not an OSError: prefetch turns
+    those into None) is set on that run's future, for its reader to raise in order; the job
+    that happened to do it still runs, and no future is left running (a reader would wait on
+    it for ever)."""
+    folder = tmp_path / "S"
+    files = pack.plan(folder, many_files(folder, 2, 1000)).files
+
+    def broken(base: str, planned: Any) -> int | None:
+        raise RuntimeError("broken prefetch")
+
+    monkeypatch.setattr(pack.packread, "prefetch", broken)
+    prefetches = pack._Prefetches(str(folder))
+    run = prefetches.add(files)
+    assert prefetches.then(lambda: "ran") == "ran"
+    assert run.done() and isinstance(run.exception(), RuntimeError)
 
 
 @pytest.mark.parametrize("name", ["S1/IM0001.dcm", "série/IM0002.dcm"])
@@ -508,10 +609,10 @@ def test_the_manifest_written_while_sending_is_saved_before_the_central_director
     tmp_path: Path,
 ) -> None:
     """1. Plan 1,500 small files (several runs) and a 2 MiB one (alone) and send them with the
-       spool's `ManifestWriter`. 2. Result: until the last file's bytes are sent, no
-       `manifest.json` exists (only its `.part`); when the first byte of the central directory
-       is handed out, the manifest is there, durable, and it is the very file `spool.save`
-       writes of `pack.digest`'s manifest; no `.part` is left."""
+    spool's `ManifestWriter`. 2. Result: until the last file's bytes are sent, no
+    `manifest.json` exists (only its `.part`); when the first byte of the central directory
+    is handed out, the manifest is there, durable, and it is the very file `spool.save`
+    writes of `pack.digest`'s manifest; no `.part` is left."""
     folder = tmp_path / "S"
     entries = many_files(folder, 1500, 700)
     big_file(folder, 2)
