@@ -70,13 +70,17 @@ def many_files(folder: Path, series: int, per_series: int) -> int:
     InstanceNumber 1..per_series; return the file count."""
     data = template()
     assert data.count(SOP_PLACEHOLDER.encode()) == 2
+    assert data.count(NUMBER_PLACEHOLDER.encode()) == 1
     for s in range(series):
         out = folder / f"S{s:03d}"
         out.mkdir(parents=True)
-        series_data = data.replace(SERIES_PLACEHOLDER.encode(), fresh_uid().encode())
+        series_uid = fresh_uid().encode()
         for i in range(per_series):
-            copy = series_data.replace(SOP_PLACEHOLDER.encode(), fresh_uid().encode())
-            copy = copy.replace(NUMBER_PLACEHOLDER.encode(), f"{i + 1:>5}".encode())
+            # The number first: a random UID holds "77777" about once in 3,000, and replacing
+            # it there too gave each file of that series its own series UID (a flaky D1).
+            copy = data.replace(NUMBER_PLACEHOLDER.encode(), f"{i + 1:>5}".encode())
+            copy = copy.replace(SERIES_PLACEHOLDER.encode(), series_uid)
+            copy = copy.replace(SOP_PLACEHOLDER.encode(), fresh_uid().encode())
             (out / f"IM{i:05d}.dcm").write_bytes(copy)
     return series * per_series
 
