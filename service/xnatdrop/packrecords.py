@@ -263,6 +263,22 @@ class Manifest:
         shared: tuple[str, ...],
         md5: str,
     ) -> None:
+        position = self._append_file(known, path, size, uid, shared)
+        if _HEX.fullmatch(md5):
+            self._digests += bytes.fromhex(md5)
+        else:
+            self._digests += bytes(16)
+            self._odd[position] = md5
+
+    def _append_file(
+        self,
+        known: dict[tuple[str, ...], int],
+        path: str,
+        size: int,
+        uid: str,
+        shared: tuple[str, ...],
+    ) -> int:
+        """Add a file's columns but its MD5; its position."""
         folder, slash, name = path.rpartition("/")
         kind = (folder + slash, *shared)
         number = known.get(kind)
@@ -271,13 +287,8 @@ class Manifest:
             self._kinds.append(tuple(sys.intern(v) if type(v) is str else v for v in kind))
         self._kind_of.append(number)
         self._names.append(name)
-        position = self._uids.append(uid)
         self._sizes.append(size)
-        if _HEX.fullmatch(md5):
-            self._digests += bytes.fromhex(md5)
-        else:
-            self._digests += bytes(16)
-            self._odd[position] = md5
+        return self._uids.append(uid)
 
     @classmethod
     def sent(cls, zip_size: int, planned: tuple[Planned, ...], md5: bytes) -> Manifest:
@@ -287,8 +298,13 @@ class Manifest:
             raise ValueError("one 16-byte MD5 per planned file")
         manifest = cls(zip_size)
         known: dict[tuple[str, ...], int] = {}
-        for i, p in enumerate(planned):
-            manifest._add(known, p.entry, p.size, md5[16 * i : 16 * i + 16].hex())
+        for p in planned:
+            entry = p.entry
+            shared = tuple(getattr(entry, field) for field in _SHARED)
+            manifest._append_file(known, entry.path, p.size, entry.sop_instance_uid, shared)
+        # Kept as they came: this runs while the zip's end waits for the manifest, and the
+        # digests are the 16 bytes the columns keep (not hex text to check and decode again).
+        manifest._digests = bytearray(md5)
         return manifest
 
     def __len__(self) -> int:
