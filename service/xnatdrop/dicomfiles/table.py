@@ -22,6 +22,7 @@ from xnatdrop.dicomfiles.facts import NO_INODE, FileFacts, Header, Kind, SeriesF
 
 # (kind, detail, SeriesFields or None, preamble, truncated): what the files of a series share.
 CHUNK = 1024  # SOPInstanceUIDs joined into one string
+UID_HASH_MASK = 0xFFFFFFFF  # the bits of a UID's hash a row keeps (`FactsTable.uid_hashes`)
 Shape = tuple[Kind, str, SeriesFields | None, bool, str]
 
 
@@ -35,6 +36,7 @@ class FactsTable(Sequence[FileFacts]):
 
     __slots__ = (
         "_big",
+        "_big_sizes",
         "_count",
         "_inodes",
         "_rows",
@@ -59,11 +61,17 @@ class FactsTable(Sequence[FileFacts]):
         # left freed copies behind, resident memory that a check never gave back.
         count = len(names)
         self._count = 0
+        # 4 bytes a value each: what does not fit (a file of 4 GiB or more, an InstanceNumber
+        # beyond 32 bits) goes to a dict beside its column (`_big_sizes`, `_big`). With 8 bytes
+        # a value these columns were 12 bytes a file more at the check's peak (issue 13).
         self._rows = array("I", [0]) * count  # the shape of each row
-        self.sizes = array("q", [0]) * count
-        self.numbers = array("q", [0]) * count  # InstanceNumber (0: none); `_big` beyond
+        self.sizes = array("I", [0]) * count  # `size(row)`: 0 here when in `_big_sizes`
+        self._big_sizes: dict[int, int] = {}
+        self.numbers = array("i", [0]) * count  # InstanceNumber (0: none); `_big` beyond
         self._big: dict[int, int] = {}
-        self.uid_hashes = array("q", [0]) * count
+        # The low 32 bits of each UID's hash: rule D2's bitmap uses fewer bits than that
+        # (`rules.series._repeated_uids`) and confirms every candidate on the full UID.
+        self.uid_hashes = array("I", [0]) * count
         # The SOPInstanceUIDs, CHUNK rows to a string: `_sop_ends` is where each row's UID ends
         # in its chunk's string; `_sop_parts` are the UIDs of the chunk not yet joined.
         self._sops: list[str] = []
@@ -93,12 +101,15 @@ class FactsTable(Sequence[FileFacts]):
         row = self._count
         self._count += 1
         self._rows[row] = index
-        self.sizes[row] = size
+        try:
+            self.sizes[row] = size
+        except OverflowError:
+            self._big_sizes[row] = size
         try:
             self.numbers[row] = number
         except OverflowError:
             self._big[row] = number
-        self.uid_hashes[row] = hash(sop)
+        self.uid_hashes[row] = hash(sop) & UID_HASH_MASK
         ends = self._sop_ends
         ends[row] = (ends[row - 1] if row % CHUNK else 0) + len(sop)
         self._sop_parts.append(sop)
@@ -157,6 +168,10 @@ class FactsTable(Sequence[FileFacts]):
             return self._sop_parts[at]
         return self._sops[chunk][self._sop_ends[row - 1] if at else 0 : self._sop_ends[row]]
 
+    def size(self, row: int) -> int:
+        big = self._big_sizes
+        return big[row] if big and row in big else self.sizes[row]
+
     def number(self, row: int) -> int:
         return self._big[row] if row in self._big else self.numbers[row]
 
@@ -168,7 +183,7 @@ class FactsTable(Sequence[FileFacts]):
         kind, detail, fields, preamble, truncated = self.shapes[self._rows[row]]
         header = None if fields is None else Header(fields, self.sop(row), self.number(row))
         return FileFacts(
-            self.names[row], self.sizes[row], kind, detail, header, preamble, truncated,
+            self.names[row], self.size(row), kind, detail, header, preamble, truncated,
             self.inode(row),
         )  # fmt: skip
 
@@ -185,7 +200,11 @@ class FactsTable(Sequence[FileFacts]):
         return map(self.row, range(len(self)))
 
     def view(self, rows: Iterable[int]) -> FactsView:
-        return FactsView(self, array("I", rows))
+        """A view of `rows`; an `array("I")` given is the view's own (not copied: the check
+        hands over the rows it collected, 4 bytes a file, and keeps no other copy)."""
+        if not (isinstance(rows, array) and rows.typecode == "I"):
+            rows = array("I", rows)
+        return FactsView(self, rows)
 
 
 class FactsView(Sequence[FileFacts]):

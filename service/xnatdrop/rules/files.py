@@ -185,14 +185,17 @@ class Categories:
 
 def content_hits(
     dicoms: Sequence[dicomfiles.FileFacts],
-    folders: list[Path],
+    folders: Sequence[Path],
     categories: Categories,
     settings: config.RulesSettings | None,
 ) -> list[model.Hit]:
     """Rules C1–C9 per file, grouped later per series; `folders` are the files' series folders.
 
     What a rule says of a file depends only on its `SeriesFields` and on whether its folder
-    holds images, so it is decided once per pair and given to each file of it.
+    holds images, so it is decided once per pair and given to each file of it. A rule that is
+    grouped per series gives one hit per series and reason, covering its files: a hit per
+    file (an object and a group tuple each, ~110 bytes) was held by every file of a series a
+    rule fires on (a localizer, a derived series) until the verdict was made (issue 13).
     """
     allow = settings.derived_allow if settings is not None else ["UNI"]
     image_folders = {
@@ -203,6 +206,8 @@ def content_hits(
     hits = []
     decided: dict[tuple[int, bool], tuple[dicomfiles.SeriesFields, list[tuple[str, str, bool]]]]
     decided = {}
+    # Each grouped rule's files, per (code, reason, series), in the order the files come.
+    covered: dict[tuple[str, str, tuple[Path, str]], list[str]] = {}
     for (ref, fields, _), folder in zip(dicomfiles.brief(dicoms), folders, strict=True):
         in_images = folder in image_folders
         key = (id(fields), in_images)
@@ -216,7 +221,12 @@ def content_hits(
             group = (folder, fields.series_instance_uid)
             path = dicomfiles.path_of(dicoms, ref)
             for code, reason, grouped in known[1]:
-                hits.append(model.Hit(code, path, reason, group if grouped else None))
+                if grouped:
+                    covered.setdefault((code, reason, group), []).append(path)
+                else:
+                    hits.append(model.Hit(code, path, reason))
+    for (code, reason, group), paths in covered.items():
+        hits.append(model.Hit(code, paths[0], reason, group, tuple(paths)))
     return hits
 
 

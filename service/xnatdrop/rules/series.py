@@ -16,7 +16,7 @@ from xnatdrop.rules import model
 
 def folder_hits(
     dicoms: Sequence[dicomfiles.FileFacts],
-    folders: list[Path],
+    folders: Sequence[Path],
     categories: Callable[[dicomfiles.SeriesFields], str],
 ) -> list[model.Hit]:
     """Rules D1 (one series per folder), D7 (split series) and D3 (one study per folder)."""
@@ -198,10 +198,11 @@ def _repeated_uids(dicoms: Sequence[dicomfiles.FileFacts]) -> dict[str, list[int
     first-seen order.
 
     Why a bitmap of hashes: a set of the UIDs (or of their hashes) holds an object and a slot
-    per file. Each file's 64-bit hash (kept by its `FactsTable` row) marks one bit of a
-    bitmap 32 bits a file wide; only files whose bit was already set can share a UID with an
-    earlier file. Those few bits are gathered in a second pass, and UIDs are then compared in
-    full, so a hash or bit collision never makes a false D2.
+    per file. The low 32 bits of each file's hash (kept by its `FactsTable` row) mark one bit
+    of a bitmap 32 bits a file wide (21 bits of the hash at 50,000 files); only files whose
+    bit was already set can share a UID with an earlier file. Those few bits are gathered in
+    a second pass, and UIDs are then compared in full, so a hash or bit collision never makes
+    a false D2.
     """
     if isinstance(dicoms, dicomfiles.FactsView):
         table = dicoms.table

@@ -66,7 +66,8 @@ class Names(Sequence[str]):
         self._prefixes: list[str] = []  # "folder/" ('' at the top)
         self._folders: list[Path] = []  # the same folders as Paths, one object each
         self._folder_of = array("I")  # each file's index in those
-        self._ends = array("Q")  # where each file's name ends in `_text`
+        # Where each file's name ends in `_text`: 4 bytes a file, 8 past 4 GiB of names.
+        self._ends = array("I")
         self._text = ""
         self._pending: list[str] = []  # a folder's names each, joined by `_close`
 
@@ -78,6 +79,8 @@ class Names(Sequence[str]):
         self._prefixes.append(prefix)
         self._folders.append(folder)
         at = self._ends[-1] if self._ends else 0
+        if at + sum(map(len, names)) > _ENDS_MAX and self._ends.typecode == "I":
+            self._ends = array("Q", self._ends)
         for name in names:
             at += len(name)
             self._ends.append(at)
@@ -115,6 +118,46 @@ class Names(Sequence[str]):
         """The folder of each file, in order (one Path object per folder)."""
         folders = self._folders
         return (folders[i] for i in self._folder_of)
+
+    def folders_of(self, rows: array) -> Folders:
+        """The folder of each of the files `rows` (indexes into these names), as a sequence
+        read from the walk's own columns: nothing held per file."""
+        return Folders(self._folders, self._folder_of, rows)
+
+
+_ENDS_MAX = 0xFFFFFFFF  # the largest end offset an array("I") holds
+
+
+class Folders(Sequence[Path]):
+    """The folder of some files of a walk (`Names.folders_of`), each looked up when read.
+
+    Why: the rules that judge files together read each file's series folder beside its facts
+    (`rules.files.content_hits`, `rules.series.folder_hits`, the verdict's series). A list of
+    them was 8-9 bytes a file at the check's peak, for what the walk already holds.
+    """
+
+    __slots__ = ("_folder_of", "_folders", "_rows")
+
+    def __init__(self, folders: list[Path], folder_of: array, rows: array) -> None:
+        self._folders = folders
+        self._folder_of = folder_of
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Path: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Path]: ...
+    def __getitem__(self, index: int | slice) -> Path | list[Path]:
+        if isinstance(index, slice):
+            return [self._folders[self._folder_of[row]] for row in self._rows[index]]
+        return self._folders[self._folder_of[self._rows[index]]]
+
+    def __iter__(self) -> Iterator[Path]:
+        folders, folder_of = self._folders, self._folder_of
+        return (folders[folder_of[row]] for row in self._rows)
 
 
 @dataclasses.dataclass

@@ -85,7 +85,8 @@ def _judge(
     hits = list(listing.hits)
     files_checked = len(facts)
     rows = array("I")  # the rows of the DICOM files the series rules judge
-    folders: list[Path] = []  # the series folder of each of those
+    # The series folder of each of those, read from the walk (`tree.Folders`).
+    folders = listing.files.folders_of(rows)
     plain = {  # shapes of a plain DICOM file (no rule of A/B fires): no FileFacts needed
         index
         for index, (kind, _, fields, preamble, truncated) in enumerate(facts.shapes)
@@ -98,7 +99,6 @@ def _judge(
     for row, where in enumerate(listing.files.folders()):
         if where != model.TOP and facts.shape_index(row) in plain:
             rows.append(row)
-            folders.append(where)
             continue
         item = facts[row]
         if where == model.TOP:
@@ -110,8 +110,7 @@ def _judge(
                 hits.extend(files.media_hits(folder, item, listing.files))
             else:
                 rows.append(row)
-                folders.append(where)
-    dicoms = facts.view(rows)
+    dicoms = facts.view(rows)  # the view's rows are `rows` itself (not a copy)
     categories = files.Categories()
     hits.extend(files.content_hits(dicoms, folders, categories, settings))
     hits.extend(series.folder_hits(dicoms, folders, categories))
@@ -134,7 +133,7 @@ def _finish(
     settings: config.RulesSettings | None,
     files_checked: int,
     duplicates: set[str] | None = None,
-    folders: list[Path] | None = None,
+    folders: Sequence[Path] | None = None,
 ) -> model.Verdict:
     """Apply actions, decide which files are uploaded, group hits into findings.
 
@@ -189,7 +188,7 @@ def _finish(
                 dropped.append(Path(path))
             else:
                 fields = table.fields(row)
-                keep.add(path, table.sizes[row], table.sop(row), _shared_of(fields))
+                keep.add(path, table.size(row), table.sop(row), _shared_of(fields))
         found = model.Series(
             folder=series_folder,
             series_instance_uid=uid,
