@@ -6,6 +6,7 @@ files in the order of their Paths, and rule D2 on UID hashes finds exactly the r
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,37 @@ def test_the_spool_record_of_a_columnar_verdict_reads_back_the_same(tmp_path: Pa
     assert loaded.files == tuple(verdict.upload_entries())
     assert loaded.series == tuple(s.to_json() for s in verdict.series)
     assert all(isinstance(s.files, FileList) for s in verdict.series)
+
+
+def test_values_beyond_four_bytes_keep_their_value(monkeypatch) -> None:
+    """The 4-byte columns (a file's size, its InstanceNumber, a name's end) hold what does not
+    fit beside them: a file of 5 GiB, an InstanceNumber beyond 32 bits, names past the end
+    offset an array("I") holds, each read back as given."""
+    big, number = 5 << 30, -(1 << 40)
+    names = ["S/a.dcm", "S/b.dcm"]
+    fields = dicomfiles.SeriesFields(series_instance_uid="2.25.1", sop_class_uid="1.2")
+    table = dicomfiles.FactsTable(names)
+    kind = dicomfiles.Kind.DICOM
+    table.add(big, kind, "", fields, "2.25.7", number, True, "", dicomfiles.NO_INODE)
+    table.add(100, kind, "", fields, "2.25.8", 3, True, "", dicomfiles.NO_INODE)
+    table.finish()
+    assert [(f.size, f.header.instance_number) for f in table] == [(big, number), (100, 3)]
+    assert table.size(0) == big and table.number(0) == number
+    listed = FileList([FileEntry("S/a.dcm", 100, "2.25.8"), FileEntry("S/b.dcm", big, "2.25.7")])
+    assert [e.size for e in listed] == [100, big] and list(listed.sizes) == [100, big]
+    monkeypatch.setattr(tree, "_ENDS_MAX", 12)
+    walked = tree.Names()
+    walked.add_folder("A/", Path("A"), ["x.dcm"])
+    walked.add_folder("B/", Path("B"), ["a-longer-name.dcm", "y.dcm"])
+    assert list(walked) == ["A/x.dcm", "B/a-longer-name.dcm", "B/y.dcm"]
+
+
+def test_the_folders_of_some_rows_are_those_of_the_walk(tmp_path: Path) -> None:
+    """`Names.folders_of(rows)`: each row's folder as the walk gives it, read, never listed."""
+    many_files(tmp_path / "S", series=3, per_series=4)
+    names = tree.scan(tmp_path / "S", (), frozenset()).files
+    every = list(names.folders())
+    rows = array("I", [0, 5, 6, 11])
+    folders = names.folders_of(rows)
+    assert len(folders) == 4 and list(folders) == [every[r] for r in rows]
+    assert folders[1] == Path("S001") and folders[1:3] == [Path("S001"), Path("S001")]

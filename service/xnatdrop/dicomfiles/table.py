@@ -41,6 +41,7 @@ class FactsTable(Sequence[FileFacts]):
         "_inodes",
         "_rows",
         "_shape_of",
+        "_sizes",
         "_sop_ends",
         "_sop_parts",
         "_sop_remaining",
@@ -48,7 +49,6 @@ class FactsTable(Sequence[FileFacts]):
         "names",
         "numbers",
         "shapes",
-        "sizes",
         "uid_hashes",
     )
 
@@ -65,7 +65,7 @@ class FactsTable(Sequence[FileFacts]):
         # beyond 32 bits) goes to a dict beside its column (`_big_sizes`, `_big`). With 8 bytes
         # a value these columns were 12 bytes a file more at the check's peak (issue 13).
         self._rows = array("I", [0]) * count  # the shape of each row
-        self.sizes = array("I", [0]) * count  # `size(row)`: 0 here when in `_big_sizes`
+        self._sizes = array("I", [0]) * count  # read by `size(row)`, which knows `_big_sizes`
         self._big_sizes: dict[int, int] = {}
         self.numbers = array("i", [0]) * count  # InstanceNumber (0: none); `_big` beyond
         self._big: dict[int, int] = {}
@@ -102,7 +102,7 @@ class FactsTable(Sequence[FileFacts]):
         self._count += 1
         self._rows[row] = index
         try:
-            self.sizes[row] = size
+            self._sizes[row] = size
         except OverflowError:
             self._big_sizes[row] = size
         try:
@@ -170,7 +170,7 @@ class FactsTable(Sequence[FileFacts]):
 
     def size(self, row: int) -> int:
         big = self._big_sizes
-        return big[row] if big and row in big else self.sizes[row]
+        return big[row] if big and row in big else self._sizes[row]
 
     def number(self, row: int) -> int:
         return self._big[row] if row in self._big else self.numbers[row]

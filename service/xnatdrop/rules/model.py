@@ -121,7 +121,9 @@ class FileList(Sequence[FileEntry]):
         self._prefix = prefix
         self._shared: list[Shared] = []
         self._kinds = array("H")
-        self._sizes = array("q")
+        # 4 bytes a size (8 once a file of 4 GiB or more is added): a verdict holds one per
+        # file to upload until the push is done (issue 13).
+        self._sizes = array("I")
         self._ends = array("I")  # where each name ends in `_names`, and its UID in `_sops`
         self._names: Any = []  # a list while adding, one string after `_close`
         self._sops: Any = []
@@ -150,7 +152,11 @@ class FileList(Sequence[FileEntry]):
             kind = len(self._shared)
             self._shared.append(shared)
         self._kinds.append(kind)
-        self._sizes.append(size)
+        try:
+            self._sizes.append(size)
+        except OverflowError:  # a file of 4 GiB or more: this list's sizes take 8 bytes each
+            self._sizes = array("q", self._sizes)
+            self._sizes.append(size)
         self._names.append(path[len(self._prefix or "") :])
         self._sops.append(sop)
 
