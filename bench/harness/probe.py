@@ -70,11 +70,22 @@ def _each_file(spec: dict[str, Any]) -> Iterator[str]:
 _CPU = {"seconds": 0.0}
 
 
+#: The same action's rusage deltas (user and system CPU apart, page faults, context switches):
+#: what tells a per-byte cost in the kernel (reclaim, faults) from one in Python.
+_USAGE: dict[str, float] = {}
+_USAGE_FIELDS = ("ru_utime", "ru_stime", "ru_minflt", "ru_majflt", "ru_nvcsw", "ru_nivcsw")
+
+
 def _timed(action: Callable[[], Any]) -> tuple[float, Any]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     started, cpu = time.perf_counter(), time.process_time()
     result = action()
     _CPU["seconds"] = time.process_time() - cpu
-    return time.perf_counter() - started, result
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    for field in _USAGE_FIELDS:
+        _USAGE[field[3:]] = getattr(after, field) - getattr(usage, field)
+    return seconds, result
 
 
 def _in_threads(work: Callable[[str], int], paths: list[str], threads: int) -> int:
@@ -294,6 +305,7 @@ def main(argv: list[str]) -> int:
     result = TASKS[task](json.loads(Path(spec_path).read_text()))
     result["peak_kb"] = machine.peak_rss_kb()
     result["cpu_seconds"] = _CPU["seconds"]
+    result["usage"] = dict(_USAGE)
     # Forked workers (check's sniffers, dcmread's pool): the largest one's high-water mark.
     result["children_peak_kb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps(result), flush=True)
