@@ -142,20 +142,22 @@ def pixel_result(
     with tempfile.TemporaryFile(dir=scratch) as copy:
         client.download_to(file.uri, copy)
         try:
-            remote = verify.pixel_digest(copy)
+            with open(Path(drop.work) / entry.path, "rb") as local:
+                compared = verify.compare_pixels(local, copy)
         except ValueError:
             return "XNAT's copy is not readable as DICOM"
-    try:
-        local = verify.pixel_digest(Path(drop.work) / entry.path)
-    except (ValueError, OSError) as error:
-        raise TransientError(f"cannot read {entry.path} to compare pixel data: {error}") from None
-    if local == remote:
-        return "identical" if local is not None else "no pixel data"
+        except OSError as error:
+            raise TransientError(
+                f"cannot read {entry.path} to compare pixel data: {error}"
+            ) from None
+    if compared.same:
+        return "identical" if compared.local is not None else "no pixel data"
     if found.alters_pixels():
         return "changed by an alterPixels statement"
-    if local is not None and remote is not None and local[0] != remote[0]:
-        return f"transcoded by XNAT (transfer syntax {local[0]} sent, {remote[0]} stored)"
-    if remote is None:
+    sent, stored = compared.local, compared.remote
+    if sent is not None and stored is not None and sent != stored:
+        return f"transcoded by XNAT (transfer syntax {sent} sent, {stored} stored)"
+    if compared.remote is None:
         return "XNAT's copy has no pixel data"
     return "differs from the file sent"
 
