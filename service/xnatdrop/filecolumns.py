@@ -190,13 +190,16 @@ class Files(Sequence[rules.FileEntry]):
     def __getitem__(self, index: slice) -> tuple[rules.FileEntry, ...]: ...
     def __getitem__(self, index: int | slice) -> rules.FileEntry | tuple[rules.FileEntry, ...]:
         if isinstance(index, slice):
-            return tuple(map(self.entry, range(*index.indices(len(self)))))
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return tuple(self.entries(start, max(start, stop)))
+            return tuple(map(self.entry, range(start, stop, step)))
         if not -len(self) <= index < len(self):
             raise IndexError("file position out of range")
         return self.entry(index)
 
     def __iter__(self) -> Iterator[rules.FileEntry]:
-        return map(self.entry, range(len(self)))
+        return self.entries(0, len(self))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Files | tuple | list):
@@ -207,6 +210,37 @@ class Files(Sequence[rules.FileEntry]):
 
     def __repr__(self) -> str:
         return f"Files({len(self)} files)"
+
+    def paths(self, start: int = 0, stop: int | None = None) -> Iterator[str]:
+        """The paths of the files `start` to `stop`, in order: decoded in one loop, a third of
+        the cost of `path` per file (the plan and the zip's central directory read each)."""
+        blob, ends, kinds, kind_of = (
+            self._names._blob,
+            self._names._ends,
+            self._kinds,
+            self._kind_of,
+        )
+        stop = len(ends) if stop is None else stop
+        begin = ends[start - 1] if start > 0 else 0
+        for position in range(start, stop):
+            end = ends[position]
+            yield kinds[kind_of[position]][0] + blob[begin:end].decode()
+            begin = end
+
+    def entries(self, start: int, stop: int) -> Iterator[rules.FileEntry]:
+        """The entries of the files `start` to `stop`, in order, made in one loop."""
+        uids, sizes, kinds, kind_of = self._uids, self._sizes, self._kinds, self._kind_of
+        blob, ends = uids._blob, uids._ends
+        begin = ends[start - 1] if start > 0 else 0
+        make = rules.FileEntry
+        for position, path in zip(range(start, stop), self.paths(start, stop), strict=True):
+            end = ends[position]
+            uid = blob[begin:end].decode()
+            begin = end
+            if IN_ORDER:
+                yield make(path, sizes[position], uid, *kinds[kind_of[position]][1:])
+            else:
+                yield self.entry(position)
 
     def json_rows(self) -> Iterator[dict[str, Any]]:
         """Each file's `FileEntry.to_json()`, made from the columns as it is read."""

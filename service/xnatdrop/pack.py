@@ -121,7 +121,7 @@ def plan(
     at 10,000 files, 0.2 s at 50,000), and the first runs then waited for their reads.
     """
     zip_names = zip_names or {}
-    planned = Plan(0)  # in columns (`packplan`): no `Planned` per file
+    planned, paths = Plan.planning(entries)  # in columns (`packplan`): no `Planned` per file
     # The zip's length from its entries' (local_length, central_length, end_length), never by
     # building its central directory: the same sums `Body` checks its bytes against.
     offset = central = asked = 0
@@ -129,19 +129,16 @@ def plan(
     # path, which the kernel walks again each time.
     directory: int | None = None
     try:
-        for entry in entries:
-            name = entry.path
+        for name in paths:
             try:
                 if directory is None:
                     directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 stat = os.stat(name, dir_fd=directory)
             except FileNotFoundError:
-                raise Changed(
-                    f"{folder / entry.path} is gone since the folder was checked"
-                ) from None
+                raise Changed(f"{folder / name} is gone since the folder was checked") from None
             zip_name = zip_names.get(name, name)
             size = stat.st_size
-            planned.add(entry, size, stat.st_mtime, zip_name)
+            planned.place(name, size, stat.st_mtime, zip_name)
             if asked < WINDOW and len(planned.sizes) <= OPEN_AHEAD:
                 _ask_ahead(directory, name, min(size, WINDOW - asked))
                 asked += size

@@ -344,15 +344,35 @@ def manifest_rows(planned: Plan, start: int, stop: int, md5: bytes) -> str:
     """The manifest text of the sent files `start` to `stop` of `planned` (`md5`: their
     digests, 16 bytes each), with the separators `Manifest.json_pieces` puts before them.
     Head, then each run's rows in order, then MANIFEST_TAIL is `Manifest.json_pieces`' text.
-    Made from the plan's columns: no `Planned` per file."""
-    entries, sizes = planned.entries, planned.sizes
-    rows = [
-        _manifest_row(entries.entry(i), sizes[i], md5[16 * n : 16 * n + 16].hex())
-        for n, i in enumerate(range(start, stop))
-    ]
+
+    Made from the plan's columns, what a series shares quoted once (no `Entry` per file): this
+    runs in the sender between its sends."""
+    files, sizes = planned.entries, planned.sizes
+    kinds, kind_of, names, uids = files.kinds(), files._kind_of, files._names, files._uids
+    quoted: dict[int, tuple[str, ...] | None] = {}
+    rows = []
+    for n, i in enumerate(range(start, stop)):
+        digest = md5[16 * n : 16 * n + 16].hex()
+        kind = kind_of[i]
+        shared = quoted.get(kind, ())
+        if shared == ():
+            shared = quoted[kind] = _quoted(kinds[kind][1:])
+        if shared is None or type(sizes[i]) is not int:  # not the template's: the general way
+            rows.append(_manifest_row(files.entry(i), sizes[i], digest))
+        else:
+            path = _quote(kinds[kind][0] + names[i])
+            rows.append(_MANIFEST_ROW.format(path, sizes[i], _quote(uids[i]), *shared, digest))
     if not rows:
         return ""
     return ("\n" if start == 0 else ",\n") + ",\n".join(rows)
+
+
+def _quoted(shared: tuple[Any, ...]) -> tuple[str, ...] | None:
+    """A series' shared fields as the manifest row's template quotes them; None where the
+    template does not hold (a field that is not text, or fields in another order)."""
+    if not (_TEMPLATED and _IN_ORDER and all(type(v) is str for v in shared)):
+        return None
+    return tuple(map(_quote, shared))
 
 
 class ManifestFile(Protocol):
