@@ -20,8 +20,7 @@ _ROW = json.JSONEncoder(ensure_ascii=False)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Planned:
     """One zip entry of the plan: the file, its size and modification time when planned, and
-    its name in the zip. (A plan holds none: `Plan.files` makes
-    them when read.)"""
+    its name in the zip. (A plan holds none: `Plan.files` makes them when read.)"""
 
     entry: rules.FileEntry
     size: int
@@ -68,7 +67,13 @@ class Plan:
         if isinstance(entries, filecolumns.Files):
             plan._entries = entries
             return plan, entries.paths()
-        return plan, (entry.path for entry in entries if plan._entries.append(entry) >= 0)
+        return plan, plan._taking(entries)
+
+    def _taking(self, entries: Iterable[rules.FileEntry]) -> Iterator[str]:
+        """Each entry's path, once it is added to the plan's columns."""
+        for entry in entries:
+            self._entries.append(entry)
+            yield entry.path
 
     def place(self, path: str, size: int, mtime: float, zip_name: str) -> None:
         """Plan the next file of `planning`'s, at `path`: `size` bytes modified at `mtime`,
