@@ -12,7 +12,9 @@ made only when read, one at a time, and let go (issue 13, "memory flat").
 from __future__ import annotations
 
 import array
+import bisect
 import dataclasses
+import itertools
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
@@ -256,3 +258,45 @@ class Files(Sequence[rules.FileEntry]):
             }
             row.update(zip(SHARED, kind[1:], strict=True))
             yield {name: row[name] for name in FIELDS} if not IN_ORDER else row
+
+
+class Chain(Sequence[rules.FileEntry]):
+    """Sequences of entries (a verdict's series' `rules.FileList`s) read as one tuple of them,
+    without a copy: the check step's record lists the verdict's files while the verdict holds
+    them already (a copy in columns was ~100 bytes a file more at the push's peak)."""
+
+    __slots__ = ("_ends", "_parts")
+
+    def __init__(self, parts: Iterable[Sequence[rules.FileEntry]]) -> None:
+        self._parts = tuple(parts)
+        self._ends = list(itertools.accumulate(map(len, self._parts)))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @overload
+    def __getitem__(self, index: int) -> rules.FileEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[rules.FileEntry, ...]: ...
+    def __getitem__(self, index: int | slice) -> rules.FileEntry | tuple[rules.FileEntry, ...]:
+        if isinstance(index, slice):
+            return tuple(itertools.islice(self, *index.indices(len(self))))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("file position out of range")
+        part = bisect.bisect_right(self._ends, index)
+        return self._parts[part][index - (self._ends[part - 1] if part else 0)]
+
+    def __iter__(self) -> Iterator[rules.FileEntry]:
+        return itertools.chain.from_iterable(self._parts)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Chain({len(self)} files)"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xnatdrop import filecolumns, pack, rules
 from xnatdrop.pipeline import spool
+from xnatdrop.rules.model import FileList
 
 PATHS = [
     "S1/IM0001.dcm",
@@ -86,3 +87,32 @@ def test_a_field_that_is_not_text_takes_the_general_way(tmp_path: Path) -> None:
             pass
     row = json.loads((records / "manifest.json").read_text())["files"][0]
     assert row["series_number"] == 7 and row["path"] == "S/a.dcm" and row["size"] == 3
+
+
+def test_a_record_made_of_a_verdict_lists_its_series_files_without_a_copy() -> None:
+    """`CheckRecord.of` lists the verdict's series' files as they are (`Chain`): it reads as
+    their tuple and holds nothing per file (a copy in columns: ~100 bytes a file; a
+    `FileEntry` each: ~250), so the check step's end is not the push's peak."""
+    import tracemalloc
+
+    series = [
+        FileList(
+            rules.FileEntry(f"S{s}/IM{n:05d}.dcm", n, f"2.25.{s}.{n}", series_number=str(s))
+            for n in range(2_000)
+        )
+        for s in range(10)
+    ]
+    every = [entry for files in series for entry in files]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        chain = filecolumns.Chain(series)
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert held < 2_000, f"{held} bytes for 20,000 files"
+    assert len(chain) == 20_000 and chain == tuple(every) and list(chain) == every
+    assert chain[0] == every[0] and chain[-1] == every[-1] and chain[2_000] == every[2_000]
+    assert chain[1_998:2_003] == tuple(every[1_998:2_003])
+    assert chain == filecolumns.Files(every) and filecolumns.Files(every) == chain
+    assert filecolumns.Chain(()) == () and len(filecolumns.Chain([(), series[0]])) == 2_000

@@ -54,9 +54,10 @@ class CheckRecord:
     `series` holds `rules.Series.to_json()` of each series to upload (the receipt's scans);
     `sidecars` maps a resource name to its folder, relative to the subject folder.
 
-    `files` reads as a tuple of `rules.FileEntry` but is kept in columns (`filecolumns.Files`),
-    made and read back one row at a time: the pack step holds the record while it plans, and a
-    `FileEntry` per file read back from the spool was ~290 bytes a file (issue 13).
+    `files` reads as a tuple of `rules.FileEntry`: made from a verdict, it is the verdict's own
+    series' files (`filecolumns.Chain`, no copy); read back, it is kept in columns
+    (`filecolumns.Files`), one row at a time: the pack step holds the record while it plans,
+    and a `FileEntry` per file read back from the spool was ~290 bytes a file (issue 13).
     """
 
     label: str
@@ -76,7 +77,7 @@ class CheckRecord:
             label=verdict.label,
             ok=verdict.ok,
             findings=tuple(verdict.reported()),
-            files=filecolumns.Files(e for series in verdict.series for e in series.files),
+            files=filecolumns.Chain(series.files for series in verdict.series),
             series=tuple(s.to_json() for s in verdict.series),
             sidecars={
                 name: path.relative_to(folder).as_posix() if path.is_absolute() else str(path)
