@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import dimse, pack, rules, watch
+from xnatdrop import dimse, filecolumns, pack, rules, watch
 from xnatdrop.config import DicomSettings, SettleSettings
 from xnatdrop.pipeline import spool
 
@@ -63,11 +63,12 @@ def write_zip(folder: Path, names: Sequence[str], target: Path) -> int:
     return target.stat().st_size
 
 
-def entries(names: Iterable[str]) -> list[rules.FileEntry]:
-    """The files as the check's verdict lists them, without their DICOM identity (the zip's
-    bytes do not depend on it, only the manifest does). Their size is left 0, not stat'ed
-    here: the plan stats every file itself (the size it packs)."""
-    return [rules.FileEntry(Path(name), 0) for name in names]
+def entries(names: Iterable[str]) -> Sequence[rules.FileEntry]:
+    """The files as the pack step reads them from the check's record (in columns,
+    `filecolumns.Files`), without their DICOM identity (the zip's bytes do not depend on it,
+    only the manifest does). Their size is left 0, not stat'ed here: the plan stats every file
+    itself (the size it packs)."""
+    return filecolumns.Files(rules.FileEntry(name, 0) for name in names)
 
 
 def fingerprint(folder: Path) -> Any:

@@ -67,7 +67,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def plan(
     at 10,000 files, 0.2 s at 50,000), and the first runs then waited for their reads.
     """
     zip_names = zip_names or {}
-    files = []
+    planned, paths = Plan.planning(entries)  # in columns (`packplan`): no `Planned` per file
     # The zip's length from its entries' (local_length, central_length, end_length), never by
     # building its central directory: the same sums `Body` checks its bytes against.
     offset = central = asked = 0
@@ -129,20 +129,17 @@ def plan(
     # path, which the kernel walks again each time.
     directory: int | None = None
     try:
-        for entry in entries:
-            name = entry.path
+        for name in paths:
             try:
                 if directory is None:
                     directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 stat = os.stat(name, dir_fd=directory)
             except FileNotFoundError:
-                raise Changed(
-                    f"{folder / entry.path} is gone since the folder was checked"
-                ) from None
+                raise Changed(f"{folder / name} is gone since the folder was checked") from None
             zip_name = zip_names.get(name, name)
             size = stat.st_size
-            files.append(Planned(entry, size, stat.st_mtime, zip_name))
-            if asked < WINDOW and len(files) <= OPEN_AHEAD:
+            planned.place(name, size, stat.st_mtime, zip_name)
+            if asked < WINDOW and len(planned.sizes) <= OPEN_AHEAD:
                 _ask_ahead(directory, name, min(size, WINDOW - asked))
                 asked += size
             central += zipformat.central_length(zip_name, size, offset)
@@ -150,7 +147,8 @@ def plan(
     finally:
         if directory is not None:
             os.close(directory)
-    return Plan(offset + central + zipformat.end_length(len(files), offset, central), tuple(files))
+    planned.zip_size = offset + central + zipformat.end_length(len(planned.sizes), offset, central)
+    return planned
 
 
 def _ask_ahead(directory: int, name: str, length: int) -> None:
@@ -168,10 +166,6 @@ def _ask_ahead(directory: int, name: str, length: int) -> None:
         os.close(descriptor)
 
 
-def _central_rows(files: Iterable[Planned]) -> Iterator[tuple[str, int, float]]:
-    return ((p.zip_name, p.size, p.mtime) for p in files)
-
-
 # -- reading and hashing ---------------------------------------------------------------------
 
 
@@ -181,21 +175,21 @@ def _pool() -> buffers.Buffers:
     return buffers.Buffers(WINDOW // CHUNK + READERS * WHOLE_FILE // CHUNK + 4, RUN + 4096)
 
 
-def _runs(files: tuple[Planned, ...]) -> Iterator[tuple[int, int]]:
-    """(start, stop) of each run of the plan's files read as one job: consecutive files of up
-    to RUN bytes, headers included, or one larger file alone."""
+def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each run of the plan's files (their `sizes`) read as one job:
+    consecutive files of up to RUN bytes, headers included, or one larger file alone."""
     start = 0
-    while start < len(files):
+    while start < len(sizes):
         stop, held = start, 0
-        if files[start].size > RUN:
+        if sizes[start] > RUN:
             stop += 1
         else:
             while (
-                stop < len(files)
-                and files[stop].size <= RUN
-                and (stop == start or held + files[stop].size + HEADER <= RUN)
+                stop < len(sizes)
+                and sizes[stop] <= RUN
+                and (stop == start or held + sizes[stop] + HEADER <= RUN)
             ):
-                held += files[stop].size + HEADER
+                held += sizes[stop] + HEADER
                 stop += 1
         yield start, stop
         start = stop
@@ -216,11 +210,11 @@ def _read_ahead(
     asking the kernel to read a cold file can block, and this thread is the sender's. By the
     readers, before each job (`_Prefetches`), not by a thread of its own: see there.
     """
-    files = planned.files
+    files, sizes = planned.files, planned.sizes  # columns: a `Planned` made only for a reader
     queue: collections.deque[tuple[int, int, _Job[Any], int, _Job[list[int | None]] | None]]
     queue = collections.deque()
     ahead = opened = 0
-    pending = _runs(files)
+    pending = _runs(sizes)
     prefetches = _Prefetches(base)
     try:
         while True:
@@ -230,24 +224,24 @@ def _read_ahead(
                     break
                 start, stop = run
                 descriptors: _Job[list[int | None]] | None = None
-                if files[start].size > WHOLE_FILE:
-                    path = os.path.join(base, files[start].entry.path)
+                if sizes[start] > WHOLE_FILE:
+                    path = os.path.join(base, planned.path(start))
                     future = readers.submit(
-                        prefetches.then, packread.digest_file, path, files[start].size
+                        prefetches.then, packread.digest_file, path, sizes[start]
                     )
                     cost = CHUNK
-                elif files[start].size > RUN:
+                elif sizes[start] > RUN:
                     future = readers.submit(
                         prefetches.then, packread.read_one, base, files[start], pool
                     )
-                    cost = files[start].size + HEADER
+                    cost = sizes[start] + HEADER
                 else:
-                    descriptors = prefetches.add(files[start:stop])
+                    run_files = files[start:stop]
+                    descriptors = prefetches.add(run_files)
                     future = readers.submit(
-                        prefetches.then, packread.read_run, base, files[start:stop], pool,
-                        descriptors,
-                    )  # fmt: skip
-                    cost = sum(p.size + HEADER for p in files[start:stop])
+                        prefetches.then, packread.read_run, base, run_files, pool, descriptors
+                    )
+                    cost = sum(sizes[start:stop]) + HEADER * (stop - start)
                     opened += stop - start
                 queue.append((start, stop, future, cost, descriptors))
                 ahead += cost
@@ -315,11 +309,11 @@ def digest(folder: Path, planned: Plan) -> Manifest:
     digests = bytearray()
     with concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="hash") as readers:
         for start, _, read in _read_ahead(base, planned, readers, _pool()):
-            if planned.files[start].size > WHOLE_FILE:
+            if planned.sizes[start] > WHOLE_FILE:
                 digests += read[0]
             else:
                 digests += read[1]
-    return Manifest.sent(planned.zip_size, planned.files, bytes(digests))
+    return Manifest.sent(planned.zip_size, planned, bytes(digests))
 
 
 # -- the streamed zip ------------------------------------------------------------------------
@@ -389,7 +383,8 @@ class Body:
 
     def _generate(self) -> Iterator[bytes | bytearray]:
         writer = zipformat.Writer()
-        files = self._plan.files
+        columns = self._plan  # read by position: a `Planned` made only for a large file
+        sizes = columns.sizes
         base = os.fspath(self._folder)
         keep = self._on_manifest is not None  # the whole manifest is wanted at the end
         digests = bytearray()
@@ -399,8 +394,8 @@ class Body:
             if text is not None:
                 _saving(text.open, packrecords.manifest_head(self._plan))
             for start, stop, read in _read_ahead(base, self._plan, self._readers, self._buffers):
-                if files[start].size > WHOLE_FILE:
-                    planned = files[start]
+                if sizes[start] > WHOLE_FILE:
+                    planned = columns.planned(start)
                     md5, crc = read
                     header = zipformat.local_header(
                         planned.zip_name, planned.size, crc, planned.mtime
@@ -417,7 +412,7 @@ class Body:
                 if text is not None:
                     # Written once the run is sent, while the readers read the next ones:
                     # the sender would otherwise wait for them.
-                    rows = packrecords.manifest_rows(files[start:stop], md5, start == 0)
+                    rows = packrecords.manifest_rows(columns, start, stop, md5)
                     _saving(text.write, rows)
                 if keep:
                     digests += md5
@@ -428,12 +423,12 @@ class Body:
             if text is not None and not committed:
                 text.abort()
         if self._on_manifest is not None:
-            manifest = Manifest.sent(self._plan.zip_size, files, bytes(digests))
+            manifest = Manifest.sent(self._plan.zip_size, columns, bytes(digests))
             del digests
             _saving(self._on_manifest, manifest)
             del manifest
         end = writer.offset
-        for piece in writer.finish(_central_rows(files)):
+        for piece in writer.finish(columns.central_rows()):
             end += len(piece)
             if end >= self._plan.zip_size and end != self._plan.zip_size:
                 raise AssertionError("the zip's length differs from its plan")  # a bug, not data

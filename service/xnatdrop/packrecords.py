@@ -17,76 +17,14 @@ from json.encoder import encode_basestring as _quote  # json's own, in C (ensure
 from typing import Any, Protocol, TypeVar
 
 from xnatdrop import rules
+from xnatdrop.filecolumns import Texts
+from xnatdrop.packplan import Plan, Planned, PlannedFiles
+
+__all__ = ["Entry", "Manifest", "ManifestFile", "Plan", "Planned", "PlannedFiles", "Texts"]
 
 # One encoder for every row: json.dumps with options builds a new one per call (3 µs a file).
 _ROW = json.JSONEncoder(ensure_ascii=False)
 ROWS = 256  # rows joined into one piece of a manifest's text: a write call per row cost 0.5 µs
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Planned:
-    """One zip entry of the plan: the file, its size and modification time when planned, and
-    its name in the zip. (Slots: a plan holds one per file, 50,000 and more.)"""
-
-    entry: rules.FileEntry
-    size: int
-    mtime: float
-    zip_name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    zip_size: int
-    files: tuple[Planned, ...]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(p.size for p in self.files)
-
-    def study_uids(self) -> set[str]:
-        return {p.entry.study_instance_uid for p in self.files if p.entry.study_instance_uid}
-
-    def zip_names(self) -> dict[str, str]:
-        """Path (relative, POSIX) -> name in the zip, of every file."""
-        return {p.entry.path: p.zip_name for p in self.files}
-
-    def to_json(self) -> dict[str, Any]:
-        return json.loads("".join(self.json_pieces()))
-
-    def json_pieces(self) -> Iterator[str]:
-        """`to_json()` as JSON text, in pieces of one file each: a spool record of 50,000 files
-        is written without building its whole text, or a dict per file, in memory."""
-        yield (
-            f'{{"zip_size": {self.zip_size}, "file_count": {len(self.files)}, '
-            f'"bytes": {self.total_bytes}, "files": ['
-        )
-        for index, p in enumerate(self.files):
-            row = {
-                "entry": _identity(p.entry),
-                "size": p.size,
-                "mtime": p.mtime,
-                "name": p.zip_name,
-            }
-            yield ("\n" if index == 0 else ",\n") + _ROW.encode(row)
-        yield "\n]}\n"
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Plan:
-        files = tuple(_planned(row) for row in data["files"])
-        return cls(int(data["zip_size"]), files)
-
-
-def _planned(row: dict[str, Any]) -> Planned:
-    """A plan's row read back. A zip name equal to the file's path (nearly all: `upload_name`
-    shortens only names too long for XNAT) is the path's string, not a second copy of it:
-    ~75 bytes a file of the plan the import step holds while it sends; likewise the size, when
-    the check's and the plan's agree (an int of 28 bytes a file)."""
-    entry = rules.FileEntry.from_json(row["entry"])
-    name = str(row["name"])
-    size = int(row["size"])
-    if size == entry.size:  # as planned from the check (nearly always): one int, not two
-        size = entry.size
-    return Planned(entry, size, float(row["mtime"]), entry.path if name == entry.path else name)
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))
@@ -144,73 +82,6 @@ class Entry(rules.FileEntry):
         """`file` as it was sent: `size` bytes with this MD5."""
         identity = {name: getattr(file, name) for name in _FIELDS}
         return cls(**{**identity, "size": size}, md5=md5)
-
-
-class Texts:
-    """Many short texts (a manifest's file names or UIDs, a listing's names: one per file,
-    50,000 and more) as one UTF-8 buffer and the end offset of each, with an index from text to
-    position made when first asked (open addressing on the text's hash, positions in an array).
-
-    About the text's length plus 4 bytes each, 12 once indexed: a `str` object per file costs
-    49 bytes beside its text, a dict entry from it 40-80 more.
-    """
-
-    __slots__ = ("_blob", "_ends", "_slots")
-
-    def __init__(self) -> None:
-        self._blob = bytearray()
-        self._ends = array.array("I")
-        self._slots = array.array("i")  # the index, made again once texts were added
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __getitem__(self, position: int) -> str:
-        ends = self._ends
-        start = ends[position - 1] if position > 0 else 0
-        return self._blob[start : ends[position]].decode()
-
-    def append(self, text: str) -> int:
-        """Add `text` (even if it is there already); its position."""
-        self._blob += text.encode()
-        self._ends.append(len(self._blob))
-        return len(self._ends) - 1
-
-    def index(self, text: str) -> int:
-        """The last position `text` was appended at; -1 if never."""
-        slots = self._slots
-        if len(slots) < 2 * len(self._ends) or not slots:
-            slots = self._index()
-        mask = len(slots) - 1
-        slot = hash(text) & mask
-        found = -1
-        encoded = b""
-        while (position := slots[slot]) >= 0:
-            if not encoded:
-                encoded = text.encode()
-            ends = self._ends
-            start = ends[position - 1] if position > 0 else 0
-            if position > found and self._blob[start : ends[position]] == encoded:
-                found = position
-            slot = (slot + 1) & mask
-        return found
-
-    def _index(self) -> array.array[int]:
-        count = len(self._ends)
-        size = 8
-        while size < 4 * count:  # half full at most until it has doubled
-            size *= 2
-        slots = array.array("i", [-1]) * size
-        mask = size - 1
-        blob, start = self._blob, 0
-        for position, end in enumerate(self._ends):
-            slot = hash(blob[start:end].decode()) & mask
-            while slots[slot] >= 0:
-                slot = (slot + 1) & mask
-            slots[slot] = position
-            start = end
-        self._slots = slots
-        return slots
 
 
 # Per file in a compact manifest: path, size, SOP instance UID, MD5; the other fields of an
@@ -291,19 +162,26 @@ class Manifest:
         return self._uids.append(uid)
 
     @classmethod
-    def sent(cls, zip_size: int, planned: tuple[Planned, ...], md5: bytes) -> Manifest:
+    def sent(cls, zip_size: int, planned: Plan | Iterable[Planned], md5: bytes) -> Manifest:
         """The manifest of `planned`, sent as planned, whose MD5 digests are `md5` (16 bytes
-        each, in order)."""
-        if len(md5) != 16 * len(planned):
-            raise ValueError("one 16-byte MD5 per planned file")
+        each, in order). From a `Plan`, its columns are taken as they are (no file is read
+        as a `Planned`): this runs while the zip's end waits for the manifest."""
         manifest = cls(zip_size)
-        known: dict[tuple[str, ...], int] = {}
-        for p in planned:
-            entry = p.entry
-            shared = tuple(getattr(entry, field) for field in _SHARED)
-            manifest._append_file(known, entry.path, p.size, entry.sop_instance_uid, shared)
-        # Kept as they came: this runs while the zip's end waits for the manifest, and the
-        # digests are the 16 bytes the columns keep (not hex text to check and decode again).
+        if isinstance(planned, Plan):
+            files = planned.entries
+            manifest._names, manifest._uids = files._names, files._uids
+            manifest._kinds, manifest._kind_of = files.kinds(), files._kind_of
+            manifest._sizes = array.array("q", planned.sizes)
+        else:
+            known: dict[tuple[str, ...], int] = {}
+            for p in planned:
+                entry = p.entry
+                shared = tuple(getattr(entry, field) for field in _SHARED)
+                manifest._append_file(known, entry.path, p.size, entry.sop_instance_uid, shared)
+        if len(md5) != 16 * len(manifest):
+            raise ValueError("one 16-byte MD5 per planned file")
+        # Kept as they came: the digests are the 16 bytes the columns keep (not hex text to
+        # check and decode again).
         manifest._digests = bytearray(md5)
         return manifest
 
@@ -459,20 +337,42 @@ def _manifest_head(zip_size: int, count: int, total: int) -> str:
 def manifest_head(planned: Plan) -> str:
     """The first text of the manifest `planned` will have once sent (`Manifest.json_pieces`):
     everything in it is known from the plan, before any file is read."""
-    return _manifest_head(planned.zip_size, len(planned.files), planned.total_bytes)
+    return _manifest_head(planned.zip_size, len(planned.sizes), planned.total_bytes)
 
 
-def manifest_rows(planned: tuple[Planned, ...], md5: bytes, first: bool) -> str:
-    """The manifest text of consecutive sent files (`md5`: their digests, 16 bytes each), with
-    the separators `Manifest.json_pieces` puts before them; `first`: the manifest's first rows.
-    Head, then each run's rows in order, then MANIFEST_TAIL is `Manifest.json_pieces`' text."""
-    rows = [
-        _manifest_row(p.entry, p.size, md5[16 * i : 16 * i + 16].hex())
-        for i, p in enumerate(planned)
-    ]
+def manifest_rows(planned: Plan, start: int, stop: int, md5: bytes) -> str:
+    """The manifest text of the sent files `start` to `stop` of `planned` (`md5`: their
+    digests, 16 bytes each), with the separators `Manifest.json_pieces` puts before them.
+    Head, then each run's rows in order, then MANIFEST_TAIL is `Manifest.json_pieces`' text.
+
+    Made from the plan's columns, what a series shares quoted once (no `Entry` per file): this
+    runs in the sender between its sends."""
+    files, sizes = planned.entries, planned.sizes
+    kinds, kind_of, names, uids = files.kinds(), files._kind_of, files._names, files._uids
+    quoted: dict[int, tuple[str, ...] | None] = {}
+    rows = []
+    for n, i in enumerate(range(start, stop)):
+        digest = md5[16 * n : 16 * n + 16].hex()
+        kind = kind_of[i]
+        shared = quoted.get(kind, ())
+        if shared == ():
+            shared = quoted[kind] = _quoted(kinds[kind][1:])
+        if shared is None or type(sizes[i]) is not int:  # not the template's: the general way
+            rows.append(_manifest_row(files.entry(i), sizes[i], digest))
+        else:
+            path = _quote(kinds[kind][0] + names[i])
+            rows.append(_MANIFEST_ROW.format(path, sizes[i], _quote(uids[i]), *shared, digest))
     if not rows:
         return ""
-    return ("\n" if first else ",\n") + ",\n".join(rows)
+    return ("\n" if start == 0 else ",\n") + ",\n".join(rows)
+
+
+def _quoted(shared: tuple[Any, ...]) -> tuple[str, ...] | None:
+    """A series' shared fields as the manifest row's template quotes them; None where the
+    template does not hold (a field that is not text, or fields in another order)."""
+    if not (_TEMPLATED and _IN_ORDER and all(type(v) is str for v in shared)):
+        return None
+    return tuple(map(_quote, shared))
 
 
 class ManifestFile(Protocol):

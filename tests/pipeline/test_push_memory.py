@@ -183,18 +183,19 @@ def test_the_finish_step_holds_under_200_bytes_a_file(tmp_path: Path) -> None:
     assert rows == [e.to_json() for e in entries()]
 
 
-def test_a_plan_read_back_holds_each_size_once(tmp_path: Path) -> None:
-    """The import step holds the plan read back while it sends. A file's planned size equal
-    to the check's (nearly always) is the entry's own int, not a second one (28 bytes a file):
-    under 420 bytes a file here (~408; two ints: ~436). FileEntry's path and UID strings are
-    most of the rest; a compact plan is left to `pack`, which reads `Planned` per file."""
+def test_a_plan_read_back_holds_under_150_bytes_a_file(tmp_path: Path) -> None:
+    """The import step holds the plan read back while it sends. In columns (names and UIDs in
+    one buffer each, sizes and times in arrays, what a series shares once, a zip name only where
+    it is not the path): ~100 bytes a file (a `Planned` and `FileEntry` per file: ~408). A
+    shortened zip name and a size that differs from the check's come back as they were."""
     files = tuple(
         pack.Planned(rules.FileEntry(**{k: v for k, v in e.to_json().items() if k != "md5"}),
-                     e.size, 1.7e9 + n, e.path)
+                     e.size + (n == 5), 1.7e9 + n, e.path if n != 9 else "short~1.dcm")
         for n, e in enumerate(entries())
     )  # fmt: skip
     spool.save(tmp_path, pack.Plan(123, files))
     loaded, held, _ = traced(lambda: spool.load(tmp_path, pack.Plan))
-    assert loaded is not None and loaded.files == files
-    assert all(p.size is p.entry.size for p in loaded.files)
-    assert held / COUNT < 420, f"{held / COUNT:.0f} B a file"
+    assert loaded is not None and loaded.files == files and loaded.zip_size == 123
+    assert loaded.files[9].zip_name == "short~1.dcm"
+    assert loaded.files[5].size == files[5].entry.size + 1
+    assert held / COUNT < 150, f"{held / COUNT:.0f} B a file"

@@ -102,7 +102,9 @@ def test_a_check_record_read_without_its_files_makes_no_entry(tmp_path: Path) ->
         tracemalloc.stop()
     assert whole == record
     assert head.files == () and dataclasses.replace(head, files=files) == record
-    assert peak - base < (full - base) / 20, f"{peak - base} bytes without files, {full - base}"
+    # The files read back in columns take ~40 bytes each here (a FileEntry each: ~280), so
+    # the head's own ~25 kB is a larger share of the whole than it was.
+    assert peak - base < (full - base) / 5, f"{peak - base} bytes without files, {full - base}"
 
 
 def test_a_manifest_read_back_keeps_little_per_file(tmp_path: Path) -> None:

@@ -47,8 +47,10 @@ def check(context: Context, drop: ledger.Drop) -> Done | Unsettled:
         drop_settings,
         control_files=config.control_files(),
     )
-    files = verdict.upload_entries()
-    fields = subject.fields(work, config.push, work / files[0].path if files else None)
+    # The first file only: `upload_entries()` made a `FileEntry` of every file (~250 bytes a
+    # file) and held them while the record was made and saved, the push's peak (issue 13).
+    first = next((entry for series in verdict.series for entry in series.files), None)
+    fields = subject.fields(work, config.push, work / first.path if first else None)
     record = spool.CheckRecord.of(verdict, fields)
     spool.save(context.spool(drop), record)
     if late.sidecars_only(record):

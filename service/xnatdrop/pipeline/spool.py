@@ -27,11 +27,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
-from xnatdrop import atomicfile, ledger, pack, rules, verify
+from xnatdrop import atomicfile, filecolumns, ledger, pack, rules, verify
 from xnatdrop.errors import TransientError
 
 log = logging.getLogger(__package__)
@@ -53,12 +53,17 @@ class CheckRecord:
 
     `series` holds `rules.Series.to_json()` of each series to upload (the receipt's scans);
     `sidecars` maps a resource name to its folder, relative to the subject folder.
+
+    `files` reads as a tuple of `rules.FileEntry`: made from a verdict, it is the verdict's own
+    series' files (`filecolumns.Chain`, no copy); read back, it is kept in columns
+    (`filecolumns.Files`), one row at a time: the pack step holds the record while it plans,
+    and a `FileEntry` per file read back from the spool was ~290 bytes a file (issue 13).
     """
 
     label: str
     ok: bool
     findings: tuple[rules.Finding, ...]
-    files: tuple[rules.FileEntry, ...]
+    files: Sequence[rules.FileEntry]
     series: tuple[dict[str, Any], ...]
     sidecars: dict[str, str]
     subject_fields: dict[str, str]
@@ -72,7 +77,7 @@ class CheckRecord:
             label=verdict.label,
             ok=verdict.ok,
             findings=tuple(verdict.reported()),
-            files=tuple(verdict.upload_entries()),
+            files=filecolumns.Chain(series.files for series in verdict.series),
             series=tuple(s.to_json() for s in verdict.series),
             sidecars={
                 name: path.relative_to(folder).as_posix() if path.is_absolute() else str(path)
@@ -94,14 +99,20 @@ class CheckRecord:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        return {**self._head(), "files": [f.to_json() for f in self.files]}
+        return {**self._head(), "files": list(self._rows())}
+
+    def _rows(self) -> Iterator[dict[str, Any]]:
+        files = self.files
+        if isinstance(files, filecolumns.Files):
+            return files.json_rows()
+        return (f.to_json() for f in files)
 
     def json_pieces(self) -> Iterator[str]:
         """`to_json()` as JSON text: everything but the files on the first line, then one file
         a line (the layout `load` reads a row at a time, as the plan's and the manifest's)."""
         yield json.dumps(self._head(), ensure_ascii=False)[:-1] + ', "files": ['
-        for index, file in enumerate(self.files):
-            yield ("\n" if index == 0 else ",\n") + json.dumps(file.to_json(), ensure_ascii=False)
+        for index, row in enumerate(self._rows()):
+            yield ("\n" if index == 0 else ",\n") + json.dumps(row, ensure_ascii=False)
         yield "\n]}\n"
 
     def _head(self) -> dict[str, Any]:
@@ -121,7 +132,7 @@ class CheckRecord:
             label=str(data["label"]),
             ok=bool(data["ok"]),
             findings=tuple(rules.Finding.from_json(f) for f in data["findings"]),
-            files=tuple(rules.FileEntry.from_json(f) for f in data["files"]),
+            files=filecolumns.Files.from_rows(data["files"]),
             series=tuple(data["series"]),
             sidecars=dict(data["sidecars"]),
             subject_fields=dict(data.get("subject_fields", {})),
@@ -412,8 +423,7 @@ def check_record(folder: Path, drop_id: int, files: bool = True) -> CheckRecord:
     """The check step's record; TransientError if it is lost (an operator problem).
 
     Without `files`, its `files` are left empty and never read: the finish step needs the
-    series, sidecars and findings only, and a `FileEntry` per file (about 1 KB each) beside
-    the manifest the receipt lists would double what it holds."""
+    series, sidecars and findings only, not the files beside the manifest the receipt lists."""
     record = load(folder, CheckRecord, files)
     if record is None:
         raise TransientError(
@@ -443,7 +453,9 @@ def plan_for(folder: Path, work: Path, drop_id: int) -> pack.Plan:
     planned = load(folder, pack.Plan)
     if planned is None:
         files = check_record(folder, drop_id).files
-        names = {f.path: pack.upload_name(f.path) for f in files}
+        # Only the names XNAT could not store as they are (`pack.plan` keeps the others): a
+        # dict entry per file was ~100 bytes a file beside the plan.
+        names = {p: n for f in files if (n := pack.upload_name(p := f.path)) != p}
         planned = pack.plan(work, files, names)
         save(folder, planned)
     return planned
