@@ -31,12 +31,13 @@ class Texts:
     49 bytes beside its text, a dict entry from it 40-80 more.
     """
 
-    __slots__ = ("_blob", "_ends", "_slots")
+    __slots__ = ("_blob", "_ends", "_indexed", "_slots")
 
     def __init__(self) -> None:
         self._blob = bytearray()
         self._ends = array.array("I")
         self._slots = array.array("i")  # the index, made again once texts were added
+        self._indexed = 0  # how many texts `_slots` indexes
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -55,7 +56,7 @@ class Texts:
     def index(self, text: str) -> int:
         """The last position `text` was appended at; -1 if never."""
         slots = self._slots
-        if len(slots) < 2 * len(self._ends) or not slots:
+        if self._indexed != len(self._ends) or not slots:
             slots = self._index()
         mask = len(slots) - 1
         slot = hash(text) & mask
@@ -86,6 +87,7 @@ class Texts:
             slots[slot] = position
             start = end
         self._slots = slots
+        self._indexed = count
         return slots
 
 

@@ -116,3 +116,16 @@ def test_a_record_made_of_a_verdict_lists_its_series_files_without_a_copy() -> N
     assert chain[1_998:2_003] == tuple(every[1_998:2_003])
     assert chain == filecolumns.Files(every) and filecolumns.Files(every) == chain
     assert filecolumns.Chain(()) == () and len(filecolumns.Chain([(), series[0]])) == 2_000
+
+
+def test_texts_added_after_a_lookup_are_found() -> None:
+    """The index of `Texts` is made when first asked; texts appended after that must still be
+    found (the index was kept while it was at most half full, so a later text read as absent)."""
+    texts = filecolumns.Texts()
+    assert texts.append("1.2.3") == 0
+    assert texts.index("1.2.3") == 0
+    assert texts.append("1.2.4") == 1
+    assert texts.index("1.2.4") == 1
+    assert texts.append("1.2.3") == 2
+    assert texts.index("1.2.3") == 2  # the last position it was appended at
+    assert texts.index("1.2.5") == -1
