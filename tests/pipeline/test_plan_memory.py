@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from memory_helpers import traced
 from xnatdrop import filecolumns, pack, rules
 from xnatdrop.pipeline import spool
 
@@ -59,18 +57,6 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def record(count: int = COUNT) -> spool.CheckRecord:
     files = tuple(entry(n) for n in range(count))
     return spool.CheckRecord("L", True, (), files, (), {}, {}, SIZE * count)
-
-
-def traced(action: Callable[[], Any]) -> tuple[Any, int, int]:
-    """(result, bytes still held after `action`, its peak), both above what was held before."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        result = action()
-        held, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return result, held - base, peak - base
 
 
 def test_a_check_record_read_back_holds_under_150_bytes_a_file(tmp_path: Path) -> None:

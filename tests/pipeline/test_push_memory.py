@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from memory_helpers import traced
 from xnatdrop import archivecheck, pack, packrecords, receipt, rules, verify, xnat
 from xnatdrop.pipeline import spool
 
@@ -57,18 +56,6 @@ def entries(count: int = COUNT) -> list[packrecords.Entry]:
         )
         for n in range(count)
     ]
-
-
-def traced(action: Callable[[], Any]) -> tuple[Any, int, int]:
-    """(result, bytes still held after `action`, its peak), both above what was held before."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        result = action()
-        held, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return result, held - base, peak - base
 
 
 def test_a_manifest_read_back_keeps_under_200_bytes_a_file(tmp_path: Path) -> None:
