@@ -498,6 +498,46 @@ def test_the_roots_are_watched_before_the_first_scan(tmp_path: Path) -> None:
     assert watched_at_first_scan == [True]
 
 
+def test_an_event_while_a_scan_job_runs_brings_another_scan(tmp_path: Path) -> None:
+    """1. Scans are 200 s apart (quiet 600 s). 2. The first scan job is held in its dispatch.
+    3. A folder appears meanwhile: its event asks for a scan while the job still runs.
+    Result: once the job ends, a scan sees the folder, not the next poll 200 s later. It
+    waited before: apscheduler skips a run brought forward while the job runs (one instance)
+    and sets the next one a poll away; the event was lost, as it was under load in CI."""
+    settings = make_settings(tmp_path)
+    slow = settings.settle.model_copy(update={"quiet_seconds": 600.0})
+    settings = settings.model_copy(update={"settle": slow})
+    runner = daemon.Daemon(settings, Recorder(settings))
+    assert runner.poll == 200.0
+    release = threading.Event()
+    dispatch = runner._dispatch
+
+    def held_dispatch() -> None:
+        if runner.scans == 1:
+            release.wait(30)
+        dispatch()
+
+    runner._dispatch = held_dispatch  # type: ignore[method-assign]
+    hints: list[float] = []
+    wake = runner.hint.wake
+
+    def counted_wake() -> None:
+        wake()
+        hints.append(time.monotonic())
+
+    runner.hint.wake = counted_wake
+
+    def scenario() -> None:
+        wait_for(lambda: runner.scans >= 1)  # the scan at start, now held in its dispatch
+        drop_session(settings, "SPN01_0001")
+        wait_for(lambda: hints)  # the scan was asked for while the job runs
+        release.set()
+        wait_for(lambda: runner.watcher.find(settings.drop[0].path / "SPN01_0001"))
+        assert runner.scans == 2
+
+    assert run_with(runner, scenario) == 0
+
+
 def test_a_second_event_soon_after_the_first_still_brings_a_scan(tmp_path: Path) -> None:
     """1. Scans are 200 s apart (quiet 600 s). 2. A folder appears (an event: a scan comes at
     once). 3. Right after that scan, a second folder appears, inside the 2 s the events are

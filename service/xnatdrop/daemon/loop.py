@@ -64,6 +64,9 @@ class Daemon:
         self.watcher = watch.Watcher(self.projects, settings.settle)
         self.hint = watch.EventHint(self.projects, self._hinted, min(HINT_GAP, self.poll / 4))
         self.stopping = threading.Event()
+        # Set by each hint; a scan job clears it before it scans and scans again if it was set
+        # meanwhile (`_scan_job`).
+        self.rescan = threading.Event()
         self.started = threading.Event()  # set once READY=1 is sent (tests wait on it)
         self.force = False
         self.finished: queue.Queue[tuple[Work, Result]] = queue.Queue()
@@ -238,22 +241,30 @@ class Daemon:
     # ---- jobs (one apscheduler worker thread) ----------------------------------------------
 
     def _hinted(self) -> None:
-        """Called from the event thread (`EventHint` spaces the calls): scan now."""
+        """Called from the event thread (`EventHint` spaces the calls): scan now.
+
+        Why `rescan` as well: while a scan job runs (its dispatch, its notices), apscheduler
+        skips a run brought forward to now (max_instances 1) and sets the next one a whole poll
+        away, so a folder whose event came then waited a poll unseen. The running job sees the
+        flag when it ends and scans again."""
         if self.stopping.is_set():
             return
+        self.rescan.set()
         with contextlib.suppress(LookupError):  # the job is gone once we are stopping
             self.scheduler.modify_job("scan", next_run_time=dt.datetime.now())
 
     def _scan_job(self) -> None:
-        if self.stopping.is_set():
-            return
-        self.notices.cycle_started()
-        scanned = False
-        try:
-            self._scan()
-            scanned = True
-        finally:
-            self.notices.cycle_finished(self, scanned)
+        while not self.stopping.is_set():
+            self.rescan.clear()  # an event from now on is seen by this scan or brings another
+            self.notices.cycle_started()
+            scanned = False
+            try:
+                self._scan()
+                scanned = True
+            finally:
+                self.notices.cycle_finished(self, scanned)
+            if not self.rescan.is_set():
+                return
 
     def _scan(self) -> None:
         self._claim_roots()
