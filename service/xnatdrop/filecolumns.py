@@ -73,14 +73,21 @@ class Texts:
         return found
 
     def _index(self) -> array.array[int]:
+        """The index with every text in it: the texts appended since it was made are added to
+        it while it stays at most half full; otherwise it is made again, twice as large (so
+        appends and lookups in turn cost the same, amortised, as lookups after all appends)."""
         count = len(self._ends)
-        size = 8
-        while size < 4 * count:  # half full at most until it has doubled
-            size *= 2
-        slots = array.array("i", [-1]) * size
-        mask = size - 1
-        blob, start = self._blob, 0
-        for position, end in enumerate(self._ends):
+        slots, start_at = self._slots, self._indexed
+        if not slots or len(slots) < 2 * count:
+            size = 8
+            while size < 4 * count:
+                size *= 2
+            slots, start_at = array.array("i", [-1]) * size, 0
+        mask = len(slots) - 1
+        blob, ends = self._blob, self._ends
+        start = ends[start_at - 1] if start_at > 0 else 0
+        for position in range(start_at, count):
+            end = ends[position]
             slot = hash(blob[start:end].decode()) & mask
             while slots[slot] >= 0:
                 slot = (slot + 1) & mask

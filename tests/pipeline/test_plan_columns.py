@@ -129,3 +129,14 @@ def test_texts_added_after_a_lookup_are_found() -> None:
     assert texts.append("1.2.3") == 2
     assert texts.index("1.2.3") == 2  # the last position it was appended at
     assert texts.index("1.2.5") == -1
+
+
+def test_texts_appended_and_looked_up_in_turn_all_stay_found() -> None:
+    """Appends and lookups in turn (the index grown in place, then made again larger): every
+    text is found at its last position, an absent one is not."""
+    texts = filecolumns.Texts()
+    for n in range(3_000):
+        texts.append(f"2.25.{n}")
+        assert texts.index(f"2.25.{n}") == n
+        assert texts.index(f"2.25.{n // 2}") == n // 2
+    assert texts.index("2.25.3000") == -1
