@@ -64,9 +64,7 @@ class Daemon:
         self.watcher = watch.Watcher(self.projects, settings.settle)
         self.hint = watch.EventHint(self.projects, self._hinted, min(HINT_GAP, self.poll / 4))
         self.stopping = threading.Event()
-        # Set by each hint; a scan job clears it before it scans and scans again if it was set
-        # meanwhile (`_scan_job`).
-        self.rescan = threading.Event()
+        self.rescan = threading.Event()  # a hint came: the running scan job scans again
         self.started = threading.Event()  # set once READY=1 is sent (tests wait on it)
         self.force = False
         self.finished: queue.Queue[tuple[Work, Result]] = queue.Queue()
@@ -99,11 +97,8 @@ class Daemon:
         self.stopping.set()
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; return the exit code (0 after a clean stop).
-
-        Raise locks.StateInUse at once, before anything else happens, when another daemon
-        uses the same state folder.
-        """
+        """Run until SIGTERM/SIGINT; return the exit code (0 after a clean stop). Raise
+        locks.StateInUse at once when another daemon uses the same state folder."""
         self.state_lock = locks.acquire_state(self.settings.paths.state)
         try:
             with signals.capture(self.handle_exit), quiet_repeats(logging.getLogger("xnatdrop")):
@@ -123,11 +118,9 @@ class Daemon:
         return 0
 
     def _start(self) -> None:
-        # apscheduler warns on every skipped overlapping run ("maximum number of running
-        # instances reached"): expected when a scan outlasts the poll interval, and it would
-        # flood the journal; its errors (a job that raised) still come through. watchdog logs an
-        # ERROR when events race its stop; its events are only hints (the scan is the source of
-        # truth), so nothing it could report changes what we do.
+        # apscheduler warns on every skipped overlapping run: expected when a scan outlasts the
+        # poll or a hint comes during one (`_hinted`); its errors still come through. watchdog
+        # logs an ERROR when events race its stop; its events are only hints (the scan decides).
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         logging.getLogger("watchdog").setLevel(logging.CRITICAL)
         # Open the ledger once up front: it creates the state folder (0700); a corrupt ledger
@@ -241,12 +234,8 @@ class Daemon:
     # ---- jobs (one apscheduler worker thread) ----------------------------------------------
 
     def _hinted(self) -> None:
-        """Called from the event thread (`EventHint` spaces the calls): scan now.
-
-        Why `rescan` as well: while a scan job runs (its dispatch, its notices), apscheduler
-        skips a run brought forward to now (max_instances 1) and sets the next one a whole poll
-        away, so a folder whose event came then waited a poll unseen. The running job sees the
-        flag when it ends and scans again."""
+        """Called from the event thread (`EventHint` spaces the calls): scan now; and `rescan`, as
+        apscheduler skips a run brought forward while the scan job runs (that job scans again)."""
         if self.stopping.is_set():
             return
         self.rescan.set()
