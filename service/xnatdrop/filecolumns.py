@@ -165,6 +165,28 @@ class Files(Sequence[rules.FileEntry]):
     def __len__(self) -> int:
         return len(self._sizes)
 
+    def with_sizes(self, sizes: Iterable[int]) -> Files:
+        """These files with other `sizes` (a plan's, as stat'ed), sharing every other column:
+        the manifest of a sent plan is its files with their sizes as sent."""
+        copy = Files.__new__(Files)
+        copy._names, copy._uids, copy._kinds = self._names, self._uids, self._kinds
+        copy._kind_of, copy._known = self._kind_of, self._known
+        copy._sizes = array.array("q", sizes)
+        return copy
+
+    @property
+    def sizes(self) -> array.array[int]:
+        """Each file's size, in order (read, not changed)."""
+        return self._sizes
+
+    def position(self, uid: str) -> int:
+        """The position of the (last) file with this SOPInstanceUID; -1 if none."""
+        return self._uids.index(uid)
+
+    def study_uids(self) -> set[str]:
+        field = 1 + SHARED.index("study_instance_uid")
+        return {kind[field] for kind in self._kinds if kind[field]}
+
     def path(self, position: int) -> str:
         return self._kinds[self._kind_of[position]][0] + self._names[position]
 

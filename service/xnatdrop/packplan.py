@@ -142,8 +142,7 @@ class Plan:
         return sum(self._sizes)
 
     def study_uids(self) -> set[str]:
-        field = 1 + filecolumns.SHARED.index("study_instance_uid")
-        return {kind[field] for kind in self._entries.kinds() if kind[field]}
+        return self._entries.study_uids()
 
     def zip_names(self) -> dict[str, str]:
         """Path (relative, POSIX) -> name in the zip, of every file."""

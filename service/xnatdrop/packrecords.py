@@ -6,18 +6,16 @@ is never held as one text).
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import json
 import operator
 import re
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring as _quote  # json's own, in C (ensure_ascii=False)
 from typing import Any, Protocol, TypeVar
 
 from xnatdrop import rules
-from xnatdrop.filecolumns import Texts
+from xnatdrop.filecolumns import IN_ORDER, SHARED, Files, Texts
 from xnatdrop.packplan import Plan, Planned, PlannedFiles
 
 __all__ = ["Entry", "Manifest", "ManifestFile", "Plan", "Planned", "PlannedFiles", "Texts"]
@@ -84,11 +82,6 @@ class Entry(rules.FileEntry):
         return cls(**{**identity, "size": size}, md5=md5)
 
 
-# Per file in a compact manifest: path, size, SOP instance UID, MD5; the other fields of an
-# entry (series, study, classes, transfer syntax) repeat within a series and are kept once per
-# series with the folder (`_SHARED`).
-_SHARED = tuple(name for name in _FIELDS if name not in ("path", "size", "sop_instance_uid"))
-_IN_ORDER = _FIELDS[:3] == ("path", "size", "sop_instance_uid")
 _HEX = re.compile(r"[0-9a-f]{32}")
 _NONE: Any = object()
 T = TypeVar("T")
@@ -98,68 +91,32 @@ class Manifest:
     """The manifest of an upload: `zip_size` and, for each file, an `Entry`.
 
     Kept in columns, not as an `Entry` per file (about 400 bytes each with its strings): the
-    file names and SOP instance UIDs in `Texts`, sizes in an array, MD5s as 16 bytes each, and
-    what a series shares (its folder and the other fields) once per series; about 130 bytes a
-    file. The verify, archive and finish steps each hold it whole while they compare or list
+    files' identities in a `filecolumns.Files` (names and UIDs in `Texts`, sizes in an array,
+    what a series shares once) and MD5s as 16 bytes each; about 130 bytes a file.
+    The verify, archive and finish steps each hold it whole while they compare or list
     it, so `entries()` makes each `Entry` as it is read and lets it go; `files` makes them all
     (for small manifests and callers that need a tuple). `position(uid)` finds a file by its
     SOPInstanceUID (the archive check) without a dict of entries.
     """
 
-    __slots__ = ("_digests", "_kind_of", "_kinds", "_names", "_odd", "_sizes", "_uids", "zip_size")
+    __slots__ = ("_digests", "_files", "_odd", "zip_size")
 
     def __init__(self, zip_size: int, files: Iterable[Entry] = ()) -> None:
         self.zip_size = zip_size
-        self._names = Texts()
-        self._uids = Texts()
-        self._sizes = array.array("q")
+        self._files = Files()  # each file's identity: path, size (as sent), UID, series fields
         self._digests = bytearray()
         self._odd: dict[int, str] = {}  # an MD5 that is not 32 hexadecimal digits, as given
-        self._kinds: list[tuple[str, ...]] = []
-        self._kind_of = array.array("I")
-        known: dict[tuple[str, ...], int] = {}
         for entry in files:
-            self._add(known, entry, entry.size, entry.md5)
+            shared = tuple(getattr(entry, field) for field in SHARED)
+            self._append(_posix(entry.path), entry.size, entry.sop_instance_uid, shared, entry.md5)
 
-    def _add(self, known: dict[tuple[str, ...], int], file: Any, size: int, md5: str) -> None:
-        shared = tuple(getattr(file, field) for field in _SHARED)
-        self._append(known, _posix(file.path), size, file.sop_instance_uid, shared, md5)
-
-    def _append(
-        self,
-        known: dict[tuple[str, ...], int],
-        path: str,
-        size: int,
-        uid: str,
-        shared: tuple[str, ...],
-        md5: str,
-    ) -> None:
-        position = self._append_file(known, path, size, uid, shared)
+    def _append(self, path: str, size: int, uid: str, shared: tuple[str, ...], md5: str) -> None:
+        position = self._files.add(path, size, uid, shared)
         if _HEX.fullmatch(md5):
             self._digests += bytes.fromhex(md5)
         else:
             self._digests += bytes(16)
             self._odd[position] = md5
-
-    def _append_file(
-        self,
-        known: dict[tuple[str, ...], int],
-        path: str,
-        size: int,
-        uid: str,
-        shared: tuple[str, ...],
-    ) -> int:
-        """Add a file's columns but its MD5; its position."""
-        folder, slash, name = path.rpartition("/")
-        kind = (folder + slash, *shared)
-        number = known.get(kind)
-        if number is None:
-            number = known[kind] = len(self._kinds)
-            self._kinds.append(tuple(sys.intern(v) if type(v) is str else v for v in kind))
-        self._kind_of.append(number)
-        self._names.append(name)
-        self._sizes.append(size)
-        return self._uids.append(uid)
 
     @classmethod
     def sent(cls, zip_size: int, planned: Plan | Iterable[Planned], md5: bytes) -> Manifest:
@@ -168,16 +125,12 @@ class Manifest:
         as a `Planned`): this runs while the zip's end waits for the manifest."""
         manifest = cls(zip_size)
         if isinstance(planned, Plan):
-            files = planned.entries
-            manifest._names, manifest._uids = files._names, files._uids
-            manifest._kinds, manifest._kind_of = files.kinds(), files._kind_of
-            manifest._sizes = array.array("q", planned.sizes)
+            manifest._files = planned.entries.with_sizes(planned.sizes)
         else:
-            known: dict[tuple[str, ...], int] = {}
             for p in planned:
                 entry = p.entry
-                shared = tuple(getattr(entry, field) for field in _SHARED)
-                manifest._append_file(known, entry.path, p.size, entry.sop_instance_uid, shared)
+                shared = tuple(getattr(entry, field) for field in SHARED)
+                manifest._files.add(entry.path, p.size, entry.sop_instance_uid, shared)
         if len(md5) != 16 * len(manifest):
             raise ValueError("one 16-byte MD5 per planned file")
         # Kept as they came: the digests are the 16 bytes the columns keep (not hex text to
@@ -186,19 +139,16 @@ class Manifest:
         return manifest
 
     def __len__(self) -> int:
-        return len(self._sizes)
+        return len(self._files)
 
     def entry(self, position: int) -> Entry:
         """The file at `position` (made now; not kept)."""
-        kind = self._kinds[self._kind_of[position]]
-        path, size, uid = (
-            kind[0] + self._names[position],
-            self._sizes[position],
-            self._uids[position],
-        )
-        if _IN_ORDER:  # positional: a third of the cost of keywords, per file read
+        files = self._files
+        kind = files.kind(position)
+        path, size, uid = files.path(position), files.size(position), files.uid(position)
+        if IN_ORDER:  # positional: a third of the cost of keywords, per file read
             return Entry(path, size, uid, *kind[1:], md5=self.md5(position))
-        shared = dict(zip(_SHARED, kind[1:], strict=True))
+        shared = dict(zip(SHARED, kind[1:], strict=True))
         return Entry(path=path, size=size, sop_instance_uid=uid, md5=self.md5(position), **shared)
 
     def shared(self, key: Callable[[Entry], T]) -> Iterator[tuple[T, int]]:
@@ -206,12 +156,13 @@ class Manifest:
         folder and shared fields): for a key that reads only those, such as the scan XNAT
         files an instance under, without making an `Entry` per file."""
         values: dict[int, T] = {}
-        sizes = self._sizes
-        for position, kind in enumerate(self._kind_of):
+        files = self._files
+        for position, size in enumerate(files.sizes):
+            kind = id(files.kind(position))  # one tuple per distinct kind, kept by `files`
             value = values.get(kind, _NONE)
             if value is _NONE:
                 value = values[kind] = key(self.entry(position))
-            yield value, sizes[position]  # type: ignore[misc]
+            yield value, size  # type: ignore[misc]
 
     def entries(self) -> Iterator[Entry]:
         """Each file's `Entry` in order, made as it is read (none is kept)."""
@@ -220,22 +171,12 @@ class Manifest:
     def json_rows(self) -> Iterator[dict[str, Any]]:
         """Each file's `Entry.to_json()`, made from the columns as it is read (for RECEIPT.json:
         no `Entry` is made)."""
-        names, uids, sizes, kinds, kind_of = (
-            self._names, self._uids, self._sizes, self._kinds, self._kind_of,
-        )  # fmt: skip
-        for position in range(len(sizes)):
-            kind = kinds[kind_of[position]]
-            row = {
-                "path": kind[0] + names[position],
-                "size": sizes[position],
-                "sop_instance_uid": uids[position],
-            }
-            row.update(zip(_SHARED, kind[1:], strict=True))
+        for position, row in enumerate(self._files.json_rows()):
             row["md5"] = self.md5(position)
             yield row
 
     def size(self, position: int) -> int:
-        return self._sizes[position]
+        return self._files.size(position)
 
     def md5(self, position: int) -> str:
         odd = self._odd.get(position)
@@ -243,7 +184,7 @@ class Manifest:
 
     def position(self, uid: str) -> int:
         """The position of the (last) file with this SOPInstanceUID; -1 if none."""
-        return self._uids.index(uid)
+        return self._files.position(uid)
 
     @property
     def files(self) -> tuple[Entry, ...]:
@@ -255,7 +196,7 @@ class Manifest:
 
     @property
     def total_bytes(self) -> int:
-        return sum(self._sizes)
+        return sum(self._files.sizes)
 
     def series(self) -> dict[str, list[Entry]]:
         """Entries grouped by SeriesInstanceUID, in first-seen order."""
@@ -265,8 +206,7 @@ class Manifest:
         return groups
 
     def study_uids(self) -> set[str]:
-        field = 1 + _SHARED.index("study_instance_uid")
-        return {kind[field] for kind in self._kinds if kind[field]}
+        return self._files.study_uids()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
@@ -311,15 +251,13 @@ class Manifest:
         """The manifest `json_pieces` wrote; its rows (an iterator when read from the spool)
         are taken one at a time into the columns, never an `Entry` per file."""
         manifest = cls(int(data["zip_size"]))
-        known: dict[tuple[str, ...], int] = {}
         for row in data["files"]:
             get = row.get
             manifest._append(
-                known,
                 str(row["path"]),
                 int(get("size", 0)),
                 get("sop_instance_uid", ""),
-                tuple(get(field, "") for field in _SHARED),
+                tuple(get(field, "") for field in SHARED),
                 str(row["md5"]),
             )
         return manifest
@@ -370,7 +308,7 @@ def manifest_rows(planned: Plan, start: int, stop: int, md5: bytes) -> str:
 def _quoted(shared: tuple[Any, ...]) -> tuple[str, ...] | None:
     """A series' shared fields as the manifest row's template quotes them; None where the
     template does not hold (a field that is not text, or fields in another order)."""
-    if not (_TEMPLATED and _IN_ORDER and all(type(v) is str for v in shared)):
+    if not (_TEMPLATED and IN_ORDER and all(type(v) is str for v in shared)):
         return None
     return tuple(map(_quote, shared))
 
