@@ -45,7 +45,7 @@ from xnatdrop.dicomfiles.folder import (
     sniff_table,
 )
 from xnatdrop.dicomfiles.formats import is_os_litter
-from xnatdrop.dicomfiles.pixels import PixelSpan, pixel_span
+from xnatdrop.dicomfiles.pixels import NoPixelData, PixelSpan, pixel_span, pixel_value
 from xnatdrop.dicomfiles.reading import sniff
 from xnatdrop.dicomfiles.table import FactsTable, FactsView, brief, path_of
 from xnatdrop.dicomfiles.tags import HEAD_BYTES, LOSSY_SYNTAXES, NATIVE_SYNTAXES
@@ -63,12 +63,14 @@ __all__ = [
     "FileFacts",
     "Header",
     "Kind",
+    "NoPixelData",
     "PixelSpan",
     "SeriesFields",
     "brief",
     "is_os_litter",
     "path_of",
     "pixel_span",
+    "pixel_value",
     "sniff",
     "sniff_folder",
     "sniff_table",
