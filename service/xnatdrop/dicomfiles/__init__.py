@@ -25,7 +25,8 @@ The modules, from the bytes up to a folder:
 - `content`: DICOM or not (A2, A3, A5), and `formats`: what else (A7, A8, section B);
 - `reading`: one file's open and read (`sniff`);
 - `folder`: a folder's files, through I/O threads and a process pool (`sniff_folder`);
-- `pixels`: where the Pixel Data value lies (`pixel_span`), for the verification.
+- `pixels`: where the Pixel Data value lies, or that there is none (`pixel_value`), for the
+  verification.
 
 The names below are the ones the rest of xnatdrop uses (`dicomfiles.sniff_folder`, …).
 Private names and the settings a test patches (`folder.SLOW_READ`, `folder._open_head`) are
