@@ -39,6 +39,7 @@ from xnatdrop import dicomfiles, pack, xnat
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 HASH_CHUNK = 1 << 20
+COMPARE_PIECE = 256 * 1024  # per side and sample in flight (`_same_range`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,50 +367,81 @@ class PixelComparison:
 def compare_pixels(local: BinaryIO, remote: BinaryIO) -> PixelComparison:
     """Compare the Pixel Data values of two open DICOM files (the local one and XNAT's copy).
 
-    Where the header walker finds both values (`dicomfiles.pixel_span`, nearly every file), the
-    two values' bytes are compared piece by piece: equal bytes are a stronger answer than equal
-    MD5s, and cost a memory compare instead of hashing both (the pixel sample of a 2 GB
-    session is about 340 MB a side, so two MD5s were ~1.2 s of CPU, most of the comparison's).
-    Where the walker declines either file, both are digested as `pixel_digest` does (the same
-    pydicom fallback). ValueError: XNAT's copy is not readable as DICOM; OSError: the local
-    file cannot be read (or ended inside its Pixel Data)."""
-    local_span = dicomfiles.pixel_span(local, os.fstat(local.fileno()).st_size)
-    remote_span = dicomfiles.pixel_span(remote, os.fstat(remote.fileno()).st_size)
-    if local_span is None or remote_span is None:
+    Where the header walker answers for both files (`dicomfiles.pixel_value`, nearly every
+    file: where the value lies, or that there is none), the two values' bytes are compared
+    piece by piece: equal bytes are a stronger answer than equal MD5s, and cost a memory
+    compare instead of hashing both (the pixel sample of a 2 GB session is about 340 MB a side,
+    so two MD5s were ~1.2 s of CPU, most of the comparison's). Where the walker declines either
+    file, both are digested as `pixel_digest` does (the same pydicom fallback, imported only
+    then). ValueError: XNAT's copy is not readable as DICOM; OSError: the local file cannot be
+    read (or ended inside its Pixel Data)."""
+    ours = dicomfiles.pixel_value(local, os.fstat(local.fileno()).st_size)
+    theirs = dicomfiles.pixel_value(remote, os.fstat(remote.fileno()).st_size)
+    if ours is None or theirs is None:
         remote.seek(0)
-        theirs = _handle_pixel_digest(remote)
+        digest_theirs = _handle_pixel_digest(remote)
         local.seek(0)
         try:
-            ours = _handle_pixel_digest(local)
+            digest_ours = _handle_pixel_digest(local)
         except ValueError as error:
             raise OSError(f"not readable as DICOM: {error}") from None
         return PixelComparison(
-            ours[0] if ours else None, theirs[0] if theirs else None, ours == theirs
+            digest_ours[0] if digest_ours else None,
+            digest_theirs[0] if digest_theirs else None,
+            digest_ours == digest_theirs,
         )
+    local_syntax = ours.transfer_syntax if isinstance(ours, dicomfiles.PixelSpan) else None
+    remote_syntax = theirs.transfer_syntax if isinstance(theirs, dicomfiles.PixelSpan) else None
+    if not isinstance(ours, dicomfiles.PixelSpan) or not isinstance(theirs, dicomfiles.PixelSpan):
+        # Neither has pixel data: the same ("no pixel data"); one only: they differ.
+        return PixelComparison(local_syntax, remote_syntax, local_syntax == remote_syntax)
     same = (
-        local_span.transfer_syntax == remote_span.transfer_syntax
-        and local_span.length == remote_span.length
-        and _same_range(local, local_span.offset, remote, remote_span.offset, local_span.length)
+        ours.transfer_syntax == theirs.transfer_syntax
+        and ours.length == theirs.length
+        and _same_range(local, ours.offset, remote, theirs.offset, ours.length)
     )
-    return PixelComparison(local_span.transfer_syntax, remote_span.transfer_syntax, same)
+    return PixelComparison(local_syntax, remote_syntax, same)
 
 
 def _same_range(local: BinaryIO, at: int, remote: BinaryIO, remote_at: int, length: int) -> bool:
     """Whether `length` bytes of `local` from `at` equal those of `remote` from `remote_at`,
-    read a piece (HASH_CHUNK) at a time; OSError if the local file ends early (the walker saw
-    the whole value within both files' sizes, so only a file changed meanwhile can)."""
+    read a piece (COMPARE_PIECE) at a time into two buffers made once; OSError if the local
+    file ends early (the walker saw the whole value within both files' sizes, so only a file
+    changed meanwhile can).
+
+    Why two fixed buffers of 256 KiB: the samples are compared a few at once (`xnat.READERS`),
+    each in its own thread, whose allocator arena keeps what it once held. A new 1 MiB `bytes`
+    per piece and side left several MB resident per reader, the archive read-back's transient
+    peak (issue 13); `readinto` reuses the same memory for every piece of every sample."""
     local.seek(at)
     remote.seek(remote_at)
+    piece = min(length, COMPARE_PIECE)
+    ours, theirs = bytearray(piece), bytearray(piece)
     left = length
     while left > 0:
-        want = min(left, HASH_CHUNK)
-        ours, theirs = local.read(want), remote.read(want)
-        if len(ours) != want:
+        want = min(left, piece)
+        if want < piece:  # the last piece: buffers of its size (one small copy per file)
+            ours, theirs = bytearray(want), bytearray(want)
+        got = _read_fully(local, ours)
+        if got != want:
             raise OSError("the file ended inside its Pixel Data")
-        if ours != theirs:
+        if _read_fully(remote, theirs) != want or ours != theirs:
             return False
         left -= want
     return True
+
+
+def _read_fully(handle: BinaryIO, buffer: bytearray) -> int:
+    """Fill `buffer` from `handle` (a buffered file may return a short read before the end);
+    the bytes read, fewer only at the end of the file."""
+    view = memoryview(buffer)
+    done = 0
+    while done < len(buffer):
+        got = handle.readinto(view[done:])  # type: ignore[attr-defined]
+        if not got:
+            break
+        done += got
+    return done
 
 
 def _pydicom_pixel_digest(source: BinaryIO | Path) -> tuple[str, str] | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -148,3 +150,30 @@ def test_a_junk_copy_differs_and_a_short_local_file_is_an_os_error(
     with open(source, "rb") as theirs, pytest.raises(OSError, match="ended inside"):
         verify.compare_pixels(shrinking, theirs)
     shrinking.close()
+
+
+def test_documents_without_pixel_data_are_compared_without_pydicom(tmp_path: Path) -> None:
+    """A Siemens Phoenix document and its anonymised copy (another header, no pixel data) are
+    "no pixel data" on both sides, answered by the header walker: pydicom is not even imported
+    (its import was ~20 MB of the push's resident memory, issue 13). Run in a fresh
+    interpreter, where nothing else has imported pydicom."""
+    phoenix = sorted((dataset("siemens_xa30_enhanced") / "In" / "99_Phoenix_Document").iterdir())
+    _anonymised(phoenix[0], tmp_path / "anonymised.dcm")
+    image = _first_image("siemens_xa30_enhanced")
+    script = (
+        "import sys\n"
+        "from xnatdrop import verify\n"
+        "def compare(a, b):\n"
+        "    with open(a, 'rb') as ours, open(b, 'rb') as theirs:\n"
+        "        return verify.compare_pixels(ours, theirs)\n"
+        "same = compare(sys.argv[1], sys.argv[2])\n"
+        "one = compare(sys.argv[3], sys.argv[2])\n"
+        "print(same.local, same.remote, same.same, one.same, one.remote, one.local is not None,"
+        " 'pydicom' in sys.modules)\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script, str(phoenix[0]), str(tmp_path / "anonymised.dcm"),
+         str(image)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert found.stdout.split() == ["None", "None", "True", "False", "None", "True", "False"]

@@ -113,3 +113,40 @@ def test_deflated_file_falls_back_to_pydicom(tmp_path):
     syntax, md5 = verify.pixel_digest(deflated)
     assert syntax == DeflatedExplicitVRLittleEndian
     assert md5 == verify.pixel_digest(source)[1]
+
+
+SETS = sorted(p.name for p in dataset("siemens_xa30_enhanced").parent.iterdir() if p.is_dir())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_walker_says_no_pixel_data_only_where_pydicom_finds_none():
+    """`dicomfiles.pixel_value` answers `NoPixelData` (and the comparison then needs no pydicom)
+    only for files in which pydicom's full parse finds none of Pixel Data, Float or Double
+    Float Pixel Data, over every file of every shared set; and it does answer so for the
+    Siemens Phoenix documents, the no-pixel files of real sessions."""
+    absent = []
+    for name in SETS:
+        for path in sorted(p for p in dataset(name).rglob("*") if p.is_file()):
+            with open(path, "rb") as handle:
+                if isinstance(
+                    dicomfiles.pixel_value(handle, path.stat().st_size), dicomfiles.NoPixelData
+                ):
+                    absent.append(path)
+    assert absent
+    for path in absent:
+        data = pydicom.dcmread(path, force=True)
+        assert not [tag for tag in verify.PIXEL_TAGS if tag in data], path
+        assert verify._pydicom_pixel_digest(path) is None, path
+    phoenix = dataset("siemens_xa30_enhanced") / "In" / "99_Phoenix_Document"
+    assert {p for p in phoenix.iterdir()} <= set(absent)
+
+
+def test_a_walked_file_whose_walk_stops_short_of_its_end_is_declined(tmp_path: Path):
+    """No pixel data is said only after a walk to the file's last byte: a no-pixel file with an
+    element past (7FE0,0008) that is not pixel data (here (7FE0,0020)), is left to pydicom."""
+    phoenix = sorted((dataset("siemens_xa30_enhanced") / "In" / "99_Phoenix_Document").iterdir())
+    data = pydicom.dcmread(phoenix[0])
+    data.add_new(0x7FE00020, "OW", b"\0\0")  # Coefficients SDVN: past Pixel Data's tags
+    data.save_as(tmp_path / "odd.dcm")
+    assert dicomfiles.pixel_value((tmp_path / "odd.dcm").read_bytes()) is None
+    assert verify.pixel_digest(tmp_path / "odd.dcm") is None  # pydicom: no pixel data

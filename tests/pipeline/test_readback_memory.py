@@ -162,3 +162,51 @@ def test_the_read_back_keeps_little_per_archived_file(tmp_path: Path, sandbox_ur
     verification = spool.xnat_record(spooled).verification
     assert verification is not None and verification["instances"] == FILES
     assert peak < PER_FILE * FILES, f"the read-back held {peak // FILES} bytes a file"
+
+
+# What the pixel comparison may hold at once, whatever the sample's size: a reader's download
+# piece and its two compare buffers (`xnat.DOWNLOAD_PIECE`, `verify.COMPARE_PIECE`), with room
+# for requests' own: 0.6 MiB here; 1 MiB pieces, new for every piece and side, 4.0 MiB.
+COMPARISON_BOUND = 2 << 20
+
+
+def test_the_pixel_comparison_holds_a_bounded_piece_of_a_large_sample(
+    tmp_path: Path, sandbox_url: str
+) -> None:
+    """1. Push a session whose one scan is a single 48 MiB image into the sandbox (its own
+       process), stopped once archived.
+    2. Read the archived session's catalogs, then trace only the pixel comparison of the
+       samples (`readback.pixel_problems`: each downloaded over a socket, compared with the
+       local file byte for byte).
+    3. Result: the large file is the sample of its scan and "identical", and the comparison
+       peaked below COMPARISON_BOUND (1/24 of the value): pieces of bounded size, reused."""
+    config_path = write_config(tmp_path, sandbox_url)
+    settings = load(config_path)
+    folder = stage(tmp_path / "drop", LABEL, sidecars=False)
+    add_large_series(folder)
+    pushed = push_process(config_path, folder, crash_at="attach:before")
+    assert pushed.returncode == -signal.SIGKILL, pushed.stderr
+    with ledger.Ledger(settings.paths.state) as book:
+        (drop,) = book.drops(label=LABEL)
+        spooled = settings.paths.state / "spool" / str(drop.id)
+        manifest = spool.load(spooled, pack.Manifest)
+        assert manifest is not None
+        drop_settings = settings.drop_for(folder)
+        assert drop_settings is not None
+        with contextlib.ExitStack() as stack:
+            context = Context(
+                settings, drop_settings, book, lambda: client(settings), threading.Event(),
+                None, stack,
+            )  # fmt: skip
+            session = context.client().find_session(context.project, drop.label)
+            found = readback.rewriting(context, drop)
+            check = readback.catalogued(context, session, manifest, compare_bytes=False)
+            tracemalloc.start()
+            try:
+                results, problems = readback.pixel_problems(context, drop, check.samples, found)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    assert problems == []
+    assert {"scan": "90", "file": "90_large/large.dcm", "result": "identical"} in results
+    assert peak < COMPARISON_BOUND, f"the comparison held {peak / (1 << 20):.1f} MiB"

@@ -25,7 +25,8 @@ The modules, from the bytes up to a folder:
 - `content`: DICOM or not (A2, A3, A5), and `formats`: what else (A7, A8, section B);
 - `reading`: one file's open and read (`sniff`);
 - `folder`: a folder's files, through I/O threads and a process pool (`sniff_folder`);
-- `pixels`: where the Pixel Data value lies (`pixel_span`), for the verification.
+- `pixels`: where the Pixel Data value lies, or that there is none (`pixel_value`), for the
+  verification.
 
 The names below are the ones the rest of xnatdrop uses (`dicomfiles.sniff_folder`, …).
 Private names and the settings a test patches (`folder.SLOW_READ`, `folder._open_head`) are
@@ -45,7 +46,7 @@ from xnatdrop.dicomfiles.folder import (
     sniff_table,
 )
 from xnatdrop.dicomfiles.formats import is_os_litter
-from xnatdrop.dicomfiles.pixels import PixelSpan, pixel_span
+from xnatdrop.dicomfiles.pixels import NoPixelData, PixelSpan, pixel_span, pixel_value
 from xnatdrop.dicomfiles.reading import sniff
 from xnatdrop.dicomfiles.table import FactsTable, FactsView, brief, path_of
 from xnatdrop.dicomfiles.tags import HEAD_BYTES, LOSSY_SYNTAXES, NATIVE_SYNTAXES
@@ -63,12 +64,14 @@ __all__ = [
     "FileFacts",
     "Header",
     "Kind",
+    "NoPixelData",
     "PixelSpan",
     "SeriesFields",
     "brief",
     "is_os_litter",
     "path_of",
     "pixel_span",
+    "pixel_value",
     "sniff",
     "sniff_folder",
     "sniff_table",

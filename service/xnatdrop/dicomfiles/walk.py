@@ -291,12 +291,12 @@ def _walk_file(win: _Window, start: int) -> tuple[_Window, _Walk, dict[int, byte
     if syntax == DEFLATED_LE:
         win, pos = _inflate(win, pos)
     walk = _Walk(little=little, explicit=explicit, stop_after_0028=syntax in NATIVE_SYNTAXES)
-    _walk(win, pos, -1, walk, 0, True)
+    walk.end = _walk(win, pos, -1, walk, 0, True)
     if walk.stopped_early:
         expected = _expected_pixel_bytes(walk)
         if not (expected and _tail_confirms(win, walk, expected)):
             walk.stopped_early = walk.stop_after_0028 = False
-            _walk(win, walk.early_resume, -1, walk, 0, True)
+            walk.end = _walk(win, walk.early_resume, -1, walk, 0, True)
     return win, walk, meta, syntax
 
 

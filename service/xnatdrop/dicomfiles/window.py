@@ -96,6 +96,7 @@ class _Walk:
     stop_after_tag: int = 0x0028FFFF  # early stopping is considered only past this tag
     stopped_early: bool = False
     early_resume: int = 0
+    end: int = -1  # where the top-level walk stopped (the file's size: it read to the end)
 
 
 _PARSE_ERRORS = (_Bad, _Short, struct.error, ValueError, IndexError, OverflowError, zlib.error)

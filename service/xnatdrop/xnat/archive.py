@@ -32,8 +32,10 @@ DICOM_RESOURCES = frozenset({"DICOM", "secondary"})
 CATALOG_PIECE = 16 * 1024
 # Bytes of a table answer decoded at a time (`_table_rows`).
 TABLE_PIECE = 64 * 1024
-# Bytes of a download held at a time (`Archive.download_to`).
-DOWNLOAD_PIECE = 1 << 20
+# Bytes of a download held at a time (`Archive.download_to`). Not more: a few pixel samples
+# download at once, each in its own thread, whose allocator arena keeps its largest pieces
+# resident after the read-back (issue 13: 1 MiB pieces were part of the push's peak).
+DOWNLOAD_PIECE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
