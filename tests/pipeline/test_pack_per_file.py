@@ -134,3 +134,27 @@ def test_small_files_are_read_from_the_plans_columns(tmp_path: Path, utc: None) 
         data, _ = send(folder, planned, tmp_path / "spool")
     assert hashlib.sha256(data).hexdigest() == ZIP_SHA256
     assert calls.counts == Counter(planned=1, entry=1)
+
+
+@pytest.mark.parametrize("change", ["grow", "shrink", "vanish"])
+def test_a_small_file_changed_in_the_middle_of_a_run_is_caught_and_named(
+    tmp_path: Path, change: str
+) -> None:
+    """1. Plan the session; then make one small file in the middle of a run (the 18th of the
+       second series) one byte longer, one byte shorter, or remove it; send.
+    2. Result: the body stops with Changed naming that file (not a neighbour of the run: the
+       columns are read by position), and no manifest is committed."""
+    folder = tmp_path / "S"
+    planned = pack.plan(folder, session(folder))
+    target = folder / "S2/IM0017.dcm"
+    if change == "grow":
+        with open(target, "ab") as handle:
+            handle.write(b"+")
+    elif change == "shrink":
+        os.truncate(target, target.stat().st_size - 1)
+    else:
+        target.unlink()
+    records = tmp_path / "spool"
+    with pytest.raises(pack.Changed, match=r"S2/IM0017\.dcm"):
+        send(folder, planned, records)
+    assert not (records / "manifest.json").exists()
