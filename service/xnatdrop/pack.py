@@ -75,6 +75,7 @@ from xnatdrop import buffers, names, packread, packrecords, rules, zipformat
 from xnatdrop.packplan import Run
 from xnatdrop.packread import CHUNK, Changed, FileError
 from xnatdrop.packrecords import Manifest, ManifestFile, Plan
+from xnatdrop.packrecords import Planned as Planned  # re-exported: pack.Planned
 
 log = logging.getLogger(__name__)
 
