@@ -72,8 +72,10 @@ from pathlib import Path
 from typing import Any
 
 from xnatdrop import buffers, names, packread, packrecords, rules, zipformat
+from xnatdrop.packplan import Run
 from xnatdrop.packread import CHUNK, Changed, FileError
-from xnatdrop.packrecords import Manifest, ManifestFile, Plan, Planned
+from xnatdrop.packrecords import Manifest, ManifestFile, Plan
+from xnatdrop.packrecords import Planned as Planned  # re-exported: pack.Planned
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ def _read_ahead(
     asking the kernel to read a cold file can block, and this thread is the sender's. By the
     readers, before each job (`_Prefetches`), not by a thread of its own: see there.
     """
-    files, sizes = planned.files, planned.sizes  # columns: a `Planned` made only for a reader
+    files, sizes = planned.files, planned.sizes  # a `Planned` made only for a large file
     queue: collections.deque[tuple[int, int, _Job[Any], int, _Job[list[int | None]] | None]]
     queue = collections.deque()
     ahead = opened = 0
@@ -236,7 +238,7 @@ def _read_ahead(
                     )
                     cost = sizes[start] + HEADER
                 else:
-                    run_files = files[start:stop]
+                    run_files = planned.columns(start, stop)
                     descriptors = prefetches.add(run_files)
                     future = readers.submit(
                         prefetches.then, packread.read_run, base, run_files, pool, descriptors
@@ -275,10 +277,10 @@ class _Prefetches:
 
     def __init__(self, base: str) -> None:
         self._base = base
-        self._waiting: collections.deque[tuple[_Job[list[int | None]], tuple[Planned, ...]]]
+        self._waiting: collections.deque[tuple[_Job[list[int | None]], Run]]
         self._waiting = collections.deque()
 
-    def add(self, run: tuple[Planned, ...]) -> _Job[list[int | None]]:
+    def add(self, run: Run) -> _Job[list[int | None]]:
         """The descriptors of `run`'s files, once a reader has opened them (None for one it
         could not); cancel it to drop the run (it is then never opened)."""
         future: _Job[list[int | None]] = concurrent.futures.Future()
@@ -294,7 +296,7 @@ class _Prefetches:
                 break
             if future.set_running_or_notify_cancel():
                 try:
-                    future.set_result([packread.prefetch(self._base, p) for p in run])
+                    future.set_result(packread.prefetch(self._base, run))
                 except BaseException as error:
                     # As an executor's worker does: whatever went wrong reaches the run's own
                     # reader (read_run waits on this future), in order; never a future left

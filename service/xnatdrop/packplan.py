@@ -9,7 +9,7 @@ import array
 import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 from xnatdrop import filecolumns, rules
 
@@ -26,6 +26,21 @@ class Planned:
     size: int
     mtime: float
     zip_name: str
+
+
+class Run(NamedTuple):
+    """Consecutive files of the plan as a reader reads them (`Plan.columns`), in columns:
+    their paths (relative to the folder), sizes and modification times when planned, and
+    names in the zip.
+
+    Why not a `Planned` each: a reader needs only these four values of a file, and making a
+    `Planned` with its `rules.FileEntry` (two frozen dataclasses, the UID decoded) cost the
+    sender about 2.6 µs a file, as much as packing the file's header (issue 13)."""
+
+    paths: list[str]
+    sizes: list[int]
+    names: list[str]
+    mtimes: list[float]
 
 
 class Plan:
@@ -127,6 +142,18 @@ class Plan:
         ):
             name = renamed.get(position, entry.path) if renamed else entry.path
             yield Planned(entry, sizes[position], mtimes[position], name)
+
+    def columns(self, start: int, stop: int) -> Run:
+        """The files `start` to `stop` as a reader reads them (`Run`)."""
+        paths = list(self._entries.paths(start, stop))
+        renamed = self._renamed
+        names = (
+            [renamed.get(position, path) for position, path in enumerate(paths, start)]
+            if renamed
+            else paths
+        )
+        sizes, mtimes = self._sizes[start:stop].tolist(), self._mtimes[start:stop].tolist()
+        return Run(paths, sizes, names, mtimes)
 
     def central_rows(self) -> Iterator[tuple[str, int, float]]:
         """(zip name, size, mtime) of each file, for the zip's central directory."""

@@ -460,7 +460,7 @@ def test_the_files_of_the_window_are_read_ahead_by_the_readers_before_each_job(
     def read_run(base: str, run: Any, pool: Any, opened: Any) -> Any:
         opened.result()  # as the real one waits for its descriptors
         with lock:
-            at_start.append(([Path(p.entry.path).name for p in run], {n for n, _ in advised}))
+            at_start.append(([Path(path).name for path in run.paths], {n for n, _ in advised}))
             threads.update(t.name.rpartition("_")[0] or t.name for t in threading.enumerate())
         return real_read_run(base, run, pool, opened)
 
@@ -531,19 +531,19 @@ def test_a_job_first_opens_every_run_waiting_in_order_and_skips_a_dropped_one(
     cancelled: the upload stopped) is not opened; the next job finds nothing left to do."""
     folder = tmp_path / "S"
     entries = many_files(folder, 6, 1000)
-    files = pack.plan(folder, entries).files
+    planned = pack.plan(folder, entries)
     asked: list[str] = []
     real_prefetch = pack.packread.prefetch
     monkeypatch.setattr(
         pack.packread,
         "prefetch",
-        lambda base, p: asked.append(p.entry.path) or real_prefetch(base, p),
+        lambda base, run: asked.extend(run.paths) or real_prefetch(base, run),
     )
     prefetches = pack._Prefetches(str(folder))
     first, dropped, last = (
-        prefetches.add(files[0:2]),
-        prefetches.add(files[2:4]),
-        prefetches.add(files[4:6]),
+        prefetches.add(planned.columns(0, 2)),
+        prefetches.add(planned.columns(2, 4)),
+        prefetches.add(planned.columns(4, 6)),
     )
     assert dropped.cancel()
     seen: list[bool] = []
@@ -563,14 +563,14 @@ def test_a_prefetch_that_fails_hands_its_error_to_the_run_and_the_job_still_runs
     that happened to do it still runs, and no future is left running (a reader would wait on
     it for ever)."""
     folder = tmp_path / "S"
-    files = pack.plan(folder, many_files(folder, 2, 1000)).files
+    planned = pack.plan(folder, many_files(folder, 2, 1000))
 
-    def broken(base: str, planned: Any) -> int | None:
+    def broken(base: str, run: Any) -> list[int | None]:
         raise RuntimeError("broken prefetch")
 
     monkeypatch.setattr(pack.packread, "prefetch", broken)
     prefetches = pack._Prefetches(str(folder))
-    run = prefetches.add(files)
+    run = prefetches.add(planned.columns(0, 2))
     assert prefetches.then(lambda: "ran") == "ran"
     assert run.done() and isinstance(run.exception(), RuntimeError)
 
