@@ -15,7 +15,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -363,16 +362,16 @@ def test_restart_after_a_refused_password_retries_held_drops_at_once(
 def test_ctrl_c_in_push_says_where_the_folder_is_and_that_a_rerun_resumes(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    """SIGINT while XNAT is receiving the upload (held 30 s: long enough that the signal lands
-    inside the hold even on a loaded machine; the rerun's import is not held, and the held
-    request ends when the sandbox stops). Result: exit 130, one sentence naming the folder's
-    place in the work area and the way to resume, no traceback; the same command then
-    archives it."""
+    """SIGINT while XNAT is receiving the upload (held 5 s). Result: exit 130, one sentence
+    naming the folder's place in the work area and the way to resume, no traceback; the same
+    command then archives it."""
     config_path = write_config(tmp_path, sandbox.url)
     folder = stage(tmp_path / "drop", "SPN01_0009", sidecars=False)
     original = snapshot(folder)
-    sandbox.delay("/data/services/import", seconds=30, count=1)
+    sandbox.delay("/data/services/import", seconds=5, count=1)
     command = ["push", str(folder), "--config", str(config_path)]
+    import sys
+
     process = subprocess.Popen(
         [sys.executable, "-m", "xnatdrop", *command],
         stdout=subprocess.PIPE,
