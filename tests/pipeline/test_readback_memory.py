@@ -38,7 +38,7 @@ from push_helpers import (
     write_config,
 )
 from shared_data import dataset
-from xnatdrop import ledger, pack, pipeline
+from xnatdrop import config, ledger, pack, pipeline
 from xnatdrop.pipeline import readback, spool
 from xnatdrop.pipeline.context import Context
 
@@ -144,13 +144,7 @@ def test_the_read_back_keeps_little_per_archived_file(tmp_path: Path, sandbox_ur
         spooled = settings.paths.state / "spool" / str(drop.id)
         manifest = spool.load(spooled, pack.Manifest)
         assert manifest is not None and len(manifest.files) == FILES
-        drop_settings = settings.drop_for(folder)
-        assert drop_settings is not None
-        with contextlib.ExitStack() as stack:
-            context = Context(
-                settings, drop_settings, book, lambda: client(settings), threading.Event(),
-                None, stack,
-            )  # fmt: skip
+        with pipeline_context(settings, folder, book) as context:
             context.client().ensure_login()
             tracemalloc.start()
             try:
@@ -162,6 +156,19 @@ def test_the_read_back_keeps_little_per_archived_file(tmp_path: Path, sandbox_ur
     verification = spool.xnat_record(spooled).verification
     assert verification is not None and verification["instances"] == FILES
     assert peak < PER_FILE * FILES, f"the read-back held {peak // FILES} bytes a file"
+
+
+@contextlib.contextmanager
+def pipeline_context(
+    settings: config.Config, folder: Path, book: ledger.Ledger
+) -> Iterator[Context]:
+    """The pipeline's context for `folder`'s drop, as a step gets it, to call one step's parts."""
+    drop_settings = settings.drop_for(folder)
+    assert drop_settings is not None
+    with contextlib.ExitStack() as stack:
+        yield Context(
+            settings, drop_settings, book, lambda: client(settings), threading.Event(), None, stack
+        )
 
 
 # What the pixel comparison may hold at once, whatever the sample's size: a reader's download
@@ -191,13 +198,7 @@ def test_the_pixel_comparison_holds_a_bounded_piece_of_a_large_sample(
         spooled = settings.paths.state / "spool" / str(drop.id)
         manifest = spool.load(spooled, pack.Manifest)
         assert manifest is not None
-        drop_settings = settings.drop_for(folder)
-        assert drop_settings is not None
-        with contextlib.ExitStack() as stack:
-            context = Context(
-                settings, drop_settings, book, lambda: client(settings), threading.Event(),
-                None, stack,
-            )  # fmt: skip
+        with pipeline_context(settings, folder, book) as context:
             session = context.client().find_session(context.project, drop.label)
             found = readback.rewriting(context, drop)
             check = readback.catalogued(context, session, manifest, compare_bytes=False)
