@@ -102,7 +102,10 @@ FIELDS = tuple(f.name for f in dataclasses.fields(rules.FileEntry))
 # Per file: path, size, SOP instance UID; the other fields of an entry (series, study, classes,
 # transfer syntax) repeat within a series and are kept once per series with the folder.
 SHARED = tuple(name for name in FIELDS if name not in ("path", "size", "sop_instance_uid"))
-IN_ORDER = FIELDS[:3] == ("path", "size", "sop_instance_uid")
+# Entries are made by position (a third of the cost of keywords, per file read), so a row's
+# fields are path, size, UID, then `SHARED`: FileEntry must keep them first, in this order.
+if FIELDS[:3] != ("path", "size", "sop_instance_uid"):
+    raise ImportError("rules.FileEntry must begin with path, size and sop_instance_uid")
 
 
 class Files(Sequence[rules.FileEntry]):
@@ -167,7 +170,8 @@ class Files(Sequence[rules.FileEntry]):
 
     def with_sizes(self, sizes: Iterable[int]) -> Files:
         """These files with other `sizes` (a plan's, as stat'ed), sharing every other column:
-        the manifest of a sent plan is its files with their sizes as sent."""
+        the manifest of a sent plan is its files with their sizes as sent. Neither may be
+        appended to afterwards (they share the name, UID and kind columns)."""
         copy = Files.__new__(Files)
         copy._names, copy._uids, copy._kinds = self._names, self._uids, self._kinds
         copy._kind_of, copy._known = self._kind_of, self._known
@@ -210,12 +214,7 @@ class Files(Sequence[rules.FileEntry]):
             position += len(self)
         kind = self._kinds[self._kind_of[position]]
         path = kind[0] + self._names[position]
-        if IN_ORDER:  # positional: a third of the cost of keywords
-            return rules.FileEntry(path, self._sizes[position], self._uids[position], *kind[1:])
-        shared = dict(zip(SHARED, kind[1:], strict=True))
-        return rules.FileEntry(
-            path=path, size=self._sizes[position], sop_instance_uid=self._uids[position], **shared
-        )
+        return rules.FileEntry(path, self._sizes[position], self._uids[position], *kind[1:])
 
     @overload
     def __getitem__(self, index: int) -> rules.FileEntry: ...
@@ -270,10 +269,7 @@ class Files(Sequence[rules.FileEntry]):
             end = ends[position]
             uid = blob[begin:end].decode()
             begin = end
-            if IN_ORDER:
-                yield make(path, sizes[position], uid, *kinds[kind_of[position]][1:])
-            else:
-                yield self.entry(position)
+            yield make(path, sizes[position], uid, *kinds[kind_of[position]][1:])
 
     def json_rows(self) -> Iterator[dict[str, Any]]:
         """Each file's `FileEntry.to_json()`, made from the columns as it is read."""
@@ -288,7 +284,7 @@ class Files(Sequence[rules.FileEntry]):
                 "sop_instance_uid": uids[position],
             }
             row.update(zip(SHARED, kind[1:], strict=True))
-            yield {name: row[name] for name in FIELDS} if not IN_ORDER else row
+            yield row
 
 
 class Chain(Sequence[rules.FileEntry]):

@@ -385,8 +385,8 @@ class Body:
 
     def _generate(self) -> Iterator[bytes | bytearray]:
         writer = zipformat.Writer()
-        columns = self._plan  # read by position: a `Planned` made only for a large file
-        sizes = columns.sizes
+        plan = self._plan  # read by position: a `Planned` made only for a large file
+        sizes = plan.sizes
         base = os.fspath(self._folder)
         keep = self._on_manifest is not None  # the whole manifest is wanted at the end
         digests = bytearray()
@@ -397,7 +397,7 @@ class Body:
                 _saving(text.open, packrecords.manifest_head(self._plan))
             for start, stop, read in _read_ahead(base, self._plan, self._readers, self._buffers):
                 if sizes[start] > WHOLE_FILE:
-                    planned = columns.planned(start)
+                    planned = plan.planned(start)
                     md5, crc = read
                     header = zipformat.local_header(
                         planned.zip_name, planned.size, crc, planned.mtime
@@ -414,7 +414,7 @@ class Body:
                 if text is not None:
                     # Written once the run is sent, while the readers read the next ones:
                     # the sender would otherwise wait for them.
-                    rows = packrecords.manifest_rows(columns, start, stop, md5)
+                    rows = packrecords.manifest_rows(plan, start, stop, md5)
                     _saving(text.write, rows)
                 if keep:
                     digests += md5
@@ -425,12 +425,12 @@ class Body:
             if text is not None and not committed:
                 text.abort()
         if self._on_manifest is not None:
-            manifest = Manifest.sent(self._plan.zip_size, columns, bytes(digests))
+            manifest = Manifest.sent(plan.zip_size, plan, bytes(digests))
             del digests
             _saving(self._on_manifest, manifest)
             del manifest
         end = writer.offset
-        for piece in writer.finish(columns.central_rows()):
+        for piece in writer.finish(plan.central_rows()):
             end += len(piece)
             if end >= self._plan.zip_size and end != self._plan.zip_size:
                 raise AssertionError("the zip's length differs from its plan")  # a bug, not data

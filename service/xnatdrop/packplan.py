@@ -50,8 +50,9 @@ class Plan:
     back from the spool, held by the import step while it sends): the files' identities as the
     check gave them in `filecolumns.Files`, the size and modification time when planned in
     arrays, and a zip name only where it is not the file's path (`pack.upload_name` shortens
-    only names too long for XNAT). `pack.Body` reads the columns by position (`size`, `path`,
-    `mtime`, `zip_name`); `files[i]` and `files[i:j]` make `Planned`s on demand.
+    only names too long for XNAT). `pack.Body` reads the columns: `sizes`, a reader's run of
+    small files as a `Run` (`columns`), a large file as a `Planned` (`planned`), and
+    `central_rows`; `files[i]` and `files[i:j]` make `Planned`s on demand.
     """
 
     __slots__ = ("_entries", "_mtimes", "_renamed", "_sizes", "zip_size")
@@ -112,12 +113,6 @@ class Plan:
         """Each file's size as planned, in zip order (read, not changed)."""
         return self._sizes
 
-    def size(self, position: int) -> int:
-        return self._sizes[position]
-
-    def mtime(self, position: int) -> float:
-        return self._mtimes[position]
-
     def path(self, position: int) -> str:
         return self._entries.path(position)
 
@@ -135,7 +130,7 @@ class Plan:
         return Planned(entry, self._sizes[position], self._mtimes[position], name)
 
     def run(self, start: int, stop: int) -> Iterator[Planned]:
-        """The files `start` to `stop` as `Planned`s, made in one loop (a reader's run)."""
+        """The files `start` to `stop` as `Planned`s, made in one loop (`files[start:stop]`)."""
         sizes, mtimes, renamed = self._sizes, self._mtimes, self._renamed
         for position, entry in zip(
             range(start, stop), self._entries.entries(start, stop), strict=True
@@ -146,23 +141,21 @@ class Plan:
     def columns(self, start: int, stop: int) -> Run:
         """The files `start` to `stop` as a reader reads them (`Run`)."""
         paths = list(self._entries.paths(start, stop))
-        renamed = self._renamed
-        names = (
-            [renamed.get(position, path) for position, path in enumerate(paths, start)]
-            if renamed
-            else paths
-        )
+        names = list(self._zip_names(paths, start)) if self._renamed else paths
         sizes, mtimes = self._sizes[start:stop].tolist(), self._mtimes[start:stop].tolist()
         return Run(paths, sizes, names, mtimes)
 
     def central_rows(self) -> Iterator[tuple[str, int, float]]:
         """(zip name, size, mtime) of each file, for the zip's central directory."""
-        renamed = self._renamed
-        names = (
-            renamed.get(position, path) if renamed else path
-            for position, path in enumerate(self._entries.paths())
-        )
+        names = self._zip_names(self._entries.paths())
         return zip(names, self._sizes, self._mtimes, strict=True)
+
+    def _zip_names(self, paths: Iterable[str], start: int = 0) -> Iterator[str]:
+        """The zip names of the files whose `paths` these are, the first at `start`."""
+        renamed = self._renamed
+        if not renamed:
+            return iter(paths)
+        return (renamed.get(position, path) for position, path in enumerate(paths, start))
 
     @property
     def total_bytes(self) -> int:

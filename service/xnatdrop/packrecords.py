@@ -15,7 +15,7 @@ from json.encoder import encode_basestring as _quote  # json's own, in C (ensure
 from typing import Any, Protocol, TypeVar
 
 from xnatdrop import rules
-from xnatdrop.filecolumns import IN_ORDER, SHARED, Files, Texts
+from xnatdrop.filecolumns import SHARED, Files, Texts
 from xnatdrop.packplan import Plan, Planned, PlannedFiles
 
 __all__ = ["Entry", "Manifest", "ManifestFile", "Plan", "Planned", "PlannedFiles", "Texts"]
@@ -107,11 +107,10 @@ class Manifest:
         self._digests = bytearray()
         self._odd: dict[int, str] = {}  # an MD5 that is not 32 hexadecimal digits, as given
         for entry in files:
-            shared = tuple(getattr(entry, field) for field in SHARED)
-            self._append(_posix(entry.path), entry.size, entry.sop_instance_uid, shared, entry.md5)
+            self._digest(self._files.append(entry), entry.md5)
 
-    def _append(self, path: str, size: int, uid: str, shared: tuple[str, ...], md5: str) -> None:
-        position = self._files.add(path, size, uid, shared)
+    def _digest(self, position: int, md5: str) -> None:
+        """Keep the MD5 of the file just added at `position`."""
         if _HEX.fullmatch(md5):
             self._digests += bytes.fromhex(md5)
         else:
@@ -146,10 +145,7 @@ class Manifest:
         files = self._files
         kind = files.kind(position)
         path, size, uid = files.path(position), files.size(position), files.uid(position)
-        if IN_ORDER:  # positional: a third of the cost of keywords, per file read
-            return Entry(path, size, uid, *kind[1:], md5=self.md5(position))
-        shared = dict(zip(SHARED, kind[1:], strict=True))
-        return Entry(path=path, size=size, sop_instance_uid=uid, md5=self.md5(position), **shared)
+        return Entry(path, size, uid, *kind[1:], md5=self.md5(position))
 
     def shared(self, key: Callable[[Entry], T]) -> Iterator[tuple[T, int]]:
         """(`key(entry)`, size) of each file in order, `key` called once per series (its
@@ -252,14 +248,7 @@ class Manifest:
         are taken one at a time into the columns, never an `Entry` per file."""
         manifest = cls(int(data["zip_size"]))
         for row in data["files"]:
-            get = row.get
-            manifest._append(
-                str(row["path"]),
-                int(get("size", 0)),
-                get("sop_instance_uid", ""),
-                tuple(get(field, "") for field in SHARED),
-                str(row["md5"]),
-            )
+            manifest._digest(manifest._files.add_row(row), str(row["md5"]))
         return manifest
 
 
@@ -308,7 +297,7 @@ def manifest_rows(planned: Plan, start: int, stop: int, md5: bytes) -> str:
 def _quoted(shared: tuple[Any, ...]) -> tuple[str, ...] | None:
     """A series' shared fields as the manifest row's template quotes them; None where the
     template does not hold (a field that is not text, or fields in another order)."""
-    if not (_TEMPLATED and IN_ORDER and all(type(v) is str for v in shared)):
+    if not (_TEMPLATED and all(type(v) is str for v in shared)):
         return None
     return tuple(map(_quote, shared))
 
