@@ -21,7 +21,7 @@ import pytest
 
 from push_helpers import start_sandbox, write_config
 from xnat_sandbox import Sandbox
-from xnatdrop import daemon
+from xnatdrop import daemon, signals
 
 DEADLINE = 120.0
 OLD = 978_307_200  # 2001-01-01: robocopy /COPY:DAT and Explorer keep the source's mtime
@@ -150,6 +150,24 @@ def xnatdrop(*args: str, timeout: float = 60, env: dict[str, str] | None = None)
         check=False,
         env=env,
     )
+
+
+def interruptible_xnatdrop(*args: str) -> subprocess.Popen[str]:
+    """Start one `xnatdrop` command as a terminal would, for a test that sends it SIGINT:
+    with SIGINT at its default action, whatever this process does with it; stdout and stderr
+    piped, as text.
+
+    Why: a child inherits an ignored SIGINT, and Python then leaves it ignored ("SIGINT is
+    translated into a KeyboardInterrupt exception if the parent process has not changed it",
+    `signal` docs), so a Ctrl-C the test sends would do nothing. A suite started as a background
+    job of a non-interactive shell (`pytest … &` in a script or an agent's shell) runs with
+    SIGINT ignored (POSIX XCU 2.11: "the commands in the list shall inherit … SIG_IGN for the
+    SIGINT and SIGQUIT signals"). Handling SIGINT here while the child starts gives it the
+    default action, since exec resets every handled signal to its default.
+    """
+    command = [sys.executable, "-m", "xnatdrop", *args]
+    with signals.capture(signal.default_int_handler, (signal.SIGINT,)):
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def other_state_config(config_path: Path, name: str) -> Path:

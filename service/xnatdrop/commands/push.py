@@ -9,9 +9,12 @@ the exit code of that outcome.
 
 On a terminal a progress bar shows bytes, rate and ETA while packing and uploading; otherwise
 the log has one line per step. Ctrl-C stops at once and says where the folder is (nothing is
-lost; the same command resumes). While it runs, `push` holds the drop root's lock (see `locks`)
-unless the daemon of the same state folder does; a process of another configuration working in
-the same drop root makes it refuse (exit 2).
+lost; the same command resumes). That is Python's own KeyboardInterrupt, so it needs `push` to
+start with SIGINT at its default: a background job of a script (`xnatdrop push … &`) inherits it
+ignored (POSIX XCU 2.11) and, as any program, keeps ignoring it; SIGTERM still stops that one at
+the next step. While it runs, `push` holds the drop root's lock (see `locks`) unless the daemon
+of the same state folder does; a process of another configuration working in the same drop root
+makes it refuse (exit 2).
 """
 
 from __future__ import annotations
