@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import itertools
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from shared_data import SHARED_DICOM, dataset
 from xnatdrop import dicomfiles
+from xnatdrop.dicomfiles import folder
 
 Kind = dicomfiles.Kind
 
@@ -211,6 +213,41 @@ def test_sniff_folder_in_parallel_equals_one_by_one() -> None:
     )
     assert parallel == [dicomfiles.sniff(p) for p in files]
     assert seen[-1] == (len(files), len(files))
+
+
+def _stopped_stream(tmp_path: Path, reuse: bool) -> tuple[int, int | None]:
+    """Sniff a series' files one by one (`folder._sniff_stream`), take the first file's facts,
+    then raise KeyboardInterrupt where the stream hands them on, as a Ctrl-C landing there
+    does; with `reuse`, another file is opened first, taking the lowest free descriptor number,
+    the one `_facts` just closed. Return the open descriptors beyond those before, and whether
+    that other file's descriptor still works (its size), None without `reuse`."""
+    series = dataset("ge_signa_premier_table") / "In/GE/Exam1486_Laser794mm/01_3_Plane_Localizer_FF"
+    names = sorted(p.name for p in series.iterdir())[:3]  # 148 kB each: open past the head
+    before = len(os.listdir("/proc/self/fd"))
+    size = None
+    with concurrent.futures.ThreadPoolExecutor(1) as reader:
+        stream = folder._sniff_stream(f"{series}{os.sep}", names, reader, folder._Pace())
+        assert next(stream)[1] == Kind.DICOM.value  # that file's descriptor is closed by now
+        other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT) if reuse else None
+        with pytest.raises(KeyboardInterrupt):
+            stream.throw(KeyboardInterrupt())
+        if other is not None:
+            size = os.fstat(other).st_size  # EBADF had the stream closed it
+            os.close(other)
+    return len(os.listdir("/proc/self/fd")) - before, size
+
+
+def test_a_ctrl_c_while_sniffing_stays_a_keyboard_interrupt(tmp_path: Path) -> None:
+    """The check's stream closed the file just handed on a second time when stopped there:
+    EBADF, an OSError that replaced the KeyboardInterrupt, so `xnatdrop push` retried the
+    check and archived after Ctrl-C. Now the KeyboardInterrupt arrives, nothing left open."""
+    assert _stopped_stream(tmp_path, reuse=False) == (0, None)
+
+
+def test_a_stopped_sniff_never_closes_a_descriptor_it_no_longer_owns(tmp_path: Path) -> None:
+    """The same second close, once the number was reused (any thread opening a file), closed
+    that other file under its owner."""
+    assert _stopped_stream(tmp_path, reuse=True) == (0, 0)
 
 
 # ---- any byte sequence yields facts, never an exception ---------------------------------

@@ -269,9 +269,14 @@ def _sniff_stream(
                 pace.since_probe = 0
             read_ahead()
             for index, name in enumerate(chunk):
+                # `_facts` closes the file's descriptor, so it is no longer ours to close from
+                # here on: marked before, not after the yield. Marked after, an exception at
+                # the yield or inside `_facts` (a Ctrl-C, the consumer stopping) closed it a
+                # second time below: EBADF, an OSError that replaced the KeyboardInterrupt
+                # (the push retried the check and archived), or another thread's new file.
+                head, heads[index] = heads[index], _CLOSED
                 # The parser needs only the name (formats are told by suffix too), not a Path.
-                yield _wire(_facts(name, *heads[index]))  # type: ignore[arg-type]
-                heads[index] = _CLOSED
+                yield _wire(_facts(name, *head))  # type: ignore[arg-type]
     finally:  # the consumer stopped early: close what was opened and not parsed
         _close_all(heads)
         for _, opened in pending:
