@@ -234,9 +234,10 @@ class EntryWriter:
 
 
 def _write_all(out: int, buffers: list[bytes | bytearray | memoryview]) -> int:
-    """Write `buffers` in order with one `writev` (each system call gives the GIL back and
-    takes it again, which costs the request thread more than the copy: 2 writers and 3-4
-    writes a file before); a short write goes on from where it stopped. Return the bytes."""
+    """Write `buffers` in order with one `writev`, not one `write` a piece: each system call
+    of a writer gives the GIL up and must take it back from the request thread (a 500 MB
+    import: 10,609 writes before, 3,723 writevs for its 3,676 files). A short write goes on
+    from where it stopped. Return the bytes written."""
     total = sum(len(b) for b in buffers)
     done = 0
     while buffers:
