@@ -71,15 +71,19 @@ class _File:
         self.crc = crc
         self.expected: int | None = None
         self.lane = -1  # the worker's queue, once a first batch is sent (before: none)
-        self.pieces: list[tuple[bytes, bool]] = []  # (bytes, received: covered by the CRC)
+        self.pieces: list[_Piece] = []
         self.held = 0
         # the worker's side: the open file's descriptor (os.open: no file object, no fstat)
         self.out: int | None = None
         self.size = 0
 
 
+#: what a piece of a file is for: written to the file, covered by the entry's CRC-32, or both
+WRITTEN, CHECKED = 1, 2
+#: (bytes, WRITTEN | CHECKED bits)
+_Piece = tuple[bytes | bytearray | memoryview, int]
 #: a file's next pieces, and whether they are its last; a hand-over is a list of them
-_Batch = tuple[_File, list[tuple[bytes, bool]], bool]
+_Batch = tuple[_File, list[_Piece], bool]
 
 
 class EntryWriter:
@@ -116,10 +120,17 @@ class EntryWriter:
         header), which the CRC does not cover."""
         if not data:
             return
-        handle.pieces.append((data, received))
+        handle.pieces.append((data, WRITTEN | CHECKED if received else WRITTEN))
         handle.held += len(data)
         if handle.held >= BATCH:
             self._send(handle, last=False)
+
+    def check(self, handle: _File, data: bytes | bytearray) -> None:
+        """Bytes received but not written as they are (a header the site script rewrites):
+        the worker computes their CRC-32, not the request thread. `data` is the buffer a
+        written piece already holds a view of, so it is not counted as held again."""
+        if data:
+            handle.pieces.append((data, CHECKED))
 
     def end(self, handle: _File, expected_crc: int | None = None) -> None:
         handle.expected = expected_crc
@@ -202,19 +213,17 @@ class EntryWriter:
             finally:
                 lane.task_done()
 
-    def _take(self, handle: _File, pieces: list[tuple[bytes, bool]], last: bool) -> None:
+    def _take(self, handle: _File, pieces: list[_Piece], last: bool) -> None:
         if handle.out is None:
             handle.out = os.open(handle.path, _CREATE, 0o666)
         out = handle.out
-        for data, received in pieces:
-            if handle.crc is not None and received:
+        buffers = []
+        for data, use in pieces:
+            if handle.crc is not None and use & CHECKED:
                 handle.crc = crc32(data, handle.crc)
-            written = os.write(out, data)
-            if written < len(data):
-                view = memoryview(data)[written:]
-                while view:
-                    view = view[os.write(out, view) :]
-            handle.size += len(data)
+            if use & WRITTEN:
+                buffers.append(data)
+        handle.size += _write_all(out, buffers)
         if not last:
             return
         handle.out = None
@@ -222,6 +231,28 @@ class EntryWriter:
         if handle.expected is not None and handle.crc != handle.expected:
             raise CrcMismatch(f"{handle.path}: invalid entry CRC")
         handle.result.append(handle.size)
+
+
+def _write_all(out: int, buffers: list[bytes | bytearray | memoryview]) -> int:
+    """Write `buffers` in order with one `writev`, not one `write` a piece: each system call
+    of a writer gives the GIL up and must take it back from the request thread (a 500 MB
+    import: 10,609 writes before, 3,723 writevs for its 3,676 files). A short write goes on
+    from where it stopped. Return the bytes written."""
+    total = sum(len(b) for b in buffers)
+    done = 0
+    while buffers:
+        written = os.writev(out, buffers[:_IOV_MAX])
+        if written == 0 and any(buffers):  # pragma: no cover - a regular file never does
+            raise OSError(f"wrote nothing of {total - done} bytes")
+        done += written
+        while buffers and written >= len(buffers[0]):
+            written -= len(buffers[0])
+            buffers = buffers[1:]
+        if buffers and written:
+            buffers[0] = memoryview(buffers[0])[written:]
+    if done != total:  # pragma: no cover - writev never writes more than it is given
+        raise OSError(f"wrote {done} of {total} bytes")
+    return total
 
 
 def write_entry(
@@ -243,13 +274,17 @@ def write_entry(
         handle = writer.begin(target, result, 0 if check else None)
         writer.write(handle, tap.kept)  # not copied: nothing adds to it after this
     else:
-        handle = writer.begin(target, result, crc32(tap.kept) if check else None)
+        handle = writer.begin(target, result, 0 if check else None)
+        if check:  # the bytes as received: the writer's CRC-32 starts with them
+            writer.check(handle, tap.kept)
         writer.write(handle, spliced.head, received=False)
         writer.write(handle, memoryview(tap.kept)[spliced.resume :], received=False)
     while chunk := source.read(bodies.CHUNK):
         writer.write(handle, chunk)
     writer.end(handle, source.crc if isinstance(source, zipstream.Entry) else None)
 
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 #: open(path, "wb"): created or truncated, write only, not inherited by children
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC

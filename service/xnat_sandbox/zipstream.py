@@ -32,19 +32,31 @@ class ZipError(Exception):
 
 
 class _Source:
-    """`read(n)` with an exact-read helper and a push-back buffer (inflated entries overread)."""
+    """`read(n)` over the body with an exact-read helper and a push-back (inflated entries
+    overread).
+
+    The body is received in pieces of up to `PIECE` bytes (one receive gives what has arrived)
+    and handed out as `memoryview` slices of them: a 30-byte local header, an entry's name and
+    its data come from one receive instead of one each (a 500 MB import made ~3.3 receives and
+    as many fresh buffers an entry, the local header's through the socket's 8 KiB buffer), and
+    an entry's bytes reach the writer threads without a copy. A slice keeps its piece alive only
+    until the writer has written it.
+    """
 
     def __init__(self, read: Callable[[int], bytes]) -> None:
         self._read = read
-        self._back = b""
+        self._buffer = memoryview(b"")
 
-    def read(self, size: int) -> bytes:
-        if self._back:
-            data, self._back = self._back[:size], self._back[size:]
-            return data
-        return self._read(size)
+    def read(self, size: int) -> memoryview:
+        buffer = self._buffer
+        if not buffer:
+            buffer = memoryview(self._read(PIECE))
+            if not buffer:
+                return buffer
+        self._buffer = buffer[size:]
+        return buffer[:size]
 
-    def exactly(self, size: int) -> bytes:
+    def exactly(self, size: int) -> bytes | memoryview:
         data = self.read(size)
         if len(data) == size or not data:
             return data
@@ -58,8 +70,8 @@ class _Source:
             got += len(more)
         return b"".join(parts)
 
-    def unread(self, data: bytes) -> None:
-        self._back = data + self._back
+    def unread(self, data: bytes | memoryview) -> None:
+        self._buffer = memoryview(bytes(data) + bytes(self._buffer))
 
 
 class Entry:
@@ -79,7 +91,8 @@ class Entry:
         self._descriptor = size is None
         self.finished = False
 
-    def read(self, size: int = PIECE) -> bytes:
+    def read(self, size: int = PIECE) -> bytes | memoryview:
+        """Up to `size` bytes of the entry (a stored entry's: a view of the received piece)."""
         if self.finished:
             return b""
         if self._inflater is None:
@@ -98,7 +111,7 @@ class Entry:
             if data or self.finished:
                 return data
 
-    def _read_stored(self, size: int) -> bytes:
+    def _read_stored(self, size: int) -> bytes | memoryview:
         assert self._left is not None
         if self._left == 0:
             self._end()
@@ -111,7 +124,7 @@ class Entry:
             self._end()
         return data
 
-    def _raw(self, size: int) -> bytes:
+    def _raw(self, size: int) -> bytes | memoryview:
         if self._left is None:
             return self._source.read(size)
         if self._left == 0:
@@ -173,7 +186,7 @@ def entries(read: Callable[[int], bytes]) -> Iterator[Entry]:
         tail = source.exactly(name_len + extra_len)
         if len(tail) < name_len + extra_len:
             raise ZipError("the zip ends inside a local file header")
-        name = tail[:name_len].decode("utf-8" if flags & 0x800 else "cp437")
+        name = bytes(tail[:name_len]).decode("utf-8" if flags & 0x800 else "cp437")
         if flags & 0x1:
             raise ZipError(f"{name}: encrypted entries are not supported")
         if method not in (STORED, DEFLATED):
