@@ -1,5 +1,5 @@
 import sys
 
-from xnatdrop import cli
+from xnatdrop import entry
 
-sys.exit(cli.main())
+sys.exit(entry.main())

@@ -96,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     anything else is a bug and keeps its traceback.
     """
     words = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_command(words))
+    try:
+        with signals.deferred():
+            parser = build_parser(_command(words))
+    except KeyboardInterrupt:
+        print(signals.STOPPED_WHILE_STARTING, file=sys.stderr)
+        return signals.INTERRUPTED
     args = parser.parse_args(words)
     logsetup.configure(verbosity=-1 if args.quiet else args.verbose, log_format=args.log_format)
     try:
