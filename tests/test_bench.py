@@ -286,3 +286,36 @@ def test_a_probe_gives_the_user_and_system_cpu_of_what_it_timed(tmp_path: Path) 
     assert usage["utime"] > 0 and usage["stime"] >= 0
     # Both from the kernel's accounting of this process: the same time, to its tick.
     assert abs(usage["utime"] + usage["stime"] - result["cpu_seconds"]) < 0.05
+
+
+def test_the_ingest_pairs_alternate_who_goes_first_and_delete_nothing_while_there_is_room(
+    tmp_path: Path, dicom
+) -> None:
+    """1. Run two (N-file write, sandbox import) pairs of a three-file zip into a real sandbox,
+       then two more with `push.ROOM` set beyond any disk.
+    2. Result: with room, the N-file write goes first in the first pair and the import in the
+       second, both pairs' folders stay (to be removed when the step ends) and no bulk deletion
+       is noted, so no timed writer follows one (`deletions.py`); without room the pairs are
+       removed after each other. The window waited out after a bulk deletion covers ext4's
+       five minutes for a dirty inode table block, not only its one minute."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import deletions, push
+
+    bundle = tmp_path / "upload.zip"
+    bundle.write_bytes(dicom.zip(dicom.files("1", count=3)))
+    deletions._state.pop("at", None)
+    found = push.ingest_pairs(bundle, tmp_path / "kept", "BENCH", 2)
+    assert found["files_first"] == [True, False]
+    assert len(found["files"]) == len(found["import"]) == 2
+    assert sorted(p.name for p in found["kept"]) == sorted(
+        ["files-0", "files-1", "xnat-import-0", "xnat-import-1"]
+    )
+    assert all(p.is_dir() for p in found["kept"]) and "at" not in deletions._state
+    original = push.ROOM
+    push.ROOM = 1 << 40
+    try:
+        removed = push.ingest_pairs(bundle, tmp_path / "removed", "BENCH", 2)
+    finally:
+        push.ROOM = original
+    assert removed["kept"] == [] and not [p for p in (tmp_path / "removed").iterdir() if p.is_dir()]
+    assert deletions.WINDOW_SECONDS > 300
