@@ -13,9 +13,9 @@ inode tables out: the writer dirties them again itself. Its first new inode in a
 inode table (16 inodes) makes that block dirty, and from then on every freed inode left in the
 block counts as recent for 300 s, so each later file it creates searches past all of them
 again (stop 23: a 500 MB N-file write 61 s after the previous pair's deletion spent 2.4-3.4 s
-of system CPU against 0.6-0.7 s with no deletion before it, 60 % of its samples in
-`recently_deleted`, `find_get_block_common`, `ext4_get_group_desc` and `find_inode_bit`; 301 s
-after the deletion it was back to the undisturbed figure). That is why the N-file write's first
+of system CPU against 0.6-0.7 s with no deletion before it, 44-55 % of its samples in
+`recently_deleted`, `find_get_block_common`, `ext4_get_group_desc` and `find_inode_bit`
+against under 4 %; 301 s after the deletion, 0.9 s and 0.7 %). That is why the N-file write's first
 round at 500 MB, the only one with no deletion in the minutes before it, was 2.6-3.7× its
 later rounds in every full run.
 
