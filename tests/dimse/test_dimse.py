@@ -771,8 +771,8 @@ def test_the_journal_is_written_at_once_and_fsynced_off_the_senders_path(
 ) -> None:
     """An fsync per answer sat on every C-STORE's path and took up to a second when other
     processes had dirty pages. The lines are still in the file at once (a killed process
-    loses none); the journal's own thread fsyncs them, at most every SYNC_SECONDS, and once
-    more after the close. Here the first fsync is held until the test lets it go."""
+    loses none); the journals' one syncer thread fsyncs them, at most every SYNC_SECONDS, and
+    once more after the close. Here the first fsync is held until the test lets it go."""
     held, entered = threading.Event(), threading.Event()
     calls: list[str] = []
     real_fsync = os.fsync
@@ -784,6 +784,7 @@ def test_the_journal_is_written_at_once_and_fsynced_off_the_senders_path(
             held.wait(5)
         real_fsync(fd)
 
+    dimse.journal._SYNCER.submit(lambda: None).result(10)  # earlier tests' journals synced
     monkeypatch.setattr(os, "fsync", fsync)
     instances = [dimse.read_instance(f) for f in series_files(GE_LOCALIZER)[:3]]
     path = tmp_path / "journal.jsonl"
@@ -796,12 +797,9 @@ def test_the_journal_is_written_at_once_and_fsynced_off_the_senders_path(
     assert len(path.read_bytes().splitlines()) == 120  # in the file, the fsync still held
     assert recorded < 4, "record waited for the held fsync"
     held.set()
-    syncer = book._syncer
     book.close()
-    assert syncer is not None
-    syncer.join(10)
-    assert not syncer.is_alive()
-    assert set(calls) == {"journal-fsync"}  # never on the sender's thread
+    dimse.journal._SYNCER.submit(lambda: None).result(10)  # one thread, in order: all done
+    assert {name.split("_")[0] for name in calls} == {"journal-fsync"}  # never the sender's
     assert 2 <= len(calls) <= 2 + (time.monotonic() - began) / dimse.Journal.SYNC_SECONDS
     with dimse.Journal(path, "XNAT@a:8104") as again:
         assert again.stored == {i.sop_instance_uid for i in instances}
@@ -813,12 +811,12 @@ def test_a_failed_journal_fsync_is_raised_by_the_next_record(
     def fsync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
+    dimse.journal._SYNCER.submit(lambda: None).result(10)  # earlier tests' journals synced
     monkeypatch.setattr(os, "fsync", fsync)
     one, two = (dimse.read_instance(f) for f in series_files(GE_LOCALIZER)[:2])
     book = dimse.Journal(tmp_path / "journal.jsonl", "XNAT@a:8104")
     book.record(one, 0x0000, "stored")
-    with book._changed:  # the syncer notes the failure under this lock and notifies
-        assert book._changed.wait_for(lambda: book._failure is not None, 10)
+    dimse.journal._SYNCER.submit(lambda: None).result(10)  # its fsync has run (and failed)
     with pytest.raises(dimse.TransientSendError) as caught:
         book.record(two, 0x0000, "stored")
     book.close()

@@ -11,13 +11,25 @@ from __future__ import annotations
 import errno
 import json
 import os
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from xnatdrop.dimse.failures import JOURNAL_UNWRITABLE, TransientSendError
 from xnatdrop.dimse.instances import Instance
+
+#: The one thread that fsyncs and closes journals, in order, off the sender's path. Starting a
+#: thread per journal cost tens of milliseconds per series on a loaded machine (`start` waits
+#: until the new thread runs); at the process's exit, concurrent.futures finishes its queue.
+_SYNCER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-fsync")
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Journal:
@@ -33,13 +45,15 @@ class Journal:
     instance goes out, so after a kill it lacks at most the instance in flight, which a resume
     sends again (harmless: see the module docstring).
 
-    The fsync is not on the C-STORE's path: a thread of the journal's own makes what was
-    written durable, at most every `SYNC_SECONDS` while lines come, and once more after
-    `close` (which does not wait for it). A power cut or an OS crash can then lose the answers
+    The fsync is not on the C-STORE's path: one thread per process (`_SYNCER`, started with the
+    first journal's first line) makes what was written durable, at most every `SYNC_SECONDS`
+    while lines come, and once more after `close` (which does not wait for it; the process's
+    exit does). A power cut or an OS crash can then lose the answers
     of the last half second or so, whose instances a resume sends again (the same harmless
     re-send). An fsync per line, before the next instance went out, took 1-4 ms on average
     and up to a second when other processes had dirty pages to write (ext4 commits them with
-    it), every instance waiting. A failed fsync is raised by the next `record` or `close`.
+    it), every instance waiting. A failed fsync is raised by a later `record` or `close`; the
+    last one, after the close, can only leave its lines to the kernel's own writeback.
     """
 
     #: The least time between two fsyncs while lines keep coming.
@@ -50,11 +64,8 @@ class Journal:
         self.destination = destination
         self.stored: set[str] = set()
         self._fd: int | None = None
-        self._changed = threading.Condition()
-        self._unsynced = False
-        self._closing = False
-        self._failure: OSError | None = None
-        self._syncer: threading.Thread | None = None
+        self._sync: Future[None] | None = None
+        self._synced = 0.0  # time.monotonic() of the last fsync handed to _SYNCER
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             text = path.read_bytes()
@@ -98,41 +109,17 @@ class Journal:
             os.write(self._fd, data)
         except OSError as error:
             raise self._unwritable(error) from None
-        with self._changed:
-            self._unsynced = True
-            if self._syncer is None:
-                self._syncer = threading.Thread(
-                    target=self._sync_loop, args=(self._fd,), name="journal-fsync", daemon=True
-                )
-                self._syncer.start()
-            self._changed.notify()
-
-    def _sync_loop(self, fd: int) -> None:
-        """The syncer thread: fsync what was written, then rest `SYNC_SECONDS` (or until the
-        close); after the close, a last fsync, and the descriptor is closed here."""
-        while True:
-            with self._changed:
-                while not (self._unsynced or self._closing):
-                    self._changed.wait()
-                self._unsynced = False
-                closing = self._closing
-            try:
-                os.fsync(fd)
-            except OSError as error:
-                with self._changed:
-                    self._failure = error
-                    self._changed.notify_all()
-            if closing:
-                os.close(fd)
-                return
-            with self._changed:
-                self._changed.wait_for(lambda: self._closing, self.SYNC_SECONDS)
+        idle = self._sync is None or self._sync.done()
+        if idle and time.monotonic() - self._synced >= self.SYNC_SECONDS:
+            self._synced = time.monotonic()
+            self._sync = _SYNCER.submit(os.fsync, self._fd)
 
     def _raise_failure(self) -> None:
-        with self._changed:
-            failure, self._failure = self._failure, None
-        if failure is not None:
-            raise self._unwritable(failure)
+        """Raise what the last fsync raised, once."""
+        sync = self._sync
+        if sync is not None and sync.done() and sync.exception() is not None:
+            self._sync = None
+            raise self._unwritable(sync.exception())  # type: ignore[arg-type]
 
     def _unwritable(self, error: OSError) -> TransientSendError:
         reason = error.strerror or errno.errorcode.get(error.errno or 0, "I/O error")
@@ -143,16 +130,12 @@ class Journal:
         )
 
     def close(self) -> None:
-        """Close without waiting for the last fsync (the syncer thread does it, then closes the
-        descriptor); raise TransientSendError if an fsync had failed."""
+        """Hand the last fsync and the close of the file to `_SYNCER`, without waiting;
+        raise TransientSendError if an earlier fsync had failed."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        with self._changed:
-            self._closing = True
-            self._changed.notify()
-            if self._syncer is None:
-                os.close(fd)  # nothing was written: nothing to sync
+        _SYNCER.submit(_sync_and_close, fd)
         self._raise_failure()
 
     def __enter__(self) -> Journal:
