@@ -48,12 +48,12 @@ class Journal:
     The fsync is not on the C-STORE's path: one thread per process (`_SYNCER`, started with the
     first journal's first line) makes what was written durable, at most every `SYNC_SECONDS`
     while lines come, and once more after `close` (which does not wait for it; the process's
-    exit does). A power cut or an OS crash can then lose the answers
-    of the last half second or so, whose instances a resume sends again (the same harmless
-    re-send). An fsync per line, before the next instance went out, took 1-4 ms on average
-    and up to a second when other processes had dirty pages to write (ext4 commits them with
-    it), every instance waiting. A failed fsync is raised by a later `record` or `close`; the
-    last one, after the close, can only leave its lines to the kernel's own writeback.
+    exit does). A power cut or an OS crash can then lose the answers written since the last
+    fsync (half a second's while the send runs), whose instances a resume sends again (the
+    same harmless re-send). An fsync per line, before the next instance went out, took 1-4 ms
+    on average and up to a second when other processes had dirty pages to write (ext4 commits
+    them with it), every instance waiting. A failed fsync is raised by a later `record` or
+    `close`; the last one, after the close, leaves its lines to the kernel's own writeback.
     """
 
     #: The least time between two fsyncs while lines keep coming.
