@@ -5,9 +5,10 @@ MR images; Siemens XA30, enhanced multi-frame MR), as `xnatdrop check` picks the
 instances, 59 MB, read where they are and read once before any timing (both senders find them
 in the page cache). Each run starts a fresh Orthanc (empty storage, TCP_NODELAY; without it
 DCMTK's delayed ACKs, not the senders, set the pace) and sends every series over one association
-per series: xnatdrop with `dimse.send_series` in this process (journal fsync'ed per instance,
-as the pipeline calls it), storescu as one `storescu -R` process per series (how a site would
-script it: its figures include one process start per series). The two alternate, each run
+per series: xnatdrop with `dimse.send_series` in this process (its journal written per
+instance, fsync'd every half second and per series, as the pipeline calls it), storescu as one
+`storescu -R` process per series (how a site would script it: its figures include one process
+start per series). The two alternate, each run
 starting with the other one than the last; the medians are compared.
 """
 

@@ -15,6 +15,7 @@ No test sleeps: waits are on events or on conditions with deadlines.
 from __future__ import annotations
 
 import collections
+import errno
 import io
 import json
 import logging
@@ -763,6 +764,64 @@ def test_journal_survives_a_torn_line_and_keeps_destinations_apart(tmp_path: Pat
     torn, last = path.read_bytes().splitlines()[-2:]
     assert torn.endswith(b'"to": "XNAT@a:81')  # left as it was, ended by a newline
     assert json.loads(last)["outcome"] == "warning"
+
+
+def test_the_journal_is_written_at_once_and_fsynced_off_the_senders_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync per answer sat on every C-STORE's path and took up to a second when other
+    processes had dirty pages. The lines are still in the file at once (a killed process
+    loses none); the journals' one syncer thread fsyncs them, at most every SYNC_SECONDS, and
+    once more after the close. Here the first fsync is held until the test lets it go."""
+    held, entered = threading.Event(), threading.Event()
+    calls: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(threading.current_thread().name)
+        entered.set()
+        if len(calls) == 1:
+            held.wait(5)
+        real_fsync(fd)
+
+    dimse.journal._SYNCER.submit(lambda: None).result(10)  # earlier tests' journals synced
+    monkeypatch.setattr(os, "fsync", fsync)
+    instances = [dimse.read_instance(f) for f in series_files(GE_LOCALIZER)[:3]]
+    path = tmp_path / "journal.jsonl"
+    began = time.monotonic()
+    book = dimse.Journal(path, "XNAT@a:8104")
+    for _ in range(40):
+        for instance in instances:
+            book.record(instance, 0x0000, "stored")
+    recorded = time.monotonic() - began
+    assert len(path.read_bytes().splitlines()) == 120  # in the file, the fsync still held
+    assert recorded < 4, "record waited for the held fsync"
+    held.set()
+    book.close()
+    dimse.journal._SYNCER.submit(lambda: None).result(10)  # one thread, in order: all done
+    assert {name.split("_")[0] for name in calls} == {"journal-fsync"}  # never the sender's
+    assert 2 <= len(calls) <= 2 + (time.monotonic() - began) / dimse.Journal.SYNC_SECONDS
+    with dimse.Journal(path, "XNAT@a:8104") as again:
+        assert again.stored == {i.sop_instance_uid for i in instances}
+
+
+def test_a_failed_journal_fsync_is_raised_by_the_next_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    dimse.journal._SYNCER.submit(lambda: None).result(10)  # earlier tests' journals synced
+    monkeypatch.setattr(os, "fsync", fsync)
+    one, two = (dimse.read_instance(f) for f in series_files(GE_LOCALIZER)[:2])
+    book = dimse.Journal(tmp_path / "journal.jsonl", "XNAT@a:8104")
+    book.record(one, 0x0000, "stored")
+    dimse.journal._SYNCER.submit(lambda: None).result(10)  # its fsync has run (and failed)
+    with pytest.raises(dimse.TransientSendError) as caught:
+        book.record(two, 0x0000, "stored")
+    book.close()
+    assert caught.value.code == dimse.JOURNAL_UNWRITABLE
+    assert "(Input/output error)" in str(caught.value)
 
 
 def test_an_unwritable_journal_is_transient_and_names_the_file(tmp_path: Path) -> None:
