@@ -65,6 +65,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -391,7 +392,7 @@ class Body:
         keep = self._on_manifest is not None  # the whole manifest is wanted at the end
         digests = bytearray()
         text = self._manifest_file
-        committed = False
+        committing: concurrent.futures.Future[None] | None = None
         try:
             if text is not None:
                 _saving(text.open, packrecords.manifest_head(self._plan))
@@ -419,24 +420,56 @@ class Body:
                 if keep:
                     digests += md5
             if text is not None:
-                _saving(text.commit, packrecords.MANIFEST_TAIL)
-                committed = True
+                # Made durable by a reader, idle now, while this thread builds the central
+                # directory's first pieces (`_built_while`); none is sent before it is saved.
+                committing = self._readers.submit(_saving, text.commit, packrecords.MANIFEST_TAIL)
         finally:
-            if text is not None and not committed:
+            if text is not None and committing is None:
                 text.abort()
+        central = writer.finish(plan.central_rows())
+        built: list[bytes] = []
+        if text is not None and committing is not None:
+            built = _built_while(committing, central)
+            try:
+                committing.result()
+            except BaseException:
+                if committing.done():  # the commit failed (not a Ctrl-C while it ran)
+                    text.abort()
+                raise
         if self._on_manifest is not None:
             manifest = Manifest.sent(plan.zip_size, plan, bytes(digests))
             del digests
             _saving(self._on_manifest, manifest)
             del manifest
         end = writer.offset
-        for piece in writer.finish(plan.central_rows()):
+        for piece in itertools.chain(built, central):
             end += len(piece)
             if end >= self._plan.zip_size and end != self._plan.zip_size:
                 raise AssertionError("the zip's length differs from its plan")  # a bug, not data
             yield piece
         if end != self._plan.zip_size:
             raise AssertionError("the zip's length differs from its plan")  # a bug, not data
+
+
+BUILT_AHEAD = 8  # central directory pieces (256 KiB each) built while the manifest syncs, at most
+
+
+def _built_while(saving: concurrent.futures.Future[None], central: Iterator[bytes]) -> list[bytes]:
+    """The central directory's first pieces, built while `saving` (the manifest's commit, in
+    a reader) runs, until it is done or BUILT_AHEAD are held.
+
+    Why: the commit's fsync waits for the disk (3-7 ms for 1,000 files, ~40 ms for 50,000 on
+    the benchmark's VM) and building the directory takes the CPU (2.5-5 µs a file); both sat
+    one after the other at the end of every upload, the readers idle, and at 1,000 files
+    (0.1 s in all) that tail was a tenth of the upload. The pieces are still sent only once
+    the manifest is saved."""
+    built: list[bytes] = []
+    while not saving.done() and len(built) < BUILT_AHEAD:
+        piece = next(central, None)
+        if piece is None:
+            break
+        built.append(piece)
+    return built
 
 
 def _saving(save: Callable[[Any], None], what: Any) -> None:

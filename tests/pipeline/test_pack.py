@@ -640,6 +640,44 @@ def test_the_manifest_written_while_sending_is_saved_before_the_central_director
     assert written == (tmp_path / "again" / "manifest.json").read_bytes()
 
 
+def test_the_manifest_is_made_durable_while_the_central_directory_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. Send 1,500 small files with the spool's `ManifestWriter`, its commit (the fsync that
+    waits for the disk) held until the zip's central directory starts being built, 2 s at
+    most. 2. Result: the directory was being built while the manifest was committed (the
+    commit no longer runs alone at the end of the upload, the readers idle), yet no byte of
+    it was handed out before the manifest was saved, and that manifest is whole and right."""
+    folder = tmp_path / "S"
+    planned = pack.plan(folder, many_files(folder, 1500, 700))
+    building = threading.Event()
+    central_rows = pack.Plan.central_rows
+
+    def watched(plan: pack.Plan) -> Any:
+        building.set()
+        return central_rows(plan)
+
+    monkeypatch.setattr(pack.Plan, "central_rows", watched)
+    overlapped = []
+
+    class Held(spool.ManifestWriter):
+        def commit(self, tail: str) -> None:
+            overlapped.append(building.wait(2))
+            super().commit(tail)
+
+    records = tmp_path / "spool"
+    pieces, seen = [], []
+    with pack.Body(folder, planned, manifest_file=Held(records)) as body:
+        while piece := body.read(1 << 16):
+            pieces.append(piece)
+            seen.append((sum(map(len, pieces)), (records / "manifest.json").exists()))
+    assert overlapped == [True]
+    start_dir = zipfile.ZipFile(io.BytesIO(b"".join(pieces))).start_dir
+    assert not any(saved for end, saved in seen if end <= start_dir)
+    assert all(saved for end, saved in seen if end > start_dir)
+    assert spool.load(records, pack.Manifest) == pack.digest(folder, planned)
+
+
 @pytest.mark.parametrize("gone", [10, 1400])
 def test_a_body_that_fails_leaves_no_manifest_and_a_new_body_writes_it_whole(
     tmp_path: Path, gone: int
