@@ -446,6 +446,7 @@ def test_the_files_of_the_window_are_read_ahead_by_the_readers_before_each_job(
     advised: list[tuple[str, str]] = []
     at_start: list[tuple[list[str], set[str]]] = []
     threads: set[str] = set()  # the body's threads, by kind, as the runs are read
+    before = set(threading.enumerate())  # threads of the test process (e.g. the journal's syncer)
     lock = threading.Lock()
     real_fadvise = pack.os.posix_fadvise
     real_read_run = pack.packread.read_run
@@ -461,7 +462,11 @@ def test_the_files_of_the_window_are_read_ahead_by_the_readers_before_each_job(
         opened.result()  # as the real one waits for its descriptors
         with lock:
             at_start.append(([Path(path).name for path in run.paths], {n for n, _ in advised}))
-            threads.update(t.name.rpartition("_")[0] or t.name for t in threading.enumerate())
+            threads.update(
+                t.name.rpartition("_")[0] or t.name
+                for t in threading.enumerate()
+                if t not in before or t is threading.main_thread()
+            )
         return real_read_run(base, run, pool, opened)
 
     monkeypatch.setattr(pack.os, "posix_fadvise", fadvise)
