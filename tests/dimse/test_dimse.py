@@ -773,7 +773,7 @@ def test_the_journal_is_written_at_once_and_fsynced_off_the_senders_path(
     processes had dirty pages. The lines are still in the file at once (a killed process
     loses none); the journals' one syncer thread fsyncs them, at most every SYNC_SECONDS, and
     once more after the close. Here the first fsync is held until the test lets it go."""
-    held, entered = threading.Event(), threading.Event()
+    held, entered, released = threading.Event(), threading.Event(), threading.Event()
     calls: list[str] = []
     real_fsync = os.fsync
 
@@ -782,6 +782,7 @@ def test_the_journal_is_written_at_once_and_fsynced_off_the_senders_path(
         entered.set()
         if len(calls) == 1:
             held.wait(5)
+            released.set()
         real_fsync(fd)
 
     dimse.journal._SYNCER.submit(lambda: None).result(10)  # earlier tests' journals synced
@@ -795,6 +796,7 @@ def test_the_journal_is_written_at_once_and_fsynced_off_the_senders_path(
             book.record(instance, 0x0000, "stored")
     recorded = time.monotonic() - began
     assert len(path.read_bytes().splitlines()) == 120  # in the file, the fsync still held
+    assert not released.is_set(), "record waited for the held fsync"
     assert recorded < 4, "record waited for the held fsync"
     held.set()
     book.close()
