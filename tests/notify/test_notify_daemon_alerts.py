@@ -131,6 +131,9 @@ def test_xnat_unreachable_then_answering_again(
             lambda: "resolved: XNAT is not answering" in subjects(smtp),
             what=f"{subjects(smtp)}; {runner.status}",
         )
+        # The note comes as XNAT first answers; the push may still be archiving then (a loaded
+        # machine), and the SIGTERM after the scenario would interrupt it: wait for the archive.
+        wait_for(lambda: archived_sessions(settings), what=runner.status)
 
     try:
         assert run_with(runner, scenario) == 0
