@@ -8,7 +8,7 @@ each size, in a temporary folder deleted afterwards), runs everything against lo
 (sandbox XNATs, a null sink, Orthanc, a latency share, the daemon) and writes DIR/benchmarks.md,
 DIR/benchmarks/*.png and DIR/benchmarks/results.json (DIR defaults to docs/). Parts:
 
-- sizes: sessions of 0.5, 2 and 8 GB (quick: 50 and 200 MB): check vs a cold 64 KiB read and
+- sizes: sessions of 0.5, 2 and 8 GB (quick: 20 and 80 MB): check vs a cold 64 KiB read and
   pydicom.dcmread, pack+send into a null sink vs read+MD5, peak memory; and, up to
   --push-max-gb (default: every step; quick: the first one only), the push end to end vs curl
   and xnatpy with the sandbox's receive rate vs the disk's write rate;
@@ -16,8 +16,9 @@ DIR/benchmarks/*.png and DIR/benchmarks/results.json (DIR defaults to docs/). Pa
   figures;
 - share: the 10,000-file session (quick: 1,000) read through a FUSE share adding 1 ms per file
   operation: the check and the settle scans against a parallel read;
-- cstore: the C-STORE sender vs storescu to the same Orthanc;
-- idle: the daemon's CPU time watching 1,000 settled folders (quick: 100);
+- cstore: the C-STORE sender vs storescu to the same Orthanc (quick: the first series of each
+  session);
+- idle: the daemon's CPU time watching 1,000 settled folders (quick: 100, over 8 s);
 - settle: time from the last byte written to the push starting, against quiet_seconds.
 
 The run fails (exit 1, the reason on stderr) on any error; it never fails on a figure: targets
@@ -63,23 +64,27 @@ def plan(quick: bool) -> dict[str, Any]:
     """The steps of a run: full, or quick (small enough for CI, under 5 minutes)."""
     if quick:
         return {
-            "sizes": [0.05, 0.2],
+            "sizes": [0.02, 0.08],
             "files": [200, 1000],
+            "files_rounds": True,
             "share_files": 1000,
-            "push_max_gb": 0.05,
-            "xnatpy_max_gb": 0.05,
+            "push_max_gb": 0.02,
+            "xnatpy_max_gb": 0.02,
             "cstore_repeat": 1,
-            "idle": {"folders": 100, "files": 30, "seconds": 20.0, "quiet": 3.0},
-            "settle": {"quiet": [2.0], "trials": 2},
+            "cstore_series": 1,
+            "idle": {"folders": 100, "files": 30, "seconds": 8.0, "quiet": 1.5},
+            "settle": {"quiet": [1.0], "trials": 2},
             "deletion_window": 0.0,
         }
     return {
         "sizes": [0.5, 2.0, 8.0],
         "files": [1000, 10_000, 50_000],
+        "files_rounds": False,
         "share_files": 10_000,
         "push_max_gb": 8.0,
         "xnatpy_max_gb": 8.0,
         "cstore_repeat": 3,
+        "cstore_series": None,
         "idle": {"folders": 1000, "files": 300, "seconds": 180.0, "quiet": 30.0},
         "settle": {"quiet": [5.0, 30.0], "trials": 3},
         "deletion_window": deletions.WINDOW_SECONDS,
@@ -160,7 +165,9 @@ def run_files(
         }  # fmt: skip
         if "files" in parts:
             _say(f"files {count:,}: {made.bytes / GB:.2f} GB; client figures")
-            row["client"] = client.measure(made, base / "scratch", sink_url, sink_pid)
+            row["client"] = client.measure(
+                made, base / "scratch", sink_url, sink_pid, three_rounds=steps["files_rounds"]
+            )
         if "share" in parts and count == steps["share_files"]:
             _say(f"files {count:,}: the check and the settle scans on a 1 ms share")
             result = share.measure(made, base / "share-scratch", 0.001)
@@ -191,7 +198,7 @@ def _run(argv: list[str] | None) -> int:
     parser.add_argument(
         "--push-max-gb",
         type=float,
-        help="push end to end up to this size (default all; quick 0.05)",
+        help="push end to end up to this size (default all; quick 0.02)",
     )
     parser.add_argument(
         "--xnatpy-max-gb",
@@ -258,7 +265,10 @@ def _run(argv: list[str] | None) -> int:
         if "cstore" in parts:
             _say("C-STORE: xnatdrop vs storescu")
             results["cstore"] = cstore.measure(
-                steps["cstore_repeat"], work / "cstore", echo=lambda t: _say(t.strip())
+                steps["cstore_repeat"],
+                work / "cstore",
+                echo=lambda t: _say(t.strip()),
+                per_session=steps["cstore_series"],
             )
         if "idle" in parts:
             _say(f"idle: {steps['idle']['folders']} settled folders")

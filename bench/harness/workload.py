@@ -22,6 +22,7 @@ Sources (the same series `bench/cstore_speed.py` sends, as `rules.check_folder` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import secrets
@@ -102,8 +103,13 @@ def source_series(mix: bool) -> list[tuple[str, list[Path]]]:
     return found
 
 
+@functools.cache
 def templates(mix: bool) -> list[SeriesTemplate]:
-    """Templates of every source file; the study placeholder is shared by all of them."""
+    """Templates of every source file; the study placeholder is shared by all of them.
+
+    Made once per process and mix (pydicom parses and re-saves every source file: 6 s of CPU
+    for the GE series here): each clone replaces every placeholder with fresh UIDs, so the
+    file-count series and the settle latency share one set. Callers must not change the list."""
     study = fresh_uid()
     made = []
     for name, files in source_series(mix):
