@@ -72,6 +72,7 @@ def test_quick_run_writes_every_section_plot_and_result(tmp_path: Path) -> None:
     for side in (push["ingest"], push["disk_write_files"]):
         assert len(side["runs"]) == 3
         assert side["seconds"] == min(run["seconds"] for run in side["runs"])
+        assert len(side["cpu_seconds_each"]) == 3  # the CPU of each, beside its seconds
     assert "writing the same entries to disk as N files" in report
     # The quick workloads are short: every client measurement ran three times, best kept.
     for step in results["files_series"]:
@@ -307,6 +308,8 @@ def test_the_ingest_pairs_alternate_who_goes_first_and_delete_nothing_while_ther
     found = push.ingest_pairs(bundle, tmp_path / "kept", "BENCH", 2)
     assert found["files_first"] == [True, False]
     assert len(found["files"]) == len(found["import"]) == 2
+    # each side's CPU beside its seconds: the sandbox process's during the import, the writer's
+    assert all(run["cpu_seconds"] >= 0 for run in (*found["files"], *found["import"]))
     assert sorted(p.name for p in found["kept"]) == sorted(
         ["files-0", "files-1", "xnat-import-0", "xnat-import-1"]
     )

@@ -56,7 +56,10 @@ still paid for the deletion and its first round (500 MB: 930 against 352 / 252 M
 the sandbox always went second. Where the disk has no room (8 GB) a pair is removed and the
 next waits out the five minutes.
 
-After each upload the sandbox's peak memory (VmHWM) is read before it stops.
+After each upload the sandbox's peak memory (VmHWM) is read before it stops. Each ingest
+measurement records its CPU time too (`cpu_seconds`: the sandbox process's user + system during
+the import, the N-file write's thread's): the profile that says where the import's time goes
+needs it, and on a shared machine it moves much less than the seconds.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import struct
 import subprocess
 import sys
@@ -233,16 +237,31 @@ def _curl_import(zip_path: Path, url: str, work: Path, label: str) -> tuple[floa
 
 def import_only(zip_path: Path, work: Path, folder: str, label: str) -> dict[str, float]:
     """One more of the sandbox's ingest (curl's import into a fresh sandbox), for the best of
-    `repeats`; its flush timed after it."""
+    `repeats`; its flush timed after it, and the sandbox's CPU (user + system, all threads)
+    during the import, which a busy machine disturbs less than the seconds."""
     with servers.sandbox(work / folder) as xnat:
+        before = machine.cpu_seconds(xnat.pid)
         seconds, _ = _curl_import(zip_path, xnat.url, work, label)
-    return {"seconds": seconds, "flush_seconds": flush()}
+        cpu = machine.cpu_seconds(xnat.pid) - before
+    return {"seconds": seconds, "flush_seconds": flush(), "cpu_seconds": cpu}
+
+
+def files_run(zip_path: Path, scratch: Path, folder: str = "files") -> dict[str, float]:
+    """One N-file write (`disk_write_files`) with its flush, and its CPU (user + system of the
+    writing thread), to set beside the sandbox's CPU for the same entries."""
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    seconds = disk_write_files(zip_path, scratch, folder)
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"seconds": seconds, "flush_seconds": flush(), "cpu_seconds": cpu}
 
 
 def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
     """By hand: curl the zip into the prearchive, then archive the session it names."""
     with servers.sandbox(work / "xnat-curl") as xnat:
+        cpu_before = machine.cpu_seconds(xnat.pid)
         import_s, answer = _curl_import(zip_path, xnat.url, work, label)
+        import_cpu = machine.cpu_seconds(xnat.pid) - cpu_before
         import_flush = flush()  # untimed for the import and the archive: apart
         # The import answers the prearchive session's URI (/data/prearchive/projects/…); the
         # archive service takes it as src without the /data prefix (xnat-rest.md §5.1).
@@ -260,6 +279,7 @@ def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
         "seconds": import_s + archive_s,
         "import_seconds": import_s,
         "import_flush_seconds": import_flush,
+        "import_cpu_seconds": import_cpu,
         "archive_seconds": archive_s,
         "sandbox_peak_kb": sandbox_peak,
     }
@@ -399,8 +419,7 @@ def ingest_pairs(zip_path: Path, scratch: Path, label: str, pairs: int) -> dict[
         files_first = index % 2 == 0
         for side in ("files", "import") if files_first else ("import", "files"):
             if side == "files":
-                seconds = disk_write_files(zip_path, scratch, f"files-{index}")
-                found["files"].append({"seconds": seconds, "flush_seconds": flush()})
+                found["files"].append(files_run(zip_path, scratch, f"files-{index}"))
             else:
                 os.sync()  # as `disk_write_files` does before it
                 found["import"].append(
@@ -421,6 +440,9 @@ def _best(runs: list[dict[str, float]], size: int) -> dict[str, Any]:
         "seconds": min(r["seconds"] for r in runs),
         "synced_seconds": min(r["seconds"] + r["flush_seconds"] for r in runs),
         "mb_per_s_each": [round(size / 1e6 / r["seconds"], 1) for r in runs],
+        # CPU (user + system) of each run, in the order of `runs`: the N-file write's thread,
+        # the sandbox's process; a shared machine swings the seconds far more than these
+        "cpu_seconds_each": [round(r["cpu_seconds"], 2) for r in runs if "cpu_seconds" in r],
         "runs": runs,
     }
 
@@ -441,8 +463,7 @@ def measure(
     results["waited_for_deletions_seconds"] = pairs["waited_seconds"] + deletions.wait_out()
     results["pairs_kept"] = len(pairs["kept"]) // 2
     results["files_first"] = [*pairs["files_first"], True]
-    seconds = disk_write_files(zip_path, scratch)
-    files_runs = [*pairs["files"], {"seconds": seconds, "flush_seconds": flush()}]
+    files_runs = [*pairs["files"], files_run(zip_path, scratch)]
     results["disk_write_files"] = _best(files_runs, size)
     results["store_floor"] = {"seconds": store_floor(zip_path, scratch)}
     os.sync()
@@ -462,6 +483,7 @@ def measure(
     curl_import = {
         "seconds": results["curl"]["import_seconds"],
         "flush_seconds": results["curl"]["import_flush_seconds"],
+        "cpu_seconds": results["curl"]["import_cpu_seconds"],
     }
     imports = _best([*pairs["import"], curl_import], size)
     results["ingest"] = imports
