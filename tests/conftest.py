@@ -210,19 +210,3 @@ class Dicom:
 def dicom(tmp_path: Path) -> Dicom:
     return Dicom(tmp_path)
 
-
-# The longest tests, started first: with pytest-xdist (pyproject's addopts), a worker that picks
-# up a test of minutes near the end of the run leaves the others idle until it finishes.
-# Moving them does not change what they share: each uses only its own tmp_path and servers.
-LONGEST_FIRST = (
-    "tests/test_bench.py::test_quick_run_writes_every_section_plot_and_result",
-    "tests/dimse/test_dimse.py::test_two_sessions_every_raw_series_stored_with_unchanged_content",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put `LONGEST_FIRST` at the front of the run, in that order, the rest as collected."""
-    first = {item.nodeid: item for item in items if item.nodeid in LONGEST_FIRST}
-    items[:] = [first[n] for n in LONGEST_FIRST if n in first] + [
-        item for item in items if item.nodeid not in first
-    ]
