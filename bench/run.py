@@ -66,7 +66,7 @@ def plan(quick: bool) -> dict[str, Any]:
         return {
             "sizes": [0.02, 0.08],
             "files": [200, 1000],
-            "files_rounds": True,
+            "files_three_rounds": True,
             "share_files": 1000,
             "push_max_gb": 0.02,
             "xnatpy_max_gb": 0.02,
@@ -79,7 +79,7 @@ def plan(quick: bool) -> dict[str, Any]:
     return {
         "sizes": [0.5, 2.0, 8.0],
         "files": [1000, 10_000, 50_000],
-        "files_rounds": False,
+        "files_three_rounds": False,
         "share_files": 10_000,
         "push_max_gb": 8.0,
         "xnatpy_max_gb": 8.0,
@@ -166,7 +166,7 @@ def run_files(
         if "files" in parts:
             _say(f"files {count:,}: {made.bytes / GB:.2f} GB; client figures")
             row["client"] = client.measure(
-                made, base / "scratch", sink_url, sink_pid, three_rounds=steps["files_rounds"]
+                made, base / "scratch", sink_url, sink_pid, three_rounds=steps["files_three_rounds"]
             )
         if "share" in parts and count == steps["share_files"]:
             _say(f"files {count:,}: the check and the settle scans on a 1 ms share")

@@ -209,4 +209,3 @@ class Dicom:
 @pytest.fixture
 def dicom(tmp_path: Path) -> Dicom:
     return Dicom(tmp_path)
-
