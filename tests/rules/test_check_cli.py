@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -103,6 +104,15 @@ def test_usage_and_config_errors_exit_2(
     assert exit_info.value.code == 2
 
 
+def read_until(controller: int, end: str, timeout: float = 30) -> str:
+    """What the terminal shows, up to `end`: one read of a pty may return only part of what
+    was written (the line discipline hands it over in pieces)."""
+    shown = ""
+    while end not in shown and select.select([controller], [], [], timeout)[0]:
+        shown += os.read(controller, 65536).decode()
+    return shown
+
+
 def test_progress_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """600 files: a progress line on a tty (a real pty), nothing when stderr is a file."""
     folder = tmp_path / "SPN01_0002"
@@ -115,7 +125,7 @@ def test_progress_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(sys, "stdout", io.StringIO())
         assert cli.main(["check", str(folder)]) == 0
         tty.flush()
-        shown = os.read(controller, 65536).decode()
+        shown = read_until(controller, "\r\033[K")
     os.close(controller)
     assert "checking: 680/680 files (100%)" in shown
     plain = io.StringIO()
