@@ -28,6 +28,9 @@ from shared_data import dataset
 from xnat_sandbox import Sandbox
 from xnatdrop import logsetup
 
+# The `forked` marker of the memory bounds (a hook, so a plugin module rather than a helper).
+pytest_plugins = ["memory_helpers"]
+
 USERS = ["svc:pw", "reader:pw:read", "outsider:pw:none", "other:pw"]
 PROJECTS = ["SPN01", "SPN02"]
 EXAM = "In/GE/Exam1486_Laser794mm"
@@ -209,3 +212,22 @@ class Dicom:
 @pytest.fixture
 def dicom(tmp_path: Path) -> Dicom:
     return Dicom(tmp_path)
+
+
+# The longest tests (minutes on two cores), started first: with pytest-xdist (pyproject's
+# addopts), a worker that picks one up near the end of the run leaves the others idle until it
+# finishes. Moving them changes nothing they share: each uses only its own tmp_path and servers.
+LONGEST_FIRST = (
+    "tests/test_bench.py::test_quick_run_writes_every_section_plot_and_result",
+    "tests/test_campaign.py::test_scenario[bad/all]",
+    "tests/pipeline/test_plan_memory.py::test_the_import_step_sends_holding_under_250_bytes_a_file",
+    "tests/dimse/test_dimse.py::test_two_sessions_every_raw_series_stored_with_unchanged_content",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`LONGEST_FIRST` at the front of the run, in that order; the rest as collected."""
+    first = {item.nodeid: item for item in items if item.nodeid in LONGEST_FIRST}
+    items[:] = [first[n] for n in LONGEST_FIRST if n in first] + [
+        item for item in items if item.nodeid not in first
+    ]

@@ -10,6 +10,8 @@ import json
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from xnatdrop import filecolumns, pack, rules
 from xnatdrop.pipeline import spool
 from xnatdrop.rules.model import FileList
@@ -89,6 +91,7 @@ def test_a_field_that_is_not_text_takes_the_general_way(tmp_path: Path) -> None:
     assert row["series_number"] == 7 and row["path"] == "S/a.dcm" and row["size"] == 3
 
 
+@pytest.mark.forked
 def test_a_record_made_of_a_verdict_lists_its_series_files_without_a_copy() -> None:
     """`CheckRecord.of` lists the verdict's series' files as they are (`Chain`): it reads as
     their tuple and holds nothing per file (a copy in columns: ~100 bytes a file; a
