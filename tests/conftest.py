@@ -221,7 +221,6 @@ LONGEST_FIRST = (
     "tests/test_bench.py::test_quick_run_writes_every_section_plot_and_result",
     "tests/test_campaign.py::test_scenario[bad/all]",
     "tests/pipeline/test_plan_memory.py::test_the_import_step_sends_holding_under_250_bytes_a_file",
-    "tests/dimse/test_dimse.py::test_two_sessions_every_raw_series_stored_with_unchanged_content",
 )
 
 
