@@ -559,3 +559,36 @@ def test_a_second_event_soon_after_the_first_still_brings_a_scan(tmp_path: Path)
         wait_for(lambda: runner.watcher.find(settings.drop[0].path / "SPN01_0002"))
 
     assert run_with(runner, scenario) == 0
+
+
+def test_the_status_file_is_written_after_each_scan_and_otherwise_only_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    """Its time is the heartbeat `xnatdrop status` judges a stuck daemon by, so every scan
+    writes it; the dispatch job beside each scan rewrote the same view (and fsynced it) once
+    more every poll, which the idle daemon (issue 13) no longer does."""
+    import json
+
+    settings = make_settings(tmp_path, upload_window="03:00-03:01")
+    runner = daemon.Daemon(settings, Recorder(settings), now=lambda: dt.datetime(2026, 1, 1, 12))
+    path = settings.paths.state / daemon.STATUS_FILE
+
+    def updated() -> float:
+        return float(json.loads(path.read_text(encoding="utf-8"))["updated"])
+
+    try:
+        drop_session(settings, "SPN01_0001")
+        runner._scan()
+        first = updated()
+        runner._dispatch_job()  # nothing new to say: the file stays as the scan left it
+        assert updated() == first
+        runner._scan()  # a scan always writes: its time is the heartbeat
+        second = updated()
+        assert second > first
+        runner.held_until = time.time() + 60  # the view changes: the dispatch job writes it
+        runner._dispatch_job()
+        assert updated() > second
+        assert "PUSHES HELD" in json.loads(path.read_text(encoding="utf-8"))["status"]
+    finally:
+        for lock in runner.root_locks.values():
+            lock.release()

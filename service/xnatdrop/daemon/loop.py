@@ -81,6 +81,7 @@ class Daemon:
         self.state_retry_at = 0.0  # monotonic; no push before this while state_trouble is set
         self.reported_streaks: set[tuple[int, str, str]] = set()
         self.status_file_error: str | None = None
+        self.status_written = ""  # see `status.update`
         self.scans = 0
         self.status = "starting"
         self.scheduler = BackgroundScheduler(
@@ -263,13 +264,10 @@ class Daemon:
         self.last_scan_done = time.monotonic()
         log.debug(
             "scan %d: %d folder(s), %d walked, %d settled, %d root(s) paused",
-            self.scans,
-            result.folders,
-            result.fingerprinted,
-            len(result.settled),
-            len(result.paused),
-        )
-        self._dispatch()
+            self.scans, result.folders, result.fingerprinted,
+            len(result.settled), len(result.paused),
+        )  # fmt: skip
+        self._dispatch(scanned=True)
 
     def _dispatch_job(self) -> None:
         if not self.stopping.is_set():
@@ -311,8 +309,9 @@ class Daemon:
                 )
             self.watcher.hold(path, reason)
 
-    def _dispatch(self) -> None:
-        """Collect finished pushes, then start new ones if the window is open and there is room."""
+    def _dispatch(self, scanned: bool = False) -> None:
+        """Collect finished pushes, then start new ones if the window is open and there is room;
+        `scanned`: right after a scan (which the status file's time stands for)."""
         finished = self._collect()
         window_open = self.window.contains(self.now())
         try:
@@ -321,7 +320,7 @@ class Daemon:
                     self.open_breaker = ledger.breaker()
         except StateError as error:
             self._state_failed(error)
-        status.update(self, window_open)
+        status.update(self, window_open, scanned)
         try:
             if finished:
                 status.report_streaks(self.settings.paths.state, self.reported_streaks)

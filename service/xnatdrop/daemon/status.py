@@ -42,10 +42,12 @@ class Daemon(Protocol):
     state_trouble: str | None
     status: str
     status_file_error: str | None
+    status_written: str  # the status file's view as last written, without pid and time
 
 
-def update(daemon: Daemon, window_open: bool) -> None:
-    """Set `daemon.status` (the line systemd shows) and write the status file."""
+def update(daemon: Daemon, window_open: bool, scanned: bool = True) -> None:
+    """Set `daemon.status` (the line systemd shows) and write the status file: after each scan
+    (`scanned`), and otherwise only when what it says changed."""
     counts = daemon.watcher.counts()
     paused = {str(r.path): r.blocked for r in daemon.watcher.roots.values() if r.blocked}
     parts = [
@@ -63,21 +65,25 @@ def update(daemon: Daemon, window_open: bool) -> None:
     if daemon.state_trouble is not None:
         parts.append(f"PUSHES HELD: cannot write the state folder ({daemon.state_trouble})")
     daemon.status = "; ".join(parts)
-    _write_file(daemon, counts, paused, window_open)
+    _write_file(daemon, counts, paused, window_open, scanned)
 
 
 def _write_file(
-    daemon: Daemon, counts: dict[str, int], paused: dict[str, str | None], window: bool
+    daemon: Daemon,
+    counts: dict[str, int],
+    paused: dict[str, str | None],
+    window: bool,
+    scanned: bool,
 ) -> None:
     """Leave the live view for `xnatdrop status` (another process) in the state folder.
 
     Written atomically (temp file + rename), mode 0600; a failure is logged once (not every
     scan), because monitoring never fails the job. `status` tells a live daemon from a dead
-    one by the state lock, and a stuck one by `updated`.
+    one by the state lock, and a stuck one by `updated`, so every scan writes it; the dispatch
+    job that runs beside each scan (and when a push ends or the window opens) writes it only
+    when its view changed, which halves the idle daemon's writes and fsyncs (issue 13).
     """
-    data = {
-        "pid": os.getpid(),
-        "updated": time.time(),
+    view = {
         "status": daemon.status,
         "folders": counts,
         "paused_roots": sorted(paused),
@@ -90,6 +96,10 @@ def _write_file(
         "pushes_held_until": daemon.held_until if time.time() < daemon.held_until else None,
         "state_problem": daemon.state_trouble,
     }
+    said = json.dumps(view)
+    if not scanned and said == daemon.status_written:
+        return
+    data = {"pid": os.getpid(), "updated": time.time(), **view}
     path = Path(daemon.settings.paths.state) / STATUS_FILE
     try:
         atomicfile.write(path, json.dumps(data))
@@ -99,6 +109,7 @@ def _write_file(
         daemon.status_file_error = error.strerror
     else:
         daemon.status_file_error = None
+        daemon.status_written = said
 
 
 def report_streaks(state: Path, reported: set[tuple[int, str, str]]) -> None:

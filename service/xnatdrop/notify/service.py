@@ -215,7 +215,10 @@ class Notifier:
         progress: Mapping[str, int] | None = None,
     ) -> None:
         """After each scan: the status files (ledger drops plus the watcher's `folders` per
-        root, with a `notices` line per root), the metrics from the ledger, and free space."""
+        root, with a `notices` line per root), the metrics from the ledger, and free space.
+
+        `book` (the open ledger) is read only for status files or metrics; without either it
+        may be None, and the daemon then does not open the ledger each scan for nothing."""
         now = self.clock()
         if self.status_files:
             drops = book.drops()

@@ -20,6 +20,7 @@ scan resumes it as soon as it reads normally again.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -432,10 +433,16 @@ class Watcher:
                     f"not settled {now - f.first_seen:.0f} s after it appeared ({f.reason}); "
                     "check the copy",
                 )
-                for f in sorted(root.folders.values(), key=lambda f: f.name)
-                if f.state is State.SETTLING
-                and now - (f.settling_since or f.first_seen) >= self.settle.max_wait_seconds
-                and f.name not in root.unreadable
+                for f in sorted(
+                    (
+                        f
+                        for f in root.folders.values()
+                        if f.state is State.SETTLING
+                        and now - (f.settling_since or f.first_seen) >= self.settle.max_wait_seconds
+                        and f.name not in root.unreadable
+                    ),
+                    key=lambda f: f.name,
+                )
             ]
             found += [
                 (
@@ -471,8 +478,8 @@ class Watcher:
 
     def counts(self) -> dict[str, int]:
         """Folders per watcher state, for the daemon's STATUS line."""
-        counts: dict[str, int] = {}
-        for root in self.roots.values():
-            for folder in root.folders.values():
-                counts[folder.state.value] = counts.get(folder.state.value, 0) + 1
-        return counts
+        # Counted by the members themselves, then named: `.value` per folder was most of it.
+        counts = collections.Counter(
+            folder.state for root in self.roots.values() for folder in root.folders.values()
+        )
+        return {state.value: count for state, count in counts.items()}
