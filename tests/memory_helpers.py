@@ -1,18 +1,18 @@
 """Helpers for the tests that bound what a step holds per file (issue 13, "memory flat"), and
-the `forked` marker they run under (a pytest plugin: tests/conftest.py loads it).
+the `alone` marker they run under (a pytest plugin: tests/conftest.py loads it).
 
-`tracemalloc` counts the allocations of every thread of the process. Under pytest-xdist a worker
-runs many tests, and a thread an earlier one left behind (a server's, a pool's) would count in a
-later test's bound (a finish step once measured 310 bytes a file, 130 alone). A test marked
-`forked` runs its body in a child forked for it alone, whose only thread is the test's.
-pytest-forked did this, but fails on pytest 9.2's reports; the call is all that needs a fork.
+`tracemalloc` counts every allocation of the process, and under pytest-xdist a worker process
+runs hundreds of tests before a bound: threads they left behind, and state they left (one
+bound measured 286 bytes a file in a worker, 94 in a process of its own, forked children
+included). A test marked `alone` runs in a pytest process of its own, which reports to the
+worker: what it measures is what the test does, in any order, on any worker.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-import traceback
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -32,41 +32,33 @@ def traced(action: Callable[[], Any]) -> tuple[Any, int, int]:
     return result, held - base, peak - base
 
 
+ALONE = "XNATDROP_TEST_ALONE"  # set in the process a test marked `alone` runs in
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "forked: the test's body runs in a child process forked for it alone"
-    )
+    config.addinivalue_line("markers", "alone: the test runs in a pytest process of its own")
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run a `forked` test's body in a forked child; its fixtures are the parent's (inherited).
-
-    The child sends its traceback, if any, through a pipe and leaves by `os._exit`, so none of
-    the parent's cleanup (fixtures, atexit, the worker's channel) runs twice."""
-    if pyfuncitem.get_closest_marker("forked") is None:
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """Run an `alone` test in a new `pytest` process (fixtures included: none is made here)
+    and report its outcome there as this test's; in that process, run it as any other."""
+    if item.get_closest_marker("alone") is None or os.environ.get(ALONE) == "1":
         return None
-    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(read)
-        status = 0
-        try:
-            pyfuncitem.obj(**arguments)
-        except BaseException:
-            os.write(write, traceback.format_exc().encode())
-            status = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-    os.close(write)
-    try:
-        with os.fdopen(read, "rb") as pipe:
-            failure = pipe.read().decode(errors="replace")
-    finally:
-        _, status = os.waitpid(child, 0)
-    if failure or status:
-        pytest.fail(f"in the forked child:\n{failure or f'exit status {status}'}", pytrace=False)
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    call = pytest.CallInfo.from_call(lambda: _run_alone(item), when="call")
+    report = pytest.TestReport.from_item_and_call(item, call)
+    item.ihook.pytest_runtest_logreport(report=report)
+    item.session._setupstate.teardown_exact(nextitem)  # what the previous test left set up
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+def _run_alone(item: pytest.Item) -> None:
+    ran = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", item.nodeid],
+        cwd=item.config.rootpath, env={**os.environ, ALONE: "1"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if ran.returncode != 0:
+        pytest.fail(f"in a process of its own:\n{ran.stdout[-6000:]}{ran.stderr[-2000:]}", False)

@@ -156,7 +156,7 @@ def big_file(folder: Path, mib: int) -> Path:
     return path
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_memory_stays_flat_for_large_files(tmp_path: Path) -> None:
     """A 256 MB file streams with a few MB of Python allocations (1 MiB pieces)."""
     big_file(tmp_path / "big", 256)
@@ -313,7 +313,7 @@ def send_peak(folder: Path, entries: list[rules.FileEntry], records: Path) -> in
     return peak
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_memory_per_file_stays_small_when_sending_many_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -721,7 +721,7 @@ def test_a_body_closed_half_way_leaves_no_manifest(tmp_path: Path) -> None:
     assert list(records.iterdir()) == []
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_plan_read_back_holds_each_path_once(tmp_path: Path) -> None:
     """1. Plan 3,000 files as the pack step does (names by `upload_name`; one name too long for
        XNAT), save the plan in the spool and read it back as the import step does.

@@ -91,7 +91,7 @@ def test_a_field_that_is_not_text_takes_the_general_way(tmp_path: Path) -> None:
     assert row["series_number"] == 7 and row["path"] == "S/a.dcm" and row["size"] == 3
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_record_made_of_a_verdict_lists_its_series_files_without_a_copy() -> None:
     """`CheckRecord.of` lists the verdict's series' files as they are (`Chain`): it reads as
     their tuple and holds nothing per file (a copy in columns: ~100 bytes a file; a

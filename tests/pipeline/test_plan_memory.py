@@ -59,7 +59,7 @@ def record(count: int = COUNT) -> spool.CheckRecord:
     return spool.CheckRecord("L", True, (), files, (), {}, {}, SIZE * count)
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_check_record_read_back_holds_under_150_bytes_a_file(tmp_path: Path) -> None:
     """Its files in columns (`filecolumns.Files`): ~100 bytes a file (a `FileEntry` per file:
     ~290). The same entries come out, and the record writes back the same text."""
@@ -87,7 +87,7 @@ def test_a_record_of_an_older_version_still_reads(tmp_path: Path) -> None:
     assert list(loaded.files) == [rules.FileEntry.from_json(r) for r in rows]
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_the_pack_step_peaks_under_250_bytes_a_file(session: Path, tmp_path: Path) -> None:
     """The check record read back and the plan made from it: ~180 bytes a file at the peak,
     ~100 held after (a `FileEntry` and `Planned` per file and a dict of every zip name: ~420
@@ -106,7 +106,7 @@ def test_the_pack_step_peaks_under_250_bytes_a_file(session: Path, tmp_path: Pat
     assert spool.load(tmp_path, pack.Plan) == planned
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_the_import_step_sends_holding_under_250_bytes_a_file(
     session: Path, tmp_path: Path
 ) -> None:

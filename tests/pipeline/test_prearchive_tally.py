@@ -60,7 +60,7 @@ def test_the_tally_finds_what_the_listing_holds(
         assert (check.missing, check.incomplete, check.changed) == (missing, incomplete, changed)
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_tally_keeps_nothing_per_file() -> None:
     """Tallying a listing of 20,000 files of 40 scans (sizes repeating within a scan, as the
     files of a classic series) keeps a few bytes per file, not the listing's ~370."""

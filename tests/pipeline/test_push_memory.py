@@ -60,7 +60,7 @@ def entries(count: int = COUNT) -> list[packrecords.Entry]:
     ]
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_manifest_read_back_keeps_under_200_bytes_a_file(tmp_path: Path) -> None:
     """Names in one buffer, sizes in an array, MD5s as 16 bytes, what a series shares once:
     about 115 bytes a file (an `Entry` per file: ~410). The same entries come out."""
@@ -72,7 +72,7 @@ def test_a_manifest_read_back_keeps_under_200_bytes_a_file(tmp_path: Path) -> No
     assert loaded.position(uid(12_345)) == 12_345 and loaded.position("2.25.9") == -1
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_manifest_made_while_sending_keeps_under_200_bytes_a_file() -> None:
     planned = tuple(pack.Planned(e, e.size, 0.0, e.path) for e in entries())
     md5 = b"".join(bytes.fromhex(e.md5) for e in entries())
@@ -81,7 +81,7 @@ def test_a_manifest_made_while_sending_keeps_under_200_bytes_a_file() -> None:
     assert made.files == tuple(entries())
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_the_verify_step_holds_under_200_bytes_a_file(tmp_path: Path) -> None:
     """The manifest read back and compared with XNAT's prearchive listing (counted per scan,
     not a list of entries per scan): under 200 bytes a file at the peak (an `Entry` per file
@@ -118,7 +118,7 @@ def listing_rows() -> Iterator[xnat.RemoteFile]:
     )
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_the_archive_read_back_holds_under_250_bytes_a_file(tmp_path: Path) -> None:
     """The manifest read back, the archived session's listing kept (names, sizes, 16-byte
     MD5s) and every scan's catalog matched to the manifest by UID, sizes and MD5s compared:
@@ -153,7 +153,7 @@ def test_the_archive_read_back_holds_under_250_bytes_a_file(tmp_path: Path) -> N
     assert peak / COUNT < 250, f"{peak / COUNT:.0f} B a file"
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_the_finish_step_holds_under_200_bytes_a_file(tmp_path: Path) -> None:
     """The manifest read back and RECEIPT.json written with a row per file, each made as it
     is written: under 200 bytes a file at the peak (every `Entry` made first: ~420; now
@@ -177,7 +177,7 @@ def test_the_finish_step_holds_under_200_bytes_a_file(tmp_path: Path) -> None:
     assert rows == [e.to_json() for e in entries()]
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_plan_read_back_holds_under_150_bytes_a_file(tmp_path: Path) -> None:
     """The import step holds the plan read back while it sends. In columns (names and UIDs in
     one buffer each, sizes and times in arrays, what a series shares once, a zip name only where

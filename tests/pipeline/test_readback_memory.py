@@ -88,7 +88,7 @@ def add_large_series(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_large_pixel_sample_is_read_back_in_bounded_memory(
     tmp_path: Path, sandbox_url: str
 ) -> None:
@@ -118,7 +118,7 @@ FILES = 1500  # 30 scans of 50 small fMRI images (about 26 KB each)
 PER_FILE = 800
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_the_read_back_keeps_little_per_archived_file(tmp_path: Path, sandbox_url: str) -> None:
     """1. Push a session of 1,500 files in 30 scans into the sandbox (its own process, so only
        the read-back's memory is traced).
@@ -179,7 +179,7 @@ def pipeline_context(
 COMPARISON_BOUND = 2 << 20
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_the_pixel_comparison_holds_a_bounded_piece_of_a_large_sample(
     tmp_path: Path, sandbox_url: str
 ) -> None:

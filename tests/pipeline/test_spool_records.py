@@ -65,7 +65,7 @@ def test_a_record_cut_short_or_with_text_after_it_is_unreadable(tmp_path: Path) 
     assert spool.load(tmp_path, pack.Manifest) is None
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_large_record_is_read_without_its_text_or_a_dict_per_file(tmp_path: Path) -> None:
     """Reading a manifest of 20,000 files: beyond the entries it returns, the load needs a
     small fraction of their size. Parsed whole, its text and a dict per row came on top of
@@ -83,7 +83,7 @@ def test_a_large_record_is_read_without_its_text_or_a_dict_per_file(tmp_path: Pa
     assert peak - base - kept < kept / 20, f"{(peak - base) >> 20} MiB peak, {kept >> 20} MiB kept"
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_check_record_read_without_its_files_makes_no_entry(tmp_path: Path) -> None:
     """1. Save a check record of 5,000 files.
     2. Read it with `files=False` (what the attach, finish and quarantine steps need).
@@ -109,7 +109,7 @@ def test_a_check_record_read_without_its_files_makes_no_entry(tmp_path: Path) ->
     assert peak - base < (full - base) / 5, f"{peak - base} bytes without files, {full - base}"
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_manifest_read_back_keeps_little_per_file(tmp_path: Path) -> None:
     """The verify step holds the manifest's entries, one per file of the session (55,000 at
     8 GB). Read back from the spool, an entry keeps under 700 bytes: no dict per entry, and
@@ -128,7 +128,7 @@ def test_a_manifest_read_back_keeps_little_per_file(tmp_path: Path) -> None:
     assert kept / 20_000 < 700, f"{kept / 20_000:.0f} B an entry"
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_check_record_read_back_keeps_little_per_file(tmp_path: Path) -> None:
     """The push reads the check record's files back (the plan is made from them): one
     FileEntry per file of the session. Each keeps its path as text, not as a `Path` (an object,

@@ -90,7 +90,7 @@ def many_files(folder: Path, series: int, per_series: int, scouts: int = 0) -> i
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.forked
+@pytest.mark.alone
 def test_memory_per_file_stays_small(tmp_path: Path, workers: int) -> None:
     """The check's own allocations, per file: at their peak (every file's facts and the
     verdict's entries alive) and what the verdict keeps. Before the facts were rebuilt from
@@ -129,7 +129,7 @@ def test_memory_per_file_stays_small(tmp_path: Path, workers: int) -> None:
     assert all(type(e.path) is str for e in verdict.upload_entries())
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_judging_holds_little_per_file(tmp_path: Path) -> None:
     """What the rules hold per file while they judge the facts of every file, at their peak:
     the verdict's entries (`FileList`, ~75 bytes a file) and little else. A quarter of the

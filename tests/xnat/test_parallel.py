@@ -119,7 +119,7 @@ def tiny_dicom(folder: Path, study: str, series: str, index: int) -> Path:
     return path
 
 
-@pytest.mark.forked
+@pytest.mark.alone
 def test_a_large_catalog_is_parsed_in_little_memory(
     sandbox: Sandbox, dicom: Dicom, tmp_path: Path
 ) -> None:
