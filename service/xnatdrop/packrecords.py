@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from xnatdrop import rules
 from xnatdrop.filecolumns import SHARED, Files, Texts
 from xnatdrop.packplan import Plan, Planned, PlannedFiles
-from xnatdrop.planstream import StreamedPlan
+from xnatdrop.planstream import Sendable, StreamedPlan
 
 __all__ = ["Entry", "Manifest", "ManifestFile", "Plan", "Planned", "PlannedFiles", "Texts"]
 
@@ -262,13 +262,13 @@ def _manifest_head(zip_size: int, count: int, total: int) -> str:
     return f'{{"zip_size": {zip_size}, "file_count": {count}, "bytes": {total}, "files": ['
 
 
-def manifest_head(planned: Plan | StreamedPlan) -> str:
+def manifest_head(planned: Sendable) -> str:
     """The first text of the manifest `planned` will have once sent (`Manifest.json_pieces`):
     everything in it is known from the plan, before any file is read."""
     return _manifest_head(planned.zip_size, len(planned.sizes), planned.total_bytes)
 
 
-def manifest_rows(planned: Plan | StreamedPlan, start: int, stop: int, md5: bytes) -> str:
+def manifest_rows(planned: Sendable, start: int, stop: int, md5: bytes) -> str:
     """The manifest text of the sent files `start` to `stop` of `planned` (`md5`: their
     digests, 16 bytes each), with the separators `Manifest.json_pieces` puts before them.
     Head, then each run's rows in order, then MANIFEST_TAIL is `Manifest.json_pieces`' text.

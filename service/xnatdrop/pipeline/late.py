@@ -120,7 +120,7 @@ def xnat_file_name(entry_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", entry_name)
 
 
-def upload_plan(context: Context, drop: ledger.Drop) -> pack.Plan | planstream.StreamedPlan:
+def upload_plan(context: Context, drop: ledger.Drop) -> planstream.Sendable:
     """The zip to send: the whole folder, read from the spool as it is sent (not held whole),
     or, when appending, only what XNAT lacks."""
     folder, work = context.spool(drop), Path(drop.work)

@@ -127,7 +127,7 @@ def import_step(context: Context, drop: ledger.Drop) -> Done:
 def _reusable(
     context: Context,
     drop: ledger.Drop,
-    planned: pack.Plan | planstream.StreamedPlan,
+    planned: planstream.Sendable,
     found: verify.Rewriting,
 ) -> Done | None:
     """What the prearchive already holds of this drop: a READY copy with every file (reused),
@@ -173,7 +173,7 @@ def _unchanged(hashed: dict[Path, str], sent: pack.Manifest) -> None:
 def _explained(
     context: Context,
     answer: xnat.XnatAnswer,
-    planned: pack.Plan | planstream.StreamedPlan,
+    planned: planstream.Sendable,
     label: str,
     found: verify.Rewriting,
 ) -> xnat.XnatAnswer:
