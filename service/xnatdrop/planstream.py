@@ -77,10 +77,11 @@ class StreamedPlan:
         if self._reading is None or number < self._next:
             self._reading, self._next = self._rows(), 0  # behind what was read: from the start
         while True:
-            rows = list(itertools.islice(self._reading, PAGE))
-            if not rows:
+            # The rows taken one at a time into the page's columns: a list of a page's rows
+            # as dicts was about 1 MB at once.
+            page = Plan.from_json({"zip_size": 0, "files": itertools.islice(self._reading, PAGE)})
+            if not page.sizes:
                 raise IndexError("planned file out of range")
-            page = Plan.from_json({"zip_size": 0, "files": rows})
             self._next += 1
             if self._next - 1 == number:
                 self._pages[number] = page
