@@ -77,6 +77,7 @@ from xnatdrop.packplan import Run
 from xnatdrop.packread import CHUNK, Changed, FileError
 from xnatdrop.packrecords import Manifest, ManifestFile, Plan
 from xnatdrop.packrecords import Planned as Planned  # re-exported: pack.Planned
+from xnatdrop.planstream import Sendable
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ _Job = concurrent.futures.Future  # of packread's read_run, read_one or digest_f
 
 
 def _read_ahead(
-    base: str, planned: Plan, readers: concurrent.futures.Executor, pool: buffers.Buffers
+    base: str, planned: Sendable, readers: concurrent.futures.Executor, pool: buffers.Buffers
 ) -> Iterator[tuple[int, int, Any]]:
     """Each run of the plan (`_runs`) with its read result, in order, read ahead by `readers`.
 
@@ -340,7 +341,7 @@ class Body:
     def __init__(
         self,
         folder: Path,
-        planned: Plan,
+        planned: Sendable,
         on_manifest: Callable[[Manifest], None] | None = None,
         manifest_file: ManifestFile | None = None,
     ) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from xnatdrop import rules
 from xnatdrop.filecolumns import SHARED, Files, Texts
 from xnatdrop.packplan import Plan, Planned, PlannedFiles
+from xnatdrop.planstream import Sendable, StreamedPlan
 
 __all__ = ["Entry", "Manifest", "ManifestFile", "Plan", "Planned", "PlannedFiles", "Texts"]
 
@@ -261,19 +262,27 @@ def _manifest_head(zip_size: int, count: int, total: int) -> str:
     return f'{{"zip_size": {zip_size}, "file_count": {count}, "bytes": {total}, "files": ['
 
 
-def manifest_head(planned: Plan) -> str:
+def manifest_head(planned: Sendable) -> str:
     """The first text of the manifest `planned` will have once sent (`Manifest.json_pieces`):
     everything in it is known from the plan, before any file is read."""
     return _manifest_head(planned.zip_size, len(planned.sizes), planned.total_bytes)
 
 
-def manifest_rows(planned: Plan, start: int, stop: int, md5: bytes) -> str:
+def manifest_rows(planned: Sendable, start: int, stop: int, md5: bytes) -> str:
     """The manifest text of the sent files `start` to `stop` of `planned` (`md5`: their
     digests, 16 bytes each), with the separators `Manifest.json_pieces` puts before them.
     Head, then each run's rows in order, then MANIFEST_TAIL is `Manifest.json_pieces`' text.
 
     Made from the plan's columns, what a series shares quoted once (no `Entry` per file): this
-    runs in the sender between its sends."""
+    runs in the sender between its sends. A plan read from the spool page by page gives each
+    page's part (a run may end on the next page)."""
+    if isinstance(planned, StreamedPlan):
+        parts = []
+        for page, base, low, high in planned.spans(start, stop):
+            text = manifest_rows(page, low, high, md5[16 * (base + low - start) :])
+            # The page's first file is not the plan's: its row follows another one.
+            parts.append("," + text if low == 0 < base and text else text)
+        return "".join(parts)
     files, sizes = planned.entries, planned.sizes
     kinds, kind_of, names, uids = files.kinds(), files._kind_of, files._names, files._uids
     quoted: dict[int, tuple[str, ...] | None] = {}

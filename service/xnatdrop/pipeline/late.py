@@ -37,7 +37,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import archivecheck, ledger, names, pack, verify
+from xnatdrop import archivecheck, ledger, names, pack, planstream, verify
 from xnatdrop.pipeline import readback, spool
 from xnatdrop.pipeline.context import Context, Done
 
@@ -120,13 +120,14 @@ def xnat_file_name(entry_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", entry_name)
 
 
-def upload_plan(context: Context, drop: ledger.Drop) -> pack.Plan:
-    """The zip to send: the whole folder, or, when appending, only what XNAT lacks."""
+def upload_plan(context: Context, drop: ledger.Drop) -> planstream.Sendable:
+    """The zip to send: the whole folder, read from the spool as it is sent (not held whole),
+    or, when appending, only what XNAT lacks."""
     folder, work = context.spool(drop), Path(drop.work)
-    planned = spool.plan_for(folder, work, drop.id)
     append = spool.xnat_record(folder).append
     if append is None:
-        return planned
+        return spool.streamed_plan(folder, work, drop.id)
+    planned = spool.plan_for(folder, work, drop.id)
     send = set(append.send)
     entries = [p.entry for p in planned.files if p.entry.sop_instance_uid in send]
     return pack.plan(work, entries, {**planned.zip_names(), **append.names})

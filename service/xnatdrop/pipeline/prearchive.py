@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from xnatdrop import ledger, pack, xnat
+from xnatdrop import ledger, planstream, xnat
 from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline.context import Context
 
@@ -24,7 +24,7 @@ FAILED = frozenset({"ERROR", "_ERROR"})
 CONFLICT = frozenset({"CONFLICT", "_CONFLICT"})
 
 
-def ours(context: Context, drop: ledger.Drop, planned: pack.Plan) -> list[Any]:
+def ours(context: Context, drop: ledger.Drop, planned: planstream.Sendable) -> list[Any]:
     """Prearchive sessions of this project that hold (parts of) this drop."""
     studies = planned.study_uids()
     return [

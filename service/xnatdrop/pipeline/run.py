@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from xnatdrop import breaker, ledger, locks, names, pack, xnat
+from xnatdrop import breaker, heap, ledger, locks, names, pack, xnat
 from xnatdrop.config import Config
 from xnatdrop.errors import AuthenticationError, PermanentError, StateError, TransientError
 from xnatdrop.logsetup import log_context
@@ -354,6 +354,8 @@ def _steps(context: Context, drop: ledger.Drop) -> ledger.Drop | Resend | Unsett
         started = time.monotonic()
         with log_context(step=step):
             result = STEPS[step](context, drop)
+        # What the step freed goes back to the kernel before the next one builds on top of it.
+        heap.release()
         if not isinstance(result, Done):
             return result
         crash.point(step, "after")

@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from xnatdrop import breaker, ledger, pack, verify, xnat
+from xnatdrop import breaker, ledger, pack, planstream, verify, xnat
 from xnatdrop.errors import PermanentError, TransientError
 from xnatdrop.pipeline import crash, late, prearchive, readback, spool
 from xnatdrop.pipeline.context import Context, Done
@@ -125,7 +125,10 @@ def import_step(context: Context, drop: ledger.Drop) -> Done:
 
 
 def _reusable(
-    context: Context, drop: ledger.Drop, planned: pack.Plan, found: verify.Rewriting
+    context: Context,
+    drop: ledger.Drop,
+    planned: planstream.Sendable,
+    found: verify.Rewriting,
 ) -> Done | None:
     """What the prearchive already holds of this drop: a READY copy with every file (reused),
     a copy XNAT is building (waited for); leftovers are deleted. None: upload."""
@@ -170,7 +173,7 @@ def _unchanged(hashed: dict[Path, str], sent: pack.Manifest) -> None:
 def _explained(
     context: Context,
     answer: xnat.XnatAnswer,
-    planned: pack.Plan,
+    planned: planstream.Sendable,
     label: str,
     found: verify.Rewriting,
 ) -> xnat.XnatAnswer:

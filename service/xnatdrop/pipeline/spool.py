@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
-from xnatdrop import atomicfile, filecolumns, ledger, pack, rules, verify
+from xnatdrop import atomicfile, filecolumns, ledger, pack, planstream, rules, verify
 from xnatdrop.errors import TransientError
 
 log = logging.getLogger(__package__)
@@ -459,6 +459,25 @@ def plan_for(folder: Path, work: Path, drop_id: int) -> pack.Plan:
         planned = pack.plan(work, files, names)
         save(folder, planned)
     return planned
+
+
+def streamed_plan(folder: Path, work: Path, drop_id: int) -> planstream.StreamedPlan:
+    """The plan as the import sends it, a page at a time (`planstream`); made again if lost."""
+    path = folder / NAMES[pack.Plan]
+    for _ in range(2):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if (head := load(folder, pack.Plan, files=False)) is not None:
+                return planstream.StreamedPlan(head.zip_size, lambda: _record_rows(path))
+        discard(folder, pack.Plan)
+        plan_for(folder, work, drop_id)
+    raise TransientError(f"the plan of drop {drop_id} cannot be read back: {path}")
+
+
+def _record_rows(path: Path) -> Iterator[Any]:
+    """The rows of a record written a file a line (`json_pieces`), read as asked for."""
+    with open(path, encoding="utf-8") as handle:
+        handle.readline()
+        yield from _rows(handle)
 
 
 def manifest_for(folder: Path, work: Path, drop_id: int) -> pack.Manifest:
