@@ -91,6 +91,7 @@ COUNT = 20_000
 PER_SERIES = 200
 
 
+@pytest.mark.alone
 def test_a_streamed_plan_holds_under_30_bytes_a_file(tmp_path: Path) -> None:
     """What the import step holds of a plan of 20,000 files before it sends: each file's size
     (8 bytes) and the pages around the body's window; the plan read back whole in columns held

@@ -50,6 +50,7 @@ def leave_freed_blocks(pins: list[bytearray]) -> int:
     return rss_kib()
 
 
+@pytest.mark.alone  # the RSS of a process that ran no other test
 @pytest.mark.skipif(not heap.release(), reason="no malloc_trim in this C library")
 def test_what_a_step_freed_is_handed_back_before_the_next_step(
     tmp_path: Path, server: Sandbox, monkeypatch: pytest.MonkeyPatch
