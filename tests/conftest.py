@@ -28,7 +28,7 @@ from shared_data import dataset
 from xnat_sandbox import Sandbox
 from xnatdrop import logsetup
 
-# The `forked` marker of the memory bounds (a hook, so a plugin module rather than a helper).
+# The `alone` marker of the memory bounds (hooks, so a plugin module rather than a helper).
 pytest_plugins = ["memory_helpers"]
 
 USERS = ["svc:pw", "reader:pw:read", "outsider:pw:none", "other:pw"]

@@ -2,10 +2,11 @@
 the `alone` marker they run under (a pytest plugin: tests/conftest.py loads it).
 
 `tracemalloc` counts every allocation of the process, and under pytest-xdist a worker process
-runs hundreds of tests before a bound: threads they left behind, and state they left (one
-bound measured 286 bytes a file in a worker, 94 in a process of its own, forked children
-included). A test marked `alone` runs in a pytest process of its own, which reports to the
-worker: what it measures is what the test does, in any order, on any worker.
+runs hundreds of tests before a bound, and what they left counts in it: threads still running,
+and more (a check record's read-back measured 286 bytes a file in a child forked from a worker
+for the test, 94 in a process of its own; the cause is not found). A test marked `alone` runs
+in a pytest process of its own, which reports to the worker: what it measures is what the test
+does, in any order, on any worker.
 """
 
 from __future__ import annotations
@@ -33,10 +34,6 @@ def traced(action: Callable[[], Any]) -> tuple[Any, int, int]:
 
 
 ALONE = "XNATDROP_TEST_ALONE"  # set in the process a test marked `alone` runs in
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "alone: the test runs in a pytest process of its own")
 
 
 @pytest.hookimpl(tryfirst=True)

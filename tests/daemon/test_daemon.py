@@ -512,10 +512,10 @@ def test_an_event_while_a_scan_job_runs_brings_another_scan(tmp_path: Path) -> N
     release = threading.Event()
     dispatch = runner._dispatch
 
-    def held_dispatch() -> None:
+    def held_dispatch(scanned: bool = False) -> None:
         if runner.scans == 1:
             release.wait(30)
-        dispatch()
+        dispatch(scanned)
 
     runner._dispatch = held_dispatch  # type: ignore[method-assign]
     hints: list[float] = []
