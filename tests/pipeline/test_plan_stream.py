@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from memory_helpers import traced
+from test_plan_memory import COUNT
+from test_plan_memory import entry as full_entry
 from xnatdrop import pack, planstream, rules
 from xnatdrop.pipeline import spool
 
@@ -87,28 +89,12 @@ def test_a_plan_cut_short_in_the_spool_is_made_again(session: Path, tmp_path: Pa
     assert list(streamed.files) == list(planned.files)
 
 
-COUNT = 20_000
-PER_SERIES = 200
-
-
 @pytest.mark.alone
 def test_a_streamed_plan_holds_under_30_bytes_a_file(tmp_path: Path) -> None:
     """What the import step holds of a plan of 20,000 files before it sends: each file's size
     (8 bytes) and the pages around the body's window; the plan read back whole in columns held
     ~90 bytes a file (`spool.load`), through the whole upload."""
-    files = tuple(
-        rules.FileEntry(
-            f"{n // PER_SERIES:04d}_ge_02_Ax_fMRI_FF_I11.1_S15.9/IM{n:06d}.dcm",
-            1000,
-            f"2.25.{10**37 + n}",
-            "1.2.840.10008.5.1.4.1.1.4",
-            f"2.25.{10**36 + n // PER_SERIES}",
-            str(n // PER_SERIES + 1),
-            "2.25.1234567890",
-            "1.2.840.10008.1.2.1",
-        )
-        for n in range(COUNT)
-    )
+    files = tuple(full_entry(n) for n in range(COUNT))
     planned = pack.Plan(0, (pack.Planned(e, 1000, 1.5, e.path) for e in files))
     spool.save(tmp_path, planned)
     del planned, files
