@@ -532,7 +532,8 @@ def test_an_event_while_a_scan_job_runs_brings_another_scan(tmp_path: Path) -> N
         drop_session(settings, "SPN01_0001")
         wait_for(lambda: hints)  # the scan was asked for while the job runs
         release.set()
-        wait_for(lambda: runner.watcher.find(settings.drop[0].path / "SPN01_0001"))
+        wait_for(lambda: runner.scans >= 2)  # counted once the scan is over, not before
+        assert runner.watcher.find(settings.drop[0].path / "SPN01_0001")
         assert runner.scans == 2
 
     assert run_with(runner, scenario) == 0
