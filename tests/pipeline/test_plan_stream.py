@@ -34,7 +34,7 @@ def entry(n: int) -> rules.FileEntry:
     )
 
 
-def sent(folder: Path, planned: pack.Plan | planstream.StreamedPlan, spooled: Path) -> bytes:
+def sent(folder: Path, planned: planstream.Sendable, spooled: Path) -> bytes:
     """The zip's bytes, with the manifest written into `spooled` as the import step does."""
     pieces = []
     with pack.Body(folder, planned, manifest_file=spool.ManifestWriter(spooled)) as body:

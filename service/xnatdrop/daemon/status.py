@@ -45,7 +45,7 @@ class Daemon(Protocol):
     status_written: str  # the status file's view as last written, without pid and time
 
 
-def update(daemon: Daemon, window_open: bool, scanned: bool = True) -> None:
+def update(daemon: Daemon, window_open: bool, scanned: bool) -> None:
     """Set `daemon.status` (the line systemd shows) and write the status file: after each scan
     (`scanned`), and otherwise only when what it says changed."""
     counts = daemon.watcher.counts()
