@@ -103,14 +103,18 @@ class Result:
         return not self.error and not self.audit.problems
 
     def report(self) -> str:
-        lines = [f"scenario {self.id} (seed {self.seed}): {self.faults} fault(s), "
-                 f"{self.audit.drops} drops, {self.seconds:.0f} s"]
+        lines = [
+            f"scenario {self.id} (seed {self.seed}): {self.faults} fault(s), "
+            f"{self.audit.drops} drops, {self.seconds:.0f} s"
+        ]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  PROBLEM {p}" for p in self.audit.problems]
         if self.error:
             lines.append("  HARNESS ERROR " + self.error)
-        lines.append(f"  replay: python tests/campaign.py --seed {self.seed} --only "
-                     f"'^{re.escape(self.id)}$' --keep")
+        lines.append(
+            f"  replay: python tests/campaign.py --seed {self.seed} --only "
+            f"'^{re.escape(self.id)}$' --keep"
+        )
         return "\n".join(lines)
 
 
@@ -174,8 +178,14 @@ def standard_drops(lab: Lab, rng: random.Random, first: int = 1) -> list[Drop]:
     root = lab.roots[0]
     made = [
         clean(stager, root, f"SPN01_{first:04d}"),
-        clean(stager, root, f"SPN01_{first + 1:04d}", (drops_module.SI_MOSAIC,),
-              sidecars=False, subject=False),
+        clean(
+            stager,
+            root,
+            f"SPN01_{first + 1:04d}",
+            (drops_module.SI_MOSAIC,),
+            sidecars=False,
+            subject=False,
+        ),
         BAD["CONVERTED_FILE"](stager, root, f"SPN01_{first + 2:04d}"),
     ]
     return made
@@ -245,8 +255,11 @@ def conclude(run: Run, lab: Lab, drops: list[Drop], timeout: float = FINISH_TIME
         if daemon.alive():
             code = daemon.stop()
             if code != 0:
-                run.result.audit.add("daemon", None, f"daemon {daemon.number} stopped with "
-                                     f"{code} after SIGTERM (expected 0)")
+                run.result.audit.add(
+                    "daemon",
+                    None,
+                    f"daemon {daemon.number} stopped with {code} after SIGTERM (expected 0)",
+                )
     run.result.audit.merge(audit(lab, drops, status))
     tracebacks(run, lab)
 
@@ -258,8 +271,14 @@ def tracebacks(run: Run, lab: Lab) -> None:
         lines = daemon.log().splitlines()
         for index, line in enumerate(lines):
             if line.startswith("Traceback"):
-                end = next((lines[j] for j in range(index + 1, len(lines))
-                            if lines[j] and not lines[j].startswith((" ", "Traceback"))), "?")
+                end = next(
+                    (
+                        lines[j]
+                        for j in range(index + 1, len(lines))
+                        if lines[j] and not lines[j].startswith((" ", "Traceback"))
+                    ),
+                    "?",
+                )
                 seen[end] = seen.get(end, 0) + 1
     for last, count in seen.items():
         run.result.audit.add("traceback", None, f"{count}x in the daemon log: {last[:300]}")
@@ -301,8 +320,11 @@ def kill_chain(run: Run, kills: list[dict[str, Any]]) -> None:
             if not armed.alive():
                 run.fault()
                 # the fault log holds the hook's kills only: a crash point is named by itself
-                run.note(f"killed at {kill['crash_at']}" if kill.get("crash_at") else
-                         "killed " + (_hit(lab) or "at an unrecorded point"))
+                run.note(
+                    f"killed at {kill['crash_at']}"
+                    if kill.get("crash_at")
+                    else "killed " + (_hit(lab) or "at an unrecorded point")
+                )
             else:
                 run.note(f"kill point {kill.get('crash_at') or kill.get('fault')} not reached")
                 armed.stop()
@@ -343,8 +365,13 @@ _CALIBRATED: list[int] = []
 
 def mutation_count(run: Run) -> int:
     if not _CALIBRATED:
-        probe = Run(run.id + "/calibrate", run.base, random.Random(0), Result("calibrate", "kill",
-                    run.result.seed), keep=run.keep)
+        probe = Run(
+            run.id + "/calibrate",
+            run.base,
+            random.Random(0),
+            Result("calibrate", "kill", run.result.seed),
+            keep=run.keep,
+        )
         _CALIBRATED.append(calibrate(probe))
         if not probe.result.ok:
             raise ScenarioFailed("the calibration run failed:\n" + probe.result.report())
@@ -362,8 +389,7 @@ for _point in CRASH_POINTS:
 @scenario("kill/upload-bytes", "kill")
 def _upload_bytes(run: Run) -> None:
     """SIGKILL after a random number of bytes of the upload, three times in a row."""
-    kill_chain(run, [{"crash_at": f"import:bytes={run.rng.randint(1, 400_000)}"}
-                     for _ in range(3)])
+    kill_chain(run, [{"crash_at": f"import:bytes={run.rng.randint(1, 400_000)}"} for _ in range(3)])
 
 
 # Just after each kind of rename, before anything else runs (the ledger write that follows it
@@ -379,8 +405,14 @@ RENAMES = {
 for _name, _target in RENAMES.items():
 
     def _renamed(run: Run, target: str = _target) -> None:
-        fault = {"action": "kill", "nth": 1, "when": "after", "kinds": ["rename"],
-                 "match": target, "target": True}
+        fault = {
+            "action": "kill",
+            "nth": 1,
+            "when": "after",
+            "kinds": ["rename"],
+            "match": target,
+            "target": True,
+        }
         kill_chain(run, [{"fault": fault}])
 
     scenario(f"kill/after-rename/{_name}", "kill")(_renamed)
@@ -392,13 +424,16 @@ def _steps_and_renames(run: Run) -> None:
     freeze, just after a spool file's rename, before a quarantine, after the archive, just
     after the rename into done/ (before the ledger hears of it). The CI campaign's kills."""
     after = {"action": "kill", "nth": 1, "when": "after", "kinds": ["rename"], "target": True}
-    kill_chain(run, [
-        {"crash_at": "freeze:after"},
-        {"fault": {**after, "match": RENAMES["spool"]}},
-        {"crash_at": "quarantine:before"},
-        {"crash_at": "archive:after"},
-        {"fault": {**after, "match": RENAMES["finish"]}},
-    ])
+    kill_chain(
+        run,
+        [
+            {"crash_at": "freeze:after"},
+            {"fault": {**after, "match": RENAMES["spool"]}},
+            {"crash_at": "quarantine:before"},
+            {"crash_at": "archive:after"},
+            {"fault": {**after, "match": RENAMES["finish"]}},
+        ],
+    )
 
 
 for _index in range(12):
@@ -422,8 +457,9 @@ for _index in range(6):
 
     def _timed(run: Run) -> None:
         """SIGKILL at random moments (0.5-8 s after start), twice, then a clean restart."""
-        kill_chain(run, [{"after_seconds": run.rng.uniform(0.5, run.size(8.0, 3.0))}
-                         for _ in range(2)])
+        kill_chain(
+            run, [{"after_seconds": run.rng.uniform(0.5, run.size(8.0, 3.0))} for _ in range(2)]
+        )
 
     scenario(f"kill/random-moment/{_index + 1}", "kill")(_timed)
 
@@ -442,8 +478,16 @@ def _thaw(run: Run) -> None:
         missing = held.read_bytes()
         held.unlink()
         os.rename(lab.staging / drop.label, drop.path)
-        armed = lab.daemon(fault={"action": "kill", "nth": 1, "when": "after", "target": True,
-                                  "kinds": ["rename"], "match": str(drop.path)})
+        armed = lab.daemon(
+            fault={
+                "action": "kill",
+                "nth": 1,
+                "when": "after",
+                "target": True,
+                "kinds": ["rename"],
+                "match": str(drop.path),
+            }
+        )
         if died(armed, 60):
             run.fault()
             run.note("killed just after the thaw rename: " + _hit(lab))
@@ -476,8 +520,13 @@ class Injector:
         return self.given - remaining + self.events
 
 
-def storm(run: Run, inject: Callable[[Injector, random.Random], None], drops_count: int = 4,
-          xnat_timeout: float = 20.0, **config: Any) -> None:
+def storm(
+    run: Run,
+    inject: Callable[[Injector, random.Random], None],
+    drops_count: int = 4,
+    xnat_timeout: float = 20.0,
+    **config: Any,
+) -> None:
     """Clean drops flow while `inject` attacks XNAT; every drop must end archived. The faults
     counted are those that hit a request (or happened, for an outage)."""
     with run.lab() as lab:
@@ -485,8 +534,16 @@ def storm(run: Run, inject: Callable[[Injector, random.Random], None], drops_cou
         lab.write_config(**config)
         stager = Stager(lab.staging, run.rng)
         sources = [drops_module.GE_FMRI, drops_module.GE_FMRI_2, drops_module.SI_MOSAIC]
-        drops = [clean(stager, lab.roots[0], f"SPN01_{i:04d}", (run.rng.choice(sources),),
-                       sidecars=i % 2 == 1) for i in range(1, drops_count + 1)]
+        drops = [
+            clean(
+                stager,
+                lab.roots[0],
+                f"SPN01_{i:04d}",
+                (run.rng.choice(sources),),
+                sidecars=i % 2 == 1,
+            )
+            for i in range(1, drops_count + 1)
+        ]
         lab.daemon()
         put(lab, drops)
         injector = Injector(lab, run)
@@ -521,8 +578,12 @@ def _paced(rng: random.Random, rounds: int, low: float, high: float) -> Iterator
 def _bursts(run: Run) -> None:
     def inject(faults: Injector, rng: random.Random) -> None:
         for _ in _paced(rng, faults.size(6, 4), 0.2, faults.size(1.0, 0.6)):
-            faults.rule("fail", rng.choice(PATHS), rng.randint(2, faults.size(8, 5)),
-                        status=rng.choice([500, 502, 503, 504]))
+            faults.rule(
+                "fail",
+                rng.choice(PATHS),
+                rng.randint(2, faults.size(8, 5)),
+                status=rng.choice([500, 502, 503, 504]),
+            )
 
     storm(run, inject)
 
@@ -540,8 +601,12 @@ def _cut(run: Run) -> None:
 @scenario("storm/slow-answers", "storm")
 def _slow(run: Run) -> None:
     def inject(faults: Injector, rng: random.Random) -> None:
-        faults.rule("delay", ".", faults.size(rng.randint(20, 60), rng.randint(8, 16)),
-                    seconds=rng.uniform(0.3, faults.size(1.5, 0.8)))
+        faults.rule(
+            "delay",
+            ".",
+            faults.size(rng.randint(20, 60), rng.randint(8, 16)),
+            seconds=rng.uniform(0.3, faults.size(1.5, 0.8)),
+        )
         faults.rule("delay", rng.choice(PATHS[:4]), 1, seconds=faults.size(8.0, 6.0))  # > timeout
 
     storm(run, inject, drops_count=3, xnat_timeout=5.0)
@@ -771,9 +836,12 @@ def _unreadable(run: Run) -> None:
         stager = Stager(lab.staging, run.rng)
         root = lab.roots[0]
         one_file = drops_module._base(stager, root, "SPN01_0001")[0]
-        file_drop = Drop("SPN01_0001", root, Expect("quarantined", "RULES_BLOCKED",
-                                                     frozenset({"UNREADABLE"})),
-                         "one file mode 000")
+        file_drop = Drop(
+            "SPN01_0001",
+            root,
+            Expect("quarantined", "RULES_BLOCKED", frozenset({"UNREADABLE"})),
+            "one file mode 000",
+        )
         folder_drop = clean(stager, root, "SPN01_0002")
         fine = clean(stager, root, "SPN01_0003", sidecars=False)
         drops = [file_drop, folder_drop, fine]
@@ -800,8 +868,15 @@ def change_while(run: Run, modules: list[str], what: str) -> None:
         stager = Stager(lab.staging, run.rng)
         drop = clean(stager, lab.roots[0], "SPN01_0001")
         put(lab, [drop])
-        daemon = lab.daemon(fault={"action": "stop", "kinds": ["read"], "nth": 1,
-                                   "match": "/.xnatdrop-work/", "modules": modules})
+        daemon = lab.daemon(
+            fault={
+                "action": "stop",
+                "kinds": ["read"],
+                "nth": 1,
+                "match": "/.xnatdrop-work/",
+                "modules": modules,
+            }
+        )
         if not wait_for(daemon.stopped_by_signal, 60):
             run.note(f"the daemon never paused {what}")
         else:
@@ -947,8 +1022,12 @@ def _two_daemons(run: Run) -> None:
         code = second.wait_exit(30)
         log = second.log()
         if code != 2 or f"pid {first.process.pid}" not in log:  # type: ignore[union-attr]
-            run.result.audit.add("ops", None, f"second `run` exited {code}, not 2 naming pid "
-                                 f"{first.process.pid}: {log.strip()[-300:]}")  # type: ignore[union-attr]
+            run.result.audit.add(
+                "ops",
+                None,
+                f"second `run` exited {code}, not 2 naming pid "
+                f"{first.process.pid}: {log.strip()[-300:]}",
+            )  # type: ignore[union-attr]
         conclude(run, lab, drops)
 
 
@@ -1064,15 +1143,20 @@ def _requeue(run: Run) -> None:
         if not wait_for(lambda: any(lab.quarantine.glob("spn01-7__*")), 60):
             raise ScenarioFailed("the badly named drop was not quarantined")
         name = next(lab.quarantine.glob("spn01-7__*")).name
-        answer = lab.xnatdrop("requeue", name, "--as", "SPN01_0007", "--config",
-                              str(lab.config_path))
+        answer = lab.xnatdrop(
+            "requeue", name, "--as", "SPN01_0007", "--config", str(lab.config_path)
+        )
         run.fault()
         run.note(f"requeue exit {answer.returncode}: {(answer.stdout + answer.stderr).strip()}")
         drop.label = "SPN01_0007"
         drop.aside = set(drops_module.REASON_FILES)
-        drop.files.update({n: _md5_of(lab.roots[0] / drop.label / n)
-                           for n in drops_module.REASON_FILES
-                           if (lab.roots[0] / drop.label / n).exists()})
+        drop.files.update(
+            {
+                n: _md5_of(lab.roots[0] / drop.label / n)
+                for n in drops_module.REASON_FILES
+                if (lab.roots[0] / drop.label / n).exists()
+            }
+        )
         conclude(run, lab, [drop])
 
 
@@ -1098,11 +1182,17 @@ def _quarantine_fixed(run: Run) -> None:
         wrong.chmod(0o555)
         put(lab, [drop])
         run.fault()
-        said = wait_for(lambda: "SPN01_0001" in status_of(lab)[1]
-                        and any(r["state"] == "checked" or r["last_error"]
-                                for r in ledger_rows(lab)), 60)
-        run.note("status while it waited: " + (_line(status_of(lab)[1], "SPN01_0001")
-                                                 if said else "nothing about SPN01_0001"))
+        said = wait_for(
+            lambda: (
+                "SPN01_0001" in status_of(lab)[1]
+                and any(r["state"] == "checked" or r["last_error"] for r in ledger_rows(lab))
+            ),
+            60,
+        )
+        run.note(
+            "status while it waited: "
+            + (_line(status_of(lab)[1], "SPN01_0001") if said else "nothing about SPN01_0001")
+        )
         first.stop()
         lab.quarantine = lab.dir / "quarantine"
         lab.write_config(paths={"quarantine": lab.quarantine})
@@ -1173,8 +1263,10 @@ def run_scenario(
 
 def table(results: list[Result]) -> str:
     """The campaign's table (Markdown), per family and in total."""
-    head = ("| family | scenarios | faults injected | drops | files verified | instances "
-            "verified | lost | duplicated | wrong verdicts | stuck | other problems |")
+    head = (
+        "| family | scenarios | faults injected | drops | files verified | instances "
+        "verified | lost | duplicated | wrong verdicts | stuck | other problems |"
+    )
     lines = [head, "|" + "---|" * 11]
     for family in ["kill", "storm", "local", "bad", "ops", "total"]:
         chosen = [r for r in results if (r.family == family or family == "total") and not r.known]
@@ -1184,29 +1276,39 @@ def table(results: list[Result]) -> str:
         for r in chosen:
             merged.merge(r.audit)
         faults = sum(r.faults for r in chosen)
-        other = sum(1 for p in merged.problems
-                    if not p.startswith(("lost", "duplicated", "wrong", "stuck")))
+        other = sum(
+            1 for p in merged.problems if not p.startswith(("lost", "duplicated", "wrong", "stuck"))
+        )
         other += sum(1 for r in chosen if r.error)
-        lines.append(f"| {family} | {len(chosen)} | {faults} | {merged.drops} | {merged.files} | "
-                     f"{merged.instances} | {merged.lost} | {merged.duplicated} | {merged.wrong} | "
-                     f"{merged.stuck} | {other} |")
+        lines.append(
+            f"| {family} | {len(chosen)} | {faults} | {merged.drops} | {merged.files} | "
+            f"{merged.instances} | {merged.lost} | {merged.duplicated} | {merged.wrong} | "
+            f"{merged.stuck} | {other} |"
+        )
     return "\n".join(lines)
 
 
 def scenario_table(results: list[Result]) -> str:
     """One row per kind of scenario (its repeats together): runs, faults, drops, outcome."""
-    lines = ["| scenario | runs | faults injected | drops | files verified | result |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| scenario | runs | faults injected | drops | files verified | result |",
+        "|---|---|---|---|---|---|",
+    ]
     kinds: dict[str, list[Result]] = {}
     for r in results:
         kinds.setdefault(r.id.split(" #")[0], []).append(r)
     for kind, runs in kinds.items():
         failed = [r for r in runs if not r.ok]
-        outcome = "ok" if not failed else (
-            "KNOWN FAILURE" if all(r.known for r in failed) else f"FAILED {len(failed)}")
-        lines.append(f"| {kind} | {len(runs)} | {sum(r.faults for r in runs)} | "
-                     f"{sum(r.audit.drops for r in runs)} | "
-                     f"{sum(r.audit.files for r in runs)} | {outcome} |")
+        outcome = (
+            "ok"
+            if not failed
+            else ("KNOWN FAILURE" if all(r.known for r in failed) else f"FAILED {len(failed)}")
+        )
+        lines.append(
+            f"| {kind} | {len(runs)} | {sum(r.faults for r in runs)} | "
+            f"{sum(r.audit.drops for r in runs)} | "
+            f"{sum(r.audit.files for r in runs)} | {outcome} |"
+        )
     return "\n".join(lines)
 
 
@@ -1226,14 +1328,20 @@ def main(argv: list[str] | None = None) -> int:
             mark = f"  KNOWN FAILURE: {KNOWN_FAILURES[id_]}" if id_ in KNOWN_FAILURES else ""
             print(f"{family:6} {id_}{' (bounded)' if id_ in BOUNDED else ''}{mark}")
         return 0
-    seed = args.seed if args.seed is not None else (
-        BOUNDED_SEED if args.bounded else random.SystemRandom().randrange(1, 10**6))
+    seed = (
+        args.seed
+        if args.seed is not None
+        else (BOUNDED_SEED if args.bounded else random.SystemRandom().randrange(1, 10**6))
+    )
     chosen = BOUNDED if args.bounded else list(SCENARIOS)
     if args.only:
         chosen = [s for s in chosen if re.search(args.only, s)]
     load_at_start = os.getloadavg()[0]
-    print(f"campaign seed {seed}: {len(chosen)} scenario(s); load {load_at_start:.1f} on "
-          f"{os.cpu_count()} cores", flush=True)
+    print(
+        f"campaign seed {seed}: {len(chosen)} scenario(s); load {load_at_start:.1f} on "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
     base = Path(tempfile.mkdtemp(prefix="xnatdrop-campaign-"))
     results = []
     started = time.monotonic()
@@ -1242,16 +1350,21 @@ def main(argv: list[str] | None = None) -> int:
             result = run_scenario(id_, seed, base, args.keep, args.bounded)
             results.append(result)
             mark = "ok" if result.ok else ("KNOWN" if result.known else "FAIL")
-            print(f"{mark:5} {id_} ({result.seconds:.0f} s, {result.faults} faults, "
-                  f"{result.audit.drops} drops)", flush=True)
+            print(
+                f"{mark:5} {id_} ({result.seconds:.0f} s, {result.faults} faults, "
+                f"{result.audit.drops} drops)",
+                flush=True,
+            )
             if not result.ok or args.verbose:
                 print(result.report(), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     print()
-    print(f"seed {seed}; {len(results)} scenarios in {(time.monotonic() - started) / 60:.1f} min; "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"seed {seed}; {len(results)} scenarios in {(time.monotonic() - started) / 60:.1f} min; "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     print(table(results))
     known = [r for r in results if r.known]
     if known:
@@ -1270,6 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
             encoding="utf-8",
         )
     return 0 if all(r.ok for r in results if not r.known) else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -194,13 +194,15 @@ def audit(lab: Lab, drops: list[Drop], status: tuple[int, str, dict[str, Any]] |
             if label not in known:
                 result.add("duplicated", None, f"XNAT holds session {label} that no drop explains")
         for drop in drops:
-            _check_drop(lab, drop, locate(drop, where), sessions, prearchive, view, result,
-                        status)
+            _check_drop(lab, drop, locate(drop, where), sessions, prearchive, view, result, status)
         expected_leftover = {d.label for d in drops if d.expect.kind != "archived"}
         for row in prearchive:
             if row.get("name") not in expected_leftover:
-                result.add("duplicated", None, f"prearchive leftover {row.get('name')} "
-                           f"({row.get('status')})")
+                result.add(
+                    "duplicated",
+                    None,
+                    f"prearchive leftover {row.get('name')} ({row.get('status')})",
+                )
         _check_ledger(lab, drops, where, by_label, result)
     finally:
         view.close()
@@ -226,8 +228,9 @@ def _check_drop(
         where = [str(p) for _, p in final]
         result.add("duplicated", drop, f"in {len(final)} final places: {where}")
     if place != want:
-        if place in ("done", "quarantine") or (place == "drop" and expect.kind != "waiting"
-                                               and not explained(drop, status)):
+        if place in ("done", "quarantine") or (
+            place == "drop" and expect.kind != "waiting" and not explained(drop, status)
+        ):
             kind = "wrong" if place in ("done", "quarantine") else "stuck"
         else:
             kind = "stuck"
@@ -238,13 +241,18 @@ def _check_drop(
     if place == "quarantine":
         _check_reason(drop, final[0][1], result)
     if expect.kind == "waiting" and place == "drop" and not explained(drop, status):
-        result.add("stuck", drop, f"waits in the drop root but `xnatdrop status` does not say "
-                   f"why (expected a line naming it with {expect.why!r})")
+        result.add(
+            "stuck",
+            drop,
+            f"waits in the drop root but `xnatdrop status` does not say "
+            f"why (expected a line naming it with {expect.why!r})",
+        )
     labelled = [row for row in sessions if row["label"] == drop.label]
     if expect.kind == "archived" and place == "done":
         if len(labelled) != 1:
-            result.add("duplicated" if labelled else "lost", drop,
-                       f"{len(labelled)} sessions in XNAT")
+            result.add(
+                "duplicated" if labelled else "lost", drop, f"{len(labelled)} sessions in XNAT"
+            )
         else:
             _check_instances(drop, labelled[0]["ID"], final[0][1], view, result)
     elif expect.kind != "archived" and expect.code != "LABEL_EXISTS":
@@ -262,8 +270,11 @@ def _check_files(lab: Lab, drop: Drop, found: list[tuple[str, Path]], result: Au
             holders += [folder for folder in aside if _md5(folder / Path(relative).name) == md5]
         if not holders:
             places_ = [str(folder) for _, folder in found] or ["nowhere"]
-            result.add("lost", drop, f"{names.shown(relative)} not found byte-identical in "
-                       f"{', '.join(places_)}")
+            result.add(
+                "lost",
+                drop,
+                f"{names.shown(relative)} not found byte-identical in {', '.join(places_)}",
+            )
         elif len(holders) > 1:
             result.add("duplicated", drop, f"{names.shown(relative)} in {len(holders)} places")
         else:
@@ -292,20 +303,28 @@ def _check_reason(drop: Drop, folder: Path, result: Audit) -> None:
         result.add("wrong", drop, "quarantined without QUARANTINE.txt")
     codes = {f.get("code") for f in reason.get("findings", [])}
     if drop.expect.code and reason.get("code") != drop.expect.code:
-        result.add("wrong", drop, f"quarantined as {reason.get('code')}, expected "
-                   f"{drop.expect.code}: {reason.get('message')}")
+        result.add(
+            "wrong",
+            drop,
+            f"quarantined as {reason.get('code')}, expected "
+            f"{drop.expect.code}: {reason.get('message')}",
+        )
     elif not drop.expect.findings <= codes:
         result.add("wrong", drop, f"findings {sorted(codes)} lack {sorted(drop.expect.findings)}")
-    own = [f.get("path", "") for f in reason.get("findings", [])
-           if Path(str(f.get("path", ""))).name.startswith(("QUARANTINE.", "RECEIPT."))]
+    own = [
+        f.get("path", "")
+        for f in reason.get("findings", [])
+        if Path(str(f.get("path", ""))).name.startswith(("QUARANTINE.", "RECEIPT."))
+    ]
     if own:
         result.add("wrong", drop, f"findings about xnatdrop's own files: {own}")
     if not reason.get("fix") or not reason.get("message"):
         result.add("wrong", drop, "reason file without a message and a fix")
 
 
-def _check_instances(drop: Drop, experiment: str, folder: Path, view: XnatView,
-                     result: Audit) -> None:
+def _check_instances(
+    drop: Drop, experiment: str, folder: Path, view: XnatView, result: Audit
+) -> None:
     entries = view.instances(experiment)
     uids = Counter(uid for uid, _, _ in entries)
     missing = drop.uids - set(uids)
@@ -390,19 +409,34 @@ def _check_ledger(
         if "done" in folders:
             done_rows = [r for r in mine if r["state"] == "done"]
             if not any(Path(r["final_path"] or "") == folders["done"] for r in done_rows):
-                result.add("ledger", drop, f"in done/ but the ledger says "
-                           f"{[(r['state'], r['final_path']) for r in mine]}")
+                result.add(
+                    "ledger",
+                    drop,
+                    f"in done/ but the ledger says {[(r['state'], r['final_path']) for r in mine]}",
+                )
             if not sessions.get(drop.label):
                 result.add("ledger", drop, "the ledger says done but XNAT has no such session")
         if "quarantine" in folders:
             rows_q = [r for r in mine if r["state"] == "quarantined"]
             if not any(Path(r["final_path"] or "") == folders["quarantine"] for r in rows_q):
-                result.add("ledger", drop, f"in quarantine/ but the ledger says "
-                           f"{[(r['state'], r['final_path']) for r in mine]}")
+                result.add(
+                    "ledger",
+                    drop,
+                    f"in quarantine/ but the ledger says "
+                    f"{[(r['state'], r['final_path']) for r in mine]}",
+                )
         if open_rows and ("done" in folders or "quarantine" in folders):
-            result.add("ledger", drop, f"final on disk but unfinished in the ledger "
-                       f"({open_rows[0]['state']}, running {open_rows[0]['running']})")
+            result.add(
+                "ledger",
+                drop,
+                f"final on disk but unfinished in the ledger "
+                f"({open_rows[0]['state']}, running {open_rows[0]['running']})",
+            )
     for label, rest in by_label.items():
         if label not in used and any(r["state"] not in final_states for r in rest):
-            result.add("ledger", None, f"unfinished ledger row for {names.shown(label)}, which "
-                       "is no drop of this scenario")
+            result.add(
+                "ledger",
+                None,
+                f"unfinished ledger row for {names.shown(label)}, which "
+                "is no drop of this scenario",
+            )

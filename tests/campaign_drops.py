@@ -181,8 +181,14 @@ def late_part(stager: Stager, first: Drop, root: Path) -> Drop:
     """More series of `first`'s study under the same label, as if copied after it was archived."""
     folder = stager.folder(first.label)
     made = stager.copy_series(folder, "late", GE_FMRI_2, {"study": first.study}, first.label)
-    late = Drop(first.label, root, Expect("archived"), "late files of an archived session",
-                uids=made, study=first.study)
+    late = Drop(
+        first.label,
+        root,
+        Expect("archived"),
+        "late files of an archived session",
+        uids=made,
+        study=first.study,
+    )
     late.also, first.also = set(first.uids), set(made)
     return late
 
@@ -211,8 +217,14 @@ def huge_series(staging: Path, root: Path, label: str, count: int) -> Drop:
         uid = f"{base}.{10000 + index}"
         (folder / f"i{index:05d}.dcm").write_bytes(template.replace(marker, uid.encode()))
         made.add(uid)
-    return Drop(label, root, Expect("archived"), f"one series of {count} instances (clones)",
-                uids=made, study=study)
+    return Drop(
+        label,
+        root,
+        Expect("archived"),
+        f"one series of {count} instances (clones)",
+        uids=made,
+        study=study,
+    )
 
 
 def place(drop: Drop, staging: Path) -> Drop:
@@ -263,8 +275,13 @@ def _archived(label: str, root: Path, made: set[str], note: str, *codes: str) ->
 def _empty_file(stager: Stager, root: Path, label: str) -> Drop:
     folder, _, _ = _base(stager, root, label)
     (folder / "fmri" / "i9999.MRDC.99").write_bytes(b"")
-    return _blocked(label, root, "EMPTY_FILE", "a 0-byte file in a series (held as still "
-                    "copying until settle.max_wait_seconds, then quarantined)")
+    return _blocked(
+        label,
+        root,
+        "EMPTY_FILE",
+        "a 0-byte file in a series (held as still "
+        "copying until settle.max_wait_seconds, then quarantined)",
+    )
 
 
 @bad("CORRUPT_DICOM")
@@ -343,8 +360,9 @@ def _derived(stager: Stager, root: Path, label: str) -> Drop:
             SeriesNumber="30",
             SeriesInstanceUID=series["x"],
         )
-    return _archived(label, root, made, "a MoCo series (header rewritten): left out",
-                     "DERIVED_SERIES")
+    return _archived(
+        label, root, made, "a MoCo series (header rewritten): left out", "DERIVED_SERIES"
+    )
 
 
 @bad("NON_IMAGE_OBJECT")
@@ -352,8 +370,9 @@ def _non_image(stager: Stager, root: Path, label: str) -> Drop:
     folder, uids, made = _base(stager, root, label)
     source = dataset("philips_ingenia_elition_enh_classic") / "In/enh/104165610_ExamCard_Raw.dcm"
     copy_dicom(source, folder / "examcard" / source.name, uids, label)
-    return _archived(label, root, made, "a Philips ExamCard (Raw Data Storage): left out",
-                     "NON_IMAGE_OBJECT")
+    return _archived(
+        label, root, made, "a Philips ExamCard (Raw Data Storage): left out", "NON_IMAGE_OBJECT"
+    )
 
 
 @bad("PROTOCOL_REPORT")
@@ -362,8 +381,9 @@ def _phoenix(stager: Stager, root: Path, label: str) -> Drop:
     uids = {"study": generate_uid()}
     made = stager.copy_series(folder, "dwi", XA30_DWI, uids, label)
     made |= stager.copy_series(folder, "phoenix", XA30_PHOENIX, uids, label)
-    return _archived(label, root, made, "a Siemens Phoenix report in its own folder: uploaded",
-                     "PROTOCOL_REPORT")
+    return _archived(
+        label, root, made, "a Siemens Phoenix report in its own folder: uploaded", "PROTOCOL_REPORT"
+    )
 
 
 @bad("LOSSY_COMPRESSED")
@@ -371,16 +391,23 @@ def _lossy(stager: Stager, root: Path, label: str) -> Drop:
     folder, uids, made = _base(stager, root, label)
     source = dataset("pydicom_data_subset") / "data/MR2_UNCI.dcm"
     copy_dicom(source, folder / "lossy" / source.name, uids, label)
-    return _archived(label, root, made, "a lossy JPEG MR file (NEMA MR2_UNCI): left out",
-                     "LOSSY_COMPRESSED")
+    return _archived(
+        label, root, made, "a lossy JPEG MR file (NEMA MR2_UNCI): left out", "LOSSY_COMPRESSED"
+    )
 
 
 @bad("WRONG_MODALITY")
 def _ct(stager: Stager, root: Path, label: str) -> Drop:
     folder, uids, _ = _base(stager, root, label)
     stager.copy_series(
-        folder, "ct", GE_LOCALIZER, uids, label, 3,
-        SOPClassUID="1.2.840.10008.5.1.4.1.1.2", Modality="CT",
+        folder,
+        "ct",
+        GE_LOCALIZER,
+        uids,
+        label,
+        3,
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.2",
+        Modality="CT",
     )
     return _blocked(label, root, "WRONG_MODALITY", "a series rewritten as CT")
 
@@ -390,18 +417,21 @@ def _derived_frames(stager: Stager, root: Path, label: str) -> Drop:
     folder = stager.folder(label)
     uids = {"study": generate_uid()}
     made = stager.copy_series(folder, "dwi", PHILIPS_DWI, uids, label)
-    return _archived(label, root, made, "Philips DWI with isotropic trace frames (680 files)",
-                     "DERIVED_FRAMES")
+    return _archived(
+        label, root, made, "Philips DWI with isotropic trace frames (680 files)", "DERIVED_FRAMES"
+    )
 
 
 @bad("SUSPECT_DESCRIPTION")
 def _suspect(stager: Stager, root: Path, label: str) -> Drop:
     folder = stager.folder(label)
     uids = {"study": generate_uid()}
-    made = stager.copy_series(folder, "t1", GE_FMRI, uids, label, None,
-                              SeriesDescription="T1_MPR_sag")
-    return _archived(label, root, made, "an ORIGINAL series described as an MPR",
-                     "SUSPECT_DESCRIPTION")
+    made = stager.copy_series(
+        folder, "t1", GE_FMRI, uids, label, None, SeriesDescription="T1_MPR_sag"
+    )
+    return _archived(
+        label, root, made, "an ORIGINAL series described as an MPR", "SUSPECT_DESCRIPTION"
+    )
 
 
 @bad("LOCALIZER")
@@ -476,10 +506,15 @@ def _pattern(stager: Stager, root: Path, label: str) -> Drop:
 @bad("LABEL_MISMATCH")
 def _label_mismatch(stager: Stager, root: Path, label: str) -> Drop:
     folder = stager.folder(label)
-    stager.copy_series(folder, "fmri", GE_FMRI, {"study": generate_uid()}, label, None,
-                       PatientID="SPN01_9999")
-    return _blocked(label, root, "LABEL_MISMATCH", "PatientID disagrees with the folder name "
-                    "(label_agree = PatientID)")
+    stager.copy_series(
+        folder, "fmri", GE_FMRI, {"study": generate_uid()}, label, None, PatientID="SPN01_9999"
+    )
+    return _blocked(
+        label,
+        root,
+        "LABEL_MISMATCH",
+        "PatientID disagrees with the folder name (label_agree = PatientID)",
+    )
 
 
 @bad("INCOMPLETE_MEDIA")
@@ -502,8 +537,9 @@ def _dicomdir(stager: Stager, root: Path, label: str) -> Drop:
         media.add(path)
     media.write(folder / "media")
     shutil.rmtree(stager.staging / f"{label}.tmp")
-    return _archived(label, root, made, "a complete DICOMDIR media export (pydicom FileSet)",
-                     "DICOMDIR")
+    return _archived(
+        label, root, made, "a complete DICOMDIR media export (pydicom FileSet)", "DICOMDIR"
+    )
 
 
 @bad("NO_DICOM")
@@ -549,8 +585,13 @@ def _bad_name(stager: Stager, root: Path, label: str) -> Drop:
 def _incomplete(stager: Stager, root: Path, label: str) -> Drop:
     folder, _, _ = _base(stager, root, label)
     sorted((folder / "fmri").iterdir(), key=_instance)[10].unlink()
-    return _blocked(label, root, "INCOMPLETE_SERIES", "a gap in a series' InstanceNumbers (held "
-                    "as still copying until settle.max_wait_seconds, then quarantined)")
+    return _blocked(
+        label,
+        root,
+        "INCOMPLETE_SERIES",
+        "a gap in a series' InstanceNumbers (held "
+        "as still copying until settle.max_wait_seconds, then quarantined)",
+    )
 
 
 def _instance(path: Path) -> int:
@@ -568,8 +609,12 @@ def _subject_invalid(stager: Stager, root: Path, label: str) -> Drop:
 def _subject_future(stager: Stager, root: Path, label: str) -> Drop:
     folder, _, _ = _base(stager, root, label)
     (folder / "subject.toml").write_text("dob = 2999-01-01\n", encoding="utf-8")
-    return Drop(label, root, Expect("quarantined", "SUBJECT_FILE_INVALID"),
-                "subject.toml with a date of birth in the future")
+    return Drop(
+        label,
+        root,
+        Expect("quarantined", "SUBJECT_FILE_INVALID"),
+        "subject.toml with a date of birth in the future",
+    )
 
 
 @bad("own-reason-files")
@@ -589,8 +634,12 @@ def _resubmitted(stager: Stager, root: Path, label: str) -> Drop:
             "time": "2026-01-01 00:00:00",
         },
     )
-    drop = _archived(label, root, made, "copied back with our QUARANTINE.txt/json (written by "
-                     "xnatdrop's own quarantine module)")
+    drop = _archived(
+        label,
+        root,
+        made,
+        "copied back with our QUARANTINE.txt/json (written by xnatdrop's own quarantine module)",
+    )
     drop.aside = set(REASON_FILES)
     return drop
 
@@ -626,8 +675,9 @@ def _long_names(stager: Stager, root: Path, label: str) -> Drop:
 @bad("non-utf8-folder")
 def _non_utf8_folder(stager: Stager, root: Path, label: str) -> Drop:
     _base(stager, root, label)
-    return Drop(label, root, Expect("waiting", why="UTF-8"),
-                "a subject folder whose name is latin-1 bytes")
+    return Drop(
+        label, root, Expect("waiting", why="UTF-8"), "a subject folder whose name is latin-1 bytes"
+    )
 
 
 @bad("name-255-bytes")

@@ -36,8 +36,14 @@ USER, PASSWORD = "svc", "pw"
 # Root without the capabilities that bypass file permissions, for the scenarios that need files
 # the service cannot read or folders it cannot write (the tests run as root, as CI does; under
 # systemd the service runs as its own user, e.g. with `CapabilityBoundingSet=` empty).
-NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
-          "--inh-caps", "-dac_override,-dac_read_search", "--"]
+NO_DAC = [
+    "setpriv",
+    "--bounding-set",
+    "-dac_override,-dac_read_search",
+    "--inh-caps",
+    "-dac_override,-dac_read_search",
+    "--",
+]
 
 # Fast timings so that a scenario converges in seconds; each is a real config key.
 BASE_CONFIG: dict[str, dict[str, Any]] = {

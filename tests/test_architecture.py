@@ -260,8 +260,7 @@ def test_only_the_sandbox_commands_import_the_sandbox(product: dict[str, Path]) 
 
 def test_no_module_over_500_lines(product: dict[str, Path]) -> None:
     long = {
-        name: len(path.read_text(encoding="utf-8").splitlines())
-        for name, path in product.items()
+        name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in product.items()
     }
     over = {name: lines for name, lines in long.items() if lines > MAX_LINES}
     assert over == {}, f"modules over {MAX_LINES} lines: {over}"

@@ -161,9 +161,7 @@ def test_every_code_has_a_fix_and_an_action() -> None:
 
 
 def test_a_permanent_error_takes_its_fix_from_the_table_unless_given_one() -> None:
-    assert errors.PermanentError("XNAT_CONFLICT", "refused").fix == codes.CODES[
-        "XNAT_CONFLICT"
-    ].fix
+    assert errors.PermanentError("XNAT_CONFLICT", "refused").fix == codes.CODES["XNAT_CONFLICT"].fix
     assert errors.PermanentError("XNAT_CONFLICT", "refused", "do this").fix == "do this"
 
 

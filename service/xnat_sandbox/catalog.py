@@ -138,4 +138,3 @@ def digests(session_dir: Path, files: list[sqlite3.Row]) -> dict[tuple[str, str]
     with ThreadPoolExecutor(DIGEST_THREADS, thread_name_prefix="sandbox-digest") as pool:
         known.update(zip(todo, pool.map(digest, todo), strict=True))
     return known
-

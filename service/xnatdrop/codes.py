@@ -380,8 +380,7 @@ CODES: dict[str, Code] = {
     ),
     "INCOMPLETE": Code(
         S,
-        "the folder is still being copied (fresh empty or truncated files, series lacking "
-        "files)",
+        "the folder is still being copied (fresh empty or truncated files, series lacking files)",
         "nothing to do: it is checked again once it settles, and quarantined if it stays "
         "incomplete for settle.max_wait_seconds",
     ),

@@ -69,9 +69,7 @@ def test_a_dicom_drop_gets_a_c_echo_with_its_ae_titles(tmp_path, server, capsys)
     )
 
 
-def test_a_rest_only_config_without_a_dicom_section_gets_no_dicom_check(
-    tmp_path, server, capsys
-):
+def test_a_rest_only_config_without_a_dicom_section_gets_no_dicom_check(tmp_path, server, capsys):
     path = config(tmp_path, server, None)
     assert not dicom_checks.wanted(load(path))
     code, out = doctor(path, capsys)

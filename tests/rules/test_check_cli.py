@@ -226,8 +226,13 @@ def test_a_folder_unmounted_while_it_is_checked_exits_3_in_one_line(good: Path) 
     does. 3. It goes on. Result: exit 3 (try again) with one sentence, not a verdict of
     UNREADABLE files (found by the campaign, local/share-unmounted)."""
     hooks = Path(__file__).resolve().parents[1] / "campaign_hooks"
-    fault = {"action": "stop", "kinds": ["read"], "nth": 5, "under": str(good),
-             "modules": ["xnatdrop.dicomfiles"]}
+    fault = {
+        "action": "stop",
+        "kinds": ["read"],
+        "nth": 5,
+        "under": str(good),
+        "modules": ["xnatdrop.dicomfiles"],
+    }
     env = {**os.environ, "PYTHONPATH": str(hooks), "XNATDROP_CAMPAIGN_FAULT": json.dumps(fault)}
     process = subprocess.Popen(
         [sys.executable, "-m", "xnatdrop", "check", str(good)],

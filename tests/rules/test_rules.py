@@ -729,9 +729,13 @@ def test_a_folder_that_goes_away_while_it_is_read_gets_no_verdict(tmp_path: Path
     (the first progress report), the folder is moved away, as an unmount does. Result:
     FolderGone, a transient error (check again later), not a verdict."""
     subject = tmp_path / "SPN01_0001"
-    for name in ("02_Ax_fMRI_FF_I11.1_S15.9", "03_Ax_fMRI_FF_I21.1_S05.9",
-                 "04_Ax_fMRI_FF_I01.1_S25.9", "06_Ax_fMRI_HF_I11.1_S15.9",
-                 "07_Ax_fMRI_HF_I21.1_S05.9"):
+    for name in (
+        "02_Ax_fMRI_FF_I11.1_S15.9",
+        "03_Ax_fMRI_FF_I21.1_S05.9",
+        "04_Ax_fMRI_FF_I01.1_S25.9",
+        "06_Ax_fMRI_HF_I11.1_S15.9",
+        "07_Ax_fMRI_HF_I21.1_S05.9",
+    ):
         add_series(subject, name, ("ge_signa_premier_table", f"{GE_EXAM}/{name}"))
 
     def unmount(done: int, total: int) -> None:

@@ -77,9 +77,7 @@ def test_waiting_for_a_status_xnat_never_reaches_ends_with_a_transient_error(
     dicom = Dicom(tmp_path)
     study = push(server, dicom.study(dicom.files("1", count=1), PatientComments=ROUTE), tmp_path)
     with pytest.raises(TransientError, match=r"RECEIVING for the study sent to project SPN01"):
-        received.wait_for_session(
-            client, PROJECT, study, timeout=0, statuses=frozenset({"READY"})
-        )
+        received.wait_for_session(client, PROJECT, study, timeout=0, statuses=frozenset({"READY"}))
     server.tick(server.settings.rebuild_idle)  # the rebuilder builds it after the idle time
     found = received.wait_for_session(
         client, PROJECT, study, timeout=5, statuses=frozenset({"READY"})

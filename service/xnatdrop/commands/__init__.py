@@ -20,9 +20,7 @@ def add_config_argument(parser: argparse.ArgumentParser, *, system: bool = True)
     built-in defaults (`check`, which also serves technologists without the service's file).
     """
     fallback = (
-        f"{SYSTEM_PATH} if it exists, else built-in defaults"
-        if system
-        else "built-in defaults"
+        f"{SYSTEM_PATH} if it exists, else built-in defaults" if system else "built-in defaults"
     )
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help=f"configuration file (default: {fallback})"

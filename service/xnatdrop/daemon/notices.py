@@ -212,9 +212,7 @@ class Notices:
 
     def digest(self, daemon: Daemon) -> None:
         waiting = [
-            digest.Waiting(
-                folder.name, project, time.time() - daemon.watcher.age(folder), why
-            )
+            digest.Waiting(folder.name, project, time.time() - daemon.watcher.age(folder), why)
             for folder, project, why in _waiting(daemon)
         ]
         try:

@@ -83,8 +83,6 @@ def pipeline_processor(
         finally:
             if notifier is not None:
                 notifier.upload_ended(folder.name)
-        return Result(
-            outcome.kind, outcome.detail, outcome.retry_at, outcome.code, outcome.drop_id
-        )
+        return Result(outcome.kind, outcome.detail, outcome.retry_at, outcome.code, outcome.drop_id)
 
     return process

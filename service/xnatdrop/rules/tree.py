@@ -96,9 +96,10 @@ class Names(Sequence[str]):
         return len(self._ends)
 
     def _name(self, index: int) -> str:
-        return self._prefixes[self._folder_of[index]] + self._text[
-            self._ends[index - 1] if index else 0 : self._ends[index]
-        ]
+        return (
+            self._prefixes[self._folder_of[index]]
+            + self._text[self._ends[index - 1] if index else 0 : self._ends[index]]
+        )
 
     @overload
     def __getitem__(self, index: int) -> str: ...
