@@ -31,6 +31,7 @@ def test_the_compiled_loops_are_built_and_used() -> None:
     from xnatdrop.dicomfiles import _skim_c  # an ImportError here: the extension was not built
 
     assert skim.COMPILED
+    assert skim._scan_values is _skim_c.scan_values
     assert walk._skim is _skim_c.skim is skim._skim
     assert walk._skim_sequence is _skim_c.skim_sequence is skim._skim_sequence
 
@@ -54,7 +55,7 @@ class _Twin:
     compiled one on the same input, asserts they agree, and goes on with the compiled result."""
 
     def __init__(self) -> None:
-        self.skims = self.sequences = self.taken = 0
+        self.skims = self.sequences = self.taken = self.scans = 0
 
     def skim(self, buf: bytes, off: int, limit: int, last: int, top: dict) -> int:
         expected_top = dict(top)
@@ -78,9 +79,19 @@ class _Twin:
         self.taken += got[1] >= 0
         return got[1]
 
+    def scan(self, region: bytes, pattern: bytes) -> list[bytes]:
+        expected = _outcome(skim._scan_values_py, region, pattern)
+        got = _outcome(skim._skim_c.scan_values, region, pattern)
+        assert got == expected, pattern
+        self.scans += 1
+        if got[0] == "raised":
+            raise got[1][0](got[1][1])
+        return got[1]
+
     def patch(self, patch: pytest.MonkeyPatch) -> None:
         patch.setattr(walk, "_skim", self.skim)
         patch.setattr(walk, "_skim_sequence", self.sequence)
+        patch.setattr(skim, "_scan_values", self.scan)
 
 
 @pytest.fixture
@@ -96,6 +107,7 @@ def test_both_loops_agree_on_every_shared_file(twin: _Twin) -> None:
     for path in sorted(p for p in SHARED_DICOM.rglob("*") if p.is_file()):
         dicomfiles.sniff(path)
     assert twin.skims > 10_000 and twin.taken > 500, (twin.skims, twin.taken)
+    assert twin.scans > 100, twin.scans
 
 
 def _walk_all(data: bytes, first: int) -> None:
@@ -272,3 +284,30 @@ def test_both_sequence_loops_agree_on_nesting_up_to_past_the_limit(
         taken = levels <= skim._SEQUENCES_DEEPEST or not (undefined or collect)
         assert after == (len(data) if taken else -1), (levels, after)
         assert (found == [(0x00089007, b"ORIGINAL")]) == (taken and collect)
+
+
+_FRAME_TYPE = b"\x08\x00\x07\x90CS"
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(
+        st.tuples(
+            st.binary(max_size=20),
+            st.sampled_from([_FRAME_TYPE, _FRAME_TYPE[:5], b"\x18\x00\x75\x90CS"]),
+            st.integers(0, 40),
+        ),
+        max_size=8,
+    ),
+    tail=st.binary(max_size=3),
+)
+def test_both_scans_agree_on_made_up_regions(
+    pieces: list[tuple[bytes, bytes, int]], tail: bytes
+) -> None:
+    """Element headers between random bytes, with lengths that run into the next one or past
+    the region, and one cut off at the region's end (its length missing: IndexError)."""
+    region = b"".join(gap + head + length.to_bytes(2, "little") for gap, head, length in pieces)
+    for end in (len(region), len(region) - 1, len(region) - 2):
+        data = region[: max(end, 0)] + tail
+        with contextlib.suppress(IndexError):
+            _Twin().scan(data, _FRAME_TYPE)

@@ -1,4 +1,5 @@
-/* The walk's two element loops (`skim._skim_py`, `skim._skim_sequence_py`) in C.
+/* The walk's two element loops (`skim._skim_py`, `skim._skim_sequence_py`) and the per-frame
+ * byte scan (`skim._scan_values_py`) in C.
  *
  * Why: on a 2-core VM the check is CPU bound, and these two loops were about half of its CPU
  * per file (~230 of ~420 us on the benchmark's session): each element costs a struct unpack, a
@@ -12,6 +13,7 @@
  * The VRs, tags and limits are not written here: skim.py hands them over once at import
  * (`configure`), from tags.py, so the two implementations cannot drift apart.
  */
+#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -466,11 +468,53 @@ error:
     return NULL;
 }
 
+PyDoc_STRVAR(scan_values_doc,
+             "scan_values(region, pattern) -> list[bytes]: skim._scan_values_py in C.");
+
+static PyObject *scan_values(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan_values takes two bytes objects");
+        return NULL;
+    }
+    const char *region = PyBytes_AS_STRING(args[0]), *pattern = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), width = PyBytes_GET_SIZE(args[1]);
+    PyObject *values = PyList_New(0);
+    if (values == NULL || width == 0)
+        return values; /* an empty pattern: never given (re would match everywhere) */
+    Py_ssize_t from = 0, after = 0;
+    while (from <= size - width) {
+        const char *hit = memmem(region + from, size - from, pattern, width);
+        if (hit == NULL)
+            break;
+        Py_ssize_t found = hit - region;
+        from = found + width; /* re's matches do not overlap */
+        if (found < after)
+            continue;
+        if (found + 8 > size) { /* the length bytes past the region: as region[found + 7] */
+            Py_DECREF(values);
+            PyErr_SetString(PyExc_IndexError, "index out of range");
+            return NULL;
+        }
+        const unsigned char *length = (const unsigned char *)region + found + 6;
+        after = found + 8 + (length[0] | length[1] << 8);
+        PyObject *value = PyBytes_FromStringAndSize(region + found + 8,
+                                                    (after < size ? after : size) - found - 8);
+        if (value == NULL || PyList_Append(values, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(values);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return values;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"skim", (PyCFunction)(void (*)(void))skim, METH_FASTCALL, skim_doc},
     {"skim_sequence", (PyCFunction)(void (*)(void))skim_sequence, METH_FASTCALL,
      skim_sequence_doc},
+    {"scan_values", (PyCFunction)(void (*)(void))scan_values, METH_FASTCALL, scan_values_doc},
     {NULL, NULL, 0, NULL},
 };
 
