@@ -60,59 +60,40 @@ static inline uint32_t u32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static int sorted_tags(PyObject *seq, uint32_t *out, Py_ssize_t *count) {
-    PyObject *fast = PySequence_Fast(seq, "tags: a sequence of ints");
+/* A sequence of ints (at most MAX_TAGS, each below 2**32) into `out`; its length or -1. */
+static Py_ssize_t numbers(PyObject *seq, uint32_t *out) {
+    PyObject *fast = PySequence_Fast(seq, "a sequence of ints");
     if (fast == NULL)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    if (n > MAX_TAGS) {
-        Py_DECREF(fast);
-        PyErr_SetString(PyExc_ValueError, "too many tags");
-        return -1;
+    for (Py_ssize_t i = 0; i < n && !PyErr_Occurred(); i++) {
+        unsigned long number = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (i >= MAX_TAGS || number > 0xFFFFFFFFul || (i > 0 && number <= out[i - 1]))
+            PyErr_SetString(PyExc_ValueError, "at most 64 increasing numbers below 2**32");
+        else
+            out[i] = (uint32_t)number;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned long tag = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (tag == (unsigned long)-1 && PyErr_Occurred()) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        Py_ssize_t j = i; /* insertion sort: a few dozen tags, once */
-        while (j > 0 && out[j - 1] > (uint32_t)tag) {
-            out[j] = out[j - 1];
-            j--;
-        }
-        out[j] = (uint32_t)tag;
-    }
-    *count = n;
     Py_DECREF(fast);
-    return 0;
+    return PyErr_Occurred() ? -1 : n;
 }
 
 static int mark_vrs(PyObject *seq, unsigned char kind) {
-    PyObject *fast = PySequence_Fast(seq, "VRs: a sequence of ints");
-    if (fast == NULL)
-        return -1;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
-        unsigned long vr = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (vr == (unsigned long)-1 && PyErr_Occurred()) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        unsigned c0 = vr & 0xFF, c1 = (vr >> 8) & 0xFF;
-        if (vr > 0xFFFF || c0 < 'A' || c0 > 'Z' || c1 < 'A' || c1 > 'Z') {
-            Py_DECREF(fast);
+    uint32_t vrs[MAX_TAGS];
+    Py_ssize_t n = numbers(seq, vrs);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned c0 = vrs[i] & 0xFF, c1 = vrs[i] >> 8;
+        if (c0 < 'A' || c0 > 'Z' || c1 < 'A' || c1 > 'Z') {
             PyErr_SetString(PyExc_ValueError, "a VR is two capital letters");
             return -1;
         }
         vr_class[(c0 - 'A') * 26 + (c1 - 'A')] = kind;
     }
-    Py_DECREF(fast);
-    return 0;
+    return n < 0 ? -1 : 0;
 }
 
 PyDoc_STRVAR(configure_doc,
              "configure(short, long, sq, top_tags, nested_tags, max_value, sequences_deepest)\n"
-             "The VR codes (as little-endian numbers), tags and limits of skim.py.");
+             "The VR codes (as little-endian numbers) and tags, each sorted, and limits of skim.py.");
 
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *shorts, *longs, *tops, *nesteds;
@@ -126,8 +107,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     memset(vr_class, 0, sizeof vr_class);
     if (mark_vrs(shorts, 1) < 0 || mark_vrs(longs, 2) < 0)
         return NULL;
-    if (sorted_tags(tops, top_tags, &top_count) < 0 ||
-        sorted_tags(nesteds, nested_tags, &nested_count) < 0)
+    if ((top_count = numbers(tops, top_tags)) < 0 ||
+        (nested_count = numbers(nesteds, nested_tags)) < 0)
         return NULL;
     sq_code = (uint32_t)sq;
     max_value = most;
@@ -136,22 +117,19 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static int check_configured(void) {
-    if (!configured) {
+/* -1 with an exception unless called with `want` arguments after `configure`. */
+static int bad_call(Py_ssize_t nargs, Py_ssize_t want) {
+    if (nargs != want)
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd", want, nargs);
+    else if (!configured)
         PyErr_SetString(PyExc_RuntimeError, "_skim_c.configure was not called");
-        return -1;
-    }
-    return 0;
+    return PyErr_Occurred() ? -1 : 0;
 }
 
 PyDoc_STRVAR(skim_doc, "skim(buf, off, limit, last, top) -> int: skim._skim_py in C.");
 
 static PyObject *skim(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "skim takes 5 arguments");
-        return NULL;
-    }
-    if (check_configured() < 0)
+    if (bad_call(nargs, 5) < 0)
         return NULL;
     PyObject *buf = args[0], *top = args[4];
     long long off = PyLong_AsLongLong(args[1]);
@@ -243,12 +221,25 @@ typedef struct {
     long long end;
 } Open;
 
+/* Open a container (a sequence or an item) inside the current one; decline if too deep. */
+#define PUSH(now_in_sequence, now_end)                                                          \
+    do {                                                                                        \
+        if (depth == MAX_STACK)                                                                 \
+            goto done;                                                                          \
+        stack[depth].in_sequence = in_sequence;                                                 \
+        stack[depth++].end = end;                                                               \
+        in_sequence = (now_in_sequence);                                                        \
+        end = (now_end);                                                                        \
+    } while (0)
+#define POP()                                                                                   \
+    do {                                                                                        \
+        depth--;                                                                                \
+        in_sequence = stack[depth].in_sequence;                                                 \
+        end = stack[depth].end;                                                                 \
+    } while (0)
+
 static PyObject *skim_sequence(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "skim_sequence takes 5 arguments");
-        return NULL;
-    }
-    if (check_configured() < 0)
+    if (bad_call(nargs, 5) < 0)
         return NULL;
     PyObject *win = args[0], *found = args[4];
     long long pos = PyLong_AsLongLong(args[1]);
@@ -292,9 +283,7 @@ static PyObject *skim_sequence(PyObject *self, PyObject *const *args, Py_ssize_t
                 goto done;
             }
             sequences -= in_sequence;
-            depth--;
-            in_sequence = stack[depth].in_sequence;
-            end = stack[depth].end;
+            POP();
             continue;
         }
         if (off < 0 || off + 12 > blen) {
@@ -329,32 +318,20 @@ static PyObject *skim_sequence(PyObject *self, PyObject *const *args, Py_ssize_t
             if (element == 0xE000 && in_sequence) {
                 off += 8;
                 long long item_length = (long long)(vr | (uint32_t)value_length << 16);
-                if (item_length == UNDEFINED) {
-                    if (depth == MAX_STACK)
-                        goto done;
-                    stack[depth].in_sequence = in_sequence;
-                    stack[depth++].end = end;
-                    in_sequence = 0;
-                    end = -1;
-                } else if (base + off + item_length > size) {
+                if (item_length == UNDEFINED)
+                    PUSH(0, -1);
+                else if (base + off + item_length > size)
                     goto done;
-                } else if (collect) {
-                    if (depth == MAX_STACK)
-                        goto done;
-                    stack[depth].in_sequence = in_sequence;
-                    stack[depth++].end = end;
-                    in_sequence = 0;
-                    end = base + off + item_length;
-                } else {
+                else if (collect)
+                    PUSH(0, base + off + item_length);
+                else {
                     off += item_length;
                 }
             } else if (element == 0xE00D && !in_sequence && end < 0) {
                 off += 8;
                 if (depth == 0)
                     goto done; /* unreachable: an item is always inside a sequence */
-                depth--;
-                in_sequence = stack[depth].in_sequence;
-                end = stack[depth].end;
+                POP();
             } else if (element == 0xE0DD && in_sequence && end < 0) {
                 off += 8;
                 if (depth == 0) {
@@ -362,9 +339,7 @@ static PyObject *skim_sequence(PyObject *self, PyObject *const *args, Py_ssize_t
                     goto done;
                 }
                 sequences -= 1;
-                depth--;
-                in_sequence = stack[depth].in_sequence;
-                end = stack[depth].end;
+                POP();
             } else {
                 goto done;
             }
@@ -383,22 +358,12 @@ static PyObject *skim_sequence(PyObject *self, PyObject *const *args, Py_ssize_t
                 goto done;
             off += 12;
             if (value_length == UNDEFINED) {
-                if (depth == MAX_STACK)
-                    goto done;
-                stack[depth].in_sequence = in_sequence;
-                stack[depth++].end = end;
-                in_sequence = 1;
-                end = -1;
+                PUSH(1, -1);
                 sequences += 1;
             } else if (base + off + value_length > size) {
                 goto done;
             } else if (collect) {
-                if (depth == MAX_STACK)
-                    goto done;
-                stack[depth].in_sequence = in_sequence;
-                stack[depth++].end = end;
-                in_sequence = 1;
-                end = base + off + value_length;
+                PUSH(1, base + off + value_length);
                 sequences += 1;
             } else {
                 off += value_length;
