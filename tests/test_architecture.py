@@ -71,9 +71,12 @@ class Import:
 
 
 def module_files(root: Path, package: str) -> dict[str, Path]:
-    """Dotted module name → file, for every .py file of `package` under `root`."""
+    """Dotted module name → file, for every .py file of `package` under `root`, and every .c
+    file (the source of a compiled module of the same name: it imports no Python module, and
+    `from pkg import _compiled` names it rather than the package's facade)."""
     found = {}
-    for path in sorted((root / package).rglob("*.py")):
+    paths = [*(root / package).rglob("*.py"), *(root / package).rglob("*.c")]
+    for path in sorted(paths):
         parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
@@ -94,6 +97,8 @@ def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
 def imports_of(module: str, path: Path) -> Iterator[Import]:
     """Every import anywhere in one file, as dotted names: `import a.b` names a.b, `from a
     import b` names a.b (the caller decides whether that is a module or a name in a)."""
+    if path.suffix != ".py":
+        return
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
