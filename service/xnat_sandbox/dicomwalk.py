@@ -427,7 +427,7 @@ def ascii_text(walked: Walk, tag: int, vr: str) -> str | None:
 try:
     from xnat_sandbox import _dicomwalk_c as _c
 except ImportError:  # not built (no compiler where it was installed): the Python walk
-    walk = walk_python  # noqa: F811
+    walk = walk_python
     IMPLEMENTATION = "python"
 else:
     IMPLEMENTATION = "c"
