@@ -589,10 +589,89 @@ done:
     return result;
 }
 
+/* -- texts: dicomwalk.texts (the importer's string fields, as dicomwalk.ascii_text reads them) */
+
+static int is_space(unsigned char b) { /* str.isspace() for ASCII */
+    return b == ' ' || (b >= '\t' && b <= '\r') || (b >= 0x1C && b <= 0x1F);
+}
+
+static PyObject *texts(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer view;
+    PyObject *elements, *specs;
+    if (!PyArg_ParseTuple(args, "y*O!O!", &view, &PyList_Type, &elements, &PyTuple_Type, &specs))
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t n = PyList_GET_SIZE(elements), n_specs = PyTuple_GET_SIZE(specs);
+    PyObject *out = PyList_New(n_specs);
+    if (out == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (Py_TYPE(PyList_GET_ITEM(elements, i)) != &ElementType) {
+            PyErr_SetString(PyExc_TypeError, "texts() reads the C walk's elements only");
+            goto fail;
+        }
+    }
+    for (Py_ssize_t s = 0; s < n_specs; s++) {
+        PyObject *spec = PyTuple_GET_ITEM(specs, s);
+        long long tag;
+        PyObject *vr;
+        int single;
+        if (!PyArg_ParseTuple(spec, "LOp", &tag, &vr, &single)) goto fail;
+        /* the element with this tag: the kept elements are in ascending tag order */
+        Py_ssize_t lo = 0, hi = n;
+        while (lo < hi) {
+            Py_ssize_t mid = (lo + hi) / 2;
+            if (((Element *)PyList_GET_ITEM(elements, mid))->tag < tag)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        Element *e = lo < n ? (Element *)PyList_GET_ITEM(elements, lo) : NULL;
+        PyObject *text;
+        if (e == NULL || e->tag != tag) {
+            text = PyUnicode_New(0, 0);
+        } else {
+            if (vr != Py_None && e->vr != Py_None) {
+                int same = PyUnicode_Compare(e->vr, vr);
+                if (same == -1 && PyErr_Occurred()) goto fail;
+                if (same != 0) goto refuse;
+            }
+            /* data[value : value + length], cut at the end of data as a slice is (an
+             * undefined-length sequence's length is 0xFFFFFFFF) */
+            long long start = e->value < view.len ? e->value : view.len;
+            long long stop = e->value + e->length < view.len ? e->value + e->length : view.len;
+            const unsigned char *raw = d + start;
+            Py_ssize_t length = stop > start ? (Py_ssize_t)(stop - start) : 0;
+            for (Py_ssize_t k = 0; k < length; k++) {
+                unsigned char b = raw[k];
+                if (b >= 0x80 || b == 0x1B || (b == '\\' && !single)) goto refuse;
+            }
+            Py_ssize_t a = 0, z = length; /* .rstrip("\0 ").strip() */
+            while (z > 0 && (raw[z - 1] == 0 || raw[z - 1] == ' ')) z--;
+            while (z > 0 && is_space(raw[z - 1])) z--;
+            while (a < z && is_space(raw[a])) a++;
+            text = PyUnicode_DecodeASCII((const char *)raw + a, z - a, NULL);
+        }
+        if (text == NULL) goto fail;
+        PyList_SET_ITEM(out, s, text);
+    }
+    PyBuffer_Release(&view);
+    return out;
+refuse:
+    Py_DECREF(out);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(data, last, eof, keep_to, wanted, is_sq): dicomwalk.walk's answer as a tuple, None "
      "(NeedMore) or the reason it cannot walk (CannotWalk)."},
+    {"texts", texts, METH_VARARGS,
+     "texts(data, elements, specs): dicomwalk.texts_python's answer for the C walk's elements."},
     {NULL},
 };
 

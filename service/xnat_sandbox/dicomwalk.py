@@ -26,6 +26,7 @@ below (`walk_python`) runs instead; `IMPLEMENTATION` says which one is in use.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -413,27 +414,63 @@ def ascii_text(walked: Walk, tag: int, vr: str) -> str | None:
     """The value of a top-level string element as the importer reads it with pydicom
     (`str(value).strip()`, "" when absent), or None when only pydicom can say: bytes outside
     printable ASCII, a character set that is not ASCII-compatible, or several values."""
+    return _ascii(walked, tag, vr in SINGLE_VALUE_VRS)
+
+
+def _ascii(walked: Walk, tag: int, single: bool) -> str | None:
     element = walked.find(tag)
     if element is None:
         return ""
     raw = walked.raw(element)
     if not raw.isascii() or b"\x1b" in raw:
         return None
-    if b"\\" in raw and vr not in SINGLE_VALUE_VRS:
+    if b"\\" in raw and not single:
         return None
     return raw.decode("ascii").rstrip("\0 ").strip()
+
+
+#: (tag, the VR it must have or None for any, read as one value) for `texts`
+TextSpec = tuple[int, str | None, bool]
+
+
+def texts_python(walked: Walk, specs: tuple[TextSpec, ...]) -> list[str] | None:
+    """`ascii_text` of each element of `specs` (single-valued: not split at a backslash), or
+    None when any of them is None or has another VR than the one given (implicit VR: any)."""
+    found: list[str] = []
+    for tag, vr, single in specs:
+        element = walked.find(tag)
+        if vr is not None and element is not None and element.vr not in (None, vr):
+            return None
+        text = _ascii(walked, tag, single)
+        if text is None:
+            return None
+        found.append(text)
+    return found
+
+
+def texts(walked: Walk, specs: tuple[TextSpec, ...]) -> list[str] | None:
+    """`texts_python`'s answer computed by `_dicomwalk_c` from the C walk's elements."""
+    answer: list[str] | None = _c.texts(walked.data, walked.elements, specs)
+    return answer
 
 
 try:
     from xnat_sandbox import _dicomwalk_c as _c
 except ImportError:  # not built (no compiler where it was installed): the Python walk
     walk = walk_python
+    texts = texts_python
     IMPLEMENTATION = "python"
 else:
     IMPLEMENTATION = "c"
+#: XNAT_SANDBOX_WALKER=python runs the Python walk although the C one is built: the tests run
+#: the sandbox with both, and a benchmark can compare them in the same build.
+if os.environ.get("XNAT_SANDBOX_WALKER") == "python":
+    walk = walk_python
+    texts = texts_python
+    IMPLEMENTATION = "python"
 
 
 __all__ = [
-    "IMPLEMENTATION", "CannotWalk", "Element", "NeedMore", "Walk", "ascii_text", "walk",
-    "walk_python",
+    "IMPLEMENTATION", "CannotWalk", "Element", "NeedMore", "TextSpec", "Walk", "ascii_text",
+    "texts", "texts_python", "walk", "walk_python",
 ]  # fmt: skip
