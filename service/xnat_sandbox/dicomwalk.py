@@ -327,9 +327,7 @@ def _is_sequence(data: bytes, element: Element, implicit: bool) -> bool:
         )
 
 
-def _sequence(
-    data: bytes, pos: int, implicit: bool, eof: bool, depth: int
-) -> tuple[int, bool]:
+def _sequence(data: bytes, pos: int, implicit: bool, eof: bool, depth: int) -> tuple[int, bool]:
     """Walk items to the sequence delimiter; (offset past it, written back unchanged?)."""
     canonical = True
     while True:
