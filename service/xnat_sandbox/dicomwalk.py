@@ -106,7 +106,7 @@ class Walk:
         return self.data[element.value : element.value + element.length]
 
 
-def walk(
+def walk_c(
     data: bytes, last: int, eof: bool, keep_to: int = 0, wanted: frozenset[int] = frozenset()
 ) -> Walk:
     """`walk_python`'s answer, computed by `_dicomwalk_c` (see the module's docstring)."""
@@ -446,8 +446,8 @@ def texts_python(walked: Walk, specs: tuple[TextSpec, ...]) -> list[str] | None:
     return found
 
 
-def texts(walked: Walk, specs: tuple[TextSpec, ...]) -> list[str] | None:
-    """`texts_python`'s answer computed by `_dicomwalk_c` from the C walk's elements."""
+def texts_c(walked: Walk, specs: tuple[TextSpec, ...]) -> list[str] | None:
+    """`texts_python`'s answer computed by `_dicomwalk_c` from `walk_c`'s elements."""
     answer: list[str] | None = _c.texts(walked.data, walked.elements, specs)
     return answer
 
@@ -455,20 +455,16 @@ def texts(walked: Walk, specs: tuple[TextSpec, ...]) -> list[str] | None:
 try:
     from xnat_sandbox import _dicomwalk_c as _c
 except ImportError:  # not built (no compiler where it was installed): the Python walk
-    walk = walk_python
-    texts = texts_python
-    IMPLEMENTATION = "python"
-else:
-    IMPLEMENTATION = "c"
+    _c = None
 #: XNAT_SANDBOX_WALKER=python runs the Python walk although the C one is built: the tests run
 #: the sandbox with both, and a benchmark can compare them in the same build.
-if os.environ.get("XNAT_SANDBOX_WALKER") == "python":
-    walk = walk_python
-    texts = texts_python
-    IMPLEMENTATION = "python"
+if _c is None or os.environ.get("XNAT_SANDBOX_WALKER") == "python":
+    walk, texts, IMPLEMENTATION = walk_python, texts_python, "python"
+else:
+    walk, texts, IMPLEMENTATION = walk_c, texts_c, "c"
 
 
 __all__ = [
     "IMPLEMENTATION", "CannotWalk", "Element", "NeedMore", "TextSpec", "Walk", "ascii_text",
-    "texts", "texts_python", "walk", "walk_python",
+    "texts", "texts_c", "texts_python", "walk", "walk_c", "walk_python",
 ]  # fmt: skip
