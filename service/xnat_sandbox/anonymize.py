@@ -29,10 +29,12 @@ pretend to apply what it cannot).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import io
 import logging
+import operator
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -170,39 +172,55 @@ def splice(
     length without group lengths or unordered tags inside. Group lengths outside group 0002
     before the script's last tag are dropped, as `rewrite` drops them.
     """
-    tags = script.tags()
+    tags = script.tag_set
     top = max(tags, default=0)
     if dicomwalk.SPECIFIC_CHARACTER_SET in tags or walked.keep_to != top:
         return None
     if not _canonical_meta(walked):
         return None
-    region = [e for e in walked.elements if e.tag <= top]
-    if any(not e.canonical for e in region):
+    # Every element up to `top` is kept, in tag order and back to back from the file meta's
+    # end to `boundary`: the region the script rewrites.
+    elements = walked.elements
+    end = bisect.bisect_right(elements, top, key=_TAG)
+    region = elements[:end]
+    if not all([e.canonical for e in region]):
         return None
-    resume = walked.boundary
+    named_tags = tags | _CHARSET
     named = tuple(
-        (e.tag, e.vr, e.length, walked.raw(e))
+        (e.tag, e.vr, e.length, walked.data[e.value : e.value + e.length])
         for e in region
-        if e.tag in tags or e.tag == dicomwalk.SPECIFIC_CHARACTER_SET
+        if e.tag in named_tags
     )
     edits = _edits(_Identity(script), walked.implicit, named, tuple(sorted(variables.items())))
     if edits is None:
         return None
     if edits is _REJECTED:
         return Spliced(rejected=True)
-    out = [walked.data[: walked.meta_end]]
-    kept = {e.tag: e for e in region}
-    for tag in sorted(set(kept) | set(edits)):
+    data = walked.data
+    region_tags = [e.tag for e in region]
+    # The region's bytes, cut where an element is edited, removed, added or is a retired group
+    # length (stale after an edit: dropped, as `rewrite` drops it); the runs between the cuts
+    # are copied whole.
+    cuts = sorted({*edits, *(tag for tag in region_tags if not tag & 0xFFFF)})
+    out = [data[: walked.meta_end]]
+    pos = walked.meta_end
+    for tag in cuts:
+        index = bisect.bisect_left(region_tags, tag)
+        present = index < end and region_tags[index] == tag
+        at = region[index].start if index < end else walked.boundary
+        out.append(data[pos:at])
+        pos = region[index].end if present else at
         if tag & 0xFFFF == 0 and tag >> 16 != 0x0002:
-            continue  # a retired group length, stale after an edit
-        if tag in edits:
-            encoded = edits[tag]
-            if encoded is not None:  # None: removed by the script (or absent)
-                out.append(encoded)
-        else:
-            element = kept[tag]
-            out.append(walked.data[element.start : element.end])
-    return Spliced(rejected=False, head=b"".join(out), resume=resume)
+            continue  # a retired group length: dropped, edited or not
+        encoded = edits[tag] if tag in edits else data[at:pos]
+        if encoded is not None:  # None: removed by the script (or absent)
+            out.append(encoded)
+    out.append(data[pos : walked.boundary])
+    return Spliced(rejected=False, head=b"".join(out), resume=walked.boundary)
+
+
+_TAG = operator.attrgetter("tag")
+_CHARSET = frozenset([dicomwalk.SPECIFIC_CHARACTER_SET])
 
 
 class _Identity:

@@ -24,6 +24,7 @@ and must lie before Pixel Data, which the sandbox never touches.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import threading
@@ -135,6 +136,12 @@ class Script:
         found: set[int] = set()
         _collect(self.body.then, found)
         return found
+
+    @functools.cached_property
+    def tag_set(self) -> frozenset[int]:
+        """`tags()` once per script: the importer asks for every file (a script is not edited
+        after it is parsed)."""
+        return frozenset(self.tags())
 
 
 def element_text(dataset: Dataset, tag: int) -> str:

@@ -199,26 +199,27 @@ def walk_header(tap: HeaderTap, last_tag: int, keep_to: int) -> dicomwalk.Walk |
             size *= 4
 
 
+#: What `walked_header` reads, for `dicomwalk.texts`: the character set (any VR, several values
+#: refused), then the header fields and the comments with their dictionary VRs.
+_TEXT_SPECS: tuple[dicomwalk.TextSpec, ...] = (
+    (dicomwalk.SPECIFIC_CHARACTER_SET, None, False),
+    *(
+        (tag, vr, vr in dicomwalk.SINGLE_VALUE_VRS)
+        for tag, vr in [*HEADER_TAGS.values(), *COMMENT_TAGS]
+    ),
+)
+_FIELDS = tuple(HEADER_TAGS)
+
+
 def walked_header(walked: dicomwalk.Walk) -> Header | None:
     """The importer's fields from the walked bytes, exactly as `_header` reads them with
-    pydicom; None when a value needs pydicom to decode it (see `dicomwalk.ascii_text`)."""
-    charset = dicomwalk.ascii_text(walked, dicomwalk.SPECIFIC_CHARACTER_SET, "CS")
-    if charset not in dicomwalk.ASCII_CHARSETS:
+    pydicom; None when a value needs pydicom to decode it (see `dicomwalk.ascii_text`), or when
+    an element has another VR than the dictionary's."""
+    found = dicomwalk.texts(walked, _TEXT_SPECS)
+    if found is None or found[0] not in dicomwalk.ASCII_CHARSETS:
         return None
-    values: dict[str, str] = {}
-    comments: list[str] = []
-    for name, (tag, vr) in [*HEADER_TAGS.items(), *(("", t) for t in COMMENT_TAGS)]:
-        element = walked.find(tag)
-        if element is not None and element.vr not in (None, vr):
-            return None
-        text = dicomwalk.ascii_text(walked, tag, vr)
-        if text is None:
-            return None
-        if name:
-            values[name] = text
-        else:
-            comments.append(text)
-    return Header(comments=comments, **values)
+    fields = len(_FIELDS) + 1
+    return Header(comments=found[fields:], **dict(zip(_FIELDS, found[1:fields], strict=True)))
 
 
 def check_header(header: Header, name: str) -> Header:

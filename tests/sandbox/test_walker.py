@@ -39,6 +39,14 @@ SESSIONS = [
 ]
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here with the compiled walk (`walk_c`, `texts_c`) and the Python one."""
+    monkeypatch.setattr(dicomwalk, "walk", getattr(dicomwalk, f"walk_{request.param}"))
+    monkeypatch.setattr(dicomwalk, "texts", getattr(dicomwalk, f"texts_{request.param}"))
+    return str(request.param)
+
+
 def fast_path(data: bytes, script_text: str) -> tuple[dicomheader.Header | None, bytes | None]:
     """(header fields, stored bytes) by the walker; None for what it hands to pydicom; stored
     bytes b"" when the script rejects the file."""
