@@ -6,7 +6,8 @@
 - only `xnatdrop.dimse` speaks DICOM (imports pynetdicom);
 - only the `sandbox` and `demo` subcommands import the sandbox (`xnat_sandbox`, its own
   top-level package);
-- no module over 500 lines.
+- no module over 500 lines, and no C source or header over 500 lines in either package (the
+  sandbox's compiled walker too: the sandbox's Python is not held to the product's rules).
 
 How the import graph is built: every module under service/xnatdrop is parsed with `ast`; nothing
 is imported or run. Every import statement counts wherever it stands: at module level, inside a
@@ -269,3 +270,25 @@ def test_no_module_over_500_lines(product: dict[str, Path]) -> None:
     }
     over = {name: lines for name, lines in long.items() if lines > MAX_LINES}
     assert over == {}, f"modules over {MAX_LINES} lines: {over}"
+
+
+def c_sources(root: Path, packages: Iterable[str]) -> list[Path]:
+    """Every C source and header of `packages` under `root`: the .c files of the compiled
+    modules, and the files and headers they are built from (one extension may be several)."""
+    found = []
+    for package in packages:
+        found += [*(root / package).rglob("*.c"), *(root / package).rglob("*.h")]
+    return sorted(found)
+
+
+def test_no_c_source_over_500_lines() -> None:
+    """The product's .c files are counted as modules above; this also counts its headers and
+    the sandbox's C (its header walker), which is as hard to read at 700 lines as Python is."""
+    sources = c_sources(PACKAGE_ROOT, [PRODUCT, SANDBOX])
+    assert any(path.suffix == ".c" and SANDBOX in path.parts for path in sources), PACKAGE_ROOT
+    long = {
+        str(path.relative_to(PACKAGE_ROOT)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in sources
+    }
+    over = {name: lines for name, lines in long.items() if lines > MAX_LINES}
+    assert over == {}, f"C sources over {MAX_LINES} lines: {over}"
