@@ -5,8 +5,11 @@ Tests copy what they need into tmp_path. A missing set fails the test; it is nev
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+
+import pydicom
 
 SHARED_DICOM = Path(
     os.environ.get(
@@ -24,3 +27,26 @@ def dataset(name: str) -> Path:
             "set XNATDROP_SHARED_DICOM to the shared/dicom folder"
         )
     return path
+
+
+def with_defined_lengths(path: Path, pixels: bool = True) -> bytes:
+    """The file re-encoded with a defined length on every sequence and item (as other writers
+    do), its pixel data dropped unless `pixels`: the walk then meets ends by length, not by
+    delimiters."""
+    data = pydicom.dcmread(path)
+    if not pixels:
+        del data.PixelData
+
+    def define(items: list[pydicom.Dataset]) -> None:
+        for item in items:
+            for element in item:
+                if element.VR == "SQ":
+                    element.is_undefined_length = False
+                    for inner in element.value:
+                        inner.is_undefined_length_sequence_item = False
+                    define(element.value)
+
+    define([data])
+    buffer = io.BytesIO()
+    data.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared_data import SHARED_DICOM, dataset
+from shared_data import SHARED_DICOM, dataset, with_defined_lengths
 from xnatdrop import dicomfiles
 from xnatdrop.dicomfiles import folder
 
@@ -390,27 +390,7 @@ ENHANCED_FILE = min((dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").it
 ENHANCED_BYTES = ENHANCED_FILE.read_bytes()  # its sequences and items: undefined lengths
 
 
-def _with_defined_lengths(path: Path) -> bytes:
-    """The file re-encoded with a defined length on every sequence and item (as other
-    writers do): the fast path then meets ends by length, not delimiters."""
-    data = pydicom.dcmread(path)
-
-    def define(items: list[pydicom.Dataset]) -> None:
-        for item in items:
-            for element in item:
-                if element.VR == "SQ":
-                    element.is_undefined_length = False
-                    for inner in element.value:
-                        inner.is_undefined_length_sequence_item = False
-                    define(element.value)
-
-    define([data])
-    buffer = io.BytesIO()
-    data.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-ENHANCED_DEFINED_BYTES = _with_defined_lengths(ENHANCED_FILE)
+ENHANCED_DEFINED_BYTES = with_defined_lengths(ENHANCED_FILE)
 
 
 def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
@@ -482,11 +462,11 @@ def _facts_of_content(data: bytes) -> dicomfiles.FileFacts:
 
 
 def _small_defined_length_header(path: Path) -> bytes:
-    """The file's header only, with defined lengths (`_with_defined_lengths`), without
+    """The file's header only, with defined lengths (`shared_data.with_defined_lengths`), without
     Siemens's large private blob, the pixel data and all but three frames: the per-frame
     groups are then walked by `_skim_sequence` too (no pixel data for `_scan_frames`), and the
     whole header is ~12 KB, small enough to change every byte of it in a test."""
-    data = pydicom.dcmread(io.BytesIO(_with_defined_lengths(path)))
+    data = pydicom.dcmread(io.BytesIO(with_defined_lengths(path)))
     del data.PixelData
     del data.SharedFunctionalGroupsSequence[0][0x002110FE].value[0][0x00211019]
     del data.PerFrameFunctionalGroupsSequence[3:]

@@ -12,15 +12,13 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
-from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared_data import SHARED_DICOM, dataset
+from shared_data import SHARED_DICOM, dataset, with_defined_lengths
 from xnatdrop import dicomfiles
 from xnatdrop.dicomfiles import skim, walk
 from xnatdrop.dicomfiles.window import _Window
@@ -122,27 +120,11 @@ CLASSIC = min(p for p in (dataset("ge_signa_premier_table") / "In/GE").rglob("*"
 ENHANCED = min((dataset("siemens_xa30_enhanced") / "In/10_DWI_dir80_PA").iterdir())
 
 
-def _defined_lengths(path: Path) -> bytes:
-    """The file with a defined length on every sequence and item, its pixel data dropped."""
-    data = pydicom.dcmread(path)
-    del data.PixelData
-
-    def define(items: list[pydicom.Dataset]) -> None:
-        for item in items:
-            for element in item:
-                if element.VR == "SQ":
-                    element.is_undefined_length = False
-                    for inner in element.value:
-                        inner.is_undefined_length_sequence_item = False
-                    define(element.value)
-
-    define([data])
-    buffer = io.BytesIO()
-    data.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-SOURCES = [CLASSIC.read_bytes(), ENHANCED.read_bytes()[:400_000], _defined_lengths(ENHANCED)]
+SOURCES = [
+    CLASSIC.read_bytes(),
+    ENHANCED.read_bytes()[:400_000],
+    with_defined_lengths(ENHANCED, pixels=False),
+]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
