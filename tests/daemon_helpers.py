@@ -140,6 +140,11 @@ def imports(sandbox: Sandbox) -> int:
     return sum(n for key, n in sandbox.requests.items() if "/services/import" in key)
 
 
+def archives(sandbox: Sandbox) -> int:
+    """Archive requests the sandbox has received (counted when they arrive)."""
+    return sum(n for key, n in sandbox.requests.items() if "/services/archive" in key)
+
+
 def xnatdrop(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Any:
     """Run one `xnatdrop` command as its own process; return the CompletedProcess."""
     return subprocess.run(

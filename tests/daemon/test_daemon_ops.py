@@ -21,6 +21,7 @@ import pytest
 
 from daemon_helpers import (  # the fixtures `sandbox` and `daemons` too
     DaemonProcess,
+    archives,
     daemons,
     done_labels,
     imports,
@@ -85,17 +86,21 @@ def test_a_second_run_on_the_same_state_folder_exits_2_at_once(
 def test_push_of_a_drop_the_daemon_is_pushing_names_the_daemon(
     tmp_path: Path, sandbox: Sandbox, daemons: list[DaemonProcess]
 ) -> None:
-    """The daemon is inside the upload of a drop (XNAT holds the import 4 s) when someone runs
-    `xnatdrop push` on the same folder. Result: push exits 3 and says the daemon (its pid) is
-    working on it; the session is archived once, from one upload."""
+    """The daemon is inside the push of a drop (XNAT holds its archive request until the test
+    lets it go) when someone runs `xnatdrop push` on the same folder. Result: push exits 3 and
+    says the daemon (its pid) is working on it; the session is archived once, from one upload.
+
+    The archive is held, not delayed by a fixed time: under load (a helper's runs at load 5-9)
+    the second process once took longer to start than a 4 s hold on the import lasted."""
     config_path = settle_config(tmp_path, sandbox.url)
-    sandbox.delay("/data/services/import", seconds=4, count=1)
+    sandbox.slow_archive(120)
     daemon = start(daemons, config_path, tmp_path)
     assert daemon.process is not None
     original = drop(tmp_path, "SPN01_0002")
-    wait_for(lambda: imports(sandbox) >= 1, what=daemon.log())
+    wait_for(lambda: archives(sandbox) >= 1, what=daemon.log())
 
     pushed = xnatdrop("push", str(tmp_path / "drop" / "SPN01_0002"), "--config", str(config_path))
+    sandbox.slow_archive(0)
 
     assert pushed.returncode == 3, pushed.stderr
     assert pushed.stdout == (
