@@ -251,13 +251,8 @@ static Py_ssize_t *read_sizes(PyObject *sequence, const char *what, Py_ssize_t *
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t value = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(fast, i), PyExc_ValueError);
-        if (value == -1 && PyErr_Occurred()) {
-            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-                PyErr_Clear();
-                PyErr_Format(PyExc_ValueError, "%s[%zd] is not an integer", what, i);
-            }
+        if (value == -1 && PyErr_Occurred()) /* TypeError; ValueError for one too large */
             goto fail;
-        }
         if (value < 0) {
             PyErr_Format(PyExc_ValueError, "%s[%zd] is negative", what, i);
             goto fail;

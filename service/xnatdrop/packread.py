@@ -16,7 +16,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator
 
-from xnatdrop import buffers, zipformat
+from xnatdrop import buffers, md5lanes, zipformat
 from xnatdrop.errors import TransientError
 from xnatdrop.packplan import Planned, Run
 
@@ -59,8 +59,9 @@ def read_run(
     gives each file's descriptor, opened ahead by a reader (`prefetch`, `pack._Prefetches`),
     or None for one to open now (its error raised here, in order); read_run closes them all.
     Returns the piece, the MD5 digests (16 bytes each), the CRC-32s and each entry's length
-    in the zip (header and data). hashlib releases the GIL on buffers this size (ISA-L's CRC
-    holds it, for about 0.03 ns a byte).
+    in the zip (header and data). The MD5s are taken after the loop, the run's files in one
+    call (`md5lanes`: eight at a time in AVX2's lanes, 4.5 times hashlib's rate, the GIL
+    released); the header needs only the CRC (ISA-L's holds the GIL, about 0.03 ns a byte).
 
     Per file this is the loop the whole upload runs 50,000 times and more, so it does only
     what must be done per file: a path is joined only to open a file the prefetch could not or
@@ -73,10 +74,10 @@ def read_run(
         lengths = [length(name, size) for name, size in zip(names, sizes, strict=True)]
         piece = pool.take(sum(lengths) + sum(sizes))
         view = memoryview(piece)
-        digests = bytearray()
+        starts = []
         crcs = []
         at = 0
-        readv, read, close_file, md5 = os.readv, os.read, os.close, hashlib.md5
+        readv, read, close_file = os.readv, os.read, os.close
         crc32, put_header = zipformat.crc32, zipformat.put_local_header
         for index, size in enumerate(sizes):
             start = at + lengths[index]
@@ -106,16 +107,17 @@ def read_run(
                     f"{path} is {'more' if more else done} bytes, planned {size}; it changed "
                     "after planning"
                 )
-            digests += md5(data, usedforsecurity=False).digest()
+            starts.append(start)
             crc = crc32(data)
             crcs.append(crc)
             put_header(view, at, names[index], size, crc, mtimes[index])
             at = start + size
             lengths[index] += size
+        digests = md5lanes.md5_spans(view, starts, sizes)
     finally:
         close(descriptors)
     view.release()
-    return [piece], bytes(digests), crcs, lengths
+    return [piece], digests, crcs, lengths
 
 
 def close(descriptors: Iterable[int | None]) -> None:
