@@ -163,11 +163,11 @@ static void lane_start(Lane *lane, const uint8_t *data, size_t size, Py_ssize_t 
     lane->blocks = whole ? whole : lane->tail_blocks;
 }
 
-/* Hash spans[order[0..n)] of `base` into out + 16 * span, eight lanes at a time. `order`
-   hands the longest spans out first, so the lanes finish near together. Needs no GIL. */
-static AVX2_FN void hash_spans(const uint8_t *base, const Py_ssize_t *starts,
-                               const Py_ssize_t *sizes, const Py_ssize_t *order, Py_ssize_t n,
-                               uint8_t *out)
+/* Hash the spans data[order[i]] (sizes[order[i]] bytes) into out + 16 * order[i], eight lanes
+   at a time. `order` hands the longest spans out first, so the lanes finish near together.
+   Needs no GIL. */
+static AVX2_FN void hash_spans(const uint8_t *const *data, const Py_ssize_t *sizes,
+                               const Py_ssize_t *order, Py_ssize_t n, uint8_t *out)
 {
     Lane lanes[LANES];
     uint32_t words[4][LANES] __attribute__((aligned(32)));
@@ -178,7 +178,7 @@ static AVX2_FN void hash_spans(const uint8_t *base, const Py_ssize_t *starts,
         words[0][l] = IV_A; words[1][l] = IV_B; words[2][l] = IV_C; words[3][l] = IV_D;
         if (next < n) {
             Py_ssize_t s = order[next++];
-            lane_start(&lanes[l], base + starts[s], (size_t)sizes[s], s);
+            lane_start(&lanes[l], data[s], (size_t)sizes[s], s);
             active++;
         } else {
             lanes[l].span = -1;
@@ -223,7 +223,7 @@ static AVX2_FN void hash_spans(const uint8_t *base, const Py_ssize_t *starts,
             words[0][l] = IV_A; words[1][l] = IV_B; words[2][l] = IV_C; words[3][l] = IV_D;
             if (next < n) {
                 Py_ssize_t s = order[next++];
-                lane_start(lane, base + starts[s], (size_t)sizes[s], s);
+                lane_start(lane, data[s], (size_t)sizes[s], s);
             } else {
                 lane->span = -1;
                 lane->block = idle_block;
@@ -290,64 +290,113 @@ static void longest_first(Py_ssize_t *order, Py_ssize_t *spare, const Py_ssize_t
 }
 
 PyDoc_STRVAR(md5_spans_doc,
-"md5_spans(buffer, starts, sizes) -> bytes\n\n"
+"md5_spans(buffer, starts, sizes, pieces=None) -> bytes\n\n"
 "The MD5 digests of buffer[starts[i] : starts[i] + sizes[i]] for each i, 16 bytes each,\n"
-"concatenated in order. ValueError for mismatched lengths, a negative number or a span\n"
-"past the end; RuntimeError where the CPU has no AVX2 (see AVX2). Releases the GIL.");
+"concatenated in order. With `pieces`, `buffer` is a sequence of buffers and span i is in\n"
+"buffer[pieces[i]]. ValueError for mismatched lengths, a negative number, a span past the\n"
+"end or a piece that is not there; RuntimeError where the CPU has no AVX2 (see AVX2).\n"
+"Releases the GIL while it hashes.");
+
+/* The buffers: `buffer` itself, or (with pieces) each of its items; NULL with an error set.
+   On success *count views to release with release_views. */
+static Py_buffer *get_views(PyObject *buffer, int several, Py_ssize_t *count)
+{
+    PyObject *fast = several ? PySequence_Fast(buffer, "with pieces, buffer must be a sequence")
+                             : PyTuple_Pack(1, buffer);
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), got = 0;
+    Py_buffer *views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    if (views == NULL)
+        PyErr_NoMemory();
+    else
+        for (; got < n; got++)
+            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &views[got],
+                                   PyBUF_SIMPLE) < 0)
+                break;
+    Py_DECREF(fast);
+    if (views != NULL && got < n) {
+        while (got > 0)
+            PyBuffer_Release(&views[--got]);
+        PyMem_Free(views);
+        return NULL;
+    }
+    *count = n;
+    return views;
+}
 
 static PyObject *md5_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "md5_spans(buffer, starts, sizes) takes 3 arguments");
+    (void)module;
+    int several = nargs == 4 && args[3] != Py_None;
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "md5_spans(buffer, starts, sizes, pieces=None)");
         return NULL;
     }
     if (!cpu_avx2) {
         PyErr_SetString(PyExc_RuntimeError, "md5_spans needs AVX2, which this CPU lacks");
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    Py_ssize_t n_views = 0, n = 0, n_sizes = 0, n_pieces = 0;
+    Py_buffer *views = get_views(args[0], several, &n_views);
+    if (views == NULL)
         return NULL;
     PyObject *result = NULL;
-    Py_ssize_t n = 0, n_sizes = 0, *order = NULL;
+    Py_ssize_t *order = NULL, *pieces = NULL;
+    const uint8_t **data = NULL;
     Py_ssize_t *starts = read_sizes(args[1], "starts", &n);
     Py_ssize_t *sizes = starts ? read_sizes(args[2], "sizes", &n_sizes) : NULL;
-    if (sizes == NULL)
+    if (sizes == NULL || (several && (pieces = read_sizes(args[3], "pieces", &n_pieces)) == NULL))
         goto done;
-    if (n != n_sizes) {
-        PyErr_Format(PyExc_ValueError, "%zd starts but %zd sizes", n, n_sizes);
+    if (n != n_sizes || (several && n != n_pieces)) {
+        PyErr_Format(PyExc_ValueError, "%zd starts but %zd sizes%s", n, n_sizes,
+                     several && n != n_pieces ? " or another number of pieces" : "");
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (starts[i] > view.len || sizes[i] > view.len - starts[i]) {
-            PyErr_Format(PyExc_ValueError, "span %zd (%zd + %zd bytes) is past the end (%zd)",
-                         i, starts[i], sizes[i], view.len);
-            goto done;
-        }
-    order = PyMem_Malloc(sizeof(Py_ssize_t) * (2 * n + 1)); /* and the sort's spare */
+    data = PyMem_Malloc(sizeof(*data) * (n ? (size_t)n : 1));
+    order = PyMem_Malloc(sizeof(Py_ssize_t) * (2 * (size_t)n + 1)); /* and the sort's spare */
     result = PyBytes_FromStringAndSize(NULL, 16 * n);
-    if (order == NULL || result == NULL) {
+    if (data == NULL || order == NULL || result == NULL) {
         Py_CLEAR(result);
         if (!PyErr_Occurred())
             PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++)
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t piece = several ? pieces[i] : 0;
+        if (piece >= n_views) {
+            PyErr_Format(PyExc_ValueError, "span %zd is in piece %zd of %zd", i, piece, n_views);
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_ssize_t len = views[piece].len;
+        if (starts[i] > len || sizes[i] > len - starts[i]) {
+            PyErr_Format(PyExc_ValueError, "span %zd (%zd + %zd bytes) is past the end (%zd)",
+                         i, starts[i], sizes[i], len);
+            Py_CLEAR(result);
+            goto done;
+        }
+        data[i] = (const uint8_t *)views[piece].buf + starts[i];
         order[i] = i;
+    }
 #if HAVE_AVX2_BUILD
     {
         uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
         Py_BEGIN_ALLOW_THREADS
         longest_first(order, order + n, sizes, n);
-        hash_spans((const uint8_t *)view.buf, starts, sizes, order, n, out);
+        hash_spans(data, sizes, order, n, out);
         Py_END_ALLOW_THREADS
     }
 #endif
 done:
+    PyMem_Free(data);
     PyMem_Free(order);
     PyMem_Free(starts);
     PyMem_Free(sizes);
-    PyBuffer_Release(&view);
+    PyMem_Free(pieces);
+    for (Py_ssize_t i = 0; i < n_views; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
     return result;
 }
 

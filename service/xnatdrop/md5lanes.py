@@ -26,28 +26,46 @@ COMPILED: bool = _md5lanes is not None and bool(_md5lanes.AVX2)
 """Whether `md5_spans` hashes in AVX2 lanes (built, and the CPU has AVX2)."""
 
 
-def md5_spans_hashlib(buffer: Buffer, starts: Sequence[int], sizes: Sequence[int]) -> bytes:
+def md5_spans_hashlib(
+    buffer: Buffer | Sequence[Buffer],
+    starts: Sequence[int],
+    sizes: Sequence[int],
+    pieces: Sequence[int] | None = None,
+) -> bytes:
     """The twin: each span's digest from hashlib (which releases the GIL on spans over 2 KiB),
     with the compiled function's checks, so that both fail alike."""
-    if len(starts) != len(sizes):
-        raise ValueError(f"{len(starts)} starts but {len(sizes)} sizes")
+    several = list(buffer) if pieces is not None else [buffer]  # type: ignore[arg-type]
+    pieces = pieces if pieces is not None else [0] * len(starts)
+    if not len(starts) == len(sizes) == len(pieces):
+        raise ValueError(f"{len(starts)} starts but {len(sizes)} sizes or another number of pieces")
     digests = bytearray()
     md5 = hashlib.md5
-    with memoryview(buffer) as view, view.cast("B") as data:
-        end = len(data)
-        for index, (start, size) in enumerate(zip(starts, sizes, strict=True)):
-            if start < 0 or size < 0:
-                raise ValueError(f"span {index} ({start} + {size} bytes) is negative")
-            if start + size > end:
-                raise ValueError(f"span {index} ({start} + {size} bytes) is past the end ({end})")
-            digests += md5(data[start : start + size], usedforsecurity=False).digest()
+    views = [memoryview(one).cast("B") for one in several]
+    for index, (start, size, piece) in enumerate(zip(starts, sizes, pieces, strict=True)):
+        if start < 0 or size < 0 or piece < 0:
+            raise ValueError(f"span {index} ({start} + {size} bytes, piece {piece}) is negative")
+        if piece >= len(views):
+            raise ValueError(f"span {index} is in piece {piece} of {len(views)}")
+        if start + size > len(views[piece]):
+            end = len(views[piece])
+            raise ValueError(f"span {index} ({start} + {size} bytes) is past the end ({end})")
+        digests += md5(views[piece][start : start + size], usedforsecurity=False).digest()
+    for view in views:
+        view.release()
     return bytes(digests)
 
 
-def md5_spans(buffer: Buffer, starts: Sequence[int], sizes: Sequence[int]) -> bytes:
+def md5_spans(
+    buffer: Buffer | Sequence[Buffer],
+    starts: Sequence[int],
+    sizes: Sequence[int],
+    pieces: Sequence[int] | None = None,
+) -> bytes:
     """The MD5 digests of buffer[start : start + size] for each start and size, 16 bytes each,
-    concatenated in order; ValueError for mismatched lengths, a negative number or a span past
-    the end. The GIL is released while it hashes (the buffer cannot be resized meanwhile)."""
+    concatenated in order; with `pieces`, `buffer` is a sequence of buffers and each span is in
+    buffer[piece]. ValueError for mismatched lengths, a negative number, a span past the end
+    or a piece that is not there. The GIL is released while it hashes (the buffers cannot be
+    resized meanwhile)."""
     if COMPILED and len(starts) > 1:
-        return _md5lanes.md5_spans(buffer, starts, sizes)
-    return md5_spans_hashlib(buffer, starts, sizes)
+        return _md5lanes.md5_spans(buffer, starts, sizes, pieces)
+    return md5_spans_hashlib(buffer, starts, sizes, pieces)

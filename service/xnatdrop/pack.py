@@ -85,6 +85,7 @@ WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
 WINDOW = 8 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
 RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
+LANES, JOB = 8, 4 << 20  # a run of fewer files goes on up to JOB bytes (md5lanes: 8 at once)
 OPEN_AHEAD = 128  # small files of the runs handed out, opened and read by the kernel, at most
 HEADER = 256  # room counted in a run for each local header (ZIP_NAME_MAX + fixed fields)
 
@@ -181,20 +182,17 @@ def _pool() -> buffers.Buffers:
 
 def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
     """(start, stop) of each run of the plan's files (their `sizes`) read as one job:
-    consecutive files of up to RUN bytes, headers included, or one larger file alone."""
+    consecutive files of up to RUN bytes, headers included, or up to JOB bytes while it holds
+    fewer than LANES (the MD5s of a job's files are taken together, `packread.read_run`), or
+    one larger file alone."""
     start = 0
     while start < len(sizes):
-        stop, held = start, 0
-        if sizes[start] > RUN:
+        stop, held = start + 1, sizes[start] + HEADER
+        while stop < len(sizes) and sizes[start] <= RUN and sizes[stop] <= RUN:
+            held += sizes[stop] + HEADER
+            if held > (JOB if stop - start < LANES else RUN):
+                break
             stop += 1
-        else:
-            while (
-                stop < len(sizes)
-                and sizes[stop] <= RUN
-                and (stop == start or held + sizes[stop] + HEADER <= RUN)
-            ):
-                held += sizes[stop] + HEADER
-                stop += 1
         yield start, stop
         start = stop
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import random
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared_data import SHARED_DICOM
-from xnatdrop import buffers, md5lanes, packread
+from xnatdrop import buffers, md5lanes, pack, packread
 from xnatdrop.packplan import Run
 
 DATA = random.Random(1321).randbytes(5 << 20)  # 5 MiB that every span is taken from
@@ -58,9 +60,9 @@ def test_the_md5_lanes_are_built_and_used(tmp_path: Path, monkeypatch: pytest.Mo
     calls = []
     real = _md5lanes.md5_spans
 
-    def counted(buffer: memoryview, starts: list[int], sizes: list[int]) -> bytes:
-        calls.append(len(starts))
-        return real(buffer, starts, sizes)
+    def counted(*arguments: Any) -> bytes:
+        calls.append(len(arguments[1]))
+        return real(*arguments)
 
     monkeypatch.setattr(_md5lanes, "md5_spans", counted)
     contents = [DATA[i * 1000 : i * 1000 + 100 + 37 * i] for i in range(20)]
@@ -73,6 +75,38 @@ def test_the_md5_lanes_are_built_and_used(tmp_path: Path, monkeypatch: pytest.Mo
     _, digests, _, _ = packread.read_run(str(tmp_path), run, buffers.Buffers(2, 1 << 16), opened)
     assert calls == ([20] if cpu_has_avx2() else [])
     assert digests == b"".join(hashlib.md5(c).digest() for c in contents)
+
+
+def test_a_run_of_few_large_files_fills_several_pieces_and_is_hashed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven files of 300 KB (`pack._runs` makes such a run: fewer than eight files go on past
+    RUN) in pieces of the pool's 1 MiB buffers, three entries each; their MD5s in one call."""
+    calls = []
+    real = md5lanes.md5_spans
+
+    def counted(*arguments: Any) -> bytes:
+        calls.append(arguments[3])
+        return real(*arguments)
+
+    monkeypatch.setattr(md5lanes, "md5_spans", counted)
+    contents = [DATA[i * 300_001 : (i + 1) * 300_001] for i in range(7)]
+    for index, content in enumerate(contents):
+        (tmp_path / f"f{index}").write_bytes(content)
+    names = [f"f{i}" for i in range(7)]
+    run = Run(names, [len(c) for c in contents], names, [0.0] * 7)
+    opened: concurrent.futures.Future[list[int | None]] = concurrent.futures.Future()
+    opened.set_result([None] * 7)
+    pool = buffers.Buffers(8, (1 << 20) + 4096)
+    pieces, digests, crcs, lengths = packread.read_run(str(tmp_path), run, pool, opened)
+    assert [len(p) for p in pieces] == [sum(lengths[0:3]), sum(lengths[3:6]), lengths[6]]
+    assert calls == [[0, 0, 0, 1, 1, 1, 2]]
+    assert digests == b"".join(hashlib.md5(c).digest() for c in contents)
+    assert crcs == [zlib.crc32(c) for c in contents]
+    body, at = b"".join(pieces), 0
+    for content, length in zip(contents, lengths, strict=True):
+        assert body[at + length - len(content) : at + length] == content
+        at += length
 
 
 @st.composite
@@ -101,6 +135,24 @@ def test_every_span_is_hashlibs_md5(case: tuple[list[int], list[int]]) -> None:
     starts, sizes = case
     assert compiled()(DATA, starts, sizes) == expected(DATA, starts, sizes)
     assert md5lanes.md5_spans(DATA, starts, sizes) == expected(DATA, starts, sizes)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spans(), st.data())
+def test_spans_in_several_pieces(case: tuple[list[int], list[int]], data: st.DataObject) -> None:
+    """As `read_run` hands over a run of several pieces: each span in a buffer of its own."""
+    starts, sizes = case
+    pieces = [DATA, bytearray(DATA[7:]), memoryview(DATA)[1:]]
+    which = [
+        data.draw(st.integers(0, 2)) if start + size <= len(DATA) - 7 else 0
+        for start, size in zip(starts, sizes, strict=True)
+    ]
+    wanted = b"".join(
+        hashlib.md5(memoryview(pieces[p])[s : s + n]).digest()
+        for s, n, p in zip(starts, sizes, which, strict=True)
+    )
+    assert compiled()(pieces, starts, sizes, which) == wanted
+    assert md5lanes.md5_spans(pieces, starts, sizes, which) == wanted
 
 
 @pytest.mark.parametrize("size", PADDING)
@@ -167,6 +219,25 @@ def test_bad_arguments_raise_value_error(
         md5_spans(bytes(100), starts, sizes)
 
 
+@pytest.mark.parametrize("function", ["compiled", "twin"])
+@pytest.mark.parametrize(
+    ("starts", "sizes", "pieces"),
+    [
+        ([0, 0], [1, 1], [0]),  # lengths differ
+        ([0], [1], [2]),  # no such piece
+        ([0], [1], [-1]),
+        ([0], [101], [1]),  # past the end of its piece
+        ([0, 0], [100, 101], [0, 1]),
+    ],
+)
+def test_bad_pieces_raise_value_error(
+    function: str, starts: list[int], sizes: list[int], pieces: list[int]
+) -> None:
+    md5_spans = compiled() if function == "compiled" else md5lanes.md5_spans_hashlib
+    with pytest.raises(ValueError):
+        md5_spans([bytes(200), bytes(100)], starts, sizes, pieces)
+
+
 def test_what_is_not_a_buffer_or_not_integers_raises_type_error() -> None:
     with pytest.raises(TypeError):
         compiled()("text", [0], [1])
@@ -174,3 +245,13 @@ def test_what_is_not_a_buffer_or_not_integers_raises_type_error() -> None:
         compiled()(DATA, [0.0], [1])
     with pytest.raises(TypeError):
         compiled()(DATA, 0, 1)
+    with pytest.raises(TypeError):
+        compiled()([DATA, "text"], [0], [1], [1])
+
+
+def test_a_run_of_fewer_than_eight_files_goes_on_past_run_bytes() -> None:
+    """`pack._runs`: 44 KB files stop at RUN bytes (23 of them, as before); files of 615 KB,
+    one a run before, go on up to JOB bytes (6 of them), so the lanes have several at once."""
+    assert list(pack._runs([44_000] * 50)) == [(0, 23), (23, 46), (46, 50)]
+    assert list(pack._runs([615_000] * 20)) == [(0, 6), (6, 12), (12, 18), (18, 20)]
+    assert list(pack._runs([615_000, 2 << 20, 1, 1])) == [(0, 1), (1, 2), (2, 4)]
