@@ -32,10 +32,11 @@ Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 3 GB/s
 CRC-32 and 20 GB/s or more for ISA-L's, `zipformat.crc32`), and hashlib releases the GIL.
 `READERS` worker threads read and hash ahead of the sender, in order, at most `WINDOW` bytes
 ahead, so memory stays flat whatever the session size:
-- consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
-  behind room for their headers, hashed there, headers filled in; one job, one piece, one send
-  per run, not per file (a future, a header write and a socket send per 44 KB file cost about
-  as much as hashing it). Each run's files are opened soon after the run is handed out, by
+- consecutive files of up to RUN bytes in all (JOB while fewer than LANES) are one *run*: read
+  straight into a buffer behind room for their headers, headers filled in, their MD5s taken
+  together, eight at a time (`md5lanes`); one job, one piece, one send per run, not per file
+  (a future, a header write and a socket send per 44 KB file cost about as much as hashing
+  it). Each run's files are opened soon after the run is handed out, by
   whichever reader starts its next job first (`_Prefetches`), and the kernel asked to read
   them in the background (`packread.prefetch`): a cold small file no longer waits for its own
   disk read while the disk has nothing else to do (OPEN_AHEAD files at most; the plan asks
