@@ -25,6 +25,11 @@ class Buffers:
         self._buffers: list[bytearray] = []
         self._lock = threading.Lock()
 
+    @property
+    def size(self) -> int:
+        """The size of the buffers kept: a larger piece gets a buffer of its own."""
+        return self._size
+
     def take(self, size: int) -> bytearray:
         """A buffer of exactly `size` bytes (its content is whatever it held before)."""
         if size > self._size or 2 * size <= self._size + 1:

@@ -32,10 +32,11 @@ Why threads: MD5 is the slowest part (about 700 MB/s on one core, against 3 GB/s
 CRC-32 and 20 GB/s or more for ISA-L's, `zipformat.crc32`), and hashlib releases the GIL.
 `READERS` worker threads read and hash ahead of the sender, in order, at most `WINDOW` bytes
 ahead, so memory stays flat whatever the session size:
-- consecutive files of up to RUN bytes in all are one *run*: read straight into one buffer
-  behind room for their headers, hashed there, headers filled in; one job, one piece, one send
-  per run, not per file (a future, a header write and a socket send per 44 KB file cost about
-  as much as hashing it). Each run's files are opened soon after the run is handed out, by
+- consecutive files of up to RUN bytes in all (JOB while fewer than LANES) are one *run*: read
+  straight into a buffer behind room for their headers, headers filled in, their MD5s taken
+  together, eight at a time (`md5lanes`); one job, one piece, one send per run, not per file
+  (a future, a header write and a socket send per 44 KB file cost about as much as hashing
+  it). Each run's files are opened soon after the run is handed out, by
   whichever reader starts its next job first (`_Prefetches`), and the kernel asked to read
   them in the background (`packread.prefetch`): a cold small file no longer waits for its own
   disk read while the disk has nothing else to do (OPEN_AHEAD files at most; the plan asks
@@ -85,6 +86,7 @@ WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
 WINDOW = 8 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
 RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
+LANES, JOB = 8, 4 << 20  # a run of fewer files goes on up to JOB bytes (md5lanes: 8 at once)
 OPEN_AHEAD = 128  # small files of the runs handed out, opened and read by the kernel, at most
 HEADER = 256  # room counted in a run for each local header (ZIP_NAME_MAX + fixed fields)
 
@@ -181,20 +183,17 @@ def _pool() -> buffers.Buffers:
 
 def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
     """(start, stop) of each run of the plan's files (their `sizes`) read as one job:
-    consecutive files of up to RUN bytes, headers included, or one larger file alone."""
+    consecutive files of up to RUN bytes, headers included, or up to JOB bytes while it holds
+    fewer than LANES (the MD5s of a job's files are taken together, `packread.read_run`), or
+    one larger file alone."""
     start = 0
     while start < len(sizes):
-        stop, held = start, 0
-        if sizes[start] > RUN:
+        stop, held = start + 1, sizes[start] + HEADER
+        while stop < len(sizes) and sizes[start] <= RUN and sizes[stop] <= RUN:
+            held += sizes[stop] + HEADER
+            if held > (JOB if stop - start < LANES else RUN):
+                break
             stop += 1
-        else:
-            while (
-                stop < len(sizes)
-                and sizes[stop] <= RUN
-                and (stop == start or held + sizes[stop] + HEADER <= RUN)
-            ):
-                held += sizes[stop] + HEADER
-                stop += 1
         yield start, stop
         start = stop
 

@@ -1,0 +1,71 @@
+"""The MD5 digests of many spans of one buffer: a run of the upload zip (`packread.read_run`).
+
+Compiled (`xnatdrop._md5lanes`, where it is built and the CPU has AVX2) the spans are hashed
+eight at a time, one in each 32-bit lane of an AVX2 register: 2.5 GB/s on one core for a run of
+44 KB files, against 0.55 GB/s for hashlib's MD5 (OpenSSL's hashes one message at a time, each
+step waiting for the one before), and MD5 was 43 % of the upload's CPU (issue 13). Elsewhere
+the twin below hashes each span with hashlib: the same digests, as fast as before.
+
+A single span goes to hashlib either way: alone in the lanes it would get an eighth of them,
+slower than hashlib's one stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+try:
+    from xnatdrop import _md5lanes
+except ImportError:  # not built (no compiler at install): the twin
+    _md5lanes = None  # type: ignore[assignment]
+
+Buffer = bytes | bytearray | memoryview  # collections.abc.Buffer is Python 3.12's
+
+COMPILED: bool = _md5lanes is not None and bool(_md5lanes.AVX2)
+"""Whether `md5_spans` hashes in AVX2 lanes (built, and the CPU has AVX2)."""
+
+
+def md5_spans_hashlib(
+    buffer: Buffer | Sequence[Buffer],
+    starts: Sequence[int],
+    sizes: Sequence[int],
+    pieces: Sequence[int] | None = None,
+) -> bytes:
+    """The twin: each span's digest from hashlib (which releases the GIL on spans over 2 KiB),
+    with the compiled function's checks, so that both fail alike."""
+    several = list(buffer) if pieces is not None else [buffer]  # type: ignore[arg-type]
+    pieces = pieces if pieces is not None else [0] * len(starts)
+    if not len(starts) == len(sizes) == len(pieces):
+        raise ValueError(f"{len(starts)} starts but {len(sizes)} sizes or another number of pieces")
+    digests = bytearray()
+    md5 = hashlib.md5
+    views = [memoryview(one).cast("B") for one in several]
+    for index, (start, size, piece) in enumerate(zip(starts, sizes, pieces, strict=True)):
+        if start < 0 or size < 0 or piece < 0:
+            raise ValueError(f"span {index} ({start} + {size} bytes, piece {piece}) is negative")
+        if piece >= len(views):
+            raise ValueError(f"span {index} is in piece {piece} of {len(views)}")
+        if start + size > len(views[piece]):
+            end = len(views[piece])
+            raise ValueError(f"span {index} ({start} + {size} bytes) is past the end ({end})")
+        digests += md5(views[piece][start : start + size], usedforsecurity=False).digest()
+    for view in views:
+        view.release()
+    return bytes(digests)
+
+
+def md5_spans(
+    buffer: Buffer | Sequence[Buffer],
+    starts: Sequence[int],
+    sizes: Sequence[int],
+    pieces: Sequence[int] | None = None,
+) -> bytes:
+    """The MD5 digests of buffer[start : start + size] for each start and size, 16 bytes each,
+    concatenated in order; with `pieces`, `buffer` is a sequence of buffers and each span is in
+    buffer[piece]. ValueError for mismatched lengths, a negative number, a span past the end
+    or a piece that is not there. The GIL is released while it hashes (the buffers cannot be
+    resized meanwhile)."""
+    if COMPILED and len(starts) > 1:
+        return _md5lanes.md5_spans(buffer, starts, sizes, pieces)
+    return md5_spans_hashlib(buffer, starts, sizes, pieces)

@@ -1,0 +1,257 @@
+"""The MD5s of a run's files eight at a time (`xnatdrop._md5lanes`, wrapped by `md5lanes`)
+against hashlib, span by span.
+
+The compiled function is called directly (the wrapper hands a single span to hashlib): sizes in
+every padding class (the last block with room for the length, or a block more), spans that
+start anywhere, overlap or repeat, one long span among many short ones (a lane refilled while
+another keeps its span), the real scanner files, and bad arguments.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import random
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared_data import SHARED_DICOM
+from xnatdrop import buffers, md5lanes, pack, packread
+from xnatdrop.packplan import Run
+
+DATA = random.Random(1321).randbytes(5 << 20)  # 5 MiB that every span is taken from
+# Around each block boundary: the last block holds the length (rest < 56) or needs one more.
+PADDING = sorted({64 * k + r for k in range(4) for r in (0, 1, 55, 56, 57, 63)} | {119, 120})
+
+
+def compiled():  # type: ignore[no-untyped-def]
+    """The extension's function; a failure (not a skip) when it is not built. On a CPU
+    without AVX2 (where it raises RuntimeError) the twin, which these tests then check."""
+    from xnatdrop import _md5lanes
+
+    return _md5lanes.md5_spans if cpu_has_avx2() else md5lanes.md5_spans_hashlib
+
+
+def expected(buffer: bytes | memoryview, starts: list[int], sizes: list[int]) -> bytes:
+    return b"".join(
+        hashlib.md5(buffer[s : s + n], usedforsecurity=False).digest()
+        for s, n in zip(starts, sizes, strict=True)
+    )
+
+
+def cpu_has_avx2() -> bool:
+    flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if "flags" in line]
+    return bool(flags) and "avx2" in flags[0].split()
+
+
+def test_the_md5_lanes_are_built_and_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails (does not skip) when the extension is missing (`pip install -e .` builds it) or
+    when the CPU has AVX2 and the module says it has not; and read_run hashes a run of files
+    in one call of it."""
+    from xnatdrop import _md5lanes  # an ImportError here: the extension was not built
+
+    assert _md5lanes.AVX2 is cpu_has_avx2()
+    assert md5lanes.COMPILED is cpu_has_avx2()
+    calls = []
+    real = _md5lanes.md5_spans
+
+    def counted(*arguments: Any) -> bytes:
+        calls.append(len(arguments[1]))
+        return real(*arguments)
+
+    monkeypatch.setattr(_md5lanes, "md5_spans", counted)
+    contents = [DATA[i * 1000 : i * 1000 + 100 + 37 * i] for i in range(20)]
+    for index, content in enumerate(contents):
+        (tmp_path / f"f{index}").write_bytes(content)
+    names = [f"f{i}" for i in range(20)]
+    run = Run(names, [len(c) for c in contents], names, [0.0] * 20)
+    opened: concurrent.futures.Future[list[int | None]] = concurrent.futures.Future()
+    opened.set_result([None] * 20)
+    _, digests, _, _ = packread.read_run(str(tmp_path), run, buffers.Buffers(2, 1 << 16), opened)
+    assert calls == ([20] if cpu_has_avx2() else [])
+    assert digests == b"".join(hashlib.md5(c).digest() for c in contents)
+
+
+def test_a_run_of_few_large_files_fills_several_pieces_and_is_hashed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven files of 300 KB (`pack._runs` makes such a run: fewer than eight files go on past
+    RUN) in pieces of the pool's 1 MiB buffers, three entries each; their MD5s in one call."""
+    calls = []
+    real = md5lanes.md5_spans
+
+    def counted(*arguments: Any) -> bytes:
+        calls.append(arguments[3])
+        return real(*arguments)
+
+    monkeypatch.setattr(md5lanes, "md5_spans", counted)
+    contents = [DATA[i * 300_001 : (i + 1) * 300_001] for i in range(7)]
+    for index, content in enumerate(contents):
+        (tmp_path / f"f{index}").write_bytes(content)
+    names = [f"f{i}" for i in range(7)]
+    run = Run(names, [len(c) for c in contents], names, [0.0] * 7)
+    opened: concurrent.futures.Future[list[int | None]] = concurrent.futures.Future()
+    opened.set_result([None] * 7)
+    pool = buffers.Buffers(8, (1 << 20) + 4096)
+    pieces, digests, crcs, lengths = packread.read_run(str(tmp_path), run, pool, opened)
+    assert [len(p) for p in pieces] == [sum(lengths[0:3]), sum(lengths[3:6]), lengths[6]]
+    assert calls == [[0, 0, 0, 1, 1, 1, 2]]
+    assert digests == b"".join(hashlib.md5(c).digest() for c in contents)
+    assert crcs == [zlib.crc32(c) for c in contents]
+    body, at = b"".join(pieces), 0
+    for content, length in zip(contents, lengths, strict=True):
+        assert body[at + length - len(content) : at + length] == content
+        at += length
+
+
+@st.composite
+def spans(draw: st.DrawFn, most: int = 40) -> tuple[list[int], list[int]]:
+    """1 to `most` spans of DATA: padding-class sizes, any size up to 5000, now and then one of
+    up to 3 MB; any start (unaligned); a span now and then repeated."""
+    size = st.one_of(st.sampled_from(PADDING), st.integers(0, 5000))
+    long = st.integers(0, 3 << 20)
+    starts: list[int] = []
+    sizes: list[int] = []
+    for _ in range(draw(st.integers(1, most))):
+        if starts and draw(st.integers(0, 5)) == 0:  # a span again
+            pick = draw(st.integers(0, len(starts) - 1))
+            starts.append(starts[pick])
+            sizes.append(sizes[pick])
+            continue
+        n = draw(long if draw(st.integers(0, 19)) == 0 else size)
+        starts.append(draw(st.integers(0, len(DATA) - n)))
+        sizes.append(n)
+    return starts, sizes
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spans())
+def test_every_span_is_hashlibs_md5(case: tuple[list[int], list[int]]) -> None:
+    starts, sizes = case
+    assert compiled()(DATA, starts, sizes) == expected(DATA, starts, sizes)
+    assert md5lanes.md5_spans(DATA, starts, sizes) == expected(DATA, starts, sizes)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spans(), st.data())
+def test_spans_in_several_pieces(case: tuple[list[int], list[int]], data: st.DataObject) -> None:
+    """As `read_run` hands over a run of several pieces: each span in a buffer of its own."""
+    starts, sizes = case
+    pieces = [DATA, bytearray(DATA[7:]), memoryview(DATA)[1:]]
+    which = [
+        data.draw(st.integers(0, 2)) if start + size <= len(DATA) - 7 else 0
+        for start, size in zip(starts, sizes, strict=True)
+    ]
+    wanted = b"".join(
+        hashlib.md5(memoryview(pieces[p])[s : s + n]).digest()
+        for s, n, p in zip(starts, sizes, which, strict=True)
+    )
+    assert compiled()(pieces, starts, sizes, which) == wanted
+    assert md5lanes.md5_spans(pieces, starts, sizes, which) == wanted
+
+
+@pytest.mark.parametrize("size", PADDING)
+def test_each_padding_class_in_every_lane(size: int) -> None:
+    """Nine spans of one size: all eight lanes end together, and one lane takes a ninth."""
+    starts = [1 + 7 * i for i in range(9)]
+    assert compiled()(DATA, starts, [size] * 9) == expected(DATA, starts, [size] * 9)
+
+
+def test_one_long_span_among_many_short_ones() -> None:
+    """Lanes refilled many times while one keeps its 3 MB span, and the long one last too."""
+    sizes = [3 << 20] + [random.Random(i).randrange(0, 9000) for i in range(60)]
+    starts = [random.Random(-i).randrange(0, len(DATA) - n) for i, n in enumerate(sizes)]
+    assert compiled()(DATA, starts, sizes) == expected(DATA, starts, sizes)
+    assert compiled()(DATA, starts[::-1], sizes[::-1]) == expected(DATA, starts[::-1], sizes[::-1])
+
+
+def test_buffers_of_every_kind_and_no_spans() -> None:
+    view = memoryview(bytearray(DATA[:100_000]))[3:]  # an unaligned slice
+    starts, sizes = [0, 5, 99_000, 10], [1000, 99_990, 997, 0]
+    for buffer in (bytes(view), bytearray(view), view):
+        assert compiled()(buffer, starts, sizes) == expected(view, starts, sizes)
+        assert compiled()(buffer, tuple(starts), tuple(sizes)) == expected(view, starts, sizes)
+    assert compiled()(DATA, [], []) == b"" == md5lanes.md5_spans(DATA, [], [])
+
+
+def test_the_scanner_files_read_into_one_buffer() -> None:
+    """Each shared set's files (2,418 in all, 0 bytes to 50 MB) end to end in one buffer."""
+    count = 0
+    for folder in sorted(p for p in SHARED_DICOM.iterdir() if p.is_dir()):
+        data = bytearray()
+        starts, sizes = [], []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            content = path.read_bytes()
+            starts.append(len(data))
+            sizes.append(len(content))
+            data += content
+        assert compiled()(data, starts, sizes) == expected(memoryview(data), starts, sizes)
+        count += len(sizes)
+    assert count > 2000
+
+
+@pytest.mark.parametrize("function", ["compiled", "twin"])
+@pytest.mark.parametrize(
+    ("starts", "sizes"),
+    [
+        ([0, 1], [1]),  # lengths differ
+        ([0], [1, 2]),
+        ([0], [101]),  # past the end
+        ([101], [0]),
+        ([50, 0], [51, 0]),
+        ([-1], [1]),  # negative
+        ([0], [-1]),
+        ([1 << 70], [1]),  # too large for a C size
+        ([0], [(1 << 63) - 1]),  # start + size would overflow
+        ([(1 << 63) - 1], [(1 << 63) - 1]),
+    ],
+)
+def test_bad_arguments_raise_value_error(
+    function: str, starts: list[int], sizes: list[int]
+) -> None:
+    md5_spans = compiled() if function == "compiled" else md5lanes.md5_spans_hashlib
+    with pytest.raises(ValueError):
+        md5_spans(bytes(100), starts, sizes)
+
+
+@pytest.mark.parametrize("function", ["compiled", "twin"])
+@pytest.mark.parametrize(
+    ("starts", "sizes", "pieces"),
+    [
+        ([0, 0], [1, 1], [0]),  # lengths differ
+        ([0], [1], [2]),  # no such piece
+        ([0], [1], [-1]),
+        ([0], [101], [1]),  # past the end of its piece
+        ([0, 0], [100, 101], [0, 1]),
+    ],
+)
+def test_bad_pieces_raise_value_error(
+    function: str, starts: list[int], sizes: list[int], pieces: list[int]
+) -> None:
+    md5_spans = compiled() if function == "compiled" else md5lanes.md5_spans_hashlib
+    with pytest.raises(ValueError):
+        md5_spans([bytes(200), bytes(100)], starts, sizes, pieces)
+
+
+def test_what_is_not_a_buffer_or_not_integers_raises_type_error() -> None:
+    with pytest.raises(TypeError):
+        compiled()("text", [0], [1])
+    with pytest.raises(TypeError):
+        compiled()(DATA, [0.0], [1])
+    with pytest.raises(TypeError):
+        compiled()(DATA, 0, 1)
+    with pytest.raises(TypeError):
+        compiled()([DATA, "text"], [0], [1], [1])
+
+
+def test_a_run_of_fewer_than_eight_files_goes_on_past_run_bytes() -> None:
+    """`pack._runs`: 44 KB files stop at RUN bytes (23 of them, as before); files of 615 KB,
+    one a run before, go on up to JOB bytes (6 of them), so the lanes have several at once."""
+    assert list(pack._runs([44_000] * 50)) == [(0, 23), (23, 46), (46, 50)]
+    assert list(pack._runs([615_000] * 20)) == [(0, 6), (6, 12), (12, 18), (18, 20)]
+    assert list(pack._runs([615_000, 2 << 20, 1, 1])) == [(0, 1), (1, 2), (2, 4)]
