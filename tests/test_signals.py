@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -41,6 +42,19 @@ def test_both_stop_signals_by_default_and_restored_after_an_error() -> None:
     assert signals.INTERRUPTED == 130
 
 
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """SIGINT at Python's default for the test, whatever the suite's own: run as a background
+    job of a script (`pytest … &`, or `.ci/run &`), the suite has SIGINT ignored (POSIX XCU
+    2.11), and a process that ignores SIGINT rightly never sees these tests' Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("default_sigint")
 def test_a_ctrl_c_while_deferred_arrives_when_the_block_ends() -> None:
     """1. SIGINT arrives inside `signals.deferred`. Result: the block runs to its end and the
     KeyboardInterrupt is raised where it ends, and SIGINT is no longer held after it."""
@@ -54,6 +68,7 @@ def test_a_ctrl_c_while_deferred_arrives_when_the_block_ends() -> None:
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
 
 
+@pytest.mark.usefixtures("default_sigint")
 def test_a_ctrl_c_while_the_command_starts_is_one_line_and_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
