@@ -66,13 +66,7 @@ def test_the_md5_lanes_are_built_and_used(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(_md5lanes, "md5_spans", counted)
     contents = [DATA[i * 1000 : i * 1000 + 100 + 37 * i] for i in range(20)]
-    for index, content in enumerate(contents):
-        (tmp_path / f"f{index}").write_bytes(content)
-    names = [f"f{i}" for i in range(20)]
-    run = Run(names, [len(c) for c in contents], names, [0.0] * 20)
-    opened: concurrent.futures.Future[list[int | None]] = concurrent.futures.Future()
-    opened.set_result([None] * 20)
-    _, digests, _, _ = packread.read_run(str(tmp_path), run, buffers.Buffers(2, 1 << 16), opened)
+    _, digests, _, _ = _read_run(tmp_path, contents, buffers.Buffers(2, 1 << 16))
     assert calls == ([20] if cpu_has_avx2() else [])
     assert digests == b"".join(hashlib.md5(c).digest() for c in contents)
 
@@ -91,14 +85,8 @@ def test_a_run_of_few_large_files_fills_several_pieces_and_is_hashed_at_once(
 
     monkeypatch.setattr(md5lanes, "md5_spans", counted)
     contents = [DATA[i * 300_001 : (i + 1) * 300_001] for i in range(7)]
-    for index, content in enumerate(contents):
-        (tmp_path / f"f{index}").write_bytes(content)
-    names = [f"f{i}" for i in range(7)]
-    run = Run(names, [len(c) for c in contents], names, [0.0] * 7)
-    opened: concurrent.futures.Future[list[int | None]] = concurrent.futures.Future()
-    opened.set_result([None] * 7)
     pool = buffers.Buffers(8, (1 << 20) + 4096)
-    pieces, digests, crcs, lengths = packread.read_run(str(tmp_path), run, pool, opened)
+    pieces, digests, crcs, lengths = _read_run(tmp_path, contents, pool)
     assert [len(p) for p in pieces] == [sum(lengths[0:3]), sum(lengths[3:6]), lengths[6]]
     assert calls == [[0, 0, 0, 1, 1, 1, 2]]
     assert digests == b"".join(hashlib.md5(c).digest() for c in contents)
@@ -107,6 +95,20 @@ def test_a_run_of_few_large_files_fills_several_pieces_and_is_hashed_at_once(
     for content, length in zip(contents, lengths, strict=True):
         assert body[at + length - len(content) : at + length] == content
         at += length
+
+
+def _read_run(
+    folder: Path, contents: list[bytes], pool: buffers.Buffers
+) -> tuple[list[bytearray], bytes, list[int], list[int]]:
+    """`packread.read_run` of one run of files f0, f1, … holding `contents`, written to
+    `folder`, none opened ahead."""
+    names = [f"f{i}" for i in range(len(contents))]
+    for name, content in zip(names, contents, strict=True):
+        (folder / name).write_bytes(content)
+    run = Run(names, [len(c) for c in contents], names, [0.0] * len(contents))
+    opened: concurrent.futures.Future[list[int | None]] = concurrent.futures.Future()
+    opened.set_result([None] * len(contents))
+    return packread.read_run(str(folder), run, pool, opened)
 
 
 @st.composite
