@@ -7,11 +7,27 @@ quarantine. ConfigError is for the operator, never for a drop.
 
 from __future__ import annotations
 
+from typing import Any
+
 from xnatdrop import codes
 
 
 class XnatdropError(Exception):
     """Base of every expected xnatdrop error; anything else is a bug."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as it is (its message and attributes), not by calling `__init__` again with
+        the message as its first argument, which is what pickle does by default and what most
+        of these `__init__`s would get wrong: a large folder is checked in a process of its
+        own (`apart`), whose errors come back pickled."""
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(kind: type[XnatdropError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(XnatdropError):

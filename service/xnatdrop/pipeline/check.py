@@ -16,7 +16,8 @@ import logging
 import time
 from pathlib import Path
 
-from xnatdrop import ledger, names, reasonfiles, rules
+from xnatdrop import apart, dicomfiles, ledger, names, reasonfiles, rules
+from xnatdrop.config import PushSettings
 from xnatdrop.errors import PermanentError
 from xnatdrop.pipeline import late, quarantine, spool, subject
 from xnatdrop.pipeline.context import Context, Done, Unsettled
@@ -26,6 +27,11 @@ log = logging.getLogger(__package__)
 # Findings that mean "the copy is not finished yet": held back (thawed) until
 # settle.max_wait_seconds after the files last changed, then quarantined.
 COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM", "INCOMPLETE_SERIES"})
+
+# A folder of this many files or more is read and judged in a child process (`apart`), which
+# gives the check's memory back when it ends; smaller ones here, where a child costs more than
+# it gives. The count at which the check's reads take a process pool anyway.
+APART_MIN_FILES = dicomfiles.PARALLEL_MIN_FILES
 
 
 def check(context: Context, drop: ledger.Drop) -> Done | Unsettled:
@@ -41,18 +47,18 @@ def check(context: Context, drop: ledger.Drop) -> Done | Unsettled:
             kept,
         )
     config, drop_settings = context.config, context.drop_settings
-    verdict = rules.check_folder(
+    walk = rules.walk_folder(
         work,
         config.rules_for(drop_settings),
         drop_settings,
         control_files=config.control_files(),
     )
-    # The first file only: `upload_entries()` made a `FileEntry` of every file (~250 bytes a
-    # file) and held them while the record was made and saved, the push's peak (issue 13).
-    first = next((entry for series in verdict.series for entry in series.files), None)
-    fields = subject.fields(work, config.push, work / first.path if first else None)
-    record = spool.CheckRecord.of(verdict, fields)
-    spool.save(context.spool(drop), record)
+    folder = context.spool(drop)
+    if walk.files >= APART_MIN_FILES:
+        apart.call(_save_apart, walk, config.push, folder)
+        record = spool.check_record(folder, drop.id)
+    else:
+        record = _save_record(walk, config.push, folder)
     if late.sidecars_only(record):
         attached = late.attach_late(context, drop, record)
         if attached is not None:
@@ -80,6 +86,24 @@ def check(context: Context, drop: ledger.Drop) -> Done | Unsettled:
         f"{len(record.series)} series, {len(record.files)} files to upload, "
         f"{len(record.excluded())} excluded, sidecars: {', '.join(record.sidecars) or 'none'}"
     )
+
+
+def _save_record(walk: rules.Walk, push: PushSettings, folder: Path) -> spool.CheckRecord:
+    """Read and judge the walked folder's files and save what later steps need in `folder`."""
+    verdict = walk.verdict()
+    # The first file only: `upload_entries()` made a `FileEntry` of every file (~250 bytes a
+    # file) and held them while the record was made and saved, the push's peak (issue 13).
+    first = next((entry for series in verdict.series for entry in series.files), None)
+    fields = subject.fields(walk.folder, push, walk.folder / first.path if first else None)
+    record = spool.CheckRecord.of(verdict, fields)
+    spool.save(folder, record)
+    return record
+
+
+def _save_apart(walk: rules.Walk, push: PushSettings, folder: Path) -> None:
+    """`_save_record` in a child process, which hands nothing back but an error: the record is
+    read from the spool, as every later step reads it."""
+    _save_record(walk, push, folder)
 
 
 def _still_copying(context: Context, work: Path, blocks: list[rules.Finding]) -> str:

@@ -3,7 +3,8 @@
 Read in the order a folder is checked:
 
 - `verdict`: `check_folder`, which walks the folder, reads every file once, applies the rules
-  below and turns their hits into findings with actions;
+  below and turns their hits into findings with actions (`walk_folder` and `Walk.verdict`: the
+  same in two halves);
 - `tree`: the folder walk (sidecars, litter, links, unreadable folders; `FolderGone`);
 - `files`: rules A, B and C, one file at a time (what the file is, SOP class, derived or raw);
 - `series`: rules D, what the files say together (series per folder, studies, patient,
@@ -18,7 +19,7 @@ Callers import the package and use the names below: `rules.check_folder(...)`,
 from xnatdrop.rules.labels import PLACEHOLDER_LABELS, XNAT_LABEL
 from xnatdrop.rules.model import Action, FileEntry, Finding, Series, Verdict
 from xnatdrop.rules.tree import FolderGone
-from xnatdrop.rules.verdict import check_folder
+from xnatdrop.rules.verdict import Walk, check_folder, walk_folder
 
 __all__ = [
     "PLACEHOLDER_LABELS",
@@ -29,5 +30,7 @@ __all__ = [
     "FolderGone",
     "Series",
     "Verdict",
+    "Walk",
     "check_folder",
+    "walk_folder",
 ]

@@ -48,6 +48,53 @@ def check_folder(
     neither uploaded nor reported. Raise NotADirectoryError if `folder` is not a directory, and
     FolderGone if it went away or was replaced while it was read (see there).
     """
+    return walk_folder(folder, settings, drop, control_files).verdict(progress, workers)
+
+
+@dataclasses.dataclass
+class Walk:
+    """A subject folder walked (`walk_folder`), none of its files read yet: `verdict()` reads
+    them and judges. Two steps, so that a caller knows how many files the check will read
+    before it reads them (the pipeline reads a large folder's in a process of its own,
+    `pipeline.check`); picklable, for that process.
+
+    `ready`: a verdict already known from the walk (the folder itself is a symbolic link)."""
+
+    folder: Path
+    settings: config.RulesSettings | None
+    drop: config.DropSettings | None
+    before: tuple[int, int] | None = None
+    listing: tree.Tree = dataclasses.field(default_factory=tree.Tree)
+    ready: model.Verdict | None = None
+
+    @property
+    def files(self) -> int:
+        """How many files the check will read."""
+        return len(self.listing.files)
+
+    def verdict(
+        self, progress: Callable[[int, int], None] | None = None, workers: int | None = None
+    ) -> model.Verdict:
+        """Read every file of the walk and judge the folder (`check_folder`)."""
+        if self.ready is not None:
+            return self.ready
+        folder, listing = self.folder, self.listing
+        # Each file's facts keep its name as given: the text, no Path (`tree.Tree.files`); they
+        # are held by column, each file's FileFacts made when a rule asks (`dicomfiles.table`).
+        facts = dicomfiles.sniff_table(folder, listing.files, progress, workers)
+        verdict = _judge(folder, listing, facts, self.settings, self.drop)
+        if tree.identity(folder) != self.before:
+            raise tree.FolderGone(folder)
+        return verdict
+
+
+def walk_folder(
+    folder: Path,
+    settings: config.RulesSettings | None = None,
+    drop: config.DropSettings | None = None,
+    control_files: Collection[str] = (),
+) -> Walk:
+    """The first half of `check_folder` (see there): the walk, no file read yet."""
     folder = Path(folder)
     if settings is not None and hasattr(settings, "rules_for"):  # a whole Config was passed
         settings = settings.rules_for(drop)
@@ -57,17 +104,12 @@ def check_folder(
     if folder.is_symlink() or not folder.is_dir():
         if folder.is_symlink():
             hit = model.Hit("SYMLINK", Path("."), "the subject folder itself is a symbolic link")
-            return _finish(folder, folder.name, [hit], [], {}, settings, 0)
+            ready = _finish(folder, folder.name, [hit], [], {}, settings, 0)
+            return Walk(folder, settings, drop, ready=ready)
         raise NotADirectoryError(f"{folder} is not a directory")
     before = tree.identity(folder)
     listing = tree.scan(folder, sidecar_names, frozenset(control_files))
-    # Each file's facts keep its name as given: the text, no Path (`tree.Tree.files`); they
-    # are held by column, each file's FileFacts made when a rule asks (`dicomfiles.table`).
-    facts = dicomfiles.sniff_table(folder, listing.files, progress, workers)
-    verdict = _judge(folder, listing, facts, settings, drop)
-    if tree.identity(folder) != before:
-        raise tree.FolderGone(folder)
-    return verdict
+    return Walk(folder, settings, drop, before, listing)
 
 
 def _judge(
