@@ -34,7 +34,7 @@ from push_helpers import (
 from xnat_sandbox import Sandbox
 from xnatdrop import apart, config, ledger, pipeline, rules
 from xnatdrop.errors import ConfigError, PermanentError, StateError, TransientError
-from xnatdrop.pipeline import check
+from xnatdrop.pipeline import check, subject
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_the_record_saved_apart_is_the_record_saved_here(tmp_path: Path) -> None
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir(), there.mkdir()
     check._save_record(walk, push_settings, here)
-    assert apart.call(check._save_apart, walk, push_settings, there) is None
+    assert apart.call(check._save_apart, walk, push_settings, there) == ""
     assert (here / "check.json").read_bytes() == (there / "check.json").read_bytes()
 
 
@@ -181,3 +181,18 @@ def test_xnatdrop_errors_pickle_as_they_are(error: Exception) -> None:
     assert type(copy) is type(error)
     assert str(copy) == str(error) and copy.args == error.args
     assert vars(copy) == vars(error)
+
+
+def test_a_header_without_subject_fields_is_handed_back_to_log_not_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one line the check logged itself (a first file pydicom cannot read for the subject's
+    fields) is returned for the caller to log, in this process, so that it reaches the daemon's
+    log when the check ran apart."""
+    broken = tmp_path / "IM0001.dcm"
+    broken.write_bytes(b"not a DICOM file at all")
+    push_settings = config.PushSettings(subject_from_dicom=True)
+    with caplog.at_level("DEBUG"):
+        found = subject.fields(tmp_path, push_settings, broken)
+    assert found == ({}, "IM0001.dcm: no subject fields from its header (InvalidDicomError)")
+    assert not caplog.records

@@ -55,10 +55,12 @@ def check(context: Context, drop: ledger.Drop) -> Done | Unsettled:
     )
     folder = context.spool(drop)
     if walk.files >= APART_MIN_FILES:
-        apart.call(_save_apart, walk, config.push, folder)
+        no_fields = apart.call(_save_apart, walk, config.push, folder)
         record = spool.check_record(folder, drop.id)
     else:
-        record = _save_record(walk, config.push, folder)
+        record, no_fields = _save_record(walk, config.push, folder)
+    if no_fields:
+        log.warning("%s", no_fields)
     if late.sidecars_only(record):
         attached = late.attach_late(context, drop, record)
         if attached is not None:
@@ -88,22 +90,29 @@ def check(context: Context, drop: ledger.Drop) -> Done | Unsettled:
     )
 
 
-def _save_record(walk: rules.Walk, push: PushSettings, folder: Path) -> spool.CheckRecord:
-    """Read and judge the walked folder's files and save what later steps need in `folder`."""
+def _save_record(
+    walk: rules.Walk, push: PushSettings, folder: Path
+) -> tuple[spool.CheckRecord, str]:
+    """Read and judge the walked folder's files and save what later steps need in `folder`;
+    the record, and why the subject's fields could not be read from a header ('' if they
+    could, or were not asked for), for the caller to log."""
     verdict = walk.verdict()
     # The first file only: `upload_entries()` made a `FileEntry` of every file (~250 bytes a
     # file) and held them while the record was made and saved, the push's peak (issue 13).
     first = next((entry for series in verdict.series for entry in series.files), None)
-    fields = subject.fields(walk.folder, push, walk.folder / first.path if first else None)
+    fields, no_fields = subject.fields(
+        walk.folder, push, walk.folder / first.path if first else None
+    )
     record = spool.CheckRecord.of(verdict, fields)
     spool.save(folder, record)
-    return record
+    return record, no_fields
 
 
-def _save_apart(walk: rules.Walk, push: PushSettings, folder: Path) -> None:
-    """`_save_record` in a child process, which hands nothing back but an error: the record is
-    read from the spool, as every later step reads it."""
-    _save_record(walk, push, folder)
+def _save_apart(walk: rules.Walk, push: PushSettings, folder: Path) -> str:
+    """`_save_record` in a child process, which hands back only what is to be logged (its own
+    log lines would not reach a daemon's log): the record is read from the spool, as every
+    later step reads it."""
+    return _save_record(walk, push, folder)[1]
 
 
 def _still_copying(context: Context, work: Path, blocks: list[rules.Finding]) -> str:

@@ -9,14 +9,11 @@ and values are XNAT's (`xnat:subjectData/demographics`: gender, handedness, yob,
 from __future__ import annotations
 
 import datetime
-import logging
 import tomllib
 from pathlib import Path
 
 from xnatdrop.config import PushSettings
 from xnatdrop.errors import PermanentError
-
-log = logging.getLogger(__package__)
 
 SEX = {"m": "male", "male": "male", "f": "female", "female": "female", "o": "other"}
 SEX |= {"other": "other", "u": "unknown", "unknown": "unknown"}
@@ -24,18 +21,21 @@ HANDEDNESS = {"r": "right", "right": "right", "l": "left", "left": "left"}
 HANDEDNESS |= {"a": "ambidextrous", "ambidextrous": "ambidextrous", "unknown": "unknown"}
 
 
-def fields(work: Path, push: PushSettings, first_dicom: Path | None) -> dict[str, str]:
+def fields(work: Path, push: PushSettings, first_dicom: Path | None) -> tuple[dict[str, str], str]:
     """The subject's fields: from `push.subject_file` in the folder if there is one, else from
-    the header of `first_dicom` if `push.subject_from_dicom`, else none.
+    the header of `first_dicom` if `push.subject_from_dicom`, else none; and why the header
+    gave none when it could not be read ('' otherwise), for the caller to log: the check of a
+    large folder runs in a child process (`apart`), whose log lines would not reach the
+    daemon's log.
 
     Raise PermanentError SUBJECT_FILE_INVALID for a malformed subject file.
     """
     path = work / push.subject_file
     if path.is_file():
-        return parse(path, push.subject_file)
+        return parse(path, push.subject_file), ""
     if push.subject_from_dicom and first_dicom is not None:
         return _from_header(first_dicom)
-    return {}
+    return {}, ""
 
 
 def parse(path: Path, name: str) -> dict[str, str]:
@@ -81,7 +81,7 @@ def parse(path: Path, name: str) -> dict[str, str]:
     return found
 
 
-def _from_header(path: Path) -> dict[str, str]:
+def _from_header(path: Path) -> tuple[dict[str, str], str]:
     import pydicom
     import pydicom.errors
 
@@ -91,8 +91,7 @@ def _from_header(path: Path) -> dict[str, str]:
         )
     except (pydicom.errors.InvalidDicomError, ValueError, EOFError) as error:
         # The rules read this file already; subject fields are optional: go on without them.
-        log.warning("%s: no subject fields from its header (%s)", path.name, type(error).__name__)
-        return {}
+        return {}, f"{path.name}: no subject fields from its header ({type(error).__name__})"
     found = {}
     sex = str(header.get("PatientSex", "") or "").lower()
     if sex in SEX:
@@ -100,4 +99,4 @@ def _from_header(path: Path) -> dict[str, str]:
     birth = str(header.get("PatientBirthDate", "") or "")
     if len(birth) >= 4 and birth[:4].isdigit():
         found["yob"] = birth[:4]
-    return found
+    return found, ""
