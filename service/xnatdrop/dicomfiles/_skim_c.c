@@ -26,10 +26,8 @@
 /* VR class by its two letters (index (c0 - 'A') * 26 + (c1 - 'A')): 0 none, 1 short, 2 long. */
 static unsigned char vr_class[26 * 26];
 static uint32_t sq_code;
-static uint32_t top_tags[MAX_TAGS];
-static Py_ssize_t top_count;
-static uint32_t nested_tags[MAX_TAGS];
-static Py_ssize_t nested_count;
+static uint32_t top_tags[MAX_TAGS], nested_tags[MAX_TAGS], descend_tags[MAX_TAGS];
+static Py_ssize_t top_count, nested_count, descend_count;
 static long long max_value;
 static long sequences_deepest;
 static int configured;
@@ -92,23 +90,24 @@ static int mark_vrs(PyObject *seq, unsigned char kind) {
 }
 
 PyDoc_STRVAR(configure_doc,
-             "configure(short, long, sq, top_tags, nested_tags, max_value, sequences_deepest)\n"
+             "configure(short, long, sq, top, nested, descend, max_value, sequences_deepest)\n"
              "The VR codes (as little-endian numbers) and tags, each sorted, and limits of skim.py.");
 
 static PyObject *configure(PyObject *self, PyObject *args) {
-    PyObject *shorts, *longs, *tops, *nesteds;
+    PyObject *shorts, *longs, *tops, *nesteds, *descends;
     unsigned long sq;
     long long most;
     long deepest;
-    if (!PyArg_ParseTuple(args, "OOkOOLl:configure", &shorts, &longs, &sq, &tops, &nesteds, &most,
-                          &deepest))
+    if (!PyArg_ParseTuple(args, "OOkOOOLl:configure", &shorts, &longs, &sq, &tops, &nesteds,
+                          &descends, &most, &deepest))
         return NULL;
     configured = 0;
     memset(vr_class, 0, sizeof vr_class);
     if (mark_vrs(shorts, 1) < 0 || mark_vrs(longs, 2) < 0)
         return NULL;
     if ((top_count = numbers(tops, top_tags)) < 0 ||
-        (nested_count = numbers(nesteds, nested_tags)) < 0)
+        (nested_count = numbers(nesteds, nested_tags)) < 0 ||
+        (descend_count = numbers(descends, descend_tags)) < 0)
         return NULL;
     sq_code = (uint32_t)sq;
     max_value = most;
@@ -141,9 +140,8 @@ static PyObject *skim(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         PyErr_SetString(PyExc_TypeError, "top must be a dict");
         return NULL;
     }
-    const long long start = off;
     if (!PyBytes_Check(buf) || off < 0 || limit > PyBytes_GET_SIZE(buf))
-        return PyLong_FromLongLong(start); /* not the walk's arguments: leave it to _walk */
+        return PyLong_FromLongLong(off); /* not the walk's arguments: leave it to _walk */
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(buf);
     while (off + 12 <= limit) {
         const unsigned char *p = data + off;
@@ -156,19 +154,19 @@ static PyObject *skim(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if (kind == 1) {
             length = u16(p + 6);
             value = off + 8;
-        } else if (kind == 2) {
-            uint32_t raw = u32(p + 8);
+        } else if (kind == 2 || (vr == sq_code && !has_tag(descend_tags, descend_count, tag))) {
+            uint32_t raw = u32(p + 8); /* a long VR, or a sequence _walk only steps over */
             if (raw == UNDEFINED)
                 break;
             length = raw;
             value = off + 12;
         } else {
-            break; /* SQ, an unknown or invalid VR */
+            break; /* a DESCEND SQ, an unknown or invalid VR */
         }
         long long following = value + length;
         if (following > limit)
             break;
-        if (length <= max_value && has_tag(top_tags, top_count, tag)) {
+        if (length <= max_value && vr != sq_code && has_tag(top_tags, top_count, tag)) {
             PyObject *key = PyLong_FromUnsignedLong(tag);
             PyObject *raw = PyBytes_FromStringAndSize((const char *)data + value, length);
             int failed = key == NULL || raw == NULL || PyDict_SetItem(top, key, raw) < 0;
@@ -324,9 +322,8 @@ static PyObject *skim_sequence(PyObject *self, PyObject *const *args, Py_ssize_t
                     goto done;
                 else if (collect)
                     PUSH(0, base + off + item_length);
-                else {
+                else
                     off += item_length;
-                }
             } else if (element == 0xE00D && !in_sequence && end < 0) {
                 off += 8;
                 if (depth == 0)

@@ -33,6 +33,7 @@ from xnatdrop.dicomfiles.tags import (
     _TAG,
     _U16,
     _U32,
+    DESCEND,
     LONG_VRS,
     MAX_DEPTH,
     MAX_VALUE,
@@ -59,6 +60,9 @@ _UNPACK_U32_LE = _U32[True].unpack_from
 _SKIM_SHORT = frozenset(_U16[True].unpack(vr)[0] for vr in SHORT_VRS)
 # Long VRs whose defined-length value `_skim` steps over (SQ and undefined lengths: `_walk`).
 _SKIM_LONG = frozenset(_U16[True].unpack(vr)[0] for vr in LONG_VRS - {b"SQ"})
+# SQ as `_skim` and `_skim_sequence` read VRs: a number. `_skim` steps over a defined-length
+# one whose tag is not in DESCEND (the others: `_walk`, then `_skim_sequence`).
+_SKIM_SQ = _U16[True].unpack(b"SQ")[0]
 # The last tag `_skim` handles: the per-frame groups (5200,9230) and what follows them, Pixel
 # Data and the item tags (FFFE,xxxx) are `_walk`'s.
 _SKIM_LAST = TAG_PER_FRAME_GROUPS - 1
@@ -72,12 +76,14 @@ def _skim_py(buf: bytes, off: int, limit: int, last: int, top: dict[int, bytes])
     Why: a classic image has 200-300 elements before Pixel Data, most of them private, and the
     general loop of `_walk` (both byte orders, both VR modes, sequences, chunk refills, early
     stop) cost about 0.6 µs of CPU per element: most of the check's CPU. This loop does only
-    what the common element needs, and stops at anything else, which `_walk` then handles
-    exactly as before: a sequence or undefined length, an unknown or invalid VR, an element
-    past `last` (the early-stop point, per-frame groups, Pixel Data, items) or one that does
-    not lie wholly before `limit` (the end of the chunk or of the file).
+    what the common element needs (defined-length sequences the walk does not descend into
+    included: a GE header has six, and each was a decline, a turn of `_walk` and a new call),
+    and stops at anything else, which `_walk` then handles exactly as before: a DESCEND
+    sequence or undefined length, an unknown or invalid VR, an element past `last` (the
+    early-stop point, per-frame groups, Pixel Data, items) or one that does not lie wholly
+    before `limit` (the end of the chunk or of the file).
     """
-    short, long_vrs, keep = _SKIM_SHORT, _SKIM_LONG, TOP_TAGS
+    short, long_vrs, keep, descend = _SKIM_SHORT, _SKIM_LONG, TOP_TAGS, DESCEND
     unpack, unpack_u32 = _UNPACK_EXPLICIT_LE, _UNPACK_U32_LE
     while off + 12 <= limit:
         group, element, vr, length = unpack(buf, off)
@@ -86,7 +92,9 @@ def _skim_py(buf: bytes, off: int, limit: int, last: int, top: dict[int, bytes])
             return off
         if vr in short:
             value = off + 8
-        elif vr in long_vrs:
+        elif vr in long_vrs or (vr == _SKIM_SQ and tag not in descend):
+            # A long VR, or a sequence `_walk` only steps over (keeping nothing of it, even
+            # for a TOP_TAGS tag): its defined length.
             length = unpack_u32(buf, off + 8)[0]
             if length == UNDEFINED:
                 return off
@@ -96,14 +104,12 @@ def _skim_py(buf: bytes, off: int, limit: int, last: int, top: dict[int, bytes])
         following = value + length
         if following > limit:
             return off
-        if tag in keep and length <= MAX_VALUE:
+        if tag in keep and length <= MAX_VALUE and vr != _SKIM_SQ:
             top[tag] = buf[value:following]
         off = following
     return off
 
 
-# SQ as `_skim_sequence` reads VRs: a number, like `_skim`'s.
-_SKIM_SQ = _U16[True].unpack(b"SQ")[0]
 _SEQUENCES_DEEPEST = (MAX_DEPTH + 1) // 2  # `_walk_items` refuses a sequence nested deeper
 
 
@@ -245,6 +251,7 @@ if _skim_c is not None:
         _SKIM_SQ,
         sorted(TOP_TAGS),
         sorted(NESTED_TAGS),
+        sorted(DESCEND),
         MAX_VALUE,
         _SEQUENCES_DEEPEST,
     )
