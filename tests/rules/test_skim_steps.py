@@ -67,10 +67,11 @@ BEFORE = _short(TAG_MODALITY, b"CS", b"MR") + _short(TAG_MANUFACTURER, b"LO", b"
 AFTER = _short(TAG_PATIENT_ID, b"LO", b"BENCH_01")
 
 
+@pytest.mark.parametrize("length", [None, 0xFFFFFFFF])
 @pytest.mark.parametrize("tag", [0x00081140, 0x00081111, 0x00231080])
-def test_both_skims_step_over_a_defined_length_sequence_in_one_call(tag: int) -> None:
+def test_both_skims_step_over_a_sequence_in_one_call(tag: int, length: int | None) -> None:
     """Fails on the code before s18: both skims stopped at every sequence."""
-    buf = BEFORE + _sequence(tag) + AFTER
+    buf = BEFORE + _sequence(tag, length) + AFTER
     assert _both(buf, 0, len(buf), LAST) == (
         len(buf),
         {TAG_MODALITY: b"MR", TAG_MANUFACTURER: b"GE", TAG_PATIENT_ID: b"BENCH_01"},
@@ -90,7 +91,8 @@ def test_a_sequence_is_never_kept_even_with_a_top_tag() -> None:
     [
         (TAG_SHARED_GROUPS, None, 0, "a DESCEND sequence: _walk collects from it"),
         (TAG_DIRECTORY_RECORDS, None, 0, "a DESCEND sequence: _walk collects from it"),
-        (0x00081140, 0xFFFFFFFF, 0, "undefined length: _skim_sequence finds its end"),
+        (0x00081140, 0xFFFFFFFF, 3, "the limit is inside its delimiter"),
+        (0x00081140, 0xFFFFFFFF, 8, "the limit is before its delimiter"),
         (0x00081140, 1000, 0, "its length runs past the limit"),
         (0x00081140, 0xFFFFFFF0, 0, "its length runs past the limit (and the file)"),
         (0x00081140, None, 3, "the limit (end of the chunk) is inside it"),
@@ -107,6 +109,64 @@ def test_both_skims_decline_other_sequences(
         len(BEFORE),
         {TAG_MODALITY: b"MR", TAG_MANUFACTURER: b"GE"},
     ), why
+
+
+def _undefined(tag: int, *items: bytes) -> bytes:
+    """An undefined-length sequence of `items` (each already with its item header)."""
+    head = struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, 0xFFFFFFFF)
+    return head + b"".join(items) + b"\xfe\xff\xdd\xe0\0\0\0\0"
+
+
+def _item(*elements: bytes, defined: bool = False) -> bytes:
+    body = b"".join(elements)
+    if defined:
+        return b"\xfe\xff\x00\xe0" + struct.pack("<I", len(body)) + body
+    return b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + body + b"\xfe\xff\x0d\xe0\0\0\0\0"
+
+
+CODE = _short(0x00080100, b"SH", b"T-A0100 ")
+UN_UNDEFINED = struct.pack("<HH2sHI", 0x0029, 0x1010, b"UN", 0, 0xFFFFFFFF)
+
+
+def _nested(levels: int) -> bytes:
+    inner = CODE
+    for _ in range(levels):
+        inner = _undefined(0x00081140, _item(inner))
+    return inner
+
+
+@pytest.mark.parametrize(
+    ("sequence", "stepped"),
+    [
+        (_undefined(0x00081140), True),
+        (_undefined(0x00081140, _item(CODE), _item(CODE, defined=True)), True),
+        (_undefined(0x00081140, _item(_undefined(0x00081150, _item(CODE)), CODE)), True),
+        (_undefined(0x00081140, _item(_sequence(0x00081150), CODE)), True),
+        (_nested(skim._SEQUENCES_DEEPEST), True),
+        (_nested(skim._SEQUENCES_DEEPEST + 1), False),  # `_walk_items` would refuse it
+        (_undefined(0x00081140, CODE), False),  # an element where an item belongs
+        (_undefined(0x00081140, _item(UN_UNDEFINED)), False),  # not a sequence: the walk's
+        (_undefined(0x00081140, _item(_short(0x00291010, b"zz", b""))), False),  # no VR
+        (_undefined(0x00081140, b"\xfe\xff\x0d\xe0\0\0\0\0"), False),  # a stray delimiter
+        (_undefined(0x00081140, _item(b"\xfe\xff\xdd\xe0\0\0\0\0")), False),
+        (_undefined(0x00081140, _item(b"\xfe\xff\x00\xe0\0\0\0\0")), False),  # item in item
+    ],
+)
+def test_an_undefined_length_sequence_is_stepped_where_skim_sequence_takes_it(
+    sequence: bytes, stepped: bool
+) -> None:
+    """Both skims step over it exactly when `_skim_sequence` (as `_walk` calls it there: not
+    collecting) takes it whole, to the same end; and the walk of a file holding it is the
+    general walk's."""
+    buf = BEFORE + sequence + AFTER
+    after = skim._skim_sequence_py(
+        _Window(None, len(buf), buf), len(BEFORE) + 12, 0xFFFFFFFF, False, []
+    )
+    assert (after == len(BEFORE) + len(sequence)) == stepped, after
+    off, top = _both(buf, 0, len(buf), LAST)
+    assert off == (len(buf) if stepped else len(BEFORE))
+    assert (TAG_PATIENT_ID in top) == stepped
+    _assert_walks_agree(_file(buf))
 
 
 def _file(body: bytes) -> bytes:
@@ -138,11 +198,13 @@ def _assert_walks_agree(data: bytes, first: int = 1 << 30) -> None:
         assert fast == _outcome(data, first)
 
 
-def test_a_classic_file_with_defined_length_sequences_is_skimmed_in_one_call() -> None:
-    """The GE file re-encoded with defined-length sequences: one `_skim` call runs to the
-    early-stop point (before s18: a decline and a second call at each of its sequences),
-    and the facts are those of the file as the scanner wrote it, and pydicom's."""
-    assert GE_DEFINED_BYTES.count(b"SQ\0\0") >= 3
+@pytest.mark.parametrize("data", [GE_FILE.read_bytes(), GE_DEFINED_BYTES])
+def test_a_classic_file_is_skimmed_in_one_call(data: bytes) -> None:
+    """The GE file as the scanner wrote it (undefined-length sequences) and re-encoded with
+    defined lengths: one `_skim` call runs to the early-stop point (before s18: a decline and a
+    second call at each of its sequences), and the facts are those of the general walk, of the
+    file as written, and pydicom's."""
+    assert data.count(b"SQ\0\0") >= 3
     calls = []
     real = skim._skim
 
@@ -152,7 +214,7 @@ def test_a_classic_file_with_defined_length_sequences_is_skimmed_in_one_call() -
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.dcm"
-        path.write_bytes(GE_DEFINED_BYTES)
+        path.write_bytes(data)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(walk, "_skim", counting)
             facts = dicomfiles.sniff(path)
@@ -162,7 +224,7 @@ def test_a_classic_file_with_defined_length_sequences_is_skimmed_in_one_call() -
     assert len(calls) == 1, calls
     assert facts == general
     assert facts.header == dicomfiles.sniff(GE_FILE).header
-    reference = pydicom.dcmread(io.BytesIO(GE_DEFINED_BYTES), stop_before_pixels=True)
+    reference = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     assert facts.header is not None and not facts.truncated
     assert facts.header.sop_instance_uid == reference.SOPInstanceUID
     assert facts.header.series_instance_uid == reference.SeriesInstanceUID
@@ -170,11 +232,11 @@ def test_a_classic_file_with_defined_length_sequences_is_skimmed_in_one_call() -
     assert facts.header.images_in_acquisition == int(reference.ImagesInAcquisition)
 
 
-def test_the_defined_length_classic_file_cut_or_changed_anywhere_gives_the_same_walk() -> None:
-    """Every 7th byte of its header changed (sequence lengths too), the file cut at every
-    97th byte, and the first chunk ending at every 53rd: the same walk or error as the
-    general walk's."""
-    data = GE_DEFINED_BYTES
+@pytest.mark.parametrize("data", [GE_FILE.read_bytes(), GE_DEFINED_BYTES])
+def test_the_classic_file_cut_or_changed_anywhere_gives_the_same_walk(data: bytes) -> None:
+    """Every 7th byte of its header changed (sequence lengths, items, delimiters too), the
+    file cut at every 97th byte, and the first chunk ending at every 53rd: the same walk or
+    error as the general walk's."""
     stop = data.index(b")\x00\x10\x00")  # group 0029: the early-stop point
     for offset in range(132, stop, 7):
         changed = bytearray(data)

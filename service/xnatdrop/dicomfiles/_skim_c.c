@@ -1,5 +1,5 @@
-/* The walk's two element loops (`skim._skim_py`, `skim._skim_sequence_py`) and the per-frame
- * byte scan (`skim._scan_values_py`) in C.
+/* The walk's element loops (`skim._skim_py`, `skim._step_sequence_py`, `skim._skim_sequence_py`)
+ * in C, and the module, which also holds the per-frame byte scan (`_skim_parts.c`).
  *
  * Why: on a 2-core VM the check is CPU bound, and these two loops were about half of its CPU
  * per file (~230 of ~420 us on the benchmark's session): each element costs a struct unpack, a
@@ -19,8 +19,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_skim_c.h"
+
 #define UNDEFINED 0xFFFFFFFFu
-#define MAX_TAGS 64
 #define MAX_STACK 256
 
 /* VR class by its two letters (index (c0 - 'A') * 26 + (c1 - 'A')): 0 none, 1 short, 2 long. */
@@ -58,37 +59,6 @@ static inline uint32_t u32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* A sequence of ints (at most MAX_TAGS, each below 2**32) into `out`; its length or -1. */
-static Py_ssize_t numbers(PyObject *seq, uint32_t *out) {
-    PyObject *fast = PySequence_Fast(seq, "a sequence of ints");
-    if (fast == NULL)
-        return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    for (Py_ssize_t i = 0; i < n && !PyErr_Occurred(); i++) {
-        unsigned long number = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (i >= MAX_TAGS || number > 0xFFFFFFFFul || (i > 0 && number <= out[i - 1]))
-            PyErr_SetString(PyExc_ValueError, "at most 64 increasing numbers below 2**32");
-        else
-            out[i] = (uint32_t)number;
-    }
-    Py_DECREF(fast);
-    return PyErr_Occurred() ? -1 : n;
-}
-
-static int mark_vrs(PyObject *seq, unsigned char kind) {
-    uint32_t vrs[MAX_TAGS];
-    Py_ssize_t n = numbers(seq, vrs);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned c0 = vrs[i] & 0xFF, c1 = vrs[i] >> 8;
-        if (c0 < 'A' || c0 > 'Z' || c1 < 'A' || c1 > 'Z') {
-            PyErr_SetString(PyExc_ValueError, "a VR is two capital letters");
-            return -1;
-        }
-        vr_class[(c0 - 'A') * 26 + (c1 - 'A')] = kind;
-    }
-    return n < 0 ? -1 : 0;
-}
-
 PyDoc_STRVAR(configure_doc,
              "configure(short, long, sq, top, nested, descend, max_value, sequences_deepest)\n"
              "The VR codes (as little-endian numbers) and tags, each sorted, and limits of skim.py.");
@@ -103,11 +73,11 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         return NULL;
     configured = 0;
     memset(vr_class, 0, sizeof vr_class);
-    if (mark_vrs(shorts, 1) < 0 || mark_vrs(longs, 2) < 0)
+    if (skim_mark_vrs(shorts, 1, vr_class) < 0 || skim_mark_vrs(longs, 2, vr_class) < 0)
         return NULL;
-    if ((top_count = numbers(tops, top_tags)) < 0 ||
-        (nested_count = numbers(nesteds, nested_tags)) < 0 ||
-        (descend_count = numbers(descends, descend_tags)) < 0)
+    if ((top_count = skim_numbers(tops, top_tags)) < 0 ||
+        (nested_count = skim_numbers(nesteds, nested_tags)) < 0 ||
+        (descend_count = skim_numbers(descends, descend_tags)) < 0)
         return NULL;
     sq_code = (uint32_t)sq;
     max_value = most;
@@ -123,6 +93,62 @@ static int bad_call(Py_ssize_t nargs, Py_ssize_t want) {
     else if (!configured)
         PyErr_SetString(PyExc_RuntimeError, "_skim_c.configure was not called");
     return PyErr_Occurred() ? -1 : 0;
+}
+
+/* skim._step_sequence_py: the end of the undefined-length sequence whose value starts at `off`,
+ * where skim_sequence (not collecting) finds it without reading past `limit`; else -1. */
+static long long step_sequence(const unsigned char *data, long long off, long long limit) {
+    long depth = 0; /* open undefined-length items and sequences inside it: odd: in an item */
+    long sequences = 1;
+    while (off + 12 <= limit) {
+        const unsigned char *p = data + off;
+        uint32_t group = u16(p), element = u16(p + 2), vr = u16(p + 4);
+        long long length = u16(p + 6);
+        if (group == 0xFFFE) { /* an item or a delimiter: its 4-byte length is vr, length */
+            off += 8;
+            if (element == 0xE000 && !(depth & 1)) {
+                if ((vr | (uint32_t)length << 16) == UNDEFINED)
+                    depth += 1;
+                else
+                    off += (long long)(vr | (uint32_t)length << 16);
+            } else if (element == 0xE00D && (depth & 1)) {
+                depth -= 1;
+            } else if (element == 0xE0DD && !(depth & 1)) {
+                if (depth == 0)
+                    return off;
+                depth -= 1;
+                sequences -= 1;
+            } else {
+                return -1;
+            }
+            continue;
+        }
+        if (!(depth & 1))
+            return -1; /* an element where an item belongs */
+        unsigned kind = vr_kind(vr);
+        if (kind == 1) {
+            off += 8 + length;
+        } else if (vr == sq_code) {
+            if (sequences == sequences_deepest)
+                return -1;
+            length = u32(p + 8);
+            off += 12;
+            if (length == UNDEFINED) {
+                depth += 1;
+                sequences += 1;
+            } else {
+                off += length;
+            }
+        } else if (kind == 2) {
+            length = u32(p + 8);
+            if (length == UNDEFINED)
+                return -1;
+            off += 12 + length;
+        } else {
+            return -1;
+        }
+    }
+    return -1;
 }
 
 PyDoc_STRVAR(skim_doc, "skim(buf, off, limit, last, top) -> int: skim._skim_py in C.");
@@ -156,8 +182,13 @@ static PyObject *skim(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             value = off + 8;
         } else if (kind == 2 || (vr == sq_code && !has_tag(descend_tags, descend_count, tag))) {
             uint32_t raw = u32(p + 8); /* a long VR, or a sequence _walk only steps over */
-            if (raw == UNDEFINED)
-                break;
+            if (raw == UNDEFINED) {
+                long long following = vr == sq_code ? step_sequence(data, off + 12, limit) : -1;
+                if (following < 0)
+                    break;
+                off = following;
+                continue;
+            }
             length = raw;
             value = off + 12;
         } else {
@@ -430,53 +461,12 @@ error:
     return NULL;
 }
 
-PyDoc_STRVAR(scan_values_doc,
-             "scan_values(region, pattern) -> list[bytes]: skim._scan_values_py in C.");
-
-static PyObject *scan_values(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "scan_values takes two bytes objects");
-        return NULL;
-    }
-    const char *region = PyBytes_AS_STRING(args[0]), *pattern = PyBytes_AS_STRING(args[1]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), width = PyBytes_GET_SIZE(args[1]);
-    PyObject *values = PyList_New(0);
-    if (values == NULL || width == 0)
-        return values; /* an empty pattern: never given (re would match everywhere) */
-    Py_ssize_t from = 0, after = 0;
-    while (from <= size - width) {
-        const char *hit = memmem(region + from, size - from, pattern, width);
-        if (hit == NULL)
-            break;
-        Py_ssize_t found = hit - region;
-        from = found + width; /* re's matches do not overlap */
-        if (found < after)
-            continue;
-        if (found + 8 > size) { /* the length bytes past the region: as region[found + 7] */
-            Py_DECREF(values);
-            PyErr_SetString(PyExc_IndexError, "index out of range");
-            return NULL;
-        }
-        const unsigned char *length = (const unsigned char *)region + found + 6;
-        after = found + 8 + (length[0] | length[1] << 8);
-        PyObject *value = PyBytes_FromStringAndSize(region + found + 8,
-                                                    (after < size ? after : size) - found - 8);
-        if (value == NULL || PyList_Append(values, value) < 0) {
-            Py_XDECREF(value);
-            Py_DECREF(values);
-            return NULL;
-        }
-        Py_DECREF(value);
-    }
-    return values;
-}
-
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"skim", (PyCFunction)(void (*)(void))skim, METH_FASTCALL, skim_doc},
     {"skim_sequence", (PyCFunction)(void (*)(void))skim_sequence, METH_FASTCALL,
      skim_sequence_doc},
-    {"scan_values", (PyCFunction)(void (*)(void))scan_values, METH_FASTCALL, scan_values_doc},
+    {"scan_values", (PyCFunction)(void (*)(void))skim_scan_values, METH_FASTCALL, skim_scan_values_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -60,9 +60,10 @@ _UNPACK_U32_LE = _U32[True].unpack_from
 _SKIM_SHORT = frozenset(_U16[True].unpack(vr)[0] for vr in SHORT_VRS)
 # Long VRs whose defined-length value `_skim` steps over (SQ and undefined lengths: `_walk`).
 _SKIM_LONG = frozenset(_U16[True].unpack(vr)[0] for vr in LONG_VRS - {b"SQ"})
-# SQ as `_skim` and `_skim_sequence` read VRs: a number. `_skim` steps over a defined-length
-# one whose tag is not in DESCEND (the others: `_walk`, then `_skim_sequence`).
+# SQ as `_skim` and `_skim_sequence` read VRs: a number. `_skim` steps over one whose tag is
+# not in DESCEND (the others: `_walk`, then `_skim_sequence`).
 _SKIM_SQ = _U16[True].unpack(b"SQ")[0]
+_SEQUENCES_DEEPEST = (MAX_DEPTH + 1) // 2  # `_walk_items` refuses a sequence nested deeper
 # The last tag `_skim` handles: the per-frame groups (5200,9230) and what follows them, Pixel
 # Data and the item tags (FFFE,xxxx) are `_walk`'s.
 _SKIM_LAST = TAG_PER_FRAME_GROUPS - 1
@@ -94,10 +95,16 @@ def _skim_py(buf: bytes, off: int, limit: int, last: int, top: dict[int, bytes])
             value = off + 8
         elif vr in long_vrs or (vr == _SKIM_SQ and tag not in descend):
             # A long VR, or a sequence `_walk` only steps over (keeping nothing of it, even
-            # for a TOP_TAGS tag): its defined length.
+            # for a TOP_TAGS tag): by its length, or to its delimiter.
             length = unpack_u32(buf, off + 8)[0]
             if length == UNDEFINED:
-                return off
+                if vr != _SKIM_SQ:
+                    return off
+                following = _step_sequence_py(buf, off + 12, limit)
+                if following < 0:
+                    return off
+                off = following
+                continue
             value = off + 12
         else:
             return off
@@ -110,7 +117,61 @@ def _skim_py(buf: bytes, off: int, limit: int, last: int, top: dict[int, bytes])
     return off
 
 
-_SEQUENCES_DEEPEST = (MAX_DEPTH + 1) // 2  # `_walk_items` refuses a sequence nested deeper
+def _step_sequence_py(buf: bytes, off: int, limit: int) -> int:
+    """The end of the undefined-length sequence whose value starts at `off` in `buf`, where
+    `_skim_sequence` (not collecting) would find it without reading past `limit`; else -1.
+
+    Why: a GE classic header has four such sequences before the early-stop point; each was a
+    decline of `_skim`, a turn of `_walk`'s general loop, a `_skim_sequence` call and a new
+    `_skim` call. This is `_skim_sequence_py`'s loop for what `_walk` gives it there (an
+    undefined length, nothing collected: only undefined-length sequences and items are ever
+    open, and they alternate, so a count is the whole stack), on the chunk alone: it declines
+    all it declines, and anything that lies past `limit` (`_skim_sequence` would refill).
+    """
+    short, long_vrs = _SKIM_SHORT, _SKIM_LONG
+    unpack, unpack_u32 = _UNPACK_EXPLICIT_LE, _UNPACK_U32_LE
+    depth = 0  # open undefined-length items and sequences inside it: odd: in an item
+    sequences = 1
+    while off + 12 <= limit:
+        group, element, vr, length = unpack(buf, off)
+        if group == 0xFFFE:  # an item or a delimiter: its 4-byte length is vr, length
+            off += 8
+            if element == 0xE000 and not depth & 1:
+                if vr | length << 16 == UNDEFINED:
+                    depth += 1
+                else:
+                    off += vr | length << 16
+            elif element == 0xE00D and depth & 1:
+                depth -= 1
+            elif element == 0xE0DD and not depth & 1:
+                if not depth:
+                    return off
+                depth -= 1
+                sequences -= 1
+            else:
+                return -1
+        elif not depth & 1:
+            return -1  # an element where an item belongs
+        elif vr in short:
+            off += 8 + length
+        elif vr == _SKIM_SQ:
+            if sequences == _SEQUENCES_DEEPEST:
+                return -1
+            length = unpack_u32(buf, off + 8)[0]
+            off += 12
+            if length == UNDEFINED:
+                depth += 1
+                sequences += 1
+            else:
+                off += length
+        elif vr in long_vrs:
+            length = unpack_u32(buf, off + 8)[0]
+            if length == UNDEFINED:
+                return -1
+            off += 12 + length
+        else:
+            return -1
+    return -1
 
 
 def _skim_sequence_py(win: _Window, pos: int, length: int, collect: bool, found: list) -> int:

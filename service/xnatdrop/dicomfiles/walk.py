@@ -224,7 +224,7 @@ def _meta(win: _Window, pos: int) -> tuple[dict[int, bytes], int]:
         if vr in LONG_VRS:
             length = unpack_u32(buf, off + 8)[0]
             value = off + 12
-        elif not _is_vr(vr):
+        elif vr not in SHORT_VRS and not _is_vr(vr):
             raise _Bad("unusable file meta information")
         if length == UNDEFINED or base + value + length > size or length > MAX_VALUE:
             raise _Bad("unusable file meta information")
@@ -265,7 +265,9 @@ def _truncation(win: _Window, walk: _Walk, header: Header, syntax: str) -> str:
     end = walk.pixel_offset + walk.pixel_length
     if end > size:
         return f"file ends {end - size} bytes before the end of Pixel Data"
-    if syntax in NATIVE_SYNTAXES and walk.pixel_tag == TAG_PIXEL_DATA:
+    # A walk that stopped early found Pixel Data of exactly the expected length
+    # (`_tail_confirms`): nothing to compute again.
+    if syntax in NATIVE_SYNTAXES and walk.pixel_tag == TAG_PIXEL_DATA and not walk.stopped_early:
         expected = _expected_pixel_bytes(walk)
         if expected and walk.pixel_length < expected:
             return (
