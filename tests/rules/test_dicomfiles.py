@@ -394,9 +394,10 @@ ENHANCED_DEFINED_BYTES = with_defined_lengths(ENHANCED_FILE)
 
 
 def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
-    """An XA30 enhanced DWI file: every top-level sequence the walk meets (the undefined-length
-    ones it only steps through, and the shared functional groups it collects from) is taken
-    whole by `_skim_sequence`; `_walk_items` is not called at all."""
+    """An XA30 enhanced DWI file: every top-level sequence the walk meets is taken whole by a
+    fast path: the undefined-length ones it only steps through by `_skim` (`_step_sequence`,
+    since s18), the shared functional groups it collects from by `_skim_sequence`;
+    `_walk_items` is not called at all."""
     data = ENHANCED_BYTES
     taken, general = [], []
     real_skim, real_items = dicomfiles.skim._skim_sequence, dicomfiles.walk._walk_items
@@ -414,8 +415,8 @@ def test_skim_sequence_takes_every_sequence_of_an_enhanced_image() -> None:
         patch.setattr(dicomfiles.walk, "_skim_sequence", recording)
         patch.setattr(dicomfiles.walk, "_walk_items", items)
         dicomfiles.walk._walk_file(dicomfiles.window._Window(None, len(data), data), 132)
-    assert len(taken) >= 5 and all(after > 0 for _, after in taken), taken
-    assert any(collect for collect, _ in taken)  # the shared functional groups
+    assert len(taken) >= 1 and all(after > 0 for _, after in taken), taken
+    assert all(collect for collect, _ in taken)  # the shared functional groups
     assert general == []
 
 

@@ -2,16 +2,17 @@
 fraction of its CPU, and decline (the general walk then goes on as before) whenever they
 cannot be sure.
 
-- `_skim` steps over the plain top-level elements of explicit VR little endian data.
+- `_skim` steps over the plain top-level elements of explicit VR little endian data, and over
+  the sequences the walk does not descend into (`_step_sequence` for undefined lengths).
 - `_skim_sequence` steps over a whole explicit VR little endian sequence in one flat loop.
 - `_scan_frames` finds the per-frame FrameType and Diffusion Directionality by a byte scan.
 - `_may_stop` and `_tail_confirms` end the walk of a classic file early.
 
-`_skim`, `_skim_sequence` and `_scan_values` (the scan's search) are compiled (`_skim_c.c`,
-built by `pip install`) when the extension is there, and are these Python functions (`_skim_py`,
-`_skim_sequence_py`, `_scan_values_py`) otherwise: both give the same results
-(tests/rules/test_skim_compiled.py), and the compiled ones take about a third of the check's
-CPU per file off on a CPU-bound machine.
+`_skim` (with `_step_sequence`), `_skim_sequence` and `_scan_values` (the scan's search) are
+compiled (`_skim_c.c`, `_skim_parts.c`, built by `pip install`) when the extension is there, and
+are these Python functions (`_skim_py`, `_step_sequence_py`, `_skim_sequence_py`,
+`_scan_values_py`) otherwise: both give the same results (tests/rules/test_skim_compiled.py),
+and the compiled ones take about a third of the check's CPU per file off on a CPU-bound machine.
 
 Why stop early for classic files: after group 0028 a classic image holds only private groups
 (Siemens CSA, GE 0043, Philips 2005) and Pixel Data. When the expected pixel length is known,

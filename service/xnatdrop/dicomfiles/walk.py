@@ -208,7 +208,7 @@ def _meta(win: _Window, pos: int) -> tuple[dict[int, bytes], int]:
     """Read group 0002 (always explicit VR little endian, PS3.10 7.1) from `pos`.
 
     The elements that lie wholly in the window's chunk (all of them, in any file seen so far)
-    are read from it directly: `win.get` per header, length and value was ~15 calls per file.
+    are read from it directly: a `win.get` per header, length and value was ~3 calls each.
     The loop below reads the rest, from the first element that does not, as it read them all
     before; the checks and errors are the same in both.
     """
