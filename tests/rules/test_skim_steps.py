@@ -151,6 +151,20 @@ def _nested(levels: int) -> bytes:
         (_undefined(0x00081140, _item(b"\xfe\xff\xdd\xe0\0\0\0\0")), False),
         (_undefined(0x00081140, _item(b"\xfe\xff\x00\xe0\0\0\0\0")), False),  # item in item
     ],
+    ids=[
+        "empty",
+        "undefined-and-defined-items",
+        "nested-undefined",
+        "nested-defined",
+        "nested-to-the-limit",
+        "nested-past-the-limit",
+        "element-not-item",
+        "undefined-UN",
+        "invalid-VR",
+        "stray-item-delimiter",
+        "sequence-delimiter-in-item",
+        "item-in-item",
+    ],
 )
 def test_an_undefined_length_sequence_is_stepped_where_skim_sequence_takes_it(
     sequence: bytes, stepped: bool
