@@ -1,6 +1,7 @@
-"""The check of a large folder runs in a child process (`apart`, `pipeline.check`), so that the
-memory it leaves behind in CPython's allocator is not carried through the upload (issue 13,
-"memory flat": an 8 GB push held 15 MB more after its check than before it).
+"""The check of a large folder, and the plan of its zip, run in a child process (`apart`,
+`pipeline.check`, `pipeline.send`), so that the memory they leave behind in CPython's allocator
+is not carried through the upload (issue 13, "memory flat": an 8 GB push held 15 MB more after
+its check than before it, and 3 MB more after reading the check record's files for the plan).
 
 What must hold: the same verdict, record and quarantine as in this process; the child's
 errors come back with their type and message (an unmounted share stays FolderGone, a
@@ -34,7 +35,7 @@ from push_helpers import (
 from xnat_sandbox import Sandbox
 from xnatdrop import apart, config, ledger, pipeline, rules
 from xnatdrop.errors import ConfigError, PermanentError, StateError, TransientError
-from xnatdrop.pipeline import check, subject
+from xnatdrop.pipeline import check, send, spool, subject
 
 
 @pytest.fixture
@@ -57,8 +58,8 @@ def threads_running() -> Iterator[None]:
 
 @pytest.fixture
 def calls_apart(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every folder is checked apart (not only those of APART_MIN_FILES files); the names of
-    the functions `apart.call` ran are listed."""
+    """Every folder is checked and planned apart (not only those of APART_MIN_FILES files); the
+    names of the functions `apart.call` ran are listed."""
     ran: list[str] = []
     call = apart.call
 
@@ -67,6 +68,7 @@ def calls_apart(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return call(function, *args)
 
     monkeypatch.setattr(check, "APART_MIN_FILES", 1)
+    monkeypatch.setattr(send, "APART_MIN_FILES", 1)
     monkeypatch.setattr(apart, "call", counted)
     return ran
 
@@ -84,7 +86,7 @@ def test_a_folder_checked_apart_is_archived_as_one_checked_here(
     original = snapshot(folder)
     outcome = push(settings, folder)
     assert outcome.kind == "archived", outcome
-    assert calls_apart == ["_save_apart"]
+    assert calls_apart == ["_save_apart", "_plan"]
     dicom = sum(1 for name in original if not name.startswith(("behav", "physio", "logs")))
     assert_archived_once(settings, "SPN01_0001", original, dicom)
 
@@ -114,6 +116,29 @@ def test_the_record_saved_apart_is_the_record_saved_here(tmp_path: Path) -> None
     check._save_record(walk, push_settings, here)
     assert apart.call(check._save_apart, walk, push_settings, there) == ""
     assert (here / "check.json").read_bytes() == (there / "check.json").read_bytes()
+
+
+def test_the_plan_made_apart_is_the_plan_made_here(tmp_path: Path) -> None:
+    folder = stage(tmp_path / "drop", "SPN01_0003")
+    here, there = tmp_path / "here", tmp_path / "there"
+    for spooled in (here, there):
+        spooled.mkdir()
+        check._save_record(rules.walk_folder(folder), config.PushSettings(), spooled)
+    made_here = send._plan(here, folder, 1)
+    assert apart.call(send._plan, there, folder, 1) == made_here
+    assert (here / "plan.json").read_bytes() == (there / "plan.json").read_bytes()
+    count, total, _ = made_here
+    assert count > 10 and total > 0
+
+
+def test_the_record_head_counts_the_files_to_upload_as_its_files(tmp_path: Path) -> None:
+    """The check step and the pack step count the files from the series: neither reads the
+    record's files (a row per file) in the pushing process."""
+    folder = stage(tmp_path / "drop", "SPN01_0003")
+    check._save_record(rules.walk_folder(folder), config.PushSettings(), tmp_path)
+    head = spool.check_record(tmp_path, 1, files=False)
+    assert head.files == ()
+    assert check.upload_count(head) == len(spool.check_record(tmp_path, 1).files) > 10
 
 
 def test_a_call_apart_runs_in_another_process() -> None:

@@ -154,7 +154,7 @@ def sidecars_only(record: spool.CheckRecord) -> bool:
     them (subject.toml and the other control files are not judged), so the only block is
     NO_DICOM."""
     blocks = {f.code for f in record.blocking()}
-    return bool(record.sidecars) and not record.files and blocks == {"NO_DICOM"}
+    return bool(record.sidecars) and not record.series and blocks == {"NO_DICOM"}
 
 
 def attach_late(context: Context, drop: ledger.Drop, record: spool.CheckRecord) -> Done | None:

@@ -19,12 +19,17 @@ import logging
 import time
 from pathlib import Path
 
-from xnatdrop import breaker, ledger, pack, planstream, verify, xnat
+from xnatdrop import apart, breaker, ledger, pack, planstream, verify, xnat
 from xnatdrop.errors import PermanentError, TransientError
-from xnatdrop.pipeline import crash, late, prearchive, readback, spool
+from xnatdrop.pipeline import check, crash, late, prearchive, readback, spool
 from xnatdrop.pipeline.context import Context, Done
 
 log = logging.getLogger(__package__)
+
+# A plan of this many files or more is made in a child process (`apart`), as the check of a
+# folder that large is: the check record's files, read for it, and the plan made of them left
+# their arenas resident in this process through the upload and the read-back (issue 13).
+APART_MIN_FILES = check.APART_MIN_FILES
 
 
 def pack_step(context: Context, drop: ledger.Drop) -> Done:
@@ -32,17 +37,23 @@ def pack_step(context: Context, drop: ledger.Drop) -> Done:
 
     No file data is read here: the import step reads, hashes and sends each file (`pack`).
     """
-    folder = context.spool(drop)
+    folder, work = context.spool(drop), Path(drop.work)
     spool.discard(folder, pack.Plan, pack.Manifest)  # from a killed run: not trusted
-    planned = spool.plan_for(folder, Path(drop.work), drop.id)
+    if check.upload_count(spool.check_record(folder, drop.id, files=False)) < APART_MIN_FILES:
+        count, total, zip_size = _plan(folder, work, drop.id)
+    else:
+        count, total, zip_size = apart.call(_plan, folder, work, drop.id)
     if context.progress is not None:
-        context.progress("pack", planned.total_bytes, planned.total_bytes)
+        context.progress("pack", total, total)
     if context.drop_settings.transport == "dicom":  # the plan only orders the files to hash
-        return Done(f"{len(planned.files)} files, {planned.total_bytes} bytes to send by C-STORE")
-    return Done(
-        f"{len(planned.files)} files, {planned.total_bytes} bytes planned as a "
-        f"{planned.zip_size}-byte zip"
-    )
+        return Done(f"{count} files, {total} bytes to send by C-STORE")
+    return Done(f"{count} files, {total} bytes planned as a {zip_size}-byte zip")
+
+
+def _plan(folder: Path, work: Path, drop_id: int) -> tuple[int, int, int]:
+    """Make and save the plan: its file count, bytes, and the zip's size."""
+    planned = spool.plan_for(folder, work, drop_id)
+    return len(planned.files), planned.total_bytes, planned.zip_size
 
 
 def import_step(context: Context, drop: ledger.Drop) -> Done:
