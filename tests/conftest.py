@@ -24,6 +24,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
+from push_helpers import start_sandbox
 from shared_data import dataset
 from xnat_sandbox import Sandbox
 from xnatdrop import logsetup
@@ -86,6 +87,14 @@ def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., Sandbox]]:
     yield start
     for server in reversed(started):
         server.stop()  # a no-op for one the test stopped itself
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Sandbox]:
+    """A running sandbox with the push tests' account and project (`push_helpers`)."""
+    sandbox = start_sandbox(tmp_path / "xnat")
+    yield sandbox
+    sandbox.stop()
 
 
 @pytest.fixture

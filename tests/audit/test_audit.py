@@ -5,7 +5,6 @@ file deleted), and the audit run in-process as an operator would run it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,12 @@ from push_helpers import (
     client,
     load,
     stage,
-    start_sandbox,
     write_config,
 )
 from xnat_sandbox import Sandbox
 from xnatdrop import cli, config, ledger, pipeline
 
 LABELS = ("SPN01_0101", "SPN01_0102")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from push_helpers import start_sandbox, write_config
+from push_helpers import write_config
 from smtp_server import SmtpServer
 from xnat_sandbox import Sandbox
 from xnatdrop import cli
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ real requests to the sandbox XNAT through the response hook on our client's sess
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from push_helpers import PROJECT, client, load, start_sandbox, write_config
+from push_helpers import PROJECT, client, load, write_config
 from xnat_sandbox import Sandbox
 from xnatdrop import ledger
 from xnatdrop.notify import metrics
@@ -31,13 +30,6 @@ def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
             labels = tuple(sorted(sample.labels.items()))
             samples.setdefault(sample.name, {})[labels] = sample.value
     return samples
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 def test_endpoint_serves_every_metric_from_ledger_and_events(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ GradualDicomImporter.call answers for any server-side failure, a full disk inclu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,20 +21,12 @@ from push_helpers import (
     client,
     load,
     stage,
-    start_sandbox,
     write_config,
 )
 from xnat_sandbox import Sandbox, tables
 from xnatdrop import cli, config, daemon, ledger, pipeline
 
 LABELS = ("SPN01_0021", "SPN01_0022", "SPN01_0023")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 def push(settings: config.Config, folder: Path) -> pipeline.Outcome:

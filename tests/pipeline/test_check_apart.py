@@ -29,20 +29,12 @@ from push_helpers import (
     load,
     snapshot,
     stage,
-    start_sandbox,
     write_config,
 )
 from xnat_sandbox import Sandbox
 from xnatdrop import apart, config, ledger, pipeline, rules
 from xnatdrop.errors import ConfigError, PermanentError, StateError, TransientError
 from xnatdrop.pipeline import check, send, spool, subject
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

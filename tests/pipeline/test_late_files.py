@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from push_helpers import (
     EXAM,
@@ -29,7 +27,6 @@ from push_helpers import (
     local_uids,
     snapshot,
     stage,
-    start_sandbox,
     write_config,
 )
 from shared_data import dataset
@@ -41,13 +38,6 @@ LOCALIZER, FMRI = MEDIUM[0], MEDIUM[1]
 # A site that archives series whose files are visibly incomplete (scans stopped on purpose):
 # the first half of a series is archived, the rest arrives later.
 WARN_INCOMPLETE = '[rules.actions]\nINCOMPLETE_SERIES = "warn"\n'
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 def push(settings: config.Config, folder: Path) -> pipeline.Outcome:

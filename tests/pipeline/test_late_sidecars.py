@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from push_helpers import (
     load,
     push_process,
     stage,
-    start_sandbox,
     write_config,
 )
 from xnat_sandbox import Sandbox
@@ -33,13 +31,6 @@ LATE = {
     "behav/responses_day2.csv": "trial,rt\n1,0.611\n2,0.402\n",
     "physio/pulse_001.log": "0 71\n1 72\n" * 40,
 }
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -31,7 +30,6 @@ from push_helpers import (
     load,
     snapshot,
     stage,
-    start_sandbox,
     write_config,
 )
 from xnat_sandbox import Sandbox
@@ -40,13 +38,6 @@ from xnatdrop.commands import push as push_command
 from xnatdrop.pipeline import run
 
 LABEL = "SPN01_0001"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ from push_helpers import (
     load,
     snapshot,
     stage,
-    start_sandbox,
     write_config,
 )
 from shared_data import dataset
@@ -46,13 +45,6 @@ from xnatdrop.errors import PermanentError
 from xnatdrop.pipeline import subject
 
 LABEL = "SPN01_0101"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

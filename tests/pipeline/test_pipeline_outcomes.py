@@ -34,7 +34,6 @@ from push_helpers import (
     push_process,
     snapshot,
     stage,
-    start_sandbox,
     write_config,
 )
 from xnat_sandbox import Sandbox
@@ -42,13 +41,6 @@ from xnatdrop import config, ledger, names, pack, pipeline, xnat
 
 LABEL = "SPN01_0201"
 SERIES = SMALL[0]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,13 +33,6 @@ from xnatdrop.pipeline import spool
 
 LABEL = "SPN01_0007"
 DICOM_FILES = 21  # the one GE localizer series of SMALL
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 def push(settings: config.Config, folder: Path, **kwargs: object) -> pipeline.Outcome:

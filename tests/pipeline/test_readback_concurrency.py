@@ -9,10 +9,7 @@ once and out once. A push that read them one by one would show 1 for each.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from gate_front import GateFront
 from push_helpers import (
@@ -22,7 +19,6 @@ from push_helpers import (
     load,
     snapshot,
     stage,
-    start_sandbox,
     write_config,
 )
 from xnat_sandbox import Sandbox
@@ -41,13 +37,6 @@ def catalog_read(method: str, path: str) -> bool:
 
 def sample_download(method: str, path: str) -> bool:
     return method == "GET" and "/scans/" in path and "/files/" in path
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 def test_verification_reads_are_concurrent_on_one_login(tmp_path: Path, server: Sandbox) -> None:

@@ -12,25 +12,17 @@ buffers), and the import step reads the process's RSS when it starts.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from push_helpers import client, load, stage, start_sandbox, write_config
+from push_helpers import client, load, stage, write_config
 from xnat_sandbox import Sandbox
 from xnatdrop import heap, ledger, pipeline
 from xnatdrop.pipeline import run
 
 BLOCKS = 40  # of 1 MiB: well above the noise of a step's own allocations
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = start_sandbox(tmp_path / "xnat")
-    yield sandbox
-    sandbox.stop()
 
 
 def rss_kib() -> int:
