@@ -37,7 +37,7 @@ ahead, so memory stays flat whatever the session size:
   together, eight at a time (`md5lanes`); one job, one piece, one send per run, not per file
   (a future, a header write and a socket send per 44 KB file cost about as much as hashing
   it). Each run's files are opened soon after the run is handed out, by
-  whichever reader starts its next job first (`_Prefetches`), and the kernel asked to read
+  whichever reader starts its next job first (`packread.Prefetches`), and the kernel asked to read
   them in the background (`packread.prefetch`): a cold small file no longer waits for its own
   disk read while the disk has nothing else to do (OPEN_AHEAD files at most; the plan asks
   for the first window already);
@@ -74,7 +74,6 @@ from pathlib import Path
 from typing import Any
 
 from xnatdrop import buffers, names, packread, packrecords, rules, zipformat
-from xnatdrop.packplan import Run
 from xnatdrop.packread import CHUNK, Changed, FileError
 from xnatdrop.packrecords import Manifest, ManifestFile, Plan
 from xnatdrop.packrecords import Planned as Planned  # re-exported: pack.Planned
@@ -211,14 +210,14 @@ def _read_ahead(
     (`packread.prefetch`) soon after its run is handed out, not when its reader starts it: the
     disk has the whole window's files to read, not one run's at a time. Not by this thread:
     asking the kernel to read a cold file can block, and this thread is the sender's. By the
-    readers, before each job (`_Prefetches`), not by a thread of its own: see there.
+    readers, before each job (`packread.Prefetches`), not by a thread of its own: see there.
     """
     files, sizes = planned.files, planned.sizes  # a `Planned` made only for a large file
     queue: collections.deque[tuple[int, int, _Job[Any], int, _Job[list[int | None]] | None]]
     queue = collections.deque()
     ahead = opened = 0
     pending = _runs(sizes)
-    prefetches = _Prefetches(base)
+    prefetches = packread.Prefetches(base)
     try:
         while True:
             while ahead < WINDOW and opened < OPEN_AHEAD:
@@ -260,50 +259,6 @@ def _read_ahead(
             # A run that never started: its descriptors, once opened, are still ours to close.
             if future.cancel() and descriptors is not None and not descriptors.cancel():
                 packread.close(descriptors.result())
-
-
-class _Prefetches:
-    """The runs handed out whose files are still to be opened and asked for from the kernel
-    (`packread.prefetch`), done by whichever reader starts its next job first (`then`): the
-    first job of an upload asks for the whole window, each later one for the runs handed out
-    since, so the disk still has the window's files to read, as when a thread of its own
-    (an `opener`) did it.
-
-    Why not that thread: a fourth thread taking the GIL back after each `open` and
-    `posix_fadvise` made the GIL change hands between the readers, the sender and it about
-    three times per file (36,900 futex calls for 10,000 files of 41 kB against 11,200 without
-    it, and 770 for the read+MD5 baseline), each a sleep and a wake-up, several µs of CPU a
-    file. The readers hold the GIL for little else.
-    """
-
-    def __init__(self, base: str) -> None:
-        self._base = base
-        self._waiting: collections.deque[tuple[_Job[list[int | None]], Run]]
-        self._waiting = collections.deque()
-
-    def add(self, run: Run) -> _Job[list[int | None]]:
-        """The descriptors of `run`'s files, once a reader has opened them (None for one it
-        could not); cancel it to drop the run (it is then never opened)."""
-        future: _Job[list[int | None]] = concurrent.futures.Future()
-        self._waiting.append((future, run))
-        return future
-
-    def then(self, job: Callable[..., Any], *arguments: Any) -> Any:
-        """Open and ask for every waiting run's files, in order, then run `job`."""
-        while True:
-            try:
-                future, run = self._waiting.popleft()
-            except IndexError:
-                break
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(packread.prefetch(self._base, run))
-                except BaseException as error:
-                    # As an executor's worker does: whatever went wrong reaches the run's own
-                    # reader (read_run waits on this future), in order; never a future left
-                    # running that a reader would wait on for ever.
-                    future.set_exception(error)
-        return job(*arguments)
 
 
 def digest(folder: Path, planned: Plan) -> Manifest:
