@@ -440,7 +440,7 @@ def test_the_files_of_the_window_are_read_ahead_by_the_readers_before_each_job(
        files the kernel was asked to read ahead (POSIX_FADV_WILLNEED, seen by a wrapper around
        the real call) and, as each run's read starts, what had been asked for by then.
     2. Result: every file was asked for once, each run's in order (two readers may ask for two
-       runs at once) before the run is read, by the reader threads (`_Prefetches`), with no
+       runs at once) before the run is read, by the reader threads (`Prefetches`), with no
        thread of its own (a fourth thread made the GIL change hands about three times per
        file). The zip is whole and no descriptor is left open."""
     folder = tmp_path / "S"
@@ -534,7 +534,7 @@ def test_the_plan_has_the_kernel_read_the_first_window_while_it_stats_the_rest(
 def test_a_job_first_opens_every_run_waiting_in_order_and_skips_a_dropped_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`_Prefetches.then`: before its job, a reader opens and asks for the files of every run
+    """`Prefetches.then`: before its job, a reader opens and asks for the files of every run
     handed out so far (the window), in order, not only its own; a run dropped (its future
     cancelled: the upload stopped) is not opened; the next job finds nothing left to do."""
     folder = tmp_path / "S"
@@ -547,7 +547,7 @@ def test_a_job_first_opens_every_run_waiting_in_order_and_skips_a_dropped_one(
         "prefetch",
         lambda base, run: asked.extend(run.paths) or real_prefetch(base, run),
     )
-    prefetches = pack._Prefetches(str(folder))
+    prefetches = pack.packread.Prefetches(str(folder))
     first, dropped, last = (
         prefetches.add(planned.columns(0, 2)),
         prefetches.add(planned.columns(2, 4)),
@@ -566,7 +566,7 @@ def test_a_job_first_opens_every_run_waiting_in_order_and_skips_a_dropped_one(
 def test_a_prefetch_that_fails_hands_its_error_to_the_run_and_the_job_still_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`_Prefetches.then`: an error while opening a run ahead (not an OSError: prefetch turns
+    """`Prefetches.then`: an error while opening a run ahead (not an OSError: prefetch turns
     those into None) is set on that run's future, for its reader to raise in order; the job
     that happened to do it still runs, and no future is left running (a reader would wait on
     it for ever)."""
@@ -577,7 +577,7 @@ def test_a_prefetch_that_fails_hands_its_error_to_the_run_and_the_job_still_runs
         raise RuntimeError("broken prefetch")
 
     monkeypatch.setattr(pack.packread, "prefetch", broken)
-    prefetches = pack._Prefetches(str(folder))
+    prefetches = pack.packread.Prefetches(str(folder))
     run = prefetches.add(planned.columns(0, 2))
     assert prefetches.then(lambda: "ran") == "ran"
     assert run.done() and isinstance(run.exception(), RuntimeError)
