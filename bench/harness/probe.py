@@ -228,6 +228,7 @@ def pack_send(spec: dict[str, Any]) -> dict[str, Any]:
         saving = product.save_manifest(records)
         body = product.Body(folder, planned, manifest_file=saving)
         with requests.Session() as session, body:
+            session.trust_env = False  # as xnatdrop's client: no ~/.netrc read on each request
             response = session.post(
                 spec["url"], data=body, headers={"Content-Type": "application/zip"}, timeout=600
             )
