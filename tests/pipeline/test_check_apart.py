@@ -60,7 +60,6 @@ def calls_apart(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return call(function, *args)
 
     monkeypatch.setattr(check, "APART_MIN_FILES", 1)
-    monkeypatch.setattr(send, "APART_MIN_FILES", 1)
     monkeypatch.setattr(apart, "call", counted)
     return ran
 

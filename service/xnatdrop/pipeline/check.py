@@ -28,9 +28,9 @@ log = logging.getLogger(__package__)
 # settle.max_wait_seconds after the files last changed, then quarantined.
 COPYING_CODES = frozenset({"EMPTY_FILE", "TRUNCATED_DICOM", "INCOMPLETE_SERIES"})
 
-# A folder of this many files or more is read and judged in a child process (`apart`), which
-# gives the check's memory back when it ends; smaller ones here, where a child costs more than
-# it gives. The count at which the check's reads take a process pool anyway.
+# A folder of this many files or more is read and judged, and its zip planned (`send`), in a
+# child process (`apart`), which gives that memory back when it ends; smaller ones here, where
+# a child costs more than it gives. The count at which the check's reads take a process pool.
 APART_MIN_FILES = dicomfiles.PARALLEL_MIN_FILES
 
 

@@ -26,11 +26,6 @@ from xnatdrop.pipeline.context import Context, Done
 
 log = logging.getLogger(__package__)
 
-# A plan of this many files or more is made in a child process (`apart`), as the check of a
-# folder that large is: the check record's files, read for it, and the plan made of them left
-# their arenas resident in this process through the upload and the read-back (issue 13).
-APART_MIN_FILES = check.APART_MIN_FILES
-
 
 def pack_step(context: Context, drop: ledger.Drop) -> Done:
     """Plan the streamed zip (names, sizes, its exact length) and save the plan atomically.
@@ -39,7 +34,9 @@ def pack_step(context: Context, drop: ledger.Drop) -> Done:
     """
     folder, work = context.spool(drop), Path(drop.work)
     spool.discard(folder, pack.Plan, pack.Manifest)  # from a killed run: not trusted
-    if check.upload_count(spool.check_record(folder, drop.id, files=False)) < APART_MIN_FILES:
+    # A large folder's plan is made in a child, as its check is: the check record's files, read
+    # for it, and the plan made of them stayed resident here through the upload (issue 13).
+    if check.upload_count(spool.check_record(folder, drop.id, files=False)) < check.APART_MIN_FILES:
         count, total, zip_size = _plan(folder, work, drop.id)
     else:
         count, total, zip_size = apart.call(_plan, folder, work, drop.id)
