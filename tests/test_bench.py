@@ -7,6 +7,7 @@ figure: whether a target was met is what the report says, and timings on a share
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import zipfile
@@ -65,9 +66,12 @@ def test_quick_run_writes_every_section_plot_and_result(tmp_path: Path) -> None:
     assert push["disk_write_files"]["seconds"] > 0 and push["disk_write"]["seconds"] > 0
     assert set(push["ratios"]) >= {
         "push / curl (time)", "push / curl import only (time)",
+        "push's XNAT requests / curl (time)",
         "sandbox ingest / disk write (N files)", "sandbox ingest / disk write (one stream)",
         "sandbox ingest / disk write (N files), until on disk",
     }  # fmt: skip
+    # The push's two requests were found in its log: the same two requests as curl's, timed.
+    assert 0 < push["ratios"]["push's XNAT requests / curl (time)"] < math.inf
     # The ingest ratio is best of three for both sides (push.REPEATS), every run kept.
     for side in (push["ingest"], push["disk_write_files"]):
         assert len(side["runs"]) == 3

@@ -36,6 +36,14 @@ For one workload (a subject folder in a drop root):
    more than the peers: it checks the folder first and verifies after the import and after
    the archive (catalogs read back, one file per scan downloaded and its pixel data compared).
 
+Each of the three starts cold: curl's zip, or the folder's files for xnatpy and xnatdrop, are
+dropped from the page cache just before it (`machine.drop_cache`), as the check and pack+send
+are measured. Until stop 30 curl read a zip the step had just written and read (in memory)
+while xnatdrop read a folder last touched minutes of writing before, at 8 GB mostly from disk:
+the same 8 GB import, into the same sandbox, took curl 40.0 s from memory and 52.1 s cold, and
+xnatdrop's upload 43.3 s from memory and 50.2 s cold (stop 30). The sandbox's extra imports
+(the ingest pairs) still read the zip from memory: they measure the sandbox, not a client.
+
 No fsync in any timed writer: the sandbox does not fsync what it stores, nor does XNAT
 (Tomcat's `FileOutputStream`s are closed, never synced), so the rates are to the page cache.
 The flush that follows each of the two ingest writers (`os.sync`, timed apart) is recorded
@@ -259,6 +267,7 @@ def files_run(zip_path: Path, scratch: Path, folder: str = "files") -> dict[str,
 def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
     """By hand: curl the zip into the prearchive, then archive the session it names."""
     with servers.sandbox(work / "xnat-curl") as xnat:
+        machine.drop_cache([zip_path])  # cold, as the other clients start (module docstring)
         cpu_before = machine.cpu_seconds(xnat.pid)
         import_s, answer = _curl_import(zip_path, xnat.url, work, label)
         import_cpu = machine.cpu_seconds(xnat.pid) - cpu_before
@@ -312,9 +321,15 @@ def xnatpy(folder: Path, work: Path, label: str) -> dict[str, float]:
                             "archive_seconds": archived - imported}}, out)
             """
         )
+        _drop_folder_cache(folder)
         seconds = _run([sys.executable, "-c", script], work / "xnatpy.log")
         sandbox_peak = xnat.peak_rss_kb()
     return {"seconds": seconds, **json.loads(split.read_text()), "sandbox_peak_kb": sandbox_peak}
+
+
+def _drop_folder_cache(folder: Path) -> None:
+    """Start a client on a cold folder, as curl starts on a cold zip (module docstring)."""
+    machine.drop_cache(path for path in folder.rglob("*") if path.is_file())
 
 
 def config_text(url: str, secret: Path, work: Path, drop_root: Path, **sections: str) -> str:
@@ -366,6 +381,7 @@ def xnatdrop_push(folder: Path, work: Path) -> dict[str, Any]:
             raise RuntimeError(f"cannot measure the memory of {command[:3]}")
         peak_file = work / "push-peak.json"
         log = work / "push.log"
+        _drop_folder_cache(folder)
         seconds = _run([sys.executable, str(HWM), str(peak_file), *command[2:]], log)
         sandbox_peak = xnat.peak_rss_kb()
     text = log.read_text(errors="replace")
@@ -434,6 +450,13 @@ def ingest_pairs(zip_path: Path, scratch: Path, label: str, pairs: int) -> dict[
     return found
 
 
+def _requests_seconds(push: dict[str, Any]) -> float:
+    """The push's own time in the two requests curl makes: its upload (from the first byte sent
+    to XNAT's answer) and its archive request; nan if its log did not say."""
+    parts = (push["send_seconds"], push["server_wait_seconds"], push["archive_request_seconds"])
+    return float("nan") if None in parts else sum(parts)
+
+
 def _best(runs: list[dict[str, float]], size: int) -> dict[str, Any]:
     """The fastest of `runs`, and of `runs` counted until on disk; every run kept."""
     return {
@@ -495,6 +518,7 @@ def measure(
         "push / curl (time)": results["xnatdrop"]["seconds"] / curl_s,
         "push / curl import only (time)": results["xnatdrop"]["seconds"]
         / results["curl"]["import_seconds"],
+        "push's XNAT requests / curl (time)": _requests_seconds(results["xnatdrop"]) / curl_s,
         "sandbox ingest / disk write (N files)": ingest / results["disk_write_files"]["mb_per_s"],
         "sandbox ingest / disk write (N files), until on disk": 1 / synced,
         "sandbox ingest / disk write (one stream)": ingest / results["disk_write"]["mb_per_s"],
