@@ -267,7 +267,6 @@ def files_run(zip_path: Path, scratch: Path, folder: str = "files") -> dict[str,
 def curl(zip_path: Path, work: Path, label: str) -> dict[str, float]:
     """By hand: curl the zip into the prearchive, then archive the session it names."""
     with servers.sandbox(work / "xnat-curl") as xnat:
-        machine.drop_cache([zip_path])  # cold, as the other clients start (module docstring)
         cpu_before = machine.cpu_seconds(xnat.pid)
         import_s, answer = _curl_import(zip_path, xnat.url, work, label)
         import_cpu = machine.cpu_seconds(xnat.pid) - cpu_before
@@ -321,15 +320,9 @@ def xnatpy(folder: Path, work: Path, label: str) -> dict[str, float]:
                             "archive_seconds": archived - imported}}, out)
             """
         )
-        _drop_folder_cache(folder)
         seconds = _run([sys.executable, "-c", script], work / "xnatpy.log")
         sandbox_peak = xnat.peak_rss_kb()
     return {"seconds": seconds, **json.loads(split.read_text()), "sandbox_peak_kb": sandbox_peak}
-
-
-def _drop_folder_cache(folder: Path) -> None:
-    """Start a client on a cold folder, as curl starts on a cold zip (module docstring)."""
-    machine.drop_cache(path for path in folder.rglob("*") if path.is_file())
 
 
 def config_text(url: str, secret: Path, work: Path, drop_root: Path, **sections: str) -> str:
@@ -381,7 +374,6 @@ def xnatdrop_push(folder: Path, work: Path) -> dict[str, Any]:
             raise RuntimeError(f"cannot measure the memory of {command[:3]}")
         peak_file = work / "push-peak.json"
         log = work / "push.log"
-        _drop_folder_cache(folder)
         seconds = _run([sys.executable, str(HWM), str(peak_file), *command[2:]], log)
         sandbox_peak = xnat.peak_rss_kb()
     text = log.read_text(errors="replace")
@@ -489,13 +481,17 @@ def measure(
     files_runs = [*pairs["files"], files_run(zip_path, scratch)]
     results["disk_write_files"] = _best(files_runs, size)
     results["store_floor"] = {"seconds": store_floor(zip_path, scratch)}
+    # Each client starts cold: its zip, or the folder's files, dropped first (module docstring).
     os.sync()
+    machine.drop_cache([zip_path])
     results["curl"] = curl(zip_path, scratch, label)
     zip_path.unlink()  # one inode: nothing for the next writer to pay
     if peers:  # xnatpy before xnatdrop: the push moves the folder to done/
         os.sync()
+        machine.drop_cache(work.files)
         results["xnatpy"] = xnatpy(work.folder, scratch, label)
     os.sync()
+    machine.drop_cache(work.files)
     results["xnatdrop"] = xnatdrop_push(work.folder, scratch)
     deletions.remove(*(scratch / name for name in WRITTEN), *pairs["kept"])
     for name in ("disk_write_files", "disk_write", "store_floor", "curl", "xnatpy", "xnatdrop"):
