@@ -10,6 +10,7 @@ shared set is never modified.
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import io
 import itertools
@@ -221,6 +222,19 @@ class Dicom:
 @pytest.fixture
 def dicom(tmp_path: Path) -> Dicom:
     return Dicom(tmp_path)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the service's modules to bytecode once, before any test starts a process.
+
+    Why: the tests start hundreds of `python -m xnatdrop` and sandbox processes, and where
+    PYTHONDONTWRITEBYTECODE is set (as on the machines CI runs on) an editable install never
+    has .pyc files, so each process compiled the modules it imports again: 0.7 s of the 2.1 s
+    `xnatdrop --help` took here (a wheel is compiled once, as pip installs it).
+    compileall writes whatever that setting says, and skips what is up to date; Python still
+    compiles in memory a module whose source is newer than its .pyc."""
+    if not hasattr(config, "workerinput"):  # the xdist controller, or a run without workers
+        compileall.compile_dir(Path(__file__).resolve().parents[1] / "service", quiet=1)
 
 
 # The longest tests (minutes on two cores), started first: with pytest-xdist (pyproject's
