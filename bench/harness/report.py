@@ -453,12 +453,13 @@ def _method(results: dict[str, Any]) -> list[str]:
         "- **Workloads** are cloned from the real series in `../shared/dicom` "
         "(`bench/harness/workload.py`): GE SIGNA Premier classic MR files (about 44 KB each) "
         "for the file-count series, GE plus Siemens XA30 enhanced multi-frame files for the "
-        "size series; every copy has fresh study, series and SOP instance UIDs. They live in a "
-        "temporary folder that is deleted at the end. A size is reached by cloning whole series "
-        "(a series cut short is blocked, INCOMPLETE_SERIES), so these sessions hold far more "
-        "series than a scanner's: about 150 at 0.5 GB and 2,400 at 8 GB, against 10 to 40 in a "
-        "real session. The push's reads per scan (the prearchive's listing, each scan's catalog "
-        "and one sample file in the read-back) weigh that much more here than at a site.",
+        "size series. A session keeps one folder per source series (8 in the file-count series, "
+        "17 in the size series; a real session has 10 to 40) and fills each with copies of its "
+        "files, each copy with a fresh SOP instance UID and the series' next InstanceNumber, as "
+        "a long fMRI or diffusion series grows; every session has fresh study and series UIDs. "
+        "They live in a temporary folder that is deleted at the end. (Until stop 32 each copy "
+        "was a series of its own: about 150 series at 0.5 GB and 2,400 at 8 GB, whose per-scan "
+        "reads in the push weighed far more than at a site.)",
         f"- **Cores**: {cores}. The check runs {cores} worker processes; the 64 KiB read and "
         f"read+MD5 baselines run {cores} threads; dcmread runs {cores} worker processes; "
         "pack+send uses xnatdrop's own reader threads (2) and one sending thread.",

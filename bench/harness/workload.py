@@ -1,16 +1,20 @@
 """Sessions of any size, cloned from the real scanner series in ../shared/dicom.
 
-A workload is one subject folder (one session): series folders of real MR files, copied as often
-as needed to reach a size in bytes or a count of files. Every copy is a new series with fresh
-SeriesInstanceUID, SOPInstanceUIDs (in the file meta too) and SeriesNumber; the whole folder is
-one study (one StudyInstanceUID) of one patient, so `xnatdrop check` passes it and XNAT files it
-as one session of many scans, as a real large session would be.
+A workload is one subject folder (one session): one folder per real MR series, each filled with
+copies of that series' files until the session reaches a size in bytes or a count of files, as a
+scanner fills a long fMRI or diffusion series. Every copy has a fresh SOPInstanceUID (in the file
+meta too) and the next InstanceNumber of its series; each series a fresh SeriesInstanceUID and
+SeriesNumber; the whole folder is one study (one StudyInstanceUID) of one patient, so `xnatdrop
+check` passes it and XNAT files it as one session of 8 or 16 scans, as many as a real session's
+10 to 40 rather than the hundreds to thousands of series that copying whole series made (before
+stop 32: ~150 at 0.5 GB, 2,400 at 8 GB). `clone(..., new_series=True)` still makes each copy a
+series of its own, for a test that needs many scans.
 
 How, and why it is fast enough for 8 GB: each source file is parsed once with pydicom and saved
-as a *template* whose study, series and instance UIDs and series number are placeholders of a
-fixed length; a copy is the template with the placeholders' bytes replaced at known offsets
-(same lengths, so no element length changes) followed by the untouched pixel data. The clone
-therefore runs at about the disk's write rate instead of pydicom's.
+as a *template* whose study, series and instance UIDs and series and instance numbers are
+placeholders of a fixed length; a copy is the template with the placeholders' bytes replaced at
+known offsets (same lengths, so no element length changes) followed by the untouched pixel data.
+The clone therefore runs at about the disk's write rate instead of pydicom's.
 
 Sources (the same series `bench/cstore_speed.py` sends, as `rules.check_folder` picks them):
 - GE SIGNA Premier, 8 series of classic MR images (343 files, 15 MB, about 44 KB a file): the
@@ -61,6 +65,7 @@ class Template:
     series: bytes
     sop: bytes
     number: bytes
+    instance: bytes  # InstanceNumber: 8 digits, a copy's number zero-padded to them
     offsets: tuple[tuple[int, bytes], ...]  # (offset, placeholder) in increasing order
 
 
@@ -115,7 +120,13 @@ def templates(mix: bool) -> list[SeriesTemplate]:
     for name, files in source_series(mix):
         series = fresh_uid()
         number = _number_placeholder()
-        made.append(SeriesTemplate(name, tuple(_template(p, study, series, number) for p in files)))
+        while (instance := _number_placeholder()) == number:
+            pass
+        made.append(
+            SeriesTemplate(
+                name, tuple(_template(p, study, series, number, instance) for p in files)
+            )
+        )
     return made
 
 
@@ -123,7 +134,7 @@ def _number_placeholder() -> str:
     return str(10_000_000 + secrets.randbelow(89_999_999))
 
 
-def _template(path: Path, study: str, series: str, number: str) -> Template:
+def _template(path: Path, study: str, series: str, number: str, instance: str) -> Template:
     ds = pydicom.dcmread(path)
     sop = fresh_uid()
     ds.StudyInstanceUID = study
@@ -131,6 +142,7 @@ def _template(path: Path, study: str, series: str, number: str) -> Template:
     ds.SOPInstanceUID = sop
     ds.file_meta.MediaStorageSOPInstanceUID = sop
     ds.SeriesNumber = number
+    ds.InstanceNumber = instance
     ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
     ds.StudyID = "1"
     buffer = io.BytesIO()
@@ -140,7 +152,7 @@ def _template(path: Path, study: str, series: str, number: str) -> Template:
     read_partial(reader, stop_when=_at_pixels)
     header_end = reader.tell()
     offsets = []
-    for placeholder in (study, series, sop, number):
+    for placeholder in (study, series, sop, number, instance):
         raw = placeholder.encode()
         start = 0
         while (found := data.find(raw, start, header_end)) != -1:
@@ -155,6 +167,7 @@ def _template(path: Path, study: str, series: str, number: str) -> Template:
         series.encode(),
         sop.encode(),
         number.encode(),
+        instance.encode(),
         tuple(sorted(offsets)),
     )
 
@@ -179,21 +192,30 @@ def clone(
     *,
     target_bytes: int | None = None,
     target_files: int | None = None,
+    new_series: bool = False,
 ) -> Workload:
     """Write copies of `series` into `folder` until it holds `target_bytes` or `target_files`.
 
-    Whole series only (the last one may overshoot the target): a series cut short is an
-    incomplete series, which the check rightly blocks (INCOMPLETE_SERIES, issue 9).
+    A round writes each source series' files once more, a whole series at a time, until the
+    target is reached (the last series may overshoot it). By default a series' copies join
+    its folder and series with the next InstanceNumbers, so every series stays numbered 1..N
+    without gaps (a gap would be an incomplete series, which the check rightly blocks,
+    INCOMPLETE_SERIES, issue 9). With `new_series`, each copy is a folder and series of its
+    own instead.
 
-    One new StudyInstanceUID for the whole folder; each series copy gets a new series UID and
-    number, each file a new SOP instance UID. The data is synced to disk before returning, so
-    that a later cold read can drop its pages from the cache (dirty pages cannot be dropped).
+    One new StudyInstanceUID for the whole folder; each series a new series UID and number,
+    each file a new SOP instance UID. The data is synced to disk before returning, so that a
+    later cold read can drop its pages from the cache (dirty pages cannot be dropped).
     """
     if (target_bytes is None) == (target_files is None):
         raise ValueError("give exactly one of target_bytes and target_files")
     study = fresh_uid().encode()
     files: list[Path] = []
+    folders: set[Path] = set()
     written = copies = 0
+    uids = [
+        (fresh_uid().encode(), str(10_000_000 + index).encode()) for index in range(len(series))
+    ]
 
     def done() -> bool:
         if target_bytes is not None:
@@ -205,22 +227,30 @@ def clone(
         for index, source in enumerate(series):
             if done():
                 break
-            out = folder / f"{copies:04d}_{source.name}"
-            out.mkdir(parents=True)
-            number = str(10_000_000 + copies * 1000 + index).encode()
-            series_uid = fresh_uid().encode()
+            if new_series:
+                out = folder / f"{copies:04d}_{source.name}"
+                series_uid = fresh_uid().encode()
+                number = str(10_000_000 + copies * 1000 + index).encode()
+                first = 1
+            else:
+                out = folder / f"{index + 1:02d}_{source.name}"
+                series_uid, number = uids[index]
+                first = (copies - 1) * len(source.files) + 1
+            out.mkdir(parents=True, exist_ok=True)
+            folders.add(out)
             for k, template in enumerate(source.files):
                 values = {
                     template.study: study,
                     template.series: series_uid,
                     template.sop: fresh_uid().encode(),
                     template.number: number,
+                    template.instance: f"{first + k:08d}".encode(),
                 }
-                path = out / f"IM{k:05d}.dcm"
+                path = out / f"IM{first + k:06d}.dcm"
                 with open(path, "wb") as handle:
                     for piece in _copy_bytes(template, values):
                         handle.write(piece)
                 files.append(path)
                 written += len(template.data)
     os.sync()
-    return Workload(folder, tuple(files), written, sum(1 for _ in folder.iterdir()))
+    return Workload(folder, tuple(files), written, len(folders))

@@ -133,7 +133,7 @@ def test_the_read_back_keeps_little_per_archived_file(tmp_path: Path, sandbox_ur
 
     small = [t for t in workload.templates(mix=False) if "fMRI" in t.name][:1]
     folder = tmp_path / "drop" / LABEL
-    made = workload.clone(small, folder, target_files=FILES)
+    made = workload.clone(small, folder, target_files=FILES, new_series=True)
     assert made.count == FILES
     config_path = write_config(tmp_path, sandbox_url)
     settings = load(config_path)
