@@ -253,4 +253,5 @@ def clone(
                 files.append(path)
                 written += len(template.data)
     os.sync()
-    return Workload(folder, tuple(files), written, len(folders))
+    # In path order, as xnatdrop packs them: curl's zip and the baselines read the same order.
+    return Workload(folder, tuple(sorted(files)), written, len(folders))
