@@ -13,6 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pydicom
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,6 +181,36 @@ def test_the_n_files_disk_baseline_writes_each_entry_as_its_own_file(tmp_path: P
     assert written == sum(len(d) for d in contents.values())
     for name, data in contents.items():
         assert (tmp_path / "out" / name).read_bytes() == data
+
+
+def test_a_cloned_session_fills_each_series_with_numbered_copies(tmp_path: Path) -> None:
+    """1. Clone the two smallest GE series to about two and a half rounds of their files.
+    2. Result: one folder and one series per source series, its files numbered 1..N without a
+       gap in InstanceNumber and file name, every SOP instance UID new (file meta too), one
+       study; the files come back in path order (the order xnatdrop packs); the check passes
+       it. With new_series, each round is a series of its own."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import product, workload
+
+    sources = sorted(workload.templates(mix=False), key=lambda t: len(t.files))[:2]
+    per_round = sum(len(t.files) for t in sources)
+    made = workload.clone(sources, tmp_path / "s" / "SUBJ", target_files=2 * per_round + 1)
+    assert made.series == 2 and made.files == tuple(sorted(made.files))
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in made.files]
+    assert len({h.StudyInstanceUID for h in headers}) == 1
+    assert len({h.SOPInstanceUID for h in headers}) == made.count
+    assert all(h.SOPInstanceUID == h.file_meta.MediaStorageSOPInstanceUID for h in headers)
+    for folder in {path.parent for path in made.files}:
+        mine = [h for p, h in zip(made.files, headers, strict=True) if p.parent == folder]
+        assert len({h.SeriesInstanceUID for h in mine}) == 1
+        assert [int(h.InstanceNumber) for h in mine] == list(range(1, len(mine) + 1))
+        assert len(mine) >= 2 * len(sources[0].files)  # two rounds at least, each whole
+    assert product.check_folder(made.folder).ok
+
+    apart = workload.clone(
+        sources, tmp_path / "n" / "SUBJ", target_files=2 * per_round, new_series=True
+    )
+    assert apart.series == 4
 
 
 def test_the_n_files_baseline_writes_where_and_as_the_sandbox_stores(sandbox, svc, dicom) -> None:
