@@ -184,11 +184,12 @@ def test_the_n_files_disk_baseline_writes_each_entry_as_its_own_file(tmp_path: P
 
 
 def test_a_cloned_session_fills_each_series_with_numbered_copies(tmp_path: Path) -> None:
-    """1. Clone the two smallest GE series to about two and a half rounds of their files.
-    2. Result: one folder and one series per source series, its files numbered 1..N without a
-       gap in InstanceNumber and file name, every SOP instance UID new (file meta too), one
-       study; the files come back in path order (the order xnatdrop packs); the check passes
-       it. With new_series, each round is a series of its own."""
+    """1. Clone the two smallest GE series to two rounds of their files and one file more.
+    2. Result: one folder and one series per source series, holding whole copies of it (three
+       of the first, whose third copy the extra file began; two of the second), numbered 1..N
+       without a gap in InstanceNumber, every SOP instance UID new (file meta too), one study;
+       the files come back in path order (the order xnatdrop packs); the check passes it.
+       With new_series, each copy is a series of its own."""
     sys.path.insert(0, str(REPO / "bench"))
     from harness import product, workload
 
@@ -200,11 +201,12 @@ def test_a_cloned_session_fills_each_series_with_numbered_copies(tmp_path: Path)
     assert len({h.StudyInstanceUID for h in headers}) == 1
     assert len({h.SOPInstanceUID for h in headers}) == made.count
     assert all(h.SOPInstanceUID == h.file_meta.MediaStorageSOPInstanceUID for h in headers)
-    for folder in {path.parent for path in made.files}:
+    for index, (source, copies) in enumerate(zip(sources, (3, 2), strict=True)):
+        folder = made.folder / f"{index + 1:02d}_{source.name}"
         mine = [h for p, h in zip(made.files, headers, strict=True) if p.parent == folder]
+        assert len(mine) == copies * len(source.files)
         assert len({h.SeriesInstanceUID for h in mine}) == 1
         assert [int(h.InstanceNumber) for h in mine] == list(range(1, len(mine) + 1))
-        assert len(mine) >= 2 * len(sources[0].files)  # two rounds at least, each whole
     assert product.check_folder(made.folder).ok
 
     apart = workload.clone(

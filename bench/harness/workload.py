@@ -5,7 +5,7 @@ copies of that series' files until the session reaches a size in bytes or a coun
 scanner fills a long fMRI or diffusion series. Every copy has a fresh SOPInstanceUID (in the file
 meta too) and the next InstanceNumber of its series; each series a fresh SeriesInstanceUID and
 SeriesNumber; the whole folder is one study (one StudyInstanceUID) of one patient, so `xnatdrop
-check` passes it and XNAT files it as one session of 8 or 16 scans, as many as a real session's
+check` passes it and XNAT files it as one session of 8 or 17 scans, as many as a real session's
 10 to 40 rather than the hundreds to thousands of series that copying whole series made (before
 stop 32: ~150 at 0.5 GB, 2,400 at 8 GB). `clone(..., new_series=True)` still makes each copy a
 series of its own, for a test that needs many scans.
