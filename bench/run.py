@@ -67,7 +67,6 @@ def plan(quick: bool) -> dict[str, Any]:
         return {
             "sizes": [0.02, 0.08],
             "files": [200, 1000],
-            "files_three_rounds": True,
             "share_files": 1000,
             "push_max_gb": 0.02,
             "xnatpy_max_gb": 0.02,
@@ -80,7 +79,6 @@ def plan(quick: bool) -> dict[str, Any]:
     return {
         "sizes": [0.5, 2.0, 8.0],
         "files": [1000, 10_000, 50_000],
-        "files_three_rounds": False,
         "share_files": 10_000,
         "push_max_gb": 8.0,
         "xnatpy_max_gb": 8.0,
@@ -166,9 +164,7 @@ def run_files(
         }  # fmt: skip
         if "files" in parts:
             _say(f"files {count:,}: {made.bytes / GB:.2f} GB; client figures")
-            row["client"] = client.measure(
-                made, base / "scratch", sink_url, sink_pid, three_rounds=steps["files_three_rounds"]
-            )
+            row["client"] = client.measure(made, base / "scratch", sink_url, sink_pid)
         if "share" in parts and count == steps["share_files"]:
             _say(f"files {count:,}: the check and the settle scans on a 1 ms share")
             result = share.measure(made, base / "share-scratch", 0.001)

@@ -471,12 +471,12 @@ def _method(results: dict[str, Any]) -> list[str]:
         "the process itself as it ends; for process pools the largest worker's is given too "
         "(`getrusage(RUSAGE_CHILDREN)`). Each measurement runs in its own child process "
         "(`bench/harness/probe.py`).",
-        "- **Short workloads are measured three times**: when a workload's five client "
-        "measurements take under 5 s in all (the 1,000-file step: tens of milliseconds each), "
-        "they run in three interleaved rounds, each from a cold cache, and each keeps its least "
-        "time (every round's time is in results.json as `round_seconds`) and its highest peak "
-        "memory. A disturbance only slows a measurement; interleaving gives both sides of a ratio "
-        "the same chances. Longer workloads are measured once.",
+        "- **Best of three rounds**: every client measurement runs in three interleaved "
+        "rounds, each from a cold cache, and keeps its least time (every round's time is in "
+        "results.json as `round_seconds`) and its highest peak memory; dcmread, the slow "
+        "baseline, repeats only where its first round took under 10 s. A disturbance only "
+        "slows a measurement; interleaving gives both sides of a ratio the same chances. Until "
+        "stop 33 only workloads whose measurements took under 5 s in all were repeated.",
         "- **Null sink**: a loopback HTTP server process that takes every body off the socket "
         "with `os.splice` into /dev/null (no copy of its own; about 0.07-0.1 ns a byte of CPU, "
         "`sink_cpu_seconds` in results.json, which shares the cores with the client during "
@@ -503,7 +503,12 @@ def _method(results: dict[str, Any]) -> list[str]:
         '"curl import only" is curl\'s first request alone. Each client starts **cold**: '
         "curl's zip, or the folder's files for xnatpy and xnatdrop, dropped from the page cache "
         "just before it (until stop 30 curl read its zip from memory, at 8 GB the others "
-        "mostly from disk).",
+        "mostly from disk). curl and xnatdrop run in up to three **interleaved rounds** (curl "
+        "first, then xnatdrop first, then curl first), each into a fresh sandbox, and each keeps "
+        "its least time, as many rounds as the disk holds with every sandbox kept until the "
+        "step ends (the table says how many; results.json keeps each round as `round_seconds` "
+        "and the push's two requests as `requests_seconds_each`); the push's peak memory is "
+        "the highest of its rounds. xnatpy runs once. Until stop 33 each ran once.",
         "- **Sandbox ingest** is curl's import request alone: curl's own cost is nil, so its "
         "rate is the sandbox's (body read as it arrives, as XNAT's ZipInputStream reads it, "
         "every entry's CRC checked and stored in the prearchive, the site script applied; no "
@@ -543,6 +548,14 @@ def _method(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _rounds(side: dict[str, Any]) -> str:
+    """The seconds of every round ("; best of N: a / b / c s") where there was more than one."""
+    each = side.get("round_seconds", [])
+    if len(each) < 2:
+        return ""
+    return f"; best of {len(each)}: {' / '.join(f'{v:.1f}' for v in each)} s"
+
+
 def _push_row(step: dict[str, Any]) -> list[str]:
     p = step["push"]
     ratios = p["ratios"]
@@ -579,10 +592,10 @@ def _push_row(step: dict[str, Any]) -> list[str]:
         + ")"
         + (f"; runs {' / '.join(f'{v:,.0f}' for v in ingest_each)}" if ingest_each else ""),
         f"{curl['seconds']:.1f} (import {curl['import_seconds']:.1f}, archive "
-        f"{curl['archive_seconds']:.1f})",
+        f"{curl['archive_seconds']:.1f})" + _rounds(curl),
         f"{drop['seconds']:.1f} (**{ratios['push / curl (time)']:.2f}×** curl; "
         f"{ratios['push / curl import only (time)']:.2f}× curl import only; its two requests "
-        f"**{ratios[REQUESTS]:.2f}×** curl's)",
+        f"**{ratios[REQUESTS]:.2f}×** curl's)" + _rounds(drop),
         xnatpy,
         split,
         f"{_mb(drop['peak_kb']):.0f}",
