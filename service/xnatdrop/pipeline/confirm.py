@@ -117,7 +117,7 @@ def archive_step(context: Context, drop: ledger.Drop) -> Done | Resend:
         if session is None:
             raise TransientError("XNAT answered the archive request but shows no session yet")
         # XNAT's own time apart from the read-back's, so the step's cost can be told apart.
-        summary = f"archived as {session.id} (XNAT took {archiving:.1f} s)"
+        summary = f"archived as {session.id} (XNAT took {archiving:.2f} s)"
     else:
         summary = f"already archived as {session.id}"
         if drop.prearchive_uri and client.prearchive_entry(drop.prearchive_uri) is not None:
