@@ -191,7 +191,7 @@ def test_the_push_runs_as_many_rounds_as_the_disk_holds_and_keeps_each_sides_lea
         {"seconds": 4.0, "peak_kb": 60, "send_seconds": 2.5, "server_wait_seconds": 0.5,
          "archive_request_seconds": 0.5},
     ]  # fmt: skip
-    least = push._least(runs, "seconds")
+    least = push._least(runs)
     assert least["seconds"] == 4.0 and least["send_seconds"] == 2.5
     assert least["round_seconds"] == [5.0, 4.0]
     assert least["peak_kb"] == 70

@@ -64,8 +64,8 @@ still paid for the deletion and its first round (500 MB: 930 against 352 / 252 M
 the sandbox always went second. Where the disk has no room (8 GB) a pair is removed and the
 next waits out the five minutes.
 
-curl and xnatdrop run in `ROUNDS` interleaved rounds (curl first in the first and last, xnatdrop
-in the middle one), each from a cold cache into a fresh sandbox, and each side keeps its least
+curl and xnatdrop run in `ROUNDS` interleaved rounds (curl first in the first and third,
+xnatdrop in the second), each from a cold cache into a fresh sandbox, and each side keeps its least
 time, as the ingest does: on this VM the same 8 GB import took curl 13.8 s in the benchmark and
 25.4 s alone minutes later (26.9 s of the sandbox's CPU against 10.8 s), and the push's ratio to
 curl moved 0.80-1.23 at 500 MB between runs of the same code. Between rounds the folder goes
@@ -478,11 +478,11 @@ def restore(folder: Path, work: Path) -> None:
     moved.rename(folder)
 
 
-def _least(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The run with the least `key`, every run's `key` beside it as `round_seconds`, and the
-    highest peak memory of them all (repeating never lowers a memory figure)."""
-    least = dict(min(runs, key=lambda run: run[key]))
-    least["round_seconds"] = [run[key] for run in runs]
+def _least(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the least time, every run's beside it as `round_seconds`, and the highest
+    peak memory of them all (repeating never lowers a memory figure)."""
+    least = dict(min(runs, key=lambda run: run["seconds"]))
+    least["round_seconds"] = [run["seconds"] for run in runs]
     for name in ("peak_kb", "children_peak_kb", "sandbox_peak_kb"):
         if name in least:
             least[name] = max(run[name] for run in runs)
@@ -532,22 +532,22 @@ def measure(
     curl_runs: list[dict[str, Any]] = []
     push_runs: list[dict[str, Any]] = []
     for index in range(rounds):
-        folder = scratch / f"round-{index}"
-        folder.mkdir()
+        round_folder = scratch / f"round-{index}"
+        round_folder.mkdir()
         for side in ("curl", "xnatdrop") if index % 2 == 0 else ("xnatdrop", "curl"):
             os.sync()
             if side == "curl":
                 machine.drop_cache([zip_path])
-                curl_runs.append(curl(zip_path, folder, label))
+                curl_runs.append(curl(zip_path, round_folder, label))
             else:
                 machine.drop_cache(work.files)
-                push_runs.append(xnatdrop_push(work.folder, folder))
+                push_runs.append(xnatdrop_push(work.folder, round_folder))
                 if index < rounds - 1:
-                    restore(work.folder, folder)
+                    restore(work.folder, round_folder)
     zip_path.unlink()  # one inode: nothing for the next writer to pay
     results["rounds"] = rounds
-    results["curl"] = _least(curl_runs, "seconds")
-    results["xnatdrop"] = _least(push_runs, "seconds")
+    results["curl"] = _least(curl_runs)
+    results["xnatdrop"] = _least(push_runs)
     deletions.remove(
         *(scratch / name for name in WRITTEN),
         *(scratch / f"round-{index}" for index in range(rounds)),
@@ -557,8 +557,7 @@ def measure(
         if name in results:
             results[name]["mb_per_s"] = size / 1e6 / results[name]["seconds"]
     # The sandbox's ingest: the import alone (curl's first request), into the prearchive; the
-    # best of it and the extra imports, as the N-file write's (module docstring).
-    # The first round's curl import only: the N-file write has as many runs (`REPEATS`).
+    # best of the first round's and the extra imports, as many as the N-file write's runs.
     curl_import = {
         "seconds": curl_runs[0]["import_seconds"],
         "flush_seconds": curl_runs[0]["import_flush_seconds"],
