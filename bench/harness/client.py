@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import machine, probe
+from harness.rounds import least
 from harness.workload import Workload
 
 CORES = os.cpu_count() or 1
@@ -101,12 +102,5 @@ def _one_round(
 
 
 def _best(name: str, rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """`name`'s least-time round, with the highest peak memory of all its rounds (a memory
-    figure is never improved by repeating), and every round's time as `round_seconds`; the
-    rounds that measured `name` (dcmread's may be only the first)."""
-    measured = [r[name] for r in rounds if name in r]
-    best = dict(min(measured, key=lambda result: result["seconds"]))
-    for key in ("peak_kb", "children_peak_kb"):
-        best[key] = max(r[key] for r in measured)
-    best["round_seconds"] = [r["seconds"] for r in measured]
-    return best
+    """`name`'s figure from the rounds that measured it (dcmread's may be only the first)."""
+    return least([r[name] for r in rounds if name in r])

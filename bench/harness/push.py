@@ -98,6 +98,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import deletions, machine, product, servers
+from harness.rounds import least
 from harness.workload import Workload
 
 HWM = Path(__file__).with_name("hwm.py")
@@ -478,19 +479,6 @@ def restore(folder: Path, work: Path) -> None:
     moved.rename(folder)
 
 
-def _least(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the least time, every run's beside it as `round_seconds`, and the highest
-    peak memory of them all (repeating never lowers a memory figure)."""
-    least = dict(min(runs, key=lambda run: run["seconds"]))
-    least["round_seconds"] = [run["seconds"] for run in runs]
-    for name in ("peak_kb", "children_peak_kb", "sandbox_peak_kb"):
-        if name in least:
-            least[name] = max(run[name] for run in runs)
-    if "send_seconds" in least:  # xnatdrop's: its two requests in each round as well
-        least["requests_seconds_each"] = [_requests_seconds(run) for run in runs]
-    return least
-
-
 def _best(runs: list[dict[str, float]], size: int) -> dict[str, Any]:
     """The fastest of `runs`, and of `runs` counted until on disk; every run kept."""
     return {
@@ -546,8 +534,10 @@ def measure(
                     restore(work.folder, round_folder)
     zip_path.unlink()  # one inode: nothing for the next writer to pay
     results["rounds"] = rounds
-    results["curl"] = _least(curl_runs)
-    results["xnatdrop"] = _least(push_runs)
+    results["curl"] = least(curl_runs)
+    results["xnatdrop"] = least(push_runs)
+    requests = [_requests_seconds(run) for run in push_runs]
+    results["xnatdrop"]["requests_seconds_each"] = requests
     deletions.remove(
         *(scratch / name for name in WRITTEN),
         *(scratch / f"round-{index}" for index in range(rounds)),
@@ -573,7 +563,7 @@ def measure(
         "push / curl (time)": results["xnatdrop"]["seconds"] / curl_s,
         "push / curl import only (time)": results["xnatdrop"]["seconds"]
         / results["curl"]["import_seconds"],
-        "push's XNAT requests / curl (time)": min(map(_requests_seconds, push_runs)) / curl_s,
+        "push's XNAT requests / curl (time)": min(requests) / curl_s,
         "sandbox ingest / disk write (N files)": ingest / results["disk_write_files"]["mb_per_s"],
         "sandbox ingest / disk write (N files), until on disk": 1 / synced,
         "sandbox ingest / disk write (one stream)": ingest / results["disk_write"]["mb_per_s"],
