@@ -62,7 +62,7 @@ and they keep their folders until the step ends while the disk has room (`ROOM`:
 wrote and the next waited 61 s, too little (`deletions.py`): the N-file write's later rounds
 still paid for the deletion and its first round (500 MB: 930 against 352 / 252 MB/s) did not;
 the sandbox always went second. Where the disk has no room (8 GB) a pair is removed and the
-next waits out the five minutes.
+next waits out the six minutes.
 
 curl and xnatdrop run in `ROUNDS` interleaved rounds (curl first in the first and third,
 xnatdrop in the second), each from a cold cache into a fresh sandbox, and each side keeps its least
@@ -71,7 +71,7 @@ time, as the ingest does: on this VM the same 8 GB import took curl 13.8 s in th
 curl moved 0.80-1.23 at 500 MB between runs of the same code. Between rounds the folder goes
 back from done/ to the drop root by a rename (its receipt removed). Every round keeps its
 sandbox until the step ends, so a step runs as many rounds as the disk holds (`push_rounds`;
-results.json says how many in `rounds`): deleting between rounds would cost five minutes of
+results.json says how many in `rounds`): deleting between rounds would cost six minutes of
 waiting each (`deletions.py`). xnatpy, 7-9× slower, runs once, before the rounds.
 
 After each upload the sandbox's peak memory (VmHWM) is read before it stops. Each ingest
