@@ -46,6 +46,7 @@ from harness import (
     client,
     cstore,
     deletions,
+    hostmemory,
     idle,
     machine,
     push,
@@ -235,6 +236,24 @@ def _run(argv: list[str] | None) -> int:
         "load_before": machine.load_average(),
     }
     _say(f"load average before: {results['load_before']}")
+    with hostmemory.held(enabled=not args.quick) as memory:
+        results["machine"].update(memory)
+        _say(f"free page reporting: {memory['free page reporting']}")
+        _measure(args, steps, parts, results)
+    results["load_after"] = machine.load_average()
+    results["seconds"] = time.monotonic() - started
+    written = report.write(results, args.out)
+    _say(f"load average after: {results['load_after']}")
+    for row in report.targets(results):
+        _say(f"{row['verdict']:>10}  {row['target']}: {row['measured']}")
+    _say(f"wrote {written} in {results['seconds'] / 60:.1f} min")
+    return 0
+
+
+def _measure(
+    args: argparse.Namespace, steps: dict[str, Any], parts: set[str], results: dict[str, Any]
+) -> None:
+    """Every part of the run, in a temporary folder removed at the end (unless `--keep`)."""
     work = Path(tempfile.mkdtemp(prefix="xnatdrop-bench-", dir=args.workdir))
     try:
         with servers.null_sink(work / "nullsink.log") as sink:
@@ -286,14 +305,6 @@ def _run(argv: list[str] | None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    results["load_after"] = machine.load_average()
-    results["seconds"] = time.monotonic() - started
-    written = report.write(results, args.out)
-    _say(f"load average after: {results['load_after']}")
-    for row in report.targets(results):
-        _say(f"{row['verdict']:>10}  {row['target']}: {row['measured']}")
-    _say(f"wrote {written} in {results['seconds'] / 60:.1f} min")
-    return 0
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ def test_quick_run_writes_every_section_plot_and_result(tmp_path: Path) -> None:
         assert f"(benchmarks/{name})" in report
     results = json.loads((out / "benchmarks" / "results.json").read_text())
     assert results["quick"] is True
+    # a quick run leaves the VM's free page reporting as it found it, and says so
+    reporting = results["machine"]["free page reporting"]
+    assert reporting == "not present on this machine" or "left on" in reporting
     for part in ("size_series", "files_series", "share", "cstore", "idle", "settle"):
         assert results[part], part
     assert all(step["client"]["check"]["count"] == step["count"] for step in results["size_series"])
@@ -327,6 +330,44 @@ def test_a_bulk_deletion_holds_the_next_timed_writers_a_small_one_does_not(tmp_p
     finally:
         deletions.set_window(deletions.WINDOW_SECONDS)
     assert not small.exists() and not bulk.exists()
+
+
+def test_a_full_run_stops_free_page_reporting_touches_memory_and_restores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. Point `hostmemory.ORDER` at a file holding "9" (the VM's setting; the test must not
+       change the real one) and leave 64 MiB of MemAvailable to touch; hold the memory.
+    2. Result: inside, reporting is off (order 11) and the report names the order, the GiB
+       touched and the restore; after, "9" is back, also when the block raises. A quick run
+       writes nothing; without the setting the report says so."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import hostmemory
+
+    order = tmp_path / "page_reporting_order"
+    order.write_text("9\n")
+    monkeypatch.setattr(hostmemory, "ORDER", order)
+    available = int(
+        next(
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemAvailable:")
+        )
+    )
+    monkeypatch.setattr(hostmemory, "MARGIN", available * 1024 - (64 << 20))
+    with hostmemory.held(enabled=True) as found:
+        assert order.read_text() == "11\n"
+        said = found["free page reporting"]
+        assert said.startswith("order 9, stopped for the run and restored after;")
+        assert "0.1 GiB of free memory touched" in said
+    assert order.read_text() == "9\n"
+    with pytest.raises(RuntimeError), hostmemory.held(enabled=True):
+        raise RuntimeError("a part of the run failed")
+    assert order.read_text() == "9\n"
+    with hostmemory.held(enabled=False) as found:
+        assert order.read_text() == "9\n" and "left on" in found["free page reporting"]
+    monkeypatch.setattr(hostmemory, "ORDER", tmp_path / "absent")
+    with hostmemory.held(enabled=True) as found:
+        assert found == {"free page reporting": "not present on this machine"}
 
 
 def test_the_null_sink_counts_every_byte_it_discards(tmp_path: Path) -> None:
