@@ -217,6 +217,7 @@ def _run(argv: list[str] | None) -> int:
         args.xnatpy_max_gb if args.xnatpy_max_gb is not None else steps["push_max_gb"],
     )
     deletions.set_window(steps["deletion_window"])
+    deletions.assume_recent()
     args.workdir.mkdir(parents=True, exist_ok=True)
     check_disk(args.workdir, steps, parts)
     # The push, the daemon and the sandboxes start from bytecode, as from an installed wheel: where

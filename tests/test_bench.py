@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import zipfile
@@ -308,7 +309,8 @@ def test_a_bulk_deletion_holds_the_next_timed_writers_a_small_one_does_not(tmp_p
        `wait_out` after each (the window set to 0.2 s for the test, 0 afterwards restored).
     2. Result: after the small one nothing is held (0 s); after the bulk one `wait_out` holds
        the writers (> 0 s) and a second call right after holds nothing: the window has passed.
-       Both folders are gone."""
+       A run's start (`assume_recent`) holds them as a bulk deletion does. Both folders are
+       gone."""
     sys.path.insert(0, str(REPO / "bench"))
     from harness import deletions
 
@@ -325,6 +327,10 @@ def test_a_bulk_deletion_holds_the_next_timed_writers_a_small_one_does_not(tmp_p
         deletions.remove(small)
         assert deletions.wait_out() == 0.0
         deletions.remove(bulk)
+        assert deletions.wait_out() > 0.0
+        assert deletions.wait_out() == 0.0
+        # a run's start counts as a bulk deletion: what was deleted before it is unknown
+        deletions.assume_recent()
         assert deletions.wait_out() > 0.0
         assert deletions.wait_out() == 0.0
     finally:
@@ -368,6 +374,36 @@ def test_a_full_run_stops_free_page_reporting_touches_memory_and_restores_it(
     monkeypatch.setattr(hostmemory, "ORDER", tmp_path / "absent")
     with hostmemory.held(enabled=True) as found:
         assert found == {"free page reporting": "not present on this machine"}
+
+
+def test_before_each_timed_writer_what_the_step_wrote_leaves_the_page_cache_but_the_zip(
+    tmp_path: Path,
+) -> None:
+    """1. Write a step's zip and two earlier writers' files (one nested, as a sandbox's), read
+       them all into the page cache, then `push.release` the step's scratch folder.
+    2. Result: the earlier writers' files are no longer resident (`fincore`: 0 bytes), so the
+       next writer finds the same free memory; the zip the writers read stays resident."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from harness import push
+
+    def resident(path: Path) -> int:
+        done = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return int(done.stdout.strip())
+
+    scratch = tmp_path / "scratch"
+    zip_path = scratch / "upload.zip"
+    written = [scratch / "files-0" / "1" / "a.dcm", scratch / "round-0" / "xnat" / "b.dcm"]
+    for path in (zip_path, *written):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(1 << 20))
+        path.read_bytes()
+    assert all(resident(path) > 0 for path in (zip_path, *written))
+    push.release(scratch, zip_path)
+    assert [resident(path) for path in written] == [0, 0]
+    assert resident(zip_path) == 1 << 20
 
 
 def test_the_null_sink_counts_every_byte_it_discards(tmp_path: Path) -> None:

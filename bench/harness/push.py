@@ -23,7 +23,11 @@ For one workload (a subject folder in a drop root):
    sandbox's depth (`prearchive_layout`: one folder per series, the entry path made one file
    name), so its folders and files land in block groups like the import's. Before stop 17
    the writers deleted their files as they went, and each later one paid for the earlier
-   ones' deletions.
+   ones' deletions. And each starts with the same free memory: what the step's writers wrote
+   before it is dropped from the page cache first (`release`), so that no writer has to
+   reclaim pages the earlier ones filled. A 2 GB step writes about 34 GB (pairs, rounds,
+   peers) on this 24 GB VM: until stop 34 its first writers found free memory and the push
+   rounds at its end reclaimed as they wrote.
 2. `curl` does what a person does by hand: POST that zip to the import service (DICOM-zip,
    into the prearchive) of a fresh sandbox, then `POST /data/services/archive` of the
    prearchive session it names; the same XNAT operations xnatdrop's push performs. curl's own
@@ -145,6 +149,19 @@ def prearchive_layout(name: str) -> str:
     series = name.rpartition("/")[0] or "1"
     return f"prearchive/{servers.PROJECT}/20000101_000000000/S/SCANS/{series}/DICOM/" + re.sub(
         r"[^A-Za-z0-9_.-]", "_", name
+    )
+
+
+def release(scratch: Path, zip_path: Path) -> None:
+    """Drop from the page cache every file the step's timed writers have written so far
+    (all under `scratch` but the zip, which the writers read), written out first, so that the
+    next writer finds as much free memory as the one before it (module docstring)."""
+    os.sync()
+    machine.drop_cache(
+        path
+        for folder, _, names in os.walk(scratch)
+        for path in (os.path.join(folder, name) for name in names)
+        if path != str(zip_path)
     )
 
 
@@ -441,10 +458,10 @@ def ingest_pairs(zip_path: Path, scratch: Path, label: str, pairs: int) -> dict[
         found["waited_seconds"] += deletions.wait_out()
         files_first = index % 2 == 0
         for side in ("files", "import") if files_first else ("import", "files"):
+            release(scratch, zip_path)  # and written out, as `disk_write_files` does too
             if side == "files":
                 found["files"].append(files_run(zip_path, scratch, f"files-{index}"))
             else:
-                os.sync()  # as `disk_write_files` does before it
                 found["import"].append(
                     import_only(zip_path, scratch, f"xnat-import-{index}", label)
                 )
@@ -508,12 +525,14 @@ def measure(
     results["waited_for_deletions_seconds"] = pairs["waited_seconds"] + deletions.wait_out()
     results["pairs_kept"] = len(pairs["kept"]) // 2
     results["files_first"] = [*pairs["files_first"], True]
+    release(scratch, zip_path)
     files_runs = [*pairs["files"], files_run(zip_path, scratch)]
     results["disk_write_files"] = _best(files_runs, size)
+    release(scratch, zip_path)
     results["store_floor"] = {"seconds": store_floor(zip_path, scratch)}
     # Each client starts cold: its zip, or the folder's files, dropped first (module docstring).
     if peers:
-        os.sync()
+        release(scratch, zip_path)
         machine.drop_cache(work.files)
         results["xnatpy"] = xnatpy(work.folder, scratch, label)
     rounds = push_rounds(size, machine.free_bytes(scratch))
@@ -523,7 +542,7 @@ def measure(
         round_folder = scratch / f"round-{index}"
         round_folder.mkdir()
         for side in ("curl", "xnatdrop") if index % 2 == 0 else ("xnatdrop", "curl"):
-            os.sync()
+            release(scratch, zip_path)
             if side == "curl":
                 machine.drop_cache([zip_path])
                 curl_runs.append(curl(zip_path, round_folder, label))

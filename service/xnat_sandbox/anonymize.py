@@ -273,7 +273,7 @@ def _edits(
                 out = DicomBytesIO()
                 out.is_little_endian, out.is_implicit_VR = True, implicit
                 write_data_element(out, mini[tag], encodings)
-                edits[tag] = out.getvalue()
+                edits[int(tag)] = out.getvalue()  # int: `splice` sorts them, per file
             return edits
     except dicomedit.PYDICOM_ERRORS:
         return None  # `rewrite` raises or decides; it has the last word
