@@ -19,8 +19,8 @@ samples in `recently_deleted`, `find_get_block_common`, `ext4_get_group_desc` an
 `find_inode_bit` against under 4 %). Until stop 34 the wait was 301 s, which left the minute
 between 300 and 360 s: after 15,000 deletions, four 500 MB N-file writes in a row spent 0.84,
 0.98, 0.21 and 0.20 s of system CPU starting 301 s after them, and 0.26, 0.20, 0.19 and 0.19 s
-starting 361 s after them. In the full runs of stop 33 the step's first N-file write was the
-cheap one and the writers a few seconds later up to 5× dearer, which decided the ingest row.
+starting 361 s after them. In the full runs of stop 33 the step's first N-file write, 301 s
+after the last deletion, was the cheap one and the writers seconds later up to 5× dearer.
 
 The push step therefore deletes nothing between its timed writers (each writes into its own
 folder; all are removed at the end), and every bulk deletion of the run goes through `remove`,

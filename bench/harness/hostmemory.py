@@ -12,8 +12,8 @@ samples in `copy_folio_from_iter_atomic`) against 0.24-0.30 s.
 Which timed writer lands in reported memory depends on what was freed before it: a sandbox
 that exited, a folder deleted, pages dropped for a cold read. The N-file write's first round is
 sometimes in backed memory and the imports after it in reported memory, or the other way round.
-Until stop 34 that decided the ingest row of the full runs (0.22× and 0.33× in one run, 1.41×
-and 1.58× in another, for the same code).
+With ext4's recency window (`deletions.py`), that is what moved the ingest row between the full
+runs of stop 33 (0.22× at 500 MB in one, 0.33× at 2 GB in the next, 0.82-1.77× elsewhere).
 
 So a full run holds its memory, as `pyperf system tune` holds the CPU's frequency: it stops
 the reporting (`page_reporting_order` above the largest order the buddy allocator has, so no
