@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from harness import machine
 
 ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
 OFF = 11
@@ -79,9 +80,7 @@ def held(enabled: bool) -> Iterator[dict[str, str]]:
 
 def touch_free_memory() -> tuple[int, float]:
     """Write to every page of MemAvailable but `MARGIN` once, then free it: (bytes, seconds)."""
-    meminfo = Path("/proc/meminfo").read_text()
-    match = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M)
-    size = (int(match.group(1)) * 1024 - MARGIN) // CHUNK * CHUNK if match else 0
+    size = (machine.meminfo_kb("MemAvailable") * 1024 - MARGIN) // CHUNK * CHUNK
     if size <= 0:
         return 0, 0.0
     started = time.monotonic()

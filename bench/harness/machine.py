@@ -24,7 +24,7 @@ def load_average() -> tuple[float, float, float]:
 def describe(workdir: Path) -> dict[str, str]:
     """Cores, CPU model, memory, the disk under `workdir`, kernel, Python and tool versions."""
     cpu = _first(Path("/proc/cpuinfo"), r"^model name\s*:\s*(.+)$") or platform.processor()
-    memory_kb = int(_first(Path("/proc/meminfo"), r"^MemTotal:\s+(\d+) kB") or 0)
+    memory_kb = meminfo_kb("MemTotal")
     usage = shutil.disk_usage(workdir)
     device, fstype = _mount_of(workdir)
     return {
@@ -47,6 +47,11 @@ def describe(workdir: Path) -> dict[str, str]:
             if version
         ),
     }
+
+
+def meminfo_kb(field: str) -> int:
+    """A /proc/meminfo field (MemTotal, MemAvailable, ...) in kB; 0 where there is none."""
+    return int(_first(Path("/proc/meminfo"), rf"^{field}:\s+(\d+) kB") or 0)
 
 
 def _first(path: Path, pattern: str) -> str | None:
