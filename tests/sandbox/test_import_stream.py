@@ -385,20 +385,23 @@ def test_a_rewritten_header_is_checked_and_written_off_the_request_thread(tmp_pa
     assert callers and set(callers) == {"sandbox-entry-writer"}
 
 
-def test_a_file_in_pieces_is_written_with_one_system_call(tmp_path, monkeypatch):
-    """A file's pieces (rewritten header, kept bytes, the rest as received) go to the disk in
-    one `writev`: each system call of a writer thread gives the GIL up and takes it back from
-    the request thread. Bytes only checked (the header as received) are not written."""
-    calls: list[int] = []
-    real_writev = entrywriter.os.writev
+def test_a_hand_over_is_written_with_one_call(tmp_path, monkeypatch):
+    """A file's pieces go to `write_files` as one item with its written buffers, and a
+    hand-over's files as one call: each call gives the GIL up and takes it back from the request
+    thread. Bytes only checked (the header as received) are not written."""
+    calls: list[list[tuple]] = []
+    real_write_files = entrywriter.write_files
 
-    def writev(fd, buffers):
-        calls.append(len(buffers))
-        return real_writev(fd, buffers)
+    def write_files(items):
+        calls.append(
+            [(target, [bytes(b) for b in buffers], close) for target, buffers, close in items]
+        )
+        return real_write_files(items)
 
-    monkeypatch.setattr(entrywriter.os, "writev", writev)
+    monkeypatch.setattr(entrywriter, "write_files", write_files)
     writer = entrywriter.EntryWriter(1)
     result: list[object] = []
+    other: list[object] = []
     received = [b"a" * 100, b"b" * 5000, b"c" * 3]
     try:
         handle = writer.begin(str(tmp_path / "f.dcm"), result, 0)
@@ -407,12 +410,21 @@ def test_a_file_in_pieces_is_written_with_one_system_call(tmp_path, monkeypatch)
         writer.write(handle, received[1])
         writer.write(handle, received[2])
         writer.end(handle, zlib.crc32(b"".join(received)))
+        second = writer.begin(str(tmp_path / "g.dcm"), other, 0)
+        writer.write(second, b"g" * 10)
+        writer.end(second, zlib.crc32(b"g" * 10))
         writer.drain()
     finally:
         writer.close()
-    assert calls == [3]
+    assert calls == [
+        [
+            (str(tmp_path / "f.dcm"), [b"HEAD", received[1], received[2]], True),
+            (str(tmp_path / "g.dcm"), [b"g" * 10], True),
+        ]
+    ]
     assert (tmp_path / "f.dcm").read_bytes() == b"HEAD" + received[1] + received[2]
     assert result == [4 + 5003]
+    assert other == [10]
 
 
 def test_a_short_write_goes_on_where_it_stopped(tmp_path, monkeypatch):
