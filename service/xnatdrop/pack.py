@@ -34,7 +34,8 @@ CRC-32 and 20 GB/s or more for ISA-L's, `zipformat.crc32`), and hashlib releases
 ahead, so memory stays flat whatever the session size:
 - consecutive files of up to RUN bytes in all (JOB while fewer than LANES) are one *run*: read
   straight into a buffer behind room for their headers, headers filled in, their MD5s taken
-  together, eight at a time (`md5lanes`); one job, one piece, one send per run, not per file
+  together, sixteen or eight at a time (`md5lanes`); one job, one piece, one send per run, not
+  per file
   (a future, a header write and a socket send per 44 KB file cost about as much as hashing
   it). Each run's files are opened soon after the run is handed out, by
   whichever reader starts its next job first (`packread.Prefetches`), and the kernel asked to read
@@ -73,7 +74,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xnatdrop import buffers, names, packread, packrecords, rules, zipformat
+from xnatdrop import buffers, md5lanes, names, packread, packrecords, rules, zipformat
 from xnatdrop.packread import CHUNK, Changed, FileError
 from xnatdrop.packrecords import Manifest, ManifestFile, Plan
 from xnatdrop.packrecords import Planned as Planned  # re-exported: pack.Planned
@@ -85,7 +86,7 @@ WHOLE_FILE = 8 << 20  # files up to this size are read whole by a reader thread
 WINDOW = 8 << 20  # bytes read ahead of the sender, at most
 READERS = 2  # the host has 2 cores; hashing is the bottleneck
 RUN = 1 << 20  # small files are read, hashed and sent in runs of about this many bytes
-LANES, JOB = 8, 4 << 20  # a run of fewer files goes on up to JOB bytes (md5lanes: 8 at once)
+LANES, JOB = md5lanes.LANES, 4 << 20  # a run of fewer files goes on up to JOB bytes
 OPEN_AHEAD = 128  # small files of the runs handed out, opened and read by the kernel, at most
 HEADER = 256  # room counted in a run for each local header (ZIP_NAME_MAX + fixed fields)
 

@@ -57,14 +57,14 @@ def read_run(
     A piece is each file's local header followed by its data, the data read straight into
     place (`readv`) and the header written in place once its CRC is known: one buffer, one
     send, one future per run instead of per file. A run longer than the pool's buffers
-    (`pack._runs`: one of fewer than eight files) fills several, each with whole entries.
+    (`pack._runs`: one of fewer than `LANES` files) fills several, each with whole entries.
     `run` is the files' columns (`Plan.columns`: paths, sizes, zip names, mtimes), every file
     at most RUN bytes (no ZIP64 header). `opened` gives each file's descriptor, opened ahead
     by a reader (`prefetch`, `Prefetches`), or None for one to open now (its error
     raised here, in order); read_run closes them all.
     Returns the pieces, the MD5 digests (16 bytes each), the CRC-32s and each entry's length
     in the zip (header and data). The MD5s are taken after the loop, the run's files in one
-    call (`md5lanes`: eight at a time in AVX2's lanes, 4.5 times hashlib's rate, the GIL
+    call (`md5lanes`: sixteen or eight at a time in SIMD lanes, 4.5 times hashlib's rate, the GIL
     released); the header needs only the CRC (ISA-L's holds the GIL, about 0.03 ns a byte).
 
     Per file this is the loop the whole upload runs 50,000 times and more, so it does only

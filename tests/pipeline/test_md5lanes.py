@@ -1,5 +1,5 @@
-"""The MD5s of a run's files eight at a time (`xnatdrop._md5lanes`, wrapped by `md5lanes`)
-against hashlib, span by span.
+"""The MD5s of a run's files sixteen or eight at a time (`xnatdrop._md5lanes`, wrapped by
+`md5lanes`) against hashlib, span by span, in both lane widths where the CPU has both.
 
 The compiled function is called directly (the wrapper hands a single span to hashlib): sizes in
 every padding class (the last block with room for the length, or a block more), spans that
@@ -30,11 +30,20 @@ PADDING = sorted({64 * k + r for k in range(4) for r in (0, 1, 55, 56, 57, 63)} 
 
 
 def compiled():  # type: ignore[no-untyped-def]
-    """The extension's function; a failure (not a skip) when it is not built. On a CPU
+    """The extension's function; a failure (not a skip) when it is not built. Each call runs
+    in the CPU's widest lanes (16 with AVX-512) and in AVX2's eight, which must agree. On a CPU
     without AVX2 (where it raises RuntimeError) the twin, which these tests then check."""
     from xnatdrop import _md5lanes
 
-    return _md5lanes.md5_spans if cpu_has_avx2() else md5lanes.md5_spans_hashlib
+    if not cpu_has("avx2"):
+        return md5lanes.md5_spans_hashlib
+
+    def both(*arguments: Any) -> bytes:
+        widest = _md5lanes.md5_spans(*arguments)
+        assert _md5lanes.md5_spans8(*arguments) == widest
+        return widest
+
+    return both
 
 
 def expected(buffer: bytes | memoryview, starts: list[int], sizes: list[int]) -> bytes:
@@ -44,9 +53,13 @@ def expected(buffer: bytes | memoryview, starts: list[int], sizes: list[int]) ->
     )
 
 
-def cpu_has_avx2() -> bool:
+def cpu_has(flag: str) -> bool:
     flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if "flags" in line]
-    return bool(flags) and "avx2" in flags[0].split()
+    return bool(flags) and flag in flags[0].split()
+
+
+def cpu_has_avx2() -> bool:
+    return cpu_has("avx2")
 
 
 def test_the_md5_lanes_are_built_and_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,6 +70,9 @@ def test_the_md5_lanes_are_built_and_used(tmp_path: Path, monkeypatch: pytest.Mo
 
     assert _md5lanes.AVX2 is cpu_has_avx2()
     assert md5lanes.COMPILED is cpu_has_avx2()
+    lanes = (16 if cpu_has("avx512f") else 8) if cpu_has_avx2() else 0
+    assert lanes == _md5lanes.LANES
+    assert pack.LANES == md5lanes.LANES == (_md5lanes.LANES or 8)
     calls = []
     real = _md5lanes.md5_spans
 
@@ -159,9 +175,10 @@ def test_spans_in_several_pieces(case: tuple[list[int], list[int]], data: st.Dat
 
 @pytest.mark.parametrize("size", PADDING)
 def test_each_padding_class_in_every_lane(size: int) -> None:
-    """Nine spans of one size: all eight lanes end together, and one lane takes a ninth."""
-    starts = [1 + 7 * i for i in range(9)]
-    assert compiled()(DATA, starts, [size] * 9) == expected(DATA, starts, [size] * 9)
+    """Seventeen spans of one size: all sixteen (or eight) lanes end together, and one lane
+    takes the seventeenth (eight: twice more)."""
+    starts = [1 + 7 * i for i in range(17)]
+    assert compiled()(DATA, starts, [size] * 17) == expected(DATA, starts, [size] * 17)
 
 
 def test_one_long_span_among_many_short_ones() -> None:
