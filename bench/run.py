@@ -178,6 +178,9 @@ def run_files(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; on an error print one line naming it and return 1."""
+    # As xnatdrop's entry point sets it (xnatdrop/entry.py): the probes import pydicom, whose
+    # numpy's OpenBLAS would otherwise spin a thread for 0.1 s of CPU in each timed child.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         return _run(argv)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
