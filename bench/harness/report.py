@@ -509,8 +509,11 @@ def _method(results: dict[str, Any]) -> list[str]:
         "step ends (the table says how many; results.json keeps each round as `round_seconds` "
         "and the push's two requests as `requests_seconds_each`); the push's peak memory is "
         "the highest of its rounds. xnatpy runs once. Until stop 33 each ran once.",
-        "- **Sandbox ingest** is curl's import request alone: curl's own cost is nil, so its "
-        "rate is the sandbox's (body read as it arrives, as XNAT's ZipInputStream reads it, "
+        "- **Sandbox ingest** is curl's import request alone: curl streams the prebuilt zip "
+        "at little CPU of its own (about 0.3 s for 500 MB), so its rate is the sandbox's; a "
+        "child such as curl is timed from its start to a blocking wait for its exit (until "
+        "stop 35 a polling wait added 0-50 ms to each) "
+        "(body read as it arrives, as XNAT's ZipInputStream reads it, "
         "every entry's CRC checked and stored in the prearchive, the site script applied; no "
         "MD5: XNAT computes the catalog digests at archive). Its "
         "baseline, **disk write (N files)**, writes the same zip's entries as N files on the "

@@ -20,8 +20,8 @@
 #define IV_C 0x98badcfeu
 #define IV_D 0x10325476u
 
-/* RFC 1321, 3.4: the 64 steps, as (function, a, b, c, d, message word, shift, step); each ISA
-   below expands them with its own STEP. */
+/* RFC 1321, 3.4: the 64 steps, as (function, a, b, c, d, message word, shift, step); each
+   instruction set's kernel (_md5lanes_kernels.c) expands them with its own STEP. */
 #define MD5_STEPS(S)                                                                           \
     S(F, a, b, c, d, 0, 7, 0)    S(F, d, a, b, c, 1, 12, 1)   S(F, c, d, a, b, 2, 17, 2)       \
     S(F, b, c, d, a, 3, 22, 3)   S(F, a, b, c, d, 4, 7, 4)    S(F, d, a, b, c, 5, 12, 5)       \
