@@ -87,6 +87,8 @@ WRITTEN, CHECKED = 1, 2
 _Piece = tuple[bytes | bytearray | memoryview, int]
 #: a file's next pieces, and whether they are its last; a hand-over is a list of them
 _Batch = tuple[_File, list[_Piece], bool]
+#: what `write_files` takes for each file: its open descriptor or its path, buffers, close it
+_Item = tuple[int | str, list[bytes | bytearray | memoryview], bool]
 
 
 class EntryWriter:
@@ -220,7 +222,7 @@ class EntryWriter:
         first (ISA-L's holds the GIL: 5 µs for a 136 KB file); a file whose CRC does not match
         is written, as `ZipInputStream` reads an entry to its end before it checks, and the
         files after it are not."""
-        items: list[tuple[int | str, list[bytes | bytearray | memoryview], bool]] = []
+        items: list[_Item] = []
         mismatch = None
         for handle, pieces, last in batches:
             buffers = []
@@ -246,9 +248,7 @@ class EntryWriter:
                 handle.result.append(handle.size)
 
 
-def write_files_python(
-    items: list[tuple[int | str, list[bytes | bytearray | memoryview], bool]],
-) -> list[tuple[int, int, int]]:
+def write_files_python(items: list[_Item]) -> list[tuple[int, int, int]]:
     """`_entrywriter_c.write_files` in Python, for where it is not built: each item (a file's
     open descriptor or its path to create, its buffers, whether to close it) opened, written
     with `writev`s and closed, in order; one (descriptor or -1, bytes written, errno or 0) an
@@ -256,7 +256,7 @@ def write_files_python(
     back, which the C one does once a hand-over."""
     answers = []
     for target, buffers, close in items:
-        out, written = (target, 0) if isinstance(target, int) else (-1, 0)
+        out, written = target if isinstance(target, int) else -1, 0
         try:
             if out < 0:
                 out = os.open(target, _CREATE, 0o666)
