@@ -41,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# As xnatdrop's entry point sets it (xnatdrop/entry.py), before the harness imports pydicom and
+# matplotlib (both import numpy): numpy's OpenBLAS would otherwise spin a thread for 0.1 s of
+# CPU in this process and in each timed child, which inherits the setting.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from harness import (
     client,
@@ -178,9 +182,6 @@ def run_files(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; on an error print one line naming it and return 1."""
-    # As xnatdrop's entry point sets it (xnatdrop/entry.py): the probes import pydicom, whose
-    # numpy's OpenBLAS would otherwise spin a thread for 0.1 s of CPU in each timed child.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         return _run(argv)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
