@@ -21,23 +21,15 @@ static int cpu_avx2 = 0, cpu_avx512 = 0;
 
 #if HAVE_AVX2_BUILD
 
-/* One lane's message: its whole blocks straight from the buffer, then its last one or two
-   blocks (the rest of the data, 0x80, zeros, the length in bits) from `tail`. */
-typedef struct {
-    const uint8_t *block; /* the lane's next block */
-    size_t blocks;        /* blocks left in this part (the buffer's, then the tail's) */
-    size_t tail_blocks;   /* 1 or 2 */
-    Py_ssize_t span;      /* which span (index into starts/sizes), -1: the lane is idle */
-    int in_tail;
-    uint8_t tail[128];
-} Lane;
-
 static const uint8_t idle_block[64]; /* what an idle lane hashes, for nothing */
 
-static void lane_start(Lane *lane, const uint8_t *data, size_t size, Py_ssize_t span)
+static void lane_start(Lanes *lanes, int l, const uint8_t *data, size_t size, Py_ssize_t span)
 {
+    Lane *lane = &lanes->lane[l];
     size_t whole = size / 64, rest = size % 64;
     uint64_t bits = (uint64_t)size * 8;
+    lanes->words[0][l] = IV_A; lanes->words[1][l] = IV_B;
+    lanes->words[2][l] = IV_C; lanes->words[3][l] = IV_D;
     lane->span = span;
     lane->tail_blocks = rest < 56 ? 1 : 2;
     memset(lane->tail, 0, sizeof lane->tail);
@@ -57,40 +49,52 @@ static void lane_idle(Lane *lane)
     lane->blocks = SIZE_MAX;
 }
 
-/* Hash the spans data[order[i]] (sizes[order[i]] bytes) into out + 16 * order[i], `width`
-   lanes at a time with `run_blocks`. `order` hands the longest spans out first, so the lanes
-   finish near together. Needs no GIL. */
-static void hash_spans(const uint8_t *const *data, const Py_ssize_t *sizes,
-                       const Py_ssize_t *order, Py_ssize_t n, uint8_t *out, int width,
-                       RunFn run_blocks)
+#endif /* HAVE_AVX2_BUILD */
+
+void md5lanes_reset(Lanes *lanes, int width)
 {
-    Lane lanes[MAX_LANES];
-    uint32_t words[4][MAX_LANES];
+    lanes->width = width;
+#if HAVE_AVX2_BUILD
+    lanes->run_blocks = width == 16 ? md5lanes_run16 : md5lanes_run8;
+    for (int l = 0; l < MAX_LANES; l++)
+        lane_idle(&lanes->lane[l]);
+#else
+    lanes->run_blocks = NULL;
+#endif
+}
+
+/* Hash the spans data[order[i]] (sizes[order[i]] bytes) from i = *next on, each into
+   out + 16 * order[i], in the lanes' SIMD lanes: a lane whose message ends takes the next.
+   With `drain`, until every message in the lanes is done; without, only while every lane has
+   a message, so that a lane never idles for want of one: the lanes keep their partly hashed
+   messages for the next call (an Engine's). *next moves on past the spans taken; returns the
+   lanes still busy. Needs no GIL. */
+int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *sizes,
+                  const Py_ssize_t *order, Py_ssize_t n, Py_ssize_t *next, uint8_t *out,
+                  int drain)
+{
+    int width = lanes->width, active = 0;
+#if HAVE_AVX2_BUILD
     const uint8_t *block[MAX_LANES];
     int busy[MAX_LANES];
-    Py_ssize_t next = 0;
-    int active = 0;
     for (int l = 0; l < width; l++) {
-        words[0][l] = IV_A; words[1][l] = IV_B; words[2][l] = IV_C; words[3][l] = IV_D;
-        if (next < n) {
-            Py_ssize_t s = order[next++];
-            lane_start(&lanes[l], data[s], (size_t)sizes[s], s);
-            active++;
-        } else {
-            lane_idle(&lanes[l]);
+        if (lanes->lane[l].span < 0 && *next < n) {
+            Py_ssize_t s = order[(*next)++];
+            lane_start(lanes, l, data[s], (size_t)sizes[s], s);
         }
+        active += lanes->lane[l].span >= 0;
     }
-    while (active) {
+    while (active && (drain || active == width)) {
         size_t run = SIZE_MAX; /* blocks every busy lane has before one of them changes */
         for (int l = 0; l < width; l++) {
-            block[l] = lanes[l].block;
-            busy[l] = lanes[l].span >= 0;
-            if (busy[l] && lanes[l].blocks < run)
-                run = lanes[l].blocks;
+            block[l] = lanes->lane[l].block;
+            busy[l] = lanes->lane[l].span >= 0;
+            if (busy[l] && lanes->lane[l].blocks < run)
+                run = lanes->lane[l].blocks;
         }
-        run_blocks(words, block, busy, run);
+        lanes->run_blocks(lanes->words, block, busy, run);
         for (int l = 0; l < width; l++) {
-            Lane *lane = &lanes[l];
+            Lane *lane = &lanes->lane[l];
             if (lane->span < 0)
                 continue;
             lane->block = block[l];
@@ -104,20 +108,29 @@ static void hash_spans(const uint8_t *const *data, const Py_ssize_t *sizes,
                 continue;
             }
             for (int w = 0; w < 4; w++) /* the digest: A, B, C, D, each little-endian */
-                memcpy(out + 16 * lane->span + 4 * w, &words[w][l], 4);
-            words[0][l] = IV_A; words[1][l] = IV_B; words[2][l] = IV_C; words[3][l] = IV_D;
-            if (next < n) {
-                Py_ssize_t s = order[next++];
-                lane_start(lane, data[s], (size_t)sizes[s], s);
+                memcpy(out + 16 * lane->span + 4 * w, &lanes->words[w][l], 4);
+            if (*next < n) {
+                Py_ssize_t s = order[(*next)++];
+                lane_start(lanes, l, data[s], (size_t)sizes[s], s);
             } else {
                 lane_idle(lane);
                 active--;
             }
         }
     }
+#else
+    (void)data; (void)sizes; (void)order; (void)n; (void)next; (void)out; (void)drain;
+    (void)width;
+#endif
+    return active;
 }
 
-#endif /* HAVE_AVX2_BUILD */
+int md5lanes_width(void)
+{
+    return cpu_avx512 ? 16 : cpu_avx2 ? 8 : 0;
+}
+
+
 
 /* The integers of a sequence, each ≥ 0, into a new array (PyMem); NULL with an error set. */
 static Py_ssize_t *read_sizes(PyObject *sequence, const char *what, Py_ssize_t *count)
@@ -269,8 +282,11 @@ static PyObject *spans_in_lanes(PyObject *const *args, Py_ssize_t nargs, int wid
     {
         uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
         Py_BEGIN_ALLOW_THREADS
+        Lanes lanes;
+        Py_ssize_t next = 0;
         longest_first(order, order + n, sizes, n);
-        hash_spans(data, sizes, order, n, out, width, width == 16 ? md5lanes_run16 : md5lanes_run8);
+        md5lanes_reset(&lanes, width);
+        md5lanes_hash(&lanes, data, sizes, order, n, &next, out, 1);
         Py_END_ALLOW_THREADS
     }
 #endif
@@ -314,7 +330,9 @@ static int exec_module(PyObject *module)
 #endif
     if (PyModule_AddObjectRef(module, "AVX2", cpu_avx2 ? Py_True : Py_False) < 0)
         return -1;
-    return PyModule_AddIntConstant(module, "LANES", cpu_avx512 ? 16 : cpu_avx2 ? 8 : 0);
+    if (PyModule_AddType(module, &md5lanes_EngineType) < 0)
+        return -1;
+    return PyModule_AddIntConstant(module, "LANES", md5lanes_width());
 }
 
 static PyModuleDef_Slot slots[] = {

@@ -53,6 +53,33 @@
 typedef void (*RunFn)(uint32_t words[4][MAX_LANES], const uint8_t *block[], const int busy[],
                       size_t run);
 
+/* One lane's message: its whole blocks straight from the caller's buffer, then its last one
+   or two blocks (the rest of the data, 0x80, zeros, the length in bits) from `tail`. */
+typedef struct {
+    const uint8_t *block; /* the lane's next block */
+    size_t blocks;        /* blocks left in this part (the buffer's, then the tail's) */
+    size_t tail_blocks;   /* 1 or 2 */
+    Py_ssize_t span;      /* which span (the caller's index), -1: the lane is idle */
+    int in_tail;
+    uint8_t tail[128];
+} Lane;
+
+/* The lanes and their state words, kept by the caller between calls of md5lanes_hash (an
+   Engine keeps its partly hashed messages there; md5_spans starts from md5lanes_reset). */
+typedef struct {
+    Lane lane[MAX_LANES];
+    uint32_t words[4][MAX_LANES];
+    int width; /* 16 or 8 */
+    RunFn run_blocks;
+} Lanes;
+
+void md5lanes_reset(Lanes *lanes, int width);
+int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *sizes,
+                  const Py_ssize_t *order, Py_ssize_t n, Py_ssize_t *next, uint8_t *out,
+                  int drain);
+int md5lanes_width(void); /* 16 with AVX-512, 8 with AVX2, 0 without */
+extern PyTypeObject md5lanes_EngineType;
+
 #if HAVE_AVX2_BUILD
 void md5lanes_run8(uint32_t words[4][MAX_LANES], const uint8_t *block[], const int busy[],
                    size_t run);

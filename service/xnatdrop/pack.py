@@ -33,15 +33,16 @@ CRC-32 and 20 GB/s or more for ISA-L's, `zipformat.crc32`), and hashlib releases
 `READERS` worker threads read and hash ahead of the sender, in order, at most `WINDOW` bytes
 ahead, so memory stays flat whatever the session size:
 - consecutive files of up to RUN bytes in all (JOB while fewer than LANES) are one *run*: read
-  straight into a buffer behind room for their headers, headers filled in, their MD5s taken
-  together, sixteen or eight at a time (`md5lanes`); one job, one piece, one send per run, not
-  per file
-  (a future, a header write and a socket send per 44 KB file cost about as much as hashing
-  it). Each run's files are opened soon after the run is handed out, by
-  whichever reader starts its next job first (`packread.Prefetches`), and the kernel asked to read
-  them in the background (`packread.prefetch`): a cold small file no longer waits for its own
-  disk read while the disk has nothing else to do (OPEN_AHEAD files at most; the plan asks
-  for the first window already);
+  straight into a buffer behind room for their headers, headers filled in, then handed to the
+  MD5 lanes (`md5lanes.Lanes`), which hash sixteen or eight files at a time and keep their
+  lanes full across runs: a file's digest may come after a later run's, so the manifest's
+  rows follow the runs sent as their files are hashed (`packread.Digests`); one job, one
+  piece, one send per run, not per file (a future, a header write and a socket send per
+  44 KB file cost about as much as hashing it). Each run's files are opened soon after the
+  run is handed out, by whichever reader starts its next job first (`packread.Prefetches`),
+  and the kernel asked to read them in the background (`packread.prefetch`): a cold small
+  file no longer waits for its own disk read while the disk has nothing else to do
+  (OPEN_AHEAD files at most; the plan asks for the first window already);
 - a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces (`packread`
   reads and hashes, in the reader threads);
 - a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
@@ -176,9 +177,11 @@ def _ask_ahead(directory: int, name: str, length: int) -> None:
 
 
 def _pool() -> buffers.Buffers:
-    """Enough buffers for every run the window holds, those in the readers' hands and the
-    pieces the sender holds; each fits a run or a CHUNK with a header."""
-    return buffers.Buffers(WINDOW // CHUNK + READERS * WHOLE_FILE // CHUNK + 4, RUN + 4096)
+    """Enough buffers for every run the window holds, those in the readers' hands, the pieces
+    the sender holds and those whose files wait in the MD5 lanes (one file a lane at most);
+    each fits a run or a CHUNK with a header."""
+    count = WINDOW // CHUNK + READERS * WHOLE_FILE // CHUNK + 4 + LANES
+    return buffers.Buffers(count, RUN + 4096)
 
 
 def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -202,7 +205,11 @@ _Job = concurrent.futures.Future  # of packread's read_run, read_one or digest_f
 
 
 def _read_ahead(
-    base: str, planned: Sendable, readers: concurrent.futures.Executor, pool: buffers.Buffers
+    base: str,
+    planned: Sendable,
+    readers: concurrent.futures.Executor,
+    pool: buffers.Buffers,
+    lanes: md5lanes.Lanes,
 ) -> Iterator[tuple[int, int, Any]]:
     """Each run of the plan (`_runs`) with its read result, in order, read ahead by `readers`.
 
@@ -242,7 +249,9 @@ def _read_ahead(
                     run_files = planned.columns(start, stop)
                     descriptors = prefetches.add(run_files)
                     future = readers.submit(
-                        prefetches.then, packread.read_run, base, run_files, pool, descriptors
+                        prefetches.then,
+                        packread.read_run,
+                        *(base, run_files, pool, descriptors, lanes, start),
                     )
                     cost = sum(sizes[start:stop]) + HEADER * (stop - start)
                     opened += stop - start
@@ -266,13 +275,22 @@ def digest(folder: Path, planned: Plan) -> Manifest:
     """The manifest of the planned files, hashing them without sending."""
     base = os.fspath(folder)
     digests = bytearray()
+    found = packread.Digests()
     with concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="hash") as readers:
-        for start, _, read in _read_ahead(base, planned, readers, _pool()):
-            if planned.sizes[start] > WHOLE_FILE:
-                digests += read[0]
-            else:
-                digests += read[1]
+        for start, stop, read in _read_ahead(base, planned, readers, _pool(), found.lanes):
+            found.read(start, stop, _digest(planned.sizes[start], read))
+            for _, _, md5 in found.ready():
+                digests += md5
+    for _, _, md5 in found.rest():
+        digests += md5
     return Manifest.sent(planned.zip_size, planned, bytes(digests))
+
+
+def _digest(size: int, read: Any) -> bytes | None:
+    """The MD5 in a reader's result for a run whose first file is `size` bytes: a large
+    file's (digest_file's or read_one's); None for a run's files, which the lanes hash."""
+    md5: bytes | None = read[0] if size > WHOLE_FILE else read[1] if size > RUN else None
+    return md5
 
 
 # -- the streamed zip ------------------------------------------------------------------------
@@ -306,6 +324,7 @@ class Body:
         self._manifest_file = manifest_file
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="upload")
         self._buffers = _pool()
+        self._digests = packread.Digests()
         self._pieces = self._generate()
         self._done = False
         self._failed: BaseException | None = None
@@ -340,22 +359,34 @@ class Body:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _hashed(self, start: int, stop: int, md5: bytes, digests: bytearray) -> None:
+        """Files `start`-`stop`, sent and hashed: their manifest rows, and their digests kept
+        for the manifest passed at the end when it is wanted."""
+        if self._manifest_file is not None:
+            rows = packrecords.manifest_rows(self._plan, start, stop, md5)
+            _saving(self._manifest_file.write, rows)
+        if self._on_manifest is not None:
+            digests += md5
+
     def _generate(self) -> Iterator[bytes | bytearray]:
         writer = zipformat.Writer()
         plan = self._plan  # read by position: a `Planned` made only for a large file
         sizes = plan.sizes
         base = os.fspath(self._folder)
-        keep = self._on_manifest is not None  # the whole manifest is wanted at the end
-        digests = bytearray()
+        digests = bytearray()  # the whole manifest's, when it is wanted at the end
         text = self._manifest_file
         committing: concurrent.futures.Future[None] | None = None
         try:
             if text is not None:
                 _saving(text.open, packrecords.manifest_head(self._plan))
-            for start, stop, read in _read_ahead(base, self._plan, self._readers, self._buffers):
+            found = self._digests
+            for start, stop, read in _read_ahead(
+                base, self._plan, self._readers, self._buffers, found.lanes
+            ):
+                found.read(start, stop, _digest(sizes[start], read))
                 if sizes[start] > WHOLE_FILE:
                     planned = plan.planned(start)
-                    md5, crc = read
+                    _, crc = read
                     header = zipformat.local_header(
                         planned.zip_name, planned.size, crc, planned.mtime
                     )
@@ -363,18 +394,17 @@ class Body:
                     yield from packread.copy(path, planned.size, crc, header, self._buffers)
                     writer.entry(crc, len(header) + planned.size)
                 else:
-                    pieces, md5, crcs, lengths = read
+                    pieces, *_, crcs, lengths = read  # read_one's has its MD5 between
                     if len(crcs) != stop - start:
                         raise AssertionError("a run read other files than planned")  # a bug
                     yield from pieces
                     writer.entries(crcs, lengths)
-                if text is not None:
-                    # Written once the run is sent, while the readers read the next ones:
-                    # the sender would otherwise wait for them.
-                    rows = packrecords.manifest_rows(plan, start, stop, md5)
-                    _saving(text.write, rows)
-                if keep:
-                    digests += md5
+                # Rows written once their run is sent and its files hashed, while the readers
+                # read the next ones: the sender would otherwise wait for them.
+                for hashed in found.ready():
+                    self._hashed(*hashed, digests)
+            for hashed in found.rest():
+                self._hashed(*hashed, digests)
             if text is not None:
                 # Made durable by a reader, idle now, while this thread builds the central
                 # directory's first pieces (`_built_while`); none is sent before it is saved.

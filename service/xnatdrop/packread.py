@@ -4,8 +4,9 @@
 `read_one` a file up to `pack.WHOLE_FILE` into CHUNK pieces, `digest_file` and `copy` a larger
 one in two passes (its CRC must precede its data: a STORED entry cannot have a data descriptor
 for XNAT's ZipInputStream). Each returns or yields pieces taken from `pack`'s buffer pool, with
-the MD5 digests and CRC-32s the body and its manifest need; a file that differs from the plan
-raises `Changed`, any other OSError `FileError` (see `pack` for why neither is an OSError).
+the MD5 digests (a run's through `md5lanes.Lanes`) and CRC-32s the body and its manifest need;
+a file that differs from the plan raises `Changed`, any other OSError `FileError` (see `pack`
+for why neither is an OSError).
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ def read_run(
     run: Run,
     pool: buffers.Buffers,
     opened: concurrent.futures.Future[list[int | None]],
-) -> tuple[list[bytearray], bytes, list[int], list[int]]:
-    """Read and hash a run of small files (in a reader thread) into pieces of the zip.
+    lanes: md5lanes.Lanes,
+    first: int,
+) -> tuple[list[bytearray], list[int], list[int]]:
+    """Read a run of small files (in a reader thread) into pieces of the zip, and hand them to
+    `lanes` to hash, tagged by their place in the plan (`first` is the run's first file's).
 
     A piece is each file's local header followed by its data, the data read straight into
     place (`readv`) and the header written in place once its CRC is known: one buffer, one
@@ -62,10 +66,11 @@ def read_run(
     at most RUN bytes (no ZIP64 header). `opened` gives each file's descriptor, opened ahead
     by a reader (`prefetch`, `Prefetches`), or None for one to open now (its error
     raised here, in order); read_run closes them all.
-    Returns the pieces, the MD5 digests (16 bytes each), the CRC-32s and each entry's length
-    in the zip (header and data). The MD5s are taken after the loop, the run's files in one
-    call (`md5lanes`: sixteen or eight at a time in SIMD lanes, 4.5 times hashlib's rate, the GIL
-    released); the header needs only the CRC (ISA-L's holds the GIL, about 0.03 ns a byte).
+    Returns the pieces, the CRC-32s and each entry's length in the zip (header and data). The
+    files go to the lanes after the loop, all at once (`md5lanes.Lanes`: sixteen or eight at a
+    time in SIMD lanes, the lanes kept full across runs, the GIL released): their digests come
+    from the lanes, maybe after a later run's. The header needs only the CRC (ISA-L's holds
+    the GIL, about 0.03 ns a byte).
 
     Per file this is the loop the whole upload runs 50,000 times and more, so it does only
     what must be done per file: a path is joined only to open a file the prefetch could not or
@@ -125,12 +130,13 @@ def read_run(
             put_header(view, at, names[index], size, crc, mtimes[index])
             at = start + size
             lengths[index] += size
-        digests = md5lanes.md5_spans(views, starts, sizes, which)
+        spans = zip(which, starts, sizes, strict=True)
+        lanes.feed(range(first, first + len(sizes)), [views[w][a : a + n] for w, a, n in spans])
     finally:
         close(descriptors)
     for view in views:
         view.release()
-    return pieces, digests, crcs, lengths
+    return pieces, crcs, lengths
 
 
 def close(descriptors: Iterable[int | None]) -> None:
@@ -299,3 +305,41 @@ def copy(
         raise failed(path, error, "while it was sent") from error
     if (done, check) != (size, crc):
         raise Changed(f"{path} changed while it was sent")
+
+
+class Digests:
+    """The MD5s of the plan's files, run by run in order, as they are found: a large file's
+    with its read, a run's files' from the lanes (`md5lanes.Lanes`), which finish them in no
+    set order and maybe only after a later run's read."""
+
+    def __init__(self) -> None:
+        self.lanes = md5lanes.Lanes()
+        self._found: dict[int, bytes] = {}
+        self._runs: collections.deque[tuple[int, int]] = collections.deque()
+
+    def read(self, start: int, stop: int, md5: bytes | None) -> None:
+        """Note the run `start`-`stop` as read: a large file's `md5` comes with its read, a
+        run's files' (None) from the lanes."""
+        if md5 is not None:
+            self._found[start] = md5
+        self._runs.append((start, stop))
+
+    def ready(self) -> Iterator[tuple[int, int, bytes]]:
+        """(start, stop, their digests) of each run read whose files are all hashed, in order,
+        not given before."""
+        found = self._found
+        for tag, md5 in self.lanes.take():
+            found[tag] = md5
+        while self._runs:
+            start, stop = self._runs[0]
+            if not all(index in found for index in range(start, stop)):
+                return
+            self._runs.popleft()
+            yield start, stop, b"".join([found.pop(index) for index in range(start, stop)])
+
+    def rest(self) -> Iterator[tuple[int, int, bytes]]:
+        """The runs `ready` has not given yet, once the lanes have hashed every file."""
+        self.lanes.drain()
+        yield from self.ready()
+        if self._runs:
+            raise AssertionError("the lanes lost a file's digest")  # a bug, not data

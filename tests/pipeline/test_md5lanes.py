@@ -73,17 +73,13 @@ def test_the_md5_lanes_are_built_and_used(tmp_path: Path, monkeypatch: pytest.Mo
     lanes = (16 if cpu_has("avx512f") else 8) if cpu_has_avx2() else 0
     assert lanes == _md5lanes.LANES
     assert pack.LANES == md5lanes.LANES == (_md5lanes.LANES or 8)
-    calls = []
-    real = _md5lanes.md5_spans
-
-    def counted(*arguments: Any) -> bytes:
-        calls.append(len(arguments[1]))
-        return real(*arguments)
-
-    monkeypatch.setattr(_md5lanes, "md5_spans", counted)
+    calls: list[tuple[list[int], list[int]]] = []
+    monkeypatch.setattr(md5lanes.Lanes, "feed", counted_feed(calls))
     contents = [DATA[i * 1000 : i * 1000 + 100 + 37 * i] for i in range(20)]
-    _, digests, _, _ = _read_run(tmp_path, contents, buffers.Buffers(2, 1 << 16))
-    assert calls == ([20] if cpu_has_avx2() else [])
+    lanes = md5lanes.Lanes()
+    assert (lanes._engine is not None) is cpu_has_avx2()  # the compiled engine hashes
+    _, digests, _, _ = _read_run(tmp_path, contents, buffers.Buffers(2, 1 << 16), lanes)
+    assert calls == [(list(range(20)), [len(c) for c in contents])]
     assert digests == b"".join(hashlib.md5(c).digest() for c in contents)
 
 
@@ -91,20 +87,15 @@ def test_a_run_of_few_large_files_fills_several_pieces_and_is_hashed_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Seven files of 300 KB (`pack._runs` makes such a run: fewer than eight files go on past
-    RUN) in pieces of the pool's 1 MiB buffers, three entries each; their MD5s in one call."""
-    calls = []
-    real = md5lanes.md5_spans
-
-    def counted(*arguments: Any) -> bytes:
-        calls.append(arguments[3])
-        return real(*arguments)
-
-    monkeypatch.setattr(md5lanes, "md5_spans", counted)
+    RUN) in pieces of the pool's 1 MiB buffers, three entries each; handed to the lanes at
+    once."""
+    calls: list[tuple[list[int], list[int]]] = []
+    monkeypatch.setattr(md5lanes.Lanes, "feed", counted_feed(calls))
     contents = [DATA[i * 300_001 : (i + 1) * 300_001] for i in range(7)]
     pool = buffers.Buffers(8, (1 << 20) + 4096)
-    pieces, digests, crcs, lengths = _read_run(tmp_path, contents, pool)
+    pieces, digests, crcs, lengths = _read_run(tmp_path, contents, pool, md5lanes.Lanes(), 5)
     assert [len(p) for p in pieces] == [sum(lengths[0:3]), sum(lengths[3:6]), lengths[6]]
-    assert calls == [[0, 0, 0, 1, 1, 1, 2]]
+    assert calls == [(list(range(5, 12)), [300_001] * 7)]
     assert digests == b"".join(hashlib.md5(c).digest() for c in contents)
     assert crcs == [zlib.crc32(c) for c in contents]
     body, at = b"".join(pieces), 0
@@ -113,18 +104,38 @@ def test_a_run_of_few_large_files_fills_several_pieces_and_is_hashed_at_once(
         at += length
 
 
+def counted_feed(calls: list[tuple[list[int], list[int]]]) -> Any:
+    """Lanes.feed, noting each call's tags and file sizes."""
+    real = md5lanes.Lanes.feed
+
+    def feed(self: md5lanes.Lanes, tags: Any, files: Any) -> None:
+        calls.append((list(tags), [len(f) for f in files]))
+        real(self, tags, files)
+
+    return feed
+
+
 def _read_run(
-    folder: Path, contents: list[bytes], pool: buffers.Buffers
+    folder: Path,
+    contents: list[bytes],
+    pool: buffers.Buffers,
+    lanes: md5lanes.Lanes,
+    first: int = 0,
 ) -> tuple[list[bytearray], bytes, list[int], list[int]]:
     """`packread.read_run` of one run of files f0, f1, … holding `contents`, written to
-    `folder`, none opened ahead."""
+    `folder`, none opened ahead, its files tagged from `first`; the lanes drained after it for
+    their digests, in order."""
     names = [f"f{i}" for i in range(len(contents))]
     for name, content in zip(names, contents, strict=True):
         (folder / name).write_bytes(content)
     run = Run(names, [len(c) for c in contents], names, [0.0] * len(contents))
     opened: concurrent.futures.Future[list[int | None]] = concurrent.futures.Future()
     opened.set_result([None] * len(contents))
-    return packread.read_run(str(folder), run, pool, opened)
+    pieces, crcs, lengths = packread.read_run(str(folder), run, pool, opened, lanes, first)
+    lanes.drain()
+    found = dict(lanes.take())
+    assert sorted(found) == list(range(first, first + len(contents)))
+    return pieces, b"".join(found[first + i] for i in range(len(contents))), crcs, lengths
 
 
 @st.composite

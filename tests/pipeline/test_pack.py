@@ -462,7 +462,7 @@ def test_the_files_of_the_window_are_read_ahead_by_the_readers_before_each_job(
                 advised.append((name, threading.current_thread().name))
         real_fadvise(descriptor, offset, length, advice)
 
-    def read_run(base: str, run: Any, pool: Any, opened: Any) -> Any:
+    def read_run(base: str, run: Any, pool: Any, opened: Any, *hashing: Any) -> Any:
         opened.result()  # as the real one waits for its descriptors
         with lock:
             at_start.append(([Path(path).name for path in run.paths], {n for n, _ in advised}))
@@ -471,7 +471,7 @@ def test_the_files_of_the_window_are_read_ahead_by_the_readers_before_each_job(
                 for t in threading.enumerate()
                 if t not in before or t is threading.main_thread()
             )
-        return real_read_run(base, run, pool, opened)
+        return real_read_run(base, run, pool, opened, *hashing)
 
     monkeypatch.setattr(pack.os, "posix_fadvise", fadvise)
     monkeypatch.setattr(pack.packread, "read_run", read_run)

@@ -1,0 +1,280 @@
+/* xnatdrop._md5lanes.Engine: the MD5s of a stream of messages, the lanes kept full across calls.
+
+   Why: md5_spans hashes the files of one run of the upload zip together, and a run holds at
+   most 4 MiB: six files of 600 kB fill six of sixteen lanes. On the benchmark's 500 MB session
+   the lanes were busy half the time (0.49), and making runs larger to fill them cost more in
+   latency and cache than it saved. An Engine keeps the messages its lanes have not finished
+   for the next call instead, and hashes only while every lane has one, so the lanes stay full
+   whatever the runs hold; run(drain=True) finishes the rest. Each message's buffer is held
+   (PyBUF_SIMPLE: it cannot be resized or freed) from add() until run() returns its digest. */
+
+#include "_md5lanes.h"
+
+typedef struct {
+    PyObject_HEAD
+    Lanes lanes;
+    Py_ssize_t n, cap, next; /* messages [0, n) held; [next, n) not yet in a lane */
+    Py_buffer **views;       /* each message's buffer */
+    const uint8_t **data;
+    Py_ssize_t *sizes, *order, *tags;
+    uint8_t *digests; /* 16 bytes a message */
+    Py_ssize_t held;  /* bytes of the messages held */
+    int running;      /* hashing, the GIL released: no other call until it is done */
+} Engine;
+
+static int engine_init(Engine *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"width", NULL};
+    int width = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|i", keywords, &width))
+        return -1;
+    if (self->lanes.width) {
+        PyErr_SetString(PyExc_RuntimeError, "an Engine is made once");
+        return -1;
+    }
+    int widest = md5lanes_width();
+    if (widest == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "an Engine needs AVX2, which this CPU lacks");
+        return -1;
+    }
+    if (width == 0)
+        width = widest;
+    if ((width != 8 && width != 16) || width > widest) {
+        PyErr_Format(PyExc_ValueError, "width must be 8 or %d on this CPU, not %d", widest,
+                     width);
+        return -1;
+    }
+    md5lanes_reset(&self->lanes, width);
+    return 0;
+}
+
+static int engine_busy(Engine *self)
+{
+    if (self->running)
+        PyErr_SetString(PyExc_RuntimeError, "the Engine is hashing in another thread");
+    return self->running;
+}
+
+/* Room for `more` messages beyond n; -1 with MemoryError. */
+static int engine_grow(Engine *self, Py_ssize_t more)
+{
+    if (self->n + more <= self->cap)
+        return 0;
+    Py_ssize_t cap = self->cap ? self->cap : 64;
+    while (cap < self->n + more)
+        cap *= 2;
+    void *p[7] = {
+        PyMem_Realloc(self->views, sizeof(Py_buffer *) * (size_t)cap), NULL, NULL, NULL, NULL,
+        NULL, NULL};
+    if (p[0] != NULL)
+        self->views = p[0];
+    p[1] = PyMem_Realloc((void *)self->data, sizeof(uint8_t *) * (size_t)cap);
+    if (p[1] != NULL)
+        self->data = p[1];
+    p[2] = PyMem_Realloc(self->sizes, sizeof(Py_ssize_t) * (size_t)cap);
+    if (p[2] != NULL)
+        self->sizes = p[2];
+    p[3] = PyMem_Realloc(self->order, sizeof(Py_ssize_t) * (size_t)cap);
+    if (p[3] != NULL)
+        self->order = p[3];
+    p[4] = PyMem_Realloc(self->tags, sizeof(Py_ssize_t) * (size_t)cap);
+    if (p[4] != NULL)
+        self->tags = p[4];
+    p[5] = PyMem_Realloc(self->digests, 16 * (size_t)cap);
+    if (p[5] != NULL)
+        self->digests = p[5];
+    for (int i = 0; i < 6; i++)
+        if (p[i] == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    self->cap = cap;
+    return 0;
+}
+
+PyDoc_STRVAR(add_doc,
+"add(tags, buffers)\n\n"
+"Queue one message per buffer (bytes-like, contiguous), named by the int of `tags` at the\n"
+"same position; each buffer is held until run() returns its digest.");
+
+static PyObject *engine_add(Engine *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add(tags, buffers)");
+        return NULL;
+    }
+    if (engine_busy(self))
+        return NULL;
+    PyObject *tags = PySequence_Fast(args[0], "tags must be a sequence of int");
+    PyObject *buffers = tags ? PySequence_Fast(args[1], "buffers must be a sequence") : NULL;
+    Py_ssize_t count = tags ? PySequence_Fast_GET_SIZE(tags) : 0, added = 0;
+    if (buffers != NULL && count != PySequence_Fast_GET_SIZE(buffers))
+        PyErr_Format(PyExc_ValueError, "%zd tags but %zd buffers", count,
+                     PySequence_Fast_GET_SIZE(buffers));
+    else if (buffers != NULL && engine_grow(self, count) == 0)
+        for (; added < count; added++) {
+            Py_ssize_t at = self->n + added;
+            Py_ssize_t tag = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(tags, added));
+            Py_buffer *view = PyMem_Malloc(sizeof(Py_buffer));
+            if ((tag == -1 && PyErr_Occurred()) || view == NULL) {
+                PyMem_Free(view);
+                if (!PyErr_Occurred())
+                    PyErr_NoMemory();
+                break;
+            }
+            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(buffers, added), view,
+                                   PyBUF_SIMPLE) < 0) {
+                PyMem_Free(view);
+                break;
+            }
+            self->views[at] = view;
+            self->data[at] = view->buf;
+            self->sizes[at] = view->len;
+            self->order[at] = at;
+            self->tags[at] = tag;
+        }
+    Py_XDECREF(tags);
+    Py_XDECREF(buffers);
+    if (PyErr_Occurred()) { /* all or none: release what this call took */
+        for (Py_ssize_t i = self->n; i < self->n + added; i++) {
+            PyBuffer_Release(self->views[i]);
+            PyMem_Free(self->views[i]);
+        }
+        return NULL;
+    }
+    for (Py_ssize_t i = self->n; i < self->n + count; i++)
+        self->held += self->sizes[i];
+    self->n += count;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(run_doc,
+"run(drain=False) -> list[tuple[int, bytes]]\n\n"
+"Hash while every lane has a message (with drain, until every message is done); the\n"
+"(tag, digest) of each message finished, in the order they were added. Releases the GIL\n"
+"while it hashes.");
+
+static PyObject *engine_run(Engine *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"drain", NULL};
+    int drain = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p", keywords, &drain))
+        return NULL;
+    if (engine_busy(self))
+        return NULL;
+    self->running = 1;
+    Py_BEGIN_ALLOW_THREADS
+    md5lanes_hash(&self->lanes, self->data, self->sizes, self->order, self->n, &self->next,
+                  self->digests, drain);
+    Py_END_ALLOW_THREADS
+    self->running = 0;
+    /* Done: taken by a lane (before `next`) and in none now. Their digests are returned
+       first; only then are they dropped (on an error nothing is, and the next call returns
+       them), the others moved down and their lanes told their new place. */
+    int width = self->lanes.width;
+    Py_ssize_t lane_of_span[MAX_LANES];
+    for (int l = 0; l < width; l++)
+        lane_of_span[l] = self->lanes.lane[l].span;
+    PyObject *finished = PyList_New(0);
+    for (Py_ssize_t i = 0; finished != NULL && i < self->next; i++) {
+        int in_lane = 0;
+        for (int l = 0; l < width; l++)
+            in_lane |= lane_of_span[l] == i;
+        if (in_lane)
+            continue;
+        PyObject *item = Py_BuildValue("(ny#)", self->tags[i], self->digests + 16 * i,
+                                       (Py_ssize_t)16);
+        if (item == NULL || PyList_Append(finished, item) < 0)
+            Py_CLEAR(finished);
+        Py_XDECREF(item);
+    }
+    if (finished == NULL)
+        return NULL;
+    Py_ssize_t kept = 0, started = 0;
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        int lane = -1;
+        for (int l = 0; l < width; l++)
+            if (lane_of_span[l] == i)
+                lane = l;
+        if (i < self->next && lane < 0) { /* done */
+            self->held -= self->sizes[i];
+            PyBuffer_Release(self->views[i]);
+            PyMem_Free(self->views[i]);
+            continue;
+        }
+        if (lane >= 0) {
+            self->lanes.lane[lane].span = kept;
+            started++;
+        }
+        self->views[kept] = self->views[i];
+        self->data[kept] = self->data[i];
+        self->sizes[kept] = self->sizes[i];
+        self->order[kept] = kept;
+        self->tags[kept] = self->tags[i];
+        kept++;
+    }
+    self->n = kept;
+    self->next = started;
+    return finished;
+}
+
+static Py_ssize_t engine_len(Engine *self)
+{
+    return self->n;
+}
+
+static PyObject *engine_held(Engine *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->held);
+}
+
+static PyObject *engine_width(Engine *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->lanes.width);
+}
+
+static void engine_dealloc(Engine *self)
+{
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        PyBuffer_Release(self->views[i]);
+        PyMem_Free(self->views[i]);
+    }
+    PyMem_Free(self->views);
+    PyMem_Free((void *)self->data);
+    PyMem_Free(self->sizes);
+    PyMem_Free(self->order);
+    PyMem_Free(self->tags);
+    PyMem_Free(self->digests);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef engine_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))engine_add, METH_FASTCALL, add_doc},
+    {"run", (PyCFunction)(void (*)(void))engine_run, METH_VARARGS | METH_KEYWORDS, run_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef engine_getset[] = {
+    {"held", (getter)engine_held, NULL, "bytes of the messages held (queued or in a lane)", NULL},
+    {"width", (getter)engine_width, NULL, "its lanes: how many messages it hashes at once", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods engine_sequence = {.sq_length = (lenfunc)engine_len};
+
+PyTypeObject md5lanes_EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xnatdrop._md5lanes.Engine",
+    .tp_doc = "Engine(width=0): MD5s of a stream of messages, the SIMD lanes kept full across "
+              "calls (width 0: 16 with AVX-512, else 8). Not for two threads at once.",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)engine_init,
+    .tp_dealloc = (destructor)engine_dealloc,
+    .tp_methods = engine_methods,
+    .tp_getset = engine_getset,
+    .tp_as_sequence = &engine_sequence,
+};
