@@ -1,19 +1,20 @@
-/* xnatdrop._md5lanes: the MD5 digests of many spans of one buffer, sixteen or eight at a time.
+/* xnatdrop._md5lanes: the MD5 digests of many files, sixteen or eight at a time (`Engine`).
 
    Why: MD5 was 43 % of the upload's CPU (issue 13). OpenSSL's MD5, behind hashlib, hashes one
    message at a time, and each of its 64 steps waits for the one before: one core runs it at
-   about 0.57 GB/s, mostly waiting. A run of the upload zip (`packread.read_run`) holds some
-   twenty files in one buffer, independent messages: here each 32-bit lane of a register
-   hashes one of them (sixteen in AVX-512's, eight in AVX2's), so one instruction stream
-   advances sixteen or eight digests (the multi-buffer technique of Intel ISA-L's md5_mb and
-   minio/md5-simd). A lane whose message ends takes the next one; its last one or two blocks
-   (the padding and the length) are built in the lane's own 128 bytes.
+   about 0.57 GB/s, mostly waiting. The files of an upload are independent messages: here each
+   32-bit lane of a register hashes one of them (sixteen in AVX-512's, eight in AVX2's), so one
+   instruction stream advances sixteen or eight digests (the multi-buffer technique of Intel
+   ISA-L's md5_mb and minio/md5-simd). A lane whose message ends takes the next one; its last
+   one or two blocks (the padding and the length) are built in the lane's own 128 bytes.
 
-   This file hands the messages to the lanes and is the module; _md5lanes_kernels.c holds RFC
-   1321's steps for each instruction set. Only the CPython API; the instruction sets are asked
-   of the compiler per function (target attribute), and of the CPU at import: `AVX2` is False
-   where the CPU lacks it, and md5_spans then raises (xnatdrop.md5lanes uses hashlib instead);
-   `LANES` says how many messages a call hashes at once (16, 8, or 0). */
+   This file hands the messages to the lanes (`md5lanes_hash`) and is the module;
+   _md5lanes_engine.c is the `Engine` type, which keeps the lanes between calls, and
+   _md5lanes_kernels.c holds RFC 1321's steps for each instruction set. Only the CPython API;
+   the instruction sets are asked of the compiler per function (target attribute), and of the
+   CPU at import: `AVX2` is False where the CPU lacks it, and an Engine cannot be made
+   (xnatdrop.md5lanes uses hashlib instead); `LANES` says how many messages the lanes hash at
+   once (16, 8, or 0). */
 
 #include "_md5lanes.h"
 
@@ -63,15 +64,14 @@ void md5lanes_reset(Lanes *lanes, int width)
 #endif
 }
 
-/* Hash the spans data[order[i]] (sizes[order[i]] bytes) from i = *next on, each into
-   out + 16 * order[i], in the lanes' SIMD lanes: a lane whose message ends takes the next.
+/* Hash the messages data[i] (sizes[i] bytes) from i = *next on, each into out + 16 * i, in
+   the lanes' SIMD lanes: a lane whose message ends takes the next.
    With `drain`, until every message in the lanes is done; without, only while every lane has
    a message, so that a lane never idles for want of one: the lanes keep their partly hashed
-   messages for the next call (an Engine's). *next moves on past the spans taken; returns the
-   lanes still busy. Needs no GIL. */
+   messages for the next call. *next moves on past the messages taken; returns the lanes
+   still busy. Needs no GIL. */
 int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *sizes,
-                  const Py_ssize_t *order, Py_ssize_t n, Py_ssize_t *next, uint8_t *out,
-                  int drain)
+                  Py_ssize_t n, Py_ssize_t *next, uint8_t *out, int drain)
 {
     int width = lanes->width, active = 0;
 #if HAVE_AVX2_BUILD
@@ -79,7 +79,7 @@ int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *si
     int busy[MAX_LANES];
     for (int l = 0; l < width; l++) {
         if (lanes->lane[l].span < 0 && *next < n) {
-            Py_ssize_t s = order[(*next)++];
+            Py_ssize_t s = (*next)++;
             lane_start(lanes, l, data[s], (size_t)sizes[s], s);
         }
         active += lanes->lane[l].span >= 0;
@@ -110,7 +110,7 @@ int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *si
             for (int w = 0; w < 4; w++) /* the digest: A, B, C, D, each little-endian */
                 memcpy(out + 16 * lane->span + 4 * w, &lanes->words[w][l], 4);
             if (*next < n) {
-                Py_ssize_t s = order[(*next)++];
+                Py_ssize_t s = (*next)++;
                 lane_start(lanes, l, data[s], (size_t)sizes[s], s);
             } else {
                 lane_idle(lane);
@@ -119,7 +119,7 @@ int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *si
         }
     }
 #else
-    (void)data; (void)sizes; (void)order; (void)n; (void)next; (void)out; (void)drain;
+    (void)data; (void)sizes; (void)n; (void)next; (void)out; (void)drain;
     (void)width;
 #endif
     return active;
@@ -129,197 +129,6 @@ int md5lanes_width(void)
 {
     return cpu_avx512 ? 16 : cpu_avx2 ? 8 : 0;
 }
-
-
-
-/* The integers of a sequence, each ≥ 0, into a new array (PyMem); NULL with an error set. */
-static Py_ssize_t *read_sizes(PyObject *sequence, const char *what, Py_ssize_t *count)
-{
-    PyObject *fast = PySequence_Fast(sequence, "starts and sizes must be sequences of int");
-    if (fast == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    Py_ssize_t *values = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
-    if (values == NULL) {
-        Py_DECREF(fast);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t value = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(fast, i), PyExc_ValueError);
-        if (value == -1 && PyErr_Occurred()) /* TypeError; ValueError for one too large */
-            goto fail;
-        if (value < 0) {
-            PyErr_Format(PyExc_ValueError, "%s[%zd] is negative", what, i);
-            goto fail;
-        }
-        values[i] = value;
-    }
-    Py_DECREF(fast);
-    *count = n;
-    return values;
-fail:
-    Py_DECREF(fast);
-    PyMem_Free(values);
-    return NULL;
-}
-
-/* order[0..n) sorted by sizes[order[i]], largest first, equal sizes kept in their order: a
-   bottom-up merge sort through `spare` (n more). */
-static void longest_first(Py_ssize_t *order, Py_ssize_t *spare, const Py_ssize_t *sizes,
-                          Py_ssize_t n)
-{
-    for (Py_ssize_t width = 1; width < n; width *= 2) {
-        for (Py_ssize_t lo = 0; lo < n; lo += 2 * width) {
-            Py_ssize_t mid = lo + width < n ? lo + width : n;
-            Py_ssize_t hi = lo + 2 * width < n ? lo + 2 * width : n;
-            Py_ssize_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi)
-                spare[k++] = sizes[order[j]] > sizes[order[i]] ? order[j++] : order[i++];
-            while (i < mid)
-                spare[k++] = order[i++];
-            while (j < hi)
-                spare[k++] = order[j++];
-        }
-        memcpy(order, spare, sizeof(Py_ssize_t) * (size_t)n);
-    }
-}
-
-PyDoc_STRVAR(md5_spans_doc,
-"md5_spans(buffer, starts, sizes, pieces=None) -> bytes\n\n"
-"The MD5 digests of buffer[starts[i] : starts[i] + sizes[i]] for each i, 16 bytes each,\n"
-"concatenated in order. With `pieces`, `buffer` is a sequence of buffers and span i is in\n"
-"buffer[pieces[i]]. ValueError for mismatched lengths, a negative number, a span past the\n"
-"end or a piece that is not there; RuntimeError where the CPU has no AVX2 (see AVX2).\n"
-"Sixteen at a time where the CPU has AVX-512, eight with AVX2 (see LANES).\n"
-"Releases the GIL while it hashes.");
-
-/* The buffers: `buffer` itself, or (with pieces) each of its items; NULL with an error set.
-   On success *count views to release with release_views. */
-static Py_buffer *get_views(PyObject *buffer, int several, Py_ssize_t *count)
-{
-    PyObject *fast = several ? PySequence_Fast(buffer, "with pieces, buffer must be a sequence")
-                             : PyTuple_Pack(1, buffer);
-    if (fast == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), got = 0;
-    Py_buffer *views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
-    if (views == NULL)
-        PyErr_NoMemory();
-    else
-        for (; got < n; got++)
-            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &views[got],
-                                   PyBUF_SIMPLE) < 0)
-                break;
-    Py_DECREF(fast);
-    if (views != NULL && got < n) {
-        while (got > 0)
-            PyBuffer_Release(&views[--got]);
-        PyMem_Free(views);
-        return NULL;
-    }
-    *count = n;
-    return views;
-}
-
-/* md5_spans in `width` lanes: 16 (AVX-512) or 8 (AVX2). */
-static PyObject *spans_in_lanes(PyObject *const *args, Py_ssize_t nargs, int width)
-{
-    int several = nargs == 4 && args[3] != Py_None;
-    if (nargs != 3 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "md5_spans(buffer, starts, sizes, pieces=None)");
-        return NULL;
-    }
-    if (!cpu_avx2 || (width == 16 && !cpu_avx512)) {
-        PyErr_SetString(PyExc_RuntimeError, width == 16
-                                                ? "16 lanes need AVX-512, which this CPU lacks"
-                                                : "md5_spans needs AVX2, which this CPU lacks");
-        return NULL;
-    }
-    Py_ssize_t n_views = 0, n = 0, n_sizes = 0, n_pieces = 0;
-    Py_buffer *views = get_views(args[0], several, &n_views);
-    if (views == NULL)
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t *order = NULL, *pieces = NULL;
-    const uint8_t **data = NULL;
-    Py_ssize_t *starts = read_sizes(args[1], "starts", &n);
-    Py_ssize_t *sizes = starts ? read_sizes(args[2], "sizes", &n_sizes) : NULL;
-    if (sizes == NULL || (several && (pieces = read_sizes(args[3], "pieces", &n_pieces)) == NULL))
-        goto done;
-    if (n != n_sizes || (several && n != n_pieces)) {
-        PyErr_Format(PyExc_ValueError, "%zd starts but %zd sizes%s", n, n_sizes,
-                     several && n != n_pieces ? " or another number of pieces" : "");
-        goto done;
-    }
-    data = PyMem_Malloc(sizeof(*data) * (n ? (size_t)n : 1));
-    order = PyMem_Malloc(sizeof(Py_ssize_t) * (2 * (size_t)n + 1)); /* and the sort's spare */
-    result = PyBytes_FromStringAndSize(NULL, 16 * n);
-    if (data == NULL || order == NULL || result == NULL) {
-        Py_CLEAR(result);
-        if (!PyErr_Occurred())
-            PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t piece = several ? pieces[i] : 0;
-        if (piece >= n_views) {
-            PyErr_Format(PyExc_ValueError, "span %zd is in piece %zd of %zd", i, piece, n_views);
-            Py_CLEAR(result);
-            goto done;
-        }
-        Py_ssize_t len = views[piece].len;
-        if (starts[i] > len || sizes[i] > len - starts[i]) {
-            PyErr_Format(PyExc_ValueError, "span %zd (%zd + %zd bytes) is past the end (%zd)",
-                         i, starts[i], sizes[i], len);
-            Py_CLEAR(result);
-            goto done;
-        }
-        data[i] = (const uint8_t *)views[piece].buf + starts[i];
-        order[i] = i;
-    }
-#if HAVE_AVX2_BUILD
-    {
-        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
-        Py_BEGIN_ALLOW_THREADS
-        Lanes lanes;
-        Py_ssize_t next = 0;
-        longest_first(order, order + n, sizes, n);
-        md5lanes_reset(&lanes, width);
-        md5lanes_hash(&lanes, data, sizes, order, n, &next, out, 1);
-        Py_END_ALLOW_THREADS
-    }
-#endif
-done:
-    PyMem_Free(data);
-    PyMem_Free(order);
-    PyMem_Free(starts);
-    PyMem_Free(sizes);
-    PyMem_Free(pieces);
-    for (Py_ssize_t i = 0; i < n_views; i++)
-        PyBuffer_Release(&views[i]);
-    PyMem_Free(views);
-    return result;
-}
-
-static PyObject *md5_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    return spans_in_lanes(args, nargs, cpu_avx512 ? 16 : 8);
-}
-
-static PyObject *md5_spans8(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    return spans_in_lanes(args, nargs, 8);
-}
-
-static PyMethodDef methods[] = {
-    {"md5_spans", (PyCFunction)(void (*)(void))md5_spans, METH_FASTCALL, md5_spans_doc},
-    {"md5_spans8", (PyCFunction)(void (*)(void))md5_spans8, METH_FASTCALL,
-     "md5_spans in AVX2's eight lanes even where the CPU has AVX-512 (to test and measure)."},
-    {NULL, NULL, 0, NULL},
-};
 
 static int exec_module(PyObject *module)
 {
@@ -343,10 +152,9 @@ static PyModuleDef_Slot slots[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "xnatdrop._md5lanes",
-    .m_doc = "MD5 digests of the spans of one buffer, eight at a time in AVX2 lanes "
+    .m_doc = "MD5 digests of many files, sixteen or eight at a time in SIMD lanes "
              "(see xnatdrop.md5lanes).",
     .m_size = 0,
-    .m_methods = methods,
     .m_slots = slots,
 };
 

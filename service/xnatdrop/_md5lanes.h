@@ -64,8 +64,8 @@ typedef struct {
     uint8_t tail[128];
 } Lane;
 
-/* The lanes and their state words, kept by the caller between calls of md5lanes_hash (an
-   Engine keeps its partly hashed messages there; md5_spans starts from md5lanes_reset). */
+/* The lanes and their state words, kept by the caller (an Engine) between calls of
+   md5lanes_hash, with the messages partly hashed in them; md5lanes_reset empties them. */
 typedef struct {
     Lane lane[MAX_LANES];
     uint32_t words[4][MAX_LANES];
@@ -75,8 +75,7 @@ typedef struct {
 
 void md5lanes_reset(Lanes *lanes, int width);
 int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *sizes,
-                  const Py_ssize_t *order, Py_ssize_t n, Py_ssize_t *next, uint8_t *out,
-                  int drain);
+                  Py_ssize_t n, Py_ssize_t *next, uint8_t *out, int drain);
 int md5lanes_width(void); /* 16 with AVX-512, 8 with AVX2, 0 without */
 extern PyTypeObject md5lanes_EngineType;
 

@@ -1,7 +1,7 @@
 /* xnatdrop._md5lanes.Engine: the MD5s of a stream of messages, the lanes kept full across calls.
 
-   Why: md5_spans hashes the files of one run of the upload zip together, and a run holds at
-   most 4 MiB: six files of 600 kB fill six of sixteen lanes. On the benchmark's 500 MB session
+   Why: hashed a run of the upload zip at a time, the files of one run fill the lanes, and a
+   run holds at most 4 MiB: six files of 600 kB fill six of sixteen lanes. On the benchmark's 500 MB session
    the lanes were busy half the time (0.49), and making runs larger to fill them cost more in
    latency and cache than it saved. An Engine keeps the messages its lanes have not finished
    for the next call instead, and hashes only while every lane has one, so the lanes stay full
@@ -16,7 +16,7 @@ typedef struct {
     Py_ssize_t n, cap, next; /* messages [0, n) held; [next, n) not yet in a lane */
     Py_buffer **views;       /* each message's buffer */
     const uint8_t **data;
-    Py_ssize_t *sizes, *order, *tags;
+    Py_ssize_t *sizes, *tags;
     uint8_t *digests; /* 16 bytes a message */
     Py_ssize_t held;  /* bytes of the messages held */
     int running;      /* hashing, the GIL released: no other call until it is done */
@@ -55,6 +55,16 @@ static int engine_busy(Engine *self)
     return self->running;
 }
 
+/* One of the engine's arrays made room for `cap` items of `item` bytes; -1 if it could not. */
+static int grow(void **array, size_t item, Py_ssize_t cap)
+{
+    void *grown = PyMem_Realloc(*array, item * (size_t)cap);
+    if (grown == NULL)
+        return -1;
+    *array = grown;
+    return 0;
+}
+
 /* Room for `more` messages beyond n; -1 with MemoryError. */
 static int engine_grow(Engine *self, Py_ssize_t more)
 {
@@ -63,31 +73,14 @@ static int engine_grow(Engine *self, Py_ssize_t more)
     Py_ssize_t cap = self->cap ? self->cap : 64;
     while (cap < self->n + more)
         cap *= 2;
-    void *p[7] = {
-        PyMem_Realloc(self->views, sizeof(Py_buffer *) * (size_t)cap), NULL, NULL, NULL, NULL,
-        NULL, NULL};
-    if (p[0] != NULL)
-        self->views = p[0];
-    p[1] = PyMem_Realloc((void *)self->data, sizeof(uint8_t *) * (size_t)cap);
-    if (p[1] != NULL)
-        self->data = p[1];
-    p[2] = PyMem_Realloc(self->sizes, sizeof(Py_ssize_t) * (size_t)cap);
-    if (p[2] != NULL)
-        self->sizes = p[2];
-    p[3] = PyMem_Realloc(self->order, sizeof(Py_ssize_t) * (size_t)cap);
-    if (p[3] != NULL)
-        self->order = p[3];
-    p[4] = PyMem_Realloc(self->tags, sizeof(Py_ssize_t) * (size_t)cap);
-    if (p[4] != NULL)
-        self->tags = p[4];
-    p[5] = PyMem_Realloc(self->digests, 16 * (size_t)cap);
-    if (p[5] != NULL)
-        self->digests = p[5];
-    for (int i = 0; i < 6; i++)
-        if (p[i] == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
+    if (grow((void **)&self->views, sizeof(Py_buffer *), cap) < 0 ||
+        grow((void **)&self->data, sizeof(uint8_t *), cap) < 0 ||
+        grow((void **)&self->sizes, sizeof(Py_ssize_t), cap) < 0 ||
+        grow((void **)&self->tags, sizeof(Py_ssize_t), cap) < 0 ||
+        grow((void **)&self->digests, 16, cap) < 0) {
+        PyErr_NoMemory(); /* the arrays that grew keep their room: cap is what all have */
+        return -1;
+    }
     self->cap = cap;
     return 0;
 }
@@ -130,7 +123,6 @@ static PyObject *engine_add(Engine *self, PyObject *const *args, Py_ssize_t narg
             self->views[at] = view;
             self->data[at] = view->buf;
             self->sizes[at] = view->len;
-            self->order[at] = at;
             self->tags[at] = tag;
         }
     Py_XDECREF(tags);
@@ -164,8 +156,8 @@ static PyObject *engine_run(Engine *self, PyObject *args, PyObject *kwargs)
         return NULL;
     self->running = 1;
     Py_BEGIN_ALLOW_THREADS
-    md5lanes_hash(&self->lanes, self->data, self->sizes, self->order, self->n, &self->next,
-                  self->digests, drain);
+    md5lanes_hash(&self->lanes, self->data, self->sizes, self->n, &self->next, self->digests,
+                  drain);
     Py_END_ALLOW_THREADS
     self->running = 0;
     /* Done: taken by a lane (before `next`) and in none now. Their digests are returned
@@ -209,7 +201,6 @@ static PyObject *engine_run(Engine *self, PyObject *args, PyObject *kwargs)
         self->views[kept] = self->views[i];
         self->data[kept] = self->data[i];
         self->sizes[kept] = self->sizes[i];
-        self->order[kept] = kept;
         self->tags[kept] = self->tags[i];
         kept++;
     }
@@ -244,7 +235,6 @@ static void engine_dealloc(Engine *self)
     PyMem_Free(self->views);
     PyMem_Free((void *)self->data);
     PyMem_Free(self->sizes);
-    PyMem_Free(self->order);
     PyMem_Free(self->tags);
     PyMem_Free(self->digests);
     Py_TYPE(self)->tp_free((PyObject *)self);

@@ -1,21 +1,14 @@
-"""The MD5 digests of many spans of one buffer: a run of the upload zip (`packread.read_run`).
+"""The MD5 digests of an upload's files (`pack`), many at a time: `Lanes`.
 
-Compiled (`xnatdrop._md5lanes`, where it is built and the CPU has AVX2) the spans are hashed
-eight at a time, one in each 32-bit lane of an AVX2 register: 2.5 GB/s on one core for a run of
-44 KB files, against 0.55 GB/s for hashlib's MD5 (OpenSSL's hashes one message at a time, each
-step waiting for the one before), and MD5 was 43 % of the upload's CPU (issue 13). Where the CPU
-has AVX-512, sixteen at a time, each step's function one ternary-logic instruction and its
-rotation one more (see `LANES`): 6.3 GB/s against 2.3 in eight lanes for sixteen 2 MB spans,
-2.98 against 1.96 GB/s on the runs of the benchmark's 500 MB session (many of its runs hold
-eight files of 0.5 MB), and pack+send's CPU for that session 0.60-0.64 → 0.52-0.53 s.
-Elsewhere the twin below hashes each span with hashlib: the same digests, as fast as before.
-
-A single span goes to hashlib either way: alone in the lanes it would get an eighth of them,
-slower than hashlib's one stream.
-
-The upload hashes through `Lanes` (the compiled `Engine`): files are handed over run by run
-and the lanes stay full across runs, where `md5_spans` hashes one call's spans and leaves lanes
-idle when they are fewer than the lanes.
+Compiled (`xnatdrop._md5lanes`, where it is built and the CPU has AVX2) the files are hashed
+eight at a time, one in each 32-bit lane of an AVX2 register, or sixteen with AVX-512 (each
+step's function one ternary-logic instruction, its rotation one more; see `LANES`): 6.3 GB/s on
+one core for sixteen 2 MB files against 2.3 in eight lanes and about 0.6-0.9 GB/s for hashlib's
+MD5, whose one message at a time has each step wait for the one before. MD5 was 43 % of the
+upload's CPU (issue 13). The lanes are kept full across the upload's runs (`Lanes`, over the
+extension's `Engine`); hashed one run at a time they were busy half the time on the
+benchmark's 500 MB session, whose runs hold six files of 600 kB. Elsewhere `Lanes` hashes each
+file with hashlib as it is handed over: the same digests.
 """
 
 from __future__ import annotations
@@ -33,56 +26,11 @@ except ImportError:  # not built (no compiler at install): the twin
 Buffer = bytes | bytearray | memoryview  # collections.abc.Buffer is Python 3.12's
 
 COMPILED: bool = _md5lanes is not None and bool(_md5lanes.AVX2)
-"""Whether `md5_spans` hashes in SIMD lanes (built, and the CPU has AVX2)."""
+"""Whether `Lanes` hashes in SIMD lanes (built, and the CPU has AVX2)."""
 
 LANES: int = _md5lanes.LANES if COMPILED else 8
-"""How many spans a call hashes at once (16 with AVX-512, 8 with AVX2); `pack` makes its runs
+"""How many files the lanes hash at once (16 with AVX-512, 8 with AVX2); `pack` makes its runs
 of at least that many files where it can. (8 for the twin: runs as before.)"""
-
-
-def md5_spans_hashlib(
-    buffer: Buffer | Sequence[Buffer],
-    starts: Sequence[int],
-    sizes: Sequence[int],
-    pieces: Sequence[int] | None = None,
-) -> bytes:
-    """The twin: each span's digest from hashlib (which releases the GIL on spans over 2 KiB),
-    with the compiled function's checks, so that both fail alike."""
-    several = list(buffer) if pieces is not None else [buffer]  # type: ignore[arg-type]
-    pieces = pieces if pieces is not None else [0] * len(starts)
-    if not len(starts) == len(sizes) == len(pieces):
-        raise ValueError(f"{len(starts)} starts but {len(sizes)} sizes or another number of pieces")
-    digests = bytearray()
-    md5 = hashlib.md5
-    views = [memoryview(one).cast("B") for one in several]
-    for index, (start, size, piece) in enumerate(zip(starts, sizes, pieces, strict=True)):
-        if start < 0 or size < 0 or piece < 0:
-            raise ValueError(f"span {index} ({start} + {size} bytes, piece {piece}) is negative")
-        if piece >= len(views):
-            raise ValueError(f"span {index} is in piece {piece} of {len(views)}")
-        if start + size > len(views[piece]):
-            end = len(views[piece])
-            raise ValueError(f"span {index} ({start} + {size} bytes) is past the end ({end})")
-        digests += md5(views[piece][start : start + size], usedforsecurity=False).digest()
-    for view in views:
-        view.release()
-    return bytes(digests)
-
-
-def md5_spans(
-    buffer: Buffer | Sequence[Buffer],
-    starts: Sequence[int],
-    sizes: Sequence[int],
-    pieces: Sequence[int] | None = None,
-) -> bytes:
-    """The MD5 digests of buffer[start : start + size] for each start and size, 16 bytes each,
-    concatenated in order; with `pieces`, `buffer` is a sequence of buffers and each span is in
-    buffer[piece]. ValueError for mismatched lengths, a negative number, a span past the end
-    or a piece that is not there. The GIL is released while it hashes (the buffers cannot be
-    resized meanwhile)."""
-    if COMPILED and len(starts) > 1:
-        return _md5lanes.md5_spans(buffer, starts, sizes, pieces)
-    return md5_spans_hashlib(buffer, starts, sizes, pieces)
 
 
 class Lanes:
@@ -90,9 +38,9 @@ class Lanes:
     hand them over, the lanes kept full across runs (`_md5lanes.Engine`): `feed` a run's files,
     `take` the digests finished so far (in no set order), `drain` to finish the rest.
 
-    Why: hashed a run at a time (`md5_spans`), a run of six 600 kB files kept six of sixteen
-    lanes busy; the lanes were busy half the time on the benchmark's 500 MB session, and the
-    push's upload took 0.57 s against 0.51 s with every run hashed in full lanes (issue 13).
+    Why: hashed a run at a time, a run of six 600 kB files kept six of sixteen lanes busy;
+    the lanes were busy half the time on the benchmark's 500 MB session, and the push's upload
+    took 0.57 s against 0.51 s with every run hashed in full lanes (issue 13).
     Any reader thread hashes: the one that feeds takes the engine if it is free, and whatever
     the other fed meanwhile; it hashes only while every lane has a file, so a file may wait in
     its lane for the next run. Each file's buffer is held until its digest is taken from the

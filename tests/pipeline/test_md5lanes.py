@@ -1,10 +1,12 @@
-"""The MD5s of a run's files sixteen or eight at a time (`xnatdrop._md5lanes`, wrapped by
-`md5lanes`) against hashlib, span by span, in both lane widths where the CPU has both.
+"""The MD5s of files sixteen or eight at a time (`xnatdrop._md5lanes.Engine`, wrapped by
+`md5lanes.Lanes`) against hashlib, span by span, in both lane widths where the CPU has both;
+and `packread.read_run` handing a run's files to the lanes.
 
-The compiled function is called directly (the wrapper hands a single span to hashlib): sizes in
-every padding class (the last block with room for the length, or a block more), spans that
-start anywhere, overlap or repeat, one long span among many short ones (a lane refilled while
-another keeps its span), the real scanner files, and bad arguments.
+The engine is given each case's spans at once and drained: sizes in every padding class (the
+last block with room for the length, or a block more), spans that start anywhere, overlap or
+repeat, one long span among many short ones (a lane refilled while another keeps its span) and
+the real scanner files. test_md5lanes_engine.py hands files over in batches, as an upload does,
+and tries bad arguments.
 """
 
 from __future__ import annotations
@@ -30,26 +32,41 @@ PADDING = sorted({64 * k + r for k in range(4) for r in (0, 1, 55, 56, 57, 63)} 
 
 
 def compiled():  # type: ignore[no-untyped-def]
-    """The extension's function; a failure (not a skip) when it is not built. Each call runs
-    in the CPU's widest lanes (16 with AVX-512) and in AVX2's eight, which must agree. On a CPU
-    without AVX2 (where it raises RuntimeError) the twin, which these tests then check."""
+    """One call's spans hashed by the extension's Engine in each width the CPU has (sixteen
+    lanes and eight with AVX-512), which must agree, drained at once: a failure (not a skip)
+    when it is not built. On a CPU without AVX2 (where no Engine can be made) hashlib's, as
+    `md5lanes.Lanes` then does."""
     from xnatdrop import _md5lanes
 
     if not cpu_has("avx2"):
-        return md5lanes.md5_spans_hashlib
+        return expected
 
-    def both(*arguments: Any) -> bytes:
-        widest = _md5lanes.md5_spans(*arguments)
-        assert _md5lanes.md5_spans8(*arguments) == widest
-        return widest
+    def every_width(
+        buffer: Any, starts: list[int], sizes: list[int], pieces: list[int] | None = None
+    ) -> bytes:
+        views = [memoryview(b) for b in (buffer if pieces is not None else [buffer])]
+        which = pieces if pieces is not None else [0] * len(starts)
+        found = []
+        for width in (16, 8) if cpu_has("avx512f") else (8,):
+            engine = _md5lanes.Engine(width)
+            spans = zip(starts, sizes, which, strict=True)
+            engine.add(range(len(starts)), [views[p][s : s + n] for s, n, p in spans])
+            done = dict(engine.run(drain=True))
+            found.append(b"".join(done[i] for i in range(len(starts))))
+        assert all(one == found[0] for one in found)
+        return found[0]
 
-    return both
+    return every_width
 
 
-def expected(buffer: bytes | memoryview, starts: list[int], sizes: list[int]) -> bytes:
+def expected(
+    buffer: Any, starts: list[int], sizes: list[int], pieces: list[int] | None = None
+) -> bytes:
+    views = [memoryview(b) for b in (buffer if pieces is not None else [buffer])]
+    which = pieces if pieces is not None else [0] * len(starts)
     return b"".join(
-        hashlib.md5(buffer[s : s + n], usedforsecurity=False).digest()
-        for s, n in zip(starts, sizes, strict=True)
+        hashlib.md5(views[p][s : s + n], usedforsecurity=False).digest()
+        for s, n, p in zip(starts, sizes, which, strict=True)
     )
 
 
@@ -163,7 +180,6 @@ def spans(draw: st.DrawFn, most: int = 40) -> tuple[list[int], list[int]]:
 def test_every_span_is_hashlibs_md5(case: tuple[list[int], list[int]]) -> None:
     starts, sizes = case
     assert compiled()(DATA, starts, sizes) == expected(DATA, starts, sizes)
-    assert md5lanes.md5_spans(DATA, starts, sizes) == expected(DATA, starts, sizes)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -181,7 +197,6 @@ def test_spans_in_several_pieces(case: tuple[list[int], list[int]], data: st.Dat
         for s, n, p in zip(starts, sizes, which, strict=True)
     )
     assert compiled()(pieces, starts, sizes, which) == wanted
-    assert md5lanes.md5_spans(pieces, starts, sizes, which) == wanted
 
 
 @pytest.mark.parametrize("size", PADDING)
@@ -206,7 +221,7 @@ def test_buffers_of_every_kind_and_no_spans() -> None:
     for buffer in (bytes(view), bytearray(view), view):
         assert compiled()(buffer, starts, sizes) == expected(view, starts, sizes)
         assert compiled()(buffer, tuple(starts), tuple(sizes)) == expected(view, starts, sizes)
-    assert compiled()(DATA, [], []) == b"" == md5lanes.md5_spans(DATA, [], [])
+    assert compiled()(DATA, [], []) == b""
 
 
 def test_the_scanner_files_read_into_one_buffer() -> None:
@@ -223,60 +238,6 @@ def test_the_scanner_files_read_into_one_buffer() -> None:
         assert compiled()(data, starts, sizes) == expected(memoryview(data), starts, sizes)
         count += len(sizes)
     assert count > 2000
-
-
-@pytest.mark.parametrize("function", ["compiled", "twin"])
-@pytest.mark.parametrize(
-    ("starts", "sizes"),
-    [
-        ([0, 1], [1]),  # lengths differ
-        ([0], [1, 2]),
-        ([0], [101]),  # past the end
-        ([101], [0]),
-        ([50, 0], [51, 0]),
-        ([-1], [1]),  # negative
-        ([0], [-1]),
-        ([1 << 70], [1]),  # too large for a C size
-        ([0], [(1 << 63) - 1]),  # start + size would overflow
-        ([(1 << 63) - 1], [(1 << 63) - 1]),
-    ],
-)
-def test_bad_arguments_raise_value_error(
-    function: str, starts: list[int], sizes: list[int]
-) -> None:
-    md5_spans = compiled() if function == "compiled" else md5lanes.md5_spans_hashlib
-    with pytest.raises(ValueError):
-        md5_spans(bytes(100), starts, sizes)
-
-
-@pytest.mark.parametrize("function", ["compiled", "twin"])
-@pytest.mark.parametrize(
-    ("starts", "sizes", "pieces"),
-    [
-        ([0, 0], [1, 1], [0]),  # lengths differ
-        ([0], [1], [2]),  # no such piece
-        ([0], [1], [-1]),
-        ([0], [101], [1]),  # past the end of its piece
-        ([0, 0], [100, 101], [0, 1]),
-    ],
-)
-def test_bad_pieces_raise_value_error(
-    function: str, starts: list[int], sizes: list[int], pieces: list[int]
-) -> None:
-    md5_spans = compiled() if function == "compiled" else md5lanes.md5_spans_hashlib
-    with pytest.raises(ValueError):
-        md5_spans([bytes(200), bytes(100)], starts, sizes, pieces)
-
-
-def test_what_is_not_a_buffer_or_not_integers_raises_type_error() -> None:
-    with pytest.raises(TypeError):
-        compiled()("text", [0], [1])
-    with pytest.raises(TypeError):
-        compiled()(DATA, [0.0], [1])
-    with pytest.raises(TypeError):
-        compiled()(DATA, 0, 1)
-    with pytest.raises(TypeError):
-        compiled()([DATA, "text"], [0], [1], [1])
 
 
 def test_a_run_of_fewer_than_eight_files_goes_on_past_run_bytes() -> None:
