@@ -44,13 +44,10 @@ def compiled():  # type: ignore[no-untyped-def]
     def every_width(
         buffer: Any, starts: list[int], sizes: list[int], pieces: list[int] | None = None
     ) -> bytes:
-        views = [memoryview(b) for b in (buffer if pieces is not None else [buffer])]
-        which = pieces if pieces is not None else [0] * len(starts)
         found = []
         for width in (16, 8) if cpu_has("avx512f") else (8,):
             engine = _md5lanes.Engine(width)
-            spans = zip(starts, sizes, which, strict=True)
-            engine.add(range(len(starts)), [views[p][s : s + n] for s, n, p in spans])
+            engine.add(range(len(starts)), spans_of(buffer, starts, sizes, pieces))
             done = dict(engine.run(drain=True))
             found.append(b"".join(done[i] for i in range(len(starts))))
         assert all(one == found[0] for one in found)
@@ -62,12 +59,20 @@ def compiled():  # type: ignore[no-untyped-def]
 def expected(
     buffer: Any, starts: list[int], sizes: list[int], pieces: list[int] | None = None
 ) -> bytes:
+    return b"".join(
+        hashlib.md5(span, usedforsecurity=False).digest()
+        for span in spans_of(buffer, starts, sizes, pieces)
+    )
+
+
+def spans_of(
+    buffer: Any, starts: list[int], sizes: list[int], pieces: list[int] | None = None
+) -> list[memoryview]:
+    """buffer[start : start + size] for each start and size, or with `pieces`, of
+    buffer[piece] (then a sequence of buffers)."""
     views = [memoryview(b) for b in (buffer if pieces is not None else [buffer])]
     which = pieces if pieces is not None else [0] * len(starts)
-    return b"".join(
-        hashlib.md5(views[p][s : s + n], usedforsecurity=False).digest()
-        for s, n, p in zip(starts, sizes, which, strict=True)
-    )
+    return [views[p][s : s + n] for s, n, p in zip(starts, sizes, which, strict=True)]
 
 
 def cpu_has(flag: str) -> bool:
