@@ -86,8 +86,8 @@ def cpu_has_avx2() -> bool:
 
 def test_the_md5_lanes_are_built_and_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fails (does not skip) when the extension is missing (`pip install -e .` builds it) or
-    when the CPU has AVX2 and the module says it has not; and read_run hashes a run of files
-    in one call of it."""
+    when the CPU has AVX2 and the module says it has not; and read_run hands a run's files to
+    the lanes in one call, the compiled engine hashing them."""
     from xnatdrop import _md5lanes  # an ImportError here: the extension was not built
 
     assert _md5lanes.AVX2 is cpu_has_avx2()
@@ -247,7 +247,7 @@ def test_the_scanner_files_read_into_one_buffer() -> None:
 
 def test_a_run_of_fewer_than_eight_files_goes_on_past_run_bytes() -> None:
     """`pack._runs`: 44 KB files stop at RUN bytes (23 of them, as before); files of 615 KB,
-    one a run before, go on up to JOB bytes (6 of them), so the lanes have several at once."""
+    one a run before, go on up to JOB bytes (6 of them), a job each."""
     assert list(pack._runs([44_000] * 50)) == [(0, 23), (23, 46), (46, 50)]
     assert list(pack._runs([615_000] * 20)) == [(0, 6), (6, 12), (12, 18), (18, 20)]
     assert list(pack._runs([615_000, 2 << 20, 1, 1])) == [(0, 1), (1, 2), (2, 4)]
