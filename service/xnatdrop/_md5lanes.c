@@ -24,23 +24,45 @@ static int cpu_avx2 = 0, cpu_avx512 = 0;
 
 static const uint8_t idle_block[64]; /* what an idle lane hashes, for nothing */
 
-static void lane_start(Lanes *lanes, int l, const uint8_t *data, size_t size, Py_ssize_t span)
+/* The lane's next part: the whole blocks of its message's next segment that has any, else
+   its tail. */
+static void lane_next(Lane *lane, const uint8_t *const *data, const Py_ssize_t *sizes)
+{
+    while (lane->seg < lane->seg_end) {
+        Py_ssize_t g = lane->seg++;
+        if ((size_t)sizes[g] >= 64) {
+            lane->block = data[g];
+            lane->blocks = (size_t)sizes[g] / 64;
+            return;
+        }
+    }
+    lane->in_tail = 1;
+    lane->block = lane->tail;
+    lane->blocks = lane->tail_blocks;
+}
+
+/* Lane l takes message `span`: segments [begin, end) of data and sizes. */
+static void lane_start(Lanes *lanes, int l, const uint8_t *const *data, const Py_ssize_t *sizes,
+                       Py_ssize_t begin, Py_ssize_t end, Py_ssize_t span)
 {
     Lane *lane = &lanes->lane[l];
-    size_t whole = size / 64, rest = size % 64;
+    size_t size = 0, last = (size_t)sizes[end - 1], rest = last % 64;
+    for (Py_ssize_t g = begin; g < end; g++)
+        size += (size_t)sizes[g];
     uint64_t bits = (uint64_t)size * 8;
     lanes->words[0][l] = IV_A; lanes->words[1][l] = IV_B;
     lanes->words[2][l] = IV_C; lanes->words[3][l] = IV_D;
     lane->span = span;
     lane->tail_blocks = rest < 56 ? 1 : 2;
     memset(lane->tail, 0, sizeof lane->tail);
-    memcpy(lane->tail, data + whole * 64, rest);
+    memcpy(lane->tail, data[end - 1] + (last - rest), rest);
     lane->tail[rest] = 0x80;
     for (int i = 0; i < 8; i++) /* little-endian, RFC 1321 3.2 */
         lane->tail[lane->tail_blocks * 64 - 8 + i] = (uint8_t)(bits >> (8 * i));
-    lane->in_tail = whole == 0;
-    lane->block = whole ? data : lane->tail;
-    lane->blocks = whole ? whole : lane->tail_blocks;
+    lane->seg = begin;
+    lane->seg_end = end;
+    lane->in_tail = 0;
+    lane_next(lane, data, sizes);
 }
 
 static void lane_idle(Lane *lane)
@@ -64,14 +86,16 @@ void md5lanes_reset(Lanes *lanes, int width)
 #endif
 }
 
-/* Hash the messages data[i] (sizes[i] bytes) from i = *next on, each into out + 16 * i, in
-   the lanes' SIMD lanes: a lane whose message ends takes the next.
+/* Hash the messages from i = *next on, each into out + 16 * i, in the lanes' SIMD lanes: a
+   lane whose message ends takes the next. Message i is the segments first[i] to first[i + 1]
+   of data and sizes (every one but its last whole 64-byte blocks): a file read in pieces.
    With `drain`, until every message in the lanes is done; without, only while every lane has
    a message, so that a lane never idles for want of one: the lanes keep their partly hashed
    messages for the next call. *next moves on past the messages taken; returns the lanes
    still busy. Needs no GIL. */
 int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *sizes,
-                  Py_ssize_t n, Py_ssize_t *next, uint8_t *out, int drain)
+                  const Py_ssize_t *first, Py_ssize_t n, Py_ssize_t *next, uint8_t *out,
+                  int drain)
 {
     int width = lanes->width, active = 0;
 #if HAVE_AVX2_BUILD
@@ -80,7 +104,7 @@ int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *si
     for (int l = 0; l < width; l++) {
         if (lanes->lane[l].span < 0 && *next < n) {
             Py_ssize_t s = (*next)++;
-            lane_start(lanes, l, data[s], (size_t)sizes[s], s);
+            lane_start(lanes, l, data, sizes, first[s], first[s + 1], s);
         }
         active += lanes->lane[l].span >= 0;
     }
@@ -102,16 +126,14 @@ int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *si
             if (lane->blocks)
                 continue;
             if (!lane->in_tail) {
-                lane->in_tail = 1;
-                lane->block = lane->tail;
-                lane->blocks = lane->tail_blocks;
+                lane_next(lane, data, sizes);
                 continue;
             }
             for (int w = 0; w < 4; w++) /* the digest: A, B, C, D, each little-endian */
                 memcpy(out + 16 * lane->span + 4 * w, &lanes->words[w][l], 4);
             if (*next < n) {
                 Py_ssize_t s = (*next)++;
-                lane_start(lanes, l, data[s], (size_t)sizes[s], s);
+                lane_start(lanes, l, data, sizes, first[s], first[s + 1], s);
             } else {
                 lane_idle(lane);
                 active--;
@@ -119,7 +141,7 @@ int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *si
         }
     }
 #else
-    (void)data; (void)sizes; (void)n; (void)next; (void)out; (void)drain;
+    (void)data; (void)sizes; (void)first; (void)n; (void)next; (void)out; (void)drain;
     (void)width;
 #endif
     return active;

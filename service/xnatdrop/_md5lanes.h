@@ -53,13 +53,15 @@
 typedef void (*RunFn)(uint32_t words[4][MAX_LANES], const uint8_t *block[], const int busy[],
                       size_t run);
 
-/* One lane's message: its whole blocks straight from the caller's buffer, then its last one
-   or two blocks (the rest of the data, 0x80, zeros, the length in bits) from `tail`. */
+/* One lane's message: the whole blocks of each of its segments (buffers) straight from the
+   caller's, then its last one or two blocks (the rest of the data, 0x80, zeros, the length in
+   bits) from `tail`. Every segment but the last is whole blocks. */
 typedef struct {
     const uint8_t *block; /* the lane's next block */
-    size_t blocks;        /* blocks left in this part (the buffer's, then the tail's) */
+    size_t blocks;        /* blocks left in this part (a segment's, then the tail's) */
     size_t tail_blocks;   /* 1 or 2 */
-    Py_ssize_t span;      /* which span (the caller's index), -1: the lane is idle */
+    Py_ssize_t span;      /* which message (the caller's index), -1: the lane is idle */
+    Py_ssize_t seg, seg_end; /* its segments not yet begun (the caller's indexes) */
     int in_tail;
     uint8_t tail[128];
 } Lane;
@@ -75,7 +77,8 @@ typedef struct {
 
 void md5lanes_reset(Lanes *lanes, int width);
 int md5lanes_hash(Lanes *lanes, const uint8_t *const *data, const Py_ssize_t *sizes,
-                  Py_ssize_t n, Py_ssize_t *next, uint8_t *out, int drain);
+                  const Py_ssize_t *first, Py_ssize_t n, Py_ssize_t *next, uint8_t *out,
+                  int drain);
 int md5lanes_width(void); /* 16 with AVX-512, 8 with AVX2, 0 without */
 extern PyTypeObject md5lanes_EngineType;
 

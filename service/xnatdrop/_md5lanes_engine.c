@@ -5,8 +5,10 @@
    the lanes were busy half the time (0.49), and making runs larger to fill them cost more in
    latency and cache than it saved. An Engine keeps the messages its lanes have not finished
    for the next call instead, and hashes only while every lane has one, so the lanes stay full
-   whatever the runs hold; run(drain=True) finishes the rest. Each message's buffer is held
-   (PyBUF_SIMPLE: it cannot be resized or freed) from add() until run() returns its digest. */
+   whatever the runs hold; run(drain=True) finishes the rest. A message may be several buffers
+   (a large file, read in 1 MiB pieces): each of its segments in turn, in one lane. Each
+   buffer is held (PyBUF_SIMPLE: it cannot be resized or freed) from add() until run()
+   returns its message's digest. */
 
 #include "_md5lanes.h"
 
@@ -14,13 +16,17 @@ typedef struct {
     PyObject_HEAD
     Lanes lanes;
     Py_ssize_t n, cap, next; /* messages [0, n) held; [next, n) not yet in a lane */
-    Py_buffer **views;       /* each message's buffer */
+    Py_ssize_t segs, seg_cap; /* their segments: message i's are first[i] to first[i + 1] */
+    Py_buffer **views;        /* each segment's buffer */
     const uint8_t **data;
-    Py_ssize_t *sizes, *tags;
-    uint8_t *digests; /* 16 bytes a message */
-    Py_ssize_t held;  /* bytes of the messages held */
-    int running;      /* hashing, the GIL released: no other call until it is done */
+    Py_ssize_t *sizes;
+    Py_ssize_t *first, *tags; /* first: n + 1 entries */
+    uint8_t *digests;         /* 16 bytes a message */
+    Py_ssize_t held;          /* bytes of the messages held */
+    int running; /* hashing, the GIL released: no other call until it is done */
 } Engine;
+
+static int engine_grow(Engine *self, Py_ssize_t more, Py_ssize_t more_segs);
 
 static int engine_init(Engine *self, PyObject *args, PyObject *kwargs)
 {
@@ -45,7 +51,7 @@ static int engine_init(Engine *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     md5lanes_reset(&self->lanes, width);
-    return 0;
+    return engine_grow(self, 0, 0); /* first[0] = 0: no message yet */
 }
 
 static int engine_busy(Engine *self)
@@ -65,78 +71,140 @@ static int grow(void **array, size_t item, Py_ssize_t cap)
     return 0;
 }
 
-/* Room for `more` messages beyond n; -1 with MemoryError. */
-static int engine_grow(Engine *self, Py_ssize_t more)
+/* Room for `more` messages beyond n and `more_segs` segments beyond segs; -1 with
+   MemoryError. */
+static int engine_grow(Engine *self, Py_ssize_t more, Py_ssize_t more_segs)
 {
-    if (self->n + more <= self->cap)
-        return 0;
-    Py_ssize_t cap = self->cap ? self->cap : 64;
-    while (cap < self->n + more)
-        cap *= 2;
-    if (grow((void **)&self->views, sizeof(Py_buffer *), cap) < 0 ||
-        grow((void **)&self->data, sizeof(uint8_t *), cap) < 0 ||
-        grow((void **)&self->sizes, sizeof(Py_ssize_t), cap) < 0 ||
-        grow((void **)&self->tags, sizeof(Py_ssize_t), cap) < 0 ||
-        grow((void **)&self->digests, 16, cap) < 0) {
-        PyErr_NoMemory(); /* the arrays that grew keep their room: cap is what all have */
-        return -1;
+    if (self->n + more > self->cap || self->first == NULL) {
+        Py_ssize_t cap = self->cap ? self->cap : 64;
+        while (cap < self->n + more)
+            cap *= 2;
+        if (grow((void **)&self->tags, sizeof(Py_ssize_t), cap) < 0 ||
+            grow((void **)&self->first, sizeof(Py_ssize_t), cap + 1) < 0 ||
+            grow((void **)&self->digests, 16, cap) < 0)
+            goto no_memory; /* those that grew keep their room: cap is what all have */
+        if (self->cap == 0)
+            self->first[0] = 0;
+        self->cap = cap;
     }
-    self->cap = cap;
+    if (self->segs + more_segs > self->seg_cap) {
+        Py_ssize_t cap = self->seg_cap ? self->seg_cap : 64;
+        while (cap < self->segs + more_segs)
+            cap *= 2;
+        if (grow((void **)&self->views, sizeof(Py_buffer *), cap) < 0 ||
+            grow((void **)&self->data, sizeof(uint8_t *), cap) < 0 ||
+            grow((void **)&self->sizes, sizeof(Py_ssize_t), cap) < 0)
+            goto no_memory;
+        self->seg_cap = cap;
+    }
     return 0;
+no_memory:
+    PyErr_NoMemory();
+    return -1;
 }
 
 PyDoc_STRVAR(add_doc,
-"add(tags, buffers)\n\n"
-"Queue one message per buffer (bytes-like, contiguous), named by the int of `tags` at the\n"
-"same position; each buffer is held until run() returns its digest.");
+"add(tags, messages)\n\n"
+"Queue the messages, each named by the int of `tags` at the same position: a message is a\n"
+"buffer (bytes-like, contiguous) or a sequence of them hashed as one (a file read in pieces),\n"
+"every one but its last a multiple of 64 bytes. Each buffer is held until run() returns its\n"
+"message's digest.");
+
+/* Take the buffer `item` as segment self->segs + *added, its size checked (`last`: a message's
+   last segment, any size); -1 with an error set. */
+static int take_segment(Engine *self, PyObject *item, Py_ssize_t *added, int last)
+{
+    Py_buffer *view = PyMem_Malloc(sizeof(Py_buffer));
+    if (view == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (PyObject_GetBuffer(item, view, PyBUF_SIMPLE) < 0) {
+        PyMem_Free(view);
+        return -1;
+    }
+    if (!last && view->len % 64) {
+        PyErr_Format(PyExc_ValueError,
+                     "a message's buffers but its last must be whole 64-byte blocks, not %zd "
+                     "bytes", view->len);
+        PyBuffer_Release(view);
+        PyMem_Free(view);
+        return -1;
+    }
+    Py_ssize_t at = self->segs + (*added)++;
+    self->views[at] = view;
+    self->data[at] = view->buf;
+    self->sizes[at] = view->len;
+    return 0;
+}
+
+/* Take message `item` (a buffer or a sequence of them) as message self->n + added, its
+   segments after the `*segs_added` this call took; -1 with an error set. */
+static int take_message(Engine *self, PyObject *tag, PyObject *item, Py_ssize_t added,
+                        Py_ssize_t *segs_added)
+{
+    Py_ssize_t number = PyLong_AsSsize_t(tag);
+    if (number == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *parts = NULL;
+    Py_ssize_t count = 1;
+    if (!PyObject_CheckBuffer(item)) {
+        parts = PySequence_Fast(item, "a message must be a buffer or a sequence of buffers");
+        if (parts == NULL)
+            return -1;
+        count = PySequence_Fast_GET_SIZE(parts);
+        if (count == 0) {
+            PyErr_SetString(PyExc_ValueError, "a message needs one buffer at least");
+            Py_DECREF(parts);
+            return -1;
+        }
+    }
+    int failed = engine_grow(self, added + 1, *segs_added + count) < 0;
+    for (Py_ssize_t i = 0; !failed && i < count; i++) {
+        PyObject *part = parts ? PySequence_Fast_GET_ITEM(parts, i) : item;
+        failed = take_segment(self, part, segs_added, i == count - 1) < 0;
+    }
+    Py_XDECREF(parts);
+    if (failed)
+        return -1;
+    Py_ssize_t at = self->n + added;
+    self->tags[at] = number;
+    self->first[at + 1] = self->segs + *segs_added;
+    return 0;
+}
 
 static PyObject *engine_add(Engine *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "add(tags, buffers)");
+        PyErr_SetString(PyExc_TypeError, "add(tags, messages)");
         return NULL;
     }
     if (engine_busy(self))
         return NULL;
     PyObject *tags = PySequence_Fast(args[0], "tags must be a sequence of int");
-    PyObject *buffers = tags ? PySequence_Fast(args[1], "buffers must be a sequence") : NULL;
-    Py_ssize_t count = tags ? PySequence_Fast_GET_SIZE(tags) : 0, added = 0;
-    if (buffers != NULL && count != PySequence_Fast_GET_SIZE(buffers))
-        PyErr_Format(PyExc_ValueError, "%zd tags but %zd buffers", count,
-                     PySequence_Fast_GET_SIZE(buffers));
-    else if (buffers != NULL && engine_grow(self, count) == 0)
-        for (; added < count; added++) {
-            Py_ssize_t at = self->n + added;
-            Py_ssize_t tag = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(tags, added));
-            Py_buffer *view = PyMem_Malloc(sizeof(Py_buffer));
-            if ((tag == -1 && PyErr_Occurred()) || view == NULL) {
-                PyMem_Free(view);
-                if (!PyErr_Occurred())
-                    PyErr_NoMemory();
+    PyObject *items = tags ? PySequence_Fast(args[1], "messages must be a sequence") : NULL;
+    Py_ssize_t count = tags ? PySequence_Fast_GET_SIZE(tags) : 0, added = 0, segs_added = 0;
+    if (items != NULL && count != PySequence_Fast_GET_SIZE(items))
+        PyErr_Format(PyExc_ValueError, "%zd tags but %zd messages", count,
+                     PySequence_Fast_GET_SIZE(items));
+    else if (items != NULL)
+        for (; added < count; added++)
+            if (take_message(self, PySequence_Fast_GET_ITEM(tags, added),
+                             PySequence_Fast_GET_ITEM(items, added), added, &segs_added) < 0)
                 break;
-            }
-            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(buffers, added), view,
-                                   PyBUF_SIMPLE) < 0) {
-                PyMem_Free(view);
-                break;
-            }
-            self->views[at] = view;
-            self->data[at] = view->buf;
-            self->sizes[at] = view->len;
-            self->tags[at] = tag;
-        }
     Py_XDECREF(tags);
-    Py_XDECREF(buffers);
+    Py_XDECREF(items);
     if (PyErr_Occurred()) { /* all or none: release what this call took */
-        for (Py_ssize_t i = self->n; i < self->n + added; i++) {
-            PyBuffer_Release(self->views[i]);
-            PyMem_Free(self->views[i]);
+        for (Py_ssize_t g = self->segs; g < self->segs + segs_added; g++) {
+            PyBuffer_Release(self->views[g]);
+            PyMem_Free(self->views[g]);
         }
         return NULL;
     }
-    for (Py_ssize_t i = self->n; i < self->n + count; i++)
-        self->held += self->sizes[i];
+    for (Py_ssize_t g = self->segs; g < self->segs + segs_added; g++)
+        self->held += self->sizes[g];
     self->n += count;
+    self->segs += segs_added;
     Py_RETURN_NONE;
 }
 
@@ -156,8 +224,8 @@ static PyObject *engine_run(Engine *self, PyObject *args, PyObject *kwargs)
         return NULL;
     self->running = 1;
     Py_BEGIN_ALLOW_THREADS
-    md5lanes_hash(&self->lanes, self->data, self->sizes, self->n, &self->next, self->digests,
-                  drain);
+    md5lanes_hash(&self->lanes, self->data, self->sizes, self->first, self->n, &self->next,
+                  self->digests, drain);
     Py_END_ALLOW_THREADS
     self->running = 0;
     /* Done: taken by a lane (before `next`) and in none now. Their digests are returned
@@ -182,29 +250,38 @@ static PyObject *engine_run(Engine *self, PyObject *args, PyObject *kwargs)
     }
     if (finished == NULL)
         return NULL;
-    Py_ssize_t kept = 0, started = 0;
+    Py_ssize_t kept = 0, started = 0, segs_kept = 0;
     for (Py_ssize_t i = 0; i < self->n; i++) {
+        Py_ssize_t begin = self->first[i], end = self->first[i + 1];
         int lane = -1;
         for (int l = 0; l < width; l++)
             if (lane_of_span[l] == i)
                 lane = l;
         if (i < self->next && lane < 0) { /* done */
-            self->held -= self->sizes[i];
-            PyBuffer_Release(self->views[i]);
-            PyMem_Free(self->views[i]);
+            for (Py_ssize_t g = begin; g < end; g++) {
+                self->held -= self->sizes[g];
+                PyBuffer_Release(self->views[g]);
+                PyMem_Free(self->views[g]);
+            }
             continue;
         }
         if (lane >= 0) {
-            self->lanes.lane[lane].span = kept;
+            Lane *moved = &self->lanes.lane[lane];
+            moved->span = kept;
+            moved->seg -= begin - segs_kept;
+            moved->seg_end -= begin - segs_kept;
             started++;
         }
-        self->views[kept] = self->views[i];
-        self->data[kept] = self->data[i];
-        self->sizes[kept] = self->sizes[i];
+        for (Py_ssize_t g = begin; g < end; g++, segs_kept++) {
+            self->views[segs_kept] = self->views[g];
+            self->data[segs_kept] = self->data[g];
+            self->sizes[segs_kept] = self->sizes[g];
+        }
         self->tags[kept] = self->tags[i];
-        kept++;
+        self->first[++kept] = segs_kept;
     }
     self->n = kept;
+    self->segs = segs_kept;
     self->next = started;
     return finished;
 }
@@ -228,13 +305,14 @@ static PyObject *engine_width(Engine *self, void *closure)
 
 static void engine_dealloc(Engine *self)
 {
-    for (Py_ssize_t i = 0; i < self->n; i++) {
-        PyBuffer_Release(self->views[i]);
-        PyMem_Free(self->views[i]);
+    for (Py_ssize_t g = 0; g < self->segs; g++) {
+        PyBuffer_Release(self->views[g]);
+        PyMem_Free(self->views[g]);
     }
     PyMem_Free(self->views);
     PyMem_Free((void *)self->data);
     PyMem_Free(self->sizes);
+    PyMem_Free(self->first);
     PyMem_Free(self->tags);
     PyMem_Free(self->digests);
     Py_TYPE(self)->tp_free((PyObject *)self);

@@ -24,6 +24,8 @@ except ImportError:  # not built (no compiler at install): the twin
     _md5lanes = None  # type: ignore[assignment]
 
 Buffer = bytes | bytearray | memoryview  # collections.abc.Buffer is Python 3.12's
+File = Buffer | Sequence[Buffer]
+"""A file to hash: its bytes, or its pieces in order (each but the last whole 64-byte blocks)."""
 
 COMPILED: bool = _md5lanes is not None and bool(_md5lanes.AVX2)
 """Whether `Lanes` hashes in SIMD lanes (built, and the CPU has AVX2)."""
@@ -44,27 +46,35 @@ class Lanes:
     Any reader thread hashes: the one that feeds takes the engine if it is free, and whatever
     the other fed meanwhile; it hashes only while every lane has a file, so a file may wait in
     its lane for the next run. Each file's buffer is held until its digest is taken from the
-    engine (its pool buffer is not reused meanwhile). Without the compiled engine each file is
-    hashed by hashlib as it is fed.
+    engine (its pool buffer is not reused meanwhile). A file may come in pieces, as a large
+    one is read (`packread.read_one`): one message in several buffers, hashed in one lane.
+    Without the compiled engine each file is hashed by hashlib as it is fed.
     """
 
     def __init__(self) -> None:
         self._engine = _md5lanes.Engine() if COMPILED else None
-        self._inbox: collections.deque[tuple[Sequence[int], Sequence[Buffer]]]
+        self._inbox: collections.deque[tuple[Sequence[int], Sequence[File]]]
         self._inbox = collections.deque()
         self._finished: collections.deque[tuple[int, bytes]] = collections.deque()
         self._lock = threading.Lock()
 
-    def feed(self, tags: Sequence[int], files: Sequence[Buffer]) -> None:
+    def feed(self, tags: Sequence[int], files: Sequence[File]) -> None:
         """Hand over files to hash, each named by its tag; hash what keeps every lane busy,
         unless another thread is hashing (it takes these files too)."""
         if self._engine is None:
-            md5 = hashlib.md5
             for tag, data in zip(tags, files, strict=True):
-                self._finished.append((tag, md5(data, usedforsecurity=False).digest()))
+                digest = hashlib.md5(usedforsecurity=False)
+                for piece in [data] if isinstance(data, Buffer) else data:
+                    digest.update(piece)
+                self._finished.append((tag, digest.digest()))
             return
         self._inbox.append((tags, files))
         self._hash(drain=False)
+
+    @property
+    def held(self) -> int:
+        """Bytes of the files the engine holds, in a lane or queued for one (0 without it)."""
+        return self._engine.held if self._engine is not None else 0
 
     def drain(self) -> None:
         """Hash every file fed so far to the end (waiting for a thread that is hashing)."""

@@ -44,7 +44,8 @@ ahead, so memory stays flat whatever the session size:
   file no longer waits for its own disk read while the disk has nothing else to do
   (OPEN_AHEAD files at most; the plan asks for the first window already);
 - a file larger than a run, up to `WHOLE_FILE`, is read once into CHUNK pieces (`packread`
-  reads and hashes, in the reader threads);
+  reads, in the reader threads) and handed to the MD5 lanes as one file in pieces, while they
+  hold less than `packread.LANES_HELD` bytes (else its reader hashes it);
 - a larger file is hashed in a first pass (also by a reader) and sent in CHUNK pieces in a
   second one, which checks that the bytes did not change (its CRC must precede its data).
 Pieces are reused buffers (`buffers.Buffers`): a fresh 1 MiB buffer costs as much in page
@@ -178,9 +179,10 @@ def _ask_ahead(directory: int, name: str, length: int) -> None:
 
 def _pool() -> buffers.Buffers:
     """Enough buffers for every run the window holds, those in the readers' hands, the pieces
-    the sender holds and those whose files wait in the MD5 lanes (one file a lane at most);
-    each fits a run or a CHUNK with a header."""
+    the sender holds and those whose files wait in the MD5 lanes (a run's buffer or a large
+    file's pieces a lane); each fits a run or a CHUNK with a header."""
     count = WINDOW // CHUNK + READERS * WHOLE_FILE // CHUNK + 4 + LANES
+    count += packread.LANES_HELD // CHUNK
     return buffers.Buffers(count, RUN + 4096)
 
 
@@ -246,7 +248,7 @@ def _read_ahead(
                     cost = CHUNK
                 elif sizes[start] > RUN:
                     future = readers.submit(
-                        prefetches.then, packread.read_one, base, files[start], pool
+                        prefetches.then, packread.read_one, base, files[start], pool, lanes, start
                     )
                     cost = sizes[start] + HEADER
                 else:
@@ -292,7 +294,8 @@ def digest(folder: Path, planned: Plan) -> Manifest:
 
 def _digest(size: int, read: Any) -> bytes | None:
     """The MD5 in a reader's result for a run whose first file is `size` bytes: a large
-    file's (digest_file's or read_one's); None for a run's files, which the lanes hash."""
+    file's (digest_file's, or read_one's where its reader hashed it); None for the files the
+    lanes hash."""
     md5: bytes | None = read[0] if size > WHOLE_FILE else read[1] if size > RUN else None
     return md5
 

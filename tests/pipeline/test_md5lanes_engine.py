@@ -1,7 +1,8 @@
 """The MD5 lanes kept full across calls (`xnatdrop._md5lanes.Engine`, wrapped by
 `md5lanes.Lanes`) against hashlib: files handed over in batches as an upload's runs are, hashed
-only while every lane has one, drained at the end; each file's buffer held until its digest is
-out, in both lane widths where the CPU has both; and the wrapper fed by several threads at once.
+only while every lane has one, drained at the end; a file in pieces (as a large one is read)
+hashed as one; each file's buffers held until its digest is out, in both lane widths where the
+CPU has both; and the wrapper fed by several threads at once.
 """
 
 from __future__ import annotations
@@ -72,6 +73,45 @@ def test_every_file_once_with_hashlibs_digest(case: list[list[tuple[int, int, bo
         assert len(engine) == 0 and engine.held == 0
 
 
+@st.composite
+def pieces(draw: st.DrawFn) -> list[tuple[int, list[int]]]:
+    """1 to 40 files (start, piece sizes) of DATA: every piece but the last whole 64-byte
+    blocks (none to 300, now and then 1 MiB), the last of a padding-class size or any to 5000
+    (a file of one piece, or of several, as `packread.read_one` hands over a large file)."""
+    files = []
+    for _ in range(draw(st.integers(1, 40))):
+        sizes = []
+        for _ in range(draw(st.integers(0, 4))):
+            blocks = 16_384 if draw(st.integers(0, 19)) == 0 else draw(st.integers(0, 300))
+            sizes.append(64 * blocks)
+        sizes.append(draw(st.one_of(st.sampled_from(PADDING), st.integers(0, 5000))))
+        files.append((draw(st.integers(0, len(DATA) - sum(sizes))), sizes))
+    return files
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pieces(), st.integers(1, 5))
+def test_a_file_in_pieces_is_hashed_as_one(files: list[tuple[int, list[int]]], calls: int) -> None:
+    """Files in pieces beside files whole, added over `calls` calls each followed by a run:
+    hashlib's digest of the pieces joined, every piece held until then."""
+    for engine in engines():
+        view = memoryview(DATA)
+        wanted, got, messages = {}, {}, []
+        for tag, (start, sizes) in enumerate(files):
+            ends = [start + sum(sizes[: i + 1]) for i in range(len(sizes))]
+            parts = [view[a:b] for a, b in zip([start, *ends], ends, strict=False)]
+            messages.append(parts[0] if len(parts) == 1 and tag % 2 else parts)
+            wanted[tag] = md5(view[start : ends[-1]])
+        step = -(-len(files) // calls)
+        for at in range(0, len(files), step):
+            engine.add(range(at, min(at + step, len(files))), messages[at : at + step])
+            got.update(engine.run())
+        assert engine.held == sum(sum(files[t][1]) for t in wanted if t not in got)
+        got.update(engine.run(drain=True))
+        assert got == wanted
+        assert len(engine) == 0 and engine.held == 0
+
+
 def test_the_lanes_hash_only_while_every_one_has_a_file() -> None:
     """One file fewer than the lanes: nothing is hashed until more come or it is drained; two
     more: the lanes work while every one has a file, the longest then waits in its lane."""
@@ -113,6 +153,9 @@ def test_a_buffer_is_held_until_its_digest_is_out() -> None:
         (["a"], [b"a"], TypeError),  # a tag that is no int
         ([1, 2], [b"a", 3], TypeError),  # a file that is no buffer
         (1, [b"a"], TypeError),
+        ([1, 2], [b"a", [b"x" * 64, 3]], TypeError),  # a piece that is no buffer
+        ([1, 2], [b"a", [b"x" * 65, b"y"]], ValueError),  # a piece not of whole blocks
+        ([1, 2], [b"a", []], ValueError),  # a file of no piece
     ],
 )
 def test_bad_files_raise_and_add_nothing(tags: Any, files: Any, error: type) -> None:
@@ -169,9 +212,9 @@ def _run_into(engine: Any, found: list[Any]) -> None:
 def test_lanes_fed_by_several_threads_at_once(
     compiled: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Three threads feed runs of files (as the upload's readers do), each hashing when the
-    engine is free; taken while they feed and after the drain: every file once, hashlib's
-    digest. Without the compiled engine, the hashlib twin."""
+    """Three threads feed runs of files (as the upload's readers do), some in two pieces, each
+    hashing when the engine is free; taken while they feed and after the drain: every file
+    once, hashlib's digest. Without the compiled engine, the hashlib twin."""
     if not compiled:
         monkeypatch.setattr(md5lanes, "COMPILED", False)
     elif not cpu_has("avx2"):
@@ -188,8 +231,10 @@ def test_lanes_fed_by_several_threads_at_once(
             for i in range(pick.randint(1, 20)):
                 start, size = pick.randrange(0, 1 << 20), pick.choice([*PADDING, 150_000])
                 tags.append(seed * 100_000 + run * 100 + i)
-                files.append(memoryview(DATA)[start : start + size])
-                wanted[tags[-1]] = md5(files[-1])
+                data = memoryview(DATA)[start : start + size]
+                cut = 64 * pick.randrange(size // 64 + 1)  # every third file in two pieces
+                files.append(data if i % 3 else [data[:cut], data[cut:]])
+                wanted[tags[-1]] = md5(data)
             lanes.feed(tags, files)
             got.update(lanes.take()) if seed == 0 else None
 

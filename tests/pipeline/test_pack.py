@@ -7,6 +7,7 @@ import gc
 import hashlib
 import io
 import os
+import random
 import shutil
 import subprocess
 import textwrap
@@ -22,7 +23,7 @@ import pydicom
 import pytest
 
 from shared_data import dataset
-from xnatdrop import pack, rules, zipformat
+from xnatdrop import md5lanes, pack, packread, rules, zipformat
 from xnatdrop.pipeline import spool
 
 EXAM = "In/GE/Exam1486_Laser794mm"
@@ -170,6 +171,45 @@ def test_memory_stays_flat_for_large_files(tmp_path: Path) -> None:
     assert manifest.files[0].size == 256 << 20
     assert peak < 8 << 20, f"peak Python allocation {peak / 1e6:.1f} MB"
     assert_zip_holds(tmp_path / "upload.zip", tmp_path / "big", ["large.dcm"])
+
+
+@pytest.mark.parametrize("in_lanes", [True, False])
+def test_files_larger_than_a_run_are_hashed_in_the_lanes_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_lanes: bool
+) -> None:
+    """Files from just over RUN to WHOLE_FILE, of sizes that end anywhere in a block, among
+    small ones: each goes to the MD5 lanes as its CHUNK pieces (read_one), or, once the lanes
+    hold LANES_HELD bytes (here at once), is hashed by its reader; either way the manifest has
+    hashlib's MD5 of every file and the zip holds them byte for byte."""
+    if not in_lanes:
+        monkeypatch.setattr(packread, "LANES_HELD", 0)
+    fed: list[tuple[int, int]] = []  # (tag, pieces) of each file handed over in pieces
+    feed = md5lanes.Lanes.feed
+
+    def spy(lanes: md5lanes.Lanes, tags: Any, files: Any) -> None:
+        fed.extend((t, len(f)) for t, f in zip(tags, files, strict=True) if isinstance(f, list))
+        feed(lanes, tags, files)
+
+    monkeypatch.setattr(md5lanes.Lanes, "feed", spy)
+    folder = tmp_path / "SPN01_0001"
+    (folder / "s").mkdir(parents=True)
+    fill = random.Random(1321)
+    sizes = [1000, pack.RUN + 1, 3_400_000, 5000, 2 * pack.CHUNK, pack.WHOLE_FILE, 70_000]
+    sizes += [pack.RUN + 55, pack.RUN + 56, 100]
+    items = []
+    for number, size in enumerate(sizes):
+        name = f"s/{number:04d}.dcm"
+        (folder / name).write_bytes(fill.randbytes(size))
+        items.append(
+            rules.FileEntry(Path(name), size, f"1.2.{number}", series_instance_uid="1.2.9",
+                            series_number="1")
+        )  # fmt: skip
+    manifest = pack.write_zip(folder, items, tmp_path / "upload.zip")
+    for entry in manifest.files:
+        assert entry.md5 == hashlib.md5((folder / entry.path).read_bytes()).hexdigest()
+    assert_zip_holds(tmp_path / "upload.zip", folder, [i.path for i in items])
+    large = {n: -(-size // pack.CHUNK) for n, size in enumerate(sizes) if size > pack.RUN}
+    assert dict(fed) == (large if in_lanes else {})
 
 
 @pytest.mark.parametrize("change", ["grow", "shrink", "vanish"])
