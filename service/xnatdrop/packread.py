@@ -4,9 +4,9 @@
 `read_one` a file up to `pack.WHOLE_FILE` into CHUNK pieces, `digest_file` and `copy` a larger
 one in two passes (its CRC must precede its data: a STORED entry cannot have a data descriptor
 for XNAT's ZipInputStream). Each returns or yields pieces taken from `pack`'s buffer pool, with
-the MD5 digests (a run's through `md5lanes.Lanes`) and CRC-32s the body and its manifest need;
-a file that differs from the plan raises `Changed`, any other OSError `FileError` (see `pack`
-for why neither is an OSError).
+the MD5 digests (a run's, and a large file's while the lanes hold little, through
+`md5lanes.Lanes`) and CRC-32s the body and its manifest need; a file that differs from the plan
+raises `Changed`, any other OSError `FileError` (see `pack` for why neither is an OSError).
 """
 
 from __future__ import annotations
